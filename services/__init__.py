@@ -1,0 +1,1 @@
+"""Werkstroom's services. Each imports the core (`werkstroom`), never another service."""

@@ -1,0 +1,207 @@
+"""The events sink: Kafka events topic -> ClickHouse `events`, in batches, at least once.
+
+Policy (Arroyo-style, explicit):
+- batch by size (`sink_batch_rows`) or time (`sink_flush_ms`), whichever comes first;
+- insert the batch into ClickHouse, retrying with backoff while ClickHouse is down; nothing
+  more is fetched meanwhile, so memory stays bounded (backpressure on the consumer);
+- commit the Kafka offsets only after the insert succeeded. A crash between insert and
+  commit re-delivers the batch; the rows collapse again in the ReplacingMergeTree (same
+  sorting key, ending in event_id);
+- a message that breaks the contract goes to the dead-letter topic with its reason; too
+  many in a row (`sink_max_consecutive_bad`) stops the sink with an error instead of
+  silently dead-lettering a broken producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+from clickhouse_connect.driver.client import Client
+
+from werkstroom import metrics
+from werkstroom.contract import FIELDS, ContractError, Topics, dead_letter, decode_event
+from werkstroom.kafka import make_consumer, publish, start_producer
+from werkstroom.logging import get_logger
+from werkstroom.settings import Settings
+
+log = get_logger(__name__)
+
+COLUMNS = [*FIELDS, "kafka_partition", "kafka_offset"]
+_JSON_FIELDS = ("properties", "traits")
+
+
+class SinkStopped(RuntimeError):
+    """The sink stopped on purpose (too many bad messages in a row); the message says why."""
+
+
+def to_row(event: dict[str, Any], partition: int, offset: int) -> list[Any]:
+    """One `events` row, in COLUMNS order, from a decoded contract event."""
+    row = []
+    for name in FIELDS:
+        value = event.get(name)
+        if name in _JSON_FIELDS:
+            value = orjson.dumps(value or {}).decode()
+        elif value is None and name != "sent_at":
+            value = ""
+        row.append(value)
+    row.append(partition)
+    row.append(offset)
+    return row
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, sink: EventsSink) -> None:
+        self.sink = sink
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Write and commit what we hold before another worker takes these partitions over.
+        await self.sink.flush()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("sink_partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
+
+
+class EventsSink:
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        clickhouse: Callable[[], Client],
+        *,
+        table: str = "events",
+    ) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.topics = Topics.from_settings(settings)
+        self._client_factory = clickhouse
+        self.table = table
+        self._rows: list[list[Any]] = []
+        self._dead: list[tuple[bytes, bytes]] = []
+        self._offsets: dict[TopicPartition, int] = {}
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._consecutive_bad = 0
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.client: Client | None = None
+        self.last_write: float | None = None
+
+    async def run(self) -> None:
+        """Consume until stop() is called (or a SinkStopped error)."""
+        self.client = self._client_factory()
+        self.producer = await start_producer(self.bootstrap, client_id="werkstroom-sink")
+        self.consumer = make_consumer(
+            self.bootstrap, [], self.settings.sink_group, max_poll_records=self.settings.sink_batch_rows
+        )
+        self.consumer.subscribe([self.topics.events], listener=_Rebalance(self))
+        await self.consumer.start()
+        log.info("sink_started", topic=self.topics.events, group=self.settings.sink_group, table=self.table)
+        flush_every = self.settings.sink_flush_ms / 1000
+        deadline = time.monotonic() + flush_every
+        try:
+            while not self._stopping.is_set():
+                wait_ms = max(0, int((deadline - time.monotonic()) * 1000))
+                room = max(1, self.settings.sink_batch_rows - len(self._rows))
+                batches = await self.consumer.getmany(timeout_ms=wait_ms, max_records=room)
+                self._take(batches)
+                if len(self._rows) >= self.settings.sink_batch_rows or time.monotonic() >= deadline:
+                    await self.flush()
+                    deadline = time.monotonic() + flush_every
+            await self.flush()
+        finally:
+            await self._close()
+
+    def _take(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        for tp, messages in batches.items():
+            for message in messages:
+                try:
+                    event = decode_event(message.value)
+                except ContractError as exc:
+                    self._bad(message, exc)
+                    continue
+                self._consecutive_bad = 0
+                self._rows.append(to_row(event, message.partition, message.offset))
+            if messages:
+                self._offsets[tp] = messages[-1].offset + 1
+
+    def _bad(self, message: Any, exc: ContractError) -> None:
+        self._consecutive_bad += 1
+        metrics.SINK_DEAD_LETTERED.labels(exc.reason).inc()
+        self._dead.append(
+            (
+                message.key or b"",
+                dead_letter(
+                    "sink",
+                    exc.reason,
+                    exc.detail,
+                    message.value or b"",
+                    topic=message.topic,
+                    partition=message.partition,
+                    offset=message.offset,
+                ),
+            )
+        )
+        if self._consecutive_bad >= self.settings.sink_max_consecutive_bad:
+            raise SinkStopped(
+                f"{self._consecutive_bad} messages in a row on {message.topic} did not match the event "
+                f"contract (last: {exc}); stopping instead of dead-lettering everything. Fix the producer, "
+                "then restart: the bad messages are in the dead-letter topic, uncommitted ones are re-read."
+            )
+
+    async def flush(self) -> None:
+        """Dead-letter, insert, then commit. Retries until it succeeds or the sink stops."""
+        async with self._lock:
+            if not self._offsets:
+                return
+            rows, dead, offsets = self._rows, self._dead, dict(self._offsets)
+            backoff = 0.1
+            while True:
+                try:
+                    if dead:
+                        assert self.producer is not None
+                        await publish(self.producer, self.topics.dead_letter, dead)
+                        dead = []
+                    if rows:
+                        await self._insert(rows)
+                    break
+                except Exception as exc:
+                    metrics.SINK_INSERT_FAILURES.inc()
+                    log.warning("sink_write_failed", error=f"{type(exc).__name__}: {exc}", retry_in=backoff)
+                    if self._stopping.is_set():
+                        raise
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+            self._rows, self._dead, self._offsets = [], [], {}
+            assert self.consumer is not None
+            try:
+                await self.consumer.commit(offsets)
+            except (CommitFailedError, IllegalStateError) as exc:
+                # The group moved on (rebalance): the new owner re-reads from the last commit,
+                # and the rows it writes again collapse on the sorting key.
+                log.warning("sink_commit_failed", error=str(exc))
+
+    async def _insert(self, rows: list[list[Any]]) -> None:
+        assert self.client is not None
+        started = time.perf_counter()
+        await asyncio.to_thread(self.client.insert, self.table, rows, column_names=COLUMNS)
+        metrics.SINK_INSERT_SECONDS.observe(time.perf_counter() - started)
+        metrics.SINK_BATCH_ROWS.observe(len(rows))
+        metrics.SINK_ROWS_WRITTEN.inc(len(rows))
+        self.last_write = time.time()
+        metrics.SINK_LAST_WRITE.set(self.last_write)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _close(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+        log.info("sink_stopped")

@@ -1,0 +1,1 @@
+"""The API service: reads ClickHouse for dashboards and administers projects."""

@@ -1,0 +1,3 @@
+from werkstroom.cli import main
+
+raise SystemExit(main())

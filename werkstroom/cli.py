@@ -1,0 +1,172 @@
+"""The one command: `werkstroom serve|migrate|projects|settings`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+from werkstroom import projects
+from werkstroom.clickhouse import ClickHouseError, ClickHouseLockedError, connect
+from werkstroom.logging import configure_logging, get_logger
+from werkstroom.settings import Settings, get_settings
+
+log = get_logger("werkstroom.cli")
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="werkstroom", description="Real-time web analytics on Kafka and ClickHouse"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the pipeline (all components, or one)")
+    serve.add_argument("--target", choices=["all", "ingest", "aggregator", "api"], default="all")
+
+    migrate = sub.add_parser("migrate", help="apply ClickHouse migrations (and create Kafka topics)")
+    migrate.add_argument("--dry-run", action="store_true", help="list pending migrations, apply nothing")
+
+    proj = sub.add_parser("projects", help="create and list projects")
+    proj_sub = proj.add_subparsers(dest="action", required=True)
+    create = proj_sub.add_parser("create", help="create a project; prints its id and keys")
+    create.add_argument("name")
+    create.add_argument("--json", action="store_true", help="machine-readable output")
+    listing = proj_sub.add_parser("list", help="list projects")
+    listing.add_argument("--json", action="store_true")
+
+    sub.add_parser("settings", help="print the effective settings (secrets masked)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except Exception as exc:  # pydantic's ValidationError names the variable and the reason
+        sys.stderr.write(f"werkstroom: invalid settings: {exc}\n")
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        if args.command == "settings":
+            _out(json.dumps(settings.masked(), indent=2))
+            return 0
+        if args.command == "serve":
+            log.info("settings", target=args.target, **settings.masked())
+            from werkstroom.serve import run
+
+            return run(settings, args.target)
+        if args.command == "migrate":
+            return _migrate(settings, args.dry_run)
+        if args.command == "projects":
+            return _projects(settings, args)
+    except ClickHouseError as exc:
+        sys.stderr.write(f"werkstroom: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def _migrate(settings: Settings, dry_run: bool) -> int:
+    from werkstroom.clickhouse.migrate import migrate
+    from werkstroom.contract import Topics
+    from werkstroom.kafka import ensure_topics, wait_for_kafka
+
+    client = connect(settings.effective_clickhouse_url, settings.clickhouse_database, create_database=True)
+    names = migrate(client, dry_run=dry_run)
+    verb = "would apply" if dry_run else "applied"
+    _out(f"{verb} {len(names)} migration(s)" + (": " + ", ".join(names) if names else ""))
+    if settings.kafka_bootstrap and not dry_run:
+        bootstrap = settings.kafka_bootstrap
+
+        async def topics() -> None:
+            await wait_for_kafka(bootstrap, timeout=60)
+            await ensure_topics(
+                bootstrap,
+                Topics.from_settings(settings).all(),
+                settings.topic_partitions,
+                settings.topic_replication,
+            )
+
+        asyncio.run(topics())
+        _out(f"topics ready on {settings.kafka_bootstrap}")
+    return 0
+
+
+def _projects(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        from werkstroom.serve import prepare_clickhouse
+
+        client = prepare_clickhouse(settings)
+    except ClickHouseLockedError:
+        return _projects_over_http(settings, args)
+    if args.action == "create":
+        try:
+            created = projects.create_project(client, args.name)
+        except projects.ProjectError as exc:
+            sys.stderr.write(f"werkstroom: {exc}\n")
+            return 2
+        _print_created(created.__dict__, args.json)
+        return 0
+    rows = [p.__dict__ for p in projects.list_projects(client)]
+    _print_list(rows, args.json)
+    return 0
+
+
+def _projects_over_http(settings: Settings, args: argparse.Namespace) -> int:
+    """The embedded ClickHouse is held by a running `werkstroom serve`: ask its API instead."""
+    runtime = settings.data_dir / "runtime.json"
+    if not runtime.exists():
+        raise ClickHouseLockedError(
+            f"{settings.effective_clickhouse_url} is locked and no runtime.json found"
+        )
+    api_url = json.loads(runtime.read_text())["api_url"]
+    from werkstroom.serve import admin_token
+
+    headers = {"Authorization": f"Bearer {admin_token(settings)}", "Content-Type": "application/json"}
+    if args.action == "create":
+        request = urllib.request.Request(
+            f"{api_url}/api/projects",
+            data=json.dumps({"name": args.name}).encode(),
+            headers=headers,
+            method="POST",
+        )
+    else:
+        request = urllib.request.Request(f"{api_url}/api/projects", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body: Any = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        sys.stderr.write(f"werkstroom: the running server answered {exc.code}: {exc.read().decode()}\n")
+        return 2
+    if args.action == "create":
+        _print_created(body, args.json)
+    else:
+        _print_list(body, args.json)
+    return 0
+
+
+def _print_created(project: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _out(json.dumps(project, default=str))
+        return
+    _out(f"project_id  {project['project_id']}")
+    _out(f"name        {project['name']}")
+    _out(f"write_key   {project['write_key']}   (public: goes into the tracking snippet)")
+    _out(f"read_key    {project['read_key']}   (secret: shown once, opens the API for this project)")
+
+
+def _print_list(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        _out(json.dumps(rows, default=str))
+        return
+    for row in rows:
+        _out(f"{row['project_id']}  {row['write_key']}  {row['created_at']}  {row['name']}")

@@ -1,0 +1,106 @@
+"""ClickHouse access: one client factory for `chdb://` (embedded engine) and `http(s)://` URLs.
+
+The embedded engine (chdb) lets only one process open a data directory. We take an advisory
+lock file beside it so that a second process gets a clear `ClickHouseLockedError` naming the
+process that holds it, instead of the engine's bare "Error initializing EmbeddedServer".
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlparse
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+__all__ = ["ClickHouseError", "ClickHouseLockedError", "connect", "is_embedded"]
+
+
+class ClickHouseError(RuntimeError):
+    """ClickHouse could not be reached or used; the message says what to do."""
+
+
+class ClickHouseLockedError(ClickHouseError):
+    """The embedded ClickHouse data directory is already open in another process."""
+
+
+_locks: dict[str, IO[str]] = {}
+_locks_guard = threading.Lock()
+
+
+def is_embedded(url: str) -> bool:
+    return url.startswith("chdb:")
+
+
+def _chdb_path(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.netloc and parsed.netloc != "memory":
+        raise ClickHouseError(f"chdb URL must be chdb:///absolute/path or chdb://memory, got {url!r}")
+    return parsed.path or ":memory:"
+
+
+def _lock_embedded(path: str) -> None:
+    """Hold an exclusive lock on <path>.lock for the life of this process."""
+    with _locks_guard:
+        if path in _locks:
+            return
+        Path(path).mkdir(parents=True, exist_ok=True)
+        lock_path = f"{path.rstrip('/')}.lock"
+        handle = open(lock_path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ClickHouseLockedError(
+                f"The embedded ClickHouse at {path} is already open by {holder}. Only one process may "
+                "open it: run every component in one process (`werkstroom serve --target all`), talk to "
+                "that process over HTTP, or point WERKSTROOM_CLICKHOUSE_URL at a ClickHouse server."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        _locks[path] = handle
+
+
+def connect(url: str, database: str | None = None, *, create_database: bool = False) -> Client:
+    """A clickhouse-connect client for `url`, using `database` by default.
+
+    With `create_database`, the database is created first when missing (migrations do this).
+    """
+    try:
+        if is_embedded(url):
+            path = _chdb_path(url)
+            if path != ":memory:":
+                _lock_embedded(path)
+            base = clickhouse_connect.get_client(dsn=f"chdb://{path}" if path != ":memory:" else url)
+        else:
+            base = clickhouse_connect.get_client(
+                dsn=url, connect_timeout=5, send_receive_timeout=60, autogenerate_session_id=False
+            )
+    except ClickHouseError:
+        raise
+    except Exception as exc:
+        raise ClickHouseError(f"cannot open ClickHouse at {_safe(url)}: {exc}") from exc
+    if database is None:
+        return base
+    if create_database:
+        base.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+    if is_embedded(url):
+        base.database = database
+        return base
+    return clickhouse_connect.get_client(
+        dsn=url, database=database, connect_timeout=5, send_receive_timeout=60, autogenerate_session_id=False
+    )
+
+
+def _safe(url: str) -> str:
+    from werkstroom.settings import mask_url
+
+    return mask_url(url)

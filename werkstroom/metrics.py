@@ -1,0 +1,65 @@
+"""Every Prometheus metric Werkstroom exports, listed once, each with what it counts.
+
+Services import the metric objects from here; nobody declares a metric elsewhere.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+# -- ingest --------------------------------------------------------------------------------
+#: HTTP requests to the tracking API, by endpoint and status code.
+INGEST_REQUESTS = Counter("werkstroom_ingest_requests_total", "Tracking API requests", ["endpoint", "status"])
+#: Events accepted and handed to Kafka (acknowledged), by event type.
+INGEST_EVENTS_ACCEPTED = Counter(
+    "werkstroom_ingest_events_accepted_total", "Events acknowledged by Kafka", ["type"]
+)
+#: Items rejected by validation (each also goes to the dead-letter topic), by reason code.
+INGEST_EVENTS_REJECTED = Counter(
+    "werkstroom_ingest_events_rejected_total", "Items rejected by validation", ["reason"]
+)
+#: Events from bot user agents: counted, not forwarded as visitor events.
+INGEST_BOT_EVENTS = Counter("werkstroom_ingest_bot_events_total", "Events from bots, not forwarded")
+#: Requests refused because a project went over its rate limit.
+INGEST_RATE_LIMITED = Counter("werkstroom_ingest_rate_limited_total", "Requests answered 429")
+#: Requests answered 503 because Kafka did not acknowledge in time or refused.
+INGEST_KAFKA_UNAVAILABLE = Counter(
+    "werkstroom_ingest_kafka_unavailable_total", "Requests answered 503 (Kafka unavailable)"
+)
+#: Unexpected errors in the ingest path (5xx other than 503): each one is logged.
+INGEST_ERRORS = Counter("werkstroom_ingest_errors_total", "Unexpected ingest errors")
+#: Time from request received to Kafka acknowledgement, per request.
+INGEST_LATENCY = Histogram(
+    "werkstroom_ingest_request_seconds",
+    "Tracking API latency",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+#: Write keys currently known to the ingest key cache.
+INGEST_KNOWN_KEYS = Gauge("werkstroom_ingest_known_write_keys", "Write keys in the ingest cache")
+
+# -- events sink ---------------------------------------------------------------------------
+#: Rows written to the ClickHouse events table.
+SINK_ROWS_WRITTEN = Counter("werkstroom_sink_rows_written_total", "Rows inserted into events")
+#: Messages that did not match the contract and went to the dead-letter topic.
+SINK_DEAD_LETTERED = Counter(
+    "werkstroom_sink_dead_lettered_total", "Messages sent to the dead-letter topic", ["reason"]
+)
+#: Failed ClickHouse inserts (retried with backoff; offsets are not committed meanwhile).
+SINK_INSERT_FAILURES = Counter("werkstroom_sink_insert_failures_total", "Failed ClickHouse inserts")
+#: Time one ClickHouse insert of a batch took.
+SINK_INSERT_SECONDS = Histogram(
+    "werkstroom_sink_insert_seconds",
+    "ClickHouse insert duration",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+#: Rows per flushed batch.
+SINK_BATCH_ROWS = Histogram(
+    "werkstroom_sink_batch_rows", "Rows per flush", buckets=(1, 10, 100, 1000, 5000, 10000, 50000)
+)
+#: Unix time of the last successful ClickHouse write (freshness of the pipeline).
+SINK_LAST_WRITE = Gauge("werkstroom_sink_last_write_timestamp_seconds", "Last successful insert")
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text of the default registry and its content type."""
+    return generate_latest(), CONTENT_TYPE_LATEST

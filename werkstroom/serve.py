@@ -1,0 +1,272 @@
+"""`werkstroom serve --target all|ingest|aggregator|api`: the composition root.
+
+`all` (monolithic, the embedded default) runs every component in this one process, which is
+what the embedded ClickHouse needs (one process per data directory). The other targets run
+one component each, for a scaled deployment against Kafka and a ClickHouse server.
+This module is the only place that imports the services; they never import each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from clickhouse_connect.driver.client import Client
+
+from werkstroom import projects
+from werkstroom.clickhouse import connect, is_embedded
+from werkstroom.clickhouse.migrate import migrate
+from werkstroom.contract import Topics
+from werkstroom.embedded import EmbeddedKafka
+from werkstroom.kafka import ensure_topics, wait_for_kafka
+from werkstroom.logging import get_logger
+from werkstroom.settings import Settings, Target
+
+log = get_logger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to us (several run in one loop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class Runtime:
+    """What `serve` started, for the banner and for tests."""
+
+    settings: Settings
+    bootstrap: str
+    admin_token: str
+    demo: dict[str, str] | None = None
+    embedded_kafka: EmbeddedKafka | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+
+def clickhouse_factory(settings: Settings) -> Callable[[], Client]:
+    url, database = settings.effective_clickhouse_url, settings.clickhouse_database
+    return lambda: connect(url, database)
+
+
+def prepare_clickhouse(settings: Settings) -> Client:
+    """Open ClickHouse, create the database and apply pending migrations."""
+    client = connect(settings.effective_clickhouse_url, settings.clickhouse_database, create_database=True)
+    applied = migrate(client)
+    if applied:
+        log.info("migrations_applied", migrations=applied)
+    return client
+
+
+def admin_token(settings: Settings) -> str:
+    if settings.admin_token is not None:
+        return settings.admin_token.get_secret_value()
+    path = settings.data_dir / "admin_token"
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    _write_private(path, token + "\n")
+    return token
+
+
+def ensure_demo_project(settings: Settings, client: Client) -> dict[str, str] | None:
+    """At first start (no project yet) create "Demo site" and keep its keys in <data_dir>/demo.json."""
+    path = settings.data_dir / "demo.json"
+    if path.exists():
+        demo: dict[str, str] = json.loads(path.read_text())
+        return demo
+    if not settings.demo or projects.list_projects(client):
+        return None
+    created = projects.create_project(client, "Demo site")
+    demo = {"project_id": created.project_id, "write_key": created.write_key, "read_key": created.read_key}
+    _write_private(path, json.dumps(demo, indent=2) + "\n")
+    return demo
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+async def start_kafka(settings: Settings, target: Target) -> tuple[str, EmbeddedKafka | None]:
+    if settings.kafka_bootstrap:
+        bootstrap = settings.kafka_bootstrap
+        embedded = None
+    elif target == "all":
+        embedded = EmbeddedKafka(log_path=settings.data_dir / "logs" / "kafka.log").start()
+        bootstrap = embedded.bootstrap
+    else:
+        raise SystemExit(
+            f"--target {target} needs WERKSTROOM_KAFKA_BOOTSTRAP: the embedded broker lives inside "
+            "`werkstroom serve --target all` only"
+        )
+    await wait_for_kafka(bootstrap, timeout=30)
+    await ensure_topics(
+        bootstrap, Topics.from_settings(settings).all(), settings.topic_partitions, settings.topic_replication
+    )
+    return bootstrap, embedded
+
+
+def _http_server(app: Any, settings: Settings, port: int) -> _Server:
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    return _Server(config)
+
+
+async def serve(
+    settings: Settings, target: Target, *, on_ready: Callable[[Runtime], None] | None = None
+) -> None:
+    """Run `target` until SIGINT/SIGTERM."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if target != "all" and is_embedded(settings.effective_clickhouse_url):
+        log.warning(
+            "embedded_clickhouse_single_process",
+            hint="with the embedded ClickHouse only one process may run; use --target all or a server URL",
+        )
+    client = await asyncio.to_thread(prepare_clickhouse, settings)
+    bootstrap, embedded = ("", None)
+    if target in ("all", "ingest", "aggregator"):
+        bootstrap, embedded = await start_kafka(settings, target)
+    runtime = Runtime(
+        settings=settings, bootstrap=bootstrap, admin_token=admin_token(settings), embedded_kafka=embedded
+    )
+    runtime.demo = await asyncio.to_thread(ensure_demo_project, settings, client)
+    factory = clickhouse_factory(settings)
+
+    servers: list[_Server] = []
+    sinks: list[Any] = []
+    if target in ("all", "ingest"):
+        from services.ingest.app import create_app as create_ingest
+
+        servers.append(
+            _http_server(
+                create_ingest(settings, bootstrap=bootstrap, clickhouse=factory),
+                settings,
+                settings.ingest_port,
+            )
+        )
+    if target in ("all", "api"):
+        from services.api.app import create_app as create_api
+
+        servers.append(
+            _http_server(
+                create_api(settings, clickhouse=factory, admin_token=runtime.admin_token),
+                settings,
+                settings.api_port,
+            )
+        )
+    if target in ("all", "aggregator"):
+        from services.aggregator.sink import EventsSink
+
+        sinks.append(EventsSink(settings, bootstrap, factory))
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    failed: list[asyncio.Task[Any]] = []
+    results: list[Any] = []
+    runtime.tasks = [asyncio.create_task(s.serve(), name=f"http:{s.config.port}") for s in servers]
+    runtime.tasks += [asyncio.create_task(s.run(), name="sink") for s in sinks]
+    _write_runtime_file(settings, target, runtime)
+    try:
+        while not all(s.started for s in servers):
+            if any(t.done() for t in runtime.tasks):
+                break
+            await asyncio.sleep(0.05)
+        if on_ready is not None and all(s.started for s in servers):
+            on_ready(runtime)
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stopper, *runtime.tasks], return_when=asyncio.FIRST_COMPLETED)
+        failed = [t for t in done if t is not stopper and t.exception() is not None]
+        stopper.cancel()
+    finally:
+        log.info("shutting_down", target=target)
+        for server in servers:
+            server.should_exit = True
+        for sink in sinks:
+            sink.stop()
+        results = await asyncio.gather(*runtime.tasks, return_exceptions=True)
+        if embedded is not None:
+            embedded.stop()
+        with contextlib.suppress(FileNotFoundError):
+            (settings.data_dir / "runtime.json").unlink()
+    for task in failed:
+        raise task.exception()  # type: ignore[misc]
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            raise result
+    if any(not s.started for s in servers):
+        raise SystemExit("an HTTP server did not start (is the port in use?); see the log above")
+
+
+def _write_runtime_file(settings: Settings, target: str, runtime: Runtime) -> None:
+    info = {
+        "pid": os.getpid(),
+        "target": target,
+        "api_url": settings.api_url,
+        "ingest_url": settings.ingest_url,
+        "kafka_bootstrap": runtime.bootstrap,
+    }
+    _write_private(settings.data_dir / "runtime.json", json.dumps(info) + "\n")
+
+
+def banner(runtime: Runtime) -> str:
+    s = runtime.settings
+    embedded = " (embedded tansu)" if runtime.embedded_kafka else ""
+    lines = [
+        "",
+        "Werkstroom is running (Ctrl-C to stop)",
+        f"  ingest (tracking API)   {s.ingest_url}/v1/track   docs: {s.ingest_url}/docs",
+        f"  API                     {s.api_url}   docs: {s.api_url}/docs",
+        f"  Kafka                   {runtime.bootstrap}{embedded}",
+        f"  ClickHouse              {s.masked()['clickhouse_url']} database {s.clickhouse_database}",
+        f"  admin token             in {s.data_dir / 'admin_token'}"
+        if s.admin_token is None
+        else "  admin token             from WERKSTROOM_ADMIN_TOKEN",
+    ]
+    if runtime.demo:
+        d = runtime.demo
+        lines += [
+            "",
+            f"Demo project {d['project_id']}",
+            f"  write key (public, for the snippet)   {d['write_key']}",
+            f"  read key (secret, for the API)        {d['read_key']}",
+            "",
+            "Send a page view:",
+            f"  curl -s {s.ingest_url}/v1/page -H 'Content-Type: application/json' \\",
+            f'    -d \'{{"writeKey":"{d["write_key"]}","anonymousId":"visitor-1",'
+            f'"properties":{{"url":"https://example.com/"}},'
+            f'"context":{{"userAgent":"Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0"}}}}\'',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def run(settings: Settings, target: Target) -> int:
+    def announce(runtime: Runtime) -> None:
+        sys.stdout.write(banner(runtime))
+        sys.stdout.flush()
+
+    asyncio.run(serve(settings, target, on_ready=announce))
+    return 0

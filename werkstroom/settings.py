@@ -1,0 +1,158 @@
+"""Settings, one class per concern, all read from `WERKSTROOM_*` environment variables.
+
+Precedence: explicit argument > environment variable > default. Settings are built by
+`get_settings()` when a command starts, never at import time, and logged (secrets masked)
+at start-up. Every field's description names its environment variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Target = Literal["all", "ingest", "aggregator", "api"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WERKSTROOM_", extra="ignore", frozen=True)
+
+    # -- where things live -------------------------------------------------------------
+    data_dir: Path = Field(
+        Path(".werkstroom"),
+        description="WERKSTROOM_DATA_DIR: local state (embedded ClickHouse, admin token, logs).",
+    )
+
+    # -- Kafka -------------------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        None,
+        description="WERKSTROOM_KAFKA_BOOTSTRAP: host:port[,host:port]. Unset: start the embedded "
+        "tansu broker on a free loopback port.",
+    )
+    topic_events: str = Field("werkstroom.events.v1", description="WERKSTROOM_TOPIC_EVENTS")
+    topic_dlq: str = Field("werkstroom.events.dlq.v1", description="WERKSTROOM_TOPIC_DLQ")
+    topic_partitions: int = Field(
+        4, ge=1, description="WERKSTROOM_TOPIC_PARTITIONS: partitions when Werkstroom creates topics."
+    )
+    topic_replication: int = Field(1, ge=1, description="WERKSTROOM_TOPIC_REPLICATION")
+    sink_group: str = Field(
+        "werkstroom-events-sink", description="WERKSTROOM_SINK_GROUP: consumer group of the events sink."
+    )
+
+    # -- ClickHouse --------------------------------------------------------------------
+    clickhouse_url: str | None = Field(
+        None,
+        description="WERKSTROOM_CLICKHOUSE_URL: chdb:///path (embedded engine, one process only) or "
+        "http(s)://user:password@host:8123. Unset: chdb://<data_dir>/clickhouse.",
+    )
+    clickhouse_database: str = Field("werkstroom", description="WERKSTROOM_CLICKHOUSE_DATABASE")
+
+    # -- HTTP --------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="WERKSTROOM_HOST: interface the HTTP services bind.")
+    ingest_port: int = Field(8000, description="WERKSTROOM_INGEST_PORT")
+    api_port: int = Field(8001, description="WERKSTROOM_API_PORT")
+    public_ingest_url: str | None = Field(
+        None, description="WERKSTROOM_PUBLIC_INGEST_URL: the ingest URL browsers reach (for snippets)."
+    )
+    admin_token: SecretStr | None = Field(
+        None,
+        description="WERKSTROOM_ADMIN_TOKEN: creates projects over HTTP. Unset: generated into "
+        "<data_dir>/admin_token at first start.",
+    )
+
+    # -- ingest ------------------------------------------------------------------------
+    max_event_bytes: int = Field(32 * 1024, description="WERKSTROOM_MAX_EVENT_BYTES")
+    max_batch_bytes: int = Field(500 * 1024, description="WERKSTROOM_MAX_BATCH_BYTES")
+    max_batch_events: int = Field(2500, description="WERKSTROOM_MAX_BATCH_EVENTS")
+    rate_limit_eps: float = Field(
+        5000.0,
+        ge=0,
+        description="WERKSTROOM_RATE_LIMIT_EPS: sustained events/s per project (0 = unlimited).",
+    )
+    rate_limit_burst: float = Field(
+        20000.0, ge=0, description="WERKSTROOM_RATE_LIMIT_BURST: events a project may send at once."
+    )
+    produce_timeout_ms: int = Field(
+        800,
+        ge=50,
+        description="WERKSTROOM_PRODUCE_TIMEOUT_MS: longest wait for Kafka's ack before answering 503.",
+    )
+    producer_linger_ms: int = Field(2, ge=0, description="WERKSTROOM_PRODUCER_LINGER_MS")
+    key_refresh_seconds: float = Field(
+        2.0, gt=0, description="WERKSTROOM_KEY_REFRESH_SECONDS: how often write keys are reloaded."
+    )
+    trust_forwarded_for: bool = Field(
+        False, description="WERKSTROOM_TRUST_FORWARDED_FOR: read the client IP from X-Forwarded-For."
+    )
+
+    # -- events sink -------------------------------------------------------------------
+    sink_batch_rows: int = Field(20000, ge=1, description="WERKSTROOM_SINK_BATCH_ROWS")
+    sink_flush_ms: int = Field(250, ge=10, description="WERKSTROOM_SINK_FLUSH_MS")
+    sink_max_consecutive_bad: int = Field(
+        1000,
+        ge=1,
+        description="WERKSTROOM_SINK_MAX_CONSECUTIVE_BAD: stop the sink after this many bad messages "
+        "in a row (a broken producer must not be silently dead-lettered).",
+    )
+
+    # -- operations --------------------------------------------------------------------
+    log_level: str = Field("INFO", description="WERKSTROOM_LOG_LEVEL")
+    log_format: Literal["json", "console"] = Field("json", description="WERKSTROOM_LOG_FORMAT")
+    demo: bool = Field(
+        True, description="WERKSTROOM_DEMO: create a demo project at first start when none exists."
+    )
+
+    @field_validator("clickhouse_database")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not value.replace("_", "").isalnum() or value[0].isdigit():
+            raise ValueError("must be letters, digits and underscores, not starting with a digit")
+        return value
+
+    @property
+    def effective_clickhouse_url(self) -> str:
+        if self.clickhouse_url:
+            return self.clickhouse_url
+        return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def ingest_url(self) -> str:
+        return self.public_ingest_url or f"http://{_client_host(self.host)}:{self.ingest_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{_client_host(self.host)}:{self.api_port}"
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings with secrets (passwords, tokens) masked, for the start-up log."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "***" if value.get_secret_value() else None
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        out["clickhouse_url"] = mask_url(self.effective_clickhouse_url)
+        return out
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def mask_url(url: str) -> str:
+    """Hide the password in scheme://user:password@host URLs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, hostpart = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{hostpart}"
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Build the settings: explicit overrides win over the environment, which wins over defaults."""
+    return Settings(**overrides)
