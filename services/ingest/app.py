@@ -16,6 +16,7 @@ import asyncio
 import base64
 import binascii
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -121,6 +122,11 @@ class Ingestor:
         if declared and declared.isdigit() and int(declared) > limit:
             return _error(413, f"body is larger than {limit} bytes", reason="too_large")
         body = await request.body()
+        if request.headers.get("content-encoding", "").lower() == "gzip":
+            try:
+                body = _gunzip(body, limit)
+            except ValueError as exc:
+                return _error(400, str(exc), reason="invalid_encoding")
         if len(body) > limit:
             return _error(413, f"body is larger than {limit} bytes", reason="too_large")
         try:
@@ -266,6 +272,16 @@ class Ingestor:
     def _unavailable(self, why: str) -> Response:
         metrics.INGEST_KAFKA_UNAVAILABLE.inc()
         return _error(503, f"{why}; retry later", reason="kafka_unavailable", **{"Retry-After": "1"})
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    """Inflate a gzip body (Segment SDKs may send one), never past `limit` + 1 bytes."""
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ValueError(f"body is not valid gzip: {exc}") from None
+    return data
 
 
 def endpoint_name(call_type: str | None) -> str:

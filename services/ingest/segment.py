@@ -147,8 +147,10 @@ def normalize(
                 raise Rejected("missing_field", "previousId", "alias calls need previousId")
             if not user_id:
                 raise Rejected("missing_field", "userId", "alias calls need userId")
-        if kind == "page" and call.get("name") is not None and "name" not in properties:
-            properties = {**properties, "name": _text(call.get("name"), MAX_NAME)}
+        if kind == "page":  # Segment's page name and category live in properties in our contract
+            for key in ("name", "category"):
+                if call.get(key) is not None and key not in properties:
+                    properties = {**properties, key: _text(call.get(key), MAX_NAME)}
 
     message_id = call.get("messageId")
     if message_id is None or message_id == "":

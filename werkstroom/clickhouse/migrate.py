@@ -38,13 +38,9 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
     def statements(self) -> list[str]:
-        parts = re.split(r";[ \t]*(?:\n|$)", self.sql)
-        out = []
-        for part in parts:
-            body = "\n".join(line for line in part.splitlines() if not line.strip().startswith("--"))
-            if body.strip():
-                out.append(part.strip())
-        return out
+        """The statements of the file: whole-line comments dropped, split at `;` ending a line."""
+        code = "\n".join(line for line in self.sql.splitlines() if not line.strip().startswith("--"))
+        return [part.strip() for part in re.split(r";[ \t]*(?:\n|$)", code) if part.strip()]
 
 
 def load_migrations() -> list[Migration]:

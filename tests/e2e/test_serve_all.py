@@ -1,0 +1,191 @@
+"""`werkstroom serve --target all` as `make run` starts it: a real process with the embedded
+broker and ClickHouse, driven over HTTP and the CLI, stopped by signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from werkstroom.embedded import free_port
+
+pytestmark = pytest.mark.integration
+
+CLI = [sys.executable, "-m", "werkstroom"]
+UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def post(url: str, body: dict[str, object]) -> tuple[int, dict[str, object]]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": UA},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def wait(check, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, str], Path]]:
+    env = {
+        **os.environ,
+        "WERKSTROOM_DATA_DIR": str(tmp_path / "data"),
+        "WERKSTROOM_INGEST_PORT": str(free_port()),
+        "WERKSTROOM_API_PORT": str(free_port()),
+        "WERKSTROOM_KEY_REFRESH_SECONDS": "0.5",
+    }
+    env.pop("WERKSTROOM_KAFKA_BOOTSTRAP", None)
+    env.pop("WERKSTROOM_CLICKHOUSE_URL", None)
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--target", "all"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        banner = ""
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while "curl" not in banner and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                raise AssertionError(f"serve exited: {(tmp_path / 'serve.log').read_text()[-3000:]}")
+            banner += line
+        yield proc, {**env, "BANNER": banner}, tmp_path
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+
+
+def test_make_run_path_serves_the_whole_pipeline_and_stops_cleanly(server) -> None:  # type: ignore[no-untyped-def]
+    proc, env, tmp_path = server
+    banner = env["BANNER"]
+    ingest = f"http://127.0.0.1:{env['WERKSTROOM_INGEST_PORT']}"
+    write_key = re.search(r"write key \(public, for the snippet\)\s+(\S+)", banner).group(1)  # type: ignore[union-attr]
+    assert re.search(r"read key \(secret, for the API\)\s+rk_\S+", banner)
+    assert f"{ingest}/v1/track" in banner
+
+    status, answer = post(
+        f"{ingest}/v1/page",
+        {"writeKey": write_key, "anonymousId": "v1", "properties": {"url": "https://example.com/"}},
+    )
+    assert (status, answer["accepted"]) == (200, 1)
+    wait(lambda: metric(ingest, "werkstroom_sink_rows_written_total") >= 1)
+
+    # A second process cannot open the embedded ClickHouse: it says so and why, no traceback.
+    locked = subprocess.run(
+        [*CLI, "migrate"], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert locked.returncode == 2
+    assert "already open by pid" in locked.stderr and "Traceback" not in locked.stderr
+
+    # ... but `projects create` goes through the running server's API, and ingest accepts
+    # the new key within seconds, without a restart.
+    created = subprocess.run(
+        [*CLI, "projects", "create", "Second site", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
+    second = json.loads(created.stdout)
+    assert second["read_key"].startswith("rk_") and second["name"] == "Second site"
+    wait(
+        lambda: (
+            post(
+                f"{ingest}/v1/track", {"writeKey": second["write_key"], "anonymousId": "x", "event": "Hello"}
+            )[0]
+            == 200
+        ),
+        timeout=10,
+    )
+    wait(lambda: metric(ingest, "werkstroom_sink_rows_written_total") >= 2)
+
+    kids = children(proc.pid)
+    assert kids, "the embedded broker runs as a child process"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    wait(lambda: not any(alive(k) for k in kids), timeout=10)
+    assert not (tmp_path / "data" / "runtime.json").exists()
+
+
+def test_killed_server_leaves_no_orphan_broker(server) -> None:  # type: ignore[no-untyped-def]
+    proc, _env, _tmp = server
+    kids = children(proc.pid)
+    assert kids
+    proc.kill()  # no chance to clean up: the broker must die with its parent anyway
+    proc.wait(10)
+    wait(lambda: not any(alive(k) for k in kids), timeout=10)
+
+
+def test_a_separate_target_without_kafka_explains_what_to_set(tmp_path: Path) -> None:
+    env = {**os.environ, "WERKSTROOM_DATA_DIR": str(tmp_path)}
+    env.pop("WERKSTROOM_KAFKA_BOOTSTRAP", None)
+    result = subprocess.run(
+        [*CLI, "serve", "--target", "ingest"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "WERKSTROOM_KAFKA_BOOTSTRAP" in result.stderr

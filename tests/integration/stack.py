@@ -1,0 +1,169 @@
+"""An in-process Werkstroom for one test: the real ingest app over HTTP and the real sink,
+on the test's own topics and database, against the session's Kafka and ClickHouse."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer
+from clickhouse_connect.driver.client import Client
+
+from services.aggregator.sink import EventsSink
+from services.ingest.app import create_app as create_ingest
+from werkstroom import projects
+from werkstroom.clickhouse import connect
+from werkstroom.contract import Topics
+from werkstroom.embedded import free_port
+from werkstroom.kafka import ensure_topics
+from werkstroom.serve import _http_server, _Server, clickhouse_factory, prepare_clickhouse
+from werkstroom.settings import Settings
+
+T = TypeVar("T")
+
+
+class Stack:
+    def __init__(
+        self,
+        bootstrap: str,
+        clickhouse_url: str,
+        names: dict[str, str],
+        *,
+        data_dir: Any,
+        ingest: bool = True,
+        sink: bool = True,
+        **overrides: Any,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.settings = Settings(
+            kafka_bootstrap=bootstrap,
+            clickhouse_url=clickhouse_url,
+            data_dir=Path(str(data_dir)),
+            ingest_port=free_port(),
+            api_port=free_port(),
+            sink_flush_ms=100,
+            key_refresh_seconds=0.5,
+            **names,
+            **overrides,
+        )
+        self.topics = Topics.from_settings(self.settings)
+        self._want_ingest = ingest
+        self._want_sink = sink
+        self.client: Client
+        self.project: projects.NewProject
+        self.http: httpx.AsyncClient
+        self.server: _Server | None = None
+        self.sink: EventsSink | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    @property
+    def ingest_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.ingest_port}"
+
+    async def __aenter__(self) -> Stack:
+        self.client = await asyncio.to_thread(prepare_clickhouse, self.settings)
+        await ensure_topics(self.bootstrap, self.topics.all(), self.settings.topic_partitions)
+        self.project = projects.create_project(self.client, "Test site")
+        self.http = httpx.AsyncClient(base_url=self.ingest_url, timeout=10)
+        if self._want_ingest:
+            await self.start_ingest()
+        if self._want_sink:
+            self.start_sink()
+        return self
+
+    async def start_ingest(self) -> None:
+        app = create_ingest(
+            self.settings, bootstrap=self.bootstrap, clickhouse=clickhouse_factory(self.settings)
+        )
+        self.server = _http_server(app, self.settings, self.settings.ingest_port)
+        self._tasks.append(asyncio.create_task(self.server.serve()))
+        await self.until(lambda: self.server is not None and self.server.started, timeout=20)
+
+    def start_sink(self, **kwargs: Any) -> EventsSink:
+        self.sink = EventsSink(self.settings, self.bootstrap, clickhouse_factory(self.settings), **kwargs)
+        self._tasks.append(asyncio.create_task(self.sink.run()))
+        return self.sink
+
+    async def stop_sink(self) -> None:
+        if self.sink is not None:
+            self.sink.stop()
+        task = self._tasks.pop()
+        await task
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.sink is not None:
+            self.sink.stop()
+        if self.server is not None:
+            self.server.should_exit = True
+        for task in self._tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 15)
+        await self.http.aclose()
+        with contextlib.suppress(Exception):
+            self.client.command(f"DROP DATABASE IF EXISTS `{self.settings.clickhouse_database}`")
+
+    # -- helpers ------------------------------------------------------------------------
+
+    async def post(self, path: str, body: Any, **kwargs: Any) -> httpx.Response:
+        if not isinstance(body, bytes | str):
+            body = orjson.dumps(body)
+        headers = {"Content-Type": "application/json", "User-Agent": BROWSER_UA, **kwargs.pop("headers", {})}
+        return await self.http.post(path, content=body, headers=headers, **kwargs)
+
+    def rows(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self.client.query(sql, parameters=params).result_rows]
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        return self.client.query(sql, parameters=params).first_row[0]
+
+    async def until(self, check: Callable[[], T | Awaitable[T]], timeout: float = 15.0) -> T:
+        """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = check()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return result  # type: ignore[return-value]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
+            await asyncio.sleep(0.05)
+
+    async def wait_count(
+        self, expected: int, sql: str = "SELECT count() FROM events FINAL", **params: Any
+    ) -> int:
+        await self.until(lambda: self.scalar(sql, **params) >= expected, timeout=20)
+        await asyncio.sleep(0.3)  # and no more than that arrives
+        count: int = self.scalar(sql, **params)
+        return count
+
+    async def read_topic(self, topic: str, expected: int, timeout: float = 10.0) -> list[Any]:
+        """Read `expected` messages from the start of `topic` (no group, no commits)."""
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        )
+        await consumer.start()
+        found: list[Any] = []
+        try:
+            deadline = time.monotonic() + timeout
+            while len(found) < expected and time.monotonic() < deadline:
+                for messages in (await consumer.getmany(timeout_ms=200)).values():
+                    found.extend(messages)
+        finally:
+            await consumer.stop()
+        return found
+
+    def other_client(self) -> Client:
+        return connect(self.settings.effective_clickhouse_url, self.settings.clickhouse_database)
+
+
+BROWSER_UA = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36"
+)

@@ -1,0 +1,173 @@
+"""The events sink against the real broker and ClickHouse: batching, de-duplication of
+re-delivered messages, dead letters, and offsets committed only after the insert."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from services.aggregator.sink import EventsSink, SinkStopped
+from tests.integration.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+
+def event(project_id: str, i: int, **extra: object) -> bytes:
+    return orjson.dumps(
+        {
+            "schema_version": 1,
+            "event_id": f"e-{i}",
+            "project_id": project_id,
+            "type": "track",
+            "event": "Tick",
+            "anonymous_id": f"a-{i % 5}",
+            "user_id": "",
+            "previous_id": "",
+            "session_id": "",
+            "timestamp": "2026-11-20T10:00:00.000Z",
+            "sent_at": None,
+            "received_at": "2026-11-20T10:00:01.000Z",
+            "url": "",
+            "path": "",
+            "title": "",
+            "referrer": "",
+            "device_type": "desktop",
+            "browser": "Firefox",
+            "browser_version": "120",
+            "os": "Linux",
+            "os_version": "",
+            "properties": {"i": i},
+            "traits": {},
+            "library": "test",
+            **extra,
+        }
+    )
+
+
+async def produce(stack: Stack, values: list[bytes], key: bytes = b"k") -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send(stack.topics.events, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def committed(stack: Stack) -> int:
+    """Sum of the sink group's committed offsets on the events topic (OffsetFetch, no join)."""
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=stack.bootstrap, group_id=stack.settings.sink_group, enable_auto_commit=False
+    )
+    await reader.start()
+    try:
+        partitions = reader.partitions_for_topic(stack.topics.events) or set()
+        if not partitions:
+            await reader._client.force_metadata_update()
+            partitions = reader.partitions_for_topic(stack.topics.events) or set()
+        total = 0
+        for partition in partitions:
+            total += await reader.committed(TopicPartition(stack.topics.events, partition)) or 0
+        return total
+    finally:
+        await reader.stop()
+
+
+@pytest.fixture
+async def quiet(infra, names, tmp_path):  # type: ignore[no-untyped-def]
+    """A stack with no ingest and no sink running: the test drives the sink itself."""
+    async with Stack(
+        infra.bootstrap, infra.clickhouse_url, names, data_dir=tmp_path, ingest=False, sink=False
+    ) as s:
+        yield s
+
+
+async def test_redelivered_messages_do_not_duplicate_rows(quiet: Stack) -> None:
+    pid = quiet.project.project_id
+    await produce(quiet, [event(pid, i) for i in range(500)])
+    quiet.start_sink()
+    assert await quiet.wait_count(500) == 500
+    await quiet.stop_sink()
+    # The same events again (a producer retry), and a second group reading from the start
+    # (a sink that crashed before committing): rows stay unique.
+    await produce(quiet, [event(pid, i) for i in range(500)])
+    quiet.start_sink()
+    await quiet.until(lambda: quiet.scalar("SELECT count() FROM events") >= 1000, timeout=20)
+    await quiet.stop_sink()
+    quiet.settings.__dict__["sink_group"] = quiet.settings.sink_group + "-replay"
+    quiet.start_sink()
+    await quiet.until(lambda: quiet.scalar("SELECT count() FROM events") >= 1500, timeout=20)
+    assert quiet.scalar("SELECT count() FROM events FINAL") == 500
+    assert quiet.scalar("SELECT uniqExact(event_id) FROM events") == 500
+    assert quiet.rows("SELECT min(kafka_offset), max(kafka_offset) FROM events FINAL")[0][1] >= 0
+
+
+async def test_bad_messages_are_dead_lettered_and_good_ones_written(quiet: Stack) -> None:
+    pid = quiet.project.project_id
+    values = [
+        event(pid, 1),
+        b"\xff not json",
+        orjson.dumps([1]),
+        event(pid, 2, schema_version=2),
+        event(pid, 3, type="screen"),
+        event(pid, 4, timestamp="noon"),
+        event(pid, 5),
+    ]
+    await produce(quiet, values)
+    quiet.start_sink()
+    assert await quiet.wait_count(2) == 2
+    dead = await quiet.read_topic(quiet.topics.dead_letter, 5)
+    reasons = sorted(orjson.loads(m.value)["reason"] for m in dead)
+    assert reasons == [
+        "invalid_field",
+        "invalid_json",
+        "invalid_time",
+        "not_an_object",
+        "unsupported_version",
+    ]
+    record = orjson.loads(dead[0].value)
+    assert record["source"] == "sink" and record["topic"] == quiet.topics.events and "offset" in record
+    await quiet.until(lambda: asyncio.ensure_future(committed(quiet)), timeout=10)
+    assert await committed(quiet) == 7
+
+
+async def test_too_many_bad_messages_in_a_row_stop_the_sink(infra, names, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async with Stack(
+        infra.bootstrap,
+        infra.clickhouse_url,
+        names,
+        data_dir=tmp_path,
+        ingest=False,
+        sink=False,
+        sink_max_consecutive_bad=20,
+    ) as stack:
+        await produce(stack, [b"garbage"] * 25)
+        stack.start_sink()
+        with pytest.raises(SinkStopped, match="20 messages in a row"):
+            await asyncio.wait_for(stack._tasks[-1], 20)
+        stack.sink = None
+
+
+async def test_offsets_are_committed_only_after_the_insert(quiet: Stack) -> None:
+    """While ClickHouse refuses the insert (the table is missing), nothing is committed and the
+    sink keeps retrying; once the table exists, the rows land and the offsets follow."""
+    pid = quiet.project.project_id
+    await produce(quiet, [event(pid, i) for i in range(50)])
+    sink: EventsSink = quiet.start_sink(table="events_later")
+    await quiet.until(lambda: sink.consumer is not None and sink.consumer.assignment(), timeout=20)
+    await asyncio.sleep(1.5)  # several flush attempts fail
+    from werkstroom.metrics import SINK_INSERT_FAILURES
+
+    assert SINK_INSERT_FAILURES._value.get() > 0
+    assert await committed(quiet) == 0
+    quiet.client.command("CREATE TABLE events_later AS events")
+    await quiet.until(lambda: quiet.scalar("SELECT count() FROM events_later") == 50, timeout=20)
+    await quiet.until(lambda: asyncio.ensure_future(committed(quiet)), timeout=10)
+    assert await committed(quiet) == 50
+    assert sink.consumer is not None
+    positions = [await sink.consumer.committed(tp) or 0 for tp in sink.consumer.assignment()]
+    assert sum(positions) == 50
