@@ -4,8 +4,11 @@ that commit by hand, topic creation and a bounded readiness wait."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -115,34 +118,116 @@ async def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, 
         await admin.close()
 
 
+@lru_cache(maxsize=65536)
+def _murmur2(key: bytes) -> int:
+    """Kafka's murmur2 (aiokafka's pure-Python one costs ~12 µs a key). A visitor's key recurs
+    for each of their events, so a cache makes this nearly free on real traffic."""
+    return int(murmur2(key))
+
+
 def partition_for(key: bytes, partitions: int) -> int:
     """The Java client's default partitioner (murmur2), so keys land where every client puts them."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return (_murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-async def publish(producer: AIOKafkaProducer, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
-    """Send keyed messages and wait until Kafka acknowledged all of them.
+class _Waiter:
+    """One publish() call: done when every batch holding its messages is acknowledged."""
 
-    One send() per message costs ~20 µs of Python; building one batch per partition and
-    handing it over with send_batch() is several times cheaper, which matters for /v1/batch.
+    __slots__ = ("future", "remaining")
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        self.future = future
+        self.remaining = 0
+
+    def done(self, delivery: asyncio.Future[Any]) -> None:
+        if self.future.done():
+            return
+        if delivery.cancelled():
+            self.future.set_exception(KafkaError("delivery cancelled"))
+            return
+        if (error := delivery.exception()) is not None:
+            self.future.set_exception(error)
+            return
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.future.set_result(None)
+
+
+Queued = tuple[str, list[tuple[bytes, bytes]], _Waiter]
+
+
+class Publisher:
+    """Hands keyed messages to Kafka for many concurrent callers, in as few batches as possible.
+
+    aiokafka lets one batch per partition wait in its accumulator: a caller that builds its own
+    small batch (send_batch) waits for the previous one to leave, and one send() per message
+    costs ~20 µs of Python. So callers queue their messages here; one task takes everything
+    queued, builds one batch per partition and hands it over with send_batch. While it waits
+    for the accumulator, more callers queue up, so batches grow with the load. `publish()`
+    returns once Kafka acknowledged every message of that call.
     """
-    if not messages:
-        return
-    if len(messages) == 1:
-        key, value = messages[0]
-        await (await producer.send(topic, value, key=key))
-        return
-    partitions = sorted(await producer.partitions_for(topic))
-    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
-    for key, value in messages:
-        by_partition.setdefault(partitions[partition_for(key, len(partitions))], []).append((key, value))
-    futures = []
-    for partition, items in by_partition.items():
-        batch = producer.create_batch()
-        for key, value in items:
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)
-        futures.append(await producer.send_batch(batch, topic, partition=partition))
-    await asyncio.gather(*futures)
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self.producer = producer
+        self._queue: list[Queued] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="kafka-publisher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def publish(self, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+        if not messages:
+            return
+        waiter = _Waiter(asyncio.get_running_loop().create_future())
+        self._queue.append((topic, messages, waiter))
+        self._wakeup.set()
+        await waiter.future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            queue, self._queue = self._queue, []
+            try:
+                await self._hand_over(queue)
+            except Exception as exc:  # e.g. the accumulator stayed full: fail these callers
+                for _topic, _messages, waiter in queue:
+                    if not waiter.future.done():
+                        waiter.future.set_exception(exc)
+
+    async def _hand_over(self, queue: list[Queued]) -> None:
+        groups: dict[tuple[str, int], list[tuple[bytes, bytes, _Waiter]]] = {}
+        partitions: dict[str, list[int]] = {}
+        for topic, messages, waiter in queue:
+            if topic not in partitions:
+                partitions[topic] = sorted(await self.producer.partitions_for(topic))
+            known = partitions[topic]
+            for key, value in messages:
+                target = (topic, known[partition_for(key, len(known))])
+                groups.setdefault(target, []).append((key, value, waiter))
+        # Build every batch first, so each caller knows how many acknowledgements it waits for
+        # before the first one can arrive.
+        batches: list[tuple[Any, str, int, set[_Waiter]]] = []
+        for (topic, partition), items in groups.items():
+            batch, waiters = self.producer.create_batch(), set()
+            for key, value, waiter in items:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    batches.append((batch, topic, partition, waiters))
+                    batch, waiters = self.producer.create_batch(), set()
+                    batch.append(key=key, value=value, timestamp=None)
+                waiters.add(waiter)
+            batches.append((batch, topic, partition, waiters))
+        for *_, waiters in batches:
+            for waiter in waiters:
+                waiter.remaining += 1
+        for batch, topic, partition, waiters in batches:
+            delivery = await self.producer.send_batch(batch, topic, partition=partition)
+            for waiter in waiters:
+                delivery.add_done_callback(waiter.done)

@@ -268,5 +268,15 @@ def run(settings: Settings, target: Target) -> int:
         sys.stdout.write(banner(runtime))
         sys.stdout.flush()
 
-    asyncio.run(serve(settings, target, on_ready=announce))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(serve(settings, target, on_ready=announce))
     return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (it is, via uvicorn[standard]): the same loop uvicorn would pick."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

@@ -26,7 +26,7 @@ from clickhouse_connect.driver.client import Client
 
 from werkstroom import metrics
 from werkstroom.contract import FIELDS, ContractError, Topics, dead_letter, decode_event
-from werkstroom.kafka import make_consumer, publish, start_producer
+from werkstroom.kafka import Publisher, make_consumer, start_producer
 from werkstroom.logging import get_logger
 from werkstroom.settings import Settings
 
@@ -89,6 +89,7 @@ class EventsSink:
         self._consecutive_bad = 0
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        self.publisher: Publisher | None = None
         self.client: Client | None = None
         self.last_write: float | None = None
 
@@ -96,6 +97,8 @@ class EventsSink:
         """Consume until stop() is called (or a SinkStopped error)."""
         self.client = self._client_factory()
         self.producer = await start_producer(self.bootstrap, client_id="werkstroom-sink")
+        self.publisher = Publisher(self.producer)
+        self.publisher.start()
         self.consumer = make_consumer(
             self.bootstrap, [], self.settings.sink_group, max_poll_records=self.settings.sink_batch_rows
         )
@@ -164,8 +167,8 @@ class EventsSink:
             while True:
                 try:
                     if dead:
-                        assert self.producer is not None
-                        await publish(self.producer, self.topics.dead_letter, dead)
+                        assert self.publisher is not None
+                        await self.publisher.publish(self.topics.dead_letter, dead)
                         dead = []
                     if rows:
                         await self._insert(rows)
@@ -202,6 +205,8 @@ class EventsSink:
     async def _close(self) -> None:
         if self.consumer is not None:
             await self.consumer.stop()
+        if self.publisher is not None:
+            await self.publisher.stop()
         if self.producer is not None:
             await self.producer.stop()
         log.info("sink_stopped")

@@ -17,10 +17,11 @@ import base64
 import binascii
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 import orjson
@@ -29,6 +30,8 @@ from aiokafka.errors import KafkaError
 from clickhouse_connect.driver.client import Client
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import Counter
+from starlette.types import Receive, Scope, Send
 
 from services.ingest import enrich
 from services.ingest.keys import WriteKeyCache
@@ -36,9 +39,9 @@ from services.ingest.ratelimit import RateLimiter
 from services.ingest.segment import Rejected, normalize, parse_client_time
 from werkstroom import metrics, projects
 from werkstroom.clickhouse.migrate import is_current
-from werkstroom.contract import Topics, dead_letter, message_key
+from werkstroom.contract import Topics, dead_letter, encode_event, message_key
 from werkstroom.http import ops_router
-from werkstroom.kafka import publish, start_producer
+from werkstroom.kafka import Publisher, start_producer
 from werkstroom.logging import get_logger
 from werkstroom.settings import Settings
 
@@ -77,17 +80,31 @@ class IngestState:
     settings: Settings
     topics: Topics
     producer: AIOKafkaProducer
+    publisher: Publisher
     keys: WriteKeyCache
     limiter: RateLimiter
     kafka_down_until: float = 0.0
 
 
-def _answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type=_JSON, headers=headers)
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: dict[str, Any]
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def response(self) -> Response:
+        return Response(
+            orjson.dumps(self.body), status_code=self.status, media_type=_JSON, headers=dict(self.headers)
+        )
 
 
-def _error(status: int, message: str, *, reason: str, field: str | None = None, **headers: str) -> Response:
-    return _answer(status, {"success": False, "error": message, "reason": reason, "field": field}, headers)
+class BodyTooLarge(Exception):
+    pass
+
+
+def _error(status: int, message: str, *, reason: str, field: str | None = None, **headers: str) -> Answer:
+    body = {"success": False, "error": message, "reason": reason, "field": field}
+    return Answer(status, body, tuple(headers.items()))
 
 
 def _basic_write_key(header: str | None) -> str | None:
@@ -101,28 +118,34 @@ def _basic_write_key(header: str | None) -> str | None:
 
 
 class Ingestor:
-    """Turns one tracking request into Kafka messages; owns no I/O state besides IngestState."""
+    """Turns one tracking request (headers + body) into Kafka messages and an Answer."""
 
     def __init__(self, state: IngestState) -> None:
         self.s = state
 
-    async def handle(self, request: Request, call_type: str | None) -> Response:
-        started = time.perf_counter()
-        endpoint = call_type or "batch"
-        response = await self._handle(request, call_type)
-        metrics.INGEST_REQUESTS.labels(endpoint, str(response.status_code)).inc()
-        metrics.INGEST_LATENCY.observe(time.perf_counter() - started)
-        return response
+    def limit(self, call_type: str | None) -> int:
+        return self.s.settings.max_batch_bytes if call_type is None else self.s.settings.max_event_bytes
 
-    async def _handle(self, request: Request, call_type: str | None) -> Response:
+    async def handle(self, call_type: str | None, headers: Mapping[str, str], body: bytes | None) -> Answer:
+        """`body` is None when it was larger than the limit (the reader stopped early)."""
+        started = time.perf_counter()
+        try:
+            answer = await self._handle(call_type, headers, body)
+        except Exception:
+            metrics.INGEST_ERRORS.inc()
+            log.exception("ingest_error", endpoint=endpoint_name(call_type))
+            answer = _error(500, "internal error; it has been logged", reason="internal_error")
+        _requests_counter(call_type or "batch", answer.status).inc()
+        metrics.INGEST_LATENCY.observe(time.perf_counter() - started)
+        return answer
+
+    async def _handle(self, call_type: str | None, headers: Mapping[str, str], body: bytes | None) -> Answer:
         settings = self.s.settings
         received_at = datetime.now(UTC)
-        limit = settings.max_batch_bytes if call_type is None else settings.max_event_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
+        limit = self.limit(call_type)
+        if body is None:
             return _error(413, f"body is larger than {limit} bytes", reason="too_large")
-        body = await request.body()
-        if request.headers.get("content-encoding", "").lower() == "gzip":
+        if headers.get("content-encoding", "").lower() == "gzip":
             try:
                 body = _gunzip(body, limit)
             except ValueError as exc:
@@ -138,7 +161,7 @@ class Ingestor:
                 400, f"body must be a JSON object, not {_json_kind(payload)}", reason="not_an_object"
             )
 
-        write_key = payload.get("writeKey") or _basic_write_key(request.headers.get("authorization"))
+        write_key = payload.get("writeKey") or _basic_write_key(headers.get("authorization"))
         if not isinstance(write_key, str) or not write_key:
             return _error(
                 401, "no write key: send writeKey in the body or as Basic auth", reason="no_write_key"
@@ -176,7 +199,7 @@ class Ingestor:
         if time.monotonic() < self.s.kafka_down_until:
             return self._unavailable("Kafka was unreachable a moment ago")
 
-        header_agent = enrich.analyse(request.headers.get("user-agent", ""))
+        header_agent = enrich.analyse(headers.get("user-agent", ""))
         messages: list[tuple[bytes, bytes]] = []
         dead: list[tuple[bytes, bytes]] = []
         errors: list[dict[str, Any]] = []
@@ -219,7 +242,7 @@ class Ingestor:
                 bots += 1
                 continue
             messages.append(
-                (message_key(project_id, event["anonymous_id"], event["user_id"]), orjson.dumps(event))
+                (message_key(project_id, event["anonymous_id"], event["user_id"]), encode_event(event))
             )
             accepted_types[event["type"]] = accepted_types.get(event["type"], 0) + 1
 
@@ -231,12 +254,12 @@ class Ingestor:
             return self._unavailable("Kafka did not acknowledge the events in time")
 
         for kind, count in accepted_types.items():
-            metrics.INGEST_EVENTS_ACCEPTED.labels(kind).inc(count)
+            _accepted_counter(kind).inc(count)
         if bots:
             metrics.INGEST_BOT_EVENTS.inc(bots)
         if call_type is not None and errors:
             error = errors[0]
-            return _answer(
+            return Answer(
                 400,
                 {
                     "success": False,
@@ -247,7 +270,7 @@ class Ingestor:
                     "rejected": 1,
                 },
             )
-        return _answer(
+        return Answer(
             200,
             {
                 "success": True,
@@ -259,17 +282,15 @@ class Ingestor:
         )
 
     async def _send(self, messages: list[tuple[bytes, bytes]], dead: list[tuple[bytes, bytes]]) -> None:
-        if messages and dead:
+        publish = self.s.publisher.publish
+        if dead:
             await asyncio.gather(
-                publish(self.s.producer, self.s.topics.events, messages),
-                publish(self.s.producer, self.s.topics.dead_letter, dead),
+                publish(self.s.topics.events, messages), publish(self.s.topics.dead_letter, dead)
             )
-        elif messages:
-            await publish(self.s.producer, self.s.topics.events, messages)
-        elif dead:
-            await publish(self.s.producer, self.s.topics.dead_letter, dead)
+        else:
+            await publish(self.s.topics.events, messages)
 
-    def _unavailable(self, why: str) -> Response:
+    def _unavailable(self, why: str) -> Answer:
         metrics.INGEST_KAFKA_UNAVAILABLE.inc()
         return _error(503, f"{why}; retry later", reason="kafka_unavailable", **{"Retry-After": "1"})
 
@@ -282,6 +303,16 @@ def _gunzip(body: bytes, limit: int) -> bytes:
     except zlib.error as exc:
         raise ValueError(f"body is not valid gzip: {exc}") from None
     return data
+
+
+@cache
+def _requests_counter(endpoint: str, status: int) -> Counter:
+    return metrics.INGEST_REQUESTS.labels(endpoint, str(status))
+
+
+@cache
+def _accepted_counter(kind: str) -> Counter:
+    return metrics.INGEST_EVENTS_ACCEPTED.labels(kind)
 
 
 def endpoint_name(call_type: str | None) -> str:
@@ -298,7 +329,62 @@ def _json_kind(value: object) -> str:
     )
 
 
-def create_app(settings: Settings, *, bootstrap: str, clickhouse: Callable[[], Client]) -> FastAPI:
+_ROUTES: dict[str, str | None] = {
+    "/v1/track": "track",
+    "/v1/page": "page",
+    "/v1/identify": "identify",
+    "/v1/alias": "alias",
+    "/v1/batch": None,
+    "/v1/import": None,
+}
+_CORS = (b"access-control-allow-origin", b"*")
+
+
+class BeaconFastPath:
+    """The outermost ASGI layer: `POST /v1/*` beacons are answered here, straight from the raw
+    ASGI messages, without FastAPI's middleware and routing stack (which costs more per request
+    than everything the beacon needs; see bench/). Everything else, CORS preflights and the
+    OpenAPI docs included, goes on to the FastAPI app, whose /v1 routes run the same Ingestor."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in _ROUTES:
+            await self.app(scope, receive, send)
+            return
+        ingestor: Ingestor = self.app.state.ingest
+        call_type = _ROUTES[scope["path"]]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        body = await _read_body(receive, headers.get("content-length"), ingestor.limit(call_type))
+        answer = await ingestor.handle(call_type, headers, body)
+        raw_headers = [(b"content-type", b"application/json"), _CORS]
+        raw_headers += [(k.lower().encode(), v.encode()) for k, v in answer.headers]
+        await send({"type": "http.response.start", "status": answer.status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": orjson.dumps(answer.body)})
+
+
+async def _read_body(receive: Receive, declared: str | None, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed `limit` (gzip aside: a
+    compressed body is limited again once inflated)."""
+    if declared and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def create_app(settings: Settings, *, bootstrap: str, clickhouse: Callable[[], Client]) -> BeaconFastPath:
     """The ingest ASGI app. `clickhouse` makes the client (called once, at start-up)."""
 
     @asynccontextmanager
@@ -308,12 +394,15 @@ def create_app(settings: Settings, *, bootstrap: str, clickhouse: Callable[[], C
         producer = await start_producer(
             bootstrap, linger_ms=settings.producer_linger_ms, client_id="werkstroom-ingest"
         )
+        publisher = Publisher(producer)
+        publisher.start()
         keys = WriteKeyCache(lambda: projects.write_keys(client), settings.key_refresh_seconds)
         await keys.start()
         state = IngestState(
             settings=settings,
             topics=Topics.from_settings(settings),
             producer=producer,
+            publisher=publisher,
             keys=keys,
             limiter=RateLimiter(settings.rate_limit_eps, settings.rate_limit_burst),
         )
@@ -324,6 +413,7 @@ def create_app(settings: Settings, *, bootstrap: str, clickhouse: Callable[[], C
             yield
         finally:
             await keys.stop()
+            await publisher.stop()
             await producer.stop()
 
     app = FastAPI(
@@ -369,7 +459,12 @@ def create_app(settings: Settings, *, bootstrap: str, clickhouse: Callable[[], C
 
     def add_route(path: str, call_type: str | None, example: str) -> None:
         async def route(request: Request) -> Response:
-            return await request.app.state.ingest.handle(request, call_type)
+            ingestor: Ingestor = request.app.state.ingest
+            body = await _read_body(
+                request.receive, request.headers.get("content-length"), ingestor.limit(call_type)
+            )
+            answer = await ingestor.handle(call_type, request.headers, body)
+            return answer.response()
 
         app.add_api_route(
             path,
@@ -395,10 +490,4 @@ def create_app(settings: Settings, *, bootstrap: str, clickhouse: Callable[[], C
     add_route("/v1/batch", None, "batch")
     add_route("/v1/import", None, "batch")
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        metrics.INGEST_ERRORS.inc()
-        log.exception("ingest_error", path=request.url.path)
-        return _error(500, "internal error; it has been logged", reason="internal_error")
-
-    return app
+    return BeaconFastPath(app)

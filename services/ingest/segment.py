@@ -1,19 +1,20 @@
 """The Segment tracking-API payloads, validated and turned into contract v1 events.
 
 Pure functions, no I/O: `normalize()` takes one decoded call (a dict) and returns the
-enriched event or raises `Rejected` with the field and the reason. Hand-written checks on
+enriched event (times as UTC datetimes; `encode_event` writes the JSON) or raises `Rejected`
+with the field and the reason. Hand-written checks on
 the decoded dict, not a pydantic model, because this runs for every beacon (see bench/).
 """
 
 from __future__ import annotations
 
-import uuid
+import os
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from services.ingest.enrich import UNKNOWN, Agent, analyse
-from werkstroom.contract import SCHEMA_VERSION, format_time
+from werkstroom.contract import SCHEMA_VERSION
 
 MAX_ID = 200
 MAX_NAME = 200
@@ -22,6 +23,7 @@ MAX_URL = 2048
 MAX_TITLE = 1000
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 SUPPORTED = ("page", "track", "identify", "alias")
+_VARIANT = "89ab"
 _SPECIAL_EVENT = {"page": "$page", "identify": "$identify", "alias": "$alias"}
 
 
@@ -51,8 +53,14 @@ def parse_client_time(value: object, field: str) -> datetime | None:
             "invalid_time", field, f"{field} is not an ISO 8601 date-time: {value[:40]!r}"
         ) from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed
+        return parsed.replace(tzinfo=UTC)
+    return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
+
+
+def random_id() -> str:
+    """A random (version 4) UUID string; a third of the cost of str(uuid.uuid4())."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 def corrected_timestamp(
@@ -72,9 +80,12 @@ def corrected_timestamp(
 def _id(value: object, field: str) -> str:
     if value is None:
         return ""
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        text = str(value)
+    else:
         raise Rejected("invalid_field", field, f"{field} must be a string")
-    text = value if isinstance(value, str) else str(value)
     if len(text) > MAX_ID:
         raise Rejected("invalid_field", field, f"{field} is longer than {MAX_ID} characters")
     return text
@@ -154,7 +165,7 @@ def normalize(
 
     message_id = call.get("messageId")
     if message_id is None or message_id == "":
-        event_id = str(uuid.uuid4())
+        event_id = random_id()
     elif isinstance(message_id, str) and len(message_id) <= MAX_MESSAGE_ID:
         event_id = message_id
     else:
@@ -199,9 +210,9 @@ def normalize(
             "user_id": user_id,
             "previous_id": previous_id,
             "session_id": _text(session_id, MAX_ID) if isinstance(session_id, str) else "",
-            "timestamp": format_time(when),
-            "sent_at": format_time(sent_at) if sent_at else None,
-            "received_at": format_time(received_at),
+            "timestamp": when,
+            "sent_at": sent_at,
+            "received_at": received_at,
             "url": url,
             "path": path,
             "title": _text(source.get("title") or page.get("title"), MAX_TITLE),

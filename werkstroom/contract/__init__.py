@@ -87,9 +87,16 @@ def message_key(project_id: str, anonymous_id: str, user_id: str) -> bytes:
     return f"{project_id}:u:{user_id}".encode()
 
 
+def encode_event(event: dict[str, Any]) -> bytes:
+    """One message value: JSON with every time in UTC as RFC 3339 with a `Z`."""
+    return orjson.dumps(event, option=orjson.OPT_UTC_Z)
+
+
 def format_time(value: datetime) -> str:
     """RFC 3339 in UTC with milliseconds, as every time in the contract is written."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="milliseconds")[:23] + "Z"
 
 
 def parse_time(value: str) -> datetime:

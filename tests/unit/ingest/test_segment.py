@@ -8,7 +8,7 @@ import pytest
 
 from services.ingest.enrich import UNKNOWN, analyse
 from services.ingest.segment import Rejected, corrected_timestamp, normalize, parse_client_time
-from werkstroom.contract import decode_event, json_schema
+from werkstroom.contract import decode_event, encode_event, json_schema
 
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 CHROME = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
@@ -40,14 +40,25 @@ def test_batch_sent_at_applies_to_items_without_their_own() -> None:
         {"anonymousId": "a", "event": "E", "timestamp": "2026-11-25T15:00:00Z"},
         batch_sent_at=datetime(2026, 11, 25, 15, 0, 10, tzinfo=UTC),
     )
-    assert event["timestamp"] == "2026-11-25T11:59:50.000Z"
-    assert event["sent_at"] == "2026-11-25T15:00:10.000Z"
+    assert event["timestamp"] == datetime(2026, 11, 25, 11, 59, 50, tzinfo=UTC)
+    assert event["sent_at"] == datetime(2026, 11, 25, 15, 0, 10, tzinfo=UTC)
+    written = orjson.loads(encode_event(event))
+    assert (written["timestamp"], written["sent_at"]) == ("2026-11-25T11:59:50Z", "2026-11-25T15:00:10Z")
+
+
+def test_generated_ids_are_version_4_uuids() -> None:
+    import uuid
+
+    from services.ingest.segment import random_id
+
+    ids = {random_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(uuid.UUID(i).version == 4 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
 
 
 def test_time_parsing_accepts_iso_forms_and_names_the_field() -> None:
-    assert parse_client_time("2026-11-25T12:00:00.123+02:00", "timestamp") == datetime(
-        2026, 11, 25, 10, 0, 0, 123000, tzinfo=UTC
-    )
+    parsed = parse_client_time("2026-11-25T12:00:00.123+02:00", "timestamp")
+    assert parsed == datetime(2026, 11, 25, 10, 0, 0, 123000, tzinfo=UTC) and parsed.tzinfo is UTC
     assert parse_client_time("2026-11-25T12:00:00z", "timestamp") == NOW
     assert parse_client_time(None, "timestamp") is None
     assert rejected({"anonymousId": "a", "event": "E", "timestamp": "25/11/2026"}) == (
@@ -162,6 +173,6 @@ def test_every_normalized_event_matches_the_published_schema_and_round_trips() -
     ]
     for call, call_type in calls:
         event = run(call, call_type)
-        jsonschema.validate(event, json_schema())
-        decoded = decode_event(orjson.dumps(event))
+        jsonschema.validate(orjson.loads(encode_event(event)), json_schema())
+        decoded = decode_event(encode_event(event))
         assert decoded["timestamp"] == NOW and decoded["event"] == event["event"]
