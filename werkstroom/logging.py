@@ -37,6 +37,9 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # aiokafka logs the embedded broker's refusal of InitProducerId as an ERROR; we log the
+    # fallback ourselves (werkstroom.kafka.start_producer), once, as a warning.
+    logging.getLogger("aiokafka.producer.sender").addFilter(_DropInitProducerIdNoise())
     # Libraries that are chatty at INFO.
     for name in ("aiokafka", "kafka", "uvicorn.access", "faust", "mode"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
@@ -44,3 +47,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.get_logger(name)
+
+
+class _DropInitProducerIdNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Unexpected error during InitProducerIdRequest")
