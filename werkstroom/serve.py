@@ -136,7 +136,11 @@ def _http_server(app: Any, settings: Settings, port: int) -> _Server:
 async def serve(
     settings: Settings, target: Target, *, on_ready: Callable[[Runtime], None] | None = None
 ) -> None:
-    """Run `target` until SIGINT/SIGTERM."""
+    """Run `target` until SIGINT/SIGTERM (a signal during start-up stops it once started)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if target != "all" and is_embedded(settings.effective_clickhouse_url):
         log.warning(
@@ -179,11 +183,6 @@ async def serve(
         from services.aggregator.sink import EventsSink
 
         sinks.append(EventsSink(settings, bootstrap, factory))
-
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
 
     failed: list[asyncio.Task[Any]] = []
     results: list[Any] = []

@@ -37,6 +37,12 @@ class Settings(BaseSettings):
         4, ge=1, description="WERKSTROOM_TOPIC_PARTITIONS: partitions when Werkstroom creates topics."
     )
     topic_replication: int = Field(1, ge=1, description="WERKSTROOM_TOPIC_REPLICATION")
+    kafka_session_timeout_ms: int = Field(
+        10_000,
+        ge=1000,
+        description="WERKSTROOM_KAFKA_SESSION_TIMEOUT_MS: a consumer silent this long leaves its group. "
+        "The embedded broker holds a group join for about half of it, so it also sets start-up delay.",
+    )
     sink_group: str = Field(
         "werkstroom-events-sink", description="WERKSTROOM_SINK_GROUP: consumer group of the events sink."
     )

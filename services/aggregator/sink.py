@@ -1,4 +1,5 @@
-"""The events sink: Kafka events topic -> ClickHouse `events`, in batches, at least once.
+"""The aggregator's consumer: Kafka events topic -> ClickHouse `events` and the aggregations
+(sessions, live view, identities; services.aggregator.processor), in batches, at least once.
 
 Policy (Arroyo-style, explicit):
 - batch by size (`sink_batch_rows`) or time (`sink_flush_ms`), whichever comes first;
@@ -24,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from clickhouse_connect.driver.client import Client
 
+from services.aggregator.processor import Decoded, Rows, SessionsProcessor
 from werkstroom import metrics
 from werkstroom.contract import FIELDS, ContractError, Topics, dead_letter, decode_event
 from werkstroom.kafka import Publisher, make_consumer, start_producer
@@ -60,8 +62,10 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.sink = sink
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # Write and commit what we hold before another worker takes these partitions over.
+        # Write and commit what we hold before another worker takes these partitions over,
+        # then forget their visitors: the new owner reloads them from ClickHouse.
         await self.sink.flush()
+        self.sink.processor.revoke({tp.partition for tp in revoked if tp.topic == self.sink.topics.events})
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("sink_partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
@@ -82,6 +86,8 @@ class EventsSink:
         self._client_factory = clickhouse
         self.table = table
         self._rows: list[list[Any]] = []
+        self._events: list[Decoded] = []
+        self.processor = SessionsProcessor()
         self._dead: list[tuple[bytes, bytes]] = []
         self._offsets: dict[TopicPartition, int] = {}
         self._lock = asyncio.Lock()
@@ -100,7 +106,13 @@ class EventsSink:
         self.publisher = Publisher(self.producer)
         self.publisher.start()
         self.consumer = make_consumer(
-            self.bootstrap, [], self.settings.sink_group, max_poll_records=self.settings.sink_batch_rows
+            self.bootstrap,
+            [],
+            self.settings.sink_group,
+            max_poll_records=self.settings.sink_batch_rows,
+            session_timeout_ms=self.settings.kafka_session_timeout_ms,
+            rebalance_timeout_ms=self.settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=max(300, self.settings.kafka_session_timeout_ms // 4),
         )
         self.consumer.subscribe([self.topics.events], listener=_Rebalance(self))
         await self.consumer.start()
@@ -130,6 +142,7 @@ class EventsSink:
                     continue
                 self._consecutive_bad = 0
                 self._rows.append(to_row(event, message.partition, message.offset))
+                self._events.append((event, message.partition, message.offset))
             if messages:
                 self._offsets[tp] = messages[-1].offset + 1
 
@@ -158,11 +171,13 @@ class EventsSink:
             )
 
     async def flush(self) -> None:
-        """Dead-letter, insert, then commit. Retries until it succeeds or the sink stops."""
+        """Dead-letter, write events and aggregates, then commit. Retries until it succeeds or
+        the sink stops. The aggregates are computed once; a retry writes the same rows again."""
         async with self._lock:
             if not self._offsets:
                 return
-            rows, dead, offsets = self._rows, self._dead, dict(self._offsets)
+            rows, dead, events, offsets = self._rows, self._dead, self._events, dict(self._offsets)
+            aggregates: Rows | None = None
             backoff = 0.1
             while True:
                 try:
@@ -170,8 +185,13 @@ class EventsSink:
                         assert self.publisher is not None
                         await self.publisher.publish(self.topics.dead_letter, dead)
                         dead = []
+                    if aggregates is None:
+                        aggregates = await self._aggregate(events)
                     if rows:
-                        await self._insert(rows)
+                        await self._insert(self.table, COLUMNS, rows)
+                    for table, (columns, table_rows) in aggregates.items():
+                        if table_rows:
+                            await self._insert(table, columns, table_rows)
                     break
                 except Exception as exc:
                     metrics.SINK_INSERT_FAILURES.inc()
@@ -180,7 +200,9 @@ class EventsSink:
                         raise
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
-            self._rows, self._dead, self._offsets = [], [], {}
+            self._rows, self._dead, self._events, self._offsets = [], [], [], {}
+            self.last_write = time.time()
+            metrics.SINK_LAST_WRITE.set(self.last_write)
             assert self.consumer is not None
             try:
                 await self.consumer.commit(offsets)
@@ -188,16 +210,23 @@ class EventsSink:
                 # The group moved on (rebalance): the new owner re-reads from the last commit,
                 # and the rows it writes again collapse on the sorting key.
                 log.warning("sink_commit_failed", error=str(exc))
+            self.processor.evict_idle()
 
-    async def _insert(self, rows: list[list[Any]]) -> None:
+    async def _aggregate(self, events: list[Decoded]) -> Rows:
+        assert self.client is not None
+        missing = self.processor.missing(events)
+        if missing:
+            await asyncio.to_thread(self.processor.load, self.client, missing)
+        return self.processor.process(events)
+
+    async def _insert(self, table: str, columns: list[str], rows: list[list[Any]]) -> None:
         assert self.client is not None
         started = time.perf_counter()
-        await asyncio.to_thread(self.client.insert, self.table, rows, column_names=COLUMNS)
+        await asyncio.to_thread(self.client.insert, table, rows, column_names=columns)
         metrics.SINK_INSERT_SECONDS.observe(time.perf_counter() - started)
         metrics.SINK_BATCH_ROWS.observe(len(rows))
-        metrics.SINK_ROWS_WRITTEN.inc(len(rows))
-        self.last_write = time.time()
-        metrics.SINK_LAST_WRITE.set(self.last_write)
+        if table == self.table:
+            metrics.SINK_ROWS_WRITTEN.inc(len(rows))
 
     def stop(self) -> None:
         self._stopping.set()

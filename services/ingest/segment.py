@@ -24,6 +24,9 @@ MAX_TITLE = 1000
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 SUPPORTED = ("page", "track", "identify", "alias")
 _VARIANT = "89ab"
+#: Reserved track events a tracker may send: $heartbeat keeps a visitor online while they stay
+#: on a page (it counts as activity, not as an event).
+RESERVED_TRACK = frozenset({"$heartbeat"})
 _SPECIAL_EVENT = {"page": "$page", "identify": "$identify", "alias": "$alias"}
 
 
@@ -147,7 +150,7 @@ def normalize(
             raise Rejected("missing_field", "event", "track calls need an event name")
         if len(name) > MAX_NAME:
             raise Rejected("invalid_field", "event", f"event is longer than {MAX_NAME} characters")
-        if name.startswith("$"):
+        if name.startswith("$") and name not in RESERVED_TRACK:
             raise Rejected("invalid_field", "event", "event names starting with $ are reserved")
         event = name
     else:

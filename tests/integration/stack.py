@@ -49,6 +49,7 @@ class Stack:
             api_port=free_port(),
             sink_flush_ms=100,
             key_refresh_seconds=0.5,
+            kafka_session_timeout_ms=3000,
             **names,
             **overrides,
         )
@@ -60,6 +61,7 @@ class Stack:
         self.http: httpx.AsyncClient
         self.server: _Server | None = None
         self.sink: EventsSink | None = None
+        self.sinks: list[EventsSink] = []
         self._tasks: list[asyncio.Task[Any]] = []
 
     @property
@@ -81,12 +83,14 @@ class Stack:
         app = create_ingest(
             self.settings, bootstrap=self.bootstrap, clickhouse=clickhouse_factory(self.settings)
         )
+        self.ingest_app = app
         self.server = _http_server(app, self.settings, self.settings.ingest_port)
         self._tasks.append(asyncio.create_task(self.server.serve()))
         await self.until(lambda: self.server is not None and self.server.started, timeout=20)
 
     def start_sink(self, **kwargs: Any) -> EventsSink:
         self.sink = EventsSink(self.settings, self.bootstrap, clickhouse_factory(self.settings), **kwargs)
+        self.sinks.append(self.sink)
         self._tasks.append(asyncio.create_task(self.sink.run()))
         return self.sink
 
@@ -97,8 +101,8 @@ class Stack:
         await task
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.sink is not None:
-            self.sink.stop()
+        for sink in self.sinks:
+            sink.stop()
         if self.server is not None:
             self.server.should_exit = True
         for task in self._tasks:
@@ -109,6 +113,12 @@ class Stack:
             self.client.command(f"DROP DATABASE IF EXISTS `{self.settings.clickhouse_database}`")
 
     # -- helpers ------------------------------------------------------------------------
+
+    async def create_project(self, name: str) -> projects.NewProject:
+        """A project that the running ingest already accepts (its key cache reloaded)."""
+        created = projects.create_project(self.client, name)
+        await self.ingest_app.app.state.ingest.s.keys.reload()
+        return created
 
     async def post(self, path: str, body: Any, **kwargs: Any) -> httpx.Response:
         if not isinstance(body, bytes | str):

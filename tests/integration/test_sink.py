@@ -77,6 +77,10 @@ async def committed(stack: Stack) -> int:
         await reader.stop()
 
 
+async def committed_is(stack: Stack, expected: int) -> bool:
+    return await committed(stack) == expected
+
+
 @pytest.fixture
 async def quiet(infra, names, tmp_path):  # type: ignore[no-untyped-def]
     """A stack with no ingest and no sink running: the test drives the sink itself."""
@@ -131,8 +135,7 @@ async def test_bad_messages_are_dead_lettered_and_good_ones_written(quiet: Stack
     ]
     record = orjson.loads(dead[0].value)
     assert record["source"] == "sink" and record["topic"] == quiet.topics.events and "offset" in record
-    await quiet.until(lambda: asyncio.ensure_future(committed(quiet)), timeout=10)
-    assert await committed(quiet) == 7
+    await quiet.until(lambda: committed_is(quiet, 7), timeout=10)
 
 
 async def test_too_many_bad_messages_in_a_row_stop_the_sink(infra, names, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -166,8 +169,8 @@ async def test_offsets_are_committed_only_after_the_insert(quiet: Stack) -> None
     assert await committed(quiet) == 0
     quiet.client.command("CREATE TABLE events_later AS events")
     await quiet.until(lambda: quiet.scalar("SELECT count() FROM events_later") == 50, timeout=20)
-    await quiet.until(lambda: asyncio.ensure_future(committed(quiet)), timeout=10)
-    assert await committed(quiet) == 50
+    await quiet.until(lambda: committed(quiet), timeout=10)
+    assert await quiet.until(lambda: committed(quiet), timeout=10) == 50
     assert sink.consumer is not None
     positions = [await sink.consumer.committed(tp) or 0 for tp in sink.consumer.assignment()]
     assert sum(positions) == 50

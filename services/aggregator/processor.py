@@ -1,0 +1,107 @@
+"""The aggregations the aggregator keeps beside the raw events: sessions, the live view
+(`online_visitors`) and identities (`person_distinct_ids`).
+
+State lives in memory as a cache of ClickHouse: a visitor not in memory is loaded from its
+`sessions` rows (one query per batch for all of them), and visitors quiet for longer than a
+session gap are dropped after their rows were written. So a restart, a rebalance or a second
+worker needs no changelog: the rows are the state.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from services.aggregator.sessions import (
+    GAP_MS,
+    HISTORY,
+    IDENTITY_COLUMNS,
+    ONLINE_COLUMNS,
+    SESSION_COLUMNS,
+    Changes,
+    Visitor,
+    apply,
+    identity_rows,
+    online_row,
+    session_from_row,
+    session_row,
+)
+
+VisitorKey = tuple[str, str]
+Decoded = tuple[dict[str, Any], int, int]  # event, partition, offset
+Rows = dict[str, tuple[list[str], list[list[Any]]]]
+
+EVICT_AFTER_MS = GAP_MS + 10 * 60 * 1000
+
+
+class SessionsProcessor:
+    def __init__(self) -> None:
+        self.visitors: dict[VisitorKey, Visitor] = {}
+        self._partition_of: dict[VisitorKey, int] = {}
+        self._clock_ms = 0  # the latest event time seen: the aggregator's notion of "now"
+
+    def missing(self, batch: list[Decoded]) -> set[VisitorKey]:
+        return {
+            (e["project_id"], e["anonymous_id"])
+            for e, _p, _o in batch
+            if e["anonymous_id"] and (e["project_id"], e["anonymous_id"]) not in self.visitors
+        }
+
+    def load(self, client: Client, keys: set[VisitorKey]) -> None:
+        """Bring visitors into memory from their newest `sessions` rows (none: a new visitor)."""
+        by_project: dict[str, list[str]] = defaultdict(list)
+        for project_id, anonymous_id in keys:
+            by_project[project_id].append(anonymous_id)
+        found: dict[VisitorKey, list[Any]] = defaultdict(list)
+        for project_id, ids in by_project.items():
+            result = client.query(
+                "SELECT * FROM sessions FINAL "
+                "WHERE project_id = {p:String} AND anonymous_id IN {ids:Array(String)} "
+                "ORDER BY start_at DESC, session_id DESC LIMIT {n:UInt32} BY anonymous_id",
+                parameters={"p": project_id, "ids": ids, "n": HISTORY},
+            )
+            for row in result.named_results():
+                found[(project_id, row["anonymous_id"])].append(session_from_row(row))
+        for key in keys:
+            self.visitors[key] = Visitor.from_sessions(found.get(key, []))
+
+    def process(self, batch: list[Decoded]) -> Rows:
+        """Apply a batch (in offset order per partition) and return the rows to write."""
+        changes = Changes()
+        for event, partition, offset in batch:
+            identity_rows(event, changes)
+            if not event["anonymous_id"]:
+                continue  # server-side calls with only a user id: no browsing session
+            key = (event["project_id"], event["anonymous_id"])
+            visitor = self.visitors.get(key)
+            if visitor is None:
+                visitor = self.visitors[key] = Visitor()
+            self._partition_of[key] = partition
+            apply(visitor, event, partition, offset, changes)
+            self._clock_ms = max(self._clock_ms, visitor.last_seen_ms)
+        return {
+            "sessions": (SESSION_COLUMNS, [session_row(s) for s in changes.sessions.values()]),
+            "online_visitors": (ONLINE_COLUMNS, [online_row(v) for v in changes.online.values()]),
+            "person_distinct_ids": (
+                IDENTITY_COLUMNS,
+                [[p, d, person, version] for (p, d), (person, version) in changes.identities.items()],
+            ),
+        }
+
+    def evict_idle(self) -> int:
+        """Forget visitors quiet for a session gap and more (their rows are written)."""
+        horizon = self._clock_ms - EVICT_AFTER_MS
+        idle = [k for k, v in self.visitors.items() if v.last_seen_ms < horizon]
+        for key in idle:
+            del self.visitors[key]
+            self._partition_of.pop(key, None)
+        return len(idle)
+
+    def revoke(self, partitions: set[int]) -> None:
+        """Another worker takes these partitions over: drop their visitors (it reloads them)."""
+        gone = [k for k, p in self._partition_of.items() if p in partitions]
+        for key in gone:
+            self.visitors.pop(key, None)
+            del self._partition_of[key]

@@ -1,0 +1,343 @@
+"""Sessions and the live view, derived from event time. Pure state machines, no I/O.
+
+A visitor is (project_id, anonymous_id) — the events topic's key, so one visitor's events all
+arrive in one partition, in offset order. A visitor's events split into sessions wherever
+30 minutes pass without an event (by event time, not arrival): the same definition as
+
+    SELECT ..., sum(gap > 30 min) OVER (PARTITION BY visitor ORDER BY timestamp) AS session
+
+over the raw events, and tests hold the two to each other. Events that arrive late or out of
+order join the session they fall in; one that fills a gap merges the two sessions around it.
+
+Idempotence: a visitor remembers the offset of the last event applied to it (`last_offset`,
+kept on every session row as `version`), and ignores events at or below it. After a crash,
+a visitor reloaded from ClickHouse therefore skips exactly the events already written, and
+the rows come out the same as in an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+GAP_MS = 30 * 60 * 1000
+HISTORY = 20  # sessions per visitor kept for late events
+MAX_PAGES = 100  # paths remembered per session
+HEARTBEAT = "$heartbeat"
+
+
+def to_ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def from_ms(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1000, UTC)
+
+
+def session_id_for(project_id: str, anonymous_id: str, event_id: str) -> str:
+    """Deterministic: the same first event always names the same session."""
+    return hashlib.blake2b(
+        f"{project_id}\x00{anonymous_id}\x00{event_id}".encode(), digest_size=12
+    ).hexdigest()
+
+
+@dataclass(slots=True)
+class Session:
+    session_id: str
+    project_id: str
+    anonymous_id: str
+    start_ms: int
+    last_ms: int
+    user_id: str = ""
+    entry_ms: int = -1
+    entry_url: str = ""
+    entry_path: str = ""
+    referrer: str = ""
+    current_url: str = ""
+    current_path: str = ""
+    current_title: str = ""
+    page_entered_ms: int = -1
+    page_views: int = 0
+    events: int = 0
+    pages: list[str] = field(default_factory=list)  # page paths, in the order applied
+    device_type: str = ""
+    browser: str = ""
+    os: str = ""
+    partition: int = 0
+    version: int = -1
+    deleted: bool = False
+
+    def absorb(self, other: Session) -> None:
+        """Merge a later session into this one (a late event filled the gap between them)."""
+        self.start_ms = min(self.start_ms, other.start_ms)
+        self.last_ms = max(self.last_ms, other.last_ms)
+        self.page_views += other.page_views
+        self.events += other.events
+        self.pages = (self.pages + other.pages)[:MAX_PAGES]
+        if other.entry_ms >= 0 and (self.entry_ms < 0 or other.entry_ms < self.entry_ms):
+            self.entry_ms, self.entry_url, self.entry_path = other.entry_ms, other.entry_url, other.entry_path
+            self.referrer = other.referrer
+        if other.page_entered_ms > self.page_entered_ms:
+            self.page_entered_ms = other.page_entered_ms
+            self.current_url, self.current_path = other.current_url, other.current_path
+            self.current_title = other.current_title
+        self.user_id = other.user_id or self.user_id
+
+
+@dataclass(slots=True)
+class Visitor:
+    sessions: list[Session] = field(default_factory=list)  # ordered by start, oldest first
+    last_offset: int = -1
+    last_seen_ms: int = 0
+
+    @classmethod
+    def from_sessions(cls, sessions: list[Session]) -> Visitor:
+        ordered = sorted(sessions, key=lambda s: (s.start_ms, s.session_id))[-HISTORY:]
+        return cls(
+            ordered,
+            max((s.version for s in ordered), default=-1),
+            max((s.last_ms for s in ordered), default=0),
+        )
+
+
+@dataclass(slots=True)
+class Changes:
+    """What one batch changed: the rows to write."""
+
+    sessions: dict[str, Session] = field(default_factory=dict)
+    online: dict[tuple[str, str], Visitor] = field(default_factory=dict)
+    identities: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+
+
+def apply(visitor: Visitor, event: dict[str, Any], partition: int, offset: int, changes: Changes) -> bool:
+    """Apply one decoded contract event to its visitor. Returns False for a replayed event."""
+    if offset <= visitor.last_offset:
+        return False
+    visitor.last_offset = offset
+    t = to_ms(event["timestamp"])
+    project_id, anonymous_id = event["project_id"], event["anonymous_id"]
+    visitor.last_seen_ms = max(visitor.last_seen_ms, t)
+    session = _session_for(
+        visitor, t, project_id, anonymous_id, event["event_id"], partition, offset, changes
+    )
+    _update(session, event, t)
+    session.version = offset
+    changes.sessions[session.session_id] = session
+    changes.online[(project_id, anonymous_id)] = visitor
+    return True
+
+
+def _session_for(
+    visitor: Visitor,
+    t: int,
+    project_id: str,
+    anonymous_id: str,
+    event_id: str,
+    partition: int,
+    offset: int,
+    changes: Changes,
+) -> Session:
+    sessions = visitor.sessions
+    # Sessions (oldest first) whose reach [start - GAP, last + GAP] holds t.
+    hits = [i for i, s in enumerate(sessions) if s.start_ms - GAP_MS <= t <= s.last_ms + GAP_MS]
+    if not hits:
+        session = Session(
+            session_id_for(project_id, anonymous_id, event_id),
+            project_id,
+            anonymous_id,
+            t,
+            t,
+            partition=partition,
+        )
+        at = next((i for i, s in enumerate(sessions) if s.start_ms > t), len(sessions))
+        sessions.insert(at, session)
+        if len(sessions) > HISTORY:
+            del sessions[0]
+        return session
+    keep = sessions[hits[0]]
+    for i in reversed(hits[1:]):  # t bridges several sessions: they become one
+        gone = sessions.pop(i)
+        keep.absorb(gone)
+        gone.deleted, gone.version = True, offset
+        changes.sessions[gone.session_id] = gone
+    return keep
+
+
+def _update(session: Session, event: dict[str, Any], t: int) -> None:
+    session.start_ms = min(session.start_ms, t)
+    session.last_ms = max(session.last_ms, t)
+    if event["user_id"]:
+        session.user_id = event["user_id"]
+    if session.device_type in ("", "unknown") and event.get("device_type") not in ("", "unknown", None):
+        session.device_type, session.browser, session.os = event["device_type"], event["browser"], event["os"]
+    elif not session.device_type:
+        session.device_type = event.get("device_type") or "unknown"
+    if event["type"] == "page":
+        session.page_views += 1
+        path = event.get("path") or ""
+        if len(session.pages) < MAX_PAGES:
+            session.pages.append(path)
+        if t >= session.page_entered_ms:
+            session.page_entered_ms = t
+            session.current_url, session.current_path = event.get("url") or "", path
+            session.current_title = event.get("title") or ""
+        if session.entry_ms < 0 or t < session.entry_ms:
+            session.entry_ms, session.entry_url, session.entry_path = t, event.get("url") or "", path
+            session.referrer = event.get("referrer") or ""
+    if event["event"] != HEARTBEAT:
+        session.events += 1
+
+
+def identity_rows(event: dict[str, Any], changes: Changes) -> None:
+    """identify: anonymous_id -> user_id; alias: previous_id -> user_id (the latest wins)."""
+    user_id = event["user_id"]
+    if not user_id:
+        return
+    version = to_ms(event["timestamp"])
+    sources = []
+    if event["type"] == "identify" and event["anonymous_id"]:
+        sources.append(event["anonymous_id"])
+    if event["type"] == "alias" and event.get("previous_id"):
+        sources.append(event["previous_id"])
+    for distinct_id in sources:
+        key = (event["project_id"], distinct_id)
+        if key not in changes.identities or changes.identities[key][1] <= version:
+            changes.identities[key] = (user_id, version)
+
+
+SESSION_COLUMNS = [
+    "project_id",
+    "anonymous_id",
+    "session_id",
+    "user_id",
+    "start_at",
+    "last_event_at",
+    "entry_at",
+    "entry_url",
+    "entry_path",
+    "referrer",
+    "current_url",
+    "current_path",
+    "current_title",
+    "page_entered_at",
+    "page_views",
+    "events",
+    "pages",
+    "device_type",
+    "browser",
+    "os",
+    "kafka_partition",
+    "version",
+    "is_deleted",
+]
+ONLINE_COLUMNS = [
+    "project_id",
+    "anonymous_id",
+    "session_id",
+    "user_id",
+    "start_at",
+    "last_event_at",
+    "current_url",
+    "current_path",
+    "current_title",
+    "page_entered_at",
+    "page_views",
+    "events",
+    "device_type",
+    "browser",
+    "os",
+    "version",
+]
+IDENTITY_COLUMNS = ["project_id", "distinct_id", "person_id", "version"]
+
+
+def _page_time(s: Session) -> datetime:
+    return from_ms(s.page_entered_ms if s.page_entered_ms >= 0 else s.start_ms)
+
+
+def session_row(s: Session) -> list[Any]:
+    return [
+        s.project_id,
+        s.anonymous_id,
+        s.session_id,
+        s.user_id,
+        from_ms(s.start_ms),
+        from_ms(s.last_ms),
+        from_ms(s.entry_ms if s.entry_ms >= 0 else s.start_ms),
+        s.entry_url,
+        s.entry_path,
+        s.referrer,
+        s.current_url,
+        s.current_path,
+        s.current_title,
+        _page_time(s),
+        s.page_views,
+        s.events,
+        s.pages,
+        s.device_type,
+        s.browser,
+        s.os,
+        s.partition,
+        s.version,
+        int(s.deleted),
+    ]
+
+
+def online_row(visitor: Visitor) -> list[Any]:
+    """The visitor's newest session, versioned by the visitor's last applied offset."""
+    s = visitor.sessions[-1]
+    return [
+        s.project_id,
+        s.anonymous_id,
+        s.session_id,
+        s.user_id,
+        from_ms(s.start_ms),
+        from_ms(s.last_ms),
+        s.current_url,
+        s.current_path,
+        s.current_title,
+        _page_time(s),
+        s.page_views,
+        s.events,
+        s.device_type,
+        s.browser,
+        s.os,
+        visitor.last_offset,
+    ]
+
+
+def session_from_row(row: dict[str, Any]) -> Session:
+    """Rebuild a session from its `sessions` row (the aggregator's state after a restart)."""
+    entry_ms = to_ms(_utc(row["entry_at"]))
+    page_ms = to_ms(_utc(row["page_entered_at"]))
+    has_pages = row["page_views"] > 0
+    return Session(
+        session_id=row["session_id"],
+        project_id=row["project_id"],
+        anonymous_id=row["anonymous_id"],
+        start_ms=to_ms(_utc(row["start_at"])),
+        last_ms=to_ms(_utc(row["last_event_at"])),
+        user_id=row["user_id"],
+        entry_ms=entry_ms if has_pages else -1,
+        entry_url=row["entry_url"],
+        entry_path=row["entry_path"],
+        referrer=row["referrer"],
+        current_url=row["current_url"],
+        current_path=row["current_path"],
+        current_title=row["current_title"],
+        page_entered_ms=page_ms if has_pages else -1,
+        page_views=row["page_views"],
+        events=row["events"],
+        pages=list(row["pages"]),
+        device_type=row["device_type"],
+        browser=row["browser"],
+        os=row["os"],
+        partition=row["kafka_partition"],
+        version=row["version"],
+    )
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value

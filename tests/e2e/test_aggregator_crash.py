@@ -1,0 +1,180 @@
+"""Crash safety and scale-out of the aggregator, with real processes.
+
+kill -9 at random points while >= 50,000 events stream in, three times, then let it finish:
+the tables must equal those of an uninterrupted run over the same topic. The embedded
+ClickHouse is one process per data directory, so each run owns its own directory and the
+tables are read afterwards by a separate process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from services.ingest.segment import Rejected, normalize
+from werkstroom.contract import encode_event, message_key
+from werkstroom.demo import simulate
+from werkstroom.kafka import ensure_topics
+
+pytestmark = pytest.mark.integration
+
+DUMP = r"""
+import json, sys
+from werkstroom.clickhouse import connect
+client = connect(sys.argv[1], "werkstroom")
+queries = {
+    "events": "SELECT count(), uniqExact(event_id), sum(kafka_offset) FROM events FINAL",
+    "sessions": "SELECT * EXCEPT (updated_at) FROM sessions FINAL ORDER BY project_id, anonymous_id, session_id",
+    "identities": "SELECT project_id, distinct_id, person_id, version FROM person_distinct_ids FINAL ORDER BY 1, 2",
+    "online": "SELECT * EXCEPT (updated_at) FROM online_visitors FINAL "
+              "WHERE last_event_at > now64(3) - INTERVAL 50 MINUTE ORDER BY project_id, anonymous_id",
+}
+out = {name: [[str(v) for v in row] for row in client.query(sql).result_rows] for name, sql in queries.items()}
+sys.stdout.write(json.dumps(out))
+"""
+
+
+def contract_events(count: int) -> list[tuple[bytes, bytes]]:
+    sim = simulate({"p_crash": "wk"}, visitors=max(1, count // 15), seed=23, bots=0)
+    received = datetime.now(UTC)
+    messages = []
+    for call in sim.calls["wk"]:
+        try:
+            event, _ = normalize(call, call_type=None, project_id="p_crash", received_at=received)
+        except Rejected as exc:  # the generator only makes valid calls
+            raise AssertionError(exc) from exc
+        messages.append(
+            (message_key("p_crash", event["anonymous_id"], event["user_id"]), encode_event(event))
+        )
+    assert len(messages) >= count, len(messages)
+    return messages
+
+
+def start(env: dict[str, str], tmp: Path, name: str) -> subprocess.Popen[bytes]:
+    log = open(tmp / f"{name}.log", "ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "werkstroom", "serve", "--target", "aggregator"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp,
+    )
+
+
+async def lag(bootstrap: str, topic: str, group: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in range(4)]
+        ends = await consumer.end_offsets(parts)
+        behind = 0
+        for tp in parts:
+            behind += ends[tp] - (await consumer.committed(tp) or 0)
+        return behind
+    finally:
+        await consumer.stop()
+
+
+async def run_until_caught_up(env: dict[str, str], tmp: Path, name: str, total: int) -> None:
+    proc = start(env, tmp, name)
+    try:
+        deadline = time.monotonic() + 180
+        while (
+            await lag(
+                env["WERKSTROOM_KAFKA_BOOTSTRAP"],
+                env["WERKSTROOM_TOPIC_EVENTS"],
+                env["WERKSTROOM_SINK_GROUP"],
+            )
+            > 0
+        ):
+            assert proc.poll() is None, (tmp / f"{name}.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the aggregator did not catch up"
+            await asyncio.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, (tmp / f"{name}.log").read_text()[-3000:]
+
+
+def dump(url: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-c", DUMP, url], capture_output=True, text=True, check=True, timeout=120
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+async def test_kill_9_three_times_gives_the_same_tables_as_an_uninterrupted_run(
+    infra, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    if infra.kind != "embedded":
+        pytest.skip("compares embedded ClickHouse directories; the container run covers this with databases")
+    suffix = os.urandom(4).hex()
+    topic = f"crash.events.{suffix}"
+    await ensure_topics(infra.bootstrap, [topic, f"crash.dlq.{suffix}"], 4)
+    messages = contract_events(50_000)
+    base_env = {
+        **os.environ,
+        "WERKSTROOM_KAFKA_BOOTSTRAP": infra.bootstrap,
+        "WERKSTROOM_TOPIC_EVENTS": topic,
+        "WERKSTROOM_TOPIC_DLQ": f"crash.dlq.{suffix}",
+        "WERKSTROOM_DEMO": "false",
+        "WERKSTROOM_KAFKA_SESSION_TIMEOUT_MS": "3000",
+        "WERKSTROOM_LOG_LEVEL": "WARNING",
+    }
+    crashed = {
+        **base_env,
+        "WERKSTROOM_SINK_GROUP": f"crashy-{suffix}",
+        "WERKSTROOM_DATA_DIR": str(tmp_path / "a"),
+        "WERKSTROOM_CLICKHOUSE_URL": f"chdb://{tmp_path / 'a' / 'clickhouse'}",
+    }
+    steady = {
+        **base_env,
+        "WERKSTROOM_SINK_GROUP": f"steady-{suffix}",
+        "WERKSTROOM_DATA_DIR": str(tmp_path / "b"),
+        "WERKSTROOM_CLICKHOUSE_URL": f"chdb://{tmp_path / 'b' / 'clickhouse'}",
+    }
+
+    producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+
+    async def stream() -> None:  # ~5,000 events/s, so the kills land mid-stream
+        for i in range(0, len(messages), 500):
+            for key, value in messages[i : i + 500]:
+                await producer.send(topic, value, key=key)
+            await asyncio.sleep(0.1)
+        await producer.flush()
+
+    streaming = asyncio.create_task(stream())
+    rng = random.Random(5)
+    for kill in range(3):
+        proc = start(crashed, tmp_path, f"crashy-{kill}")
+        await asyncio.sleep(rng.uniform(3.5, 6.0))
+        assert proc.poll() is None, (tmp_path / f"crashy-{kill}.log").read_text()[-3000:]
+        proc.kill()
+        proc.wait(10)
+    await streaming
+    await producer.stop()
+    await run_until_caught_up(crashed, tmp_path, "crashy-final", len(messages))
+    await run_until_caught_up(steady, tmp_path, "steady", len(messages))
+
+    after_crashes, uninterrupted = (
+        dump(crashed["WERKSTROOM_CLICKHOUSE_URL"]),
+        dump(steady["WERKSTROOM_CLICKHOUSE_URL"]),
+    )
+    assert int(uninterrupted["events"][0][0]) == len(messages)
+    assert after_crashes["events"] == uninterrupted["events"]
+    assert len(uninterrupted["sessions"]) > 2000
+    for table in ("sessions", "identities", "online"):
+        assert after_crashes[table] == uninterrupted[table], table

@@ -1,0 +1,202 @@
+"""Sessions, the live view and identities, through the real path: HTTP -> ingest -> Kafka ->
+aggregator -> ClickHouse, on generated traffic with exact expected values, cross-checked with
+an independent SQL computation over the raw events."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.integration.stack import Stack
+from werkstroom.demo import batches, simulate
+
+pytestmark = pytest.mark.integration
+
+# Sessions recomputed from the raw events table with window functions: a new session wherever
+# more than 30 minutes separate a visitor's consecutive events (by event time).
+SESSIONS_FROM_EVENTS = """
+SELECT anonymous_id, min(timestamp) AS start, max(timestamp) AS last,
+       countIf(type = 'page') AS page_views, countIf(event != '$heartbeat') AS events
+FROM (
+    SELECT anonymous_id, timestamp, type, event,
+           sum(is_new) OVER (PARTITION BY anonymous_id ORDER BY timestamp, event_id
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS n
+    FROM (
+        SELECT anonymous_id, timestamp, type, event, event_id,
+               dateDiff('millisecond',
+                        lagInFrame(timestamp, 1, toDateTime64(0, 3, 'UTC')) OVER (
+                            PARTITION BY anonymous_id ORDER BY timestamp, event_id
+                            ROWS BETWEEN 1 PRECEDING AND CURRENT ROW),
+                        timestamp) > 1800000 AS is_new
+        FROM events FINAL
+        WHERE project_id = {p:String} AND anonymous_id != ''
+    )
+)
+GROUP BY anonymous_id, n
+ORDER BY anonymous_id, start
+"""
+
+AGGREGATED = """
+SELECT anonymous_id, start_at, last_event_at, page_views, events
+FROM sessions FINAL WHERE project_id = {p:String}
+ORDER BY anonymous_id, start_at
+"""
+
+
+def ms(value: datetime) -> datetime:
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+async def send_all(stack: Stack, write_key: str, calls: list[dict[str, object]]) -> int:
+    accepted = 0
+    for chunk in batches(calls, 100):
+        response = await stack.post("/v1/batch", {"writeKey": write_key, "batch": chunk})
+        assert response.status_code == 200, response.text
+        assert response.json()["rejected"] == 0, response.json()["errors"]
+        accepted += response.json()["accepted"]
+    return accepted
+
+
+async def test_generated_traffic_gives_exact_sessions_identities_and_isolation(stack: Stack) -> None:
+    second = await stack.create_project("Second site")
+    sites = {stack.project.project_id: stack.project.write_key, second.project_id: second.write_key}
+    sim = simulate(sites, visitors=40, seed=11)
+    accepted = 0
+    for write_key, calls in sim.calls.items():
+        accepted += await send_all(stack, write_key, calls)
+    assert accepted == sim.all_calls() - sim.bot_calls
+    assert await stack.wait_count(accepted) == accepted
+
+    async def sessions_written() -> bool:
+        return stack.scalar("SELECT sum(events) FROM sessions FINAL") == stack.scalar(
+            "SELECT count() FROM events FINAL WHERE anonymous_id != '' AND event != '$heartbeat'"
+        )
+
+    await stack.until(sessions_written, timeout=20)
+    for project_id in sites:
+        expected = sorted(
+            (s.anonymous_id, ms(s.start), ms(s.last), s.page_views, s.events)
+            for s in sim.sessions
+            if s.project_id == project_id
+        )
+        got = [(a, ms(b), ms(c), d, e) for a, b, c, d, e in stack.rows(AGGREGATED, p=project_id)]
+        assert got == expected  # exact, per project: nothing leaks between projects
+        recomputed = [
+            (a, ms(b), ms(c), d, e) for a, b, c, d, e in stack.rows(SESSIONS_FROM_EVENTS, p=project_id)
+        ]
+        assert got == recomputed
+
+    entry = {(s.anonymous_id, ms(s.start)): s.entry_path for s in sim.sessions}
+    for anonymous_id, start, entry_path in stack.rows(
+        "SELECT anonymous_id, start_at, entry_path FROM sessions FINAL"
+    ):
+        assert entry[(anonymous_id, ms(start))] == entry_path
+
+    identities = {
+        (p, d): person
+        for p, d, person in stack.rows(
+            "SELECT project_id, distinct_id, person_id FROM person_distinct_ids FINAL"
+        )
+    }
+    assert identities == sim.identified
+    devices = set(stack.rows("SELECT DISTINCT device_type FROM sessions FINAL"))
+    assert devices <= {("desktop",), ("mobile",), ("tablet",)} and len(devices) == 3
+    assert (
+        stack.scalar("SELECT count() FROM sessions FINAL WHERE anonymous_id LIKE '%anon-4_'") == 0
+    )  # bots: none
+
+
+async def test_late_event_that_fills_a_gap_merges_two_sessions(stack: Stack) -> None:
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=5)
+    key = stack.project.write_key
+
+    def page(minutes: int, path: str, n: int) -> dict[str, object]:
+        return {
+            "type": "page",
+            "anonymousId": "gap",
+            "messageId": f"g-{n}",
+            "properties": {"path": path},
+            "timestamp": (base + timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z"),
+        }
+
+    await send_all(stack, key, [page(0, "/a", 1), page(40, "/b", 2)])
+    await stack.until(lambda: stack.scalar("SELECT count() FROM sessions FINAL") == 2)
+    await send_all(stack, key, [page(20, "/late", 3)])  # 20 min after /a, 20 min before /b
+    await stack.until(lambda: stack.scalar("SELECT count() FROM sessions FINAL") == 1)
+    (row,) = stack.rows(
+        "SELECT start_at, last_event_at, page_views, entry_path, current_path, pages FROM sessions FINAL"
+    )
+    assert (ms(row[0]), ms(row[1])) == (base, base + timedelta(minutes=40))
+    assert row[2:] == (3, "/a", "/b", ["/a", "/b", "/late"])
+    assert stack.scalar("SELECT countIf(is_deleted = 1) FROM sessions") == 1  # the absorbed one, marked
+
+
+async def test_a_visitor_is_online_within_a_second_with_page_and_device(stack: Stack) -> None:
+    ua = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1"
+    key = stack.project.write_key
+    await stack.post("/v1/page", {"writeKey": key, "anonymousId": "warm", "properties": {"path": "/"}})
+    await stack.until(lambda: stack.scalar("SELECT count() FROM online_visitors FINAL") == 1)
+
+    sent = time.monotonic()
+    response = await stack.post(
+        "/v1/page",
+        {
+            "writeKey": key,
+            "anonymousId": "live-1",
+            "properties": {"path": "/pricing", "url": "https://ex.com/pricing", "title": "Pricing"},
+            "context": {"userAgent": ua},
+        },
+    )
+    assert response.status_code == 200
+    await stack.until(
+        lambda: stack.scalar("SELECT count() FROM online_visitors FINAL WHERE anonymous_id = 'live-1'"),
+        timeout=5,
+    )
+    assert time.monotonic() - sent < 1.0
+    (row,) = stack.rows(
+        "SELECT current_path, current_title, device_type, browser, os, page_views, "
+        "last_event_at >= now64(3) - INTERVAL 5 MINUTE FROM online_visitors FINAL WHERE anonymous_id = 'live-1'"
+    )
+    assert row == ("/pricing", "Pricing", "mobile", "Mobile Safari", "iOS", 1, True)
+    # A heartbeat keeps the visitor online without counting as an event or a page view.
+    await stack.post("/v1/track", {"writeKey": key, "anonymousId": "live-1", "event": "$heartbeat"})
+    await stack.until(
+        lambda: stack.scalar(
+            "SELECT last_event_at > page_entered_at FROM online_visitors FINAL WHERE anonymous_id = 'live-1'"
+        )
+    )
+    assert stack.rows(
+        "SELECT page_views, events FROM online_visitors FINAL WHERE anonymous_id = 'live-1'"
+    ) == [(1, 1)]
+
+
+async def test_two_workers_share_the_partitions_and_give_the_same_sessions(stack: Stack) -> None:
+    second = stack.start_sink()  # the same consumer group: Kafka splits the partitions
+    first = stack.sinks[0]
+    await stack.until(
+        lambda: (
+            first.consumer
+            and second.consumer
+            and first.consumer.assignment()
+            and second.consumer.assignment()
+            and not first.consumer.assignment() & second.consumer.assignment()
+        ),
+        timeout=30,
+    )
+    sim = simulate({stack.project.project_id: stack.project.write_key}, visitors=60, seed=3)
+    accepted = await send_all(stack, stack.project.write_key, sim.calls[stack.project.write_key])
+    assert await stack.wait_count(accepted) == accepted
+    expected = sorted((s.anonymous_id, ms(s.start), ms(s.last), s.page_views, s.events) for s in sim.sessions)
+
+    def written() -> list[tuple[object, ...]]:
+        return [
+            (a, ms(b), ms(c), d, e) for a, b, c, d, e in stack.rows(AGGREGATED, p=stack.project.project_id)
+        ]
+
+    await stack.until(lambda: written() == expected, timeout=20)
+    workers = stack.rows("SELECT uniqExact(kafka_partition) FROM sessions FINAL")[0][0]
+    assert workers == 4 and first.processor.visitors and second.processor.visitors
+    assert not set(first.processor.visitors) & set(second.processor.visitors)

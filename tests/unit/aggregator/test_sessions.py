@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from services.aggregator.processor import SessionsProcessor
+from services.aggregator.sessions import (
+    SESSION_COLUMNS,
+    Changes,
+    Visitor,
+    apply,
+    identity_rows,
+    session_from_row,
+    session_row,
+)
+
+T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+
+
+def ev(minutes: float, kind: str = "page", path: str = "/", n: int = 0, **extra: Any) -> dict[str, Any]:
+    return {
+        "project_id": "p",
+        "anonymous_id": "a",
+        "user_id": "",
+        "event_id": f"e{n}",
+        "type": kind,
+        "event": {"page": "$page", "identify": "$identify"}.get(kind, extra.pop("event", "Click")),
+        "timestamp": T0 + timedelta(minutes=minutes),
+        "path": path,
+        "url": f"https://x{path}",
+        "title": path,
+        "referrer": "",
+        "device_type": "desktop",
+        "browser": "Chrome",
+        "os": "Windows",
+        **extra,
+    }
+
+
+def run(
+    events: list[dict[str, Any]], visitor: Visitor | None = None, first_offset: int = 0
+) -> tuple[Visitor, Changes]:
+    visitor = visitor or Visitor()
+    changes = Changes()
+    for i, event in enumerate(events):
+        apply(visitor, event, 0, first_offset + i, changes)
+    return visitor, changes
+
+
+def test_thirty_minutes_of_silence_end_a_session_exactly_thirty_do_not() -> None:
+    visitor, _ = run([ev(0, n=1), ev(30, n=2), ev(60.001, n=3), ev(61, "track", n=4)])
+    assert [(s.page_views, s.events) for s in visitor.sessions] == [(2, 2), (1, 2)]
+    first, second = visitor.sessions
+    assert (first.entry_path, first.current_path) == ("/", "/")
+    assert second.session_id != first.session_id
+
+
+def test_replayed_offsets_change_nothing() -> None:
+    visitor, _ = run([ev(0, n=1), ev(1, n=2)])
+    before = [session_row(s) for s in visitor.sessions]
+    changes = Changes()
+    assert apply(visitor, ev(1, n=2), 0, 1, changes) is False
+    assert apply(visitor, ev(0, n=1), 0, 0, changes) is False
+    assert [session_row(s) for s in visitor.sessions] == before and not changes.sessions
+
+
+def test_current_page_time_on_page_and_entry_follow_event_time() -> None:
+    visitor, _ = run([ev(0, path="/a", n=1), ev(2, path="/b", n=2), ev(1, path="/late", n=3)])
+    (s,) = visitor.sessions
+    assert (s.entry_path, s.current_path, s.page_views) == ("/a", "/b", 3)
+    assert s.page_entered_ms == int((T0 + timedelta(minutes=2)).timestamp() * 1000)
+    assert s.pages == ["/a", "/b", "/late"]
+
+
+def test_heartbeats_keep_a_session_alive_but_are_not_events() -> None:
+    visitor, _ = run(
+        [ev(0, n=1), ev(20, "track", event="$heartbeat", n=2), ev(45, "track", event="$heartbeat", n=3)]
+    )
+    (s,) = visitor.sessions
+    assert (s.page_views, s.events) == (1, 1)
+    assert s.last_ms - s.start_ms == 45 * 60 * 1000
+
+
+def test_a_late_event_filling_the_gap_merges_sessions_and_deletes_one() -> None:
+    visitor, _ = run([ev(0, path="/a", n=1), ev(40, path="/b", n=2)])
+    assert len(visitor.sessions) == 2
+    later = visitor.sessions[1].session_id
+    visitor, changes = run([ev(20, "track", n=3)], visitor, first_offset=2)
+    (s,) = visitor.sessions
+    assert (s.page_views, s.events, s.entry_path, s.current_path) == (2, 3, "/a", "/b")
+    assert changes.sessions[later].deleted and changes.sessions[later].version == 2
+
+
+def test_a_very_late_event_lands_in_its_own_old_session() -> None:
+    visitor, _ = run([ev(0, n=1), ev(300, n=2), ev(100, "track", n=3)])
+    assert [(s.page_views, s.events) for s in visitor.sessions] == [(1, 1), (0, 1), (1, 1)]
+
+
+def test_a_visitor_reloaded_from_its_rows_continues_exactly_like_one_kept_in_memory() -> None:
+    events = [ev(0, path="/a", n=1), ev(3, path="/b", n=2), ev(50, n=3), ev(51, "identify", n=4, user_id="u")]
+    rest = [ev(52, path="/c", n=5), ev(10, "track", n=6), ev(200, n=7)]
+    kept, _ = run(events)
+    reloaded = Visitor.from_sessions(
+        [session_from_row(dict(zip(SESSION_COLUMNS, session_row(s), strict=True))) for s in kept.sessions]
+    )
+    assert reloaded.last_offset == kept.last_offset == 3
+    a, _ = run(rest, kept, first_offset=4)
+    b, _ = run(rest, reloaded, first_offset=4)
+    assert [session_row(s) for s in a.sessions] == [session_row(s) for s in b.sessions]
+
+
+def test_identify_and_alias_map_ids_to_the_user_latest_wins() -> None:
+    changes = Changes()
+    identity_rows(ev(0, "identify", user_id="u1", n=1), changes)
+    identity_rows(ev(5, "identify", user_id="u2", n=2), changes)
+    identity_rows(ev(1, "identify", user_id="u0", n=3), changes)  # older: loses
+    identity_rows(ev(2, "alias", user_id="u2", previous_id="old-id", anonymous_id="", n=4), changes)
+    identity_rows(ev(3, "page", user_id="u9", n=5), changes)  # a page with a user id maps nothing
+    assert {k: v[0] for k, v in changes.identities.items()} == {("p", "a"): "u2", ("p", "old-id"): "u2"}
+
+
+def test_processor_skips_server_side_calls_for_sessions_and_forgets_revoked_partitions() -> None:
+    processor = SessionsProcessor()
+    batch = [(ev(0, n=1), 0, 0), (ev(1, "track", n=2, anonymous_id="", user_id="u"), 1, 0)]
+    rows = processor.process(batch)
+    assert len(rows["sessions"][1]) == 1 and len(rows["online_visitors"][1]) == 1
+    assert list(processor.visitors) == [("p", "a")]
+    processor.revoke({1})
+    assert list(processor.visitors) == [("p", "a")]
+    processor.revoke({0})
+    assert processor.visitors == {}
