@@ -1,0 +1,238 @@
+"""Aggregator throughput, freshness and memory, against a bare consumer measured in the same run.
+
+    make bench     (or: .venv/bin/python bench/aggregator_bench.py --events 200000)
+
+1. Throughput: N generated contract events preloaded into a 4-partition topic on the embedded
+   broker. Bare: an aiokafka consumer group that only decodes them (orjson). Ours: the
+   aggregator (events + sessions + live view + identities into the embedded ClickHouse,
+   offsets committed after each write), timed from partition assignment until every offset
+   is committed. Targets: >= 30,000 events/s and >= 20 % of bare.
+2. Freshness: a steady 5,000 events/s of current traffic; every 50 ms a probe visitor's page
+   view; time from Kafka's ack to the visitor's row in online_visitors. Target p99 < 1 s.
+3. Memory: resident memory of this process (which also hosts ClickHouse) once 100,000
+   visitors are online at once. Target < 1 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import orjson  # noqa: E402
+from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
+
+from services.aggregator.sink import EventsSink  # noqa: E402
+from services.ingest.segment import normalize  # noqa: E402
+from werkstroom.contract import encode_event, message_key  # noqa: E402
+from werkstroom.demo import simulate  # noqa: E402
+from werkstroom.embedded import EmbeddedKafka  # noqa: E402
+from werkstroom.kafka import Publisher, ensure_topics, start_producer  # noqa: E402
+from werkstroom.logging import configure_logging  # noqa: E402
+from werkstroom.serve import clickhouse_factory, prepare_clickhouse  # noqa: E402
+from werkstroom.settings import Settings  # noqa: E402
+
+PROJECT = "p_bench"
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def generated(count: int) -> list[tuple[bytes, bytes]]:
+    sim = simulate({PROJECT: "wk"}, visitors=count // 15 + 1, seed=42, bots=0)
+    now = datetime.now(UTC)
+    out = []
+    for call in sim.calls["wk"][:count]:
+        event, _ = normalize(call, call_type=None, project_id=PROJECT, received_at=now)
+        out.append((message_key(PROJECT, event["anonymous_id"], event["user_id"]), encode_event(event)))
+    return out
+
+
+def live_event(anonymous_id: str, n: int) -> tuple[bytes, bytes]:
+    event, _ = normalize(
+        {
+            "type": "page",
+            "anonymousId": anonymous_id,
+            "messageId": f"live-{n}",
+            "properties": {"path": "/live"},
+            "context": {
+                "userAgent": "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0"
+            },
+        },
+        call_type=None,
+        project_id=PROJECT,
+        received_at=datetime.now(UTC),
+    )
+    return message_key(PROJECT, anonymous_id, ""), encode_event(event)
+
+
+async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+    producer = await start_producer(bootstrap)
+    publisher = Publisher(producer)
+    publisher.start()
+    for i in range(0, len(messages), 5000):
+        await publisher.publish(topic, messages[i : i + 5000])
+    await publisher.stop()
+    await producer.stop()
+
+
+async def bare(bootstrap: str, topic: str, total: int) -> float:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id="bench-bare",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=20000,
+        session_timeout_ms=3000,
+        heartbeat_interval_ms=1000,
+    )
+    await consumer.start()
+    while not consumer.assignment():
+        await consumer.getmany(timeout_ms=100)
+    started, seen = time.perf_counter(), 0
+    while seen < total:
+        for messages in (await consumer.getmany(timeout_ms=200, max_records=20000)).values():
+            for message in messages:
+                orjson.loads(message.value)
+            seen += len(messages)
+        await consumer.commit()
+    elapsed = time.perf_counter() - started
+    await consumer.stop()
+    return total / elapsed
+
+
+async def committed_total(sink: EventsSink, topic: str) -> int:
+    assert sink.consumer is not None
+    total = 0
+    for partition in range(4):
+        total += await sink.consumer.committed(TopicPartition(topic, partition)) or 0
+    return total
+
+
+async def main(events: int, online: int) -> None:
+    configure_logging("WARNING")
+    work = Path(tempfile.mkdtemp(prefix="werkstroom-aggbench-"))
+    with EmbeddedKafka(log_path=work / "kafka.log") as kafka:
+        settings = Settings(
+            kafka_bootstrap=kafka.bootstrap,
+            data_dir=work,
+            topic_events="bench.events",
+            topic_dlq="bench.dlq",
+            sink_group="bench-agg",
+            kafka_session_timeout_ms=3000,
+        )
+        await ensure_topics(kafka.bootstrap, ["bench.events", "bench.dlq"], 4)
+        messages = generated(events)
+        await produce(kafka.bootstrap, "bench.events", messages)
+        print(
+            f"preloaded {len(messages):,} events ({sum(len(v) for _, v in messages) / len(messages):.0f} B each)"
+        )
+
+        bare_eps = await bare(kafka.bootstrap, "bench.events", len(messages))
+        print(f"  bare aiokafka consumer (decode only): {bare_eps:10,.0f} events/s")
+
+        client = prepare_clickhouse(settings)
+        sink = EventsSink(settings, kafka.bootstrap, clickhouse_factory(settings))
+        task = asyncio.create_task(sink.run())
+        while not (sink.consumer and sink.consumer.assignment()):
+            await asyncio.sleep(0.01)
+        started = time.perf_counter()
+        while await committed_total(sink, "bench.events") < len(messages):
+            await asyncio.sleep(0.05)
+        ours = len(messages) / (time.perf_counter() - started)
+        ratio = ours / bare_eps
+        print(f"  werkstroom aggregator:                {ours:10,.0f} events/s  -> ratio {ratio:.2f}")
+        print(
+            f"throughput: {ours:,.0f} events/s (target >= 30,000) {'OK' if ours >= 30_000 else 'BELOW TARGET'}; "
+            f"{ratio:.0%} of bare (target >= 20 %) {'OK' if ratio >= 0.2 else 'BELOW TARGET'}"
+        )
+
+        # Freshness at a steady 5,000 events/s.
+        producer = await start_producer(kafka.bootstrap, linger_ms=1)
+        publisher = Publisher(producer)
+        publisher.start()
+        delays: list[float] = []
+        pending: dict[str, float] = {}
+
+        async def poll() -> None:
+            while True:
+                if pending:
+                    seen = client.query(
+                        "SELECT anonymous_id FROM online_visitors WHERE project_id = {p:String} "
+                        "AND anonymous_id IN {ids:Array(String)}",
+                        parameters={"p": PROJECT, "ids": list(pending)},
+                    ).result_rows
+                    now = time.perf_counter()
+                    for (anonymous_id,) in seen:
+                        if anonymous_id in pending:
+                            delays.append(now - pending.pop(anonymous_id))
+                await asyncio.sleep(0.01)
+
+        poller = asyncio.create_task(poll())
+        steady_started = time.perf_counter()
+        n = 0
+        for tick in range(200):  # 10 s, 50 ms ticks: 249 background events + 1 probe each
+            batch = [live_event(f"steady-{(n + i) % 20000}", n + i) for i in range(249)]
+            n += 249
+            await publisher.publish("bench.events", batch)
+            probe = live_event(f"probe-{tick}", n)
+            n += 1
+            await publisher.publish("bench.events", [probe])
+            pending[f"probe-{tick}"] = time.perf_counter()
+            await asyncio.sleep(max(0.0, steady_started + (tick + 1) * 0.05 - time.perf_counter()))
+        await asyncio.sleep(2)
+        poller.cancel()
+        delays.sort()
+        p50, p99 = statistics.median(delays), delays[int(len(delays) * 0.99) - 1]
+        rate = n / (time.perf_counter() - steady_started - 2)
+        print(
+            f"freshness at {rate:,.0f} events/s: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms over "
+            f"{len(delays)} probes (target p99 < 1000 ms) {'OK' if p99 < 1 and len(delays) == 200 else 'BELOW TARGET'}"
+        )
+
+        # Memory with `online` visitors online at once.
+        before = rss_mb()
+        for i in range(0, online, 5000):
+            await publisher.publish(
+                "bench.events", [live_event(f"online-{j}", n + j) for j in range(i, i + 5000)]
+            )
+        target = len(messages) + n + online
+        while await committed_total(sink, "bench.events") < target:
+            await asyncio.sleep(0.1)
+        after = rss_mb()
+        in_memory = len(sink.processor.visitors)
+        count = client.query(
+            "SELECT count() FROM online_visitors FINAL WHERE anonymous_id LIKE 'online-%'"
+        ).first_row[0]
+        print(
+            f"memory with {count:,} visitors online ({in_memory:,} visitors held by the aggregator): "
+            f"RSS {after:,.0f} MB (was {before:,.0f} MB; includes the in-process ClickHouse) "
+            f"(target < 1,024 MB) {'OK' if after < 1024 else 'BELOW TARGET'}"
+        )
+        await publisher.stop()
+        await producer.stop()
+        sink.stop()
+        await task
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--online", type=int, default=100_000)
+    args = parser.parse_args()
+    asyncio.run(main(args.events, args.online))
