@@ -28,9 +28,10 @@ from services.aggregator.sessions import (
     session_from_row,
     session_row,
 )
+from werkstroom.contract import Event
 
 VisitorKey = tuple[str, str]
-Decoded = tuple[dict[str, Any], int, int]  # event, partition, offset
+Decoded = tuple[Event, int, int]  # event, partition, offset
 Rows = dict[str, tuple[list[str], list[list[Any]]]]
 
 EVICT_AFTER_MS = GAP_MS + 10 * 60 * 1000
@@ -44,9 +45,9 @@ class SessionsProcessor:
 
     def missing(self, batch: list[Decoded]) -> set[VisitorKey]:
         return {
-            (e["project_id"], e["anonymous_id"])
+            (e.project_id, e.anonymous_id)
             for e, _p, _o in batch
-            if e["anonymous_id"] and (e["project_id"], e["anonymous_id"]) not in self.visitors
+            if e.anonymous_id and (e.project_id, e.anonymous_id) not in self.visitors
         }
 
     def load(self, client: Client, keys: set[VisitorKey]) -> None:
@@ -72,9 +73,9 @@ class SessionsProcessor:
         changes = Changes()
         for event, partition, offset in batch:
             identity_rows(event, changes)
-            if not event["anonymous_id"]:
+            if not event.anonymous_id:
                 continue  # server-side calls with only a user id: no browsing session
-            key = (event["project_id"], event["anonymous_id"])
+            key = (event.project_id, event.anonymous_id)
             visitor = self.visitors.get(key)
             if visitor is None:
                 visitor = self.visitors[key] = Visitor()

@@ -22,18 +22,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from werkstroom.contract import Event, epoch_ms
+
 GAP_MS = 30 * 60 * 1000
 HISTORY = 20  # sessions per visitor kept for late events
 MAX_PAGES = 100  # paths remembered per session
 HEARTBEAT = "$heartbeat"
 
 
-def to_ms(value: datetime) -> int:
-    return int(value.timestamp() * 1000)
-
-
-def from_ms(value: int) -> datetime:
-    return datetime.fromtimestamp(value / 1000, UTC)
+to_ms = epoch_ms
 
 
 def session_id_for(project_id: str, anonymous_id: str, event_id: str) -> str:
@@ -111,17 +108,15 @@ class Changes:
     identities: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
 
 
-def apply(visitor: Visitor, event: dict[str, Any], partition: int, offset: int, changes: Changes) -> bool:
+def apply(visitor: Visitor, event: Event, partition: int, offset: int, changes: Changes) -> bool:
     """Apply one decoded contract event to its visitor. Returns False for a replayed event."""
     if offset <= visitor.last_offset:
         return False
     visitor.last_offset = offset
-    t = to_ms(event["timestamp"])
-    project_id, anonymous_id = event["project_id"], event["anonymous_id"]
+    t = to_ms(event.timestamp)
+    project_id, anonymous_id = event.project_id, event.anonymous_id
     visitor.last_seen_ms = max(visitor.last_seen_ms, t)
-    session = _session_for(
-        visitor, t, project_id, anonymous_id, event["event_id"], partition, offset, changes
-    )
+    session = _session_for(visitor, t, project_id, anonymous_id, event.event_id, partition, offset, changes)
     _update(session, event, t)
     session.version = offset
     changes.sessions[session.session_id] = session
@@ -165,44 +160,44 @@ def _session_for(
     return keep
 
 
-def _update(session: Session, event: dict[str, Any], t: int) -> None:
+def _update(session: Session, event: Event, t: int) -> None:
     session.start_ms = min(session.start_ms, t)
     session.last_ms = max(session.last_ms, t)
-    if event["user_id"]:
-        session.user_id = event["user_id"]
-    if session.device_type in ("", "unknown") and event.get("device_type") not in ("", "unknown", None):
-        session.device_type, session.browser, session.os = event["device_type"], event["browser"], event["os"]
+    if event.user_id:
+        session.user_id = event.user_id
+    if session.device_type in ("", "unknown") and event.device_type not in ("", "unknown"):
+        session.device_type, session.browser, session.os = event.device_type, event.browser, event.os
     elif not session.device_type:
-        session.device_type = event.get("device_type") or "unknown"
-    if event["type"] == "page":
+        session.device_type = event.device_type or "unknown"
+    if event.type == "page":
         session.page_views += 1
-        path = event.get("path") or ""
+        path = event.path
         if len(session.pages) < MAX_PAGES:
             session.pages.append(path)
         if t >= session.page_entered_ms:
             session.page_entered_ms = t
-            session.current_url, session.current_path = event.get("url") or "", path
-            session.current_title = event.get("title") or ""
+            session.current_url, session.current_path = event.url, path
+            session.current_title = event.title
         if session.entry_ms < 0 or t < session.entry_ms:
-            session.entry_ms, session.entry_url, session.entry_path = t, event.get("url") or "", path
-            session.referrer = event.get("referrer") or ""
-    if event["event"] != HEARTBEAT:
+            session.entry_ms, session.entry_url, session.entry_path = t, event.url, path
+            session.referrer = event.referrer
+    if event.event != HEARTBEAT:
         session.events += 1
 
 
-def identity_rows(event: dict[str, Any], changes: Changes) -> None:
+def identity_rows(event: Event, changes: Changes) -> None:
     """identify: anonymous_id -> user_id; alias: previous_id -> user_id (the latest wins)."""
-    user_id = event["user_id"]
+    user_id = event.user_id
     if not user_id:
         return
-    version = to_ms(event["timestamp"])
+    version = to_ms(event.timestamp)
     sources = []
-    if event["type"] == "identify" and event["anonymous_id"]:
-        sources.append(event["anonymous_id"])
-    if event["type"] == "alias" and event.get("previous_id"):
-        sources.append(event["previous_id"])
+    if event.type == "identify" and event.anonymous_id:
+        sources.append(event.anonymous_id)
+    if event.type == "alias" and event.previous_id:
+        sources.append(event.previous_id)
     for distinct_id in sources:
-        key = (event["project_id"], distinct_id)
+        key = (event.project_id, distinct_id)
         if key not in changes.identities or changes.identities[key][1] <= version:
             changes.identities[key] = (user_id, version)
 
@@ -253,8 +248,8 @@ ONLINE_COLUMNS = [
 IDENTITY_COLUMNS = ["project_id", "distinct_id", "person_id", "version"]
 
 
-def _page_time(s: Session) -> datetime:
-    return from_ms(s.page_entered_ms if s.page_entered_ms >= 0 else s.start_ms)
+def _page_time(s: Session) -> int:
+    return s.page_entered_ms if s.page_entered_ms >= 0 else s.start_ms
 
 
 def session_row(s: Session) -> list[Any]:
@@ -263,9 +258,9 @@ def session_row(s: Session) -> list[Any]:
         s.anonymous_id,
         s.session_id,
         s.user_id,
-        from_ms(s.start_ms),
-        from_ms(s.last_ms),
-        from_ms(s.entry_ms if s.entry_ms >= 0 else s.start_ms),
+        s.start_ms,
+        s.last_ms,
+        s.entry_ms if s.entry_ms >= 0 else s.start_ms,
         s.entry_url,
         s.entry_path,
         s.referrer,
@@ -293,8 +288,8 @@ def online_row(visitor: Visitor) -> list[Any]:
         s.anonymous_id,
         s.session_id,
         s.user_id,
-        from_ms(s.start_ms),
-        from_ms(s.last_ms),
+        s.start_ms,
+        s.last_ms,
         s.current_url,
         s.current_path,
         s.current_title,
@@ -310,15 +305,15 @@ def online_row(visitor: Visitor) -> list[Any]:
 
 def session_from_row(row: dict[str, Any]) -> Session:
     """Rebuild a session from its `sessions` row (the aggregator's state after a restart)."""
-    entry_ms = to_ms(_utc(row["entry_at"]))
-    page_ms = to_ms(_utc(row["page_entered_at"]))
+    entry_ms = _ms(row["entry_at"])
+    page_ms = _ms(row["page_entered_at"])
     has_pages = row["page_views"] > 0
     return Session(
         session_id=row["session_id"],
         project_id=row["project_id"],
         anonymous_id=row["anonymous_id"],
-        start_ms=to_ms(_utc(row["start_at"])),
-        last_ms=to_ms(_utc(row["last_event_at"])),
+        start_ms=_ms(row["start_at"]),
+        last_ms=_ms(row["last_event_at"]),
         user_id=row["user_id"],
         entry_ms=entry_ms if has_pages else -1,
         entry_url=row["entry_url"],
@@ -339,5 +334,8 @@ def session_from_row(row: dict[str, Any]) -> Session:
     )
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+def _ms(value: datetime | int) -> int:
+    """A DateTime64(3) column as read back (a datetime, naive meaning UTC) or as written (ms)."""
+    if isinstance(value, int):
+        return value
+    return to_ms(value.replace(tzinfo=UTC) if value.tzinfo is None else value)

@@ -20,14 +20,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from clickhouse_connect.driver.client import Client
 
 from services.aggregator.processor import Decoded, Rows, SessionsProcessor
 from werkstroom import metrics
-from werkstroom.contract import FIELDS, ContractError, Topics, dead_letter, decode_event
+from werkstroom.contract import FIELDS, ContractError, Topics, dead_letter, decode_event, epoch_ms
 from werkstroom.kafka import Publisher, make_consumer, start_producer
 from werkstroom.logging import get_logger
 from werkstroom.settings import Settings
@@ -36,25 +35,30 @@ log = get_logger(__name__)
 
 COLUMNS = [*FIELDS, "kafka_partition", "kafka_offset"]
 _JSON_FIELDS = ("properties", "traits")
+_TIME_FIELDS = ("timestamp", "received_at")
 
 
 class SinkStopped(RuntimeError):
     """The sink stopped on purpose (too many bad messages in a row); the message says why."""
 
 
-def to_row(event: dict[str, Any], partition: int, offset: int) -> list[Any]:
-    """One `events` row, in COLUMNS order, from a decoded contract event."""
-    row = []
+def event_columns(batch: list[Decoded]) -> list[list[Any]]:
+    """The `events` rows of a batch, column by column (COLUMNS order): clickhouse-connect
+    serialises columns several times faster than rows. Times go as epoch milliseconds."""
+    events = [e for e, _p, _o in batch]
+    columns: list[list[Any]] = []
     for name in FIELDS:
-        value = event.get(name)
-        if name in _JSON_FIELDS:
-            value = orjson.dumps(value or {}).decode()
-        elif value is None and name != "sent_at":
-            value = ""
-        row.append(value)
-    row.append(partition)
-    row.append(offset)
-    return row
+        if name in _TIME_FIELDS:
+            columns.append([epoch_ms(getattr(e, name)) for e in events])
+        elif name == "sent_at":
+            columns.append([epoch_ms(e.sent_at) if e.sent_at is not None else None for e in events])
+        elif name in _JSON_FIELDS:
+            columns.append([bytes(getattr(e, name)).decode() for e in events])
+        else:
+            columns.append([getattr(e, name) for e in events])
+    columns.append([p for _e, p, _o in batch])
+    columns.append([o for _e, _p, o in batch])
+    return columns
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -85,7 +89,6 @@ class EventsSink:
         self.topics = Topics.from_settings(settings)
         self._client_factory = clickhouse
         self.table = table
-        self._rows: list[list[Any]] = []
         self._events: list[Decoded] = []
         self.processor = SessionsProcessor()
         self._dead: list[tuple[bytes, bytes]] = []
@@ -122,10 +125,10 @@ class EventsSink:
         try:
             while not self._stopping.is_set():
                 wait_ms = max(0, int((deadline - time.monotonic()) * 1000))
-                room = max(1, self.settings.sink_batch_rows - len(self._rows))
+                room = max(1, self.settings.sink_batch_rows - len(self._events))
                 batches = await self.consumer.getmany(timeout_ms=wait_ms, max_records=room)
                 self._take(batches)
-                if len(self._rows) >= self.settings.sink_batch_rows or time.monotonic() >= deadline:
+                if len(self._events) >= self.settings.sink_batch_rows or time.monotonic() >= deadline:
                     await self.flush()
                     deadline = time.monotonic() + flush_every
             await self.flush()
@@ -141,7 +144,6 @@ class EventsSink:
                     self._bad(message, exc)
                     continue
                 self._consecutive_bad = 0
-                self._rows.append(to_row(event, message.partition, message.offset))
                 self._events.append((event, message.partition, message.offset))
             if messages:
                 self._offsets[tp] = messages[-1].offset + 1
@@ -176,7 +178,7 @@ class EventsSink:
         async with self._lock:
             if not self._offsets:
                 return
-            rows, dead, events, offsets = self._rows, self._dead, self._events, dict(self._offsets)
+            dead, events, offsets = self._dead, self._events, dict(self._offsets)
             aggregates: Rows | None = None
             backoff = 0.1
             while True:
@@ -187,8 +189,8 @@ class EventsSink:
                         dead = []
                     if aggregates is None:
                         aggregates = await self._aggregate(events)
-                    if rows:
-                        await self._insert(self.table, COLUMNS, rows)
+                    if events:
+                        await self._insert(self.table, COLUMNS, event_columns(events), columnar=True)
                     for table, (columns, table_rows) in aggregates.items():
                         if table_rows:
                             await self._insert(table, columns, table_rows)
@@ -200,7 +202,7 @@ class EventsSink:
                         raise
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
-            self._rows, self._dead, self._events, self._offsets = [], [], [], {}
+            self._dead, self._events, self._offsets = [], [], {}
             self.last_write = time.time()
             metrics.SINK_LAST_WRITE.set(self.last_write)
             assert self.consumer is not None
@@ -219,14 +221,19 @@ class EventsSink:
             await asyncio.to_thread(self.processor.load, self.client, missing)
         return self.processor.process(events)
 
-    async def _insert(self, table: str, columns: list[str], rows: list[list[Any]]) -> None:
+    async def _insert(
+        self, table: str, columns: list[str], data: list[list[Any]], columnar: bool = False
+    ) -> None:
         assert self.client is not None
         started = time.perf_counter()
-        await asyncio.to_thread(self.client.insert, table, rows, column_names=columns)
+        await asyncio.to_thread(
+            self.client.insert, table, data, column_names=columns, column_oriented=columnar
+        )
+        count = len(data[0]) if columnar else len(data)
         metrics.SINK_INSERT_SECONDS.observe(time.perf_counter() - started)
-        metrics.SINK_BATCH_ROWS.observe(len(rows))
+        metrics.SINK_BATCH_ROWS.observe(count)
         if table == self.table:
-            metrics.SINK_ROWS_WRITTEN.inc(len(rows))
+            metrics.SINK_ROWS_WRITTEN.inc(count)
 
     def stop(self) -> None:
         self._stopping.set()

@@ -307,4 +307,4 @@ async def test_messages_on_the_topic_match_the_published_schema(stack: Stack) ->
     value = orjson.loads(message.value)
     jsonschema.validate(value, json_schema())
     assert message.key == f"{stack.project.project_id}:s".encode()
-    assert decode_event(message.value)["properties"] == {"path": "/", "name": "Home"}
+    assert orjson.loads(bytes(decode_event(message.value).properties)) == {"path": "/", "name": "Home"}

@@ -13,28 +13,30 @@ from services.aggregator.sessions import (
     session_from_row,
     session_row,
 )
+from werkstroom.contract import Event
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 
 
-def ev(minutes: float, kind: str = "page", path: str = "/", n: int = 0, **extra: Any) -> dict[str, Any]:
-    return {
+def ev(minutes: float, kind: str = "page", path: str = "/", n: int = 0, **extra: Any) -> Event:
+    fields: dict[str, Any] = {
+        "schema_version": 1,
         "project_id": "p",
         "anonymous_id": "a",
         "user_id": "",
         "event_id": f"e{n}",
         "type": kind,
-        "event": {"page": "$page", "identify": "$identify"}.get(kind, extra.pop("event", "Click")),
+        "event": {"page": "$page", "identify": "$identify", "alias": "$alias"}.get(kind, "Click"),
         "timestamp": T0 + timedelta(minutes=minutes),
+        "received_at": T0,
         "path": path,
         "url": f"https://x{path}",
         "title": path,
-        "referrer": "",
         "device_type": "desktop",
         "browser": "Chrome",
         "os": "Windows",
-        **extra,
     }
+    return Event(**{**fields, **extra})
 
 
 def run(

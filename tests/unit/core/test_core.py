@@ -61,7 +61,12 @@ def test_decode_event_rejects_what_breaks_the_contract() -> None:
         "timestamp": "2026-01-01T00:00:00.000Z",
         "received_at": "2026-01-01T00:00:00.000Z",
     }
-    assert decode_event(orjson.dumps(good))["sent_at"] is None
+    decoded = decode_event(orjson.dumps(good))
+    assert (
+        decoded.sent_at is None
+        and decoded.timestamp.tzinfo is not None
+        and bytes(decoded.properties) == b"{}"
+    )
     cases = [
         (None, "empty_value"),
         (b"{", "invalid_json"),

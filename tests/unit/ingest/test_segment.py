@@ -175,4 +175,4 @@ def test_every_normalized_event_matches_the_published_schema_and_round_trips() -
         event = run(call, call_type)
         jsonschema.validate(orjson.loads(encode_event(event)), json_schema())
         decoded = decode_event(encode_event(event))
-        assert decoded["timestamp"] == NOW and decoded["event"] == event["event"]
+        assert decoded.timestamp == NOW and decoded.event == event["event"]
