@@ -91,10 +91,18 @@ class SessionsProcessor:
             ),
         }
 
-    def evict_idle(self) -> int:
-        """Forget visitors quiet for a session gap and more (their rows are written)."""
+    def touched(self, batch: list[Decoded], seq: int) -> None:
+        """Remember the batch that last changed each visitor: one is forgotten only once that
+        batch is written, or a reload would miss rows still on their way to ClickHouse."""
+        for event, _partition, _offset in batch:
+            visitor = self.visitors.get((event.project_id, event.anonymous_id))
+            if visitor is not None:
+                visitor.batch = seq
+
+    def evict_idle(self, written_seq: int) -> int:
+        """Forget visitors quiet for a session gap and more whose rows are all written."""
         horizon = self._clock_ms - EVICT_AFTER_MS
-        idle = [k for k, v in self.visitors.items() if v.last_seen_ms < horizon]
+        idle = [k for k, v in self.visitors.items() if v.last_seen_ms < horizon and v.batch <= written_seq]
         for key in idle:
             del self.visitors[key]
             self._partition_of.pop(key, None)

@@ -88,6 +88,7 @@ class Visitor:
     sessions: list[Session] = field(default_factory=list)  # ordered by start, oldest first
     last_offset: int = -1
     last_seen_ms: int = 0
+    batch: int = 0  # the aggregator's batch that last changed this visitor
 
     @classmethod
     def from_sessions(cls, sessions: list[Session]) -> Visitor:

@@ -16,8 +16,10 @@ Policy (Arroyo-style, explicit):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -61,6 +63,15 @@ def event_columns(batch: list[Decoded]) -> list[list[Any]]:
     return columns
 
 
+@dataclass
+class _Batch:
+    seq: int
+    dead: list[tuple[bytes, bytes]]
+    events: list[Decoded]
+    offsets: dict[TopicPartition, int]
+    aggregates: Rows
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, sink: EventsSink) -> None:
         self.sink = sink
@@ -94,6 +105,10 @@ class EventsSink:
         self._dead: list[tuple[bytes, bytes]] = []
         self._offsets: dict[TopicPartition, int] = {}
         self._lock = asyncio.Lock()
+        self._queue: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
+        self._writer: asyncio.Task[None] | None = None
+        self._seq = 0
+        self._written_seq = 0
         self._stopping = asyncio.Event()
         self._consecutive_bad = 0
         self.consumer: AIOKafkaConsumer | None = None
@@ -119,6 +134,7 @@ class EventsSink:
         )
         self.consumer.subscribe([self.topics.events], listener=_Rebalance(self))
         await self.consumer.start()
+        self._writer = asyncio.create_task(self._write_loop(), name="sink-writer")
         log.info("sink_started", topic=self.topics.events, group=self.settings.sink_group, table=self.table)
         flush_every = self.settings.sink_flush_ms / 1000
         deadline = time.monotonic() + flush_every
@@ -129,10 +145,15 @@ class EventsSink:
                 batches = await self.consumer.getmany(timeout_ms=wait_ms, max_records=room)
                 self._take(batches)
                 if len(self._events) >= self.settings.sink_batch_rows or time.monotonic() >= deadline:
-                    await self.flush()
+                    await self._submit()
                     deadline = time.monotonic() + flush_every
+                self._raise_if_writer_failed()
             await self.flush()
         finally:
+            if self._writer is not None:
+                self._writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._writer
             await self._close()
 
     def _take(self, batches: dict[TopicPartition, list[Any]]) -> None:
@@ -173,46 +194,88 @@ class EventsSink:
             )
 
     async def flush(self) -> None:
-        """Dead-letter, write events and aggregates, then commit. Retries until it succeeds or
-        the sink stops. The aggregates are computed once; a retry writes the same rows again."""
+        """Hand what is held to the writer and wait until everything handed over is written and
+        committed (before a rebalance, and at stop)."""
+        await self._submit()
+        await self._queue.join()
+        self._raise_if_writer_failed()
+
+    async def _submit(self) -> None:
+        """Compute the aggregates of the events held and queue the batch for the writer. The
+        queue holds one batch: while the writer inserts batch N, batch N+1 is fetched and
+        aggregated; a slow ClickHouse therefore stops the fetching (bounded memory)."""
         async with self._lock:
             if not self._offsets:
                 return
             dead, events, offsets = self._dead, self._events, dict(self._offsets)
-            aggregates: Rows | None = None
+            self._dead, self._events, self._offsets = [], [], {}
+            # Forget idle visitors here, not in the writer: between finding the visitors to load
+            # and applying the batch, nothing may drop one from memory.
+            self.processor.evict_idle(self._written_seq)
             backoff = 0.1
             while True:
                 try:
-                    if dead:
-                        assert self.publisher is not None
-                        await self.publisher.publish(self.topics.dead_letter, dead)
-                        dead = []
-                    if aggregates is None:
-                        aggregates = await self._aggregate(events)
-                    if events:
-                        await self._insert(self.table, COLUMNS, event_columns(events), columnar=True)
-                    for table, (columns, table_rows) in aggregates.items():
-                        if table_rows:
-                            await self._insert(table, columns, table_rows)
+                    aggregates = await self._aggregate(events)
                     break
-                except Exception as exc:
+                except Exception as exc:  # loading visitors needs ClickHouse too
                     metrics.SINK_INSERT_FAILURES.inc()
-                    log.warning("sink_write_failed", error=f"{type(exc).__name__}: {exc}", retry_in=backoff)
+                    log.warning("sink_load_failed", error=f"{type(exc).__name__}: {exc}", retry_in=backoff)
                     if self._stopping.is_set():
                         raise
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
-            self._dead, self._events, self._offsets = [], [], {}
-            self.last_write = time.time()
-            metrics.SINK_LAST_WRITE.set(self.last_write)
-            assert self.consumer is not None
+            self._seq += 1
+            self.processor.touched(events, self._seq)
+            await self._queue.put(_Batch(self._seq, dead, events, offsets, aggregates))
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = await self._queue.get()
             try:
-                await self.consumer.commit(offsets)
-            except (CommitFailedError, IllegalStateError) as exc:
-                # The group moved on (rebalance): the new owner re-reads from the last commit,
-                # and the rows it writes again collapse on the sorting key.
-                log.warning("sink_commit_failed", error=str(exc))
-            self.processor.evict_idle()
+                await self._write(batch)
+            finally:
+                self._queue.task_done()
+
+    async def _write(self, batch: _Batch) -> None:
+        """Dead-letter, insert events and aggregates, then commit. Retries until it succeeds or
+        the sink stops; a retry writes the same rows again, which collapse on their keys."""
+        dead = batch.dead
+        backoff = 0.1
+        while True:
+            try:
+                if dead:
+                    assert self.publisher is not None
+                    await self.publisher.publish(self.topics.dead_letter, dead)
+                    dead = []
+                if batch.events:
+                    await self._insert(self.table, COLUMNS, event_columns(batch.events), columnar=True)
+                for table, (columns, table_rows) in batch.aggregates.items():
+                    if table_rows:
+                        await self._insert(table, columns, table_rows)
+                break
+            except Exception as exc:
+                metrics.SINK_INSERT_FAILURES.inc()
+                log.warning("sink_write_failed", error=f"{type(exc).__name__}: {exc}", retry_in=backoff)
+                if self._stopping.is_set():
+                    raise
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        self.last_write = time.time()
+        metrics.SINK_LAST_WRITE.set(self.last_write)
+        assert self.consumer is not None
+        try:
+            await self.consumer.commit(batch.offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group moved on (rebalance): the new owner re-reads from the last commit,
+            # and the rows it writes again collapse on the sorting key.
+            log.warning("sink_commit_failed", error=str(exc))
+        self._written_seq = batch.seq
+
+    def _raise_if_writer_failed(self) -> None:
+        if self._writer is not None and self._writer.done() and not self._writer.cancelled():
+            error = self._writer.exception()
+            if error is not None:
+                raise error
 
     async def _aggregate(self, events: list[Decoded]) -> Rows:
         assert self.client is not None
