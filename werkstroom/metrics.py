@@ -56,6 +56,12 @@ SINK_INSERT_SECONDS = Histogram(
 SINK_BATCH_ROWS = Histogram(
     "werkstroom_sink_batch_rows", "Rows per flush", buckets=(1, 10, 100, 1000, 5000, 10000, 50000)
 )
+#: Time one recomputation of persons and daily stats for the touched keys took.
+DERIVED_REFRESH_SECONDS = Histogram(
+    "werkstroom_derived_refresh_seconds",
+    "Persons and daily stats recomputation",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
 #: Unix time of the last successful ClickHouse write (freshness of the pipeline).
 SINK_LAST_WRITE = Gauge("werkstroom_sink_last_write_timestamp_seconds", "Last successful insert")
 

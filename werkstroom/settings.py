@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     # -- events sink -------------------------------------------------------------------
     sink_batch_rows: int = Field(20000, ge=1, description="WERKSTROOM_SINK_BATCH_ROWS")
     sink_flush_ms: int = Field(250, ge=10, description="WERKSTROOM_SINK_FLUSH_MS")
+    derived_refresh_ms: int = Field(
+        1000,
+        ge=0,
+        description="WERKSTROOM_DERIVED_REFRESH_MS: how often persons and daily stats are recomputed for "
+        "the keys new events touched (offsets are committed after it).",
+    )
     sink_max_consecutive_bad: int = Field(
         1000,
         ge=1,

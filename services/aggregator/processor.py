@@ -10,6 +10,8 @@ worker needs no changelog: the rows are the state.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
@@ -20,13 +22,16 @@ from services.aggregator.sessions import (
     IDENTITY_COLUMNS,
     ONLINE_COLUMNS,
     SESSION_COLUMNS,
+    TRAIT_COLUMNS,
     Changes,
     Visitor,
     apply,
+    from_ms,
     identity_rows,
     online_row,
     session_from_row,
     session_row,
+    trait_rows,
 )
 from werkstroom.contract import Event
 
@@ -35,6 +40,24 @@ Decoded = tuple[Event, int, int]  # event, partition, offset
 Rows = dict[str, tuple[list[str], list[list[Any]]]]
 
 EVICT_AFTER_MS = GAP_MS + 10 * 60 * 1000
+
+
+@dataclass
+class Dirty:
+    """Keys whose derived rows must be recomputed: (project, UTC day) and (project, distinct id)."""
+
+    days: set[tuple[str, date]] = field(default_factory=set)
+    ids: set[tuple[str, str]] = field(default_factory=set)
+
+    def note(self, event: Event) -> None:
+        self.days.add((event.project_id, event.timestamp.date()))
+        for distinct_id in (event.anonymous_id, event.user_id, event.previous_id):
+            if distinct_id:
+                self.ids.add((event.project_id, distinct_id))
+
+    def update(self, other: Dirty) -> None:
+        self.days |= other.days
+        self.ids |= other.ids
 
 
 class SessionsProcessor:
@@ -68,11 +91,15 @@ class SessionsProcessor:
         for key in keys:
             self.visitors[key] = Visitor.from_sessions(found.get(key, []))
 
-    def process(self, batch: list[Decoded]) -> Rows:
-        """Apply a batch (in offset order per partition) and return the rows to write."""
+    def process(self, batch: list[Decoded]) -> tuple[Rows, Dirty]:
+        """Apply a batch (in offset order per partition); returns the rows to write and what
+        the derived tables (persons, daily stats) must recompute once they are written."""
         changes = Changes()
+        dirty = Dirty()
         for event, partition, offset in batch:
+            dirty.note(event)
             identity_rows(event, changes)
+            trait_rows(event, changes)
             if not event.anonymous_id:
                 continue  # server-side calls with only a user id: no browsing session
             key = (event.project_id, event.anonymous_id)
@@ -82,14 +109,21 @@ class SessionsProcessor:
             self._partition_of[key] = partition
             apply(visitor, event, partition, offset, changes)
             self._clock_ms = max(self._clock_ms, visitor.last_seen_ms)
-        return {
+        for session in changes.sessions.values():
+            dirty.days.add((session.project_id, from_ms(session.start_ms).date()))
+        rows = {
             "sessions": (SESSION_COLUMNS, [session_row(s) for s in changes.sessions.values()]),
             "online_visitors": (ONLINE_COLUMNS, [online_row(v) for v in changes.online.values()]),
             "person_distinct_ids": (
                 IDENTITY_COLUMNS,
                 [[p, d, person, version] for (p, d), (person, version) in changes.identities.items()],
             ),
+            "person_traits": (
+                TRAIT_COLUMNS,
+                [[p, d, k, value, version] for (p, d, k), (value, version) in changes.traits.items()],
+            ),
         }
+        return rows, dirty
 
     def touched(self, batch: list[Decoded], seq: int) -> None:
         """Remember the batch that last changed each visitor: one is forgotten only once that

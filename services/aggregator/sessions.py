@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from werkstroom.contract import Event, epoch_ms
 
 GAP_MS = 30 * 60 * 1000
@@ -31,6 +33,10 @@ HEARTBEAT = "$heartbeat"
 
 
 to_ms = epoch_ms
+
+
+def from_ms(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1000, UTC)
 
 
 def session_id_for(project_id: str, anonymous_id: str, event_id: str) -> str:
@@ -107,6 +113,7 @@ class Changes:
     sessions: dict[str, Session] = field(default_factory=dict)
     online: dict[tuple[str, str], Visitor] = field(default_factory=dict)
     identities: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+    traits: dict[tuple[str, str, str], tuple[str, int]] = field(default_factory=dict)
 
 
 def apply(visitor: Visitor, event: Event, partition: int, offset: int, changes: Changes) -> bool:
@@ -203,6 +210,21 @@ def identity_rows(event: Event, changes: Changes) -> None:
             changes.identities[key] = (user_id, version)
 
 
+def trait_rows(event: Event, changes: Changes) -> None:
+    """identify: each trait, as JSON, for the user id (else the anonymous id); latest wins."""
+    if event.type != "identify":
+        return
+    traits = orjson.loads(bytes(event.traits))
+    if not traits:
+        return
+    version = to_ms(event.timestamp)
+    distinct_id = event.user_id or event.anonymous_id
+    for key, value in traits.items():
+        slot = (event.project_id, distinct_id, str(key)[:200])
+        if slot not in changes.traits or changes.traits[slot][1] <= version:
+            changes.traits[slot] = (orjson.dumps(value).decode(), version)
+
+
 SESSION_COLUMNS = [
     "project_id",
     "anonymous_id",
@@ -247,6 +269,7 @@ ONLINE_COLUMNS = [
     "version",
 ]
 IDENTITY_COLUMNS = ["project_id", "distinct_id", "person_id", "version"]
+TRAIT_COLUMNS = ["project_id", "distinct_id", "key", "value", "version"]
 
 
 def _page_time(s: Session) -> int:

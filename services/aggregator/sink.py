@@ -26,7 +26,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from clickhouse_connect.driver.client import Client
 
-from services.aggregator.processor import Decoded, Rows, SessionsProcessor
+from services.aggregator.derived import refresh
+from services.aggregator.processor import Decoded, Dirty, Rows, SessionsProcessor
 from werkstroom import metrics
 from werkstroom.contract import FIELDS, ContractError, Topics, dead_letter, decode_event, epoch_ms
 from werkstroom.kafka import Publisher, make_consumer, start_producer
@@ -70,6 +71,7 @@ class _Batch:
     events: list[Decoded]
     offsets: dict[TopicPartition, int]
     aggregates: Rows
+    dirty: Dirty
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -77,10 +79,10 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.sink = sink
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # Write and commit what we hold before another worker takes these partitions over,
-        # then forget their visitors: the new owner reloads them from ClickHouse.
-        await self.sink.flush()
-        self.sink.processor.revoke({tp.partition for tp in revoked if tp.topic == self.sink.topics.events})
+        # Never wait here: the writer's commit may itself wait for this rebalance to end. What
+        # is in flight is still written (its rows collapse with the new owner's, which re-reads
+        # from the last commit); what is only buffered for these partitions is dropped.
+        self.sink.forget({tp for tp in revoked if tp.topic == self.sink.topics.events})
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("sink_partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
@@ -109,6 +111,10 @@ class EventsSink:
         self._writer: asyncio.Task[None] | None = None
         self._seq = 0
         self._written_seq = 0
+        self._pending_dirty = Dirty()
+        self._pending_offsets: dict[TopicPartition, int] = {}
+        self._commit_lock = asyncio.Lock()
+        self._next_refresh = 0.0
         self._stopping = asyncio.Event()
         self._consecutive_bad = 0
         self.consumer: AIOKafkaConsumer | None = None
@@ -199,6 +205,7 @@ class EventsSink:
         await self._submit()
         await self._queue.join()
         self._raise_if_writer_failed()
+        await self._refresh_and_commit()
 
     async def _submit(self) -> None:
         """Compute the aggregates of the events held and queue the batch for the writer. The
@@ -226,11 +233,20 @@ class EventsSink:
                     backoff = min(backoff * 2, 5.0)
             self._seq += 1
             self.processor.touched(events, self._seq)
-            await self._queue.put(_Batch(self._seq, dead, events, offsets, aggregates))
+            await self._queue.put(_Batch(self._seq, dead, events, offsets, *aggregates))
 
     async def _write_loop(self) -> None:
         while True:
-            batch = await self._queue.get()
+            if self._pending_offsets:  # written, not yet refreshed and committed: don't wait forever
+                try:
+                    batch = await asyncio.wait_for(
+                        self._queue.get(), max(0.0, self._next_refresh - time.monotonic())
+                    )
+                except TimeoutError:
+                    await self._refresh_and_commit()
+                    continue
+            else:
+                batch = await self._queue.get()
             try:
                 await self._write(batch)
             finally:
@@ -262,14 +278,55 @@ class EventsSink:
                 backoff = min(backoff * 2, 5.0)
         self.last_write = time.time()
         metrics.SINK_LAST_WRITE.set(self.last_write)
-        assert self.consumer is not None
-        try:
-            await self.consumer.commit(batch.offsets)
-        except (CommitFailedError, IllegalStateError) as exc:
-            # The group moved on (rebalance): the new owner re-reads from the last commit,
-            # and the rows it writes again collapse on the sorting key.
-            log.warning("sink_commit_failed", error=str(exc))
         self._written_seq = batch.seq
+        self._pending_dirty.update(batch.dirty)
+        self._pending_offsets.update(batch.offsets)
+        if time.monotonic() >= self._next_refresh:
+            await self._refresh_and_commit()
+
+    async def _refresh_and_commit(self) -> None:
+        """Recompute persons and daily stats for what the written batches touched, then commit
+        their offsets: a crash before this re-reads those batches, which dirties the keys again."""
+        async with self._commit_lock:
+            if not self._pending_offsets:
+                return
+            dirty, offsets = self._pending_dirty, self._pending_offsets
+            self._pending_dirty, self._pending_offsets = Dirty(), {}
+            backoff = 0.1
+            started = time.monotonic()
+            while True:
+                try:
+                    await asyncio.to_thread(refresh, self.client, dirty)
+                    break
+                except Exception as exc:
+                    metrics.SINK_INSERT_FAILURES.inc()
+                    log.warning(
+                        "derived_refresh_failed", error=f"{type(exc).__name__}: {exc}", retry_in=backoff
+                    )
+                    if self._stopping.is_set():
+                        raise
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+            # Refresh at most every derived_refresh_ms, and spend at most a fifth of the time on it.
+            took = time.monotonic() - started
+            metrics.DERIVED_REFRESH_SECONDS.observe(took)
+            self._next_refresh = time.monotonic() + max(self.settings.derived_refresh_ms / 1000, 4 * took)
+            assert self.consumer is not None
+            try:
+                await self.consumer.commit(offsets)
+            except (CommitFailedError, IllegalStateError) as exc:
+                # The group moved on (rebalance): the new owner re-reads from the last commit,
+                # and the rows it writes again collapse on the sorting key.
+                log.warning("sink_commit_failed", error=str(exc))
+
+    def forget(self, partitions: set[TopicPartition]) -> None:
+        """Another worker takes these partitions over: drop what we hold of them."""
+        numbers = {tp.partition for tp in partitions}
+        self._events = [e for e in self._events if e[1] not in numbers]
+        for tp in partitions:
+            self._offsets.pop(tp, None)
+            self._pending_offsets.pop(tp, None)
+        self.processor.revoke(numbers)
 
     def _raise_if_writer_failed(self) -> None:
         if self._writer is not None and self._writer.done() and not self._writer.cancelled():
@@ -277,7 +334,7 @@ class EventsSink:
             if error is not None:
                 raise error
 
-    async def _aggregate(self, events: list[Decoded]) -> Rows:
+    async def _aggregate(self, events: list[Decoded]) -> tuple[Rows, Dirty]:
         assert self.client is not None
         missing = self.processor.missing(events)
         if missing:

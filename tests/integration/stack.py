@@ -50,6 +50,7 @@ class Stack:
             sink_flush_ms=100,
             key_refresh_seconds=0.5,
             kafka_session_timeout_ms=3000,
+            derived_refresh_ms=100,
             **names,
             **overrides,
         )

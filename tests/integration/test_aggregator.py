@@ -200,3 +200,96 @@ async def test_two_workers_share_the_partitions_and_give_the_same_sessions(stack
     workers = stack.rows("SELECT uniqExact(kafka_partition) FROM sessions FINAL")[0][0]
     assert workers == 4 and first.processor.visitors and second.processor.visitors
     assert not set(first.processor.visitors) & set(second.processor.visitors)
+
+
+async def test_persons_segments_and_daily_stats_match_the_simulation(stack: Stack) -> None:
+    from collections import defaultdict
+
+    from werkstroom.demo import BOT
+
+    pid, key = stack.project.project_id, stack.project.write_key
+    sim = simulate({pid: key}, visitors=50, seed=29, days=4)
+    accepted = await send_all(stack, key, sim.calls[key])
+    assert await stack.wait_count(accepted) == accepted
+
+    def person_of(anonymous_id: str) -> str:
+        return sim.identified.get((pid, anonymous_id), anonymous_id)
+
+    # Expected persons, from the simulator's own sessions.
+    expected: dict[str, list[object]] = {}
+    for s in sim.sessions:
+        person = person_of(s.anonymous_id)
+        first, last, count, views = expected.get(person, [s.start, s.last, 0, 0])
+        expected[person] = [min(first, s.start), max(last, s.last), count + 1, views + s.page_views]
+    expected_rows = sorted(
+        (p, ms(f), ms(la), c, v, sim.plans.get((pid, p), "")) for p, (f, la, c, v) in expected.items()
+    )
+
+    def persons() -> list[tuple[object, ...]]:
+        return [
+            (p, ms(f), ms(la), c, v, plan)
+            for p, f, la, c, v, plan in stack.rows(
+                "SELECT person_id, first_seen, last_seen, sessions, page_views, plan FROM persons FINAL "
+                "WHERE project_id = {p:String} ORDER BY person_id",
+                p=pid,
+            )
+        ]
+
+    await stack.until(lambda: persons() == expected_rows, timeout=20)
+    merged = stack.rows("SELECT person_id, anonymous_ids FROM persons FINAL WHERE person_id LIKE 'user-%'")
+    assert merged and all(
+        anon == [a for (p, a), u in sim.identified.items() if u == person] for person, anon in merged
+    )
+    traits = stack.scalar("SELECT traits FROM persons FINAL WHERE person_id = {u:String}", u=merged[0][0])
+    assert '"email":"' in traits and '"plan":"' in traits
+
+    now = datetime.now(UTC)
+    segments = dict(
+        stack.rows("SELECT person_id, activity FROM person_segments WHERE project_id = {p:String}", p=pid)
+    )
+    for person, (_first, last, _c, _v) in expected.items():
+        age = now - last
+        want = (
+            "active" if age <= timedelta(days=7) else "inactive" if age <= timedelta(days=30) else "churned"
+        )
+        assert segments[person] == want
+
+    # Daily statistics, recomputed here from the generated calls and sessions.
+    day_of = lambda value: datetime.fromisoformat(value.replace("Z", "+00:00")).date()  # noqa: E731
+    events, views, active = defaultdict(int), defaultdict(int), defaultdict(set)
+    for call in sim.calls[key]:
+        if call["context"]["userAgent"] == BOT:
+            continue
+        day = day_of(call["timestamp"])
+        views[day] += call["type"] == "page"
+        events[day] += call.get("event") != "$heartbeat"
+        active[day].add(person_of(call["anonymousId"]))
+    sessions, bounces, seconds, new = defaultdict(int), defaultdict(int), defaultdict(float), defaultdict(int)
+    for s in sim.sessions:
+        sessions[s.start.date()] += 1
+        bounces[s.start.date()] += s.page_views == 1
+        seconds[s.start.date()] += (ms(s.last) - ms(s.start)).total_seconds()
+    for first, *_ in expected.values():
+        new[first.date()] += 1
+    want_daily = [
+        (
+            d,
+            len(active[d]),
+            new[d],
+            sessions[d],
+            views[d],
+            events[d],
+            round(bounces[d] / sessions[d], 6) if sessions[d] else 0.0,
+            round(seconds[d] / sessions[d], 3) if sessions[d] else 0.0,
+        )
+        for d in sorted(events)
+    ]
+
+    def daily() -> list[tuple[object, ...]]:
+        return stack.rows(
+            "SELECT day, active_users, new_users, sessions, page_views, events, bounce_rate, avg_session_seconds "
+            "FROM daily_stats FINAL WHERE project_id = {p:String} ORDER BY day",
+            p=pid,
+        )
+
+    await stack.until(lambda: daily() == want_daily, timeout=20)

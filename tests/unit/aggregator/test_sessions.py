@@ -124,7 +124,8 @@ def test_identify_and_alias_map_ids_to_the_user_latest_wins() -> None:
 def test_processor_skips_server_side_calls_for_sessions_and_forgets_revoked_partitions() -> None:
     processor = SessionsProcessor()
     batch = [(ev(0, n=1), 0, 0), (ev(1, "track", n=2, anonymous_id="", user_id="u"), 1, 0)]
-    rows = processor.process(batch)
+    rows, dirty = processor.process(batch)
+    assert dirty.ids == {("p", "a"), ("p", "u")} and dirty.days == {("p", T0.date())}
     assert len(rows["sessions"][1]) == 1 and len(rows["online_visitors"][1]) == 1
     assert list(processor.visitors) == [("p", "a")]
     processor.revoke({1})

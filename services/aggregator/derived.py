@@ -1,0 +1,214 @@
+"""Persons and daily statistics, recomputed from the written rows for the keys a batch touched.
+
+They depend on rows from every partition (a person's anonymous ids live in different
+partitions; a day's events too), so instead of per-worker state they are recomputed in
+ClickHouse for the dirty keys, a few times a second at most, before the offsets that dirtied
+them are committed. A recomputation gives the same row whatever came before, so a replay after
+a crash, or two workers recomputing the same key, changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from datetime import UTC, date, datetime
+from typing import Any
+
+import orjson
+from clickhouse_connect.driver.client import Client
+
+from services.aggregator.processor import Dirty
+
+PERSON_COLUMNS = [
+    "project_id",
+    "person_id",
+    "first_seen",
+    "last_seen",
+    "sessions",
+    "page_views",
+    "anonymous_ids",
+    "traits",
+    "plan",
+    "is_deleted",
+    "version",
+]
+DAILY_COLUMNS = [
+    "project_id",
+    "day",
+    "active_users",
+    "new_users",
+    "sessions",
+    "page_views",
+    "events",
+    "bounce_rate",
+    "avg_session_seconds",
+    "version",
+]
+
+_last_version = 0
+
+
+def next_version() -> int:
+    """Milliseconds now, strictly increasing within this process."""
+    global _last_version
+    _last_version = max(_last_version + 1, time.time_ns() // 1_000_000)
+    return _last_version
+
+
+def refresh(client: Client, dirty: Dirty) -> None:
+    version = next_version()
+    days: dict[str, set[date]] = defaultdict(set)
+    for project_id, day in dirty.days:
+        days[project_id].add(day)
+    ids: dict[str, set[str]] = defaultdict(set)
+    for project_id, distinct_id in dirty.ids:
+        ids[project_id].add(distinct_id)
+    for project_id, distinct_ids in ids.items():
+        days[project_id] |= refresh_persons(client, project_id, distinct_ids, version)
+    for project_id, project_days in days.items():
+        refresh_daily(client, project_id, project_days, version)
+
+
+def _mapping(client: Client, project_id: str, column: str, values: set[str]) -> list[tuple[str, str]]:
+    if not values:
+        return []
+    rows = client.query(
+        f"SELECT distinct_id, person_id FROM person_distinct_ids FINAL "
+        f"WHERE project_id = {{p:String}} AND {column} IN {{v:Array(String)}}",
+        parameters={"p": project_id, "v": sorted(values)},
+    ).result_rows
+    return [(d, p) for d, p in rows]
+
+
+def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], version: int) -> set[date]:
+    """Rewrite the persons these ids belong to; returns the days their first visits fall on."""
+    direct = dict(_mapping(client, project_id, "distinct_id", distinct_ids))
+    onward = dict(_mapping(client, project_id, "distinct_id", set(direct.values())))  # alias chains: one hop
+
+    def resolve(distinct_id: str) -> str:
+        first = direct.get(distinct_id, distinct_id)
+        return onward.get(first, first)
+
+    persons = {resolve(d) for d in distinct_ids}
+    members: dict[str, set[str]] = {p: {p} for p in persons}
+    level1 = _mapping(client, project_id, "person_id", persons)
+    level2 = _mapping(client, project_id, "person_id", {d for d, _ in level1})
+    hop = {d: p for d, p in level1}
+    for distinct_id, person_id in level1:
+        members[person_id].add(distinct_id)
+    for distinct_id, via in level2:
+        if hop.get(via) in members:
+            members[hop[via]].add(distinct_id)
+    everyone = set().union(*members.values()) if members else set()
+
+    visits = {
+        anonymous_id: (first, last, count, views)
+        for anonymous_id, first, last, count, views in client.query(
+            "SELECT anonymous_id, min(start_at), max(last_event_at), count(), sum(page_views) "
+            "FROM sessions FINAL WHERE project_id = {p:String} AND anonymous_id IN {ids:Array(String)} "
+            "GROUP BY anonymous_id",
+            parameters={"p": project_id, "ids": sorted(everyone)},
+        ).result_rows
+    }
+    latest: dict[str, dict[str, tuple[int, str]]] = defaultdict(dict)
+    owner = {d: p for p, ds in members.items() for d in ds}
+    for distinct_id, key, value, trait_version in client.query(
+        "SELECT distinct_id, key, value, version FROM person_traits FINAL "
+        "WHERE project_id = {p:String} AND distinct_id IN {ids:Array(String)}",
+        parameters={"p": project_id, "ids": sorted(everyone)},
+    ).result_rows:
+        person_traits = latest[owner[distinct_id]]
+        if key not in person_traits or person_traits[key][0] < trait_version:
+            person_traits[key] = (trait_version, value)
+
+    rows: list[list[Any]] = []
+    first_days: set[date] = set()
+    for person_id in sorted(persons):
+        seen = [visits[d] for d in members[person_id] if d in visits]
+        if not seen:
+            continue  # no browsing yet (server-side calls only): no person row
+        traits = {k: orjson.loads(v) for k, (_, v) in latest.get(person_id, {}).items()}
+        plan = traits.get("plan")
+        first_seen = min(_utc(s[0]) for s in seen)
+        first_days.add(first_seen.date())
+        rows.append(
+            [
+                project_id,
+                person_id,
+                first_seen,
+                max(_utc(s[1]) for s in seen),
+                sum(s[2] for s in seen),
+                sum(s[3] for s in seen),
+                sorted(d for d in members[person_id] if d in visits),
+                orjson.dumps(traits, option=orjson.OPT_SORT_KEYS).decode(),
+                plan if isinstance(plan, str) else "",
+                0,
+                version,
+            ]
+        )
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    for gone in sorted(distinct_ids - persons):  # merged into another person
+        rows.append([project_id, gone, epoch, epoch, 0, 0, [], "{}", "", 1, version])
+    if rows:
+        client.insert("persons", rows, column_names=PERSON_COLUMNS)
+    return first_days
+
+
+def refresh_daily(client: Client, project_id: str, days: set[date], version: int) -> None:
+    """Rewrite the daily statistics of these (UTC) days."""
+    wanted = sorted(days)
+    params = {"p": project_id, "days": wanted}
+    activity = {
+        day: (active, views, events)
+        for day, active, views, events in client.query(
+            "SELECT toDate(e.timestamp) AS day, "
+            "uniqExact(if(m.person_id != '', m.person_id, "
+            "             if(e.anonymous_id != '', e.anonymous_id, e.user_id))), "
+            "countIf(e.type = 'page'), countIf(e.event != '$heartbeat') "
+            "FROM events AS e FINAL "
+            "LEFT JOIN (SELECT distinct_id, argMax(person_id, version) AS person_id "
+            "           FROM person_distinct_ids WHERE project_id = {p:String} GROUP BY distinct_id) AS m "
+            "     ON m.distinct_id = e.anonymous_id "
+            "WHERE e.project_id = {p:String} AND toDate(e.timestamp) IN {days:Array(Date)} GROUP BY day",
+            parameters=params,
+        ).result_rows
+    }
+    visits = {
+        day: (count, bounce, seconds)
+        for day, count, bounce, seconds in client.query(
+            "SELECT toDate(start_at) AS day, count(), countIf(page_views = 1) / count(), "
+            "avg(dateDiff('millisecond', start_at, last_event_at)) / 1000 FROM sessions FINAL "
+            "WHERE project_id = {p:String} AND toDate(start_at) IN {days:Array(Date)} GROUP BY day",
+            parameters=params,
+        ).result_rows
+    }
+    new = dict(
+        client.query(
+            "SELECT toDate(first_seen) AS day, count() FROM persons FINAL WHERE project_id = {p:String} "
+            "AND is_deleted = 0 AND toDate(first_seen) IN {days:Array(Date)} GROUP BY day",
+            parameters=params,
+        ).result_rows
+    )
+    rows = []
+    for day in wanted:
+        active, views, events = activity.get(day, (0, 0, 0))
+        count, bounce, seconds = visits.get(day, (0, 0.0, 0.0))
+        rows.append(
+            [
+                project_id,
+                day,
+                active,
+                new.get(day, 0),
+                count,
+                views,
+                events,
+                round(bounce, 6),
+                round(seconds, 3),
+                version,
+            ]
+        )
+    client.insert("daily_stats", rows, column_names=DAILY_COLUMNS)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
