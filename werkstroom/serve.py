@@ -49,6 +49,7 @@ class Runtime:
 
     settings: Settings
     bootstrap: str
+    target: Target
     admin_token: str
     demo: dict[str, str] | None = None
     embedded_kafka: EmbeddedKafka | None = None
@@ -152,7 +153,11 @@ async def serve(
     if target in ("all", "ingest", "aggregator"):
         bootstrap, embedded = await start_kafka(settings, target)
     runtime = Runtime(
-        settings=settings, bootstrap=bootstrap, admin_token=admin_token(settings), embedded_kafka=embedded
+        settings=settings,
+        bootstrap=bootstrap,
+        admin_token=admin_token(settings),
+        embedded_kafka=embedded,
+        target=target,
     )
     runtime.demo = await asyncio.to_thread(ensure_demo_project, settings, client)
     factory = clickhouse_factory(settings)
@@ -234,18 +239,20 @@ def _write_runtime_file(settings: Settings, target: str, runtime: Runtime) -> No
 def banner(runtime: Runtime) -> str:
     s = runtime.settings
     embedded = " (embedded tansu)" if runtime.embedded_kafka else ""
-    lines = [
-        "",
-        "Werkstroom is running (Ctrl-C to stop)",
-        f"  ingest (tracking API)   {s.ingest_url}/v1/track   docs: {s.ingest_url}/docs",
-        f"  API                     {s.api_url}   docs: {s.api_url}/docs",
-        f"  Kafka                   {runtime.bootstrap}{embedded}",
+    serves = {runtime.target} if runtime.target != "all" else {"ingest", "aggregator", "api"}
+    lines = ["", f"Werkstroom is running: {', '.join(sorted(serves))} (Ctrl-C to stop)"]
+    if "ingest" in serves:
+        lines.append(f"  ingest (tracking API)   {s.ingest_url}/v1/track   docs: {s.ingest_url}/docs")
+    if "api" in serves:
+        lines.append(f"  API                     {s.api_url}   docs: {s.api_url}/docs")
+    lines += [
+        f"  Kafka                   {runtime.bootstrap or 'not used'}{embedded}",
         f"  ClickHouse              {s.masked()['clickhouse_url']} database {s.clickhouse_database}",
         f"  admin token             in {s.data_dir / 'admin_token'}"
         if s.admin_token is None
         else "  admin token             from WERKSTROOM_ADMIN_TOKEN",
     ]
-    if runtime.demo:
+    if runtime.demo and "ingest" in serves:
         d = runtime.demo
         lines += [
             "",
