@@ -109,6 +109,8 @@ class EventsSink:
         self._lock = asyncio.Lock()
         self._queue: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
         self._writer: asyncio.Task[None] | None = None
+        self._committer: asyncio.Task[None] | None = None
+        self._derived_client: Client | None = None
         self._seq = 0
         self._written_seq = 0
         self._pending_dirty = Dirty()
@@ -140,7 +142,9 @@ class EventsSink:
         )
         self.consumer.subscribe([self.topics.events], listener=_Rebalance(self))
         await self.consumer.start()
+        self._derived_client = self._client_factory()  # its own client: runs beside the inserts
         self._writer = asyncio.create_task(self._write_loop(), name="sink-writer")
+        self._committer = asyncio.create_task(self._commit_loop(), name="sink-committer")
         log.info("sink_started", topic=self.topics.events, group=self.settings.sink_group, table=self.table)
         flush_every = self.settings.sink_flush_ms / 1000
         deadline = time.monotonic() + flush_every
@@ -156,10 +160,11 @@ class EventsSink:
                 self._raise_if_writer_failed()
             await self.flush()
         finally:
-            if self._writer is not None:
-                self._writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._writer
+            for task in (self._writer, self._committer):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await self._close()
 
     def _take(self, batches: dict[TopicPartition, list[Any]]) -> None:
@@ -237,20 +242,18 @@ class EventsSink:
 
     async def _write_loop(self) -> None:
         while True:
-            if self._pending_offsets:  # written, not yet refreshed and committed: don't wait forever
-                try:
-                    batch = await asyncio.wait_for(
-                        self._queue.get(), max(0.0, self._next_refresh - time.monotonic())
-                    )
-                except TimeoutError:
-                    await self._refresh_and_commit()
-                    continue
-            else:
-                batch = await self._queue.get()
+            batch = await self._queue.get()
             try:
                 await self._write(batch)
             finally:
                 self._queue.task_done()
+
+    async def _commit_loop(self) -> None:
+        """Recompute the derived tables and commit, on its own clock, so that neither waits for
+        the other: the writer keeps the live tables fresh while a recomputation runs."""
+        while True:
+            await asyncio.sleep(max(0.01, self._next_refresh - time.monotonic()))
+            await self._refresh_and_commit()
 
     async def _write(self, batch: _Batch) -> None:
         """Dead-letter, insert events and aggregates, then commit. Retries until it succeeds or
@@ -281,8 +284,6 @@ class EventsSink:
         self._written_seq = batch.seq
         self._pending_dirty.update(batch.dirty)
         self._pending_offsets.update(batch.offsets)
-        if time.monotonic() >= self._next_refresh:
-            await self._refresh_and_commit()
 
     async def _refresh_and_commit(self) -> None:
         """Recompute persons and daily stats for what the written batches touched, then commit
@@ -296,7 +297,7 @@ class EventsSink:
             started = time.monotonic()
             while True:
                 try:
-                    await asyncio.to_thread(refresh, self.client, dirty)
+                    await asyncio.to_thread(refresh, self._derived_client, dirty)
                     break
                 except Exception as exc:
                     metrics.SINK_INSERT_FAILURES.inc()
@@ -329,10 +330,11 @@ class EventsSink:
         self.processor.revoke(numbers)
 
     def _raise_if_writer_failed(self) -> None:
-        if self._writer is not None and self._writer.done() and not self._writer.cancelled():
-            error = self._writer.exception()
-            if error is not None:
-                raise error
+        for task in (self._writer, self._committer):
+            if task is not None and task.done() and not task.cancelled():
+                error = task.exception()
+                if error is not None:
+                    raise error
 
     async def _aggregate(self, events: list[Decoded]) -> tuple[Rows, Dirty]:
         assert self.client is not None
