@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
@@ -37,6 +37,7 @@ from werkstroom.settings import Settings
 log = get_logger(__name__)
 
 COLUMNS = [*FIELDS, "kafka_partition", "kafka_offset"]
+T = TypeVar("T")
 _JSON_FIELDS = ("properties", "traits")
 _TIME_FIELDS = ("timestamp", "received_at")
 
@@ -224,18 +225,7 @@ class EventsSink:
             # Forget idle visitors here, not in the writer: between finding the visitors to load
             # and applying the batch, nothing may drop one from memory.
             self.processor.evict_idle(self._written_seq)
-            backoff = 0.1
-            while True:
-                try:
-                    aggregates = await self._aggregate(events)
-                    break
-                except Exception as exc:  # loading visitors needs ClickHouse too
-                    metrics.SINK_INSERT_FAILURES.inc()
-                    log.warning("sink_load_failed", error=f"{type(exc).__name__}: {exc}", retry_in=backoff)
-                    if self._stopping.is_set():
-                        raise
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+            aggregates = await self._retry("sink_load_failed", lambda: self._aggregate(events))
             self._seq += 1
             self.processor.touched(events, self._seq)
             await self._queue.put(_Batch(self._seq, dead, events, offsets, *aggregates))
@@ -259,26 +249,20 @@ class EventsSink:
         """Dead-letter, insert events and aggregates, then commit. Retries until it succeeds or
         the sink stops; a retry writes the same rows again, which collapse on their keys."""
         dead = batch.dead
-        backoff = 0.1
-        while True:
-            try:
-                if dead:
-                    assert self.publisher is not None
-                    await self.publisher.publish(self.topics.dead_letter, dead)
-                    dead = []
-                if batch.events:
-                    await self._insert(self.table, COLUMNS, event_columns(batch.events), columnar=True)
-                for table, (columns, table_rows) in batch.aggregates.items():
-                    if table_rows:
-                        await self._insert(table, columns, table_rows)
-                break
-            except Exception as exc:
-                metrics.SINK_INSERT_FAILURES.inc()
-                log.warning("sink_write_failed", error=f"{type(exc).__name__}: {exc}", retry_in=backoff)
-                if self._stopping.is_set():
-                    raise
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+
+        async def attempt() -> None:
+            nonlocal dead
+            if dead:
+                assert self.publisher is not None
+                await self.publisher.publish(self.topics.dead_letter, dead)
+                dead = []
+            if batch.events:
+                await self._insert(self.table, COLUMNS, event_columns(batch.events), columnar=True)
+            for table, (columns, table_rows) in batch.aggregates.items():
+                if table_rows:
+                    await self._insert(table, columns, table_rows)
+
+        await self._retry("sink_write_failed", attempt)
         self.last_write = time.time()
         metrics.SINK_LAST_WRITE.set(self.last_write)
         self._written_seq = batch.seq
@@ -293,21 +277,10 @@ class EventsSink:
                 return
             dirty, offsets = self._pending_dirty, self._pending_offsets
             self._pending_dirty, self._pending_offsets = Dirty(), {}
-            backoff = 0.1
             started = time.monotonic()
-            while True:
-                try:
-                    await asyncio.to_thread(refresh, self._derived_client, dirty)
-                    break
-                except Exception as exc:
-                    metrics.SINK_INSERT_FAILURES.inc()
-                    log.warning(
-                        "derived_refresh_failed", error=f"{type(exc).__name__}: {exc}", retry_in=backoff
-                    )
-                    if self._stopping.is_set():
-                        raise
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+            await self._retry(
+                "derived_refresh_failed", lambda: asyncio.to_thread(refresh, self._derived_client, dirty)
+            )
             # Refresh at most every derived_refresh_ms, and spend at most a fifth of the time on it.
             took = time.monotonic() - started
             metrics.DERIVED_REFRESH_SECONDS.observe(took)
@@ -319,6 +292,21 @@ class EventsSink:
                 # The group moved on (rebalance): the new owner re-reads from the last commit,
                 # and the rows it writes again collapse on the sorting key.
                 log.warning("sink_commit_failed", error=str(exc))
+
+    async def _retry(self, failure: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run `attempt` until it succeeds, backing off up to 5 s; give up only when stopping.
+        Nothing new is fetched meanwhile, so a ClickHouse outage holds the consumer back."""
+        backoff = 0.1
+        while True:
+            try:
+                return await attempt()
+            except Exception as exc:
+                metrics.SINK_INSERT_FAILURES.inc()
+                log.warning(failure, error=f"{type(exc).__name__}: {exc}", retry_in=backoff)
+                if self._stopping.is_set():
+                    raise
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     def forget(self, partitions: set[TopicPartition]) -> None:
         """Another worker takes these partitions over: drop what we hold of them."""
