@@ -98,10 +98,6 @@ class Answer:
         )
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 def _error(status: int, message: str, *, reason: str, field: str | None = None, **headers: str) -> Answer:
     body = {"success": False, "error": message, "reason": reason, "field": field}
     return Answer(status, body, tuple(headers.items()))

@@ -21,8 +21,6 @@ import orjson
 from werkstroom.settings import Settings
 
 SCHEMA_VERSION = 1
-EVENT_TYPES = ("page", "track", "identify", "alias")
-
 #: Every field of a v1 event, in the order of the ClickHouse `events` columns.
 FIELDS: tuple[str, ...] = (
     "project_id",
@@ -94,13 +92,6 @@ def format_time(value: datetime) -> str:
     if value.tzinfo is not UTC:
         value = value.astimezone(UTC)
     return value.isoformat(timespec="milliseconds")[:23] + "Z"
-
-
-def parse_time(value: str) -> datetime:
-    parsed = datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
