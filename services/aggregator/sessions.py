@@ -294,7 +294,7 @@ def session_row(s: Session) -> list[Any]:
         _page_time(s),
         s.page_views,
         s.events,
-        s.pages,
+        list(s.pages),  # a copy: the row waits for the writer while the session keeps changing
         s.device_type,
         s.browser,
         s.os,

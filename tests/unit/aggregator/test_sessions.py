@@ -143,3 +143,10 @@ def test_idle_visitors_are_forgotten_only_once_their_rows_are_written() -> None:
     assert processor.evict_idle(written_seq=0) == 0  # batch 1 not written yet: keep "a"
     assert processor.evict_idle(written_seq=1) == 1
     assert list(processor.visitors) == [("p", "b")]
+
+
+def test_a_row_does_not_change_when_its_session_changes_after_it_was_built() -> None:
+    visitor, _ = run([ev(0, path="/a", n=1)])
+    row = session_row(visitor.sessions[0])  # queued for the writer
+    run([ev(1, path="/b", n=2)], visitor, first_offset=1)
+    assert row[SESSION_COLUMNS.index("pages")] == ["/a"] and row[SESSION_COLUMNS.index("page_views")] == 1
