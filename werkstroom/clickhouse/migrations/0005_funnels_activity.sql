@@ -75,18 +75,21 @@ ENGINE = ReplacingMergeTree(version, is_deleted)
 -- in one project; the person last is the identity FINAL collapses on.
 ORDER BY (project_id, day, person_id);
 
--- Each aggregator worker's last write, written every flush and at least every few seconds when
--- idle, so a reader can tell a quiet site (recent last_write_at) from a stalled pipeline.
--- last_event_at = the newest event time it has written; lag = messages behind the topic's end.
+-- The aggregator's progress per topic partition, written after every commit and every few
+-- seconds when idle, so a reader can tell a quiet site (recent last_write_at) from a stalled
+-- pipeline. worker = the process that owns the partition; last_event_at = the newest event
+-- time written from it; lag = messages between the committed offset and the partition's end.
+-- version = write time in ms: the newest owner's row wins.
 CREATE TABLE IF NOT EXISTS aggregator_status
 (
-    worker        String,
     topic         String,
+    partition     UInt32,
+    worker        String,
     last_write_at DateTime64(3, 'UTC'),
     last_event_at Nullable(DateTime64(3, 'UTC')),
     lag           UInt64,
     version       UInt64
 )
 ENGINE = ReplacingMergeTree(version)
--- ORDER BY (topic, worker): the API reads every worker of its topic; one row per worker.
-ORDER BY (topic, worker);
+-- ORDER BY (topic, partition): the API reads every partition of its topic; one row each.
+ORDER BY (topic, partition);
