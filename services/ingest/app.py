@@ -37,6 +37,7 @@ from services.ingest import enrich
 from services.ingest.keys import WriteKeyCache
 from services.ingest.ratelimit import RateLimiter
 from services.ingest.segment import Rejected, normalize, parse_client_time
+from services.ingest.tracker import tracker_router
 from werkstroom import metrics, projects
 from werkstroom.clickhouse.migrate import is_current
 from werkstroom.contract import Topics, dead_letter, encode_event, message_key
@@ -443,6 +444,7 @@ def create_app(settings: Settings, *, bootstrap: str, clickhouse: Callable[[], C
         return checks
 
     app.include_router(ops_router(ready))
+    app.include_router(tracker_router())
 
     responses: dict[int | str, dict[str, Any]] = {
         200: {"description": "Processed: counts of accepted, rejected (with reasons) and bot events"},
