@@ -65,6 +65,12 @@ DERIVED_REFRESH_SECONDS = Histogram(
 #: Unix time of the last successful ClickHouse write (freshness of the pipeline).
 SINK_LAST_WRITE = Gauge("werkstroom_sink_last_write_timestamp_seconds", "Last successful insert")
 
+SINK_LAG = Gauge(
+    "werkstroom_sink_lag_messages",
+    "Messages between the committed offset and the end of a partition",
+    ["partition"],
+)
+
 
 def render() -> tuple[bytes, str]:
     """The exposition text of the default registry and its content type."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ import orjson
 from clickhouse_connect.driver.client import Client
 
 from services.aggregator.processor import Dirty
+from werkstroom import funnels
 
 PERSON_COLUMNS = [
     "project_id",
@@ -45,6 +47,8 @@ DAILY_COLUMNS = [
     "version",
 ]
 
+ACTIVITY_COLUMNS = ["project_id", "day", "person_id", "is_deleted", "version"]
+
 _last_version = 0
 
 
@@ -56,7 +60,7 @@ def next_version() -> int:
 
 
 def refresh(client: Client, dirty: Dirty) -> None:
-    version = next_version()
+    version = next_version()  # taken before reading: a recomputation from newer data wins
     days: dict[str, set[date]] = defaultdict(set)
     for project_id, day in dirty.days:
         days[project_id].add(day)
@@ -64,7 +68,9 @@ def refresh(client: Client, dirty: Dirty) -> None:
     for project_id, distinct_id in dirty.ids:
         ids[project_id].add(distinct_id)
     for project_id, distinct_ids in ids.items():
-        days[project_id] |= refresh_persons(client, project_id, distinct_ids, version)
+        changed = refresh_persons(client, project_id, distinct_ids, version)
+        days[project_id] |= changed.first_days
+        funnels.recompute(client, project_id, changed.members, changed.gone, version)
     for project_id, project_days in days.items():
         refresh_daily(client, project_id, project_days, version)
 
@@ -80,8 +86,18 @@ def _mapping(client: Client, project_id: str, column: str, values: set[str]) -> 
     return [(d, p) for d, p in rows]
 
 
-def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], version: int) -> set[date]:
-    """Rewrite the persons these ids belong to; returns the days their first visits fall on."""
+@dataclass
+class Changed:
+    """What refresh_persons rewrote: each person's anonymous ids, the persons merged away, and
+    the days on which the rewritten persons were first seen."""
+
+    members: dict[str, list[str]] = field(default_factory=dict)
+    gone: set[str] = field(default_factory=set)
+    first_days: set[date] = field(default_factory=set)
+
+
+def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], version: int) -> Changed:
+    """Rewrite the persons these ids belong to, and the days on which each was active."""
     direct = dict(_mapping(client, project_id, "distinct_id", distinct_ids))
     onward = dict(_mapping(client, project_id, "distinct_id", set(direct.values())))  # alias chains: one hop
 
@@ -102,9 +118,11 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
     everyone = set().union(*members.values()) if members else set()
 
     visits = {
-        anonymous_id: (first, last, count, views)
-        for anonymous_id, first, last, count, views in client.query(
-            "SELECT anonymous_id, min(start_at), max(last_event_at), count(), sum(page_views) "
+        anonymous_id: (first, last, count, views, active_days)
+        for anonymous_id, first, last, count, views, active_days in client.query(
+            "SELECT anonymous_id, min(start_at), max(last_event_at), count(), sum(page_views), "
+            "groupUniqArrayArray(arrayMap(d -> toDate(start_at) + d, "
+            "                    range(toUInt32(toDate(last_event_at) - toDate(start_at)) + 1))) "
             "FROM sessions FINAL WHERE project_id = {p:String} AND anonymous_id IN {ids:Array(String)} "
             "GROUP BY anonymous_id",
             parameters={"p": project_id, "ids": sorted(everyone)},
@@ -122,7 +140,8 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
             person_traits[key] = (trait_version, value)
 
     rows: list[list[Any]] = []
-    first_days: set[date] = set()
+    changed = Changed(gone=distinct_ids - persons)
+    activity: dict[tuple[date, str], int] = {}
     for person_id in sorted(persons):
         seen = [visits[d] for d in members[person_id] if d in visits]
         if not seen:
@@ -130,7 +149,11 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
         traits = {k: orjson.loads(v) for k, (_, v) in latest.get(person_id, {}).items()}
         plan = traits.get("plan")
         first_seen = min(_utc(s[0]) for s in seen)
-        first_days.add(first_seen.date())
+        changed.first_days.add(first_seen.date())
+        changed.members[person_id] = sorted(d for d in members[person_id] if d in visits)
+        for s in seen:
+            for day in s[4]:
+                activity[(day, person_id)] = 0
         rows.append(
             [
                 project_id,
@@ -139,7 +162,7 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
                 max(_utc(s[1]) for s in seen),
                 sum(s[2] for s in seen),
                 sum(s[3] for s in seen),
-                sorted(d for d in members[person_id] if d in visits),
+                changed.members[person_id],
                 orjson.dumps(traits, option=orjson.OPT_SORT_KEYS).decode(),
                 plan if isinstance(plan, str) else "",
                 0,
@@ -147,11 +170,34 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
             ]
         )
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    for gone in sorted(distinct_ids - persons):  # merged into another person
+    for gone in sorted(changed.gone):  # merged into another person
         rows.append([project_id, gone, epoch, epoch, 0, 0, [], "{}", "", 1, version])
     if rows:
         client.insert("persons", rows, column_names=PERSON_COLUMNS)
-    return first_days
+    _write_activity(client, project_id, set(changed.members) | changed.gone, activity, version)
+    return changed
+
+
+def _write_activity(
+    client: Client, project_id: str, persons: set[str], fresh: dict[tuple[date, str], int], version: int
+) -> None:
+    """Write these persons' active days, deleting the stored ones they no longer have (a person
+    merged away has none)."""
+    if not persons:
+        return
+    stale = [
+        (day, person_id)
+        for day, person_id in client.query(
+            "SELECT day, person_id FROM person_activity FINAL WHERE project_id = {p:String} "
+            "AND person_id IN {ids:Array(String)} AND is_deleted = 0",
+            parameters={"p": project_id, "ids": sorted(persons)},
+        ).result_rows
+        if (day, person_id) not in fresh
+    ]
+    rows = [[project_id, d, p, 0, version] for d, p in sorted(fresh)]
+    rows += [[project_id, d, p, 1, version] for d, p in stale]
+    if rows:
+        client.insert("person_activity", rows, column_names=ACTIVITY_COLUMNS)
 
 
 def refresh_daily(client: Client, project_id: str, days: set[date], version: int) -> None:

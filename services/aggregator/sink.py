@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,6 +39,8 @@ from werkstroom.settings import Settings
 log = get_logger(__name__)
 
 COLUMNS = [*FIELDS, "kafka_partition", "kafka_offset"]
+STATUS_COLUMNS = ["topic", "partition", "worker", "last_write_at", "last_event_at", "lag", "version"]
+STATUS_EVERY = 2.0  # seconds between aggregator_status rows while idle
 T = TypeVar("T")
 _JSON_FIELDS = ("properties", "traits")
 _TIME_FIELDS = ("timestamp", "received_at")
@@ -125,6 +129,10 @@ class EventsSink:
         self.publisher: Publisher | None = None
         self.client: Client | None = None
         self.last_write: float | None = None
+        self._newest: dict[int, int] = {}  # partition -> newest event time written (ms)
+        self._committed: dict[TopicPartition, int] = {}
+        self._status_at = 0.0
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     async def run(self) -> None:
         """Consume until stop() is called (or a SinkStopped error)."""
@@ -243,7 +251,8 @@ class EventsSink:
         the other: the writer keeps the live tables fresh while a recomputation runs."""
         while True:
             await asyncio.sleep(max(0.01, self._next_refresh - time.monotonic()))
-            await self._refresh_and_commit()
+            if not await self._refresh_and_commit() and time.monotonic() - self._status_at >= STATUS_EVERY:
+                await self._write_status()
 
     async def _write(self, batch: _Batch) -> None:
         """Dead-letter, insert events and aggregates, then commit. Retries until it succeeds or
@@ -266,15 +275,20 @@ class EventsSink:
         self.last_write = time.time()
         metrics.SINK_LAST_WRITE.set(self.last_write)
         self._written_seq = batch.seq
+        for event, partition, _offset in batch.events:
+            ms = epoch_ms(event.timestamp)
+            if ms > self._newest.get(partition, 0):
+                self._newest[partition] = ms
         self._pending_dirty.update(batch.dirty)
         self._pending_offsets.update(batch.offsets)
 
-    async def _refresh_and_commit(self) -> None:
+    async def _refresh_and_commit(self) -> bool:
         """Recompute persons and daily stats for what the written batches touched, then commit
-        their offsets: a crash before this re-reads those batches, which dirties the keys again."""
+        their offsets: a crash before this re-reads those batches, which dirties the keys again.
+        Returns whether there was anything to commit."""
         async with self._commit_lock:
             if not self._pending_offsets:
-                return
+                return False
             dirty, offsets = self._pending_dirty, self._pending_offsets
             self._pending_dirty, self._pending_offsets = Dirty(), {}
             started = time.monotonic()
@@ -288,10 +302,52 @@ class EventsSink:
             assert self.consumer is not None
             try:
                 await self.consumer.commit(offsets)
+                self._committed.update(offsets)
             except (CommitFailedError, IllegalStateError) as exc:
                 # The group moved on (rebalance): the new owner re-reads from the last commit,
                 # and the rows it writes again collapse on the sorting key.
                 log.warning("sink_commit_failed", error=str(exc))
+            await self._write_status()
+            return True
+
+    async def _write_status(self) -> None:
+        """One aggregator_status row per partition this worker owns: its last write, newest
+        event time and lag. Best effort: a failure here must not hold back the commits."""
+        assert self.consumer is not None
+        self._status_at = time.monotonic()
+        now = time.time()
+        rows: list[list[Any]] = []
+        for tp in sorted(self.consumer.assignment(), key=lambda t: t.partition):
+            if tp.topic != self.topics.events:
+                continue
+            end = self.consumer.highwater(tp)
+            done = self._committed.get(tp)
+            lag = max(0, end - done) if end is not None and done is not None else 0
+            newest = self._newest.get(tp.partition)
+            written = self.last_write if self.last_write is not None else now
+            rows.append(
+                [
+                    tp.topic,
+                    tp.partition,
+                    self.worker,
+                    int(written * 1000),
+                    newest,
+                    lag,
+                    int(now * 1000),
+                ]
+            )
+            metrics.SINK_LAG.labels(str(tp.partition)).set(lag)
+        if not rows:
+            return
+        try:
+            await asyncio.to_thread(
+                self._derived_client.insert,  # type: ignore[union-attr]
+                "aggregator_status",
+                rows,
+                column_names=STATUS_COLUMNS,
+            )
+        except Exception as exc:
+            log.warning("aggregator_status_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _retry(self, failure: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run `attempt` until it succeeds, backing off up to 5 s; give up only when stopping.

@@ -1,0 +1,166 @@
+"""Funnels, person activity days and the aggregator's status, through the real path (HTTP ->
+ingest -> Kafka -> aggregator -> ClickHouse), cross-checked with ClickHouse's own windowFunnel
+over the raw `events` table."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.integration.stack import Stack
+from tests.integration.test_aggregator import send_all
+from werkstroom import funnels
+from werkstroom.demo import BOT, simulate
+
+pytestmark = pytest.mark.integration
+
+A = [{"event": "$page", "path": "/pricing"}, {"event": "Button Clicked"}, {"event": "Plan Selected"}]
+B = [
+    {"event": "$page", "path": "/blog*"},
+    {"event": "$page", "path": "/signup"},
+    {"event": "$page", "path": "/c*"},
+]
+
+
+def window_funnel(stack: Stack, funnel: funnels.Funnel, since: date) -> list[int]:
+    """Persons reaching each step, by windowFunnel over raw events (an independent computation:
+    no visitor_events, no progress rows, no Python funnel code)."""
+    params: dict[str, Any] = {"p": funnel.project_id, "since": since, "w": funnel.window_seconds * 1000}
+    conditions = []
+    for k, step in enumerate(funnel.steps):
+        params[f"e{k}"], params[f"l{k}"] = step.event, funnels.like_pattern(step.path or "*")
+        conditions.append(f"e.event = {{e{k}:String}} AND e.path LIKE {{l{k}:String}}")
+    reached = dict(
+        stack.rows(
+            "SELECT level, count() FROM ("
+            "  SELECT m.person_id, windowFunnel({w:UInt64})(toUInt64(toUnixTimestamp64Milli(e.timestamp)), "
+            + ", ".join(conditions)
+            + ") AS level"
+            "  FROM events AS e FINAL"
+            "  INNER JOIN (SELECT person_id, arrayJoin(anonymous_ids) AS anonymous_id FROM persons FINAL"
+            "              WHERE project_id = {p:String} AND is_deleted = 0) AS m"
+            "     ON m.anonymous_id = e.anonymous_id"
+            "  WHERE e.project_id = {p:String} AND toDate(e.timestamp) >= {since:Date}"
+            "  GROUP BY m.person_id"
+            ") GROUP BY level",
+            **params,
+        )
+    )
+    return [sum(n for lvl, n in reached.items() if lvl >= k) for k in range(1, len(funnel.steps) + 1)]
+
+
+async def test_funnels_kept_live_and_back_filled_equal_window_funnel(stack: Stack) -> None:
+    pid, key = stack.project.project_id, stack.project.write_key
+    other = await stack.create_project("Other site")
+    live = funnels.create_funnel(stack.client, pid, "Pricing to plan", A, 1800)  # before the traffic
+    mirror = funnels.create_funnel(stack.client, other.project_id, "Same steps elsewhere", A, 1800)
+    sim = simulate({pid: key, other.project_id: other.write_key}, visitors=70, seed=5, days=4)
+    accepted = await send_all(stack, key, sim.calls[key])
+    accepted += await send_all(stack, other.write_key, sim.calls[other.write_key])
+    assert await stack.wait_count(accepted) == accepted
+    today = datetime.now(UTC).date()
+
+    def consistent() -> bool:
+        return all(
+            funnels.report(stack.client, f.project_id, f.funnel_id, 5, today)
+            == window_funnel(stack, f, today - timedelta(days=4))
+            for f in (live, mirror)
+        )
+
+    await stack.until(consistent, timeout=30)
+    back_filled = funnels.create_funnel(stack.client, pid, "Blog to checkout", B)  # after the traffic
+    for funnel in (live, mirror, back_filled):
+        counts = []
+        for days in range(1, 6):
+            since = today - timedelta(days=days - 1)
+            got = funnels.report(stack.client, funnel.project_id, funnel.funnel_id, days, today)
+            assert got == window_funnel(stack, funnel, since), (funnel.name, days)
+            counts.append(got)
+        assert counts[-1][0] > counts[-1][-1] > 0, (funnel.name, counts)  # not trivially equal
+
+    # Isolation: the other project's funnel counts only its own persons.
+    def persons(project_id: str) -> set[str]:
+        sql = "SELECT person_id FROM persons FINAL WHERE project_id = {p:String}"
+        return {r[0] for r in stack.rows(sql, p=project_id)}
+
+    def progressed(funnel: funnels.Funnel) -> set[str]:
+        sql = "SELECT person_id FROM funnel_progress FINAL WHERE funnel_id = {f:String} AND is_deleted = 0"
+        return {r[0] for r in stack.rows(sql, f=funnel.funnel_id)}
+
+    assert progressed(live) <= persons(pid) and progressed(mirror) <= persons(other.project_id)
+    assert not progressed(live) & progressed(mirror)
+
+    # Deleting hides the funnel; an unknown id is reported as such.
+    assert funnels.delete_funnel(stack.client, pid, back_filled.funnel_id)
+    assert [f.funnel_id for f in funnels.list_funnels(stack.client, pid)] == [live.funnel_id]
+    assert not funnels.delete_funnel(stack.client, other.project_id, live.funnel_id)
+
+
+async def test_person_activity_days_and_aggregator_status(stack: Stack) -> None:
+    pid, key = stack.project.project_id, stack.project.write_key
+    sim = simulate({pid: key}, visitors=30, seed=13, days=5)
+    accepted = await send_all(stack, key, sim.calls[key])
+    assert await stack.wait_count(accepted) == accepted
+
+    expected: set[tuple[date, str]] = set()
+    for s in sim.sessions:
+        person = sim.identified.get((pid, s.anonymous_id), s.anonymous_id)
+        day = s.start.date()
+        while day <= s.last.date():
+            expected.add((day, person))
+            day += timedelta(days=1)
+    assert not any(c["context"]["userAgent"] == BOT and c.get("userId") for c in sim.calls[key])
+
+    def activity() -> set[tuple[date, str]]:
+        rows = stack.rows(
+            "SELECT day, person_id FROM person_activity FINAL WHERE project_id = {p:String} AND is_deleted = 0",
+            p=pid,
+        )
+        return {(d, p) for d, p in rows}
+
+    await stack.until(lambda: activity() == expected, timeout=20)
+    # An identified visitor's days moved to the user: no day is left under the anonymous id.
+    identified = {a for (_p, a) in sim.identified}
+    assert identified and not {p for _d, p in activity()} & identified
+
+    by_day: dict[date, set[str]] = defaultdict(set)
+    for d, p in expected:
+        by_day[d].add(p)
+    status = await stack.until(
+        lambda: stack.rows(
+            "SELECT partition, last_write_at, last_event_at, lag FROM aggregator_status FINAL "
+            "WHERE topic = {t:String} ORDER BY partition",
+            t=stack.settings.topic_events,
+        )
+    )
+    assert [r[0] for r in status] == list(range(stack.settings.topic_partitions))
+    newest = max(datetime.fromisoformat(c["timestamp"].replace("Z", "+00:00")) for c in sim.calls[key])
+    assert max(r[2] for r in status if r[2] is not None).replace(tzinfo=UTC) == newest.replace(
+        microsecond=newest.microsecond // 1000 * 1000
+    )
+    await stack.until(
+        lambda: (
+            stack.scalar(
+                "SELECT sum(lag) FROM aggregator_status FINAL WHERE topic = {t:String}",
+                t=stack.settings.topic_events,
+            )
+            == 0
+        )
+    )
+    # Idle, the status keeps being written: a quiet site is not a stalled pipeline.
+    first = stack.scalar(
+        "SELECT max(version) FROM aggregator_status WHERE topic = {t:String}", t=stack.settings.topic_events
+    )
+    await stack.until(
+        lambda: (
+            stack.scalar(
+                "SELECT max(version) FROM aggregator_status WHERE topic = {t:String}",
+                t=stack.settings.topic_events,
+            )
+            > first
+        ),
+        timeout=10,
+    )
