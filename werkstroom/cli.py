@@ -1,10 +1,11 @@
-"""The one command: `werkstroom serve|migrate|projects|settings`."""
+"""The one command: `werkstroom serve|migrate|projects|funnels|settings`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -42,6 +43,37 @@ def _parser() -> argparse.ArgumentParser:
     listing = proj_sub.add_parser("list", help="list projects")
     listing.add_argument("--json", action="store_true")
 
+    fun = sub.add_parser("funnels", help="create, list and delete a project's funnels")
+    fun_sub = fun.add_subparsers(dest="action", required=True)
+    fcreate = fun_sub.add_parser(
+        "create", help="create a funnel and back-fill it from the events so far; prints its id"
+    )
+    fcreate.add_argument("project_id")
+    fcreate.add_argument("name")
+    fcreate.add_argument(
+        "--step",
+        action="append",
+        required=True,
+        metavar="EVENT[@PATH]",
+        help="a step, in order (2 to 8): an event name ($page for page views), optionally @ a path "
+        "pattern where * matches anything, e.g. --step '$page@/pricing' --step 'Signed Up'",
+    )
+    fcreate.add_argument("--window", type=int, default=86400, help="conversion window in seconds")
+    fcreate.add_argument("--json", action="store_true")
+    flist = fun_sub.add_parser("list", help="list a project's funnels")
+    flist.add_argument("project_id")
+    flist.add_argument("--json", action="store_true")
+    fdelete = fun_sub.add_parser("delete", help="delete a funnel")
+    fdelete.add_argument("project_id")
+    fdelete.add_argument("funnel_id")
+    for command in (fcreate, flist, fdelete):
+        command.add_argument(
+            "--read-key",
+            default=os.environ.get("WERKSTROOM_READ_KEY", ""),
+            help="the project's read key (env WERKSTROOM_READ_KEY); needed only while a running "
+            "`werkstroom serve` holds the embedded ClickHouse, to go through its API",
+        )
+
     sub.add_parser("settings", help="print the effective settings (secrets masked)")
     return parser
 
@@ -67,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             return _migrate(settings, args.dry_run)
         if args.command == "projects":
             return _projects(settings, args)
+        if args.command == "funnels":
+            return _funnels(settings, args)
     except ClickHouseError as exc:
         sys.stderr.write(f"werkstroom: {exc}\n")
         return 2
@@ -152,6 +186,90 @@ def _projects_over_http(settings: Settings, args: argparse.Namespace) -> int:
     else:
         _print_list(body, args.json)
     return 0
+
+
+def _steps(raw: list[str]) -> list[dict[str, str]]:
+    steps = []
+    for item in raw:
+        event, _, path = item.partition("@")
+        steps.append({"event": event, "path": path})
+    return steps
+
+
+def _funnels(settings: Settings, args: argparse.Namespace) -> int:
+    from werkstroom import funnels
+
+    try:
+        from werkstroom.serve import prepare_clickhouse
+
+        client = prepare_clickhouse(settings)
+    except ClickHouseLockedError:
+        return _funnels_over_http(settings, args)
+    if not any(p.project_id == args.project_id for p in projects.list_projects(client)):
+        sys.stderr.write(f"werkstroom: no project {args.project_id!r}\n")
+        return 2
+    if args.action == "create":
+        try:
+            funnel = funnels.create_funnel(client, args.project_id, args.name, _steps(args.step), args.window)
+        except funnels.FunnelError as exc:
+            sys.stderr.write(f"werkstroom: {exc}\n")
+            return 2
+        _print_funnels([funnel.as_dict()], args.json, single=True)
+    elif args.action == "list":
+        _print_funnels([f.as_dict() for f in funnels.list_funnels(client, args.project_id)], args.json)
+    else:
+        if not funnels.delete_funnel(client, args.project_id, args.funnel_id):
+            sys.stderr.write(f"werkstroom: no funnel {args.funnel_id!r} in {args.project_id}\n")
+            return 2
+        _out(f"deleted {args.funnel_id}")
+    return 0
+
+
+def _funnels_over_http(settings: Settings, args: argparse.Namespace) -> int:
+    """A running `werkstroom serve` holds the embedded ClickHouse: go through its API, which
+    opens a project only with that project's read key."""
+    runtime = settings.data_dir / "runtime.json"
+    if not runtime.exists():
+        raise ClickHouseLockedError(
+            f"{settings.effective_clickhouse_url} is locked and no runtime.json found"
+        )
+    if not args.read_key:
+        sys.stderr.write(
+            "werkstroom: a running server holds the embedded ClickHouse; pass the project's --read-key "
+            "(or set WERKSTROOM_READ_KEY) to go through its API\n"
+        )
+        return 2
+    base = f"{json.loads(runtime.read_text())['api_url']}/api/projects/{args.project_id}/funnels"
+    headers = {"Authorization": f"Bearer {args.read_key}", "Content-Type": "application/json"}
+    if args.action == "create":
+        payload = {"name": args.name, "steps": _steps(args.step), "window_seconds": args.window}
+        request = urllib.request.Request(base, json.dumps(payload).encode(), headers, method="POST")
+    elif args.action == "list":
+        request = urllib.request.Request(base, headers=headers)
+    else:
+        request = urllib.request.Request(f"{base}/{args.funnel_id}", headers=headers, method="DELETE")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as exc:
+        sys.stderr.write(f"werkstroom: the running server answered {exc.code}: {exc.read().decode()}\n")
+        return 2
+    if args.action == "delete":
+        _out(f"deleted {args.funnel_id}")
+    elif args.action == "create":
+        _print_funnels([json.loads(raw)], args.json, single=True)
+    else:
+        _print_funnels(json.loads(raw)["funnels"], args.json)
+    return 0
+
+
+def _print_funnels(rows: list[dict[str, Any]], as_json: bool, single: bool = False) -> None:
+    if as_json:
+        _out(json.dumps(rows[0] if single else rows, default=str))
+        return
+    for row in rows:
+        steps = " -> ".join(s["event"] + (f"@{s['path']}" if s["path"] else "") for s in row["steps"])
+        _out(f"{row['funnel_id']}  {row['name']}  window {row['window_seconds']}s  {steps}")
 
 
 def _print_created(project: dict[str, Any], as_json: bool) -> None:
