@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from services.api.dashboard import mount_dashboard
 from werkstroom import projects
 from werkstroom.clickhouse.migrate import is_current
 from werkstroom.http import ops_router
@@ -102,4 +103,5 @@ def create_app(settings: Settings, *, clickhouse: Callable[[], Client], admin_to
 
     app.include_router(ops_router(ready))
     app.include_router(admin)
+    mount_dashboard(app)
     return app
