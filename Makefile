@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test unit integration bench lint fmt clean install
+.PHONY: run test unit integration bench lint fmt clean install chromium
 
 install: $(STAMP)
 
@@ -19,8 +19,19 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	WERKSTROOM_LOG_FORMAT=$${WERKSTROOM_LOG_FORMAT:-console} $(BIN)/werkstroom serve --target all
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
+
+# The dashboard's real-browser test (tests/e2e/test_dashboard.py) drives Debian's chromium
+# through Playwright (no `playwright install`): installed here when missing and we are root.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "/usr/bin/chromium is missing: install Debian's chromium (root) or the browser test fails" >&2; \
+	  fi; \
+	fi
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
