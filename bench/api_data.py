@@ -1,0 +1,794 @@
+"""Generate a project's worth of analytics data inside ClickHouse, for the API bench.
+
+    .venv/bin/python bench/api_data.py --events 200000 --persons 20000     (generates and checks)
+
+Everything is made by INSERT ... SELECT FROM numbers() in the engine itself, never through HTTP
+or Python rows: `events` first, then every table the aggregator derives from events, computed
+from those events with the aggregator's definitions (README "What the aggregator keeps"):
+
+- a plan of sessions (table `bench_plan`, dropped at the end): person p has 1..3 sessions (3 % of
+  persons 8..30), each on its own day slot of the last 60 days, so that no two sessions of one
+  visitor come within 30 minutes of each other (the events would otherwise form one session);
+  40 % of persons identify (an identify call ends their first session, with plan/email/name
+  traits), a tenth of those also from a second device (a second anonymous id);
+- `events`: N rows from the plan (page views, tracks, heartbeats, identifies; funnel steps
+  $page /pricing -> Signup Started -> Signup Completed -> Order Completed in part of sessions);
+- `sessions`, `person_distinct_ids`, `person_traits`, `persons`, `person_activity`,
+  `daily_stats`, `visitor_events`, one 4-step funnel and its `funnel_progress`, derived from
+  the events with GROUP BY / windowFunnel;
+- then, as the aggregator would keep writing, a "live tail" timed from the moment generation
+  ends: a few thousand sessions of existing persons whose last event is minutes old (70 % of
+  them within 5 minutes: online; a fifth of those only send heartbeats on one page for over 5
+  minutes, so they are stuck, as are others whose last page view is old),
+  their `online_visitors` rows, and the persons, activity, daily stats and funnel progress they
+  touch rewritten with a newer version (so reads with FINAL have real work to do), and an
+  `aggregator_status` row.
+
+Exactly `events` events and `persons` persons result. `check()` verifies the counts and the
+consistency of the derived tables with the events (and the funnel against werkstroom.funnels).
+Session ids are deterministic hashes of the plan (the aggregator names a session by a hash of its
+first event; the value itself does not matter to readers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import orjson  # noqa: E402
+from clickhouse_connect.driver.client import Client  # noqa: E402
+
+from werkstroom import projects  # noqa: E402
+from werkstroom.settings import Settings  # noqa: E402
+
+DAYS = 60
+DAY_MS = 86_400_000
+FUNNEL_STEPS = [
+    {"event": "$page", "path": "/pricing"},
+    {"event": "Signup Started", "path": ""},
+    {"event": "Signup Completed", "path": ""},
+    {"event": "Order Completed", "path": ""},
+]
+FUNNEL_WINDOW = 86_400
+PATHS = [
+    "/",
+    "/pricing",
+    "/features",
+    "/docs",
+    "/blog",
+    "/blog/launch",
+    "/about",
+    "/signup",
+    "/login",
+    "/contact",
+    "/changelog",
+    "/careers",
+]
+TITLES = [
+    "Home",
+    "Pricing",
+    "Features",
+    "Docs",
+    "Blog",
+    "We launched",
+    "About us",
+    "Sign up",
+    "Log in",
+    "Contact",
+    "Changelog",
+    "Careers",
+]
+REFERRERS = [
+    "",
+    "",
+    "https://www.google.com/",
+    "https://news.ycombinator.com/",
+    "https://twitter.com/",
+    "https://www.bing.com/",
+    "https://duckduckgo.com/",
+]
+PRICING = PATHS.index("/pricing") + 1  # 1-based, as ClickHouse arrays are
+
+
+def _arr(values: list[str]) -> str:
+    return "[" + ", ".join("'" + v.replace("'", "\\'") + "'" for v in values) + "]"
+
+
+# -- per-person attributes: SQL over a column `p` (the person's number) --------------------------
+_H = "cityHash64(1, p)"
+PERSON = {
+    "n": f"toUInt16(if({_H} % 100 < 3, 8 + intDiv({_H}, 100) % 23, 1 + intDiv({_H}, 100) % 3))",
+    "identified": f"toUInt8(intDiv({_H}, 10000) % 10 < 4)",
+    "twodev": f"toUInt8(intDiv({_H}, 10000) % 10 < 4 AND intDiv({_H}, 100000) % 10 = 0)",
+    "anon_a": "concat('anon-', lower(hex(cityHash64(4, p))))",
+    "anon_b": "concat('anon-', lower(hex(cityHash64(5, p))))",
+    "user": "concat('user-', toString(p))",
+    "plan": "multiIf(cityHash64(2, p) % 100 < 15, 'premium', cityHash64(2, p) % 100 < 35, 'trial', 'free')",
+}
+
+
+def _person_columns() -> str:
+    return ", ".join(f"{sql} AS {name}" for name, sql in PERSON.items())
+
+
+# -- per-event columns, over a plan row and j (the event's index in its session) ----------------
+# kind: identify closes an identifying session; j = 0 is the entry page view; j in 1..level are
+# the funnel's steps in order; other events are page views (60 %), clicks or heartbeats.
+_EVENT_SELECT = f"""
+    {{project:String}} AS project_id,
+    lower(concat(hex(cityHash64(8, salt, j)), hex(cityHash64(9, salt, j)))) AS event_id,
+    identify_session AND j = k - 1 AS is_identify,
+    if(j >= 1 AND j <= level, j, 0) AS step,
+    cityHash64(10, salt, j) % 100 AS rnd,
+    1 + intDiv(cityHash64(10, salt, j), 100) % {len(PATHS)} AS rnd_page,
+    multiIf(is_identify, 'identify', stuck, if(j <= 1, 'page', 'track'),
+            j = 0 OR step = 1 OR (step = 0 AND rnd < 60), 'page', 'track') AS type,
+    multiIf(is_identify, '$identify', type = 'page', '$page', stuck, '$heartbeat', step = 2, 'Signup Started',
+            step = 3, 'Signup Completed', step = 4, 'Order Completed',
+            rnd < 85, 'Button Clicked', '$heartbeat') AS event,
+    anonymous_id,
+    if(identified AND (NOT identify_session OR j = k - 1), user_id, '') AS user_id,
+    '' AS previous_id,
+    session_id,
+    fromUnixTimestamp64Milli(toInt64(start_ms + j * gap_ms), 'UTC') AS timestamp,
+    timestamp AS sent_at,
+    timestamp + toIntervalMillisecond(150) AS received_at,
+    multiIf(is_identify, 0, j = 0, entry_page, step = 1, {PRICING}, step >= 2, 8, rnd_page) AS page,
+    if(page = 0, '', concat('https://shop.example', {_arr(PATHS)}[page])) AS url,
+    if(page = 0, '', {_arr(PATHS)}[page]) AS path,
+    if(page = 0 OR type != 'page', '', {_arr(TITLES)}[page]) AS title,
+    if(j = 0, referrer, '') AS referrer,
+    device_type, browser, '131.0' AS browser_version, os, '' AS os_version,
+    if(event = 'Order Completed', '{{"revenue":49}}', '{{}}') AS properties,
+    if(is_identify, concat('{{"email":"', user_id, '@example.com","name":"Person ', user_id,
+                           '","plan":"', plan, '"}}'), '{{}}') AS traits,
+    'analytics.js' AS library,
+    toUInt16(1) AS schema_version,
+    toUInt32(cityHash64(anonymous_id) % 4) AS kafka_partition,
+    toUInt64(off + j) AS kafka_offset
+"""
+EVENT_COLUMNS = (
+    "project_id, event_id, type, event, anonymous_id, user_id, previous_id, session_id, timestamp, "
+    "sent_at, received_at, url, path, title, referrer, device_type, browser, browser_version, os, "
+    "os_version, properties, traits, library, schema_version, kafka_partition, kafka_offset"
+)
+
+# Device, browser and OS of a session, from a hash `d`.
+_DEVICE = """
+    multiIf(d % 10 < 6, 'desktop', d % 10 < 9, 'mobile', 'tablet') AS device_type,
+    multiIf(device_type = 'desktop', ['Chrome', 'Firefox', 'Edge', 'Safari'][1 + intDiv(d, 10) % 4],
+            device_type = 'mobile', ['Mobile Safari', 'Chrome Mobile'][1 + intDiv(d, 10) % 2],
+            'Mobile Safari') AS browser,
+    multiIf(device_type = 'desktop', ['Windows', 'Windows', 'Mac OS X', 'Linux'][1 + intDiv(d, 10) % 4],
+            device_type = 'mobile', ['iOS', 'Android'][1 + intDiv(d, 10) % 2], 'iOS') AS os
+"""
+
+PLAN_TABLE = """
+CREATE TABLE bench_plan (
+    p UInt32, i UInt16, salt UInt64, n UInt16, stuck UInt8, identified UInt8, identify_session UInt8, anonymous_id String,
+    user_id String, plan String, session_id String, start_ms Int64, gap_ms UInt32, k UInt16,
+    level UInt8, entry_page UInt8, referrer String, device_type String, browser String, os String,
+    off UInt64
+) ENGINE = MergeTree ORDER BY off
+"""
+
+# One row per planned session, with `off` = the offset of its first event: the running total of
+# events over sessions ordered by (i, p), so that cutting at N events drops only later sessions.
+PLAN_INSERT = f"""
+INSERT INTO bench_plan (p, i, salt, n, stuck, identified, identify_session, anonymous_id, user_id, plan,
+    session_id, start_ms, gap_ms, k, level, entry_page, referrer, device_type, browser, os, off)
+SELECT p, i, salt, n, 0, identified, identify_session, anonymous_id, user_id, plan, session_id, start_ms,
+       gap_ms, k, level, entry_page, referrer, device_type, browser, os,
+       toUInt64(sum(k) OVER (ORDER BY i, p ROWS UNBOUNDED PRECEDING) - k) AS off
+FROM (
+    SELECT p, i, cityHash64(3, p, i) AS hs, cityHash64(3, p, i) AS salt, n, identified,
+        toUInt8(identified AND (i = 0 OR (twodev AND i = 1))) AS identify_session,
+        if(twodev AND i % 2 = 1, anon_b, anon_a) AS anonymous_id, user AS user_id, plan,
+        lower(hex(cityHash64(6, p, i))) AS session_id,
+        intDiv(cityHash64(1, p), 1000000) % (61 - n) AS first_day,
+        (n - 1) + intDiv(cityHash64(1, p), 100000000) % (61 - n - first_day) AS span,
+        first_day + intDiv(i * span, greatest(n - 1, 1)) AS slot,
+        {{t0_ms:Int64}} - {DAYS * DAY_MS} + slot * {DAY_MS} + toInt64(hs % (21 * 3600 * 1000)) AS start_ms,
+        toUInt32(5000 + intDiv(hs, 7000000) % 85000) AS gap_ms,
+        if(intDiv(hs, 7) % 100 < 30, 1, 2 + intDiv(hs, 700) % {{spread:UInt16}}) AS k_raw,
+        toUInt16(if(identify_session, greatest(k_raw, 2), k_raw)) AS k,
+        toUInt8(multiIf(intDiv(hs, 70000) % 100 < 40, 0, intDiv(hs, 70000) % 100 < 65, 1,
+                        intDiv(hs, 70000) % 100 < 80, 2, intDiv(hs, 70000) % 100 < 90, 3, 4)) AS level,
+        toUInt8(1 + intDiv(hs, 11) % {len(PATHS)}) AS entry_page,
+        {_arr(REFERRERS)}[1 + intDiv(hs, 13) % {len(REFERRERS)}] AS referrer,
+        intDiv(hs, 17) AS d, {_DEVICE}
+    FROM (SELECT number AS p, {_person_columns()} FROM numbers({{persons:UInt32}}))
+    ARRAY JOIN range(n) AS i
+)
+"""
+
+# The live tail: sessions of existing persons (device a, so after their identify), timed back
+# from t1 = the end of generation; `off` continues after the generated events.
+TAIL_INSERT = f"""
+INSERT INTO bench_plan (p, i, salt, n, stuck, identified, identify_session, anonymous_id, user_id, plan,
+    session_id, start_ms, gap_ms, k, level, entry_page, referrer, device_type, browser, os, off)
+SELECT p, 65535, salt, n, stuck, identified, 0 AS identify_session, anonymous_id, user_id, plan, session_id,
+       start_ms, gap_ms, k, level, entry_page, referrer, device_type, browser, os,
+       toUInt64({{base_off:UInt64}} + sum(k) OVER (ORDER BY t ROWS UNBOUNDED PRECEDING) - k) AS off
+FROM (
+    SELECT t, p, cityHash64(20, t) AS ht, cityHash64(21, t) AS salt, n, identified,
+        anon_a AS anonymous_id, user AS user_id, plan,
+        lower(hex(cityHash64(22, t))) AS session_id,
+        ht % 100 < 70 AS online, online AND intDiv(ht, 100) % 100 < 20 AS stuck,
+        toUInt16(if(stuck, 8, 2 + intDiv(ht, 10000) % 7)) AS k,
+        toInt64(if(online, 5000 + intDiv(ht, 100000) % 175000, 360000 + intDiv(ht, 100000) % 2640000)) AS ago,
+        toInt64(if(stuck, 600000 + intDiv(ht, 1000000) % 900000, 30000 + intDiv(ht, 1000000) % 1500000)) AS dur,
+        {{t1_ms:Int64}} - ago - dur AS start_ms,
+        toUInt32(intDiv(dur, k - 1)) AS gap_ms,
+        toUInt8(if(stuck, 0, multiIf(intDiv(ht, 70000) % 100 < 40, 0, intDiv(ht, 70000) % 100 < 65, 1,
+                                     intDiv(ht, 70000) % 100 < 80, 2, intDiv(ht, 70000) % 100 < 90, 3, 4))) AS level,
+        toUInt8(if(stuck, {PRICING}, 1 + intDiv(ht, 11) % {len(PATHS)})) AS entry_page,
+        {_arr(REFERRERS)}[1 + intDiv(ht, 13) % {len(REFERRERS)}] AS referrer,
+        intDiv(ht, 17) AS d, {_DEVICE}
+    FROM (SELECT number AS t, intDiv(number * {{persons:UInt32}}, {{tail:UInt32}}) AS p, {_person_columns()}
+          FROM numbers({{tail:UInt32}}))
+)
+"""
+
+# A stuck visitor's events after the first two are heartbeats (they stay online on one page).
+EVENTS_INSERT = f"""
+INSERT INTO events ({EVENT_COLUMNS})
+SELECT {EVENT_COLUMNS} FROM (
+    SELECT {_EVENT_SELECT}
+    FROM (SELECT *, range(k) AS js FROM bench_plan WHERE off >= {{lo:UInt64}} AND off < {{hi:UInt64}})
+    ARRAY JOIN js AS j
+    WHERE off + j < {{hi:UInt64}}
+)
+"""
+
+# Resolution of an anonymous id to its person (identify/alias mapping, else itself).
+_MAPPING = (
+    "(SELECT distinct_id, argMax(person_id, version) AS person_id FROM person_distinct_ids "
+    "WHERE project_id = {project:String} GROUP BY distinct_id)"
+)
+_RESOLVED = f"""
+    SELECT s.anonymous_id AS anonymous_id, if(m.person_id != '', m.person_id, s.anonymous_id) AS person_id,
+           s.start_at AS start_at, s.last_event_at AS last_event_at, s.page_views AS page_views
+    FROM sessions AS s FINAL LEFT JOIN {_MAPPING} AS m ON m.distinct_id = s.anonymous_id
+    WHERE s.project_id = {{project:String}} AND s.is_deleted = 0 {{scope}}
+"""
+
+SESSIONS_INSERT = """
+INSERT INTO sessions (project_id, anonymous_id, session_id, user_id, start_at, last_event_at, entry_at,
+    entry_url, entry_path, referrer, current_url, current_path, current_title, page_entered_at,
+    page_views, events, pages, device_type, browser, os, kafka_partition, version, is_deleted)
+SELECT project_id, anonymous_id, session_id,
+    argMaxIf(user_id, kafka_offset, user_id != ''),
+    min(timestamp), max(timestamp),
+    if(countIf(type = 'page') > 0, minIf(timestamp, type = 'page'), min(timestamp)),
+    argMinIf(url, timestamp, type = 'page'), argMinIf(path, timestamp, type = 'page'),
+    argMinIf(referrer, timestamp, type = 'page'),
+    argMaxIf(url, timestamp, type = 'page'), argMaxIf(path, timestamp, type = 'page'),
+    argMaxIf(title, timestamp, type = 'page'),
+    if(countIf(type = 'page') > 0, maxIf(timestamp, type = 'page'), min(timestamp)),
+    countIf(type = 'page'), countIf(event != '$heartbeat'),
+    arraySlice(arrayMap(x -> x.2, arraySort(x -> x.1, groupArrayIf((kafka_offset, path), type = 'page'))), 1, 100),
+    any(device_type), any(browser), any(os), any(kafka_partition), max(kafka_offset), 0
+FROM events
+WHERE project_id = {project:String} AND kafka_offset >= {lo:UInt64}
+GROUP BY project_id, anonymous_id, session_id
+"""
+
+IDENTITIES_INSERT = """
+INSERT INTO person_distinct_ids (project_id, distinct_id, person_id, version)
+SELECT project_id, anonymous_id, argMax(user_id, timestamp), max(toUnixTimestamp64Milli(timestamp))
+FROM events
+WHERE project_id = {project:String} AND type = 'identify' AND user_id != '' AND anonymous_id != ''
+GROUP BY project_id, anonymous_id
+"""
+
+TRAITS_INSERT = """
+INSERT INTO person_traits (project_id, distinct_id, key, value, version)
+SELECT project_id, distinct_id, kv.1, argMax(kv.2, ts), max(ts)
+FROM (
+    SELECT project_id, if(user_id != '', user_id, anonymous_id) AS distinct_id,
+           toUnixTimestamp64Milli(timestamp) AS ts, arrayJoin(JSONExtractKeysAndValuesRaw(traits)) AS kv
+    FROM events WHERE project_id = {project:String} AND type = 'identify'
+)
+GROUP BY project_id, distinct_id, kv.1
+"""
+
+# persons.traits is the JSON object of the person's traits with sorted keys, as the aggregator
+# writes it (orjson, OPT_SORT_KEYS); plan is the `plan` trait when it is a string.
+PERSONS_INSERT = f"""
+INSERT INTO persons (project_id, person_id, first_seen, last_seen, sessions, page_views,
+    anonymous_ids, traits, plan, is_deleted, version)
+SELECT {{project:String}}, v.person_id, v.first_seen, v.last_seen, v.sessions, v.page_views, v.anonymous_ids,
+    if(t.distinct_id = '', '{{}}', t.traits), if(t.distinct_id = '', '', t.plan), 0, {{version:UInt64}}
+FROM (
+    SELECT person_id, min(start_at) AS first_seen, max(last_event_at) AS last_seen, count() AS sessions,
+           sum(page_views) AS page_views, arraySort(groupUniqArray(anonymous_id)) AS anonymous_ids
+    FROM ({_RESOLVED}) GROUP BY person_id
+) AS v
+LEFT JOIN (
+    SELECT distinct_id,
+        concat('{{', arrayStringConcat(arrayMap(x -> concat(toJSONString(x.1), ':', x.2),
+                                               arraySort(groupArray((key, value)))), ','), '}}') AS traits,
+        if(startsWith(anyIf(value, key = 'plan'), '"'), JSONExtractString(anyIf(value, key = 'plan')), '') AS plan
+    FROM person_traits FINAL WHERE project_id = {{project:String}} GROUP BY distinct_id
+) AS t ON t.distinct_id = v.person_id
+"""
+
+ACTIVITY_INSERT = f"""
+INSERT INTO person_activity (project_id, day, person_id, is_deleted, version)
+SELECT DISTINCT {{project:String}},
+    arrayJoin(arrayMap(d -> toDate(start_at) + d, range(toUInt32(toDate(last_event_at) - toDate(start_at)) + 1))),
+    person_id, 0, {{version:UInt64}}
+FROM ({_RESOLVED})
+"""
+
+DAILY_INSERT = f"""
+INSERT INTO daily_stats (project_id, day, active_users, new_users, sessions, page_views, events,
+    bounce_rate, avg_session_seconds, version)
+SELECT {{project:String}}, a.day, a.active_users, n.new_users, s.sessions, a.page_views, a.events,
+    round(s.bounce, 6), round(s.seconds, 3), {{version:UInt64}}
+FROM (
+    SELECT toDate(e.timestamp) AS day,
+        uniqExact(if(m.person_id != '', m.person_id, if(e.anonymous_id != '', e.anonymous_id, e.user_id)))
+            AS active_users,
+        countIf(e.type = 'page') AS page_views, countIf(e.event != '$heartbeat') AS events
+    FROM events AS e LEFT JOIN {_MAPPING} AS m ON m.distinct_id = e.anonymous_id
+    WHERE e.project_id = {{project:String}} AND toDate(e.timestamp) IN {{days:Array(Date)}} GROUP BY day
+) AS a
+LEFT JOIN (
+    SELECT toDate(start_at) AS day, count() AS sessions, countIf(page_views = 1) / count() AS bounce,
+           avg(dateDiff('millisecond', start_at, last_event_at)) / 1000 AS seconds
+    FROM sessions FINAL WHERE project_id = {{project:String}} AND is_deleted = 0
+      AND toDate(start_at) IN {{days:Array(Date)}} GROUP BY day
+) AS s ON s.day = a.day
+LEFT JOIN (
+    SELECT toDate(first_seen) AS day, count() AS new_users FROM persons FINAL
+    WHERE project_id = {{project:String}} AND is_deleted = 0 AND toDate(first_seen) IN {{days:Array(Date)}}
+    GROUP BY day
+) AS n ON n.day = a.day
+"""
+
+VISITOR_EVENTS_INSERT = """
+INSERT INTO visitor_events (project_id, distinct_id, timestamp, event_id, event, path)
+SELECT project_id, if(anonymous_id != '', anonymous_id, user_id), timestamp, event_id, event, path
+FROM events WHERE project_id = {project:String} AND event != '$heartbeat' AND kafka_offset >= {lo:UInt64}
+"""
+
+
+def _step_condition(step: dict[str, str]) -> str:
+    from werkstroom.funnels import like_pattern
+
+    cond = f"event = '{step['event']}'"
+    if step["path"]:
+        cond += f" AND path LIKE '{like_pattern(step['path'])}'"
+    return cond
+
+
+# A person's progress per day on which a step-1 event happened: windowFunnel (default mode) over
+# their step events from that day on (werkstroom.funnels.progress, in SQL). The step events of
+# the persons in scope are first copied to `bench_funnel_events` (joined with their attempt days
+# in one query, the planner picked a cross join).
+def _funnel_events_insert() -> str:
+    names = _arr(sorted({s["event"] for s in FUNNEL_STEPS}))
+    return f"""
+INSERT INTO bench_funnel_events
+SELECT o.person_id, toUInt64(toUnixTimestamp64Milli(v.timestamp)), v.event, v.path
+FROM visitor_events AS v FINAL
+INNER JOIN (SELECT arrayJoin(anonymous_ids) AS distinct_id, person_id FROM persons FINAL
+            WHERE project_id = {{project:String}} AND is_deleted = 0 {{scope}}) AS o
+    ON o.distinct_id = v.distinct_id
+WHERE v.project_id = {{project:String}} AND v.event IN {names}
+"""
+
+
+def _progress_insert() -> str:
+    conditions = ", ".join(_step_condition(s) for s in FUNNEL_STEPS)
+    return f"""
+INSERT INTO funnel_progress (project_id, funnel_id, day, person_id, level, is_deleted, version)
+SELECT {{project:String}}, {{funnel:String}}, d.day, d.person_id,
+       toUInt8(windowFunnel({FUNNEL_WINDOW * 1000})(e.ms, {conditions.replace("event", "e.event").replace("path", "e.path")})),
+       0, {{version:UInt64}}
+FROM (SELECT DISTINCT person_id, toDate(fromUnixTimestamp64Milli(toInt64(ms), 'UTC')) AS day
+      FROM bench_funnel_events WHERE {_step_condition(FUNNEL_STEPS[0])}) AS d
+INNER JOIN bench_funnel_events AS e ON e.person_id = d.person_id
+WHERE e.ms >= toUInt64(toUnixTimestamp(toDateTime(d.day, 'UTC'))) * 1000
+GROUP BY d.person_id, d.day
+"""
+
+
+FUNNEL_EVENTS_TABLE = (
+    "CREATE TABLE bench_funnel_events (person_id String, ms UInt64, event String, path String) "
+    "ENGINE = MergeTree ORDER BY (person_id, ms)"
+)
+
+
+@dataclass
+class Generated:
+    project_id: str
+    read_key: str
+    funnel_id: str
+    events: int
+    persons: int
+    tail_sessions: int
+    t1: datetime
+    seconds: float
+    steps: dict[str, float] = field(default_factory=dict)
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _version() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def generate(
+    client: Client,
+    settings: Settings,
+    *,
+    events: int,
+    persons: int,
+    tail: int | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> Generated:
+    """Fill the (migrated, empty) database of `client` with one project's data."""
+    if events < 3 * persons:
+        raise ValueError("need at least 3 events per person (every person has a session)")
+    tail = tail if tail is not None else min(5000, max(persons // 20, 1))
+    started = time.perf_counter()
+    steps: dict[str, float] = {}
+
+    def step(name: str, sql: str, **params: Any) -> None:
+        t = time.perf_counter()
+        client.command(sql, parameters=params, settings={"max_threads": 2})
+        steps[name] = steps.get(name, 0.0) + time.perf_counter() - t
+        log(f"  {name:<24} {time.perf_counter() - t:7.1f} s")
+
+    project = projects.create_project(client, "Bench shop")
+    p = project.project_id
+    t0 = datetime.now(UTC)
+    client.command("DROP TABLE IF EXISTS bench_plan")
+    client.command(PLAN_TABLE)
+
+    # The tail's size in events is known in advance (it does not depend on t1), so that the
+    # history is cut at exactly `events - tail_events`.
+    step("plan (tail)", TAIL_INSERT, base_off=0, t1_ms=_ms(t0), persons=persons, tail=tail)
+    tail_events = int(client.query("SELECT sum(k) FROM bench_plan").first_row[0])
+    client.command("TRUNCATE TABLE bench_plan")
+    history = events - tail_events
+    planned_sessions = int(
+        client.query(
+            f"SELECT sum(n) FROM (SELECT {PERSON['n']} AS n FROM (SELECT number AS p FROM numbers({{persons:UInt32}})))",
+            parameters={"persons": persons},
+        ).first_row[0]
+    )
+    # Non-bounce sessions have 2..spread+1 events: choose spread so the plan holds slightly more
+    # than `history` events; the cut drops the surplus from the latest sessions of some persons.
+    target = history / planned_sessions * 1.02
+    spread = max(1, int(((target - 0.3) / 0.7 - 2) * 2 + 1) + 1)
+    step("plan (history)", PLAN_INSERT, t0_ms=_ms(t0), persons=persons, spread=spread)
+    planned_events, first_sessions_end = client.query(
+        "SELECT sum(k), maxIf(off + k, i = 0) FROM bench_plan"
+    ).first_row
+    if planned_events < history or first_sessions_end > history:
+        raise RuntimeError(
+            f"the plan holds {planned_events} events, first sessions end at {first_sessions_end}: "
+            f"cannot cut at {history} events and keep every person"
+        )
+    step("events", EVENTS_INSERT, project=p, lo=0, hi=history)
+    step("visitor_events", VISITOR_EVENTS_INSERT, project=p, lo=0)
+    step("sessions", SESSIONS_INSERT, project=p, lo=0)
+    step("person_distinct_ids", IDENTITIES_INSERT, project=p)
+    step("person_traits", TRAITS_INSERT, project=p)
+    v1 = _version()
+    step("persons", PERSONS_INSERT.replace("{scope}", ""), project=p, version=v1)
+    step("person_activity", ACTIVITY_INSERT.replace("{scope}", ""), project=p, version=v1)
+    days = [
+        r[0]
+        for r in client.query(
+            "SELECT DISTINCT toDate(timestamp) FROM events WHERE project_id = {p:String}", parameters={"p": p}
+        ).result_rows
+    ]
+    step("daily_stats", DAILY_INSERT, project=p, version=v1, days=days)
+    funnel_id = "f_bench_signup"
+    client.insert(
+        "funnels",
+        [[p, funnel_id, "Signup to order", orjson.dumps(FUNNEL_STEPS).decode(), FUNNEL_WINDOW, t0, 0, v1]],
+        column_names=[
+            "project_id",
+            "funnel_id",
+            "name",
+            "steps",
+            "window_seconds",
+            "created_at",
+            "is_deleted",
+            "version",
+        ],
+    )
+    client.command("DROP TABLE IF EXISTS bench_funnel_events")
+    client.command(FUNNEL_EVENTS_TABLE)
+    step("funnel events", _funnel_events_insert().replace("{scope}", ""), project=p)
+    step("funnel_progress", _progress_insert(), project=p, funnel=funnel_id, version=v1)
+
+    # The live tail, timed from now, and what the aggregator rewrites for it.
+    client.command("TRUNCATE TABLE bench_plan")
+    t1 = datetime.now(UTC)
+    step("tail plan", TAIL_INSERT, base_off=history, t1_ms=_ms(t1), persons=persons, tail=tail)
+    step("tail events", EVENTS_INSERT, project=p, lo=history, hi=events)
+    step("tail visitor_events", VISITOR_EVENTS_INSERT, project=p, lo=history)
+    step("tail sessions", SESSIONS_INSERT, project=p, lo=history)
+    anons = [r[0] for r in client.query("SELECT anonymous_id FROM bench_plan").result_rows]
+    # The persons the tail touched, and every anonymous id of theirs (a person may have two).
+    touched = client.query(
+        f"SELECT person_id, anonymous_ids FROM persons FINAL WHERE project_id = {{p:String}} "
+        f"AND person_id IN (SELECT if(m.person_id != '', m.person_id, a) FROM "
+        f"(SELECT arrayJoin({{anons:Array(String)}}) AS a) AS x LEFT JOIN "
+        f"{_MAPPING.replace('{project:String}', '{p:String}')} AS m ON m.distinct_id = x.a)",
+        parameters={"p": p, "anons": anons},
+    ).result_rows
+    scope_persons = sorted(person for person, _ in touched)
+    scope_anons = sorted({a for _, ids in touched for a in ids})
+    scope = "AND s.anonymous_id IN {anons:Array(String)}"
+    v2 = _version()
+    step(
+        "tail persons",
+        PERSONS_INSERT.replace("{scope}", scope),
+        project=p,
+        version=v2,
+        anons=scope_anons,
+    )
+    step(
+        "tail person_activity",
+        ACTIVITY_INSERT.replace("{scope}", scope),
+        project=p,
+        version=v2,
+        anons=scope_anons,
+    )
+    tail_days = [
+        r[0]
+        for r in client.query(
+            "SELECT DISTINCT toDate(timestamp) FROM events WHERE project_id = {p:String} AND kafka_offset >= {lo:UInt64}",
+            parameters={"p": p, "lo": history},
+        ).result_rows
+    ]
+    step("tail daily_stats", DAILY_INSERT, project=p, version=v2, days=tail_days)
+    client.command("TRUNCATE TABLE bench_funnel_events")
+    step(
+        "tail funnel events",
+        _funnel_events_insert().replace("{scope}", "AND person_id IN {persons:Array(String)}"),
+        project=p,
+        persons=scope_persons,
+    )
+    step("tail funnel_progress", _progress_insert(), project=p, funnel=funnel_id, version=v2)
+    step(
+        "online_visitors",
+        """
+        INSERT INTO online_visitors (project_id, anonymous_id, session_id, user_id, start_at, last_event_at,
+            current_url, current_path, current_title, page_entered_at, page_views, events, device_type,
+            browser, os, version)
+        SELECT project_id, anonymous_id, session_id, user_id, start_at, last_event_at, current_url,
+            current_path, current_title, page_entered_at, page_views, events, device_type, browser, os, version
+        FROM sessions FINAL
+        WHERE project_id = {project:String} AND anonymous_id IN {anons:Array(String)}
+          AND last_event_at >= now64(3) - INTERVAL 1 HOUR
+        ORDER BY start_at DESC LIMIT 1 BY anonymous_id
+        """,
+        project=p,
+        anons=scope_anons,
+    )
+    last_event = client.query(
+        "SELECT max(timestamp) FROM events WHERE project_id = {p:String} AND kafka_offset >= {lo:UInt64}",
+        parameters={"p": p, "lo": history},
+    ).first_row[0]
+    client.insert(
+        "aggregator_status",
+        [["bench-0", settings.topic_events, datetime.now(UTC), last_event, 0, _version()]],
+        column_names=["worker", "topic", "last_write_at", "last_event_at", "lag", "version"],
+    )
+    client.command("DROP TABLE IF EXISTS bench_plan")
+    client.command("DROP TABLE IF EXISTS bench_funnel_events")
+    return Generated(
+        project_id=p,
+        read_key=project.read_key,
+        funnel_id=funnel_id,
+        events=events,
+        persons=persons,
+        tail_sessions=tail,
+        t1=t1,
+        seconds=time.perf_counter() - started,
+        steps=steps,
+    )
+
+
+def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
+    """Consistency of the generated tables with each other and with the events; returns problems."""
+    problems: list[str] = []
+    params = {"p": g.project_id, "f": g.funnel_id}
+
+    def one(sql: str) -> Any:
+        return client.query(sql, parameters=params).first_row
+
+    def expect(name: str, got: Any, want: Any) -> None:
+        if got != want:
+            problems.append(f"{name}: {got} != {want}")
+
+    n_events, n_ids, pages, non_hb = one(
+        "SELECT count(), uniqExact(event_id), countIf(type = 'page'), countIf(event != '$heartbeat') "
+        "FROM events WHERE project_id = {p:String}"
+    )
+    expect("events", n_events, g.events)
+    expect("distinct event ids", n_ids, g.events)
+    n_sessions, s_pages, s_events, s_ids = one(
+        "SELECT count(), sum(page_views), sum(events), uniqExact(session_id) FROM sessions FINAL "
+        "WHERE project_id = {p:String} AND is_deleted = 0"
+    )
+    expect(
+        "sessions = distinct session ids of events",
+        n_sessions,
+        one("SELECT uniqExact(session_id) FROM events WHERE project_id = {p:String}")[0],
+    )
+    expect("session ids unique", s_ids, n_sessions)
+    expect("sum of sessions.page_views", s_pages, pages)
+    expect("sum of sessions.events", s_events, non_hb)
+    # The aggregator's definition: a new session after 30 minutes without events.
+    expect(
+        "visitor's sessions 30 min apart",
+        one(
+            "SELECT countIf(start_at < prev + INTERVAL 30 MINUTE) FROM (SELECT start_at, "
+            "lagInFrame(last_event_at, 1, toDateTime64('1970-01-01', 3, 'UTC')) OVER (PARTITION BY anonymous_id "
+            "ORDER BY start_at ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS prev FROM sessions FINAL "
+            "WHERE project_id = {p:String})"
+        )[0],
+        0,
+    )
+    n_persons, p_sessions, p_pages, deleted = one(
+        "SELECT countIf(is_deleted = 0), sumIf(sessions, is_deleted = 0), sumIf(page_views, is_deleted = 0), "
+        "countIf(is_deleted = 1) FROM persons FINAL WHERE project_id = {p:String}"
+    )
+    expect("persons", n_persons, g.persons)
+    expect("persons.sessions sum", p_sessions, n_sessions)
+    expect("persons.page_views sum", p_pages, pages)
+    expect("deleted persons", deleted, 0)
+    expect(
+        "persons with person_activity",
+        one(
+            "SELECT uniqExact(person_id) FROM person_activity FINAL WHERE project_id = {p:String} AND is_deleted = 0"
+        )[0],
+        g.persons,
+    )
+    mapped, identified = one(
+        "SELECT (SELECT count() FROM person_distinct_ids FINAL WHERE project_id = {p:String}), "
+        "(SELECT countIf(startsWith(person_id, 'user-')) FROM persons FINAL WHERE project_id = {p:String})"
+    )
+    if not identified or mapped < identified:
+        problems.append(f"identities: {mapped} mappings for {identified} identified persons")
+    d_sessions, d_new, d_pages, d_events, d_days = one(
+        "SELECT sum(sessions), sum(new_users), sum(page_views), sum(events), count() FROM daily_stats FINAL "
+        "WHERE project_id = {p:String}"
+    )
+    expect("daily_stats.sessions sum", d_sessions, n_sessions)
+    expect("daily_stats.new_users sum", d_new, g.persons)
+    expect("daily_stats.page_views sum", d_pages, pages)
+    expect("daily_stats.events sum", d_events, non_hb)
+    if not 60 <= d_days <= 62:
+        problems.append(f"daily_stats: {d_days} days")
+    expect(
+        "visitor_events",
+        one("SELECT count() FROM visitor_events WHERE project_id = {p:String}")[0],
+        non_hb,
+    )
+    online, stuck, rows = one(
+        "SELECT countIf(last_event_at >= now64(3) - INTERVAL 5 MINUTE), "
+        "countIf(last_event_at >= now64(3) - INTERVAL 5 MINUTE AND page_entered_at < now64(3) - INTERVAL 5 MINUTE), "
+        "count() FROM online_visitors FINAL WHERE project_id = {p:String}"
+    )
+    expect("online_visitors rows = tail sessions", rows, g.tail_sessions)
+    if not online or not stuck:
+        problems.append(f"online now {online}, stuck {stuck}: expected some of each")
+    expect("aggregator_status rows", one("SELECT count() FROM aggregator_status FINAL")[0], 1)
+
+    # The funnel against werkstroom.funnels (the shared Python definition) for a sample of persons.
+    from werkstroom import funnels
+
+    steps = [funnels.Step(s["event"], s["path"]) for s in FUNNEL_STEPS]
+    sampled = client.query(
+        "SELECT person_id, anonymous_ids FROM persons FINAL WHERE project_id = {p:String} AND is_deleted = 0 "
+        "ORDER BY cityHash64(person_id) LIMIT {n:UInt32}",
+        parameters={"p": g.project_id, "n": sample},
+    ).result_rows
+    owner = {d: person for person, ids in sampled for d in ids}
+    events: dict[str, list[tuple[int, str, str]]] = {person: [] for person, _ in sampled}
+    for distinct_id, ms, name, path in client.query(
+        "SELECT distinct_id, toUnixTimestamp64Milli(timestamp), event, path FROM visitor_events "
+        "WHERE project_id = {p:String} AND distinct_id IN {ids:Array(String)}",
+        parameters={"p": g.project_id, "ids": sorted(owner)},
+    ).result_rows:
+        events[owner[distinct_id]].append((int(ms), name, path))
+    want = {
+        (person, day): level
+        for person, evs in events.items()
+        for day, level in funnels.progress(steps, FUNNEL_WINDOW * 1000, evs).items()
+    }
+    got = {
+        (person, day): level
+        for person, day, level in client.query(
+            "SELECT person_id, day, level FROM funnel_progress FINAL WHERE project_id = {p:String} "
+            "AND funnel_id = {f:String} AND is_deleted = 0 AND person_id IN {ids:Array(String)}",
+            parameters={"p": g.project_id, "f": g.funnel_id, "ids": [s[0] for s in sampled]},
+        ).result_rows
+    }
+    if got != want:
+        wrong = sorted(set(got.items()) ^ set(want.items()))[:5]
+        problems.append(
+            f"funnel_progress differs from werkstroom.funnels.progress for sampled persons: {wrong}"
+        )
+    if not any(want.values()):
+        problems.append("funnel: no sampled person reached any step")
+    return problems
+
+
+def describe(client: Client, g: Generated) -> str:
+    """A line of facts about the generated data, for the bench's output."""
+    sessions, online, stuck, identified, premium, active, progress = client.query(
+        "SELECT (SELECT count() FROM sessions FINAL WHERE project_id = {p:String}), "
+        "(SELECT countIf(last_event_at >= now64(3) - INTERVAL 5 MINUTE) FROM online_visitors FINAL "
+        " WHERE project_id = {p:String}), "
+        "(SELECT countIf(last_event_at >= now64(3) - INTERVAL 5 MINUTE "
+        "        AND page_entered_at < now64(3) - INTERVAL 5 MINUTE) FROM online_visitors FINAL "
+        " WHERE project_id = {p:String}), "
+        "(SELECT count() FROM person_distinct_ids FINAL WHERE project_id = {p:String}), "
+        "(SELECT countIf(plan = 'premium') FROM persons FINAL WHERE project_id = {p:String}), "
+        "(SELECT countIf(last_seen >= now64(3) - INTERVAL 7 DAY) FROM persons FINAL WHERE project_id = {p:String}), "
+        "(SELECT count() FROM funnel_progress FINAL WHERE project_id = {p:String})",
+        parameters={"p": g.project_id},
+    ).first_row
+    return (
+        f"{g.events:,} events, {g.persons:,} persons, {sessions:,} sessions, {identified:,} identified "
+        f"anonymous ids, {premium:,} premium, {active:,} active in 7 days, {progress:,} funnel_progress "
+        f"rows, {online:,} online now ({stuck:,} stuck)"
+    )
+
+
+def open_database(work: Path) -> tuple[Settings, Client]:
+    """Settings and a migrated, empty database under `work`."""
+    from werkstroom.serve import prepare_clickhouse
+
+    settings = Settings(data_dir=work, clickhouse_database="bench", demo=False)
+    return settings, prepare_clickhouse(settings)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--persons", type=int, default=20_000)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="werkstroom-apidata-"))
+    try:
+        _, client = open_database(work)
+        g = generate(client, Settings(), events=args.events, persons=args.persons, log=print)
+        print(f"generated in {g.seconds:.1f} s: {describe(client, g)}")
+        t = time.perf_counter()
+        problems = check(client, g)
+        print(f"checked in {time.perf_counter() - t:.1f} s: " + ("OK" if not problems else "PROBLEMS"))
+        for problem in problems:
+            print("  " + problem)
+        if problems:
+            raise SystemExit(1)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
