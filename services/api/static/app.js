@@ -356,6 +356,8 @@
       renderMetrics();
     }
     const tbody = $("live-table").tBodies[0];
+    // Re-rendered on every push: keep the keyboard focus on the same visitor's button.
+    const focused = tbody.contains(document.activeElement) ? document.activeElement.closest("tr").dataset.person : null;
     tbody.textContent = "";
     for (const u of state.live.rows) {
       const who = u.user_id ? u.user_id : `anonymous ${String(u.anonymous_id || u.person_id).slice(0, 8)}`;
@@ -379,6 +381,10 @@
       );
     }
     $("live-empty").hidden = state.live.rows.length > 0;
+    if (focused) {
+      const again = [...tbody.rows].find((r) => r.dataset.person === focused);
+      if (again) again.querySelector("button").focus();
+    }
   }
 
   // Every second: durations in the live table keep counting, the freshness line ages.
