@@ -42,6 +42,7 @@ integration: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/ingest_bench.py
 	$(BIN)/python bench/aggregator_bench.py
+	$(BIN)/python bench/api_bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

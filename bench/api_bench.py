@@ -1,0 +1,392 @@
+"""Dashboard API latency over 10 million events and 1 million persons, against baselines measured
+in the same run.
+
+    make bench     (or: .venv/bin/python bench/api_bench.py --events 1000000 --persons 100000)
+
+1. A fresh embedded ClickHouse in a temp dir, migrated (werkstroom.clickhouse.migrate), filled
+   by bench/api_data.py inside the engine (INSERT ... SELECT FROM numbers(), no HTTP): events,
+   and every table the aggregator derives from them, with a live tail timed from now. The
+   generation time is printed; `--check` also verifies the data's consistency.
+2. The real API app (services.api.app.create_app) served by uvicorn on a free loopback port, in
+   this process (the embedded engine is one process per data directory), as
+   `werkstroom serve --target api` serves it.
+3. Sequential requests (3 warm-up, then --requests timed) per dashboard endpoint, over one
+   keep-alive HTTP connection (httpx). Baselines: `SELECT 1` through the app's own ClickHouse
+   client path (a pooled client, in a thread, as every route runs its queries), and `/health`
+   through the same HTTP client. Ratios are p50 / p50 of /health.
+   Target (issue #4): p95 < 50 ms for online, metrics, activity, funnel and the first users page.
+4. Which query costs what: the app's ClickHouse clients are wrapped to time every call, so
+   each endpoint's slowest statement is printed with its median time; `--explain` adds
+   ClickHouse's EXPLAIN (indexes) of the slowest statement of any endpoint over target.
+
+Results are saved as JSON under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import httpx  # noqa: E402
+from api_data import Generated, check, describe, generate  # noqa: E402
+from clickhouse_connect.driver.client import Client  # noqa: E402
+
+from services.api.app import create_app  # noqa: E402
+from werkstroom.clickhouse import connect  # noqa: E402
+from werkstroom.embedded import free_port  # noqa: E402
+from werkstroom.logging import configure_logging  # noqa: E402
+from werkstroom.serve import _http_server, prepare_clickhouse  # noqa: E402
+from werkstroom.settings import Settings  # noqa: E402
+
+TARGET_MS = 50.0
+GATED = ("online", "metrics", "activity?days=30", "funnels/{id}?days=30", "users")
+RESULTS = ROOT / "bench" / "results"
+
+
+# -- timing every ClickHouse call the app makes ------------------------------------------------
+
+
+@dataclass
+class Call:
+    label: str
+    sql: str
+    parameters: Any
+    ms: float
+
+
+@dataclass
+class QueryLog:
+    """Every ClickHouse call of the app's clients, tagged with the endpoint being measured."""
+
+    label: str = ""
+    calls: list[Call] = field(default_factory=list)
+
+    def wrap(self, client: Client) -> Client:
+        for name in ("query", "command", "query_row_block_stream", "raw_query", "query_arrow", "query_df"):
+            method = getattr(client, name, None)
+            if method is not None:
+                setattr(client, name, self._timed(method))
+        return client
+
+    def _timed(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            sql = args[0] if args else kwargs.get("query", kwargs.get("cmd", ""))
+            params = kwargs.get("parameters", args[1] if len(args) > 1 else None)
+            label = self.label
+            started = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.calls.append(Call(label, str(sql), params, (time.perf_counter() - started) * 1000))
+
+        return timed
+
+    def slowest(self, label: str) -> tuple[str, Any, float, int] | None:
+        """(sql, parameters of one call, median ms, calls) of the label's costliest statement."""
+        by_sql: dict[str, list[Call]] = defaultdict(list)
+        for call in self.calls:
+            if call.label == label:
+                by_sql[call.sql].append(call)
+        if not by_sql:
+            return None
+        sql, calls = max(by_sql.items(), key=lambda kv: statistics.median(c.ms for c in kv[1]))
+        return sql, calls[-1].parameters, statistics.median(c.ms for c in calls), len(calls)
+
+    def per_request(self, label: str, requests: int) -> tuple[float, float]:
+        """(ClickHouse calls, milliseconds spent in them) per request."""
+        mine = [c.ms for c in self.calls if c.label == label]
+        return len(mine) / max(requests, 1), sum(mine) / max(requests, 1)
+
+
+# -- measuring -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    name: str
+    samples_ms: list[float]
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    @property
+    def p95(self) -> float:
+        ordered = sorted(self.samples_ms)
+        return ordered[max(0, round(len(ordered) * 0.95) - 1)]
+
+
+async def measure(
+    name: str, call: Callable[[int], Any], requests: int, log: QueryLog, warmup: int = 3
+) -> Figure:
+    """`call(i)` awaited `warmup` times untimed, then `requests` times timed, one at a time."""
+    figure = Figure(name, [])
+    log.label = f"warmup:{name}"
+    for i in range(warmup):
+        await call(i)
+    log.label = name
+    for i in range(requests):
+        started = time.perf_counter()
+        result = await call(i)
+        figure.samples_ms.append((time.perf_counter() - started) * 1000)
+        if isinstance(result, httpx.Response) and result.status_code != 200:
+            figure.errors.append(f"{result.request.url.path} -> {result.status_code}: {result.text[:200]}")
+    log.label = ""
+    return figure
+
+
+async def run(args: argparse.Namespace) -> int:
+    configure_logging("WARNING")
+    work = Path(tempfile.mkdtemp(prefix="werkstroom-apibench-"))
+    settings = Settings(
+        data_dir=work,
+        clickhouse_database="bench",
+        demo=False,
+        api_port=free_port(),
+        log_level="WARNING",
+    )
+    log = QueryLog()
+    server = None
+    serving: asyncio.Task[Any] | None = None
+    try:
+        client = await asyncio.to_thread(prepare_clickhouse, settings)
+        print(f"generating {args.events:,} events and {args.persons:,} persons in ClickHouse ({work}) ...")
+        data: Generated = await asyncio.to_thread(
+            generate,
+            client,
+            settings,
+            events=args.events,
+            persons=args.persons,
+            log=print if args.verbose else lambda _: None,
+        )
+        print(f"generation: {data.seconds:.1f} s ({data.events / data.seconds:,.0f} events/s)")
+        print(f"  data: {await asyncio.to_thread(describe, client, data)}")
+        if args.check:
+            problems = await asyncio.to_thread(check, client, data)
+            print("  check: " + ("OK" if not problems else "; ".join(problems)))
+            if problems:
+                return 1
+
+        def factory() -> Client:
+            return log.wrap(connect(settings.effective_clickhouse_url, settings.clickhouse_database))
+
+        app = create_app(settings, clickhouse=factory, admin_token="bench-admin")
+        server = _http_server(app, settings, settings.api_port)
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            if serving.done():
+                serving.result()
+            await asyncio.sleep(0.02)
+
+        base = f"{settings.api_url}/api/projects/{data.project_id}"
+        headers = {"Authorization": f"Bearer {data.read_key}"}
+        sample = [
+            r[0]
+            for r in client.query(
+                "SELECT person_id FROM persons FINAL WHERE project_id = {p:String} AND is_deleted = 0 "
+                "ORDER BY cityHash64(person_id) LIMIT {n:UInt32}",
+                parameters={"p": data.project_id, "n": args.requests + 3},
+            ).result_rows
+        ]
+        async with httpx.AsyncClient(headers=headers, timeout=60) as http:
+            first = await http.get(f"{base}/users")
+            cursor = first.json().get("next_cursor") if first.status_code == 200 else None
+
+            def get(path: str, **params: Any) -> Callable[[int], Any]:
+                return lambda _i: http.get(f"{base}/{path}", params=params)
+
+            def person(path: str) -> Callable[[int], Any]:
+                quoted = [quote(p, safe="") for p in sample]
+                return lambda i: http.get(f"{base}/users/{quoted[i % len(quoted)]}{path}")
+
+            pool = getattr(app.state, "pool", None)
+
+            async def select_one(_i: int) -> Any:
+                if pool is not None:
+                    return await pool.run(lambda c: c.query("SELECT 1").result_rows)
+                return await asyncio.to_thread(lambda: app.state.clickhouse.query("SELECT 1").result_rows)
+
+            plan: list[tuple[str, Callable[[int], Any]]] = [
+                ("baseline: SELECT 1 (app's client)", select_one),
+                ("baseline: /health (HTTP)", lambda _i: http.get(f"{settings.api_url}/health")),
+                ("online", get("online")),
+                ("metrics", get("metrics")),
+                ("activity?days=30", get("activity", days=30)),
+                ("funnels/{id}?days=30", get(f"funnels/{data.funnel_id}", days=30)),
+                ("users", get("users")),
+                ("users?segment=premium", get("users", segment="premium")),
+                ("users/{id}", person("")),
+                ("users/{id}/sessions", person("/sessions")),
+            ]
+            if cursor:
+                plan.append(("users (2nd page, cursor)", get("users", cursor=cursor)))
+            figures = [await measure(name, call, args.requests, log) for name, call in plan]
+
+        health = figures[1].p50
+        print()
+        print(
+            f"API latency, {args.requests} sequential requests each after 3 warm-up "
+            f"({data.events:,} events, {data.persons:,} persons; target p95 < {TARGET_MS:.0f} ms)"
+        )
+        print(
+            f"  {'endpoint':<34} {'p50 ms':>8} {'p95 ms':>8} {'x /health':>10} {'queries':>8} {'in CH ms':>9}  verdict"
+        )
+        verdicts: dict[str, bool] = {}
+        for f in figures:
+            verdict = ""
+            if f.name in GATED:
+                ok = f.p95 < TARGET_MS and not f.errors
+                verdicts[f.name] = ok
+                verdict = "PASS" if ok else "FAIL"
+            if f.errors:
+                verdict = (verdict + f" ({len(f.errors)} errors)").strip()
+            calls, in_ch = log.per_request(f.name, args.requests)
+            queries, ch = ("", "") if f.name.startswith("baseline") else (f"{calls:.0f}", f"{in_ch:.1f}")
+            print(
+                f"  {f.name:<34} {f.p50:8.1f} {f.p95:8.1f} {f.p50 / health:10.1f} {queries:>8} {ch:>9}  {verdict}"
+            )
+        for f in figures:
+            for error in f.errors[:2]:
+                print(f"  error: {f.name}: {error}")
+
+        print()
+        print("slowest ClickHouse statement per endpoint (median over the timed requests):")
+        slow: dict[str, dict[str, Any]] = {}
+        raw: dict[str, Any] = {}
+        for f in figures[2:]:
+            found = log.slowest(f.name)
+            if found is None:
+                continue
+            sql, params, ms, calls = found
+            slow[f.name] = {"sql": sql, "parameters": _jsonable(params), "median_ms": ms, "calls": calls}
+            raw[f.name] = params
+            print(f"  {f.name:<28} {ms:7.1f} ms  {_one_line(sql)[:150]}")
+        if args.explain:
+            for name, ok in verdicts.items():
+                if not ok and name in slow:
+                    print(f"\nEXPLAIN indexes = 1 for {name}:\n  {_one_line(slow[name]['sql'])}")
+                    for line in await asyncio.to_thread(_explain, client, slow[name]["sql"], raw[name]):
+                        print("    " + line)
+
+        passed = all(verdicts.values())
+        print()
+        print(
+            f"api: {sum(verdicts.values())}/{len(verdicts)} gated endpoints under p95 {TARGET_MS:.0f} ms "
+            f"-> {'PASS' if passed else 'FAIL'}; generation {data.seconds:.0f} s"
+        )
+        _save(args, data, figures, verdicts, slow, log)
+        # Like the other benches, a figure over target is reported, not an exit status; an
+        # endpoint that answered an error is.
+        return 1 if any(f.errors for f in figures) else 0
+    finally:
+        if server is not None:
+            live = getattr(app.state, "live", None)
+            if live is not None:
+                with contextlib.suppress(Exception):
+                    await live.close()
+            server.should_exit = True
+            if serving is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(serving, 15)
+        if args.keep:
+            print(f"kept the data in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _explain(client: Client, sql: str, params: Any) -> list[str]:
+    rows = client.query("EXPLAIN indexes = 1 " + sql, parameters=params).result_rows
+    return [str(r[0]) for r in rows]
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _one_line(sql: str) -> str:
+    return re.sub(r"\s+", " ", sql).strip()
+
+
+def _save(
+    args: argparse.Namespace,
+    data: Generated,
+    figures: list[Figure],
+    verdicts: dict[str, bool],
+    slow: dict[str, dict[str, Any]],
+    log: QueryLog,
+) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS / f"api_bench-{stamp}.json"
+    health = figures[1].p50
+    path.write_text(
+        json.dumps(
+            {
+                "bench": "api",
+                "at": stamp,
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                "events": data.events,
+                "persons": data.persons,
+                "generation_seconds": round(data.seconds, 1),
+                "generation_steps": {k: round(v, 2) for k, v in data.steps.items()},
+                "requests": args.requests,
+                "target_p95_ms": TARGET_MS,
+                "endpoints": {
+                    f.name: {
+                        "p50_ms": round(f.p50, 2),
+                        "p95_ms": round(f.p95, 2),
+                        "p50_vs_health": round(f.p50 / health, 2),
+                        "clickhouse_ms_per_request": round(log.per_request(f.name, args.requests)[1], 2),
+                        "errors": len(f.errors),
+                        "pass": verdicts.get(f.name),
+                    }
+                    for f in figures
+                },
+                "slowest_statement": slow,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"saved {path.relative_to(ROOT)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--persons", type=int, default=1_000_000)
+    parser.add_argument("--requests", type=int, default=50, help="timed requests per endpoint")
+    parser.add_argument("--check", action="store_true", help="verify the generated data's consistency")
+    parser.add_argument(
+        "--explain", action="store_true", help="EXPLAIN the slowest query of a failing endpoint"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    parser.add_argument("--verbose", action="store_true", help="time each generation step")
+    args = parser.parse_args()
+    raise SystemExit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()
