@@ -21,6 +21,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def seeded(stack: Stack) -> Stack:
-    """Three visitors, online now: Alice (premium, signed up), Bob (trial) and an anonymous one."""
+    """Four visitors, online now: Alice (premium, signed up), Bob (trial), an anonymous one and
+    Dave, stuck on the checkout page."""
     stack.send(
         "identify",
         {
@@ -191,14 +193,23 @@ def seeded(stack: Stack) -> Stack:
         },
     )
     stack.send("page", {"anonymousId": "anon-carol", "properties": {"url": "https://shop.example/blog"}})
+    # Dave opened the checkout six minutes ago and is still there (his tab sends heartbeats):
+    # online and stuck. Without sentAt, ingest keeps a client timestamp that is in the past.
+    six_minutes_ago = datetime.now(UTC) - timedelta(minutes=6)
+    checkout = {"url": "https://shop.example/checkout", "title": "Checkout"}
+    stack.send(
+        "page",
+        {"anonymousId": "anon-dave", "properties": checkout, "timestamp": six_minutes_ago.isoformat()},
+    )
+    stack.send("track", {"anonymousId": "anon-dave", "event": "$heartbeat", "page": checkout})
 
     def persons() -> set[str] | None:
         status, body, _ = stack.get(stack.project("users?segment=all&limit=50"))
         assert status in (200, 404, 503), f"GET users answered {status}: {body}"
         found = {u["person_id"] for u in body["users"]} if status == 200 else set()
-        return found if {"alice@example.com", "bob@example.com", "anon-carol"} <= found else None
+        return found if {"alice@example.com", "bob@example.com", "anon-carol", "anon-dave"} <= found else None
 
-    wait_for(persons, "the three seeded persons in GET users")
+    wait_for(persons, "the four seeded persons in GET users")
     return stack
 
 
@@ -274,14 +285,14 @@ def site(seeded: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
 def test_metric_cards_activity_chart_and_freshness(dashboard: Page, seeded: Stack) -> None:
     cards = dashboard.locator("#metric-cards .metric")
     expect(cards).to_have_count(4)
-    expect(dashboard.locator('[data-metric="total_users"] .value')).to_have_text("3")
-    expect(dashboard.locator('[data-metric="new_this_week"] .value')).to_have_text("3")
+    expect(dashboard.locator('[data-metric="total_users"] .value')).to_have_text("4")
+    expect(dashboard.locator('[data-metric="new_this_week"] .value')).to_have_text("4")
     # Nobody a week ago: no trend to compute, and the card says so instead of inventing one.
     expect(dashboard.locator('[data-metric="total_users"] .trend')).to_contain_text("no comparison")
     expect(dashboard.locator("#activity-chart svg path")).to_have_count(4)
     expect(dashboard.locator("#activity-chart table tr")).to_have_count(31)  # header + 30 days
     today = dashboard.locator("#activity-chart table tr").last.locator("td")
-    expect(today.nth(1)).to_have_text("3")  # active users today
+    expect(today.nth(1)).to_have_text("4")  # active users today
     freshness = dashboard.locator("#freshness")
     expect(freshness).to_contain_text(re.compile(r"pipeline last write \d+s ago"))
     expect(freshness).not_to_have_class(re.compile("stale"))
@@ -292,8 +303,14 @@ def test_online_counter_and_live_table_follow_a_new_visitor_without_reload(
 ) -> None:
     counter = dashboard.locator("#online-count")
     rows = dashboard.locator("#live-table tbody tr")
-    expect(counter).to_have_text("3")
-    expect(rows).to_have_count(3)
+    expect(counter).to_have_text("4")
+    expect(rows).to_have_count(4)
+    # Stuck visitors stand out: only Dave, six minutes on the same page.
+    expect(dashboard.locator("#live-table tbody tr.stuck")).to_have_count(1)
+    stuck = dashboard.locator('#live-table tbody tr[data-person="anon-dave"]')
+    expect(stuck).to_have_class(re.compile(r"\bstuck\b"))
+    expect(stuck).to_contain_text("stuck")
+    expect(stuck.locator("td").nth(2)).to_contain_text(re.compile(r"^(5|6) min"))
     expect(dashboard.locator("#live-state")).to_have_text("live")
 
     # A new visitor opens a page carrying the real snippet: the tracker (/t.js) sends page().
@@ -306,7 +323,7 @@ def test_online_counter_and_live_table_follow_a_new_visitor_without_reload(
     assert visitor.evaluate("localStorage.getItem('werkstroom_aid')") == anonymous_id
 
     # The dashboard, untouched, shows them within seconds: pushed over SSE, no reload, no polling.
-    expect(counter).to_have_text("4")
+    expect(counter).to_have_text("5")
     row = dashboard.locator(f'#live-table tbody tr[data-person="{anonymous_id}"]')
     expect(row).to_contain_text("/shop/pricing.html")
     expect(row).to_contain_text("Tracker test page")
@@ -423,10 +440,10 @@ def test_a_new_funnel_shows_its_steps_with_the_high_drop_off_highlighted(dashboa
     expect(dashboard.locator("#funnel-select option:checked")).to_have_text("Sign-up")
     bars = dashboard.locator("#funnel-steps li")
     expect(bars).to_have_count(2)
-    # Four persons viewed a page (three seeded, one through the tracker); only Alice signed up.
-    expect(bars.nth(0).locator(".stats strong")).to_have_text("4")
+    # Five persons viewed a page (four seeded, one through the tracker); only Alice signed up.
+    expect(bars.nth(0).locator(".stats strong")).to_have_text("5")
     expect(bars.nth(1).locator(".stats strong")).to_have_text("1")
-    expect(bars.nth(1)).to_contain_text(re.compile(r"\b75(\.0)? % drop-off"))
+    expect(bars.nth(1)).to_contain_text(re.compile(r"\b80(\.0)? % drop-off"))
     expect(bars.nth(1)).to_have_class(re.compile(r"\bhigh\b"))
     expect(bars.nth(0)).not_to_have_class(re.compile(r"\bhigh\b"))
 
