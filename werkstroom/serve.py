@@ -209,6 +209,11 @@ async def serve(
         log.info("shutting_down", target=target)
         for server in servers:
             server.should_exit = True
+        # End the API's long-lived responses (SSE streams) now, not at the graceful-drain timeout.
+        for server in servers:
+            live = getattr(getattr(server.config.app, "state", None), "live", None)
+            if live is not None:
+                await live.close()
         for sink in sinks:
             sink.stop()
         results = await asyncio.gather(*runtime.tasks, return_exceptions=True)

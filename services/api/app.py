@@ -1,98 +1,92 @@
-"""The API service. For now: operations endpoints and project administration (admin token).
+"""The API service: the dashboard's JSON API over the aggregator's ClickHouse tables, the live
+users stream (SSE), CSV exports, the tracking snippet, project administration, and the
+built-in dashboard page.
 
-The dashboard endpoints (online, metrics, activity, funnels, users, exports) come with the
-API issue; this app is where they will live.
+Routers per resource live in services/api/routes/, their SQL in queries.py, the auth and
+ClickHouse dependencies in deps.py and the live stream's poller in live.py. Every data answer
+carries `as_of` and the pipeline's freshness (see models.Pipeline).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import Any
 
 from clickhouse_connect.driver.client import Client
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from fastapi import FastAPI
 
 from services.api.dashboard import mount_dashboard
-from werkstroom import projects
+from services.api.deps import AuthCache, ClickHousePool
+from services.api.live import LiveHub
+from services.api.routes import export, funnels, metrics, online, projects, snippet, users
 from werkstroom.clickhouse.migrate import is_current
 from werkstroom.http import ops_router
 from werkstroom.logging import get_logger
 from werkstroom.settings import Settings
 
 log = get_logger(__name__)
-_bearer = HTTPBearer(auto_error=False)
+
+TAGS = [
+    {"name": "live", "description": "Who is online now, as a list and as a Server-Sent Events stream."},
+    {"name": "metrics", "description": "Metric cards with week-over-week trends, and daily activity."},
+    {"name": "funnels", "description": "Conversion funnels: define, list, delete, report."},
+    {"name": "users", "description": "Persons by segment and search, profiles and sessions."},
+    {"name": "export", "description": "CSV downloads, streamed."},
+    {"name": "snippet", "description": "The tracking snippet to paste into a site."},
+    {"name": "projects", "description": "Projects (admin token) and the project of a read key."},
+    {"name": "operations", "description": "Liveness, readiness and Prometheus metrics."},
+]
+
+DESCRIPTION = """
+Real-time web analytics over the aggregator's ClickHouse tables.
+
+**Auth**: `Authorization: Bearer <read key>` (a project's secret read key). A wrong or missing
+key is 401; a valid key used on another project's id is 404, whether that project exists or not.
+
+**Freshness**: every data answer has `as_of` (server time) and `pipeline` (the aggregator's last
+write, the newest event time it wrote, and its lag in messages), so a quiet site can be told
+from a stalled pipeline.
+
+Times are ISO-8601 UTC with milliseconds and `Z`; days are `YYYY-MM-DD`.
+"""
 
 
-class ProjectIn(BaseModel):
-    name: str = Field(min_length=1, max_length=projects.MAX_NAME, examples=["My shop"])
+def create_app(
+    settings: Settings,
+    *,
+    clickhouse: Callable[[], Client],
+    admin_token: str,
+    clock: Callable[[], datetime] | None = None,
+) -> FastAPI:
+    """`clickhouse` makes a client (one for administration, a few pooled for the dashboard
+    routes); `clock` is the time answers are computed at (tests may fix it; default: now)."""
+    now = clock or (lambda: datetime.now(UTC))
 
-
-class ProjectOut(BaseModel):
-    project_id: str
-    name: str
-    write_key: str
-    created_at: datetime
-
-
-class ProjectCreated(ProjectOut):
-    read_key: str = Field(description="Secret; shown only once. Stored hashed.")
-
-
-def clickhouse_client(request: Request) -> Client:
-    client: Client = request.app.state.clickhouse
-    return client
-
-
-ClickHouseDep = Annotated[Client, Depends(clickhouse_client)]
-
-
-def require_admin(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
-    expected: str = request.app.state.admin_token
-    if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail="admin token required: Authorization: Bearer <WERKSTROOM_ADMIN_TOKEN>",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
-
-AdminDep = Annotated[None, Depends(require_admin)]
-
-admin = APIRouter(prefix="/api/projects", tags=["projects"])
-
-
-@admin.post("", status_code=201, response_model=ProjectCreated, summary="Create a project (admin)")
-async def create_project(body: ProjectIn, _: AdminDep, client: ClickHouseDep) -> ProjectCreated:
-    try:
-        created = await asyncio.to_thread(projects.create_project, client, body.name)
-    except projects.ProjectError as exc:
-        raise HTTPException(422, detail=str(exc)) from None
-    log.info("project_created", project_id=created.project_id, name=created.name)
-    return ProjectCreated(**created.__dict__)
-
-
-@admin.get("", response_model=list[ProjectOut], summary="List projects (admin)")
-async def list_projects(_: AdminDep, client: ClickHouseDep) -> list[ProjectOut]:
-    found = await asyncio.to_thread(projects.list_projects, client)
-    return [ProjectOut(**p.__dict__) for p in found]
-
-
-def create_app(settings: Settings, *, clickhouse: Callable[[], Client], admin_token: str) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings
         app.state.clickhouse = clickhouse()
         app.state.admin_token = admin_token
-        yield
+        app.state.clock = now
+        app.state.auth_cache = AuthCache()
+        app.state.pool = ClickHousePool(clickhouse)
+        app.state.live = LiveHub(app.state.pool, settings.topic_events, now)
+        try:
+            yield
+        finally:
+            await app.state.live.close()
+            app.state.pool.close()
 
-    app = FastAPI(title="Werkstroom API", version="1", lifespan=lifespan)
+    app = FastAPI(
+        title="Werkstroom API",
+        version="1",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
 
     async def ready() -> dict[str, Any]:
         try:
@@ -102,6 +96,9 @@ def create_app(settings: Settings, *, clickhouse: Callable[[], Client], admin_to
             return {"clickhouse": f"error: {exc}"}
 
     app.include_router(ops_router(ready))
-    app.include_router(admin)
+    app.include_router(projects.admin)
+    app.include_router(projects.me)
+    for router in (online, metrics, funnels, users, export, snippet):
+        app.include_router(router.router)
     mount_dashboard(app)
     return app

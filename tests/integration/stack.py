@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer
 from clickhouse_connect.driver.client import Client
 
 from services.aggregator.sink import EventsSink
+from services.api.app import create_app as create_api
 from services.ingest.app import create_app as create_ingest
 from werkstroom import projects
 from werkstroom.clickhouse import connect
@@ -62,6 +63,8 @@ class Stack:
         self.http: httpx.AsyncClient
         self.server: _Server | None = None
         self.sink: EventsSink | None = None
+        self.api_server: _Server | None = None
+        self._api_task: asyncio.Task[Any] | None = None
         self.sinks: list[EventsSink] = []
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -89,6 +92,29 @@ class Stack:
         self._tasks.append(asyncio.create_task(self.server.serve()))
         await self.until(lambda: self.server is not None and self.server.started, timeout=20)
 
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.api_port}"
+
+    async def start_api(self, **kwargs: Any) -> str:
+        """The real API app over HTTP on settings.api_port (kwargs go to create_app, e.g. a fixed
+        `clock`); returns its base URL. Stopped like `werkstroom serve` stops it."""
+        self.api_app = create_api(
+            self.settings, clickhouse=clickhouse_factory(self.settings), admin_token="test-admin", **kwargs
+        )
+        self.api_server = _http_server(self.api_app, self.settings, self.settings.api_port)
+        self._api_task = asyncio.create_task(self.api_server.serve())
+        await self.until(lambda: self.api_server is not None and self.api_server.started, timeout=20)
+        return self.api_url
+
+    async def stop_api(self) -> None:
+        if self.api_server is None or self._api_task is None:
+            return
+        await self.api_app.state.live.close()  # what `werkstroom serve` does: end the SSE streams
+        self.api_server.should_exit = True
+        await asyncio.wait_for(self._api_task, 15)
+        self.api_server = self._api_task = None
+
     def start_sink(self, **kwargs: Any) -> EventsSink:
         self.sink = EventsSink(self.settings, self.bootstrap, clickhouse_factory(self.settings), **kwargs)
         self.sinks.append(self.sink)
@@ -102,6 +128,8 @@ class Stack:
         await task
 
     async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            await self.stop_api()
         for sink in self.sinks:
             sink.stop()
         if self.server is not None:

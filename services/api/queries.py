@@ -1,0 +1,457 @@
+"""The SQL of the dashboard API: one function per question, each taking a ClickHouse client.
+
+Every value from a request travels as a bound parameter ({name:Type}); the only text spliced
+into SQL is chosen from constants here (a segment's condition), never from input. Dashboard
+paths read the aggregator's tables (online_visitors, sessions, persons, daily_stats,
+person_activity, funnel_progress), never the raw events. "now" is always a parameter (the
+answer's `as_of`), so one answer is computed at one instant and tests can fix the clock.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import orjson
+from clickhouse_connect.driver.client import Client
+
+ONLINE_WINDOW = timedelta(minutes=5)
+STUCK_AFTER = timedelta(minutes=5)
+ACTIVE_SESSION = timedelta(minutes=30)
+WEEK = timedelta(days=7)
+ACTIVE_DAYS = timedelta(days=7)
+INACTIVE_DAYS = timedelta(days=30)
+
+T = "DateTime64(3, 'UTC')"
+
+
+def utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def seconds(delta: timedelta) -> int:
+    """Whole seconds, never negative (a clock a little behind an event's time gives 0)."""
+    return max(0, int(delta.total_seconds()))
+
+
+# -- projects and freshness -----------------------------------------------------------------
+
+
+def project_by_read_key(client: Client, key_hash: str) -> dict[str, str] | None:
+    rows = client.query(
+        "SELECT project_id, name, write_key FROM projects FINAL "
+        "WHERE read_key_hash = {h:String} AND deleted = 0 LIMIT 1",
+        parameters={"h": key_hash},
+    ).result_rows
+    if not rows:
+        return None
+    project_id, name, write_key = rows[0]
+    return {"project_id": project_id, "name": name, "write_key": write_key}
+
+
+def write_key(client: Client, project_id: str) -> str | None:
+    rows = client.query(
+        "SELECT write_key FROM projects FINAL WHERE project_id = {p:String} AND deleted = 0",
+        parameters={"p": project_id},
+    ).result_rows
+    return str(rows[0][0]) if rows else None
+
+
+def pipeline(client: Client, topic: str) -> dict[str, Any]:
+    """The aggregator's progress on `topic` over all its partitions; nulls before its first row."""
+    count, last_write, last_event, lag = client.query(
+        "SELECT count(), max(last_write_at), max(last_event_at), sum(lag) "
+        "FROM aggregator_status FINAL WHERE topic = {t:String}",
+        parameters={"t": topic},
+    ).first_row
+    if not count:
+        return {"last_write_at": None, "last_event_at": None, "lag": None}
+    return {
+        "last_write_at": utc(last_write),
+        "last_event_at": utc(last_event) if last_event is not None else None,
+        "lag": int(lag),
+    }
+
+
+# -- persons -----------------------------------------------------------------------------------
+
+
+def _mapping(client: Client, project_id: str, ids: Iterable[str]) -> dict[str, str]:
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    rows = client.query(
+        "SELECT distinct_id, argMax(person_id, version) FROM person_distinct_ids "
+        "WHERE project_id = {p:String} AND distinct_id IN {ids:Array(String)} GROUP BY distinct_id",
+        parameters={"p": project_id, "ids": wanted},
+    ).result_rows
+    return {d: p for d, p in rows}
+
+
+def resolve_persons(client: Client, project_id: str, ids: Iterable[str]) -> dict[str, str]:
+    """distinct id -> person id, as the aggregator resolves them: the id an identify or alias
+    mapped it to, following one more alias hop; an unmapped id is its own person."""
+    ids = set(ids)
+    direct = _mapping(client, project_id, ids)
+    onward = _mapping(client, project_id, direct.values())
+    out = {}
+    for distinct_id in ids:
+        first = direct.get(distinct_id, distinct_id)
+        out[distinct_id] = onward.get(first, first)
+    return out
+
+
+# -- online ------------------------------------------------------------------------------------
+
+ONLINE_SQL = f"""
+SELECT anonymous_id, session_id, user_id, start_at, last_event_at, current_url, current_path,
+       current_title, page_entered_at, device_type, browser, os, count() OVER () AS online
+FROM online_visitors FINAL
+WHERE project_id = {{p:String}} AND last_event_at >= {{since:{T}}}
+ORDER BY last_event_at DESC, anonymous_id
+LIMIT {{n:UInt32}}
+"""
+
+ONLINE_EXPORT_SQL = f"""
+SELECT anonymous_id, session_id, user_id, start_at, last_event_at, current_url, current_path,
+       current_title, page_entered_at, device_type, browser, os
+FROM online_visitors FINAL
+WHERE project_id = {{p:String}} AND last_event_at >= {{since:{T}}}
+ORDER BY last_event_at DESC, anonymous_id
+"""
+
+
+def online_user(row: Sequence[Any], person_id: str, now: datetime) -> dict[str, Any]:
+    anonymous_id, session_id, user_id, start_at, last_event_at, url, path, title, entered = row[:9]
+    device_type, browser, os = row[9:12]
+    entered, start_at, last_event_at = utc(entered), utc(start_at), utc(last_event_at)
+    on_page = now - entered
+    return {
+        "person_id": person_id,
+        "anonymous_id": anonymous_id,
+        "user_id": user_id or (person_id if person_id != anonymous_id else None),
+        "current_path": path,
+        "current_url": url,
+        "current_title": title,
+        "time_on_page_seconds": seconds(on_page),
+        "time_on_site_seconds": seconds(now - start_at),
+        "device_type": device_type,
+        "browser": browser,
+        "os": os,
+        "stuck": on_page > STUCK_AFTER,
+        "last_event_at": last_event_at,
+        "page_entered_at": entered,
+        "session_id": session_id,
+    }
+
+
+def online(client: Client, project_id: str, now: datetime, limit: int) -> dict[str, Any]:
+    rows = client.query(
+        ONLINE_SQL, parameters={"p": project_id, "since": now - ONLINE_WINDOW, "n": limit}
+    ).result_rows
+    persons = resolve_persons(client, project_id, (r[0] for r in rows))
+    count = int(rows[0][12]) if rows else 0
+    return {"online": count, "users": [online_user(r, persons[r[0]], now) for r in rows]}
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+def trend(value: float | None, previous: float | None) -> float | None:
+    if value is None or previous is None or previous == 0:
+        return None
+    return round((value - previous) / previous * 100, 1)
+
+
+def _metric(value: float | None, previous: float | None) -> dict[str, Any]:
+    return {"value": value, "previous": previous, "trend": trend(value, previous)}
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return round(part / whole * 100, 1) if whole else None
+
+
+def metrics(client: Client, project_id: str, now: datetime) -> dict[str, Any]:
+    week_ago, two_weeks_ago = now - WEEK, now - 2 * WEEK
+    total, total_before, new, new_before = client.query(
+        f"SELECT countIf(first_seen <= {{now:{T}}}), countIf(first_seen <= {{w1:{T}}}), "
+        f"countIf(first_seen > {{w1:{T}}} AND first_seen <= {{now:{T}}}), "
+        f"countIf(first_seen > {{w2:{T}}} AND first_seen <= {{w1:{T}}}) "
+        "FROM persons FINAL WHERE project_id = {p:String} AND is_deleted = 0",
+        parameters={"p": project_id, "now": now, "w1": week_ago, "w2": two_weeks_ago},
+    ).first_row
+    online_now = client.query(
+        f"SELECT count() FROM online_visitors FINAL "
+        f"WHERE project_id = {{p:String}} AND last_event_at >= {{since:{T}}}",
+        parameters={"p": project_id, "since": now - ONLINE_WINDOW},
+    ).first_row[0]
+    online_before = client.query(
+        f"SELECT uniqExact(anonymous_id) FROM sessions FINAL WHERE project_id = {{p:String}} "
+        f"AND is_deleted = 0 AND start_at <= {{w1:{T}}} AND last_event_at >= {{since:{T}}}",
+        parameters={"p": project_id, "w1": week_ago, "since": week_ago - ONLINE_WINDOW},
+    ).first_row[0]
+    today = now.date()
+    base, churned, base_before, churned_before = client.query(
+        "SELECT countIf(b), countIf(b AND NOT r), countIf(pb), countIf(pb AND NOT pr) FROM ("
+        "  SELECT person_id,"
+        "         max(day BETWEEN {t:Date} - 13 AND {t:Date} - 7) AS b,"
+        "         max(day BETWEEN {t:Date} - 6 AND {t:Date}) AS r,"
+        "         max(day BETWEEN {t:Date} - 20 AND {t:Date} - 14) AS pb,"
+        "         max(day BETWEEN {t:Date} - 13 AND {t:Date} - 7) AS pr"
+        "  FROM person_activity FINAL"
+        "  WHERE project_id = {p:String} AND is_deleted = 0"
+        "    AND day BETWEEN {t:Date} - 20 AND {t:Date}"
+        "  GROUP BY person_id)",
+        parameters={"p": project_id, "t": today},
+    ).first_row
+    return {
+        "total_users": _metric(int(total), int(total_before)),
+        "online_now": _metric(int(online_now), int(online_before)),
+        "new_this_week": _metric(int(new), int(new_before)),
+        "churn_rate": _metric(_rate(int(churned), int(base)), _rate(int(churned_before), int(base_before))),
+    }
+
+
+# -- activity ----------------------------------------------------------------------------------
+
+DAY_COLUMNS = [
+    "day",
+    "active_users",
+    "new_users",
+    "sessions",
+    "page_views",
+    "events",
+    "bounce_rate",
+    "avg_session_seconds",
+]
+
+
+def activity(client: Client, project_id: str, today: date, days: int) -> list[dict[str, Any]]:
+    """Exactly `days` entries ending `today`, oldest first; days without a row are zeros."""
+    since = today - timedelta(days=days - 1)
+    stored = {
+        row[0]: row
+        for row in client.query(
+            f"SELECT {', '.join(DAY_COLUMNS)} FROM daily_stats FINAL "
+            "WHERE project_id = {p:String} AND day >= {since:Date} AND day <= {today:Date}",
+            parameters={"p": project_id, "since": since, "today": today},
+        ).result_rows
+    }
+    out = []
+    for i in range(days):
+        day = since + timedelta(days=i)
+        row = stored.get(day)
+        if row is None:
+            out.append(
+                {"day": day, **dict.fromkeys(DAY_COLUMNS[1:6], 0), **dict.fromkeys(DAY_COLUMNS[6:], 0.0)}
+            )
+        else:
+            out.append(
+                {
+                    "day": day,
+                    **{c: int(v) for c, v in zip(DAY_COLUMNS[1:6], row[1:6], strict=True)},
+                    "bounce_rate": float(row[6]),
+                    "avg_session_seconds": float(row[7]),
+                }
+            )
+    return out
+
+
+# -- users -------------------------------------------------------------------------------------
+
+# The only SQL chosen by a request parameter: one of these constants, picked by a validated name.
+SEGMENT_WHERE = {
+    "all": "",
+    "active": f" AND last_seen >= {{active_since:{T}}}",
+    "inactive": f" AND last_seen < {{active_since:{T}}} AND last_seen >= {{inactive_since:{T}}}",
+    "churned": f" AND last_seen < {{inactive_since:{T}}}",
+    "premium": " AND plan = 'premium'",
+    "trial": " AND plan = 'trial'",
+}
+SEGMENT_OF = (
+    f"multiIf(last_seen >= {{active_since:{T}}}, 'active', "
+    f"last_seen >= {{inactive_since:{T}}}, 'inactive', 'churned')"
+)
+Q_WHERE = (
+    " AND (positionCaseInsensitiveUTF8(person_id, {q:String}) > 0"
+    " OR positionCaseInsensitiveUTF8(traits, {q:String}) > 0)"
+)
+USER_COLUMNS = f"person_id, first_seen, last_seen, sessions, page_views, plan, {SEGMENT_OF} AS segment"
+
+
+class BadCursor(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Keyset position: the last row of the previous page (last_seen desc, person_id asc)."""
+
+    last_seen_ms: int
+    person_id: str
+
+    def encode(self) -> str:
+        raw = orjson.dumps([self.last_seen_ms, self.person_id])
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            ms, person_id = orjson.loads(raw)
+        except Exception:
+            raise BadCursor("not a cursor this API gave out") from None
+        if not isinstance(ms, int) or isinstance(ms, bool) or not isinstance(person_id, str) or ms < 0:
+            raise BadCursor("not a cursor this API gave out")
+        return cls(ms, person_id)
+
+
+def users_filter(project_id: str, now: datetime, segment: str, q: str) -> tuple[str, dict[str, Any]]:
+    where = "project_id = {p:String} AND is_deleted = 0" + SEGMENT_WHERE[segment]
+    params: dict[str, Any] = {
+        "p": project_id,
+        "active_since": now - ACTIVE_DAYS,
+        "inactive_since": now - INACTIVE_DAYS,
+    }
+    if q:
+        where += Q_WHERE
+        params["q"] = q
+    return where, params
+
+
+def user_row(row: Sequence[Any]) -> dict[str, Any]:
+    person_id, first_seen, last_seen, sessions, page_views, plan, segment = row[:7]
+    return {
+        "person_id": person_id,
+        "first_seen": utc(first_seen),
+        "last_seen": utc(last_seen),
+        "sessions": int(sessions),
+        "page_views": int(page_views),
+        "plan": plan or None,
+        "segment": segment,
+    }
+
+
+def users_page(
+    client: Client,
+    project_id: str,
+    now: datetime,
+    segment: str,
+    q: str,
+    limit: int,
+    cursor: Cursor | None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    where, params = users_filter(project_id, now, segment, q)
+    if cursor is not None:
+        where += (
+            f" AND (last_seen < {{c_seen:{T}}}"
+            f" OR (last_seen = {{c_seen:{T}}} AND person_id > {{c_id:String}}))"
+        )
+        params["c_seen"] = datetime.fromtimestamp(cursor.last_seen_ms / 1000, UTC)
+        params["c_id"] = cursor.person_id
+    params["n"] = limit + 1
+    rows = client.query(
+        f"SELECT {USER_COLUMNS} FROM persons FINAL WHERE {where} "
+        "ORDER BY last_seen DESC, person_id ASC LIMIT {n:UInt32}",
+        parameters=params,
+    ).result_rows
+    users = [user_row(r) for r in rows[:limit]]
+    following = None
+    if len(rows) > limit:
+        last = users[-1]
+        following = Cursor(_ms(last["last_seen"]), last["person_id"]).encode()
+    return users, following
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _ms(value: datetime) -> int:
+    return (value - EPOCH) // timedelta(milliseconds=1)
+
+
+USERS_EXPORT_COLUMNS = USER_COLUMNS + ", traits, anonymous_ids"
+
+
+def user_profile(client: Client, project_id: str, person_id: str, now: datetime) -> dict[str, Any] | None:
+    rows = client.query(
+        f"SELECT {USER_COLUMNS}, traits, anonymous_ids FROM persons FINAL "
+        "WHERE project_id = {p:String} AND person_id = {id:String} AND is_deleted = 0",
+        parameters={
+            "p": project_id,
+            "id": person_id,
+            "active_since": now - ACTIVE_DAYS,
+            "inactive_since": now - INACTIVE_DAYS,
+        },
+    ).result_rows
+    if not rows:
+        return None
+    row = rows[0]
+    traits = orjson.loads(row[7]) if row[7] else {}
+    return {**user_row(row), "traits": traits, "anonymous_ids": list(row[8])}
+
+
+SESSION_COLUMNS = (
+    "session_id, anonymous_id, start_at, last_event_at, page_views, events, pages, entry_path, "
+    "referrer, device_type, browser, os"
+)
+
+
+def session_row(row: Sequence[Any], now: datetime) -> dict[str, Any]:
+    session_id, anonymous_id, start_at, last_event_at, views, events, pages, entry, referrer = row[:9]
+    start_at, last_event_at = utc(start_at), utc(last_event_at)
+    return {
+        "session_id": session_id,
+        "anonymous_id": anonymous_id,
+        "start_at": start_at,
+        "last_event_at": last_event_at,
+        "duration_seconds": seconds(last_event_at - start_at),
+        "page_views": int(views),
+        "events": int(events),
+        "pages": list(pages),
+        "entry_path": entry,
+        "referrer": referrer,
+        "device_type": row[9],
+        "browser": row[10],
+        "os": row[11],
+        "active": now - last_event_at < ACTIVE_SESSION,
+    }
+
+
+def anonymous_ids(client: Client, project_id: str, person_id: str) -> list[str] | None:
+    rows = client.query(
+        "SELECT anonymous_ids FROM persons FINAL "
+        "WHERE project_id = {p:String} AND person_id = {id:String} AND is_deleted = 0",
+        parameters={"p": project_id, "id": person_id},
+    ).result_rows
+    return list(rows[0][0]) if rows else None
+
+
+def user_sessions(
+    client: Client, project_id: str, person_id: str, now: datetime, limit: int
+) -> list[dict[str, Any]] | None:
+    ids = anonymous_ids(client, project_id, person_id)
+    if ids is None:
+        return None
+    rows = client.query(
+        f"SELECT {SESSION_COLUMNS} FROM sessions FINAL "
+        "WHERE project_id = {p:String} AND anonymous_id IN {ids:Array(String)} AND is_deleted = 0 "
+        "ORDER BY start_at DESC, session_id DESC LIMIT {n:UInt32}",
+        parameters={"p": project_id, "ids": ids, "n": limit},
+    ).result_rows
+    return [session_row(r, now) for r in rows]
+
+
+def sessions_export(project_id: str, since: datetime, ids: list[str] | None) -> tuple[str, dict[str, Any]]:
+    where = f"project_id = {{p:String}} AND is_deleted = 0 AND start_at >= {{since:{T}}}"
+    params: dict[str, Any] = {"p": project_id, "since": since}
+    if ids is not None:
+        where += " AND anonymous_id IN {ids:Array(String)}"
+        params["ids"] = ids
+    sql = (
+        f"SELECT {SESSION_COLUMNS} FROM sessions FINAL WHERE {where} ORDER BY start_at DESC, session_id DESC"
+    )
+    return sql, params

@@ -1,0 +1,235 @@
+"""CSV exports: a header row, then rows streamed in chunks as ClickHouse produces them.
+
+A large export (users, sessions) reads ClickHouse's result block by block on a client of its
+own (query_row_block_stream) and writes each block as one chunk, so neither the table nor
+the CSV is ever held whole in memory. Quoting is the csv module's (RFC 4180: fields with
+commas, quotes or line breaks are quoted, quotes doubled; CRLF line ends). A text cell that a
+spreadsheet would run as a formula (starting with = + - @ or a tab/CR) gets a leading
+apostrophe, the usual defence against CSV injection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import date, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.responses import StreamingResponse
+
+from services.api import queries
+from services.api.deps import AUTH_RESPONSES, ClickHousePool, NowDep, PoolDep, ProjectDep
+from services.api.models import SegmentFilter, iso
+from services.api.routes.users import MAX_Q
+from werkstroom.logging import get_logger
+
+log = get_logger(__name__)
+router = APIRouter(prefix="/api/projects/{project_id}", tags=["export"], responses=AUTH_RESPONSES)
+
+Kind = Literal["online", "users", "metrics", "activity", "sessions"]
+FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+ONLINE_HEADER = [
+    "person_id",
+    "anonymous_id",
+    "user_id",
+    "current_path",
+    "current_url",
+    "current_title",
+    "time_on_page_seconds",
+    "time_on_site_seconds",
+    "device_type",
+    "browser",
+    "os",
+    "stuck",
+    "last_event_at",
+    "page_entered_at",
+    "session_id",
+]
+USERS_HEADER = [
+    "person_id",
+    "first_seen",
+    "last_seen",
+    "sessions",
+    "page_views",
+    "plan",
+    "segment",
+    "traits",
+    "anonymous_ids",
+]
+METRICS_HEADER = ["metric", "value", "previous", "trend"]
+SESSIONS_HEADER = [
+    "session_id",
+    "anonymous_id",
+    "start_at",
+    "last_event_at",
+    "duration_seconds",
+    "page_views",
+    "events",
+    "pages",
+    "entry_path",
+    "referrer",
+    "device_type",
+    "browser",
+    "os",
+    "active",
+]
+
+
+def cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, list | dict):
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    if isinstance(value, str) and value.startswith(FORMULA):
+        return "'" + value
+    return value
+
+
+def csv_text(rows: Iterable[Sequence[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    for row in rows:
+        writer.writerow([cell(v) for v in row])
+    return buffer.getvalue()
+
+
+async def _blocks(pool: ClickHousePool, sql: str, params: dict[str, Any]) -> AsyncIterator[Sequence[Any]]:
+    """ClickHouse's result, block by block, from a client of this export's own."""
+    async with pool.dedicated() as client:
+        stream = await asyncio.to_thread(client.query_row_block_stream, sql, parameters=params)
+        async with stream:
+            async for block in stream:
+                yield block
+
+
+def _filename(project_id: str, kind: str, now: datetime) -> str:
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in project_id)
+    return f"werkstroom-{safe}-{kind}-{now:%Y%m%d}.csv"
+
+
+@router.get(
+    "/export/{kind}.csv",
+    summary="Download CSV (online, users, metrics, activity or sessions)",
+    description="A header row, then one row per item, streamed. Filters: users: segment, q; "
+    "activity: days (default 30); sessions: days (sessions started in the last `days` UTC "
+    "days, default 30) and person_id (that person's sessions only). The file is named "
+    "werkstroom-<project>-<kind>-<YYYYMMDD>.csv.",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "text/csv",
+            "content": {
+                "text/csv": {
+                    "schema": {"type": "string"},
+                    "example": "metric,value,previous,trend\r\ntotal_users,120,100,20.0\r\n",
+                }
+            },
+        },
+        404: {"description": "no such user (sessions with person_id)"},
+    },
+)
+async def export_csv(
+    scope: ProjectDep,
+    pool: PoolDep,
+    now: NowDep,
+    kind: Kind,
+    segment: SegmentFilter = "all",
+    q: Annotated[str, Query(max_length=MAX_Q)] = "",
+    days: Annotated[int, Query(ge=1, le=366)] = 30,
+    person_id: Annotated[str | None, Query(max_length=1000)] = None,
+) -> StreamingResponse:
+    project_id = scope.project_id
+    body: AsyncIterator[str]
+    if kind == "online":
+        body = _online(pool, project_id, now)
+    elif kind == "users":
+        body = _users(pool, project_id, now, segment, q)
+    elif kind == "metrics":
+        body = _metrics(pool, project_id, now)
+    elif kind == "activity":
+        body = _activity(pool, project_id, now, days)
+    else:
+        ids = None
+        if person_id is not None:
+            ids = await pool.run(queries.anonymous_ids, project_id, person_id)
+            if ids is None:
+                raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such user")
+        body = _sessions(pool, project_id, now, days, ids)
+    filename = _filename(project_id, kind, now)
+    return StreamingResponse(
+        _guarded(body, kind, project_id),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"},
+    )
+
+
+async def _guarded(body: AsyncIterator[str], kind: str, project_id: str) -> AsyncIterator[str]:
+    """The status line is sent already, so a failure mid-stream can only end the file early: log
+    it and re-raise, which aborts the chunked response (the client sees a failed download, not
+    a complete-looking short file)."""
+    try:
+        async for chunk in body:
+            yield chunk
+    except Exception as exc:
+        log.error("export_failed", kind=kind, project_id=project_id, error=str(exc))
+        raise
+
+
+async def _online(pool: ClickHousePool, project_id: str, now: datetime) -> AsyncIterator[str]:
+    yield csv_text([ONLINE_HEADER])
+    params = {"p": project_id, "since": now - queries.ONLINE_WINDOW}
+    async for block in _blocks(pool, queries.ONLINE_EXPORT_SQL, params):
+        persons = await pool.run(queries.resolve_persons, project_id, [r[0] for r in block])
+        users = (queries.online_user(r, persons[r[0]], now) for r in block)
+        yield csv_text([u[c] for c in ONLINE_HEADER] for u in users)
+
+
+async def _users(
+    pool: ClickHousePool, project_id: str, now: datetime, segment: str, q: str
+) -> AsyncIterator[str]:
+    yield csv_text([USERS_HEADER])
+    where, params = queries.users_filter(project_id, now, segment, q)
+    sql = (
+        f"SELECT {queries.USERS_EXPORT_COLUMNS} FROM persons FINAL WHERE {where} "
+        "ORDER BY last_seen DESC, person_id ASC"
+    )
+    async for block in _blocks(pool, sql, params):
+        rows = []
+        for r in block:
+            user = queries.user_row(r)
+            traits = orjson.loads(r[7]) if r[7] else {}
+            rows.append([*(user[c] for c in USERS_HEADER[:7]), traits, list(r[8])])
+        yield csv_text(rows)
+
+
+async def _metrics(pool: ClickHousePool, project_id: str, now: datetime) -> AsyncIterator[str]:
+    yield csv_text([METRICS_HEADER])
+    data = await pool.run(queries.metrics, project_id, now)
+    yield csv_text([name, m["value"], m["previous"], m["trend"]] for name, m in data.items())
+
+
+async def _activity(pool: ClickHousePool, project_id: str, now: datetime, days: int) -> AsyncIterator[str]:
+    yield csv_text([queries.DAY_COLUMNS])
+    data = await pool.run(queries.activity, project_id, now.date(), days)
+    yield csv_text([d[c] for c in queries.DAY_COLUMNS] for d in data)
+
+
+async def _sessions(
+    pool: ClickHousePool, project_id: str, now: datetime, days: int, ids: list[str] | None
+) -> AsyncIterator[str]:
+    yield csv_text([SESSIONS_HEADER])
+    since = datetime.combine(now.date() - timedelta(days=days - 1), datetime.min.time(), tzinfo=now.tzinfo)
+    sql, params = queries.sessions_export(project_id, since, ids)
+    async for block in _blocks(pool, sql, params):
+        yield csv_text([s[c] for c in SESSIONS_HEADER] for s in (queries.session_row(r, now) for r in block))

@@ -1,0 +1,149 @@
+"""Funnels: define (back-filled at once), list, delete, and the per-step report.
+
+Definitions, progress and reports are werkstroom/funnels.py's (shared with the aggregator, which
+keeps every person's progress current, and the CLI); this router only speaks HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+
+from services.api import queries
+from services.api.deps import AUTH_RESPONSES, NowDep, PoolDep, ProjectDep, TopicDep
+from services.api.models import FunnelIn, FunnelList, FunnelOut, FunnelReport
+from werkstroom import funnels
+
+router = APIRouter(prefix="/api/projects/{project_id}", tags=["funnels"], responses=AUTH_RESPONSES)
+
+FunnelId = Annotated[str, "the funnel's id"]
+NOT_FOUND = {404: {"description": "no such funnel"}}
+
+
+def _out(funnel: funnels.Funnel) -> FunnelOut:
+    return FunnelOut.model_validate(funnel.as_dict())
+
+
+def _not_found() -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, detail="no such funnel")
+
+
+@router.get("/funnels", response_model=FunnelList, summary="The project's funnels, oldest first")
+async def list_funnels(scope: ProjectDep, pool: PoolDep) -> FunnelList:
+    found = await pool.run(funnels.list_funnels, scope.project_id)
+    return FunnelList(funnels=[_out(f) for f in found])
+
+
+@router.post(
+    "/funnels",
+    status_code=status.HTTP_201_CREATED,
+    response_model=FunnelOut,
+    summary="Create a funnel (its report covers the events already stored)",
+    description="2 to 8 steps, each an event name (page views are `$page`) and an optional path "
+    "glob (`*` matches any run of characters); a person reaches step k by doing steps 1..k in "
+    "order within `window_seconds` of step 1.",
+)
+async def create_funnel(scope: ProjectDep, pool: PoolDep, body: FunnelIn) -> FunnelOut:
+    steps = [s.model_dump() for s in body.steps]
+    try:
+        funnel = await pool.run(
+            funnels.create_funnel, scope.project_id, body.name, steps, body.window_seconds
+        )
+    except funnels.FunnelError as exc:
+        loc: list[Any] = ["body", *_field_path(exc.field)]
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=[{"type": "value_error", "loc": loc, "msg": exc.reason}],
+        ) from None
+    return _out(funnel)
+
+
+def _field_path(field: str) -> list[Any]:
+    """ "steps[1].event" -> ["steps", 1, "event"], as FastAPI reports locations."""
+    out: list[Any] = []
+    for part in field.replace("]", "").split("."):
+        name, _, index = part.partition("[")
+        out.append(name)
+        if index.isdigit():
+            out.append(int(index))
+    return out
+
+
+@router.delete(
+    "/funnels/{funnel_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="Delete a funnel",
+    responses=NOT_FOUND,
+)
+async def delete_funnel(scope: ProjectDep, pool: PoolDep, funnel_id: FunnelId) -> Response:
+    if not await pool.run(funnels.delete_funnel, scope.project_id, funnel_id):
+        raise _not_found()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def report_steps(funnel: funnels.Funnel, counts: list[int]) -> list[dict[str, Any]]:
+    first = counts[0] if counts else 0
+    out = []
+    for index, (step, count) in enumerate(zip(funnel.steps, counts, strict=True)):
+        previous = counts[index - 1] if index else None
+        drop = None
+        if previous:
+            drop = round((previous - count) / previous * 100, 1)
+        out.append(
+            {
+                "step": index + 1,
+                "event": step.event,
+                "path": step.path,
+                "count": count,
+                "conversion_pct": round(count / first * 100, 1) if first else None,
+                "drop_off_pct": drop,
+                "high_drop_off": drop is not None and drop > 50,
+            }
+        )
+    return out
+
+
+def _report(client: Any, project_id: str, funnel_id: str, days: int, now: Any) -> Any:
+    funnel = funnels.get_funnel(client, project_id, funnel_id)
+    if funnel is None:
+        return None
+    try:
+        return funnel, funnels.report(client, project_id, funnel_id, days, now.date())
+    except KeyError:  # deleted between the two reads
+        return None
+
+
+@router.get(
+    "/funnels/{funnel_id}",
+    response_model=FunnelReport,
+    summary="A funnel's report: per step the persons who reached it, conversion and drop-off",
+    description="Counts persons whose attempts started in the last `days` UTC days (today "
+    "included); conversion is from step 1, drop-off from the previous step; a drop-off above "
+    "50 % is flagged.",
+    responses=NOT_FOUND,
+)
+async def funnel_report(
+    scope: ProjectDep,
+    pool: PoolDep,
+    now: NowDep,
+    topic: TopicDep,
+    funnel_id: FunnelId,
+    days: Annotated[int, Query(ge=1, le=366)] = 30,
+) -> FunnelReport:
+    found, fresh = await asyncio.gather(
+        pool.run(_report, scope.project_id, funnel_id, days, now), pool.run(queries.pipeline, topic)
+    )
+    if found is None:
+        raise _not_found()
+    funnel, counts = found
+    return FunnelReport.model_validate(
+        {
+            "as_of": now,
+            "pipeline": fresh,
+            "funnel": funnel.as_dict(),
+            "days": days,
+            "steps": report_steps(funnel, counts),
+        }
+    )

@@ -1,0 +1,50 @@
+"""Metric cards (total users, online now, new this week, churn rate) and the activity chart."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from services.api import queries
+from services.api.deps import AUTH_RESPONSES, NowDep, PoolDep, ProjectDep, TopicDep
+from services.api.models import Activity, Metrics
+
+router = APIRouter(prefix="/api/projects/{project_id}", tags=["metrics"], responses=AUTH_RESPONSES)
+
+Days = Annotated[int, Query(ge=1, le=366, description="how many UTC days, ending today")]
+
+
+@router.get(
+    "/metrics",
+    response_model=Metrics,
+    summary="Total users, online now, new this week and churn rate, with week-over-week trends",
+    description="Each metric has its value now, the value one week earlier and the trend "
+    "round((value - previous) / previous * 100, 1), null when previous is 0. "
+    "total_users: persons first seen by then; new_this_week: first seen in the 7 days before; "
+    "online_now: visitors with an event in the last 5 minutes (a week earlier: visitors with a "
+    "session spanning that moment); churn_rate: of the persons active 7 to 13 days ago, the "
+    "percentage with no activity in the last 7 days (a week earlier: the same, shifted).",
+)
+async def get_metrics(scope: ProjectDep, pool: PoolDep, now: NowDep, topic: TopicDep) -> Metrics:
+    data, fresh = await asyncio.gather(
+        pool.run(queries.metrics, scope.project_id, now), pool.run(queries.pipeline, topic)
+    )
+    return Metrics.model_validate({"as_of": now, "pipeline": fresh, "metrics": data})
+
+
+@router.get(
+    "/activity",
+    response_model=Activity,
+    summary="Daily active users, new users, sessions, page views and events",
+    description="Exactly `days` entries, oldest first, ending today (UTC); days without "
+    "traffic are zeros. From the aggregator's daily statistics (event time).",
+)
+async def get_activity(
+    scope: ProjectDep, pool: PoolDep, now: NowDep, topic: TopicDep, days: Days = 30
+) -> Activity:
+    data, fresh = await asyncio.gather(
+        pool.run(queries.activity, scope.project_id, now.date(), days), pool.run(queries.pipeline, topic)
+    )
+    return Activity.model_validate({"as_of": now, "pipeline": fresh, "days": data})

@@ -1,0 +1,95 @@
+"""Project administration (admin token) and /api/me (a read key's own project)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from datetime import datetime
+from typing import Annotated
+
+from clickhouse_connect.driver.client import Client
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from services.api import queries
+from services.api.deps import AUTH_RESPONSES, PoolDep, ReadKeyDep, unauthorized
+from services.api.models import Me
+from werkstroom import projects
+from werkstroom.logging import get_logger
+
+log = get_logger(__name__)
+_admin_bearer = HTTPBearer(auto_error=False, scheme_name="AdminToken", description="WERKSTROOM_ADMIN_TOKEN")
+
+
+class ProjectIn(BaseModel):
+    name: str = Field(min_length=1, max_length=projects.MAX_NAME, examples=["My shop"])
+
+
+class ProjectOut(BaseModel):
+    project_id: str = Field(examples=["p_6b6d7f28c6a1a5e1"])
+    name: str = Field(examples=["My shop"])
+    write_key: str = Field(examples=["wk_…"])
+    created_at: datetime
+
+
+class ProjectCreated(ProjectOut):
+    read_key: str = Field(description="Secret; shown only once. Stored hashed.", examples=["rk_…"])
+
+
+def clickhouse_client(request: Request) -> Client:
+    client: Client = request.app.state.clickhouse
+    return client
+
+
+ClickHouseDep = Annotated[Client, Depends(clickhouse_client)]
+
+
+def require_admin(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)]
+) -> None:
+    expected: str = request.app.state.admin_token
+    if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="admin token required: Authorization: Bearer <WERKSTROOM_ADMIN_TOKEN>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+AdminDep = Annotated[None, Depends(require_admin)]
+
+admin = APIRouter(prefix="/api/projects", tags=["projects"])
+
+
+@admin.post("", status_code=201, response_model=ProjectCreated, summary="Create a project (admin)")
+async def create_project(body: ProjectIn, _: AdminDep, client: ClickHouseDep) -> ProjectCreated:
+    try:
+        created = await asyncio.to_thread(projects.create_project, client, body.name)
+    except projects.ProjectError as exc:
+        raise HTTPException(422, detail=str(exc)) from None
+    log.info("project_created", project_id=created.project_id, name=created.name)
+    return ProjectCreated(**created.__dict__)
+
+
+@admin.get("", response_model=list[ProjectOut], summary="List projects (admin)")
+async def list_projects(_: AdminDep, client: ClickHouseDep) -> list[ProjectOut]:
+    found = await asyncio.to_thread(projects.list_projects, client)
+    return [ProjectOut(**p.__dict__) for p in found]
+
+
+me = APIRouter(prefix="/api", tags=["projects"])
+
+
+@me.get(
+    "/me",
+    response_model=Me,
+    summary="The project a read key opens",
+    description="Lets the dashboard log in with the read key alone.",
+    responses={401: AUTH_RESPONSES[401]},
+)
+async def whoami(key: ReadKeyDep, pool: PoolDep) -> Me:
+    found = await pool.run(queries.project_by_read_key, projects.hash_key(key))
+    if found is None:
+        raise unauthorized()
+    return Me(**found)
