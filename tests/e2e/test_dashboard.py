@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
 
 from werkstroom.embedded import free_port
 
@@ -46,6 +46,19 @@ CHROMIUM_ARGS = [
 # presents itself as the desktop Chrome a real visitor would use.
 UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
 TIMEOUT_MS = 20_000
+# Records every text the live status and the online counter take, in order.
+RECORD_STATES = """
+window.__seen = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const ids = ["live-state", "online-count"];
+  const record = () => ids.forEach((id) => {
+    const text = id + "=" + document.getElementById(id).textContent;
+    if (window.__seen[window.__seen.length - 1] !== text) window.__seen.push(text);
+  });
+  const observer = new MutationObserver(record);
+  ids.forEach((id) => observer.observe(document.getElementById(id), {childList: true, characterData: true, subtree: true}));
+});
+"""
 CLI = [sys.executable, "-m", "werkstroom"]
 
 
@@ -344,6 +357,44 @@ def test_online_counter_and_live_table_follow_a_new_visitor_without_reload(
     assert sent["context"]["page"]["path"] == "/shop/checkout"
     assert sent["context"]["userAgent"] == UA
     visitor.close()
+
+
+def test_live_stream_reconnects_after_a_failure_and_after_the_stream_ends(
+    context: BrowserContext, seeded: Stack
+) -> None:
+    """The first connection is refused (503), the second is a complete stream that ends (as a
+    proxy or a restarting replica would end it): the page parses it, then reconnects to the
+    real stream with a backoff, all without a reload."""
+    page = context.new_page()
+    attempts: list[str] = []
+    ended = (
+        "retry: 200\r\n: keep-alive ping\r\n\r\n"
+        'event: online\r\ndata: {"online": 99,\r\ndata:  "users": []}\r\n\r\n'
+    )
+
+    def flaky(route: Route) -> None:
+        attempts.append(route.request.headers.get("authorization", ""))
+        if len(attempts) == 1:
+            route.fulfill(status=503, content_type="application/json", body='{"detail": "try later"}')
+        elif len(attempts) == 2:
+            route.fulfill(status=200, content_type="text/event-stream", body=ended)
+        else:
+            route.continue_()
+
+    page.route(re.compile(r"/live(\?.*)?$"), flaky)
+    page.add_init_script(RECORD_STATES)  # short-lived states are recorded, not raced by polling
+    page.goto(f"{seeded.api}/")
+    page.get_by_label("Read key").fill(seeded.read_key)
+    page.get_by_role("button", name="Open dashboard").click()
+    _, online, _ = seeded.get(seeded.project("online"))
+    expect(page.locator("#online-count")).to_have_text(str(online["online"]))
+    expect(page.locator("#live-state")).to_have_text("live")
+    assert len(attempts) == 3 and all(a == f"Bearer {seeded.read_key}" for a in attempts)
+    seen: list[str] = page.evaluate("window.__seen")
+    reconnecting = [i for i, s in enumerate(seen) if s.startswith("live-state=reconnecting in")]
+    ninety_nine = seen.index("online-count=99")  # multi-line data, CRLF line ends, comments
+    assert reconnecting and reconnecting[0] < ninety_nine < len(seen) - 1, seen
+    page.close()
 
 
 def test_segment_filter_search_and_load_more_narrow_the_users_table(dashboard: Page) -> None:
