@@ -282,6 +282,9 @@ Q_WHERE = (
 USER_COLUMNS = f"person_id, first_seen, last_seen, sessions, page_views, plan, {SEGMENT_OF} AS segment"
 
 
+MAX_MS = 10_413_792_000_000  # 2300-01-01, past DateTime64's range: no cursor points later
+
+
 class BadCursor(ValueError):
     pass
 
@@ -304,7 +307,8 @@ class Cursor:
             ms, person_id = orjson.loads(raw)
         except Exception:
             raise BadCursor("not a cursor this API gave out") from None
-        if not isinstance(ms, int) or isinstance(ms, bool) or not isinstance(person_id, str) or ms < 0:
+        valid = isinstance(ms, int) and not isinstance(ms, bool) and 0 <= ms < MAX_MS
+        if not valid or not isinstance(person_id, str):
             raise BadCursor("not a cursor this API gave out")
         return cls(ms, person_id)
 

@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import pytest_asyncio
 
@@ -740,8 +741,6 @@ async def read_event(lines: AsyncIterator[str]) -> tuple[str, str]:
 
 
 async def test_live_stream_pushes_a_new_visitor(world: World) -> None:
-    import orjson
-
     site = await world.stack.create_project("Live site")
     hub = world.stack.api_app.state.live
     url = world.path("live", site.project_id)

@@ -1,0 +1,206 @@
+"""The API's pure parts: time format, CSV quoting, cursors, trends, funnel steps, the snippet,
+and the live hub's change detection and fan-out (fed canned snapshots: no ClickHouse)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from services.api import queries
+from services.api.live import LiveHub
+from services.api.models import iso
+from services.api.routes.export import csv_text
+from services.api.routes.funnels import _field_path, report_steps
+from services.api.routes.snippet import snippet_html
+from werkstroom.funnels import Funnel, Step
+
+NOW = datetime(2026, 11, 25, 12, 0, 0, 123000, tzinfo=UTC)
+
+
+def test_iso_is_utc_with_milliseconds_and_z() -> None:
+    assert iso(NOW) == "2026-11-25T12:00:00.123Z"
+    assert iso(datetime(2026, 1, 2, 3, 4, 5)) == "2026-01-02T03:04:05.000Z"  # naive = UTC
+    plus_two = NOW.astimezone(__import__("datetime").timezone(timedelta(hours=2)))
+    assert iso(plus_two) == "2026-11-25T12:00:00.123Z"
+
+
+def test_csv_quoting_round_trips_commas_quotes_and_newlines() -> None:
+    tricky = ["a,b", 'say "hi"', "two\nlines", "cr\rlf", "", "plain", "ünï 🙂"]
+    text = csv_text([["h1", "h2"], tricky, [None, True, False, 3, 1.5, NOW, ["/", "/a,b"], {"k": 'v"'}]])
+    assert text.splitlines(keepends=True)[0] == "h1,h2\r\n"
+    assert '"a,b","say ""hi""","two\nlines"' in text
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert rows[1] == tricky
+    assert rows[2] == [
+        "",
+        "true",
+        "false",
+        "3",
+        "1.5",
+        "2026-11-25T12:00:00.123Z",
+        '["/","/a,b"]',
+        '{"k":"v\\""}',
+    ]
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_get_an_apostrophe() -> None:
+    rows = list(csv.reader(io.StringIO(csv_text([["=1+1", "+x", "-y", "@SUM(A1)", "\tz", "a=b", "-"]]))))
+    assert rows == [["'=1+1", "'+x", "'-y", "'@SUM(A1)", "'\tz", "a=b", "'-"]]
+    assert csv_text([[-5, -1.5]]) == "-5,-1.5\r\n"  # numbers stay numbers
+
+
+def test_cursor_round_trip_and_rejects() -> None:
+    cursor = queries.Cursor(1_764_072_000_123, "user 'x' \"y\" 🙂")
+    assert queries.Cursor.decode(cursor.encode()) == cursor
+    assert "=" not in cursor.encode()
+    for bad in (
+        "",
+        "!!!",
+        "bm90IGpzb24",
+        "WzEsMl0",
+        "WyJ4IiwieSJd",
+        "W3RydWUsIngiXQ",
+        "WzEwMDAwMDAwMDAwMDAwMDAwLCJ4Il0",
+    ):
+        with pytest.raises(queries.BadCursor):
+            queries.Cursor.decode(bad)
+
+
+def test_trend_rounding_and_nulls() -> None:
+    assert queries.trend(9, 6) == 50.0
+    assert queries.trend(2, 3) == -33.3
+    assert queries.trend(3, 0) is None
+    assert queries.trend(None, 5) is None and queries.trend(5, None) is None
+    assert queries.trend(0, 4) == -100.0
+
+
+def test_funnel_steps_conversion_and_drop_off() -> None:
+    funnel = Funnel(
+        "f_1", "p", "Signup", (Step("$page", "/pricing"), Step("Signed Up"), Step("Paid")), 60, NOW
+    )
+    steps = report_steps(funnel, [5, 2, 1])
+    assert [(s["count"], s["conversion_pct"], s["drop_off_pct"], s["high_drop_off"]) for s in steps] == [
+        (5, 100.0, None, False),
+        (2, 40.0, 60.0, True),
+        (1, 20.0, 50.0, False),  # exactly 50 % is not above 50 %
+    ]
+    assert steps[0]["step"] == 1 and steps[0]["path"] == "/pricing" and steps[2]["event"] == "Paid"
+    empty = report_steps(funnel, [0, 0, 0])
+    assert [(s["conversion_pct"], s["drop_off_pct"], s["high_drop_off"]) for s in empty] == [
+        (None, None, False)
+    ] * 3
+    assert report_steps(funnel, [3, 0, 0])[2]["drop_off_pct"] is None  # nobody to drop off from
+
+
+def test_funnel_error_fields_become_fastapi_locations() -> None:
+    assert _field_path("steps[1].event") == ["steps", 1, "event"]
+    assert _field_path("window_seconds") == ["window_seconds"]
+
+
+def test_snippet_is_a_loader_with_the_key_and_a_safe_host() -> None:
+    html = snippet_html("wk_abc-DEF_1", "https://ingest.example.com/")
+    assert html.startswith("<script>") and html.endswith("</script>") and html.count("</script>") == 1
+    assert '(window, document, "wk_abc-DEF_1", "https://ingest.example.com")' in html
+    assert 'host + "/t.js"' in html and "a.q.push" in html
+    hostile = snippet_html('k"</script><b>', "http://x/</script>")
+    assert hostile.count("</script>") == 1 and "<b>" not in hostile
+    assert '"k\\"\\u003c/script\\u003e\\u003cb\\u003e"' in hostile
+
+
+# -- the live hub with canned snapshots ----------------------------------------------------------
+
+
+def user(anon: str, *, stuck: bool = False, on_page: int = 10) -> dict[str, Any]:
+    return {
+        "person_id": anon,
+        "anonymous_id": anon,
+        "user_id": None,
+        "current_path": "/",
+        "current_url": "https://x/",
+        "current_title": "",
+        "time_on_page_seconds": on_page,
+        "time_on_site_seconds": on_page,
+        "device_type": "desktop",
+        "browser": "Chrome",
+        "os": "Linux",
+        "stuck": stuck,
+        "last_event_at": NOW,
+        "page_entered_at": NOW,
+        "session_id": f"s-{anon}",
+    }
+
+
+class CannedPool:
+    """Answers the hub's two reads from `self.online`; counts the reads per project."""
+
+    def __init__(self) -> None:
+        self.online: dict[str, Any] = {"online": 0, "users": []}
+        self.reads: list[tuple[str, int]] = []
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        if fn is queries.online:
+            project_id, _now, limit = args
+            self.reads.append((project_id, limit))
+            return {"online": self.online["online"], "users": self.online["users"][:limit]}
+        assert fn is queries.pipeline
+        return {"last_write_at": None, "last_event_at": None, "lag": None}
+
+
+async def next_data(stream: Any) -> dict[str, Any]:
+    event = await asyncio.wait_for(stream.__anext__(), 2)
+    assert event["event"] == "online"
+    return orjson.loads(event["data"])
+
+
+async def test_hub_pushes_on_change_only_and_shares_one_poller() -> None:
+    pool = CannedPool()
+    hub = LiveHub(pool, "topic", lambda: NOW, poll_seconds=0.02)  # type: ignore[arg-type]
+    big, small = hub.stream("p1", 100), hub.stream("p1", 1)
+    first_big, first_small = await asyncio.gather(next_data(big), next_data(small))
+    assert first_big["online"] == first_small["online"] == 0
+    assert len(hub.feeds) == 1 and hub.subscribers == 2
+    await asyncio.sleep(0.1)
+    assert {limit for _p, limit in pool.reads} <= {1, 100} and max(lim for _p, lim in pool.reads) == 100
+
+    pool.online = {"online": 2, "users": [user("a"), user("b")]}
+    got_big, got_small = await asyncio.gather(next_data(big), next_data(small))
+    assert [u["anonymous_id"] for u in got_big["users"]] == ["a", "b"]
+    assert [u["anonymous_id"] for u in got_small["users"]] == ["a"] and got_small["online"] == 2
+
+    # time on page ticking is no change; turning stuck is
+    pool.online = {"online": 2, "users": [user("a", on_page=20), user("b", on_page=20)]}
+    pending = asyncio.ensure_future(big.__anext__())
+    await asyncio.sleep(0.2)  # ten polls
+    assert not pending.done()
+    pool.online = {"online": 2, "users": [user("a", stuck=True, on_page=301), user("b")]}
+    pushed = orjson.loads((await asyncio.wait_for(pending, 2))["data"])
+    assert [(u["anonymous_id"], u["stuck"]) for u in pushed["users"]] == [("a", True), ("b", False)]
+    assert hub.subscribers == 2
+    await hub.close()
+    assert hub.closed.is_set() and not hub.feeds
+
+
+async def test_hub_close_ends_streams_and_leaving_stops_the_poller() -> None:
+    pool = CannedPool()
+    hub = LiveHub(pool, "topic", lambda: NOW, poll_seconds=0.02)  # type: ignore[arg-type]
+    stream = hub.stream("p1", 10)
+    await next_data(stream)
+    await stream.aclose()  # the client went away
+    assert hub.subscribers == 0 and not hub.feeds
+    reads = len(pool.reads)
+    await asyncio.sleep(0.1)
+    assert len(pool.reads) == reads  # no poller left behind
+
+    stream = hub.stream("p2", 10)
+    await next_data(stream)
+    ended = asyncio.ensure_future(stream.__anext__())
+    await asyncio.sleep(0.05)
+    await hub.close()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(ended, 1)
