@@ -499,5 +499,44 @@ def test_a_new_funnel_shows_its_steps_with_the_high_drop_off_highlighted(dashboa
     expect(bars.nth(0)).not_to_have_class(re.compile(r"\bhigh\b"))
 
 
+def test_load_more_pages_through_the_users_with_the_cursor(dashboard: Page, seeded: Stack) -> None:
+    """60 more visitors (one batch call): the table shows 50, "Load more" fetches the rest."""
+    batch = [
+        {
+            "type": "page",
+            "anonymousId": f"bulk-{n:02d}",
+            "properties": {"url": f"https://shop.example/item/{n}"},
+            "context": {"userAgent": UA},
+        }
+        for n in range(60)
+    ]
+    request = urllib.request.Request(
+        f"{seeded.ingest}/v1/batch",
+        data=json.dumps({"writeKey": seeded.write_key, "batch": batch}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.loads(response.read())["accepted"] == 60
+
+    def everyone() -> int:
+        _, body, _ = seeded.get(seeded.project("users?segment=active&limit=500"))
+        return len(body["users"]) if len(body["users"]) >= 65 else 0
+
+    total = wait_for(everyone, "the 60 new persons in GET users")
+    table = dashboard.locator("#users-table")
+    persons = table.locator("tbody tr")
+    dashboard.get_by_label("Segment").select_option("active")
+    expect(table).to_have_attribute("data-loaded", "active|")
+    expect(persons).to_have_count(50)
+    more = dashboard.get_by_role("button", name="Load more")
+    expect(more).to_be_visible()
+    more.click()
+    expect(persons).to_have_count(total)
+    expect(more).to_be_hidden()
+    shown = persons.evaluate_all("rows => rows.map(r => r.dataset.person)")
+    assert len(set(shown)) == total and "alice@example.com" in shown and "bulk-59" in shown
+
+
 def test_no_script_errors_on_the_dashboard(dashboard: Page, js_errors: list[str]) -> None:
     assert js_errors == []
