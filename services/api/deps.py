@@ -29,7 +29,7 @@ from werkstroom.logging import get_logger
 log = get_logger(__name__)
 T = TypeVar("T")
 
-POOL_SIZE = 4
+POOL_SIZE = 6
 EXPORTS_AT_ONCE = 2
 AUTH_CACHE_SECONDS = 5.0
 MAX_PROJECT_ID = 64

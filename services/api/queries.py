@@ -174,44 +174,74 @@ def _rate(part: int, whole: int) -> float | None:
     return round(part / whole * 100, 1) if whole else None
 
 
-def metrics(client: Client, project_id: str, now: datetime) -> dict[str, Any]:
-    week_ago, two_weeks_ago = now - WEEK, now - 2 * WEEK
-    total, total_before, new, new_before = client.query(
+# The metric cards are four independent reads, run concurrently (each on its own client).
+
+
+def persons_counts(client: Client, project_id: str, now: datetime) -> tuple[int, int, int, int]:
+    """total now, total a week ago, new this week, new the week before."""
+    row = client.query(
         f"SELECT countIf(first_seen <= {{now:{T}}}), countIf(first_seen <= {{w1:{T}}}), "
         f"countIf(first_seen > {{w1:{T}}} AND first_seen <= {{now:{T}}}), "
         f"countIf(first_seen > {{w2:{T}}} AND first_seen <= {{w1:{T}}}) "
         "FROM persons FINAL WHERE project_id = {p:String} AND is_deleted = 0",
-        parameters={"p": project_id, "now": now, "w1": week_ago, "w2": two_weeks_ago},
+        parameters={"p": project_id, "now": now, "w1": now - WEEK, "w2": now - 2 * WEEK},
     ).first_row
-    online_now = client.query(
-        f"SELECT count() FROM online_visitors FINAL "
-        f"WHERE project_id = {{p:String}} AND last_event_at >= {{since:{T}}}",
-        parameters={"p": project_id, "since": now - ONLINE_WINDOW},
-    ).first_row[0]
-    online_before = client.query(
-        f"SELECT uniqExact(anonymous_id) FROM sessions FINAL WHERE project_id = {{p:String}} "
-        f"AND is_deleted = 0 AND start_at <= {{w1:{T}}} AND last_event_at >= {{since:{T}}}",
-        parameters={"p": project_id, "w1": week_ago, "since": week_ago - ONLINE_WINDOW},
-    ).first_row[0]
-    today = now.date()
-    base, churned, base_before, churned_before = client.query(
-        "SELECT countIf(b), countIf(b AND NOT r), countIf(pb), countIf(pb AND NOT pr) FROM ("
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+
+
+def online_count(client: Client, project_id: str, now: datetime) -> int:
+    return int(
+        client.query(
+            f"SELECT count() FROM online_visitors FINAL "
+            f"WHERE project_id = {{p:String}} AND last_event_at >= {{since:{T}}}",
+            parameters={"p": project_id, "since": now - ONLINE_WINDOW},
+        ).first_row[0]
+    )
+
+
+def online_week_ago(client: Client, project_id: str, now: datetime) -> int:
+    """Visitors with a session spanning now - 7 days. A session's rows only grow (an earlier
+    start, a later last event), so its final row meets the condition only if some stored row
+    does: the plain (not FINAL) scan finds the candidates, and FINAL reads just those keys."""
+    return int(
+        client.query(
+            f"SELECT uniqExact(anonymous_id) FROM sessions FINAL WHERE project_id = {{p:String}} "
+            "AND (anonymous_id, session_id) IN ("
+            "  SELECT anonymous_id, session_id FROM sessions WHERE project_id = {p:String}"
+            f"  AND start_at <= {{w1:{T}}} AND last_event_at >= {{since:{T}}}) "
+            f"AND is_deleted = 0 AND start_at <= {{w1:{T}}} AND last_event_at >= {{since:{T}}}",
+            parameters={"p": project_id, "w1": now - WEEK, "since": now - WEEK - ONLINE_WINDOW},
+        ).first_row[0]
+    )
+
+
+def churn_counts(client: Client, project_id: str, now: datetime) -> tuple[int, int, int, int]:
+    """base, churned; base and churned one week earlier (days are UTC days of person_activity)."""
+    row = client.query(
+        "SELECT countIf(b), countIf(b AND NOT r), countIf(pb), countIf(pb AND NOT b) FROM ("
         "  SELECT person_id,"
         "         max(day BETWEEN {t:Date} - 13 AND {t:Date} - 7) AS b,"
         "         max(day BETWEEN {t:Date} - 6 AND {t:Date}) AS r,"
-        "         max(day BETWEEN {t:Date} - 20 AND {t:Date} - 14) AS pb,"
-        "         max(day BETWEEN {t:Date} - 13 AND {t:Date} - 7) AS pr"
+        "         max(day BETWEEN {t:Date} - 20 AND {t:Date} - 14) AS pb"
         "  FROM person_activity FINAL"
         "  WHERE project_id = {p:String} AND is_deleted = 0"
         "    AND day BETWEEN {t:Date} - 20 AND {t:Date}"
         "  GROUP BY person_id)",
-        parameters={"p": project_id, "t": today},
+        parameters={"p": project_id, "t": now.date()},
     ).first_row
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+
+
+def metric_cards(
+    persons: tuple[int, int, int, int], online_now: int, online_before: int, churn: tuple[int, int, int, int]
+) -> dict[str, Any]:
+    total, total_before, new, new_before = persons
+    base, churned, base_before, churned_before = churn
     return {
-        "total_users": _metric(int(total), int(total_before)),
-        "online_now": _metric(int(online_now), int(online_before)),
-        "new_this_week": _metric(int(new), int(new_before)),
-        "churn_rate": _metric(_rate(int(churned), int(base)), _rate(int(churned_before), int(base_before))),
+        "total_users": _metric(total, total_before),
+        "online_now": _metric(online_now, online_before),
+        "new_this_week": _metric(new, new_before),
+        "churn_rate": _metric(_rate(churned, base), _rate(churned_before, base_before)),
     }
 
 

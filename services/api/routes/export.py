@@ -24,6 +24,7 @@ from fastapi.responses import StreamingResponse
 from services.api import queries
 from services.api.deps import AUTH_RESPONSES, ClickHousePool, NowDep, PoolDep, ProjectDep
 from services.api.models import SegmentFilter, iso
+from services.api.routes.metrics import metric_cards
 from services.api.routes.users import MAX_Q
 from werkstroom.logging import get_logger
 
@@ -215,7 +216,7 @@ async def _users(
 
 async def _metrics(pool: ClickHousePool, project_id: str, now: datetime) -> AsyncIterator[str]:
     yield csv_text([METRICS_HEADER])
-    data = await pool.run(queries.metrics, project_id, now)
+    data = await metric_cards(pool, project_id, now)
     yield csv_text([name, m["value"], m["previous"], m["trend"]] for name, m in data.items())
 
 

@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
 from services.api import queries
-from services.api.deps import AUTH_RESPONSES, NowDep, PoolDep, ProjectDep, TopicDep
+from services.api.deps import AUTH_RESPONSES, ClickHousePool, NowDep, PoolDep, ProjectDep, TopicDep
 from services.api.models import Activity, Metrics
 
 router = APIRouter(prefix="/api/projects/{project_id}", tags=["metrics"], responses=AUTH_RESPONSES)
+
+
+async def metric_cards(pool: ClickHousePool, project_id: str, now: datetime) -> dict[str, Any]:
+    """The four cards' reads run concurrently, each on a pooled client."""
+    persons, online_now, online_before, churn = await asyncio.gather(
+        pool.run(queries.persons_counts, project_id, now),
+        pool.run(queries.online_count, project_id, now),
+        pool.run(queries.online_week_ago, project_id, now),
+        pool.run(queries.churn_counts, project_id, now),
+    )
+    return queries.metric_cards(persons, online_now, online_before, churn)
+
 
 Days = Annotated[int, Query(ge=1, le=366, description="how many UTC days, ending today")]
 
@@ -29,7 +42,7 @@ Days = Annotated[int, Query(ge=1, le=366, description="how many UTC days, ending
 )
 async def get_metrics(scope: ProjectDep, pool: PoolDep, now: NowDep, topic: TopicDep) -> Metrics:
     data, fresh = await asyncio.gather(
-        pool.run(queries.metrics, scope.project_id, now), pool.run(queries.pipeline, topic)
+        metric_cards(pool, scope.project_id, now), pool.run(queries.pipeline, topic)
     )
     return Metrics.model_validate({"as_of": now, "pipeline": fresh, "metrics": data})
 
