@@ -143,6 +143,10 @@ def _session_for(
     changes: Changes,
 ) -> Session:
     sessions = visitor.sessions
+    if sessions:  # the common case: t falls in the newest session (which is more than GAP after the others)
+        newest = sessions[-1]
+        if newest.start_ms <= t <= newest.last_ms + GAP_MS:
+            return newest
     # Sessions (oldest first) whose reach [start - GAP, last + GAP] holds t.
     hits = [i for i, s in enumerate(sessions) if s.start_ms - GAP_MS <= t <= s.last_ms + GAP_MS]
     if not hits:
