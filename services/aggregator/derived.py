@@ -89,7 +89,7 @@ def _mapping(client: Client, project_id: str, column: str, values: set[str]) -> 
 @dataclass
 class Changed:
     """What refresh_persons rewrote: each person's anonymous ids, the persons merged away, and
-    the days on which the rewritten persons were first seen."""
+    the days whose new-user counts changed (first visits before and after the rewrite)."""
 
     members: dict[str, list[str]] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)
@@ -141,6 +141,16 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
 
     rows: list[list[Any]] = []
     changed = Changed(gone=distinct_ids - persons)
+    # The days these persons were first seen on before this rewrite get recounted too: a merge
+    # or a late event can move a first visit to another day, and the old day must lose it.
+    changed.first_days.update(
+        day
+        for (day,) in client.query(
+            "SELECT toDate(first_seen) FROM persons FINAL WHERE project_id = {p:String} "
+            "AND person_id IN {ids:Array(String)} AND is_deleted = 0",
+            parameters={"p": project_id, "ids": sorted(persons | changed.gone)},
+        ).result_rows
+    )
     activity: dict[tuple[date, str], int] = {}
     for person_id in sorted(persons):
         seen = [visits[d] for d in members[person_id] if d in visits]

@@ -134,6 +134,27 @@ async def test_late_event_that_fills_a_gap_merges_two_sessions(stack: Stack) -> 
     assert stack.scalar("SELECT countIf(is_deleted = 1) FROM sessions") == 1  # the absorbed one, marked
 
 
+async def test_a_late_first_visit_moves_the_new_user_to_its_day(stack: Stack) -> None:
+    """An offline queue delivers a visit from two days before the one already counted: the
+    person is new on the earlier day, and no longer on the later one."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    later, earlier = now - timedelta(days=1), now - timedelta(days=3)
+    key, pid = stack.project.write_key, stack.project.project_id
+
+    def page(when: datetime, n: int) -> dict[str, object]:
+        stamp = when.isoformat().replace("+00:00", "Z")
+        return {"type": "page", "anonymousId": "late-1", "messageId": f"lf-{n}", "timestamp": stamp}
+
+    def new_users() -> dict[object, int]:
+        sql = "SELECT day, new_users FROM daily_stats FINAL WHERE project_id = {p:String} AND new_users > 0"
+        return dict(stack.rows(sql, p=pid))
+
+    await send_all(stack, key, [page(later, 1)])
+    await stack.until(lambda: new_users() == {later.date(): 1})
+    await send_all(stack, key, [page(earlier, 2)])
+    await stack.until(lambda: new_users() == {earlier.date(): 1}, timeout=10)
+
+
 async def test_a_visitor_is_online_within_a_second_with_page_and_device(stack: Stack) -> None:
     ua = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1"
     key = stack.project.write_key
