@@ -39,7 +39,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 from clickhouse_connect.driver.client import Client  # noqa: E402
 
+from services.aggregator.derived import refresh_churn  # noqa: E402
 from werkstroom import projects  # noqa: E402
 from werkstroom.settings import Settings  # noqa: E402
 
@@ -588,6 +589,61 @@ def generate(
         project=p,
         anons=scope_anons,
     )
+    # The read models the aggregator keeps beside them (migration 0006), from the final state.
+    for k in range(1, len(FUNNEL_STEPS) + 1):
+        step(
+            "funnel_levels",
+            """
+            INSERT INTO funnel_levels (project_id, funnel_id, level, last_day, person_id, is_deleted, version)
+            SELECT project_id, funnel_id, {k:UInt8}, max(day), person_id, 0, {version:UInt64}
+            FROM funnel_progress FINAL
+            WHERE project_id = {project:String} AND funnel_id = {funnel:String} AND is_deleted = 0
+              AND level >= {k:UInt8}
+            GROUP BY project_id, funnel_id, person_id
+            """,
+            project=p,
+            funnel=funnel_id,
+            version=v2,
+            k=k,
+        )
+    step(
+        "funnel_counts",
+        """
+        INSERT INTO funnel_counts (project_id, funnel_id, level, day, persons, version)
+        SELECT project_id, funnel_id, level, last_day, count(), {version:UInt64}
+        FROM funnel_levels FINAL WHERE project_id = {project:String} AND is_deleted = 0
+        GROUP BY project_id, funnel_id, level, last_day
+        """,
+        project=p,
+        version=v2,
+    )
+    t = time.perf_counter()
+    churn_days = {
+        r[0]
+        for r in client.query(
+            "SELECT DISTINCT day FROM person_activity WHERE project_id = {p:String}", parameters={"p": p}
+        ).result_rows
+    } | {datetime.now(UTC).date()}
+    refresh_churn(client, p, churn_days, v2)
+    steps["churn_daily"] = time.perf_counter() - t
+    # online_history around a week ago: the visitors whose sessions span each minute (the
+    # aggregator records the live count; sessions are what a generated past can offer).
+    week_ago = (datetime.now(UTC) - timedelta(days=7)).replace(second=0, microsecond=0)
+    for minute in range(-10, 11):
+        at = week_ago + timedelta(minutes=minute)
+        step(
+            "online_history",
+            """
+            INSERT INTO online_history (project_id, minute, online, version)
+            SELECT {project:String}, {at:DateTime('UTC')}, uniqExact(anonymous_id), {version:UInt64}
+            FROM sessions WHERE project_id = {project:String}
+              AND start_at <= {at:DateTime64(3, 'UTC')}
+              AND last_event_at >= {at:DateTime64(3, 'UTC')} - INTERVAL 5 MINUTE
+            """,
+            project=p,
+            at=at,
+            version=v2,
+        )
     last_event = client.query(
         "SELECT max(timestamp) FROM events WHERE project_id = {p:String} AND kafka_offset >= {lo:UInt64}",
         parameters={"p": p, "lo": history},

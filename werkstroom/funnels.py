@@ -12,6 +12,11 @@ counting only attempts that started on that day or later. The funnel of the last
 per person, the highest level of the rows from the first of those days on. A person's rows are
 recomputed from their own events (table `visitor_events`); creating a funnel back-fills every
 person of the project.
+
+Reports read two small tables derived from that: `funnel_levels`, per person and level k the
+latest day whose attempts reached k, and `funnel_counts`, how many persons have each (k, day).
+Persons reaching k in the last N days = the sum of the counts of k from the first of those days
+on, a few hundred rows whatever the number of persons.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ MAX_NAME = 100
 MAX_EVENT = 200
 MAX_PATH = 500
 PROGRESS_COLUMNS = ["project_id", "funnel_id", "day", "person_id", "level", "is_deleted", "version"]
+LEVEL_COLUMNS = ["project_id", "funnel_id", "level", "last_day", "person_id", "is_deleted", "version"]
+COUNT_COLUMNS = ["project_id", "funnel_id", "level", "day", "persons", "version"]
 
 
 class FunnelError(ValueError):
@@ -322,7 +329,76 @@ def recompute(
         for person_id, person_events in events.items():
             for day, reached in progress(funnel.steps, window_ms, person_events).items():
                 fresh[(funnel.funnel_id, person_id, day)] = reached
-    return _write_progress(client, project_id, funnels, set(members) | gone, fresh, version)
+    persons = set(members) | gone
+    written = _write_levels(client, project_id, funnels, persons, fresh, version)
+    return written + _write_progress(client, project_id, funnels, persons, fresh, version)
+
+
+def latest_days(rows: dict[date, int], steps: int) -> list[date | None]:
+    """For levels 1..steps: the latest day whose attempts reached that level (None: never)."""
+    return [max((d for d, lvl in rows.items() if lvl >= k), default=None) for k in range(1, steps + 1)]
+
+
+def _write_levels(
+    client: Client,
+    project_id: str,
+    funnels: Sequence[Funnel],
+    persons: set[str],
+    fresh: dict[tuple[str, str, date], int],
+    version: int,
+) -> int:
+    """Bring funnel_levels to `fresh` for these persons (compared with what funnel_levels
+    holds, so a row left by an interrupted or concurrent write is corrected too), then recount
+    the funnel_counts cells that changed."""
+    if not persons:
+        return 0
+    by_person: dict[tuple[str, str], dict[date, int]] = defaultdict(dict)
+    for (funnel_id, person_id, day), reached in fresh.items():
+        by_person[(funnel_id, person_id)][day] = reached
+    wanted: set[tuple[str, int, date, str]] = set()
+    for funnel in funnels:
+        for person_id in persons:
+            days = latest_days(by_person.get((funnel.funnel_id, person_id), {}), len(funnel.steps))
+            wanted.update((funnel.funnel_id, k, d, person_id) for k, d in enumerate(days, 1) if d is not None)
+    stored = {
+        (f, int(k), d, p)
+        for f, k, d, p in client.query(
+            "SELECT funnel_id, level, last_day, person_id FROM funnel_levels FINAL "
+            "WHERE project_id = {p:String} AND funnel_id IN {f:Array(String)} "
+            "AND person_id IN {ids:Array(String)} AND is_deleted = 0",
+            parameters={"p": project_id, "f": [f.funnel_id for f in funnels], "ids": sorted(persons)},
+        ).result_rows
+    }
+    added, removed = sorted(wanted - stored), sorted(stored - wanted)
+    if not added and not removed:
+        return 0
+    rows = [[project_id, f, k, d, p, 0, version] for f, k, d, p in added]
+    rows += [[project_id, f, k, d, p, 1, version] for f, k, d, p in removed]
+    client.insert("funnel_levels", rows, column_names=LEVEL_COLUMNS)
+    cells = {(f, k, d) for f, k, d, _p in added} | {(f, k, d) for f, k, d, _p in removed}
+    return len(rows) + _recount(client, project_id, cells, version)
+
+
+def _recount(client: Client, project_id: str, cells: set[tuple[str, int, date]], version: int) -> int:
+    """Rewrite these (funnel, level, day) cells of funnel_counts from funnel_levels."""
+    counted = {
+        (f, int(k), d): n
+        for f, k, d, n in client.query(
+            "SELECT funnel_id, level, last_day, count() FROM funnel_levels FINAL "
+            "WHERE project_id = {p:String} AND funnel_id IN {f:Array(String)} "
+            "AND level IN {k:Array(UInt8)} AND last_day IN {d:Array(Date)} AND is_deleted = 0 "
+            "GROUP BY funnel_id, level, last_day",
+            parameters={
+                "p": project_id,
+                "f": sorted({c[0] for c in cells}),
+                "k": sorted({c[1] for c in cells}),
+                "d": sorted({c[2] for c in cells}),
+            },
+        ).result_rows
+    }
+    rows = [[project_id, f, k, d, counted.get((f, k, d), 0), version] for f, k, d in sorted(cells)]
+    client.insert("funnel_counts", rows, column_names=COUNT_COLUMNS)
+    return len(rows)
 
 
 def _write_progress(
@@ -366,18 +442,35 @@ def backfill(client: Client, funnel: Funnel, chunk: int = 20_000) -> int:
         if person_id is not None:
             events[person_id].append((ms, name, path))
     window_ms = funnel.window_seconds * 1000
+    steps = len(funnel.steps)
     written = 0
     batch: list[list[Any]] = []
+    levels: list[list[Any]] = []
+    cells: set[tuple[int, date]] = set()
     for person_id, person_events in events.items():
-        for day, reached in progress(funnel.steps, window_ms, person_events).items():
+        rows = progress(funnel.steps, window_ms, person_events)
+        for day, reached in rows.items():
             batch.append([funnel.project_id, funnel.funnel_id, day, person_id, reached, 0, version])
+        for k, day in enumerate(latest_days(rows, steps), 1):
+            if day is not None:
+                levels.append([funnel.project_id, funnel.funnel_id, k, day, person_id, 0, version])
+                cells.add((k, day))
         if len(batch) >= chunk:
             client.insert("funnel_progress", batch, column_names=PROGRESS_COLUMNS)
             written, batch = written + len(batch), []
+        if len(levels) >= chunk:
+            client.insert("funnel_levels", levels, column_names=LEVEL_COLUMNS)
+            written, levels = written + len(levels), []
     if batch:
         client.insert("funnel_progress", batch, column_names=PROGRESS_COLUMNS)
         written += len(batch)
-    return written
+    if levels:
+        client.insert("funnel_levels", levels, column_names=LEVEL_COLUMNS)
+        written += len(levels)
+    # The cells from the back-fill's own counts, then recounted from funnel_levels: the
+    # aggregator may have written persons of this funnel meanwhile.
+    recounted = _recount(client, funnel.project_id, {(funnel.funnel_id, k, d) for k, d in cells}, version)
+    return written + recounted
 
 
 def report(client: Client, project_id: str, funnel_id: str, days: int, today: date) -> list[int]:
@@ -389,12 +482,10 @@ def report(client: Client, project_id: str, funnel_id: str, days: int, today: da
     since = today - timedelta(days=days - 1)
     reached = dict(
         client.query(
-            "SELECT level, count() FROM ("
-            "  SELECT person_id, max(level) AS level FROM funnel_progress FINAL"
-            "  WHERE project_id = {p:String} AND funnel_id = {f:String} AND day >= {since:Date}"
-            "    AND is_deleted = 0 GROUP BY person_id"
-            ") GROUP BY level",
+            "SELECT level, sum(persons) FROM funnel_counts FINAL "
+            "WHERE project_id = {p:String} AND funnel_id = {f:String} AND day >= {since:Date} "
+            "GROUP BY level",
             parameters={"p": project_id, "f": funnel_id, "since": since},
         ).result_rows
     )
-    return [sum(n for lvl, n in reached.items() if lvl >= k) for k in range(1, len(funnel.steps) + 1)]
+    return [int(reached.get(k, 0)) for k in range(1, len(funnel.steps) + 1)]

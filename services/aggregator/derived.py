@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -67,12 +67,17 @@ def refresh(client: Client, dirty: Dirty) -> None:
     ids: dict[str, set[str]] = defaultdict(set)
     for project_id, distinct_id in dirty.ids:
         ids[project_id].add(distinct_id)
+    activity_days: dict[str, set[date]] = defaultdict(set)
     for project_id, distinct_ids in ids.items():
         changed = refresh_persons(client, project_id, distinct_ids, version)
-        days[project_id] |= changed.first_days
+        days[project_id] |= changed.first_days | changed.activity_days
+        activity_days[project_id] = changed.activity_days
         funnels.recompute(client, project_id, changed.members, changed.gone, version)
     for project_id, project_days in days.items():
         refresh_daily(client, project_id, project_days, version)
+    today = datetime.now(UTC).date()
+    for project_id, changed_days in activity_days.items():
+        refresh_churn(client, project_id, churn_days(changed_days, today), version)
 
 
 def _mapping(client: Client, project_id: str, column: str, values: set[str]) -> list[tuple[str, str]]:
@@ -94,6 +99,7 @@ class Changed:
     members: dict[str, list[str]] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)
     first_days: set[date] = field(default_factory=set)
+    activity_days: set[date] = field(default_factory=set)  # days someone became (in)active on
 
 
 def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], version: int) -> Changed:
@@ -184,30 +190,71 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
         rows.append([project_id, gone, epoch, epoch, 0, 0, [], "{}", "", 1, version])
     if rows:
         client.insert("persons", rows, column_names=PERSON_COLUMNS)
-    _write_activity(client, project_id, set(changed.members) | changed.gone, activity, version)
+    changed.activity_days = _write_activity(
+        client, project_id, set(changed.members) | changed.gone, activity, version
+    )
     return changed
 
 
 def _write_activity(
     client: Client, project_id: str, persons: set[str], fresh: dict[tuple[date, str], int], version: int
-) -> None:
-    """Write these persons' active days, deleting the stored ones they no longer have (a person
-    merged away has none)."""
+) -> set[date]:
+    """Bring these persons' stored active days to `fresh`: add the new ones, delete the ones
+    they no longer have (a person merged away has none). Returns the days that changed."""
     if not persons:
-        return
-    stale = [
+        return set()
+    stored = {
         (day, person_id)
         for day, person_id in client.query(
             "SELECT day, person_id FROM person_activity FINAL WHERE project_id = {p:String} "
             "AND person_id IN {ids:Array(String)} AND is_deleted = 0",
             parameters={"p": project_id, "ids": sorted(persons)},
         ).result_rows
-        if (day, person_id) not in fresh
-    ]
-    rows = [[project_id, d, p, 0, version] for d, p in sorted(fresh)]
+    }
+    added, stale = sorted(set(fresh) - stored), sorted(stored - set(fresh))
+    rows = [[project_id, d, p, 0, version] for d, p in added]
     rows += [[project_id, d, p, 1, version] for d, p in stale]
     if rows:
         client.insert("person_activity", rows, column_names=ACTIVITY_COLUMNS)
+    return {d for d, _p in added} | {d for d, _p in stale}
+
+
+CHURN_COLUMNS = ["project_id", "day", "base", "churned", "version"]
+
+
+def churn_days(changed: set[date], today: date) -> set[date]:
+    """The days whose churn window (the 14 days ending on them) holds a changed day."""
+    return {d + timedelta(days=i) for d in changed for i in range(14) if d + timedelta(days=i) <= today}
+
+
+def refresh_churn(client: Client, project_id: str, days: set[date], version: int) -> None:
+    """Rewrite churn_daily for these days, in one pass over the activity of their windows:
+    base(D) = persons active on D-13..D-7, churned(D) = those of them not active on D-6..D."""
+    if not days:
+        return
+    wanted = sorted(days)
+    counts = {
+        day: (base, churned)
+        for day, base, churned in client.query(
+            "SELECT D, countIf(b), countIf(b AND NOT r) FROM ("
+            "  SELECT D,"
+            "         arrayExists(x -> x BETWEEN D - 13 AND D - 7, active) AS b,"
+            "         arrayExists(x -> x BETWEEN D - 6 AND D, active) AS r"
+            "  FROM (SELECT person_id, groupArray(day) AS active FROM person_activity FINAL"
+            "        WHERE project_id = {p:String} AND is_deleted = 0"
+            "          AND day BETWEEN {lo:Date} AND {hi:Date} GROUP BY person_id)"
+            "  ARRAY JOIN {days:Array(Date)} AS D"
+            ") GROUP BY D",
+            parameters={
+                "p": project_id,
+                "days": wanted,
+                "lo": wanted[0] - timedelta(days=13),
+                "hi": wanted[-1],
+            },
+        ).result_rows
+    }
+    rows = [[project_id, d, *counts.get(d, (0, 0)), version] for d in wanted]
+    client.insert("churn_daily", rows, column_names=CHURN_COLUMNS)
 
 
 def refresh_daily(client: Client, project_id: str, days: set[date], version: int) -> None:
@@ -215,20 +262,21 @@ def refresh_daily(client: Client, project_id: str, days: set[date], version: int
     wanted = sorted(days)
     params = {"p": project_id, "days": wanted}
     activity = {
-        day: (active, views, events)
-        for day, active, views, events in client.query(
-            "SELECT toDate(e.timestamp) AS day, "
-            "uniqExact(if(m.person_id != '', m.person_id, "
-            "             if(e.anonymous_id != '', e.anonymous_id, e.user_id))), "
-            "countIf(e.type = 'page'), countIf(e.event != '$heartbeat') "
-            "FROM events AS e FINAL "
-            "LEFT JOIN (SELECT distinct_id, argMax(person_id, version) AS person_id "
-            "           FROM person_distinct_ids WHERE project_id = {p:String} GROUP BY distinct_id) AS m "
-            "     ON m.distinct_id = e.anonymous_id "
-            "WHERE e.project_id = {p:String} AND toDate(e.timestamp) IN {days:Array(Date)} GROUP BY day",
+        day: (views, events)
+        for day, views, events in client.query(
+            "SELECT toDate(timestamp) AS day, countIf(type = 'page'), countIf(event != '$heartbeat') "
+            "FROM events FINAL WHERE project_id = {p:String} AND toDate(timestamp) IN {days:Array(Date)} "
+            "GROUP BY day",
             parameters=params,
         ).result_rows
     }
+    active = dict(
+        client.query(
+            "SELECT day, count() FROM person_activity FINAL WHERE project_id = {p:String} "
+            "AND is_deleted = 0 AND day IN {days:Array(Date)} GROUP BY day",
+            parameters=params,
+        ).result_rows
+    )
     visits = {
         day: (count, bounce, seconds)
         for day, count, bounce, seconds in client.query(
@@ -247,13 +295,13 @@ def refresh_daily(client: Client, project_id: str, days: set[date], version: int
     )
     rows = []
     for day in wanted:
-        active, views, events = activity.get(day, (0, 0, 0))
+        views, events = activity.get(day, (0, 0))
         count, bounce, seconds = visits.get(day, (0, 0.0, 0.0))
         rows.append(
             [
                 project_id,
                 day,
-                active,
+                active.get(day, 0),
                 new.get(day, 0),
                 count,
                 views,

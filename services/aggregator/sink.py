@@ -42,6 +42,14 @@ log = get_logger(__name__)
 COLUMNS = [*FIELDS, "kafka_partition", "kafka_offset"]
 STATUS_COLUMNS = ["topic", "partition", "worker", "last_write_at", "last_event_at", "lag", "version"]
 STATUS_EVERY = 2.0  # seconds between aggregator_status rows while idle
+HISTORY_EVERY = 60.0  # seconds between online_history records
+RECORD_ONLINE = """
+INSERT INTO online_history (project_id, minute, online, version)
+SELECT project_id, toStartOfMinute(now('UTC')), count(), toUInt64(toUnixTimestamp64Milli(now64(3)))
+FROM online_visitors FINAL
+WHERE last_event_at >= now64(3) - INTERVAL 5 MINUTE
+GROUP BY project_id
+"""
 T = TypeVar("T")
 
 
@@ -135,6 +143,7 @@ class EventsSink:
         self._newest: dict[int, int] = {}  # partition -> newest event time written (ms)
         self._committed: dict[TopicPartition, int] = {}
         self._status_at = 0.0
+        self._history_at = 0.0
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     async def run(self) -> None:
@@ -257,6 +266,8 @@ class EventsSink:
             await asyncio.sleep(max(0.01, self._next_refresh - time.monotonic()))
             if not await self._refresh_and_commit() and time.monotonic() - self._status_at >= STATUS_EVERY:
                 await self._write_status()
+            if time.monotonic() - self._history_at >= HISTORY_EVERY:
+                await self._record_online()
 
     async def _write(self, batch: _Batch) -> None:
         """Dead-letter, insert events and aggregates, then commit. Retries until it succeeds or
@@ -314,6 +325,15 @@ class EventsSink:
                 log.warning("sink_commit_failed", error=str(exc))
             await self._write_status()
             return True
+
+    async def _record_online(self) -> None:
+        """Record each project's online count for this minute (for "online a week ago").
+        Every worker may record it; they count the same table, and the last write wins."""
+        self._history_at = time.monotonic()
+        try:
+            await asyncio.to_thread(self._derived_client.command, RECORD_ONLINE)  # type: ignore[union-attr]
+        except Exception as exc:
+            log.warning("online_history_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _write_status(self) -> None:
         """One aggregator_status row per partition this worker owns: its last write, newest

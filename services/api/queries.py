@@ -178,13 +178,15 @@ def _rate(part: int, whole: int) -> float | None:
 
 
 def persons_counts(client: Client, project_id: str, now: datetime) -> tuple[int, int, int, int]:
-    """total now, total a week ago, new this week, new the week before."""
+    """total now, total a week ago, new this week, new the week before, in UTC days: "this
+    week" is today and the 6 days before. From daily_stats' new users (a few hundred rows per
+    project-year) instead of every person."""
     row = client.query(
-        f"SELECT countIf(first_seen <= {{now:{T}}}), countIf(first_seen <= {{w1:{T}}}), "
-        f"countIf(first_seen > {{w1:{T}}} AND first_seen <= {{now:{T}}}), "
-        f"countIf(first_seen > {{w2:{T}}} AND first_seen <= {{w1:{T}}}) "
-        "FROM persons FINAL WHERE project_id = {p:String} AND is_deleted = 0",
-        parameters={"p": project_id, "now": now, "w1": now - WEEK, "w2": now - 2 * WEEK},
+        "SELECT sumIf(new_users, day <= {t:Date}), sumIf(new_users, day <= {t:Date} - 7), "
+        "sumIf(new_users, day > {t:Date} - 7 AND day <= {t:Date}), "
+        "sumIf(new_users, day > {t:Date} - 14 AND day <= {t:Date} - 7) "
+        "FROM daily_stats FINAL WHERE project_id = {p:String}",
+        parameters={"p": project_id, "t": now.date()},
     ).first_row
     return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
@@ -200,9 +202,25 @@ def online_count(client: Client, project_id: str, now: datetime) -> int:
 
 
 def online_week_ago(client: Client, project_id: str, now: datetime) -> int:
-    """Visitors with a session spanning now - 7 days. A session's rows only grow (an earlier
-    start, a later last event), so its final row meets the condition only if some stored row
-    does: the plain (not FINAL) scan finds the candidates, and FINAL reads just those keys."""
+    """The online count the aggregator recorded (online_history, once a minute) within two
+    minutes of now - 7 days; without a record (the pipeline was not running then), visitors
+    with a session spanning that moment."""
+    recorded = client.query(
+        "SELECT online FROM online_history FINAL WHERE project_id = {p:String} "
+        "AND minute BETWEEN {lo:DateTime('UTC')} AND {hi:DateTime('UTC')} "
+        "ORDER BY abs(dateDiff('second', minute, {at:DateTime('UTC')})) LIMIT 1",
+        parameters={
+            "p": project_id,
+            "at": (now - WEEK).replace(microsecond=0),
+            "lo": (now - WEEK - 2 * timedelta(minutes=1)).replace(microsecond=0),
+            "hi": (now - WEEK + 2 * timedelta(minutes=1)).replace(microsecond=0),
+        },
+    ).result_rows
+    if recorded:
+        return int(recorded[0][0])
+    # A session's rows only grow (an earlier start, a later last event), so its final row meets
+    # the condition only if some stored row does: the plain scan finds the candidates, FINAL
+    # reads just those keys.
     return int(
         client.query(
             f"SELECT uniqExact(anonymous_id) FROM sessions FINAL WHERE project_id = {{p:String}} "
@@ -216,20 +234,37 @@ def online_week_ago(client: Client, project_id: str, now: datetime) -> int:
 
 
 def churn_counts(client: Client, project_id: str, now: datetime) -> tuple[int, int, int, int]:
-    """base, churned; base and churned one week earlier (days are UTC days of person_activity)."""
+    """base, churned; base and churned one week earlier (UTC days of person_activity). The
+    aggregator keeps them per day in churn_daily; a day it has not computed (no activity
+    changed in its window since) is computed here from person_activity."""
+    today = now.date()
+    stored = {
+        day: (int(base), int(churned))
+        for day, base, churned in client.query(
+            "SELECT day, base, churned FROM churn_daily FINAL WHERE project_id = {p:String} "
+            "AND day IN ({t:Date}, {t:Date} - 7)",
+            parameters={"p": project_id, "t": today},
+        ).result_rows
+    }
+    now_counts = stored.get(today) or _churn_from_activity(client, project_id, today)
+    week_ago = today - timedelta(days=7)
+    before = stored.get(week_ago) or _churn_from_activity(client, project_id, week_ago)
+    return (*now_counts, *before)
+
+
+def _churn_from_activity(client: Client, project_id: str, day: date) -> tuple[int, int]:
     row = client.query(
-        "SELECT countIf(b), countIf(b AND NOT r), countIf(pb), countIf(pb AND NOT b) FROM ("
+        "SELECT countIf(b), countIf(b AND NOT r) FROM ("
         "  SELECT person_id,"
         "         max(day BETWEEN {t:Date} - 13 AND {t:Date} - 7) AS b,"
-        "         max(day BETWEEN {t:Date} - 6 AND {t:Date}) AS r,"
-        "         max(day BETWEEN {t:Date} - 20 AND {t:Date} - 14) AS pb"
+        "         max(day BETWEEN {t:Date} - 6 AND {t:Date}) AS r"
         "  FROM person_activity FINAL"
         "  WHERE project_id = {p:String} AND is_deleted = 0"
-        "    AND day BETWEEN {t:Date} - 20 AND {t:Date}"
+        "    AND day BETWEEN {t:Date} - 13 AND {t:Date}"
         "  GROUP BY person_id)",
-        parameters={"p": project_id, "t": now.date()},
+        parameters={"p": project_id, "t": day},
     ).first_row
-    return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+    return int(row[0]), int(row[1])
 
 
 def metric_cards(

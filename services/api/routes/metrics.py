@@ -35,10 +35,13 @@ Days = Annotated[int, Query(ge=1, le=366, description="how many UTC days, ending
     summary="Total users, online now, new this week and churn rate, with week-over-week trends",
     description="Each metric has its value now, the value one week earlier and the trend "
     "round((value - previous) / previous * 100, 1), null when previous is 0. "
-    "total_users: persons first seen by then; new_this_week: first seen in the 7 days before; "
-    "online_now: visitors with an event in the last 5 minutes (a week earlier: visitors with a "
-    "session spanning that moment); churn_rate: of the persons active 7 to 13 days ago, the "
-    "percentage with no activity in the last 7 days (a week earlier: the same, shifted).",
+    "Weeks are UTC days: this week is today and the 6 days before. "
+    "total_users: persons first seen by today (a week earlier: by the same day a week ago); "
+    "new_this_week: first seen this week (earlier: the 7 days before); "
+    "online_now: visitors with an event in the last 5 minutes (a week earlier: the count the "
+    "aggregator recorded that minute, or, without a record, visitors with a session spanning "
+    "that moment); churn_rate: of the persons active 7 to 13 days ago, the percentage with no "
+    "activity in the last 7 days (a week earlier: the same, shifted).",
 )
 async def get_metrics(scope: ProjectDep, pool: PoolDep, now: NowDep, topic: TopicDep) -> Metrics:
     data, fresh = await asyncio.gather(

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from werkstroom.funnels import FunnelError, Step, level, like_pattern, progress, validate
+from werkstroom.funnels import FunnelError, Step, latest_days, level, like_pattern, progress, validate
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -108,3 +108,9 @@ def test_bad_definitions_name_the_field(name: object, steps: object, window: obj
 def test_a_good_definition_is_cleaned() -> None:
     name, steps, window = validate(" Checkout ", [{"event": "$page", "path": "/pricing"}, {"event": "Buy "}])
     assert (name, steps, window) == ("Checkout", [Step("$page", "/pricing"), Step("Buy", "")], 86400)
+
+
+def test_latest_days_per_level() -> None:
+    rows = {date(2026, 11, 1): 3, date(2026, 11, 3): 1, date(2026, 11, 2): 2}
+    assert latest_days(rows, 4) == [date(2026, 11, 3), date(2026, 11, 2), date(2026, 11, 1), None]
+    assert latest_days({}, 2) == [None, None]
