@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     # -- events sink -------------------------------------------------------------------
     sink_batch_rows: int = Field(20000, ge=1, description="WERKSTROOM_SINK_BATCH_ROWS")
     sink_flush_ms: int = Field(250, ge=10, description="WERKSTROOM_SINK_FLUSH_MS")
+    online_history_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="WERKSTROOM_ONLINE_HISTORY_SECONDS: how often the aggregator records each "
+        "project's online count (online_history, read for 'online a week ago').",
+    )
     derived_refresh_ms: int = Field(
         1000,
         ge=0,

@@ -42,7 +42,6 @@ log = get_logger(__name__)
 COLUMNS = [*FIELDS, "kafka_partition", "kafka_offset"]
 STATUS_COLUMNS = ["topic", "partition", "worker", "last_write_at", "last_event_at", "lag", "version"]
 STATUS_EVERY = 2.0  # seconds between aggregator_status rows while idle
-HISTORY_EVERY = 60.0  # seconds between online_history records
 RECORD_ONLINE = """
 INSERT INTO online_history (project_id, minute, online, version)
 SELECT project_id, toStartOfMinute(now('UTC')), count(), toUInt64(toUnixTimestamp64Milli(now64(3)))
@@ -266,7 +265,7 @@ class EventsSink:
             await asyncio.sleep(max(0.01, self._next_refresh - time.monotonic()))
             if not await self._refresh_and_commit() and time.monotonic() - self._status_at >= STATUS_EVERY:
                 await self._write_status()
-            if time.monotonic() - self._history_at >= HISTORY_EVERY:
+            if time.monotonic() - self._history_at >= self.settings.online_history_seconds:
                 await self._record_online()
 
     async def _write(self, batch: _Batch) -> None:

@@ -52,6 +52,7 @@ class Stack:
             key_refresh_seconds=0.5,
             kafka_session_timeout_ms=3000,
             derived_refresh_ms=100,
+            online_history_seconds=0.5,
             **names,
             **overrides,
         )

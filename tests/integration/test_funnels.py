@@ -167,3 +167,35 @@ async def test_person_activity_days_and_aggregator_status(stack: Stack) -> None:
         ),
         timeout=10,
     )
+
+
+async def test_churn_per_day_and_online_history_are_kept(stack: Stack) -> None:
+    from services.api.queries import _churn_from_activity
+
+    pid, key = stack.project.project_id, stack.project.write_key
+    sim = simulate({pid: key}, visitors=40, seed=17, days=20)
+    live = [
+        {"type": "page", "anonymousId": f"now-{i}", "messageId": f"now-{i}", "properties": {"path": "/"}}
+        for i in range(3)
+    ]
+    accepted = await send_all(stack, key, sim.calls[key] + live)
+    assert await stack.wait_count(accepted) == accepted
+    today = datetime.now(UTC).date()
+    days = [today - timedelta(days=i) for i in range(21)]
+
+    def stored() -> dict[date, tuple[int, int]]:
+        sql = "SELECT day, base, churned FROM churn_daily FINAL WHERE project_id = {p:String}"
+        return {d: (b, c) for d, b, c in stack.rows(sql, p=pid)}
+
+    def agree() -> bool:
+        rows = stored()
+        return all(rows.get(d, (0, 0)) == _churn_from_activity(stack.client, pid, d) for d in days)
+
+    await stack.until(agree, timeout=20)
+    assert any(base > churned > 0 for base, churned in stored().values())  # not trivially zero
+
+    def recorded() -> list[int]:
+        sql = "SELECT online FROM online_history FINAL WHERE project_id = {p:String} ORDER BY minute"
+        return [r[0] for r in stack.rows(sql, p=pid)]
+
+    await stack.until(lambda: recorded() and recorded()[-1] == 3)
