@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test unit integration bench lint fmt clean install chromium
+.PHONY: run demo test unit integration bench lint fmt clean install chromium
 
 install: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	WERKSTROOM_LOG_FORMAT=$${WERKSTROOM_LOG_FORMAT:-console} $(BIN)/werkstroom serve --target all
+
+# With `make run` up (another terminal): simulated history, a funnel, then live visitors.
+demo: $(STAMP)
+	$(BIN)/werkstroom demo
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q

@@ -1,4 +1,4 @@
-"""The one command: `werkstroom serve|migrate|projects|funnels|settings`."""
+"""The one command: `werkstroom serve|migrate|projects|funnels|demo|settings`."""
 
 from __future__ import annotations
 
@@ -74,6 +74,16 @@ def _parser() -> argparse.ArgumentParser:
             "`werkstroom serve` holds the embedded ClickHouse, to go through its API",
         )
 
+    demo = sub.add_parser(
+        "demo", help="send simulated visitors to the running server's demo project (history, then live)"
+    )
+    demo.add_argument("--visitors", type=int, default=150, help="visitors in the simulated history")
+    demo.add_argument("--days", type=int, default=14, help="days of simulated history")
+    demo.add_argument("--live", type=int, default=12, help="visitors browsing live afterwards")
+    demo.add_argument(
+        "--seconds", type=float, default=0, help="how long to keep them browsing (0: until Ctrl-C)"
+    )
+
     sub.add_parser("settings", help="print the effective settings (secrets masked)")
     return parser
 
@@ -101,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             return _projects(settings, args)
         if args.command == "funnels":
             return _funnels(settings, args)
+        if args.command == "demo":
+            from werkstroom.demo import drive
+
+            return drive(settings, args.visitors, args.days, args.live, args.seconds, _out)
     except ClickHouseError as exc:
         sys.stderr.write(f"werkstroom: {exc}\n")
         return 2

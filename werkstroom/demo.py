@@ -9,9 +9,14 @@ bots, and several projects share the pipeline. The same seed always gives the sa
 from __future__ import annotations
 
 import random
+import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import orjson
 
 AGENTS = {
     "desktop": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -180,3 +185,102 @@ def simulate(
 
 def batches(calls: list[dict[str, Any]], size: int = 100) -> list[list[dict[str, Any]]]:
     return [calls[i : i + size] for i in range(0, len(calls), size)]
+
+
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url,
+        data=orjson.dumps(body),
+        headers={"Content-Type": "application/json", "User-Agent": AGENTS["desktop"]},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer: dict[str, Any] = orjson.loads(response.read())
+        return answer
+
+
+def drive(
+    settings: Any,
+    visitors: int,
+    days: int,
+    live: int,
+    seconds: float,
+    out: Callable[[str], None],
+    seed: int | None = None,
+) -> int:
+    """`werkstroom demo`: the simulated history, then `live` visitors browsing until stopped,
+    sent to the running server's ingest for its demo project."""
+    runtime_file, demo_file = settings.data_dir / "runtime.json", settings.data_dir / "demo.json"
+    if not runtime_file.exists() or not demo_file.exists():
+        out(f"no running server with a demo project in {settings.data_dir}: start `make run` first")
+        return 2
+    ingest = orjson.loads(runtime_file.read_text())["ingest_url"]
+    demo = orjson.loads(demo_file.read_text())
+    key, project_id = demo["write_key"], demo["project_id"]
+    rng = random.Random(seed)
+    # One simulation per day, each over that day and the one before it, with the same visitor
+    # ids: traffic on every day up to now, and visitors who come back (or do not).
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    sent = 0
+    for back in range(days - 1, -1, -1):
+        daily = max(1, visitors * rng.randint(6, 10) // (8 * max(1, days // 2)))
+        sim = simulate(
+            {project_id: key},
+            visitors=daily,
+            days=2,
+            end=now - timedelta(days=back),
+            seed=rng.randrange(1 << 30),
+            bots=0,
+        )
+        for call in sim.calls[key]:  # message ids are only unique within one simulation
+            call["messageId"] = f"demo-{back}-{call['messageId']}"
+        for chunk in batches(sim.calls[key], 200):
+            sent += int(_post(f"{ingest}/v1/batch", {"writeKey": key, "batch": chunk})["accepted"])
+    out(f"sent {sent:,} events of {visitors} simulated visitors over {days} days to {project_id}")
+    api = orjson.loads(runtime_file.read_text())["api_url"]
+    funnels_url = f"{api}/api/projects/{project_id}/funnels"
+    auth = {"Authorization": f"Bearer {demo['read_key']}"}
+    with urllib.request.urlopen(urllib.request.Request(funnels_url, headers=auth), timeout=10) as response:
+        existing = orjson.loads(response.read())["funnels"]
+    if not existing:
+        steps = [
+            {"event": "$page", "path": "/pricing"},
+            {"event": "Plan Selected"},
+            {"event": "Order Completed"},
+        ]
+        body = orjson.dumps({"name": "Pricing to order", "steps": steps, "window_seconds": 86400})
+        request = urllib.request.Request(
+            funnels_url, data=body, headers={**auth, "Content-Type": "application/json"}, method="POST"
+        )
+        urllib.request.urlopen(request, timeout=60).close()
+        out("created the funnel 'Pricing to order'")
+    out(f"dashboard: {api}/  read key: {demo['read_key']}")
+    if live <= 0:
+        return 0
+    out(f"{live} visitors browsing live (Ctrl-C to stop)")
+    ids = [f"live-{rng.randrange(1 << 40):x}" for _ in range(live)]
+    stuck = set(ids[: max(1, live // 6)])  # some stay on one page: "stuck" after 5 minutes
+    deadline = time.monotonic() + seconds if seconds > 0 else float("inf")
+    tick = 0
+    try:
+        while time.monotonic() < deadline:
+            for anonymous_id in ids:
+                if anonymous_id in stuck and tick:
+                    call: dict[str, Any] = {"type": "track", "event": "$heartbeat"}
+                elif rng.random() < 0.25:
+                    call = {"type": "track", "event": rng.choice(EVENTS)}
+                else:
+                    path = "/checkout" if anonymous_id in stuck else rng.choice(PATHS)
+                    call = {
+                        "type": "page",
+                        "properties": {"path": path, "url": f"https://demo.example{path}"},
+                    }
+                call.update(anonymousId=anonymous_id, context={"userAgent": AGENTS[rng.choice(list(AGENTS))]})
+                if call["type"] == "track" and rng.random() < 0.5:
+                    call["properties"] = {"path": rng.choice(PATHS)}
+                _post(f"{ingest}/v1/batch", {"writeKey": key, "batch": [call]})
+            tick += 1
+            time.sleep(10)
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -249,7 +249,8 @@ def banner(runtime: Runtime) -> str:
     if "ingest" in serves:
         lines.append(f"  ingest (tracking API)   {s.ingest_url}/v1/track   docs: {s.ingest_url}/docs")
     if "api" in serves:
-        lines.append(f"  API                     {s.api_url}   docs: {s.api_url}/docs")
+        lines.append(f"  dashboard               {s.api_url}/   (log in with a project's read key)")
+        lines.append(f"  API                     {s.api_url}/api   docs: {s.api_url}/docs")
     lines += [
         f"  Kafka                   {runtime.bootstrap or 'not used'}{embedded}",
         f"  ClickHouse              {s.masked()['clickhouse_url']} database {s.clickhouse_database}",
@@ -264,6 +265,8 @@ def banner(runtime: Runtime) -> str:
             f"Demo project {d['project_id']}",
             f"  write key (public, for the snippet)   {d['write_key']}",
             f"  read key (secret, for the API)        {d['read_key']}",
+            "",
+            "Fill it with simulated visitors (two weeks of history, a funnel, then live visitors):  make demo",
             "",
             "Send a page view:",
             f"  curl -s {s.ingest_url}/v1/page -H 'Content-Type: application/json' \\",
