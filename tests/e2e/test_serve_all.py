@@ -159,6 +159,40 @@ def test_make_run_path_serves_the_whole_pipeline_and_stops_cleanly(server) -> No
     )
     wait(lambda: metric(ingest, "werkstroom_sink_rows_written_total") >= 2)
 
+    # `make demo`: history, a funnel and live visitors through the running server; the funnel
+    # CLI reaches it through the API with the read key.
+    demo = subprocess.run(
+        [*CLI, "demo", "--visitors", "20", "--days", "3", "--live", "2", "--seconds", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert demo.returncode == 0, demo.stderr
+    assert "created the funnel 'Pricing to order'" in demo.stdout
+    keys = json.loads((tmp_path / "data" / "demo.json").read_text())
+    listed = subprocess.run(
+        [*CLI, "funnels", "list", keys["project_id"], "--read-key", keys["read_key"], "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert [f["name"] for f in json.loads(listed.stdout)] == ["Pricing to order"]
+    api = f"http://127.0.0.1:{env['WERKSTROOM_API_PORT']}/api/projects/{keys['project_id']}"
+
+    def users() -> int:
+        request = urllib.request.Request(
+            f"{api}/users?limit=500", headers={"Authorization": f"Bearer {keys['read_key']}"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return len(json.loads(response.read())["users"])
+
+    wait(lambda: users() >= 10, timeout=30)
+
     kids = children(proc.pid)
     assert kids, "the embedded broker runs as a child process"
     proc.send_signal(signal.SIGTERM)
