@@ -51,6 +51,7 @@ from clickhouse_connect.driver.client import Client  # noqa: E402
 
 from services.aggregator.derived import refresh_churn  # noqa: E402
 from werkstroom import projects  # noqa: E402
+from werkstroom.funnels import FUNNEL_COLUMNS  # noqa: E402
 from werkstroom.settings import Settings  # noqa: E402
 
 DAYS = 60
@@ -507,16 +508,7 @@ def generate(
     client.insert(
         "funnels",
         [[p, funnel_id, "Signup to order", orjson.dumps(FUNNEL_STEPS).decode(), FUNNEL_WINDOW, t0, 0, v1]],
-        column_names=[
-            "project_id",
-            "funnel_id",
-            "name",
-            "steps",
-            "window_seconds",
-            "created_at",
-            "is_deleted",
-            "version",
-        ],
+        column_names=FUNNEL_COLUMNS,
     )
     client.command("DROP TABLE IF EXISTS bench_funnel_events")
     client.command(FUNNEL_EVENTS_TABLE)

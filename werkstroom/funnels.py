@@ -42,6 +42,10 @@ MAX_WINDOW = 30 * 24 * 3600
 MAX_NAME = 100
 MAX_EVENT = 200
 MAX_PATH = 500
+FUNNEL_COLUMNS = [
+    *("project_id", "funnel_id", "name", "steps"),
+    *("window_seconds", "created_at", "is_deleted", "version"),
+]
 PROGRESS_COLUMNS = ["project_id", "funnel_id", "day", "person_id", "level", "is_deleted", "version"]
 LEVEL_COLUMNS = ["project_id", "funnel_id", "level", "last_day", "person_id", "is_deleted", "version"]
 COUNT_COLUMNS = ["project_id", "funnel_id", "level", "day", "persons", "version"]
@@ -272,16 +276,7 @@ def _write_definition(client: Client, funnel: Funnel, *, deleted: bool) -> None:
                 _version(),
             ]
         ],
-        column_names=[
-            "project_id",
-            "funnel_id",
-            "name",
-            "steps",
-            "window_seconds",
-            "created_at",
-            "is_deleted",
-            "version",
-        ],
+        column_names=FUNNEL_COLUMNS,
     )
 
 
