@@ -392,6 +392,17 @@ async def test_activity_is_zero_filled_and_exact(world: World) -> None:
 
 # -- users -----------------------------------------------------------------------------------------
 
+
+async def test_create_project_rejects_a_bad_name_in_the_documented_shape(world: World) -> None:
+    admin = {"Authorization": "Bearer test-admin"}
+    for name, why in (("tab\there", "control characters"), ("   ", "must not be empty")):
+        response = await world.api.post("/api/projects", json={"name": name}, headers=admin)
+        assert response.status_code == 422, response.text
+        [error] = response.json()["detail"]
+        assert error["loc"] == ["body", "name"] and error["type"] == "value_error"
+        assert why in error["msg"]
+
+
 ORDER = ["bob-anon", "alice", "carol-anon", "erin", "ivan", "gina", "dave", "hank", "frank"]
 
 

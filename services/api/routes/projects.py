@@ -9,8 +9,10 @@ from typing import Annotated
 
 from clickhouse_connect.driver.client import Client
 from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from services.api import queries
 from services.api.deps import AUTH_RESPONSES, PoolDep, ReadKeyDep, unauthorized
@@ -24,6 +26,17 @@ _admin_bearer = HTTPBearer(auto_error=False, scheme_name="AdminToken", descripti
 
 class ProjectIn(BaseModel):
     name: str = Field(min_length=1, max_length=projects.MAX_NAME, examples=["My shop"])
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        # The rules of werkstroom.projects (not blank, no control characters), checked here so
+        # that a bad name is the documented 422 (detail: [{loc: ["body", "name"], msg, type}]).
+        try:
+            projects.validate_name(name)
+        except projects.ProjectError as exc:
+            raise PydanticCustomError("value_error", str(exc)) from None
+        return name
 
 
 class ProjectOut(BaseModel):
@@ -66,8 +79,10 @@ admin = APIRouter(prefix="/api/projects", tags=["projects"])
 async def create_project(body: ProjectIn, _: AdminDep, client: ClickHouseDep) -> ProjectCreated:
     try:
         created = await asyncio.to_thread(projects.create_project, client, body.name)
-    except projects.ProjectError as exc:
-        raise HTTPException(422, detail=str(exc)) from None
+    except projects.ProjectError as exc:  # the model's validator runs the same rules first
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("body", "name"), "msg": str(exc), "input": body.name}]
+        ) from None
     log.info("project_created", project_id=created.project_id, name=created.name)
     return ProjectCreated(**created.__dict__)
 
