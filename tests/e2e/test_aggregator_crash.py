@@ -42,10 +42,20 @@ queries = {
     "persons": "SELECT * EXCEPT (version, updated_at) FROM persons FINAL ORDER BY project_id, person_id",
     "traits": "SELECT * EXCEPT (updated_at) FROM person_traits FINAL ORDER BY project_id, distinct_id, key",
     "daily": "SELECT * EXCEPT (version, updated_at) FROM daily_stats FINAL ORDER BY project_id, day",
+    "activity": "SELECT project_id, day, person_id FROM person_activity FINAL WHERE is_deleted = 0 ORDER BY 1, 2, 3",
+    "churn": "SELECT project_id, day, base, churned FROM churn_daily FINAL ORDER BY 1, 2",
+    # one funnel in each database, under its own random id: compared without it
+    "progress": "SELECT day, person_id, level FROM funnel_progress FINAL WHERE is_deleted = 0 ORDER BY 1, 2",
+    "levels": "SELECT level, last_day, person_id FROM funnel_levels FINAL WHERE is_deleted = 0 ORDER BY 1, 2, 3",
+    "counts": "SELECT level, day, persons FROM funnel_counts FINAL WHERE persons > 0 ORDER BY 1, 2",
     "online": "SELECT * EXCEPT (updated_at) FROM online_visitors FINAL "
-              "WHERE last_event_at > now64(3) - INTERVAL 50 MINUTE ORDER BY project_id, anonymous_id",
+              "WHERE last_event_at > fromUnixTimestamp64Milli({since:Int64}) ORDER BY project_id, anonymous_id",
 }
-out = {name: [[str(v) for v in row] for row in client.query(sql).result_rows] for name, sql in queries.items()}
+params = {"since": int(sys.argv[2])}  # one cutoff for both dumps: rows live an hour (TTL)
+out = {
+    name: [[str(v) for v in row] for row in client.query(sql, parameters=params).result_rows]
+    for name, sql in queries.items()
+}
 sys.stdout.write(json.dumps(out))
 """
 
@@ -129,9 +139,29 @@ async def run_until_caught_up(env: dict[str, str], tmp: Path, name: str, total: 
     assert proc.wait(30) == 0, (tmp / f"{name}.log").read_text()[-3000:]
 
 
-def dump(url: str) -> dict[str, Any]:
+FUNNEL = r"""
+import sys
+from werkstroom.clickhouse import connect
+from werkstroom.clickhouse.migrate import migrate
+from werkstroom.funnels import create_funnel
+client = connect(sys.argv[1], "werkstroom", create_database=True)
+migrate(client)
+steps = [{"event": "$page", "path": "/pricing"}, {"event": "Plan Selected"}, {"event": "Order Completed"}]
+create_funnel(client, "p_crash", "Pricing to order", steps, 7200)
+"""
+
+
+def define_funnel(url: str) -> None:
+    subprocess.run([sys.executable, "-c", FUNNEL, url], check=True, timeout=120)
+
+
+def dump(url: str, since_ms: int) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-c", DUMP, url], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", DUMP, url, str(since_ms)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     result: dict[str, Any] = json.loads(out.stdout)
     return result
@@ -168,6 +198,9 @@ async def test_kill_9_three_times_gives_the_same_tables_as_an_uninterrupted_run(
         "WERKSTROOM_CLICKHOUSE_URL": f"chdb://{tmp_path / 'b' / 'clickhouse'}",
     }
 
+    for env in (crashed, steady):  # the same funnel in both, kept live from the first event
+        define_funnel(env["WERKSTROOM_CLICKHOUSE_URL"])
+
     producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap, acks="all", linger_ms=5)
     await producer.start()
 
@@ -191,13 +224,18 @@ async def test_kill_9_three_times_gives_the_same_tables_as_an_uninterrupted_run(
     await run_until_caught_up(crashed, tmp_path, "crashy-final", len(messages))
     await run_until_caught_up(steady, tmp_path, "steady", len(messages))
 
+    since_ms = int((time.time() - 50 * 60) * 1000)
     after_crashes, uninterrupted = (
-        dump(crashed["WERKSTROOM_CLICKHOUSE_URL"]),
-        dump(steady["WERKSTROOM_CLICKHOUSE_URL"]),
+        dump(crashed["WERKSTROOM_CLICKHOUSE_URL"], since_ms),
+        dump(steady["WERKSTROOM_CLICKHOUSE_URL"], since_ms),
     )
     assert int(uninterrupted["events"][0][0]) == len(messages)
     assert after_crashes["events"] == uninterrupted["events"]
     assert len(uninterrupted["sessions"]) > 2000
     assert len(uninterrupted["persons"]) > 1000 and uninterrupted["daily"]
-    for table in ("sessions", "identities", "online", "persons", "traits", "daily"):
+    assert uninterrupted["counts"] and uninterrupted["churn"] and uninterrupted["activity"]
+    for table in (
+        *("sessions", "identities", "online", "persons", "traits", "daily"),
+        *("activity", "churn", "progress", "levels", "counts"),
+    ):
         assert after_crashes[table] == uninterrupted[table], table
