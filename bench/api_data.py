@@ -581,6 +581,18 @@ def generate(
         project=p,
         anons=scope_anons,
     )
+    # persons_recent: a row per persons row, every version (as if no tombstone had been written,
+    # the worst case for the users pages, which must skip the stale ones).
+    step(
+        "persons_recent",
+        """
+        INSERT INTO persons_recent (project_id, last_seen, person_id, first_seen, sessions, page_views, plan,
+            is_deleted, version)
+        SELECT project_id, last_seen, person_id, first_seen, sessions, page_views, plan, 0, version
+        FROM persons WHERE project_id = {project:String} AND is_deleted = 0
+        """,
+        project=p,
+    )
     # The read models the aggregator keeps beside them (migration 0006), from the final state.
     for k in range(1, len(FUNNEL_STEPS) + 1):
         step(

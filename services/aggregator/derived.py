@@ -148,15 +148,17 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
     rows: list[list[Any]] = []
     changed = Changed(gone=distinct_ids - persons)
     # The days these persons were first seen on before this rewrite get recounted too: a merge
-    # or a late event can move a first visit to another day, and the old day must lose it.
-    changed.first_days.update(
-        day
-        for (day,) in client.query(
-            "SELECT toDate(first_seen) FROM persons FINAL WHERE project_id = {p:String} "
+    # or a late event can move a first visit to another day, and the old day must lose it. Their
+    # last_seen locates the persons_recent rows this rewrite replaces.
+    before = {
+        person_id: (_utc(first_seen), _utc(last_seen))
+        for person_id, first_seen, last_seen in client.query(
+            "SELECT person_id, first_seen, last_seen FROM persons FINAL WHERE project_id = {p:String} "
             "AND person_id IN {ids:Array(String)} AND is_deleted = 0",
             parameters={"p": project_id, "ids": sorted(persons | changed.gone)},
         ).result_rows
-    )
+    }
+    changed.first_days.update(first.date() for first, _last in before.values())
     activity: dict[tuple[date, str], int] = {}
     for person_id in sorted(persons):
         seen = [visits[d] for d in members[person_id] if d in visits]
@@ -190,10 +192,33 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
         rows.append([project_id, gone, epoch, epoch, 0, 0, [], "{}", "", 1, version])
     if rows:
         client.insert("persons", rows, column_names=PERSON_COLUMNS)
+        _write_recent(client, rows, before)
     changed.activity_days = _write_activity(
         client, project_id, set(changed.members) | changed.gone, activity, version
     )
     return changed
+
+
+RECENT_COLUMNS = [
+    *("project_id", "last_seen", "person_id", "first_seen"),
+    *("sessions", "page_views", "plan", "is_deleted", "version"),
+]
+
+
+def _write_recent(
+    client: Client, rows: list[list[Any]], before: dict[str, tuple[datetime, datetime]]
+) -> None:
+    """persons_recent, the persons sorted by last seen: the new rows, and a tombstone for each
+    replaced row whose place (last_seen) changed or whose person is gone."""
+    recent: list[list[Any]] = []
+    for project_id, person_id, first, last, sessions, views, _ids, _traits, plan, deleted, version in rows:
+        previous = before.get(person_id)
+        if previous is not None and (deleted or previous[1] != last):
+            recent.append([project_id, previous[1], person_id, previous[0], 0, 0, "", 1, version])
+        if not deleted:
+            recent.append([project_id, last, person_id, first, sessions, views, plan, 0, version])
+    if recent:
+        client.insert("persons_recent", recent, column_names=RECENT_COLUMNS)
 
 
 def _write_activity(

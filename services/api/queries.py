@@ -433,8 +433,11 @@ def users_page(
         params["c_id"] = cursor.person_id
     wanted = limit + 1
     fetch = wanted + max(16, wanted // 4)
+    # Without a search, candidates come from persons_recent (sorted by last_seen: it reads only
+    # the newest granules); a search over traits needs persons.
+    recent = not q
     while fetch <= CANDIDATES_MAX:
-        rows = _users_top(client, where, params, wanted, fetch)
+        rows = _users_top(client, where, params, wanted, fetch, recent)
         if rows is not None:
             break
         fetch *= 4
@@ -456,9 +459,10 @@ def users_page(
 # the highest version; a deleted person has none) passes the filter. FINAL over all of a
 # project's persons merges and sorts every one of them (~130 ms at 1M persons), so a page is
 # read in steps that touch only a page's worth of persons, with the same answer:
-# 1. candidates, without FINAL: the `fetch` newest stored rows passing the filter, any version
-#    (ORDER BY last_seen LIMIT reads last_seen everywhere, the other columns only for those
-#    rows), each with its place (_part, _part_offset);
+# 1. candidates, without FINAL: the `fetch` newest stored rows passing the filter, any version,
+#    from persons_recent (sorted by last_seen, so only its newest granules are read; each row
+#    carries the version of the persons row it copies) or, for a search over traits, from
+#    persons (ORDER BY last_seen LIMIT reads last_seen everywhere), with their place;
 # 2. which candidate rows are final: FINAL over just the candidates' persons (PREWHERE on the
 #    sorting key, so FINAL merges only their granules, and a person's versions all stay in)
 #    gives the place of each one's final row;
@@ -471,26 +475,38 @@ CANDIDATES_MAX = 20_000
 
 
 def _users_top(
-    client: Client, where: str, params: dict[str, Any], wanted: int, fetch: int
+    client: Client, where: str, params: dict[str, Any], wanted: int, fetch: int, recent: bool
 ) -> list[Sequence[Any]] | None:
-    """The first `wanted` rows of the page, or None when `fetch` candidates cannot settle it."""
-    candidates = client.query(
-        f"SELECT {USER_COLUMNS}, _part, _part_offset FROM persons WHERE {where} "
-        "ORDER BY last_seen DESC LIMIT {m:UInt32}",
-        parameters={**params, "m": fetch},
-    ).result_rows
+    """The first `wanted` rows of the page, or None when `fetch` candidates cannot settle it.
+    With `recent`, the candidates are persons_recent rows (a copy of each persons row, sorted
+    by last_seen), identified by (version, last_seen); else persons rows, by their place."""
+    if recent:
+        candidates = client.query(
+            f"SELECT {USER_COLUMNS}, version, last_seen FROM persons_recent WHERE {where} "
+            "ORDER BY last_seen DESC LIMIT {m:UInt32}",
+            parameters={**params, "m": fetch},
+        ).result_rows
+        identity = "version, last_seen"
+    else:
+        candidates = client.query(
+            f"SELECT {USER_COLUMNS}, _part, _part_offset FROM persons WHERE {where} "
+            "ORDER BY last_seen DESC LIMIT {m:UInt32}",
+            parameters={**params, "m": fetch},
+        ).result_rows
+        identity = "_part, _part_offset"
     if not candidates:
         return []
     final = {
-        person_id: (part, offset)
-        for person_id, part, offset in client.query(
-            "SELECT person_id, _part, _part_offset FROM persons FINAL "
+        person_id: (a, b)
+        for person_id, a, b in client.query(
+            f"SELECT person_id, {identity} FROM persons FINAL "
             "PREWHERE person_id IN {ids:Array(String)} "
             "WHERE project_id = {p:String} AND is_deleted = 0",
             parameters={"p": params["p"], "ids": sorted({r[0] for r in candidates})},
         ).result_rows
     }
-    rows = [r for r in candidates if final.get(r[0]) == (r[7], r[8])]
+    # A row written twice (a replayed recomputation) is two candidates until a merge: one each.
+    rows = list({r[0]: r for r in candidates if final.get(r[0]) == (r[7], r[8])}.values())
     moved = sorted(set(final) - {r[0] for r in rows})
     if moved:
         rows += client.query(

@@ -155,6 +155,29 @@ async def test_a_late_first_visit_moves_the_new_user_to_its_day(stack: Stack) ->
     await stack.until(lambda: new_users() == {earlier.date(): 1}, timeout=10)
 
 
+async def test_persons_recent_keeps_one_live_row_per_person_as_they_move_and_merge(stack: Stack) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    key, pid = stack.project.write_key, stack.project.project_id
+
+    def call(kind: str, minutes: int, n: int, **extra: object) -> dict[str, object]:
+        stamp = (now - timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")
+        return {"type": kind, "anonymousId": "mover", "messageId": f"mv-{n}", "timestamp": stamp, **extra}
+
+    def recent() -> list[tuple[object, ...]]:
+        sql = (
+            "SELECT person_id, last_seen FROM persons_recent FINAL "
+            "WHERE project_id = {p:String} AND is_deleted = 0 ORDER BY person_id"
+        )
+        return [(p, ms(seen)) for p, seen in stack.rows(sql, p=pid)]
+
+    await send_all(stack, key, [call("page", 30, 1)])
+    await stack.until(lambda: recent() == [("mover", now - timedelta(minutes=30))])
+    await send_all(stack, key, [call("page", 10, 2)])  # last_seen moves: the old row goes
+    await stack.until(lambda: recent() == [("mover", now - timedelta(minutes=10))])
+    await send_all(stack, key, [call("identify", 5, 3, userId="u-mover")])  # merged into the user
+    await stack.until(lambda: recent() == [("u-mover", now - timedelta(minutes=5))])
+
+
 async def test_a_visitor_is_online_within_a_second_with_page_and_device(stack: Stack) -> None:
     ua = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1"
     key = stack.project.write_key
@@ -257,6 +280,18 @@ async def test_persons_segments_and_daily_stats_match_the_simulation(stack: Stac
         ]
 
     await stack.until(lambda: persons() == expected_rows, timeout=20)
+
+    # persons_recent mirrors the live persons, one row each: the rows a rewrite replaced (a
+    # later last_seen, a person merged away by identify) were tombstoned.
+    def recent() -> list[tuple[object, ...]]:
+        sql = (
+            "SELECT person_id, last_seen, version FROM persons_recent FINAL WHERE project_id = {p:String} "
+            "AND is_deleted = 0 ORDER BY person_id"
+        )
+        return stack.rows(sql, p=pid)
+
+    live = "SELECT person_id, last_seen, version FROM persons FINAL WHERE project_id = {p:String} AND is_deleted = 0 ORDER BY person_id"
+    await stack.until(lambda: recent() == stack.rows(live, p=pid), timeout=10)
     merged = stack.rows("SELECT person_id, anonymous_ids FROM persons FINAL WHERE person_id LIKE 'user-%'")
     assert merged and all(
         anon == [a for (p, a), u in sim.identified.items() if u == person] for person, anon in merged

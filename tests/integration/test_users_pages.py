@@ -1,4 +1,4 @@
-"""The users list reads candidates without FINAL and re-checks them (services/api/queries.py,
+"""The users list reads candidates without FINAL (persons_recent, or persons for a search) and re-checks them (services/api/queries.py,
 users_page): over hand-made persons rows with many versions, merged-away persons (a tombstone
 over an older live version with a recent last_seen), ties on last_seen, stale versions that
 looked newer and several parts, every page must be exactly what one FINAL query over all
@@ -36,6 +36,10 @@ COLUMNS = [
     "version",
 ]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+RECENT_COLUMNS = [
+    *("project_id", "last_seen", "person_id", "first_seen"),
+    *("sessions", "page_views", "plan", "is_deleted", "version"),
+]
 
 
 def persons_rows(project_id: str, seed: int) -> tuple[list[list[list[Any]]], set[str]]:
@@ -97,6 +101,14 @@ async def filled(
         batches, merged = persons_rows(stack.project.project_id, seed=4)
         for batch in batches:
             stack.client.insert("persons", batch, column_names=COLUMNS)
+            # persons_recent as the aggregator writes it, but without the tombstones for the rows
+            # it replaces (as after two workers raced): the pages must not depend on them.
+            recent = [
+                [p, last, pid, first, s, v, plan, 0, ver]
+                for p, pid, first, last, s, v, _a, _t, plan, d, ver in batch
+                if not d
+            ]
+            stack.client.insert("persons_recent", recent, column_names=RECENT_COLUMNS)
         yield stack, merged
 
 
