@@ -266,7 +266,7 @@ def banner(runtime: Runtime) -> str:
             f"  write key (public, for the snippet)   {d['write_key']}",
             f"  read key (secret, for the API)        {d['read_key']}",
             "",
-            "Fill it with simulated visitors (two weeks of history, a funnel, then live visitors):  make demo",
+            "Fill it with simulated visitors (two weeks, a funnel, then live visitors):  make demo",
             "",
             "Send a page view:",
             f"  curl -s {s.ingest_url}/v1/page -H 'Content-Type: application/json' \\",
