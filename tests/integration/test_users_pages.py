@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from services.aggregator.derived import RECENT_COLUMNS
 from services.api import queries
 from tests.conftest import Infra
 from tests.integration.stack import Stack
@@ -36,10 +37,6 @@ COLUMNS = [
     "version",
 ]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-RECENT_COLUMNS = [
-    *("project_id", "last_seen", "person_id", "first_seen"),
-    *("sessions", "page_views", "plan", "is_deleted", "version"),
-]
 
 
 def persons_rows(project_id: str, seed: int) -> tuple[list[list[list[Any]]], set[str]]:
