@@ -126,6 +126,7 @@ class EventsSink:
         self._writer: asyncio.Task[None] | None = None
         self._committer: asyncio.Task[None] | None = None
         self._derived_client: Client | None = None
+        self._events_client: Client | None = None
         self._seq = 0
         self._written_seq = 0
         self._pending_dirty = Dirty()
@@ -163,6 +164,7 @@ class EventsSink:
         self.consumer.subscribe([self.topics.events], listener=_Rebalance(self))
         await self.consumer.start()
         self._derived_client = self._client_factory()  # its own client: runs beside the inserts
+        self._events_client = self._client_factory()  # the events table's inserts, beside the rest
         self._writer = asyncio.create_task(self._write_loop(), name="sink-writer")
         self._committer = asyncio.create_task(self._commit_loop(), name="sink-committer")
         log.info("sink_started", topic=self.topics.events, group=self.settings.sink_group, table=self.table)
@@ -279,12 +281,19 @@ class EventsSink:
                 assert self.publisher is not None
                 await self.publisher.publish(self.topics.dead_letter, dead)
                 dead = []
-            if batch.raw:
-                await self._insert_raw(batch.raw)
-            for table, (columns, table_rows) in batch.aggregates.items():
-                if table_rows:  # column by column: clickhouse-connect transposes rows in Python
-                    data = [list(column) for column in zip(*table_rows, strict=True)]
-                    await self._insert(table, columns, data, columnar=True)
+
+            async def aggregates() -> None:
+                for table, (columns, table_rows) in batch.aggregates.items():
+                    if table_rows:  # column by column: clickhouse-connect transposes rows in Python
+                        data = [list(column) for column in zip(*table_rows, strict=True)]
+                        await self._insert(table, columns, data, columnar=True)
+
+            # The events and the aggregates go in side by side, on two clients (ClickHouse
+            # parses and sorts them in native code, off the GIL); both finish before a retry.
+            results = await asyncio.gather(self._insert_raw(batch.raw), aggregates(), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
 
         await self._retry("sink_write_failed", attempt)
         self.last_write = time.time()
@@ -426,10 +435,12 @@ class EventsSink:
         metrics.SINK_BATCH_ROWS.observe(count)
 
     async def _insert_raw(self, lines: list[bytes]) -> None:
-        assert self.client is not None
+        if not lines:
+            return
+        assert self._events_client is not None
         started = time.perf_counter()
         await asyncio.to_thread(
-            self.client.raw_insert,
+            self._events_client.raw_insert,
             self.table,
             COLUMNS,
             b"\n".join(lines),
