@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from services.aggregator.derived import RECENT_COLUMNS
+from services.aggregator.derived import PERSON_COLUMNS, RECENT_COLUMNS
 from services.api import queries
 from tests.conftest import Infra
 from tests.integration.stack import Stack
@@ -23,19 +23,6 @@ from tests.integration.stack import Stack
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-COLUMNS = [
-    "project_id",
-    "person_id",
-    "first_seen",
-    "last_seen",
-    "sessions",
-    "page_views",
-    "anonymous_ids",
-    "traits",
-    "plan",
-    "is_deleted",
-    "version",
-]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -97,7 +84,7 @@ async def filled(
     ) as stack:
         batches, merged = persons_rows(stack.project.project_id, seed=4)
         for batch in batches:
-            stack.client.insert("persons", batch, column_names=COLUMNS)
+            stack.client.insert("persons", batch, column_names=PERSON_COLUMNS)
             # persons_recent as the aggregator writes it, but without the tombstones for the rows
             # it replaces (as after two workers raced): the pages must not depend on them.
             recent = [
