@@ -33,6 +33,8 @@ from typing import Any
 import orjson
 from clickhouse_connect.driver.client import Client
 
+from werkstroom.clickhouse.params import StringArray
+
 HEARTBEAT = "$heartbeat"  # the tracker's liveness beacon; never stored in visitor_events
 MIN_STEPS = 2
 MAX_STEPS = 8
@@ -292,7 +294,7 @@ def _step_events(
         "SELECT distinct_id, toUnixTimestamp64Milli(timestamp), event, path "
         f"FROM visitor_events FINAL WHERE {where}"
     )
-    params = {"p": project_id, "names": names, "ids": list(distinct_ids or [])}
+    params = {"p": project_id, "names": names, "ids": StringArray(distinct_ids or [])}
     with client.query_row_block_stream(sql, parameters=params) as stream:
         for block in stream:
             for distinct_id, ms, event, path in block:
@@ -361,7 +363,11 @@ def _write_levels(
             "SELECT funnel_id, level, last_day, person_id FROM funnel_levels FINAL "
             "WHERE project_id = {p:String} AND funnel_id IN {f:Array(String)} "
             "AND person_id IN {ids:Array(String)} AND is_deleted = 0",
-            parameters={"p": project_id, "f": [f.funnel_id for f in funnels], "ids": sorted(persons)},
+            parameters={
+                "p": project_id,
+                "f": [f.funnel_id for f in funnels],
+                "ids": StringArray(sorted(persons)),
+            },
         ).result_rows
     }
     added, removed = sorted(wanted - stored), sorted(stored - wanted)
@@ -410,7 +416,11 @@ def _write_progress(
         for funnel_id, person_id, day in client.query(
             "SELECT funnel_id, person_id, day FROM funnel_progress FINAL WHERE project_id = {p:String} "
             "AND funnel_id IN {f:Array(String)} AND person_id IN {ids:Array(String)} AND is_deleted = 0",
-            parameters={"p": project_id, "f": [f.funnel_id for f in funnels], "ids": sorted(persons)},
+            parameters={
+                "p": project_id,
+                "f": [f.funnel_id for f in funnels],
+                "ids": StringArray(sorted(persons)),
+            },
         ).result_rows:
             if (funnel_id, person_id, day) not in fresh:
                 stale.append((funnel_id, person_id, day))

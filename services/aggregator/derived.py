@@ -20,6 +20,7 @@ from clickhouse_connect.driver.client import Client
 
 from services.aggregator.processor import Dirty
 from werkstroom import funnels
+from werkstroom.clickhouse.params import StringArray
 
 PERSON_COLUMNS = [
     "project_id",
@@ -86,7 +87,7 @@ def _mapping(client: Client, project_id: str, column: str, values: set[str]) -> 
     rows = client.query(
         f"SELECT distinct_id, person_id FROM person_distinct_ids FINAL "
         f"WHERE project_id = {{p:String}} AND {column} IN {{v:Array(String)}}",
-        parameters={"p": project_id, "v": sorted(values)},
+        parameters={"p": project_id, "v": StringArray(sorted(values))},
     ).result_rows
     return [(d, p) for d, p in rows]
 
@@ -131,7 +132,7 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
             "                    range(toUInt32(toDate(last_event_at) - toDate(start_at)) + 1))) "
             "FROM sessions FINAL WHERE project_id = {p:String} AND anonymous_id IN {ids:Array(String)} "
             "GROUP BY anonymous_id",
-            parameters={"p": project_id, "ids": sorted(everyone)},
+            parameters={"p": project_id, "ids": StringArray(sorted(everyone))},
         ).result_rows
     }
     latest: dict[str, dict[str, tuple[int, str]]] = defaultdict(dict)
@@ -139,7 +140,7 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
     for distinct_id, key, value, trait_version in client.query(
         "SELECT distinct_id, key, value, version FROM person_traits FINAL "
         "WHERE project_id = {p:String} AND distinct_id IN {ids:Array(String)}",
-        parameters={"p": project_id, "ids": sorted(everyone)},
+        parameters={"p": project_id, "ids": StringArray(sorted(everyone))},
     ).result_rows:
         person_traits = latest[owner[distinct_id]]
         if key not in person_traits or person_traits[key][0] < trait_version:
@@ -155,7 +156,7 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
         for person_id, first_seen, last_seen in client.query(
             "SELECT person_id, first_seen, last_seen FROM persons FINAL WHERE project_id = {p:String} "
             "AND person_id IN {ids:Array(String)} AND is_deleted = 0",
-            parameters={"p": project_id, "ids": sorted(persons | changed.gone)},
+            parameters={"p": project_id, "ids": StringArray(sorted(persons | changed.gone))},
         ).result_rows
     }
     changed.first_days.update(first.date() for first, _last in before.values())
@@ -233,7 +234,7 @@ def _write_activity(
         for day, person_id in client.query(
             "SELECT day, person_id FROM person_activity FINAL WHERE project_id = {p:String} "
             "AND person_id IN {ids:Array(String)} AND is_deleted = 0",
-            parameters={"p": project_id, "ids": sorted(persons)},
+            parameters={"p": project_id, "ids": StringArray(sorted(persons))},
         ).result_rows
     }
     added, stale = sorted(set(fresh) - stored), sorted(stored - set(fresh))

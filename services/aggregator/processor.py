@@ -35,6 +35,7 @@ from services.aggregator.sessions import (
     to_ms,
     trait_rows,
 )
+from werkstroom.clickhouse.params import StringArray
 from werkstroom.contract import Event
 
 VisitorKey = tuple[str, str]
@@ -87,7 +88,7 @@ class SessionsProcessor:
                 "SELECT * FROM sessions FINAL "
                 "WHERE project_id = {p:String} AND anonymous_id IN {ids:Array(String)} "
                 "ORDER BY start_at DESC, session_id DESC LIMIT {n:UInt32} BY anonymous_id",
-                parameters={"p": project_id, "ids": ids, "n": HISTORY},
+                parameters={"p": project_id, "ids": StringArray(ids), "n": HISTORY},
             )
             for row in result.named_results():
                 found[(project_id, row["anonymous_id"])].append(session_from_row(row))

@@ -1,0 +1,21 @@
+"""StringArray formats an Array(String) parameter exactly as clickhouse-connect does."""
+
+from __future__ import annotations
+
+from clickhouse_connect.driver.binding import format_bind_value
+
+from werkstroom.clickhouse.params import StringArray
+
+TRICKY = ["", "plain", "it's", "back\\slash", "tab\there", "new\nline", "`tick`", "ünï ✓", "\\'", "a'b\\c"]
+
+
+def test_same_text_as_clickhouse_connect() -> None:
+    assert str(StringArray(TRICKY)) == format_bind_value(TRICKY)
+    assert str(StringArray([])) == format_bind_value([])
+    assert len(StringArray(TRICKY)) == len(TRICKY)
+
+
+def test_formats_any_iterable_once() -> None:
+    values = StringArray(v for v in ("b", "a"))
+    assert str(values) == "['b', 'a']"
+    assert str(values) == "['b', 'a']"
