@@ -14,8 +14,8 @@ from those events with the aggregator's definitions (README "What the aggregator
 - `events`: N rows from the plan (page views, tracks, heartbeats, identifies; funnel steps
   $page /pricing -> Signup Started -> Signup Completed -> Order Completed in part of sessions);
 - `sessions`, `person_distinct_ids`, `person_traits`, `persons`, `person_activity`,
-  `daily_stats`, `visitor_events`, one 4-step funnel and its `funnel_progress`, derived from
-  the events with GROUP BY / windowFunnel;
+  `daily_stats`, one 4-step funnel and its `funnel_progress`, derived from the events with
+  GROUP BY / windowFunnel (`visitor_events` is filled from `events` by its materialized view);
 - then, as the aggregator would keep writing, a "live tail" timed from the moment generation
   ends: a few thousand sessions of existing persons whose last event is minutes old (70 % of
   them within 5 minutes: online; a fifth of those only send heartbeats on one page for over 5
@@ -361,12 +361,6 @@ LEFT JOIN (
 ) AS n ON n.day = a.day
 """
 
-VISITOR_EVENTS_INSERT = """
-INSERT INTO visitor_events (project_id, distinct_id, timestamp, event_id, event, path)
-SELECT project_id, if(anonymous_id != '', anonymous_id, user_id), timestamp, event_id, event, path
-FROM events WHERE project_id = {project:String} AND event != '$heartbeat' AND kafka_offset >= {lo:UInt64}
-"""
-
 
 def _step_condition(step: dict[str, str]) -> str:
     from werkstroom.funnels import like_pattern
@@ -490,7 +484,6 @@ def generate(
             f"cannot cut at {history} events and keep every person"
         )
     step("events", EVENTS_INSERT, project=p, lo=0, hi=history)
-    step("visitor_events", VISITOR_EVENTS_INSERT, project=p, lo=0)
     step("sessions", SESSIONS_INSERT, project=p, lo=0)
     step("person_distinct_ids", IDENTITIES_INSERT, project=p)
     step("person_traits", TRAITS_INSERT, project=p)
@@ -520,7 +513,6 @@ def generate(
     t1 = datetime.now(UTC)
     step("tail plan", TAIL_INSERT, base_off=history, t1_ms=_ms(t1), persons=persons, tail=tail)
     step("tail events", EVENTS_INSERT, project=p, lo=history, hi=events)
-    step("tail visitor_events", VISITOR_EVENTS_INSERT, project=p, lo=history)
     step("tail sessions", SESSIONS_INSERT, project=p, lo=history)
     anons = [r[0] for r in client.query("SELECT anonymous_id FROM bench_plan").result_rows]
     # The persons the tail touched, and every anonymous id of theirs (a person may have two).

@@ -18,7 +18,6 @@ from clickhouse_connect.driver.client import Client
 
 from services.aggregator.sessions import (
     GAP_MS,
-    HEARTBEAT,
     HISTORY,
     IDENTITY_COLUMNS,
     ONLINE_COLUMNS,
@@ -32,7 +31,6 @@ from services.aggregator.sessions import (
     online_row,
     session_from_row,
     session_row,
-    to_ms,
     trait_rows,
 )
 from werkstroom.clickhouse.params import StringArray
@@ -41,7 +39,6 @@ from werkstroom.contract import Event
 VisitorKey = tuple[str, str]
 Decoded = tuple[Event, int, int]  # event, partition, offset
 Rows = dict[str, tuple[list[str], list[list[Any]]]]
-VISITOR_EVENT_COLUMNS = ["project_id", "distinct_id", "timestamp", "event_id", "event", "path"]
 
 EVICT_AFTER_MS = GAP_MS + 10 * 60 * 1000
 
@@ -100,20 +97,8 @@ class SessionsProcessor:
         the derived tables (persons, daily stats) must recompute once they are written."""
         changes = Changes()
         dirty = Dirty()
-        narrow: list[list[Any]] = []
         for event, partition, offset in batch:
             dirty.note(event)
-            if event.event != HEARTBEAT:
-                narrow.append(
-                    [
-                        event.project_id,
-                        event.anonymous_id or event.user_id,
-                        to_ms(event.timestamp),
-                        event.event_id,
-                        event.event,
-                        event.path,
-                    ]
-                )
             identity_rows(event, changes)
             trait_rows(event, changes)
             if not event.anonymous_id:
@@ -138,7 +123,6 @@ class SessionsProcessor:
                 TRAIT_COLUMNS,
                 [[p, d, k, value, version] for (p, d, k), (value, version) in changes.traits.items()],
             ),
-            "visitor_events": (VISITOR_EVENT_COLUMNS, narrow),
         }
         return rows, dirty
 
