@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 from clickhouse_connect.driver.client import Client
 
-from werkstroom.clickhouse.params import StringArray
+from werkstroom.clickhouse.params import StringArray, insert_rows
 
 HEARTBEAT = "$heartbeat"  # the tracker's liveness beacon; never stored in visitor_events
 MIN_STEPS = 2
@@ -375,7 +375,7 @@ def _write_levels(
         return 0
     rows = [[project_id, f, k, d, p, 0, version] for f, k, d, p in added]
     rows += [[project_id, f, k, d, p, 1, version] for f, k, d, p in removed]
-    client.insert("funnel_levels", rows, column_names=LEVEL_COLUMNS)
+    insert_rows(client, "funnel_levels", rows, LEVEL_COLUMNS)
     cells = {(f, k, d) for f, k, d, _p in added} | {(f, k, d) for f, k, d, _p in removed}
     return len(rows) + _recount(client, project_id, cells, version)
 
@@ -398,7 +398,7 @@ def _recount(client: Client, project_id: str, cells: set[tuple[str, int, date]],
         ).result_rows
     }
     rows = [[project_id, f, k, d, counted.get((f, k, d), 0), version] for f, k, d in sorted(cells)]
-    client.insert("funnel_counts", rows, column_names=COUNT_COLUMNS)
+    insert_rows(client, "funnel_counts", rows, COUNT_COLUMNS)
     return len(rows)
 
 
@@ -427,7 +427,7 @@ def _write_progress(
     rows = [[project_id, f, d, p, lvl, 0, version] for (f, p, d), lvl in sorted(fresh.items())]
     rows += [[project_id, f, d, p, 0, 1, version] for f, p, d in stale]
     if rows:
-        client.insert("funnel_progress", rows, column_names=PROGRESS_COLUMNS)
+        insert_rows(client, "funnel_progress", rows, PROGRESS_COLUMNS)
     return len(rows)
 
 
@@ -461,16 +461,16 @@ def backfill(client: Client, funnel: Funnel, chunk: int = 20_000) -> int:
                 levels.append([funnel.project_id, funnel.funnel_id, k, day, person_id, 0, version])
                 cells.add((k, day))
         if len(batch) >= chunk:
-            client.insert("funnel_progress", batch, column_names=PROGRESS_COLUMNS)
+            insert_rows(client, "funnel_progress", batch, PROGRESS_COLUMNS)
             written, batch = written + len(batch), []
         if len(levels) >= chunk:
-            client.insert("funnel_levels", levels, column_names=LEVEL_COLUMNS)
+            insert_rows(client, "funnel_levels", levels, LEVEL_COLUMNS)
             written, levels = written + len(levels), []
     if batch:
-        client.insert("funnel_progress", batch, column_names=PROGRESS_COLUMNS)
+        insert_rows(client, "funnel_progress", batch, PROGRESS_COLUMNS)
         written += len(batch)
     if levels:
-        client.insert("funnel_levels", levels, column_names=LEVEL_COLUMNS)
+        insert_rows(client, "funnel_levels", levels, LEVEL_COLUMNS)
         written += len(levels)
     # The cells from the back-fill's own counts, then recounted from funnel_levels: the
     # aggregator may have written persons of this funnel meanwhile.

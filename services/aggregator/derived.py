@@ -20,7 +20,7 @@ from clickhouse_connect.driver.client import Client
 
 from services.aggregator.processor import Dirty
 from werkstroom import funnels
-from werkstroom.clickhouse.params import StringArray
+from werkstroom.clickhouse.params import StringArray, insert_rows
 
 PERSON_COLUMNS = [
     "project_id",
@@ -123,6 +123,7 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
         if hop.get(via) in members:
             members[hop[via]].add(distinct_id)
     everyone = set().union(*members.values()) if members else set()
+    everyone_ids = StringArray(sorted(everyone))
 
     visits = {
         anonymous_id: (first, last, count, views, active_days)
@@ -132,7 +133,7 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
             "                    range(toUInt32(toDate(last_event_at) - toDate(start_at)) + 1))) "
             "FROM sessions FINAL WHERE project_id = {p:String} AND anonymous_id IN {ids:Array(String)} "
             "GROUP BY anonymous_id",
-            parameters={"p": project_id, "ids": StringArray(sorted(everyone))},
+            parameters={"p": project_id, "ids": everyone_ids},
         ).result_rows
     }
     latest: dict[str, dict[str, tuple[int, str]]] = defaultdict(dict)
@@ -140,7 +141,7 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
     for distinct_id, key, value, trait_version in client.query(
         "SELECT distinct_id, key, value, version FROM person_traits FINAL "
         "WHERE project_id = {p:String} AND distinct_id IN {ids:Array(String)}",
-        parameters={"p": project_id, "ids": StringArray(sorted(everyone))},
+        parameters={"p": project_id, "ids": everyone_ids},
     ).result_rows:
         person_traits = latest[owner[distinct_id]]
         if key not in person_traits or person_traits[key][0] < trait_version:
@@ -192,7 +193,7 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
     for gone in sorted(changed.gone):  # merged into another person
         rows.append([project_id, gone, epoch, epoch, 0, 0, [], "{}", "", 1, version])
     if rows:
-        client.insert("persons", rows, column_names=PERSON_COLUMNS)
+        insert_rows(client, "persons", rows, PERSON_COLUMNS)
         _write_recent(client, rows, before)
     changed.activity_days = _write_activity(
         client, project_id, set(changed.members) | changed.gone, activity, version
@@ -219,7 +220,7 @@ def _write_recent(
         if not deleted:
             recent.append([project_id, last, person_id, first, sessions, views, plan, 0, version])
     if recent:
-        client.insert("persons_recent", recent, column_names=RECENT_COLUMNS)
+        insert_rows(client, "persons_recent", recent, RECENT_COLUMNS)
 
 
 def _write_activity(
@@ -241,7 +242,7 @@ def _write_activity(
     rows = [[project_id, d, p, 0, version] for d, p in added]
     rows += [[project_id, d, p, 1, version] for d, p in stale]
     if rows:
-        client.insert("person_activity", rows, column_names=ACTIVITY_COLUMNS)
+        insert_rows(client, "person_activity", rows, ACTIVITY_COLUMNS)
     return {d for d, _p in added} | {d for d, _p in stale}
 
 
@@ -280,7 +281,7 @@ def refresh_churn(client: Client, project_id: str, days: set[date], version: int
         ).result_rows
     }
     rows = [[project_id, d, *counts.get(d, (0, 0)), version] for d in wanted]
-    client.insert("churn_daily", rows, column_names=CHURN_COLUMNS)
+    insert_rows(client, "churn_daily", rows, CHURN_COLUMNS)
 
 
 def refresh_daily(client: Client, project_id: str, days: set[date], version: int) -> None:
@@ -337,7 +338,7 @@ def refresh_daily(client: Client, project_id: str, days: set[date], version: int
                 version,
             ]
         )
-    client.insert("daily_stats", rows, column_names=DAILY_COLUMNS)
+    insert_rows(client, "daily_stats", rows, DAILY_COLUMNS)
 
 
 def _utc(value: datetime) -> datetime:

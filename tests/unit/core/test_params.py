@@ -19,3 +19,10 @@ def test_formats_any_iterable_once() -> None:
     values = StringArray(v for v in ("b", "a"))
     assert str(values) == "['b', 'a']"
     assert str(values) == "['b', 'a']"
+
+
+def test_ids_holding_the_join_separator_are_formatted_the_same() -> None:
+    values = ["a\x00b", "c", "it's\x00"]
+    assert str(StringArray(values)) == format_bind_value(values)
+    assert str(StringArray(["\x00"])) == format_bind_value(["\x00"])
+    assert str(StringArray([""])) == format_bind_value([""])
