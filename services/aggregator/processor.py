@@ -95,8 +95,12 @@ class SessionsProcessor:
     def process(self, batch: list[Decoded]) -> tuple[Rows, Dirty]:
         """Apply a batch (in offset order per partition); returns the rows to write and what
         the derived tables (persons, daily stats) must recompute once they are written."""
-        changes = Changes()
-        dirty = Dirty()
+        changes, dirty = Changes(), Dirty()
+        self.apply_events(batch, changes, dirty)
+        return self.rows(changes, dirty)
+
+    def apply_events(self, batch: list[Decoded], changes: Changes, dirty: Dirty) -> None:
+        """Apply part of a batch; `rows` then gives the rows of everything applied."""
         for event, partition, offset in batch:
             dirty.note(event)
             identity_rows(event, changes)
@@ -110,11 +114,13 @@ class SessionsProcessor:
             self._partition_of[key] = partition
             apply(visitor, event, partition, offset, changes)
             self._clock_ms = max(self._clock_ms, visitor.last_seen_ms)
+
+    def rows(self, changes: Changes, dirty: Dirty) -> tuple[Rows, Dirty]:
         for session in changes.sessions.values():
             dirty.days.add((session.project_id, from_ms(session.start_ms).date()))
-        rows = {
-            "sessions": (SESSION_COLUMNS, [session_row(s) for s in changes.sessions.values()]),
+        rows = {  # in the order the writer inserts them: the live view first, it has 1 s
             "online_visitors": (ONLINE_COLUMNS, [online_row(v) for v in changes.online.values()]),
+            "sessions": (SESSION_COLUMNS, [session_row(s) for s in changes.sessions.values()]),
             "person_distinct_ids": (
                 IDENTITY_COLUMNS,
                 [[p, d, person, version] for (p, d), (person, version) in changes.identities.items()],

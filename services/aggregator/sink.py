@@ -31,6 +31,7 @@ from clickhouse_connect.driver.client import Client
 
 from services.aggregator.derived import refresh
 from services.aggregator.processor import Decoded, Dirty, Rows, SessionsProcessor
+from services.aggregator.sessions import Changes
 from werkstroom import metrics
 from werkstroom.contract import FIELDS, ContractError, Event, Topics, dead_letter, decode_event, epoch_ms
 from werkstroom.kafka import Publisher, make_consumer, start_producer
@@ -42,6 +43,8 @@ log = get_logger(__name__)
 COLUMNS = [*FIELDS, "kafka_partition", "kafka_offset"]
 STATUS_COLUMNS = ["topic", "partition", "worker", "last_write_at", "last_event_at", "lag", "version"]
 STATUS_EVERY = 2.0  # seconds between aggregator_status rows while idle
+APPLY_CHUNK = 2000  # events applied between two turns of the event loop
+REFRESH_TICK = 0.05  # seconds between two checks whether the derived tables are due
 RECORD_ONLINE = """
 INSERT INTO online_history (project_id, minute, online, version)
 SELECT project_id, toStartOfMinute(now('UTC')), count(), toUInt64(toUnixTimestamp64Milli(now64(3)))
@@ -132,9 +135,13 @@ class EventsSink:
         self._pending_dirty = Dirty()
         self._pending_offsets: dict[TopicPartition, int] = {}
         self._commit_lock = asyncio.Lock()
-        self._next_refresh = 0.0
+        self._next_refresh = 0.0  # the next recomputation while there is a backlog
+        self._refresh_floor = 0.0  # ... and once caught up: derived_refresh_ms after the last
+        self._last_records = 0.0  # when the last fetch brought records
         self._stopping = asyncio.Event()
         self._consecutive_bad = 0
+        self._aggregating = False
+        self._revoke_after: set[int] = set()
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.publisher: Publisher | None = None
@@ -175,6 +182,8 @@ class EventsSink:
                 wait_ms = max(0, int((deadline - time.monotonic()) * 1000))
                 room = max(1, self.settings.sink_batch_rows - len(self._events))
                 batches = await self.consumer.getmany(timeout_ms=wait_ms, max_records=room)
+                if batches:
+                    self._last_records = time.monotonic()
                 self._take(batches)
                 if len(self._events) >= self.settings.sink_batch_rows or time.monotonic() >= deadline:
                     await self._submit()
@@ -263,8 +272,13 @@ class EventsSink:
     async def _commit_loop(self) -> None:
         """Recompute the derived tables and commit, on its own clock, so that neither waits for
         the other: the writer keeps the live tables fresh while a recomputation runs."""
+        idle_after = self.settings.sink_flush_ms / 1000  # no records for a flush: caught up
         while True:
-            await asyncio.sleep(max(0.01, self._next_refresh - time.monotonic()))
+            await asyncio.sleep(REFRESH_TICK)
+            now = time.monotonic()
+            caught_up = now - self._last_records >= idle_after
+            if now < self._next_refresh and not (caught_up and now >= self._refresh_floor):
+                continue
             if not await self._refresh_and_commit() and time.monotonic() - self._status_at >= STATUS_EVERY:
                 await self._write_status()
             if time.monotonic() - self._history_at >= self.settings.online_history_seconds:
@@ -319,10 +333,13 @@ class EventsSink:
             await self._retry(
                 "derived_refresh_failed", lambda: asyncio.to_thread(refresh, self._derived_client, dirty)
             )
-            # Refresh at most every derived_refresh_ms, and spend at most a fifth of the time on it.
+            # Refresh at most every derived_refresh_ms. During a backlog, spend at most a fifth
+            # of the time on it; once the backlog is drained, there is no reason to wait longer.
             took = time.monotonic() - started
             metrics.DERIVED_REFRESH_SECONDS.observe(took)
-            self._next_refresh = time.monotonic() + max(self.settings.derived_refresh_ms / 1000, 4 * took)
+            now = time.monotonic()
+            self._refresh_floor = now + self.settings.derived_refresh_ms / 1000
+            self._next_refresh = now + max(self.settings.derived_refresh_ms / 1000, 4 * took)
             assert self.consumer is not None
             try:
                 await self.consumer.commit(offsets)
@@ -406,7 +423,10 @@ class EventsSink:
         for tp in partitions:
             self._offsets.pop(tp, None)
             self._pending_offsets.pop(tp, None)
-        self.processor.revoke(numbers)
+        if self._aggregating:  # a batch is being applied: its visitors go once it is done
+            self._revoke_after |= numbers
+        else:
+            self.processor.revoke(numbers)
 
     def _raise_if_writer_failed(self) -> None:
         for task in (self._writer, self._committer):
@@ -416,11 +436,26 @@ class EventsSink:
                     raise error
 
     async def _aggregate(self, events: list[Decoded]) -> tuple[Rows, Dirty]:
+        """Load the visitors not in memory, then apply the events in chunks, giving the event
+        loop back between chunks: the Kafka fetcher runs on it, and a batch applied in one
+        go (a few hundred ms) kept it from fetching the next one meanwhile. Partitions
+        revoked in between keep their visitors until the batch is applied (`forget`)."""
         assert self.client is not None
-        missing = self.processor.missing(events)
-        if missing:
-            await asyncio.to_thread(self.processor.load, self.client, missing)
-        return self.processor.process(events)
+        self._aggregating = True
+        try:
+            missing = self.processor.missing(events)
+            if missing:
+                await asyncio.to_thread(self.processor.load, self.client, missing)
+            changes, dirty = Changes(), Dirty()
+            for start in range(0, len(events), APPLY_CHUNK):
+                self.processor.apply_events(events[start : start + APPLY_CHUNK], changes, dirty)
+                await asyncio.sleep(0)
+            return self.processor.rows(changes, dirty)
+        finally:
+            self._aggregating = False
+            revoked, self._revoke_after = self._revoke_after, set()
+            if revoked:
+                self.processor.revoke(revoked)
 
     async def _insert(
         self, table: str, columns: list[str], data: list[list[Any]], columnar: bool = False

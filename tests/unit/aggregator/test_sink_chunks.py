@@ -1,0 +1,59 @@
+"""The sink applies a batch in chunks, giving the event loop back in between; a rebalance that
+revokes partitions meanwhile must not drop visitors the rest of the batch still needs."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from services.aggregator import sink as sink_module
+from services.aggregator.processor import SessionsProcessor
+from services.aggregator.sessions import Visitor
+from services.aggregator.sink import EventsSink
+from tests.unit.aggregator.test_sessions import ev
+from werkstroom.settings import Settings
+
+
+def _sink(tmp_path: Any) -> EventsSink:
+    sink = EventsSink(Settings(data_dir=tmp_path), "localhost:1", lambda: None)  # type: ignore[arg-type,return-value]
+    sink.client = object()  # type: ignore[assignment]  # not used: every visitor is in memory
+    return sink
+
+
+def test_chunked_apply_gives_the_rows_of_one_pass(tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr(sink_module, "APPLY_CHUNK", 3)
+    events = [(ev(i, n=i, anonymous_id=f"a{i % 4}"), i % 2, i) for i in range(10)]
+    sink = _sink(tmp_path)
+    for event, partition, _ in events:  # as if loaded: no ClickHouse here
+        sink.processor.visitors.setdefault((event.project_id, event.anonymous_id), Visitor())
+        sink.processor._partition_of[(event.project_id, event.anonymous_id)] = partition
+    rows, dirty = asyncio.run(sink._aggregate(events))
+    expected_rows, expected_dirty = SessionsProcessor().process(events)
+    assert rows == expected_rows
+    assert (dirty.days, dirty.ids) == (expected_dirty.days, expected_dirty.ids)
+    assert next(iter(rows)) == "online_visitors"  # the live view is written first
+
+
+def test_partitions_revoked_while_a_batch_is_applied_keep_their_visitors_until_it_is_done(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(sink_module, "APPLY_CHUNK", 1)
+    sink = _sink(tmp_path)
+    events = [(ev(0, n=1), 1, 10), (ev(1, n=2), 1, 11), (ev(2, n=3), 1, 12)]
+    sink.processor.visitors[("p", "a")] = Visitor()
+    sink.processor._partition_of[("p", "a")] = 1
+    revoked = TopicPartition(sink.topics.events, 1)
+
+    async def scenario() -> Any:
+        task = asyncio.create_task(sink._aggregate(events))
+        await asyncio.sleep(0)  # the first chunk is applied; the rebalance comes in between
+        sink.forget({revoked})
+        assert ("p", "a") in sink.processor.visitors
+        return await task
+
+    rows, _ = asyncio.run(scenario())
+    sessions = rows["sessions"][1]
+    assert len(sessions) == 1  # one session of three page views, not a restarted visitor
+    assert ("p", "a") not in sink.processor.visitors  # revoked once the batch was applied
