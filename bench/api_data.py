@@ -430,6 +430,16 @@ def _version() -> int:
     return time.time_ns() // 1_000_000
 
 
+def settle_merges(client: Client, limit: float = 120.0) -> None:
+    """Wait (up to `limit` s) until the background merges of the bulk inserts are done, so the
+    latencies are those of a settled table, not of reads competing with merges for the cores."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if not client.query("SELECT count() FROM system.merges").first_row[0]:
+            return
+        time.sleep(0.5)
+
+
 def generate(
     client: Client,
     settings: Settings,
@@ -651,6 +661,7 @@ def generate(
     )
     client.command("DROP TABLE IF EXISTS bench_plan")
     client.command("DROP TABLE IF EXISTS bench_funnel_events")
+    settle_merges(client)
     return Generated(
         project_id=p,
         read_key=project.read_key,
