@@ -33,6 +33,7 @@ from services.aggregator.derived import refresh
 from services.aggregator.processor import Decoded, Dirty, Rows, SessionsProcessor
 from services.aggregator.sessions import Changes
 from werkstroom import metrics
+from werkstroom.clickhouse.params import insert_rows
 from werkstroom.contract import FIELDS, ContractError, Event, Topics, dead_letter, decode_event, epoch_ms
 from werkstroom.kafka import Publisher, make_consumer, start_producer
 from werkstroom.logging import get_logger
@@ -298,9 +299,8 @@ class EventsSink:
 
             async def aggregates() -> None:
                 for table, (columns, table_rows) in batch.aggregates.items():
-                    if table_rows:  # column by column: clickhouse-connect transposes rows in Python
-                        data = [list(column) for column in zip(*table_rows, strict=True)]
-                        await self._insert(table, columns, data, columnar=True)
+                    if table_rows:
+                        await self._insert(table, columns, table_rows)
 
             # The events and the aggregates go in side by side, on two clients (ClickHouse
             # parses and sorts them in native code, off the GIL); both finish before a retry.
@@ -457,17 +457,12 @@ class EventsSink:
             if revoked:
                 self.processor.revoke(revoked)
 
-    async def _insert(
-        self, table: str, columns: list[str], data: list[list[Any]], columnar: bool = False
-    ) -> None:
+    async def _insert(self, table: str, columns: list[str], rows: list[list[Any]]) -> None:
         assert self.client is not None
         started = time.perf_counter()
-        await asyncio.to_thread(
-            self.client.insert, table, data, column_names=columns, column_oriented=columnar
-        )
-        count = len(data[0]) if columnar else len(data)
+        await asyncio.to_thread(insert_rows, self.client, table, rows, columns)
         metrics.SINK_INSERT_SECONDS.observe(time.perf_counter() - started)
-        metrics.SINK_BATCH_ROWS.observe(count)
+        metrics.SINK_BATCH_ROWS.observe(len(rows))
 
     async def _insert_raw(self, lines: list[bytes]) -> None:
         if not lines:
