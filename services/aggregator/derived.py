@@ -13,14 +13,12 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
-import orjson
 from clickhouse_connect.driver.client import Client
 
 from services.aggregator.processor import Dirty
 from werkstroom import funnels
-from werkstroom.clickhouse.params import StringArray, insert_rows
+from werkstroom.clickhouse.params import IntArray, StringArray, insert_rows
 
 PERSON_COLUMNS = [
     "project_id",
@@ -49,6 +47,10 @@ DAILY_COLUMNS = [
 ]
 
 ACTIVITY_COLUMNS = ["project_id", "day", "person_id", "is_deleted", "version"]
+RECENT_COLUMNS = [
+    *("project_id", "last_seen", "person_id", "first_seen"),
+    *("sessions", "page_views", "plan", "is_deleted", "version"),
+]
 
 _last_version = 0
 
@@ -73,7 +75,10 @@ def refresh(client: Client, dirty: Dirty) -> None:
         changed = refresh_persons(client, project_id, distinct_ids, version)
         days[project_id] |= changed.first_days | changed.activity_days
         activity_days[project_id] = changed.activity_days
-        funnels.recompute(client, project_id, changed.members, changed.gone, version)
+        project_funnels = funnels.list_funnels(client, project_id)
+        if project_funnels:
+            members = browsing_members(client, project_id, changed.members)
+            funnels.recompute(client, project_id, members, changed.gone, version, project_funnels)
     for project_id, project_days in days.items():
         refresh_daily(client, project_id, project_days, version)
     today = datetime.now(UTC).date()
@@ -94,17 +99,118 @@ def _mapping(client: Client, project_id: str, column: str, values: set[str]) -> 
 
 @dataclass
 class Changed:
-    """What refresh_persons rewrote: each person's anonymous ids, the persons merged away, and
-    the days whose new-user counts changed (first visits before and after the rewrite)."""
+    """What refresh_persons rewrote: the persons and their member ids, the persons merged away,
+    and the days whose counts changed (first visits before and after the rewrite; days a person
+    became (in)active on)."""
 
-    members: dict[str, list[str]] = field(default_factory=dict)
+    members: dict[str, set[str]] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)
     first_days: set[date] = field(default_factory=set)
-    activity_days: set[date] = field(default_factory=set)  # days someone became (in)active on
+    activity_days: set[date] = field(default_factory=set)
+
+
+# The persons a refresh rewrites and each one's member ids, as two parallel arrays bound once
+# per statement: {m:Array(String)} (a member id) and {o:Array(String)} (its person).
+MEMBERS = (
+    "(SELECT pair.1 AS member, pair.2 AS person "
+    "FROM (SELECT arrayJoin(arrayZip({m:Array(String)}, {o:Array(String)})) AS pair))"
+)
+
+# A person's row, computed in ClickHouse from its members' sessions and traits: first and last
+# seen, sessions and page views over the members' sessions; the members that have sessions;
+# each trait's latest value over all members (ties: the greater value, so that a replay picks
+# the same one), as one JSON object with sorted keys; the plan when it is a string. Persons
+# with no session (server-side calls only) get no row.
+PERSONS_INSERT = f"""
+INSERT INTO persons (project_id, person_id, first_seen, last_seen, sessions, page_views,
+                     anonymous_ids, traits, plan, is_deleted, version)
+SELECT {{p:String}}, v.person, v.first_seen, v.last_seen, v.sessions, v.page_views, v.ids,
+       if(t.person = '', '{{}}', t.traits),
+       if(JSONType(t.plan) = 'String', JSONExtractString(t.plan), ''),
+       0, {{v:UInt64}}
+FROM (
+    SELECT m.person AS person, min(s.first) AS first_seen, max(s.last) AS last_seen,
+           sum(s.n) AS sessions, sum(s.views) AS page_views, arraySort(groupArray(m.member)) AS ids
+    FROM (
+        SELECT anonymous_id, min(start_at) AS first, max(last_event_at) AS last, count() AS n,
+               sum(page_views) AS views
+        FROM sessions FINAL
+        WHERE project_id = {{p:String}} AND anonymous_id IN {{m:Array(String)}}
+        GROUP BY anonymous_id
+    ) AS s
+    INNER JOIN {MEMBERS} AS m ON s.anonymous_id = m.member
+    GROUP BY m.person
+) AS v
+LEFT JOIN (
+    SELECT person,
+           '{{' || arrayStringConcat(arrayMap(kv -> concat(toJSONString(kv.1), ':', kv.2),
+                                               arraySort(groupArray((key, value)))), ',') || '}}' AS traits,
+           anyIf(value, key = 'plan') AS plan
+    FROM (
+        SELECT m.person AS person, tr.key AS key, argMax(tr.value, (tr.version, tr.value)) AS value
+        FROM (
+            SELECT distinct_id, key, value, version FROM person_traits FINAL
+            WHERE project_id = {{p:String}} AND distinct_id IN {{m:Array(String)}}
+        ) AS tr
+        INNER JOIN {MEMBERS} AS m ON tr.distinct_id = m.member
+        GROUP BY m.person, tr.key
+    )
+    GROUP BY person
+) AS t ON t.person = v.person
+SETTINGS output_format_json_escape_forward_slashes = 0
+"""
+
+# persons_recent: a copy of each row just written (its version), and a tombstone for each row
+# it replaces whose place (last_seen) moved or whose person is gone. {b*} are the persons'
+# rows before the rewrite: id, first and last seen in ms.
+RECENT_INSERT = """
+INSERT INTO persons_recent (project_id, last_seen, person_id, first_seen, sessions, page_views,
+                            plan, is_deleted, version)
+WITH fresh AS (
+    SELECT person_id, first_seen, last_seen, sessions, page_views, plan FROM persons FINAL
+    WHERE project_id = {p:String} AND person_id IN {persons:Array(String)}
+      AND version = {v:UInt64} AND is_deleted = 0
+)
+SELECT {p:String}, last_seen, person_id, first_seen, sessions, page_views, plan, 0, {v:UInt64}
+FROM fresh
+UNION ALL
+SELECT {p:String}, fromUnixTimestamp64Milli(old.last_ms, 'UTC'), old.person_id,
+       fromUnixTimestamp64Milli(old.first_ms, 'UTC'), 0, 0, '', 1, {v:UInt64}
+FROM (
+    SELECT row.1 AS person_id, row.2 AS first_ms, row.3 AS last_ms
+    FROM (SELECT arrayJoin(arrayZip({bp:Array(String)}, {bf:Array(Int64)}, {bl:Array(Int64)})) AS row)
+) AS old
+LEFT JOIN fresh ON fresh.person_id = old.person_id
+WHERE old.person_id IN {gone:Array(String)}
+   OR (fresh.person_id != '' AND toUnixTimestamp64Milli(fresh.last_seen) != old.last_ms)
+"""
+
+# The stored active days of these persons against the days their members' sessions span: the
+# rows to add (is_deleted 0) and to delete (1). A person merged away has no sessions left.
+ACTIVITY_DIFF = f"""
+SELECT day, person_id, toUInt8(min(source) = 2) FROM (
+    SELECT DISTINCT m.person AS person_id,
+           arrayJoin(arrayMap(d -> toDate(s.start_at) + d,
+                              range(toUInt32(toDate(s.last_event_at) - toDate(s.start_at)) + 1))) AS day,
+           1 AS source
+    FROM (
+        SELECT anonymous_id, start_at, last_event_at FROM sessions FINAL
+        WHERE project_id = {{p:String}} AND anonymous_id IN {{m:Array(String)}}
+    ) AS s
+    INNER JOIN {MEMBERS} AS m ON s.anonymous_id = m.member
+    UNION ALL
+    SELECT person_id, day, 2 FROM person_activity FINAL
+    WHERE project_id = {{p:String}} AND person_id IN {{persons:Array(String)}} AND is_deleted = 0
+)
+GROUP BY day, person_id
+HAVING count() = 1
+"""
 
 
 def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], version: int) -> Changed:
-    """Rewrite the persons these ids belong to, and the days on which each was active."""
+    """Rewrite the persons these ids belong to, and the days on which each was active. The
+    rows are computed by ClickHouse (INSERT ... SELECT): Python only resolves which ids make
+    up which person, and reads back the few days whose counts changed."""
     direct = dict(_mapping(client, project_id, "distinct_id", distinct_ids))
     onward = dict(_mapping(client, project_id, "distinct_id", set(direct.values())))  # alias chains: one hop
 
@@ -122,128 +228,76 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
     for distinct_id, via in level2:
         if hop.get(via) in members:
             members[hop[via]].add(distinct_id)
-    everyone = set().union(*members.values()) if members else set()
-    everyone_ids = StringArray(sorted(everyone))
-
-    visits = {
-        anonymous_id: (first, last, count, views, active_days)
-        for anonymous_id, first, last, count, views, active_days in client.query(
-            "SELECT anonymous_id, min(start_at), max(last_event_at), count(), sum(page_views), "
-            "groupUniqArrayArray(arrayMap(d -> toDate(start_at) + d, "
-            "                    range(toUInt32(toDate(last_event_at) - toDate(start_at)) + 1))) "
-            "FROM sessions FINAL WHERE project_id = {p:String} AND anonymous_id IN {ids:Array(String)} "
-            "GROUP BY anonymous_id",
-            parameters={"p": project_id, "ids": everyone_ids},
-        ).result_rows
+    changed = Changed(members=members, gone=distinct_ids - persons)
+    pairs = [(d, p) for p, ds in members.items() for d in ds]
+    bound = {
+        "p": project_id,
+        "v": version,
+        "m": StringArray(d for d, _p in pairs),
+        "o": StringArray(p for _d, p in pairs),
+        "persons": StringArray(sorted(persons | changed.gone)),
+        "gone": StringArray(sorted(changed.gone)),
     }
-    latest: dict[str, dict[str, tuple[int, str]]] = defaultdict(dict)
-    owner = {d: p for p, ds in members.items() for d in ds}
-    for distinct_id, key, value, trait_version in client.query(
-        "SELECT distinct_id, key, value, version FROM person_traits FINAL "
-        "WHERE project_id = {p:String} AND distinct_id IN {ids:Array(String)}",
-        parameters={"p": project_id, "ids": everyone_ids},
-    ).result_rows:
-        person_traits = latest[owner[distinct_id]]
-        if key not in person_traits or person_traits[key][0] < trait_version:
-            person_traits[key] = (trait_version, value)
-
-    rows: list[list[Any]] = []
-    changed = Changed(gone=distinct_ids - persons)
-    # The days these persons were first seen on before this rewrite get recounted too: a merge
-    # or a late event can move a first visit to another day, and the old day must lose it. Their
-    # last_seen locates the persons_recent rows this rewrite replaces.
-    before = {
-        person_id: (_utc(first_seen), _utc(last_seen))
-        for person_id, first_seen, last_seen in client.query(
-            "SELECT person_id, first_seen, last_seen FROM persons FINAL WHERE project_id = {p:String} "
-            "AND person_id IN {ids:Array(String)} AND is_deleted = 0",
-            parameters={"p": project_id, "ids": StringArray(sorted(persons | changed.gone))},
-        ).result_rows
-    }
-    changed.first_days.update(first.date() for first, _last in before.values())
-    activity: dict[tuple[date, str], int] = {}
-    for person_id in sorted(persons):
-        seen = [visits[d] for d in members[person_id] if d in visits]
-        if not seen:
-            continue  # no browsing yet (server-side calls only): no person row
-        traits = {k: orjson.loads(v) for k, (_, v) in latest.get(person_id, {}).items()}
-        plan = traits.get("plan")
-        first_seen = min(_utc(s[0]) for s in seen)
-        changed.first_days.add(first_seen.date())
-        changed.members[person_id] = sorted(d for d in members[person_id] if d in visits)
-        for s in seen:
-            for day in s[4]:
-                activity[(day, person_id)] = 0
-        rows.append(
-            [
-                project_id,
-                person_id,
-                first_seen,
-                max(_utc(s[1]) for s in seen),
-                sum(s[2] for s in seen),
-                sum(s[3] for s in seen),
-                changed.members[person_id],
-                orjson.dumps(traits, option=orjson.OPT_SORT_KEYS).decode(),
-                plan if isinstance(plan, str) else "",
-                0,
-                version,
-            ]
-        )
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    for gone in sorted(changed.gone):  # merged into another person
-        rows.append([project_id, gone, epoch, epoch, 0, 0, [], "{}", "", 1, version])
-    if rows:
+    # The rows this rewrite replaces: their first days get recounted too (a merge or a late
+    # event can move a first visit to another day, and the old day must lose it), and their
+    # last_seen locates the persons_recent rows to tombstone.
+    before = client.query(
+        "SELECT person_id, toUnixTimestamp64Milli(first_seen), toUnixTimestamp64Milli(last_seen) "
+        "FROM persons FINAL WHERE project_id = {p:String} AND person_id IN {persons:Array(String)} "
+        "AND is_deleted = 0",
+        parameters=bound,
+    ).result_columns or [[], [], []]
+    changed.first_days.update(_day(ms) for ms in before[1])
+    client.command(PERSONS_INSERT, parameters=bound)
+    if changed.gone:  # merged into another person
+        epoch = datetime(1970, 1, 1, tzinfo=UTC)
+        rows = [[project_id, g, epoch, epoch, 0, 0, [], "{}", "", 1, version] for g in sorted(changed.gone)]
         insert_rows(client, "persons", rows, PERSON_COLUMNS)
-        _write_recent(client, rows, before)
-    changed.activity_days = _write_activity(
-        client, project_id, set(changed.members) | changed.gone, activity, version
+    client.command(
+        RECENT_INSERT,
+        parameters={
+            **bound,
+            "bp": StringArray(before[0]),
+            "bf": IntArray(before[1]),
+            "bl": IntArray(before[2]),
+        },
     )
+    changed.first_days.update(
+        day
+        for (day,) in client.query(
+            "SELECT DISTINCT toDate(first_seen) FROM persons FINAL WHERE project_id = {p:String} "
+            "AND person_id IN {persons:Array(String)} AND version = {v:UInt64} AND is_deleted = 0",
+            parameters=bound,
+        ).result_rows
+    )
+    diff = client.query(ACTIVITY_DIFF, parameters=bound).result_rows
+    if diff:
+        insert_rows(
+            client, "person_activity", [[project_id, d, p, x, version] for d, p, x in diff], ACTIVITY_COLUMNS
+        )
+    changed.activity_days = {d for d, _p, _x in diff}
     return changed
 
 
-RECENT_COLUMNS = [
-    *("project_id", "last_seen", "person_id", "first_seen"),
-    *("sessions", "page_views", "plan", "is_deleted", "version"),
-]
-
-
-def _write_recent(
-    client: Client, rows: list[list[Any]], before: dict[str, tuple[datetime, datetime]]
-) -> None:
-    """persons_recent, the persons sorted by last seen: the new rows, and a tombstone for each
-    replaced row whose place (last_seen) changed or whose person is gone."""
-    recent: list[list[Any]] = []
-    for project_id, person_id, first, last, sessions, views, _ids, _traits, plan, deleted, version in rows:
-        previous = before.get(person_id)
-        if previous is not None and (deleted or previous[1] != last):
-            recent.append([project_id, previous[1], person_id, previous[0], 0, 0, "", 1, version])
-        if not deleted:
-            recent.append([project_id, last, person_id, first, sessions, views, plan, 0, version])
-    if recent:
-        insert_rows(client, "persons_recent", recent, RECENT_COLUMNS)
-
-
-def _write_activity(
-    client: Client, project_id: str, persons: set[str], fresh: dict[tuple[date, str], int], version: int
-) -> set[date]:
-    """Bring these persons' stored active days to `fresh`: add the new ones, delete the ones
-    they no longer have (a person merged away has none). Returns the days that changed."""
-    if not persons:
-        return set()
-    stored = {
-        (day, person_id)
-        for day, person_id in client.query(
-            "SELECT day, person_id FROM person_activity FINAL WHERE project_id = {p:String} "
-            "AND person_id IN {ids:Array(String)} AND is_deleted = 0",
-            parameters={"p": project_id, "ids": StringArray(sorted(persons))},
+def browsing_members(client: Client, project_id: str, members: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Each person's member ids that have sessions (the ids whose events count for it)."""
+    everyone = sorted(set().union(*members.values())) if members else []
+    if not everyone:
+        return {}
+    browsing = {
+        d
+        for (d,) in client.query(
+            "SELECT DISTINCT anonymous_id FROM sessions FINAL WHERE project_id = {p:String} "
+            "AND anonymous_id IN {ids:Array(String)}",
+            parameters={"p": project_id, "ids": StringArray(everyone)},
         ).result_rows
     }
-    added, stale = sorted(set(fresh) - stored), sorted(stored - set(fresh))
-    rows = [[project_id, d, p, 0, version] for d, p in added]
-    rows += [[project_id, d, p, 1, version] for d, p in stale]
-    if rows:
-        insert_rows(client, "person_activity", rows, ACTIVITY_COLUMNS)
-    return {d for d, _p in added} | {d for d, _p in stale}
+    found = {p: sorted(ds & browsing) for p, ds in members.items()}
+    return {p: ds for p, ds in found.items() if ds}
+
+
+def _day(ms: int) -> date:
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)).date()
 
 
 CHURN_COLUMNS = ["project_id", "day", "base", "churned", "version"]
