@@ -45,6 +45,7 @@ COLUMNS = [*FIELDS, "kafka_partition", "kafka_offset"]
 STATUS_COLUMNS = ["topic", "partition", "worker", "last_write_at", "last_event_at", "lag", "version"]
 STATUS_EVERY = 2.0  # seconds between aggregator_status rows while idle
 APPLY_CHUNK = 2000  # events applied between two turns of the event loop
+EVICT_EVERY = 5.0  # seconds between two looks for idle visitors to forget
 REFRESH_TICK = 0.05  # seconds between two checks whether the derived tables are due
 RECORD_ONLINE = """
 INSERT INTO online_history (project_id, minute, online, version)
@@ -90,6 +91,10 @@ class _Batch:
     offsets: dict[TopicPartition, int]
     aggregates: Rows
     dirty: Dirty
+    live: asyncio.Task[None] | None = None  # the live view's insert, started at once
+
+
+LIVE_TABLE = "online_visitors"
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -129,8 +134,12 @@ class EventsSink:
         self._queue: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
         self._writer: asyncio.Task[None] | None = None
         self._committer: asyncio.Task[None] | None = None
+        self._submitting: asyncio.Task[None] | None = None
+        self._evicted_at = 0.0
         self._derived_client: Client | None = None
         self._events_client: Client | None = None
+        self._load_client: Client | None = None
+        self._live_client: Client | None = None
         self._seq = 0
         self._written_seq = 0
         self._pending_dirty = Dirty()
@@ -173,6 +182,10 @@ class EventsSink:
         await self.consumer.start()
         self._derived_client = self._client_factory()  # its own client: runs beside the inserts
         self._events_client = self._client_factory()  # the events table's inserts, beside the rest
+        # Loading the next batch's visitors must not queue behind the previous batch's inserts
+        # (a client runs one statement at a time): its own client.
+        self._load_client = self._client_factory()
+        self._live_client = self._client_factory()  # the live view, ahead of the batch's other writes
         self._writer = asyncio.create_task(self._write_loop(), name="sink-writer")
         self._committer = asyncio.create_task(self._commit_loop(), name="sink-committer")
         log.info("sink_started", topic=self.topics.events, group=self.settings.sink_group, table=self.table)
@@ -187,12 +200,15 @@ class EventsSink:
                     self._last_records = time.monotonic()
                 self._take(batches)
                 if len(self._events) >= self.settings.sink_batch_rows or time.monotonic() >= deadline:
-                    await self._submit()
-                    deadline = time.monotonic() + flush_every
+                    # The next batch is cut a flush interval after this one was, not after it
+                    # is applied: what arrives meanwhile waits the interval, not interval + apply.
+                    cut = time.monotonic()
+                    await self._submit_in_background()
+                    deadline = cut + flush_every
                 self._raise_if_writer_failed()
             await self.flush()
         finally:
-            for task in (self._writer, self._committer):
+            for task in (self._submitting, self._writer, self._committer):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -240,10 +256,21 @@ class EventsSink:
     async def flush(self) -> None:
         """Hand what is held to the writer and wait until everything handed over is written and
         committed (before a rebalance, and at stop)."""
+        if self._submitting is not None:
+            await self._submitting
         await self._submit()
         await self._queue.join()
         self._raise_if_writer_failed()
         await self._refresh_and_commit()
+
+    async def _submit_in_background(self) -> None:
+        """Start aggregating the events held, and return: the loop goes on taking records
+        while the batch's visitors load (records sitting in the fetcher's buffer meanwhile
+        were most of the live view's delay). One batch at a time: the previous one must be
+        queued first, so a slow ClickHouse still stops the fetching (bounded memory)."""
+        if self._submitting is not None:
+            await self._submitting  # raises what it raised
+        self._submitting = asyncio.create_task(self._submit(), name="sink-submit")
 
     async def _submit(self) -> None:
         """Compute the aggregates of the events held and queue the batch for the writer. The
@@ -256,11 +283,22 @@ class EventsSink:
             self._dead, self._events, self._raw, self._offsets = [], [], [], {}
             # Forget idle visitors here, not in the writer: between finding the visitors to load
             # and applying the batch, nothing may drop one from memory.
-            self.processor.evict_idle(self._written_seq)
+            if time.monotonic() - self._evicted_at >= EVICT_EVERY:  # a walk over every visitor held
+                self._evicted_at = time.monotonic()
+                self.processor.evict_idle(self._written_seq)
             aggregates = await self._retry("sink_load_failed", lambda: self._aggregate(events))
             self._seq += 1
             self.processor.touched(events, self._seq)
-            await self._queue.put(_Batch(self._seq, dead, events, raw, offsets, *aggregates))
+            batch = _Batch(self._seq, dead, events, raw, offsets, *aggregates)
+            # The live view goes in now, on its own client: it does not wait for the previous
+            # batch's events and sessions to be written. Its rows are versioned by the visitor's
+            # offset, so the order of two batches' inserts does not matter. The writer awaits
+            # it (and inserts the rows itself if it failed) before committing.
+            columns, live_rows = batch.aggregates.get(LIVE_TABLE, ([], []))
+            if live_rows:
+                live = self._insert(LIVE_TABLE, columns, live_rows, self._live_client)
+                batch.live = asyncio.create_task(live)
+            await self._queue.put(batch)
 
     async def _write_loop(self) -> None:
         while True:
@@ -298,8 +336,13 @@ class EventsSink:
                 dead = []
 
             async def aggregates() -> None:
+                live_written = False
+                if batch.live is not None:
+                    live, batch.live = batch.live, None
+                    await live  # failed: raises, and the retry inserts the rows below
+                    live_written = True
                 for table, (columns, table_rows) in batch.aggregates.items():
-                    if table_rows:
+                    if table_rows and not (table == LIVE_TABLE and live_written):
                         await self._insert(table, columns, table_rows)
 
             # The events and the aggregates go in side by side, on two clients (ClickHouse
@@ -429,7 +472,7 @@ class EventsSink:
             self.processor.revoke(numbers)
 
     def _raise_if_writer_failed(self) -> None:
-        for task in (self._writer, self._committer):
+        for task in (self._submitting, self._writer, self._committer):
             if task is not None and task.done() and not task.cancelled():
                 error = task.exception()
                 if error is not None:
@@ -440,12 +483,12 @@ class EventsSink:
         loop back between chunks: the Kafka fetcher runs on it, and a batch applied in one
         go (a few hundred ms) kept it from fetching the next one meanwhile. Partitions
         revoked in between keep their visitors until the batch is applied (`forget`)."""
-        assert self.client is not None
         self._aggregating = True
         try:
             missing = self.processor.missing(events)
             if missing:
-                await asyncio.to_thread(self.processor.load, self.client, missing)
+                assert self._load_client is not None
+                await asyncio.to_thread(self.processor.load, self._load_client, missing)
             changes, dirty = Changes(), Dirty()
             for start in range(0, len(events), APPLY_CHUNK):
                 self.processor.apply_events(events[start : start + APPLY_CHUNK], changes, dirty)
@@ -457,10 +500,13 @@ class EventsSink:
             if revoked:
                 self.processor.revoke(revoked)
 
-    async def _insert(self, table: str, columns: list[str], rows: list[list[Any]]) -> None:
-        assert self.client is not None
+    async def _insert(
+        self, table: str, columns: list[str], rows: list[list[Any]], client: Client | None = None
+    ) -> None:
+        client = client or self.client
+        assert client is not None
         started = time.perf_counter()
-        await asyncio.to_thread(insert_rows, self.client, table, rows, columns)
+        await asyncio.to_thread(insert_rows, client, table, rows, columns)
         metrics.SINK_INSERT_SECONDS.observe(time.perf_counter() - started)
         metrics.SINK_BATCH_ROWS.observe(len(rows))
 

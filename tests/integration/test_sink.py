@@ -4,6 +4,7 @@ re-delivered messages, dead letters, and offsets committed only after the insert
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -192,3 +193,23 @@ async def test_string_array_parameters_reach_clickhouse_unchanged(quiet: Stack) 
             parameters={"all": [*values, "other"], "v": StringArray(values)},
         ).first_row[0]
         assert matched == len(values)
+
+
+async def test_a_failed_live_view_insert_is_written_again_before_the_commit(quiet: Stack) -> None:
+    """The live view's rows go in on their own, ahead of the batch's other writes. While that
+    insert fails (the table is away), the batch is not committed; the writer's retry inserts
+    the rows itself once the table is back, and only then are the offsets committed."""
+    pid = quiet.project.project_id
+    quiet.client.command("RENAME TABLE online_visitors TO online_visitors_away")
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")  # the live view keeps an hour (TTL)
+    await produce(quiet, [event(pid, i, type="page", event="$pageview", timestamp=now) for i in range(20)])
+    sink: EventsSink = quiet.start_sink()
+    await quiet.until(lambda: quiet.scalar("SELECT count() FROM events") == 20, timeout=20)
+    await asyncio.sleep(1.0)  # several attempts fail on the live view
+    assert await committed(quiet) == 0
+    quiet.client.command("RENAME TABLE online_visitors_away TO online_visitors")
+    await quiet.until(lambda: committed_is(quiet, 20), timeout=20)
+    sql = "SELECT anonymous_id FROM online_visitors FINAL WHERE project_id = {p:String} ORDER BY 1"
+    live = quiet.rows(sql, p=pid)
+    assert live == [(f"a-{i}",) for i in range(5)]
+    assert sink.consumer is not None

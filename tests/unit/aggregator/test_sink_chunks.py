@@ -18,7 +18,6 @@ from werkstroom.settings import Settings
 
 def _sink(tmp_path: Any) -> EventsSink:
     sink = EventsSink(Settings(data_dir=tmp_path), "localhost:1", lambda: None)  # type: ignore[arg-type,return-value]
-    sink.client = object()  # type: ignore[assignment]  # not used: every visitor is in memory
     return sink
 
 
