@@ -40,7 +40,7 @@ from werkstroom.demo import simulate  # noqa: E402
 from werkstroom.embedded import EmbeddedKafka  # noqa: E402
 from werkstroom.kafka import Publisher, ensure_topics, start_producer  # noqa: E402
 from werkstroom.logging import configure_logging  # noqa: E402
-from werkstroom.serve import clickhouse_factory, prepare_clickhouse  # noqa: E402
+from werkstroom.serve import clickhouse_factory, loop_factory, prepare_clickhouse, tune_gc  # noqa: E402
 from werkstroom.settings import Settings  # noqa: E402
 
 PROJECT = "p_bench"
@@ -149,6 +149,7 @@ async def main(events: int, online: int) -> None:
 
         client = prepare_clickhouse(settings)
         sink = EventsSink(settings, kafka.bootstrap, clickhouse_factory(settings))
+        tune_gc(settings)  # as `werkstroom serve` does once started
         task = asyncio.create_task(sink.run())
         while not (sink.consumer and sink.consumer.assignment()):
             await asyncio.sleep(0.01)
@@ -275,4 +276,5 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--online", type=int, default=100_000)
     args = parser.parse_args()
-    asyncio.run(main(args.events, args.online))
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:  # the loop `werkstroom serve` runs on
+        runner.run(main(args.events, args.online))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import secrets
@@ -191,6 +192,7 @@ async def serve(
 
     failed: list[asyncio.Task[Any]] = []
     results: list[Any] = []
+    tune_gc(settings)  # start-up is over: what exists now lives as long as the process
     runtime.tasks = [asyncio.create_task(s.serve(), name=f"http:{s.config.port}") for s in servers]
     runtime.tasks += [asyncio.create_task(s.run(), name="sink") for s in sinks]
     _write_runtime_file(settings, target, runtime)
@@ -282,15 +284,29 @@ def run(settings: Settings, target: Target) -> int:
         sys.stdout.write(banner(runtime))
         sys.stdout.flush()
 
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(serve(settings, target, on_ready=announce))
     return 0
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop when installed (it is, via uvicorn[standard]): the same loop uvicorn would pick."""
     try:
         import uvloop
     except ImportError:
         return None
     return uvloop.new_event_loop
+
+
+def tune_gc(settings: Settings) -> None:
+    """Collect what start-up left, move it out of the collector's sight (gc.freeze: the
+    imported modules, hundreds of thousands of objects that every full collection walked), and
+    collect the young generation every `gc_young_threshold` allocations instead of every 700.
+    The aggregator allocates a few objects per event; with Python's defaults the collections
+    (a full one walks every visitor held) paused it for up to 200 ms, a fifth of the live
+    view's 1 s budget. Cycles are still collected, just in larger, rarer steps."""
+    if settings.gc_young_threshold <= 0:
+        return
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(settings.gc_young_threshold, 20, 100)

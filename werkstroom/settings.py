@@ -102,6 +102,14 @@ class Settings(BaseSettings):
         description="WERKSTROOM_ONLINE_HISTORY_SECONDS: how often the aggregator records each "
         "project's online count (online_history, read for 'online a week ago').",
     )
+    gc_young_threshold: int = Field(
+        50_000,
+        ge=0,
+        description="WERKSTROOM_GC_YOUNG_THRESHOLD: allocations between two collections of Python's "
+        "youngest generation (Python's default is 700; 0 keeps Python's thresholds). With the default, "
+        "a collection every few hundred objects, and a full one over every visitor in memory, "
+        "paused the aggregator for up to 200 ms.",
+    )
     derived_refresh_ms: int = Field(
         1000,
         ge=0,
