@@ -5,6 +5,8 @@ Policy (Arroyo-style, explicit):
 - batch by size (`sink_batch_rows`) or time (`sink_flush_ms`), whichever comes first;
 - insert the batch into ClickHouse, retrying with backoff while ClickHouse is down; nothing
   more is fetched meanwhile, so memory stays bounded (backpressure on the consumer);
+- the live view's rows go in as soon as a batch is aggregated, on their own client, ahead
+  of the previous batch's other writes; the batch is committed only once they are in too;
 - commit the Kafka offsets only after the insert succeeded. A crash between insert and
   commit re-delivers the batch; the rows collapse again in the ReplacingMergeTree (same
   sorting key, ending in event_id);
