@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from clickhouse_connect.driver.client import Client
 
 from services.aggregator.processor import Dirty
+from services.aggregator.sessions import from_ms
 from werkstroom import funnels
 from werkstroom.clickhouse.params import IntArray, StringArray, insert_rows
 
@@ -247,7 +248,7 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
         "AND is_deleted = 0",
         parameters=bound,
     ).result_columns or [[], [], []]
-    changed.first_days.update(_day(ms) for ms in before[1])
+    changed.first_days.update(from_ms(ms).date() for ms in before[1])
     client.command(PERSONS_INSERT, parameters=bound)
     if changed.gone:  # merged into another person
         epoch = datetime(1970, 1, 1, tzinfo=UTC)
@@ -294,10 +295,6 @@ def browsing_members(client: Client, project_id: str, members: dict[str, set[str
     }
     found = {p: sorted(ds & browsing) for p, ds in members.items()}
     return {p: ds for p, ds in found.items() if ds}
-
-
-def _day(ms: int) -> date:
-    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)).date()
 
 
 CHURN_COLUMNS = ["project_id", "day", "base", "churned", "version"]

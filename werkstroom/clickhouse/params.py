@@ -20,11 +20,24 @@ _ESCAPES = str.maketrans({c: "\\" + c for c in must_escape})
 _SEP = "\x00"  # joins the ids before escaping them all at once; never escaped itself
 
 
-class StringArray:
-    """An `Array(String)` query parameter, formatted once, exactly as clickhouse-connect would
-    format a list of str. clickhouse-connect binds any object it does not know by `str()`."""
+class _ArrayParameter:
+    """An array query parameter formatted once: clickhouse-connect binds any object it does
+    not know by `str()`."""
 
     __slots__ = ("_text", "size")
+
+    def __str__(self) -> str:
+        return self._text
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class StringArray(_ArrayParameter):
+    """An `Array(String)` parameter, formatted exactly as clickhouse-connect would format a
+    list of str."""
+
+    __slots__ = ()
 
     def __init__(self, values: Iterable[str]) -> None:
         items = list(values)
@@ -36,29 +49,17 @@ class StringArray:
         else:
             self._text = "[" + ", ".join(f"'{v.translate(_ESCAPES)}'" for v in items) + "]"
 
-    def __str__(self) -> str:
-        return self._text
 
-    def __len__(self) -> int:
-        return self.size
-
-
-class IntArray:
-    """An integer array query parameter (`Array(Int64)` etc.), formatted with one join, as
+class IntArray(_ArrayParameter):
+    """An integer array parameter (`Array(Int64)` etc.), formatted with one join, as
     clickhouse-connect would format a list of int."""
 
-    __slots__ = ("_text", "size")
+    __slots__ = ()
 
     def __init__(self, values: Iterable[int]) -> None:
         items = [int(v) for v in values]
         self.size = len(items)
         self._text = "[" + ", ".join(map(str, items)) + "]"
-
-    def __str__(self) -> str:
-        return self._text
-
-    def __len__(self) -> int:
-        return self.size
 
 
 def insert_rows(client: Client, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
