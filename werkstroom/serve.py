@@ -25,7 +25,7 @@ import uvicorn
 from clickhouse_connect.driver.client import Client
 
 from werkstroom import projects
-from werkstroom.clickhouse import connect, is_embedded
+from werkstroom.clickhouse import ClientFactory, connect, is_embedded
 from werkstroom.clickhouse.migrate import migrate
 from werkstroom.contract import Topics
 from werkstroom.embedded import EmbeddedKafka
@@ -57,9 +57,13 @@ class Runtime:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
 
-def clickhouse_factory(settings: Settings) -> Callable[[], Client]:
+def clickhouse_factory(settings: Settings) -> ClientFactory:
     url, database = settings.effective_clickhouse_url, settings.clickhouse_database
-    return lambda: connect(url, database)
+
+    def factory(*, session: bool = False) -> Client:
+        return connect(url, database, session=session)
+
+    return factory
 
 
 def prepare_clickhouse(settings: Settings) -> Client:

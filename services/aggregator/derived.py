@@ -17,9 +17,8 @@ from datetime import UTC, date, datetime, timedelta
 from clickhouse_connect.driver.client import Client
 
 from services.aggregator.processor import Dirty
-from services.aggregator.sessions import from_ms
 from werkstroom import funnels
-from werkstroom.clickhouse.params import IntArray, StringArray, insert_rows
+from werkstroom.clickhouse.params import StringArray, insert_rows, tab_separated
 
 PERSON_COLUMNS = [
     "project_id",
@@ -110,12 +109,40 @@ class Changed:
     activity_days: set[date] = field(default_factory=set)
 
 
-# The persons a refresh rewrites and each one's member ids, as two parallel arrays bound once
-# per statement: {m:Array(String)} (a member id) and {o:Array(String)} (its person).
-MEMBERS = (
-    "(SELECT pair.1 AS member, pair.2 AS person "
-    "FROM (SELECT arrayJoin(arrayZip({m:Array(String)}, {o:Array(String)})) AS pair))"
-)
+# The persons a refresh rewrites and each one's member ids, staged once per refresh in a
+# temporary table of the refresh's session (`stage_members`): every statement below reads it
+# instead of binding tens of thousands of ids again, which ClickHouse parsed once per statement
+# and parameter (most of a refresh's time, measured).
+STAGE = "refresh_members"
+BEFORE = "refresh_before"  # the rows the refresh replaces, as they were
+MEMBERS = f"(SELECT member, person FROM {STAGE})"
+MEMBER_IDS = f"(SELECT member FROM {STAGE})"
+PERSON_IDS = f"(SELECT DISTINCT person FROM {STAGE})"
+STAGE_TABLES = {
+    STAGE: "member String, person String",
+    BEFORE: "person_id String, first_seen DateTime64(3, 'UTC'), last_seen DateTime64(3, 'UTC')",
+}
+
+
+def stage_members(client: Client, pairs: list[tuple[str, str]]) -> None:
+    """(member, person) pairs into the session's temporary table, replacing the last ones."""
+    for table, columns in STAGE_TABLES.items():
+        client.command(f"DROP TEMPORARY TABLE IF EXISTS {table}")
+        client.command(f"CREATE TEMPORARY TABLE {table} ({columns}) ENGINE = Memory")
+    if pairs:
+        client.raw_insert(STAGE, ["member", "person"], tab_separated(pairs), fmt="TabSeparated")
+
+
+# The persons' rows before the rewrite (those merged away included): their first days get
+# recounted too (a merge or a late event can move a first visit to another day, and the old
+# day must lose it), and their last_seen locates the persons_recent rows to tombstone.
+BEFORE_INSERT = f"""
+INSERT INTO {BEFORE} (person_id, first_seen, last_seen)
+SELECT person_id, first_seen, last_seen FROM persons FINAL
+WHERE project_id = {{p:String}} AND is_deleted = 0
+  AND (person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}})
+"""
+
 
 # A person's row, computed in ClickHouse from its members' sessions and traits: first and last
 # seen, sessions and page views over the members' sessions; the members that have sessions;
@@ -136,7 +163,7 @@ FROM (
         SELECT anonymous_id, min(start_at) AS first, max(last_event_at) AS last, count() AS n,
                sum(page_views) AS views
         FROM sessions FINAL
-        WHERE project_id = {{p:String}} AND anonymous_id IN {{m:Array(String)}}
+        WHERE project_id = {{p:String}} AND anonymous_id IN {MEMBER_IDS}
         GROUP BY anonymous_id
     ) AS s
     INNER JOIN {MEMBERS} AS m ON s.anonymous_id = m.member
@@ -151,7 +178,7 @@ LEFT JOIN (
         SELECT m.person AS person, tr.key AS key, argMax(tr.value, (tr.version, tr.value)) AS value
         FROM (
             SELECT distinct_id, key, value, version FROM person_traits FINAL
-            WHERE project_id = {{p:String}} AND distinct_id IN {{m:Array(String)}}
+            WHERE project_id = {{p:String}} AND distinct_id IN {MEMBER_IDS}
         ) AS tr
         INNER JOIN {MEMBERS} AS m ON tr.distinct_id = m.member
         GROUP BY m.person, tr.key
@@ -162,28 +189,22 @@ SETTINGS output_format_json_escape_forward_slashes = 0
 """
 
 # persons_recent: a copy of each row just written (its version), and a tombstone for each row
-# it replaces whose place (last_seen) moved or whose person is gone. {b*} are the persons'
-# rows before the rewrite: id, first and last seen in ms.
-RECENT_INSERT = """
+# it replaces whose place (last_seen) moved or whose person is gone.
+RECENT_INSERT = f"""
 INSERT INTO persons_recent (project_id, last_seen, person_id, first_seen, sessions, page_views,
                             plan, is_deleted, version)
 WITH fresh AS (
     SELECT person_id, first_seen, last_seen, sessions, page_views, plan FROM persons FINAL
-    WHERE project_id = {p:String} AND person_id IN {persons:Array(String)}
-      AND version = {v:UInt64} AND is_deleted = 0
+    WHERE project_id = {{p:String}} AND person_id IN {PERSON_IDS}
+      AND version = {{v:UInt64}} AND is_deleted = 0
 )
-SELECT {p:String}, last_seen, person_id, first_seen, sessions, page_views, plan, 0, {v:UInt64}
+SELECT {{p:String}}, last_seen, person_id, first_seen, sessions, page_views, plan, 0, {{v:UInt64}}
 FROM fresh
 UNION ALL
-SELECT {p:String}, fromUnixTimestamp64Milli(old.last_ms, 'UTC'), old.person_id,
-       fromUnixTimestamp64Milli(old.first_ms, 'UTC'), 0, 0, '', 1, {v:UInt64}
-FROM (
-    SELECT row.1 AS person_id, row.2 AS first_ms, row.3 AS last_ms
-    FROM (SELECT arrayJoin(arrayZip({bp:Array(String)}, {bf:Array(Int64)}, {bl:Array(Int64)})) AS row)
-) AS old
+SELECT {{p:String}}, old.last_seen, old.person_id, old.first_seen, 0, 0, '', 1, {{v:UInt64}}
+FROM {BEFORE} AS old
 LEFT JOIN fresh ON fresh.person_id = old.person_id
-WHERE old.person_id IN {gone:Array(String)}
-   OR (fresh.person_id != '' AND toUnixTimestamp64Milli(fresh.last_seen) != old.last_ms)
+WHERE old.person_id IN {{gone:Array(String)}} OR (fresh.person_id != '' AND fresh.last_seen != old.last_seen)
 """
 
 # The stored active days of these persons against the days their members' sessions span: the
@@ -196,12 +217,13 @@ SELECT day, person_id, toUInt8(min(source) = 2) FROM (
            1 AS source
     FROM (
         SELECT anonymous_id, start_at, last_event_at FROM sessions FINAL
-        WHERE project_id = {{p:String}} AND anonymous_id IN {{m:Array(String)}}
+        WHERE project_id = {{p:String}} AND anonymous_id IN {MEMBER_IDS}
     ) AS s
     INNER JOIN {MEMBERS} AS m ON s.anonymous_id = m.member
     UNION ALL
     SELECT person_id, day, 2 FROM person_activity FINAL
-    WHERE project_id = {{p:String}} AND person_id IN {{persons:Array(String)}} AND is_deleted = 0
+    WHERE project_id = {{p:String}} AND is_deleted = 0
+      AND (person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}})
 )
 GROUP BY day, person_id
 HAVING count() = 1
@@ -230,44 +252,21 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
         if hop.get(via) in members:
             members[hop[via]].add(distinct_id)
     changed = Changed(members=members, gone=distinct_ids - persons)
-    pairs = [(d, p) for p, ds in members.items() for d in ds]
-    bound = {
-        "p": project_id,
-        "v": version,
-        "m": StringArray(d for d, _p in pairs),
-        "o": StringArray(p for _d, p in pairs),
-        "persons": StringArray(sorted(persons | changed.gone)),
-        "gone": StringArray(sorted(changed.gone)),
-    }
-    # The rows this rewrite replaces: their first days get recounted too (a merge or a late
-    # event can move a first visit to another day, and the old day must lose it), and their
-    # last_seen locates the persons_recent rows to tombstone.
-    before = client.query(
-        "SELECT person_id, toUnixTimestamp64Milli(first_seen), toUnixTimestamp64Milli(last_seen) "
-        "FROM persons FINAL WHERE project_id = {p:String} AND person_id IN {persons:Array(String)} "
-        "AND is_deleted = 0",
-        parameters=bound,
-    ).result_columns or [[], [], []]
-    changed.first_days.update(from_ms(ms).date() for ms in before[1])
+    stage_members(client, [(d, p) for p, ds in members.items() for d in ds])
+    bound = {"p": project_id, "v": version, "gone": StringArray(sorted(changed.gone))}
+    client.command(BEFORE_INSERT, parameters=bound)
     client.command(PERSONS_INSERT, parameters=bound)
     if changed.gone:  # merged into another person
         epoch = datetime(1970, 1, 1, tzinfo=UTC)
         rows = [[project_id, g, epoch, epoch, 0, 0, [], "{}", "", 1, version] for g in sorted(changed.gone)]
         insert_rows(client, "persons", rows, PERSON_COLUMNS)
-    client.command(
-        RECENT_INSERT,
-        parameters={
-            **bound,
-            "bp": StringArray(before[0]),
-            "bf": IntArray(before[1]),
-            "bl": IntArray(before[2]),
-        },
-    )
+    client.command(RECENT_INSERT, parameters=bound)
     changed.first_days.update(
         day
         for (day,) in client.query(
+            f"SELECT DISTINCT toDate(first_seen) FROM {BEFORE} UNION DISTINCT "
             "SELECT DISTINCT toDate(first_seen) FROM persons FINAL WHERE project_id = {p:String} "
-            "AND person_id IN {persons:Array(String)} AND version = {v:UInt64} AND is_deleted = 0",
+            f"AND person_id IN {PERSON_IDS} AND version = {{v:UInt64}} AND is_deleted = 0",
             parameters=bound,
         ).result_rows
     )

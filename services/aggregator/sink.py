@@ -35,6 +35,7 @@ from services.aggregator.derived import refresh
 from services.aggregator.processor import Decoded, Dirty, Rows, SessionsProcessor
 from services.aggregator.sessions import Changes
 from werkstroom import metrics
+from werkstroom.clickhouse import ClientFactory
 from werkstroom.clickhouse.params import insert_rows
 from werkstroom.contract import FIELDS, ContractError, Event, Topics, dead_letter, decode_event, epoch_ms
 from werkstroom.kafka import Publisher, make_consumer, start_producer
@@ -118,7 +119,7 @@ class EventsSink:
         self,
         settings: Settings,
         bootstrap: str,
-        clickhouse: Callable[[], Client],
+        clickhouse: ClientFactory,
         *,
         table: str = "events",
     ) -> None:
@@ -139,6 +140,7 @@ class EventsSink:
         self._submitting: asyncio.Task[None] | None = None
         self._evicted_at = 0.0
         self._derived_client: Client | None = None
+        self._refresh_client: Client | None = None
         self._events_client: Client | None = None
         self._load_client: Client | None = None
         self._live_client: Client | None = None
@@ -183,6 +185,8 @@ class EventsSink:
         self.consumer.subscribe([self.topics.events], listener=_Rebalance(self))
         await self.consumer.start()
         self._derived_client = self._client_factory()  # its own client: runs beside the inserts
+        # The recomputations' own session: they stage their ids in a temporary table.
+        self._refresh_client = self._client_factory(session=True)
         self._events_client = self._client_factory()  # the events table's inserts, beside the rest
         # Loading the next batch's visitors must not queue behind the previous batch's inserts
         # (a client runs one statement at a time): its own client.
@@ -376,7 +380,7 @@ class EventsSink:
             self._pending_dirty, self._pending_offsets = Dirty(), {}
             started = time.monotonic()
             await self._retry(
-                "derived_refresh_failed", lambda: asyncio.to_thread(refresh, self._derived_client, dirty)
+                "derived_refresh_failed", lambda: asyncio.to_thread(refresh, self._refresh_client, dirty)
             )
             # Refresh at most every derived_refresh_ms. During a backlog, spend at most a fifth
             # of the time on it; once the backlog is drained, there is no reason to wait longer.

@@ -11,13 +11,19 @@ import fcntl
 import os
 import threading
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 from urllib.parse import urlparse
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-__all__ = ["ClickHouseError", "ClickHouseLockedError", "connect", "is_embedded"]
+__all__ = ["ClickHouseError", "ClickHouseLockedError", "ClientFactory", "connect", "is_embedded"]
+
+
+class ClientFactory(Protocol):
+    """Opens a new client on the configured ClickHouse (`session`: see `connect`)."""
+
+    def __call__(self, *, session: bool = False) -> Client: ...
 
 
 class ClickHouseError(RuntimeError):
@@ -69,10 +75,14 @@ def _lock_embedded(path: str) -> None:
         _locks[path] = handle
 
 
-def connect(url: str, database: str | None = None, *, create_database: bool = False) -> Client:
+def connect(
+    url: str, database: str | None = None, *, create_database: bool = False, session: bool = False
+) -> Client:
     """A clickhouse-connect client for `url`, using `database` by default.
 
     With `create_database`, the database is created first when missing (migrations do this).
+    With `session`, a server client keeps one ClickHouse session (for temporary tables); it
+    must then run one statement at a time. An embedded client is always its own session.
     """
     try:
         if is_embedded(url):
@@ -82,7 +92,7 @@ def connect(url: str, database: str | None = None, *, create_database: bool = Fa
             base = clickhouse_connect.get_client(dsn=f"chdb://{path}" if path != ":memory:" else url)
         else:
             base = clickhouse_connect.get_client(
-                dsn=url, connect_timeout=5, send_receive_timeout=60, autogenerate_session_id=False
+                dsn=url, connect_timeout=5, send_receive_timeout=60, autogenerate_session_id=session
             )
     except ClickHouseError:
         raise
@@ -96,7 +106,11 @@ def connect(url: str, database: str | None = None, *, create_database: bool = Fa
         base.database = database
         return base
     return clickhouse_connect.get_client(
-        dsn=url, database=database, connect_timeout=5, send_receive_timeout=60, autogenerate_session_id=False
+        dsn=url,
+        database=database,
+        connect_timeout=5,
+        send_receive_timeout=60,
+        autogenerate_session_id=session,
     )
 
 

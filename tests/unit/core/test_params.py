@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from clickhouse_connect.driver.binding import format_bind_value
 
-from werkstroom.clickhouse.params import IntArray, StringArray
+from werkstroom.clickhouse.params import IntArray, StringArray, tab_separated
 
 TRICKY = ["", "plain", "it's", "back\\slash", "tab\there", "new\nline", "`tick`", "ünï ✓", "\\'", "a'b\\c"]
 
@@ -33,3 +33,9 @@ def test_int_array_same_text_as_clickhouse_connect() -> None:
     assert str(IntArray(values)) == format_bind_value(values)
     assert str(IntArray([])) == format_bind_value([])
     assert len(IntArray(iter(values))) == 4
+
+
+def test_tab_separated_escapes_only_what_tsv_needs() -> None:
+    assert tab_separated([]) == b""
+    assert tab_separated([("a", "b"), ("c", "d")]) == b"a\tb\nc\td\n"
+    assert tab_separated([("t\tab", "n\new"), ("b\\s", "c\rr")]) == b"t\\tab\tn\\new\nb\\\\s\tc\\rr\n"
