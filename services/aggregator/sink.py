@@ -48,6 +48,7 @@ COLUMNS = [*FIELDS, "kafka_partition", "kafka_offset"]
 STATUS_COLUMNS = ["topic", "partition", "worker", "last_write_at", "last_event_at", "lag", "version"]
 STATUS_EVERY = 2.0  # seconds between aggregator_status rows while idle
 APPLY_CHUNK = 2000  # events applied between two turns of the event loop
+BACKLOG_HOLD = 3  # flush intervals a batch may wait to fill up while there is a backlog
 EVICT_EVERY = 5.0  # seconds between two looks for idle visitors to forget
 REFRESH_TICK = 0.05  # seconds between two checks whether the derived tables are due
 RECORD_ONLINE = """
@@ -100,6 +101,26 @@ class _Batch:
 LIVE_TABLE = "online_visitors"
 
 
+@dataclass
+class RefreshCadence:
+    """When the derived tables are recomputed. A recomputation starts at most every `interval`
+    seconds, counted from the start of the previous one (so the last one after a backlog is
+    not held back by the length of the one before it). While a backlog is being read, a
+    recomputation starts at most every 5 x its last duration: at most a fifth of the time
+    goes to it, and more of the backlog is folded into each one."""
+
+    interval: float
+    floor: float = 0.0  # the earliest next start once caught up
+    backlog_next: float = 0.0  # ... and while there is a backlog
+
+    def due(self, now: float, caught_up: bool) -> bool:
+        return now >= self.backlog_next or (caught_up and now >= self.floor)
+
+    def ran(self, started: float, took: float) -> None:
+        self.floor = started + self.interval
+        self.backlog_next = started + max(self.interval, 5 * took)
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, sink: EventsSink) -> None:
         self.sink = sink
@@ -133,6 +154,7 @@ class EventsSink:
         self.processor = SessionsProcessor()
         self._dead: list[tuple[bytes, bytes]] = []
         self._offsets: dict[TopicPartition, int] = {}
+        self._taken: dict[TopicPartition, int] = {}  # the next offset to take, per partition
         self._lock = asyncio.Lock()
         self._queue: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
         self._writer: asyncio.Task[None] | None = None
@@ -149,8 +171,7 @@ class EventsSink:
         self._pending_dirty = Dirty()
         self._pending_offsets: dict[TopicPartition, int] = {}
         self._commit_lock = asyncio.Lock()
-        self._next_refresh = 0.0  # the next recomputation while there is a backlog
-        self._refresh_floor = 0.0  # ... and once caught up: derived_refresh_ms after the last
+        self._cadence = RefreshCadence(settings.derived_refresh_ms / 1000)
         self._last_records = 0.0  # when the last fetch brought records
         self._stopping = asyncio.Event()
         self._consecutive_bad = 0
@@ -199,13 +220,14 @@ class EventsSink:
         deadline = time.monotonic() + flush_every
         try:
             while not self._stopping.is_set():
-                wait_ms = max(0, int((deadline - time.monotonic()) * 1000))
+                until = deadline if time.monotonic() < deadline else deadline + BACKLOG_HOLD * flush_every
+                wait_ms = max(0, int((until - time.monotonic()) * 1000))
                 room = max(1, self.settings.sink_batch_rows - len(self._events))
                 batches = await self.consumer.getmany(timeout_ms=wait_ms, max_records=room)
                 if batches:
                     self._last_records = time.monotonic()
                 self._take(batches)
-                if len(self._events) >= self.settings.sink_batch_rows or time.monotonic() >= deadline:
+                if self._batch_due(deadline, flush_every):
                     # The next batch is cut a flush interval after this one was, not after it
                     # is applied: what arrives meanwhile waits the interval, not interval + apply.
                     cut = time.monotonic()
@@ -221,6 +243,30 @@ class EventsSink:
                         await task
             await self._close()
 
+    def _batch_due(self, deadline: float, flush_every: float) -> bool:
+        """Cut the batch when it is full, or a flush interval after the previous cut, unless
+        the rest of a full batch is already waiting in the topic (a backlog): then it fills up
+        first, for at most BACKLOG_HOLD more intervals. Fewer, larger batches while behind mean
+        fewer inserts, parts to merge and session rows written again."""
+        room = self.settings.sink_batch_rows - len(self._events)
+        if room <= 0:
+            return True
+        now = time.monotonic()
+        if now < deadline:
+            return False
+        return now >= deadline + BACKLOG_HOLD * flush_every or self._waiting() < room
+
+    def _waiting(self) -> int:
+        """Records in the topic past what was taken, in the partitions taken from (as of the
+        last fetch's high watermarks)."""
+        assert self.consumer is not None
+        waiting = 0
+        for tp, taken in self._taken.items():
+            end = self.consumer.highwater(tp)
+            if end is not None:
+                waiting += max(0, end - taken)
+        return waiting
+
     def _take(self, batches: dict[TopicPartition, list[Any]]) -> None:
         for tp, messages in batches.items():
             for message in messages:
@@ -233,7 +279,7 @@ class EventsSink:
                 self._events.append((event, message.partition, message.offset))
                 self._raw.append(raw_row(message.value, event, message.partition, message.offset))
             if messages:
-                self._offsets[tp] = messages[-1].offset + 1
+                self._offsets[tp] = self._taken[tp] = messages[-1].offset + 1
 
     def _bad(self, message: Any, exc: ContractError) -> None:
         self._consecutive_bad += 1
@@ -322,7 +368,7 @@ class EventsSink:
             await asyncio.sleep(REFRESH_TICK)
             now = time.monotonic()
             caught_up = now - self._last_records >= idle_after
-            if now < self._next_refresh and not (caught_up and now >= self._refresh_floor):
+            if not self._cadence.due(now, caught_up):
                 continue
             if not await self._refresh_and_commit() and time.monotonic() - self._status_at >= STATUS_EVERY:
                 await self._write_status()
@@ -382,13 +428,9 @@ class EventsSink:
             await self._retry(
                 "derived_refresh_failed", lambda: asyncio.to_thread(refresh, self._refresh_client, dirty)
             )
-            # Refresh at most every derived_refresh_ms. During a backlog, spend at most a fifth
-            # of the time on it; once the backlog is drained, there is no reason to wait longer.
             took = time.monotonic() - started
             metrics.DERIVED_REFRESH_SECONDS.observe(took)
-            now = time.monotonic()
-            self._refresh_floor = now + self.settings.derived_refresh_ms / 1000
-            self._next_refresh = now + max(self.settings.derived_refresh_ms / 1000, 4 * took)
+            self._cadence.ran(started, took)
             assert self.consumer is not None
             try:
                 await self.consumer.commit(offsets)
@@ -471,6 +513,7 @@ class EventsSink:
         self._raw = [r for _e, r in kept]
         for tp in partitions:
             self._offsets.pop(tp, None)
+            self._taken.pop(tp, None)
             self._pending_offsets.pop(tp, None)
         if self._aggregating:  # a batch is being applied: its visitors go once it is done
             self._revoke_after |= numbers
