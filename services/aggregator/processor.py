@@ -31,6 +31,7 @@ from services.aggregator.sessions import (
     online_row,
     session_from_row,
     session_row,
+    to_ms,
     trait_rows,
 )
 from werkstroom.clickhouse.params import StringArray
@@ -92,28 +93,43 @@ class SessionsProcessor:
         for key in keys:
             self.visitors[key] = Visitor.from_sessions(found.get(key, []))
 
-    def process(self, batch: list[Decoded]) -> tuple[Rows, Dirty]:
+    def process(self, batch: list[Decoded], seq: int = 0) -> tuple[Rows, Dirty]:
         """Apply a batch (in offset order per partition); returns the rows to write and what
         the derived tables (persons, daily stats) must recompute once they are written."""
         changes, dirty = Changes(), Dirty()
-        self.apply_events(batch, changes, dirty)
+        self.apply_events(batch, changes, dirty, seq)
         return self.rows(changes, dirty)
 
-    def apply_events(self, batch: list[Decoded], changes: Changes, dirty: Dirty) -> None:
-        """Apply part of a batch; `rows` then gives the rows of everything applied."""
+    def apply_events(self, batch: list[Decoded], changes: Changes, dirty: Dirty, seq: int = 0) -> None:
+        """Apply part of a batch; `rows` then gives the rows of everything applied. `seq` is the
+        batch's number: each visitor remembers the last batch that changed it (see evict_idle).
+        The hottest loop of the aggregator: what Dirty.note does is inlined here."""
+        visitors, partition_of, newest = self.visitors, self._partition_of, changes.newest
+        days, ids = dirty.days, dirty.ids
+        clock = self._clock_ms
         for event, partition, offset in batch:
-            dirty.note(event)
-            identity_rows(event, changes)
-            trait_rows(event, changes)
-            if not event.anonymous_id:
+            project_id, anonymous_id, timestamp = event.project_id, event.anonymous_id, event.timestamp
+            t = to_ms(timestamp)
+            if t > newest.get(partition, 0):
+                newest[partition] = t
+            days.add((project_id, timestamp.date()))
+            if event.user_id or event.previous_id or event.type == "identify":
+                dirty.note(event)
+                identity_rows(event, changes)
+                trait_rows(event, changes)
+            if not anonymous_id:
                 continue  # server-side calls with only a user id: no browsing session
-            key = (event.project_id, event.anonymous_id)
-            visitor = self.visitors.get(key)
+            key = (project_id, anonymous_id)
+            ids.add(key)
+            visitor = visitors.get(key)
             if visitor is None:
-                visitor = self.visitors[key] = Visitor()
-            self._partition_of[key] = partition
-            apply(visitor, event, partition, offset, changes)
-            self._clock_ms = max(self._clock_ms, visitor.last_seen_ms)
+                visitor = visitors[key] = Visitor()
+            partition_of[key] = partition
+            visitor.batch = seq
+            apply(visitor, event, partition, offset, changes, t)
+            if visitor.last_seen_ms > clock:
+                clock = visitor.last_seen_ms
+        self._clock_ms = clock
 
     def rows(self, changes: Changes, dirty: Dirty) -> tuple[Rows, Dirty]:
         for session in changes.sessions.values():
@@ -131,14 +147,6 @@ class SessionsProcessor:
             ),
         }
         return rows, dirty
-
-    def touched(self, batch: list[Decoded], seq: int) -> None:
-        """Remember the batch that last changed each visitor: one is forgotten only once that
-        batch is written, or a reload would miss rows still on their way to ClickHouse."""
-        for event, _partition, _offset in batch:
-            visitor = self.visitors.get((event.project_id, event.anonymous_id))
-            if visitor is not None:
-                visitor.batch = seq
 
     def evict_idle(self, written_seq: int) -> int:
         """Forget visitors quiet for a session gap and more whose rows are all written."""

@@ -114,14 +114,19 @@ class Changes:
     online: dict[tuple[str, str], Visitor] = field(default_factory=dict)
     identities: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
     traits: dict[tuple[str, str, str], tuple[str, int]] = field(default_factory=dict)
+    newest: dict[int, int] = field(default_factory=dict)  # partition -> newest event time (ms)
 
 
-def apply(visitor: Visitor, event: Event, partition: int, offset: int, changes: Changes) -> bool:
-    """Apply one decoded contract event to its visitor. Returns False for a replayed event."""
+def apply(
+    visitor: Visitor, event: Event, partition: int, offset: int, changes: Changes, t: int | None = None
+) -> bool:
+    """Apply one decoded contract event to its visitor (`t`: its time in ms, when the caller
+    has it already). Returns False for a replayed event."""
     if offset <= visitor.last_offset:
         return False
     visitor.last_offset = offset
-    t = to_ms(event.timestamp)
+    if t is None:
+        t = to_ms(event.timestamp)
     project_id, anonymous_id = event.project_id, event.anonymous_id
     visitor.last_seen_ms = max(visitor.last_seen_ms, t)
     session = _session_for(visitor, t, project_id, anonymous_id, event.event_id, partition, offset, changes)

@@ -37,7 +37,7 @@ from services.aggregator.sessions import Changes
 from werkstroom import metrics
 from werkstroom.clickhouse import ClientFactory
 from werkstroom.clickhouse.params import insert_rows
-from werkstroom.contract import FIELDS, ContractError, Event, Topics, dead_letter, decode_event, epoch_ms
+from werkstroom.contract import FIELDS, ContractError, Event, Topics, dead_letter, decode_event
 from werkstroom.kafka import Publisher, make_consumer, start_producer
 from werkstroom.logging import get_logger
 from werkstroom.settings import Settings
@@ -95,6 +95,7 @@ class _Batch:
     offsets: dict[TopicPartition, int]
     aggregates: Rows
     dirty: Dirty
+    newest: dict[int, int]  # partition -> newest event time (ms)
     live: asyncio.Task[None] | None = None  # the live view's insert, started at once
 
 
@@ -172,7 +173,6 @@ class EventsSink:
         self._pending_offsets: dict[TopicPartition, int] = {}
         self._commit_lock = asyncio.Lock()
         self._cadence = RefreshCadence(settings.derived_refresh_ms / 1000)
-        self._last_records = 0.0  # when the last fetch brought records
         self._stopping = asyncio.Event()
         self._consecutive_bad = 0
         self._aggregating = False
@@ -224,8 +224,6 @@ class EventsSink:
                 wait_ms = max(0, int((until - time.monotonic()) * 1000))
                 room = max(1, self.settings.sink_batch_rows - len(self._events))
                 batches = await self.consumer.getmany(timeout_ms=wait_ms, max_records=room)
-                if batches:
-                    self._last_records = time.monotonic()
                 self._take(batches)
                 if self._batch_due(deadline, flush_every):
                     # The next batch is cut a flush interval after this one was, not after it
@@ -255,6 +253,16 @@ class EventsSink:
         if now < deadline:
             return False
         return now >= deadline + BACKLOG_HOLD * flush_every or self._waiting() < room
+
+    def _caught_up(self) -> bool:
+        """Nothing left in the topic and everything taken is written: the recomputation that
+        follows covers the whole backlog at once. (A pause in the fetches is not the end of a
+        backlog, and a recomputation started before the last batches are written needs
+        another one after it.)"""
+        submitting = self._submitting is not None and not self._submitting.done()
+        if self._events or submitting or self._written_seq < self._seq:
+            return False
+        return self._waiting() == 0
 
     def _waiting(self) -> int:
         """Records in the topic past what was taken, in the partitions taken from (as of the
@@ -338,10 +346,10 @@ class EventsSink:
             if time.monotonic() - self._evicted_at >= EVICT_EVERY:  # a walk over every visitor held
                 self._evicted_at = time.monotonic()
                 self.processor.evict_idle(self._written_seq)
-            aggregates = await self._retry("sink_load_failed", lambda: self._aggregate(events))
-            self._seq += 1
-            self.processor.touched(events, self._seq)
-            batch = _Batch(self._seq, dead, events, raw, offsets, *aggregates)
+            seq = self._seq + 1
+            aggregates = await self._retry("sink_load_failed", lambda: self._aggregate(events, seq))
+            self._seq = seq
+            batch = _Batch(seq, dead, events, raw, offsets, *aggregates)
             # The live view goes in now, on its own client: it does not wait for the previous
             # batch's events and sessions to be written. Its rows are versioned by the visitor's
             # offset, so the order of two batches' inserts does not matter. The writer awaits
@@ -363,11 +371,10 @@ class EventsSink:
     async def _commit_loop(self) -> None:
         """Recompute the derived tables and commit, on its own clock, so that neither waits for
         the other: the writer keeps the live tables fresh while a recomputation runs."""
-        idle_after = self.settings.sink_flush_ms / 1000  # no records for a flush: caught up
         while True:
             await asyncio.sleep(REFRESH_TICK)
             now = time.monotonic()
-            caught_up = now - self._last_records >= idle_after
+            caught_up = self._caught_up()
             if not self._cadence.due(now, caught_up):
                 continue
             if not await self._refresh_and_commit() and time.monotonic() - self._status_at >= STATUS_EVERY:
@@ -408,8 +415,7 @@ class EventsSink:
         self.last_write = time.time()
         metrics.SINK_LAST_WRITE.set(self.last_write)
         self._written_seq = batch.seq
-        for event, partition, _offset in batch.events:
-            ms = epoch_ms(event.timestamp)
+        for partition, ms in batch.newest.items():
             if ms > self._newest.get(partition, 0):
                 self._newest[partition] = ms
         self._pending_dirty.update(batch.dirty)
@@ -527,7 +533,7 @@ class EventsSink:
                 if error is not None:
                     raise error
 
-    async def _aggregate(self, events: list[Decoded]) -> tuple[Rows, Dirty]:
+    async def _aggregate(self, events: list[Decoded], seq: int) -> tuple[Rows, Dirty, dict[int, int]]:
         """Load the visitors not in memory, then apply the events in chunks, giving the event
         loop back between chunks: the Kafka fetcher runs on it, and a batch applied in one
         go (a few hundred ms) kept it from fetching the next one meanwhile. Partitions
@@ -540,9 +546,10 @@ class EventsSink:
                 await asyncio.to_thread(self.processor.load, self._load_client, missing)
             changes, dirty = Changes(), Dirty()
             for start in range(0, len(events), APPLY_CHUNK):
-                self.processor.apply_events(events[start : start + APPLY_CHUNK], changes, dirty)
+                self.processor.apply_events(events[start : start + APPLY_CHUNK], changes, dirty, seq)
                 await asyncio.sleep(0)
-            return self.processor.rows(changes, dirty)
+            rows, dirty = self.processor.rows(changes, dirty)
+            return rows, dirty, changes.newest
         finally:
             self._aggregating = False
             revoked, self._revoke_after = self._revoke_after, set()

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.integration
 AWKWARD = ["plain", "tab\there", "new\nline", "back\\slash", "cr\rhere", "quote'd", 'dq"', "ünï", "", "\\N"]
 
 
-def test_staged_pairs_read_back_exactly_and_only_in_their_session(infra: Infra, names: dict[str, str]) -> None:
+def test_staged_pairs_read_back_exactly_and_only_in_their_session(
+    infra: Infra, names: dict[str, str]
+) -> None:
     database = names["clickhouse_database"]
     connect(infra.clickhouse_url, database, create_database=True)
     client = connect(infra.clickhouse_url, database, session=True)

@@ -137,8 +137,7 @@ def test_processor_skips_server_side_calls_for_sessions_and_forgets_revoked_part
 def test_idle_visitors_are_forgotten_only_once_their_rows_are_written() -> None:
     processor = SessionsProcessor()
     old = [(ev(0, n=1), 0, 0)]
-    processor.process(old)
-    processor.touched(old, 1)
+    processor.process(old, seq=1)  # batch 1 changed "a"
     processor.process([(ev(600, n=2, anonymous_id="b"), 0, 1)])  # event time moves 10 h on
     assert processor.evict_idle(written_seq=0) == 0  # batch 1 not written yet: keep "a"
     assert processor.evict_idle(written_seq=1) == 1

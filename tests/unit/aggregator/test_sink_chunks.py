@@ -13,6 +13,7 @@ from services.aggregator.processor import SessionsProcessor
 from services.aggregator.sessions import Visitor
 from services.aggregator.sink import EventsSink
 from tests.unit.aggregator.test_sessions import ev
+from werkstroom.contract import epoch_ms
 from werkstroom.settings import Settings
 
 
@@ -28,10 +29,12 @@ def test_chunked_apply_gives_the_rows_of_one_pass(tmp_path: Any, monkeypatch: An
     for event, partition, _ in events:  # as if loaded: no ClickHouse here
         sink.processor.visitors.setdefault((event.project_id, event.anonymous_id), Visitor())
         sink.processor._partition_of[(event.project_id, event.anonymous_id)] = partition
-    rows, dirty = asyncio.run(sink._aggregate(events))
+    rows, dirty, newest = asyncio.run(sink._aggregate(events, 1))
     expected_rows, expected_dirty = SessionsProcessor().process(events)
     assert rows == expected_rows
     assert (dirty.days, dirty.ids) == (expected_dirty.days, expected_dirty.ids)
+    assert newest == {p: max(epoch_ms(e.timestamp) for e, q, _ in events if q == p) for p in (0, 1)}
+    assert {v.batch for v in sink.processor.visitors.values()} == {1}
     assert next(iter(rows)) == "online_visitors"  # the live view is written first
 
 
@@ -46,13 +49,13 @@ def test_partitions_revoked_while_a_batch_is_applied_keep_their_visitors_until_i
     revoked = TopicPartition(sink.topics.events, 1)
 
     async def scenario() -> Any:
-        task = asyncio.create_task(sink._aggregate(events))
+        task = asyncio.create_task(sink._aggregate(events, 1))
         await asyncio.sleep(0)  # the first chunk is applied; the rebalance comes in between
         sink.forget({revoked})
         assert ("p", "a") in sink.processor.visitors
         return await task
 
-    rows, _ = asyncio.run(scenario())
+    rows, _dirty, _newest = asyncio.run(scenario())
     sessions = rows["sessions"][1]
     assert len(sessions) == 1  # one session of three page views, not a restarted visitor
     assert ("p", "a") not in sink.processor.visitors  # revoked once the batch was applied
