@@ -313,14 +313,28 @@ def session_row(s: Session) -> list[Any]:
     ]
 
 
-_ONLINE_FROM_SESSION = [SESSION_COLUMNS.index(c) for c in ONLINE_COLUMNS if c != "version"]
-
-
 def online_row(visitor: Visitor) -> list[Any]:
-    """The visitor's newest session (its `sessions` row, cut down to the online columns),
+    """The visitor's newest session (its `sessions` row, cut down to ONLINE_COLUMNS),
     versioned by the visitor's last applied offset."""
-    row = session_row(visitor.sessions[-1])
-    return [row[i] for i in _ONLINE_FROM_SESSION] + [visitor.last_offset]
+    s = visitor.sessions[-1]
+    return [
+        s.project_id,
+        s.anonymous_id,
+        s.session_id,
+        s.user_id,
+        s.start_ms,
+        s.last_ms,
+        s.current_url,
+        s.current_path,
+        s.current_title,
+        _page_time(s),
+        s.page_views,
+        s.events,
+        s.device_type,
+        s.browser,
+        s.os,
+        visitor.last_offset,
+    ]
 
 
 def session_from_row(row: dict[str, Any]) -> Session:

@@ -276,16 +276,20 @@ class EventsSink:
         return waiting
 
     def _take(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        add_event, add_raw = self._events.append, self._raw.append  # once per fetch, not per event
         for tp, messages in batches.items():
             for message in messages:
+                value = message.value
                 try:
-                    event = decode_event(message.value)
+                    event = decode_event(value)
                 except ContractError as exc:
                     self._bad(message, exc)
                     continue
-                self._consecutive_bad = 0
-                self._events.append((event, message.partition, message.offset))
-                self._raw.append(raw_row(message.value, event, message.partition, message.offset))
+                if self._consecutive_bad:
+                    self._consecutive_bad = 0
+                partition, offset = message.partition, message.offset
+                add_event((event, partition, offset))
+                add_raw(raw_row(value, event, partition, offset))
             if messages:
                 self._offsets[tp] = self._taken[tp] = messages[-1].offset + 1
 

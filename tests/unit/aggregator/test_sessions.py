@@ -5,11 +5,13 @@ from typing import Any
 
 from services.aggregator.processor import SessionsProcessor
 from services.aggregator.sessions import (
+    ONLINE_COLUMNS,
     SESSION_COLUMNS,
     Changes,
     Visitor,
     apply,
     identity_rows,
+    online_row,
     session_from_row,
     session_row,
 )
@@ -149,3 +151,11 @@ def test_a_row_does_not_change_when_its_session_changes_after_it_was_built() -> 
     row = session_row(visitor.sessions[0])  # queued for the writer
     run([ev(1, path="/b", n=2)], visitor, first_offset=1)
     assert row[SESSION_COLUMNS.index("pages")] == ["/a"] and row[SESSION_COLUMNS.index("page_views")] == 1
+
+
+def test_the_live_row_is_the_newest_session_row_cut_down_to_the_online_columns() -> None:
+    visitor, _ = run([ev(0, path="/a", n=1), ev(1, "track", n=2), ev(2, path="/b", n=3, user_id="u1")])
+    full = dict(zip(SESSION_COLUMNS, session_row(visitor.sessions[-1]), strict=True))
+    expected = [full[c] for c in ONLINE_COLUMNS if c != "version"] + [visitor.last_offset]
+    assert online_row(visitor) == expected
+    assert ONLINE_COLUMNS[-1] == "version"
