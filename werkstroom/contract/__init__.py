@@ -106,9 +106,11 @@ def epoch_ms(value: datetime) -> int:
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
 
-class Event(msgspec.Struct, kw_only=True, frozen=True):
+class Event(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """One decoded v1 message. Consumers get times as UTC datetimes and properties/traits as
-    the raw JSON text (`msgspec.Raw`), which is what ClickHouse stores anyway."""
+    the raw JSON text (`msgspec.Raw`), which is what ClickHouse stores anyway. It holds only
+    strings, numbers, datetimes and raw JSON, so it can never be part of a reference cycle:
+    `gc=False` keeps the garbage collector from tracking the aggregator's many events."""
 
     schema_version: int
     event_id: NonEmpty
@@ -137,6 +139,7 @@ class Event(msgspec.Struct, kw_only=True, frozen=True):
 
 
 _decoder = msgspec.json.Decoder(Event)
+_OPEN_BRACE = ord("{")
 
 
 def decode_event(value: bytes | None) -> Event:
@@ -151,10 +154,11 @@ def decode_event(value: bytes | None) -> Event:
         raise ContractError("invalid_json", str(exc)) from None
     if event.schema_version != SCHEMA_VERSION:
         raise ContractError("unsupported_version", f"schema_version {event.schema_version}; this reads 1")
-    for name in ("properties", "traits"):
-        raw = bytes(getattr(event, name))
-        if not raw.lstrip().startswith(b"{"):
-            raise ContractError("invalid_field", f"{name} must be an object")
+    # A Raw value starts at its first byte, never at whitespace; a view reads it without a copy.
+    if memoryview(event.properties)[0] != _OPEN_BRACE:
+        raise ContractError("invalid_field", "properties must be an object")
+    if memoryview(event.traits)[0] != _OPEN_BRACE:
+        raise ContractError("invalid_field", "traits must be an object")
     return event
 
 

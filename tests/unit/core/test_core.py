@@ -67,6 +67,8 @@ def test_decode_event_rejects_what_breaks_the_contract() -> None:
         and decoded.timestamp.tzinfo is not None
         and bytes(decoded.properties) == b"{}"
     )
+    spaced = orjson.dumps(good)[:-1] + b', "properties" :  \n {"a": 1} , "traits":\t{}}'
+    assert bytes(decode_event(spaced).properties) == b'{"a": 1}'
     cases = [
         (None, "empty_value"),
         (b"{", "invalid_json"),
@@ -76,6 +78,8 @@ def test_decode_event_rejects_what_breaks_the_contract() -> None:
         (orjson.dumps({**good, "type": "screen"}), "invalid_field"),
         (orjson.dumps({**good, "url": 5}), "invalid_field"),
         (orjson.dumps({**good, "properties": []}), "invalid_field"),
+        (orjson.dumps({**good, "traits": "plan"}), "invalid_field"),
+        (orjson.dumps({**good, "traits": None}), "invalid_field"),
         (orjson.dumps({**good, "timestamp": "soon"}), "invalid_time"),
     ]
     for value, reason in cases:
