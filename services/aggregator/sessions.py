@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -285,28 +286,25 @@ def _page_time(s: Session) -> int:
     return s.page_entered_ms if s.page_entered_ms >= 0 else s.start_ms
 
 
+# The runs of columns the sessions row and the live row share, in their column order.
+_WHO = attrgetter("project_id", "anonymous_id", "session_id", "user_id", "start_ms", "last_ms")
+_PAGE = attrgetter("current_url", "current_path", "current_title")
+_COUNTS = attrgetter("page_views", "events")
+_DEVICE = attrgetter("device_type", "browser", "os")
+
+
 def session_row(s: Session) -> list[Any]:
     return [
-        s.project_id,
-        s.anonymous_id,
-        s.session_id,
-        s.user_id,
-        s.start_ms,
-        s.last_ms,
+        *_WHO(s),
         s.entry_ms if s.entry_ms >= 0 else s.start_ms,
         s.entry_url,
         s.entry_path,
         s.referrer,
-        s.current_url,
-        s.current_path,
-        s.current_title,
+        *_PAGE(s),
         _page_time(s),
-        s.page_views,
-        s.events,
+        *_COUNTS(s),
         list(s.pages),  # a copy: the row waits for the writer while the session keeps changing
-        s.device_type,
-        s.browser,
-        s.os,
+        *_DEVICE(s),
         s.partition,
         s.version,
         int(s.deleted),
@@ -317,24 +315,7 @@ def online_row(visitor: Visitor) -> list[Any]:
     """The visitor's newest session (its `sessions` row, cut down to ONLINE_COLUMNS),
     versioned by the visitor's last applied offset."""
     s = visitor.sessions[-1]
-    return [
-        s.project_id,
-        s.anonymous_id,
-        s.session_id,
-        s.user_id,
-        s.start_ms,
-        s.last_ms,
-        s.current_url,
-        s.current_path,
-        s.current_title,
-        _page_time(s),
-        s.page_views,
-        s.events,
-        s.device_type,
-        s.browser,
-        s.os,
-        visitor.last_offset,
-    ]
+    return [*_WHO(s), *_PAGE(s), _page_time(s), *_COUNTS(s), *_DEVICE(s), visitor.last_offset]
 
 
 def session_from_row(row: dict[str, Any]) -> Session:
