@@ -2,7 +2,8 @@
 (sessions, live view, identities; services.aggregator.processor), in batches, at least once.
 
 Policy (Arroyo-style, explicit):
-- batch by size (`sink_batch_rows`) or time (`sink_flush_ms`), whichever comes first;
+- batch by size (`sink_batch_rows`) or time (`sink_flush_ms`), whichever comes first; while
+  a full batch is already waiting in the topic (a backlog), fill it up first (`_batch_due`);
 - insert the batch into ClickHouse, retrying with backoff while ClickHouse is down; nothing
   more is fetched meanwhile, so memory stays bounded (backpressure on the consumer);
 - the live view's rows go in as soon as a batch is aggregated, on their own client, ahead
