@@ -22,24 +22,11 @@ _ESCAPES = str.maketrans({c: "\\" + c for c in must_escape})
 _SEP = "\x00"  # joins the ids before escaping them all at once; never escaped itself
 
 
-class _ArrayParameter:
-    """An array query parameter formatted once: clickhouse-connect binds any object it does
-    not know by `str()`."""
+class StringArray:
+    """An `Array(String)` parameter, formatted once and exactly as clickhouse-connect would
+    format a list of str (it binds any object it does not know by `str()`)."""
 
     __slots__ = ("_text", "size")
-
-    def __str__(self) -> str:
-        return self._text
-
-    def __len__(self) -> int:
-        return self.size
-
-
-class StringArray(_ArrayParameter):
-    """An `Array(String)` parameter, formatted exactly as clickhouse-connect would format a
-    list of str."""
-
-    __slots__ = ()
 
     def __init__(self, values: Iterable[str]) -> None:
         items = list(values)
@@ -51,17 +38,11 @@ class StringArray(_ArrayParameter):
         else:
             self._text = "[" + ", ".join(f"'{v.translate(_ESCAPES)}'" for v in items) + "]"
 
+    def __str__(self) -> str:
+        return self._text
 
-class IntArray(_ArrayParameter):
-    """An integer array parameter (`Array(Int64)` etc.), formatted with one join, as
-    clickhouse-connect would format a list of int."""
-
-    __slots__ = ()
-
-    def __init__(self, values: Iterable[int]) -> None:
-        items = [int(v) for v in values]
-        self.size = len(items)
-        self._text = "[" + ", ".join(map(str, items)) + "]"
+    def __len__(self) -> int:
+        return self.size
 
 
 def insert_rows(client: Client, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
