@@ -51,12 +51,6 @@ class Dirty:
     days: set[tuple[str, date]] = field(default_factory=set)
     ids: set[tuple[str, str]] = field(default_factory=set)
 
-    def note(self, event: Event) -> None:
-        self.days.add((event.project_id, event.timestamp.date()))
-        for distinct_id in (event.anonymous_id, event.user_id, event.previous_id):
-            if distinct_id:
-                self.ids.add((event.project_id, distinct_id))
-
     def update(self, other: Dirty) -> None:
         self.days |= other.days
         self.ids |= other.ids
@@ -103,7 +97,7 @@ class SessionsProcessor:
     def apply_events(self, batch: list[Decoded], changes: Changes, dirty: Dirty, seq: int = 0) -> None:
         """Apply part of a batch; `rows` then gives the rows of everything applied. `seq` is the
         batch's number: each visitor remembers the last batch that changed it (see evict_idle).
-        The hottest loop of the aggregator: what Dirty.note does is inlined here."""
+        Every event dirties its (project, UTC day) and each of its distinct ids."""
         visitors, partition_of, newest = self.visitors, self._partition_of, changes.newest
         days, ids = dirty.days, dirty.ids
         clock = self._clock_ms
@@ -114,7 +108,9 @@ class SessionsProcessor:
                 newest[partition] = t
             days.add((project_id, timestamp.date()))
             if event.user_id or event.previous_id or event.type == "identify":
-                dirty.note(event)
+                for distinct_id in (event.user_id, event.previous_id):
+                    if distinct_id:
+                        ids.add((project_id, distinct_id))
                 identity_rows(event, changes)
                 trait_rows(event, changes)
             if not anonymous_id:
