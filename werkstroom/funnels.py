@@ -309,8 +309,9 @@ def recompute(
     version: int,
     funnels: Sequence[Funnel] | None = None,
 ) -> int:
-    """Rewrite the progress of these persons (person id -> its anonymous ids) in every funnel
-    of the project, and delete that of persons merged into others. Returns rows written."""
+    """Rewrite the progress of these persons (person id -> the distinct ids whose events count
+    for it, `person_ids`) in every funnel of the project, and delete that of persons merged
+    into others. Returns rows written."""
     funnels = list_funnels(client, project_id) if funnels is None else funnels
     gone = set(gone)
     if not funnels or not (members or gone):
@@ -431,6 +432,14 @@ def _write_progress(
     return len(rows)
 
 
+def person_ids(person_id: str, browsing_ids: Sequence[str]) -> list[str]:
+    """The distinct ids whose events count in a person's funnels: the ids it browsed with (its
+    `persons.anonymous_ids`) and its own id, the distinct id of the calls a server makes with
+    only a user id. (A person is a person because it browsed: an id with only server-side
+    calls has no persons row, and no funnel progress either.)"""
+    return sorted({person_id, *browsing_ids})
+
+
 def backfill(client: Client, funnel: Funnel, chunk: int = 20_000) -> int:
     """Compute every person's progress in a new funnel from the events stored so far."""
     version = _version()  # taken before reading: a later recomputation from newer data wins
@@ -439,7 +448,7 @@ def backfill(client: Client, funnel: Funnel, chunk: int = 20_000) -> int:
         "SELECT person_id, anonymous_ids FROM persons FINAL WHERE project_id = {p:String} AND is_deleted = 0",
         parameters={"p": funnel.project_id},
     ).result_rows:
-        for distinct_id in anonymous_ids:
+        for distinct_id in person_ids(person_id, anonymous_ids):
             owner[distinct_id] = person_id
     events: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
     for distinct_id, ms, name, path in _step_events(client, funnel.project_id, [funnel], None):

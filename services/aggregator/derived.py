@@ -77,7 +77,7 @@ def refresh(client: Client, dirty: Dirty) -> None:
         activity_days[project_id] = changed.activity_days
         project_funnels = funnels.list_funnels(client, project_id)
         if project_funnels:
-            members = browsing_members(client, project_id, changed.members)
+            members = funnel_members(client, project_id, changed.members)
             funnels.recompute(client, project_id, members, changed.gone, version, project_funnels)
     for project_id, project_days in days.items():
         refresh_daily(client, project_id, project_days, version)
@@ -279,8 +279,10 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
     return changed
 
 
-def browsing_members(client: Client, project_id: str, members: dict[str, set[str]]) -> dict[str, list[str]]:
-    """Each person's member ids that have sessions (the ids whose events count for it)."""
+def funnel_members(client: Client, project_id: str, members: dict[str, set[str]]) -> dict[str, list[str]]:
+    """The ids whose events count in the funnels of each person that browsed (has a persons
+    row): its member ids that have sessions, and its own id, so that the calls a server makes
+    with only the user id count too (funnels.person_ids, as the back-fill reads them)."""
     everyone = sorted(set().union(*members.values())) if members else []
     if not everyone:
         return {}
@@ -293,7 +295,7 @@ def browsing_members(client: Client, project_id: str, members: dict[str, set[str
         ).result_rows
     }
     found = {p: sorted(ds & browsing) for p, ds in members.items()}
-    return {p: ds for p, ds in found.items() if ds}
+    return {p: funnels.person_ids(p, ds) for p, ds in found.items() if ds}
 
 
 CHURN_COLUMNS = ["project_id", "day", "base", "churned", "version"]

@@ -26,7 +26,8 @@ B = [
 
 def window_funnel(stack: Stack, funnel: funnels.Funnel, since: date) -> list[int]:
     """Persons reaching each step, by windowFunnel over raw events (an independent computation:
-    no visitor_events, no progress rows, no Python funnel code)."""
+    no visitor_events, no progress rows, no Python funnel code). A person's events are those of
+    the ids it browsed with, and those a server sent with only its user id."""
     params: dict[str, Any] = {"p": funnel.project_id, "since": since, "w": funnel.window_seconds * 1000}
     conditions = []
     for k, step in enumerate(funnel.steps):
@@ -39,9 +40,9 @@ def window_funnel(stack: Stack, funnel: funnels.Funnel, since: date) -> list[int
             + ", ".join(conditions)
             + ") AS level"
             "  FROM events AS e FINAL"
-            "  INNER JOIN (SELECT person_id, arrayJoin(anonymous_ids) AS anonymous_id FROM persons FINAL"
-            "              WHERE project_id = {p:String} AND is_deleted = 0) AS m"
-            "     ON m.anonymous_id = e.anonymous_id"
+            "  INNER JOIN (SELECT person_id, arrayJoin(arrayDistinct(arrayPushBack(anonymous_ids, person_id)))"
+            "              AS distinct_id FROM persons FINAL WHERE project_id = {p:String} AND is_deleted = 0) AS m"
+            "     ON m.distinct_id = if(e.anonymous_id != '', e.anonymous_id, e.user_id)"
             "  WHERE e.project_id = {p:String} AND toDate(e.timestamp) >= {since:Date}"
             "  GROUP BY m.person_id"
             ") GROUP BY level",
@@ -99,6 +100,80 @@ async def test_funnels_kept_live_and_back_filled_equal_window_funnel(stack: Stac
     assert funnels.delete_funnel(stack.client, pid, back_filled.funnel_id)
     assert [f.funnel_id for f in funnels.list_funnels(stack.client, pid)] == [live.funnel_id]
     assert not funnels.delete_funnel(stack.client, other.project_id, live.funnel_id)
+
+
+async def test_server_side_calls_of_a_person_count_in_its_funnels(stack: Stack) -> None:
+    """A step a server sends with only the user id (a server-side SDK's track) counts for the
+    person who browsed and identified as that user, live and back-filled; an id with only
+    server-side calls is not a person, and order within the window still holds."""
+    pid, key = stack.project.project_id, stack.project.write_key
+    steps = [{"event": "$page", "path": "/pricing"}, {"event": "Subscription Started"}]
+    live = funnels.create_funnel(stack.client, pid, "Pricing to subscription", steps, 3600)
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    server = {"library": {"name": "analytics-python", "version": "2.3.0"}}
+    counter = 0
+
+    def call(at: timedelta, **fields: Any) -> dict[str, Any]:
+        nonlocal counter
+        counter += 1
+        browser = {"userAgent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0"}
+        return {
+            "messageId": f"srv-{counter}",
+            "timestamp": (t0 + at).isoformat().replace("+00:00", "Z"),
+            "context": browser if "anonymousId" in fields else server,
+            **fields,
+        }
+
+    def pricing(anonymous_id: str, at: timedelta) -> dict[str, Any]:
+        props = {"path": "/pricing", "url": "https://ex.com/pricing"}
+        return call(at, type="page", anonymousId=anonymous_id, properties=props)
+
+    def subscribed(user_id: str, at: timedelta) -> dict[str, Any]:
+        return call(at, type="track", userId=user_id, event="Subscription Started")
+
+    def identify(anonymous_id: str, user_id: str, at: timedelta) -> dict[str, Any]:
+        return call(at, type="identify", anonymousId=anonymous_id, userId=user_id)
+
+    minute = timedelta(minutes=1)
+    calls = [
+        # Browses, identifies, and the server records the subscription: both steps.
+        pricing("anon-s1", 0 * minute),
+        identify("anon-s1", "user-s1", 1 * minute),
+        subscribed("user-s1", 5 * minute),
+        # Browses only: step 1.
+        pricing("anon-s2", 0 * minute),
+        # Subscribed (server) before seeing the pricing page: step 1 only.
+        subscribed("user-s4", 0 * minute),
+        pricing("anon-s4", 2 * minute),
+        identify("anon-s4", "user-s4", 3 * minute),
+        # Subscribed (server) outside the window: step 1 only.
+        pricing("anon-s5", 0 * minute),
+        identify("anon-s5", "user-s5", 1 * minute),
+        subscribed("user-s5", 61 * minute),
+        # Never browsed: no person, no funnel progress.
+        subscribed("user-s3", 5 * minute),
+    ]
+    accepted = await send_all(stack, key, calls)
+    assert accepted == len(calls)
+    assert await stack.wait_count(accepted) == accepted
+    today = datetime.now(UTC).date()
+    since = t0.date()
+    days = (today - since).days + 1
+    expected = [4, 1]
+
+    def reported(f: funnels.Funnel) -> list[int]:
+        return funnels.report(stack.client, pid, f.funnel_id, days, today)
+
+    await stack.until(lambda: reported(live) == expected, timeout=20)
+    assert window_funnel(stack, live, since) == expected  # the independent computation agrees
+    progressed = stack.rows(
+        "SELECT person_id, max(level) FROM funnel_progress FINAL WHERE funnel_id = {f:String} "
+        "AND is_deleted = 0 GROUP BY person_id ORDER BY person_id",
+        f=live.funnel_id,
+    )
+    assert progressed == [("anon-s2", 1), ("user-s1", 2), ("user-s4", 1), ("user-s5", 1)]
+    back_filled = funnels.create_funnel(stack.client, pid, "Same, back-filled", steps, 3600)
+    assert reported(back_filled) == expected
 
 
 async def test_person_activity_days_and_aggregator_status(stack: Stack) -> None:

@@ -7,7 +7,16 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from werkstroom.funnels import FunnelError, Step, latest_days, level, like_pattern, progress, validate
+from werkstroom.funnels import (
+    FunnelError,
+    Step,
+    latest_days,
+    level,
+    like_pattern,
+    person_ids,
+    progress,
+    validate,
+)
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -114,3 +123,10 @@ def test_latest_days_per_level() -> None:
     rows = {date(2026, 11, 1): 3, date(2026, 11, 3): 1, date(2026, 11, 2): 2}
     assert latest_days(rows, 4) == [date(2026, 11, 3), date(2026, 11, 2), date(2026, 11, 1), None]
     assert latest_days({}, 2) == [None, None]
+
+
+def test_a_persons_funnel_ids_are_its_browsing_ids_and_its_own_id() -> None:
+    # An identified person: the anonymous ids it browsed with, and the user id a server sends.
+    assert person_ids("user-1", ["anon-b", "anon-a"]) == ["anon-a", "anon-b", "user-1"]
+    # An anonymous person is its own browsing id: no duplicate.
+    assert person_ids("anon-a", ["anon-a"]) == ["anon-a"]
