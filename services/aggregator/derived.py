@@ -47,10 +47,6 @@ DAILY_COLUMNS = [
 ]
 
 ACTIVITY_COLUMNS = ["project_id", "day", "person_id", "is_deleted", "version"]
-RECENT_COLUMNS = [
-    *("project_id", "last_seen", "person_id", "first_seen"),
-    *("sessions", "page_views", "plan", "is_deleted", "version"),
-]
 
 _last_version = 0
 

@@ -15,10 +15,16 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from services.aggregator.derived import PERSON_COLUMNS, RECENT_COLUMNS
+from services.aggregator.derived import PERSON_COLUMNS
 from services.api import queries
 from tests.conftest import Infra
 from tests.integration.stack import Stack
+
+#: The columns of persons_recent the rows below fill (the aggregator fills them by INSERT ... SELECT).
+RECENT_COLUMNS = [
+    *("project_id", "last_seen", "person_id", "first_seen"),
+    *("sessions", "page_views", "plan", "is_deleted", "version"),
+]
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
