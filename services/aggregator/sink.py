@@ -88,6 +88,16 @@ def raw_row(value: bytes, event: Event, partition: int, offset: int) -> bytes:
 
 
 @dataclass
+class _Held:
+    """The records of one batch, as cut from what the loop took."""
+
+    dead: list[tuple[bytes, bytes]]
+    events: list[Decoded]
+    raw: list[bytes]
+    offsets: dict[TopicPartition, int]
+
+
+@dataclass
 class _Batch:
     seq: int
     dead: list[tuple[bytes, bytes]]
@@ -229,8 +239,7 @@ class EventsSink:
                 if self._batch_due(deadline, flush_every):
                     # The next batch is cut a flush interval after this one was, not after it
                     # is applied: what arrives meanwhile waits the interval, not interval + apply.
-                    cut = time.monotonic()
-                    await self._submit_in_background()
+                    cut = await self._submit_in_background()
                     deadline = cut + flush_every
                 self._raise_if_writer_failed()
             await self.flush()
@@ -323,29 +332,41 @@ class EventsSink:
         committed (before a rebalance, and at stop)."""
         if self._submitting is not None:
             await self._submitting
-        await self._submit()
+        await self._submit(self._cut())
         await self._queue.join()
         self._raise_if_writer_failed()
         await self._refresh_and_commit()
 
-    async def _submit_in_background(self) -> None:
-        """Start aggregating the events held, and return: the loop goes on taking records
-        while the batch's visitors load (records sitting in the fetcher's buffer meanwhile
-        were most of the live view's delay). One batch at a time: the previous one must be
-        queued first, so a slow ClickHouse still stops the fetching (bounded memory)."""
+    async def _submit_in_background(self) -> float:
+        """Cut the batch and start aggregating it, and return when it was cut: the loop goes on
+        taking records while the batch's visitors load (records sitting in the fetcher's buffer
+        meanwhile were most of the live view's delay). One batch at a time: the previous one
+        must be queued first, so a slow ClickHouse still stops the fetching (bounded memory)."""
         if self._submitting is not None:
             await self._submitting  # raises what it raised
-        self._submitting = asyncio.create_task(self._submit(), name="sink-submit")
+        self._submitting = asyncio.create_task(self._submit(self._cut()), name="sink-submit")
+        return time.monotonic()
 
-    async def _submit(self) -> None:
-        """Compute the aggregates of the events held and queue the batch for the writer. The
+    def _cut(self) -> _Held | None:
+        """Take the records held, at once: what the loop takes from now on is the next batch's.
+        (Taken in the background task instead, the batch also got what was fetched before the
+        task first ran, went over `sink_batch_rows`, and was cut a second time: the loop then
+        waited for the whole batch, and the next one was cut short, a third of its size.)"""
+        if not self._offsets:
+            return None
+        held = _Held(self._dead, self._events, self._raw, dict(self._offsets))
+        self._dead, self._events, self._raw, self._offsets = [], [], [], {}
+        self._aggregating = True  # until it is applied, its visitors stay (`forget`)
+        return held
+
+    async def _submit(self, held: _Held | None) -> None:
+        """Compute the aggregates of the records cut and queue the batch for the writer. The
         queue holds one batch: while the writer inserts batch N, batch N+1 is fetched and
         aggregated; a slow ClickHouse therefore stops the fetching (bounded memory)."""
+        if held is None:
+            return
         async with self._lock:
-            if not self._offsets:
-                return
-            dead, events, raw, offsets = self._dead, self._events, self._raw, dict(self._offsets)
-            self._dead, self._events, self._raw, self._offsets = [], [], [], {}
+            dead, events, raw, offsets = held.dead, held.events, held.raw, held.offsets
             # Forget idle visitors here, not in the writer: between finding the visitors to load
             # and applying the batch, nothing may drop one from memory.
             if time.monotonic() - self._evicted_at >= EVICT_EVERY:  # a walk over every visitor held

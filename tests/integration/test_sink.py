@@ -111,6 +111,21 @@ async def test_redelivered_messages_do_not_duplicate_rows(quiet: Stack) -> None:
     assert quiet.rows("SELECT min(kafka_offset), max(kafka_offset) FROM events FINAL")[0][1] >= 0
 
 
+async def test_a_backlog_is_cut_into_batches_of_at_most_sink_batch_rows(quiet: Stack) -> None:
+    """A backlog is written in full batches, none larger than `sink_batch_rows`. (A batch once
+    took the records fetched after it was cut, before its task first ran: 201 rows, cut twice.)
+    One insert stamps its rows with one `inserted_at`, so the rows per stamp are the batches."""
+    pid = quiet.project.project_id
+    quiet.settings.__dict__["sink_batch_rows"] = 200
+    await produce(quiet, [event(pid, i) for i in range(1000)])
+    quiet.start_sink()
+    assert await quiet.wait_count(1000) == 1000
+    sizes = [n for (n,) in quiet.rows("SELECT count() FROM events GROUP BY inserted_at ORDER BY inserted_at")]
+    assert sum(sizes) == 1000
+    assert max(sizes) <= 200, sizes
+    assert len(sizes) <= 6, sizes  # cut when full, not every flush interval
+
+
 async def test_bad_messages_are_dead_lettered_and_good_ones_written(quiet: Stack) -> None:
     pid = quiet.project.project_id
     values = [
