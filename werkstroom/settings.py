@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     )
 
     # -- events sink -------------------------------------------------------------------
-    sink_batch_rows: int = Field(20000, ge=1, description="WERKSTROOM_SINK_BATCH_ROWS")
+    sink_batch_rows: int = Field(50000, ge=1, description="WERKSTROOM_SINK_BATCH_ROWS")
     sink_flush_ms: int = Field(250, ge=10, description="WERKSTROOM_SINK_FLUSH_MS")
     online_history_seconds: float = Field(
         60.0,
