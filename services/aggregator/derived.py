@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from clickhouse_connect.driver.client import Client
 
 from services.aggregator.processor import Dirty
-from werkstroom import funnels
+from werkstroom import funnels, identity
 from werkstroom.clickhouse.params import StringArray, insert_rows, tab_separated
 
 PERSON_COLUMNS = [
@@ -230,23 +230,11 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
     """Rewrite the persons these ids belong to, and the days on which each was active. The
     rows are computed by ClickHouse (INSERT ... SELECT): Python only resolves which ids make
     up which person, and reads back the few days whose counts changed."""
-    direct = dict(_mapping(client, project_id, "distinct_id", distinct_ids))
-    onward = dict(_mapping(client, project_id, "distinct_id", set(direct.values())))  # alias chains: one hop
-
-    def resolve(distinct_id: str) -> str:
-        first = direct.get(distinct_id, distinct_id)
-        return onward.get(first, first)
-
-    persons = {resolve(d) for d in distinct_ids}
-    members: dict[str, set[str]] = {p: {p} for p in persons}
-    level1 = _mapping(client, project_id, "person_id", persons)
-    level2 = _mapping(client, project_id, "person_id", {d for d, _ in level1})
-    hop = {d: p for d, p in level1}
-    for distinct_id, person_id in level1:
-        members[person_id].add(distinct_id)
-    for distinct_id, via in level2:
-        if hop.get(via) in members:
-            members[hop[via]].add(distinct_id)
+    resolved = identity.resolve(
+        distinct_ids, lambda ids: dict(_mapping(client, project_id, "distinct_id", ids))
+    )
+    persons = set(resolved.values())
+    members = identity.members(persons, lambda ids: _mapping(client, project_id, "person_id", ids))
     changed = Changed(members=members, gone=distinct_ids - persons)
     stage_members(client, [(d, p) for p, ds in members.items() for d in ds])
     bound = {"p": project_id, "v": version, "gone": StringArray(sorted(changed.gone))}

@@ -18,6 +18,8 @@ from typing import Any
 import orjson
 from clickhouse_connect.driver.client import Client
 
+from werkstroom import identity
+
 ONLINE_WINDOW = timedelta(minutes=5)
 STUCK_AFTER = timedelta(minutes=5)
 ACTIVE_SESSION = timedelta(minutes=30)
@@ -94,24 +96,17 @@ def _mapping(client: Client, project_id: str, ids: Iterable[str]) -> dict[str, s
 def resolve_persons(
     client: Client, project_id: str, ids: Iterable[str], likely: Iterable[str] = ()
 ) -> dict[str, str]:
-    """distinct id -> person id, as the aggregator resolves them: the id an identify or alias
-    mapped it to, following one more alias hop; an unmapped id is its own person.
+    """distinct id -> person id, as the aggregator resolves them (werkstroom.identity): the
+    identify/alias mappings followed to the end of the chain; an unmapped id is its own person.
 
     `likely`: ids the first hop probably leads to (e.g. the user ids on the rows), looked up in
     the same read as `ids`, so the second hop needs no read of its own unless the first hop led
     elsewhere (each read of person_distinct_ids touches most of its granules for ~100 ids)."""
     ids = set(ids)
     asked = ids | set(likely)
-    found = _mapping(client, project_id, asked)
-    direct = {d: found[d] for d in ids if d in found}
-    onward = set(direct.values()) - asked
-    if onward:
-        found.update(_mapping(client, project_id, onward))
-    out = {}
-    for distinct_id in ids:
-        first = direct.get(distinct_id, distinct_id)
-        out[distinct_id] = found.get(first, first)
-    return out
+    return identity.resolve(
+        ids, lambda wanted: _mapping(client, project_id, wanted), _mapping(client, project_id, asked), asked
+    )
 
 
 # -- online ------------------------------------------------------------------------------------

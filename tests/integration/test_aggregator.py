@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 
 from tests.integration.stack import Stack
@@ -176,6 +177,56 @@ async def test_persons_recent_keeps_one_live_row_per_person_as_they_move_and_mer
     await stack.until(lambda: recent() == [("mover", now - timedelta(minutes=10))])
     await send_all(stack, key, [call("identify", 5, 3, userId="u-mover")])  # merged into the user
     await stack.until(lambda: recent() == [("u-mover", now - timedelta(minutes=5))])
+
+
+async def test_an_alias_chain_is_followed_to_its_end(stack: Stack) -> None:
+    """anon -> u-1 (identify) -> u-2 -> u-3 -> u-4 (aliases, the last two sent later): the
+    visits stay with one person, u-4, in persons and in the API's online list. (Followed for
+    two hops only, the later aliases left the visits with no person at all.)"""
+    now = datetime.now(UTC).replace(microsecond=0)
+    key, pid = stack.project.write_key, stack.project.project_id
+
+    def at(minutes: int) -> str:
+        return (now - timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")
+
+    def alias(n: int) -> dict[str, object]:
+        return {
+            "type": "alias",
+            "previousId": f"u-{n}",
+            "userId": f"u-{n + 1}",
+            "messageId": f"al-{n}",
+            "timestamp": at(15 - n),
+        }
+
+    def live() -> list[tuple[object, ...]]:
+        sql = (
+            "SELECT person_id, sessions, page_views, anonymous_ids FROM persons FINAL "
+            "WHERE project_id = {p:String} AND is_deleted = 0 ORDER BY person_id"
+        )
+        return stack.rows(sql, p=pid)
+
+    visits = [
+        {"type": "page", "anonymousId": "chain", "messageId": f"ch-{i}", "timestamp": at(m)}
+        for i, m in enumerate((20, 19, 1))
+    ]
+    identify = {
+        "type": "identify",
+        "anonymousId": "chain",
+        "userId": "u-1",
+        "messageId": "ch-id",
+        "timestamp": at(18),
+    }
+    await send_all(stack, key, [*visits, identify, alias(1)])
+    await stack.until(lambda: live() == [("u-2", 1, 3, ["chain"])])  # one session: 18 min apart at most
+    await send_all(stack, key, [alias(2), alias(3)])
+    await stack.until(lambda: live() == [("u-4", 1, 3, ["chain"])])
+
+    await stack.start_api()
+    headers = {"Authorization": f"Bearer {stack.project.read_key}"}
+    async with httpx.AsyncClient(base_url=stack.api_url, headers=headers, timeout=20) as api:
+        response = await api.get(f"/api/projects/{pid}/online")
+    assert response.status_code == 200, response.text
+    assert [u["person_id"] for u in response.json()["users"]] == ["u-4"]
 
 
 async def test_a_visitor_is_online_within_a_second_with_page_and_device(stack: Stack) -> None:
