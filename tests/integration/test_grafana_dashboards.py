@@ -28,7 +28,7 @@ from tests.integration.stack import BROWSER_UA, Stack
 from tests.integration.test_aggregator import send_all
 from tests.integration.test_api import identify, iso, page, track
 from tests.integration.test_funnels import window_funnel
-from werkstroom import funnels
+from werkstroom import funnels, identity
 from werkstroom.demo import AGENTS, Simulation, simulate
 from werkstroom.settings import Settings
 
@@ -306,18 +306,20 @@ async def test_every_dashboard_query_runs_and_key_panels_equal_the_api(stack: St
         page("live-mobile", now - 20 * s, "/pricing", "Pricing", ua=AGENTS["mobile"]),
         page("live-known", now - 2 * m, "/docs"),
         identify("live-known", now - 30 * s, "live-user", {"plan": "premium"}),
-        page(
-            "live-alias", now - 90 * s, "/blog"
-        ),  # the person is two hops away: live-alias -> old-id -> new-id
+        # the person is three hops away: live-alias -> old-id -> mid-id -> new-id
+        page("live-alias", now - 90 * s, "/blog"),
         identify("live-alias", now - 80 * s, "old-id", {}),
-        {
-            "type": "alias",
-            "previousId": "old-id",
-            "userId": "new-id",
-            "messageId": "alias-old-id",
-            "timestamp": iso(now - 70 * s),
-            "context": {"userAgent": BROWSER_UA},
-        },
+        *(
+            {
+                "type": "alias",
+                "previousId": before,
+                "userId": after,
+                "messageId": f"alias-{before}",
+                "timestamp": iso(now - seconds * s),
+                "context": {"userAgent": BROWSER_UA},
+            }
+            for before, after, seconds in (("old-id", "mid-id", 75), ("mid-id", "new-id", 70))
+        ),
         page("gone", now - 20 * m, "/"),  # left 20 minutes ago: not online
     ]
     elsewhere = [page("other-live", now - 20 * s, "/")]
@@ -496,7 +498,10 @@ async def test_every_dashboard_query_runs_and_key_panels_equal_the_api(stack: St
         response = await again.get(f"{base_url}/api/projects/{pid}/metrics")
     churn_shown(response.json()["metrics"]["churn_rate"])
 
-    names, rows = run(stack, site_panel("Online now: who and where"))
+    # The panel follows as many hops as the API and the aggregator (werkstroom.identity).
+    online_sql = site_panel("Online now: who and where")
+    assert len(re.findall(r"\bhop\d+ AS \(", online_sql)) == identity.ALIAS_HOPS
+    names, rows = run(stack, online_sql)
     table = [dict(zip(names, r, strict=True)) for r in rows]
     assert {
         r["anonymous id"]: (r["person"], r["page"], r["device"], bool(r["stuck"])) for r in table
