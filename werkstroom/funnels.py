@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 from clickhouse_connect.driver.client import Client
 
+from werkstroom import identity
 from werkstroom.clickhouse.params import StringArray, insert_rows
 
 HEARTBEAT = "$heartbeat"  # the tracker's liveness beacon; never stored in visitor_events
@@ -432,23 +433,41 @@ def _write_progress(
     return len(rows)
 
 
-def person_ids(person_id: str, browsing_ids: Sequence[str]) -> list[str]:
-    """The distinct ids whose events count in a person's funnels: the ids it browsed with (its
-    `persons.anonymous_ids`) and its own id, the distinct id of the calls a server makes with
-    only a user id. (A person is a person because it browsed: an id with only server-side
-    calls has no persons row, and no funnel progress either.)"""
-    return sorted({person_id, *browsing_ids})
+def person_ids(person_id: str, member_ids: Iterable[str]) -> list[str]:
+    """The distinct ids whose events count in a person's funnels: its own id (the distinct id of
+    the calls a server makes with only a user id) and every id an identify or alias mapped to it
+    (`identity.members`): the ids it browsed with, and the user ids it had before an alias,
+    whose server-side calls count too. (A person is a person because it browsed: an id with
+    only server-side calls has no persons row, and no funnel progress either.)"""
+    return sorted({person_id, *member_ids})
+
+
+def _all_members(client: Client, project_id: str, persons: Iterable[str]) -> dict[str, set[str]]:
+    """identity.members of these persons, from one read of the project's latest mappings."""
+    mapped_to: dict[str, list[str]] = defaultdict(list)
+    for distinct_id, person_id in client.query(
+        "SELECT distinct_id, argMax(person_id, version) FROM person_distinct_ids "
+        "WHERE project_id = {p:String} GROUP BY distinct_id",
+        parameters={"p": project_id},
+    ).result_rows:
+        mapped_to[person_id].append(distinct_id)
+    return identity.members(persons, lambda ids: [(d, via) for via in ids for d in mapped_to.get(via, ())])
 
 
 def backfill(client: Client, funnel: Funnel, chunk: int = 20_000) -> int:
     """Compute every person's progress in a new funnel from the events stored so far."""
     version = _version()  # taken before reading: a later recomputation from newer data wins
+    browsed: dict[str, list[str]] = dict(
+        client.query(
+            "SELECT person_id, anonymous_ids FROM persons FINAL "
+            "WHERE project_id = {p:String} AND is_deleted = 0",
+            parameters={"p": funnel.project_id},
+        ).result_rows
+    )
+    members = _all_members(client, funnel.project_id, browsed)
     owner: dict[str, str] = {}
-    for person_id, anonymous_ids in client.query(
-        "SELECT person_id, anonymous_ids FROM persons FINAL WHERE project_id = {p:String} AND is_deleted = 0",
-        parameters={"p": funnel.project_id},
-    ).result_rows:
-        for distinct_id in person_ids(person_id, anonymous_ids):
+    for person_id, anonymous_ids in browsed.items():
+        for distinct_id in person_ids(person_id, {*anonymous_ids, *members.get(person_id, ())}):
             owner[distinct_id] = person_id
     events: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
     for distinct_id, ms, name, path in _step_events(client, funnel.project_id, [funnel], None):

@@ -265,8 +265,9 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
 
 def funnel_members(client: Client, project_id: str, members: dict[str, set[str]]) -> dict[str, list[str]]:
     """The ids whose events count in the funnels of each person that browsed (has a persons
-    row): its member ids that have sessions, and its own id, so that the calls a server makes
-    with only the user id count too (funnels.person_ids, as the back-fill reads them)."""
+    row, i.e. one of its member ids has sessions): all its member ids and its own id, so that
+    the calls a server makes with only a user id count too, also under a user id the person
+    had before an alias (funnels.person_ids, as the back-fill reads them)."""
     everyone = sorted(set().union(*members.values())) if members else []
     if not everyone:
         return {}
@@ -278,8 +279,7 @@ def funnel_members(client: Client, project_id: str, members: dict[str, set[str]]
             parameters={"p": project_id, "ids": StringArray(everyone)},
         ).result_rows
     }
-    found = {p: sorted(ds & browsing) for p, ds in members.items()}
-    return {p: funnels.person_ids(p, ds) for p, ds in found.items() if ds}
+    return {p: funnels.person_ids(p, ds) for p, ds in members.items() if ds & browsing}
 
 
 CHURN_COLUMNS = ["project_id", "day", "base", "churned", "version"]

@@ -27,7 +27,8 @@ B = [
 def window_funnel(stack: Stack, funnel: funnels.Funnel, since: date) -> list[int]:
     """Persons reaching each step, by windowFunnel over raw events (an independent computation:
     no visitor_events, no progress rows, no Python funnel code). A person's events are those of
-    the ids it browsed with, and those a server sent with only its user id."""
+    the ids it browsed with, of its own id (what a server sent with only its user id), and of
+    the ids mapped to it directly or through one other id (the chains these tests make)."""
     params: dict[str, Any] = {"p": funnel.project_id, "since": since, "w": funnel.window_seconds * 1000}
     conditions = []
     for k, step in enumerate(funnel.steps):
@@ -35,14 +36,24 @@ def window_funnel(stack: Stack, funnel: funnels.Funnel, since: date) -> list[int
         conditions.append(f"e.event = {{e{k}:String}} AND e.path LIKE {{l{k}:String}}")
     reached = dict(
         stack.rows(
+            "WITH"
+            "  live AS (SELECT person_id, anonymous_ids FROM persons FINAL"
+            "           WHERE project_id = {p:String} AND is_deleted = 0),"
+            "  latest AS (SELECT distinct_id, argMax(person_id, version) AS person_id"
+            "             FROM person_distinct_ids WHERE project_id = {p:String} GROUP BY distinct_id),"
+            "  members AS ("
+            "    SELECT DISTINCT person_id, distinct_id FROM ("
+            "      SELECT person_id, arrayJoin(arrayPushBack(anonymous_ids, person_id)) AS distinct_id FROM live"
+            "      UNION ALL SELECT person_id, distinct_id FROM latest"
+            "      UNION ALL SELECT m2.person_id, m1.distinct_id"
+            "                FROM latest AS m1 INNER JOIN latest AS m2 ON m2.distinct_id = m1.person_id"
+            "    ) WHERE person_id IN (SELECT person_id FROM live))"
             "SELECT level, count() FROM ("
             "  SELECT m.person_id, windowFunnel({w:UInt64})(toUInt64(toUnixTimestamp64Milli(e.timestamp)), "
             + ", ".join(conditions)
             + ") AS level"
             "  FROM events AS e FINAL"
-            "  INNER JOIN (SELECT person_id, arrayJoin(arrayDistinct(arrayPushBack(anonymous_ids, person_id)))"
-            "              AS distinct_id FROM persons FINAL WHERE project_id = {p:String} AND is_deleted = 0) AS m"
-            "     ON m.distinct_id = if(e.anonymous_id != '', e.anonymous_id, e.user_id)"
+            "  INNER JOIN members AS m ON m.distinct_id = if(e.anonymous_id != '', e.anonymous_id, e.user_id)"
             "  WHERE e.project_id = {p:String} AND toDate(e.timestamp) >= {since:Date}"
             "  GROUP BY m.person_id"
             ") GROUP BY level",
@@ -104,8 +115,9 @@ async def test_funnels_kept_live_and_back_filled_equal_window_funnel(stack: Stac
 
 async def test_server_side_calls_of_a_person_count_in_its_funnels(stack: Stack) -> None:
     """A step a server sends with only the user id (a server-side SDK's track) counts for the
-    person who browsed and identified as that user, live and back-filled; an id with only
-    server-side calls is not a person, and order within the window still holds."""
+    person who browsed and identified as that user, live and back-filled, also when an alias
+    later gave that person another id; an id with only server-side calls is not a person, and
+    order within the window still holds."""
     pid, key = stack.project.project_id, stack.project.write_key
     steps = [{"event": "$page", "path": "/pricing"}, {"event": "Subscription Started"}]
     live = funnels.create_funnel(stack.client, pid, "Pricing to subscription", steps, 3600)
@@ -152,6 +164,11 @@ async def test_server_side_calls_of_a_person_count_in_its_funnels(stack: Stack) 
         subscribed("user-s5", 61 * minute),
         # Never browsed: no person, no funnel progress.
         subscribed("user-s3", 5 * minute),
+        # Subscribed (server) as user-s6, which an alias later made acct-s6: both steps.
+        pricing("anon-s6", 0 * minute),
+        identify("anon-s6", "user-s6", 1 * minute),
+        subscribed("user-s6", 5 * minute),
+        call(10 * minute, type="alias", previousId="user-s6", userId="acct-s6"),
     ]
     accepted = await send_all(stack, key, calls)
     assert accepted == len(calls)
@@ -159,7 +176,7 @@ async def test_server_side_calls_of_a_person_count_in_its_funnels(stack: Stack) 
     today = datetime.now(UTC).date()
     since = t0.date()
     days = (today - since).days + 1
-    expected = [4, 1]
+    expected = [5, 2]
 
     def reported(f: funnels.Funnel) -> list[int]:
         return funnels.report(stack.client, pid, f.funnel_id, days, today)
@@ -171,7 +188,7 @@ async def test_server_side_calls_of_a_person_count_in_its_funnels(stack: Stack) 
         "AND is_deleted = 0 GROUP BY person_id ORDER BY person_id",
         f=live.funnel_id,
     )
-    assert progressed == [("anon-s2", 1), ("user-s1", 2), ("user-s4", 1), ("user-s5", 1)]
+    assert progressed == [("acct-s6", 2), ("anon-s2", 1), ("user-s1", 2), ("user-s4", 1), ("user-s5", 1)]
     back_filled = funnels.create_funnel(stack.client, pid, "Same, back-filled", steps, 3600)
     assert reported(back_filled) == expected
 
