@@ -500,7 +500,7 @@ async def test_every_dashboard_query_runs_and_key_panels_equal_the_api(stack: St
 
     # The panel follows as many hops as the API and the aggregator (werkstroom.identity).
     online_sql = site_panel("Online now: who and where")
-    assert len(re.findall(r"\bhop\d+ AS \(", online_sql)) == identity.ALIAS_HOPS
+    assert len(re.findall(r"\) AS hop\d+\b", online_sql)) == identity.ALIAS_HOPS
     names, rows = run(stack, online_sql)
     table = [dict(zip(names, r, strict=True)) for r in rows]
     assert {
