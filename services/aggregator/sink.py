@@ -167,7 +167,6 @@ class EventsSink:
         self._dead: list[tuple[bytes, bytes]] = []
         self._offsets: dict[TopicPartition, int] = {}
         self._taken: dict[TopicPartition, int] = {}  # the next offset to take, per partition
-        self._lock = asyncio.Lock()
         self._queue: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
         self._writer: asyncio.Task[None] | None = None
         self._committer: asyncio.Task[None] | None = None
@@ -365,26 +364,27 @@ class EventsSink:
         aggregated; a slow ClickHouse therefore stops the fetching (bounded memory)."""
         if held is None:
             return
-        async with self._lock:
-            dead, events, raw, offsets = held.dead, held.events, held.raw, held.offsets
-            # Forget idle visitors here, not in the writer: between finding the visitors to load
-            # and applying the batch, nothing may drop one from memory.
-            if time.monotonic() - self._evicted_at >= EVICT_EVERY:  # a walk over every visitor held
-                self._evicted_at = time.monotonic()
-                self.processor.evict_idle(self._written_seq)
-            seq = self._seq + 1
-            aggregates = await self._retry("sink_load_failed", lambda: self._aggregate(events, seq))
-            self._seq = seq
-            batch = _Batch(seq, dead, events, raw, offsets, *aggregates)
-            # The live view goes in now, on its own client: it does not wait for the previous
-            # batch's events and sessions to be written. Its rows are versioned by the visitor's
-            # offset, so the order of two batches' inserts does not matter. The writer awaits
-            # it (and inserts the rows itself if it failed) before committing.
-            columns, live_rows = batch.aggregates.get(LIVE_TABLE, ([], []))
-            if live_rows:
-                live = self._insert(LIVE_TABLE, columns, live_rows, self._live_client)
-                batch.live = asyncio.create_task(live)
-            await self._queue.put(batch)
+        # One submission at a time (the loop and flush() await the previous one first), so the
+        # processor, the sequence and the queue need no lock here.
+        dead, events, raw, offsets = held.dead, held.events, held.raw, held.offsets
+        # Forget idle visitors here, not in the writer: between finding the visitors to load
+        # and applying the batch, nothing may drop one from memory.
+        if time.monotonic() - self._evicted_at >= EVICT_EVERY:  # a walk over every visitor held
+            self._evicted_at = time.monotonic()
+            self.processor.evict_idle(self._written_seq)
+        seq = self._seq + 1
+        aggregates = await self._retry("sink_load_failed", lambda: self._aggregate(events, seq))
+        self._seq = seq
+        batch = _Batch(seq, dead, events, raw, offsets, *aggregates)
+        # The live view goes in now, on its own client: it does not wait for the previous
+        # batch's events and sessions to be written. Its rows are versioned by the visitor's
+        # offset, so the order of two batches' inserts does not matter. The writer awaits
+        # it (and inserts the rows itself if it failed) before committing.
+        columns, live_rows = batch.aggregates.get(LIVE_TABLE, ([], []))
+        if live_rows:
+            live = self._insert(LIVE_TABLE, columns, live_rows, self._live_client)
+            batch.live = asyncio.create_task(live)
+        await self._queue.put(batch)
 
     async def _write_loop(self) -> None:
         while True:
