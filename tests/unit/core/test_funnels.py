@@ -125,8 +125,9 @@ def test_latest_days_per_level() -> None:
     assert latest_days({}, 2) == [None, None]
 
 
-def test_a_persons_funnel_ids_are_its_browsing_ids_and_its_own_id() -> None:
-    # An identified person: the anonymous ids it browsed with, and the user id a server sends.
+def test_a_persons_funnel_ids_are_its_member_ids_and_its_own_id() -> None:
+    # An identified person: its member ids (here the anonymous ids it browsed with), and the
+    # user id a server sends.
     assert person_ids("user-1", ["anon-b", "anon-a"]) == ["anon-a", "anon-b", "user-1"]
     # An anonymous person is its own browsing id: no duplicate.
     assert person_ids("anon-a", ["anon-a"]) == ["anon-a"]
