@@ -69,11 +69,12 @@ def refresh(client: Client, dirty: Dirty) -> None:
     activity_days: dict[str, set[date]] = defaultdict(set)
     for project_id, distinct_ids in ids.items():
         changed = refresh_persons(client, project_id, distinct_ids, version)
+        refresh_session_days(client, project_id, days[project_id])  # its members are staged
         days[project_id] |= changed.first_days | changed.activity_days
         activity_days[project_id] = changed.activity_days
         project_funnels = funnels.list_funnels(client, project_id)
         if project_funnels:
-            members = funnel_members(client, project_id, changed.members)
+            members = funnel_members(client, changed.members)
             funnels.recompute(client, project_id, members, changed.gone, version, project_funnels)
     for project_id, project_days in days.items():
         refresh_daily(client, project_id, project_days, version)
@@ -111,13 +112,23 @@ class Changed:
 # and parameter (most of a refresh's time, measured).
 STAGE = "refresh_members"
 BEFORE = "refresh_before"  # the rows the refresh replaces, as they were
+# The members' live sessions, read once (SESSIONS_STAGE): persons, active days, sessions_daily
+# and funnels read them here instead of each reading `sessions` FINAL again.
+SESSIONS = "refresh_sessions"
 MEMBERS = f"(SELECT member, person FROM {STAGE})"
 MEMBER_IDS = f"(SELECT member FROM {STAGE})"
 PERSON_IDS = f"(SELECT DISTINCT person FROM {STAGE})"
 STAGE_TABLES = {
     STAGE: "member String, person String",
     BEFORE: "person_id String, first_seen DateTime64(3, 'UTC'), last_seen DateTime64(3, 'UTC')",
+    SESSIONS: "anonymous_id String, session_id String, start_at DateTime64(3, 'UTC'), "
+    "last_event_at DateTime64(3, 'UTC'), page_views UInt32, version UInt64",
 }
+SESSIONS_STAGE = f"""
+INSERT INTO {SESSIONS} (anonymous_id, session_id, start_at, last_event_at, page_views, version)
+SELECT anonymous_id, session_id, start_at, last_event_at, page_views, version FROM sessions FINAL
+WHERE project_id = {{p:String}} AND anonymous_id IN {MEMBER_IDS} AND is_deleted = 0
+"""
 
 
 def stage_members(client: Client, pairs: list[tuple[str, str]]) -> None:
@@ -158,8 +169,7 @@ FROM (
     FROM (
         SELECT anonymous_id, min(start_at) AS first, max(last_event_at) AS last, count() AS n,
                sum(page_views) AS views
-        FROM sessions FINAL
-        WHERE project_id = {{p:String}} AND anonymous_id IN {MEMBER_IDS}
+        FROM {SESSIONS}
         GROUP BY anonymous_id
     ) AS s
     INNER JOIN {MEMBERS} AS m ON s.anonymous_id = m.member
@@ -211,10 +221,7 @@ SELECT day, person_id, toUInt8(min(source) = 2) FROM (
            arrayJoin(arrayMap(d -> toDate(s.start_at) + d,
                               range(toUInt32(toDate(s.last_event_at) - toDate(s.start_at)) + 1))) AS day,
            1 AS source
-    FROM (
-        SELECT anonymous_id, start_at, last_event_at FROM sessions FINAL
-        WHERE project_id = {{p:String}} AND anonymous_id IN {MEMBER_IDS}
-    ) AS s
+    FROM {SESSIONS} AS s
     INNER JOIN {MEMBERS} AS m ON s.anonymous_id = m.member
     UNION ALL
     SELECT person_id, day, 2 FROM person_activity FINAL
@@ -238,6 +245,7 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
     changed = Changed(members=members, gone=distinct_ids - persons)
     stage_members(client, [(d, p) for p, ds in members.items() for d in ds])
     bound = {"p": project_id, "v": version, "gone": StringArray(sorted(changed.gone))}
+    client.command(SESSIONS_STAGE, parameters={"p": project_id})
     client.command(BEFORE_INSERT, parameters=bound)
     client.command(PERSONS_INSERT, parameters=bound)
     if changed.gone:  # merged into another person
@@ -263,22 +271,49 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
     return changed
 
 
-def funnel_members(client: Client, project_id: str, members: dict[str, set[str]]) -> dict[str, list[str]]:
+# sessions_daily for the staged visitors over these days (the days their changed sessions span,
+# so every day a changed session was ever counted on): each live session under the day it starts
+# on, and a tombstone for a row whose session no longer starts that day (it moved to an earlier
+# day, or another session absorbed it). Rows that did not change (same version) are not written
+# again. Computed from `sessions` each time, so a replay after a crash mends what it missed.
+SESSION_DAYS_INSERT = f"""
+INSERT INTO sessions_daily (project_id, day, anonymous_id, session_id, page_views, duration_ms,
+                            version, is_deleted)
+SELECT {{p:String}}, day, anonymous_id, session_id, argMax(page_views, current),
+       argMax(duration_ms, current), if(max(current) = 1, argMax(version, current), max(version) + 1),
+       toUInt8(max(current) = 0)
+FROM (
+    SELECT toDate(start_at) AS day, anonymous_id, session_id, page_views,
+           dateDiff('millisecond', start_at, last_event_at) AS duration_ms, version, toUInt8(1) AS current
+    FROM {SESSIONS}
+    WHERE toDate(start_at) IN {{days:Array(Date)}}
+    UNION ALL
+    SELECT day, anonymous_id, session_id, page_views, duration_ms, version, toUInt8(0)
+    FROM sessions_daily FINAL
+    WHERE project_id = {{p:String}} AND day IN {{days:Array(Date)}} AND anonymous_id IN {MEMBER_IDS}
+      AND is_deleted = 0
+)
+GROUP BY day, anonymous_id, session_id
+HAVING max(current) = 0 OR min(current) = 1 OR min(version) != max(version)
+"""
+
+
+def refresh_session_days(client: Client, project_id: str, days: set[date]) -> None:
+    """Bring sessions_daily up to date for the visitors refresh_persons staged, over `days`
+    (the dirty days: they hold every day a changed session spans, SessionsProcessor.rows)."""
+    if days:
+        client.command(SESSION_DAYS_INSERT, parameters={"p": project_id, "days": sorted(days)})
+
+
+def funnel_members(client: Client, members: dict[str, set[str]]) -> dict[str, list[str]]:
     """The ids whose events count in the funnels of each person that browsed (has a persons
     row, i.e. one of its member ids has sessions): all its member ids and its own id, so that
     the calls a server makes with only a user id count too, also under a user id the person
-    had before an alias (funnels.person_ids, as the back-fill reads them)."""
-    everyone = sorted(set().union(*members.values())) if members else []
-    if not everyone:
+    had before an alias (funnels.person_ids, as the back-fill reads them). The members'
+    sessions are the ones refresh_persons staged."""
+    if not members:
         return {}
-    browsing = {
-        d
-        for (d,) in client.query(
-            "SELECT DISTINCT anonymous_id FROM sessions FINAL WHERE project_id = {p:String} "
-            "AND anonymous_id IN {ids:Array(String)}",
-            parameters={"p": project_id, "ids": StringArray(everyone)},
-        ).result_rows
-    }
+    browsing = {d for (d,) in client.query(f"SELECT DISTINCT anonymous_id FROM {SESSIONS}").result_rows}
     return {p: funnels.person_ids(p, ds) for p, ds in members.items() if ds & browsing}
 
 
@@ -343,9 +378,9 @@ def refresh_daily(client: Client, project_id: str, days: set[date], version: int
     visits = {
         day: (count, bounce, seconds)
         for day, count, bounce, seconds in client.query(
-            "SELECT toDate(start_at) AS day, count(), countIf(page_views = 1) / count(), "
-            "avg(dateDiff('millisecond', start_at, last_event_at)) / 1000 FROM sessions FINAL "
-            "WHERE project_id = {p:String} AND toDate(start_at) IN {days:Array(Date)} GROUP BY day",
+            "SELECT day, count(), countIf(page_views = 1) / count(), avg(duration_ms) / 1000 "
+            "FROM sessions_daily FINAL WHERE project_id = {p:String} AND day IN {days:Array(Date)} "
+            "AND is_deleted = 0 GROUP BY day",
             parameters=params,
         ).result_rows
     }

@@ -26,9 +26,10 @@ from services.aggregator.sessions import (
     Changes,
     Visitor,
     apply,
-    from_ms,
     identity_rows,
     online_row,
+    session_at,
+    session_days,
     session_from_row,
     session_row,
     to_ms,
@@ -122,14 +123,22 @@ class SessionsProcessor:
                 visitor = visitors[key] = Visitor()
             partition_of[key] = partition
             visitor.batch = seq
-            apply(visitor, event, partition, offset, changes, t)
+            if not apply(visitor, event, partition, offset, changes, t):
+                # Re-read after a crash: its session may have been written but not yet counted
+                # (the recomputation that follows the write did not run). Its days are dirty.
+                replayed = session_at(visitor, t)
+                if replayed is not None:
+                    days.update((project_id, day) for day in session_days(replayed))
             if visitor.last_seen_ms > clock:
                 clock = visitor.last_seen_ms
         self._clock_ms = clock
 
     def rows(self, changes: Changes, dirty: Dirty) -> tuple[Rows, Dirty]:
+        days = dirty.days
         for session in changes.sessions.values():
-            dirty.days.add((session.project_id, from_ms(session.start_ms).date()))
+            # Every day it spans: the day it starts on, and the days it started on before a
+            # late event moved its start earlier (sessions_daily keeps it under its start day).
+            days.update((session.project_id, day) for day in session_days(session))
         rows = {  # in the order the writer inserts them: the live view first, it has 1 s
             "online_visitors": (ONLINE_COLUMNS, [online_row(v) for v in changes.online.values()]),
             "sessions": (SESSION_COLUMNS, [session_row(s) for s in changes.sessions.values()]),

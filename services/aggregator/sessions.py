@@ -18,8 +18,9 @@ the rows come out the same as in an uninterrupted run.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from operator import attrgetter
 from typing import Any
 
@@ -34,6 +35,10 @@ HEARTBEAT = "$heartbeat"
 
 
 to_ms = epoch_ms
+
+
+DAY_MS = 24 * 60 * 60 * 1000
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
 def from_ms(value: int) -> datetime:
@@ -201,6 +206,20 @@ def _update(session: Session, event: Event, t: int) -> None:
             session.referrer = event.referrer
     if event.event != HEARTBEAT:
         session.events += 1
+
+
+def session_days(session: Session) -> Iterator[date]:
+    """The UTC days from the session's start to its last event (usually one)."""
+    for day in range(session.start_ms // DAY_MS, session.last_ms // DAY_MS + 1):
+        yield date.fromordinal(_EPOCH_ORDINAL + day)
+
+
+def session_at(visitor: Visitor, t: int) -> Session | None:
+    """The visitor's session that holds event time `t`, if it is still in memory."""
+    for session in reversed(visitor.sessions):
+        if session.start_ms <= t <= session.last_ms:
+            return session
+    return None
 
 
 def identity_rows(event: Event, changes: Changes) -> None:

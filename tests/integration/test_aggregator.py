@@ -90,6 +90,19 @@ async def test_generated_traffic_gives_exact_sessions_identities_and_isolation(s
         ]
         assert got == recomputed
 
+    # sessions_daily, which the daily statistics count, holds each live session once, under
+    # the day it starts on (the generated traffic has late events and merged sessions).
+    by_day = (
+        "SELECT day, anonymous_id, session_id, page_views, duration_ms FROM sessions_daily FINAL "
+        "WHERE is_deleted = 0 ORDER BY anonymous_id, session_id"
+    )
+    from_sessions = (
+        "SELECT toDate(start_at), anonymous_id, session_id, page_views, "
+        "dateDiff('millisecond', start_at, last_event_at) FROM sessions FINAL "
+        "WHERE is_deleted = 0 ORDER BY anonymous_id, session_id"
+    )
+    await stack.until(lambda: stack.rows(by_day) == stack.rows(from_sessions), timeout=10)
+
     entry = {(s.anonymous_id, ms(s.start)): s.entry_path for s in sim.sessions}
     for anonymous_id, start, entry_path in stack.rows(
         "SELECT anonymous_id, start_at, entry_path FROM sessions FINAL"
@@ -154,6 +167,82 @@ async def test_a_late_first_visit_moves_the_new_user_to_its_day(stack: Stack) ->
     await stack.until(lambda: new_users() == {later.date(): 1})
     await send_all(stack, key, [page(earlier, 2)])
     await stack.until(lambda: new_users() == {earlier.date(): 1}, timeout=10)
+
+
+async def test_a_late_event_before_midnight_moves_the_session_to_the_day_before(stack: Stack) -> None:
+    """A visit starts at 00:10 UTC. An offline queue then delivers a page view from 23:55 the
+    evening before: the same session (15 minutes apart), which now starts the day before. It
+    counts there, and no longer on the later day, which no new event touched."""
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    later, earlier = midnight.date(), (midnight - timedelta(days=1)).date()
+    key, pid = stack.project.write_key, stack.project.project_id
+
+    def page(when: datetime, n: int) -> dict[str, object]:
+        stamp = when.isoformat().replace("+00:00", "Z")
+        return {"type": "page", "anonymousId": "night-1", "messageId": f"mn-{n}", "timestamp": stamp}
+
+    def sessions_per_day() -> dict[object, int]:
+        sql = "SELECT day, sessions FROM daily_stats FINAL WHERE project_id = {p:String} AND sessions > 0"
+        return dict(stack.rows(sql, p=pid))
+
+    await send_all(stack, key, [page(midnight + timedelta(minutes=10), 1)])
+    await stack.until(lambda: sessions_per_day() == {later: 1})
+    await send_all(stack, key, [page(midnight - timedelta(minutes=5), 2)])
+    await stack.until(lambda: sessions_per_day() == {earlier: 1}, timeout=10)
+    live = "SELECT day, page_views, duration_ms FROM sessions_daily FINAL WHERE project_id = {p:String} AND is_deleted = 0"
+    assert stack.rows(live, p=pid) == [(earlier, 2, 15 * 60 * 1000)]
+
+
+async def test_a_sessions_daily_row_no_session_backs_goes_when_its_visitor_is_recomputed(
+    stack: Stack,
+) -> None:
+    """sessions_daily is recomputed from `sessions` for the visitors with events, over the days
+    their sessions span: a row left behind (as a crash between a write and its recomputation
+    could leave) is tombstoned, and its day recounted, at the visitor's next event."""
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    key, pid = stack.project.write_key, stack.project.project_id
+
+    def page(when: datetime, n: int) -> dict[str, object]:
+        stamp = when.isoformat().replace("+00:00", "Z")
+        return {"type": "page", "anonymousId": "heal-1", "messageId": f"h-{n}", "timestamp": stamp}
+
+    def sessions_today() -> int:
+        sql = "SELECT sessions FROM daily_stats FINAL WHERE project_id = {p:String} AND day = {d:Date}"
+        rows = stack.rows(sql, p=pid, d=now.date())
+        return int(rows[0][0]) if rows else 0
+
+    await send_all(stack, key, [page(now - timedelta(seconds=30), 1)])
+    await stack.until(lambda: sessions_today() == 1)
+    stack.client.insert(
+        "sessions_daily",
+        [[pid, now.date(), "heal-1", "left-behind", 1, 0, 1, 0]],
+        column_names=[
+            "project_id",
+            "day",
+            "anonymous_id",
+            "session_id",
+            "page_views",
+            "duration_ms",
+            "version",
+            "is_deleted",
+        ],
+    )
+    await send_all(stack, key, [page(now, 2)])
+    await stack.until(
+        lambda: (
+            sessions_today() == 1
+            and stack.scalar(
+                "SELECT count() FROM sessions_daily FINAL WHERE anonymous_id = 'heal-1' AND is_deleted = 0"
+            )
+            == 1
+        )
+    )
+    assert (
+        stack.scalar(
+            "SELECT page_views FROM sessions_daily FINAL WHERE anonymous_id = 'heal-1' AND is_deleted = 0"
+        )
+        == 2
+    )
 
 
 async def test_persons_recent_keeps_one_live_row_per_person_as_they_move_and_merge(stack: Stack) -> None:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from services.aggregator.processor import SessionsProcessor
@@ -159,3 +159,16 @@ def test_the_live_row_is_the_newest_session_row_cut_down_to_the_online_columns()
     expected = [full[c] for c in ONLINE_COLUMNS if c != "version"] + [visitor.last_offset]
     assert online_row(visitor) == expected
     assert ONLINE_COLUMNS[-1] == "version"
+
+
+def test_a_session_dirties_every_day_it_spans_also_when_its_event_is_replayed() -> None:
+    """The daily recomputation recounts the days a changed session spans (sessions_daily keeps
+    it under its start day, and it may have been counted on a later one before). An event
+    re-read after a crash changes nothing, but its session may not have been counted yet."""
+    processor = SessionsProcessor()
+    evening, morning = date(2026, 11, 20), date(2026, 11, 21)
+    _rows, dirty = processor.process([(ev(830, n=1), 0, 0), (ev(850, n=2), 0, 1)])  # 23:50, 00:10
+    assert {day for _p, day in dirty.days} == {evening, morning}
+    rows, dirty = processor.process([(ev(850, n=2), 0, 1)])  # offset 1 again: a replay
+    assert rows["sessions"][1] == []
+    assert {day for _p, day in dirty.days} == {evening, morning}
