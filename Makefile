@@ -46,6 +46,7 @@ integration: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/ingest_bench.py
 	$(BIN)/python bench/aggregator_bench.py
+	$(BIN)/python bench/refresh_bench.py
 	$(BIN)/python bench/api_bench.py
 
 lint: $(STAMP)
