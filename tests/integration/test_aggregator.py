@@ -61,6 +61,18 @@ async def send_all(stack: Stack, write_key: str, calls: list[dict[str, object]])
     return accepted
 
 
+def page_at(anonymous_id: str, when: datetime, message_id: str) -> dict[str, object]:
+    """A page view that happened at `when`, as a tracker (or its offline queue) sends it."""
+    stamp = when.isoformat().replace("+00:00", "Z")
+    return {"type": "page", "anonymousId": anonymous_id, "messageId": message_id, "timestamp": stamp}
+
+
+def per_day(stack: Stack, project_id: str, column: str) -> dict[object, int]:
+    """A daily_stats column by day, for the days where it is not zero."""
+    sql = f"SELECT day, {column} FROM daily_stats FINAL WHERE project_id = {{p:String}} AND {column} > 0"
+    return dict(stack.rows(sql, p=project_id))
+
+
 async def test_generated_traffic_gives_exact_sessions_identities_and_isolation(stack: Stack) -> None:
     second = await stack.create_project("Second site")
     sites = {stack.project.project_id: stack.project.write_key, second.project_id: second.write_key}
@@ -155,18 +167,10 @@ async def test_a_late_first_visit_moves_the_new_user_to_its_day(stack: Stack) ->
     later, earlier = now - timedelta(days=1), now - timedelta(days=3)
     key, pid = stack.project.write_key, stack.project.project_id
 
-    def page(when: datetime, n: int) -> dict[str, object]:
-        stamp = when.isoformat().replace("+00:00", "Z")
-        return {"type": "page", "anonymousId": "late-1", "messageId": f"lf-{n}", "timestamp": stamp}
-
-    def new_users() -> dict[object, int]:
-        sql = "SELECT day, new_users FROM daily_stats FINAL WHERE project_id = {p:String} AND new_users > 0"
-        return dict(stack.rows(sql, p=pid))
-
-    await send_all(stack, key, [page(later, 1)])
-    await stack.until(lambda: new_users() == {later.date(): 1})
-    await send_all(stack, key, [page(earlier, 2)])
-    await stack.until(lambda: new_users() == {earlier.date(): 1}, timeout=10)
+    await send_all(stack, key, [page_at("late-1", later, "lf-1")])
+    await stack.until(lambda: per_day(stack, pid, "new_users") == {later.date(): 1})
+    await send_all(stack, key, [page_at("late-1", earlier, "lf-2")])
+    await stack.until(lambda: per_day(stack, pid, "new_users") == {earlier.date(): 1}, timeout=10)
 
 
 async def test_a_late_event_before_midnight_moves_the_session_to_the_day_before(stack: Stack) -> None:
@@ -177,18 +181,10 @@ async def test_a_late_event_before_midnight_moves_the_session_to_the_day_before(
     later, earlier = midnight.date(), (midnight - timedelta(days=1)).date()
     key, pid = stack.project.write_key, stack.project.project_id
 
-    def page(when: datetime, n: int) -> dict[str, object]:
-        stamp = when.isoformat().replace("+00:00", "Z")
-        return {"type": "page", "anonymousId": "night-1", "messageId": f"mn-{n}", "timestamp": stamp}
-
-    def sessions_per_day() -> dict[object, int]:
-        sql = "SELECT day, sessions FROM daily_stats FINAL WHERE project_id = {p:String} AND sessions > 0"
-        return dict(stack.rows(sql, p=pid))
-
-    await send_all(stack, key, [page(midnight + timedelta(minutes=10), 1)])
-    await stack.until(lambda: sessions_per_day() == {later: 1})
-    await send_all(stack, key, [page(midnight - timedelta(minutes=5), 2)])
-    await stack.until(lambda: sessions_per_day() == {earlier: 1}, timeout=10)
+    await send_all(stack, key, [page_at("night-1", midnight + timedelta(minutes=10), "mn-1")])
+    await stack.until(lambda: per_day(stack, pid, "sessions") == {later: 1})
+    await send_all(stack, key, [page_at("night-1", midnight - timedelta(minutes=5), "mn-2")])
+    await stack.until(lambda: per_day(stack, pid, "sessions") == {earlier: 1}, timeout=10)
     live = "SELECT day, page_views, duration_ms FROM sessions_daily FINAL WHERE project_id = {p:String} AND is_deleted = 0"
     assert stack.rows(live, p=pid) == [(earlier, 2, 15 * 60 * 1000)]
 
@@ -202,16 +198,12 @@ async def test_a_sessions_daily_row_no_session_backs_goes_when_its_visitor_is_re
     now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
     key, pid = stack.project.write_key, stack.project.project_id
 
-    def page(when: datetime, n: int) -> dict[str, object]:
-        stamp = when.isoformat().replace("+00:00", "Z")
-        return {"type": "page", "anonymousId": "heal-1", "messageId": f"h-{n}", "timestamp": stamp}
-
     def sessions_today() -> int:
         sql = "SELECT sessions FROM daily_stats FINAL WHERE project_id = {p:String} AND day = {d:Date}"
         rows = stack.rows(sql, p=pid, d=now.date())
         return int(rows[0][0]) if rows else 0
 
-    await send_all(stack, key, [page(now - timedelta(seconds=30), 1)])
+    await send_all(stack, key, [page_at("heal-1", now - timedelta(seconds=30), "h-1")])
     await stack.until(lambda: sessions_today() == 1)
     stack.client.insert(
         "sessions_daily",
@@ -227,7 +219,7 @@ async def test_a_sessions_daily_row_no_session_backs_goes_when_its_visitor_is_re
             "is_deleted",
         ],
     )
-    await send_all(stack, key, [page(now, 2)])
+    await send_all(stack, key, [page_at("heal-1", now, "h-2")])
     await stack.until(
         lambda: (
             sessions_today() == 1
