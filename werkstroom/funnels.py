@@ -288,12 +288,14 @@ def _step_events(
 ) -> Iterable[tuple[str, int, str, str]]:
     """(distinct id, ms, event, path) of the events that some step of these funnels names."""
     names = sorted({s.event for f in funnels for s in f.steps})
-    where = "project_id = {p:String} AND event IN {names:Array(String)}"
+    where = "WHERE project_id = {p:String} AND event IN {names:Array(String)}"
     if distinct_ids is not None:
-        where += " AND distinct_id IN {ids:Array(String)}"
+        # PREWHERE on the sorting key's distinct_id: FINAL reads the other columns only for
+        # these ids' rows (safe under FINAL: every version of a row has the same key).
+        where = "PREWHERE distinct_id IN {ids:Array(String)} " + where
     sql = (
         "SELECT distinct_id, toUnixTimestamp64Milli(timestamp), event, path "
-        f"FROM visitor_events FINAL WHERE {where}"
+        f"FROM visitor_events FINAL {where}"
     )
     params = {"p": project_id, "names": names, "ids": StringArray(distinct_ids or [])}
     with client.query_row_block_stream(sql, parameters=params) as stream:

@@ -127,8 +127,13 @@ STAGE_TABLES = {
 SESSIONS_STAGE = f"""
 INSERT INTO {SESSIONS} (anonymous_id, session_id, start_at, last_event_at, page_views, version)
 SELECT anonymous_id, session_id, start_at, last_event_at, page_views, version FROM sessions FINAL
-WHERE project_id = {{p:String}} AND anonymous_id IN {MEMBER_IDS} AND is_deleted = 0
+PREWHERE anonymous_id IN {MEMBER_IDS}
+WHERE project_id = {{p:String}} AND is_deleted = 0
 """
+# The statements here read a few ids' rows of tables under FINAL with `PREWHERE <sorting-key
+# column> IN ...`: FINAL then reads the other columns only for those rows. ClickHouse does not
+# move a condition to PREWHERE itself under FINAL (on other columns it would change which
+# version wins); on a sorting-key column it is safe, as every version of a row has the same key.
 
 
 def stage_members(client: Client, pairs: list[tuple[str, str]]) -> None:
@@ -184,7 +189,7 @@ LEFT JOIN (
         SELECT m.person AS person, tr.key AS key, argMax(tr.value, (tr.version, tr.value)) AS value
         FROM (
             SELECT distinct_id, key, value, version FROM person_traits FINAL
-            WHERE project_id = {{p:String}} AND distinct_id IN {MEMBER_IDS}
+            PREWHERE distinct_id IN {MEMBER_IDS} WHERE project_id = {{p:String}}
         ) AS tr
         INNER JOIN {MEMBERS} AS m ON tr.distinct_id = m.member
         GROUP BY m.person, tr.key
@@ -225,8 +230,8 @@ SELECT day, person_id, toUInt8(min(source) = 2) FROM (
     INNER JOIN {MEMBERS} AS m ON s.anonymous_id = m.member
     UNION ALL
     SELECT person_id, day, 2 FROM person_activity FINAL
+    PREWHERE person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}}
     WHERE project_id = {{p:String}} AND is_deleted = 0
-      AND (person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}})
 )
 GROUP BY day, person_id
 HAVING count() = 1
@@ -289,9 +294,8 @@ FROM (
     WHERE toDate(start_at) IN {{days:Array(Date)}}
     UNION ALL
     SELECT day, anonymous_id, session_id, page_views, duration_ms, version, toUInt8(0)
-    FROM sessions_daily FINAL
-    WHERE project_id = {{p:String}} AND day IN {{days:Array(Date)}} AND anonymous_id IN {MEMBER_IDS}
-      AND is_deleted = 0
+    FROM sessions_daily FINAL PREWHERE anonymous_id IN {MEMBER_IDS}
+    WHERE project_id = {{p:String}} AND day IN {{days:Array(Date)}} AND is_deleted = 0
 )
 GROUP BY day, anonymous_id, session_id
 HAVING max(current) = 0 OR min(current) = 1 OR min(version) != max(version)

