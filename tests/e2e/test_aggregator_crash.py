@@ -42,6 +42,7 @@ queries = {
     "persons": "SELECT * EXCEPT (version, updated_at) FROM persons FINAL ORDER BY project_id, person_id",
     "traits": "SELECT * EXCEPT (updated_at) FROM person_traits FINAL ORDER BY project_id, distinct_id, key",
     "daily": "SELECT * EXCEPT (version, updated_at) FROM daily_stats FINAL ORDER BY project_id, day",
+    "sessions_daily": "SELECT * FROM sessions_daily FINAL WHERE is_deleted = 0 ORDER BY project_id, day, anonymous_id, session_id",
     "activity": "SELECT project_id, day, person_id FROM person_activity FINAL WHERE is_deleted = 0 ORDER BY 1, 2, 3",
     "churn": "SELECT project_id, day, base, churned FROM churn_daily FINAL ORDER BY 1, 2",
     # one funnel in each database, under its own random id: compared without it
@@ -234,8 +235,9 @@ async def test_kill_9_three_times_gives_the_same_tables_as_an_uninterrupted_run(
     assert len(uninterrupted["sessions"]) > 2000
     assert len(uninterrupted["persons"]) > 1000 and uninterrupted["daily"]
     assert uninterrupted["counts"] and uninterrupted["churn"] and uninterrupted["activity"]
+    assert len(uninterrupted["sessions_daily"]) == len(uninterrupted["sessions"])  # each live session once
     for table in (
-        *("sessions", "identities", "online", "persons", "traits", "daily"),
+        *("sessions", "sessions_daily", "identities", "online", "persons", "traits", "daily"),
         *("activity", "churn", "progress", "levels", "counts"),
     ):
         assert after_crashes[table] == uninterrupted[table], table
