@@ -310,6 +310,45 @@ async def test_an_alias_chain_is_followed_to_its_end(stack: Stack) -> None:
     assert [u["person_id"] for u in response.json()["users"]] == ["u-4"]
 
 
+async def test_an_id_identified_again_as_another_user_leaves_its_first_person(stack: Stack) -> None:
+    """anon-x and anon-y are both identified as user-a; later anon-x logs in as user-b. When
+    user-a is next recomputed, it keeps only anon-y: a person's ids are those whose latest
+    mapping names it, not every id ever mapped to it."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    key, pid = stack.project.write_key, stack.project.project_id
+
+    def identify(anonymous_id: str, user_id: str, minutes: int) -> dict[str, object]:
+        stamp = (now - timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")
+        message_id = f"re-{anonymous_id}-{user_id}"
+        return {
+            "type": "identify",
+            "anonymousId": anonymous_id,
+            "userId": user_id,
+            "messageId": message_id,
+            "timestamp": stamp,
+        }
+
+    def members() -> dict[str, list[str]]:
+        sql = "SELECT person_id, anonymous_ids FROM persons FINAL WHERE project_id = {p:String} AND is_deleted = 0"
+        return dict(stack.rows(sql, p=pid))
+
+    await send_all(
+        stack,
+        key,
+        [
+            page_at("anon-x", now - timedelta(minutes=10), "re-1"),
+            identify("anon-x", "user-a", 9),
+            page_at("anon-y", now - timedelta(minutes=8), "re-2"),
+            identify("anon-y", "user-a", 7),
+        ],
+    )
+    await stack.until(lambda: members() == {"user-a": ["anon-x", "anon-y"]})
+    await send_all(stack, key, [identify("anon-x", "user-b", 5)])
+    await stack.until(lambda: members().get("user-b") == ["anon-x"])
+    await send_all(stack, key, [page_at("anon-y", now - timedelta(minutes=4), "re-3")])  # user-a again
+    await stack.until(lambda: members() == {"user-a": ["anon-y"], "user-b": ["anon-x"]})
+
+
 async def test_a_visitor_is_online_within_a_second_with_page_and_device(stack: Stack) -> None:
     ua = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1"
     key = stack.project.write_key
