@@ -106,6 +106,11 @@ class Changed:
     activity_days: set[date] = field(default_factory=set)
 
 
+# The statements here read a few ids' rows of tables under FINAL with `PREWHERE <sorting-key
+# column> IN ...`: FINAL then reads the other columns only for those rows. ClickHouse does not
+# move a condition to PREWHERE itself under FINAL (on other columns it would change which
+# version wins); on a sorting-key column it is safe, as every version of a row has the same key.
+#
 # The persons a refresh rewrites and each one's member ids, staged once per refresh in a
 # temporary table of the refresh's session (`stage_members`): every statement below reads it
 # instead of binding tens of thousands of ids again, which ClickHouse parsed once per statement
@@ -130,10 +135,6 @@ SELECT anonymous_id, session_id, start_at, last_event_at, page_views, version FR
 PREWHERE anonymous_id IN {MEMBER_IDS}
 WHERE project_id = {{p:String}} AND is_deleted = 0
 """
-# The statements here read a few ids' rows of tables under FINAL with `PREWHERE <sorting-key
-# column> IN ...`: FINAL then reads the other columns only for those rows. ClickHouse does not
-# move a condition to PREWHERE itself under FINAL (on other columns it would change which
-# version wins); on a sorting-key column it is safe, as every version of a row has the same key.
 
 
 def stage_members(client: Client, pairs: list[tuple[str, str]]) -> None:
