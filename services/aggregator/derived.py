@@ -220,9 +220,7 @@ WHERE old.person_id IN {{gone:Array(String)}} OR (fresh.person_id != '' AND fres
 """
 
 # The stored active days of these persons against the days their members' sessions span: the
-# rows to add (is_deleted 0) and to delete (1). A person merged away has no sessions left. The
-# stored days are read from person_activity's copy sorted by person (migration 0011), which
-# lags it at most: a lag shows as the same difference again, written again.
+# rows to add (is_deleted 0) and to delete (1). A person merged away has no sessions left.
 ACTIVITY_DIFF = f"""
 SELECT day, person_id, toUInt8(min(source) = 2) FROM (
     SELECT DISTINCT m.person AS person_id,
@@ -232,7 +230,7 @@ SELECT day, person_id, toUInt8(min(source) = 2) FROM (
     FROM {SESSIONS} AS s
     INNER JOIN {MEMBERS} AS m ON s.anonymous_id = m.member
     UNION ALL
-    SELECT person_id, day, 2 FROM person_activity_by_person FINAL
+    SELECT person_id, day, 2 FROM person_activity FINAL
     PREWHERE person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}}
     WHERE project_id = {{p:String}} AND is_deleted = 0
 )
