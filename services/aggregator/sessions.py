@@ -41,10 +41,6 @@ DAY_MS = 24 * 60 * 60 * 1000
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
-def from_ms(value: int) -> datetime:
-    return datetime.fromtimestamp(value / 1000, UTC)
-
-
 def session_id_for(project_id: str, anonymous_id: str, event_id: str) -> str:
     """Deterministic: the same first event always names the same session."""
     return hashlib.blake2b(
