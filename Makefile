@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest_bench.py
 	$(BIN)/python bench/aggregator_bench.py
 	$(BIN)/python bench/refresh_bench.py
+	$(BIN)/python bench/load_bench.py
 	$(BIN)/python bench/api_bench.py
 
 lint: $(STAMP)

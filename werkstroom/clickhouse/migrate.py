@@ -94,9 +94,10 @@ def pending(client: Client) -> list[Migration]:
     return todo
 
 
-def migrate(client: Client, *, dry_run: bool = False) -> list[str]:
-    """Apply every pending migration in order; returns the names applied (or that would be)."""
-    todo = pending(client)
+def migrate(client: Client, *, dry_run: bool = False, through: int | None = None) -> list[str]:
+    """Apply every pending migration in order (with `through`, those numbered up to it);
+    returns the names applied (or that would be)."""
+    todo = [m for m in pending(client) if through is None or m.version <= through]
     names = []
     for migration in todo:
         names.append(migration.name)

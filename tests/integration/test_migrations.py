@@ -1,0 +1,62 @@
+"""Migrations that rebuild a table keep every row: run on a database with data in it, at the
+version before them, the reads after them give what they gave before."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import Infra
+from werkstroom.clickhouse import connect
+from werkstroom.clickhouse.migrate import migrate
+
+pytestmark = pytest.mark.integration
+
+SESSION = (
+    "INSERT INTO sessions (project_id, anonymous_id, session_id, start_at, last_event_at, page_views, "
+    "version, is_deleted) VALUES "
+)
+
+
+def test_sessions_rebuilt_without_partitions_keeps_every_version(infra: Infra, names: dict[str, str]) -> None:
+    database = names["clickhouse_database"]
+    client = connect(infra.clickhouse_url, database, create_database=True)
+    try:
+        migrate(client, through=10)
+        for row in (
+            "('p', 'a', 's1', '2026-02-01 00:10:00', '2026-02-01 00:20:00', 2, 10, 0)",
+            # a late event moved s1's start into January: its newer row sits in another month
+            "('p', 'a', 's1', '2026-01-31 23:55:00', '2026-02-01 00:20:00', 3, 11, 0)",
+            "('p', 'a', 's2', '2026-03-05 10:00:00', '2026-03-05 10:01:00', 1, 12, 0)",
+            "('p', 'a', 's3', '2026-03-05 11:00:00', '2026-03-05 11:00:00', 1, 13, 0)",
+            "('p', 'a', 's3', '2026-03-05 11:00:00', '2026-03-05 11:00:00', 1, 14, 1)",  # absorbed
+            "('q', 'a', 's1', '2026-02-01 00:10:00', '2026-02-01 00:20:00', 5, 3, 0)",
+        ):  # one insert each: a single insert would collapse the versions as it writes them
+            client.command(SESSION + row)
+        final = "SELECT * EXCEPT updated_at FROM sessions FINAL ORDER BY project_id, session_id"
+        # The newest version of each row, tombstones included (FINAL hides those).
+        newest = (
+            "SELECT project_id, session_id, max(version), argMax(is_deleted, version) FROM sessions "
+            "GROUP BY project_id, session_id ORDER BY project_id, session_id"
+        )
+        before_final, before_newest = client.query(final).result_rows, client.query(newest).result_rows
+        assert len(before_final) == 3 and len(before_newest) == 4
+
+        assert migrate(client) == ["0011_sessions_by_visitor.sql"]
+
+        assert client.query(final).result_rows == before_final
+        assert client.query(newest).result_rows == before_newest
+        partitions = client.query(
+            "SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() "
+            "AND table = 'sessions' AND active"
+        ).result_rows
+        assert partitions == [("tuple()",)]
+        # A merge now collapses the moved session's two rows (they were in two partitions).
+        client.command("OPTIMIZE TABLE sessions FINAL")
+        assert (
+            client.query(
+                "SELECT count() FROM sessions WHERE session_id = 's1' AND project_id = 'p'"
+            ).first_row[0]
+            == 1
+        )
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{database}`")
