@@ -68,7 +68,7 @@ def refresh(client: Client, dirty: Dirty) -> None:
         ids[project_id].add(distinct_id)
     activity_days: dict[str, set[date]] = defaultdict(set)
     for project_id, distinct_ids in ids.items():
-        changed = refresh_persons(client, project_id, distinct_ids, version)
+        changed = refresh_persons(client, project_id, distinct_ids, version, days[project_id])
         refresh_session_days(client, project_id, days[project_id])  # its members are staged
         days[project_id] |= changed.first_days | changed.activity_days
         activity_days[project_id] = changed.activity_days
@@ -125,7 +125,8 @@ MEMBER_IDS = f"(SELECT member FROM {STAGE})"
 PERSON_IDS = f"(SELECT DISTINCT person FROM {STAGE})"
 STAGE_TABLES = {
     STAGE: "member String, person String",
-    BEFORE: "person_id String, first_seen DateTime64(3, 'UTC'), last_seen DateTime64(3, 'UTC')",
+    BEFORE: "person_id String, first_seen DateTime64(3, 'UTC'), last_seen DateTime64(3, 'UTC'), "
+    "anonymous_ids Array(String)",
     SESSIONS: "anonymous_id String, session_id String, start_at DateTime64(3, 'UTC'), "
     "last_event_at DateTime64(3, 'UTC'), page_views UInt32, version UInt64",
 }
@@ -148,10 +149,11 @@ def stage_members(client: Client, pairs: list[tuple[str, str]]) -> None:
 
 # The persons' rows before the rewrite (those merged away included): their first days get
 # recounted too (a merge or a late event can move a first visit to another day, and the old
-# day must lose it), and their last_seen locates the persons_recent rows to tombstone.
+# day must lose it), their last_seen locates the persons_recent rows to tombstone, and their
+# anonymous_ids tell which members moved between persons (ACTIVITY_DAYS).
 BEFORE_INSERT = f"""
-INSERT INTO {BEFORE} (person_id, first_seen, last_seen)
-SELECT person_id, first_seen, last_seen FROM persons FINAL
+INSERT INTO {BEFORE} (person_id, first_seen, last_seen, anonymous_ids)
+SELECT person_id, first_seen, last_seen, anonymous_ids FROM persons FINAL
 WHERE project_id = {{p:String}} AND is_deleted = 0
   AND (person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}})
 """
@@ -219,19 +221,46 @@ LEFT JOIN fresh ON fresh.person_id = old.person_id
 WHERE old.person_id IN {{gone:Array(String)}} OR (fresh.person_id != '' AND fresh.last_seen != old.last_seen)
 """
 
-# The stored active days of these persons against the days their members' sessions span: the
-# rows to add (is_deleted 0) and to delete (1). A person merged away has no sessions left.
+# A person's stored active days are the days its members' sessions span, as of its last
+# recomputation (the diff below makes them so). They change only on days a changed session
+# spans (the dirty days: a session's span only grows, and SessionsProcessor.rows dirties its
+# old days too), and on the days of the sessions of members that joined or left the person
+# (identify, alias, a merge; read here, before the persons' rows are rewritten with their new
+# members). The diff compares those days alone: person_activity is sorted by day, so reading
+# all of a person's days was a scan of the project's person_id column (705 ms at a year).
+MOVED_DAYS = f"""
+SELECT DISTINCT arrayJoin(arrayMap(d -> toDate(start_at) + d,
+                                   range(toUInt32(toDate(last_event_at) - toDate(start_at)) + 1)))
+FROM sessions FINAL
+PREWHERE anonymous_id IN (
+    SELECT member FROM (
+        SELECT person_id AS person, arrayJoin(anonymous_ids) AS member FROM {BEFORE}
+        UNION ALL
+        SELECT person, member FROM {STAGE} WHERE member IN (SELECT anonymous_id FROM {SESSIONS})
+    )
+    GROUP BY person, member
+    HAVING count() = 1
+)
+WHERE project_id = {{p:String}} AND is_deleted = 0
+"""
+
+# The stored active days of these persons against the days their members' sessions span, over
+# `days`: the rows to add (is_deleted 0) and to delete (1). A person merged away has no
+# sessions left.
 ACTIVITY_DIFF = f"""
 SELECT day, person_id, toUInt8(min(source) = 2) FROM (
-    SELECT DISTINCT m.person AS person_id,
-           arrayJoin(arrayMap(d -> toDate(s.start_at) + d,
-                              range(toUInt32(toDate(s.last_event_at) - toDate(s.start_at)) + 1))) AS day,
-           1 AS source
-    FROM {SESSIONS} AS s
-    INNER JOIN {MEMBERS} AS m ON s.anonymous_id = m.member
+    SELECT DISTINCT person_id, day, 1 AS source FROM (
+        SELECT m.person AS person_id,
+               arrayJoin(arrayMap(d -> toDate(s.start_at) + d,
+                                  range(toUInt32(toDate(s.last_event_at) - toDate(s.start_at)) + 1))) AS day
+        FROM {SESSIONS} AS s
+        INNER JOIN {MEMBERS} AS m ON s.anonymous_id = m.member
+    )
+    WHERE day IN {{days:Array(Date)}}
     UNION ALL
     SELECT person_id, day, 2 FROM person_activity FINAL
-    PREWHERE person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}}
+    PREWHERE day IN {{days:Array(Date)}}
+        AND (person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}})
     WHERE project_id = {{p:String}} AND is_deleted = 0
 )
 GROUP BY day, person_id
@@ -239,10 +268,16 @@ HAVING count() = 1
 """
 
 
-def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], version: int) -> Changed:
-    """Rewrite the persons these ids belong to, and the days on which each was active. The
-    rows are computed by ClickHouse (INSERT ... SELECT): Python only resolves which ids make
-    up which person, and reads back the few days whose counts changed."""
+def refresh_persons(
+    client: Client, project_id: str, distinct_ids: set[str], version: int, days: set[date]
+) -> Changed:
+    """Rewrite the persons these ids belong to, and the days on which each was active (over
+    `days`, the dirty days, and the days of members that moved). The rows are computed by
+    ClickHouse (INSERT ... SELECT): Python only resolves which ids make up which person, and
+    reads back the few days whose counts changed.
+
+    The active days are written before the persons' rows: a crash in between leaves the old
+    rows, whose members still tell the replay which members moved."""
     resolved = identity.resolve(
         distinct_ids, lambda ids: dict(_mapping(client, project_id, "distinct_id", ids))
     )
@@ -253,6 +288,13 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
     bound = {"p": project_id, "v": version, "gone": StringArray(sorted(changed.gone))}
     client.command(SESSIONS_STAGE, parameters={"p": project_id})
     client.command(BEFORE_INSERT, parameters=bound)
+    moved = {d for (d,) in client.query(MOVED_DAYS, parameters=bound).result_rows}
+    diff = client.query(ACTIVITY_DIFF, parameters={**bound, "days": sorted(days | moved)}).result_rows
+    if diff:
+        insert_rows(
+            client, "person_activity", [[project_id, d, p, x, version] for d, p, x in diff], ACTIVITY_COLUMNS
+        )
+    changed.activity_days = {d for d, _p, _x in diff}
     client.command(PERSONS_INSERT, parameters=bound)
     if changed.gone:  # merged into another person
         epoch = datetime(1970, 1, 1, tzinfo=UTC)
@@ -268,12 +310,6 @@ def refresh_persons(client: Client, project_id: str, distinct_ids: set[str], ver
             parameters=bound,
         ).result_rows
     )
-    diff = client.query(ACTIVITY_DIFF, parameters=bound).result_rows
-    if diff:
-        insert_rows(
-            client, "person_activity", [[project_id, d, p, x, version] for d, p, x in diff], ACTIVITY_COLUMNS
-        )
-    changed.activity_days = {d for d, _p, _x in diff}
     return changed
 
 

@@ -349,6 +349,48 @@ async def test_an_id_identified_again_as_another_user_leaves_its_first_person(st
     await stack.until(lambda: members() == {"user-a": ["anon-y"], "user-b": ["anon-x"]})
 
 
+async def test_active_days_follow_the_members_that_join_or_leave_a_person(stack: Stack) -> None:
+    """A recomputation compares only the dirty days' activity, and the days of members that
+    moved: anon-x browsed two days ago, is identified today as user-a (its old day moves to
+    user-a although only today is dirty), then as user-b; when user-a is next recomputed, for
+    anon-y's page today, the day only anon-x gave it goes."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    key, pid = stack.project.write_key, stack.project.project_id
+    earlier = now - timedelta(days=2)
+
+    def identify(anonymous_id: str, user_id: str, when: datetime) -> dict[str, object]:
+        stamp = when.isoformat().replace("+00:00", "Z")
+        return {
+            "type": "identify",
+            "anonymousId": anonymous_id,
+            "userId": user_id,
+            "messageId": f"ad-{anonymous_id}-{user_id}",
+            "timestamp": stamp,
+        }
+
+    def activity() -> set[tuple[object, str]]:
+        sql = "SELECT day, person_id FROM person_activity FINAL WHERE project_id = {p:String} AND is_deleted = 0"
+        return {(d, p) for d, p in stack.rows(sql, p=pid)}
+
+    await send_all(stack, key, [page_at("anon-x", earlier, "ad-1")])
+    await stack.until(lambda: activity() == {(earlier.date(), "anon-x")})
+
+    at_a = now - timedelta(minutes=10)
+    await send_all(stack, key, [identify("anon-x", "user-a", at_a)])  # dirties at_a's day alone
+    await stack.until(lambda: activity() == {(earlier.date(), "user-a"), (at_a.date(), "user-a")})
+
+    at_y = now - timedelta(minutes=8)
+    await send_all(stack, key, [page_at("anon-y", at_y, "ad-2"), identify("anon-y", "user-a", at_y)])
+    at_b = now - timedelta(minutes=5)
+    await send_all(stack, key, [identify("anon-x", "user-b", at_b)])
+    days_b = {earlier.date(), at_a.date(), at_b.date()}
+    await stack.until(lambda: {d for d, p in activity() if p == "user-b"} == days_b)
+    at_y2 = now - timedelta(minutes=4)
+    await send_all(stack, key, [page_at("anon-y", at_y2, "ad-3")])  # user-a again
+    expected = {(d, "user-b") for d in days_b} | {(at_y.date(), "user-a"), (at_y2.date(), "user-a")}
+    await stack.until(lambda: activity() == expected)
+
+
 async def test_a_visitor_is_online_within_a_second_with_page_and_device(stack: Stack) -> None:
     ua = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1"
     key = stack.project.write_key
