@@ -8,9 +8,10 @@ written batches touched. Its cost must follow what it recomputes (today's visito
 much history the project has: otherwise a site's aggregator slows down as the month fills up.
 
 1. A fresh embedded ClickHouse, migrated. One project gets one day (today) of sessions and
-   events (INSERT ... SELECT FROM numbers(), inside the engine); sessions_daily is filled by
-   the migration's own back-fill statement. Baseline: `derived.refresh` for 100 of today's
-   visitors and today, timed --runs times after a first one (median).
+   events (INSERT ... SELECT FROM numbers(), inside the engine); sessions_daily and
+   events_daily are filled by the migrations' own back-fill statements. Baseline:
+   `derived.refresh` for 100 of today's visitors and today, timed --runs times after a first
+   one (median).
 2. The same project then gets 30 earlier days of the same traffic, persons and active days for
    its visitors, and 1M identified ids of the past (identify/alias mappings). The same
    recomputation is timed again. Ratio = month / one day.
@@ -91,10 +92,12 @@ def fill_day(client: Client, offset: int, sessions: int, visitors: int) -> None:
     client.command(EVENTS, parameters=params)
 
 
-def backfill_sessions_daily(client: Client) -> None:
-    """sessions_daily from sessions, with migration 0010's own back-fill statement."""
-    (migration,) = [m for m in load_migrations() if m.name == "0010_sessions_daily.sql"]
-    client.command(migration.statements()[-1])
+def backfill(client: Client) -> None:
+    """sessions_daily from sessions and events_daily from events, with migrations 0010's and
+    0012's own back-fill statements (the aggregator writes them as it goes)."""
+    for name in ("0010_sessions_daily.sql", "0012_events_daily.sql"):
+        (migration,) = [m for m in load_migrations() if m.name == name]
+        client.command(migration.statements()[-1])
 
 
 class Timed:
@@ -156,7 +159,7 @@ def main() -> int:
 
     started = time.perf_counter()
     fill_day(client, 0, args.sessions_per_day, args.visitors)
-    backfill_sessions_daily(client)
+    backfill(client)
     day_only, _ = recompute(session, today_visitors, args.runs)
 
     for offset in range(1, args.days + 1):
@@ -166,7 +169,7 @@ def main() -> int:
     client.command(PERSONS, parameters=history)
     client.command(ACTIVITY, parameters=history)
     client.command(MAPPINGS, parameters={"p": PROJECT, "mappings": args.mappings})
-    backfill_sessions_daily(client)
+    backfill(client)
     filled = time.perf_counter() - started
     month, timed = recompute(session, today_visitors, args.runs)
 

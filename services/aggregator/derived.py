@@ -400,12 +400,11 @@ def refresh_daily(client: Client, project_id: str, days: set[date], version: int
     """Rewrite the daily statistics of these (UTC) days."""
     wanted = sorted(days)
     params = {"p": project_id, "days": wanted}
-    activity = {
+    activity = {  # counted by the aggregator per partition as it applies the events
         day: (views, events)
         for day, views, events in client.query(
-            "SELECT toDate(timestamp) AS day, countIf(type = 'page'), countIf(event != '$heartbeat') "
-            "FROM events FINAL WHERE project_id = {p:String} AND toDate(timestamp) IN {days:Array(Date)} "
-            "GROUP BY day",
+            "SELECT day, sum(page_views), sum(events) FROM events_daily FINAL "
+            "WHERE project_id = {p:String} AND day IN {days:Array(Date)} GROUP BY day",
             parameters=params,
         ).result_rows
     }

@@ -108,6 +108,23 @@ class Visitor:
         )
 
 
+DayKey = tuple[str, date, int]  # project, UTC day, topic partition
+
+
+@dataclass(slots=True)
+class DayCount:
+    """A day's page views and events from one partition, up to the offset `last_offset`."""
+
+    page_views: int = 0
+    events: int = 0
+    last_offset: int = -1
+    batch: int = 0  # the aggregator's batch that last changed it
+    since: int = -1  # the first offset counted, while its stored row is not added yet
+
+
+DAY_COUNT_COLUMNS = ["project_id", "day", "kafka_partition", "page_views", "events", "version"]
+
+
 @dataclass(slots=True)
 class Changes:
     """What one batch changed: the rows to write."""
@@ -117,6 +134,8 @@ class Changes:
     identities: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
     traits: dict[tuple[str, str, str], tuple[str, int]] = field(default_factory=dict)
     newest: dict[int, int] = field(default_factory=dict)  # partition -> newest event time (ms)
+    day_counts: dict[DayKey, DayCount] = field(default_factory=dict)
+    unresolved: set[DayKey] = field(default_factory=set)  # day_counts counted from zero so far
 
 
 def apply(

@@ -561,9 +561,10 @@ class EventsSink:
 
     async def _aggregate(self, events: list[Decoded], seq: int) -> tuple[Rows, Dirty, dict[int, int]]:
         """Load the visitors not in memory, then apply the events in chunks, giving the event
-        loop back between chunks: the Kafka fetcher runs on it, and a batch applied in one
-        go (a few hundred ms) kept it from fetching the next one meanwhile. Partitions
-        revoked in between keep their visitors until the batch is applied (`forget`)."""
+        loop back between chunks: the Kafka fetcher runs on it, and a batch applied in one go
+        (a few hundred ms) kept it from fetching the next one meanwhile; then add the stored
+        counts of days first met. Partitions revoked in between keep their state until the
+        batch is applied (`forget`)."""
         self._aggregating = True
         try:
             missing = self.processor.missing(events)
@@ -574,6 +575,9 @@ class EventsSink:
             for start in range(0, len(events), APPLY_CHUNK):
                 self.processor.apply_events(events[start : start + APPLY_CHUNK], changes, dirty, seq)
                 await asyncio.sleep(0)
+            if changes.unresolved:
+                assert self._load_client is not None
+                await asyncio.to_thread(self.processor.resolve_days, self._load_client, changes, events)
             rows, dirty = self.processor.rows(changes, dirty)
             return rows, dirty, changes.newest
         finally:

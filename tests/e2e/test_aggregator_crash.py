@@ -42,6 +42,7 @@ queries = {
     "persons": "SELECT * EXCEPT (version, updated_at) FROM persons FINAL ORDER BY project_id, person_id",
     "traits": "SELECT * EXCEPT (updated_at) FROM person_traits FINAL ORDER BY project_id, distinct_id, key",
     "daily": "SELECT * EXCEPT (version, updated_at) FROM daily_stats FINAL ORDER BY project_id, day",
+    "events_daily": "SELECT * EXCEPT (updated_at) FROM events_daily FINAL ORDER BY 1, 2, 3",
     "sessions_daily": "SELECT * FROM sessions_daily FINAL WHERE is_deleted = 0 ORDER BY project_id, day, anonymous_id, session_id",
     "activity": "SELECT project_id, day, person_id FROM person_activity FINAL WHERE is_deleted = 0 ORDER BY 1, 2, 3",
     "churn": "SELECT project_id, day, base, churned FROM churn_daily FINAL ORDER BY 1, 2",

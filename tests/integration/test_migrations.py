@@ -41,7 +41,7 @@ def test_sessions_rebuilt_without_partitions_keeps_every_version(infra: Infra, n
         before_final, before_newest = client.query(final).result_rows, client.query(newest).result_rows
         assert len(before_final) == 3 and len(before_newest) == 4
 
-        assert migrate(client) == ["0011_sessions_by_visitor.sql"]
+        assert migrate(client, through=11) == ["0011_sessions_by_visitor.sql"]
 
         assert client.query(final).result_rows == before_final
         assert client.query(newest).result_rows == before_newest
@@ -58,5 +58,44 @@ def test_sessions_rebuilt_without_partitions_keeps_every_version(infra: Infra, n
             ).first_row[0]
             == 1
         )
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{database}`")
+
+
+def test_events_daily_is_back_filled_with_each_partitions_counts_and_newest_offset(
+    infra: Infra, names: dict[str, str]
+) -> None:
+    database = names["clickhouse_database"]
+    client = connect(infra.clickhouse_url, database, create_database=True)
+    try:
+        migrate(client, through=11)
+        event = (
+            "INSERT INTO events (project_id, event_id, type, event, timestamp, received_at, kafka_partition, "
+            "kafka_offset) VALUES "
+        )
+        for row in (
+            "('p', 'e1', 'page', '$page', '2026-03-01 10:00:00', now(), 0, 4)",
+            "('p', 'e2', 'track', '$heartbeat', '2026-03-01 10:01:00', now(), 0, 5)",
+            "('p', 'e3', 'track', 'signup', '2026-03-01 23:59:59', now(), 1, 2)",
+            "('p', 'e4', 'page', '$page', '2026-03-02 00:00:00', now(), 0, 6)",
+            "('q', 'e5', 'page', '$page', '2026-03-01 12:00:00', now(), 0, 7)",
+        ):
+            client.command(event + row)
+        client.command(
+            event + "('p', 'e1', 'page', '$page', '2026-03-01 10:00:00', now(), 0, 4)"
+        )  # re-delivered
+
+        assert migrate(client) == ["0012_events_daily.sql"]
+
+        rows = client.query(
+            "SELECT project_id, toString(day), kafka_partition, page_views, events, version "
+            "FROM events_daily FINAL ORDER BY 1, 2, 3"
+        ).result_rows
+        assert rows == [
+            ("p", "2026-03-01", 0, 1, 1, 5),
+            ("p", "2026-03-01", 1, 0, 1, 2),
+            ("p", "2026-03-02", 0, 1, 1, 6),
+            ("q", "2026-03-01", 0, 1, 1, 7),
+        ]
     finally:
         client.command(f"DROP DATABASE IF EXISTS `{database}`")

@@ -5,9 +5,11 @@ from typing import Any
 
 from services.aggregator.processor import SessionsProcessor
 from services.aggregator.sessions import (
+    DAY_COUNT_COLUMNS,
     ONLINE_COLUMNS,
     SESSION_COLUMNS,
     Changes,
+    DayCount,
     Visitor,
     apply,
     identity_rows,
@@ -172,3 +174,43 @@ def test_a_session_dirties_every_day_it_spans_also_when_its_event_is_replayed() 
     rows, dirty = processor.process([(ev(850, n=2), 0, 1)])  # offset 1 again: a replay
     assert rows["sessions"][1] == []
     assert {day for _p, day in dirty.days} == {evening, morning}
+
+
+def test_a_days_counts_skip_replayed_offsets_per_partition_and_day() -> None:
+    """events_daily: page views and events (heartbeats are not) per project, day and partition,
+    versioned by the last offset counted. A batch re-read after a crash counts nothing twice;
+    a row reloaded from ClickHouse (events_daily) continues where it was written."""
+    processor = SessionsProcessor()
+    late = ev(-24 * 60, n=4)  # yesterday, from the offline queue
+    batch = [
+        (ev(0, n=1), 0, 5),
+        (ev(1, "track", n=2), 0, 6),
+        (ev(2, "heartbeat", n=3, event="$heartbeat"), 0, 7),
+    ]
+    rows, _ = processor.process([*batch, (late, 0, 8), (ev(3, n=5, anonymous_id="b"), 1, 3)])
+    today, yesterday = T0.date(), T0.date() - timedelta(days=1)
+    assert sorted(rows["events_daily"][1]) == [
+        ["p", yesterday, 0, 1, 1, 8],
+        ["p", today, 0, 1, 2, 7],
+        ["p", today, 1, 1, 1, 3],
+    ]
+    rows, _ = processor.process(batch)  # the replay
+    assert rows["events_daily"][1] == []
+
+    reloaded = SessionsProcessor()
+    reloaded.day_counts[("p", today, 0)] = DayCount(1, 2, 7)  # as load_days reads the row
+    rows, _ = reloaded.process([*batch, (ev(4, n=6), 0, 9)])
+    assert rows["events_daily"][1] == [["p", today, 0, 2, 3, 9]]
+    assert DAY_COUNT_COLUMNS[-1] == "version"
+
+
+def test_counts_of_old_days_are_forgotten_once_written_and_revoked_partitions_at_once() -> None:
+    processor = SessionsProcessor()
+    processor.process([(ev(-3 * 24 * 60, n=1), 0, 0), (ev(0, n=2, anonymous_id="b"), 1, 0)], seq=1)
+    assert len(processor.day_counts) == 2
+    processor.evict_idle(written_seq=0)
+    assert len(processor.day_counts) == 2  # not written yet
+    processor.evict_idle(written_seq=1)
+    assert list(processor.day_counts) == [("p", T0.date(), 1)]  # today stays
+    processor.revoke({1})
+    assert processor.day_counts == {}

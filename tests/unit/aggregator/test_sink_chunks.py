@@ -10,7 +10,7 @@ from aiokafka import TopicPartition
 
 from services.aggregator import sink as sink_module
 from services.aggregator.processor import SessionsProcessor
-from services.aggregator.sessions import Visitor
+from services.aggregator.sessions import DayCount, Visitor
 from services.aggregator.sink import EventsSink
 from tests.unit.aggregator.test_sessions import ev
 from werkstroom.contract import epoch_ms
@@ -22,13 +22,19 @@ def _sink(tmp_path: Any) -> EventsSink:
     return sink
 
 
+def _loaded(sink: EventsSink, events: list[Any]) -> None:
+    """As if the events' visitors and days' counts were loaded: no ClickHouse here."""
+    for event, partition, _ in events:
+        sink.processor.visitors.setdefault((event.project_id, event.anonymous_id), Visitor())
+        sink.processor._partition_of[(event.project_id, event.anonymous_id)] = partition
+        sink.processor.day_counts.setdefault((event.project_id, event.timestamp.date(), partition), DayCount())
+
+
 def test_chunked_apply_gives_the_rows_of_one_pass(tmp_path: Any, monkeypatch: Any) -> None:
     monkeypatch.setattr(sink_module, "APPLY_CHUNK", 3)
     events = [(ev(i, n=i, anonymous_id=f"a{i % 4}"), i % 2, i) for i in range(10)]
     sink = _sink(tmp_path)
-    for event, partition, _ in events:  # as if loaded: no ClickHouse here
-        sink.processor.visitors.setdefault((event.project_id, event.anonymous_id), Visitor())
-        sink.processor._partition_of[(event.project_id, event.anonymous_id)] = partition
+    _loaded(sink, events)
     rows, dirty, newest = asyncio.run(sink._aggregate(events, 1))
     expected_rows, expected_dirty = SessionsProcessor().process(events)
     assert rows == expected_rows
@@ -44,8 +50,7 @@ def test_partitions_revoked_while_a_batch_is_applied_keep_their_visitors_until_i
     monkeypatch.setattr(sink_module, "APPLY_CHUNK", 1)
     sink = _sink(tmp_path)
     events = [(ev(0, n=1), 1, 10), (ev(1, n=2), 1, 11), (ev(2, n=3), 1, 12)]
-    sink.processor.visitors[("p", "a")] = Visitor()
-    sink.processor._partition_of[("p", "a")] = 1
+    _loaded(sink, events)
     revoked = TopicPartition(sink.topics.events, 1)
 
     async def scenario() -> Any:
