@@ -27,7 +27,9 @@ def _loaded(sink: EventsSink, events: list[Any]) -> None:
     for event, partition, _ in events:
         sink.processor.visitors.setdefault((event.project_id, event.anonymous_id), Visitor())
         sink.processor._partition_of[(event.project_id, event.anonymous_id)] = partition
-        sink.processor.day_counts.setdefault((event.project_id, event.timestamp.date(), partition), DayCount())
+        sink.processor.day_counts.setdefault(
+            (event.project_id, event.timestamp.date(), partition), DayCount()
+        )
 
 
 def test_chunked_apply_gives_the_rows_of_one_pass(tmp_path: Any, monkeypatch: Any) -> None:
