@@ -8,8 +8,8 @@ written batches touched. Its cost must follow what it recomputes (today's visito
 much history the project has: otherwise a site's aggregator slows down as the month fills up.
 
 1. A fresh embedded ClickHouse, migrated. One project gets one day (today) of sessions and
-   events (INSERT ... SELECT FROM numbers(), inside the engine); sessions_daily and
-   events_daily are filled by the migrations' own back-fill statements. Baseline:
+   events (INSERT ... SELECT FROM numbers(), inside the engine); sessions_daily, events_daily
+   and persons_first_day are filled by the migrations' own back-fill statements. Baseline:
    `derived.refresh` for 100 of today's visitors and today, timed --runs times after a first
    one (median).
 2. The same project then gets 30 earlier days of the same traffic, persons and active days for
@@ -69,7 +69,8 @@ FROM numbers({n:UInt64} * 5)
 """
 PERSONS = """
 INSERT INTO persons (project_id, person_id, first_seen, last_seen, sessions, page_views, version)
-SELECT {p:String}, concat('a', toString(number)), toDateTime64({first:Date}, 3, 'UTC'), now64(3), 1, 2, 1
+SELECT {p:String}, concat('a', toString(number)), toDateTime64({first:Date} + number % {days:UInt64}, 3, 'UTC'),
+       now64(3), 1, 2, 1
 FROM numbers({visitors:UInt64})
 """
 # Identified visitors of the past: ids x<n>, two per user.
@@ -93,9 +94,10 @@ def fill_day(client: Client, offset: int, sessions: int, visitors: int) -> None:
 
 
 def backfill(client: Client) -> None:
-    """sessions_daily from sessions and events_daily from events, with migrations 0010's and
-    0012's own back-fill statements (the aggregator writes them as it goes)."""
-    for name in ("0010_sessions_daily.sql", "0012_events_daily.sql"):
+    """sessions_daily from sessions, events_daily from events and persons_first_day from
+    persons, with the migrations' own back-fill statements (the aggregator writes them as it
+    goes)."""
+    for name in ("0010_sessions_daily.sql", "0012_events_daily.sql", "0013_persons_first_day.sql"):
         (migration,) = [m for m in load_migrations() if m.name == name]
         client.command(migration.statements()[-1])
 

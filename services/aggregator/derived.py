@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
@@ -46,7 +47,7 @@ DAILY_COLUMNS = [
     "version",
 ]
 
-ACTIVITY_COLUMNS = ["project_id", "day", "person_id", "is_deleted", "version"]
+ACTIVITY_COLUMNS = ["project_id", "day", "person_id", "is_deleted", "version"]  # and persons_first_day
 
 _last_version = 0
 
@@ -244,6 +245,29 @@ PREWHERE anonymous_id IN (
 WHERE project_id = {{p:String}} AND is_deleted = 0
 """
 
+# Each person's first day (persons_first_day) against the day of its members' first session,
+# over `days` (the persons' old and new first days): the rows to add (is_deleted 0) and to
+# delete (1). A person merged away has no sessions left. FIRST_DAYS gives those days.
+FIRST_DAY = f"""
+SELECT m.person AS person_id, toDate(min(s.start_at)) AS day
+FROM {SESSIONS} AS s
+INNER JOIN {MEMBERS} AS m ON s.anonymous_id = m.member
+GROUP BY m.person
+"""
+FIRST_DAYS = f"SELECT day FROM ({FIRST_DAY}) UNION DISTINCT SELECT DISTINCT toDate(first_seen) FROM {BEFORE}"
+FIRST_DAY_DIFF = f"""
+SELECT day, person_id, toUInt8(min(source) = 2) FROM (
+    SELECT person_id, day, 1 AS source FROM ({FIRST_DAY})
+    UNION ALL
+    SELECT person_id, day, 2 FROM persons_first_day FINAL
+    PREWHERE day IN {{days:Array(Date)}}
+        AND (person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}})
+    WHERE project_id = {{p:String}} AND is_deleted = 0
+)
+GROUP BY day, person_id
+HAVING count() = 1
+"""
+
 # The stored active days of these persons against the days their members' sessions span, over
 # `days`: the rows to add (is_deleted 0) and to delete (1). A person merged away has no
 # sessions left.
@@ -289,28 +313,28 @@ def refresh_persons(
     client.command(SESSIONS_STAGE, parameters={"p": project_id})
     client.command(BEFORE_INSERT, parameters=bound)
     moved = {d for (d,) in client.query(MOVED_DAYS, parameters=bound).result_rows}
-    diff = client.query(ACTIVITY_DIFF, parameters={**bound, "days": sorted(days | moved)}).result_rows
-    if diff:
-        insert_rows(
-            client, "person_activity", [[project_id, d, p, x, version] for d, p, x in diff], ACTIVITY_COLUMNS
-        )
-    changed.activity_days = {d for d, _p, _x in diff}
+    changed.activity_days = _apply_diff(client, "person_activity", ACTIVITY_DIFF, bound, days | moved)
+    first_days = {d for (d,) in client.query(FIRST_DAYS, parameters=bound).result_rows}
+    changed.first_days = _apply_diff(client, "persons_first_day", FIRST_DAY_DIFF, bound, first_days)
     client.command(PERSONS_INSERT, parameters=bound)
     if changed.gone:  # merged into another person
         epoch = datetime(1970, 1, 1, tzinfo=UTC)
         rows = [[project_id, g, epoch, epoch, 0, 0, [], "{}", "", 1, version] for g in sorted(changed.gone)]
         insert_rows(client, "persons", rows, PERSON_COLUMNS)
     client.command(RECENT_INSERT, parameters=bound)
-    changed.first_days.update(
-        day
-        for (day,) in client.query(
-            f"SELECT DISTINCT toDate(first_seen) FROM {BEFORE} UNION DISTINCT "
-            "SELECT DISTINCT toDate(first_seen) FROM persons FINAL WHERE project_id = {p:String} "
-            f"AND person_id IN {PERSON_IDS} AND version = {{v:UInt64}} AND is_deleted = 0",
-            parameters=bound,
-        ).result_rows
-    )
     return changed
+
+
+def _apply_diff(
+    client: Client, table: str, diff_sql: str, bound: dict[str, Any], days: set[date]
+) -> set[date]:
+    """Write the (day, person, is_deleted) rows a diff over `days` gives into a person-by-day
+    table; returns the days whose counts changed."""
+    diff = client.query(diff_sql, parameters={**bound, "days": sorted(days)}).result_rows
+    if diff:
+        rows = [[bound["p"], d, p, x, bound["v"]] for d, p, x in diff]
+        insert_rows(client, table, rows, ACTIVITY_COLUMNS)
+    return {d for d, _p, _x in diff}
 
 
 # sessions_daily for the staged visitors over these days (the days their changed sessions span,
@@ -426,8 +450,8 @@ def refresh_daily(client: Client, project_id: str, days: set[date], version: int
     }
     new = dict(
         client.query(
-            "SELECT toDate(first_seen) AS day, count() FROM persons FINAL WHERE project_id = {p:String} "
-            "AND is_deleted = 0 AND toDate(first_seen) IN {days:Array(Date)} GROUP BY day",
+            "SELECT day, count() FROM persons_first_day FINAL WHERE project_id = {p:String} "
+            "AND is_deleted = 0 AND day IN {days:Array(Date)} GROUP BY day",
             parameters=params,
         ).result_rows
     )

@@ -45,6 +45,7 @@ queries = {
     "events_daily": "SELECT * EXCEPT (updated_at) FROM events_daily FINAL ORDER BY 1, 2, 3",
     "sessions_daily": "SELECT * FROM sessions_daily FINAL WHERE is_deleted = 0 ORDER BY project_id, day, anonymous_id, session_id",
     "activity": "SELECT project_id, day, person_id FROM person_activity FINAL WHERE is_deleted = 0 ORDER BY 1, 2, 3",
+    "first_day": "SELECT project_id, day, person_id FROM persons_first_day FINAL WHERE is_deleted = 0 ORDER BY 1, 2, 3",
     "churn": "SELECT project_id, day, base, churned FROM churn_daily FINAL ORDER BY 1, 2",
     # one funnel in each database, under its own random id: compared without it
     "progress": "SELECT day, person_id, level FROM funnel_progress FINAL WHERE is_deleted = 0 ORDER BY 1, 2",

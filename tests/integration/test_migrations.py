@@ -85,7 +85,7 @@ def test_events_daily_is_back_filled_with_each_partitions_counts_and_newest_offs
             event + "('p', 'e1', 'page', '$page', '2026-03-01 10:00:00', now(), 0, 4)"
         )  # re-delivered
 
-        assert migrate(client) == ["0012_events_daily.sql"]
+        assert migrate(client, through=12) == ["0012_events_daily.sql"]
 
         rows = client.query(
             "SELECT project_id, toString(day), kafka_partition, page_views, events, version "
@@ -97,5 +97,35 @@ def test_events_daily_is_back_filled_with_each_partitions_counts_and_newest_offs
             ("p", "2026-03-02", 0, 1, 1, 6),
             ("q", "2026-03-01", 0, 1, 1, 7),
         ]
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{database}`")
+
+
+def test_persons_first_day_is_back_filled_with_each_live_persons_first_day(
+    infra: Infra, names: dict[str, str]
+) -> None:
+    database = names["clickhouse_database"]
+    client = connect(infra.clickhouse_url, database, create_database=True)
+    try:
+        migrate(client, through=12)
+        person = (
+            "INSERT INTO persons (project_id, person_id, first_seen, last_seen, is_deleted, version) VALUES "
+        )
+        for row in (
+            "('p', 'a', '2026-03-01 10:00:00', '2026-03-04 10:00:00', 0, 5)",
+            "('p', 'a', '2026-02-28 23:00:00', '2026-03-04 10:00:00', 0, 6)",  # a late event, newer
+            "('p', 'b', '2026-03-01 11:00:00', '2026-03-01 11:00:00', 0, 5)",
+            "('p', 'b', '1970-01-01 00:00:00', '1970-01-01 00:00:00', 1, 7)",  # merged away
+            "('q', 'a', '2026-03-02 00:00:00', '2026-03-02 00:00:00', 0, 1)",
+        ):
+            client.command(person + row)
+
+        assert migrate(client) == ["0013_persons_first_day.sql"]
+
+        rows = client.query(
+            "SELECT project_id, toString(day), person_id, version FROM persons_first_day FINAL "
+            "WHERE is_deleted = 0 ORDER BY 1, 2, 3"
+        ).result_rows
+        assert rows == [("p", "2026-02-28", "a", 6), ("q", "2026-03-02", "a", 1)]
     finally:
         client.command(f"DROP DATABASE IF EXISTS `{database}`")
