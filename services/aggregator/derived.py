@@ -121,6 +121,9 @@ BEFORE = "refresh_before"  # the rows the refresh replaces, as they were
 # The members' live sessions, read once (SESSIONS_STAGE): persons, active days, sessions_daily
 # and funnels read them here instead of each reading `sessions` FINAL again.
 SESSIONS = "refresh_sessions"
+# The persons' new rows, computed once (PERSONS_STAGE): written to persons and persons_recent,
+# and their first days compared, from here.
+FRESH = "refresh_persons"
 MEMBERS = f"(SELECT member, person FROM {STAGE})"
 MEMBER_IDS = f"(SELECT member FROM {STAGE})"
 PERSON_IDS = f"(SELECT DISTINCT person FROM {STAGE})"
@@ -130,6 +133,8 @@ STAGE_TABLES = {
     "anonymous_ids Array(String)",
     SESSIONS: "anonymous_id String, session_id String, start_at DateTime64(3, 'UTC'), "
     "last_event_at DateTime64(3, 'UTC'), page_views UInt32, version UInt64",
+    FRESH: "person_id String, first_seen DateTime64(3, 'UTC'), last_seen DateTime64(3, 'UTC'), "
+    "sessions UInt32, page_views UInt32, anonymous_ids Array(String), traits String, plan String",
 }
 SESSIONS_STAGE = f"""
 INSERT INTO {SESSIONS} (anonymous_id, session_id, start_at, last_event_at, page_views, version)
@@ -165,13 +170,11 @@ WHERE project_id = {{p:String}} AND is_deleted = 0
 # each trait's latest value over all members (ties: the greater value, so that a replay picks
 # the same one), as one JSON object with sorted keys; the plan when it is a string. Persons
 # with no session (server-side calls only) get no row.
-PERSONS_INSERT = f"""
-INSERT INTO persons (project_id, person_id, first_seen, last_seen, sessions, page_views,
-                     anonymous_ids, traits, plan, is_deleted, version)
-SELECT {{p:String}}, v.person, v.first_seen, v.last_seen, v.sessions, v.page_views, v.ids,
+PERSONS_STAGE = f"""
+INSERT INTO {FRESH} (person_id, first_seen, last_seen, sessions, page_views, anonymous_ids, traits, plan)
+SELECT v.person, v.first_seen, v.last_seen, v.sessions, v.page_views, v.ids,
        if(t.person = '', '{{}}', t.traits),
-       if(JSONType(t.plan) = 'String', JSONExtractString(t.plan), ''),
-       0, {{v:UInt64}}
+       if(JSONType(t.plan) = 'String', JSONExtractString(t.plan), '')
 FROM (
     SELECT m.person AS person, min(s.first) AS first_seen, max(s.last) AS last_seen,
            sum(s.n) AS sessions, sum(s.views) AS page_views, arraySort(groupArray(m.member)) AS ids
@@ -202,23 +205,25 @@ LEFT JOIN (
 ) AS t ON t.person = v.person
 SETTINGS output_format_json_escape_forward_slashes = 0
 """
+PERSONS_INSERT = f"""
+INSERT INTO persons (project_id, person_id, first_seen, last_seen, sessions, page_views,
+                     anonymous_ids, traits, plan, is_deleted, version)
+SELECT {{p:String}}, person_id, first_seen, last_seen, sessions, page_views, anonymous_ids, traits, plan,
+       0, {{v:UInt64}}
+FROM {FRESH}
+"""
 
 # persons_recent: a copy of each row just written (its version), and a tombstone for each row
 # it replaces whose place (last_seen) moved or whose person is gone.
 RECENT_INSERT = f"""
 INSERT INTO persons_recent (project_id, last_seen, person_id, first_seen, sessions, page_views,
                             plan, is_deleted, version)
-WITH fresh AS (
-    SELECT person_id, first_seen, last_seen, sessions, page_views, plan FROM persons FINAL
-    WHERE project_id = {{p:String}} AND person_id IN {PERSON_IDS}
-      AND version = {{v:UInt64}} AND is_deleted = 0
-)
 SELECT {{p:String}}, last_seen, person_id, first_seen, sessions, page_views, plan, 0, {{v:UInt64}}
-FROM fresh
+FROM {FRESH}
 UNION ALL
 SELECT {{p:String}}, old.last_seen, old.person_id, old.first_seen, 0, 0, '', 1, {{v:UInt64}}
 FROM {BEFORE} AS old
-LEFT JOIN fresh ON fresh.person_id = old.person_id
+LEFT JOIN {FRESH} AS fresh ON fresh.person_id = old.person_id
 WHERE old.person_id IN {{gone:Array(String)}} OR (fresh.person_id != '' AND fresh.last_seen != old.last_seen)
 """
 
@@ -245,15 +250,10 @@ PREWHERE anonymous_id IN (
 WHERE project_id = {{p:String}} AND is_deleted = 0
 """
 
-# Each person's first day (persons_first_day) against the day of its members' first session,
-# over `days` (the persons' old and new first days): the rows to add (is_deleted 0) and to
-# delete (1). A person merged away has no sessions left. FIRST_DAYS gives those days.
-FIRST_DAY = f"""
-SELECT m.person AS person_id, toDate(min(s.start_at)) AS day
-FROM {SESSIONS} AS s
-INNER JOIN {MEMBERS} AS m ON s.anonymous_id = m.member
-GROUP BY m.person
-"""
+# Each person's first day (persons_first_day) against its new row's first_seen, over `days`
+# (the persons' old and new first days, FIRST_DAYS): the rows to add (is_deleted 0) and to
+# delete (1). A person merged away has no new row.
+FIRST_DAY = f"SELECT person_id, toDate(first_seen) AS day FROM {FRESH}"
 FIRST_DAYS = f"SELECT day FROM ({FIRST_DAY}) UNION DISTINCT SELECT DISTINCT toDate(first_seen) FROM {BEFORE}"
 FIRST_DAY_DIFF = f"""
 SELECT day, person_id, toUInt8(min(source) = 2) FROM (
@@ -312,6 +312,7 @@ def refresh_persons(
     bound = {"p": project_id, "v": version, "gone": StringArray(sorted(changed.gone))}
     client.command(SESSIONS_STAGE, parameters={"p": project_id})
     client.command(BEFORE_INSERT, parameters=bound)
+    client.command(PERSONS_STAGE, parameters=bound)
     moved = {d for (d,) in client.query(MOVED_DAYS, parameters=bound).result_rows}
     changed.activity_days = _apply_diff(client, "person_activity", ACTIVITY_DIFF, bound, days | moved)
     first_days = {d for (d,) in client.query(FIRST_DAYS, parameters=bound).result_rows}
