@@ -156,7 +156,7 @@ def stage_members(client: Client, pairs: list[tuple[str, str]]) -> None:
 # The persons' rows before the rewrite (those merged away included): their first days get
 # recounted too (a merge or a late event can move a first visit to another day, and the old
 # day must lose it), their last_seen locates the persons_recent rows to tombstone, and their
-# anonymous_ids tell which members moved between persons (ACTIVITY_DAYS).
+# anonymous_ids tell which members moved between persons (MOVED_DAYS).
 BEFORE_INSERT = f"""
 INSERT INTO {BEFORE} (person_id, first_seen, last_seen, anonymous_ids)
 SELECT person_id, first_seen, last_seen, anonymous_ids FROM persons FINAL

@@ -576,8 +576,14 @@ class EventsSink:
                 self.processor.apply_events(events[start : start + APPLY_CHUNK], changes, dirty, seq)
                 await asyncio.sleep(0)
             if changes.unresolved:
-                assert self._load_client is not None
-                await asyncio.to_thread(self.processor.resolve_days, self._load_client, changes, events)
+                client = self._load_client
+                assert client is not None
+                # Retried on its own: the batch is applied, and applying it again would skip
+                # its events as already applied, and write none of their rows.
+                await self._retry(
+                    "sink_load_failed",
+                    lambda: asyncio.to_thread(self.processor.resolve_days, client, changes, events),
+                )
             rows, dirty = self.processor.rows(changes, dirty)
             return rows, dirty, changes.newest
         finally:

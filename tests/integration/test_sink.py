@@ -228,3 +228,26 @@ async def test_a_failed_live_view_insert_is_written_again_before_the_commit(quie
     live = quiet.rows(sql, p=pid)
     assert live == [(f"a-{i}",) for i in range(5)]
     assert sink.consumer is not None
+
+
+async def test_a_days_stored_counts_that_cannot_be_read_are_read_again_and_no_row_is_lost(
+    quiet: Stack,
+) -> None:
+    """A day first met in a batch adds its stored events_daily row after the batch is applied.
+    While that read fails (the table is away), it is retried on its own: applying the batch
+    again would skip its events as applied already and write none of their sessions."""
+    from werkstroom.metrics import SINK_INSERT_FAILURES
+
+    pid = quiet.project.project_id
+    quiet.client.command("RENAME TABLE events_daily TO events_daily_away")
+    await produce(quiet, [event(pid, i, type="page", event="$pageview") for i in range(20)])
+    failures = SINK_INSERT_FAILURES._value.get()
+    sink: EventsSink = quiet.start_sink()
+    await quiet.until(lambda: SINK_INSERT_FAILURES._value.get() >= failures + 3, timeout=20)
+    assert quiet.scalar("SELECT count() FROM sessions") == 0
+    quiet.client.command("RENAME TABLE events_daily_away TO events_daily")
+    await quiet.until(lambda: committed_is(quiet, 20), timeout=20)
+    assert quiet.scalar("SELECT count() FROM sessions FINAL WHERE project_id = {p:String}", p=pid) == 5
+    counted = "SELECT sum(page_views), sum(events) FROM events_daily FINAL WHERE project_id = {p:String}"
+    assert quiet.rows(counted, p=pid) == [(20, 20)]
+    assert sink.consumer is not None
