@@ -120,12 +120,46 @@ def test_persons_first_day_is_back_filled_with_each_live_persons_first_day(
         ):
             client.command(person + row)
 
-        assert migrate(client) == ["0013_persons_first_day.sql"]
+        assert migrate(client, through=13) == ["0013_persons_first_day.sql"]
 
         rows = client.query(
             "SELECT project_id, toString(day), person_id, version FROM persons_first_day FINAL "
             "WHERE is_deleted = 0 ORDER BY 1, 2, 3"
         ).result_rows
         assert rows == [("p", "2026-02-28", "a", 6), ("q", "2026-03-02", "a", 1)]
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{database}`")
+
+
+def test_visitor_events_rebuilt_without_partitions_keeps_its_rows_and_its_view(
+    infra: Infra, names: dict[str, str]
+) -> None:
+    database = names["clickhouse_database"]
+    client = connect(infra.clickhouse_url, database, create_database=True)
+    event = (
+        "INSERT INTO events (project_id, event_id, type, event, anonymous_id, timestamp, received_at) VALUES "
+    )
+    try:
+        migrate(client, through=13)
+        for row in (
+            "('p', 'e1', 'page', '$page', 'a', '2026-01-31 23:59:00', now())",
+            "('p', 'e2', 'track', 'signup', 'a', '2026-02-01 00:01:00', now())",
+            "('p', 'e3', 'track', '$heartbeat', 'a', '2026-02-01 00:02:00', now())",
+        ):
+            client.command(event + row)
+        every = "SELECT * FROM visitor_events FINAL ORDER BY project_id, distinct_id, timestamp, event_id"
+        before = client.query(every).result_rows
+        assert [r[3] for r in before] == ["e1", "e2"]
+
+        assert migrate(client, through=14) == ["0014_visitor_events_by_visitor.sql"]
+
+        assert client.query(every).result_rows == before
+        partitions = client.query(
+            "SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() "
+            "AND table = 'visitor_events' AND active"
+        ).result_rows
+        assert partitions == [("tuple()",)]
+        client.command(event + "('p', 'e4', 'page', '$page', 'a', '2026-03-01 10:00:00', now())")
+        assert [r[3] for r in client.query(every).result_rows] == ["e1", "e2", "e4"]  # the view fills it
     finally:
         client.command(f"DROP DATABASE IF EXISTS `{database}`")
