@@ -8,8 +8,8 @@ written batches touched. Its cost must follow what it recomputes (today's visito
 much history the project has: otherwise a site's aggregator slows down as the month fills up.
 
 1. A fresh embedded ClickHouse, migrated. One project gets one day (today) of sessions and
-   events (INSERT ... SELECT FROM numbers(), inside the engine); sessions_daily, events_daily
-   and persons_first_day are filled by the migrations' own back-fill statements. Baseline:
+   events (INSERT ... SELECT FROM numbers(), inside the engine); the read models the
+   aggregator keeps as it goes are filled by the migrations' own back-fill statements. Baseline:
    `derived.refresh` for 100 of today's visitors and today, timed --runs times after a first
    one (median).
 2. The same project then gets 30 earlier days of the same traffic, persons and active days for
@@ -94,10 +94,15 @@ def fill_day(client: Client, offset: int, sessions: int, visitors: int) -> None:
 
 
 def backfill(client: Client) -> None:
-    """sessions_daily from sessions, events_daily from events and persons_first_day from
-    persons, with the migrations' own back-fill statements (the aggregator writes them as it
-    goes)."""
-    for name in ("0010_sessions_daily.sql", "0012_events_daily.sql", "0013_persons_first_day.sql"):
+    """The read models the aggregator writes as it goes (sessions_daily, events_daily,
+    persons_first_day, person_distinct_ids_by_person), from the filled tables, with the
+    migrations' own back-fill statements."""
+    for name in (
+        "0010_sessions_daily.sql",
+        "0012_events_daily.sql",
+        "0013_persons_first_day.sql",
+        "0015_person_distinct_ids_by_person.sql",
+    ):
         (migration,) = [m for m in load_migrations() if m.name == name]
         client.command(migration.statements()[-1])
 

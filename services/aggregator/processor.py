@@ -206,13 +206,12 @@ class SessionsProcessor:
             # Every day it spans: the day it starts on, and the days it started on before a
             # late event moved its start earlier (sessions_daily keeps it under its start day).
             days.update((session.project_id, day) for day in session_days(session))
+        identities = [[p, d, person, version] for (p, d), (person, version) in changes.identities.items()]
         rows = {  # in the order the writer inserts them: the live view first, it has 1 s
             "online_visitors": (ONLINE_COLUMNS, [online_row(v) for v in changes.online.values()]),
             "sessions": (SESSION_COLUMNS, [session_row(s) for s in changes.sessions.values()]),
-            "person_distinct_ids": (
-                IDENTITY_COLUMNS,
-                [[p, d, person, version] for (p, d), (person, version) in changes.identities.items()],
-            ),
+            "person_distinct_ids": (IDENTITY_COLUMNS, identities),
+            "person_distinct_ids_by_person": (IDENTITY_COLUMNS, identities),  # the same rows, by person
             "person_traits": (
                 TRAIT_COLUMNS,
                 [[p, d, k, value, version] for (p, d, k), (value, version) in changes.traits.items()],

@@ -39,6 +39,7 @@ queries = {
     "events": "SELECT count(), uniqExact(event_id), sum(kafka_offset) FROM events FINAL",
     "sessions": "SELECT * EXCEPT (updated_at) FROM sessions FINAL ORDER BY project_id, anonymous_id, session_id",
     "identities": "SELECT project_id, distinct_id, person_id, version FROM person_distinct_ids FINAL ORDER BY 1, 2",
+    "by_person": "SELECT * FROM person_distinct_ids_by_person FINAL ORDER BY 1, 2, 3",
     "persons": "SELECT * EXCEPT (version, updated_at) FROM persons FINAL ORDER BY project_id, person_id",
     "traits": "SELECT * EXCEPT (updated_at) FROM person_traits FINAL ORDER BY project_id, distinct_id, key",
     "daily": "SELECT * EXCEPT (version, updated_at) FROM daily_stats FINAL ORDER BY project_id, day",

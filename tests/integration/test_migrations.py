@@ -163,3 +163,31 @@ def test_visitor_events_rebuilt_without_partitions_keeps_its_rows_and_its_view(
         assert [r[3] for r in client.query(every).result_rows] == ["e1", "e2", "e4"]  # the view fills it
     finally:
         client.command(f"DROP DATABASE IF EXISTS `{database}`")
+
+
+def test_person_distinct_ids_by_person_is_back_filled_with_every_mapping(
+    infra: Infra, names: dict[str, str]
+) -> None:
+    database = names["clickhouse_database"]
+    client = connect(infra.clickhouse_url, database, create_database=True)
+    try:
+        migrate(client, through=14)
+        mapping = "INSERT INTO person_distinct_ids (project_id, distinct_id, person_id, version) VALUES "
+        for row in (
+            "('p', 'anon-x', 'user-a', 1)",
+            "('p', 'anon-x', 'user-b', 2)",
+            "('q', 'anon-y', 'user-a', 1)",
+        ):
+            client.command(mapping + row)
+
+        assert migrate(client) == ["0015_person_distinct_ids_by_person.sql"]
+
+        rows = client.query("SELECT * FROM person_distinct_ids_by_person FINAL ORDER BY 1, 2, 3").result_rows
+        # every mapping, the superseded one too: readers check the latest in person_distinct_ids
+        assert rows == [
+            ("p", "user-a", "anon-x", 1),
+            ("p", "user-b", "anon-x", 2),
+            ("q", "user-a", "anon-y", 1),
+        ]
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{database}`")
