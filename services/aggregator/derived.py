@@ -247,6 +247,31 @@ LEFT JOIN {FRESH} AS fresh ON fresh.person_id = old.person_id
 WHERE old.person_id IN {{gone:Array(String)}} OR (fresh.person_id != '' AND fresh.last_seen != old.last_seen)
 """
 
+
+def _span(start: str, last: str) -> str:
+    """Each UTC day from the day of `start` to the day of `last`, one row each (arrayJoin)."""
+    days = f"range(toUInt32(toDate({last}) - toDate({start})) + 1)"
+    return f"arrayJoin(arrayMap(d -> toDate({start}) + d, {days}))"
+
+
+def _person_days_diff(table: str, computed: str) -> str:
+    """The (day, person) rows of `table` (ReplacingMergeTree(version, is_deleted)) for these
+    persons over `days`, against the (person_id, day) rows `computed` gives: the rows to add
+    (is_deleted 0) and to delete (1). A person merged away (gone) has no computed rows."""
+    return f"""
+SELECT day, person_id, toUInt8(min(source) = 2) FROM (
+    SELECT DISTINCT person_id, day, 1 AS source FROM ({computed}) WHERE day IN {{days:Array(Date)}}
+    UNION ALL
+    SELECT person_id, day, 2 FROM {table} FINAL
+    PREWHERE day IN {{days:Array(Date)}}
+        AND (person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}})
+    WHERE project_id = {{p:String}} AND is_deleted = 0
+)
+GROUP BY day, person_id
+HAVING count() = 1
+"""
+
+
 # A person's stored active days are the days its members' sessions span, as of its last
 # recomputation (the diff below makes them so). They change only on days a changed session
 # spans (the dirty days: a session's span only grows, and SessionsProcessor.rows dirties its
@@ -255,8 +280,7 @@ WHERE old.person_id IN {{gone:Array(String)}} OR (fresh.person_id != '' AND fres
 # members). The diff compares those days alone: person_activity is sorted by day, so reading
 # all of a person's days was a scan of the project's person_id column (705 ms at a year).
 MOVED_DAYS = f"""
-SELECT DISTINCT arrayJoin(arrayMap(d -> toDate(start_at) + d,
-                                   range(toUInt32(toDate(last_event_at) - toDate(start_at)) + 1)))
+SELECT DISTINCT {_span("start_at", "last_event_at")}
 FROM sessions FINAL
 PREWHERE anonymous_id IN (
     SELECT member FROM (
@@ -269,47 +293,18 @@ PREWHERE anonymous_id IN (
 )
 WHERE project_id = {{p:String}} AND is_deleted = 0
 """
+ACTIVE_DAYS = f"""
+SELECT m.person AS person_id, {_span("s.start_at", "s.last_event_at")} AS day
+FROM {SESSIONS} AS s
+INNER JOIN {MEMBERS} AS m ON s.anonymous_id = m.member
+"""
+ACTIVITY_DIFF = _person_days_diff("person_activity", ACTIVE_DAYS)
 
-# Each person's first day (persons_first_day) against its new row's first_seen, over `days`
-# (the persons' old and new first days, FIRST_DAYS): the rows to add (is_deleted 0) and to
-# delete (1). A person merged away has no new row.
+# Each person's first day (persons_first_day) against its new row's first_seen, over the
+# persons' old and new first days (FIRST_DAYS).
 FIRST_DAY = f"SELECT person_id, toDate(first_seen) AS day FROM {FRESH}"
 FIRST_DAYS = f"SELECT day FROM ({FIRST_DAY}) UNION DISTINCT SELECT DISTINCT toDate(first_seen) FROM {BEFORE}"
-FIRST_DAY_DIFF = f"""
-SELECT day, person_id, toUInt8(min(source) = 2) FROM (
-    SELECT person_id, day, 1 AS source FROM ({FIRST_DAY})
-    UNION ALL
-    SELECT person_id, day, 2 FROM persons_first_day FINAL
-    PREWHERE day IN {{days:Array(Date)}}
-        AND (person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}})
-    WHERE project_id = {{p:String}} AND is_deleted = 0
-)
-GROUP BY day, person_id
-HAVING count() = 1
-"""
-
-# The stored active days of these persons against the days their members' sessions span, over
-# `days`: the rows to add (is_deleted 0) and to delete (1). A person merged away has no
-# sessions left.
-ACTIVITY_DIFF = f"""
-SELECT day, person_id, toUInt8(min(source) = 2) FROM (
-    SELECT DISTINCT person_id, day, 1 AS source FROM (
-        SELECT m.person AS person_id,
-               arrayJoin(arrayMap(d -> toDate(s.start_at) + d,
-                                  range(toUInt32(toDate(s.last_event_at) - toDate(s.start_at)) + 1))) AS day
-        FROM {SESSIONS} AS s
-        INNER JOIN {MEMBERS} AS m ON s.anonymous_id = m.member
-    )
-    WHERE day IN {{days:Array(Date)}}
-    UNION ALL
-    SELECT person_id, day, 2 FROM person_activity FINAL
-    PREWHERE day IN {{days:Array(Date)}}
-        AND (person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}})
-    WHERE project_id = {{p:String}} AND is_deleted = 0
-)
-GROUP BY day, person_id
-HAVING count() = 1
-"""
+FIRST_DAY_DIFF = _person_days_diff("persons_first_day", FIRST_DAY)
 
 
 def refresh_persons(
