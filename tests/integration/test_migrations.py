@@ -4,9 +4,8 @@ version before them, the reads after them give what they gave before."""
 from __future__ import annotations
 
 import pytest
+from clickhouse_connect.driver.client import Client
 
-from tests.conftest import Infra
-from werkstroom.clickhouse import connect
 from werkstroom.clickhouse.migrate import migrate
 
 pytestmark = pytest.mark.integration
@@ -17,177 +16,142 @@ SESSION = (
 )
 
 
-def test_sessions_rebuilt_without_partitions_keeps_every_version(infra: Infra, names: dict[str, str]) -> None:
-    database = names["clickhouse_database"]
-    client = connect(infra.clickhouse_url, database, create_database=True)
-    try:
-        migrate(client, through=10)
-        for row in (
-            "('p', 'a', 's1', '2026-02-01 00:10:00', '2026-02-01 00:20:00', 2, 10, 0)",
-            # a late event moved s1's start into January: its newer row sits in another month
-            "('p', 'a', 's1', '2026-01-31 23:55:00', '2026-02-01 00:20:00', 3, 11, 0)",
-            "('p', 'a', 's2', '2026-03-05 10:00:00', '2026-03-05 10:01:00', 1, 12, 0)",
-            "('p', 'a', 's3', '2026-03-05 11:00:00', '2026-03-05 11:00:00', 1, 13, 0)",
-            "('p', 'a', 's3', '2026-03-05 11:00:00', '2026-03-05 11:00:00', 1, 14, 1)",  # absorbed
-            "('q', 'a', 's1', '2026-02-01 00:10:00', '2026-02-01 00:20:00', 5, 3, 0)",
-        ):  # one insert each: a single insert would collapse the versions as it writes them
-            client.command(SESSION + row)
-        final = "SELECT * EXCEPT updated_at FROM sessions FINAL ORDER BY project_id, session_id"
-        # The newest version of each row, tombstones included (FINAL hides those).
-        newest = (
-            "SELECT project_id, session_id, max(version), argMax(is_deleted, version) FROM sessions "
-            "GROUP BY project_id, session_id ORDER BY project_id, session_id"
-        )
-        before_final, before_newest = client.query(final).result_rows, client.query(newest).result_rows
-        assert len(before_final) == 3 and len(before_newest) == 4
+def test_sessions_rebuilt_without_partitions_keeps_every_version(database: Client) -> None:
+    migrate(database, through=10)
+    for row in (
+        "('p', 'a', 's1', '2026-02-01 00:10:00', '2026-02-01 00:20:00', 2, 10, 0)",
+        # a late event moved s1's start into January: its newer row sits in another month
+        "('p', 'a', 's1', '2026-01-31 23:55:00', '2026-02-01 00:20:00', 3, 11, 0)",
+        "('p', 'a', 's2', '2026-03-05 10:00:00', '2026-03-05 10:01:00', 1, 12, 0)",
+        "('p', 'a', 's3', '2026-03-05 11:00:00', '2026-03-05 11:00:00', 1, 13, 0)",
+        "('p', 'a', 's3', '2026-03-05 11:00:00', '2026-03-05 11:00:00', 1, 14, 1)",  # absorbed
+        "('q', 'a', 's1', '2026-02-01 00:10:00', '2026-02-01 00:20:00', 5, 3, 0)",
+    ):  # one insert each: a single insert would collapse the versions as it writes them
+        database.command(SESSION + row)
+    final = "SELECT * EXCEPT updated_at FROM sessions FINAL ORDER BY project_id, session_id"
+    # The newest version of each row, tombstones included (FINAL hides those).
+    newest = (
+        "SELECT project_id, session_id, max(version), argMax(is_deleted, version) FROM sessions "
+        "GROUP BY project_id, session_id ORDER BY project_id, session_id"
+    )
+    before_final, before_newest = database.query(final).result_rows, database.query(newest).result_rows
+    assert len(before_final) == 3 and len(before_newest) == 4
 
-        assert migrate(client, through=11) == ["0011_sessions_by_visitor.sql"]
+    assert migrate(database, through=11) == ["0011_sessions_by_visitor.sql"]
 
-        assert client.query(final).result_rows == before_final
-        assert client.query(newest).result_rows == before_newest
-        partitions = client.query(
-            "SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() "
-            "AND table = 'sessions' AND active"
-        ).result_rows
-        assert partitions == [("tuple()",)]
-        # A merge now collapses the moved session's two rows (they were in two partitions).
-        client.command("OPTIMIZE TABLE sessions FINAL")
-        assert (
-            client.query(
-                "SELECT count() FROM sessions WHERE session_id = 's1' AND project_id = 'p'"
-            ).first_row[0]
-            == 1
-        )
-    finally:
-        client.command(f"DROP DATABASE IF EXISTS `{database}`")
-
-
-def test_events_daily_is_back_filled_with_each_partitions_counts_and_newest_offset(
-    infra: Infra, names: dict[str, str]
-) -> None:
-    database = names["clickhouse_database"]
-    client = connect(infra.clickhouse_url, database, create_database=True)
-    try:
-        migrate(client, through=11)
-        event = (
-            "INSERT INTO events (project_id, event_id, type, event, timestamp, received_at, kafka_partition, "
-            "kafka_offset) VALUES "
-        )
-        for row in (
-            "('p', 'e1', 'page', '$page', '2026-03-01 10:00:00', now(), 0, 4)",
-            "('p', 'e2', 'track', '$heartbeat', '2026-03-01 10:01:00', now(), 0, 5)",
-            "('p', 'e3', 'track', 'signup', '2026-03-01 23:59:59', now(), 1, 2)",
-            "('p', 'e4', 'page', '$page', '2026-03-02 00:00:00', now(), 0, 6)",
-            "('q', 'e5', 'page', '$page', '2026-03-01 12:00:00', now(), 0, 7)",
-        ):
-            client.command(event + row)
-        client.command(
-            event + "('p', 'e1', 'page', '$page', '2026-03-01 10:00:00', now(), 0, 4)"
-        )  # re-delivered
-
-        assert migrate(client, through=12) == ["0012_events_daily.sql"]
-
-        rows = client.query(
-            "SELECT project_id, toString(day), kafka_partition, page_views, events, version "
-            "FROM events_daily FINAL ORDER BY 1, 2, 3"
-        ).result_rows
-        assert rows == [
-            ("p", "2026-03-01", 0, 1, 1, 5),
-            ("p", "2026-03-01", 1, 0, 1, 2),
-            ("p", "2026-03-02", 0, 1, 1, 6),
-            ("q", "2026-03-01", 0, 1, 1, 7),
+    assert database.query(final).result_rows == before_final
+    assert database.query(newest).result_rows == before_newest
+    partitions = database.query(
+        "SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() "
+        "AND table = 'sessions' AND active"
+    ).result_rows
+    assert partitions == [("tuple()",)]
+    # A merge now collapses the moved session's two rows (they were in two partitions).
+    database.command("OPTIMIZE TABLE sessions FINAL")
+    assert (
+        database.query("SELECT count() FROM sessions WHERE session_id = 's1' AND project_id = 'p'").first_row[
+            0
         ]
-    finally:
-        client.command(f"DROP DATABASE IF EXISTS `{database}`")
+        == 1
+    )
 
 
-def test_persons_first_day_is_back_filled_with_each_live_persons_first_day(
-    infra: Infra, names: dict[str, str]
-) -> None:
-    database = names["clickhouse_database"]
-    client = connect(infra.clickhouse_url, database, create_database=True)
-    try:
-        migrate(client, through=12)
-        person = (
-            "INSERT INTO persons (project_id, person_id, first_seen, last_seen, is_deleted, version) VALUES "
-        )
-        for row in (
-            "('p', 'a', '2026-03-01 10:00:00', '2026-03-04 10:00:00', 0, 5)",
-            "('p', 'a', '2026-02-28 23:00:00', '2026-03-04 10:00:00', 0, 6)",  # a late event, newer
-            "('p', 'b', '2026-03-01 11:00:00', '2026-03-01 11:00:00', 0, 5)",
-            "('p', 'b', '1970-01-01 00:00:00', '1970-01-01 00:00:00', 1, 7)",  # merged away
-            "('q', 'a', '2026-03-02 00:00:00', '2026-03-02 00:00:00', 0, 1)",
-        ):
-            client.command(person + row)
+def test_events_daily_is_back_filled_with_each_partitions_counts_and_newest_offset(database: Client) -> None:
+    migrate(database, through=11)
+    event = (
+        "INSERT INTO events (project_id, event_id, type, event, timestamp, received_at, kafka_partition, "
+        "kafka_offset) VALUES "
+    )
+    for row in (
+        "('p', 'e1', 'page', '$page', '2026-03-01 10:00:00', now(), 0, 4)",
+        "('p', 'e2', 'track', '$heartbeat', '2026-03-01 10:01:00', now(), 0, 5)",
+        "('p', 'e3', 'track', 'signup', '2026-03-01 23:59:59', now(), 1, 2)",
+        "('p', 'e4', 'page', '$page', '2026-03-02 00:00:00', now(), 0, 6)",
+        "('q', 'e5', 'page', '$page', '2026-03-01 12:00:00', now(), 0, 7)",
+    ):
+        database.command(event + row)
+    database.command(
+        event + "('p', 'e1', 'page', '$page', '2026-03-01 10:00:00', now(), 0, 4)"
+    )  # re-delivered
 
-        assert migrate(client, through=13) == ["0013_persons_first_day.sql"]
+    assert migrate(database, through=12) == ["0012_events_daily.sql"]
 
-        rows = client.query(
-            "SELECT project_id, toString(day), person_id, version FROM persons_first_day FINAL "
-            "WHERE is_deleted = 0 ORDER BY 1, 2, 3"
-        ).result_rows
-        assert rows == [("p", "2026-02-28", "a", 6), ("q", "2026-03-02", "a", 1)]
-    finally:
-        client.command(f"DROP DATABASE IF EXISTS `{database}`")
+    rows = database.query(
+        "SELECT project_id, toString(day), kafka_partition, page_views, events, version "
+        "FROM events_daily FINAL ORDER BY 1, 2, 3"
+    ).result_rows
+    assert rows == [
+        ("p", "2026-03-01", 0, 1, 1, 5),
+        ("p", "2026-03-01", 1, 0, 1, 2),
+        ("p", "2026-03-02", 0, 1, 1, 6),
+        ("q", "2026-03-01", 0, 1, 1, 7),
+    ]
 
 
-def test_visitor_events_rebuilt_without_partitions_keeps_its_rows_and_its_view(
-    infra: Infra, names: dict[str, str]
-) -> None:
-    database = names["clickhouse_database"]
-    client = connect(infra.clickhouse_url, database, create_database=True)
+def test_persons_first_day_is_back_filled_with_each_live_persons_first_day(database: Client) -> None:
+    migrate(database, through=12)
+    person = "INSERT INTO persons (project_id, person_id, first_seen, last_seen, is_deleted, version) VALUES "
+    for row in (
+        "('p', 'a', '2026-03-01 10:00:00', '2026-03-04 10:00:00', 0, 5)",
+        "('p', 'a', '2026-02-28 23:00:00', '2026-03-04 10:00:00', 0, 6)",  # a late event, newer
+        "('p', 'b', '2026-03-01 11:00:00', '2026-03-01 11:00:00', 0, 5)",
+        "('p', 'b', '1970-01-01 00:00:00', '1970-01-01 00:00:00', 1, 7)",  # merged away
+        "('q', 'a', '2026-03-02 00:00:00', '2026-03-02 00:00:00', 0, 1)",
+    ):
+        database.command(person + row)
+
+    assert migrate(database, through=13) == ["0013_persons_first_day.sql"]
+
+    rows = database.query(
+        "SELECT project_id, toString(day), person_id, version FROM persons_first_day FINAL "
+        "WHERE is_deleted = 0 ORDER BY 1, 2, 3"
+    ).result_rows
+    assert rows == [("p", "2026-02-28", "a", 6), ("q", "2026-03-02", "a", 1)]
+
+
+def test_visitor_events_rebuilt_without_partitions_keeps_its_rows_and_its_view(database: Client) -> None:
     event = (
         "INSERT INTO events (project_id, event_id, type, event, anonymous_id, timestamp, received_at) VALUES "
     )
-    try:
-        migrate(client, through=13)
-        for row in (
-            "('p', 'e1', 'page', '$page', 'a', '2026-01-31 23:59:00', now())",
-            "('p', 'e2', 'track', 'signup', 'a', '2026-02-01 00:01:00', now())",
-            "('p', 'e3', 'track', '$heartbeat', 'a', '2026-02-01 00:02:00', now())",
-        ):
-            client.command(event + row)
-        every = "SELECT * FROM visitor_events FINAL ORDER BY project_id, distinct_id, timestamp, event_id"
-        before = client.query(every).result_rows
-        assert [r[3] for r in before] == ["e1", "e2"]
+    migrate(database, through=13)
+    for row in (
+        "('p', 'e1', 'page', '$page', 'a', '2026-01-31 23:59:00', now())",
+        "('p', 'e2', 'track', 'signup', 'a', '2026-02-01 00:01:00', now())",
+        "('p', 'e3', 'track', '$heartbeat', 'a', '2026-02-01 00:02:00', now())",
+    ):
+        database.command(event + row)
+    every = "SELECT * FROM visitor_events FINAL ORDER BY project_id, distinct_id, timestamp, event_id"
+    before = database.query(every).result_rows
+    assert [r[3] for r in before] == ["e1", "e2"]
 
-        assert migrate(client, through=14) == ["0014_visitor_events_by_visitor.sql"]
+    assert migrate(database, through=14) == ["0014_visitor_events_by_visitor.sql"]
 
-        assert client.query(every).result_rows == before
-        partitions = client.query(
-            "SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() "
-            "AND table = 'visitor_events' AND active"
-        ).result_rows
-        assert partitions == [("tuple()",)]
-        client.command(event + "('p', 'e4', 'page', '$page', 'a', '2026-03-01 10:00:00', now())")
-        assert [r[3] for r in client.query(every).result_rows] == ["e1", "e2", "e4"]  # the view fills it
-    finally:
-        client.command(f"DROP DATABASE IF EXISTS `{database}`")
+    assert database.query(every).result_rows == before
+    partitions = database.query(
+        "SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() "
+        "AND table = 'visitor_events' AND active"
+    ).result_rows
+    assert partitions == [("tuple()",)]
+    database.command(event + "('p', 'e4', 'page', '$page', 'a', '2026-03-01 10:00:00', now())")
+    assert [r[3] for r in database.query(every).result_rows] == ["e1", "e2", "e4"]  # the view fills it
 
 
-def test_person_distinct_ids_by_person_is_back_filled_with_every_mapping(
-    infra: Infra, names: dict[str, str]
-) -> None:
-    database = names["clickhouse_database"]
-    client = connect(infra.clickhouse_url, database, create_database=True)
-    try:
-        migrate(client, through=14)
-        mapping = "INSERT INTO person_distinct_ids (project_id, distinct_id, person_id, version) VALUES "
-        for row in (
-            "('p', 'anon-x', 'user-a', 1)",
-            "('p', 'anon-x', 'user-b', 2)",
-            "('q', 'anon-y', 'user-a', 1)",
-        ):
-            client.command(mapping + row)
+def test_person_distinct_ids_by_person_is_back_filled_with_every_mapping(database: Client) -> None:
+    migrate(database, through=14)
+    mapping = "INSERT INTO person_distinct_ids (project_id, distinct_id, person_id, version) VALUES "
+    for row in (
+        "('p', 'anon-x', 'user-a', 1)",
+        "('p', 'anon-x', 'user-b', 2)",
+        "('q', 'anon-y', 'user-a', 1)",
+    ):
+        database.command(mapping + row)
 
-        assert migrate(client) == ["0015_person_distinct_ids_by_person.sql"]
+    assert migrate(database) == ["0015_person_distinct_ids_by_person.sql"]
 
-        rows = client.query("SELECT * FROM person_distinct_ids_by_person FINAL ORDER BY 1, 2, 3").result_rows
-        # every mapping, the superseded one too: readers check the latest in person_distinct_ids
-        assert rows == [
-            ("p", "user-a", "anon-x", 1),
-            ("p", "user-b", "anon-x", 2),
-            ("q", "user-a", "anon-y", 1),
-        ]
-    finally:
-        client.command(f"DROP DATABASE IF EXISTS `{database}`")
+    rows = database.query("SELECT * FROM person_distinct_ids_by_person FINAL ORDER BY 1, 2, 3").result_rows
+    # every mapping, the superseded one too: readers check the latest in person_distinct_ids
+    assert rows == [
+        ("p", "user-a", "anon-x", 1),
+        ("p", "user-b", "anon-x", 2),
+        ("q", "user-a", "anon-y", 1),
+    ]
