@@ -16,6 +16,15 @@ SESSION = (
 )
 
 
+def partitions(database: Client, table: str) -> list[str]:
+    """The partitions of a table's active parts."""
+    sql = (
+        "SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() "
+        "AND table = {t:String} AND active"
+    )
+    return [p for (p,) in database.query(sql, parameters={"t": table}).result_rows]
+
+
 def test_sessions_rebuilt_without_partitions_keeps_every_version(database: Client) -> None:
     migrate(database, through=10)
     for row in (
@@ -41,11 +50,7 @@ def test_sessions_rebuilt_without_partitions_keeps_every_version(database: Clien
 
     assert database.query(final).result_rows == before_final
     assert database.query(newest).result_rows == before_newest
-    partitions = database.query(
-        "SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() "
-        "AND table = 'sessions' AND active"
-    ).result_rows
-    assert partitions == [("tuple()",)]
+    assert partitions(database, "sessions") == ["tuple()"]
     # A merge now collapses the moved session's two rows (they were in two partitions).
     database.command("OPTIMIZE TABLE sessions FINAL")
     assert (
@@ -127,11 +132,7 @@ def test_visitor_events_rebuilt_without_partitions_keeps_its_rows_and_its_view(d
     assert migrate(database, through=14) == ["0014_visitor_events_by_visitor.sql"]
 
     assert database.query(every).result_rows == before
-    partitions = database.query(
-        "SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() "
-        "AND table = 'visitor_events' AND active"
-    ).result_rows
-    assert partitions == [("tuple()",)]
+    assert partitions(database, "visitor_events") == ["tuple()"]
     database.command(event + "('p', 'e4', 'page', '$page', 'a', '2026-03-01 10:00:00', now())")
     assert [r[3] for r in database.query(every).result_rows] == ["e1", "e2", "e4"]  # the view fills it
 
