@@ -273,7 +273,7 @@ HAVING count() = 1
 
 
 # A person's stored active days are the days its members' sessions span, as of its last
-# recomputation (the diff below makes them so). They change only on days a changed session
+# recomputation (_apply_diff makes them so). They change only on days a changed session
 # spans (the dirty days: a session's span only grows, and SessionsProcessor.rows dirties its
 # old days too), and on the days of the sessions of members that joined or left the person
 # (identify, alias, a merge; read here, before the persons' rows are rewritten with their new
@@ -298,13 +298,11 @@ SELECT m.person AS person_id, {_span("s.start_at", "s.last_event_at")} AS day
 FROM {SESSIONS} AS s
 INNER JOIN {MEMBERS} AS m ON s.anonymous_id = m.member
 """
-ACTIVITY_DIFF = _person_days_diff("person_activity", ACTIVE_DAYS)
 
 # Each person's first day (persons_first_day) against its new row's first_seen, over the
 # persons' old and new first days (FIRST_DAYS).
 FIRST_DAY = f"SELECT person_id, toDate(first_seen) AS day FROM {FRESH}"
 FIRST_DAYS = f"SELECT day FROM ({FIRST_DAY}) UNION DISTINCT SELECT DISTINCT toDate(first_seen) FROM {BEFORE}"
-FIRST_DAY_DIFF = _person_days_diff("persons_first_day", FIRST_DAY)
 
 
 def refresh_persons(
@@ -329,9 +327,9 @@ def refresh_persons(
     client.command(BEFORE_INSERT, parameters=bound)
     client.command(PERSONS_STAGE, parameters=bound)
     moved = {d for (d,) in client.query(MOVED_DAYS, parameters=bound).result_rows}
-    changed.activity_days = _apply_diff(client, "person_activity", ACTIVITY_DIFF, bound, days | moved)
+    changed.activity_days = _apply_diff(client, "person_activity", ACTIVE_DAYS, bound, days | moved)
     first_days = {d for (d,) in client.query(FIRST_DAYS, parameters=bound).result_rows}
-    changed.first_days = _apply_diff(client, "persons_first_day", FIRST_DAY_DIFF, bound, first_days)
+    changed.first_days = _apply_diff(client, "persons_first_day", FIRST_DAY, bound, first_days)
     client.command(PERSONS_INSERT, parameters=bound)
     if changed.gone:  # merged into another person
         epoch = datetime(1970, 1, 1, tzinfo=UTC)
@@ -342,14 +340,14 @@ def refresh_persons(
 
 
 def _apply_diff(
-    client: Client, table: str, diff_sql: str, bound: dict[str, Any], days: set[date]
+    client: Client, table: str, computed: str, bound: dict[str, Any], days: set[date]
 ) -> set[date]:
-    """Write the (day, person, is_deleted) rows a diff over `days` gives into a person-by-day
-    table; returns the days whose counts changed."""
-    diff = client.query(diff_sql, parameters={**bound, "days": sorted(days)}).result_rows
+    """Bring a person-by-day table in line with the (person_id, day) rows `computed` gives,
+    over `days` (_person_days_diff); returns the days whose counts changed."""
+    sql = _person_days_diff(table, computed)
+    diff = client.query(sql, parameters={**bound, "days": sorted(days)}).result_rows
     if diff:
-        rows = [[bound["p"], d, p, x, bound["v"]] for d, p, x in diff]
-        insert_rows(client, table, rows, ACTIVITY_COLUMNS)
+        insert_rows(client, table, [[bound["p"], d, p, x, bound["v"]] for d, p, x in diff], ACTIVITY_COLUMNS)
     return {d for d, _p, _x in diff}
 
 

@@ -198,7 +198,7 @@ def test_a_days_counts_skip_replayed_offsets_per_partition_and_day() -> None:
     assert rows["events_daily"][1] == []
 
     reloaded = SessionsProcessor()
-    reloaded.day_counts[("p", today, 0)] = DayCount(1, 2, 7)  # as load_days reads the row
+    reloaded.day_counts[("p", today, 0)] = DayCount(1, 2, 7)  # as resolve_days adds the stored row
     rows, _ = reloaded.process([*batch, (ev(4, n=6), 0, 9)])
     assert rows["events_daily"][1] == [["p", today, 0, 2, 3, 9]]
     assert DAY_COUNT_COLUMNS[-1] == "version"
