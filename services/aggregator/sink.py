@@ -382,7 +382,8 @@ class EventsSink:
         # it (and inserts the rows itself if it failed) before committing.
         columns, live_rows = batch.aggregates.get(LIVE_TABLE, ([], []))
         if live_rows:
-            live = self._insert(LIVE_TABLE, columns, live_rows, self._live_client)
+            assert self._live_client is not None
+            live = asyncio.to_thread(_insert_tables, self._live_client, [(LIVE_TABLE, columns, live_rows)])
             batch.live = asyncio.create_task(live)
         await self._queue.put(batch)
 
@@ -426,9 +427,18 @@ class EventsSink:
                     live, batch.live = batch.live, None
                     await live  # failed: raises, and the retry inserts the rows below
                     live_written = True
-                for table, (columns, table_rows) in batch.aggregates.items():
-                    if table_rows and not (table == LIVE_TABLE and live_written):
-                        await self._insert(table, columns, table_rows)
+                # One trip to a worker thread for all the tables, in order: awaited one by
+                # one, each insert waited for the event loop to come back between chunks of
+                # decoding and applying, and the waits between them were most of the writer's
+                # time (0.1-0.2 s each, five tables a batch).
+                tables = [
+                    (table, columns, table_rows)
+                    for table, (columns, table_rows) in batch.aggregates.items()
+                    if table_rows and not (table == LIVE_TABLE and live_written)
+                ]
+                if tables:
+                    assert self.client is not None
+                    await asyncio.to_thread(_insert_tables, self.client, tables)
 
             # The events and the aggregates go in side by side, on two clients (ClickHouse
             # parses and sorts them in native code, off the GIL); both finish before a retry.
@@ -592,16 +602,6 @@ class EventsSink:
             if revoked:
                 self.processor.revoke(revoked)
 
-    async def _insert(
-        self, table: str, columns: list[str], rows: list[list[Any]], client: Client | None = None
-    ) -> None:
-        client = client or self.client
-        assert client is not None
-        started = time.perf_counter()
-        await asyncio.to_thread(insert_rows, client, table, rows, columns)
-        metrics.SINK_INSERT_SECONDS.observe(time.perf_counter() - started)
-        metrics.SINK_BATCH_ROWS.observe(len(rows))
-
     async def _insert_raw(self, lines: list[bytes]) -> None:
         if not lines:
             return
@@ -630,3 +630,12 @@ class EventsSink:
         if self.producer is not None:
             await self.producer.stop()
         log.info("sink_stopped")
+
+
+def _insert_tables(client: Client, tables: list[tuple[str, list[str], list[list[Any]]]]) -> None:
+    """Insert each table's rows in turn (in a worker thread)."""
+    for table, columns, rows in tables:
+        started = time.perf_counter()
+        insert_rows(client, table, rows, columns)
+        metrics.SINK_INSERT_SECONDS.observe(time.perf_counter() - started)
+        metrics.SINK_BATCH_ROWS.observe(len(rows))
