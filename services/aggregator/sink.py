@@ -208,6 +208,7 @@ class EventsSink:
             self.bootstrap,
             [],
             self.settings.sink_group,
+            lean_records=True,
             max_poll_records=self.settings.sink_batch_rows,
             session_timeout_ms=self.settings.kafka_session_timeout_ms,
             rebalance_timeout_ms=self.settings.kafka_session_timeout_ms,
@@ -285,24 +286,26 @@ class EventsSink:
         return waiting
 
     def _take(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        """Decode what getmany returned: aiokafka's lean records (`make_consumer`), whose
+        partition is the key they come under."""
         add_event, add_raw = self._events.append, self._raw.append  # once per fetch, not per event
         for tp, messages in batches.items():
+            partition = tp.partition
             for message in messages:
-                value = message.value
+                value, offset = message.value, message.offset
                 try:
                     event = decode_event(value)
                 except ContractError as exc:
-                    self._bad(message, exc)
+                    self._bad(tp, message, exc)
                     continue
                 if self._consecutive_bad:
                     self._consecutive_bad = 0
-                partition, offset = message.partition, message.offset
                 add_event((event, partition, offset))
                 add_raw(raw_row(value, event, partition, offset))
             if messages:
                 self._offsets[tp] = self._taken[tp] = messages[-1].offset + 1
 
-    def _bad(self, message: Any, exc: ContractError) -> None:
+    def _bad(self, tp: TopicPartition, message: Any, exc: ContractError) -> None:
         self._consecutive_bad += 1
         metrics.SINK_DEAD_LETTERED.labels(exc.reason).inc()
         self._dead.append(
@@ -313,15 +316,15 @@ class EventsSink:
                     exc.reason,
                     exc.detail,
                     message.value or b"",
-                    topic=message.topic,
-                    partition=message.partition,
+                    topic=tp.topic,
+                    partition=tp.partition,
                     offset=message.offset,
                 ),
             )
         )
         if self._consecutive_bad >= self.settings.sink_max_consecutive_bad:
             raise SinkStopped(
-                f"{self._consecutive_bad} messages in a row on {message.topic} did not match the event "
+                f"{self._consecutive_bad} messages in a row on {tp.topic} did not match the event "
                 f"contract (last: {exc}); stopping instead of dead-lettering everything. Fix the producer, "
                 "then restart: the bad messages are in the dead-letter topic, uncommitted ones are re-read."
             )

@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.aggregator.sink import EventsSink, SinkStopped
 from tests.integration.stack import Stack
+from werkstroom.kafka import make_consumer
 
 pytestmark = pytest.mark.integration
 
@@ -150,8 +151,44 @@ async def test_bad_messages_are_dead_lettered_and_good_ones_written(quiet: Stack
         "unsupported_version",
     ]
     record = orjson.loads(dead[0].value)
-    assert record["source"] == "sink" and record["topic"] == quiet.topics.events and "offset" in record
+    assert record["source"] == "sink" and record["topic"] == quiet.topics.events
+    assert record["offset"] == 1  # the first bad message: where it was read, from the lean record
+    partitions = {orjson.loads(m.value)["partition"] for m in dead}
+    assert len(partitions) == 1  # one key, one partition
     await quiet.until(lambda: committed_is(quiet, 7), timeout=10)
+
+
+async def read_all(stack: Stack, group: str, count: int, *, lean: bool) -> list[tuple[int, object]]:
+    consumer = make_consumer(stack.bootstrap, [stack.topics.events], group, lean_records=lean)
+    await consumer.start()
+    seen: list[tuple[int, object]] = []
+    try:
+        while len(seen) < count:
+            for tp, messages in (await consumer.getmany(timeout_ms=500)).items():
+                seen.extend((tp.partition, m) for m in messages)
+    finally:
+        await consumer.stop()
+    return seen
+
+
+async def test_a_lean_consumer_reads_what_a_full_one_does_and_leaves_other_consumers_alone(
+    quiet: Stack,
+) -> None:
+    """The sink's consumer gets aiokafka's lean records (make_consumer(lean_records=True)):
+    the same offsets, keys and values; a consumer without it, in the same process, still
+    gets full ConsumerRecords."""
+    pid = quiet.project.project_id
+    for key in (b"k1", b"k2", b"k3"):
+        await produce(quiet, [event(pid, i) for i in range(4)], key=key)
+    lean = await read_all(quiet, f"{quiet.settings.sink_group}-lean", 12, lean=True)
+    full = await read_all(quiet, f"{quiet.settings.sink_group}-full", 12, lean=False)
+
+    def fields(seen: list[tuple[int, object]]) -> list[tuple[int, int, bytes, bytes]]:
+        return sorted((p, m.offset, m.key, m.value) for p, m in seen)  # type: ignore[attr-defined]
+
+    assert fields(lean) == fields(full) and len(full) == 12
+    assert not hasattr(lean[0][1], "topic")
+    assert all(m.topic == quiet.topics.events and m.partition == p for p, m in full)  # type: ignore[attr-defined]
 
 
 async def test_too_many_bad_messages_in_a_row_stop_the_sink(infra, names, tmp_path) -> None:  # type: ignore[no-untyped-def]
