@@ -138,10 +138,11 @@ class SessionsProcessor:
                     count.events += 1
                 count.batch = seq
                 changed_counts[day_key] = count
-            if event.user_id or event.previous_id or event.type == "identify":
+            if event.user_id or event.previous_id:
                 for distinct_id in (event.user_id, event.previous_id):
                     if distinct_id:
                         ids.add((project_id, distinct_id))
+            if event.type == "identify" or event.type == "alias":  # the only ones that map or set traits
                 identity_rows(event, changes)
                 trait_rows(event, changes)
             if not anonymous_id:

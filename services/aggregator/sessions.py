@@ -149,8 +149,15 @@ def apply(
     if t is None:
         t = to_ms(event.timestamp)
     project_id, anonymous_id = event.project_id, event.anonymous_id
-    visitor.last_seen_ms = max(visitor.last_seen_ms, t)
-    session = _session_for(visitor, t, project_id, anonymous_id, event.event_id, partition, offset, changes)
+    if t > visitor.last_seen_ms:
+        visitor.last_seen_ms = t
+    sessions = visitor.sessions
+    if sessions and sessions[-1].start_ms <= t <= sessions[-1].last_ms + GAP_MS:
+        session = sessions[-1]  # the common case: t falls in the newest session
+    else:
+        session = _session_for(
+            visitor, t, project_id, anonymous_id, event.event_id, partition, offset, changes
+        )
     _update(session, event, t)
     session.version = offset
     changes.sessions[session.session_id] = session
@@ -169,7 +176,7 @@ def _session_for(
     changes: Changes,
 ) -> Session:
     sessions = visitor.sessions
-    if sessions:  # the common case: t falls in the newest session (which is more than GAP after the others)
+    if sessions:  # t falls in the newest session (which is more than GAP after the others)
         newest = sessions[-1]
         if newest.start_ms <= t <= newest.last_ms + GAP_MS:
             return newest
@@ -199,8 +206,10 @@ def _session_for(
 
 
 def _update(session: Session, event: Event, t: int) -> None:
-    session.start_ms = min(session.start_ms, t)
-    session.last_ms = max(session.last_ms, t)
+    if t < session.start_ms:
+        session.start_ms = t
+    if t > session.last_ms:
+        session.last_ms = t
     if event.user_id:
         session.user_id = event.user_id
     if session.device_type in ("", "unknown") and event.device_type not in ("", "unknown"):
