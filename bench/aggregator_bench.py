@@ -163,7 +163,8 @@ async def main(events: int, online: int, rounds_wanted: int) -> None:
             )
             client = prepare_clickhouse(settings)
             sink = EventsSink(settings, kafka.bootstrap, clickhouse_factory(settings))
-            tune_gc(settings)  # as `werkstroom serve` does once started
+            if round_no == 1:  # as `werkstroom serve` does once started (later, it would freeze the
+                tune_gc(settings)  # previous rounds' aggregators, cycles and all, for good)
             task = asyncio.create_task(sink.run())
             running = (sink, task, client)
             while not (sink.consumer and sink.consumer.assignment()):
