@@ -153,7 +153,8 @@ def apply(
         visitor.last_seen_ms = t
     sessions = visitor.sessions
     if sessions and sessions[-1].start_ms <= t <= sessions[-1].last_ms + GAP_MS:
-        session = sessions[-1]  # the common case: t falls in the newest session
+        # The common case: t falls in the newest session, which is more than GAP after the others.
+        session = sessions[-1]
     else:
         session = _session_for(
             visitor, t, project_id, anonymous_id, event.event_id, partition, offset, changes
@@ -175,11 +176,9 @@ def _session_for(
     offset: int,
     changes: Changes,
 ) -> Session:
+    """The session `t` falls in, when not the newest one (apply looks there first): a new one,
+    an older one, or several that `t` bridges, merged."""
     sessions = visitor.sessions
-    if sessions:  # t falls in the newest session (which is more than GAP after the others)
-        newest = sessions[-1]
-        if newest.start_ms <= t <= newest.last_ms + GAP_MS:
-            return newest
     # Sessions (oldest first) whose reach [start - GAP, last + GAP] holds t.
     hits = [i for i, s in enumerate(sessions) if s.start_ms - GAP_MS <= t <= s.last_ms + GAP_MS]
     if not hits:
