@@ -9,6 +9,7 @@ a rebalance or a second worker needs no changelog: the rows are the state.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -47,6 +48,10 @@ Decoded = tuple[Event, int, int]  # event, partition, offset
 Rows = dict[str, tuple[list[str], list[list[Any]]]]
 
 EVICT_AFTER_MS = GAP_MS + 10 * 60 * 1000
+#: How far past the wall clock an event time may move the aggregator's clock. An event from a
+#: client whose clock is far ahead would otherwise make every other visitor look idle: all of
+#: them evicted, and reloaded from ClickHouse at their next event.
+CLOCK_AHEAD_MS = 5 * 60 * 1000
 
 
 @dataclass
@@ -66,7 +71,9 @@ class SessionsProcessor:
         self.visitors: dict[VisitorKey, Visitor] = {}
         self.day_counts: dict[DayKey, DayCount] = {}
         self._partition_of: dict[VisitorKey, int] = {}
-        self._clock_ms = 0  # the latest event time seen: the aggregator's notion of "now"
+        # The latest event time seen, at most CLOCK_AHEAD_MS past the wall clock: the
+        # aggregator's notion of "now", for evicting idle visitors and old days' counts.
+        self._clock_ms = 0
 
     def missing(self, batch: list[Decoded]) -> set[VisitorKey]:
         return {
@@ -113,6 +120,7 @@ class SessionsProcessor:
         days, ids = dirty.days, dirty.ids
         day_counts, changed_counts = self.day_counts, changes.day_counts
         clock = self._clock_ms
+        ceiling = time.time_ns() // 1_000_000 + CLOCK_AHEAD_MS
         count_key: DayKey | None = None
         count = DayCount()
         for event, partition, offset in batch:
@@ -161,7 +169,7 @@ class SessionsProcessor:
                 if replayed is not None:
                     days.update((project_id, day) for day in session_days(replayed))
             if visitor.last_seen_ms > clock:
-                clock = visitor.last_seen_ms
+                clock = min(visitor.last_seen_ms, ceiling)
         self._clock_ms = clock
 
     def resolve_days(self, client: Client, changes: Changes, batch: list[Decoded]) -> None:

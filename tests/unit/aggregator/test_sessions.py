@@ -148,6 +148,22 @@ def test_idle_visitors_are_forgotten_only_once_their_rows_are_written() -> None:
     assert list(processor.visitors) == [("p", "b")]
 
 
+def test_an_event_from_a_clock_far_ahead_does_not_make_everyone_else_idle() -> None:
+    now = datetime.now(UTC)
+    minutes_ago = (now - T0) / timedelta(minutes=1)
+    processor = SessionsProcessor()
+    processor.process([(ev(minutes_ago, n=1), 0, 0)], seq=1)  # "a", browsing now
+    ahead = ev(minutes_ago + 365 * 24 * 60, n=2, anonymous_id="skewed")  # a year ahead
+    processor.process([(ahead, 0, 1)], seq=1)
+    assert processor.evict_idle(written_seq=1) == 0  # "a" is not idle: its time is now
+    assert set(processor.visitors) == {("p", "a"), ("p", "skewed")}
+    assert len(processor.day_counts) == 2  # nor is today's count "before yesterday"
+    # Real time still counts: a visitor quiet for longer than the eviction horizon goes.
+    processor.process([(ev(minutes_ago - 2 * 60, n=3, anonymous_id="quiet"), 1, 0)], seq=1)
+    assert processor.evict_idle(written_seq=1) == 1
+    assert ("p", "quiet") not in processor.visitors
+
+
 def test_a_row_does_not_change_when_its_session_changes_after_it_was_built() -> None:
     visitor, _ = run([ev(0, path="/a", n=1)])
     row = session_row(visitor.sessions[0])  # queued for the writer
