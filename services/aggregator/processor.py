@@ -234,9 +234,16 @@ class SessionsProcessor:
 
     def evict_idle(self, written_seq: int) -> int:
         """Forget visitors quiet for a session gap and more whose rows are all written, and the
-        written counts of days before yesterday (a late event loads its day again)."""
+        written counts of days before yesterday (a late event loads its day again). A visitor
+        whose last event time is ahead of the wall clock (by more than CLOCK_AHEAD_MS) is
+        forgotten too, once written: otherwise it would be held until real time caught up."""
         horizon = self._clock_ms - EVICT_AFTER_MS
-        idle = [k for k, v in self.visitors.items() if v.last_seen_ms < horizon and v.batch <= written_seq]
+        ceiling = time.time_ns() // 1_000_000 + CLOCK_AHEAD_MS  # past it: a clock far ahead
+        idle = [
+            k
+            for k, v in self.visitors.items()
+            if (v.last_seen_ms < horizon or v.last_seen_ms > ceiling) and v.batch <= written_seq
+        ]
         for key in idle:
             del self.visitors[key]
             self._partition_of.pop(key, None)
