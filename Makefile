@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/aggregator_bench.py
 	$(BIN)/python bench/refresh_bench.py
 	$(BIN)/python bench/load_bench.py
+	$(BIN)/python bench/lookup_bench.py
 	$(BIN)/python bench/api_bench.py
 
 lint: $(STAMP)
