@@ -147,7 +147,7 @@ def test_person_distinct_ids_by_person_is_back_filled_with_every_mapping(databas
     ):
         database.command(mapping + row)
 
-    assert migrate(database) == ["0015_person_distinct_ids_by_person.sql"]
+    assert migrate(database, through=15) == ["0015_person_distinct_ids_by_person.sql"]
 
     rows = database.query("SELECT * FROM person_distinct_ids_by_person FINAL ORDER BY 1, 2, 3").result_rows
     # every mapping, the superseded one too: readers check the latest in person_distinct_ids
@@ -156,3 +156,28 @@ def test_person_distinct_ids_by_person_is_back_filled_with_every_mapping(databas
         ("p", "user-b", "anon-x", 2),
         ("q", "user-a", "anon-y", 1),
     ]
+
+
+def test_the_lookup_tables_get_small_compressed_blocks_and_keep_their_rows(database: Client) -> None:
+    migrate(database, through=15)
+    database.command(
+        "INSERT INTO person_distinct_ids (project_id, distinct_id, person_id, version) "
+        "VALUES ('p', 'anon-x', 'user-a', 1)"
+    )
+    database.command("INSERT INTO persons (project_id, person_id, version) VALUES ('p', 'user-a', 1)")
+
+    assert migrate(database, through=16) == ["0016_lookup_compress_blocks.sql"]
+
+    for table in ("persons", "person_distinct_ids"):
+        ddl = database.query(
+            "SELECT create_table_query FROM system.tables WHERE database = currentDatabase() AND name = {t:String}",
+            parameters={"t": table},
+        ).first_row[0]
+        assert "min_compress_block_size = 4096, max_compress_block_size = 8192" in ddl
+    assert database.query("SELECT person_id FROM persons FINAL").result_rows == [("user-a",)]
+    database.command(
+        "INSERT INTO person_distinct_ids (project_id, distinct_id, person_id, version) "
+        "VALUES ('p', 'anon-x', 'user-b', 2)"
+    )
+    latest = "SELECT argMax(person_id, version) FROM person_distinct_ids WHERE distinct_id = 'anon-x'"
+    assert database.query(latest).first_row[0] == "user-b"
