@@ -54,6 +54,11 @@ EVICT_AFTER_MS = GAP_MS + 10 * 60 * 1000
 CLOCK_AHEAD_MS = 5 * 60 * 1000
 
 
+def clock_ceiling_ms() -> int:
+    """The latest event time the aggregator's clock may take: CLOCK_AHEAD_MS past the wall clock."""
+    return time.time_ns() // 1_000_000 + CLOCK_AHEAD_MS
+
+
 @dataclass
 class Dirty:
     """Keys whose derived rows must be recomputed: (project, UTC day) and (project, distinct id)."""
@@ -120,7 +125,7 @@ class SessionsProcessor:
         days, ids = dirty.days, dirty.ids
         day_counts, changed_counts = self.day_counts, changes.day_counts
         clock = self._clock_ms
-        ceiling = time.time_ns() // 1_000_000 + CLOCK_AHEAD_MS
+        ceiling = clock_ceiling_ms()
         count_key: DayKey | None = None
         count = DayCount()
         for event, partition, offset in batch:
@@ -238,7 +243,7 @@ class SessionsProcessor:
         whose last event time is ahead of the wall clock (by more than CLOCK_AHEAD_MS) is
         forgotten too, once written: otherwise it would be held until real time caught up."""
         horizon = self._clock_ms - EVICT_AFTER_MS
-        ceiling = time.time_ns() // 1_000_000 + CLOCK_AHEAD_MS  # past it: a clock far ahead
+        ceiling = clock_ceiling_ms()  # past it: a clock far ahead
         idle = [
             k
             for k, v in self.visitors.items()
