@@ -4,8 +4,8 @@ A large export (users, sessions) reads ClickHouse's result block by block on a c
 own (query_row_block_stream) and writes each block as one chunk, so neither the table nor
 the CSV is ever held whole in memory. Quoting is the csv module's (RFC 4180: fields with
 commas, quotes or line breaks are quoted, quotes doubled; CRLF line ends). A text cell that a
-spreadsheet would run as a formula (starting with = + - @ or a tab/CR) gets a leading
-apostrophe, the usual defence against CSV injection.
+spreadsheet could run as a formula gets a leading apostrophe, the usual defence against CSV
+injection (see `neutralise`); numbers are written as they are.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import unicodedata
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -32,7 +33,12 @@ log = get_logger(__name__)
 router = APIRouter(prefix="/api/projects/{project_id}", tags=["export"], responses=AUTH_RESPONSES)
 
 Kind = Literal["online", "users", "metrics", "activity", "sessions"]
-FORMULA = ("=", "+", "-", "@", "\t", "\r")
+#: What a spreadsheet reads as the start of a formula: = + - @, and their full-width forms,
+#: which East Asian locales of Excel and LibreOffice may fold to the ASCII ones on input.
+FORMULA = frozenset("=+-@\uff1d\uff0b\uff0d\uff20")
+#: A cell starting with one of these is neutralised whatever follows: spreadsheets (and the
+#: parsers in between) strip or split on them, so what follows may become a cell's start.
+BREAKS = ("\t", "\r", "\n")
 
 ONLINE_HEADER = [
     "person_id",
@@ -92,9 +98,30 @@ def cell(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, list | dict):
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
-    if isinstance(value, str) and value.startswith(FORMULA):
-        return "'" + value
+    if isinstance(value, str):
+        return neutralise(value)
     return value
+
+
+def _blank(ch: str) -> bool:
+    """What a spreadsheet skips before deciding a cell is a formula: white space (spaces,
+    no-break and other Unicode spaces, line breaks), control and invisible format characters
+    (zero-width space, byte-order mark, direction marks). Excel and LibreOffice trim some of
+    these on import, and a visitor's text must not get past the check by starting with one."""
+    return ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf")
+
+
+def neutralise(text: str) -> str:
+    """`text` with a leading apostrophe when a spreadsheet could run it: its first character
+    that is not blank (`_blank`) starts a formula, or it starts with a tab or a line break.
+    Only text gets here (visitors' paths, titles, ids, traits): numbers are never prefixed, so
+    a negative trend stays a number."""
+    if text.startswith(BREAKS):
+        return "'" + text
+    for ch in text:
+        if not _blank(ch):
+            return "'" + text if ch in FORMULA else text
+    return text
 
 
 def csv_text(rows: Iterable[Sequence[Any]]) -> str:

@@ -15,7 +15,7 @@ import pytest
 from services.api import queries
 from services.api.live import LiveHub
 from services.api.models import iso
-from services.api.routes.export import csv_text
+from services.api.routes.export import csv_text, neutralise
 from services.api.routes.funnels import _field_path, report_steps
 from services.api.routes.snippet import snippet_html
 from werkstroom.funnels import Funnel, Step
@@ -53,6 +53,59 @@ def test_csv_cells_that_a_spreadsheet_would_run_get_an_apostrophe() -> None:
     rows = list(csv.reader(io.StringIO(csv_text([["=1+1", "+x", "-y", "@SUM(A1)", "\tz", "a=b", "-"]]))))
     assert rows == [["'=1+1", "'+x", "'-y", "'@SUM(A1)", "'\tz", "a=b", "'-"]]
     assert csv_text([[-5, -1.5]]) == "-5,-1.5\r\n"  # numbers stay numbers
+
+
+# Text whose first character that is not blank starts a formula: what spreadsheets trim or skip
+# before that character (spaces, line breaks, no-break and ideographic spaces, zero-width and
+# direction marks, a byte-order mark, control characters) must not hide it.
+HIDDEN_FORMULAS = [
+    " =1+1",
+    "   +cmd|' /C calc'!A0",
+    '\n=HYPERLINK("http://evil")',
+    "\r\n@SUM(A1)",
+    "\t-2+3",
+    " \t \n-x",
+    "\u00a0=1",
+    "\u3000=1",
+    "\u2003@x",
+    "\u200b=1",
+    "\ufeff=1",
+    "\u200e+1",
+    "\x00=1",
+    "\x0b=1",
+    "\uff1dSUM(A1)",  # full-width = + - @
+    "\uff0b1",
+    " \uff0d1",
+    "\uff20x",
+]
+
+
+@pytest.mark.parametrize("text", HIDDEN_FORMULAS)
+def test_csv_formula_after_blanks_is_neutralised(text: str) -> None:
+    assert neutralise(text) == "'" + text
+    (row,) = csv.reader(io.StringIO(csv_text([[text]]), newline=""))
+    assert row == ["'" + text]  # and it survives the CSV quoting whole
+
+
+def test_csv_leading_tab_or_line_break_is_neutralised_whatever_follows() -> None:
+    for text in ("\tz", "\rz", "\nz", "\t", "\n", "\r\n plain"):
+        assert neutralise(text) == "'" + text
+
+
+PLAIN = ["", " ", "\u00a0", "plain", " plain", "a=b", "a-b", "1-2", "x+y", "/pricing", "'=1", "[=1]", "ü =x"]
+
+
+@pytest.mark.parametrize("text", PLAIN)
+def test_csv_text_that_starts_no_formula_is_left_alone(text: str) -> None:
+    assert neutralise(text) == text
+
+
+def test_csv_numbers_and_structured_cells_are_never_prefixed() -> None:
+    # a negative trend or value is a number cell, not visitors' text
+    assert csv_text([["churn_rate", -12.5, -3, 0, -0.0]]) == "churn_rate,-12.5,-3,0,-0.0\r\n"
+    # JSON cells start with [ or {, which no spreadsheet runs, whatever they hold
+    assert csv_text([[["=1", "-2"], {"k": "=x"}]]) == '"[""=1"",""-2""]","{""k"":""=x""}"\r\n'
+    assert csv_text([[NOW, True]]) == "2026-11-25T12:00:00.123Z,true\r\n"
 
 
 def test_cursor_round_trip_and_rejects() -> None:
