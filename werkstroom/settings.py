@@ -68,6 +68,17 @@ class Settings(BaseSettings):
         "<data_dir>/admin_token at first start.",
     )
 
+    # -- API: failed authentication ---------------------------------------------------------
+    api_auth_failures_per_minute: int = Field(
+        30,
+        ge=0,
+        description="WERKSTROOM_API_AUTH_FAILURES_PER_MINUTE: failed read-key checks a client address "
+        "may make per minute (as many at once), each costing ClickHouse lookups; past it the API "
+        "answers 429 with Retry-After without looking the key up. 0 = unlimited. The address is the "
+        "connection's, or the right-most X-Forwarded-For entry with WERKSTROOM_TRUST_FORWARDED_FOR; "
+        "IPv6 addresses count per /64.",
+    )
+
     # -- ingest ------------------------------------------------------------------------
     max_event_bytes: int = Field(32 * 1024, description="WERKSTROOM_MAX_EVENT_BYTES")
     max_batch_bytes: int = Field(500 * 1024, description="WERKSTROOM_MAX_BATCH_BYTES")

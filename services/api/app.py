@@ -19,7 +19,7 @@ from clickhouse_connect.driver.client import Client
 from fastapi import FastAPI
 
 from services.api.dashboard import mount_dashboard
-from services.api.deps import AuthCache, ClickHousePool
+from services.api.deps import AuthCache, AuthFailures, ClickHousePool
 from services.api.live import LiveHub
 from services.api.routes import export, funnels, metrics, online, projects, snippet, users
 from werkstroom.clickhouse.migrate import is_current
@@ -45,6 +45,8 @@ Real-time web analytics over the aggregator's ClickHouse tables.
 
 **Auth**: `Authorization: Bearer <read key>` (a project's secret read key). A wrong or missing
 key is 401; a valid key used on another project's id is 404, whether that project exists or not.
+Failed key checks are limited per client address (WERKSTROOM_API_AUTH_FAILURES_PER_MINUTE):
+past that, 429 with `Retry-After` and `detail[0].type` = `auth_rate_limited`.
 
 **Freshness**: every data answer has `as_of` (server time) and `pipeline` (the aggregator's last
 write, the newest event time it wrote, and its lag in messages), so a quiet site can be told
@@ -72,6 +74,7 @@ def create_app(
         app.state.admin_token = admin_token
         app.state.clock = now
         app.state.auth_cache = AuthCache()
+        app.state.auth_failures = AuthFailures(settings.api_auth_failures_per_minute)
         app.state.pool = ClickHousePool(clickhouse)
         app.state.live = LiveHub(app.state.pool, settings.topic_events, now)
         try:

@@ -6,14 +6,21 @@ handle with a lock, and a call made while that handle streams a result waits for
 end. Separate clients get separate handles that the engine runs concurrently. So the API keeps
 a small pool of clients and lends one per call; a CSV export gets a client of its own for the
 length of its stream. HTTP clients are thread-safe, but the same pool bounds their concurrency.
+
+A read-key check that is not in the AuthCache costs ClickHouse lookups, so failed checks are
+budgeted per client address (AuthFailures): past the budget the API answers 429 before any
+lookup. Successful checks cost the budget nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import math
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
@@ -33,6 +40,10 @@ POOL_SIZE = 6
 EXPORTS_AT_ONCE = 2
 AUTH_CACHE_SECONDS = 5.0
 MAX_PROJECT_ID = 64
+#: Client addresses whose failure budget is kept at most (least recently seen go first), and how
+#: often buckets that have refilled are swept (a bucket refills within a minute).
+MAX_CLIENTS = 10_000
+PRUNE_SECONDS = 60.0
 
 
 class ClickHousePool:
@@ -147,6 +158,163 @@ class AuthCache:
         self._until[key] = now + AUTH_CACHE_SECONDS
 
 
+class AuthFailures:
+    """A budget of failed read-key checks per client address: a token bucket holding up to
+    `per_minute` tokens, refilled at `per_minute` a minute (0 = no limit).
+
+    A check takes a token before its ClickHouse lookups and gives it back when the key was
+    good, so only failures spend the budget; a client with no token left is refused before any
+    lookup. Concurrent checks each hold a token, so a burst of them cannot overrun it either.
+
+    Memory is bounded: at most `max_clients` buckets, the least recently used dropped first,
+    and buckets that have refilled (the same as none) swept every PRUNE_SECONDS. Dropping a
+    bucket early only gives that client a fresh budget, no more than an attacker with many
+    addresses has anyway; the buckets of clients still failing are recently used, so they stay.
+    """
+
+    def __init__(
+        self, per_minute: int, *, clock: Callable[[], float] = time.monotonic, max_clients: int = MAX_CLIENTS
+    ) -> None:
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0  # tokens per second
+        self._clock = clock
+        self._max = max_clients
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # client -> (tokens, at)
+        self._pruned = self._logged = clock()
+        self._refused = 0
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _tokens(self, client: str, now: float) -> float:
+        found = self._buckets.get(client)
+        if found is None:
+            return self.capacity
+        tokens, at = found
+        return min(self.capacity, tokens + (now - at) * self.rate)
+
+    def _store(self, client: str, tokens: float, now: float) -> None:
+        if tokens >= self.capacity:  # full: the same as no bucket
+            self._buckets.pop(client, None)
+        else:
+            self._buckets[client] = (tokens, now)
+            self._buckets.move_to_end(client)
+        if now - self._pruned >= PRUNE_SECONDS:
+            self._pruned = now
+            full = [c for c, (t, at) in self._buckets.items() if t + (now - at) * self.rate >= self.capacity]
+            for gone in full:
+                del self._buckets[gone]
+        while len(self._buckets) > self._max:
+            self._buckets.popitem(last=False)
+
+    def take(self, client: str) -> float:
+        """Take a token for one key check: 0.0 when allowed, else the seconds until one is back."""
+        if self.capacity <= 0:
+            return 0.0
+        now = self._clock()
+        tokens = self._tokens(client, now)
+        if tokens < 1:
+            self._store(client, tokens, now)  # recently used: an active attacker's bucket stays
+            self._refused += 1
+            if now - self._logged >= PRUNE_SECONDS:  # a summary a minute at most, never who
+                log.warning(
+                    "api_auth_failures_refused",
+                    refused=self._refused,
+                    clients_over_budget=sum(1 for t, _at in self._buckets.values() if t < 1),
+                    per_minute=int(self.capacity),
+                )
+                self._logged, self._refused = now, 0
+            return (1 - tokens) / self.rate
+        self._store(client, tokens - 1, now)
+        return 0.0
+
+    def give_back(self, client: str) -> None:
+        """The key was good (or was never judged): its check costs the budget nothing."""
+        if self.capacity <= 0:
+            return
+        now = self._clock()
+        self._store(client, min(self.capacity, self._tokens(client, now) + 1), now)
+
+
+def client_address(request: Request, trust_forwarded_for: bool) -> str:
+    """Whom a failure budget belongs to: the connection's address or, behind a trusted proxy,
+    the right-most X-Forwarded-For entry (the one the proxy itself added; entries to its left
+    are whatever the client sent). Only ever used as a key in memory, never logged."""
+    host = request.client.host if request.client else ""
+    if trust_forwarded_for:
+        entries = [e.strip() for v in request.headers.getlist("x-forwarded-for") for e in v.split(",")]
+        entries = [e for e in entries if e]
+        if entries:
+            host = entries[-1]
+    return address_key(host)
+
+
+def address_key(host: str) -> str:
+    """An address as a budget key: IPv4 as is (IPv4-mapped IPv6 too), IPv6 by its /64 network,
+    which one subscriber usually holds whole (else every address in it would get a budget of
+    its own); a port is dropped; anything unparsable is kept, cut short."""
+    text = host.strip()
+    if text.startswith("[") and "]" in text:  # [v6]:port
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:  # v4:port
+        text = text.split(":", 1)[0]
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return host[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
+
+
+AUTH_LIMITED = "auth_rate_limited"
+
+
+def too_many_failures(wait: float) -> HTTPException:
+    seconds = max(1, math.ceil(wait))
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        detail=[
+            {
+                "type": AUTH_LIMITED,
+                "loc": ["header", "Authorization"],
+                "msg": f"too many failed read-key checks from this client; retry in {seconds} s",
+            }
+        ],
+        headers={"Retry-After": str(seconds)},
+    )
+
+
+@contextmanager
+def key_check(request: Request) -> Iterator[Callable[[], None]]:
+    """One read-key check that may query ClickHouse: takes a token of the client's failure
+    budget first (429 with Retry-After when none is left, before any query). The block calls
+    the yielded `failed()` once the key is known to be wrong; otherwise (a good key, or an
+    error that judged nothing, such as ClickHouse failing) the token is given back. A caller
+    cancelled mid-check keeps it spent: its lookups still run to the end in their threads
+    (ClickHousePool.run), so hanging up early must not make them free."""
+    failures: AuthFailures = request.app.state.auth_failures
+    client = client_address(request, request.app.state.settings.trust_forwarded_for)
+    wait = failures.take(client)
+    if wait > 0:
+        raise too_many_failures(wait)
+    outcome = {"failed": False}
+
+    def failed() -> None:
+        outcome["failed"] = True
+
+    try:
+        yield failed
+    except asyncio.CancelledError:
+        failed()
+        raise
+    finally:
+        if not outcome["failed"]:
+            failures.give_back(client)
+
+
 async def read_key(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
@@ -165,17 +333,21 @@ async def project_scope(
     pool: PoolDep,
 ) -> ProjectScope:
     """A wrong key is 401; a valid key of another project is 404 whether or not `project_id`
-    exists, so a key never tells which other projects exist."""
+    exists, so a key never tells which other projects exist. Every route under a project (the
+    live stream and the exports included) authenticates here; past the client's budget of
+    failed checks, 429 (key_check)."""
     cache: AuthCache = request.app.state.auth_cache
     cache_key = (project_id, projects.hash_key(key))
     if cache.hit(cache_key):
         return ProjectScope(project_id)
-    if len(project_id) <= MAX_PROJECT_ID and await pool.run(projects.verify_read_key, project_id, key):
-        cache.keep(cache_key)
-        return ProjectScope(project_id)
-    if await pool.run(queries.project_by_read_key, projects.hash_key(key)) is not None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=NOT_FOUND)
-    raise unauthorized()
+    with key_check(request) as failed:
+        if len(project_id) <= MAX_PROJECT_ID and await pool.run(projects.verify_read_key, project_id, key):
+            cache.keep(cache_key)
+            return ProjectScope(project_id)
+        failed()  # a valid key on another project's id counts too: it cost the same lookups
+        if await pool.run(queries.project_by_read_key, projects.hash_key(key)) is not None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=NOT_FOUND)
+        raise unauthorized()
 
 
 ProjectDep = Annotated[ProjectScope, Depends(project_scope)]
@@ -190,7 +362,14 @@ def get_topic(request: Request) -> str:
 TopicDep = Annotated[str, Depends(get_topic)]
 
 
+TOO_MANY_FAILURES: dict[str, Any] = {
+    "description": "too many failed read-key checks from this client (detail[0].type = "
+    f"{AUTH_LIMITED}); retry after Retry-After seconds",
+    "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+    "content": {"application/json": {}},
+}
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "unknown or missing read key", "content": {"application/json": {}}},
     404: {"description": "no such project for this key (or no such item)"},
+    429: TOO_MANY_FAILURES,
 }

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from services.api import queries
-from services.api.deps import AUTH_RESPONSES, PoolDep, ReadKeyDep, unauthorized
+from services.api.deps import AUTH_RESPONSES, PoolDep, ReadKeyDep, key_check, unauthorized
 from services.api.models import Me
 from werkstroom import projects
 from werkstroom.logging import get_logger
@@ -101,10 +101,12 @@ me = APIRouter(prefix="/api", tags=["projects"])
     response_model=Me,
     summary="The project a read key opens",
     description="Lets the dashboard log in with the read key alone.",
-    responses={401: AUTH_RESPONSES[401]},
+    responses={401: AUTH_RESPONSES[401], 429: AUTH_RESPONSES[429]},
 )
-async def whoami(key: ReadKeyDep, pool: PoolDep) -> Me:
-    found = await pool.run(queries.project_by_read_key, projects.hash_key(key))
-    if found is None:
-        raise unauthorized()
+async def whoami(request: Request, key: ReadKeyDep, pool: PoolDep) -> Me:
+    with key_check(request) as failed:  # the same budget of failed checks as the project routes
+        found = await pool.run(queries.project_by_read_key, projects.hash_key(key))
+        if found is None:
+            failed()
+            raise unauthorized()
     return Me(**found)

@@ -85,7 +85,7 @@
     if (typeof detail === "string") return detail;
     if (Array.isArray(detail)) {
       return detail
-        .map((d) => `${(d.loc || []).filter((p) => p !== "body" && p !== "query").join(".")}: ${d.msg}`)
+        .map((d) => `${(d.loc || []).filter((p) => p !== "body" && p !== "query" && p !== "header").join(".")}: ${d.msg}`)
         .join("; ");
     }
     return fallback;
@@ -162,6 +162,11 @@
     state.key = key;
     const response = await fetch("/api/me", { headers: { Authorization: `Bearer ${key}` }, cache: "no-store" });
     if (response.status === 401 || response.status === 403) throw new ApiError(401, "That read key is not valid.");
+    if (response.status === 429) {
+      // too many wrong keys from this address: the answer says how long to wait
+      const body = await response.json().catch(() => null);
+      throw new ApiError(429, (body && body.detail) || "Too many failed attempts; try again later.");
+    }
     if (!response.ok) throw new ApiError(response.status, `The server answered ${response.status}; try again.`);
     state.project = await response.json();
     sessionStorage.setItem(KEY_STORE, key);
