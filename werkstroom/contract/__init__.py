@@ -21,6 +21,26 @@ import orjson
 from werkstroom.settings import Settings
 
 SCHEMA_VERSION = 1
+
+# -- time policy (docs/contract.md, "Time policy") -----------------------------------------
+#: No event is dated before this: earlier times come from unset device clocks, not visitors.
+EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+#: `timestamp` and `received_at` on the topic lie before this. ClickHouse stores `toDate()` of
+#: the event time (Date ends 2149-06-06) and minutes as DateTime (ends 2106-02-07).
+LATEST_TIME = datetime(2100, 1, 1, tzinfo=UTC)
+#: `sent_at` is the client's clock, stored as DateTime64 (1900-2299): a device whose clock
+#: was reset to 1970 is real, and the skew correction fixes its events.
+SENT_AT_EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+SENT_AT_LATEST = datetime(2300, 1, 1, tzinfo=UTC)
+#: An event time further ahead of its arrival than this is set to the arrival time. After the
+#: skew correction only a few seconds of jitter (between clocks, or events stamped after
+#: sentAt) can put an honest event ahead, so this can be small; larger leads are hostile.
+FUTURE_TOLERANCE = timedelta(seconds=60)
+_ZERO = timedelta(0)
+#: The deepest nesting one event may have, the event object itself counted as level 1 (so
+#: properties and traits nest up to 62 levels below their own object). Well inside what
+#: orjson writes (254), msgspec reads (~1000) and ClickHouse's JSON functions carry (1000).
+MAX_DEPTH = 64
 #: Every field of a v1 event, in the order of the ClickHouse `events` columns.
 FIELDS: tuple[str, ...] = (
     "project_id",
@@ -82,6 +102,40 @@ def message_key(project_id: str, anonymous_id: str, user_id: str) -> bytes:
     return f"{project_id}:u:{user_id}".encode()
 
 
+def event_time(
+    timestamp: datetime | None, sent_at: datetime | None, received_at: datetime
+) -> tuple[datetime | None, bool]:
+    """The contract's time of one event, from the client's `timestamp` and `sentAt` (both by its
+    own clock) and the server's arrival time, as `(time, moved)`.
+
+    Segment's clock-skew correction first: `received_at + (timestamp - sent_at)`; without
+    sentAt, the client time but never later than the arrival; without a timestamp, the
+    arrival. Then the range: a time more than FUTURE_TOLERANCE ahead of the arrival becomes
+    the arrival (`moved` is True); one before EARLIEST_TIME gives None (reject the event).
+    Never raises: a correction that overflows datetime is as far out as can be, so it is
+    treated as future (the arrival) or past (None) by the sign of the skew.
+    """
+    if timestamp is None:
+        return received_at, False
+    if sent_at is None:
+        if timestamp >= received_at:
+            return received_at, False
+        if timestamp < EARLIEST_TIME:
+            return None, False
+        return (timestamp if timestamp.tzinfo is UTC else timestamp.astimezone(UTC)), False
+    skew = timestamp - sent_at  # two datetimes always subtract; adding may overflow
+    try:
+        when = received_at + skew  # in received_at's zone (UTC)
+    except OverflowError:
+        return (received_at, True) if skew > _ZERO else (None, False)
+    # Differences and comparisons of datetimes cannot overflow; `received_at + tolerance` could.
+    if when > received_at and when - received_at > FUTURE_TOLERANCE:
+        return received_at, True
+    if when < EARLIEST_TIME:
+        return None, False
+    return when, False
+
+
 def encode_event(event: dict[str, Any]) -> bytes:
     """One message value: JSON with every time in UTC as RFC 3339 with a `Z`."""
     return orjson.dumps(event, option=orjson.OPT_UTC_Z)
@@ -104,6 +158,9 @@ def epoch_ms(value: datetime) -> int:
 
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+#: RFC 3339 requires an offset; a time without one would be read as local time by some and
+#: as UTC by others (and cannot be compared with aware times at all).
+Time = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 class Event(msgspec.Struct, kw_only=True, frozen=True, gc=False):
@@ -117,9 +174,9 @@ class Event(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     project_id: NonEmpty
     type: Literal["page", "track", "identify", "alias"]
     event: NonEmpty
-    timestamp: datetime
-    received_at: datetime
-    sent_at: datetime | None = None
+    timestamp: Time
+    received_at: Time
+    sent_at: Time | None = None
     anonymous_id: str = ""
     user_id: str = ""
     previous_id: str = ""
@@ -159,7 +216,28 @@ def decode_event(value: bytes | None) -> Event:
         raise ContractError("invalid_field", "properties must be an object")
     if memoryview(event.traits)[0] != _OPEN_BRACE:
         raise ContractError("invalid_field", "traits must be an object")
+    # Other producers write this topic too: a time ClickHouse cannot store would stop the sink
+    # (or be stored as garbage), so it is dead-lettered here. Five comparisons: ~0.4 µs on
+    # a 3.5 µs decode (bench event, this 2-core machine).
+    sent_at = event.sent_at
+    if not (
+        EARLIEST_TIME <= event.timestamp < LATEST_TIME
+        and EARLIEST_TIME <= event.received_at < LATEST_TIME
+        and (sent_at is None or SENT_AT_EARLIEST <= sent_at < SENT_AT_LATEST)
+    ):
+        raise ContractError("invalid_time", _out_of_range(event))
     return event
+
+
+def _out_of_range(event: Event) -> str:
+    for name, value, low, high in (
+        ("timestamp", event.timestamp, EARLIEST_TIME, LATEST_TIME),
+        ("received_at", event.received_at, EARLIEST_TIME, LATEST_TIME),
+        ("sent_at", event.sent_at, SENT_AT_EARLIEST, SENT_AT_LATEST),
+    ):
+        if value is not None and not low <= value < high:
+            return f"{name} {value.isoformat()} is outside [{low.date()}, {high.date()})"
+    return "a time is out of range"
 
 
 def _reason(message: str) -> str:
@@ -185,6 +263,7 @@ def dead_letter(source: str, reason: str, detail: str, raw: bytes | str, **conte
 
     `raw` is the payload as received (a JSON item at ingest, a message value in the sink),
     kept as text so that nothing is lost and it can be replayed once the cause is fixed.
+    Never raises: text that JSON cannot carry (lone surrogates) is replaced, not refused.
     """
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
     record = {
@@ -195,4 +274,13 @@ def dead_letter(source: str, reason: str, detail: str, raw: bytes | str, **conte
         "dead_lettered_at": format_time(datetime.now(UTC)),
         **context,
     }
-    return orjson.dumps(record)
+    try:
+        return orjson.dumps(record)
+    except (orjson.JSONEncodeError, TypeError):
+        safe = {k: _valid_text(v) if isinstance(v, str) else v for k, v in record.items()}
+        return orjson.dumps(safe, default=repr)
+
+
+def _valid_text(text: str) -> str:
+    """`text` with what UTF-8 cannot carry (lone surrogates) replaced."""
+    return text.encode("utf-8", errors="replace").decode("utf-8")

@@ -144,3 +144,47 @@ def test_no_print_calls_in_the_code() -> None:
                 n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "print"
             ]
             assert not calls, path
+
+
+def test_decode_event_dead_letters_times_clickhouse_cannot_store() -> None:
+    good = {
+        "schema_version": 1,
+        "event_id": "e",
+        "project_id": "p",
+        "type": "track",
+        "event": "E",
+        "timestamp": "2026-01-01T00:00:00Z",
+        "received_at": "2026-01-01T00:00:00Z",
+    }
+    accepted = [
+        {"timestamp": "2000-01-01T00:00:00Z"},
+        {"timestamp": "2099-12-31T23:59:59.999Z"},
+        {"timestamp": "2000-01-01T01:00:00+01:00"},  # the same instant as 2000-01-01T00:00Z
+        {"sent_at": "1970-01-01T00:00:00Z"},  # a device clock reset to the epoch: corrected, kept
+        {"sent_at": "1900-01-01T00:00:00Z"},
+        {"sent_at": "2299-12-31T23:59:59Z"},
+        {"sent_at": None},
+    ]
+    for fields in accepted:
+        decode_event(orjson.dumps({**good, **fields}))
+    refused = [
+        {"timestamp": "1999-12-31T23:59:59.999Z"},
+        {"timestamp": "2000-01-01T00:30:00+01:00"},
+        {"timestamp": "2100-01-01T00:00:00Z"},
+        {"timestamp": "2150-01-01T00:00:00Z"},  # past ClickHouse's Date: it stopped the sink
+        {"timestamp": "9999-12-31T23:59:59Z"},
+        {"timestamp": "0001-01-01T00:00:00Z"},
+        {"timestamp": "9999-12-31T23:59:59-23:59"},  # past datetime.max in UTC: compared, not converted
+        {"received_at": "2100-06-01T00:00:00Z"},
+        {"received_at": "1999-06-01T00:00:00Z"},
+        {"sent_at": "2300-01-01T00:00:00Z"},
+        {"sent_at": "1899-12-31T23:59:59Z"},
+        {"timestamp": "2026-01-01T00:00:00"},  # no zone: RFC 3339 requires one; some read it as local
+        {"sent_at": "2026-01-01T00:00:00"},
+    ]
+    for fields in refused:
+        with pytest.raises(ContractError) as info:
+            decode_event(orjson.dumps({**good, **fields}))
+        assert info.value.reason == "invalid_time", fields
+        name = next(iter(fields))
+        assert name in str(info.value), (fields, str(info.value))
