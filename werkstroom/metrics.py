@@ -22,6 +22,15 @@ INGEST_EVENTS_REJECTED = Counter(
 INGEST_BOT_EVENTS = Counter("werkstroom_ingest_bot_events_total", "Events from bots, not forwarded")
 #: Requests refused because a project went over its rate limit.
 INGEST_RATE_LIMITED = Counter("werkstroom_ingest_rate_limited_total", "Requests answered 429")
+#: Requests refused because one client address went over its share of a project's limit.
+INGEST_CLIENT_RATE_LIMITED = Counter(
+    "werkstroom_ingest_client_rate_limited_total", "Requests answered 429 (one client's share spent)"
+)
+#: Accepted events dated more than the tolerance ahead of their arrival (after the clock-skew
+#: correction), whose time was set to the arrival time (werkstroom.contract.event_time).
+INGEST_FUTURE_TIMESTAMPS = Counter(
+    "werkstroom_ingest_future_timestamps_total", "Event times ahead of arrival, set to the arrival time"
+)
 #: Requests answered 503 because Kafka did not acknowledge in time or refused.
 INGEST_KAFKA_UNAVAILABLE = Counter(
     "werkstroom_ingest_kafka_unavailable_total", "Requests answered 503 (Kafka unavailable)"
@@ -69,6 +78,13 @@ SINK_LAG = Gauge(
     "werkstroom_sink_lag_messages",
     "Messages between the committed offset and the end of a partition",
     ["partition"],
+)
+
+# -- events sink: rows ClickHouse refuses (services/aggregator/errors.py) --------------------
+#: Rows ClickHouse refused (a data error: found by splitting the batch), by table. Each goes
+#: to the dead-letter topic, counted there too as reason "refused_by_clickhouse".
+SINK_ROWS_REFUSED = Counter(
+    "werkstroom_sink_rows_refused_total", "Rows ClickHouse refused, dead-lettered", ["table"]
 )
 
 

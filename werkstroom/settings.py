@@ -91,6 +91,15 @@ class Settings(BaseSettings):
     rate_limit_burst: float = Field(
         20000.0, ge=0, description="WERKSTROOM_RATE_LIMIT_BURST: events a project may send at once."
     )
+    rate_limit_client_share: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="WERKSTROOM_RATE_LIMIT_CLIENT_SHARE: the most of a project's rate and burst that one "
+        "client address (an IPv6 /64) may use, so that one holder of the public write key cannot spend "
+        "a site's whole budget (1 = off; off too when WERKSTROOM_RATE_LIMIT_EPS is 0). Raise it when "
+        "one host sends most events (a server-side SDK, or a proxy without TRUST_FORWARDED_FOR).",
+    )
     produce_timeout_ms: int = Field(
         800,
         ge=50,
@@ -101,7 +110,10 @@ class Settings(BaseSettings):
         2.0, gt=0, description="WERKSTROOM_KEY_REFRESH_SECONDS: how often write keys are reloaded."
     )
     trust_forwarded_for: bool = Field(
-        False, description="WERKSTROOM_TRUST_FORWARDED_FOR: read the client IP from X-Forwarded-For."
+        False,
+        description="WERKSTROOM_TRUST_FORWARDED_FOR: behind a reverse proxy, take the client address "
+        "(for the per-client rate limit only) from the right-most X-Forwarded-For entry, the one the "
+        "proxy appended; otherwise the connection's address. Only true behind a proxy that appends it.",
     )
 
     # -- events sink -------------------------------------------------------------------

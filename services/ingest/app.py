@@ -8,6 +8,10 @@ Kafka acknowledged its events.
 The beacon path is deliberately lean: it reads the raw body, decodes it with orjson and
 checks it by hand (services.ingest.segment) instead of going through a pydantic body model,
 which costs several times more per request (see bench/ingest_bench.py).
+
+The write key is public, so every body is input from strangers: each item of a batch is
+accepted or rejected alone (with its reason, to the dead-letter topic), no input answers 5xx,
+and one client address may use only a share of its project's rate limit (docs/contract.md).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
@@ -35,8 +39,8 @@ from starlette.types import Receive, Scope, Send
 
 from services.ingest import enrich
 from services.ingest.keys import WriteKeyCache
-from services.ingest.ratelimit import RateLimiter
-from services.ingest.segment import Rejected, normalize, parse_client_time
+from services.ingest.ratelimit import MAX_CLIENTS, RateLimiter, client_network
+from services.ingest.segment import MAX_MESSAGE_ID, Rejected, normalize, parse_sent_at, truncated
 from services.ingest.tracker import tracker_router
 from werkstroom import metrics, projects
 from werkstroom.clickhouse.migrate import is_current
@@ -84,6 +88,8 @@ class IngestState:
     publisher: Publisher
     keys: WriteKeyCache
     limiter: RateLimiter
+    #: Keyed by (project, client network): one address's share of its project's budget.
+    client_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0, 0))
     kafka_down_until: float = 0.0
 
 
@@ -109,7 +115,7 @@ def _basic_write_key(header: str | None) -> str | None:
         return None
     try:
         decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII text (latin-1 header bytes)
         return None
     return decoded.split(":", 1)[0] or None
 
@@ -123,11 +129,19 @@ class Ingestor:
     def limit(self, call_type: str | None) -> int:
         return self.s.settings.max_batch_bytes if call_type is None else self.s.settings.max_event_bytes
 
-    async def handle(self, call_type: str | None, headers: Mapping[str, str], body: bytes | None) -> Answer:
-        """`body` is None when it was larger than the limit (the reader stopped early)."""
+    async def handle(
+        self,
+        call_type: str | None,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        client: str | None = None,
+    ) -> Answer:
+        """`body` is None when it was larger than the limit (the reader stopped early).
+        `headers` have lower-case names (the last of repeated ones); `client` is the
+        connection's address (ASGI `scope["client"][0]`), for the per-client rate limit only."""
         started = time.perf_counter()
         try:
-            answer = await self._handle(call_type, headers, body)
+            answer = await self._handle(call_type, headers, body, client)
         except Exception:
             metrics.INGEST_ERRORS.inc()
             log.exception("ingest_error", endpoint=endpoint_name(call_type))
@@ -136,7 +150,9 @@ class Ingestor:
         metrics.INGEST_LATENCY.observe(time.perf_counter() - started)
         return answer
 
-    async def _handle(self, call_type: str | None, headers: Mapping[str, str], body: bytes | None) -> Answer:
+    async def _handle(
+        self, call_type: str | None, headers: Mapping[str, str], body: bytes | None, client: str | None
+    ) -> Answer:
         settings = self.s.settings
         received_at = datetime.now(UTC)
         limit = self.limit(call_type)
@@ -177,7 +193,7 @@ class Ingestor:
                     413, f"batch has more than {settings.max_batch_events} events", reason="too_many_events"
                 )
             try:
-                batch_sent_at = parse_client_time(payload.get("sentAt"), "sentAt")
+                batch_sent_at = parse_sent_at(payload.get("sentAt"))
             except Rejected as exc:
                 return _error(400, exc.detail, reason=exc.reason, field=exc.field)
         else:
@@ -192,6 +208,21 @@ class Ingestor:
                 reason="rate_limited",
                 **{"Retry-After": RateLimiter.retry_after(wait)},
             )
+        # After the project's check, so that `rate_limited` means the site's whole budget is
+        # spent; a refused client gives the project its tokens back, so it cannot drain it.
+        if self.s.client_limiter.rate > 0:
+            network = client_network(client, headers.get("x-forwarded-for"), settings.trust_forwarded_for)
+            if network is not None:
+                wait = self.s.client_limiter.take(hash((project_id, network)), len(items))
+                if wait:
+                    self.s.limiter.refund(project_id, len(items))
+                    metrics.INGEST_CLIENT_RATE_LIMITED.inc()
+                    return _error(
+                        429,
+                        "rate limit exceeded for this client address (its share of the project's limit)",
+                        reason="client_rate_limited",
+                        **{"Retry-After": RateLimiter.retry_after(wait)},
+                    )
 
         if time.monotonic() < self.s.kafka_down_until:
             return self._unavailable("Kafka was unreachable a moment ago")
@@ -204,8 +235,17 @@ class Ingestor:
         accepted_types: dict[str, int] = {}
         max_event = settings.max_event_bytes
         for index, item in enumerate(items):
+            # Each item is judged alone: whatever it holds, it is accepted or rejected with a
+            # reason, and never costs the good items beside it.
+            if call_type is not None:
+                raw_item: bytes | None = body
+            else:
+                try:
+                    raw_item = orjson.dumps(item)
+                except orjson.JSONEncodeError:  # it parses 1,024 levels but writes 254: too deep
+                    raw_item = None
             try:
-                if call_type is None and len(orjson.dumps(item)) > max_event:
+                if raw_item is not None and call_type is None and len(raw_item) > max_event:
                     raise Rejected("too_large", None, f"event is larger than {max_event} bytes")
                 event, agent = normalize(
                     item,
@@ -214,34 +254,45 @@ class Ingestor:
                     received_at=received_at,
                     batch_sent_at=batch_sent_at,
                     header_agent=header_agent,
+                    raw=raw_item,
                 )
+                if agent.is_bot:
+                    bots += 1
+                    continue
+                value = encode_event(event)
             except Rejected as exc:
-                raw_item = body if call_type is not None else orjson.dumps(item)
-                errors.append({"index": index, **exc.as_dict(), "messageId": _message_id(item)})
-                metrics.INGEST_EVENTS_REJECTED.labels(exc.reason).inc()
-                dead.append(
-                    (
-                        project_id.encode(),
-                        dead_letter(
-                            "ingest",
-                            exc.reason,
-                            exc.detail,
-                            raw_item,
-                            field=exc.field,
-                            project_id=project_id,
-                            endpoint=endpoint_name(call_type),
-                            received_at=received_at.isoformat(),
-                        ),
-                    )
+                rejection = exc
+            except Exception as exc:
+                # A bug of ours, not the sender's: logged and counted like any, but it costs
+                # this item only. (Nothing from the item is logged: it may hold personal data.)
+                metrics.INGEST_ERRORS.inc()
+                log.exception(
+                    "ingest_item_error", endpoint=endpoint_name(call_type), error=type(exc).__name__
                 )
+                rejection = Rejected(
+                    "unprocessable", None, "this event could not be processed; it was logged"
+                )
+            else:
+                messages.append((message_key(project_id, event["anonymous_id"], event["user_id"]), value))
+                accepted_types[event["type"]] = accepted_types.get(event["type"], 0) + 1
                 continue
-            if agent.is_bot:
-                bots += 1
-                continue
-            messages.append(
-                (message_key(project_id, event["anonymous_id"], event["user_id"]), encode_event(event))
+            errors.append({"index": index, **rejection.as_dict(), "messageId": _message_id(item)})
+            metrics.INGEST_EVENTS_REJECTED.labels(rejection.reason).inc()
+            dead.append(
+                (
+                    project_id.encode(),
+                    dead_letter(
+                        "ingest",
+                        rejection.reason,
+                        rejection.detail,
+                        _dead_letter_raw(item, raw_item, max_event),
+                        field=rejection.field,
+                        project_id=project_id,
+                        endpoint=endpoint_name(call_type),
+                        received_at=received_at.isoformat(),
+                    ),
+                )
             )
-            accepted_types[event["type"]] = accepted_types.get(event["type"], 0) + 1
 
         try:
             await asyncio.wait_for(self._send(messages, dead), settings.produce_timeout_ms / 1000)
@@ -292,6 +343,19 @@ class Ingestor:
         return _error(503, f"{why}; retry later", reason="kafka_unavailable", **{"Retry-After": "1"})
 
 
+def rate_limiters(
+    settings: Settings, clock: Callable[[], float] | None = None
+) -> tuple[RateLimiter, RateLimiter]:
+    """The per-project limiter and the per-client one, a share of it (both off at rate 0)."""
+    share = settings.rate_limit_client_share
+    return (
+        RateLimiter(settings.rate_limit_eps, settings.rate_limit_burst, clock),
+        RateLimiter(
+            settings.rate_limit_eps * share, settings.rate_limit_burst * share, clock, max_keys=MAX_CLIENTS
+        ),
+    )
+
+
 def _gunzip(body: bytes, limit: int) -> bytes:
     """Inflate a gzip body (Segment SDKs may send one), never past `limit` + 1 bytes."""
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
@@ -316,8 +380,27 @@ def endpoint_name(call_type: str | None) -> str:
     return f"/v1/{call_type or 'batch'}"
 
 
+def _dead_letter_raw(item: object, raw_item: bytes | None, limit: int) -> bytes:
+    """The rejected item's text for the dead-letter topic: as sent, cut to `limit` bytes (an
+    item rejected as too large could otherwise make a record Kafka refuses); an item too deep
+    to write is kept to MAX_DEPTH levels, deeper values replaced by a marker."""
+    if raw_item is None:
+        try:
+            raw_item = orjson.dumps(truncated(item))
+        except orjson.JSONEncodeError:  # not from orjson.loads (a test, another caller): say so
+            return b"<not representable as JSON>"
+    return raw_item if len(raw_item) <= limit else raw_item[:limit] + b"...<truncated>"
+
+
 def _message_id(item: object) -> object:
-    return item.get("messageId") if isinstance(item, dict) else None
+    """The item's messageId, echoed in its error: only as a scalar (a hostile one could be a
+    structure too deep to write, or megabytes long)."""
+    value = item.get("messageId") if isinstance(item, dict) else None
+    if isinstance(value, str):
+        return value[:MAX_MESSAGE_ID]
+    if isinstance(value, bool | float) or (isinstance(value, int) and -(2**63) <= value < 2**64):
+        return value
+    return None
 
 
 def _json_kind(value: object) -> str:
@@ -352,19 +435,36 @@ class BeaconFastPath:
             return
         ingestor: Ingestor = self.app.state.ingest
         call_type = _ROUTES[scope["path"]]
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = _headers(scope)
         body = await _read_body(receive, headers.get("content-length"), ingestor.limit(call_type))
-        answer = await ingestor.handle(call_type, headers, body)
+        answer = await ingestor.handle(call_type, headers, body, _client(scope))
         raw_headers = [(b"content-type", b"application/json"), _CORS]
         raw_headers += [(k.lower().encode(), v.encode()) for k, v in answer.headers]
         await send({"type": "http.response.start", "status": answer.status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": orjson.dumps(answer.body)})
 
 
+def _headers(scope: Scope) -> dict[str, str]:
+    """Request headers by lower-case name; of a repeated header the last one, so that
+    X-Forwarded-For ends with what the nearest proxy appended."""
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+def _client(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
 async def _read_body(receive: Receive, declared: str | None, limit: int) -> bytes | None:
     """The request body, or None as soon as it is known to exceed `limit` (gzip aside: a
     compressed body is limited again once inflated)."""
-    if declared and declared.isdigit() and int(declared) > limit:
+    # isascii: "²".isdigit() is True, and int() of thousands of digits raises.
+    if (
+        declared
+        and declared.isascii()
+        and declared.isdigit()
+        and (len(declared) > 18 or int(declared) > limit)
+    ):
         return None
     chunks: list[bytes] = []
     size = 0
@@ -395,13 +495,15 @@ def create_app(settings: Settings, *, bootstrap: str, clickhouse: Callable[[], C
         publisher.start()
         keys = WriteKeyCache(lambda: projects.write_keys(client), settings.key_refresh_seconds)
         await keys.start()
+        limiter, client_limiter = rate_limiters(settings)
         state = IngestState(
             settings=settings,
             topics=Topics.from_settings(settings),
             producer=producer,
             publisher=publisher,
             keys=keys,
-            limiter=RateLimiter(settings.rate_limit_eps, settings.rate_limit_burst),
+            limiter=limiter,
+            client_limiter=client_limiter,
         )
         app.state.ingest = Ingestor(state)
         app.state.clickhouse = client
@@ -451,17 +553,16 @@ def create_app(settings: Settings, *, bootstrap: str, clickhouse: Callable[[], C
         400: {"description": "Body is not JSON, not an object, or (single calls) the event is invalid"},
         401: {"description": "Missing or unknown write key"},
         413: {"description": "Body or batch too large"},
-        429: {"description": "Project rate limit exceeded; see Retry-After"},
+        429: {"description": "Project or client-address rate limit exceeded; see Retry-After"},
         503: {"description": "Kafka did not acknowledge in time; see Retry-After"},
     }
 
     def add_route(path: str, call_type: str | None, example: str) -> None:
         async def route(request: Request) -> Response:
             ingestor: Ingestor = request.app.state.ingest
-            body = await _read_body(
-                request.receive, request.headers.get("content-length"), ingestor.limit(call_type)
-            )
-            answer = await ingestor.handle(call_type, request.headers, body)
+            headers = _headers(request.scope)
+            body = await _read_body(request.receive, headers.get("content-length"), ingestor.limit(call_type))
+            answer = await ingestor.handle(call_type, headers, body, _client(request.scope))
             return answer.response()
 
         app.add_api_route(

@@ -46,12 +46,20 @@ def device_type(ua: str, device_brand: str | None = None) -> str:
     return "desktop"
 
 
-@lru_cache(maxsize=16384)
+#: Real User-Agents stay under ~500 characters. Cut before the cache, so that strangers
+#: sending 30 KB ones cannot make its 16,384 entries hold hundreds of MB.
+MAX_USER_AGENT = 1000
+
+
 def analyse(ua: str) -> Agent:
     """Everything the contract says about one User-Agent string."""
+    return _analyse(ua[:MAX_USER_AGENT])
+
+
+@lru_cache(maxsize=16384)
+def _analyse(ua: str) -> Agent:
     if not ua:
         return UNKNOWN
-    ua = ua[:1000]
     result = ua_parse(ua)
     browser = result.user_agent.family if result.user_agent else "Other"
     os_name = result.os.family if result.os else "Other"

@@ -4,6 +4,10 @@ Pure functions, no I/O: `normalize()` takes one decoded call (a dict) and return
 enriched event (times as UTC datetimes; `encode_event` writes the JSON) or raises `Rejected`
 with the field and the reason. Hand-written checks on
 the decoded dict, not a pydantic model, because this runs for every beacon (see bench/).
+
+The write key is public, so a call is input from strangers: for anything orjson can parse,
+normalize returns an event that encodes and that ClickHouse stores, or raises Rejected;
+nothing else (tests/unit/ingest/test_normalize_properties.py checks it with hypothesis).
 """
 
 from __future__ import annotations
@@ -14,14 +18,21 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from services.ingest.enrich import UNKNOWN, Agent, analyse
-from werkstroom.contract import SCHEMA_VERSION
+from werkstroom import metrics
+from werkstroom.contract import (
+    EARLIEST_TIME,
+    MAX_DEPTH,
+    SCHEMA_VERSION,
+    SENT_AT_EARLIEST,
+    SENT_AT_LATEST,
+    event_time,
+)
 
 MAX_ID = 200
 MAX_NAME = 200
 MAX_MESSAGE_ID = 100
 MAX_URL = 2048
 MAX_TITLE = 1000
-EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 SUPPORTED = ("page", "track", "identify", "alias")
 _VARIANT = "89ab"
 #: Reserved track events a tracker may send: $heartbeat keeps a visitor online while they stay
@@ -57,7 +68,85 @@ def parse_client_time(value: object, field: str) -> datetime | None:
         ) from None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
-    return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
+    if parsed.tzinfo is UTC:
+        return parsed
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        # 0001-01-01T00:00+01:00 or 9999-12-31T23:00-02:00: past the ends of datetime in UTC.
+        # Kept in its own zone: comparing and subtracting still work, and a time this far out
+        # is moved to the arrival or rejected by the time policy, never stored.
+        return parsed
+
+
+def parse_sent_at(value: object) -> datetime | None:
+    """`sentAt` (of a call or of a batch): stored as sent_at, so within DateTime64's range."""
+    sent_at = parse_client_time(value, "sentAt")
+    if sent_at is not None and not SENT_AT_EARLIEST <= sent_at < SENT_AT_LATEST:
+        raise _sent_at_out_of_range()
+    return sent_at
+
+
+def _sent_at_out_of_range() -> Rejected:
+    low, high = SENT_AT_EARLIEST.year, SENT_AT_LATEST.year - 1
+    return Rejected("invalid_time", "sentAt", f"sentAt must lie between {low} and {high}")
+
+
+_CONTAINERS = (dict, list)  # a tuple: isinstance with `dict | list` is slower
+
+
+def too_deep(value: object, raw: bytes | None = None) -> bool:
+    """Whether `value` nests deeper than MAX_DEPTH (itself counted as level 1).
+
+    `raw`, its JSON text when at hand, makes this nearly free on the hot path: every level
+    opens with `{` or `[`, so their count bounds the depth. Only past that bound is the
+    structure walked, with a stack of its own (no recursion: 1,000 levels parse).
+    """
+    if raw is not None:
+        # count() reads ~1 ns a byte; find() is a memchr, several times faster, and most
+        # events hold no array. (`b"[" in raw` is slower than either.)
+        opens = raw.count(b"{") + (raw.count(b"[") if raw.find(b"[") >= 0 else 0)
+        if opens <= MAX_DEPTH:
+            return False
+    if not isinstance(value, _CONTAINERS):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, _CONTAINERS):
+                if depth >= MAX_DEPTH:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+TRUNCATED = "<truncated>"
+
+
+def truncated(value: object, limit: int = MAX_DEPTH) -> object:
+    """A copy of `value` with every container below `limit` levels replaced by TRUNCATED, so
+    that an item too deep to re-serialise can still be dead-lettered (iterative, like too_deep)."""
+    if not isinstance(value, _CONTAINERS):
+        return value
+    root: Any = {} if isinstance(value, dict) else []
+    stack: list[tuple[Any, Any, int]] = [(value, root, 1)]
+    while stack:
+        source, copy, depth = stack.pop()
+        pairs = source.items() if isinstance(source, dict) else enumerate(source)
+        for key, child in pairs:
+            if isinstance(child, _CONTAINERS):
+                if depth >= limit:
+                    child = TRUNCATED
+                else:
+                    inner: Any = {} if isinstance(child, dict) else []
+                    stack.append((child, inner, depth + 1))
+                    child = inner
+            if isinstance(copy, dict):
+                copy[key] = child
+            else:
+                copy.append(child)
+    return root
 
 
 def random_id() -> str:
@@ -71,13 +160,20 @@ def corrected_timestamp(
 ) -> datetime:
     """Segment's clock-skew correction: the client says when the event happened (timestamp)
     and when it sent it (sentAt), both by its own clock; the server knows when it arrived.
-    timestamp = received_at + (timestamp - sent_at). Without sentAt the client time is used
-    as is, but never later than the arrival; without a timestamp, the arrival time."""
-    if timestamp is None:
-        return received_at
-    if sent_at is not None:
-        return received_at + (timestamp - sent_at)
-    return min(timestamp, received_at)
+    timestamp = received_at + (timestamp - sent_at), then the contract's time policy
+    (werkstroom.contract.event_time): never more than a minute ahead of the arrival, never
+    before 2000 (Rejected)."""
+    when, moved = event_time(timestamp, sent_at, received_at)
+    if when is None:
+        raise _too_early(sent_at)
+    if moved:
+        metrics.INGEST_FUTURE_TIMESTAMPS.inc()  # not I/O: an in-process counter
+    return when
+
+
+def _too_early(sent_at: datetime | None) -> Rejected:
+    corrected = " once corrected for the client's clock (with sentAt)" if sent_at is not None else ""
+    return Rejected("invalid_time", "timestamp", f"timestamp is before {EARLIEST_TIME.year}{corrected}")
 
 
 def _id(value: object, field: str) -> str:
@@ -116,14 +212,21 @@ def normalize(
     received_at: datetime,
     batch_sent_at: datetime | None = None,
     header_agent: Agent = UNKNOWN,
+    raw: bytes | None = None,
 ) -> tuple[dict[str, Any], Agent]:
     """Validate one Segment call and build the contract v1 event.
 
     `call_type` is the endpoint's type (`/v1/track` -> "track"); None for batch items, which
-    carry their own `type`. Returns the event and the visitor's Agent (for bot filtering).
+    carry their own `type`. `raw` is the call's JSON text when the caller has it (a cheap
+    bound for the depth check). Returns the event and the visitor's Agent (for bot filtering).
     """
     if not isinstance(call, dict):
         raise Rejected("not_an_object", None, "each event must be a JSON object")
+    # too_deep(call, raw), its text bound inlined: this runs for every event (bench/).
+    if (
+        raw is None or raw.count(b"{") + (raw.count(b"[") if raw.find(b"[") >= 0 else 0) > MAX_DEPTH
+    ) and too_deep(call):
+        raise Rejected("too_deep", None, f"event nests deeper than {MAX_DEPTH} levels")
     kind = call_type or call.get("type")
     if kind in ("screen", "group"):
         raise Rejected("unsupported_type", "type", f"type {kind!r} is not supported; use page or track")
@@ -177,10 +280,17 @@ def normalize(
         )
 
     timestamp = parse_client_time(call.get("timestamp") or call.get("originalTimestamp"), "timestamp")
-    sent_at = parse_client_time(call.get("sentAt"), "sentAt") or batch_sent_at
-    when = corrected_timestamp(timestamp, sent_at, received_at)
-    if when < EARLIEST:
-        raise Rejected("invalid_time", "timestamp", "timestamp is before the year 2000")
+    sent_at = batch_sent_at
+    own_sent_at = call.get("sentAt")  # parse_sent_at, inlined
+    if own_sent_at is not None and (own := parse_client_time(own_sent_at, "sentAt")) is not None:
+        if not SENT_AT_EARLIEST <= own < SENT_AT_LATEST:
+            raise _sent_at_out_of_range()
+        sent_at = own
+    when, moved = event_time(timestamp, sent_at, received_at)  # corrected_timestamp, inlined
+    if when is None:
+        raise _too_early(sent_at)
+    if moved:
+        metrics.INGEST_FUTURE_TIMESTAMPS.inc()  # not I/O: an in-process counter
 
     page = _object(context.get("page"), "context.page")
     source = properties if kind == "page" else page

@@ -90,3 +90,70 @@ def test_gunzip_is_bounded() -> None:
     assert len(_gunzip(bomb, 1000)) == 1001  # stops just past the limit -> 413 upstream
     with pytest.raises(ValueError, match="not valid gzip"):
         _gunzip(b"plain", 100)
+
+
+def test_long_user_agents_are_cut_before_the_cache() -> None:
+    from services.ingest.enrich import MAX_USER_AGENT, _analyse
+
+    _analyse.cache_clear()
+    base = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/131.0 Safari/537.36 "
+    for i in range(50):
+        analyse(base + "x" * 30_000 + str(i))  # 50 distinct 30 KB strings...
+    assert _analyse.cache_info().currsize == 1  # ...are one 1,000-character key
+    assert all(len(key) <= MAX_USER_AGENT for key in [base + "x" * (MAX_USER_AGENT - len(base))])
+
+
+def test_refund_gives_back_what_was_taken() -> None:
+    limiter = RateLimiter(rate=10, burst=10, clock=lambda: 0.0)
+    assert limiter.take("p", 10) == 0.0
+    limiter.refund("p", 10)
+    assert limiter.take("p", 10) == 0.0
+    limiter.refund("p", 100)  # never past the burst
+    assert limiter.take("p", 10) == 0.0 and limiter.take("p", 1) > 0
+    limiter.refund("unknown", 5)  # nothing to give back to
+    assert len(limiter) == 1
+
+
+def test_client_buckets_stay_bounded_and_keep_the_busy_ones() -> None:
+    now = [0.0]
+    limiter = RateLimiter(rate=1, burst=5, clock=lambda: now[0], max_keys=100)
+    assert limiter.take("busy", 5) == 0.0
+    allowed = 0
+    for i in range(10_000):  # a stranger with many addresses, over 10 s
+        now[0] += 0.001
+        limiter.take(("addr", i), 1)
+        if i % 50 == 0:
+            allowed += limiter.take("busy", 1) == 0.0
+        assert len(limiter) <= 100
+    # Recently used, so never evicted: it got its refill (1/s), not a fresh burst of 5.
+    assert allowed <= 10
+    # Buckets that refilled are dropped first: after a quiet spell, new clients find room.
+    now[0] += 10
+    for i in range(100):
+        limiter.take(("later", i), 1)
+    assert len(limiter) <= 100 and limiter.take(("later", 99), 5) > 0
+
+
+def test_client_network_is_the_address_or_its_ipv6_64() -> None:
+    from services.ingest.ratelimit import client_network
+
+    assert client_network("203.0.113.9", None, False) == "203.0.113.9"
+    a = client_network("2001:db8:1:2:aaaa::1", None, False)
+    assert a == client_network("2001:db8:1:2:ffff:1:2:3", None, False)  # same /64
+    assert a != client_network("2001:db8:1:3::1", None, False)
+    assert client_network("::ffff:203.0.113.9", None, False) == "203.0.113.9"
+    assert client_network(None, None, False) is None
+    assert client_network("", "198.51.100.1", False) is None
+    assert client_network("testclient", None, False) == "testclient"
+    assert client_network("not:an:address", None, False) == "not:an:address"
+
+
+def test_forwarded_for_counts_only_when_trusted_and_only_its_last_entry() -> None:
+    from services.ingest.ratelimit import client_network
+
+    spoofed = "1.1.1.1, 2.2.2.2, 198.51.100.7"
+    assert client_network("10.0.0.2", spoofed, False) == "10.0.0.2"  # not trusted: the connection
+    assert client_network("10.0.0.2", spoofed, True) == "198.51.100.7"  # what the proxy appended
+    assert client_network("10.0.0.2", "198.51.100.7:4431", True) == "198.51.100.7"
+    assert client_network("10.0.0.2", "[2001:db8::1]:443", True) == client_network("2001:db8::9", None, False)
+    assert client_network("10.0.0.2", " , ", True) == "10.0.0.2"  # empty: fall back to the peer

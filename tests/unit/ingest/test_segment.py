@@ -176,3 +176,199 @@ def test_every_normalized_event_matches_the_published_schema_and_round_trips() -
         jsonschema.validate(orjson.loads(encode_event(event)), json_schema())
         decoded = decode_event(encode_event(event))
         assert decoded.timestamp == NOW and decoded.event == event["event"]
+
+
+# -- hostile input: the time policy, nesting, every field ------------------------------------
+
+
+def future_count() -> float:
+    from werkstroom import metrics
+
+    return metrics.INGEST_FUTURE_TIMESTAMPS._value.get()
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "sent_at"),
+    [
+        ("2150-01-01T00:00:00Z", "2026-11-25T12:00:00Z"),  # once written, it stopped the aggregator
+        ("2100-01-01T00:00:00Z", "2026-11-25T12:00:00Z"),  # "online" until 2100
+        ("2026-11-25T12:01:01Z", "2026-11-25T12:00:00Z"),  # just past the 60 s tolerance
+        ("9999-12-31T23:59:59Z", "2000-01-01T00:00:00Z"),  # the correction overflows datetime
+        ("9999-12-31T23:59:59-23:59", "2000-01-01T00:00:00Z"),  # past datetime.max once in UTC
+    ],
+)
+def test_an_event_time_ahead_of_its_arrival_becomes_the_arrival_and_is_counted(
+    timestamp: str, sent_at: str
+) -> None:
+    before = future_count()
+    event = run({"anonymousId": "a", "event": "E", "timestamp": timestamp, "sentAt": sent_at})
+    assert event["timestamp"] == NOW and future_count() == before + 1
+    assert decode_event(encode_event(event)).timestamp == NOW
+
+
+def test_small_leads_are_kept_and_times_without_sent_at_never_pass_the_arrival() -> None:
+    before = future_count()
+    ahead = run(
+        {
+            "anonymousId": "a",
+            "event": "E",
+            "timestamp": "2026-11-25T12:00:59Z",
+            "sentAt": "2026-11-25T12:00:00Z",
+        }
+    )
+    assert ahead["timestamp"] == NOW + timedelta(seconds=59)  # within the tolerance: clock jitter
+    for far in ("2150-01-01T00:00:00Z", "9999-12-31T23:59:59Z"):
+        assert run({"anonymousId": "a", "event": "E", "timestamp": far})["timestamp"] == NOW
+    assert future_count() == before  # min(timestamp, arrival) is no correction: not counted
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        ({"timestamp": "1999-12-31T23:59:59Z"}, "timestamp"),
+        ({"timestamp": "0001-01-01T00:00:00Z"}, "timestamp"),
+        ({"timestamp": "0001-01-01T00:00:00+23:59"}, "timestamp"),  # before datetime.min in UTC
+        ({"timestamp": "1970-01-01T00:00:00Z", "sentAt": "2026-11-25T12:00:00Z"}, "timestamp"),
+        ({"timestamp": "0001-01-01T00:00:00Z", "sentAt": "2299-12-31T23:59:59Z"}, "timestamp"),  # overflows
+        ({"timestamp": "2026-11-25T12:00:00Z", "sentAt": "9999-12-31T23:59:59Z"}, "sentAt"),
+        ({"sentAt": "9999-12-31T23:59:59Z"}, "sentAt"),  # sentAt alone: it would be stored
+        ({"sentAt": "1899-12-31T23:59:59Z"}, "sentAt"),
+        ({"timestamp": "2026-01-01T00:00:00+99:00"}, "timestamp"),
+        ({"timestamp": 1732000000}, "timestamp"),
+        ({"timestamp": "2026-13-45"}, "timestamp"),
+    ],
+)
+def test_times_out_of_range_or_overflowing_are_rejected_never_raised(
+    call: dict[str, object], field: str
+) -> None:
+    assert rejected({"anonymousId": "a", "event": "E", **call}) == ("invalid_time", field)
+
+
+def test_a_clock_reset_to_1970_is_corrected_with_sent_at() -> None:
+    event = run(
+        {
+            "anonymousId": "a",
+            "event": "E",
+            "timestamp": "1970-01-01T00:05:00Z",
+            "sentAt": "1970-01-01T00:05:30Z",
+        }
+    )
+    assert event["timestamp"] == NOW - timedelta(seconds=30)
+    assert decode_event(encode_event(event)).sent_at == datetime(1970, 1, 1, 0, 5, 30, tzinfo=UTC)
+
+
+def test_every_accepted_time_is_in_the_storable_range() -> None:
+    from werkstroom.contract import EARLIEST_TIME, FUTURE_TOLERANCE
+
+    years = ["0001", "1899", "1970", "1999", "2000", "2026", "2099", "2100", "2150", "9999"]
+    for ts in years:
+        for sent in [None, *years]:
+            call: dict[str, object] = {"anonymousId": "a", "event": "E", "timestamp": f"{ts}-06-01T00:00:00Z"}
+            if sent:
+                call["sentAt"] = f"{sent}-06-01T00:00:00Z"
+            try:
+                event = run(call)
+            except Rejected as exc:
+                assert exc.reason == "invalid_time"
+                continue
+            assert EARLIEST_TIME <= event["timestamp"] <= NOW + FUTURE_TOLERANCE  # type: ignore[operator]
+            decode_event(encode_event(event))
+
+
+def nest(depth: int) -> dict[str, object]:
+    """A track call nesting `depth` levels, itself counted as one."""
+    value: object = {}
+    for _ in range(depth - 2):
+        value = {"v": value}
+    return {"anonymousId": "a", "event": "E", "properties": value}
+
+
+def test_nesting_is_limited_whatever_the_depth() -> None:
+    from werkstroom.contract import MAX_DEPTH
+
+    assert run(nest(MAX_DEPTH))["properties"]
+    for depth in (MAX_DEPTH + 1, 254, 255, 1023):
+        assert rejected(nest(depth)) == ("too_deep", None)
+    deep_list: object = []
+    for _ in range(1000):
+        deep_list = [deep_list]
+    assert rejected({"anonymousId": "a", "event": "E", "context": {"x": deep_list}}) == ("too_deep", None)
+
+
+def test_depth_bound_from_the_text_agrees_with_the_exact_walk() -> None:
+    from services.ingest.segment import too_deep
+    from werkstroom.contract import MAX_DEPTH
+
+    for depth in (1, 2, MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, 200):
+        call = nest(depth)
+        assert too_deep(call, orjson.dumps(call)) is too_deep(call) is (depth > MAX_DEPTH)
+    # Brackets inside strings only loosen the bound; the walk decides.
+    braces = {"anonymousId": "a", "event": "E", "properties": {"s": "{[" * 100}}
+    assert not too_deep(braces, orjson.dumps(braces))
+    wide = {"anonymousId": "a", "event": "E", "properties": {f"k{i}": {"x": [1]} for i in range(100)}}
+    assert not too_deep(wide, orjson.dumps(wide))
+
+
+def test_truncated_copies_keep_what_fits_and_mark_the_rest() -> None:
+    from services.ingest.segment import TRUNCATED, too_deep, truncated
+
+    deep: object = ["bottom"]
+    for i in range(999):
+        deep = {"k": deep, "i": i} if i % 2 else [deep, i]
+    cut = truncated(deep, 5)
+    text = orjson.dumps(cut)  # 1,000 levels would not write; 5 do
+    assert text.count(TRUNCATED.encode()) == 1 and not too_deep(cut, None)
+    assert truncated({"a": [1, {"b": 2}]}) == {"a": [1, {"b": 2}]}
+    assert truncated("x") == "x"
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        {"page": {"url": "http://[::1"}},  # urlsplit raises ValueError
+        {"page": {"url": "http://exa\uff0fmple.com/x"}},  # NFKC netloc check raises ValueError
+        {"page": {"url": "\x00" * 2048}},
+        {"userAgent": "Mozilla/5.0 " + "(" * 30_000},
+        {"library": {"name": ["x"]}},
+        {"sessionId": {"deep": [1]}},
+        {"traits": {"a": 10**19}},
+    ],
+)
+def test_odd_values_in_context_never_raise(context: dict[str, object]) -> None:
+    event = run({"anonymousId": "a", "event": "E", "context": context})
+    decode_event(encode_event(event))
+
+
+def test_wrong_types_at_every_field_give_an_event_or_a_rejection() -> None:
+    values: list[object] = [None, 0, -1.5, 2**64 - 1, True, "", "x", "\x00", [], [1], {}, {"a": 1}]
+    fields = [
+        "type",
+        "anonymousId",
+        "userId",
+        "event",
+        "messageId",
+        "timestamp",
+        "originalTimestamp",
+        "sentAt",
+        "previousId",
+        "properties",
+        "traits",
+        "context",
+        "sessionId",
+        "name",
+        "category",
+    ]
+    outcomes = {"accepted": 0, "rejected": 0}
+    for kind in ("track", "page", "identify", "alias", None):
+        base = {"type": kind or "track", "anonymousId": "w", "userId": "u", "previousId": "p", "event": "E"}
+        for name in fields:
+            for value in values:
+                try:
+                    event = run({**base, name: value}, kind)
+                except Rejected as exc:
+                    assert exc.reason and exc.detail
+                    outcomes["rejected"] += 1
+                    continue
+                decode_event(encode_event(event))
+                outcomes["accepted"] += 1
+    assert outcomes["accepted"] and outcomes["rejected"]
