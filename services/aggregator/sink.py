@@ -4,8 +4,12 @@
 Policy (Arroyo-style, explicit):
 - batch by size (`sink_batch_rows`) or time (`sink_flush_ms`), whichever comes first; while
   a full batch is already waiting in the topic (a backlog), fill it up first (`_batch_due`);
-- insert the batch into ClickHouse, retrying with backoff while ClickHouse is down; nothing
-  more is fetched meanwhile, so memory stays bounded (backpressure on the consumer);
+- insert the batch into ClickHouse. What fails is classified (services.aggregator.errors):
+  a transient failure (ClickHouse down, overloaded, a table being migrated) is retried with
+  backoff, and nothing more is fetched meanwhile, so memory stays bounded (backpressure on the
+  consumer); rows ClickHouse refuses (a data error) are found by splitting the batch, go to the
+  dead-letter topic with ClickHouse's reason, and the rest is written; anything else is a
+  programming error and stops the sink (`SinkStopped`), as do too many refused rows in a row;
 - the live view's rows go in as soon as a batch is aggregated, on their own client, ahead
   of the previous batch's other writes; the batch is committed only once they are in too;
 - commit the Kafka offsets only after the insert succeeded. A crash between insert and
@@ -13,7 +17,10 @@ Policy (Arroyo-style, explicit):
   sorting key, ending in event_id);
 - a message that breaks the contract goes to the dead-letter topic with its reason; too
   many in a row (`sink_max_consecutive_bad`) stops the sink with an error instead of
-  silently dead-lettering a broken producer.
+  silently dead-lettering a broken producer;
+- stop() ends the sink within seconds whatever it is doing: a backoff ends at once, and what
+  is held is written and committed only if that takes at most STOP_GRACE seconds; what is
+  not stays uncommitted and is read again at the next start.
 """
 
 from __future__ import annotations
@@ -28,17 +35,19 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from clickhouse_connect.driver.client import Client
 
 from services.aggregator.derived import refresh
+from services.aggregator.errors import Failure, classify, describe, error_name
 from services.aggregator.processor import Decoded, Dirty, Rows, SessionsProcessor
 from services.aggregator.sessions import Changes
 from werkstroom import metrics
 from werkstroom.clickhouse import ClientFactory
 from werkstroom.clickhouse.params import insert_rows
-from werkstroom.contract import FIELDS, ContractError, Event, Topics, dead_letter, decode_event
+from werkstroom.contract import FIELDS, ContractError, Event, Topics, dead_letter, decode_event, message_key
 from werkstroom.kafka import Publisher, make_consumer, start_producer
 from werkstroom.logging import get_logger
 from werkstroom.settings import Settings
@@ -52,6 +61,9 @@ APPLY_CHUNK = 2000  # events applied between two turns of the event loop
 BACKLOG_HOLD = 3  # flush intervals a batch may wait to fill up while there is a backlog
 EVICT_EVERY = 5.0  # seconds between two looks for idle visitors to forget
 REFRESH_TICK = 0.05  # seconds between two checks whether the derived tables are due
+STOP_GRACE = 3.0  # seconds a stop waits for what is held to be written and committed
+CLOSE_TIMEOUT = 2.0  # seconds a stop waits for each Kafka client to close
+REFUSED = "refused_by_clickhouse"  # the dead-letter reason of a row ClickHouse refused
 RECORD_ONLINE = """
 INSERT INTO online_history (project_id, minute, online, version)
 SELECT project_id, toStartOfMinute(now('UTC')), count(), toUInt64(toUnixTimestamp64Milli(now64(3)))
@@ -60,10 +72,16 @@ WHERE last_event_at >= now64(3) - INTERVAL 5 MINUTE
 GROUP BY project_id
 """
 T = TypeVar("T")
+R = TypeVar("R")  # a row: a raw `events` line, or a list of an aggregate table's values
 
 
 class SinkStopped(RuntimeError):
-    """The sink stopped on purpose (too many bad messages in a row); the message says why."""
+    """The sink stopped on purpose (a programming error, too many bad messages or refused rows
+    in a row); the message says why, and the cause is chained."""
+
+
+class _Abandoned(Exception):
+    """A stop came while a write was failing: the batch stays unwritten and uncommitted."""
 
 
 #: How ClickHouse reads the raw messages: contract times are RFC 3339, properties/traits are
@@ -91,6 +109,13 @@ def raw_row(value: bytes, event: Event, partition: int, offset: int) -> bytes:
     return b'%s,"kafka_partition":%d,"kafka_offset":%d}' % (body[:-1], partition, offset)
 
 
+def message_of(line: bytes, partition: int, offset: int) -> bytes:
+    """The message a raw_row line was made of, for its dead letter (re-encoded from its
+    decoded fields if it carried kafka_* keys itself)."""
+    suffix = b',"kafka_partition":%d,"kafka_offset":%d}' % (partition, offset)
+    return line[: -len(suffix)] + b"}" if line.endswith(suffix) else line
+
+
 @dataclass
 class _Held:
     """The records of one batch, as cut from what the loop took."""
@@ -112,6 +137,15 @@ class _Batch:
     dirty: Dirty
     newest: dict[int, int]  # partition -> newest event time (ms)
     live: asyncio.Task[None] | None = None  # the live view's insert, started at once
+
+
+@dataclass
+class _Refused:
+    """A row ClickHouse refused, as its dead letter."""
+
+    table: str
+    key: bytes
+    letter: bytes
 
 
 LIVE_TABLE = "online_visitors"
@@ -187,8 +221,10 @@ class EventsSink:
         self._pending_offsets: dict[TopicPartition, int] = {}
         self._commit_lock = asyncio.Lock()
         self._cadence = RefreshCadence(settings.derived_refresh_ms / 1000)
-        self._stopping = asyncio.Event()
+        self._stopping = asyncio.Event()  # stop() was called, or a task of the sink failed
+        self._stop_wait: asyncio.Future[Any] | None = None  # done once _stopping is set
         self._consecutive_bad = 0
+        self._refused_run: dict[str, int] = {}  # table -> rows refused in a row, as last written
         self._aggregating = False
         self._revoke_after: set[int] = set()
         self.consumer: AIOKafkaConsumer | None = None
@@ -228,8 +264,9 @@ class EventsSink:
         # (a client runs one statement at a time): its own client.
         self._load_client = self._client_factory()
         self._live_client = self._client_factory()  # the live view, ahead of the batch's other writes
-        self._writer = asyncio.create_task(self._write_loop(), name="sink-writer")
-        self._committer = asyncio.create_task(self._commit_loop(), name="sink-committer")
+        self._stop_wait = asyncio.ensure_future(self._stopping.wait())
+        self._writer = self._watch(asyncio.create_task(self._write_loop(), name="sink-writer"))
+        self._committer = self._watch(asyncio.create_task(self._commit_loop(), name="sink-committer"))
         log.info("sink_started", topic=self.topics.events, group=self.settings.sink_group, table=self.table)
         flush_every = self.settings.sink_flush_ms / 1000
         deadline = time.monotonic() + flush_every
@@ -246,14 +283,50 @@ class EventsSink:
                     cut = await self._submit_in_background()
                     deadline = cut + flush_every
                 self._raise_if_writer_failed()
-            await self.flush()
+            self._raise_if_writer_failed()
+            await self._drain()
         finally:
-            for task in (self._submitting, self._writer, self._committer):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            # Whatever ended the loop, every task ends and the Kafka clients close: a consumer
+            # left open keeps its group and partitions (and the broker waiting) after we exit.
+            tasks = [t for t in (self._submitting, self._writer, self._committer, self._stop_wait) if t]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)  # a task awaiting a thread ends at once
             await self._close()
+
+    def _watch(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        """A task whose failure stops the sink: every backoff ends, and the loop raises it."""
+
+        def done(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                self._stopping.set()
+
+        task.add_done_callback(done)
+        return task
+
+    async def _drain(self) -> None:
+        """At stop: write and commit what is held, if that takes at most STOP_GRACE seconds
+        (ClickHouse may be down or hang, and a call to it cannot be interrupted). What is not
+        committed by then is read again at the next start; the rows written twice collapse."""
+        flush = asyncio.create_task(self.flush(), name="sink-flush")
+        watched = [flush, *(t for t in (self._writer, self._committer) if t is not None)]
+        await asyncio.wait(watched, timeout=STOP_GRACE, return_when=asyncio.FIRST_COMPLETED)
+        self._raise_if_writer_failed()
+        if not flush.done():  # past the grace, or the writer or the committer gave up
+            flush.cancel()
+            await asyncio.gather(flush, return_exceptions=True)
+        elif not flush.cancelled():
+            error = flush.exception()
+            if error is not None and not isinstance(error, _Abandoned):
+                raise error
+        unwritten = self._seq - self._written_seq + (1 if self._offsets else 0)
+        if unwritten or self._pending_offsets:
+            log.warning(
+                "sink_stopped_uncommitted",
+                batches_unwritten=unwritten,
+                batches_written_uncommitted=bool(self._pending_offsets),
+                hint="read again at the next start",
+            )
 
     def _batch_due(self, deadline: float, flush_every: float) -> bool:
         """Cut the batch when it is full, or a flush interval after the previous cut, unless
@@ -349,8 +422,14 @@ class EventsSink:
         meanwhile were most of the live view's delay). One batch at a time: the previous one
         must be queued first, so a slow ClickHouse still stops the fetching (bounded memory)."""
         if self._submitting is not None:
-            await self._submitting  # raises what it raised
-        self._submitting = asyncio.create_task(self._submit(self._cut()), name="sink-submit")
+            if not self._submitting.done():
+                # ... or until a stop: a writer that is stuck or gone never takes the batch.
+                assert self._stop_wait is not None
+                await asyncio.wait((self._submitting, self._stop_wait), return_when=asyncio.FIRST_COMPLETED)
+            if self._stopping.is_set():
+                return time.monotonic()  # nothing more is cut; the loop ends
+            self._submitting.result()  # raises what it raised
+        self._submitting = self._watch(asyncio.create_task(self._submit(self._cut()), name="sink-submit"))
         return time.monotonic()
 
     def _cut(self) -> _Held | None:
@@ -417,8 +496,9 @@ class EventsSink:
                 await self._record_online()
 
     async def _write(self, batch: _Batch) -> None:
-        """Dead-letter, insert events and aggregates, then commit. Retries until it succeeds or
-        the sink stops; a retry writes the same rows again, which collapse on their keys."""
+        """Dead-letter, insert events and aggregates, then commit. A transient failure is
+        retried until it passes or the sink stops; a retry writes the same rows again, which
+        collapse on their keys. Rows ClickHouse refuses are dead-lettered (`_insert_refusing`)."""
         dead = batch.dead
 
         async def attempt() -> None:
@@ -427,13 +507,19 @@ class EventsSink:
                 assert self.publisher is not None
                 await self.publisher.publish(self.topics.dead_letter, dead)
                 dead = []
+            runs: dict[str, int] = {}  # the refused rows in a row, per table, as of this write
 
-            async def aggregates() -> None:
+            async def aggregates() -> list[_Refused]:
                 live_written = False
                 if batch.live is not None:
                     live, batch.live = batch.live, None
-                    await live  # failed: raises, and the retry inserts the rows below
-                    live_written = True
+                    try:
+                        await live
+                        live_written = True
+                    except Exception as exc:  # its rows go in below, with the others
+                        if classify(exc) is Failure.PROGRAMMING:
+                            raise
+                        log.warning("sink_live_insert_failed", error=describe(exc))
                 # One trip to a worker thread for all the tables, in order: awaited one by
                 # one, each insert waited for the event loop to come back between chunks of
                 # decoding and applying, and the waits between them were most of the writer's
@@ -443,16 +529,24 @@ class EventsSink:
                     for table, (columns, table_rows) in batch.aggregates.items()
                     if table_rows and not (table == LIVE_TABLE and live_written)
                 ]
-                if tables:
-                    assert self.client is not None
-                    await asyncio.to_thread(_insert_tables, self.client, tables)
+                if not tables:
+                    return []
+                return await self._insert_aggregates(tables, runs)
 
             # The events and the aggregates go in side by side, on two clients (ClickHouse
             # parses and sorts them in native code, off the GIL); both finish before a retry.
-            results = await asyncio.gather(self._insert_raw(batch.raw), aggregates(), return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+            events, aggregated = await asyncio.gather(
+                self._insert_events(batch, runs), aggregates(), return_exceptions=True
+            )
+            _raise_worst(events, aggregated)
+            refused = [*events, *aggregated]  # type: ignore[misc]
+            if refused:  # in the dead-letter topic before the offsets are committed
+                assert self.publisher is not None
+                await self.publisher.publish(self.topics.dead_letter, [(r.key, r.letter) for r in refused])
+                metrics.SINK_DEAD_LETTERED.labels(REFUSED).inc(len(refused))
+                for table in {r.table for r in refused}:
+                    metrics.SINK_ROWS_REFUSED.labels(table).inc(sum(r.table == table for r in refused))
+            self._refused_run = runs
 
         await self._retry("sink_write_failed", attempt)
         self.last_write = time.time()
@@ -463,6 +557,132 @@ class EventsSink:
                 self._newest[partition] = ms
         self._pending_dirty.update(batch.dirty)
         self._pending_offsets.update(batch.offsets)
+
+    async def _insert_events(self, batch: _Batch, runs: dict[str, int]) -> list[_Refused]:
+        """Insert the batch's events; if ClickHouse refuses some, the others and their dead letters."""
+        try:
+            await self._insert_raw(batch.raw)
+            return []
+        except Exception as exc:
+            if classify(exc) is not Failure.DATA:
+                raise
+            error = exc
+        assert self._events_client is not None
+        client = self._events_client
+
+        async def insert(lines: list[bytes]) -> None:
+            data = b"\n".join(lines)
+            await asyncio.to_thread(
+                client.raw_insert, self.table, COLUMNS, data, settings=RAW_INSERT_SETTINGS, fmt="JSONEachRow"
+            )
+
+        refused = await self._insert_refusing(self.table, batch.raw, error, insert, runs)
+        metrics.SINK_ROWS_WRITTEN.inc(len(batch.raw) - len(refused))
+        letters = []
+        for i, reason in refused:
+            event, partition, offset = batch.events[i]
+            value = message_of(batch.raw[i], partition, offset)
+            letter = self._refused_letter(reason, value, table=self.table, partition=partition, offset=offset)
+            key = message_key(event.project_id, event.anonymous_id, event.user_id)
+            letters.append(_Refused(self.table, key, letter))
+        return letters
+
+    async def _insert_aggregates(
+        self, tables: list[tuple[str, list[str], list[list[Any]]]], runs: dict[str, int]
+    ) -> list[_Refused]:
+        """Insert each table's rows in turn; rows ClickHouse refuses are left out, and their
+        dead letters (the row, with the table's name) returned."""
+        assert self.client is not None
+        client = self.client
+        letters: list[_Refused] = []
+        while tables:
+            written: list[str] = []
+            try:
+                await asyncio.to_thread(_insert_tables, client, tables, written)
+                break
+            except Exception as exc:
+                if classify(exc) is not Failure.DATA:
+                    raise
+                table, columns, rows = tables[len(written)]
+                tables = tables[len(written) + 1 :]
+
+                async def insert(
+                    part: list[list[Any]], into: str = table, names: list[str] = columns
+                ) -> None:
+                    await asyncio.to_thread(insert_rows, client, into, part, names)
+
+                for i, reason in await self._insert_refusing(table, rows, exc, insert, runs):
+                    row = dict(zip(columns, rows[i], strict=True))
+                    raw = orjson.dumps(row, default=str, option=orjson.OPT_NON_STR_KEYS)
+                    key = str(row.get("project_id", "")).encode()
+                    letters.append(_Refused(table, key, self._refused_letter(reason, raw, table=table)))
+        return letters
+
+    async def _insert_refusing(
+        self,
+        table: str,
+        rows: list[R],
+        error: Exception,
+        insert: Callable[[list[R]], Awaitable[None]],
+        runs: dict[str, int],
+    ) -> list[tuple[int, Exception]]:
+        """ClickHouse refused `rows` as a whole with a data error: insert each half on its own
+        and split again each half it refuses, down to single rows; returns those (index, error),
+        in order. About 2 log2(n) inserts per refused row; rows are written once, except where
+        a retry after a transient failure writes a half again (`events` is a ReplacingMergeTree
+        on event_id, the aggregates are versioned: they collapse). Too many refused in a row
+        (`sink_max_consecutive_bad`, counted across batches) is no longer bad data but a table
+        or a producer that changed: the sink stops before dead-lettering any of them."""
+        limit = self.settings.sink_max_consecutive_bad
+        run = self._refused_run.get(table, 0)
+        refused: list[tuple[int, Exception]] = []
+        log.warning("sink_rows_refused", table=table, rows=len(rows), error=describe(error))
+
+        async def split(start: int, end: int, error: Exception) -> None:
+            nonlocal run
+            if end - start == 1:
+                refused.append((start, error))
+                run += 1
+                if run >= limit:
+                    raise SinkStopped(
+                        f"ClickHouse refused {run} rows in a row of {table} (last: {describe(error, 500)}); "
+                        "stopping instead of dead-lettering them all: did the table or a producer change? "
+                        "Nothing of this batch is committed: it is read again at the next start."
+                    ) from error
+                return
+            middle = (start + end) // 2
+            for lo, hi in ((start, middle), (middle, end)):
+                if self._stopping.is_set():
+                    raise _Abandoned(f"stopped while looking for the rows {table} refuses")
+                try:
+                    await insert(rows[lo:hi])
+                    run = 0
+                except Exception as exc:
+                    if classify(exc) is not Failure.DATA:
+                        raise
+                    await split(lo, hi, exc)
+
+        await split(0, len(rows), error)
+        runs[table] = run
+        log.warning(
+            "sink_rows_dead_lettered",
+            table=table,
+            refused=len(refused),
+            written=len(rows) - len(refused),
+            first_error=describe(refused[0][1], 500) if refused else None,
+        )
+        return refused
+
+    def _refused_letter(self, error: Exception, raw: bytes, **context: Any) -> bytes:
+        return dead_letter(
+            "sink",
+            REFUSED,
+            describe(error),
+            raw,
+            topic=self.topics.events,
+            clickhouse_error=error_name(error),
+            **context,
+        )
 
     async def _refresh_and_commit(self) -> bool:
         """Recompute persons and daily stats for what the written batches touched, then commit
@@ -498,7 +718,7 @@ class EventsSink:
         try:
             await asyncio.to_thread(self._derived_client.command, RECORD_ONLINE)  # type: ignore[union-attr]
         except Exception as exc:
-            log.warning("online_history_failed", error=f"{type(exc).__name__}: {exc}")
+            _best_effort("online_history_failed", exc)
 
     async def _write_status(self) -> None:
         """One aggregator_status row per partition this worker owns: its last write, newest
@@ -537,22 +757,47 @@ class EventsSink:
                 column_names=STATUS_COLUMNS,
             )
         except Exception as exc:
-            log.warning("aggregator_status_failed", error=f"{type(exc).__name__}: {exc}")
+            _best_effort("aggregator_status_failed", exc)
 
     async def _retry(self, failure: str, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Run `attempt` until it succeeds, backing off up to 5 s; give up only when stopping.
-        Nothing new is fetched meanwhile, so a ClickHouse outage holds the consumer back."""
+        """Run `attempt` until it succeeds, backing off up to 5 s, while it fails transiently
+        (services.aggregator.errors); nothing new is fetched meanwhile, so a ClickHouse outage
+        holds the consumer back. A stop ends the backoff at once (`_Abandoned`: the batch is
+        left uncommitted). Any other failure stops the sink: rows ClickHouse refuses are dealt
+        with inside the write's attempt, so a data error that reaches here comes from our own
+        statements (loading visitors, the derived tables), a programming error too."""
         backoff = 0.1
         while True:
             try:
                 return await attempt()
+            except (SinkStopped, _Abandoned):
+                raise
             except Exception as exc:
+                kind = classify(exc)
+                if kind is not Failure.TRANSIENT:
+                    # A data error here comes from rows or parameters we computed from our own
+                    # tables (the derived tables, loading visitors): ours to fix as well.
+                    what = (
+                        "a programming error"
+                        if kind is Failure.PROGRAMMING
+                        else "a data error in our own rows"
+                    )
+                    log.error(failure, error=describe(exc), kind=kind.value)
+                    raise SinkStopped(
+                        f"{failure}: {describe(exc, 500)}; {what}, not retried: stopping. Nothing that "
+                        "depends on it is committed: it is read again at the next start."
+                    ) from exc
                 metrics.SINK_INSERT_FAILURES.inc()
-                log.warning(failure, error=f"{type(exc).__name__}: {exc}", retry_in=backoff)
-                if self._stopping.is_set():
-                    raise
-                await asyncio.sleep(backoff)
+                log.warning(failure, error=describe(exc), kind=kind.value, retry_in=backoff)
+                if await self._stopped_within(backoff):
+                    raise _Abandoned(failure) from exc
                 backoff = min(backoff * 2, 5.0)
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        """Wait `seconds`, or less if the sink stops meanwhile; whether it stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
 
     def forget(self, partitions: set[TopicPartition]) -> None:
         """Another worker takes these partitions over: drop what we hold of them."""
@@ -570,10 +815,11 @@ class EventsSink:
             self.processor.revoke(numbers)
 
     def _raise_if_writer_failed(self) -> None:
+        """Raise what a task of the sink failed with (a stop that ended a retry is no failure)."""
         for task in (self._submitting, self._writer, self._committer):
             if task is not None and task.done() and not task.cancelled():
                 error = task.exception()
-                if error is not None:
+                if error is not None and not isinstance(error, _Abandoned):
                     raise error
 
     async def _aggregate(self, events: list[Decoded], seq: int) -> tuple[Rows, Dirty, dict[int, int]]:
@@ -627,22 +873,67 @@ class EventsSink:
         metrics.SINK_ROWS_WRITTEN.inc(len(lines))
 
     def stop(self) -> None:
+        """Ask run() to end: it returns within STOP_GRACE seconds and the Kafka clients' close
+        (CLOSE_TIMEOUT each at most), whatever it is doing: retrying, splitting a refused
+        batch, or waiting on a ClickHouse that hangs."""
         self._stopping.set()
 
     async def _close(self) -> None:
+        """Close the Kafka clients, each within CLOSE_TIMEOUT: the consumer leaves its group
+        (its partitions go to another worker at once) and the producer sends what it holds.
+        An unreachable broker must not hold the process: past the timeout, it is left."""
+        closing: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if self.consumer is not None:
-            await self.consumer.stop()
+            closing.append(("consumer", self.consumer.stop))
         if self.publisher is not None:
-            await self.publisher.stop()
+            closing.append(("publisher", self.publisher.stop))
         if self.producer is not None:
-            await self.producer.stop()
+            closing.append(("producer", self.producer.stop))
+        for name, close in closing:
+            try:
+                await asyncio.wait_for(close(), CLOSE_TIMEOUT)
+            except Exception as exc:  # TimeoutError, or the broker's own error: we leave anyway
+                log.warning("sink_close_failed", client=name, error=describe(exc))
         log.info("sink_stopped")
 
 
-def _insert_tables(client: Client, tables: list[tuple[str, list[str], list[list[Any]]]]) -> None:
-    """Insert each table's rows in turn (in a worker thread)."""
+def _insert_tables(
+    client: Client, tables: list[tuple[str, list[str], list[list[Any]]]], written: list[str] | None = None
+) -> None:
+    """Insert each table's rows in turn (in a worker thread); `written` gets the name of each
+    table once its rows are in (so a failure tells which table failed)."""
     for table, columns, rows in tables:
         started = time.perf_counter()
         insert_rows(client, table, rows, columns)
         metrics.SINK_INSERT_SECONDS.observe(time.perf_counter() - started)
         metrics.SINK_BATCH_ROWS.observe(len(rows))
+        if written is not None:
+            written.append(table)
+
+
+def _best_effort(failure: str, exc: Exception) -> None:
+    """A best-effort write failed (status, online history): a transient failure is only logged,
+    the next one comes in seconds; anything else is a statement or rows of ours that ClickHouse
+    will refuse every time, a programming error."""
+    kind = classify(exc)
+    if kind is Failure.TRANSIENT:
+        log.warning(failure, error=describe(exc), kind=kind.value)
+        return
+    raise SinkStopped(f"{failure}: {describe(exc, 500)} ({kind.value} error, not retried); stopping") from exc
+
+
+def _raise_worst(*results: object) -> None:
+    """Raise the gravest of the failures among `results` (asyncio.gather's, with exceptions):
+    a stop or a programming error before a stop request, before a transient failure."""
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if not errors:
+        return
+
+    def gravity(error: BaseException) -> int:
+        if isinstance(error, SinkStopped) or not isinstance(error, Exception):
+            return 0
+        if isinstance(error, _Abandoned):
+            return 2
+        return 1 if classify(error) is not Failure.TRANSIENT else 3
+
+    raise min(errors, key=gravity)
