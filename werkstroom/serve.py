@@ -12,11 +12,15 @@ import asyncio
 import contextlib
 import gc
 import json
+import logging
 import os
 import secrets
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,11 @@ from werkstroom.logging import get_logger
 from werkstroom.settings import Settings, Target
 
 log = get_logger(__name__)
+
+#: The worker threads that run the blocking calls (ClickHouse), and how long the process waits
+#: at exit for one still running before it leaves without it (`_leave_hung_calls`).
+WORKER_THREADS = "werkstroom-worker"
+EXIT_GRACE = 2.0
 
 
 class _Server(uvicorn.Server):
@@ -288,9 +297,39 @@ def run(settings: Settings, target: Target) -> int:
         sys.stdout.write(banner(runtime))
         sys.stdout.flush()
 
+    workers = ThreadPoolExecutor(thread_name_prefix=WORKER_THREADS)  # asyncio's default, named
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(serve(settings, target, on_ready=announce))
+        runner.get_loop().set_default_executor(workers)
+        try:
+            runner.run(serve(settings, target, on_ready=announce))
+        except BaseException as exc:
+            _leave_hung_calls(workers, exc)
+            raise
+        _leave_hung_calls(workers, None)
     return 0
+
+
+def _leave_hung_calls(workers: ThreadPoolExecutor, error: BaseException | None) -> None:
+    """A call to ClickHouse runs in a worker thread and cannot be interrupted. One that hangs (a
+    server that stopped answering, until its 60 s timeout; a long statement in the embedded
+    engine) held the process at exit, which waits for every worker thread. The components gave
+    up on those calls when they stopped (nothing that depends on them is committed), so after
+    EXIT_GRACE seconds the process leaves without them."""
+    workers.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + EXIT_GRACE
+    threads = [t for t in threading.enumerate() if t.name.startswith(WORKER_THREADS)]
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    hung = [t.name for t in threads if t.is_alive()]
+    if not hung:
+        return
+    log.warning("exit_leaving_hung_calls", threads=hung, waited_s=EXIT_GRACE)
+    if error is not None:
+        log.error("serve_failed", exc_info=error)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1 if error is not None else 0)
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
