@@ -75,6 +75,12 @@ def _lock_embedded(path: str) -> None:
         _locks[path] = handle
 
 
+#: Settings of every client. Event times span 2000 to now (the contract's time policy), so one
+#: batch may touch hundreds of monthly partitions; ClickHouse's default refuses an insert into
+#: more than 100, which would make a stranger's batch of old dates stop the aggregator.
+CLIENT_SETTINGS = {"max_partitions_per_insert_block": 0}
+
+
 def connect(
     url: str, database: str | None = None, *, create_database: bool = False, session: bool = False
 ) -> Client:
@@ -89,10 +95,16 @@ def connect(
             path = _chdb_path(url)
             if path != ":memory:":
                 _lock_embedded(path)
-            base = clickhouse_connect.get_client(dsn=f"chdb://{path}" if path != ":memory:" else url)
+            base = clickhouse_connect.get_client(
+                dsn=f"chdb://{path}" if path != ":memory:" else url, settings=CLIENT_SETTINGS
+            )
         else:
             base = clickhouse_connect.get_client(
-                dsn=url, connect_timeout=5, send_receive_timeout=60, autogenerate_session_id=session
+                dsn=url,
+                connect_timeout=5,
+                send_receive_timeout=60,
+                autogenerate_session_id=session,
+                settings=CLIENT_SETTINGS,
             )
     except ClickHouseError:
         raise
@@ -111,6 +123,7 @@ def connect(
         connect_timeout=5,
         send_receive_timeout=60,
         autogenerate_session_id=session,
+        settings=CLIENT_SETTINGS,
     )
 
 
