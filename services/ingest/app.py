@@ -40,11 +40,12 @@ from starlette.types import Receive, Scope, Send
 from services.ingest import enrich
 from services.ingest.keys import WriteKeyCache
 from services.ingest.ratelimit import MAX_CLIENTS, RateLimiter, client_network
+from services.ingest.salvage import split_batch
 from services.ingest.segment import MAX_MESSAGE_ID, Rejected, normalize, parse_sent_at, truncated
 from services.ingest.tracker import tracker_router
 from werkstroom import metrics, projects
 from werkstroom.clickhouse.migrate import is_current
-from werkstroom.contract import Topics, dead_letter, encode_event, message_key
+from werkstroom.contract import MAX_DEPTH, Topics, dead_letter, encode_event, message_key
 from werkstroom.http import ops_router
 from werkstroom.kafka import Publisher, start_producer
 from werkstroom.logging import get_logger
@@ -165,10 +166,17 @@ class Ingestor:
                 return _error(400, str(exc), reason="invalid_encoding")
         if len(body) > limit:
             return _error(413, f"body is larger than {limit} bytes", reason="too_large")
+        salvaged = False
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            return _error(400, f"body is not valid JSON: {exc}", reason="invalid_json")
+            # One bad value (NaN, invalid UTF-8, nesting past 1,024 levels) makes the whole body
+            # invalid JSON; in a batch, cut it into its items so that only that item is lost.
+            found = split_batch(body) if call_type is None else None
+            if found is None:
+                return _error(400, f"body is not valid JSON: {exc}", reason="invalid_json")
+            envelope, raw_items = found
+            payload, salvaged = {**envelope, "batch": raw_items}, True
         if not isinstance(payload, dict):
             return _error(
                 400, f"body must be a JSON object, not {_json_kind(payload)}", reason="not_an_object"
@@ -237,14 +245,20 @@ class Ingestor:
         for index, item in enumerate(items):
             # Each item is judged alone: whatever it holds, it is accepted or rejected with a
             # reason, and never costs the good items beside it.
-            if call_type is not None:
-                raw_item: bytes | None = body
+            unparsed: Rejected | None = None
+            if salvaged:  # the raw text of one item of a body that is not JSON as a whole
+                raw_item: bytes | None = item.raw
+                item, unparsed = _parse_item(item.raw)
+            elif call_type is not None:
+                raw_item = body
             else:
                 try:
                     raw_item = orjson.dumps(item)
                 except orjson.JSONEncodeError:  # it parses 1,024 levels but writes 254: too deep
                     raw_item = None
             try:
+                if unparsed is not None:
+                    raise unparsed
                 if raw_item is not None and call_type is None and len(raw_item) > max_event:
                     raise Rejected("too_large", None, f"event is larger than {max_event} bytes")
                 event, agent = normalize(
@@ -378,6 +392,16 @@ def _accepted_counter(kind: str) -> Counter:
 
 def endpoint_name(call_type: str | None) -> str:
     return f"/v1/{call_type or 'batch'}"
+
+
+def _parse_item(raw: bytes) -> tuple[object, Rejected | None]:
+    """One item cut from a batch body that is not JSON as a whole: the item, or why not."""
+    try:
+        return orjson.loads(raw), None
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):
+            return None, Rejected("too_deep", None, f"event is nested deeper than {MAX_DEPTH} levels")
+        return None, Rejected("invalid_json", None, f"event is not valid JSON: {exc}")
 
 
 def _dead_letter_raw(item: object, raw_item: bytes | None, limit: int) -> bytes:

@@ -327,3 +327,40 @@ async def test_both_ways_in_pass_the_client_address(fast_path: bool) -> None:
     assert proxied.status_code == 200
     again = await post(("10.0.0.1", 1), batch_of(1), **{"X-Forwarded-For": "203.0.113.5"})
     assert again.json()["reason"] == "client_rate_limited"
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (b'{"type":"track","anonymousId":"n","event":"E","properties":{"v":NaN}}', "invalid_json"),
+        (b'{"type":"track","anonymousId":"n","event":"\xff\xfe"}', "invalid_json"),
+        (b'{"type":"track","anonymousId":"n","event":"\\ud800"}', "invalid_json"),
+        (b'{"type":"track","anonymousId":"n","properties":' + b"[" * 1100 + b"]" * 1100 + b"}", "too_deep"),
+        (b'{"type":"track","anonymousId":"n","properties":' + b"[" * 300 + b"]" * 300 + b"}", "too_deep"),
+    ],
+    ids=["nan", "invalid-utf8", "lone-surrogate", "depth-1100", "depth-300"],
+)
+async def test_a_batch_that_is_not_json_as_a_whole_loses_only_its_bad_item(bad: bytes, reason: str) -> None:
+    """orjson refuses the whole body for one bad value; the batch is cut into its items
+    (services.ingest.salvage) and each is judged alone."""
+    ingestor, publisher, settings = make()
+    body = b'{"writeKey":"%s","batch":[%s,%s,%s,NaN]}' % (
+        KEY.encode(),
+        encode(good(1)),
+        bad,
+        encode(good(2)),
+    )
+    answer = await ingestor.handle(None, {}, body)
+    assert answer.status == 200, answer.body
+    assert answer.body["accepted"] == 2
+    assert [(e["index"], e["reason"]) for e in answer.body["errors"]] == [(1, reason), (3, "invalid_json")]
+    events = [decode_event(value) for _key, value in publisher.sent[settings.topic_events]]
+    assert [e.event_id for e in events] == ["good-1", "good-2"]
+    assert len(publisher.sent[settings.topic_dlq]) == 2
+
+
+async def test_a_body_whose_shape_cannot_be_made_out_is_still_400() -> None:
+    ingestor, publisher, _settings = make()
+    answer = await ingestor.handle(None, {}, b'{"writeKey":"%s","batch":[NaN' % KEY.encode())
+    assert (answer.status, answer.body["reason"]) == (400, "invalid_json")
+    assert publisher.sent == {}
