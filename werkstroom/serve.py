@@ -144,6 +144,9 @@ def _http_server(app: Any, settings: Settings, port: int) -> _Server:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=5,
+        # uvicorn would take X-Forwarded-For from any local connection; whose address a request
+        # is (the per-client limits) is WERKSTROOM_TRUST_FORWARDED_FOR's to say, not the peer's.
+        proxy_headers=False,
     )
     return _Server(config)
 

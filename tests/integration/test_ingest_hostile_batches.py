@@ -242,9 +242,35 @@ async def test_one_address_cannot_spend_the_whole_project_budget(infra, names, t
         refused = await stack.post("/v1/batch", batch)
         assert (refused.status_code, refused.json()["reason"]) == (429, "client_rate_limited")
         assert int(refused.headers["retry-after"]) >= 1
-        # Behind a proxy on this host, uvicorn takes the client from X-Forwarded-For: each visitor
-        # gets a share; the refused request above cost the project nothing (8 of 10 left).
-        for i in range(4):
+        # Untrusted, X-Forwarded-For is whatever the sender wrote: it changes nothing.
+        spoofed = await stack.post("/v1/batch", batch, headers={"X-Forwarded-For": "198.51.100.50"})
+        assert (spoofed.status_code, spoofed.json()["reason"]) == (429, "client_rate_limited")
+
+
+async def test_behind_a_trusted_proxy_each_forwarded_client_gets_a_share(infra, names, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async with Stack(
+        infra.bootstrap,
+        infra.clickhouse_url,
+        names,
+        data_dir=tmp_path,
+        sink=False,
+        rate_limit_eps=10,
+        rate_limit_burst=10,
+        rate_limit_client_share=0.2,
+        trust_forwarded_for=True,
+    ) as stack:
+        batch = {
+            "writeKey": stack.project.write_key,
+            "batch": [{"type": "track", "anonymousId": "r", "event": "E"}] * 2,
+        }
+        proxy = {"X-Forwarded-For": "203.0.113.7, 198.51.100.1"}  # the right-most entry counts
+        assert (await stack.post("/v1/batch", batch, headers=proxy)).status_code == 200
+        refused = await stack.post(
+            "/v1/batch", batch, headers={"X-Forwarded-For": "203.0.113.8, 198.51.100.1"}
+        )
+        assert (refused.status_code, refused.json()["reason"]) == (429, "client_rate_limited")
+        # Other visitors get a share each; the refused request cost the project nothing (8 left).
+        for i in range(2, 6):
             forwarded = {"X-Forwarded-For": f"198.51.100.{i}"}
             assert (await stack.post("/v1/batch", batch, headers=forwarded)).status_code == 200, i
         spent = await stack.post("/v1/batch", batch, headers={"X-Forwarded-For": "198.51.100.99"})
