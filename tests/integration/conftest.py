@@ -3,27 +3,20 @@ stack on them; the session's Kafka and ClickHouse come from `infra` in tests/con
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from clickhouse_connect.driver.client import Client
 
 from tests.conftest import Infra
-from tests.integration.stack import Stack
+from tests.integration.stack import Stack, own_names
 from werkstroom.clickhouse import connect
 
 
 @pytest.fixture
 def names() -> dict[str, str]:
     """Topic, group and database names of this test alone."""
-    suffix = uuid.uuid4().hex[:10]
-    return {
-        "topic_events": f"test.events.{suffix}",
-        "topic_dlq": f"test.dlq.{suffix}",
-        "sink_group": f"test-sink-{suffix}",
-        "clickhouse_database": f"test_{suffix}",
-    }
+    return own_names()
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +28,17 @@ from werkstroom.serve import _http_server, _Server, clickhouse_factory, prepare_
 from werkstroom.settings import Settings
 
 T = TypeVar("T")
+
+
+def own_names() -> dict[str, str]:
+    """Topic, group and database names of one test (or one module's stack) alone."""
+    suffix = uuid.uuid4().hex[:10]
+    return {
+        "topic_events": f"test.events.{suffix}",
+        "topic_dlq": f"test.dlq.{suffix}",
+        "sink_group": f"test-sink-{suffix}",
+        "clickhouse_database": f"test_{suffix}",
+    }
 
 
 class Stack:

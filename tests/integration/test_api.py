@@ -41,7 +41,7 @@ import pytest
 import pytest_asyncio
 
 from tests.conftest import Infra
-from tests.integration.stack import BROWSER_UA, Stack
+from tests.integration.stack import BROWSER_UA, Stack, own_names
 from werkstroom.demo import AGENTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -178,13 +178,7 @@ async def settled(stack: Stack, project_id: str, persons: int, activity_days: in
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
-    suffix = uuid.uuid4().hex[:10]
-    names = {
-        "topic_events": f"test.events.{suffix}",
-        "topic_dlq": f"test.dlq.{suffix}",
-        "sink_group": f"test-sink-{suffix}",
-        "clickhouse_database": f"test_{suffix}",
-    }
+    names = own_names()
     async with Stack(
         infra.bootstrap, infra.clickhouse_url, names, data_dir=tmp_path_factory.mktemp("api")
     ) as stack:

@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 
 from tests.conftest import Infra
-from tests.integration.stack import Stack
+from tests.integration.stack import Stack, own_names
 from werkstroom import projects
 from werkstroom.contract import MAX_DEPTH
 
@@ -243,13 +243,7 @@ class World:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
-    suffix = uuid.uuid4().hex[:10]
-    names = {
-        "topic_events": f"test.events.{suffix}",
-        "topic_dlq": f"test.dlq.{suffix}",
-        "sink_group": f"test-sink-{suffix}",
-        "clickhouse_database": f"test_{suffix}",
-    }
+    names = own_names()
     async with Stack(
         infra.bootstrap,
         infra.clickhouse_url,

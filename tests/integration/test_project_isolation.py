@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -48,7 +47,7 @@ from clickhouse_connect.driver.client import Client
 from fastapi.routing import iter_route_contexts
 
 from tests.conftest import Infra
-from tests.integration.stack import Stack
+from tests.integration.stack import Stack, own_names
 from tests.integration.test_api import identify, ms_now, page, read_event, track
 from tests.integration.test_grafana_dashboards import Grafana, dashboards, panels
 from werkstroom.serve import prepare_clickhouse
@@ -237,13 +236,7 @@ async def settled(stack: Stack, site: Site) -> None:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
-    suffix = uuid.uuid4().hex[:10]
-    names = {
-        "topic_events": f"test.events.{suffix}",
-        "topic_dlq": f"test.dlq.{suffix}",
-        "sink_group": f"test-sink-{suffix}",
-        "clickhouse_database": f"test_{suffix}",
-    }
+    names = own_names()
     async with Stack(
         infra.bootstrap,
         infra.clickhouse_url,

@@ -7,7 +7,6 @@ persons gives, and walking the cursor must give every live person once, in order
 from __future__ import annotations
 
 import random
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,7 +17,7 @@ import pytest_asyncio
 from services.aggregator.derived import PERSON_COLUMNS
 from services.api import queries
 from tests.conftest import Infra
-from tests.integration.stack import Stack
+from tests.integration.stack import Stack, own_names
 
 #: The columns of persons_recent the rows below fill (the aggregator fills them by INSERT ... SELECT).
 RECENT_COLUMNS = [
@@ -73,13 +72,7 @@ def persons_rows(project_id: str, seed: int) -> tuple[list[list[list[Any]]], set
 async def filled(
     infra: Infra, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[Stack, set[str]]]:
-    suffix = uuid.uuid4().hex[:10]
-    names = {
-        "topic_events": f"test.events.{suffix}",
-        "topic_dlq": f"test.dlq.{suffix}",
-        "sink_group": f"test-sink-{suffix}",
-        "clickhouse_database": f"test_{suffix}",
-    }
+    names = own_names()
     async with Stack(
         infra.bootstrap,
         infra.clickhouse_url,
