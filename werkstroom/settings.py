@@ -147,6 +147,14 @@ class Settings(BaseSettings):
     )
 
     # -- operations --------------------------------------------------------------------
+    drain_timeout_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="WERKSTROOM_DRAIN_TIMEOUT_SECONDS: at SIGTERM/Ctrl-C, longest wait after ingest "
+        "stops accepting (503 shutting_down) for every acknowledged event to be written and committed "
+        "(`--target all`) or for the producer to flush (`--target ingest`) before the process stops; "
+        "0 stops at once. A second signal also stops at once.",
+    )
     log_level: str = Field("INFO", description="WERKSTROOM_LOG_LEVEL")
     log_format: Literal["json", "console"] = Field("json", description="WERKSTROOM_LOG_FORMAT")
     demo: bool = Field(

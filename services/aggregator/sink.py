@@ -56,7 +56,13 @@ log = get_logger(__name__)
 
 COLUMNS = [*FIELDS, "kafka_partition", "kafka_offset"]
 STATUS_COLUMNS = ["topic", "partition", "worker", "last_write_at", "last_event_at", "lag", "version"]
-STATUS_EVERY = 2.0  # seconds between aggregator_status rows while idle
+#: The freshness contract, stated once here: a live aggregator writes its aggregator_status
+#: rows at least every STATUS_EVERY seconds, idle or not (`_commit_loop`), with last_write_at =
+#: now while it is caught up; readers call the pipeline stalled once last_write_at is older than
+#: STALLED_AFTER (the dashboard's STALE_AFTER_S in services/api/static/app.js, which re-reads it
+#: every 5 s). So an idle site is never "stalled", and a stopped aggregator is within ~10 s.
+STATUS_EVERY = 2.0
+STALLED_AFTER = 10.0
 APPLY_CHUNK = 2000  # events applied between two turns of the event loop
 BACKLOG_HOLD = 3  # flush intervals a batch may wait to fill up while there is a backlog
 EVICT_EVERY = 5.0  # seconds between two looks for idle visitors to forget
@@ -235,6 +241,7 @@ class EventsSink:
         self._newest: dict[int, int] = {}  # partition -> newest event time written (ms)
         self._committed: dict[TopicPartition, int] = {}
         self._status_at = 0.0
+        self._fresh_at = 0.0  # when the last status found the sink caught up (wall clock)
         self._history_at = 0.0
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -488,10 +495,12 @@ class EventsSink:
             await asyncio.sleep(REFRESH_TICK)
             now = time.monotonic()
             caught_up = self._caught_up()
+            # Before the cadence's `continue`: an idle or backlogged sink still says it is alive.
+            if now - self._status_at >= STATUS_EVERY:
+                await self._write_status()
             if not self._cadence.due(now, caught_up):
                 continue
-            if not await self._refresh_and_commit() and time.monotonic() - self._status_at >= STATUS_EVERY:
-                await self._write_status()
+            await self._refresh_and_commit()
             if time.monotonic() - self._history_at >= self.settings.online_history_seconds:
                 await self._record_online()
 
@@ -726,6 +735,8 @@ class EventsSink:
         assert self.consumer is not None
         self._status_at = time.monotonic()
         now = time.time()
+        if self._caught_up():
+            self._fresh_at = now
         rows: list[list[Any]] = []
         for tp in sorted(self.consumer.assignment(), key=lambda t: t.partition):
             if tp.topic != self.topics.events:
@@ -734,7 +745,9 @@ class EventsSink:
             done = self._committed.get(tp)
             lag = max(0, end - done) if end is not None and done is not None else 0
             newest = self._newest.get(tp.partition)
-            written = self.last_write if self.last_write is not None else now
+            # Caught up, there is nothing to write: the sink is as fresh as it gets. Behind, its
+            # last batch written says whether it moves (a stuck writer shows an old one).
+            written = max(self.last_write or 0.0, self._fresh_at)
             rows.append(
                 [
                     tp.topic,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -92,6 +93,10 @@ class IngestState:
     #: Keyed by (project, client network): one address's share of its project's budget.
     client_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0, 0))
     kafka_down_until: float = 0.0
+    #: Set at shutdown (`Ingestor.stop_accepting`): new requests get 503 shutting_down.
+    closing: bool = False
+    in_flight: int = 0  # requests being handled, so a shutdown can wait for their answers
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set whenever in_flight is 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +135,19 @@ class Ingestor:
     def limit(self, call_type: str | None) -> int:
         return self.s.settings.max_batch_bytes if call_type is None else self.s.settings.max_event_bytes
 
+    async def stop_accepting(self, timeout: float) -> int:  # noqa: ASYNC109 - one deadline for two waits
+        """Answer every new request 503 shutting_down, wait (at most `timeout` seconds) for
+        those already in hand to be answered, and flush the producer: once this returns, every
+        event acknowledged with a 200 is in Kafka. Returns the requests still unanswered."""
+        self.s.closing = True
+        deadline = time.monotonic() + timeout
+        if self.s.in_flight:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.s.idle.wait(), timeout)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.s.producer.flush(), max(0.0, deadline - time.monotonic()))
+        return self.s.in_flight
+
     async def handle(
         self,
         call_type: str | None,
@@ -141,12 +159,22 @@ class Ingestor:
         `headers` have lower-case names (the last of repeated ones); `client` is the
         connection's address (ASGI `scope["client"][0]`), for the per-client rate limit only."""
         started = time.perf_counter()
-        try:
-            answer = await self._handle(call_type, headers, body, client)
-        except Exception:
-            metrics.INGEST_ERRORS.inc()
-            log.exception("ingest_error", endpoint=endpoint_name(call_type))
-            answer = _error(500, "internal error; it has been logged", reason="internal_error")
+        if self.s.closing:
+            why = "the server is shutting down; retry later"
+            answer = _error(503, why, reason="shutting_down", **{"Retry-After": "5"})
+        else:
+            self.s.in_flight += 1
+            self.s.idle.clear()
+            try:
+                answer = await self._handle(call_type, headers, body, client)
+            except Exception:
+                metrics.INGEST_ERRORS.inc()
+                log.exception("ingest_error", endpoint=endpoint_name(call_type))
+                answer = _error(500, "internal error; it has been logged", reason="internal_error")
+            finally:
+                self.s.in_flight -= 1
+                if not self.s.in_flight:
+                    self.s.idle.set()
         _requests_counter(call_type or "batch", answer.status).inc()
         metrics.INGEST_LATENCY.observe(time.perf_counter() - started)
         return answer
@@ -578,7 +606,7 @@ def create_app(settings: Settings, *, bootstrap: str, clickhouse: Callable[[], C
         401: {"description": "Missing or unknown write key"},
         413: {"description": "Body or batch too large"},
         429: {"description": "Project or client-address rate limit exceeded; see Retry-After"},
-        503: {"description": "Kafka did not acknowledge in time; see Retry-After"},
+        503: {"description": "Kafka did not acknowledge in time, or shutting down; see Retry-After"},
     }
 
     def add_route(path: str, call_type: str | None, example: str) -> None:

@@ -5,7 +5,10 @@
   "use strict";
 
   const KEY_STORE = "werkstroom.readKey";
-  const STALE_AFTER_S = 60; // the aggregator writes its status every few seconds, even when idle
+  // = STALLED_AFTER in services/aggregator/sink.py (the freshness contract, explained there): the
+  // aggregator writes its status every 2 s while alive, idle or not, and we re-read it every 5 s.
+  const STALE_AFTER_S = 10;
+  const FRESHNESS_EVERY_MS = 5000;
   const METRICS_EVERY_MS = 30000;
   const ACTIVITY_EVERY_MS = 300000;
 
@@ -209,6 +212,15 @@
     state.timers.push(setInterval(safely(loadMetrics), METRICS_EVERY_MS));
     state.timers.push(setInterval(safely(loadActivity), ACTIVITY_EVERY_MS));
     state.timers.push(setInterval(tick, 1000));
+    state.timers.push(setInterval(safely(refreshFreshness), FRESHNESS_EVERY_MS));
+  }
+
+  // The live stream only pushes when who is online changes: on a quiet site the freshness line
+  // would otherwise age up to the metrics' 30 s and look stalled. Any answer carries `pipeline`.
+  async function refreshFreshness() {
+    const f = state.freshness;
+    if (f && serverNow() - Date.parse(f.asOf) < FRESHNESS_EVERY_MS) return;
+    await api(`${projectPath("online")}?limit=1`);
   }
 
   function reportError(err) {

@@ -1,0 +1,278 @@
+"""Issue 18: an acknowledged event is counted once, whatever stops happen. A real
+`werkstroom serve --target all` (embedded, memory-only broker and chdb) on a temp data dir:
+a graceful stop must write and count everything ingest acknowledged, even just after start
+(before the aggregator joined its group), and the aggregator's status must stay fresh while it
+is idle and go stale soon after it stops. Tables are read after the process has exited (the
+embedded ClickHouse is one process per data directory)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.aggregator.sink import STALLED_AFTER, STATUS_EVERY
+from werkstroom.embedded import free_port
+
+pytestmark = pytest.mark.integration
+
+CLI = [sys.executable, "-m", "werkstroom"]
+UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
+DRAIN_TIMEOUT = 45.0
+
+LAST_WRITE = r"""
+import sys
+from werkstroom.clickhouse import connect
+client = connect(sys.argv[1], "werkstroom")
+sys.stdout.write(str(client.query(
+    "SELECT toUnixTimestamp64Milli(max(last_write_at)) / 1000 FROM aggregator_status FINAL"
+).first_row[0]))
+"""
+COUNTS = r"""
+import json, sys
+from werkstroom.clickhouse import connect
+client = connect(sys.argv[1], "werkstroom")
+p = {"p": sys.argv[2]}
+one = lambda sql: client.query(sql, parameters=p).first_row[0]
+sys.stdout.write(json.dumps({
+    "events": one("SELECT count() FROM events FINAL WHERE project_id = {p:String}"),
+    "ids": one("SELECT uniqExact(event_id) FROM events FINAL WHERE project_id = {p:String}"),
+    "events_daily": one("SELECT sum(events) FROM events_daily FINAL WHERE project_id = {p:String}"),
+    "daily_stats": one("SELECT sum(events) FROM daily_stats FINAL WHERE project_id = {p:String}"),
+}))
+"""
+
+
+class Serve:
+    def __init__(self, tmp: Path, **env: str) -> None:
+        self.tmp = tmp
+        self.env = {
+            **os.environ,
+            "WERKSTROOM_DATA_DIR": str(tmp / "data"),
+            "WERKSTROOM_INGEST_PORT": str(free_port()),
+            "WERKSTROOM_API_PORT": str(free_port()),
+            "WERKSTROOM_DRAIN_TIMEOUT_SECONDS": str(DRAIN_TIMEOUT),
+            "WERKSTROOM_RATE_LIMIT_EPS": "0",
+            **env,
+        }
+        self.env.pop("WERKSTROOM_KAFKA_BOOTSTRAP", None)
+        self.env.pop("WERKSTROOM_CLICKHOUSE_URL", None)
+        self.ingest = f"http://127.0.0.1:{self.env['WERKSTROOM_INGEST_PORT']}"
+        self.api = f"http://127.0.0.1:{self.env['WERKSTROOM_API_PORT']}"
+        self.log_path = tmp / "serve.log"
+        self._log = open(self.log_path, "w")  # closed in stop() or kill()
+        self.proc = subprocess.Popen(
+            [*CLI, "serve", "--target", "all"],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            cwd=tmp,
+        )
+        banner = ""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while "curl" not in banner and time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line and self.proc.poll() is not None:
+                raise AssertionError(f"serve exited: {self.log_path.read_text()[-3000:]}")
+            banner += line
+        self.demo = json.loads((tmp / "data" / "demo.json").read_text())
+
+    def post_batch(self, start: int, count: int) -> tuple[int, dict[str, Any], dict[str, str]]:
+        batch = [
+            {"type": "track", "event": "Drained", "anonymousId": f"v{i % 500}", "messageId": f"m{i}"}
+            for i in range(start, start + count)
+        ]
+        return post(f"{self.ingest}/v1/batch", {"writeKey": self.demo["write_key"], "batch": batch})
+
+    def send(self, total: int, per_batch: int = 100, threads: int = 4) -> int:
+        """Send `total` events in batches; returns how many were acknowledged (200, accepted)."""
+
+        def one(start: int) -> int:
+            status, body, _ = self.post_batch(start, min(per_batch, total - start))
+            return int(body["accepted"]) if status == 200 else 0
+
+        with ThreadPoolExecutor(threads) as pool:
+            return sum(pool.map(one, range(0, total, per_batch)))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 90) -> tuple[int, float]:
+        started = time.monotonic()
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self._log.close()
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+    def counts(self) -> dict[str, int]:
+        url = f"chdb://{(self.tmp / 'data' / 'clickhouse').resolve()}"
+        out = subprocess.run(
+            [sys.executable, "-c", COUNTS, url, self.demo["project_id"]],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return {k: int(v or 0) for k, v in json.loads(out.stdout).items()}
+
+    def logged(self, event: str) -> list[dict[str, Any]]:
+        found = []
+        for line in self.log_path.read_text().splitlines():
+            if f'"{event}"' in line:
+                with_json = line[line.index("{") :] if "{" in line else "{}"
+                try:
+                    found.append(json.loads(with_json))
+                except json.JSONDecodeError:
+                    continue
+        return found
+
+    def pipeline(self) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"{self.api}/api/projects/{self.demo['project_id']}/online?limit=1",
+            headers={"Authorization": f"Bearer {self.demo['read_key']}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body: dict[str, Any] = json.loads(response.read())
+        return body
+
+
+def post(url: str, body: dict[str, object]) -> tuple[int, dict[str, Any], dict[str, str]]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": UA},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return (
+                response.status,
+                json.loads(response.read()),
+                {k.lower(): v for k, v in response.headers.items()},
+            )
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()), {k.lower(): v for k, v in exc.headers.items()}
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Serve]:
+    server = Serve(tmp_path)
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def test_graceful_stop_right_after_start_loses_nothing_and_refuses_new_events(serve: Serve) -> None:
+    # Within the first seconds after start: the aggregator has not joined its group yet.
+    acknowledged = serve.send(2000)
+    assert acknowledged == 2000
+    time.sleep(0.2)
+    started = time.monotonic()
+    serve.proc.send_signal(signal.SIGTERM)
+
+    # During the drain, ingest refuses new events with 503 + Retry-After (it is still up).
+    refused: tuple[int, dict[str, Any], dict[str, str]] | None = None
+    while serve.proc.poll() is None and refused is None:
+        try:
+            answer = serve.post_batch(10_000_000, 1)
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.05)
+            continue
+        if answer[0] == 503:
+            refused = answer
+        elif answer[0] == 200:  # sent before the signal was handled: acknowledged, so counted
+            acknowledged += int(answer[1]["accepted"])
+        time.sleep(0.05)
+    code = serve.proc.wait(90)
+    took = time.monotonic() - started
+    serve.kill()
+    assert code == 0, serve.log_path.read_text()[-3000:]
+    assert took < DRAIN_TIMEOUT
+    assert refused is not None, "no request was answered during the drain"
+    _status, body, headers = refused
+    assert body["reason"] == "shutting_down" and body["success"] is False
+    assert int(headers["retry-after"]) >= 1
+
+    finished = serve.logged("drain_finished")
+    assert finished and finished[-1]["complete"] is True and finished[-1]["timed_out"] is False
+    n = acknowledged
+    assert serve.counts() == {"events": n, "ids": n, "events_daily": n, "daily_stats": n}
+
+
+def test_graceful_stop_under_a_backlog_loses_nothing(serve: Serve) -> None:
+    total = int(os.environ.get("WERKSTROOM_TEST_DRAIN_EVENTS", "50000"))
+    sent = time.monotonic()
+    acknowledged = serve.send(total, per_batch=1000, threads=4)
+    sending = time.monotonic() - sent
+    assert acknowledged == total
+    time.sleep(0.2)
+    code, took = serve.stop()
+    assert code == 0, serve.log_path.read_text()[-3000:]
+    finished = serve.logged("drain_finished")[-1]
+    sys.stderr.write(f"backlog: sent {total} in {sending:.1f}s, stop took {took:.1f}s, drain {finished}\n")
+    assert finished["complete"] is True and took < DRAIN_TIMEOUT
+    assert serve.counts() == {"events": total, "ids": total, "events_daily": total, "daily_stats": total}
+
+
+def test_idle_aggregator_keeps_its_status_fresh_and_a_stopped_one_goes_stale(serve: Serve) -> None:
+    assert serve.send(10) == 10
+
+    def age() -> float | None:
+        body = serve.pipeline()
+        written = body["pipeline"]["last_write_at"]
+        if written is None:
+            return None
+        as_of = datetime.fromisoformat(body["as_of"].replace("Z", "+00:00"))
+        return (as_of - datetime.fromisoformat(written.replace("Z", "+00:00"))).total_seconds()
+
+    deadline = time.monotonic() + 60
+    while (first := age()) is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert first is not None, "the aggregator never wrote its status"
+    # 15 s without an event: the status stays recent (written every STATUS_EVERY = 2 s).
+    ages = []
+    idle_until = time.monotonic() + 15
+    while time.monotonic() < idle_until:
+        time.sleep(1)
+        ages.append(age())
+    assert all(a is not None and a < 10 for a in ages), ages
+
+    # A stopped (here: killed) aggregator writes no more: within STALLED_AFTER <= 15 s of its
+    # last status its rows read as stalled, by the same threshold the dashboard applies.
+    serve.proc.kill()
+    killed = datetime.now(UTC)
+    serve.proc.wait(10)
+    time.sleep(STALLED_AFTER + 1)
+    url = f"chdb://{(serve.tmp / 'data' / 'clickhouse').resolve()}"
+    out = subprocess.run(
+        [sys.executable, "-c", LAST_WRITE, url], capture_output=True, text=True, timeout=120, check=True
+    )
+    last_write = datetime.fromtimestamp(float(out.stdout), UTC)
+    assert (killed - last_write).total_seconds() < STALLED_AFTER  # it was fresh until the kill ...
+    assert (datetime.now(UTC) - last_write).total_seconds() > STALLED_AFTER  # ... and is stalled now
+
+
+def test_the_dashboard_and_the_aggregator_agree_on_stalled() -> None:
+    script = (Path(__file__).parents[2] / "services" / "api" / "static" / "app.js").read_text()
+    match = re.search(r"const STALE_AFTER_S = (\d+);", script)
+    assert match and float(match.group(1)) == STALLED_AFTER
+    assert STATUS_EVERY * 3 <= STALLED_AFTER <= 15
