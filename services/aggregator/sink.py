@@ -40,6 +40,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from clickhouse_connect.driver.client import Client
 
+from services.aggregator import generations
 from services.aggregator.derived import refresh
 from services.aggregator.errors import Failure, classify, describe, error_name
 from services.aggregator.processor import Decoded, Dirty, Rows, SessionsProcessor
@@ -189,6 +190,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("sink_partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
+        # Before anything is fetched from them: the generation each is read under, and where.
+        await self.sink.assign_generations(assigned)
 
 
 class EventsSink:
@@ -211,6 +214,14 @@ class EventsSink:
         self._dead: list[tuple[bytes, bytes]] = []
         self._offsets: dict[TopicPartition, int] = {}
         self._taken: dict[TopicPartition, int] = {}  # the next offset to take, per partition
+        # Positions (services.aggregator.generations): each partition's generation << 40, and
+        # the (key, value) of the message before each next offset taken, for its anchor.
+        self._bases: dict[TopicPartition, int] = {}
+        self._lasts: dict[tuple[TopicPartition, int], tuple[bytes | None, bytes | None]] = {}
+        self._partition_count = 0
+        self._generations_client: Client | None = None
+        self._generations_lock = asyncio.Lock()
+        self._generations_failed = False  # an assignment could not decide its generations
         self._queue: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
         self._writer: asyncio.Task[None] | None = None
         self._committer: asyncio.Task[None] | None = None
@@ -248,6 +259,7 @@ class EventsSink:
     async def run(self) -> None:
         """Consume until stop() is called (or a SinkStopped error)."""
         self.client = self._client_factory()
+        self._generations_client = self._client_factory()  # the assignments' and the commits' records
         self.producer = await start_producer(self.bootstrap, client_id="werkstroom-sink")
         self.publisher = Publisher(self.producer)
         self.publisher.start()
@@ -375,6 +387,18 @@ class EventsSink:
         add_event, add_raw = self._events.append, self._raw.append  # once per fetch, not per event
         for tp, messages in batches.items():
             partition = tp.partition
+            base = self._bases.get(tp)  # the position of an offset is base + offset
+            if base is None:
+                if self._generations_failed:
+                    raise SinkStopped(
+                        f"no generation was decided for {tp.topic}[{partition}] (sink_generations_failed): "
+                        "stopping rather than compare its offsets with those of another log"
+                    )
+                # Fetched before the assignment's listener decided (aiokafka fetches at once): read
+                # again, from where the listener seeks once it has (its seek comes after this one).
+                if messages and self.consumer is not None:
+                    self.consumer.seek(tp, messages[0].offset)
+                continue
             for message in messages:
                 value, offset = message.value, message.offset
                 try:
@@ -384,10 +408,12 @@ class EventsSink:
                     continue
                 if self._consecutive_bad:
                     self._consecutive_bad = 0
-                add_event((event, partition, offset))
+                add_event((event, partition, base + offset))
                 add_raw(raw_row(value, event, partition, offset))
             if messages:
-                self._offsets[tp] = self._taken[tp] = messages[-1].offset + 1
+                last = messages[-1]
+                self._offsets[tp] = self._taken[tp] = last.offset + 1
+                self._lasts[(tp, last.offset + 1)] = (last.key, last.value)
 
     def _bad(self, tp: TopicPartition, message: Any, exc: ContractError) -> None:
         self._consecutive_bad += 1
@@ -589,7 +615,8 @@ class EventsSink:
         metrics.SINK_ROWS_WRITTEN.inc(len(batch.raw) - len(refused))
         letters = []
         for i, reason in refused:
-            event, partition, offset = batch.events[i]
+            event, partition, position = batch.events[i]
+            offset = position & generations.OFFSET_MASK
             value = message_of(batch.raw[i], partition, offset)
             letter = self._refused_letter(reason, value, table=self.table, partition=partition, offset=offset)
             key = message_key(event.project_id, event.anonymous_id, event.user_id)
@@ -710,6 +737,7 @@ class EventsSink:
             metrics.DERIVED_REFRESH_SECONDS.observe(took)
             self._cadence.ran(started, took)
             assert self.consumer is not None
+            await self._retry("sink_generations_failed", lambda: self._record_positions(offsets))
             try:
                 await self.consumer.commit(offsets)
                 self._committed.update(offsets)
@@ -719,6 +747,92 @@ class EventsSink:
                 log.warning("sink_commit_failed", error=str(exc))
             await self._write_status()
             return True
+
+    async def _record_positions(self, offsets: dict[TopicPartition, int]) -> None:
+        """Record, before committing `offsets`, each partition's generation, next offset and the
+        anchor of the message before it (services.aggregator.generations): what the next
+        assignment checks the log against when the group's offsets are gone."""
+        rows = []
+        for tp, offset in offsets.items():
+            if tp.topic != self.topics.events or tp not in self._bases:
+                continue
+            last = self._lasts.get((tp, offset))
+            anchor = generations.anchor_of(*last) if last is not None else 0
+            generation = self._bases[tp] >> generations.SHIFT
+            rows.append((tp.partition, generation, offset, anchor, self._partition_count))
+        async with self._generations_lock:
+            await asyncio.to_thread(
+                generations.save, self._generations_client, self.topics.events, rows, self.worker
+            )
+        for key in [k for k in self._lasts if k[1] <= offsets.get(k[0], -1)]:
+            del self._lasts[key]
+
+    async def assign_generations(self, assigned: list[TopicPartition]) -> None:
+        """Decide the generation of each assigned partition of the events topic from what is
+        recorded and what Kafka says (generations.decide), write down the new ones, and seek
+        where each is to be read from. Failing, the partitions get no generation, and the
+        sink stops at their first message (`_take`) instead of comparing offsets of two logs."""
+        topic = self.topics.events
+        tps = sorted((tp for tp in assigned if tp.topic == topic), key=lambda tp: tp.partition)
+        for tp in tps:
+            self._bases.pop(tp, None)
+        if not tps:
+            return
+        try:
+            await self._retry("sink_generations_failed", lambda: self._decide_generations(topic, tps))
+        except Exception as exc:
+            if self._stopping.is_set():  # given up because the sink stops: nothing more is taken
+                return
+            self._generations_failed = True
+            log.error("sink_generations_failed", error=describe(exc), partitions=[tp.partition for tp in tps])
+
+    async def _decide_generations(self, topic: str, tps: list[TopicPartition]) -> None:
+        consumer, client = self.consumer, self._generations_client
+        assert consumer is not None and client is not None
+        known = consumer.partitions_for_topic(topic)
+        count = len(known) if known else max(tp.partition for tp in tps) + 1
+        committed = {tp: await consumer.committed(tp) for tp in tps}
+        ends = await consumer.end_offsets(tps)
+        async with self._generations_lock:
+            records, recorded = await asyncio.to_thread(generations.load, client, topic)
+            counted: set[int] = set()
+            if recorded.generation is None and any(committed[tp] is None for tp in tps):
+                counted = await asyncio.to_thread(generations.counted_partitions, client)
+            wanted = {
+                tp: records[tp.partition].next_offset - 1
+                for tp in tps
+                if tp.partition in records
+                and committed[tp] is None
+                and 0 < records[tp.partition].next_offset <= ends[tp]
+            }
+            found = await generations.anchors_at(self.bootstrap, wanted)
+            rows = []
+            for tp in tps:
+                record = records.get(tp.partition)
+                decision = generations.decide(
+                    record, recorded, count, committed[tp], ends[tp], found.get(tp), tp.partition in counted
+                )
+                if decision.record:
+                    # A checkpoint that holds: the record's own (its log goes on), or none (0).
+                    at, anchor = 0, 0
+                    seek = decision.seek
+                    if record is not None and seek is not None and seek >= record.next_offset:
+                        at, anchor = record.next_offset, record.anchor
+                    rows.append((tp.partition, decision.generation, at, anchor, count))
+                self._bases[tp] = generations.base(decision.generation)
+                if decision.seek is not None:
+                    consumer.seek(tp, decision.seek)
+                log.info(
+                    "sink_generation",
+                    partition=tp.partition,
+                    generation=decision.generation,
+                    reason=decision.reason,
+                    seek=decision.seek,
+                    committed=committed[tp],
+                    end=ends[tp],
+                )
+            await asyncio.to_thread(generations.save, client, topic, rows, self.worker)
+        self._partition_count = count
 
     async def _record_online(self) -> None:
         """Record each project's online count for this minute (for "online a week ago").
