@@ -15,7 +15,6 @@ lookup. Successful checks cost the budget nothing.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import math
 import time
 from collections import OrderedDict
@@ -31,6 +30,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.api import queries
 from werkstroom import projects
+from werkstroom.http import client_key
 from werkstroom.logging import get_logger
 
 log = get_logger(__name__)
@@ -237,36 +237,11 @@ class AuthFailures:
 
 
 def client_address(request: Request, trust_forwarded_for: bool) -> str:
-    """Whom a failure budget belongs to: the connection's address or, behind a trusted proxy,
-    the right-most X-Forwarded-For entry (the one the proxy itself added; entries to its left
-    are whatever the client sent). Only ever used as a key in memory, never logged."""
-    host = request.client.host if request.client else ""
-    if trust_forwarded_for:
-        entries = [e.strip() for v in request.headers.getlist("x-forwarded-for") for e in v.split(",")]
-        entries = [e for e in entries if e]
-        if entries:
-            host = entries[-1]
-    return address_key(host)
-
-
-def address_key(host: str) -> str:
-    """An address as a budget key: IPv4 as is (IPv4-mapped IPv6 too), IPv6 by its /64 network,
-    which one subscriber usually holds whole (else every address in it would get a budget of
-    its own); a port is dropped; anything unparsable is kept, cut short."""
-    text = host.strip()
-    if text.startswith("[") and "]" in text:  # [v6]:port
-        text = text[1 : text.index("]")]
-    elif text.count(":") == 1:  # v4:port
-        text = text.split(":", 1)[0]
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return host[:64]
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
-    return str(ip)
+    """Whom a failure budget belongs to (werkstroom.http.client_key): the connection's address
+    or, behind a trusted proxy, the right-most X-Forwarded-For entry of the last such header."""
+    forwarded = request.headers.getlist("x-forwarded-for")
+    peer = request.client.host if request.client else None
+    return client_key(peer, forwarded[-1] if forwarded else None, trust_forwarded_for) or ""
 
 
 AUTH_LIMITED = "auth_rate_limited"

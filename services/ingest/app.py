@@ -40,14 +40,14 @@ from starlette.types import Receive, Scope, Send
 
 from services.ingest import enrich
 from services.ingest.keys import WriteKeyCache
-from services.ingest.ratelimit import MAX_CLIENTS, RateLimiter, client_network
+from services.ingest.ratelimit import MAX_CLIENTS, RateLimiter
 from services.ingest.salvage import split_batch
 from services.ingest.segment import MAX_MESSAGE_ID, Rejected, normalize, parse_sent_at, truncated
 from services.ingest.tracker import tracker_router
 from werkstroom import metrics, projects
 from werkstroom.clickhouse.migrate import is_current
 from werkstroom.contract import MAX_DEPTH, Topics, dead_letter, encode_event, message_key
-from werkstroom.http import ops_router
+from werkstroom.http import client_key, ops_router
 from werkstroom.kafka import Publisher, start_producer
 from werkstroom.logging import get_logger
 from werkstroom.settings import Settings
@@ -247,7 +247,7 @@ class Ingestor:
         # After the project's check, so that `rate_limited` means the site's whole budget is
         # spent; a refused client gives the project its tokens back, so it cannot drain it.
         if self.s.client_limiter.rate > 0:
-            network = client_network(client, headers.get("x-forwarded-for"), settings.trust_forwarded_for)
+            network = client_key(client, headers.get("x-forwarded-for"), settings.trust_forwarded_for)
             if network is not None:
                 wait = self.s.client_limiter.take(hash((project_id, network)), len(items))
                 if wait:

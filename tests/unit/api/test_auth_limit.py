@@ -23,12 +23,12 @@ from services.api.deps import (
     AUTH_LIMITED,
     PRUNE_SECONDS,
     AuthFailures,
-    address_key,
     client_address,
     key_check,
     project_scope,
 )
 from werkstroom import projects
+from werkstroom.http import client_key
 from werkstroom.settings import Settings
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -124,7 +124,7 @@ def test_memory_is_bounded_by_a_cap_and_refilled_buckets_are_swept() -> None:
     ],
 )
 def test_address_key(host: str, key: str) -> None:
-    assert address_key(host) == key
+    assert client_key(host, None, False) == key
 
 
 def request(client: str, *forwarded: str) -> Request:

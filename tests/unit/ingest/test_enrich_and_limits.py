@@ -135,25 +135,25 @@ def test_client_buckets_stay_bounded_and_keep_the_busy_ones() -> None:
 
 
 def test_client_network_is_the_address_or_its_ipv6_64() -> None:
-    from services.ingest.ratelimit import client_network
+    from werkstroom.http import client_key
 
-    assert client_network("203.0.113.9", None, False) == "203.0.113.9"
-    a = client_network("2001:db8:1:2:aaaa::1", None, False)
-    assert a == client_network("2001:db8:1:2:ffff:1:2:3", None, False)  # same /64
-    assert a != client_network("2001:db8:1:3::1", None, False)
-    assert client_network("::ffff:203.0.113.9", None, False) == "203.0.113.9"
-    assert client_network(None, None, False) is None
-    assert client_network("", "198.51.100.1", False) is None
-    assert client_network("testclient", None, False) == "testclient"
-    assert client_network("not:an:address", None, False) == "not:an:address"
+    assert client_key("203.0.113.9", None, False) == "203.0.113.9"
+    a = client_key("2001:db8:1:2:aaaa::1", None, False)
+    assert a == client_key("2001:db8:1:2:ffff:1:2:3", None, False)  # same /64
+    assert a != client_key("2001:db8:1:3::1", None, False)
+    assert client_key("::ffff:203.0.113.9", None, False) == "203.0.113.9"
+    assert client_key(None, None, False) is None
+    assert client_key("", "198.51.100.1", False) is None
+    assert client_key("testclient", None, False) == "testclient"
+    assert client_key("not:an:address", None, False) == "not:an:address"
 
 
 def test_forwarded_for_counts_only_when_trusted_and_only_its_last_entry() -> None:
-    from services.ingest.ratelimit import client_network
+    from werkstroom.http import client_key
 
     spoofed = "1.1.1.1, 2.2.2.2, 198.51.100.7"
-    assert client_network("10.0.0.2", spoofed, False) == "10.0.0.2"  # not trusted: the connection
-    assert client_network("10.0.0.2", spoofed, True) == "198.51.100.7"  # what the proxy appended
-    assert client_network("10.0.0.2", "198.51.100.7:4431", True) == "198.51.100.7"
-    assert client_network("10.0.0.2", "[2001:db8::1]:443", True) == client_network("2001:db8::9", None, False)
-    assert client_network("10.0.0.2", " , ", True) == "10.0.0.2"  # empty: fall back to the peer
+    assert client_key("10.0.0.2", spoofed, False) == "10.0.0.2"  # not trusted: the connection
+    assert client_key("10.0.0.2", spoofed, True) == "198.51.100.7"  # what the proxy appended
+    assert client_key("10.0.0.2", "198.51.100.7:4431", True) == "198.51.100.7"
+    assert client_key("10.0.0.2", "[2001:db8::1]:443", True) == client_key("2001:db8::9", None, False)
+    assert client_key("10.0.0.2", " , ", True) == "10.0.0.2"  # empty: fall back to the peer
