@@ -222,10 +222,7 @@ def normalize(
     """
     if not isinstance(call, dict):
         raise Rejected("not_an_object", None, "each event must be a JSON object")
-    # too_deep(call, raw), its text bound inlined: this runs for every event (bench/).
-    if (
-        raw is None or raw.count(b"{") + (raw.count(b"[") if raw.find(b"[") >= 0 else 0) > MAX_DEPTH
-    ) and too_deep(call):
+    if too_deep(call, raw):
         raise Rejected("too_deep", None, f"event nests deeper than {MAX_DEPTH} levels")
     kind = call_type or call.get("type")
     if kind in ("screen", "group"):
@@ -280,17 +277,9 @@ def normalize(
         )
 
     timestamp = parse_client_time(call.get("timestamp") or call.get("originalTimestamp"), "timestamp")
-    sent_at = batch_sent_at
-    own_sent_at = call.get("sentAt")  # parse_sent_at, inlined
-    if own_sent_at is not None and (own := parse_client_time(own_sent_at, "sentAt")) is not None:
-        if not SENT_AT_EARLIEST <= own < SENT_AT_LATEST:
-            raise _sent_at_out_of_range()
-        sent_at = own
-    when, moved = event_time(timestamp, sent_at, received_at)  # corrected_timestamp, inlined
-    if when is None:
-        raise _too_early(sent_at)
-    if moved:
-        metrics.INGEST_FUTURE_TIMESTAMPS.inc()  # not I/O: an in-process counter
+    own_sent_at = parse_sent_at(call.get("sentAt"))
+    sent_at = own_sent_at if own_sent_at is not None else batch_sent_at
+    when = corrected_timestamp(timestamp, sent_at, received_at)
 
     page = _object(context.get("page"), "context.page")
     source = properties if kind == "page" else page
