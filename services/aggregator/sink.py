@@ -258,6 +258,9 @@ class EventsSink:
 
     async def run(self) -> None:
         """Consume until stop() is called (or a SinkStopped error)."""
+        # Until its first write or catch-up, a worker's status dates from its start: fresh for
+        # STALLED_AFTER, then stalled if it still has neither written nor caught up (never 1970).
+        self._fresh_at = time.time()
         self.client = self._client_factory()
         self._generations_client = self._client_factory()  # the assignments' and the commits' records
         self.producer = await start_producer(self.bootstrap, client_id="werkstroom-sink")

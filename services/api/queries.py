@@ -69,7 +69,8 @@ def pipeline(client: Client, topic: str) -> dict[str, Any]:
         "FROM aggregator_status FINAL WHERE topic = {t:String}",
         parameters={"t": topic},
     ).first_row
-    if not count:
+    # A row from an older aggregator that had not yet written says 1970 (the column's zero).
+    if not count or last_write is None or utc(last_write).timestamp() <= 0:
         return {"last_write_at": None, "last_event_at": None, "lag": None}
     return {
         "last_write_at": utc(last_write),
