@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.consumer import fetcher as _fetcher
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
@@ -120,6 +120,43 @@ async def wait_for_kafka(bootstrap: str, timeout: float = 30.0) -> None:  # noqa
         finally:
             await admin.close()
     raise KafkaUnavailable(f"Kafka at {bootstrap} did not answer within {timeout:.0f}s: {last}")
+
+
+async def log_ends(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """Each partition's end offset (the offset after its last message), as a fetch reports it.
+
+    The embedded broker (tansu) answers ListOffsets(latest), what `end_offsets` asks, with the
+    base offset of the partition's last record batch plus one: a batch of 10 from offset 0
+    reads as 1. "Committed up to the end" checked on that passes with the last batch's tail
+    unread. A fetch's high watermark is exact, so this fetches from just before the listed end
+    (one batch at most) and takes the high watermark. `consumer` must not be subscribed: its
+    assignment is replaced; it commits nothing."""
+    if not partitions:
+        return {}
+    listed = await consumer.end_offsets(partitions)
+    consumer.assign(partitions)  # fresh partition states: no high watermark of an earlier fetch
+    for tp in partitions:
+        consumer.seek(tp, max(0, listed[tp] - 1))
+    ends: dict[TopicPartition, int] = {}
+    deadline = time.monotonic() + 5.0
+    while len(ends) < len(partitions) and time.monotonic() < deadline:
+        todo = [tp for tp in partitions if tp not in ends]
+        await consumer.getmany(*todo, timeout_ms=100)
+        for tp in todo:
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                ends[tp] = max(highwater, listed[tp])
+    return {tp: ends.get(tp, listed[tp]) for tp in partitions}
+
+
+async def log_ends_at(bootstrap: str, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """log_ends with a consumer of its own, in no group (for a caller whose consumer is subscribed)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await log_ends(consumer, partitions)
+    finally:
+        await consumer.stop()
 
 
 async def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, replication: int = 1) -> None:

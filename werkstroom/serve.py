@@ -34,7 +34,7 @@ from werkstroom.clickhouse import ClientFactory, connect, is_embedded
 from werkstroom.clickhouse.migrate import migrate
 from werkstroom.contract import Topics
 from werkstroom.embedded import EmbeddedKafka
-from werkstroom.kafka import ensure_topics, make_consumer, wait_for_kafka
+from werkstroom.kafka import ensure_topics, log_ends, make_consumer, wait_for_kafka
 from werkstroom.logging import get_logger
 from werkstroom.settings import Settings, Target
 
@@ -329,7 +329,7 @@ async def _drain_steps(
     try:
         await consumer.topics()  # loads the metadata: partitions_for_topic is None before
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        ends = await consumer.end_offsets(partitions)
+        ends = await log_ends(consumer, partitions)
         report.end_offsets = {tp.partition: end for tp, end in ends.items()}
         first = True
         while True:
@@ -339,9 +339,8 @@ async def _drain_steps(
                 log.info("drain_started", events=report.events, end_offsets=report.end_offsets)
                 first = False
             if all(committed[tp] >= ends[tp] for tp in partitions):
-                # tansu's end offsets were seen to lag what it had acknowledged (by ~2% under a
-                # burst): done only once a second look, with nothing produced since, agrees.
-                again = await consumer.end_offsets(partitions)
+                # Done once a second look, with nothing produced since, agrees.
+                again = await log_ends(consumer, partitions)
                 if again == ends:
                     report.reached = True
                     return

@@ -49,7 +49,7 @@ from werkstroom import metrics
 from werkstroom.clickhouse import ClientFactory
 from werkstroom.clickhouse.params import insert_rows
 from werkstroom.contract import FIELDS, ContractError, Event, Topics, dead_letter, decode_event, message_key
-from werkstroom.kafka import Publisher, make_consumer, start_producer
+from werkstroom.kafka import Publisher, log_ends_at, make_consumer, start_producer
 from werkstroom.logging import get_logger
 from werkstroom.settings import Settings
 
@@ -786,7 +786,7 @@ class EventsSink:
         known = consumer.partitions_for_topic(topic)
         count = len(known) if known else max(tp.partition for tp in tps) + 1
         committed = {tp: await consumer.committed(tp) for tp in tps}
-        ends = await consumer.end_offsets(tps)
+        ends = await log_ends_at(self.bootstrap, tps)  # not end_offsets: see log_ends
         async with self._generations_lock:
             records, recorded = await asyncio.to_thread(generations.load, client, topic)
             counted: set[int] = set()

@@ -224,3 +224,18 @@ async def test_topic_recreated_with_the_same_or_more_partitions_skips_and_double
         await views.send(stack, {**{v: 5 for v in visitors}, "late": 3})
         await settled(stack, views)
         assert views.sent["v0"] == 25
+
+
+async def test_a_sink_restarted_on_the_same_log_reads_nothing_again(
+    broker: EmbeddedKafka, infra: object, tmp_path: Path
+) -> None:
+    # The group's committed offsets are the log's end. tansu's ListOffsets gives the last
+    # batch's base offset + 1, below them: taken for the end, the log looked shorter than what
+    # was read of it, a new log, and everything was read (and counted) again.
+    views = Views()
+    async with stack_on(broker, infra, tmp_path) as stack:
+        for round_ in range(3):
+            await views.send(stack, {"a": 50, "b": 50, f"new-{round_}": 5})
+            await settled(stack, views)
+        generations = stack.rows("SELECT DISTINCT generation FROM sink_partitions FINAL")
+        assert generations == [(0,)]
