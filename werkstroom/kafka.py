@@ -217,6 +217,10 @@ class _Waiter:
 Queued = tuple[str, list[tuple[bytes, bytes]], _Waiter]
 
 
+#: The longest a Publisher.hold() may last: callers wait this long for it, then fail.
+HOLD_MAX = 5.0
+
+
 class Publisher:
     """Hands keyed messages to Kafka for many concurrent callers, in as few batches as possible.
 
@@ -233,6 +237,10 @@ class Publisher:
         self._queue: list[Queued] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._open = asyncio.Event()  # cleared by hold(): callers queue, nothing is handed over
+        self._open.set()
+        self._idle = asyncio.Event()  # set while no hand-over is under way
+        self._idle.set()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="kafka-publisher")
@@ -251,17 +259,40 @@ class Publisher:
         self._wakeup.set()
         await waiter.future
 
+    async def hold(self) -> None:
+        """Hand nothing more to Kafka until release(): callers keep queueing (and waiting for
+        their acknowledgement). Returns once everything handed over before is acknowledged, so
+        that the topics can change under the producer (werkstroom.rotation)."""
+        self._open.clear()
+        await self._idle.wait()
+        await self.producer.flush()
+
+    def release(self) -> None:
+        self._open.set()
+
+    async def until_open(self) -> None:
+        """Returns at once, or when a hold ends (at most HOLD_MAX seconds, then TimeoutError)."""
+        if not self._open.is_set():
+            await asyncio.wait_for(self._open.wait(), HOLD_MAX)
+
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
+            await self._open.wait()
             self._wakeup.clear()
-            queue, self._queue = self._queue, []
+            # A caller that gave up (its request timed out and was answered 503) is not sent:
+            # it will send its events again.
+            queue = [q for q in self._queue if not q[2].future.done()]
+            self._queue = []
+            self._idle.clear()
             try:
                 await self._hand_over(queue)
             except Exception as exc:  # e.g. the accumulator stayed full: fail these callers
                 for _topic, _messages, waiter in queue:
                     if not waiter.future.done():
                         waiter.future.set_exception(exc)
+            finally:
+                self._idle.set()
 
     async def _hand_over(self, queue: list[Queued]) -> None:
         groups: dict[tuple[str, int], list[tuple[bytes, bytes, _Waiter]]] = {}

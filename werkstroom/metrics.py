@@ -88,6 +88,14 @@ SINK_ROWS_REFUSED = Counter(
 )
 
 
+# -- embedded broker -----------------------------------------------------------------------
+#: Times the embedded broker's events topic was swapped for an empty one after all of it was
+#: written and committed (werkstroom.rotation): how its memory stays bounded.
+EMBEDDED_ROTATIONS = Counter(
+    "werkstroom_embedded_topic_rotations_total", "Embedded broker events topic swaps (memory bound)"
+)
+
+
 def render() -> tuple[bytes, str]:
     """The exposition text of the default registry and its content type."""
     return generate_latest(), CONTENT_TYPE_LATEST

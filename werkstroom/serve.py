@@ -36,6 +36,7 @@ from werkstroom.contract import Topics
 from werkstroom.embedded import EmbeddedKafka
 from werkstroom.kafka import ensure_topics, log_ends, make_consumer, wait_for_kafka
 from werkstroom.logging import get_logger
+from werkstroom.rotation import Rotation, publisher_of
 from werkstroom.settings import Settings, Target
 
 log = get_logger(__name__)
@@ -216,6 +217,7 @@ async def serve(
         sinks.append(EventsSink(settings, bootstrap, factory))
 
     failed: list[asyncio.Task[Any]] = []
+    rotation: Rotation | None = None
     results: list[Any] = []
     tune_gc(settings)  # start-up is over: what exists now lives as long as the process
     runtime.tasks = [asyncio.create_task(s.serve(), name=f"http:{s.config.port}") for s in servers]
@@ -226,6 +228,9 @@ async def serve(
             if any(t.done() for t in runtime.tasks):
                 break
             await asyncio.sleep(0.05)
+        rotation = _rotation(settings, runtime, servers, sinks)
+        if rotation is not None:
+            runtime.tasks.append(asyncio.create_task(rotation.run(), name="embedded-rotation"))
         if on_ready is not None and all(s.started for s in servers):
             on_ready(runtime)
         stopper = asyncio.create_task(stop.wait())
@@ -234,6 +239,9 @@ async def serve(
         stopper.cancel()
     finally:
         log.info("shutting_down", target=target)
+        if rotation is not None:  # a swap under way ends first; none starts after this
+            rotation.close()
+            await asyncio.wait([t for t in runtime.tasks if t.get_name() == "embedded-rotation"], timeout=10)
         if stop.is_set() and not failed:
             await drain(settings, runtime, servers, sinks, hurry)
         for server in servers:
@@ -257,6 +265,20 @@ async def serve(
             raise result
     if any(not s.started for s in servers):
         raise SystemExit("an HTTP server did not start (is the port in use?); see the log above")
+
+
+def _rotation(
+    settings: Settings, runtime: Runtime, servers: list[_Server], sinks: list[Any]
+) -> Rotation | None:
+    """The embedded broker's memory bound (werkstroom.rotation): `all` on the embedded broker,
+    with ingest started (its publisher is what a swap holds) and the aggregator in-process."""
+    limits = settings.embedded_broker_max_events, settings.embedded_broker_max_age_seconds
+    if runtime.embedded_kafka is None or len(sinks) != 1 or not any(x > 0 for x in limits):
+        return None
+    publishers = [p for p in (publisher_of(_ingestor(s)) for s in servers) if p is not None]
+    if len(publishers) != 1:
+        return None
+    return Rotation(settings, runtime.bootstrap, publishers[0], sinks[0])
 
 
 @dataclass

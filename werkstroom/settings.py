@@ -155,6 +155,20 @@ class Settings(BaseSettings):
         "(`--target all`) or for the producer to flush (`--target ingest`) before the process stops; "
         "0 stops at once. A second signal also stops at once.",
     )
+    embedded_broker_max_events: int = Field(
+        200_000,
+        ge=0,
+        description="WERKSTROOM_EMBEDDED_BROKER_MAX_EVENTS: the embedded broker keeps its topics in "
+        "memory (about 0.7 KB an event); once the events topic holds this many, `--target all` swaps "
+        "it for an empty one after the aggregator wrote and committed all of it (werkstroom.rotation). "
+        "0: never (memory grows without bound). Not used with WERKSTROOM_KAFKA_BOOTSTRAP.",
+    )
+    embedded_broker_max_age_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="WERKSTROOM_EMBEDDED_BROKER_MAX_AGE_SECONDS: ... or once its first event is this "
+        "old. 0: no age limit.",
+    )
     log_level: str = Field("INFO", description="WERKSTROOM_LOG_LEVEL")
     log_format: Literal["json", "console"] = Field("json", description="WERKSTROOM_LOG_FORMAT")
     demo: bool = Field(

@@ -920,6 +920,28 @@ class EventsSink:
             await asyncio.wait_for(self._stopping.wait(), seconds)
         return self._stopping.is_set()
 
+    def caught_up(self) -> bool:
+        """Everything fetched is written and nothing is left in the topic (as of the last fetch)."""
+        return self.consumer is not None and self._caught_up()
+
+    async def commit_now(self) -> None:
+        """Recompute and commit what is written now, not at the cadence's next turn (the embedded
+        broker's topic swap, werkstroom.rotation, holds ingest until this is done)."""
+        await self._refresh_and_commit()
+
+    async def log_started_over(self) -> None:
+        """The events topic was deleted and created again while this sink held its partitions
+        (werkstroom.rotation), with everything in it written and committed: decide each
+        partition's generation anew, as a new assignment would, before anything of the new log
+        is read. (The consumer may see the change itself and rebalance too: both decide the
+        same generation, from what is recorded.)"""
+        if self.consumer is None:
+            return
+        assigned = [tp for tp in self.consumer.assignment() if tp.topic == self.topics.events]
+        for tp in assigned:
+            self._committed.pop(tp, None)
+        await self.assign_generations(assigned)
+
     def forget(self, partitions: set[TopicPartition]) -> None:
         """Another worker takes these partitions over: drop what we hold of them."""
         numbers = {tp.partition for tp in partitions}

@@ -35,6 +35,9 @@ class FakePublisher:
     async def publish(self, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
         self.sent.setdefault(topic, []).extend(messages)
 
+    async def until_open(self) -> None:
+        return None
+
 
 class FakeKeys:
     def get(self, write_key: str) -> str | None:

@@ -1,0 +1,87 @@
+"""The embedded broker's memory bound (werkstroom.rotation, issue 18): `serve --target all` swaps
+its events topic for an empty one whenever it holds WERKSTROOM_EMBEDDED_BROKER_MAX_EVENTS. Under
+steady traffic from returning visitors, across several swaps, every acknowledged event is stored
+once and counted once: in events, sessions, events_daily and daily_stats."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_graceful_drain import Serve
+
+pytestmark = pytest.mark.integration
+
+COUNTS = r"""
+import json, sys
+from werkstroom.clickhouse import connect
+client = connect(sys.argv[1], "werkstroom")
+p = {"p": sys.argv[2]}
+one = lambda sql: client.query(sql, parameters=p).first_row[0]
+sys.stdout.write(json.dumps({
+    "events": one("SELECT count() FROM events FINAL WHERE project_id = {p:String}"),
+    "ids": one("SELECT uniqExact(event_id) FROM events FINAL WHERE project_id = {p:String}"),
+    "sessions": one("SELECT sum(events) FROM sessions FINAL WHERE project_id = {p:String}"),
+    "events_daily": one("SELECT sum(events) FROM events_daily FINAL WHERE project_id = {p:String}"),
+    "daily_stats": one("SELECT sum(events) FROM daily_stats FINAL WHERE project_id = {p:String}"),
+    "generations": one("SELECT max(generation) FROM sink_partitions FINAL"),
+}))
+"""
+
+LIMIT = 3_000  # events in the topic before a swap
+
+
+def test_steady_traffic_across_topic_swaps_is_counted_once(tmp_path: Path) -> None:
+    serve = Serve(tmp_path, WERKSTROOM_EMBEDDED_BROKER_MAX_EVENTS=str(LIMIT), WERKSTROOM_LOG_LEVEL="INFO")
+    try:
+        sent = {"acknowledged": 0, "refused": 0, "next": 0}
+        stop = threading.Event()
+
+        def traffic() -> None:  # ~1,000 events/s from 500 returning visitors, until told
+            while not stop.is_set():
+                status, body, _ = serve.post_batch(sent["next"], 100)
+                sent["next"] += 100
+                if status == 200:
+                    sent["acknowledged"] += int(body["accepted"])
+                else:
+                    sent["refused"] += 100  # a 503 is allowed (the client retries); a loss is not
+                time.sleep(0.1)
+
+        sender = threading.Thread(target=traffic)
+        sender.start()
+        deadline = time.monotonic() + 120
+        while len(serve.logged("embedded_topic_rotated")) < 3 and time.monotonic() < deadline:
+            assert serve.proc.poll() is None, serve.log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        stop.set()
+        sender.join(30)
+        rotations = serve.logged("embedded_topic_rotated")
+        assert len(rotations) >= 3, serve.log_path.read_text()[-3000:]
+        assert all(r["events"] >= LIMIT for r in rotations)
+        assert not serve.logged("embedded_rotation_failed")
+        # A graceful stop drains what the last topic holds (tested in test_graceful_drain).
+        code, _ = serve.stop()
+        assert code == 0, serve.log_path.read_text()[-3000:]
+    finally:
+        serve.kill()
+
+    url = f"chdb://{(tmp_path / 'data' / 'clickhouse').resolve()}"
+    out = subprocess.run(
+        [sys.executable, "-c", COUNTS, url, serve.demo["project_id"]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    counts = {k: int(v or 0) for k, v in json.loads(out.stdout).items()}
+    total = sent["acknowledged"]
+    assert total >= 3 * LIMIT and sent["refused"] <= total // 20, sent
+    assert counts.pop("generations") >= 3  # each swap began a new generation of positions
+    assert counts == dict.fromkeys(counts, total), (counts, sent)
+    sys.stderr.write(f"rotation test: {sent} {counts}\n")

@@ -1,0 +1,203 @@
+"""Bounded memory on the embedded broker (issue 18).
+
+tansu keeps its topics in memory and never trims them: a topic's `retention.ms` is not applied
+to memory storage and DeleteRecords closes the connection. Deleting a topic frees its memory at
+once. So `--target all` on the embedded broker swaps the events topic for an empty one once it
+holds `embedded_broker_max_events` events or its first is `embedded_broker_max_age_seconds` old:
+
+1. wait (at most CATCH_UP_WAIT) until the aggregator has nearly caught up, so step 2 is short;
+2. hold ingest's sends (`Publisher.hold`): requests keep coming and wait, nobody gets a 200
+   before Kafka has their events; what was handed over before is acknowledged;
+3. let the aggregator write and commit up to the topic's end offsets (at most HOLD_MAX);
+4. delete the topic and create it again with as many partitions (the group's offsets go too);
+5. the aggregator decides a new generation for each partition (services.aggregator.generations:
+   a log shorter than what was read of it is a new log), so the new log's positions count
+   above the old one's: nothing is skipped, nothing counted twice;
+6. release the sends.
+
+Steps 1-3 give up when they take too long (the topic is kept, tried again later); steps 4-6
+are never interrupted. The dead-letter topic has no reader in this process: past the same size
+it is emptied too, and the letters dropped are counted in the log.
+
+With an external Kafka (WERKSTROOM_KAFKA_BOOTSTRAP) none of this runs: its retention applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from werkstroom import metrics
+from werkstroom.contract import Topics
+from werkstroom.kafka import HOLD_MAX, Publisher, log_ends, make_consumer
+from werkstroom.logging import get_logger
+from werkstroom.settings import Settings
+
+log = get_logger(__name__)
+
+CHECK_EVERY = 5.0  # seconds between two looks at the topics' sizes
+CATCH_UP_WAIT = 60.0  # step 1: how long to wait for the aggregator to come near the end
+NEAR_END = 5_000  # step 1: "nearly caught up", in events not yet committed
+
+
+class Sink(Protocol):
+    """What the rotation asks of the aggregator in this process (services.aggregator.sink)."""
+
+    def caught_up(self) -> bool: ...
+
+    async def commit_now(self) -> None: ...
+
+    async def log_started_over(self) -> None: ...
+
+
+async def behind(consumer: AIOKafkaConsumer, topic: str) -> tuple[dict[TopicPartition, int], int]:
+    """The topic's end offsets and how many messages the consumer's group has not committed."""
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    ends = await log_ends(consumer, partitions)
+    committed = {tp: await consumer.committed(tp) or 0 for tp in partitions}
+    return ends, sum(max(0, ends[tp] - committed[tp]) for tp in partitions)
+
+
+class Rotation:
+    """Swaps the embedded broker's events topic for an empty one when it grows too large."""
+
+    def __init__(self, settings: Settings, bootstrap: str, publisher: Publisher, sink: Sink) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.publisher = publisher
+        self.sink = sink
+        self.topics = Topics.from_settings(settings)
+        self._closing = asyncio.Event()
+        self._since = time.monotonic()  # when the events topic was last found empty or swapped
+        self.rotations = 0
+
+    def close(self) -> None:
+        """Give up any rotation not yet past step 3; one under way finishes first."""
+        self._closing.set()
+
+    async def run(self) -> None:
+        limit, age = self.settings.embedded_broker_max_events, self.settings.embedded_broker_max_age_seconds
+        # Its own client in the sink's group (it never joins it): reads the group's offsets.
+        consumer = make_consumer(
+            self.bootstrap, [], self.settings.sink_group, client_id="werkstroom-rotation"
+        )
+        await consumer.start()
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10_000)
+        await admin.start()
+        try:
+            while not self._closing.is_set():
+                try:
+                    await asyncio.wait_for(self._closing.wait(), CHECK_EVERY)
+                    return
+                except TimeoutError:
+                    pass
+                try:
+                    await self._check(consumer, admin, limit, age)
+                except Exception:  # the pipeline goes on; memory grows until a later check passes
+                    log.exception("embedded_rotation_failed", retry_in_s=CHECK_EVERY)
+        finally:
+            await admin.close()
+            await consumer.stop()
+
+    async def _check(
+        self, consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient, limit: int, age: float
+    ) -> None:
+        known = await consumer.topics()  # fresh metadata: the partitions of both topics
+        if self.topics.events not in known:  # a swap that failed half-way: never leave it gone
+            await self._swap(admin, consumer, self.topics.events, self.settings.topic_partitions)
+        events = await _size(consumer, self.topics.events)
+        if events == 0:
+            self._since = time.monotonic()
+            return
+        too_many = 0 < limit <= events
+        too_old = 0 < age <= time.monotonic() - self._since
+        if too_many or too_old:
+            await self.rotate(consumer, admin, "size" if too_many else "age")
+        letters = await _size(consumer, self.topics.dead_letter)
+        if 0 < limit <= letters:
+            await _recreate(admin, consumer, self.topics.dead_letter)
+            log.warning("embedded_dead_letters_dropped", letters=letters, limit=limit)
+
+    async def rotate(self, consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient, why: str) -> bool:
+        """Steps 1-6 above; returns whether the topic was swapped."""
+        topic = self.topics.events
+        started = time.monotonic()
+        deadline = started + CATCH_UP_WAIT
+        while (await behind(consumer, topic))[1] > NEAR_END:
+            if self._closing.is_set() or time.monotonic() > deadline:
+                log.info("embedded_rotation_postponed", reason="the aggregator is behind", wanted=why)
+                return False
+            await asyncio.sleep(0.2)
+        held = time.monotonic()
+        await self.publisher.hold()
+        try:
+            events = await self._settle(consumer, topic, held + HOLD_MAX - 1.0)
+            if events is None:
+                log.info("embedded_rotation_postponed", reason="not committed in time", wanted=why)
+                return False
+            # Steps 4-6 run to their end: a topic left deleted would refuse every event.
+            count = len(consumer.partitions_for_topic(topic) or ()) or self.settings.topic_partitions
+            await asyncio.shield(self._swap(admin, consumer, topic, count))
+        finally:
+            self.publisher.release()
+        self.rotations += 1
+        self._since = time.monotonic()
+        metrics.EMBEDDED_ROTATIONS.inc()
+        log.info(
+            "embedded_topic_rotated",
+            reason=why,
+            events=events,
+            held_ms=round((time.monotonic() - held) * 1000),
+            seconds=round(time.monotonic() - started, 3),
+        )
+        return True
+
+    async def _settle(self, consumer: AIOKafkaConsumer, topic: str, deadline: float) -> int | None:
+        """Step 3: wait until the group committed the topic's end offsets (the sink is asked to
+        commit at once rather than at its cadence); the events then in the topic, or None."""
+        while time.monotonic() < deadline and not self._closing.is_set():
+            if self.sink.caught_up():
+                await self.sink.commit_now()
+                ends, left = await behind(consumer, topic)
+                if left == 0:
+                    return sum(ends.values())
+            await asyncio.sleep(0.05)
+        return None
+
+    async def _swap(
+        self, admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, topic: str, partitions: int
+    ) -> None:
+        await _recreate(admin, consumer, topic, partitions)
+        await self.sink.log_started_over()
+
+
+async def _size(consumer: AIOKafkaConsumer, topic: str) -> int:
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    if not partitions:
+        return 0
+    return sum((await log_ends(consumer, partitions)).values())
+
+
+async def _recreate(
+    admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, topic: str, partitions: int | None = None
+) -> None:
+    """Delete `topic` (if it exists) and create it with `partitions` (default: as many as now)."""
+    count = partitions or len(consumer.partitions_for_topic(topic) or ()) or 1
+    if topic in await admin.list_topics():
+        await admin.delete_topics([topic])
+        for _ in range(100):
+            if topic not in await admin.list_topics():
+                break
+            await asyncio.sleep(0.02)
+    await admin.create_topics([NewTopic(name=topic, num_partitions=count, replication_factor=1)])
+    await consumer.topics()
+
+
+def publisher_of(ingestor: Any) -> Publisher | None:
+    """The Publisher of ingest's Ingestor (None before its start-up got that far)."""
+    publisher = getattr(getattr(ingestor, "s", None), "publisher", None)
+    return publisher if isinstance(publisher, Publisher) else None
