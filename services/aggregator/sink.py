@@ -58,7 +58,7 @@ log = get_logger(__name__)
 COLUMNS = [*FIELDS, "kafka_partition", "kafka_offset"]
 STATUS_COLUMNS = ["topic", "partition", "worker", "last_write_at", "last_event_at", "lag", "version"]
 #: The freshness contract, stated once here: a live aggregator writes its aggregator_status
-#: rows at least every STATUS_EVERY seconds, idle or not (`_commit_loop`), with last_write_at =
+#: rows at least every STATUS_EVERY seconds, idle or not (`_status_loop`), with last_write_at =
 #: now while it is caught up; readers call the pipeline stalled once last_write_at is older than
 #: STALLED_AFTER (the dashboard's STALE_AFTER_S in services/api/static/app.js, which re-reads it
 #: every 5 s). So an idle site is never "stalled", and a stopped aggregator is within ~10 s.
@@ -225,9 +225,12 @@ class EventsSink:
         self._queue: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
         self._writer: asyncio.Task[None] | None = None
         self._committer: asyncio.Task[None] | None = None
+        self._statuser: asyncio.Task[None] | None = None
+        self._status_lock = asyncio.Lock()
         self._submitting: asyncio.Task[None] | None = None
         self._evicted_at = 0.0
         self._derived_client: Client | None = None
+        self._status_client: Client | None = None
         self._refresh_client: Client | None = None
         self._events_client: Client | None = None
         self._load_client: Client | None = None
@@ -289,6 +292,10 @@ class EventsSink:
         self._stop_wait = asyncio.ensure_future(self._stopping.wait())
         self._writer = self._watch(asyncio.create_task(self._write_loop(), name="sink-writer"))
         self._committer = self._watch(asyncio.create_task(self._commit_loop(), name="sink-committer"))
+        # On its own clock and client: a long recomputation or a slow insert must not make a
+        # live aggregator look stalled (best effort: it never stops the sink).
+        self._status_client = self._client_factory()
+        self._statuser = asyncio.create_task(self._status_loop(), name="sink-status")
         log.info("sink_started", topic=self.topics.events, group=self.settings.sink_group, table=self.table)
         flush_every = self.settings.sink_flush_ms / 1000
         deadline = time.monotonic() + flush_every
@@ -310,7 +317,11 @@ class EventsSink:
         finally:
             # Whatever ended the loop, every task ends and the Kafka clients close: a consumer
             # left open keeps its group and partitions (and the broker waiting) after we exit.
-            tasks = [t for t in (self._submitting, self._writer, self._committer, self._stop_wait) if t]
+            tasks = [
+                t
+                for t in (self._submitting, self._writer, self._committer, self._statuser, self._stop_wait)
+                if t
+            ]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)  # a task awaiting a thread ends at once
@@ -522,12 +533,7 @@ class EventsSink:
         the other: the writer keeps the live tables fresh while a recomputation runs."""
         while True:
             await asyncio.sleep(REFRESH_TICK)
-            now = time.monotonic()
-            caught_up = self._caught_up()
-            # Before the cadence's `continue`: an idle or backlogged sink still says it is alive.
-            if now - self._status_at >= STATUS_EVERY:
-                await self._write_status()
-            if not self._cadence.due(now, caught_up):
+            if not self._cadence.due(time.monotonic(), self._caught_up()):
                 continue
             await self._refresh_and_commit()
             if time.monotonic() - self._history_at >= self.settings.online_history_seconds:
@@ -837,9 +843,20 @@ class EventsSink:
         except Exception as exc:
             _best_effort("online_history_failed", exc)
 
+    async def _status_loop(self) -> None:
+        """The status rows every STATUS_EVERY seconds, idle, backlogged or recomputing."""
+        while True:
+            await asyncio.sleep(REFRESH_TICK)
+            if time.monotonic() - self._status_at >= STATUS_EVERY:
+                await self._write_status()
+
     async def _write_status(self) -> None:
         """One aggregator_status row per partition this worker owns: its last write, newest
         event time and lag. Best effort: a failure here must not hold back the commits."""
+        async with self._status_lock:
+            await self._write_status_rows()
+
+    async def _write_status_rows(self) -> None:
         assert self.consumer is not None
         self._status_at = time.monotonic()
         now = time.time()
@@ -872,7 +889,7 @@ class EventsSink:
             return
         try:
             await asyncio.to_thread(
-                self._derived_client.insert,  # type: ignore[union-attr]
+                self._status_client.insert,  # type: ignore[union-attr]
                 "aggregator_status",
                 rows,
                 column_names=STATUS_COLUMNS,
