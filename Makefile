@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/load_bench.py
 	$(BIN)/python bench/lookup_bench.py
 	$(BIN)/python bench/api_bench.py
+	$(BIN)/python bench/crash_bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
