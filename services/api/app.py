@@ -16,12 +16,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
-from fastapi import FastAPI
+from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
+from fastapi import FastAPI, Request, Response
 
 from services.api.dashboard import mount_dashboard
-from services.api.deps import AuthCache, AuthFailures, ClickHousePool
+from services.api.deps import AdminClient, AuthCache, AuthFailures, ClickHousePool, clickhouse_unavailable
 from services.api.live import LiveHub
 from services.api.routes import export, funnels, metrics, online, projects, snippet, users
+from werkstroom.clickhouse import ClickHouseError
+from werkstroom.clickhouse.errors import describe, error_name, is_transient
 from werkstroom.clickhouse.migrate import is_current
 from werkstroom.http import ops_router
 from werkstroom.logging import get_logger
@@ -48,6 +51,10 @@ key is 401; a valid key used on another project's id is 404, whether that projec
 Failed key checks are limited per client address (WERKSTROOM_API_AUTH_FAILURES_PER_MINUTE):
 past that, 429 with `Retry-After` and `detail[0].type` = `auth_rate_limited`.
 
+**ClickHouse unavailable**: while ClickHouse cannot answer (away, refusing connections, timing
+out, overloaded), every route that reads it answers 503 with `Retry-After` and
+`{"detail": ..., "reason": "clickhouse_unavailable"}`, and `/ready` says so; never a 500.
+
 **Freshness**: every data answer has `as_of` (server time) and `pipeline` (the aggregator's last
 write, the newest event time it wrote, and its lag in messages), so a quiet site can be told
 from a stalled pipeline.
@@ -70,7 +77,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
-        app.state.clickhouse = clickhouse()
+        app.state.admin_client = AdminClient(clickhouse)
         app.state.admin_token = admin_token
         app.state.clock = now
         app.state.auth_cache = AuthCache()
@@ -82,6 +89,7 @@ def create_app(
         finally:
             await app.state.live.close()
             app.state.pool.close()
+            app.state.admin_client.close()
 
     app = FastAPI(
         title="Werkstroom API",
@@ -93,11 +101,25 @@ def create_app(
 
     async def ready() -> dict[str, Any]:
         try:
-            current = await asyncio.to_thread(is_current, app.state.clickhouse)
+            client = await app.state.admin_client.get()
+            current = await asyncio.to_thread(is_current, client)
             return {"clickhouse": "ok" if current else "migrations pending"}
         except Exception as exc:
-            return {"clickhouse": f"error: {exc}"}
+            state = "unavailable" if is_transient(exc) else "error"
+            return {"clickhouse": f"{state}: {describe(exc, 300)}"}
 
+    async def clickhouse_failed(request: Request, exc: Exception) -> Response:
+        """A ClickHouse failure that passes by itself (werkstroom.clickhouse.errors) is 503 with a
+        reason; any other (a statement of ours it refuses) stays the 500 it is, logged."""
+        if not is_transient(exc):
+            raise exc
+        cause = exc.__cause__ if isinstance(exc, ClickHouseError) and exc.__cause__ else exc
+        log.warning("api_clickhouse_unavailable", path=request.url.path, error=describe(exc, 500))
+        return clickhouse_unavailable(error_name(cause))
+
+    # The driver's errors, ours from opening a client, and a socket's own (a stream read).
+    for failure in (DriverError, ClickHouseError, ConnectionError, TimeoutError):
+        app.add_exception_handler(failure, clickhouse_failed)
     app.include_router(ops_router(ready))
     app.include_router(projects.admin)
     app.include_router(projects.me)

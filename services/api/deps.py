@@ -26,6 +26,7 @@ from typing import Annotated, Any, TypeVar
 
 from clickhouse_connect.driver.client import Client
 from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.api import queries
@@ -100,6 +101,54 @@ class ClickHousePool:
             except Exception as exc:  # closing at shutdown: nothing left to do about it
                 log.warning("clickhouse_close_failed", error=str(exc))
         self._made.clear()
+
+
+class AdminClient:
+    """The one client of the administration routes and the readiness check, opened on first
+    use (and again after a failed open), so the API starts, and answers 503, while ClickHouse
+    is away; an HTTP client reconnects by itself once it is back."""
+
+    def __init__(self, factory: Callable[[], Client]) -> None:
+        self._factory = factory
+        self._client: Client | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> Client:
+        async with self._lock:
+            if self._client is None:
+                self._client = await asyncio.to_thread(self._factory)
+            return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception as exc:  # closing at shutdown: nothing left to do about it
+                log.warning("clickhouse_close_failed", error=str(exc))
+            self._client = None
+
+
+#: The reason of a 503 while ClickHouse cannot answer (away, refusing, timing out, overloaded,
+#: or its tables not migrated yet), and the seconds a client is asked to wait before retrying.
+CLICKHOUSE_UNAVAILABLE = "clickhouse_unavailable"
+RETRY_AFTER_SECONDS = 5
+
+
+def _unavailable_body(what: str) -> dict[str, str]:
+    return {
+        "detail": f"ClickHouse is unavailable ({what}); try again in {RETRY_AFTER_SECONDS} s",
+        "reason": CLICKHOUSE_UNAVAILABLE,
+    }
+
+
+def clickhouse_unavailable(what: str) -> JSONResponse:
+    """503 with a reason and Retry-After: `what` names the failure (OperationalError,
+    MEMORY_LIMIT_EXCEEDED), never its text, which may hold the server's address or a query."""
+    return JSONResponse(
+        _unavailable_body(what),
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Cache-Control": "no-store"},
+    )
 
 
 def get_pool(request: Request) -> ClickHousePool:
@@ -343,8 +392,15 @@ TOO_MANY_FAILURES: dict[str, Any] = {
     "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
     "content": {"application/json": {}},
 }
+UNAVAILABLE: dict[str, Any] = {
+    "description": f"ClickHouse cannot answer now (reason = {CLICKHOUSE_UNAVAILABLE}); retry after "
+    "Retry-After seconds",
+    "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+    "content": {"application/json": {"example": _unavailable_body("OperationalError")}},
+}
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "unknown or missing read key", "content": {"application/json": {}}},
     404: {"description": "no such project for this key (or no such item)"},
     429: TOO_MANY_FAILURES,
+    503: UNAVAILABLE,
 }

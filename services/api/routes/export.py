@@ -195,11 +195,45 @@ async def export_csv(
                 raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such user")
         body = _sessions(pool, project_id, now, days, ids)
     filename = _filename(project_id, kind, now)
+    body = await _opened(body)
     return StreamingResponse(
         _guarded(body, kind, project_id),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"},
     )
+
+
+async def _opened(body: AsyncIterator[str]) -> AsyncIterator[str]:
+    """`body` with its header row and first chunk of rows read before the status line is sent:
+    a ClickHouse that cannot answer at all is then an error answer (503 while it is away, see
+    services/api/app.py), not a 200 download cut short. One block is read ahead at most, the
+    size the export streams in anyway."""
+    head: list[str] = []
+    try:
+        while len(head) < 2:
+            head.append(await anext(body))
+    except StopAsyncIteration:
+        pass
+    except BaseException:
+        await _close(body)  # its client of its own, if it got one
+        raise
+
+    async def replay() -> AsyncIterator[str]:
+        try:
+            for chunk in head:
+                yield chunk
+            async for chunk in body:
+                yield chunk
+        finally:
+            await _close(body)
+
+    return replay()
+
+
+async def _close(body: AsyncIterator[str]) -> None:
+    aclose = getattr(body, "aclose", None)  # every body here is an async generator
+    if aclose is not None:
+        await aclose()
 
 
 async def _guarded(body: AsyncIterator[str], kind: str, project_id: str) -> AsyncIterator[str]:

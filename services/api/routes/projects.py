@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from services.api import queries
-from services.api.deps import AUTH_RESPONSES, PoolDep, ReadKeyDep, key_check, unauthorized
+from services.api.deps import AUTH_RESPONSES, UNAVAILABLE, PoolDep, ReadKeyDep, key_check, unauthorized
 from services.api.models import Me
 from werkstroom import projects
 from werkstroom.logging import get_logger
@@ -50,8 +50,9 @@ class ProjectCreated(ProjectOut):
     read_key: str = Field(description="Secret; shown only once. Stored hashed.", examples=["rk_…"])
 
 
-def clickhouse_client(request: Request) -> Client:
-    client: Client = request.app.state.clickhouse
+async def clickhouse_client(request: Request) -> Client:
+    """The admin client, opened on first use (AdminClient): 503 while ClickHouse is away."""
+    client: Client = await request.app.state.admin_client.get()
     return client
 
 
@@ -72,7 +73,7 @@ def require_admin(
 
 AdminDep = Annotated[None, Depends(require_admin)]
 
-admin = APIRouter(prefix="/api/projects", tags=["projects"])
+admin = APIRouter(prefix="/api/projects", tags=["projects"], responses={503: UNAVAILABLE})
 
 
 @admin.post("", status_code=201, response_model=ProjectCreated, summary="Create a project (admin)")
@@ -101,7 +102,7 @@ me = APIRouter(prefix="/api", tags=["projects"])
     response_model=Me,
     summary="The project a read key opens",
     description="Lets the dashboard log in with the read key alone.",
-    responses={401: AUTH_RESPONSES[401], 429: AUTH_RESPONSES[429]},
+    responses={401: AUTH_RESPONSES[401], 429: AUTH_RESPONSES[429], 503: UNAVAILABLE},
 )
 async def whoami(request: Request, key: ReadKeyDep, pool: PoolDep) -> Me:
     with key_check(request) as failed:  # the same budget of failed checks as the project routes
