@@ -117,6 +117,7 @@ def connect(
     if is_embedded(url):
         base.database = database
         return base
+    base.close()  # its pool is not the database's: one client per connect(), not two
     return clickhouse_connect.get_client(
         dsn=url,
         database=database,
