@@ -147,6 +147,20 @@ class _Batch:
 
 
 @dataclass
+class _Replay:
+    """A partition whose log started over while `events` held rows of its previous generation
+    that were written and never committed (generations.tails): they are replayed from `events`
+    before the partition is read again (`_replay_tails`), and only then is its new generation
+    recorded, so that a crash meanwhile decides (and replays) the same again at the next start."""
+
+    generation: int  # the previous generation, the one the rows were written under
+    start: int  # its recorded next_offset: the rows at this offset or past it
+    began: int  # when it began (generations._tail_where)
+    row: tuple[int, int, int, int, int, int | None]  # the new generation's sink_partitions row
+    seek: int  # where the new log is read from
+
+
+@dataclass
 class _Refused:
     """A row ClickHouse refused, as its dead letter."""
 
@@ -218,6 +232,8 @@ class EventsSink:
         # the (key, value) of the message before each next offset taken, for its anchor.
         self._bases: dict[TopicPartition, int] = {}
         self._lasts: dict[tuple[TopicPartition, int], tuple[bytes | None, bytes | None]] = {}
+        self._began: dict[TopicPartition, int | None] = {}  # when each one's generation began (0018)
+        self._replays: dict[TopicPartition, _Replay] = {}  # partitions held back until replayed
         self._partition_count = 0
         self._generations_client: Client | None = None
         self._generations_lock = asyncio.Lock()
@@ -311,6 +327,8 @@ class EventsSink:
                     # is applied: what arrives meanwhile waits the interval, not interval + apply.
                     cut = await self._submit_in_background()
                     deadline = cut + flush_every
+                if self._replays:
+                    await self._replay_tails()
                 self._raise_if_writer_failed()
             self._raise_if_writer_failed()
             await self._drain()
@@ -463,7 +481,7 @@ class EventsSink:
         self._raise_if_writer_failed()
         await self._refresh_and_commit()
 
-    async def _submit_in_background(self) -> float:
+    async def _submit_in_background(self, held: _Held | None = None) -> float:
         """Cut the batch and start aggregating it, and return when it was cut: the loop goes on
         taking records while the batch's visitors load (records sitting in the fetcher's buffer
         meanwhile were most of the live view's delay). One batch at a time: the previous one
@@ -476,7 +494,8 @@ class EventsSink:
             if self._stopping.is_set():
                 return time.monotonic()  # nothing more is cut; the loop ends
             self._submitting.result()  # raises what it raised
-        self._submitting = self._watch(asyncio.create_task(self._submit(self._cut()), name="sink-submit"))
+        held = held if held is not None else self._cut()
+        self._submitting = self._watch(asyncio.create_task(self._submit(held), name="sink-submit"))
         return time.monotonic()
 
     def _cut(self) -> _Held | None:
@@ -723,9 +742,10 @@ class EventsSink:
     async def _refresh_and_commit(self) -> bool:
         """Recompute persons and daily stats for what the written batches touched, then commit
         their offsets: a crash before this re-reads those batches, which dirties the keys again.
-        Returns whether there was anything to commit."""
+        Returns whether there was anything to commit. Keys dirtied with no offsets to commit (a
+        tail replayed from `events`, `_replay_tails`) are recomputed too."""
         async with self._commit_lock:
-            if not self._pending_offsets:
+            if not self._pending_offsets and not self._pending_dirty.days and not self._pending_dirty.ids:
                 return False
             dirty, offsets = self._pending_dirty, self._pending_offsets
             self._pending_dirty, self._pending_offsets = Dirty(), {}
@@ -737,6 +757,8 @@ class EventsSink:
             metrics.DERIVED_REFRESH_SECONDS.observe(took)
             self._cadence.ran(started, took)
             assert self.consumer is not None
+            if not offsets:
+                return False
             await self._retry("sink_generations_failed", lambda: self._record_positions(offsets))
             try:
                 await self.consumer.commit(offsets)
@@ -759,13 +781,73 @@ class EventsSink:
             last = self._lasts.get((tp, offset))
             anchor = generations.anchor_of(*last) if last is not None else 0
             generation = self._bases[tp] >> generations.SHIFT
-            rows.append((tp.partition, generation, offset, anchor, self._partition_count))
+            began = self._began.get(tp)  # carried forward: the generation's tail is told by it
+            rows.append((tp.partition, generation, offset, anchor, self._partition_count, began))
         async with self._generations_lock:
             await asyncio.to_thread(
                 generations.save, self._generations_client, self.topics.events, rows, self.worker
             )
         for key in [k for k in self._lasts if k[1] <= offsets.get(k[0], -1)]:
             del self._lasts[key]
+
+    async def _replay_tails(self) -> None:
+        """Replay the tails of the partitions held back (`_Replay`): the events `events` holds of
+        their previous generation, written and never committed, through the normal path (apply,
+        write the aggregates, recompute the derived tables for the keys they touch) under their
+        own positions, then record the new generation and read the new log. The rows themselves
+        are not written again (a new inserted_at would put them in the new generation's tail).
+        Idempotent: an aggregation that already counted an event (its position at or below the
+        version) ignores it, one that did not counts it. A crash before the end records nothing,
+        and the next start decides and replays the same again."""
+        client, consumer = self._generations_client, self.consumer
+        assert client is not None and consumer is not None
+        pending = dict(self._replays)
+        replayed: dict[TopicPartition, int] = {}
+        for tp, replay in pending.items():
+
+            async def load(tp: TopicPartition = tp, replay: _Replay = replay) -> list[tuple[Event, int]]:
+                async with self._generations_lock:  # the client is the assignments' too
+                    return await asyncio.to_thread(
+                        generations.tail_events, client, self.table, tp.partition, replay.start, replay.began
+                    )
+
+            try:
+                events = await self._retry("sink_tail_load_failed", load)
+            except _Abandoned:
+                return
+            base = generations.base(replay.generation)
+            decoded: list[Decoded] = [(event, tp.partition, base + offset) for event, offset in events]
+            replayed[tp] = len(decoded)
+            size = self.settings.sink_batch_rows
+            for start in range(0, len(decoded), size):
+                await self._submit_in_background(_Held([], decoded[start : start + size], [], {}))
+                if self._stopping.is_set():
+                    return
+        try:
+            await self.flush()  # written, and the keys they touched recomputed
+        except _Abandoned:
+            return
+        async with self._generations_lock:
+            done = {tp: r for tp, r in pending.items() if self._replays.get(tp) is r}
+            await asyncio.to_thread(
+                generations.save, client, self.topics.events, [r.row for r in done.values()], self.worker
+            )
+            for tp, replay in done.items():
+                if self._replays.get(tp) is not replay:  # revoked or decided again meanwhile
+                    continue
+                del self._replays[tp]
+                self._bases[tp] = generations.base(replay.row[1])
+                self._began[tp] = replay.row[5]
+                consumer.seek(tp, replay.seek)
+                consumer.resume(tp)
+                log.info(
+                    "sink_tail_replayed",
+                    partition=tp.partition,
+                    generation=replay.generation,
+                    start=replay.start,
+                    events=replayed.get(tp, 0),
+                    new_generation=replay.row[1],
+                )
 
     async def assign_generations(self, assigned: list[TopicPartition]) -> None:
         """Decide the generation of each assigned partition of the events topic from what is
@@ -776,6 +858,7 @@ class EventsSink:
         tps = sorted((tp for tp in assigned if tp.topic == topic), key=lambda tp: tp.partition)
         for tp in tps:
             self._bases.pop(tp, None)
+            self._replays.pop(tp, None)  # decided again, from what is recorded
         if not tps:
             return
         try:
@@ -794,6 +877,9 @@ class EventsSink:
         committed = {tp: await consumer.committed(tp) for tp in tps}
         ends = await log_ends_at(self.bootstrap, tps)  # not end_offsets: see log_ends
         async with self._generations_lock:
+            # ClickHouse's clock before anything is decided, so before any message of a new
+            # generation is read: when the generations decided here begin (0018).
+            now = await asyncio.to_thread(generations.clock_ms, client)
             records, recorded = await asyncio.to_thread(generations.load, client, topic)
             counted: set[int] = set()
             if recorded.generation is None and any(committed[tp] is None for tp in tps):
@@ -806,22 +892,70 @@ class EventsSink:
                 and 0 < records[tp.partition].next_offset <= ends[tp]
             }
             found = await generations.anchors_at(self.bootstrap, wanted)
+            # What `events` holds of each recorded generation past its record: written, never
+            # committed. Evidence of the log read (its last event must still be there), and what
+            # is replayed when the log started over (`_replay_tails`).
+            known_tails = {
+                tp.partition: (record.next_offset, record.began_ms)
+                for tp in tps
+                if (record := records.get(tp.partition)) is not None and record.began_ms is not None
+            }
+            tails = await asyncio.to_thread(generations.tails, client, self.table, known_tails)
+            tail_found = await generations.event_ids_at(
+                self.bootstrap,
+                {
+                    tp: tails[tp.partition].last
+                    for tp in tps
+                    if tp.partition in tails and committed[tp] is None and tails[tp.partition].last < ends[tp]
+                },
+            )
             rows = []
             for tp in tps:
                 record = records.get(tp.partition)
+                tail = tails.get(tp.partition)
                 decision = generations.decide(
-                    record, recorded, count, committed[tp], ends[tp], found.get(tp), tp.partition in counted
+                    record,
+                    recorded,
+                    count,
+                    committed[tp],
+                    ends[tp],
+                    found.get(tp),
+                    tp.partition in counted,
+                    tail,
+                    tail_found.get(tp),
                 )
-                if decision.record:
+                # A generation carries the time it began forward; a new one begins now, and so
+                # does one recorded before 0018 (its rows from now on are told apart).
+                same = record is not None and record.generation == decision.generation
+                began = now
+                if same and record is not None and record.began_ms is not None:
+                    began = record.began_ms
+                row = None
+                if decision.record or record is None or began != record.began_ms:
                     # A checkpoint that holds: the record's own (its log goes on), or none (0).
                     at, anchor = 0, 0
                     seek = decision.seek
                     if record is not None and seek is not None and seek >= record.next_offset:
                         at, anchor = record.next_offset, record.anchor
-                    rows.append((tp.partition, decision.generation, at, anchor, count))
-                self._bases[tp] = generations.base(decision.generation)
-                if decision.seek is not None:
-                    consumer.seek(tp, decision.seek)
+                    row = (tp.partition, decision.generation, at, anchor, count, began)
+                # A tail is only found for a record that knows when its generation began.
+                replay = decision.reason == "new_log" and tail is not None
+                if replay and record is not None and record.began_ms is not None:
+                    # Held back (paused, no position yet) until the tail is replayed: nothing of
+                    # the new log may be applied before it, and the new generation is recorded
+                    # only then.
+                    assert row is not None and decision.seek is not None
+                    self._replays[tp] = _Replay(
+                        record.generation, record.next_offset, record.began_ms, row, decision.seek
+                    )
+                    consumer.pause(tp)
+                else:
+                    if row is not None:
+                        rows.append(row)
+                    self._bases[tp] = generations.base(decision.generation)
+                    self._began[tp] = began
+                    if decision.seek is not None:
+                        consumer.seek(tp, decision.seek)
                 log.info(
                     "sink_generation",
                     partition=tp.partition,
@@ -830,6 +964,8 @@ class EventsSink:
                     seek=decision.seek,
                     committed=committed[tp],
                     end=ends[tp],
+                    tail=tail.rows if tail is not None else 0,
+                    replay=replay,
                 )
             await asyncio.to_thread(generations.save, client, topic, rows, self.worker)
         self._partition_count = count
@@ -969,6 +1105,7 @@ class EventsSink:
             self._offsets.pop(tp, None)
             self._taken.pop(tp, None)
             self._pending_offsets.pop(tp, None)
+            self._replays.pop(tp, None)  # not recorded: the new owner decides and replays it again
         if self._aggregating:  # a batch is being applied: its visitors go once it is done
             self._revoke_after |= numbers
         else:
