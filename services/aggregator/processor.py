@@ -54,6 +54,9 @@ EVICT_AFTER_MS = GAP_MS + 10 * 60 * 1000
 CLOCK_AHEAD_MS = 5 * 60 * 1000
 
 
+RECENT_IDS = 200_000  # event ids remembered for de-duplication (RecentIds), at most about 30 MB
+
+
 def clock_ceiling_ms() -> int:
     """The latest event time the aggregator's clock may take: CLOCK_AHEAD_MS past the wall clock."""
     return time.time_ns() // 1_000_000 + CLOCK_AHEAD_MS
@@ -71,11 +74,43 @@ class Dirty:
         self.ids |= other.ids
 
 
+class RecentIds:
+    """The positions at which the last RECENT_IDS to RECENT_IDS * 2 event ids were first seen.
+
+    A client sends an event again when it did not get its answer: a 503 after the produce
+    timeout (the broker may have taken the events all the same), a connection lost before the
+    200. The copy has the same event id and a later position. Versions only skip positions
+    already applied (a re-read after a crash: the same event at the same position), so the copy
+    would count twice; `events` keeps it once (ReplacingMergeTree on the id). Retries come
+    within seconds, so a window of recent ids catches them, at two dicts of ints: no per-visitor
+    state, O(1) a lookup, bounded memory. Not across a restart or a partition moving to
+    another worker (the window starts empty there)."""
+
+    def __init__(self, size: int = 0) -> None:
+        self.size = size or RECENT_IDS
+        self._current: dict[int, int] = {}
+        self._previous: dict[int, int] = {}
+
+    def first_at(self, project_id: str, event_id: str, position: int) -> int:
+        """Where this event was first seen (recording `position` if nowhere yet)."""
+        key = hash((project_id, event_id))
+        found = self._current.get(key)
+        if found is None:
+            found = self._previous.get(key)
+            if found is None:
+                found = position
+            self._current[key] = found
+            if len(self._current) >= self.size:
+                self._previous, self._current = self._current, {}
+        return found
+
+
 class SessionsProcessor:
     def __init__(self) -> None:
         self.visitors: dict[VisitorKey, Visitor] = {}
         self.day_counts: dict[DayKey, DayCount] = {}
         self._partition_of: dict[VisitorKey, int] = {}
+        self.seen = RecentIds()
         # The latest event time seen, at most CLOCK_AHEAD_MS past the wall clock: the
         # aggregator's notion of "now", for evicting idle visitors and old days' counts.
         self._clock_ms = 0
@@ -128,8 +163,11 @@ class SessionsProcessor:
         ceiling = clock_ceiling_ms()
         count_key: DayKey | None = None
         count = DayCount()
+        seen = self.seen.first_at
         for event, partition, offset in batch:
             project_id, anonymous_id, timestamp = event.project_id, event.anonymous_id, event.timestamp
+            if seen(project_id, event.event_id, offset) != offset:
+                continue  # the same event sent again (a client's retry): counted once
             t = to_ms(timestamp)
             if t > newest.get(partition, 0):
                 newest[partition] = t

@@ -135,6 +135,38 @@ async def test_generated_traffic_gives_exact_sessions_identities_and_isolation(s
     )  # bots: none
 
 
+async def test_a_batch_sent_again_by_its_client_is_counted_once(stack: Stack) -> None:
+    """A client that did not get its 200 (a lost answer, a 503 after the broker took the events)
+    sends the same events again: two messages, one event id each. `events` keeps one row; the
+    sessions and the day counts must count one too (61 messages, 31 events)."""
+    key = stack.project.write_key
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    batch = [
+        {
+            "type": "page" if n % 2 else "track",
+            "event": "Clicked",
+            "anonymousId": "retry",  # one visitor, one partition: read in the order sent
+            "messageId": f"r-{n}",
+            "properties": {"path": f"/p{n}"},
+            "timestamp": (now + timedelta(seconds=n)).isoformat().replace("+00:00", "Z"),
+        }
+        for n in range(30)
+    ]
+    await send_all(stack, key, batch)
+    await send_all(stack, key, batch)  # the retry
+    await send_all(stack, key, [{**batch[0], "messageId": "r-last"}])  # read after the retry
+    p = {"p": stack.project.project_id}
+    await stack.until(
+        lambda: stack.scalar("SELECT sum(events) FROM daily_stats FINAL WHERE project_id = {p:String}", **p)
+        == 31
+    )
+    assert stack.scalar("SELECT count() FROM events FINAL") == 31
+    assert stack.rows("SELECT sum(page_views), sum(events) FROM events_daily FINAL") == [(15, 31)]
+    assert stack.rows(
+        "SELECT sum(page_views), sum(events) FROM sessions FINAL WHERE is_deleted = 0"
+    ) == [(15, 31)]
+
+
 async def test_late_event_that_fills_a_gap_merges_two_sessions(stack: Stack) -> None:
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=5)
     key = stack.project.write_key

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from services.aggregator.processor import SessionsProcessor
+from services.aggregator.processor import RecentIds, SessionsProcessor
 from services.aggregator.sessions import (
     DAY_COUNT_COLUMNS,
     ONLINE_COLUMNS,
@@ -233,3 +233,31 @@ def test_counts_of_old_days_are_forgotten_once_written_and_revoked_partitions_at
     assert list(processor.day_counts) == [("p", T0.date(), 1)]  # today stays
     processor.revoke({1})
     assert processor.day_counts == {}
+
+
+def test_an_event_sent_again_counts_once_while_a_replay_of_its_position_goes_through() -> None:
+    """A client's retry (a 503 after the broker took the events, a lost 200) is the same event
+    id at a later position: counted once in sessions and day counts. The same event at the same
+    position (a re-read after a crash) is left to the versions."""
+    processor = SessionsProcessor()
+    first = [(ev(0, n=1), 0, 5), (ev(1, "track", n=2), 0, 6)]
+    rows, _ = processor.process(first)
+    assert [r[3:5] for r in rows["events_daily"][1]] == [[1, 2]]
+    retry = [(ev(0, n=1), 0, 9), (ev(1, "track", n=2), 0, 10), (ev(2, n=3), 0, 11)]
+    rows, _ = processor.process(retry)
+    assert [r[3:5] for r in rows["events_daily"][1]] == [[2, 3]]  # only e3 is new
+    (session,) = processor.visitors[("p", "a")].sessions
+    assert (session.page_views, session.events) == (2, 3)
+    assert processor.seen.first_at("p", "e1", 5) == 5  # the replay of a position: unchanged
+    assert processor.seen.first_at("other", "e1", 12) == 12  # ids are per project
+
+
+def test_recent_ids_remember_between_one_and_two_windows() -> None:
+    seen = RecentIds(size=3)
+    for i in range(3):
+        assert seen.first_at("p", f"e{i}", i) == i
+    for i in range(3):  # the first window moved to "previous": still remembered
+        assert seen.first_at("p", f"e{i}", 10 + i) == i
+    for i in range(3, 9):
+        seen.first_at("p", f"e{i}", i)
+    assert seen.first_at("p", "e0", 20) == 20  # two windows later: forgotten
