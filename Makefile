@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/lookup_bench.py
 	$(BIN)/python bench/api_bench.py
 	$(BIN)/python bench/crash_bench.py
+	$(BIN)/python bench/soak_bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
