@@ -159,7 +159,7 @@ class Settings(BaseSettings):
         200_000,
         ge=0,
         description="WERKSTROOM_EMBEDDED_BROKER_MAX_EVENTS: the embedded broker keeps its topics in "
-        "memory (about 0.7 KB an event); once the events topic holds this many, `--target all` swaps "
+        "memory (about 1.2 KB an event); once the events topic holds this many, `--target all` swaps "
         "it for an empty one after the aggregator wrote and committed all of it (werkstroom.rotation). "
         "0: never (memory grows without bound). Not used with WERKSTROOM_KAFKA_BOOTSTRAP.",
     )
