@@ -31,7 +31,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.procs import children, listening  # noqa: E402
 from services.aggregator.sink import STALLED_AFTER  # noqa: E402
 from werkstroom.embedded import free_port  # noqa: E402
 
@@ -261,35 +261,6 @@ class Serve:
         as_of = datetime.fromisoformat(body["as_of"].replace("Z", "+00:00"))
         age = (as_of - datetime.fromisoformat(written.replace("Z", "+00:00"))).total_seconds()
         return age, None if lag is None else int(lag)
-
-
-def listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), 0.2):
-            return True
-    except OSError:
-        return False
-
-
-def children(pid: int) -> list[int]:
-    """The live processes whose parent is `pid` (the embedded broker, for serve): from the
-    kernel's list for its main thread, else by the parent id of every process."""
-    try:
-        listed = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        listed = []
-    if listed:
-        return listed
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 def rss_mb(pid: int) -> float:

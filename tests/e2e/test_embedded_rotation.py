@@ -5,8 +5,6 @@ once and counted once: in events, sessions, events_daily and daily_stats."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 import threading
 import time
@@ -14,25 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_graceful_drain import Serve
+from tests.e2e.test_graceful_drain import COUNTED, Serve
 
 pytestmark = pytest.mark.integration
 
-COUNTS = r"""
-import json, sys
-from werkstroom.clickhouse import connect
-client = connect(sys.argv[1], "werkstroom")
-p = {"p": sys.argv[2]}
-one = lambda sql: client.query(sql, parameters=p).first_row[0]
-sys.stdout.write(json.dumps({
-    "events": one("SELECT count() FROM events FINAL WHERE project_id = {p:String}"),
-    "ids": one("SELECT uniqExact(event_id) FROM events FINAL WHERE project_id = {p:String}"),
-    "sessions": one("SELECT sum(events) FROM sessions FINAL WHERE project_id = {p:String}"),
-    "events_daily": one("SELECT sum(events) FROM events_daily FINAL WHERE project_id = {p:String}"),
-    "daily_stats": one("SELECT sum(events) FROM daily_stats FINAL WHERE project_id = {p:String}"),
-    "generations": one("SELECT max(generation) FROM sink_partitions FINAL"),
-}))
-"""
+QUERIES = {
+    **COUNTED,
+    "sessions": "SELECT sum(events) FROM sessions FINAL WHERE project_id = {p:String}",
+    "generations": "SELECT max(generation) FROM sink_partitions FINAL",
+}
 
 LIMIT = 3_000  # events in the topic before a swap
 
@@ -71,15 +59,7 @@ def test_steady_traffic_across_topic_swaps_is_counted_once(tmp_path: Path) -> No
     finally:
         serve.kill()
 
-    url = f"chdb://{(tmp_path / 'data' / 'clickhouse').resolve()}"
-    out = subprocess.run(
-        [sys.executable, "-c", COUNTS, url, serve.demo["project_id"]],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    counts = {k: int(v or 0) for k, v in json.loads(out.stdout).items()}
+    counts = serve.counts(QUERIES)
     total = sent["acknowledged"]
     assert total >= 3 * LIMIT and sent["refused"] <= total // 20, sent
     assert counts.pop("generations") >= 3  # each swap began a new generation of positions

@@ -42,18 +42,19 @@ sys.stdout.write(str(client.query(
     "SELECT toUnixTimestamp64Milli(max(last_write_at)) / 1000 FROM aggregator_status FINAL"
 ).first_row[0]))
 """
+COUNTED = {
+    "events": "SELECT count() FROM events FINAL WHERE project_id = {p:String}",
+    "ids": "SELECT uniqExact(event_id) FROM events FINAL WHERE project_id = {p:String}",
+    "events_daily": "SELECT sum(events) FROM events_daily FINAL WHERE project_id = {p:String}",
+    "daily_stats": "SELECT sum(events) FROM daily_stats FINAL WHERE project_id = {p:String}",
+}
 COUNTS = r"""
 import json, sys
 from werkstroom.clickhouse import connect
 client = connect(sys.argv[1], "werkstroom")
 p = {"p": sys.argv[2]}
-one = lambda sql: client.query(sql, parameters=p).first_row[0]
-sys.stdout.write(json.dumps({
-    "events": one("SELECT count() FROM events FINAL WHERE project_id = {p:String}"),
-    "ids": one("SELECT uniqExact(event_id) FROM events FINAL WHERE project_id = {p:String}"),
-    "events_daily": one("SELECT sum(events) FROM events_daily FINAL WHERE project_id = {p:String}"),
-    "daily_stats": one("SELECT sum(events) FROM daily_stats FINAL WHERE project_id = {p:String}"),
-}))
+queries = json.loads(sys.argv[3])
+sys.stdout.write(json.dumps({k: client.query(q, parameters=p).first_row[0] for k, q in queries.items()}))
 """
 
 
@@ -123,10 +124,11 @@ class Serve:
             self.proc.wait(10)
         self._log.close()
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, queries: dict[str, str] | None = None) -> dict[str, int]:
+        """COUNTED (or `queries`), read by a separate process once this one has stopped."""
         url = f"chdb://{(self.tmp / 'data' / 'clickhouse').resolve()}"
         out = subprocess.run(
-            [sys.executable, "-c", COUNTS, url, self.demo["project_id"]],
+            [sys.executable, "-c", COUNTS, url, self.demo["project_id"], json.dumps(queries or COUNTED)],
             capture_output=True,
             text=True,
             timeout=120,

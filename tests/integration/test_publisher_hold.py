@@ -5,6 +5,7 @@ held nothing reaches Kafka and callers wait; at release they are sent, except th
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -29,50 +30,49 @@ def messages(prefix: str, n: int) -> list[tuple[bytes, bytes]]:
     return [(f"{prefix}{i}".encode(), b"{}") for i in range(n)]
 
 
-async def test_held_publisher_sends_nothing_until_released_and_drops_callers_that_gave_up(
-    infra: Infra,
-) -> None:
+@pytest.fixture
+async def on_topic(infra: Infra) -> AsyncIterator[tuple[Publisher, str]]:
+    """A started Publisher and a topic of one partition of this test's own."""
     topic = own_names()["topic_events"]
     await ensure_topics(infra.bootstrap, [topic], 1)
     producer = await start_producer(infra.bootstrap)
     publisher = Publisher(producer)
     publisher.start()
     try:
-        await publisher.publish(topic, messages("before", 10))
-        await publisher.hold()
-        assert await end(infra.bootstrap, topic) == 10
-
-        waiting = asyncio.create_task(publisher.publish(topic, messages("held", 5)))
-        with pytest.raises(TimeoutError):  # a request's produce timeout: answered 503
-            await asyncio.wait_for(publisher.publish(topic, messages("gave-up", 7)), 0.2)
-        await asyncio.sleep(0.5)
-        assert not waiting.done()
-        assert await end(infra.bootstrap, topic) == 10  # nothing handed over while held
-
-        publisher.release()
-        await asyncio.wait_for(waiting, 10)
-        assert await end(infra.bootstrap, topic) == 15  # the one that gave up was not sent
-        await publisher.until_open()  # open again: returns at once
+        yield publisher, topic
     finally:
         await publisher.stop()
         await producer.stop()
+
+
+async def test_held_publisher_sends_nothing_until_released_and_drops_callers_that_gave_up(
+    infra: Infra, on_topic: tuple[Publisher, str]
+) -> None:
+    publisher, topic = on_topic
+    await publisher.publish(topic, messages("before", 10))
+    await publisher.hold()
+    assert await end(infra.bootstrap, topic) == 10
+
+    waiting = asyncio.create_task(publisher.publish(topic, messages("held", 5)))
+    with pytest.raises(TimeoutError):  # a request's produce timeout: answered 503
+        await asyncio.wait_for(publisher.publish(topic, messages("gave-up", 7)), 0.2)
+    await asyncio.sleep(0.5)
+    assert not waiting.done()
+    assert await end(infra.bootstrap, topic) == 10  # nothing handed over while held
+
+    publisher.release()
+    await asyncio.wait_for(waiting, 10)
+    assert await end(infra.bootstrap, topic) == 15  # the one that gave up was not sent
+    await publisher.until_open()  # open again: returns at once
 
 
 async def test_log_ends_is_the_offset_after_the_last_message_where_list_offsets_is_not(
-    infra: Infra,
+    infra: Infra, on_topic: tuple[Publisher, str]
 ) -> None:
     # tansu answers ListOffsets with its last batch's base offset + 1: 10 messages in one batch
     # read as 1 there. A drain or a topic swap that trusted it would leave that batch's tail.
-    topic = own_names()["topic_events"]
-    await ensure_topics(infra.bootstrap, [topic], 1)
-    producer = await start_producer(infra.bootstrap)
-    publisher = Publisher(producer)
-    publisher.start()
-    try:
-        assert await end(infra.bootstrap, topic) == 0
-        for _ in range(3):
-            await publisher.publish(topic, messages("m", 10))
-        assert await end(infra.bootstrap, topic) == 30
-    finally:
-        await publisher.stop()
-        await producer.stop()
+    publisher, topic = on_topic
+    assert await end(infra.bootstrap, topic) == 0
+    for _ in range(3):
+        await publisher.publish(topic, messages("m", 10))
+    assert await end(infra.bootstrap, topic) == 30
