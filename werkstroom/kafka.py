@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -19,6 +19,7 @@ from aiokafka.partitioner import murmur2
 from werkstroom.logging import get_logger
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 
 class KafkaUnavailable(RuntimeError):
@@ -241,6 +242,7 @@ class Publisher:
         self._open.set()
         self._idle = asyncio.Event()  # set while no hand-over is under way
         self._idle.set()
+        self._held_at = float("-inf")  # when the latest hold began (monotonic)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="kafka-publisher")
@@ -264,11 +266,29 @@ class Publisher:
         their acknowledgement). Returns once everything handed over before is acknowledged, so
         that the topics can change under the producer (werkstroom.rotation)."""
         self._open.clear()
+        self._held_at = time.monotonic()
         await self._idle.wait()
         await self.producer.flush()
 
     def release(self) -> None:
         self._open.set()
+
+    async def within(self, work: Awaitable[T], timeout: float) -> T:  # noqa: ASYNC109 - extended by a hold
+        """`work` (publishing), given `timeout` seconds; a hold that begins meanwhile adds up to
+        HOLD_MAX, so that a topic swap does not turn the requests in flight into 503s. Raises
+        TimeoutError (and cancels `work`: what is not handed over yet is then not sent)."""
+        task = asyncio.ensure_future(work)
+        started = time.monotonic()
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if not done and (self._held_at >= started or not self._open.is_set()):
+                done, _ = await asyncio.wait({task}, timeout=HOLD_MAX + timeout)
+            if not done:
+                raise TimeoutError(f"not acknowledged within {timeout} s")
+            return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
 
     async def until_open(self) -> None:
         """Returns at once, or when a hold ends (at most HOLD_MAX seconds, then TimeoutError)."""

@@ -338,9 +338,9 @@ class Ingestor:
 
         try:
             # While the embedded broker swaps its topics (werkstroom.rotation, at most HOLD_MAX s),
-            # the events wait for it; the produce timeout counts from there.
+            # the events wait for it; the produce timeout counts from there (`within`).
             await self.s.publisher.until_open()
-            await asyncio.wait_for(self._send(messages, dead), settings.produce_timeout_ms / 1000)
+            await self.s.publisher.within(self._send(messages, dead), settings.produce_timeout_ms / 1000)
         except (TimeoutError, KafkaError) as exc:
             self.s.kafka_down_until = time.monotonic() + 1.0
             log.warning("kafka_unavailable", error=f"{type(exc).__name__}: {exc}", events=len(messages))

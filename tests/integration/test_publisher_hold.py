@@ -76,3 +76,20 @@ async def test_log_ends_is_the_offset_after_the_last_message_where_list_offsets_
     for _ in range(3):
         await publisher.publish(topic, messages("m", 10))
     assert await end(infra.bootstrap, topic) == 30
+
+
+async def test_a_hold_that_begins_while_a_request_waits_extends_its_timeout(
+    infra: Infra, on_topic: tuple[Publisher, str]
+) -> None:
+    # A request already past until_open() when a swap holds the sends: its 0.2 s produce
+    # timeout would have answered 503 (and a beacon that ignores answers loses its events).
+    publisher, topic = on_topic
+    in_flight = asyncio.create_task(publisher.within(publisher.publish(topic, messages("r", 3)), 0.2))
+    await publisher.hold()  # before the task first runs: its messages are still queued
+    await asyncio.sleep(0.6)  # past the timeout, still held
+    assert not in_flight.done()
+    publisher.release()
+    await asyncio.wait_for(in_flight, 10)
+    assert await end(infra.bootstrap, topic) == 3
+    with pytest.raises(TimeoutError):  # no hold meanwhile: the timeout is the timeout
+        await publisher.within(asyncio.sleep(5), 0.2)

@@ -4,8 +4,9 @@ through both ways in (the raw-ASGI fast path and the FastAPI routes)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,6 +38,9 @@ class FakePublisher:
 
     async def until_open(self) -> None:
         return None
+
+    async def within(self, work: Awaitable[None], timeout: float) -> None:
+        await asyncio.wait_for(work, timeout)
 
 
 class FakeKeys:
