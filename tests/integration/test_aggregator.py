@@ -157,14 +157,15 @@ async def test_a_batch_sent_again_by_its_client_is_counted_once(stack: Stack) ->
     await send_all(stack, key, [{**batch[0], "messageId": "r-last"}])  # read after the retry
     p = {"p": stack.project.project_id}
     await stack.until(
-        lambda: stack.scalar("SELECT sum(events) FROM daily_stats FINAL WHERE project_id = {p:String}", **p)
-        == 31
+        lambda: (
+            stack.scalar("SELECT sum(events) FROM daily_stats FINAL WHERE project_id = {p:String}", **p) == 31
+        )
     )
     assert stack.scalar("SELECT count() FROM events FINAL") == 31
     assert stack.rows("SELECT sum(page_views), sum(events) FROM events_daily FINAL") == [(15, 31)]
-    assert stack.rows(
-        "SELECT sum(page_views), sum(events) FROM sessions FINAL WHERE is_deleted = 0"
-    ) == [(15, 31)]
+    assert stack.rows("SELECT sum(page_views), sum(events) FROM sessions FINAL WHERE is_deleted = 0") == [
+        (15, 31)
+    ]
 
 
 async def test_late_event_that_fills_a_gap_merges_two_sessions(stack: Stack) -> None:
