@@ -237,11 +237,11 @@ def normalize(
 
     context = _object(call.get("context"), "context")
     properties = _object(call.get("properties"), "properties")
-    traits = (
-        _object(call.get("traits"), "traits")
-        if kind == "identify"
-        else _object(context.get("traits"), "context.traits")
-    )
+    traits = _object(context.get("traits"), "context.traits")
+    if kind == "identify":
+        # Segment's SDKs send identify traits at the top level, RudderStack's under
+        # context.traits (issue 19): both count, the top level winning a key in both.
+        traits = {**traits, **_object(call.get("traits"), "traits")}
 
     previous_id = ""
     if kind == "track":

@@ -140,6 +140,15 @@ def test_ids_message_id_and_traits() -> None:
     assert (alias["previous_id"], alias["user_id"], alias["event"]) == ("anon", "u", "$alias")
 
 
+def test_identify_traits_from_the_top_level_and_from_context_traits_as_rudderstack_sends_them() -> None:
+    rudder = run({"userId": "u", "context": {"traits": {"plan": "premium", "email": "a@b.c"}}}, "identify")
+    assert rudder["traits"] == {"plan": "premium", "email": "a@b.c"}
+    both = run(
+        {"userId": "u", "traits": {"plan": "trial"}, "context": {"traits": {"plan": "x", "n": 1}}}, "identify"
+    )
+    assert both["traits"] == {"plan": "trial", "n": 1}  # the top level wins a key in both
+
+
 def test_visitor_agent_comes_from_context_then_request_but_not_from_server_sdks() -> None:
     header = analyse(CHROME)
     beacon, agent = normalize(
