@@ -132,6 +132,10 @@ class Rotation:
                 log.info("embedded_rotation_postponed", reason="the aggregator is behind", wanted=why)
                 return False
             await asyncio.sleep(0.2)
+        # Recompute and commit what is written now, while ingest still runs: the hold then
+        # waits only for what arrives meanwhile.
+        if self.sink.caught_up():
+            await self.sink.commit_now()
         held = time.monotonic()
         await self.publisher.hold()
         try:
