@@ -150,6 +150,17 @@ async def log_ends(consumer: AIOKafkaConsumer, partitions: list[TopicPartition])
     return {tp: ends.get(tp, listed[tp]) for tp in partitions}
 
 
+def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """The topic's partitions, as the consumer's metadata knows them (load it with topics())."""
+    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+
+
+async def uncommitted(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> int:
+    """How many messages before `ends` the consumer's group has not committed."""
+    committed = {tp: await consumer.committed(tp) or 0 for tp in ends}
+    return sum(max(0, end - committed[tp]) for tp, end in ends.items())
+
+
 async def log_ends_at(bootstrap: str, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
     """log_ends with a consumer of its own, in no group (for a caller whose consumer is subscribed)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)

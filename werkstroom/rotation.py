@@ -33,7 +33,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from werkstroom import metrics
 from werkstroom.contract import Topics
-from werkstroom.kafka import HOLD_MAX, Publisher, log_ends, make_consumer
+from werkstroom.kafka import HOLD_MAX, Publisher, log_ends, make_consumer, partitions_of, uncommitted
 from werkstroom.logging import get_logger
 from werkstroom.settings import Settings
 
@@ -56,10 +56,8 @@ class Sink(Protocol):
 
 async def behind(consumer: AIOKafkaConsumer, topic: str) -> tuple[dict[TopicPartition, int], int]:
     """The topic's end offsets and how many messages the consumer's group has not committed."""
-    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-    ends = await log_ends(consumer, partitions)
-    committed = {tp: await consumer.committed(tp) or 0 for tp in partitions}
-    return ends, sum(max(0, ends[tp] - committed[tp]) for tp in partitions)
+    ends = await log_ends(consumer, partitions_of(consumer, topic))
+    return ends, await uncommitted(consumer, ends)
 
 
 class Rotation:
@@ -180,10 +178,7 @@ class Rotation:
 
 
 async def _size(consumer: AIOKafkaConsumer, topic: str) -> int:
-    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-    if not partitions:
-        return 0
-    return sum((await log_ends(consumer, partitions)).values())
+    return sum((await log_ends(consumer, partitions_of(consumer, topic))).values())
 
 
 async def _recreate(

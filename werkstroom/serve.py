@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from aiokafka import TopicPartition
 from clickhouse_connect.driver.client import Client
 
 from werkstroom import projects
@@ -34,7 +33,14 @@ from werkstroom.clickhouse import ClientFactory, connect, is_embedded
 from werkstroom.clickhouse.migrate import migrate
 from werkstroom.contract import Topics
 from werkstroom.embedded import EmbeddedKafka
-from werkstroom.kafka import ensure_topics, log_ends, make_consumer, wait_for_kafka
+from werkstroom.kafka import (
+    ensure_topics,
+    log_ends,
+    make_consumer,
+    partitions_of,
+    uncommitted,
+    wait_for_kafka,
+)
 from werkstroom.logging import get_logger
 from werkstroom.rotation import Rotation, publisher_of
 from werkstroom.settings import Settings, Target
@@ -350,17 +356,13 @@ async def _drain_steps(
     await consumer.start()
     try:
         await consumer.topics()  # loads the metadata: partitions_for_topic is None before
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        partitions = partitions_of(consumer, topic)
         ends = await log_ends(consumer, partitions)
         report.end_offsets = {tp.partition: end for tp, end in ends.items()}
-        first = True
+        report.events = await uncommitted(consumer, ends)
+        log.info("drain_started", events=report.events, end_offsets=report.end_offsets)
         while True:
-            committed = {tp: await consumer.committed(tp) or 0 for tp in partitions}
-            if first:
-                report.events = sum(max(0, ends[tp] - committed[tp]) for tp in partitions)
-                log.info("drain_started", events=report.events, end_offsets=report.end_offsets)
-                first = False
-            if all(committed[tp] >= ends[tp] for tp in partitions):
+            if await uncommitted(consumer, ends) == 0:
                 # Done once a second look, with nothing produced since, agrees.
                 again = await log_ends(consumer, partitions)
                 if again == ends:
