@@ -20,8 +20,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.integration.stack import Stack, own_names
-from tests.integration.test_log_restart import DAY, Views, broker, page, recomputed, tables
+from tests.integration.stack import Stack
+from tests.integration.test_log_restart import DAY, Views, broker, page, recomputed, stack_on, tables
 from werkstroom.contract import message_key
 from werkstroom.embedded import EmbeddedKafka
 from werkstroom.kafka import ensure_topics
@@ -56,18 +56,6 @@ async def send_identify(stack: Stack, visitor: str, i: int) -> None:
         )
     finally:
         await producer.stop()
-
-
-def stack_on(kafka: EmbeddedKafka, infra: object, tmp_path: Path) -> Stack:
-    return Stack(
-        kafka.bootstrap,
-        infra.clickhouse_url,  # type: ignore[attr-defined]
-        own_names(),
-        data_dir=tmp_path,
-        ingest=False,
-        sink=False,
-        topic_partitions=4,
-    )
 
 
 def never_refreshing(stack: Stack) -> None:
