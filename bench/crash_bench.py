@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.procs import alive, children, listening  # noqa: E402
+from bench.procs import alive, children, listening, logged, serve_env  # noqa: E402
 from werkstroom.embedded import free_port  # noqa: E402
 
 PY = sys.executable
@@ -103,17 +103,7 @@ class Serve:
     def __init__(self, data: Path, log: Path) -> None:
         self.data = data
         self.ingest_port = free_port()
-        env = {
-            **os.environ,
-            "WERKSTROOM_DATA_DIR": str(data),
-            "WERKSTROOM_CLICKHOUSE_URL": f"chdb://{(data / 'clickhouse').resolve()}",
-            "WERKSTROOM_INGEST_PORT": str(self.ingest_port),
-            "WERKSTROOM_API_PORT": str(free_port()),
-            "WERKSTROOM_DRAIN_TIMEOUT_SECONDS": str(DRAIN_TIMEOUT),
-            "WERKSTROOM_RATE_LIMIT_EPS": "0",
-            "WERKSTROOM_LOG_FORMAT": "json",
-        }
-        env.pop("WERKSTROOM_KAFKA_BOOTSTRAP", None)
+        env = serve_env(data, self.ingest_port, free_port(), DRAIN_TIMEOUT)
         (data / "runtime.json").unlink(missing_ok=True)  # a killed run leaves its own behind
         self.log_path = log
         self._log = open(log, "ab")  # closed in wait()
@@ -155,14 +145,7 @@ class Serve:
         return self.wait(DRAIN_TIMEOUT + 45), time.monotonic() - started
 
     def logged(self, event: str) -> list[dict[str, Any]]:
-        found = []
-        for line in self.log_path.read_text().splitlines():
-            if f'"{event}"' in line and "{" in line:
-                try:
-                    found.append(json.loads(line[line.index("{") :]))
-                except json.JSONDecodeError:
-                    continue
-        return found
+        return logged(self.log_path, event)
 
 
 def send(

@@ -1,9 +1,42 @@
-"""What the benches ask of running processes, read from /proc (Linux) and a port."""
+"""What the benches ask of running processes, read from /proc (Linux) and a port, and of a
+`werkstroom serve --target all` they start: its environment and its JSON log lines."""
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 from pathlib import Path
+from typing import Any
+
+
+def serve_env(data: Path, ingest_port: int, api_port: int, drain_timeout: float) -> dict[str, str]:
+    """The environment of a serve on `data` alone: embedded broker and ClickHouse, its own
+    ports, no rate limit, JSON logs."""
+    env = {
+        **os.environ,
+        "WERKSTROOM_DATA_DIR": str(data),
+        "WERKSTROOM_CLICKHOUSE_URL": f"chdb://{(data / 'clickhouse').resolve()}",
+        "WERKSTROOM_INGEST_PORT": str(ingest_port),
+        "WERKSTROOM_API_PORT": str(api_port),
+        "WERKSTROOM_DRAIN_TIMEOUT_SECONDS": str(drain_timeout),
+        "WERKSTROOM_RATE_LIMIT_EPS": "0",
+        "WERKSTROOM_LOG_FORMAT": "json",
+    }
+    env.pop("WERKSTROOM_KAFKA_BOOTSTRAP", None)
+    return env
+
+
+def logged(log: Path, event: str) -> list[dict[str, Any]]:
+    """The JSON log lines of `event` in a serve's log."""
+    found = []
+    for line in log.read_text(errors="replace").splitlines():
+        if f'"{event}"' in line and "{" in line:
+            try:
+                found.append(json.loads(line[line.index("{") :]))
+            except json.JSONDecodeError:
+                continue
+    return found
 
 
 def listening(port: int) -> bool:

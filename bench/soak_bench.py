@@ -46,7 +46,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.procs import children, listening  # noqa: E402
+from bench.procs import children, listening, logged, serve_env  # noqa: E402
 from services.aggregator.sink import STALLED_AFTER  # noqa: E402
 from werkstroom.embedded import free_port  # noqa: E402
 
@@ -176,22 +176,9 @@ class Serve:
     def __init__(self, data: Path, log: Path, extra: dict[str, str]) -> None:
         self.data = data
         self.ingest_port, self.api_port = free_port(), free_port()
-        env = {
-            **os.environ,
-            "WERKSTROOM_DATA_DIR": str(data),
-            "WERKSTROOM_CLICKHOUSE_URL": f"chdb://{(data / 'clickhouse').resolve()}",
-            "WERKSTROOM_INGEST_PORT": str(self.ingest_port),
-            "WERKSTROOM_API_PORT": str(self.api_port),
-            "WERKSTROOM_DRAIN_TIMEOUT_SECONDS": str(DRAIN_TIMEOUT),
-            "WERKSTROOM_RATE_LIMIT_EPS": "0",
-            "WERKSTROOM_LOG_FORMAT": "json",
-            "WERKSTROOM_LOG_LEVEL": "INFO",
-        }
-        for name in (
-            "WERKSTROOM_KAFKA_BOOTSTRAP",
-            "WERKSTROOM_EMBEDDED_BROKER_MAX_EVENTS",
-            "WERKSTROOM_EMBEDDED_BROKER_MAX_AGE_SECONDS",
-        ):
+        env = serve_env(data, self.ingest_port, self.api_port, DRAIN_TIMEOUT)
+        env["WERKSTROOM_LOG_LEVEL"] = "INFO"
+        for name in ("WERKSTROOM_EMBEDDED_BROKER_MAX_EVENTS", "WERKSTROOM_EMBEDDED_BROKER_MAX_AGE_SECONDS"):
             env.pop(name, None)
         env.update(extra)
         self.log_path = log
@@ -234,14 +221,7 @@ class Serve:
         return code, time.monotonic() - started
 
     def logged(self, event: str) -> list[dict[str, Any]]:
-        found = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if f'"{event}"' in line and "{" in line:
-                try:
-                    found.append(json.loads(line[line.index("{") :]))
-                except json.JSONDecodeError:
-                    continue
-        return found
+        return logged(self.log_path, event)
 
     def pipeline(self) -> tuple[float | None, int | None]:
         """The API's pipeline status: as_of - last_write_at in seconds, and the aggregator's lag
