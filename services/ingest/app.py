@@ -74,6 +74,8 @@ _EXAMPLES: dict[str, dict[str, Any]] = {
         "traits": {"plan": "premium"},
     },
     "alias": {"writeKey": "wk_...", "previousId": "a1b2c3", "userId": "u-42"},
+    "screen": {"writeKey": "wk_...", "anonymousId": "a1b2c3", "name": "Checkout", "properties": {"step": 2}},
+    "group": {"writeKey": "wk_...", "userId": "u-42", "groupId": "acme", "traits": {"name": "Acme"}},
     "batch": {
         "writeKey": "wk_...",
         "sentAt": "2026-11-25T10:00:00.100Z",
@@ -469,6 +471,8 @@ _ROUTES: dict[str, str | None] = {
     "/v1/page": "page",
     "/v1/identify": "identify",
     "/v1/alias": "alias",
+    "/v1/screen": "screen",
+    "/v1/group": "group",
     "/v1/batch": None,
     "/v1/import": None,
 }
@@ -639,7 +643,7 @@ def create_app(settings: Settings, *, bootstrap: str, clickhouse: Callable[[], C
             },
         )
 
-    for kind in ("track", "page", "identify", "alias"):
+    for kind in ("track", "page", "screen", "identify", "group", "alias"):
         add_route(f"/v1/{kind}", kind, kind)
     add_route("/v1/batch", None, "batch")
     add_route("/v1/import", None, "batch")

@@ -21,6 +21,7 @@ from services.ingest.enrich import UNKNOWN, Agent, analyse
 from werkstroom import metrics
 from werkstroom.contract import (
     EARLIEST_TIME,
+    KNOWN_TYPES,
     MAX_DEPTH,
     SCHEMA_VERSION,
     SENT_AT_EARLIEST,
@@ -33,12 +34,20 @@ MAX_NAME = 200
 MAX_MESSAGE_ID = 100
 MAX_URL = 2048
 MAX_TITLE = 1000
-SUPPORTED = ("page", "track", "identify", "alias")
+SUPPORTED = KNOWN_TYPES
 _VARIANT = "89ab"
 #: Reserved track events a tracker may send: $heartbeat keeps a visitor online while they stay
 #: on a page (it counts as activity, not as an event).
 RESERVED_TRACK = frozenset({"$heartbeat"})
-_SPECIAL_EVENT = {"page": "$page", "identify": "$identify", "alias": "$alias"}
+_SPECIAL_EVENT = {
+    "page": "$page",
+    "screen": "$screen",
+    "identify": "$identify",
+    "group": "$group",
+    "alias": "$alias",
+}
+#: A mobile SDK's operating system (context.os.name), e.g. iOS or Android, as ua-parser names them.
+MAX_OS = 100
 
 
 class Rejected(ValueError):
@@ -156,24 +165,43 @@ def random_id() -> str:
 
 
 def corrected_timestamp(
-    timestamp: datetime | None, sent_at: datetime | None, received_at: datetime
+    timestamp: datetime | None,
+    sent_at: datetime | None,
+    received_at: datetime,
+    field: str = "timestamp",
 ) -> datetime:
-    """Segment's clock-skew correction: the client says when the event happened (timestamp)
-    and when it sent it (sentAt), both by its own clock; the server knows when it arrived.
-    timestamp = received_at + (timestamp - sent_at), then the contract's time policy
-    (werkstroom.contract.event_time): never more than a minute ahead of the arrival, never
-    before 2000 (Rejected)."""
+    """The clock-skew correction: the client says when the event happened (timestamp) and when
+    it sent it (sentAt), both by its own clock; the server knows when it arrived. A clock within
+    CLOCK_TOLERANCE of ours is trusted as is, one further off is corrected by the excess; then
+    the time policy: never more than a minute ahead of the arrival, never before 2000
+    (Rejected, naming `field`). All of it is werkstroom.contract.event_time."""
     when, moved = event_time(timestamp, sent_at, received_at)
     if when is None:
-        raise _too_early(sent_at)
+        raise _too_early(sent_at, field)
     if moved:
         metrics.INGEST_FUTURE_TIMESTAMPS.inc()  # not I/O: an in-process counter
     return when
 
 
-def _too_early(sent_at: datetime | None) -> Rejected:
+def _too_early(sent_at: datetime | None, field: str) -> Rejected:
     corrected = " once corrected for the client's clock (with sentAt)" if sent_at is not None else ""
-    return Rejected("invalid_time", "timestamp", f"timestamp is before {EARLIEST_TIME.year}{corrected}")
+    return Rejected("invalid_time", field, f"{field} is before {EARLIEST_TIME.year}{corrected}")
+
+
+def client_time(call: dict[str, Any], has_sent_at: bool) -> tuple[datetime | None, str]:
+    """The call's time of the event, to be corrected with sentAt, and the field it came from.
+
+    Segment's spec: `originalTimestamp` is the client's time of the event (RudderStack's SDKs
+    send it); `timestamp` beside it is what a Segment-compatible server made of it, corrected.
+    So originalTimestamp goes first, except that without a sentAt (the call's or its batch's)
+    to correct it the server's `timestamp` is the better time. Alone, `timestamp` is the
+    client's (Segment's SDKs).
+    """
+    original = parse_client_time(call.get("originalTimestamp"), "originalTimestamp")
+    stamped = parse_client_time(call.get("timestamp"), "timestamp")
+    if original is None or (stamped is not None and not has_sent_at):
+        return stamped, "timestamp"
+    return original, "originalTimestamp"
 
 
 def _id(value: object, field: str) -> str:
@@ -225,8 +253,6 @@ def normalize(
     if too_deep(call, raw):
         raise Rejected("too_deep", None, f"event nests deeper than {MAX_DEPTH} levels")
     kind = call_type or call.get("type")
-    if kind in ("screen", "group"):
-        raise Rejected("unsupported_type", "type", f"type {kind!r} is not supported; use page or track")
     if kind not in SUPPORTED:
         raise Rejected("invalid_field", "type", f"type must be one of {', '.join(SUPPORTED)}")
 
@@ -237,11 +263,16 @@ def normalize(
 
     context = _object(call.get("context"), "context")
     properties = _object(call.get("properties"), "properties")
+    # The current user's traits (Segment's spec) on every call. Only identify's set the
+    # person's traits (the aggregator's trait_rows); the others are kept with the event.
     traits = _object(context.get("traits"), "context.traits")
     if kind == "identify":
         # Segment's SDKs send identify traits at the top level, RudderStack's under
         # context.traits (issue 19): both count, the top level winning a key in both.
         traits = {**traits, **_object(call.get("traits"), "traits")}
+    elif kind == "group":
+        # The group's traits, not the user's: kept apart from context.traits, never merged.
+        traits = _object(call.get("traits"), "traits")
 
     previous_id = ""
     if kind == "track":
@@ -261,7 +292,12 @@ def normalize(
                 raise Rejected("missing_field", "previousId", "alias calls need previousId")
             if not user_id:
                 raise Rejected("missing_field", "userId", "alias calls need userId")
-        if kind == "page":  # Segment's page name and category live in properties in our contract
+        if kind == "group":
+            group_id = _id(call.get("groupId"), "groupId")
+            if not group_id:
+                raise Rejected("missing_field", "groupId", "group calls need groupId")
+            properties = {**properties, "groupId": group_id}
+        if kind in ("page", "screen"):  # Segment's name and category live in properties here
             for key in ("name", "category"):
                 if call.get(key) is not None and key not in properties:
                     properties = {**properties, key: _text(call.get(key), MAX_NAME)}
@@ -276,10 +312,10 @@ def normalize(
             "invalid_field", "messageId", f"messageId must be a string of at most {MAX_MESSAGE_ID}"
         )
 
-    timestamp = parse_client_time(call.get("timestamp") or call.get("originalTimestamp"), "timestamp")
     own_sent_at = parse_sent_at(call.get("sentAt"))
     sent_at = own_sent_at if own_sent_at is not None else batch_sent_at
-    when = corrected_timestamp(timestamp, sent_at, received_at)
+    timestamp, time_field = client_time(call, sent_at is not None)
+    when = corrected_timestamp(timestamp, sent_at, received_at, time_field)
 
     page = _object(context.get("page"), "context.page")
     source = properties if kind == "page" else page
@@ -300,6 +336,11 @@ def normalize(
         agent = UNKNOWN  # a server-side SDK: the request's User-Agent is the library, not a visitor
     else:
         agent = header_agent
+    os_name, os_version = agent.os, agent.os_version
+    if not os_name:  # a mobile SDK sends no User-Agent but names its operating system
+        system = context.get("os")
+        if isinstance(system, dict):
+            os_name, os_version = _text(system.get("name"), MAX_OS), _text(system.get("version"), MAX_OS)
 
     return (
         {
@@ -322,8 +363,8 @@ def normalize(
             "device_type": agent.device_type,
             "browser": agent.browser,
             "browser_version": agent.browser_version,
-            "os": agent.os,
-            "os_version": agent.os_version,
+            "os": os_name,
+            "os_version": os_version,
             "properties": properties,
             "traits": traits,
             "library": _text(library.get("name"), 100),

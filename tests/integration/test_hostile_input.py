@@ -145,7 +145,7 @@ CASES = [
     # -- shapes ----------------------------------------------------------------------------
     Case("not-an-object", lambda _now: ["a", 1], "not_an_object"),
     # /v1/track makes any call a track call; in a batch, the item's own type counts.
-    Case("unknown-type", track(type="screen"), "unsupported_type", alone=ACCEPTED),
+    Case("unknown-type", track(type="bogus"), "invalid_field", alone=ACCEPTED),
 ]
 
 WRONG_VALUES: list[Any] = [None, 0, -1.5, True, "", "x", [], [1], {}, {"a": 1}]
@@ -159,12 +159,13 @@ FIELDS = [
     "originalTimestamp",
     "sentAt",
     "previousId",
+    "groupId",
     "properties",
     "traits",
     "context",
     "sessionId",
 ]
-CONTEXT_FIELDS = ["page", "userAgent", "library", "traits", "sessionId", "ip"]
+CONTEXT_FIELDS = ["page", "userAgent", "library", "traits", "sessionId", "ip", "os"]
 PAGE_FIELDS = ["url", "path", "title", "referrer"]
 
 
@@ -172,8 +173,15 @@ def wrong_types() -> list[dict[str, Any]]:
     """Every field of a call, and of its context and page, set to every JSON type. Each call
     has a messageId of its own (a string one made unique per call type), so each counts."""
     calls: list[dict[str, Any]] = []
-    for kind in ("track", "page", "identify", "alias"):
-        base = {"type": kind, "anonymousId": "w", "userId": "u", "previousId": "p", "event": "E"}
+    for kind in ("track", "page", "screen", "identify", "group", "alias"):
+        base = {
+            "type": kind,
+            "anonymousId": "w",
+            "userId": "u",
+            "previousId": "p",
+            "event": "E",
+            "groupId": "g",
+        }
         variants: list[dict[str, Any]] = []
         for name in FIELDS:
             for value in WRONG_VALUES:

@@ -137,7 +137,7 @@ async def test_bad_messages_are_dead_lettered_and_good_ones_written(quiet: Stack
         b"\xff not json",
         orjson.dumps([1]),
         event(pid, 2, schema_version=2),
-        event(pid, 3, type="screen"),
+        event(pid, 3, type=5),
         event(pid, 4, timestamp="noon"),
         event(pid, 5),
     ]

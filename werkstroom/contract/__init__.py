@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from importlib import resources
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 import orjson
@@ -32,15 +32,27 @@ LATEST_TIME = datetime(2100, 1, 1, tzinfo=UTC)
 #: was reset to 1970 is real, and the skew correction fixes its events.
 SENT_AT_EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 SENT_AT_LATEST = datetime(2300, 1, 1, tzinfo=UTC)
+#: A client whose clock (sentAt against our arrival time, transit included) is within this of
+#: ours keeps its own timestamps exactly; one further off is corrected by the part beyond it.
+#: Correcting every request by its own transit reorders events a client sent milliseconds
+#: apart in concurrent requests (the Node SDK's page, identify, track). 10 s is above the
+#: transit time of a working mobile connection and small against the 5-minute "online" window.
+CLOCK_TOLERANCE = timedelta(seconds=10)
 #: An event time further ahead of its arrival than this is set to the arrival time. After the
-#: skew correction only a few seconds of jitter (between clocks, or events stamped after
-#: sentAt) can put an honest event ahead, so this can be small; larger leads are hostile.
+#: skew correction an honest event is at most CLOCK_TOLERANCE plus a little jitter ahead (events
+#: stamped after sentAt), so this can be small; larger leads are hostile.
 FUTURE_TOLERANCE = timedelta(seconds=60)
 _ZERO = timedelta(0)
 #: The deepest nesting one event may have, the event object itself counted as level 1 (so
 #: properties and traits nest up to 62 levels below their own object). Well inside what
 #: orjson writes (254), msgspec reads (~1000) and ClickHouse's JSON functions carry (1000).
 MAX_DEPTH = 64
+#: The `type` values ingest writes today (Segment's calls). More may be added within v1, so a
+#: consumer reads any `type` (`decode_event` does) and treats one it does not know as plain
+#: activity, never as an error: an aggregator older than its ingest keeps working.
+KNOWN_TYPES: tuple[str, ...] = ("page", "screen", "track", "identify", "group", "alias")
+#: The longest `type` a consumer accepts from any producer (it is a LowCardinality column).
+MAX_TYPE = 50
 #: Every field of a v1 event, in the order of the ClickHouse `events` columns.
 FIELDS: tuple[str, ...] = (
     "project_id",
@@ -108,12 +120,16 @@ def event_time(
     """The contract's time of one event, from the client's `timestamp` and `sentAt` (both by its
     own clock) and the server's arrival time, as `(time, moved)`.
 
-    Segment's clock-skew correction first: `received_at + (timestamp - sent_at)`; without
-    sentAt, the client time but never later than the arrival; without a timestamp, the
-    arrival. Then the range: a time more than FUTURE_TOLERANCE ahead of the arrival becomes
-    the arrival (`moved` is True); one before EARLIEST_TIME gives None (reject the event).
-    Never raises: a correction that overflows datetime is as far out as can be, so it is
-    treated as future (the arrival) or past (None) by the sign of the skew.
+    The clock-skew correction first, with a soft tolerance: the client's lead is
+    `offset = sent_at - received_at` (transit included), and the time is `timestamp` minus the
+    part of the offset beyond CLOCK_TOLERANCE. A client within the tolerance keeps its own
+    times, so their order is its order whatever the network does; one further off is brought to
+    within the tolerance, and the correction is continuous in the offset. Without sentAt, the
+    client time but never later than the arrival; without a timestamp, the arrival. Then the
+    range: a time more than FUTURE_TOLERANCE ahead of the arrival becomes the arrival (`moved`
+    is True); one before EARLIEST_TIME gives None (reject the event). Never raises: a time past
+    the ends of datetime is as far out as can be, so it is treated as future (the arrival) or
+    past (None) by its sign.
     """
     if timestamp is None:
         return received_at, False
@@ -123,12 +139,21 @@ def event_time(
         if timestamp < EARLIEST_TIME:
             return None, False
         return (timestamp if timestamp.tzinfo is UTC else timestamp.astimezone(UTC)), False
-    skew = timestamp - sent_at  # two datetimes always subtract; adding may overflow
+    offset = sent_at - received_at  # two datetimes always subtract; adding may overflow
+    if offset > CLOCK_TOLERANCE:
+        correction = offset - CLOCK_TOLERANCE
+    elif offset < -CLOCK_TOLERANCE:
+        correction = offset + CLOCK_TOLERANCE
+    else:
+        correction = _ZERO
+    # As a distance from the arrival, so the result is in received_at's zone (UTC) and only the
+    # final addition can overflow (timedeltas reach 999,999,999 days; datetimes 3.7 million).
+    skew = (timestamp - received_at) - correction
     try:
-        when = received_at + skew  # in received_at's zone (UTC)
+        when = received_at + skew
     except OverflowError:
         return (received_at, True) if skew > _ZERO else (None, False)
-    # Differences and comparisons of datetimes cannot overflow; `received_at + tolerance` could.
+    # Comparisons of datetimes cannot overflow; `received_at + tolerance` could.
     if when > received_at and when - received_at > FUTURE_TOLERANCE:
         return received_at, True
     if when < EARLIEST_TIME:
@@ -172,7 +197,7 @@ class Event(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     schema_version: int
     event_id: NonEmpty
     project_id: NonEmpty
-    type: Literal["page", "track", "identify", "alias"]
+    type: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TYPE)]  # KNOWN_TYPES, or newer
     event: NonEmpty
     timestamp: Time
     received_at: Time

@@ -3,6 +3,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import msgspec
+
 from services.aggregator.processor import RecentIds, SessionsProcessor
 from services.aggregator.sessions import (
     DAY_COUNT_COLUMNS,
@@ -261,3 +263,23 @@ def test_recent_ids_remember_between_one_and_two_windows() -> None:
     for i in range(3, 9):
         seen.first_at("p", f"e{i}", i)
     assert seen.first_at("p", "e0", 20) == 20  # two windows later: forgotten
+
+
+def test_only_identify_sets_a_persons_traits_and_screens_and_groups_are_activity() -> None:
+    """context.traits of page/screen/track/group/alias calls stay on their events (ingest keeps
+    them); a person's traits come from identify calls only. A screen (an app's page) counts as
+    an event of the session, not as a page view; so does a group call."""
+    traits = msgspec.Raw(b'{"plan":"free"}')
+    batch = [
+        (ev(0, n=1, traits=traits), 0, 0),
+        (ev(1, "screen", event="$screen", n=2, traits=traits), 0, 1),
+        (ev(2, "track", n=3, user_id="u", traits=traits), 0, 2),
+        (ev(3, "group", event="$group", n=4, user_id="u", traits=msgspec.Raw(b'{"name":"Acme"}')), 0, 3),
+        (ev(4, "alias", n=5, user_id="u", previous_id="old", traits=traits), 0, 4),
+        (ev(5, "identify", n=6, user_id="u", traits=msgspec.Raw(b'{"plan":"premium"}')), 0, 5),
+    ]
+    rows, _dirty = SessionsProcessor().process(batch)
+    assert [tuple(r[1:4]) for r in rows["person_traits"][1]] == [("u", "plan", '"premium"')]
+    (session,) = rows["sessions"][1]
+    named = dict(zip(SESSION_COLUMNS, session, strict=True))
+    assert (named["page_views"], named["events"]) == (1, 6)

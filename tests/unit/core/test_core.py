@@ -75,7 +75,9 @@ def test_decode_event_rejects_what_breaks_the_contract() -> None:
         (b"[]", "not_an_object"),
         (orjson.dumps({**good, "event_id": ""}), "missing_field"),
         (orjson.dumps({**good, "schema_version": 2}), "unsupported_version"),
-        (orjson.dumps({**good, "type": "screen"}), "invalid_field"),
+        (orjson.dumps({**good, "type": ""}), "missing_field"),
+        (orjson.dumps({**good, "type": 5}), "invalid_field"),
+        (orjson.dumps({**good, "type": "x" * 51}), "invalid_field"),
         (orjson.dumps({**good, "url": 5}), "invalid_field"),
         (orjson.dumps({**good, "properties": []}), "invalid_field"),
         (orjson.dumps({**good, "traits": "plan"}), "invalid_field"),
@@ -86,6 +88,25 @@ def test_decode_event_rejects_what_breaks_the_contract() -> None:
         with pytest.raises(ContractError) as info:
             decode_event(value)
         assert info.value.reason == reason
+
+
+def test_the_known_types_are_the_schemas_and_a_newer_type_still_decodes() -> None:
+    """One list of `type` values (KNOWN_TYPES) for ingest and the published schema; a consumer
+    reads a type it does not know (the compatibility rule), so an older aggregator keeps up."""
+    from werkstroom.contract import KNOWN_TYPES, json_schema
+
+    assert json_schema()["properties"]["type"]["enum"] == list(KNOWN_TYPES)
+    good = {
+        "schema_version": 1,
+        "event_id": "e",
+        "project_id": "p",
+        "type": "screen",
+        "event": "$screen",
+        "timestamp": "2026-01-01T00:00:00Z",
+        "received_at": "2026-01-01T00:00:00Z",
+    }
+    for kind in (*KNOWN_TYPES, "some_future_type"):
+        assert decode_event(orjson.dumps({**good, "type": kind})).type == kind
 
 
 def test_migrations_are_numbered_guarded_and_comment_every_order_by() -> None:

@@ -371,3 +371,23 @@ async def test_a_body_whose_shape_cannot_be_made_out_is_still_400() -> None:
     answer = await ingestor.handle(None, {}, b'{"writeKey":"%s","batch":[NaN' % KEY.encode())
     assert (answer.status, answer.body["reason"]) == (400, "invalid_json")
     assert publisher.sent == {}
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["beacon-fast-path", "fastapi-route"])
+async def test_screen_and_group_have_endpoints_of_their_own(fast_path: bool) -> None:
+    app = create_app(Settings(), bootstrap="unused:9092", clickhouse=lambda: None)  # type: ignore[arg-type,return-value]
+    ingestor, publisher, _ = make()
+    app.app.state.ingest = ingestor
+    transport = httpx.ASGITransport(app=app if fast_path else app.app)
+    calls = {
+        "/v1/screen": {"writeKey": KEY, "anonymousId": "a", "name": "Home"},
+        "/v1/group": {"writeKey": KEY, "userId": "u", "groupId": "acme", "traits": {"name": "Acme"}},
+    }
+    browser = {"user-agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X)"}  # not a bot
+    async with httpx.AsyncClient(transport=transport, base_url="http://ingest", headers=browser) as http:
+        for path, call in calls.items():
+            assert (await http.post(path, json=call)).status_code == 200, path
+        refused = await http.post("/v1/group", json={"writeKey": KEY, "userId": "u"})
+    assert (refused.status_code, refused.json()["reason"]) == (400, "missing_field")
+    events = [decode_event(value) for _key, value in publisher.sent["werkstroom.events.v1"]]
+    assert [(e.type, e.event) for e in events] == [("screen", "$screen"), ("group", "$group")]

@@ -33,7 +33,7 @@ from werkstroom.contract import (
     event_time,
 )
 
-REASONS = {"not_an_object", "missing_field", "invalid_field", "invalid_time", "unsupported_type", "too_deep"}
+REASONS = {"not_an_object", "missing_field", "invalid_field", "invalid_time", "too_deep"}
 PROPERTY = settings(
     deadline=None,  # a shared CI machine: time is not the property
     database=None,  # no .hypothesis/ folder in the work tree
@@ -110,6 +110,7 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "anonymousId": TEXT | LONG_TEXT | JSON,
     "userId": TEXT | LONG_TEXT | JSON,
     "previousId": TEXT | JSON,
+    "groupId": TEXT | LONG_TEXT | JSON,
     "event": st.sampled_from(["Signed Up", "$heartbeat", "$page", " "]) | TEXT | LONG_TEXT | JSON,
     "messageId": TEXT | LONG_TEXT | JSON | nested(),
     "timestamp": TIMES,
@@ -123,6 +124,7 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "context.library": st.fixed_dictionaries({"name": TEXT | JSON}) | JSON,
     "context.traits": JSON | nested(),
     "context.sessionId": TEXT | JSON,
+    "context.os": st.fixed_dictionaries({"name": TEXT | JSON, "version": TEXT | JSON}) | JSON,
     "sessionId": TEXT | JSON,
     "name": TEXT | JSON,
     "category": TEXT | JSON,
@@ -131,8 +133,15 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
 
 @st.composite
 def calls(draw: st.DrawFn) -> dict[str, Any]:
-    kind = draw(st.sampled_from(["track", "page", "identify", "alias"]))
-    call: dict[str, Any] = {"type": kind, "anonymousId": "a", "userId": "u", "previousId": "p", "event": "E"}
+    kind = draw(st.sampled_from(["track", "page", "screen", "identify", "group", "alias"]))
+    call: dict[str, Any] = {
+        "type": kind,
+        "anonymousId": "a",
+        "userId": "u",
+        "previousId": "p",
+        "groupId": "g",
+        "event": "E",
+    }
     call["context"] = {"page": {"url": "https://ex.com/x"}}
     for name in draw(st.lists(st.sampled_from(sorted(VALUES)), min_size=1, max_size=3, unique=True)):
         value = draw(VALUES[name])
@@ -145,10 +154,20 @@ def calls(draw: st.DrawFn) -> dict[str, Any]:
     return call
 
 
-DROPS = [(), (), (), ("anonymousId",), ("userId",), ("event",), ("anonymousId", "userId"), ("previousId",)]
+DROPS = [
+    (),
+    (),
+    (),
+    ("anonymousId",),
+    ("userId",),
+    ("event",),
+    ("anonymousId", "userId"),
+    ("previousId",),
+    ("groupId",),
+]
 
 
-CALL_TYPES = st.sampled_from([None, "track", "page", "identify", "alias"])
+CALL_TYPES = st.sampled_from([None, "track", "page", "screen", "identify", "group", "alias"])
 _SENT_SPAN = (SENT_AT_LATEST - SENT_AT_EARLIEST) // timedelta(microseconds=1) - 1
 BATCH_SENT_AT = st.none() | st.integers(0, _SENT_SPAN).map(
     lambda us: SENT_AT_EARLIEST + timedelta(microseconds=us)
@@ -204,8 +223,8 @@ def timed_calls(draw: st.DrawFn) -> tuple[dict[str, Any], datetime]:
     past the id checks to the time policy."""
     received_at = draw(RECEIVED)
     call: dict[str, Any] = {"type": "track", "anonymousId": "a", "event": "E"}
-    for name in ("timestamp", "sentAt"):
-        kind = draw(st.sampled_from(["near", "near", "iso", "iso", "none", "other"]))
+    for name in ("timestamp", "originalTimestamp", "sentAt"):
+        kind = draw(st.sampled_from(["near", "near", "iso", "iso", "none", "none", "other"]))
         if kind != "none":
             call[name] = draw({"near": near(received_at), "iso": iso_times(), "other": TIMES}[kind])
     if draw(st.booleans()):

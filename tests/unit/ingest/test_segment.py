@@ -25,10 +25,12 @@ def rejected(call: object, call_type: str | None = "track") -> tuple[str, str | 
     return info.value.reason, info.value.field
 
 
-def test_skew_correction_uses_sent_at_like_segment() -> None:
+def test_skew_correction_uses_sent_at_beyond_the_tolerance() -> None:
     client_now = NOW + timedelta(hours=3)  # the device clock is 3 h fast
     happened = client_now - timedelta(seconds=30)
-    assert corrected_timestamp(happened, client_now, NOW) == NOW - timedelta(seconds=30)
+    assert corrected_timestamp(happened, client_now, NOW) == NOW - timedelta(seconds=20)  # within 10 s
+    near = NOW + timedelta(seconds=4)  # 4 s fast (or 4 s in transit): its own times are kept
+    assert corrected_timestamp(near - timedelta(seconds=30), near, NOW) == near - timedelta(seconds=30)
     assert corrected_timestamp(None, client_now, NOW) == NOW
     assert corrected_timestamp(NOW + timedelta(days=1), None, NOW) == NOW  # never in the future
     late = NOW - timedelta(hours=5)  # an offline queue flushed hours later keeps its time
@@ -40,10 +42,10 @@ def test_batch_sent_at_applies_to_items_without_their_own() -> None:
         {"anonymousId": "a", "event": "E", "timestamp": "2026-11-25T15:00:00Z"},
         batch_sent_at=datetime(2026, 11, 25, 15, 0, 10, tzinfo=UTC),
     )
-    assert event["timestamp"] == datetime(2026, 11, 25, 11, 59, 50, tzinfo=UTC)
+    assert event["timestamp"] == NOW  # 3 h 0 min 10 s fast: corrected by 3 h (to within 10 s)
     assert event["sent_at"] == datetime(2026, 11, 25, 15, 0, 10, tzinfo=UTC)
     written = orjson.loads(encode_event(event))
-    assert (written["timestamp"], written["sent_at"]) == ("2026-11-25T11:59:50Z", "2026-11-25T15:00:10Z")
+    assert (written["timestamp"], written["sent_at"]) == ("2026-11-25T12:00:00Z", "2026-11-25T15:00:10Z")
 
 
 def test_generated_ids_are_version_4_uuids() -> None:
@@ -89,7 +91,13 @@ def test_time_parsing_accepts_iso_forms_and_names_the_field() -> None:
         ({"anonymousId": "a", "traits": "premium"}, "identify", ("invalid_field", "traits")),
         ({"userId": "u"}, "alias", ("missing_field", "previousId")),
         ({"previousId": "a", "anonymousId": "b"}, "alias", ("missing_field", "userId")),
-        ({"type": "screen", "anonymousId": "a"}, None, ("unsupported_type", "type")),
+        ({"anonymousId": "a"}, "group", ("missing_field", "groupId")),
+        ({"anonymousId": "a", "groupId": ""}, "group", ("missing_field", "groupId")),
+        ({"anonymousId": "a", "groupId": {"id": 1}}, "group", ("invalid_field", "groupId")),
+        ({"anonymousId": "a", "groupId": "g" * 201}, "group", ("invalid_field", "groupId")),
+        ({"anonymousId": "a", "groupId": "g", "traits": ["x"]}, "group", ("invalid_field", "traits")),
+        ({"type": "group", "anonymousId": "a"}, None, ("missing_field", "groupId")),
+        ({"event": "Viewed"}, "screen", ("missing_field", "anonymousId")),
         ({"type": "bogus", "anonymousId": "a"}, None, ("invalid_field", "type")),
         ({"anonymousId": "a"}, None, ("invalid_field", "type")),
         ([1, 2], None, ("not_an_object", None)),
@@ -179,6 +187,8 @@ def test_every_normalized_event_matches_the_published_schema_and_round_trips() -
         ({"anonymousId": "a", "properties": {"path": "/"}}, "page"),
         ({"userId": "u", "traits": {"plan": "premium"}}, "identify"),
         ({"previousId": "a", "userId": "u"}, "alias"),
+        ({"anonymousId": "a", "name": "Home", "context": {"os": {"name": "iOS"}}}, "screen"),
+        ({"userId": "u", "groupId": 7, "traits": {"name": "Acme"}}, "group"),
     ]
     for call, call_type in calls:
         event = run(call, call_type)
@@ -262,7 +272,7 @@ def test_a_clock_reset_to_1970_is_corrected_with_sent_at() -> None:
             "sentAt": "1970-01-01T00:05:30Z",
         }
     )
-    assert event["timestamp"] == NOW - timedelta(seconds=30)
+    assert event["timestamp"] == NOW - timedelta(seconds=40)  # half a minute ago, to within 10 s
     assert decode_event(encode_event(event)).sent_at == datetime(1970, 1, 1, 0, 5, 30, tzinfo=UTC)
 
 
@@ -366,10 +376,18 @@ def test_wrong_types_at_every_field_give_an_event_or_a_rejection() -> None:
         "sessionId",
         "name",
         "category",
+        "groupId",
     ]
     outcomes = {"accepted": 0, "rejected": 0}
-    for kind in ("track", "page", "identify", "alias", None):
-        base = {"type": kind or "track", "anonymousId": "w", "userId": "u", "previousId": "p", "event": "E"}
+    for kind in ("track", "page", "screen", "identify", "group", "alias", None):
+        base = {
+            "type": kind or "track",
+            "anonymousId": "w",
+            "userId": "u",
+            "previousId": "p",
+            "event": "E",
+            "groupId": "g",
+        }
         for name in fields:
             for value in values:
                 try:
@@ -381,3 +399,150 @@ def test_wrong_types_at_every_field_give_an_event_or_a_rejection() -> None:
                 decode_event(encode_event(event))
                 outcomes["accepted"] += 1
     assert outcomes["accepted"] and outcomes["rejected"]
+
+
+# -- Segment / RudderStack semantics (issue 19) -----------------------------------------------
+
+
+def test_screen_calls_are_stored_like_page_views_of_an_app() -> None:
+    event = run(
+        {
+            "anonymousId": "a",
+            "name": "Checkout",
+            "category": "Shop",
+            "properties": {"step": 2},
+            "context": {
+                "library": {"name": "analytics-swift"},
+                "os": {"name": "iOS", "version": "17.4"},
+                "device": {"type": "ios", "model": "iPhone15,2"},
+            },
+        },
+        "screen",
+    )
+    assert (event["type"], event["event"], event["url"], event["path"]) == ("screen", "$screen", "", "")
+    assert event["properties"] == {"step": 2, "name": "Checkout", "category": "Shop"}
+    assert (event["device_type"], event["os"], event["os_version"]) == ("unknown", "iOS", "17.4")
+    decoded = decode_event(encode_event(event))
+    assert decoded.type == "screen"
+
+
+def test_the_user_agent_wins_over_context_os() -> None:
+    event = run({"anonymousId": "a", "event": "E", "context": {"userAgent": CHROME, "os": {"name": "iOS"}}})
+    assert event["os"] == "Windows"
+    odd = run({"anonymousId": "a", "event": "E", "context": {"os": {"name": ["x"], "version": 17}}})
+    assert (odd["os"], odd["os_version"]) == ("", "")
+
+
+def test_group_calls_keep_the_group_id_and_the_groups_traits_apart_from_the_users() -> None:
+    event = run(
+        {
+            "type": "group",
+            "userId": "u-1",
+            "anonymousId": "a",
+            "groupId": 42,
+            "traits": {"name": "Acme", "plan": "enterprise"},
+            "context": {"traits": {"email": "u1@acme.test", "plan": "free"}},  # RudderStack's JS SDK
+        },
+        None,
+    )
+    assert (event["type"], event["event"], event["user_id"], event["anonymous_id"]) == (
+        "group",
+        "$group",
+        "u-1",
+        "a",
+    )
+    assert event["properties"] == {"groupId": "42"}
+    assert event["traits"] == {"name": "Acme", "plan": "enterprise"}  # the group's, not the user's
+    assert run({"anonymousId": "a", "groupId": "g", "properties": {"groupId": "x"}}, "group")[
+        "properties"
+    ] == {"groupId": "g"}  # the call's groupId is the one that counts
+
+
+def test_context_traits_of_other_calls_are_kept_with_the_event() -> None:
+    for call_type in ("page", "screen", "track", "alias"):
+        call = {"anonymousId": "a", "userId": "u", "previousId": "p", "event": "E"}
+        event = run({**call, "context": {"traits": {"plan": "premium"}}}, call_type)
+        assert event["traits"] == {"plan": "premium"}, call_type
+
+
+def test_both_ids_are_kept_as_sent() -> None:
+    event = run({"anonymousId": "a", "userId": "u", "event": "E"})
+    assert (event["anonymous_id"], event["user_id"]) == ("a", "u")
+    assert (
+        run({"userId": "u", "event": "E"})["anonymous_id"],
+        run({"anonymousId": "a", "event": "E"})["user_id"],
+    ) == (
+        "",
+        "",
+    )
+
+
+def iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+FAST = timedelta(hours=2)  # every client below runs 2 h fast; each event happened 30 s ago
+HAPPENED = NOW - timedelta(seconds=30)
+CORRECTED = HAPPENED + timedelta(seconds=10)  # to within CLOCK_TOLERANCE of the truth
+
+
+@pytest.mark.parametrize(
+    ("sdk", "call", "batch_sent_at", "expected"),
+    [
+        # Segment's analytics-python, RudderStack's rudder-sdk-python and Segment's
+        # @segment/analytics-node: `timestamp` per event, `sentAt` once per batch.
+        ("segment-python", {"timestamp": iso(HAPPENED + FAST)}, NOW + FAST, CORRECTED),
+        # analytics.js, the mobile SDKs: `timestamp` and `sentAt` on the event.
+        ("analytics.js", {"timestamp": iso(HAPPENED + FAST), "sentAt": iso(NOW + FAST)}, None, CORRECTED),
+        # RudderStack's JS, Android and iOS SDKs: `originalTimestamp` and `sentAt`.
+        (
+            "rudder-js",
+            {"originalTimestamp": iso(HAPPENED + FAST), "sentAt": iso(NOW + FAST)},
+            None,
+            CORRECTED,
+        ),
+        ("rudder-mobile", {"originalTimestamp": iso(HAPPENED + FAST)}, NOW + FAST, CORRECTED),
+        # Events a Segment-compatible server already handled (a replay, a forwarder): with a
+        # sentAt the client's originalTimestamp is corrected again, the same way...
+        (
+            "processed, with sentAt",
+            {
+                "originalTimestamp": iso(HAPPENED + FAST),
+                "timestamp": iso(HAPPENED),
+                "sentAt": iso(NOW + FAST),
+            },
+            None,
+            CORRECTED,
+        ),
+        # ...without one, that server's corrected `timestamp` is the time.
+        (
+            "processed, no sentAt",
+            {"originalTimestamp": iso(HAPPENED + FAST), "timestamp": iso(HAPPENED)},
+            None,
+            HAPPENED,
+        ),
+        ("originalTimestamp alone", {"originalTimestamp": iso(HAPPENED)}, None, HAPPENED),
+        ("no time", {}, None, NOW),
+    ],
+)
+def test_each_sdks_time_fields_give_the_event_time(
+    sdk: str, call: dict[str, object], batch_sent_at: datetime | None, expected: datetime
+) -> None:
+    event = run({"anonymousId": "a", "event": "E", **call}, batch_sent_at=batch_sent_at)
+    assert event["timestamp"] == expected, sdk
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        ({"originalTimestamp": "yesterday"}, "originalTimestamp"),
+        ({"originalTimestamp": "2026-11-25T12:00:00Z", "timestamp": 5}, "timestamp"),  # both are checked
+        ({"originalTimestamp": "1999-01-01T00:00:00Z"}, "originalTimestamp"),
+        (
+            {"originalTimestamp": "1970-01-01T00:00:00Z", "sentAt": "2026-11-25T12:00:00Z"},
+            "originalTimestamp",
+        ),
+    ],
+)
+def test_a_bad_original_timestamp_is_rejected_by_its_name(call: dict[str, object], field: str) -> None:
+    assert rejected({"anonymousId": "a", "event": "E", **call}) == ("invalid_time", field)
