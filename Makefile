@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run demo test unit integration bench lint fmt clean install chromium
+.PHONY: run demo test unit integration bench lint fmt clean install chromium node-clients
 
 install: $(STAMP)
 
@@ -23,7 +23,7 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/werkstroom demo
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium node-clients
 	$(BIN)/python -m pytest -q
 
 # The dashboard's real-browser test (tests/e2e/test_dashboard.py) drives Debian's chromium
@@ -35,6 +35,18 @@ chromium:
 	  else \
 	    echo "/usr/bin/chromium is missing: install Debian's chromium (root) or the browser test fails" >&2; \
 	  fi; \
+	fi
+
+# The Node.js SDKs the client matrix sends with (tests/clients/node), at the versions of its
+# package-lock.json: installed when missing or when the lock changed; without node/npm the
+# matrix's Node test skips.
+NODE_CLIENTS := tests/clients/node
+node-clients:
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+	  echo "node/npm not found: not installing $(NODE_CLIENTS) (its test will skip)" >&2; \
+	elif [ ! -f $(NODE_CLIENTS)/node_modules/.installed ] || \
+	     [ $(NODE_CLIENTS)/package-lock.json -nt $(NODE_CLIENTS)/node_modules/.installed ]; then \
+	  cd $(NODE_CLIENTS) && npm ci --no-audit --no-fund && touch node_modules/.installed; \
 	fi
 
 unit: $(STAMP)
@@ -62,4 +74,4 @@ fmt: $(STAMP)
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .werkstroom .pytest_cache .ruff_cache
+	rm -rf $(VENV) .werkstroom .pytest_cache .ruff_cache $(NODE_CLIENTS)/node_modules
