@@ -1,8 +1,9 @@
 /*! Werkstroom browser tracker v1 | Apache-2.0 | https://github.com/werkstroom/werkstroom */
 /*
- * Sends Segment-format calls (page, track, identify) to a Werkstroom ingest service with
- * navigator.sendBeacon (a text/plain JSON body carrying the writeKey), falling back to
- * fetch({keepalive: true}). Plain ES5, no build step; see tracker/README.md for the API.
+ * Sends Segment-format calls (page, track, identify, alias) to a Werkstroom ingest service by
+ * fetch (a text/plain JSON body carrying the writeKey), keeps each in a bounded localStorage
+ * queue until ingest answered, retries failures with backoff, and hands what is still queued to
+ * navigator.sendBeacon at page hide. Plain ES5, no build step; see tracker/README.md.
  */
 (function (w, d) {
   "use strict";
@@ -10,6 +11,7 @@
   var VERSION = "1";
   var ANON_KEY = "werkstroom_aid";
   var USER_KEY = "werkstroom_uid";
+  var QUEUE_KEY = "werkstroom_queue";
   var HEARTBEAT_MS = 30000;
   var BEACON_LIMIT = 60000; // browsers cap a beacon / keepalive body at 64 KiB
 
@@ -39,21 +41,24 @@
   var autoPage = attr("data-auto-page") !== "false" && api.autoPage !== false;
 
   // --- storage: localStorage when the browser lets us, memory otherwise ---------------------
-  var memory = {};
+  var memory = {}; // what localStorage refused (disabled, private mode, full), for this page
   function load(key) {
-    try {
-      return w.localStorage.getItem(key);
-    } catch (e) {
-      return memory[key] || null;
+    if (!(key in memory)) {
+      try {
+        return w.localStorage.getItem(key);
+      } catch (e) {
+        /* storage disabled */
+      }
     }
+    return memory[key] || null;
   }
   function save(key, value) {
-    memory[key] = value;
     try {
       if (value === null) w.localStorage.removeItem(key);
       else w.localStorage.setItem(key, value);
+      delete memory[key];
     } catch (e) {
-      /* private mode or storage disabled: keep the id for this page only */
+      memory[key] = value;
     }
   }
 
@@ -88,46 +93,219 @@
     return value !== null && typeof value === "object" && !Array.isArray(value);
   }
 
-  // --- transport ---------------------------------------------------------------------------
+  // --- the queue: every call is stored before it is sent and removed once ingest answered ---
+  // Kept in localStorage (memory when refused), shared by the site's tabs, so a call that meets
+  // a network error, a 429 or a 5xx is sent again later, on this page or the next one. Bounded:
+  // the oldest calls go first past MAX_QUEUE calls, MAX_AGE_MS or MAX_QUEUE_CHARS, and their
+  // number travels as properties.$dropped of the next call that gets through.
+  var MAX_QUEUE = 100;
+  var MAX_AGE_MS = 864e5; // 24 h
+  var MAX_QUEUE_CHARS = 250000;
+  var BATCH_CHARS = 400000; // ingest takes batches up to 500 KB
+  var RETRY_MIN_MS = 1000;
+  var RETRY_MAX_MS = 60000;
+  var REQUEST_TIMEOUT_MS = 30000; // a request that hangs is given up and retried
+  var inflight = null; // messageIds of the request under way (one at a time)
+  var attempts = 0; // failed sends in a row, on this page
+  var due = 0; // this page's backoff: no send before (ms)
+  var timer = null;
+  var beaconed = {}; // messageIds sent by beacon at a page hide (each once per page)
+
+  function readQueue() {
+    var s = null;
+    try {
+      s = JSON.parse(load(QUEUE_KEY));
+    } catch (e) {
+      /* unreadable: start again */
+    }
+    if (!s || !Array.isArray(s.q)) return { q: [], d: 0, r: 0 };
+    s.q = s.q.filter(function (e) {
+      return e && e.messageId; // what it removes once sent
+    });
+    return s;
+  }
+
+  /** Writes the queue back after applying the caps (oldest first out, counted in `d`). */
+  function writeQueue(s) {
+    var now = Date.now();
+    var chars = JSON.stringify(s.q).length;
+    while (s.q.length) {
+      var oldest = s.q[0];
+      var age = now - (Date.parse(oldest.timestamp) || now);
+      if (s.q.length <= MAX_QUEUE && age <= MAX_AGE_MS && chars <= MAX_QUEUE_CHARS) break;
+      chars -= JSON.stringify(oldest).length + 1;
+      s.q.shift();
+      s.d = (s.d || 0) + 1;
+    }
+    save(QUEUE_KEY, s.q.length || s.d || s.r > now ? JSON.stringify(s) : null);
+    return s;
+  }
+
+  function schedule(ms) {
+    if (timer) w.clearTimeout(timer);
+    timer = w.setTimeout(function () {
+      timer = null;
+      flush();
+    }, ms);
+  }
+
+  /** Retry-After in ms (delta-seconds or an HTTP date), 0 when absent. */
+  function retryAfter(value) {
+    if (!value) return 0;
+    var ms = /^\s*\d+\s*$/.test(value) ? value * 1000 : Date.parse(value) - Date.now();
+    return ms > 0 ? Math.min(ms, MAX_AGE_MS) : 0;
+  }
+
+  /** The queued calls as one request body: alone to /v1/<type>, or several to /v1/batch.
+   *  sentAt is now (ingest corrects each timestamp with it); messageId and timestamp are kept. */
+  function request(s, events) {
+    var dropped = s.d || 0;
+    var sentAt = new Date().toISOString();
+    var first = events[0];
+    if (dropped) {
+      var props = {};
+      for (var k in first.properties) props[k] = first.properties[k];
+      props.$dropped = dropped;
+      first = JSON.parse(JSON.stringify(first));
+      first.properties = props;
+    }
+    if (events.length === 1) {
+      var single = {};
+      for (var f in first) single[f] = first[f];
+      single.sentAt = sentAt;
+      return { url: host + "/v1/" + first.type, data: JSON.stringify(single), dropped: dropped };
+    }
+    var batch = [first].concat(events.slice(1));
+    return {
+      url: host + "/v1/batch",
+      data: JSON.stringify({ writeKey: writeKey, sentAt: sentAt, batch: batch }),
+      dropped: dropped,
+    };
+  }
+
+  /** Sends what is queued, unless a request is under way or ingest asked us to wait. */
+  function flush() {
+    if (inflight || typeof w.fetch !== "function") return;
+    var s = writeQueue(readQueue());
+    if (!s.q.length) return;
+    var wait = Math.max(s.r || 0, due) - Date.now();
+    if (wait > 0) return schedule(wait);
+    var events = [];
+    var chars = 0;
+    for (var i = 0; i < s.q.length; i++) {
+      chars += JSON.stringify(s.q[i]).length + 1;
+      if (events.length && chars > BATCH_CHARS) break;
+      events.push(s.q[i]);
+    }
+    var req = request(s, events);
+    inflight = {};
+    for (var j = 0; j < events.length; j++) inflight[events[j].messageId] = 1;
+    var done = function (status, after) {
+      var sent = inflight;
+      inflight = null;
+      var q = readQueue();
+      // 2xx: stored. Another 4xx (bad event, unknown key): sending it again cannot succeed.
+      if ((status >= 200 && status < 300) || (status >= 400 && status < 500 && status !== 429)) {
+        var kept = [];
+        for (var n = 0; n < q.q.length; n++) if (!sent[q.q[n].messageId]) kept.push(q.q[n]);
+        q.q = kept;
+        q.d = Math.max(0, (q.d || 0) - req.dropped);
+        attempts = due = 0;
+        writeQueue(q);
+        if (q.q.length) flush();
+        return;
+      }
+      // A network error, 429 or 5xx: exponential backoff with jitter, at least what ingest asked.
+      var backoff = Math.min(RETRY_MAX_MS, RETRY_MIN_MS * Math.pow(2, attempts++));
+      var delay = backoff / 2 + (Math.random() * backoff) / 2;
+      var asked = retryAfter(after);
+      if (asked) q.r = Date.now() + asked;
+      writeQueue(q);
+      due = Date.now() + Math.max(delay, asked);
+      schedule(due - Date.now());
+    };
+    var abort = w.AbortController ? new w.AbortController() : null;
+    if (abort) w.setTimeout(function () {
+      abort.abort();
+    }, REQUEST_TIMEOUT_MS);
+    try {
+      w.fetch(req.url, {
+        method: "POST",
+        body: req.data,
+        headers: { "Content-Type": "text/plain" },
+        keepalive: req.data.length < BEACON_LIMIT,
+        credentials: "omit",
+        mode: "cors",
+        signal: abort ? abort.signal : undefined,
+      }).then(
+        function (res) {
+          done(res.status, res.headers.get("Retry-After"));
+        },
+        function () {
+          done(0);
+        }
+      );
+    } catch (e) {
+      done(0); // e.g. an invalid host: retried with backoff like a network error
+    }
+  }
+
+  /** At page hide: what is queued goes by beacon (the answer cannot be seen, so it stays queued
+   *  and is sent again on the next page; ingest and the aggregator de-duplicate by messageId). */
+  function onHide() {
+    var s = readQueue();
+    if (!w.navigator.sendBeacon || s.r > Date.now()) return;
+    var batch = [];
+    var chars = 0;
+    var send = function () {
+      if (batch.length) {
+        var body = JSON.stringify({ writeKey: writeKey, sentAt: new Date().toISOString(), batch: batch });
+        try {
+          w.navigator.sendBeacon(host + "/v1/batch", body);
+        } catch (e) {
+          /* an invalid URL: nothing more to do at unload */
+        }
+      }
+      batch = [];
+      chars = 0;
+    };
+    for (var i = 0; i < s.q.length; i++) {
+      var e = s.q[i];
+      var size = JSON.stringify(e).length + 1;
+      if (beaconed[e.messageId] || (inflight && inflight[e.messageId]) || size > BEACON_LIMIT) continue;
+      if (chars + size > BEACON_LIMIT) send();
+      beaconed[e.messageId] = 1;
+      batch.push(e);
+      chars += size;
+    }
+    send();
+  }
+
+  /** Builds the Segment call (its messageId and timestamp fixed now, for every retry), queues
+   *  it and sends what is queued. */
   function transmit(type, body) {
     if (!writeKey || !host) {
       if (w.console && !transmit.warned) w.console.warn("werkstroom: no data-write-key or ingest host; not sending");
       transmit.warned = true;
       return false;
     }
-    var now = new Date().toISOString();
     body.type = type;
     body.writeKey = writeKey;
     body.anonymousId = anonymousId;
     if (userId && !body.userId) body.userId = userId;
     body.messageId = uuid();
-    body.timestamp = now;
-    body.sentAt = now;
+    body.timestamp = new Date().toISOString();
     body.context = {
       page: pageContext(),
       userAgent: w.navigator.userAgent,
       locale: w.navigator.language,
       library: { name: "werkstroom.js", version: VERSION },
     };
-    var url = host + "/v1/" + type;
-    var data = JSON.stringify(body);
-    try {
-      if (data.length < BEACON_LIMIT && w.navigator.sendBeacon && w.navigator.sendBeacon(url, data)) return true;
-    } catch (e) {
-      /* sendBeacon throws on some invalid URLs; fall through to fetch */
-    }
-    if (typeof w.fetch === "function") {
-      w.fetch(url, {
-        method: "POST",
-        body: data,
-        headers: { "Content-Type": "text/plain" },
-        keepalive: data.length < BEACON_LIMIT,
-        credentials: "omit",
-        mode: "cors",
-      }).catch(function () {});
-      return true;
-    }
-    return false;
+    var s = readQueue();
+    s.q.push(body);
+    writeQueue(s);
+    flush();
+    return true;
   }
 
   // --- the public calls ----------------------------------------------------------------------
@@ -166,6 +344,14 @@
     return transmit("identify", { userId: userId || undefined, traits: isObject(traits) ? traits : {} });
   }
 
+  /** alias(userId, [previousId]): `previousId` (default: the user id, else the anonymous id) is
+   *  the same person as `userId`. As in analytics.js, later calls keep the current user id. */
+  function alias(to, from) {
+    if (to === undefined || to === null || to === "") return false;
+    if (from === undefined || from === null || from === "") from = userId || anonymousId;
+    return transmit("alias", { userId: String(to), previousId: String(from) });
+  }
+
   /** reset(): forget the user id and start a new anonymous id (call it at logout). */
   function reset() {
     userId = null;
@@ -201,17 +387,24 @@
   // --- heartbeat: keeps the visitor "online" while the tab is visible ------------------------
   var lastBeat = Date.now();
   function heartbeat() {
-    if (d.visibilityState === "hidden") return;
+    // Not while calls wait to be sent: they show the activity, and a late heartbeat means nothing.
+    if (d.visibilityState === "hidden" || readQueue().q.length) return;
     lastBeat = Date.now();
     track("$heartbeat");
   }
   w.setInterval(heartbeat, HEARTBEAT_MS);
   d.addEventListener("visibilitychange", function () {
-    if (d.visibilityState === "visible" && Date.now() - lastBeat >= HEARTBEAT_MS) heartbeat();
+    if (d.visibilityState === "hidden") onHide();
+    else if (Date.now() - lastBeat >= HEARTBEAT_MS) heartbeat();
+  });
+  w.addEventListener("pagehide", onHide);
+  w.addEventListener("online", function () {
+    attempts = due = 0;
+    flush();
   });
 
   // --- install the API and replay what the loader stub queued ---------------------------------
-  var methods = { page: page, track: track, identify: identify, reset: reset };
+  var methods = { page: page, track: track, identify: identify, alias: alias, reset: reset };
   function call(args) {
     args = Array.prototype.slice.call(args || []);
     var fn = methods[args[0]];
@@ -220,6 +413,7 @@
   api.page = page;
   api.track = track;
   api.identify = identify;
+  api.alias = alias;
   api.reset = reset;
   api.anonymousId = function () {
     return anonymousId;
@@ -233,6 +427,13 @@
   api.loaded = true;
   api.q = { push: call }; // late werkstroom.q.push([...]) calls run at once
   w.werkstroom = api;
+  // The original product's page API: pages instrumented for it keep working.
+  w.vibeTrack = function (event, properties) {
+    return track(event, properties);
+  };
+  w.vibeIdentify = function (id, traits) {
+    return identify(id, traits);
+  };
 
   var queuedPage = false;
   for (var i = 0; i < queued.length; i++) {
@@ -240,4 +441,5 @@
   }
   if (autoPage && !queuedPage) page();
   for (var j = 0; j < queued.length; j++) call(queued[j]);
+  flush(); // what earlier pages left queued
 })(window, document);

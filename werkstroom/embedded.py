@@ -38,8 +38,12 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 class EmbeddedKafka:
     """A tansu broker on 127.0.0.1:<port>; use as a context manager or start()/stop()."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, log_path: Path | None = None, advertised_port: int | None = None
+    ) -> None:
         self.port = port or free_port()
+        #: The port clients are told to connect to (a test puts a proxy there); default: port.
+        self.advertised_port = advertised_port or self.port
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -63,7 +67,7 @@ class EmbeddedKafka:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                f"tcp://127.0.0.1:{self.advertised_port}",
                 "--storage-engine",
                 "memory://tansu/",
                 "--cluster-id",

@@ -477,6 +477,8 @@ _ROUTES: dict[str, str | None] = {
     "/v1/import": None,
 }
 _CORS = (b"access-control-allow-origin", b"*")
+#: A page on another origin may read Retry-After (the tracker honours it) only when exposed.
+_EXPOSE = (b"access-control-expose-headers", b"Retry-After")
 
 
 class BeaconFastPath:
@@ -497,7 +499,7 @@ class BeaconFastPath:
         headers = _headers(scope)
         body = await _read_body(receive, headers.get("content-length"), ingestor.limit(call_type))
         answer = await ingestor.handle(call_type, headers, body, _client(scope))
-        raw_headers = [(b"content-type", b"application/json"), _CORS]
+        raw_headers = [(b"content-type", b"application/json"), _CORS, _EXPOSE]
         raw_headers += [(k.lower().encode(), v.encode()) for k, v in answer.headers]
         await send({"type": "http.response.start", "status": answer.status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": orjson.dumps(answer.body)})
@@ -585,6 +587,7 @@ def create_app(settings: Settings, *, bootstrap: str, clickhouse: Callable[[], C
         allow_origins=["*"],
         allow_methods=["POST", "OPTIONS"],
         allow_headers=["*"],
+        expose_headers=["Retry-After"],
         max_age=86400,
     )
 

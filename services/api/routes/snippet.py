@@ -17,9 +17,11 @@ router = APIRouter(prefix="/api/projects/{project_id}", tags=["snippet"], respon
 LOADER = """<script>
 (function (w, d, key, host) {
   var a = (w.werkstroom = w.werkstroom || { q: [] });
-  if (!a.loaded) ["page", "track", "identify", "reset"].forEach(function (m) {
+  if (!a.loaded) ["page", "track", "identify", "alias", "reset"].forEach(function (m) {
     a[m] = a[m] || function () { a.q.push([m].concat([].slice.call(arguments))); };
   });
+  w.vibeTrack = w.vibeTrack || function () { a.track.apply(a, arguments); };
+  w.vibeIdentify = w.vibeIdentify || function () { a.identify.apply(a, arguments); };
   var s = d.createElement("script");
   s.async = true; s.src = host + "/t.js";
   s.setAttribute("data-write-key", key); s.setAttribute("data-host", host);
