@@ -151,7 +151,8 @@ async def log_ends(consumer: AIOKafkaConsumer, partitions: list[TopicPartition])
 
 
 def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    """The topic's partitions, as the consumer's metadata knows them (load it with topics())."""
+    """The topic's partitions, as the consumer's metadata knows them: only the topics it reads
+    or was assigned (`topics()` does not add to it; rotation._measure reads any topic)."""
     return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
 
 

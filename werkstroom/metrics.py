@@ -18,8 +18,14 @@ INGEST_EVENTS_ACCEPTED = Counter(
 INGEST_EVENTS_REJECTED = Counter(
     "werkstroom_ingest_events_rejected_total", "Items rejected by validation", ["reason"]
 )
-#: Events from bot user agents: counted, not forwarded as visitor events.
-INGEST_BOT_EVENTS = Counter("werkstroom_ingest_bot_events_total", "Events from bots, not forwarded")
+#: Events from bot user agents: not visitor events; sent to the bots topic instead.
+INGEST_BOT_EVENTS = Counter(
+    "werkstroom_ingest_bot_events_total", "Events from bots, sent to the bots topic, not the events topic"
+)
+#: Bot events Kafka did not acknowledge (best effort: the request's answer does not wait for them).
+INGEST_BOT_EVENTS_UNSENT = Counter(
+    "werkstroom_ingest_bot_events_unsent_total", "Bot events not acknowledged by Kafka (not retried)"
+)
 #: Requests refused because a project went over its rate limit.
 INGEST_RATE_LIMITED = Counter("werkstroom_ingest_rate_limited_total", "Requests answered 429")
 #: Requests refused because one client address went over its share of a project's limit.
@@ -86,6 +92,13 @@ SINK_LAG = Gauge(
 SINK_ROWS_REFUSED = Counter(
     "werkstroom_sink_rows_refused_total", "Rows ClickHouse refused, dead-lettered", ["table"]
 )
+
+
+# -- bots consumer (services/aggregator/bots.py) -------------------------------------------
+#: Bot events written to the ClickHouse bot_events table (a replay writes them again; they collapse).
+BOTS_ROWS_WRITTEN = Counter("werkstroom_bots_rows_written_total", "Rows inserted into bot_events")
+#: Messages on the bots topic that did not match the contract, skipped (logged).
+BOTS_SKIPPED = Counter("werkstroom_bots_skipped_total", "Bots topic messages skipped", ["reason"])
 
 
 # -- embedded broker -----------------------------------------------------------------------

@@ -19,6 +19,13 @@ Steps 1-3 give up when they take too long (the topic is kept, tried again later)
 are never interrupted. The dead-letter topic has no reader in this process: past the same size
 it is emptied too, and the letters dropped are counted in the log.
 
+The bots topic is swapped on its own once it holds `embedded_broker_max_events` (its traffic
+is not the events'), the same way (`rotate_bots`): wait until the bots consumer
+(services.aggregator.bots) is nearly caught up, hold ingest's sends, wait until it committed
+the topic's end offsets, create the topic again, have it read the new log from its start
+(`started_over`: bot events are counted once per id, so reading again is harmless, skipping
+is not), release. A swap of the events topic never waits for the bots consumer.
+
 With an external Kafka (WERKSTROOM_KAFKA_BOOTSTRAP) none of this runs: its retention applies.
 """
 
@@ -54,6 +61,12 @@ class Sink(Protocol):
     async def log_started_over(self) -> None: ...
 
 
+class Bots(Protocol):
+    """What the rotation asks of the bots consumer in this process (services.aggregator.bots)."""
+
+    def started_over(self) -> None: ...
+
+
 async def behind(consumer: AIOKafkaConsumer, topic: str) -> tuple[dict[TopicPartition, int], int]:
     """The topic's end offsets and how many messages the consumer's group has not committed."""
     ends = await log_ends(consumer, partitions_of(consumer, topic))
@@ -63,11 +76,17 @@ async def behind(consumer: AIOKafkaConsumer, topic: str) -> tuple[dict[TopicPart
 class Rotation:
     """Swaps the embedded broker's events topic for an empty one when it grows too large."""
 
-    def __init__(self, settings: Settings, bootstrap: str, publisher: Publisher, sink: Sink) -> None:
+    def __init__(
+        self, settings: Settings, bootstrap: str, publisher: Publisher, sink: Sink, bots: Bots | None = None
+    ) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.publisher = publisher
         self.sink = sink
+        self.bots = bots
+        self._bots_group: AIOKafkaConsumer | None = None  # reads the bots consumer's offsets
+        self._meters: dict[str, AIOKafkaConsumer] = {}  # per topic, in no group (`_measure`)
+        self._admin: AIOKafkaAdminClient | None = None
         self.topics = Topics.from_settings(settings)
         self._closing = asyncio.Event()
         self._since = time.monotonic()  # when the events topic was last found empty or swapped
@@ -84,8 +103,14 @@ class Rotation:
             self.bootstrap, [], self.settings.sink_group, client_id="werkstroom-rotation"
         )
         await consumer.start()
+        if self.bots is not None:
+            self._bots_group = make_consumer(
+                self.bootstrap, [], self.settings.bots_group, client_id="werkstroom-rotation-bots"
+            )
+            await self._bots_group.start()
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10_000)
         await admin.start()
+        self._admin = admin
         try:
             while not self._closing.is_set():
                 try:
@@ -100,6 +125,10 @@ class Rotation:
         finally:
             await admin.close()
             await consumer.stop()
+            for meter in self._meters.values():
+                await meter.stop()
+            if self._bots_group is not None:
+                await self._bots_group.stop()
 
     async def _check(
         self, consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient, limit: int, age: float
@@ -107,6 +136,16 @@ class Rotation:
         known = await consumer.topics()  # fresh metadata: the partitions of both topics
         if self.topics.events not in known:  # a swap that failed half-way: never leave it gone
             await self._swap(admin, consumer, self.topics.events, self.settings.topic_partitions)
+        if self.topics.bots not in known:
+            await _recreate(admin, consumer, self.topics.bots, self.settings.topic_partitions)
+            if self.bots is not None:
+                self.bots.started_over()
+        bots = sum((await self._measure(self.topics.bots)).values())
+        if 0 < limit <= bots and self.bots is None:  # no reader in this process: like the letters
+            await _recreate(admin, consumer, self.topics.bots, self.settings.topic_partitions)
+            log.warning("embedded_bot_events_dropped", events=bots, limit=limit)
+        elif 0 < limit <= bots:
+            await self.rotate_bots(consumer, admin)
         events = await _size(consumer, self.topics.events)
         if events == 0:
             self._since = time.monotonic()
@@ -115,9 +154,12 @@ class Rotation:
         too_old = 0 < age <= time.monotonic() - self._since
         if too_many or too_old:
             await self.rotate(consumer, admin, "size" if too_many else "age")
-        letters = await _size(consumer, self.topics.dead_letter)
+        # Measured like the bots topic (`_measure`): this consumer's metadata knows only the
+        # topics it reads, so the letters once read as 0 from the second check on.
+        ends = await self._measure(self.topics.dead_letter)
+        letters = sum(ends.values())
         if 0 < limit <= letters:
-            await _recreate(admin, consumer, self.topics.dead_letter)
+            await _recreate(admin, consumer, self.topics.dead_letter, len(ends))
             log.warning("embedded_dead_letters_dropped", letters=letters, limit=limit)
 
     async def rotate(self, consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient, why: str) -> bool:
@@ -169,6 +211,63 @@ class Rotation:
                     return sum(ends.values())
             await asyncio.sleep(0.05)
         return None
+
+    async def rotate_bots(self, consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient) -> bool:
+        """The bots topic's swap (module docstring); returns whether it was swapped."""
+        assert self.bots is not None and self._bots_group is not None
+        topic, bots_group = self.topics.bots, self._bots_group
+        deadline = time.monotonic() + CATCH_UP_WAIT
+        while await uncommitted(bots_group, await self._measure(topic)) > NEAR_END:
+            if self._closing.is_set() or time.monotonic() > deadline:
+                log.info("embedded_rotation_postponed", reason="the bots consumer is behind", wanted="bots")
+                return False
+            await asyncio.sleep(0.2)
+        held = time.monotonic()
+        await self.publisher.hold()
+        try:
+            # It commits after each write, at most `sink_flush_ms` after the last message.
+            while (left := await uncommitted(bots_group, ends := await self._measure(topic))) > 0:
+                if self._closing.is_set() or time.monotonic() > held + HOLD_MAX - 1.0:
+                    log.info("embedded_rotation_postponed", reason="bots not committed in time", left=left)
+                    return False
+                await asyncio.sleep(0.05)
+            await asyncio.shield(
+                _recreate(admin, consumer, topic, len(ends) or self.settings.topic_partitions)
+            )
+            self.bots.started_over()
+        finally:
+            self.publisher.release()
+        log.info(
+            "embedded_bots_topic_rotated",
+            events=sum(ends.values()),
+            held_ms=round((time.monotonic() - held) * 1000),
+        )
+        return True
+
+    async def _measure(self, topic: str) -> dict[TopicPartition, int]:
+        """The end offsets of `topic`, read by a consumer in no group that measures this topic
+        only. (A consumer's partitions_for_topic knows only the topics it was assigned since its
+        metadata was last refreshed, and re-assigning a consumer in a group while it looks up
+        its coordinator can fail it for good; the partitions come from the admin client.)"""
+        meter = self._meters.get(topic)
+        if meter is None:
+            meter = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                client_id="werkstroom-meter",
+            )
+            await meter.start()
+            self._meters[topic] = meter
+        assert self._admin is not None
+        described = await self._admin.describe_topics([topic])
+        partitions = [
+            TopicPartition(topic, p["partition"])
+            for t in described
+            if t["topic"] == topic and not t["error_code"]
+            for p in t["partitions"]
+        ]
+        return await log_ends(meter, sorted(partitions))
 
     async def _swap(
         self, admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, topic: str, partitions: int

@@ -217,10 +217,13 @@ async def serve(
                 settings.api_port,
             )
         )
+    bots: Any = None  # the bots consumer (services.aggregator.bots), beside the events sink
     if target in ("all", "aggregator"):
+        from services.aggregator.bots import BotsSink
         from services.aggregator.sink import EventsSink
 
         sinks.append(EventsSink(settings, bootstrap, factory))
+        bots = BotsSink(settings, bootstrap, factory)
 
     failed: list[asyncio.Task[Any]] = []
     rotation: Rotation | None = None
@@ -228,13 +231,15 @@ async def serve(
     tune_gc(settings)  # start-up is over: what exists now lives as long as the process
     runtime.tasks = [asyncio.create_task(s.serve(), name=f"http:{s.config.port}") for s in servers]
     runtime.tasks += [asyncio.create_task(s.run(), name="sink") for s in sinks]
+    if bots is not None:
+        runtime.tasks.append(asyncio.create_task(bots.run(), name="bots-sink"))
     _write_runtime_file(settings, target, runtime)
     try:
         while not all(s.started for s in servers):
             if any(t.done() for t in runtime.tasks):
                 break
             await asyncio.sleep(0.05)
-        rotation = _rotation(settings, runtime, servers, sinks)
+        rotation = _rotation(settings, runtime, servers, sinks, bots)
         if rotation is not None:
             runtime.tasks.append(asyncio.create_task(rotation.run(), name="embedded-rotation"))
         if on_ready is not None and all(s.started for s in servers):
@@ -259,6 +264,8 @@ async def serve(
                 await live.close()
         for sink in sinks:
             sink.stop()
+        if bots is not None:
+            bots.stop()
         results = await asyncio.gather(*runtime.tasks, return_exceptions=True)
         if embedded is not None:
             embedded.stop()
@@ -274,7 +281,7 @@ async def serve(
 
 
 def _rotation(
-    settings: Settings, runtime: Runtime, servers: list[_Server], sinks: list[Any]
+    settings: Settings, runtime: Runtime, servers: list[_Server], sinks: list[Any], bots: Any = None
 ) -> Rotation | None:
     """The embedded broker's memory bound (werkstroom.rotation): `all` on the embedded broker,
     with ingest started (its publisher is what a swap holds) and the aggregator in-process."""
@@ -284,7 +291,7 @@ def _rotation(
     publishers = [p for p in (publisher_of(_ingestor(s)) for s in servers) if p is not None]
     if len(publishers) != 1:
         return None
-    return Rotation(settings, runtime.bootstrap, publishers[0], sinks[0])
+    return Rotation(settings, runtime.bootstrap, publishers[0], sinks[0], bots)
 
 
 @dataclass
@@ -367,6 +374,7 @@ async def _drain_steps(
                 again = await log_ends(consumer, partitions)
                 if again == ends:
                     report.reached = True
+                    await _drain_bots(settings, runtime)
                     return
                 report.events += sum(again[tp] - ends[tp] for tp in partitions)
                 ends = again
@@ -374,6 +382,26 @@ async def _drain_steps(
                 continue
             if any(t.done() for t in runtime.tasks if t.get_name() == "sink"):
                 log.warning("drain_sink_ended", hint="what is not committed is read again at the next start")
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await consumer.stop()
+
+
+async def _drain_bots(settings: Settings, runtime: Runtime) -> None:
+    """After the events: wait until the bots consumer committed its topic's end (ingest sends no
+    more), so that the embedded broker's last bot events are counted too. Informational: it
+    never delays the events' drain, and stops waiting if the bots consumer ended."""
+    running = [t for t in runtime.tasks if t.get_name() == "bots-sink"]
+    if not running:
+        return
+    consumer = make_consumer(runtime.bootstrap, [], settings.bots_group, client_id="werkstroom-drain-bots")
+    await consumer.start()
+    try:
+        await consumer.topics()
+        ends = await log_ends(consumer, partitions_of(consumer, Topics.from_settings(settings).bots))
+        while await uncommitted(consumer, ends):
+            if any(t.done() for t in running):
                 return
             await asyncio.sleep(0.1)
     finally:

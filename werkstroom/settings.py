@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     )
     topic_events: str = Field("werkstroom.events.v1", description="WERKSTROOM_TOPIC_EVENTS")
     topic_dlq: str = Field("werkstroom.events.dlq.v1", description="WERKSTROOM_TOPIC_DLQ")
+    topic_bots: str = Field(
+        "werkstroom.bots.v1",
+        description="WERKSTROOM_TOPIC_BOTS: events ingest filtered as bots (same schema as the events "
+        "topic), counted per day by the aggregator's bots consumer.",
+    )
     topic_partitions: int = Field(
         4, ge=1, description="WERKSTROOM_TOPIC_PARTITIONS: partitions when Werkstroom creates topics."
     )
@@ -45,6 +50,10 @@ class Settings(BaseSettings):
     )
     sink_group: str = Field(
         "werkstroom-events-sink", description="WERKSTROOM_SINK_GROUP: consumer group of the events sink."
+    )
+    bots_group: str = Field(
+        "werkstroom-bots-sink",
+        description="WERKSTROOM_BOTS_GROUP: consumer group of the aggregator's bots consumer.",
     )
 
     # -- ClickHouse --------------------------------------------------------------------

@@ -137,7 +137,8 @@ class LiveHub:
     async def snapshot(self, project_id: str, limit: int) -> dict[str, Any]:
         now = self.clock()
         data, fresh = await asyncio.gather(
-            self.pool.run(queries.online, project_id, now, limit), self.pool.run(queries.pipeline, self.topic)
+            self.pool.run(queries.online, project_id, now, limit),
+            self.pool.run(queries.pipeline, self.topic, project_id, now.date()),
         )
         return {"as_of": now, "pipeline": fresh, **data}
 

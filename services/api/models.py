@@ -22,7 +22,12 @@ def iso(value: datetime) -> str:
 Time = Annotated[datetime, PlainSerializer(iso, return_type=str, when_used="json")]
 
 T0 = "2026-11-25T12:00:00.000Z"
-PIPELINE_EXAMPLE = {"last_write_at": "2026-11-25T11:59:59.750Z", "last_event_at": T0, "lag": 0}
+PIPELINE_EXAMPLE = {
+    "last_write_at": "2026-11-25T11:59:59.750Z",
+    "last_event_at": T0,
+    "lag": 0,
+    "bots_today": 12,
+}
 
 
 def _example(value: dict[str, Any]) -> ConfigDict:
@@ -37,6 +42,11 @@ class Pipeline(BaseModel):
     last_write_at: Time | None = Field(description="the aggregator's newest write (any partition)")
     last_event_at: Time | None = Field(description="the newest event time it has written")
     lag: int | None = Field(description="messages between its committed offsets and the topic's end")
+    bots_today: int = Field(
+        ge=0,
+        description="this project's events filtered as bots today (UTC, event time): scripts, "
+        "crawlers and headless browsers, by User-Agent; never counted in the other figures",
+    )
 
 
 class Fresh(BaseModel):
@@ -146,6 +156,7 @@ DAY = {
     "events": 170,
     "bounce_rate": 0.35,
     "avg_session_seconds": 184.2,
+    "bots": 9,
 }
 
 
@@ -158,6 +169,11 @@ class Day(BaseModel):
     events: int = Field(description="all events but heartbeats, page views included")
     bounce_rate: float = Field(description="one-page-view sessions / sessions, a fraction 0..1")
     avg_session_seconds: float
+    bots: int = Field(
+        ge=0,
+        description="events filtered as bots (scripts, crawlers, headless browsers), counted in "
+        "no other field; kept 35 days (older days say 0)",
+    )
 
 
 class Activity(Fresh):

@@ -62,20 +62,31 @@ def write_key(client: Client, project_id: str) -> str | None:
     return str(rows[0][0]) if rows else None
 
 
-def pipeline(client: Client, topic: str) -> dict[str, Any]:
-    """The aggregator's progress on `topic` over all its partitions; nulls before its first row."""
-    count, last_write, last_event, lag = client.query(
-        "SELECT count(), max(last_write_at), max(last_event_at), sum(lag) "
+#: The bot events of one project per day (bot_events, migration 0019): uniqExact, so rows a
+#: replay wrote again and not yet merged count once.
+BOTS_PER_DAY = (
+    "SELECT day, uniqExact(event_id) FROM bot_events "
+    "WHERE project_id = {p:String} AND day >= {since:Date} AND day <= {today:Date} GROUP BY day"
+)
+
+
+def pipeline(client: Client, topic: str, project_id: str, today: date) -> dict[str, Any]:
+    """The aggregator's progress on `topic` over all its partitions (nulls before its first
+    row), and the project's events filtered as bots today (UTC), in one round trip."""
+    count, last_write, last_event, lag, bots = client.query(
+        "SELECT count(), max(last_write_at), max(last_event_at), sum(lag), "
+        "(SELECT uniqExact(event_id) FROM bot_events WHERE project_id = {p:String} AND day = {today:Date}) "
         "FROM aggregator_status FINAL WHERE topic = {t:String}",
-        parameters={"t": topic},
+        parameters={"t": topic, "p": project_id, "today": today},
     ).first_row
     # A row from an older aggregator that had not yet written says 1970 (the column's zero).
     if not count or last_write is None or utc(last_write).timestamp() <= 0:
-        return {"last_write_at": None, "last_event_at": None, "lag": None}
+        return {"last_write_at": None, "last_event_at": None, "lag": None, "bots_today": int(bots)}
     return {
         "last_write_at": utc(last_write),
         "last_event_at": utc(last_event) if last_event is not None else None,
         "lag": int(lag),
+        "bots_today": int(bots),
     }
 
 
@@ -311,6 +322,12 @@ def activity(client: Client, project_id: str, today: date, days: int) -> list[di
             parameters={"p": project_id, "since": since, "today": today},
         ).result_rows
     }
+    bots = {
+        day: int(count)
+        for day, count in client.query(
+            BOTS_PER_DAY, parameters={"p": project_id, "since": since, "today": today}
+        ).result_rows
+    }
     out = []
     for i in range(days):
         day = since + timedelta(days=i)
@@ -328,6 +345,7 @@ def activity(client: Client, project_id: str, today: date, days: int) -> list[di
                     "avg_session_seconds": float(row[7]),
                 }
             )
+        out[-1]["bots"] = bots.get(day, 0)
     return out
 
 

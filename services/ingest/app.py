@@ -99,6 +99,8 @@ class IngestState:
     closing: bool = False
     in_flight: int = 0  # requests being handled, so a shutdown can wait for their answers
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # set whenever in_flight is 0
+    #: Bot events being sent to the bots topic: no answer waits for them (`_send_bots`).
+    bot_sends: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +148,8 @@ class Ingestor:
         if self.s.in_flight:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.s.idle.wait(), timeout)
+        if self.s.bot_sends:
+            await asyncio.wait(set(self.s.bot_sends), timeout=max(0.0, deadline - time.monotonic()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.s.producer.flush(), max(0.0, deadline - time.monotonic()))
         return self.s.in_flight
@@ -268,8 +272,8 @@ class Ingestor:
         header_agent = enrich.analyse(headers.get("user-agent", ""))
         messages: list[tuple[bytes, bytes]] = []
         dead: list[tuple[bytes, bytes]] = []
+        bot_messages: list[tuple[bytes, bytes]] = []
         errors: list[dict[str, Any]] = []
-        bots = 0
         accepted_types: dict[str, int] = {}
         max_event = settings.max_event_bytes
         for index, item in enumerate(items):
@@ -300,9 +304,6 @@ class Ingestor:
                     header_agent=header_agent,
                     raw=raw_item,
                 )
-                if agent.is_bot:
-                    bots += 1
-                    continue
                 value = encode_event(event)
             except Rejected as exc:
                 rejection = exc
@@ -317,7 +318,11 @@ class Ingestor:
                     "unprocessable", None, "this event could not be processed; it was logged"
                 )
             else:
-                messages.append((message_key(project_id, event["anonymous_id"], event["user_id"]), value))
+                key = message_key(project_id, event["anonymous_id"], event["user_id"])
+                if agent.is_bot:
+                    bot_messages.append((key, value))
+                    continue
+                messages.append((key, value))
                 accepted_types[event["type"]] = accepted_types.get(event["type"], 0) + 1
                 continue
             errors.append({"index": index, **rejection.as_dict(), "messageId": _message_id(item)})
@@ -338,12 +343,18 @@ class Ingestor:
                 )
             )
 
+        bots = len(bot_messages)
+        bot_send: asyncio.Task[None] | None = None
         try:
             # While the embedded broker swaps its topics (werkstroom.rotation, at most HOLD_MAX s),
             # the events wait for it; the produce timeout counts from there (`within`).
             await self.s.publisher.until_open()
+            if bot_messages:  # queued with the events, so handed over in the same batches
+                bot_send = self._send_bots(bot_messages)
             await self.s.publisher.within(self._send(messages, dead), settings.produce_timeout_ms / 1000)
         except (TimeoutError, KafkaError) as exc:
+            if bot_send is not None:  # the client sends them again with the events
+                bot_send.cancel()
             self.s.kafka_down_until = time.monotonic() + 1.0
             log.warning("kafka_unavailable", error=f"{type(exc).__name__}: {exc}", events=len(messages))
             return self._unavailable("Kafka did not acknowledge the events in time")
@@ -384,6 +395,27 @@ class Ingestor:
             )
         else:
             await publish(self.s.topics.events, messages)
+
+    def _send_bots(self, messages: list[tuple[bytes, bytes]]) -> asyncio.Task[None]:
+        """Send bot events to the bots topic without making the answer wait: they are
+        informational (counted per day in the dashboard), so a slow or failing bots topic must
+        cost the visitor events nothing. Not acknowledged within the produce timeout (a hold
+        of the topic swap aside): counted as unsent and dropped."""
+
+        async def send() -> None:
+            try:
+                await self.s.publisher.within(
+                    self.s.publisher.publish(self.s.topics.bots, messages),
+                    self.s.settings.produce_timeout_ms / 1000,
+                )
+            except (TimeoutError, KafkaError) as exc:
+                metrics.INGEST_BOT_EVENTS_UNSENT.inc(len(messages))
+                log.warning("bot_events_unsent", error=f"{type(exc).__name__}: {exc}", events=len(messages))
+
+        task = asyncio.get_running_loop().create_task(send(), name="ingest-bots")
+        self.s.bot_sends.add(task)
+        task.add_done_callback(self.s.bot_sends.discard)
+        return task
 
     def _unavailable(self, why: str) -> Answer:
         metrics.INGEST_KAFKA_UNAVAILABLE.inc()

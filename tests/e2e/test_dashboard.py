@@ -215,6 +215,20 @@ def seeded(stack: Stack) -> Stack:
         {"anonymousId": "anon-dave", "properties": checkout, "timestamp": six_minutes_ago.isoformat()},
     )
     stack.send("track", {"anonymousId": "anon-dave", "event": "$heartbeat", "page": checkout})
+    # A script's call, with its own User-Agent: filtered as a bot, and shown as filtered.
+    script = {
+        "writeKey": stack.write_key,
+        "anonymousId": "a-script",
+        "properties": {"url": "https://shop.example/"},
+    }
+    request = urllib.request.Request(
+        f"{stack.ingest}/v1/page",
+        data=json.dumps(script).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": "python-requests/2.31.0"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.loads(response.read())["bots"] == 1
 
     def persons() -> set[str] | None:
         status, body, _ = stack.get(stack.project("users?segment=all&limit=50"))
@@ -223,6 +237,10 @@ def seeded(stack: Stack) -> Stack:
         return found if {"alice@example.com", "bob@example.com", "anon-carol", "anon-dave"} <= found else None
 
     wait_for(persons, "the four seeded persons in GET users")
+    wait_for(
+        lambda: stack.get(stack.project("activity?days=1"))[1]["days"][0]["bots"] == 1,
+        "the script's event counted as a bot",
+    )
     return stack
 
 
@@ -309,6 +327,10 @@ def test_metric_cards_activity_chart_and_freshness(dashboard: Page, seeded: Stac
     freshness = dashboard.locator("#freshness")
     expect(freshness).to_contain_text(re.compile(r"pipeline last write \d+s ago"))
     expect(freshness).not_to_have_class(re.compile("stale"))
+    expect(freshness).to_contain_text("1 bot event filtered today")
+    expect(dashboard.locator("#activity-bots")).to_contain_text(
+        "Not counted above: 1 event from bots and scripts"
+    )
 
 
 def test_online_counter_and_live_table_follow_a_new_visitor_without_reload(

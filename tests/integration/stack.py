@@ -16,6 +16,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from clickhouse_connect.driver.client import Client
 
+from services.aggregator.bots import BotsSink
 from services.aggregator.sink import EventsSink
 from services.api.app import create_app as create_api
 from services.ingest.app import create_app as create_ingest
@@ -36,7 +37,9 @@ def own_names() -> dict[str, str]:
     return {
         "topic_events": f"test.events.{suffix}",
         "topic_dlq": f"test.dlq.{suffix}",
+        "topic_bots": f"test.bots.{suffix}",
         "sink_group": f"test-sink-{suffix}",
+        "bots_group": f"test-bots-{suffix}",
         "clickhouse_database": f"test_{suffix}",
     }
 
@@ -51,6 +54,7 @@ class Stack:
         data_dir: Any,
         ingest: bool = True,
         sink: bool = True,
+        bots: bool = False,
         **overrides: Any,
     ) -> None:
         self.bootstrap = bootstrap
@@ -71,6 +75,8 @@ class Stack:
         self.topics = Topics.from_settings(self.settings)
         self._want_ingest = ingest
         self._want_sink = sink
+        self._want_bots = bots
+        self.bots: BotsSink | None = None
         self.client: Client
         self.project: projects.NewProject
         self.http: httpx.AsyncClient
@@ -94,7 +100,21 @@ class Stack:
             await self.start_ingest()
         if self._want_sink:
             self.start_sink()
+        if self._want_bots:
+            self.start_bots()
         return self
+
+    def start_bots(self) -> BotsSink:
+        """The aggregator's bots consumer (services.aggregator.bots), as `serve` runs it."""
+        self.bots = BotsSink(self.settings, self.bootstrap, clickhouse_factory(self.settings))
+        self._bots_task = asyncio.create_task(self.bots.run())
+        return self.bots
+
+    async def stop_bots(self) -> None:
+        if self.bots is not None:
+            self.bots.stop()
+            await asyncio.wait_for(self._bots_task, 15)
+            self.bots = None
 
     async def start_ingest(self) -> None:
         app = create_ingest(
@@ -145,6 +165,8 @@ class Stack:
             await self.stop_api()
         for sink in self.sinks:
             sink.stop()
+        with contextlib.suppress(Exception):
+            await self.stop_bots()
         if self.server is not None:
             self.server.should_exit = True
         for task in self._tasks:

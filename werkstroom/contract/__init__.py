@@ -97,13 +97,15 @@ class Topics:
 
     events: str
     dead_letter: str
+    #: Events filtered as bots: the events topic's schema; a reader of `events` never sees them.
+    bots: str
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topics:
-        return cls(events=settings.topic_events, dead_letter=settings.topic_dlq)
+        return cls(events=settings.topic_events, dead_letter=settings.topic_dlq, bots=settings.topic_bots)
 
     def all(self) -> tuple[str, ...]:
-        return (self.events, self.dead_letter)
+        return (self.events, self.dead_letter, self.bots)
 
 
 def message_key(project_id: str, anonymous_id: str, user_id: str) -> bytes:

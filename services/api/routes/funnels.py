@@ -133,7 +133,8 @@ async def funnel_report(
     days: Annotated[int, Query(ge=1, le=366)] = 30,
 ) -> FunnelReport:
     found, fresh = await asyncio.gather(
-        pool.run(_report, scope.project_id, funnel_id, days, now), pool.run(queries.pipeline, topic)
+        pool.run(_report, scope.project_id, funnel_id, days, now),
+        pool.run(queries.pipeline, topic, scope.project_id, now.date()),
     )
     if found is None:
         raise _not_found()

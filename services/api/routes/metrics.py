@@ -45,7 +45,8 @@ Days = Annotated[int, Query(ge=1, le=366, description="how many UTC days, ending
 )
 async def get_metrics(scope: ProjectDep, pool: PoolDep, now: NowDep, topic: TopicDep) -> Metrics:
     data, fresh = await asyncio.gather(
-        metric_cards(pool, scope.project_id, now), pool.run(queries.pipeline, topic)
+        metric_cards(pool, scope.project_id, now),
+        pool.run(queries.pipeline, topic, scope.project_id, now.date()),
     )
     return Metrics.model_validate({"as_of": now, "pipeline": fresh, "metrics": data})
 
@@ -61,6 +62,7 @@ async def get_activity(
     scope: ProjectDep, pool: PoolDep, now: NowDep, topic: TopicDep, days: Days = 30
 ) -> Activity:
     data, fresh = await asyncio.gather(
-        pool.run(queries.activity, scope.project_id, now.date(), days), pool.run(queries.pipeline, topic)
+        pool.run(queries.activity, scope.project_id, now.date(), days),
+        pool.run(queries.pipeline, topic, scope.project_id, now.date()),
     )
     return Activity.model_validate({"as_of": now, "pipeline": fresh, "days": data})

@@ -31,7 +31,8 @@ async def get_online(
     scope: ProjectDep, pool: PoolDep, now: NowDep, topic: TopicDep, limit: Limit = 100
 ) -> Online:
     data, fresh = await asyncio.gather(
-        pool.run(queries.online, scope.project_id, now, limit), pool.run(queries.pipeline, topic)
+        pool.run(queries.online, scope.project_id, now, limit),
+        pool.run(queries.pipeline, topic, scope.project_id, now.date()),
     )
     return Online.model_validate({"as_of": now, "pipeline": fresh, **data})
 

@@ -59,7 +59,7 @@ async def list_users(
     position = parse_cursor(cursor)
     (users, following), fresh = await asyncio.gather(
         pool.run(queries.users_page, scope.project_id, now, segment, q, limit, position),
-        pool.run(queries.pipeline, topic),
+        pool.run(queries.pipeline, topic, scope.project_id, now.date()),
     )
     return UsersPage.model_validate(
         {"as_of": now, "pipeline": fresh, "users": users, "next_cursor": following}
@@ -89,7 +89,7 @@ async def user_sessions(
 ) -> UserSessions:
     sessions, fresh = await asyncio.gather(
         pool.run(queries.user_sessions, scope.project_id, person_id, now, limit),
-        pool.run(queries.pipeline, topic),
+        pool.run(queries.pipeline, topic, scope.project_id, now.date()),
     )
     if sessions is None:
         raise _not_found()
@@ -106,7 +106,8 @@ async def user_profile(
     scope: ProjectDep, pool: PoolDep, now: NowDep, topic: TopicDep, person_id: str
 ) -> UserProfile:
     profile, fresh = await asyncio.gather(
-        pool.run(queries.user_profile, scope.project_id, person_id, now), pool.run(queries.pipeline, topic)
+        pool.run(queries.user_profile, scope.project_id, person_id, now),
+        pool.run(queries.pipeline, topic, scope.project_id, now.date()),
     )
     if profile is None:
         raise _not_found()

@@ -15,7 +15,7 @@
   const state = {
     key: null,
     project: null,
-    freshness: null, // {asOf, skewMs, lastWrite, lag}
+    freshness: null, // {asOf, skewMs, lastWrite, lag, bots}
     users: { cursor: null, seq: 0 },
     funnels: [],
     metrics: null,
@@ -136,6 +136,7 @@
       skewMs: Date.parse(body.as_of) - Date.now(),
       lastWrite: pipeline.last_write_at || null,
       lag: pipeline.lag ?? null,
+      bots: pipeline.bots_today ?? 0,
     };
     renderFreshness();
   }
@@ -146,8 +147,10 @@
     if (!f) return;
     line.hidden = false;
     const asOf = new Date(f.asOf).toLocaleTimeString();
+    // Scripts and headless browsers are filtered by User-Agent: say so, or a test looks lost.
+    const bots = f.bots ? ` · ${fmtNum(f.bots)} bot event${f.bots === 1 ? "" : "s"} filtered today` : "";
     if (!f.lastWrite) {
-      line.textContent = `Data as of ${asOf} · the pipeline has not written yet`;
+      line.textContent = `Data as of ${asOf} · the pipeline has not written yet${bots}`;
       line.classList.add("stale");
       return;
     }
@@ -155,6 +158,7 @@
     const stale = age > STALE_AFTER_S;
     let text = `Data as of ${asOf} · pipeline last write ${age}s ago`;
     if (f.lag) text += ` · ${fmtNum(f.lag)} events behind`;
+    text += bots;
     if (stale) text += " · the pipeline looks stalled";
     line.textContent = text;
     line.classList.toggle("stale", stale);
@@ -431,6 +435,23 @@
         { name: "Page views", color: color("--s2"), values: pick("page_views") },
       ],
     });
+    renderBots(days);
+  }
+
+  // Events filtered as bots are counted in no series above; an empty chart says why it is empty.
+  function renderBots(days) {
+    const sum = (k) => days.reduce((n, d) => n + (d[k] || 0), 0);
+    const bots = sum("bots");
+    const line = $("activity-bots");
+    line.hidden = bots === 0;
+    if (!bots) return;
+    const n = `${fmtNum(bots)} event${bots === 1 ? "" : "s"} from bots and scripts`;
+    line.textContent = sum("events")
+      ? `Not counted above: ${n} (crawlers, curl, python-requests, headless browsers) in the last 30 days.`
+      : `No visitor events yet, but ${n} (crawlers, curl, python-requests, headless browsers) ` +
+        "were filtered in the last 30 days. To test, send a browser's User-Agent: see the README, " +
+        "“Send an event”.";
+    line.classList.toggle("empty", !sum("events"));
   }
 
   // --- funnels ----------------------------------------------------------------------------------------------

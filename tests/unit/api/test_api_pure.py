@@ -202,7 +202,7 @@ class CannedPool:
             self.reads.append((project_id, limit))
             return {"online": self.online["online"], "users": self.online["users"][:limit]}
         assert fn is queries.pipeline
-        return {"last_write_at": None, "last_event_at": None, "lag": None}
+        return {"last_write_at": None, "last_event_at": None, "lag": None, "bots_today": 0}
 
 
 async def next_data(stream: Any) -> dict[str, Any]:

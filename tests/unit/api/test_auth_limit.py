@@ -188,7 +188,7 @@ class CountingPool:
         if fn is queries.online:
             return {"online": 0, "users": []}
         if fn is queries.pipeline:
-            return {"last_write_at": None, "last_event_at": None, "lag": None}
+            return {"last_write_at": None, "last_event_at": None, "lag": None, "bots_today": 0}
         raise AssertionError(f"unexpected read {fn.__name__}")
 
     def close(self) -> None:
