@@ -349,6 +349,7 @@ async def test_activity_is_zero_filled_and_exact(world: World) -> None:
             "events": who,
             "bounce_rate": 1.0,
             "avg_session_seconds": 0.0,
+            "bots": 0,  # no bot in the fixture
         }
     busy = {day(now - x) for x in (20 * M, 15 * M, 10 * M, 2 * M, 3 * M, M, 7 * M)}
     quiet = [d for d in days if d["day"] not in busy | {day(now - k * D) for k in (2, 7, 8, 9, 10, 16, 18)}]
@@ -364,6 +365,7 @@ async def test_activity_is_zero_filled_and_exact(world: World) -> None:
             "events": 0,
             "bounce_rate": 0.0,
             "avg_session_seconds": 0.0,
+            "bots": 0,  # no bot in the fixture
         }
         for d in quiet
     )
@@ -377,6 +379,7 @@ async def test_activity_is_zero_filled_and_exact(world: World) -> None:
             "events": 6,  # 5 page views and alice's identify (heartbeats are not events)
             "bounce_rate": round(1 / 3, 6),  # carol
             "avg_session_seconds": round((18 * 60 + 2 * 60 + 0) / 3, 3),
+            "bots": 0,  # no bot in the fixture
         }
     assert (await world.get("activity", days=1))["days"] == [by_day[day(now)]]
     assert len((await world.get("activity", days=366))["days"]) == 366
@@ -765,6 +768,7 @@ async def test_live_stream_pushes_a_new_visitor(world: World) -> None:
             "last_write_at",
             "last_event_at",
             "lag",
+            "bots_today",
         }
         assert hub.subscribers == 1 and list(hub.feeds) == [site.project_id]
 
