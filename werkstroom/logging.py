@@ -37,8 +37,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiokafka logs the embedded broker's refusal of InitProducerId as an ERROR; we log the
-    # fallback ourselves (werkstroom.kafka.start_producer), once, as a warning.
+    # aiokafka logs a broker's refusal of InitProducerId as an ERROR; we log the fallback
+    # ourselves (werkstroom.kafka.start_producer) as a warning. (The embedded broker is not asked.)
     logging.getLogger("aiokafka.producer.sender").addFilter(_DropInitProducerIdNoise())
     # Libraries that are chatty at INFO.
     for name in ("aiokafka", "kafka", "uvicorn.access", "faust", "mode"):

@@ -40,6 +40,7 @@ from werkstroom.kafka import (
     partitions_of,
     uncommitted,
     wait_for_kafka,
+    without_idempotence,
 )
 from werkstroom.logging import get_logger
 from werkstroom.rotation import Rotation, publisher_of
@@ -131,6 +132,8 @@ async def start_kafka(settings: Settings, target: Target) -> tuple[str, Embedded
     elif target == "all":
         embedded = EmbeddedKafka(log_path=settings.data_dir / "logs" / "kafka.log").start()
         bootstrap = embedded.bootstrap
+        # Known and expected: asking would cost every producer a refusal (and aiokafka an ERROR).
+        without_idempotence(bootstrap, reason="the embedded broker (tansu) has no idempotent producer")
     else:
         raise SystemExit(
             f"--target {target} needs WERKSTROOM_KAFKA_BOOTSTRAP: the embedded broker lives inside "
@@ -360,8 +363,8 @@ async def _drain_steps(
     topic = Topics.from_settings(settings).events
     # Its own client in the sink's group (it never joins it): reads the group's committed offsets.
     consumer = make_consumer(runtime.bootstrap, [], settings.sink_group, client_id="werkstroom-drain")
-    await consumer.start()
-    try:
+    try:  # stopped even if its start failed: an unclosed client is a warning at exit
+        await consumer.start()
         await consumer.topics()  # loads the metadata: partitions_for_topic is None before
         partitions = partitions_of(consumer, topic)
         ends = await log_ends(consumer, partitions)
@@ -396,8 +399,8 @@ async def _drain_bots(settings: Settings, runtime: Runtime) -> None:
     if not running:
         return
     consumer = make_consumer(runtime.bootstrap, [], settings.bots_group, client_id="werkstroom-drain-bots")
-    await consumer.start()
     try:
+        await consumer.start()
         await consumer.topics()
         ends = await log_ends(consumer, partitions_of(consumer, Topics.from_settings(settings).bots))
         while await uncommitted(consumer, ends):
