@@ -1,4 +1,5 @@
-"""What every HTTP service exposes: /health (liveness), /ready (dependencies) and /metrics."""
+"""What every HTTP service exposes: /health (liveness), /ready (dependencies) and /metrics, its
+API documentation served from the package (no CDN: it works offline) and an index of its API."""
 
 from __future__ import annotations
 
@@ -6,13 +7,22 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, Response
-from fastapi.responses import ORJSONResponse
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
 
 from werkstroom import metrics
 
-ReadyCheck = Callable[[], Awaitable[dict[str, Any]]]
+#: Returns {name: detail}; a detail other than "ok" says what is wrong.
+ReadyCheck = Callable[[], Awaitable[dict[str, str]]]
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"  # ::ffff:a.b.c.d, an IPv4 client on a dual-stack socket
+
+
+class Readiness(BaseModel):
+    ready: bool = Field(description="every check is ok")
+    checks: dict[str, str] = Field(description='each dependency: "ok", or what is wrong with it')
 
 
 def ops_router(ready_check: ReadyCheck) -> APIRouter:
@@ -23,11 +33,16 @@ def ops_router(ready_check: ReadyCheck) -> APIRouter:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/ready", summary="Readiness: Kafka and ClickHouse reachable, migrations applied")
-    async def ready() -> Response:
+    @router.get(
+        "/ready",
+        summary="Readiness: Kafka and ClickHouse reachable, migrations applied",
+        responses={503: {"model": Readiness, "description": "A dependency is not ready"}},
+    )
+    async def ready(response: Response) -> Readiness:
         checks = await ready_check()
         ok = all(v == "ok" for v in checks.values())
-        return ORJSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+        response.status_code = 200 if ok else 503
+        return Readiness(ready=ok, checks=checks)
 
     @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
     async def prometheus() -> Response:
@@ -35,6 +50,131 @@ def ops_router(ready_check: ReadyCheck) -> APIRouter:
         return Response(body, media_type=content_type)
 
     return router
+
+
+#: Swagger UI's and ReDoc's scripts and styles, from the fastapi-offline wheel (MIT; Swagger UI is
+#: Apache-2.0, ReDoc MIT): FastAPI's own docs pages load them from a CDN, blank without internet.
+DOCS_ASSETS = "/docs/assets"
+#: The docs pages load nothing from elsewhere: ReDoc's attribution logo and Swagger UI's
+#: validator badge are images from other hosts (each hides itself when refused).
+_DOCS_HEADERS = {"Content-Security-Policy": "img-src 'self' data:; connect-src 'self'"}
+
+
+def documented_app(*, favicon_url: str | None = None, **kwargs: Any) -> FastAPI:
+    """A FastAPI app (`kwargs` go to it) whose /docs (Swagger UI) and /redoc load everything
+    from this server, so they work offline; `favicon_url` defaults to FastAPI's icon."""
+    app = FastAPI(docs_url=None, redoc_url=None, **kwargs)
+    app.mount(DOCS_ASSETS, StaticFiles(packages=[("fastapi_offline", "static")]), name="docs-assets")
+    favicon = favicon_url or f"{DOCS_ASSETS}/favicon.png"
+    redirect = app.swagger_ui_oauth2_redirect_url
+
+    def root(request: Request) -> str:
+        return str(request.scope.get("root_path", "")).rstrip("/")
+
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        page = get_swagger_ui_html(
+            openapi_url=root(request) + app.openapi_url if app.openapi_url else "",
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=root(request) + redirect if redirect else None,
+            swagger_js_url=f"{root(request)}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root(request)}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=favicon,
+            swagger_ui_parameters={**(app.swagger_ui_parameters or {}), "validatorUrl": None},
+        )
+        page.headers.update(_DOCS_HEADERS)
+        return page
+
+    async def oauth2_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    async def redoc(request: Request) -> HTMLResponse:
+        page = get_redoc_html(
+            openapi_url=root(request) + app.openapi_url if app.openapi_url else "",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root(request)}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=favicon,
+            with_google_fonts=False,
+        )
+        page.headers.update(_DOCS_HEADERS)
+        return page
+
+    app.add_api_route("/docs", swagger_ui, include_in_schema=False)
+    if redirect:
+        app.add_api_route(redirect, oauth2_redirect, include_in_schema=False)
+    app.add_api_route("/redoc", redoc, include_in_schema=False)
+    return app
+
+
+class EndpointGroup(BaseModel):
+    description: str | None = Field(description="what the group is for")
+    docs: str = Field(description="the group in the interactive docs")
+    endpoints: list[str] = Field(description='"METHOD /path" of each endpoint')
+
+
+class ServiceIndex(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Werkstroom API",
+                    "version": "1",
+                    "docs": "/docs",
+                    "redoc": "/redoc",
+                    "openapi": "/openapi.json",
+                    "groups": {
+                        "operations": {
+                            "description": "Liveness, readiness and Prometheus metrics.",
+                            "docs": "/docs#/operations",
+                            "endpoints": ["GET /health", "GET /ready"],
+                        }
+                    },
+                }
+            ]
+        }
+    )
+    name: str
+    version: str
+    docs: str = Field(description="interactive documentation (Swagger UI)")
+    redoc: str = Field(description="the same as a reference page (ReDoc)")
+    openapi: str = Field(description="the OpenAPI document")
+    groups: dict[str, EndpointGroup] = Field(description="the endpoints by group (tag), as in the docs")
+
+
+def index_router(path: str) -> APIRouter:
+    """GET `path`: the service's name and version, where its documentation is, and its
+    endpoints by group, read from its OpenAPI document (so the index cannot drift from it)."""
+    router = APIRouter(tags=["index"])
+
+    @router.get(path, summary="Index of this API: documentation and endpoint groups")
+    async def index(request: Request) -> ServiceIndex:
+        return service_index(request.app)
+
+    return router
+
+
+def service_index(app: FastAPI) -> ServiceIndex:
+    spec = app.openapi()  # built once, then cached by FastAPI
+    descriptions = {tag["name"]: tag.get("description") for tag in spec.get("tags", [])}
+    groups: dict[str, EndpointGroup] = {}
+    for path, operations in spec.get("paths", {}).items():
+        for method, operation in operations.items():
+            tag = (operation.get("tags") or ["other"])[0]
+            if tag == "index":
+                continue
+            group = groups.setdefault(
+                tag, EndpointGroup(description=descriptions.get(tag), docs=f"/docs#/{tag}", endpoints=[])
+            )
+            group.endpoints.append(f"{method.upper()} {path}")
+    order = list(descriptions)  # the documented tags' order, as the docs show them
+    ranked = sorted(groups, key=lambda tag: order.index(tag) if tag in order else len(order))
+    return ServiceIndex(
+        name=app.title,
+        version=app.version,
+        docs="/docs",
+        redoc="/redoc",
+        openapi=app.openapi_url or "",
+        groups={tag: groups[tag] for tag in ranked},
+    )
 
 
 def client_key(peer: str | None, forwarded_for: str | None, trust_forwarded_for: bool) -> str | None:

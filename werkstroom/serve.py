@@ -428,7 +428,7 @@ def banner(runtime: Runtime) -> str:
     serves = {runtime.target} if runtime.target != "all" else {"ingest", "aggregator", "api"}
     lines = ["", f"Werkstroom is running: {', '.join(sorted(serves))} (Ctrl-C to stop)"]
     if "ingest" in serves:
-        lines.append(f"  ingest (tracking API)   {s.ingest_url}/v1/track   docs: {s.ingest_url}/docs")
+        lines.append(f"  ingest (tracking API)   {s.ingest_url}/   docs: {s.ingest_url}/docs")
     if "api" in serves:
         lines.append(f"  dashboard               {s.api_url}/   (log in with a project's read key)")
         lines.append(f"  API                     {s.api_url}/api   docs: {s.api_url}/docs")

@@ -13,7 +13,6 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
@@ -26,7 +25,7 @@ from services.api.routes import export, funnels, metrics, online, projects, snip
 from werkstroom.clickhouse import ClickHouseError
 from werkstroom.clickhouse.errors import describe, error_name, is_transient
 from werkstroom.clickhouse.migrate import is_current
-from werkstroom.http import ops_router
+from werkstroom.http import documented_app, index_router, ops_router
 from werkstroom.logging import get_logger
 from werkstroom.settings import Settings
 
@@ -41,6 +40,7 @@ TAGS = [
     {"name": "snippet", "description": "The tracking snippet to paste into a site."},
     {"name": "projects", "description": "Projects (admin token) and the project of a read key."},
     {"name": "operations", "description": "Liveness, readiness and Prometheus metrics."},
+    {"name": "index", "description": "This index: the documentation and the endpoints by group."},
 ]
 
 DESCRIPTION = """
@@ -91,15 +91,16 @@ def create_app(
             app.state.pool.close()
             app.state.admin_client.close()
 
-    app = FastAPI(
+    app = documented_app(
         title="Werkstroom API",
         version="1",
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
+        favicon_url="/static/favicon.svg",
     )
 
-    async def ready() -> dict[str, Any]:
+    async def ready() -> dict[str, str]:
         try:
             client = await app.state.admin_client.get()
             current = await asyncio.to_thread(is_current, client)
@@ -120,6 +121,7 @@ def create_app(
     # The driver's errors, ours from opening a client, and a socket's own (a stream read).
     for failure in (DriverError, ClickHouseError, ConnectionError, TimeoutError):
         app.add_exception_handler(failure, clickhouse_failed)
+    app.include_router(index_router("/api"))
     app.include_router(ops_router(ready))
     app.include_router(projects.admin)
     app.include_router(projects.me)

@@ -47,7 +47,7 @@ from services.ingest.tracker import tracker_router
 from werkstroom import metrics, projects
 from werkstroom.clickhouse.migrate import is_current
 from werkstroom.contract import MAX_DEPTH, Topics, dead_letter, encode_event, message_key
-from werkstroom.http import client_key, ops_router
+from werkstroom.http import client_key, documented_app, index_router, ops_router
 from werkstroom.kafka import Publisher, start_producer
 from werkstroom.logging import get_logger
 from werkstroom.settings import Settings
@@ -498,6 +498,13 @@ def _json_kind(value: object) -> str:
     )
 
 
+TAGS = [
+    {"name": "tracking", "description": "Segment's HTTP tracking API: send events (POST, write key)."},
+    {"name": "tracker", "description": "The browser tracker script the snippet loads."},
+    {"name": "operations", "description": "Liveness, readiness and Prometheus metrics."},
+    {"name": "index", "description": "This index: the documentation and the endpoints by group."},
+]
+
 _ROUTES: dict[str, str | None] = {
     "/v1/track": "track",
     "/v1/page": "page",
@@ -608,10 +615,11 @@ def create_app(settings: Settings, *, bootstrap: str, clickhouse: Callable[[], C
             await publisher.stop()
             await producer.stop()
 
-    app = FastAPI(
+    app = documented_app(
         title="Werkstroom ingest",
         version="1",
         summary="Segment-compatible tracking API",
+        openapi_tags=TAGS,
         lifespan=lifespan,
     )
     app.add_middleware(
@@ -623,8 +631,8 @@ def create_app(settings: Settings, *, bootstrap: str, clickhouse: Callable[[], C
         max_age=86400,
     )
 
-    async def ready() -> dict[str, Any]:
-        checks: dict[str, Any] = {}
+    async def ready() -> dict[str, str]:
+        checks: dict[str, str] = {}
         try:
             checks["clickhouse"] = (
                 "ok" if await asyncio.to_thread(is_current, app.state.clickhouse) else "migrations pending"
@@ -639,6 +647,7 @@ def create_app(settings: Settings, *, bootstrap: str, clickhouse: Callable[[], C
         )
         return checks
 
+    app.include_router(index_router("/"))
     app.include_router(ops_router(ready))
     app.include_router(tracker_router())
 

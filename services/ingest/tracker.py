@@ -45,4 +45,8 @@ def tracker_router() -> APIRouter:
             return Response(status_code=304, headers=headers)
         return Response(body, media_type=MEDIA_TYPE, headers=headers)
 
+    # HEAD answers GET's status and headers (Content-Length included); the server sends no
+    # body. A route of its own, out of the schema: one route with both methods would give two
+    # operations one operationId.
+    router.add_api_route("/t.js", tracker_js, methods=["HEAD"], include_in_schema=False)
     return router

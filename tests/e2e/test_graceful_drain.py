@@ -92,6 +92,7 @@ class Serve:
             if not line and self.proc.poll() is not None:
                 raise AssertionError(f"serve exited: {self.log_path.read_text()[-3000:]}")
             banner += line
+        self.banner = banner
         self.demo = json.loads((tmp / "data" / "demo.json").read_text())
 
     def post_batch(self, start: int, count: int) -> tuple[int, dict[str, Any], dict[str, str]]:

@@ -119,7 +119,7 @@ def test_make_run_path_serves_the_whole_pipeline_and_stops_cleanly(server) -> No
     ingest = f"http://127.0.0.1:{env['WERKSTROOM_INGEST_PORT']}"
     write_key = re.search(r"write key \(public, for the snippet\)\s+(\S+)", banner).group(1)  # type: ignore[union-attr]
     assert re.search(r"read key \(secret, for the API\)\s+rk_\S+", banner)
-    assert f"{ingest}/v1/track" in banner
+    assert f"{ingest}/docs" in banner
 
     status, answer = post(
         f"{ingest}/v1/page",
