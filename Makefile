@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	WERKSTROOM_LOG_FORMAT=$${WERKSTROOM_LOG_FORMAT:-console} $(BIN)/werkstroom serve --target all
 
-# With `make run` up (another terminal): simulated history, a funnel, then live visitors.
+# With `make run` up (another terminal): 60 days of simulated history and a funnel (ready in
+# seconds, its figures printed), then live visitors browsing until Ctrl-C.
 demo: $(STAMP)
-	$(BIN)/werkstroom demo
+	$(BIN)/werkstroom demo --seconds inf
 
 test: $(STAMP) chromium node-clients
 	$(BIN)/python -m pytest -q

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from werkstroom import projects
@@ -75,17 +78,36 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     demo = sub.add_parser(
-        "demo", help="send simulated visitors to the running server's demo project (history, then live)"
+        "demo",
+        help="fill the running server's demo project: a history every dashboard view shows, a "
+        "funnel, visitors online now; prints the dashboard's figures, read back from its API",
     )
-    demo.add_argument("--visitors", type=int, default=150, help="visitors in the simulated history")
-    demo.add_argument("--days", type=int, default=14, help="days of simulated history")
-    demo.add_argument("--live", type=int, default=12, help="visitors browsing live afterwards")
+    demo.add_argument("--visitors", type=_at_least(20), default=150, help="visitors in the simulated history")
+    demo.add_argument("--days", type=_at_least(35), default=60, help="days of simulated history (UTC)")
     demo.add_argument(
-        "--seconds", type=float, default=0, help="how long to keep them browsing (0: until Ctrl-C)"
+        "--live", type=_at_least(2), default=12, help="of them browsing now (a quarter stuck, at least 2)"
     )
+    demo.add_argument(
+        "--seconds",
+        type=float,
+        default=0,
+        help="then keep the live visitors browsing this long (0: stop at once, they stay online for "
+        "5 minutes; inf: until Ctrl-C)",
+    )
+    demo.add_argument("--seed", type=int, default=7, help="the same seed gives the same visitors")
 
     sub.add_parser("settings", help="print the effective settings (secrets masked)")
     return parser
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}")
+        return value
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +136,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from werkstroom.demo import drive
 
-            return drive(settings, args.visitors, args.days, args.live, args.seconds, _out)
+            return drive(
+                settings,
+                _out,
+                _progress,
+                visitors=args.visitors,
+                days=args.days,
+                live=args.live,
+                seconds=args.seconds,
+                seed=args.seed,
+            )
     except ClickHouseError as exc:
         sys.stderr.write(f"werkstroom: {exc}\n")
         return 2
@@ -124,14 +155,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _migrate(settings: Settings, dry_run: bool) -> int:
-    from werkstroom.clickhouse.migrate import migrate
+    from werkstroom.clickhouse.migrate import migrate, pending
     from werkstroom.contract import Topics
     from werkstroom.kafka import ensure_topics, wait_for_kafka
 
+    started = time.monotonic()
     client = connect(settings.effective_clickhouse_url, settings.clickhouse_database, create_database=True)
-    names = migrate(client, dry_run=dry_run)
+    if dry_run:
+        names = migrate(client, dry_run=True)
+    else:
+        names = []
+        todo = pending(client)
+        with _progress() as progress:
+            task = progress.add_task("migrations", total=len(todo))
+            for migration in todo:  # one at a time, for the bar
+                progress.update(task, description=f"migration {migration.name}")
+                names += migrate(client, through=migration.version)
+                progress.advance(task)
     verb = "would apply" if dry_run else "applied"
-    _out(f"{verb} {len(names)} migration(s)" + (": " + ", ".join(names) if names else ""))
+    took = "" if dry_run else f" in {time.monotonic() - started:.1f} s"
+    _out(f"{verb} {len(names)} migration(s){took}" + (": " + ", ".join(names) if names else ""))
     if settings.kafka_bootstrap and not dry_run:
         bootstrap = settings.kafka_bootstrap
 
@@ -144,8 +187,10 @@ def _migrate(settings: Settings, dry_run: bool) -> int:
                 settings.topic_replication,
             )
 
-        asyncio.run(topics())
-        _out(f"topics ready on {settings.kafka_bootstrap}")
+        started = time.monotonic()
+        with _spinner(f"Kafka topics on {bootstrap}"):
+            asyncio.run(topics())
+        _out(f"topics ready on {settings.kafka_bootstrap} in {time.monotonic() - started:.1f} s")
     return 0
 
 
@@ -223,12 +268,17 @@ def _funnels(settings: Settings, args: argparse.Namespace) -> int:
         sys.stderr.write(f"werkstroom: no project {args.project_id!r}\n")
         return 2
     if args.action == "create":
+        started = time.monotonic()
         try:
-            funnel = funnels.create_funnel(client, args.project_id, args.name, _steps(args.step), args.window)
+            with _spinner(BACKFILL, enabled=not args.json):
+                funnel = funnels.create_funnel(
+                    client, args.project_id, args.name, _steps(args.step), args.window
+                )
         except funnels.FunnelError as exc:
             sys.stderr.write(f"werkstroom: {exc}\n")
             return 2
         _print_funnels([funnel.as_dict()], args.json, single=True)
+        _print_backfilled(started, args.json)
     elif args.action == "list":
         _print_funnels([f.as_dict() for f in funnels.list_funnels(client, args.project_id)], args.json)
     else:
@@ -262,8 +312,12 @@ def _funnels_over_http(settings: Settings, args: argparse.Namespace) -> int:
         request = urllib.request.Request(base, headers=headers)
     else:
         request = urllib.request.Request(f"{base}/{args.funnel_id}", headers=headers, method="DELETE")
+    started = time.monotonic()
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with (
+            _spinner(BACKFILL, enabled=args.action == "create" and not args.json),
+            urllib.request.urlopen(request, timeout=60) as response,
+        ):
             raw = response.read()
     except urllib.error.HTTPError as exc:
         sys.stderr.write(f"werkstroom: the running server answered {exc.code}: {exc.read().decode()}\n")
@@ -272,9 +326,46 @@ def _funnels_over_http(settings: Settings, args: argparse.Namespace) -> int:
         _out(f"deleted {args.funnel_id}")
     elif args.action == "create":
         _print_funnels([json.loads(raw)], args.json, single=True)
+        _print_backfilled(started, args.json)
     else:
         _print_funnels(json.loads(raw)["funnels"], args.json)
     return 0
+
+
+BACKFILL = "creating the funnel and back-filling it from the stored events"
+
+
+def _print_backfilled(started: float, as_json: bool) -> None:
+    if not as_json:
+        _out(f"back-filled from the stored events in {time.monotonic() - started:.1f} s")
+
+
+def _spinner(text: str, enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
+    """A spinner on stderr while `text` goes on (stdout stays the command's output); nothing
+    when stderr is not a terminal."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not enabled or not console.is_terminal:
+        return contextlib.nullcontext()
+    return console.status(text)
+
+
+def _progress() -> Any:
+    """A progress bar on stderr, gone once done; nothing when stderr is not a terminal."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TimeElapsedColumn
+
+    return Progress(
+        SpinnerColumn(),
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=(console := Console(stderr=True)),
+        transient=True,
+        disable=not console.is_terminal,
+    )
 
 
 def _print_funnels(rows: list[dict[str, Any]], as_json: bool, single: bool = False) -> None:

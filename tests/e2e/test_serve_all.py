@@ -162,7 +162,7 @@ def test_make_run_path_serves_the_whole_pipeline_and_stops_cleanly(server) -> No
     # `make demo`: history, a funnel and live visitors through the running server; the funnel
     # CLI reaches it through the API with the read key.
     demo = subprocess.run(
-        [*CLI, "demo", "--visitors", "20", "--days", "3", "--live", "2", "--seconds", "1"],
+        [*CLI, "demo", "--visitors", "20", "--days", "35", "--live", "2", "--seconds", "0"],
         env=env,
         capture_output=True,
         text=True,
