@@ -58,6 +58,7 @@ _SAME = (
     "last_event_at",
     "page_entered_at",
     "session_id",
+    "last_event",
 )
 
 

@@ -85,6 +85,7 @@ ONLINE_USER = {
     "last_event_at": "2026-11-25T11:59:40.000Z",
     "page_entered_at": "2026-11-25T11:59:18.000Z",
     "session_id": "s_…",
+    "last_event": "$page",
 }
 
 
@@ -104,6 +105,12 @@ class OnlineUser(BaseModel):
     last_event_at: Time
     page_entered_at: Time
     session_id: str
+    last_event: str = Field(
+        "",
+        description="their newest event this session, heartbeats aside: `$page` for a page view, "
+        "else the event's name (`Signed Up`); what a visitor without a page view is doing. "
+        "Empty while their events are not stored yet.",
+    )
 
 
 class Online(Fresh):

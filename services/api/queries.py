@@ -141,7 +141,7 @@ ORDER BY last_event_at DESC, anonymous_id
 """
 
 
-def online_user(row: Sequence[Any], person_id: str, now: datetime) -> dict[str, Any]:
+def online_user(row: Sequence[Any], person_id: str, now: datetime, last_event: str = "") -> dict[str, Any]:
     anonymous_id, session_id, user_id, start_at, last_event_at, url, path, title, entered = row[:9]
     device_type, browser, os = row[9:12]
     entered, start_at, last_event_at = utc(entered), utc(start_at), utc(last_event_at)
@@ -162,7 +162,26 @@ def online_user(row: Sequence[Any], person_id: str, now: datetime) -> dict[str, 
         "last_event_at": last_event_at,
         "page_entered_at": entered,
         "session_id": session_id,
+        "last_event": last_event,
     }
+
+
+def last_events(client: Client, project_id: str, rows: Sequence[Sequence[Any]]) -> dict[str, str]:
+    """anonymous id -> the name of their newest event in their current session, heartbeats
+    aside ($page, or a track event's name): what an online visitor without a page view is
+    doing. From visitor_events (filled by ClickHouse from `events`, sorted by visitor), read
+    for the listed visitors only; a visitor whose events are not stored yet is left out."""
+    if not rows:
+        return {}
+    starts = {r[0]: utc(r[3]) for r in rows}
+    found = client.query(
+        "SELECT distinct_id, argMax(event, timestamp), max(timestamp) FROM visitor_events "
+        "WHERE project_id = {p:String} AND distinct_id IN {ids:Array(String)} "
+        f"AND timestamp >= {{since:{T}}} GROUP BY distinct_id",
+        parameters={"p": project_id, "ids": list(starts), "since": min(starts.values())},
+    ).result_rows
+    # One read from the earliest session start: drop what predates a visitor's own session.
+    return {aid: str(event) for aid, event, at in found if utc(at) >= starts[aid]}
 
 
 def online(client: Client, project_id: str, now: datetime, limit: int) -> dict[str, Any]:
@@ -170,8 +189,10 @@ def online(client: Client, project_id: str, now: datetime, limit: int) -> dict[s
         ONLINE_SQL, parameters={"p": project_id, "since": now - ONLINE_WINDOW, "n": limit}
     ).result_rows
     persons = resolve_persons(client, project_id, (r[0] for r in rows), (r[2] for r in rows if r[2]))
+    events = last_events(client, project_id, rows)
     count = int(rows[0][12]) if rows else 0
-    return {"online": count, "users": [online_user(r, persons[r[0]], now) for r in rows]}
+    users = [online_user(r, persons[r[0]], now, events.get(r[0], "")) for r in rows]
+    return {"online": count, "users": users}
 
 
 # -- metrics -----------------------------------------------------------------------------------

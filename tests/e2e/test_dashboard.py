@@ -4,14 +4,20 @@ aggregator), with events sent through ingest and by the real tracker (/t.js) on 
 
 Nothing is mocked: every number on the page went ingest -> Kafka -> aggregator -> ClickHouse
 -> API. Waits are for conditions (Playwright's auto-retrying expect), never fixed sleeps.
+
+The last test fills a project of its own with simulated history and takes the README's
+screenshot, docs/img/dashboard.png (see SCREENSHOT below for when it rewrites that file).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
+import random
 import re
+import struct
 import subprocess
 import sys
 import threading
@@ -19,6 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,9 +36,11 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
 
+from werkstroom.demo import AGENTS, batches, simulate
 from werkstroom.embedded import free_port
 
 pytestmark = pytest.mark.integration
+log = logging.getLogger(__name__)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -60,6 +69,14 @@ document.addEventListener("DOMContentLoaded", () => {
 });
 """
 CLI = [sys.executable, "-m", "werkstroom"]
+ADMIN_TOKEN = "dashboard-test-admin-token"
+# The README's picture of the dashboard, taken by test_readme_screenshot below. Every run takes
+# it (into the test's temporary directory); the committed file is rewritten when the page's
+# layout changed (another width, a height or a file size off by more than the drifts below), or
+# always with WERKSTROOM_UPDATE_SCREENSHOT=1; =0 never touches it.
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "dashboard.png"
+SCREENSHOT_DRIFT = 0.25
+SCREENSHOT_HEIGHT_DRIFT = 0.05  # a figure's sentence wrapping in a card is not a new layout
 
 
 @dataclass(frozen=True)
@@ -69,6 +86,40 @@ class Stack:
     project_id: str
     write_key: str
     read_key: str
+    admin_token: str = ADMIN_TOKEN
+
+    def new_project(self, name: str) -> Stack:
+        """A project of its own (admin API): what a new user starts from, no event yet."""
+        request = urllib.request.Request(
+            f"{self.api}/api/projects",
+            data=json.dumps({"name": name}).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.admin_token}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            created = json.loads(response.read())
+        return Stack(self.ingest, self.api, created["project_id"], created["write_key"], created["read_key"])
+
+    def post_batch(self, batch: list[dict[str, Any]]) -> int:
+        """Sends one /v1/batch; waits out a 401 (ingest learns a new key within
+        WERKSTROOM_KEY_REFRESH_SECONDS) and a 429 (the rate limit's Retry-After)."""
+        body = json.dumps({"writeKey": self.write_key, "batch": batch}).encode()
+        deadline = time.monotonic() + 20
+        while True:
+            request = urllib.request.Request(
+                f"{self.ingest}/v1/batch",
+                data=body,
+                method="POST",
+                headers={"Content-Type": "application/json", "User-Agent": UA},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    accepted: int = json.loads(response.read())["accepted"]
+                    return accepted
+            except urllib.error.HTTPError as exc:
+                if exc.code not in (401, 429) or time.monotonic() > deadline:
+                    raise
+                time.sleep(float(exc.headers.get("Retry-After") or 0.2))
 
     def get(self, path: str) -> tuple[int, Any, dict[str, str]]:
         request = urllib.request.Request(
@@ -124,6 +175,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "WERKSTROOM_API_PORT": str(free_port()),
         "WERKSTROOM_KEY_REFRESH_SECONDS": "0.5",
         "WERKSTROOM_DEMO": "true",
+        "WERKSTROOM_ADMIN_TOKEN": ADMIN_TOKEN,
     }
     for name in ("WERKSTROOM_KAFKA_BOOTSTRAP", "WERKSTROOM_CLICKHOUSE_URL", "WERKSTROOM_PUBLIC_INGEST_URL"):
         env.pop(name, None)
@@ -318,8 +370,13 @@ def test_metric_cards_activity_chart_and_freshness(dashboard: Page, seeded: Stac
     expect(cards).to_have_count(4)
     expect(dashboard.locator('[data-metric="total_users"] .value')).to_have_text("4")
     expect(dashboard.locator('[data-metric="new_this_week"] .value')).to_have_text("4")
-    # Nobody a week ago: no trend to compute, and the card says so instead of inventing one.
-    expect(dashboard.locator('[data-metric="total_users"] .trend')).to_contain_text("no comparison")
+    # Nobody a week ago: no percentage of nothing, and the card says so in words.
+    expect(dashboard.locator('[data-metric="total_users"] .trend')).to_have_text(
+        "all new this week — nobody the week before"
+    )
+    expect(dashboard.locator('[data-metric="new_this_week"] .trend')).to_have_text(
+        "new this week — nobody new the week before"
+    )
     expect(dashboard.locator("#activity-chart svg path")).to_have_count(4)
     expect(dashboard.locator("#activity-chart table tr")).to_have_count(31)  # header + 30 days
     today = dashboard.locator("#activity-chart table tr").last.locator("td")
@@ -347,6 +404,16 @@ def test_online_counter_and_live_table_follow_a_new_visitor_without_reload(
     expect(stuck).to_contain_text("stuck")
     expect(stuck.locator("td").nth(2)).to_contain_text(re.compile(r"^(5|6) min"))
     expect(dashboard.locator("#live-state")).to_have_text("live")
+    # Whole ids, as in the users table: an identified visitor by their user id, others marked.
+    alice = dashboard.locator('#live-table tbody tr[data-person="alice@example.com"] td').first
+    expect(alice.locator("button")).to_have_text("alice@example.com")
+    carol = dashboard.locator('#live-table tbody tr[data-person="anon-carol"] td').first
+    expect(carol.locator("button")).to_have_text("anon-carol")
+    expect(carol).to_contain_text("anonymous")
+    # GET online says what each visitor did last (added beside the page, renaming nothing).
+    _, online, _ = seeded.get(seeded.project("online"))
+    last = {u["person_id"]: u["last_event"] for u in online["users"]}
+    assert last["alice@example.com"] == "Signed Up" and last["anon-carol"] == "$page", last
 
     # A new visitor opens a page carrying the real snippet: the tracker (/t.js) sends page().
     visitor = context.new_page()
@@ -465,7 +532,14 @@ def test_clicking_a_user_opens_traits_merged_ids_and_sessions(dashboard: Page) -
     sessions = detail.locator("#detail-sessions tbody tr")
     expect(sessions).to_have_count(1)
     expect(sessions.first).to_contain_text("/pricing → /signup")
+    expect(sessions.first).to_contain_text("2 page views")
     expect(sessions.first).to_contain_text("active")
+    dashboard.keyboard.press("Escape")
+    expect(detail).to_be_hidden()
+    # Bob viewed one page: a count reads as a person would write it.
+    dashboard.locator('#users-table tbody tr[data-person="bob@example.com"] button').click()
+    expect(detail.locator("#detail-title")).to_have_text("bob@example.com")
+    expect(detail.locator("#detail-sessions tbody tr").first.locator("small")).to_have_text("1 page view")
     dashboard.keyboard.press("Escape")
     expect(detail).to_be_hidden()
 
@@ -516,6 +590,8 @@ def test_a_new_funnel_shows_its_steps_with_the_high_drop_off_highlighted(dashboa
     # Five persons viewed a page (four seeded, one through the tracker); only Alice signed up.
     expect(bars.nth(0).locator(".stats strong")).to_have_text("5")
     expect(bars.nth(1).locator(".stats strong")).to_have_text("1")
+    expect(bars.nth(0).locator(".stats")).to_contain_text("5 people ·")
+    expect(bars.nth(1).locator(".stats")).to_contain_text("1 person ·")
     expect(bars.nth(1)).to_contain_text(re.compile(r"\b80(\.0)? % drop-off"))
     expect(bars.nth(1)).to_have_class(re.compile(r"\bhigh\b"))
     expect(bars.nth(0)).not_to_have_class(re.compile(r"\bhigh\b"))
@@ -562,3 +638,251 @@ def test_load_more_pages_through_the_users_with_the_cursor(dashboard: Page, seed
 
 def test_no_script_errors_on_the_dashboard(dashboard: Page, js_errors: list[str]) -> None:
     assert js_errors == []
+
+
+def open_dashboard(context: BrowserContext, project: Stack, errors: list[str]) -> Page:
+    page = context.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{project.api}/")
+    page.get_by_label("Read key").fill(project.read_key)
+    page.get_by_role("button", name="Open dashboard").click()
+    expect(page.locator("#project-id")).to_have_text(project.project_id)
+    return page
+
+
+def test_an_empty_project_shows_the_snippet_and_turns_live_by_itself_at_its_first_event(
+    context: BrowserContext, stack: Stack
+) -> None:
+    """A new user's first minutes: no event yet, so the dashboard shows how to send one (the
+    snippet, a curl line with this project's key) and listens. The first event here is a
+    track() from a server-side id of 40 characters: no page view, so the live table says what
+    the visitor did, and shows the id whole."""
+    project = stack.new_project("First hour")
+    errors: list[str] = []
+    page = open_dashboard(context, project, errors)
+    welcome = page.locator("#welcome")
+    expect(welcome).to_be_visible()
+    expect(welcome.get_by_role("heading", name="Waiting for the first event")).to_be_visible()
+    expect(page.locator("#welcome-snippet")).to_contain_text(project.write_key)
+    expect(page.locator("#welcome-curl")).to_contain_text(f"{project.ingest}/v1/page")
+    expect(page.locator("#welcome-curl")).to_contain_text(project.write_key)
+    expect(page.locator("#snippet-card")).to_be_hidden()  # the same snippet, shown once
+    expect(page.locator("#users-empty")).to_have_text(
+        "No users yet: the first visitor appears here by itself."
+    )
+    expect(page.locator("#live-empty")).to_be_visible()
+    page.evaluate("window.__notReloaded = true")
+
+    visitor = f"srv-{uuid.uuid4().hex}0000"
+    assert len(visitor) == 40
+    assert (
+        project.post_batch(
+            [
+                {
+                    "type": "track",
+                    "anonymousId": visitor,
+                    "event": "Order Completed",
+                    "context": {"userAgent": UA},
+                }
+            ]
+        )
+        == 1
+    )
+
+    row = page.locator(f'#live-table tbody tr[data-person="{visitor}"]')
+    expect(row).to_be_visible()  # pushed over the live stream
+    expect(welcome).to_be_hidden()
+    expect(page.locator("#snippet-card")).to_be_visible()
+    expect(page.locator("#online-count")).to_have_text("1")
+    who = row.locator("td").nth(0).locator("button")
+    expect(who).to_have_text(visitor)  # whole, not "anonymous srv-1a2b"
+    expect(who).to_have_attribute("title", visitor)
+    expect(row.locator("td").nth(1)).to_have_text("latest event: Order Completed")
+    assert page.evaluate("window.__notReloaded") is True
+    # The rest of the page followed by itself too: the users table and the cards.
+    users = page.locator("#users-table tbody tr")
+    expect(users).to_have_count(1)
+    expect(users.first).to_have_attribute("data-person", visitor)
+    expect(page.locator('[data-metric="total_users"] .value')).to_have_text("1")
+    # The detail panel has it whole as well.
+    who.click()
+    expect(page.locator("#detail-title")).to_have_text(visitor)
+    page.keyboard.press("Escape")
+    assert errors == []
+    page.close()
+
+
+# -- the README's screenshot --------------------------------------------------------------------
+
+NAMES = ["ana", "bram", "chloe", "daan", "eva", "finn", "greta", "hugo", "ines", "jonas", "kim", "lena"]
+
+
+def demo_calls(
+    project: Stack, days: int = 28, per_day: int = 6, new_per_day: int = 2
+) -> list[dict[str, Any]]:
+    """`days` of simulated visits: werkstroom.demo.simulate, one run per day over that day and
+    the one before, of `per_day` visitors of whom `new_per_day` are new (the others came on the
+    days before: some return, some churn), with the ids a real site has: UUIDs from the
+    tracker, e-mail addresses as user ids of the third who sign in."""
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    rng = random.Random(21)
+    anonymous = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(days * new_per_day + per_day)]
+    calls: list[dict[str, Any]] = []
+    for day, back in enumerate(range(days - 1, -1, -1)):
+        sim = simulate(
+            {project.project_id: project.write_key},
+            visitors=per_day,
+            days=2,
+            end=now - timedelta(days=back),
+            seed=back,
+            bots=0,
+        )
+        for call in sim.calls[project.write_key]:
+            # simulate's ids end in the visitor's number, the same in its user id
+            person = day * new_per_day + int(call["anonymousId"].rsplit("-", 1)[1])
+            if person % 3 and "userId" in call:  # a third of them sign in, not nearly all
+                if call["type"] == "identify":
+                    continue
+                del call["userId"]
+            call["messageId"] = f"demo-{back}-{call['messageId']}"
+            call["anonymousId"] = anonymous[person]
+            if "userId" in call:
+                call["userId"] = f"{NAMES[person % len(NAMES)]}{person // len(NAMES) or ''}@example.com"
+                if "traits" in call:
+                    call["traits"]["email"] = call["userId"]
+            calls.append(call)
+    return calls
+
+
+def live_calls() -> list[dict[str, Any]]:
+    """Six visitors on the site now: one stuck on the checkout (six minutes, heartbeats), one
+    identified, one known so far by a track() alone."""
+    six_minutes_ago = (datetime.now(UTC) - timedelta(minutes=6)).isoformat()
+    mobile, desktop = AGENTS["mobile"], AGENTS["desktop"]
+    calls: list[dict[str, Any]] = []
+    for n, (path, title, agent) in enumerate(
+        [
+            ("/pricing", "Pricing", desktop),
+            ("/blog/kafka", "Kafka in five minutes", mobile),
+            ("/docs", "Documentation", desktop),
+            ("/features", "Features", AGENTS["tablet"]),
+        ]
+    ):
+        calls.append(
+            {
+                "type": "page",
+                "anonymousId": str(uuid.UUID(int=random.Random(n).getrandbits(128))),
+                "properties": {"url": f"https://shop.example{path}", "path": path, "title": title},
+                "context": {"userAgent": agent},
+            }
+        )
+    calls[1]["userId"] = "maria@example.com"
+    checkout = {"url": "https://shop.example/checkout", "path": "/checkout", "title": "Checkout"}
+    stuck = {
+        "anonymousId": str(uuid.UUID(int=random.Random(9).getrandbits(128))),
+        "context": {"userAgent": desktop},
+    }
+    calls.append({"type": "page", "properties": checkout, "timestamp": six_minutes_ago, **stuck})
+    calls.append({"type": "track", "event": "$heartbeat", "properties": checkout, **stuck})
+    calls.append(
+        {
+            "type": "track",
+            "event": "Order Completed",
+            "anonymousId": "srv-order-7731",
+            "context": {"userAgent": desktop},
+        }
+    )
+    return calls
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def keep_screenshot(taken: bytes) -> str:
+    """Rewrites docs/img/dashboard.png when asked to, or when the page's layout changed since
+    it was taken; says what it did."""
+    wanted = os.environ.get("WERKSTROOM_UPDATE_SCREENSHOT", "")
+    if wanted not in ("", "0", "1"):
+        raise AssertionError(f"WERKSTROOM_UPDATE_SCREENSHOT={wanted!r}: use 1 (rewrite) or 0 (never)")
+    if wanted == "0":
+        return "left alone (WERKSTROOM_UPDATE_SCREENSHOT=0)"
+    old = SCREENSHOT.read_bytes() if SCREENSHOT.exists() else b""
+    if wanted != "1" and old:
+        (width, height), (new_width, new_height) = png_size(old), png_size(taken)
+        same = (
+            width == new_width
+            and abs(new_height - height) <= height * SCREENSHOT_HEIGHT_DRIFT
+            and abs(len(taken) - len(old)) <= len(old) * SCREENSHOT_DRIFT
+        )
+        if same:
+            return "unchanged layout: left alone"
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    SCREENSHOT.write_bytes(taken)
+    return "rewritten"
+
+
+def test_readme_screenshot_of_the_dashboard_with_demo_data(
+    browser: Browser, stack: Stack, tmp_path: Path
+) -> None:
+    project = stack.new_project("Demo shop")
+    history = demo_calls(project)
+    live = live_calls()
+    sent = sum(project.post_batch(chunk) for chunk in batches(history + live, 500))
+    assert sent == len(history) + len(live)
+    steps = [{"event": "$page", "path": "/pricing"}, {"event": "Plan Selected"}, {"event": "Order Completed"}]
+    request = urllib.request.Request(
+        f"{project.api}{project.project('funnels')}",
+        data=json.dumps({"name": "Pricing to order", "steps": steps, "window_seconds": 86400}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {project.read_key}"},
+    )
+    urllib.request.urlopen(request, timeout=30).close()
+    persons = len({c["anonymousId"] for c in history + live})
+    wait_for(
+        lambda: project.get(project.project("metrics"))[1]["metrics"]["total_users"]["value"] == persons,
+        "the simulated persons in the metric cards",
+    )
+
+    context = browser.new_context(
+        user_agent=UA, viewport={"width": 1280, "height": 900}, color_scheme="light", device_scale_factor=1
+    )
+    context.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    try:
+        page = open_dashboard(context, project, errors)
+        expect(page.locator("#live-table tbody tr")).to_have_count(6)
+        expect(page.locator("#live-table tbody tr.stuck")).to_have_count(1)
+        expect(page.locator('#live-table tbody tr[data-person="srv-order-7731"] td').nth(1)).to_contain_text(
+            "Order Completed"
+        )
+        expect(page.locator("#funnel-steps li")).to_have_count(3)
+        expect(page.locator("#activity-chart svg path")).to_have_count(4)
+        expect(page.locator("#users-table tbody tr").first).to_be_visible()
+        expect(page.locator("#welcome")).to_be_hidden()
+        page.mouse.move(0, 0)
+        # The page down to the funnel: cards, who is online, the chart, the funnel (the users
+        # table and the snippet below it would make the picture four screens tall).
+        box = page.locator("#funnel-title").locator("xpath=ancestor::section[1]").bounding_box()
+        assert box is not None
+        taken = page.screenshot(
+            full_page=True, clip={"x": 0, "y": 0, "width": 1280, "height": box["y"] + box["height"] + 24}
+        )
+    finally:
+        context.close()
+    out = tmp_path / "dashboard.png"
+    out.write_bytes(taken)
+    width, height = png_size(out.read_bytes())
+    assert width == 1280 and height > 900, (width, height)
+    log.info(
+        "screenshot %s (%dx%d, %d bytes); %s: %s",
+        out,
+        width,
+        height,
+        len(taken),
+        SCREENSHOT,
+        keep_screenshot(taken),
+    )
+    assert errors == []

@@ -267,6 +267,7 @@ async def test_online_list_count_order_and_stuck(world: World) -> None:
             "last_event_at": iso(now - M),
             "page_entered_at": iso(now - M),
             "session_id": body["users"][0]["session_id"],
+            "last_event": "$page",
         },
         {
             "person_id": "alice",
@@ -284,6 +285,7 @@ async def test_online_list_count_order_and_stuck(world: World) -> None:
             "last_event_at": iso(now - 2 * M),
             "page_entered_at": iso(now - 10 * M),
             "session_id": body["users"][1]["session_id"],
+            "last_event": "$page",  # identify -15m, page -10m, heartbeat -2m: the page
         },
     ]
     sessions = world.stack.rows(

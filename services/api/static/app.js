@@ -21,6 +21,9 @@
     metrics: null,
     live: { controller: null, rows: [], receivedAt: 0 },
     detail: { personId: null, returnFocus: null },
+    // An empty project waits for its first event (null: not known yet); once one arrived, it
+    // never waits again in this tab.
+    waiting: null,
     timers: [],
   };
 
@@ -46,6 +49,8 @@
   }
 
   const fmtNum = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString());
+  // "1 page view", "2 page views": every count shown with its noun goes through here.
+  const plural = (n, one, many = `${one}s`) => `${fmtNum(n)} ${n === 1 ? one : many}`;
 
   function fmtDuration(seconds) {
     if (seconds === null || seconds === undefined || Number.isNaN(seconds)) return "–";
@@ -148,7 +153,7 @@
     line.hidden = false;
     const asOf = new Date(f.asOf).toLocaleTimeString();
     // Scripts and headless browsers are filtered by User-Agent: say so, or a test looks lost.
-    const bots = f.bots ? ` · ${fmtNum(f.bots)} bot event${f.bots === 1 ? "" : "s"} filtered today` : "";
+    const bots = f.bots ? ` · ${plural(f.bots, "bot event")} filtered today` : "";
     if (!f.lastWrite) {
       line.textContent = `Data as of ${asOf} · the pipeline has not written yet${bots}`;
       line.classList.add("stale");
@@ -157,7 +162,7 @@
     const age = Math.max(0, Math.round((serverNow() - Date.parse(f.lastWrite)) / 1000));
     const stale = age > STALE_AFTER_S;
     let text = `Data as of ${asOf} · pipeline last write ${age}s ago`;
-    if (f.lag) text += ` · ${fmtNum(f.lag)} events behind`;
+    if (f.lag) text += ` · ${plural(f.lag, "event")} behind`;
     text += bots;
     if (stale) text += " · the pipeline looks stalled";
     line.textContent = text;
@@ -187,6 +192,8 @@
     sessionStorage.removeItem(KEY_STORE);
     state.key = null;
     state.project = null;
+    state.waiting = null;
+    showWaiting(false);
     closeDetail();
     $("dashboard").hidden = true;
     $("project").hidden = true;
@@ -233,11 +240,34 @@
   }
 
   // --- metric cards ---------------------------------------------------------------------------------------
+  // `earlier`: what the comparison figure is; `fromNothing`: the card's sentence when that figure
+  // was 0 (no percentage of nothing); `bothNothing`: when both are 0.
   const METRICS = [
-    { key: "total_users", label: "Total users", better: "up" },
-    { key: "online_now", label: "Online now", better: "up" },
-    { key: "new_this_week", label: "New this week", better: "up" },
-    { key: "churn_rate", label: "Churn rate", better: "down", percent: true },
+    {
+      key: "total_users",
+      label: "Total users",
+      better: "up",
+      earlier: "a week earlier",
+      fromNothing: "all new this week — nobody the week before",
+      bothNothing: "nobody yet",
+    },
+    {
+      key: "online_now",
+      label: "Online now",
+      better: "up",
+      earlier: "this time last week",
+      fromNothing: "nobody was online this time last week",
+      bothNothing: "nobody now or this time last week",
+    },
+    {
+      key: "new_this_week",
+      label: "New this week",
+      better: "up",
+      earlier: "the week before",
+      fromNothing: "new this week — nobody new the week before",
+      bothNothing: "nobody new this week or the week before",
+    },
+    { key: "churn_rate", label: "Churn rate", better: "down", percent: true, earlier: "a week earlier" },
   ];
 
   async function loadMetrics() {
@@ -252,38 +282,52 @@
     return Math.round(((m.value - m.previous) / m.previous) * 1000) / 10;
   }
 
+  /** The card's comparison with a week earlier, as a sentence: "▲ 50 % from 6 a week earlier",
+      "▶ unchanged from 3 the week before", "new this week — nobody new the week before". A rate
+      (churn) changes by percentage points, not by a percentage of itself. */
+  function trendLine(def, m) {
+    const show = (v) => (def.percent ? `${v} %` : fmtNum(v));
+    const none = (v) => v === null || v === undefined;
+    if (none(m.value)) return ["no figure yet"];
+    if (none(m.previous)) return [`nothing to compare with ${def.earlier}`];
+    if (!def.percent && m.previous === 0) return [m.value === 0 ? def.bothNothing : def.fromNothing];
+    const change = def.percent
+      ? Math.round((m.value - m.previous) * 10) / 10
+      : m.trend === undefined || m.trend === null ? trendOf(m) : m.trend;
+    const dir = change > 0 ? "up" : change < 0 ? "down" : "flat";
+    const from = ` from ${show(m.previous)} ${def.earlier}`;
+    if (dir === "flat") return [h("span", { class: "flat" }, h("span", { "aria-hidden": "true" }, "▶ "), "unchanged"), from];
+    const tone = dir === def.better ? "good" : "bad";
+    const amount = def.percent ? plural(Math.abs(change), "point") : `${Math.abs(change)} %`;
+    return [
+      h(
+        "span",
+        { class: `${dir} ${tone}` },
+        h("span", { "aria-hidden": "true" }, dir === "up" ? "▲ " : "▼ "),
+        h("span", { class: "sr-only" }, `${dir} `),
+        amount,
+      ),
+      from,
+    ];
+  }
+
   function renderMetrics() {
     const box = $("metric-cards");
     box.textContent = "";
     for (const def of METRICS) {
       const m = state.metrics[def.key] || {};
-      const show = (v) => (v === null || v === undefined ? "–" : def.percent ? `${v} %` : fmtNum(v));
-      const trend = m.trend === undefined ? trendOf(m) : m.trend;
-      let trendNode;
-      if (trend === null || trend === undefined) {
-        trendNode = h("span", { class: "flat" }, "no comparison (nothing last week)");
-      } else {
-        const dir = trend > 0 ? "up" : trend < 0 ? "down" : "flat";
-        const arrow = { up: "▲", down: "▼", flat: "▶" }[dir];
-        const tone = dir === "flat" ? "" : dir === def.better ? "good" : "bad";
-        trendNode = h(
-          "span",
-          { class: `${dir} ${tone}` },
-          h("span", { "aria-hidden": "true" }, `${arrow} `),
-          h("span", { class: "sr-only" }, { up: "up ", down: "down ", flat: "unchanged " }[dir]),
-          `${Math.abs(trend)} %`,
-        );
-      }
+      const value = m.value === null || m.value === undefined ? "–" : def.percent ? `${m.value} %` : fmtNum(m.value);
       box.appendChild(
         h(
           "div",
           { class: "metric", dataset: { metric: def.key } },
           h("div", { class: "label" }, def.label),
-          h("div", { class: "value" }, show(m.value)),
-          h("div", { class: "trend" }, trendNode, ` vs ${show(m.previous)} a week earlier`),
+          h("div", { class: "value" }, value),
+          h("div", { class: "trend" }, trendLine(def, m)),
         ),
       );
     }
+    noteFirstEvent();
   }
 
   // --- live: the SSE stream read with fetch() so the Authorization header goes along --------------------
@@ -381,18 +425,21 @@
     const focused = tbody.contains(document.activeElement) ? document.activeElement.closest("tr").dataset.person : null;
     tbody.textContent = "";
     for (const u of state.live.rows) {
-      const who = u.user_id ? u.user_id : `anonymous ${String(u.anonymous_id || u.person_id).slice(0, 8)}`;
+      // The whole id, as in the users table (it wraps); an anonymous visitor is marked as such.
+      const who = u.user_id || u.anonymous_id || u.person_id;
+      const ids = [u.person_id, u.anonymous_id].filter((id, i, all) => id && all.indexOf(id) === i);
       tbody.appendChild(
         h(
           "tr",
           { class: u.stuck ? "stuck" : "", dataset: { person: u.person_id } },
           h(
             "td",
-            {},
-            h("button", { type: "button", class: "linklike", title: u.person_id, onclick: (e) => openDetail(u.person_id, e.currentTarget) }, who),
+            { class: "who" },
+            h("button", { type: "button", class: "linklike", title: ids.join(" · "), onclick: (e) => openDetail(u.person_id, e.currentTarget) }, who),
+            u.user_id ? null : h("span", { class: "anon" }, "anonymous"),
             u.stuck ? h("span", { class: "badge stuck", title: "On the same page for over 5 minutes" }, "stuck") : null,
           ),
-          h("td", { class: "path", title: u.current_url || "" }, u.current_title ? h("span", {}, u.current_title, h("br"), h("code", {}, u.current_path || "")) : h("code", {}, u.current_path || "–")),
+          h("td", { class: "path", title: u.current_url || "" }, currentPage(u)),
           h("td", { class: "num", dataset: { since: u.time_on_page_seconds } }, fmtDuration(u.time_on_page_seconds)),
           h("td", { class: "num", dataset: { since: u.time_on_site_seconds } }, fmtDuration(u.time_on_site_seconds)),
           h("td", {}, u.device_type || "–"),
@@ -402,10 +449,23 @@
       );
     }
     $("live-empty").hidden = state.live.rows.length > 0;
+    noteFirstEvent();
     if (focused) {
       const again = [...tbody.rows].find((r) => r.dataset.person === focused);
       if (again) again.querySelector("button").focus();
     }
+  }
+
+  // Where a visitor is: their page; without a page view yet (an app or a server calling track()),
+  // what they last did.
+  function currentPage(u) {
+    if (u.current_path || u.current_title) {
+      return u.current_title ? h("span", {}, u.current_title, h("br"), h("code", {}, u.current_path || "")) : h("code", {}, u.current_path);
+    }
+    if (u.last_event && u.last_event !== "$page") {
+      return h("span", { class: "last-event", title: "No page view yet: their latest event" }, h("span", { class: "sr-only" }, "latest event: "), u.last_event);
+    }
+    return "–";
   }
 
   // Every second: durations in the live table keep counting, the freshness line ages.
@@ -445,7 +505,7 @@
     const line = $("activity-bots");
     line.hidden = bots === 0;
     if (!bots) return;
-    const n = `${fmtNum(bots)} event${bots === 1 ? "" : "s"} from bots and scripts`;
+    const n = `${plural(bots, "event")} from bots and scripts`;
     line.textContent = sum("events")
       ? `Not counted above: ${n} (crawlers, curl, python-requests, headless browsers) in the last 30 days.`
       : `No visitor events yet, but ${n} (crawlers, curl, python-requests, headless browsers) ` +
@@ -500,7 +560,7 @@
             "div",
             { class: "stats" },
             h("strong", {}, fmtNum(s.count)),
-            ` · ${s.conversion_pct === null ? "–" : `${s.conversion_pct} %`} · `,
+            ` ${s.count === 1 ? "person" : "people"} · ${s.conversion_pct === null ? "–" : `${s.conversion_pct} %`} · `,
             h("span", { class: "drop" }, drop, s.high_drop_off ? h("span", { class: "sr-only" }, " (high)") : null),
           ),
         ),
@@ -612,6 +672,7 @@
       state.users.cursor = body.next_cursor;
       more.hidden = !body.next_cursor;
       $("users-empty").hidden = tbody.children.length > 0;
+      $("users-empty").textContent = state.waiting ? "No users yet: the first visitor appears here by itself." : "No users match.";
       $("users-table").dataset.loaded = `${$("segment").value}|${$("user-search").value.trim()}`;
     } finally {
       if (seq === state.users.seq) more.disabled = false;
@@ -663,7 +724,7 @@
           { dataset: { session: s.session_id } },
           h("td", {}, fmtTime(s.start_at)),
           h("td", { class: "num" }, fmtDuration(s.duration_seconds)),
-          h("td", { class: "path", title: pages.join(" → ") }, shown.join(" → ") || "–", h("br"), h("small", {}, `${fmtNum(s.page_views)} page views`)),
+          h("td", { class: "path", title: pages.join(" → ") }, shown.join(" → ") || "–", h("br"), h("small", {}, plural(s.page_views, "page view"))),
           h("td", {}, [s.device_type, s.browser, s.os].filter(Boolean).join(" · ") || "–"),
           h("td", {}, s.active ? h("span", { class: "status-active" }, "active") : "completed"),
         ),
@@ -737,11 +798,56 @@
   async function loadSnippet() {
     const body = await api(projectPath("snippet"));
     $("snippet-code").textContent = body.html;
+    $("welcome-snippet").textContent = body.html;
+    // The README's first event, with this project's key: a browser's User-Agent, or ingest
+    // would rightly file curl's own as a bot.
+    const event = {
+      writeKey: body.write_key,
+      anonymousId: "first-visitor",
+      properties: { url: "https://example.com/", title: "Home" },
+      context: { userAgent: "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0" },
+    };
+    $("welcome-curl").textContent =
+      `curl -s ${body.ingest_url}/v1/page -H 'Content-Type: application/json' -d '${JSON.stringify(event, null, 2)}'`;
   }
 
-  async function copySnippet() {
-    const text = $("snippet-code").textContent;
-    const status = $("snippet-status");
+  // --- an empty project: the snippet and a test event, until the first event arrives --------------------------
+  function showWaiting(on) {
+    $("welcome").hidden = !on;
+    $("snippet-card").hidden = on; // the welcome card shows the same snippet, first
+  }
+
+  function noteFirstEvent() {
+    if (state.waiting === false || !state.metrics) return;
+    const total = state.metrics.total_users ? state.metrics.total_users.value : null;
+    const empty = total === 0 && !state.live.count;
+    if (empty && state.waiting === null) {
+      state.waiting = true;
+      showWaiting(true);
+      $("users-empty").textContent = "No users yet: the first visitor appears here by itself.";
+    } else if (!empty) {
+      const was = state.waiting;
+      state.waiting = false;
+      showWaiting(false);
+      $("users-empty").textContent = "No users match.";
+      if (was) catchUp(15);
+    }
+  }
+
+  // The first event is in: fill the rest of the page, again each second until the aggregator's
+  // slower tables (persons, daily figures) have caught up with the live view, for `tries` s.
+  async function catchUp(tries) {
+    try {
+      await Promise.all([loadMetrics(), loadActivity(), loadUsers(true)]);
+    } catch (err) {
+      reportError(err);
+    }
+    const behind = !state.metrics?.total_users?.value || !$("users-table").tBodies[0].children.length;
+    if (behind && tries > 1 && state.key) setTimeout(() => catchUp(tries - 1), 1000);
+  }
+
+  async function copySnippet(source, status) {
+    const text = source.textContent;
     try {
       await navigator.clipboard.writeText(text);
     } catch {
@@ -805,7 +911,8 @@
     for (const button of document.querySelectorAll("[data-export]")) {
       button.addEventListener("click", () => download(button.dataset.export, button));
     }
-    $("snippet-copy").addEventListener("click", copySnippet);
+    $("snippet-copy").addEventListener("click", () => copySnippet($("snippet-code"), $("snippet-status")));
+    $("welcome-copy").addEventListener("click", () => copySnippet($("welcome-snippet"), $("welcome-status")));
     $("detail-close").addEventListener("click", closeDetail);
     $("detail-backdrop").addEventListener("click", closeDetail);
     document.addEventListener("keydown", (ev) => {

@@ -186,6 +186,7 @@ def user(anon: str, *, stuck: bool = False, on_page: int = 10) -> dict[str, Any]
         "last_event_at": NOW,
         "page_entered_at": NOW,
         "session_id": f"s-{anon}",
+        "last_event": "$page",
     }
 
 
@@ -234,6 +235,11 @@ async def test_hub_pushes_on_change_only_and_shares_one_poller() -> None:
     pool.online = {"online": 2, "users": [user("a", stuck=True, on_page=301), user("b")]}
     pushed = orjson.loads((await asyncio.wait_for(pending, 2))["data"])
     assert [(u["anonymous_id"], u["stuck"]) for u in pushed["users"]] == [("a", True), ("b", False)]
+    # the newest event's name, read from another table than the live row, can come a poll later
+    b_signed_up = {**user("b"), "last_event": "Signed Up"}
+    pool.online = {"online": 2, "users": [user("a", stuck=True, on_page=301), b_signed_up]}
+    pushed = await next_data(big)
+    assert [u["last_event"] for u in pushed["users"]] == ["$page", "Signed Up"]
     assert hub.subscribers == 2
     await hub.close()
     assert hub.closed.is_set() and not hub.feeds
