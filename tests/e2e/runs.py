@@ -1,5 +1,6 @@
-"""Aggregator runs as real processes over one topic, and their tables side by side (shared by
-the crash and the scale-out tests).
+"""Shared e2e helpers: `werkstroom serve --target all` started as `make run` starts it (its
+environment, the process and its start-up banner) and a JSON POST to it; aggregator runs as real
+processes over one topic, and their tables side by side (the crash and the scale-out tests).
 
 The embedded ClickHouse is one process per data directory: a run owns its own directory (or,
 on a ClickHouse server, its own database) and its tables are read afterwards by a separate
@@ -10,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +29,11 @@ from aiokafka.errors import KafkaError
 from services.ingest.segment import Rejected, normalize
 from werkstroom.contract import encode_event, message_key
 from werkstroom.demo import simulate
+from werkstroom.embedded import free_port
 
+CLI = [sys.executable, "-m", "werkstroom"]
+#: A desktop browser's User-Agent for the requests sent to ingest (a script's own is a bot's).
+UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
 PARTITIONS = 4
 #: How long a run may take to commit anything at all (start-up, joining the group after a
 #: killed member's session expired, the first batch) before that counts as a failure.
@@ -81,6 +89,78 @@ create_funnel(client, sys.argv[2], "Pricing to order", steps, 7200)
 """
 
 
+def serve_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `werkstroom serve --target all` of its own: its data in `data_dir`,
+    ingest and the API on free ports, `extra` on top, and the embedded broker and ClickHouse
+    (not those the caller's environment may point at)."""
+    env = {
+        **os.environ,
+        "WERKSTROOM_DATA_DIR": str(data_dir),
+        "WERKSTROOM_INGEST_PORT": str(free_port()),
+        "WERKSTROOM_API_PORT": str(free_port()),
+        **extra,
+    }
+    for name in ("WERKSTROOM_KAFKA_BOOTSTRAP", "WERKSTROOM_CLICKHOUSE_URL"):
+        env.pop(name, None)
+    return env
+
+
+def start_serve(
+    env: dict[str, str], cwd: Path, *, timeout: float = 60.0, start_new_session: bool = False
+) -> tuple[subprocess.Popen[str], str]:
+    """`werkstroom serve --target all` with `env` in `cwd`, its stderr in <cwd>/serve.log, and
+    its stdout read up to the start-up banner's curl example (for `timeout` seconds at most).
+    The process and the banner read; a process that exits before is an AssertionError that
+    ends with its log. `start_new_session`: a process group of its own, as a terminal's
+    foreground job."""
+    log_path = cwd / "serve.log"
+    with open(log_path, "w") as log:  # the process has its own copy of the file
+        proc = subprocess.Popen(
+            [*CLI, "serve", "--target", "all"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            cwd=cwd,
+            start_new_session=start_new_session,
+        )
+    try:
+        banner = ""
+        assert proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while "curl" not in banner and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                raise AssertionError(f"serve exited: {log_path.read_text()[-3000:]}")
+            banner += line
+    except BaseException:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        raise
+    return proc, banner
+
+
+def post(url: str, body: dict[str, Any], user_agent: str = UA) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """A JSON POST: the status, the JSON answer and its headers (lower-case names), an HTTP
+    error's as well."""
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": user_agent},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return (
+                response.status,
+                json.loads(response.read()),
+                {k.lower(): v for k, v in response.headers.items()},
+            )
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()), {k.lower(): v for k, v in exc.headers.items()}
+
+
 def to_messages(project_id: str, calls: Iterable[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
     """Tracking calls as ingest would produce them: (key, value) on the contract."""
     received = datetime.now(UTC)
@@ -109,7 +189,7 @@ def start(
     """`werkstroom serve --target aggregator` (or `argv`), its output in <tmp>/<name>.log."""
     log = open(tmp / f"{name}.log", "ab")
     return subprocess.Popen(
-        argv or [sys.executable, "-m", "werkstroom", "serve", "--target", "aggregator"],
+        argv or [*CLI, "serve", "--target", "aggregator"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

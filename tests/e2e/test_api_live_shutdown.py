@@ -4,11 +4,9 @@ is stopped, instead of being cut after uvicorn's graceful-drain timeout."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from werkstroom.embedded import free_port
+from tests.e2e.runs import serve_env, start_serve
 
 pytestmark = pytest.mark.integration
 
@@ -26,40 +24,16 @@ DRAIN_TIMEOUT = 5.0  # uvicorn's timeout_graceful_shutdown in werkstroom/serve.p
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
-    api_port = free_port()
-    env = {
-        **os.environ,
-        "WERKSTROOM_DATA_DIR": str(tmp_path / "data"),
-        "WERKSTROOM_INGEST_PORT": str(free_port()),
-        "WERKSTROOM_API_PORT": str(api_port),
-    }
-    env.pop("WERKSTROOM_KAFKA_BOOTSTRAP", None)
-    env.pop("WERKSTROOM_CLICKHOUSE_URL", None)
-    with open(tmp_path / "serve.log", "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "werkstroom", "serve", "--target", "all"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            cwd=tmp_path,
-        )
-        try:
-            banner = ""
-            assert proc.stdout is not None
-            deadline = time.monotonic() + 60
-            while "curl" not in banner and time.monotonic() < deadline:
-                line = proc.stdout.readline()
-                if not line and proc.poll() is not None:
-                    raise AssertionError((tmp_path / "serve.log").read_text()[-3000:])
-                banner += line
-            read_key = re.search(r"read key \(secret, for the API\)\s+(\S+)", banner)
-            assert read_key is not None, banner
-            yield proc, f"http://127.0.0.1:{api_port}", read_key.group(1)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+    env = serve_env(tmp_path / "data")
+    proc, banner = start_serve(env, tmp_path)
+    try:
+        read_key = re.search(r"read key \(secret, for the API\)\s+(\S+)", banner)
+        assert read_key is not None, banner
+        yield proc, f"http://127.0.0.1:{env['WERKSTROOM_API_PORT']}", read_key.group(1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 def test_live_stream_ends_cleanly_when_the_server_stops(

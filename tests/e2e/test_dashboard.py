@@ -19,7 +19,6 @@ import random
 import re
 import struct
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -36,25 +35,13 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
 
+from tests.e2e.browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, UA, require_chromium
+from tests.e2e.runs import serve_env, start_serve
 from werkstroom.demo import AGENTS, batches, simulate
-from werkstroom.embedded import free_port
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-# Headless Chromium says "HeadlessChrome", which ingest rightly drops as a bot: the browser
-# presents itself as the desktop Chrome a real visitor would use.
-UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
-TIMEOUT_MS = 20_000
 # Records every text the live status and the online counter take, in order.
 RECORD_STATES = """
 window.__seen = [];
@@ -68,7 +55,6 @@ document.addEventListener("DOMContentLoaded", () => {
   ids.forEach((id) => observer.observe(document.getElementById(id), {childList: true, characterData: true, subtree: true}));
 });
 """
-CLI = [sys.executable, "-m", "werkstroom"]
 ADMIN_TOKEN = "dashboard-test-admin-token"
 # The README's picture of the dashboard, taken by test_readme_screenshot below. Every run takes
 # it (into the test's temporary directory); the committed file is rewritten when the page's
@@ -168,52 +154,32 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("dashboard")
-    env = {
-        **os.environ,
-        "WERKSTROOM_DATA_DIR": str(tmp / "data"),
-        "WERKSTROOM_INGEST_PORT": str(free_port()),
-        "WERKSTROOM_API_PORT": str(free_port()),
-        "WERKSTROOM_KEY_REFRESH_SECONDS": "0.5",
-        "WERKSTROOM_DEMO": "true",
-        "WERKSTROOM_ADMIN_TOKEN": ADMIN_TOKEN,
-    }
-    for name in ("WERKSTROOM_KAFKA_BOOTSTRAP", "WERKSTROOM_CLICKHOUSE_URL", "WERKSTROOM_PUBLIC_INGEST_URL"):
-        env.pop(name, None)
+    env = serve_env(
+        tmp / "data",
+        WERKSTROOM_KEY_REFRESH_SECONDS="0.5",
+        WERKSTROOM_DEMO="true",
+        WERKSTROOM_ADMIN_TOKEN=ADMIN_TOKEN,
+    )
+    env.pop("WERKSTROOM_PUBLIC_INGEST_URL", None)
     log_path = tmp / "serve.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [*CLI, "serve", "--target", "all"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            cwd=tmp,
+    proc, banner = start_serve(env, tmp, timeout=90)
+    try:
+        assert "curl" in banner, f"no start-up banner: {log_path.read_text()[-3000:]}"
+        demo = json.loads((tmp / "data" / "demo.json").read_text())
+        yield Stack(
+            ingest=f"http://127.0.0.1:{env['WERKSTROOM_INGEST_PORT']}",
+            api=f"http://127.0.0.1:{env['WERKSTROOM_API_PORT']}",
+            project_id=demo["project_id"],
+            write_key=demo["write_key"],
+            read_key=demo["read_key"],
         )
+    finally:
+        proc.terminate()
         try:
-            assert proc.stdout is not None
-            banner = ""
-            deadline = time.monotonic() + 90
-            while "curl" not in banner and time.monotonic() < deadline:
-                line = proc.stdout.readline()
-                if not line and proc.poll() is not None:
-                    raise AssertionError(f"serve exited: {log_path.read_text()[-3000:]}")
-                banner += line
-            assert "curl" in banner, f"no start-up banner: {log_path.read_text()[-3000:]}"
-            demo = json.loads((tmp / "data" / "demo.json").read_text())
-            yield Stack(
-                ingest=f"http://127.0.0.1:{env['WERKSTROOM_INGEST_PORT']}",
-                api=f"http://127.0.0.1:{env['WERKSTROOM_API_PORT']}",
-                project_id=demo["project_id"],
-                write_key=demo["write_key"],
-                read_key=demo["read_key"],
-            )
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -298,9 +264,7 @@ def seeded(stack: Stack) -> Stack:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), (
-        f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)"
-    )
+    require_chromium()
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield b

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_graceful_drain import CLI, Serve
+from tests.e2e.runs import CLI
+from tests.e2e.test_graceful_drain import Serve
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,8 @@ import pytest
 from playwright.sync_api import Page, Route, expect, sync_playwright
 
 from tests.e2e.browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, require_chromium
-from tests.e2e.test_graceful_drain import UA, Serve
+from tests.e2e.runs import UA
+from tests.e2e.test_graceful_drain import Serve
 
 pytestmark = pytest.mark.integration
 

@@ -25,12 +25,10 @@ from typing import Any
 import pytest
 
 from services.aggregator.sink import STALLED_AFTER, STATUS_EVERY
-from werkstroom.embedded import free_port
+from tests.e2e.runs import post, serve_env, start_serve
 
 pytestmark = pytest.mark.integration
 
-CLI = [sys.executable, "-m", "werkstroom"]
-UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
 DRAIN_TIMEOUT = 45.0
 IDLE_SECONDS = float(os.environ.get("WERKSTROOM_TEST_IDLE_SECONDS", "20"))
 
@@ -61,38 +59,18 @@ sys.stdout.write(json.dumps({k: client.query(q, parameters=p).first_row[0] for k
 class Serve:
     def __init__(self, tmp: Path, **env: str) -> None:
         self.tmp = tmp
-        self.env = {
-            **os.environ,
-            "WERKSTROOM_DATA_DIR": str(tmp / "data"),
-            "WERKSTROOM_INGEST_PORT": str(free_port()),
-            "WERKSTROOM_API_PORT": str(free_port()),
-            "WERKSTROOM_DRAIN_TIMEOUT_SECONDS": str(DRAIN_TIMEOUT),
-            "WERKSTROOM_RATE_LIMIT_EPS": "0",
-            **env,
-        }
-        self.env.pop("WERKSTROOM_KAFKA_BOOTSTRAP", None)
-        self.env.pop("WERKSTROOM_CLICKHOUSE_URL", None)
+        self.env = serve_env(
+            tmp / "data",
+            **{
+                "WERKSTROOM_DRAIN_TIMEOUT_SECONDS": str(DRAIN_TIMEOUT),
+                "WERKSTROOM_RATE_LIMIT_EPS": "0",
+                **env,
+            },
+        )
         self.ingest = f"http://127.0.0.1:{self.env['WERKSTROOM_INGEST_PORT']}"
         self.api = f"http://127.0.0.1:{self.env['WERKSTROOM_API_PORT']}"
         self.log_path = tmp / "serve.log"
-        self._log = open(self.log_path, "w")  # closed in stop() or kill()
-        self.proc = subprocess.Popen(
-            [*CLI, "serve", "--target", "all"],
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            cwd=tmp,
-        )
-        banner = ""
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + 60
-        while "curl" not in banner and time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line and self.proc.poll() is not None:
-                raise AssertionError(f"serve exited: {self.log_path.read_text()[-3000:]}")
-            banner += line
-        self.banner = banner
+        self.proc, self.banner = start_serve(self.env, tmp)
         self.demo = json.loads((tmp / "data" / "demo.json").read_text())
 
     def post_batch(self, start: int, count: int) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -116,14 +94,12 @@ class Serve:
         started = time.monotonic()
         self.proc.send_signal(sig)
         code = self.proc.wait(timeout)
-        self._log.close()
         return code, time.monotonic() - started
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-        self._log.close()
 
     def counts(self, queries: dict[str, str] | None = None) -> dict[str, int]:
         """COUNTED (or `queries`), read by a separate process once this one has stopped."""
@@ -156,24 +132,6 @@ class Serve:
         with urllib.request.urlopen(request, timeout=10) as response:
             body: dict[str, Any] = json.loads(response.read())
         return body
-
-
-def post(url: str, body: dict[str, object]) -> tuple[int, dict[str, Any], dict[str, str]]:
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": UA},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return (
-                response.status,
-                json.loads(response.read()),
-                {k.lower(): v for k, v in response.headers.items()},
-            )
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read()), {k.lower(): v for k, v in exc.headers.items()}
 
 
 @pytest.fixture

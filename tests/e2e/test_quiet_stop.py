@@ -9,38 +9,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.test_graceful_drain import UA
+from tests.e2e.runs import post, serve_env, start_serve
 from tests.e2e.test_serve_all import alive, children, metric, wait
-from werkstroom.embedded import free_port
 
 pytestmark = pytest.mark.integration
 
-CLI = [sys.executable, "-m", "werkstroom"]
 BOT_UA = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
-
-
-def post(url: str, body: dict[str, Any], user_agent: str = UA) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": user_agent},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def parse(lines: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -61,56 +40,35 @@ def parse(lines: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_orderly_stop_logs_no_warning_and_no_error(tmp_path: Path, sig: signal.Signals) -> None:
-    env = {
-        **os.environ,
-        "WERKSTROOM_DATA_DIR": str(tmp_path / "data"),
-        "WERKSTROOM_INGEST_PORT": str(free_port()),
-        "WERKSTROOM_API_PORT": str(free_port()),
-        "WERKSTROOM_LOG_FORMAT": "json",
-        "WERKSTROOM_LOG_LEVEL": "INFO",
-        "PYTHONWARNINGS": "default",
-    }
-    for name in ("WERKSTROOM_KAFKA_BOOTSTRAP", "WERKSTROOM_CLICKHOUSE_URL"):
-        env.pop(name, None)
+    env = serve_env(
+        tmp_path / "data",
+        WERKSTROOM_LOG_FORMAT="json",
+        WERKSTROOM_LOG_LEVEL="INFO",
+        PYTHONWARNINGS="default",
+    )
     ingest = f"http://127.0.0.1:{env['WERKSTROOM_INGEST_PORT']}"
     log_path = tmp_path / "serve.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [*CLI, "serve", "--target", "all"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            cwd=tmp_path,
-            start_new_session=True,  # its own process group, as a terminal's foreground job
-        )
-        try:
-            banner = ""
-            assert proc.stdout is not None
-            deadline = time.monotonic() + 60
-            while "curl" not in banner and time.monotonic() < deadline:
-                line = proc.stdout.readline()
-                if not line and proc.poll() is not None:
-                    raise AssertionError(f"serve exited: {log_path.read_text()[-3000:]}")
-                banner += line
-            write_key = json.loads((tmp_path / "data" / "demo.json").read_text())["write_key"]
-            batch = [{"type": "track", "event": "Quiet", "anonymousId": f"v{i}"} for i in range(5)]
-            status, body = post(f"{ingest}/v1/batch", {"writeKey": write_key, "batch": batch})
-            assert (status, body["accepted"]) == (200, 5)
-            # A bot's event too: ingest sends it to the bots topic, for the bots consumer.
-            bot = {"writeKey": write_key, "anonymousId": "crawler", "event": "Quiet"}
-            assert post(f"{ingest}/v1/track", bot, user_agent=BOT_UA)[0] == 200
-            wait(lambda: metric(ingest, "werkstroom_sink_rows_written_total") >= 5, timeout=20)
-            wait(lambda: metric(ingest, "werkstroom_bots_rows_written_total") >= 1, timeout=10)
-            kids = children(proc.pid)
-            assert kids, "the embedded broker runs as a child process"
+    # its own process group, as a terminal's foreground job
+    proc, _ = start_serve(env, tmp_path, start_new_session=True)
+    try:
+        write_key = json.loads((tmp_path / "data" / "demo.json").read_text())["write_key"]
+        batch = [{"type": "track", "event": "Quiet", "anonymousId": f"v{i}"} for i in range(5)]
+        status, body, _ = post(f"{ingest}/v1/batch", {"writeKey": write_key, "batch": batch})
+        assert (status, body["accepted"]) == (200, 5)
+        # A bot's event too: ingest sends it to the bots topic, for the bots consumer.
+        bot = {"writeKey": write_key, "anonymousId": "crawler", "event": "Quiet"}
+        assert post(f"{ingest}/v1/track", bot, user_agent=BOT_UA)[0] == 200
+        wait(lambda: metric(ingest, "werkstroom_sink_rows_written_total") >= 5, timeout=20)
+        wait(lambda: metric(ingest, "werkstroom_bots_rows_written_total") >= 1, timeout=10)
+        kids = children(proc.pid)
+        assert kids, "the embedded broker runs as a child process"
 
-            os.killpg(proc.pid, sig)  # the whole group, as Ctrl-C in a terminal does
-            assert proc.wait(30) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+        os.killpg(proc.pid, sig)  # the whole group, as Ctrl-C in a terminal does
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
     records, other = parse(log_path.read_text().splitlines())
     assert other == [], "stderr holds lines that are not log records (warnings?):\n" + "\n".join(other)

@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,12 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from werkstroom.embedded import free_port
+from tests.e2e.runs import CLI, post, serve_env, start_serve
 
 pytestmark = pytest.mark.integration
-
-CLI = [sys.executable, "-m", "werkstroom"]
-UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
 
 
 def children(pid: int) -> list[int]:
@@ -45,20 +41,6 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def post(url: str, body: dict[str, object]) -> tuple[int, dict[str, object]]:
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": UA},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def metric(url: str, name: str) -> float:
     with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
         text = response.read().decode()
@@ -78,39 +60,14 @@ def wait(check, timeout: float = 30.0):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, str], Path]]:
-    env = {
-        **os.environ,
-        "WERKSTROOM_DATA_DIR": str(tmp_path / "data"),
-        "WERKSTROOM_INGEST_PORT": str(free_port()),
-        "WERKSTROOM_API_PORT": str(free_port()),
-        "WERKSTROOM_KEY_REFRESH_SECONDS": "0.5",
-    }
-    env.pop("WERKSTROOM_KAFKA_BOOTSTRAP", None)
-    env.pop("WERKSTROOM_CLICKHOUSE_URL", None)
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen(
-        [*CLI, "serve", "--target", "all"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        cwd=tmp_path,
-    )
+    env = serve_env(tmp_path / "data", WERKSTROOM_KEY_REFRESH_SECONDS="0.5")
+    proc, banner = start_serve(env, tmp_path)
     try:
-        banner = ""
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 60
-        while "curl" not in banner and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                raise AssertionError(f"serve exited: {(tmp_path / 'serve.log').read_text()[-3000:]}")
-            banner += line
         yield proc, {**env, "BANNER": banner}, tmp_path
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-        log.close()
 
 
 def test_make_run_path_serves_the_whole_pipeline_and_stops_cleanly(server) -> None:  # type: ignore[no-untyped-def]
@@ -121,7 +78,7 @@ def test_make_run_path_serves_the_whole_pipeline_and_stops_cleanly(server) -> No
     assert re.search(r"read key \(secret, for the API\)\s+rk_\S+", banner)
     assert f"{ingest}/docs" in banner
 
-    status, answer = post(
+    status, answer, _ = post(
         f"{ingest}/v1/page",
         {"writeKey": write_key, "anonymousId": "v1", "properties": {"url": "https://example.com/"}},
     )

@@ -19,12 +19,9 @@ Expected, by hand: 3 persons; br-u1 with 2 sessions (A's: /shop/pricing -> /shop
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import pytest
@@ -33,6 +30,7 @@ from playwright.async_api import Browser, Page
 
 from tests.conftest import Infra
 from tests.e2e.browser import chromium, open_page, site, visitor
+from tests.integration.api_checks import check_funnel, check_users_and_plans
 from tests.integration.stack import Stack, own_names
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -102,26 +100,10 @@ async def visitors(rig: Rig) -> dict[str, str]:
     return ids
 
 
-async def eventually(fetch: Callable[[], Awaitable[Any]], expected: Any, timeout: float = 30) -> None:
-    """Poll until `fetch()` gives `expected`; then assert it, so a failure shows the difference."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await fetch()
-        if got == expected or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.2)
-    assert got == expected
-
-
 async def test_persons_traits_plans_sessions_and_funnel_from_the_browser(
     rig: Rig, visitors: dict[str, str]
 ) -> None:
     api, base = rig.api, rig.base
-
-    async def users(segment: str = "all") -> list[dict[str, Any]]:
-        body = (await api.get(f"{base}/users", params={"segment": segment})).json()
-        keep = ("person_id", "sessions", "page_views", "plan")
-        return sorted(({k: u[k] for k in keep} for u in body["users"]), key=lambda u: u["person_id"])
 
     everyone = sorted(
         [
@@ -131,9 +113,7 @@ async def test_persons_traits_plans_sessions_and_funnel_from_the_browser(
         ],
         key=lambda u: str(u["person_id"]),
     )
-    await eventually(users, everyone)
-    for plan in ("premium", "trial"):
-        await eventually(lambda plan=plan: users(plan), [u for u in everyone if u["plan"] == plan])
+    await check_users_and_plans(api, base, everyone)
 
     profile = (await api.get(f"{base}/users/br-u1")).json()
     assert profile["traits"] == {"plan": "premium", "email": "u1@example.com"}
@@ -146,15 +126,10 @@ async def test_persons_traits_plans_sessions_and_funnel_from_the_browser(
         ]
     )
 
-    async def funnel(funnel_id: str) -> list[tuple[int, float | None]]:
-        report = (await api.get(f"{base}/funnels/{funnel_id}")).json()
-        return [(step["count"], step["conversion_pct"]) for step in report["steps"]]
-
     want = [(3, 100.0), (2, 66.7), (1, 33.3)]
-    await eventually(lambda: funnel(visitors["live_funnel"]), want)
-    backfilled = await api.post(f"{base}/funnels", json={"name": "Backfilled", "steps": STEPS})
-    assert backfilled.status_code == 201, backfilled.text
-    assert await funnel(backfilled.json()["funnel_id"]) == want
+    await check_funnel(
+        api, base, STEPS, visitors["live_funnel"], want, lambda s: (s["count"], s["conversion_pct"])
+    )
 
 
 async def test_vibe_calls_arrive_as_identify_and_track(rig: Rig, visitors: dict[str, str]) -> None:

@@ -37,6 +37,7 @@ from rudderstack.analytics import Client as RudderClient
 from segment.analytics import Client as SegmentClient
 
 from tests.conftest import Infra
+from tests.integration.api_checks import check_funnel, check_users_and_plans
 from tests.integration.stack import Stack, own_names
 from werkstroom.projects import NewProject
 
@@ -208,17 +209,6 @@ async def running(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Asy
         yield stack
 
 
-async def eventually(fetch: Callable[[], Awaitable[Any]], expected: Any, timeout: float = 30) -> None:
-    """Poll until `fetch()` gives `expected`; then assert it, so a failure shows the difference."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await fetch()
-        if got == expected or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.2)
-    assert got == expected
-
-
 async def check_matrix(
     stack: Stack,
     tag: str,
@@ -242,24 +232,8 @@ async def check_matrix(
         libraries = "SELECT groupUniqArray(library) FROM events FINAL WHERE project_id = {p:String}"
         assert stack.scalar(libraries, p=pid) == [library]
 
-        async def users(segment: str = "all") -> list[dict[str, Any]]:
-            body = (await api.get(f"{base}/users", params={"segment": segment})).json()
-            keep = ("person_id", "sessions", "page_views", "plan")
-            return sorted(({k: u[k] for k in keep} for u in body["users"]), key=lambda u: u["person_id"])
-
-        everyone = expected_users(tag)
-        await eventually(users, everyone)
-        for plan in ("premium", "trial"):
-            await eventually(lambda plan=plan: users(plan), [u for u in everyone if u["plan"] == plan])
-
-        async def funnel(funnel_id: str) -> list[int]:
-            report = (await api.get(f"{base}/funnels/{funnel_id}")).json()
-            return [step["count"] for step in report["steps"]]
-
-        await eventually(lambda: funnel(live.json()["funnel_id"]), [6, 5, 5])
-        backfilled = await api.post(f"{base}/funnels", json={"name": "Backfilled", "steps": STEPS})
-        assert backfilled.status_code == 201, backfilled.text
-        assert await funnel(backfilled.json()["funnel_id"]) == [6, 5, 5]
+        await check_users_and_plans(api, base, expected_users(tag))
+        await check_funnel(api, base, STEPS, live.json()["funnel_id"], [6, 5, 5], lambda s: s["count"])
 
         async def profile(user: str) -> dict[str, Any]:
             body = (await api.get(f"{base}/users/{user}")).json()
