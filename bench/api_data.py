@@ -51,7 +51,8 @@ from clickhouse_connect.driver.client import Client  # noqa: E402
 
 from services.aggregator.derived import refresh_churn  # noqa: E402
 from werkstroom import projects  # noqa: E402
-from werkstroom.funnels import FUNNEL_COLUMNS  # noqa: E402
+from werkstroom.clickhouse.tables import FUNNELS_COLUMNS  # noqa: E402
+from werkstroom.clickhouse.versions import next_version  # noqa: E402
 from werkstroom.settings import Settings  # noqa: E402
 
 DAYS = 60
@@ -426,10 +427,6 @@ def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def _version() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def settle_merges(client: Client, limit: float = 120.0) -> None:
     """Wait (up to `limit` s) until the background merges of the bulk inserts are done, so the
     latencies are those of a settled table, not of reads competing with merges for the cores."""
@@ -497,7 +494,7 @@ def generate(
     step("sessions", SESSIONS_INSERT, project=p, lo=0)
     step("person_distinct_ids", IDENTITIES_INSERT, project=p)
     step("person_traits", TRAITS_INSERT, project=p)
-    v1 = _version()
+    v1 = next_version()
     step("persons", PERSONS_INSERT.replace("{scope}", ""), project=p, version=v1)
     step("person_activity", ACTIVITY_INSERT.replace("{scope}", ""), project=p, version=v1)
     days = [
@@ -511,7 +508,7 @@ def generate(
     client.insert(
         "funnels",
         [[p, funnel_id, "Signup to order", orjson.dumps(FUNNEL_STEPS).decode(), FUNNEL_WINDOW, t0, 0, v1]],
-        column_names=FUNNEL_COLUMNS,
+        column_names=FUNNELS_COLUMNS,
     )
     client.command("DROP TABLE IF EXISTS bench_funnel_events")
     client.command(FUNNEL_EVENTS_TABLE)
@@ -536,7 +533,7 @@ def generate(
     scope_persons = sorted(person for person, _ in touched)
     scope_anons = sorted({a for _, ids in touched for a in ids})
     scope = "AND s.anonymous_id IN {anons:Array(String)}"
-    v2 = _version()
+    v2 = next_version()
     step(
         "tail persons",
         PERSONS_INSERT.replace("{scope}", scope),
@@ -656,7 +653,7 @@ def generate(
     ).first_row[0]
     client.insert(
         "aggregator_status",
-        [["bench-0", settings.topic_events, datetime.now(UTC), last_event, 0, _version()]],
+        [["bench-0", settings.topic_events, datetime.now(UTC), last_event, 0, next_version()]],
         column_names=["worker", "topic", "last_write_at", "last_event_at", "lag", "version"],
     )
     client.command("DROP TABLE IF EXISTS bench_plan")

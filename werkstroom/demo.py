@@ -20,7 +20,8 @@ from typing import Any
 
 import orjson
 
-from werkstroom.funnels import HEARTBEAT, Step, progress
+from werkstroom.contract import HEARTBEAT, PAGE
+from werkstroom.funnels import Step, progress
 from werkstroom.logging import get_logger
 
 log = get_logger(__name__)
@@ -137,7 +138,7 @@ def simulate(
                             {
                                 "type": "track",
                                 "anonymousId": anonymous_id,
-                                "event": "$heartbeat",
+                                "event": HEARTBEAT,
                                 "messageId": f"m-{counter}",
                                 "timestamp": _iso(moment),
                                 "context": {"userAgent": agent},
@@ -239,7 +240,7 @@ BROWSE_EVENTS = ("Button Clicked", "Video Played", "Newsletter Subscribed", "Doc
 NAMES = ("Anna", "Bram", "Chloé", "Daan", "Emma", "Finn", "Julia", "Lars", "Mila", "Noah", "Sara", "Teun")
 
 FUNNEL_NAME = "Pricing to order"
-FUNNEL_STEPS = (Step("$page", "/pricing"), Step("Plan Selected"), Step("Order Completed"))
+FUNNEL_STEPS = (Step(PAGE, "/pricing"), Step("Plan Selected"), Step("Order Completed"))
 FUNNEL_WINDOW = 86400
 #: The dashboard's funnel report covers the last 30 UTC days (services/api/static/app.js).
 FUNNEL_DAYS = 30
@@ -586,7 +587,7 @@ def expected_figures(calls: list[dict[str, Any]], now: datetime) -> DemoFigures:
             if c["type"] == "page":
                 entered = at
             if c["type"] in ("page", "track") and c.get("event") != HEARTBEAT:
-                name = "$page" if c["type"] == "page" else c["event"]
+                name = PAGE if c["type"] == "page" else c["event"]
                 path = c.get("properties", {}).get("path", "")
                 steps.setdefault(person, []).append((int(at.timestamp() * 1000), name, path))
         sessions[person] = sessions.get(person, 0) + 1

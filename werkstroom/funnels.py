@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -35,8 +34,15 @@ from clickhouse_connect.driver.client import Client
 
 from werkstroom import identity
 from werkstroom.clickhouse.params import StringArray, insert_rows
+from werkstroom.clickhouse.tables import (
+    FUNNEL_COUNTS_COLUMNS,
+    FUNNEL_LEVELS_COLUMNS,
+    FUNNEL_PROGRESS_COLUMNS,
+    FUNNELS_COLUMNS,
+)
+from werkstroom.clickhouse.versions import next_version
+from werkstroom.contract import HEARTBEAT
 
-HEARTBEAT = "$heartbeat"  # the tracker's liveness beacon; never stored in visitor_events
 MIN_STEPS = 2
 MAX_STEPS = 8
 DEFAULT_WINDOW = 24 * 3600
@@ -45,13 +51,6 @@ MAX_WINDOW = 30 * 24 * 3600
 MAX_NAME = 100
 MAX_EVENT = 200
 MAX_PATH = 500
-FUNNEL_COLUMNS = [
-    *("project_id", "funnel_id", "name", "steps"),
-    *("window_seconds", "created_at", "is_deleted", "version"),
-]
-PROGRESS_COLUMNS = ["project_id", "funnel_id", "day", "person_id", "level", "is_deleted", "version"]
-LEVEL_COLUMNS = ["project_id", "funnel_id", "level", "last_day", "person_id", "is_deleted", "version"]
-COUNT_COLUMNS = ["project_id", "funnel_id", "level", "day", "persons", "version"]
 
 
 class FunnelError(ValueError):
@@ -206,10 +205,6 @@ def _ms(day: date) -> int:
 # -- storage -------------------------------------------------------------------------------------
 
 
-def _version() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def _from_row(row: tuple[Any, ...]) -> Funnel:
     funnel_id, project_id, name, steps, window, created = row
     created = created.replace(tzinfo=UTC) if created.tzinfo is None else created
@@ -276,10 +271,10 @@ def _write_definition(client: Client, funnel: Funnel, *, deleted: bool) -> None:
                 funnel.window_seconds,
                 funnel.created_at,
                 int(deleted),
-                _version(),
+                next_version(),
             ]
         ],
-        column_names=FUNNEL_COLUMNS,
+        column_names=FUNNELS_COLUMNS,
     )
 
 
@@ -379,7 +374,7 @@ def _write_levels(
         return 0
     rows = [[project_id, f, k, d, p, 0, version] for f, k, d, p in added]
     rows += [[project_id, f, k, d, p, 1, version] for f, k, d, p in removed]
-    insert_rows(client, "funnel_levels", rows, LEVEL_COLUMNS)
+    insert_rows(client, "funnel_levels", rows, FUNNEL_LEVELS_COLUMNS)
     cells = {(f, k, d) for f, k, d, _p in added} | {(f, k, d) for f, k, d, _p in removed}
     return len(rows) + _recount(client, project_id, cells, version)
 
@@ -402,7 +397,7 @@ def _recount(client: Client, project_id: str, cells: set[tuple[str, int, date]],
         ).result_rows
     }
     rows = [[project_id, f, k, d, counted.get((f, k, d), 0), version] for f, k, d in sorted(cells)]
-    insert_rows(client, "funnel_counts", rows, COUNT_COLUMNS)
+    insert_rows(client, "funnel_counts", rows, FUNNEL_COUNTS_COLUMNS)
     return len(rows)
 
 
@@ -431,7 +426,7 @@ def _write_progress(
     rows = [[project_id, f, d, p, lvl, 0, version] for (f, p, d), lvl in sorted(fresh.items())]
     rows += [[project_id, f, d, p, 0, 1, version] for f, p, d in stale]
     if rows:
-        insert_rows(client, "funnel_progress", rows, PROGRESS_COLUMNS)
+        insert_rows(client, "funnel_progress", rows, FUNNEL_PROGRESS_COLUMNS)
     return len(rows)
 
 
@@ -447,18 +442,14 @@ def person_ids(person_id: str, member_ids: Iterable[str]) -> list[str]:
 def _all_members(client: Client, project_id: str, persons: Iterable[str]) -> dict[str, set[str]]:
     """identity.members of these persons, from one read of the project's latest mappings."""
     mapped_to: dict[str, list[str]] = defaultdict(list)
-    for distinct_id, person_id in client.query(
-        "SELECT distinct_id, argMax(person_id, version) FROM person_distinct_ids "
-        "WHERE project_id = {p:String} GROUP BY distinct_id",
-        parameters={"p": project_id},
-    ).result_rows:
+    for distinct_id, person_id in identity.all_mappings(client, project_id):
         mapped_to[person_id].append(distinct_id)
     return identity.members(persons, lambda ids: [(d, via) for via in ids for d in mapped_to.get(via, ())])
 
 
 def backfill(client: Client, funnel: Funnel, chunk: int = 20_000) -> int:
     """Compute every person's progress in a new funnel from the events stored so far."""
-    version = _version()  # taken before reading: a later recomputation from newer data wins
+    version = next_version()  # taken before reading: a later recomputation from newer data wins
     browsed: dict[str, list[str]] = dict(
         client.query(
             "SELECT person_id, anonymous_ids FROM persons FINAL "
@@ -491,16 +482,16 @@ def backfill(client: Client, funnel: Funnel, chunk: int = 20_000) -> int:
                 levels.append([funnel.project_id, funnel.funnel_id, k, day, person_id, 0, version])
                 cells.add((k, day))
         if len(batch) >= chunk:
-            insert_rows(client, "funnel_progress", batch, PROGRESS_COLUMNS)
+            insert_rows(client, "funnel_progress", batch, FUNNEL_PROGRESS_COLUMNS)
             written, batch = written + len(batch), []
         if len(levels) >= chunk:
-            insert_rows(client, "funnel_levels", levels, LEVEL_COLUMNS)
+            insert_rows(client, "funnel_levels", levels, FUNNEL_LEVELS_COLUMNS)
             written, levels = written + len(levels), []
     if batch:
-        insert_rows(client, "funnel_progress", batch, PROGRESS_COLUMNS)
+        insert_rows(client, "funnel_progress", batch, FUNNEL_PROGRESS_COLUMNS)
         written += len(batch)
     if levels:
-        insert_rows(client, "funnel_levels", levels, LEVEL_COLUMNS)
+        insert_rows(client, "funnel_levels", levels, FUNNEL_LEVELS_COLUMNS)
         written += len(levels)
     # The cells from the back-fill's own counts, then recounted from funnel_levels: the
     # aggregator may have written persons of this funnel meanwhile.

@@ -6,11 +6,19 @@ mapping of each id wins (`person_distinct_ids`). A person is the id at the end o
 anon -> u-1 (identify), u-1 -> u-2 (alias), u-2 -> u-3 (alias) makes u-3 the person of all
 four. A chain is followed for at most ALIAS_HOPS mappings, and stops before an id it already
 passed (alias calls that map two ids onto each other end where the cycle closes).
+
+The mappings are read here and nowhere else (`mappings`, `mapped_to`, `all_mappings`): the
+latest mapping of an id is the row FINAL keeps (the highest version; of equal versions, the
+last inserted), the same for every reader.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+
+from clickhouse_connect.driver.client import Client
+
+from werkstroom.clickhouse.params import StringArray
 
 ALIAS_HOPS = 8
 
@@ -69,3 +77,51 @@ def members(persons: Iterable[str], reverse: ReverseLookup) -> dict[str, set[str
     for distinct_id, person in owner.items():
         out[person].add(distinct_id)
     return out
+
+
+# -- reading the mappings (person_distinct_ids) ---------------------------------------------------
+
+_LATEST = "SELECT distinct_id, person_id FROM person_distinct_ids FINAL "
+# Up to this many persons, their ids are found through person_distinct_ids_by_person; more,
+# by scanning person_id in person_distinct_ids (measured, 100 / 16,000 persons: 39 / 238 ms
+# against 60 / 102 ms at 2M mappings, 120 / 1,992 ms against 863 / 1,297 ms at 20M; the two
+# cross at about 2,000 and 8,000 persons).
+BY_PERSON_UP_TO = 2000
+
+
+def mappings(client: Client, project_id: str, ids: Iterable[str]) -> dict[str, str]:
+    """A `Lookup`: the latest mapping of each of these ids that has one."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    # PREWHERE only on distinct_id, the sorting key: on another column it would drop a newer
+    # mapping before FINAL and let an older one win.
+    sql = _LATEST + "PREWHERE distinct_id IN {v:Array(String)} WHERE project_id = {p:String}"
+    rows = client.query(sql, parameters={"p": project_id, "v": StringArray(wanted)}).result_rows
+    return {d: p for d, p in rows}
+
+
+def mapped_to(client: Client, project_id: str, persons: Iterable[str]) -> list[tuple[str, str]]:
+    """A `ReverseLookup`: (distinct id, id) of the ids whose latest mapping is to one of
+    `persons`. For a few persons, the candidates come from person_distinct_ids_by_person
+    (sorted by person) and the latest mapping of each decides: person_distinct_ids is sorted
+    by distinct id, so reading it by person is a scan of its person_id column."""
+    wanted = set(persons)
+    if not wanted:
+        return []
+    if len(wanted) <= BY_PERSON_UP_TO:
+        sql = _LATEST + (
+            "PREWHERE distinct_id IN (SELECT distinct_id FROM person_distinct_ids_by_person "
+            "PREWHERE person_id IN {v:Array(String)} WHERE project_id = {p:String}) "
+            "WHERE project_id = {p:String}"
+        )
+    else:
+        sql = _LATEST + "WHERE project_id = {p:String} AND person_id IN {v:Array(String)}"
+    rows = client.query(sql, parameters={"p": project_id, "v": StringArray(sorted(wanted))}).result_rows
+    return [(d, p) for d, p in rows if p in wanted]
+
+
+def all_mappings(client: Client, project_id: str) -> list[tuple[str, str]]:
+    """(distinct id, id) of the latest mapping of every id of the project that has one."""
+    rows = client.query(_LATEST + "WHERE project_id = {p:String}", parameters={"p": project_id}).result_rows
+    return [(d, p) for d, p in rows]

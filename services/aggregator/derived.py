@@ -9,54 +9,25 @@ a crash, or two workers recomputing the same key, changes nothing.
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
 from services.aggregator.processor import Dirty
-from werkstroom import funnels, identity
+from werkstroom import churn, funnels, identity
 from werkstroom.clickhouse.params import StringArray, insert_rows, tab_separated
-
-PERSON_COLUMNS = [
-    "project_id",
-    "person_id",
-    "first_seen",
-    "last_seen",
-    "sessions",
-    "page_views",
-    "anonymous_ids",
-    "traits",
-    "plan",
-    "is_deleted",
-    "version",
-]
-DAILY_COLUMNS = [
-    "project_id",
-    "day",
-    "active_users",
-    "new_users",
-    "sessions",
-    "page_views",
-    "events",
-    "bounce_rate",
-    "avg_session_seconds",
-    "version",
-]
-
-ACTIVITY_COLUMNS = ["project_id", "day", "person_id", "is_deleted", "version"]  # and persons_first_day
-
-_last_version = 0
-
-
-def next_version() -> int:
-    """Milliseconds now, strictly increasing within this process."""
-    global _last_version
-    _last_version = max(_last_version + 1, time.time_ns() // 1_000_000)
-    return _last_version
+from werkstroom.clickhouse.tables import (
+    CHURN_DAILY_COLUMNS,
+    DAILY_STATS_COLUMNS,
+    PERSON_DAYS_COLUMNS,
+    PERSONS_COLUMNS,
+    PERSONS_RECENT_COLUMNS,
+    SESSIONS_DAILY_COLUMNS,
+)
+from werkstroom.clickhouse.versions import next_version
 
 
 def refresh(client: Client, dirty: Dirty) -> None:
@@ -81,38 +52,7 @@ def refresh(client: Client, dirty: Dirty) -> None:
         refresh_daily(client, project_id, project_days, version)
     today = datetime.now(UTC).date()
     for project_id, changed_days in activity_days.items():
-        refresh_churn(client, project_id, churn_days(changed_days, today), version)
-
-
-# Up to this many persons, their ids are found through person_distinct_ids_by_person; more,
-# by scanning person_id in person_distinct_ids (measured, 100 / 16,000 persons: 39 / 238 ms
-# against 60 / 102 ms at 2M mappings, 120 / 1,992 ms against 863 / 1,297 ms at 20M; the two
-# cross at about 2,000 and 8,000 persons).
-BY_PERSON_UP_TO = 2000
-
-
-def _mapping(client: Client, project_id: str, column: str, values: set[str]) -> list[tuple[str, str]]:
-    """(distinct id, person) of the latest mappings whose `column` is one of `values`. By
-    person, for a few persons, the candidates come from person_distinct_ids_by_person (sorted
-    by person) and the latest mapping of each decides: person_distinct_ids is sorted by
-    distinct id, so reading it by person is a scan of its person_id column."""
-    if not values:
-        return []
-    # PREWHERE only on distinct_id, the sorting key: on person_id it would drop a newer
-    # mapping before FINAL and let an older one win.
-    sql = "SELECT distinct_id, person_id FROM person_distinct_ids FINAL "
-    if column == "distinct_id":
-        sql += "PREWHERE distinct_id IN {v:Array(String)} WHERE project_id = {p:String}"
-    elif len(values) <= BY_PERSON_UP_TO:
-        sql += (
-            "PREWHERE distinct_id IN (SELECT distinct_id FROM person_distinct_ids_by_person "
-            "PREWHERE person_id IN {v:Array(String)} WHERE project_id = {p:String}) "
-            "WHERE project_id = {p:String}"
-        )
-    else:
-        sql += "WHERE project_id = {p:String} AND person_id IN {v:Array(String)}"
-    rows = client.query(sql, parameters={"p": project_id, "v": StringArray(sorted(values))}).result_rows
-    return [(d, p) for d, p in rows if column == "distinct_id" or p in values]
+        refresh_churn(client, project_id, churn.days_affected(changed_days, today), version)
 
 
 @dataclass
@@ -226,8 +166,7 @@ LEFT JOIN (
 SETTINGS output_format_json_escape_forward_slashes = 0
 """
 PERSONS_INSERT = f"""
-INSERT INTO persons (project_id, person_id, first_seen, last_seen, sessions, page_views,
-                     anonymous_ids, traits, plan, is_deleted, version)
+INSERT INTO persons ({", ".join(PERSONS_COLUMNS)})
 SELECT {{p:String}}, person_id, first_seen, last_seen, sessions, page_views, anonymous_ids, traits, plan,
        0, {{v:UInt64}}
 FROM {FRESH}
@@ -236,8 +175,7 @@ FROM {FRESH}
 # persons_recent: a copy of each row just written (its version), and a tombstone for each row
 # it replaces whose place (last_seen) moved or whose person is gone.
 RECENT_INSERT = f"""
-INSERT INTO persons_recent (project_id, last_seen, person_id, first_seen, sessions, page_views,
-                            plan, is_deleted, version)
+INSERT INTO persons_recent ({", ".join(PERSONS_RECENT_COLUMNS)})
 SELECT {{p:String}}, last_seen, person_id, first_seen, sessions, page_views, plan, 0, {{v:UInt64}}
 FROM {FRESH}
 UNION ALL
@@ -315,11 +253,9 @@ def refresh_persons(
 
     The active days are written before the persons' rows: a crash in between leaves the old
     rows, whose members still tell the replay which members moved."""
-    resolved = identity.resolve(
-        distinct_ids, lambda ids: dict(_mapping(client, project_id, "distinct_id", ids))
-    )
+    resolved = identity.resolve(distinct_ids, lambda ids: identity.mappings(client, project_id, ids))
     persons = set(resolved.values())
-    members = identity.members(persons, lambda ids: _mapping(client, project_id, "person_id", ids))
+    members = identity.members(persons, lambda ids: identity.mapped_to(client, project_id, ids))
     changed = Changed(members=members, gone=distinct_ids - persons)
     stage_members(client, [(d, p) for p, ds in members.items() for d in ds])
     bound = {"p": project_id, "v": version, "gone": StringArray(sorted(changed.gone))}
@@ -334,7 +270,7 @@ def refresh_persons(
     if changed.gone:  # merged into another person
         epoch = datetime(1970, 1, 1, tzinfo=UTC)
         rows = [[project_id, g, epoch, epoch, 0, 0, [], "{}", "", 1, version] for g in sorted(changed.gone)]
-        insert_rows(client, "persons", rows, PERSON_COLUMNS)
+        insert_rows(client, "persons", rows, PERSONS_COLUMNS)
     client.command(RECENT_INSERT, parameters=bound)
     return changed
 
@@ -347,7 +283,9 @@ def _apply_diff(
     sql = _person_days_diff(table, computed)
     diff = client.query(sql, parameters={**bound, "days": sorted(days)}).result_rows
     if diff:
-        insert_rows(client, table, [[bound["p"], d, p, x, bound["v"]] for d, p, x in diff], ACTIVITY_COLUMNS)
+        insert_rows(
+            client, table, [[bound["p"], d, p, x, bound["v"]] for d, p, x in diff], PERSON_DAYS_COLUMNS
+        )
     return {d for d, _p, _x in diff}
 
 
@@ -357,8 +295,7 @@ def _apply_diff(
 # day, or another session absorbed it). Rows that did not change (same version) are not written
 # again. Computed from `sessions` each time, so a replay after a crash mends what it missed.
 SESSION_DAYS_INSERT = f"""
-INSERT INTO sessions_daily (project_id, day, anonymous_id, session_id, page_views, duration_ms,
-                            version, is_deleted)
+INSERT INTO sessions_daily ({", ".join(SESSIONS_DAILY_COLUMNS)})
 SELECT {{p:String}}, day, anonymous_id, session_id, argMax(page_views, current),
        argMax(duration_ms, current), if(max(current) = 1, argMax(version, current), max(version) + 1),
        toUInt8(max(current) = 0)
@@ -396,42 +333,14 @@ def funnel_members(client: Client, members: dict[str, set[str]]) -> dict[str, li
     return {p: funnels.person_ids(p, ds) for p, ds in members.items() if ds & browsing}
 
 
-CHURN_COLUMNS = ["project_id", "day", "base", "churned", "version"]
-
-
-def churn_days(changed: set[date], today: date) -> set[date]:
-    """The days whose churn window (the 14 days ending on them) holds a changed day."""
-    return {d + timedelta(days=i) for d in changed for i in range(14) if d + timedelta(days=i) <= today}
-
-
 def refresh_churn(client: Client, project_id: str, days: set[date], version: int) -> None:
-    """Rewrite churn_daily for these days, in one pass over the activity of their windows:
-    base(D) = persons active on D-13..D-7, churned(D) = those of them not active on D-6..D."""
-    if not days:
-        return
-    wanted = sorted(days)
-    counts = {
-        day: (base, churned)
-        for day, base, churned in client.query(
-            "SELECT D, countIf(b), countIf(b AND NOT r) FROM ("
-            "  SELECT D,"
-            "         arrayExists(x -> x BETWEEN D - 13 AND D - 7, active) AS b,"
-            "         arrayExists(x -> x BETWEEN D - 6 AND D, active) AS r"
-            "  FROM (SELECT person_id, groupArray(day) AS active FROM person_activity FINAL"
-            "        WHERE project_id = {p:String} AND is_deleted = 0"
-            "          AND day BETWEEN {lo:Date} AND {hi:Date} GROUP BY person_id)"
-            "  ARRAY JOIN {days:Array(Date)} AS D"
-            ") GROUP BY D",
-            parameters={
-                "p": project_id,
-                "days": wanted,
-                "lo": wanted[0] - timedelta(days=13),
-                "hi": wanted[-1],
-            },
-        ).result_rows
-    }
-    rows = [[project_id, d, *counts.get(d, (0, 0)), version] for d in wanted]
-    insert_rows(client, "churn_daily", rows, CHURN_COLUMNS)
+    """Rewrite churn_daily for these days (werkstroom.churn)."""
+    if days:
+        rows = [
+            [project_id, d, base, churned, version]
+            for d, (base, churned) in churn.counts(client, project_id, days).items()
+        ]
+        insert_rows(client, "churn_daily", rows, CHURN_DAILY_COLUMNS)
 
 
 def refresh_daily(client: Client, project_id: str, days: set[date], version: int) -> None:
@@ -487,7 +396,7 @@ def refresh_daily(client: Client, project_id: str, days: set[date], version: int
                 version,
             ]
         )
-    insert_rows(client, "daily_stats", rows, DAILY_COLUMNS)
+    insert_rows(client, "daily_stats", rows, DAILY_STATS_COLUMNS)
 
 
 def _utc(value: datetime) -> datetime:

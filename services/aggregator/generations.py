@@ -25,6 +25,8 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from clickhouse_connect.driver.client import Client
 
+from werkstroom.clickhouse.tables import SINK_PARTITIONS_COLUMNS
+from werkstroom.clickhouse.versions import next_version
 from werkstroom.contract import FIELDS, ContractError, Event, decode_event
 from werkstroom.logging import get_logger
 
@@ -33,17 +35,6 @@ log = get_logger(__name__)
 SHIFT = 40  # offsets below 2**40 (a trillion messages per partition) fit under the generation
 OFFSET_MASK = (1 << SHIFT) - 1  # position & OFFSET_MASK: the Kafka offset
 TABLE = "sink_partitions"
-COLUMNS = [
-    "topic",
-    "partition",
-    "generation",
-    "next_offset",
-    "anchor",
-    "partitions",
-    "worker",
-    "version",
-    "generation_began_ms",
-]
 ANCHOR_READ_MS = 5000  # how long an assignment waits for the message it checks the anchor on
 
 
@@ -212,10 +203,10 @@ def save(
 ) -> None:
     """Write (partition, generation, next_offset, anchor, partitions, generation_began_ms) rows
     of `topic`."""
-    version = time.time_ns() // 1_000_000
+    version = next_version()
     data = [[topic, p, g, n, a, c, worker, version, b] for p, g, n, a, c, b in rows]
     if data:
-        client.insert(TABLE, data, column_names=COLUMNS)
+        client.insert(TABLE, data, column_names=SINK_PARTITIONS_COLUMNS)
 
 
 def clock_ms(client: Client) -> int:

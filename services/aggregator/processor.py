@@ -18,14 +18,8 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from services.aggregator.sessions import (
-    DAY_COUNT_COLUMNS,
     GAP_MS,
-    HEARTBEAT,
     HISTORY,
-    IDENTITY_COLUMNS,
-    ONLINE_COLUMNS,
-    SESSION_COLUMNS,
-    TRAIT_COLUMNS,
     Changes,
     DayCount,
     DayKey,
@@ -41,7 +35,14 @@ from services.aggregator.sessions import (
     trait_rows,
 )
 from werkstroom.clickhouse.params import StringArray
-from werkstroom.contract import Event
+from werkstroom.clickhouse.tables import (
+    EVENTS_DAILY_COLUMNS,
+    ONLINE_VISITORS_COLUMNS,
+    PERSON_DISTINCT_IDS_COLUMNS,
+    PERSON_TRAITS_COLUMNS,
+    SESSIONS_COLUMNS,
+)
+from werkstroom.contract import HEARTBEAT, Event
 
 VisitorKey = tuple[str, str]
 Decoded = tuple[Event, int, int]  # event, partition, offset
@@ -224,7 +225,7 @@ class SessionsProcessor:
         if not keys:
             return
         result = client.query(
-            "SELECT project_id, day, kafka_partition, page_views, events, version FROM events_daily FINAL "
+            f"SELECT {', '.join(EVENTS_DAILY_COLUMNS)} FROM events_daily FINAL "
             "WHERE project_id IN {ps:Array(String)} AND day IN {ds:Array(Date)} "
             "AND kafka_partition IN {ks:Array(UInt32)}",
             parameters={
@@ -260,16 +261,17 @@ class SessionsProcessor:
             days.update((session.project_id, day) for day in session_days(session))
         identities = [[p, d, person, version] for (p, d), (person, version) in changes.identities.items()]
         rows = {  # in the order the writer inserts them: the live view first, it has 1 s
-            "online_visitors": (ONLINE_COLUMNS, [online_row(v) for v in changes.online.values()]),
-            "sessions": (SESSION_COLUMNS, [session_row(s) for s in changes.sessions.values()]),
-            "person_distinct_ids": (IDENTITY_COLUMNS, identities),
-            "person_distinct_ids_by_person": (IDENTITY_COLUMNS, identities),  # the same rows, by person
+            "online_visitors": (ONLINE_VISITORS_COLUMNS, [online_row(v) for v in changes.online.values()]),
+            "sessions": (SESSIONS_COLUMNS, [session_row(s) for s in changes.sessions.values()]),
+            "person_distinct_ids": (PERSON_DISTINCT_IDS_COLUMNS, identities),
+            # the same rows, sorted by person
+            "person_distinct_ids_by_person": (PERSON_DISTINCT_IDS_COLUMNS, identities),
             "person_traits": (
-                TRAIT_COLUMNS,
+                PERSON_TRAITS_COLUMNS,
                 [[p, d, k, value, version] for (p, d, k), (value, version) in changes.traits.items()],
             ),
             "events_daily": (
-                DAY_COUNT_COLUMNS,
+                EVENTS_DAILY_COLUMNS,
                 [[p, d, k, c.page_views, c.events, c.last_offset] for (p, d, k), c in day_counts.items()],
             ),
         }

@@ -26,12 +26,11 @@ from typing import Any
 
 import orjson
 
-from werkstroom.contract import Event, epoch_ms
+from werkstroom.contract import HEARTBEAT, Event, epoch_ms
 
 GAP_MS = 30 * 60 * 1000
 HISTORY = 20  # sessions per visitor kept for late events
 MAX_PAGES = 100  # paths remembered per session
-HEARTBEAT = "$heartbeat"
 
 
 to_ms = epoch_ms
@@ -120,9 +119,6 @@ class DayCount:
     last_offset: int = -1
     batch: int = 0  # the aggregator's batch that last changed it
     since: int = -1  # the first offset counted, while its stored row is not added yet
-
-
-DAY_COUNT_COLUMNS = ["project_id", "day", "kafka_partition", "page_views", "events", "version"]
 
 
 @dataclass(slots=True)
@@ -277,53 +273,6 @@ def trait_rows(event: Event, changes: Changes) -> None:
             changes.traits[slot] = (orjson.dumps(value).decode(), version)
 
 
-SESSION_COLUMNS = [
-    "project_id",
-    "anonymous_id",
-    "session_id",
-    "user_id",
-    "start_at",
-    "last_event_at",
-    "entry_at",
-    "entry_url",
-    "entry_path",
-    "referrer",
-    "current_url",
-    "current_path",
-    "current_title",
-    "page_entered_at",
-    "page_views",
-    "events",
-    "pages",
-    "device_type",
-    "browser",
-    "os",
-    "kafka_partition",
-    "version",
-    "is_deleted",
-]
-ONLINE_COLUMNS = [
-    "project_id",
-    "anonymous_id",
-    "session_id",
-    "user_id",
-    "start_at",
-    "last_event_at",
-    "current_url",
-    "current_path",
-    "current_title",
-    "page_entered_at",
-    "page_views",
-    "events",
-    "device_type",
-    "browser",
-    "os",
-    "version",
-]
-IDENTITY_COLUMNS = ["project_id", "distinct_id", "person_id", "version"]
-TRAIT_COLUMNS = ["project_id", "distinct_id", "key", "value", "version"]
-
-
 def _page_time(s: Session) -> int:
     return s.page_entered_ms if s.page_entered_ms >= 0 else s.start_ms
 
@@ -354,8 +303,8 @@ def session_row(s: Session) -> list[Any]:
 
 
 def online_row(visitor: Visitor) -> list[Any]:
-    """The visitor's newest session (its `sessions` row, cut down to ONLINE_COLUMNS),
-    versioned by the visitor's last applied offset."""
+    """The visitor's newest session (its `sessions` row, cut down to the columns of
+    `online_visitors`, werkstroom.clickhouse.tables), versioned by the visitor's last applied offset."""
     s = visitor.sessions[-1]
     return [*_WHO(s), *_PAGE(s), _page_time(s), *_COUNTS(s), *_DEVICE(s), visitor.last_offset]
 

@@ -48,15 +48,15 @@ from services.aggregator.sessions import Changes
 from werkstroom import metrics
 from werkstroom.clickhouse import ClientFactory
 from werkstroom.clickhouse.params import insert_rows
-from werkstroom.contract import FIELDS, ContractError, Event, Topics, dead_letter, decode_event, message_key
+from werkstroom.clickhouse.tables import AGGREGATOR_STATUS_COLUMNS, EVENTS_COLUMNS, ONLINE_HISTORY_COLUMNS
+from werkstroom.clickhouse.versions import next_version
+from werkstroom.contract import ContractError, Event, Topics, dead_letter, decode_event, message_key
 from werkstroom.kafka import Publisher, log_ends_at, make_consumer, start_producer
 from werkstroom.logging import get_logger
 from werkstroom.settings import Settings
 
 log = get_logger(__name__)
 
-COLUMNS = [*FIELDS, "kafka_partition", "kafka_offset"]
-STATUS_COLUMNS = ["topic", "partition", "worker", "last_write_at", "last_event_at", "lag", "version"]
 #: The freshness contract, stated once here: a live aggregator writes its aggregator_status
 #: rows at least every STATUS_EVERY seconds, idle or not (`_status_loop`), with last_write_at =
 #: now while it is caught up; readers call the pipeline stalled once last_write_at is older than
@@ -71,8 +71,8 @@ REFRESH_TICK = 0.05  # seconds between two checks whether the derived tables are
 STOP_GRACE = 3.0  # seconds a stop waits for what is held to be written and committed
 CLOSE_TIMEOUT = 2.0  # seconds a stop waits for each Kafka client to close
 REFUSED = "refused_by_clickhouse"  # the dead-letter reason of a row ClickHouse refused
-RECORD_ONLINE = """
-INSERT INTO online_history (project_id, minute, online, version)
+RECORD_ONLINE = f"""
+INSERT INTO online_history ({", ".join(ONLINE_HISTORY_COLUMNS)})
 SELECT project_id, toStartOfMinute(now('UTC')), count(), toUInt64(toUnixTimestamp64Milli(now64(3)))
 FROM online_visitors FINAL
 WHERE last_event_at >= now64(3) - INTERVAL 5 MINUTE
@@ -1017,7 +1017,7 @@ class EventsSink:
                     int(written * 1000),
                     newest,
                     lag,
-                    int(now * 1000),
+                    next_version(),
                 ]
             )
             metrics.SINK_LAG.labels(str(tp.partition)).set(lag)
@@ -1028,7 +1028,7 @@ class EventsSink:
                 self._status_client.insert,  # type: ignore[union-attr]
                 "aggregator_status",
                 rows,
-                column_names=STATUS_COLUMNS,
+                column_names=AGGREGATOR_STATUS_COLUMNS,
             )
         except Exception as exc:
             _best_effort("aggregator_status_failed", exc)
@@ -1160,7 +1160,7 @@ class EventsSink:
         await asyncio.to_thread(
             self._events_client.raw_insert,
             self.table,
-            COLUMNS,
+            EVENTS_COLUMNS,
             b"\n".join(lines),
             settings=RAW_INSERT_SETTINGS,
             fmt="JSONEachRow",

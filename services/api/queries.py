@@ -18,7 +18,8 @@ from typing import Any
 import orjson
 from clickhouse_connect.driver.client import Client
 
-from werkstroom import identity
+from werkstroom import churn, identity
+from werkstroom.clickhouse.tables import DAILY_STATS_FIGURES, ONLINE_VISITOR_READ
 
 ONLINE_WINDOW = timedelta(minutes=5)
 STUCK_AFTER = timedelta(minutes=5)
@@ -93,18 +94,6 @@ def pipeline(client: Client, topic: str, project_id: str, today: date) -> dict[s
 # -- persons -----------------------------------------------------------------------------------
 
 
-def _mapping(client: Client, project_id: str, ids: Iterable[str]) -> dict[str, str]:
-    wanted = sorted(set(ids))
-    if not wanted:
-        return {}
-    rows = client.query(
-        "SELECT distinct_id, argMax(person_id, version) FROM person_distinct_ids "
-        "WHERE project_id = {p:String} AND distinct_id IN {ids:Array(String)} GROUP BY distinct_id",
-        parameters={"p": project_id, "ids": wanted},
-    ).result_rows
-    return {d: p for d, p in rows}
-
-
 def resolve_persons(
     client: Client, project_id: str, ids: Iterable[str], likely: Iterable[str] = ()
 ) -> dict[str, str]:
@@ -117,28 +106,24 @@ def resolve_persons(
     ids = set(ids)
     asked = ids | set(likely)
     return identity.resolve(
-        ids, lambda wanted: _mapping(client, project_id, wanted), _mapping(client, project_id, asked), asked
+        ids,
+        lambda wanted: identity.mappings(client, project_id, wanted),
+        identity.mappings(client, project_id, asked),
+        asked,
     )
 
 
 # -- online ------------------------------------------------------------------------------------
 
-ONLINE_SQL = f"""
-SELECT anonymous_id, session_id, user_id, start_at, last_event_at, current_url, current_path,
-       current_title, page_entered_at, device_type, browser, os, count() OVER () AS online
-FROM online_visitors FINAL
-WHERE project_id = {{p:String}} AND last_event_at >= {{since:{T}}}
-ORDER BY last_event_at DESC, anonymous_id
-LIMIT {{n:UInt32}}
-"""
-
-ONLINE_EXPORT_SQL = f"""
-SELECT anonymous_id, session_id, user_id, start_at, last_event_at, current_url, current_path,
-       current_title, page_entered_at, device_type, browser, os
+_ONLINE_FROM = f"""
 FROM online_visitors FINAL
 WHERE project_id = {{p:String}} AND last_event_at >= {{since:{T}}}
 ORDER BY last_event_at DESC, anonymous_id
 """
+# The columns online_user reads, by position; the live list has the count after them.
+_ONLINE_SELECT = f"SELECT {', '.join(ONLINE_VISITOR_READ)}"
+ONLINE_SQL = f"{_ONLINE_SELECT}, count() OVER () AS online{_ONLINE_FROM}LIMIT {{n:UInt32}}"
+ONLINE_EXPORT_SQL = f"{_ONLINE_SELECT}{_ONLINE_FROM}"
 
 
 def online_user(row: Sequence[Any], person_id: str, now: datetime, last_event: str = "") -> dict[str, Any]:
@@ -190,7 +175,7 @@ def online(client: Client, project_id: str, now: datetime, limit: int) -> dict[s
     ).result_rows
     persons = resolve_persons(client, project_id, (r[0] for r in rows), (r[2] for r in rows if r[2]))
     events = last_events(client, project_id, rows)
-    count = int(rows[0][12]) if rows else 0
+    count = int(rows[0][len(ONLINE_VISITOR_READ)]) if rows else 0
     users = [online_user(r, persons[r[0]], now, events.get(r[0], "")) for r in rows]
     return {"online": count, "users": users}
 
@@ -272,10 +257,11 @@ def online_week_ago(client: Client, project_id: str, now: datetime) -> int:
 
 
 def churn_counts(client: Client, project_id: str, now: datetime) -> tuple[int, int, int, int]:
-    """base, churned; base and churned one week earlier (UTC days of person_activity). The
+    """base, churned; base and churned one week earlier (werkstroom.churn, UTC days). The
     aggregator keeps them per day in churn_daily; a day it has not computed (no activity
-    changed in its window since) is computed here from person_activity."""
+    changed in its window since) is computed here, by the same definition."""
     today = now.date()
+    week_ago = today - timedelta(days=7)
     stored = {
         day: (int(base), int(churned))
         for day, base, churned in client.query(
@@ -284,25 +270,8 @@ def churn_counts(client: Client, project_id: str, now: datetime) -> tuple[int, i
             parameters={"p": project_id, "t": today},
         ).result_rows
     }
-    now_counts = stored.get(today) or _churn_from_activity(client, project_id, today)
-    week_ago = today - timedelta(days=7)
-    before = stored.get(week_ago) or _churn_from_activity(client, project_id, week_ago)
-    return (*now_counts, *before)
-
-
-def _churn_from_activity(client: Client, project_id: str, day: date) -> tuple[int, int]:
-    row = client.query(
-        "SELECT countIf(b), countIf(b AND NOT r) FROM ("
-        "  SELECT person_id,"
-        "         max(day BETWEEN {t:Date} - 13 AND {t:Date} - 7) AS b,"
-        "         max(day BETWEEN {t:Date} - 6 AND {t:Date}) AS r"
-        "  FROM person_activity FINAL"
-        "  WHERE project_id = {p:String} AND is_deleted = 0"
-        "    AND day BETWEEN {t:Date} - 13 AND {t:Date}"
-        "  GROUP BY person_id)",
-        parameters={"p": project_id, "t": day},
-    ).first_row
-    return int(row[0]), int(row[1])
+    counts = {**churn.counts(client, project_id, {today, week_ago} - set(stored)), **stored}
+    return (*counts[today], *counts[week_ago])
 
 
 def metric_cards(
@@ -320,16 +289,8 @@ def metric_cards(
 
 # -- activity ----------------------------------------------------------------------------------
 
-DAY_COLUMNS = [
-    "day",
-    "active_users",
-    "new_users",
-    "sessions",
-    "page_views",
-    "events",
-    "bounce_rate",
-    "avg_session_seconds",
-]
+#: A day of the activity chart (and its export): daily_stats' figures, by name.
+DAY_COLUMNS = ["day", *DAILY_STATS_FIGURES]
 
 
 def activity(client: Client, project_id: str, today: date, days: int) -> list[dict[str, Any]]:

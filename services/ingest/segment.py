@@ -21,11 +21,13 @@ from services.ingest.enrich import UNKNOWN, Agent, analyse
 from werkstroom import metrics
 from werkstroom.contract import (
     EARLIEST_TIME,
+    HEARTBEAT,
     KNOWN_TYPES,
     MAX_DEPTH,
     SCHEMA_VERSION,
     SENT_AT_EARLIEST,
     SENT_AT_LATEST,
+    TYPE_EVENTS,
     event_time,
 )
 
@@ -38,14 +40,7 @@ SUPPORTED = KNOWN_TYPES
 _VARIANT = "89ab"
 #: Reserved track events a tracker may send: $heartbeat keeps a visitor online while they stay
 #: on a page (it counts as activity, not as an event).
-RESERVED_TRACK = frozenset({"$heartbeat"})
-_SPECIAL_EVENT = {
-    "page": "$page",
-    "screen": "$screen",
-    "identify": "$identify",
-    "group": "$group",
-    "alias": "$alias",
-}
+RESERVED_TRACK = frozenset({HEARTBEAT})
 #: A mobile SDK's operating system (context.os.name), e.g. iOS or Android, as ua-parser names them.
 MAX_OS = 100
 
@@ -285,7 +280,7 @@ def normalize(
             raise Rejected("invalid_field", "event", "event names starting with $ are reserved")
         event = name
     else:
-        event = _SPECIAL_EVENT[kind]
+        event = TYPE_EVENTS[kind]
         if kind == "alias":
             previous_id = _id(call.get("previousId"), "previousId")
             if not previous_id:

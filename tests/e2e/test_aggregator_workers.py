@@ -7,7 +7,7 @@ each worker is its own `werkstroom serve --target aggregator` process, one datab
 The embedded ClickHouse opens a data directory in one process only, so there the two workers
 run in one process (TWO_WORKERS): the first is `serve --target aggregator` itself, the second
 a second EventsSink on its loop, with its own Kafka consumer, producer, ClickHouse clients and
-state; they share the engine and the process (and so `derived.next_version`'s clock).
+state; they share the engine and the process (and so `werkstroom.clickhouse.versions.next_version`'s clock).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import pytest
 
 from tests.integration.stack import Stack
 from tests.integration.test_aggregator import send_all
-from werkstroom import funnels
+from werkstroom import churn, funnels
 from werkstroom.demo import BOT, simulate
 
 pytestmark = pytest.mark.integration
@@ -262,8 +262,6 @@ async def test_person_activity_days_and_aggregator_status(stack: Stack) -> None:
 
 
 async def test_churn_per_day_and_online_history_are_kept(stack: Stack) -> None:
-    from services.api.queries import _churn_from_activity
-
     pid, key = stack.project.project_id, stack.project.write_key
     sim = simulate({pid: key}, visitors=40, seed=17, days=20)
     live = [
@@ -281,7 +279,9 @@ async def test_churn_per_day_and_online_history_are_kept(stack: Stack) -> None:
 
     def agree() -> bool:
         rows = stored()
-        return all(rows.get(d, (0, 0)) == _churn_from_activity(stack.client, pid, d) for d in days)
+        return all(
+            rows.get(d, (0, 0)) == computed for d, computed in churn.counts(stack.client, pid, days).items()
+        )
 
     await stack.until(agree, timeout=20)
     assert any(base > churned > 0 for base, churned in stored().values())  # not trivially zero

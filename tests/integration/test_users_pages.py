@@ -14,16 +14,11 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from services.aggregator.derived import PERSON_COLUMNS
 from services.api import queries
 from tests.conftest import Infra
 from tests.integration.stack import Stack, own_names
-
-#: The columns of persons_recent the rows below fill (the aggregator fills them by INSERT ... SELECT).
-RECENT_COLUMNS = [
-    *("project_id", "last_seen", "person_id", "first_seen"),
-    *("sessions", "page_views", "plan", "is_deleted", "version"),
-]
+from werkstroom.clickhouse.tables import PERSONS_COLUMNS as PERSON_COLUMNS
+from werkstroom.clickhouse.tables import PERSONS_RECENT_COLUMNS as RECENT_COLUMNS
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

@@ -53,6 +53,12 @@ MAX_DEPTH = 64
 KNOWN_TYPES: tuple[str, ...] = ("page", "screen", "track", "identify", "group", "alias")
 #: The longest `type` a consumer accepts from any producer (it is a LowCardinality column).
 MAX_TYPE = 50
+#: The `event` of a call that is not a track: its type's name after a `$`.
+TYPE_EVENTS: dict[str, str] = {t: f"${t}" for t in ("page", "screen", "identify", "group", "alias")}
+PAGE = TYPE_EVENTS["page"]
+#: The tracker's liveness beacon (a track event): it keeps a visitor online and counts as
+#: activity, but it is not an event (not counted, not stored in visitor_events, no funnel step).
+HEARTBEAT = "$heartbeat"
 #: Every field of a v1 event, in the order of the ClickHouse `events` columns.
 FIELDS: tuple[str, ...] = (
     "project_id",

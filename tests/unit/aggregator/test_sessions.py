@@ -7,9 +7,6 @@ import msgspec
 
 from services.aggregator.processor import RecentIds, SessionsProcessor
 from services.aggregator.sessions import (
-    DAY_COUNT_COLUMNS,
-    ONLINE_COLUMNS,
-    SESSION_COLUMNS,
     Changes,
     DayCount,
     Visitor,
@@ -19,6 +16,9 @@ from services.aggregator.sessions import (
     session_from_row,
     session_row,
 )
+from werkstroom.clickhouse.tables import EVENTS_DAILY_COLUMNS as DAY_COUNT_COLUMNS
+from werkstroom.clickhouse.tables import ONLINE_VISITORS_COLUMNS as ONLINE_COLUMNS
+from werkstroom.clickhouse.tables import SESSIONS_COLUMNS as SESSION_COLUMNS
 from werkstroom.contract import Event
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)

@@ -1,0 +1,58 @@
+"""Churn, defined once: the aggregator stores it per day (churn_daily) and the API computes a
+day the aggregator has not, both with `counts`.
+
+For a UTC day D: the base is the persons active on some day of D-13..D-7, the churned are
+those of the base active on none of D-6..D (person_activity: the days a person's sessions
+span). The churn rate of D is churned / base.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date, timedelta
+
+from clickhouse_connect.driver.client import Client
+
+#: The days a day's churn reads: itself and the 13 before it.
+WINDOW_DAYS = 14
+
+# One pass over the activity of all the asked days' windows: each person's active days,
+# then per asked day D whether they fall in the base (D-13..D-7) and in the recent week.
+COUNTS_SQL = (
+    "SELECT D, countIf(b), countIf(b AND NOT r) FROM ("
+    "  SELECT D,"
+    "         arrayExists(x -> x BETWEEN D - 13 AND D - 7, active) AS b,"
+    "         arrayExists(x -> x BETWEEN D - 6 AND D, active) AS r"
+    "  FROM (SELECT person_id, groupArray(day) AS active FROM person_activity FINAL"
+    "        WHERE project_id = {p:String} AND is_deleted = 0"
+    "          AND day BETWEEN {lo:Date} AND {hi:Date} GROUP BY person_id)"
+    "  ARRAY JOIN {days:Array(Date)} AS D"
+    ") GROUP BY D"
+)
+
+
+def days_affected(changed: Iterable[date], today: date) -> set[date]:
+    """The days up to today whose churn window holds one of these days."""
+    return {
+        d + timedelta(days=i) for d in changed for i in range(WINDOW_DAYS) if d + timedelta(days=i) <= today
+    }
+
+
+def counts(client: Client, project_id: str, days: Iterable[date]) -> dict[date, tuple[int, int]]:
+    """(base, churned) of each of these days, from person_activity, in one read."""
+    wanted = sorted(set(days))
+    if not wanted:
+        return {}
+    found = {
+        day: (int(base), int(churned))
+        for day, base, churned in client.query(
+            COUNTS_SQL,
+            parameters={
+                "p": project_id,
+                "days": wanted,
+                "lo": wanted[0] - timedelta(days=WINDOW_DAYS - 1),
+                "hi": wanted[-1],
+            },
+        ).result_rows
+    }
+    return {d: found.get(d, (0, 0)) for d in wanted}

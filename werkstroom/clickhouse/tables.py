@@ -1,0 +1,183 @@
+"""The column lists of the tables Werkstroom writes and reads, each written once, here.
+
+A writer inserts rows in a list's order; a reader selects the columns it names. The tables
+themselves are the migrations' (migrations/NNNN_*.sql); tests/integration/test_tables.py
+holds each list to the table ClickHouse has, and tests/unit/core/test_definitions.py fails
+when a list is written out again elsewhere.
+"""
+
+from __future__ import annotations
+
+from werkstroom.contract import FIELDS
+
+#: `events`: every field of the contract, and where the message came from.
+EVENTS_COLUMNS = [*FIELDS, "kafka_partition", "kafka_offset"]
+
+SESSIONS_COLUMNS = [
+    "project_id",
+    "anonymous_id",
+    "session_id",
+    "user_id",
+    "start_at",
+    "last_event_at",
+    "entry_at",
+    "entry_url",
+    "entry_path",
+    "referrer",
+    "current_url",
+    "current_path",
+    "current_title",
+    "page_entered_at",
+    "page_views",
+    "events",
+    "pages",
+    "device_type",
+    "browser",
+    "os",
+    "kafka_partition",
+    "version",
+    "is_deleted",
+]
+#: `online_visitors`: a visitor's newest session, cut down to what the live view shows.
+ONLINE_VISITORS_COLUMNS = [
+    "project_id",
+    "anonymous_id",
+    "session_id",
+    "user_id",
+    "start_at",
+    "last_event_at",
+    "current_url",
+    "current_path",
+    "current_title",
+    "page_entered_at",
+    "page_views",
+    "events",
+    "device_type",
+    "browser",
+    "os",
+    "version",
+]
+#: What the API reads of an online visitor, in this order (services.api.queries.online_user).
+ONLINE_VISITOR_READ = [
+    "anonymous_id",
+    "session_id",
+    "user_id",
+    "start_at",
+    "last_event_at",
+    "current_url",
+    "current_path",
+    "current_title",
+    "page_entered_at",
+    "device_type",
+    "browser",
+    "os",
+]
+#: `person_distinct_ids` and `person_distinct_ids_by_person` (the same rows, sorted by person).
+PERSON_DISTINCT_IDS_COLUMNS = ["project_id", "distinct_id", "person_id", "version"]
+PERSON_TRAITS_COLUMNS = ["project_id", "distinct_id", "key", "value", "version"]
+EVENTS_DAILY_COLUMNS = ["project_id", "day", "kafka_partition", "page_views", "events", "version"]
+
+PERSONS_COLUMNS = [
+    "project_id",
+    "person_id",
+    "first_seen",
+    "last_seen",
+    "sessions",
+    "page_views",
+    "anonymous_ids",
+    "traits",
+    "plan",
+    "is_deleted",
+    "version",
+]
+#: `persons_recent`: a copy of each persons row, sorted by last_seen (the users page's candidates).
+PERSONS_RECENT_COLUMNS = [
+    "project_id",
+    "last_seen",
+    "person_id",
+    "first_seen",
+    "sessions",
+    "page_views",
+    "plan",
+    "is_deleted",
+    "version",
+]
+SESSIONS_DAILY_COLUMNS = [
+    "project_id",
+    "day",
+    "anonymous_id",
+    "session_id",
+    "page_views",
+    "duration_ms",
+    "version",
+    "is_deleted",
+]
+ONLINE_HISTORY_COLUMNS = ["project_id", "minute", "online", "version"]
+#: `daily_stats`'s figures of a day, in the order the API answers them (and exports them).
+DAILY_STATS_FIGURES = [
+    "active_users",
+    "new_users",
+    "sessions",
+    "page_views",
+    "events",
+    "bounce_rate",
+    "avg_session_seconds",
+]
+DAILY_STATS_COLUMNS = ["project_id", "day", *DAILY_STATS_FIGURES, "version"]
+#: `person_activity` and `persons_first_day`: one row per (day, person).
+PERSON_DAYS_COLUMNS = ["project_id", "day", "person_id", "is_deleted", "version"]
+CHURN_DAILY_COLUMNS = ["project_id", "day", "base", "churned", "version"]
+
+AGGREGATOR_STATUS_COLUMNS = [
+    "topic",
+    "partition",
+    "worker",
+    "last_write_at",
+    "last_event_at",
+    "lag",
+    "version",
+]
+SINK_PARTITIONS_COLUMNS = [
+    "topic",
+    "partition",
+    "generation",
+    "next_offset",
+    "anchor",
+    "partitions",
+    "worker",
+    "version",
+    "generation_began_ms",
+]
+
+FUNNELS_COLUMNS = [
+    *("project_id", "funnel_id", "name", "steps"),
+    *("window_seconds", "created_at", "is_deleted", "version"),
+]
+FUNNEL_PROGRESS_COLUMNS = ["project_id", "funnel_id", "day", "person_id", "level", "is_deleted", "version"]
+FUNNEL_LEVELS_COLUMNS = ["project_id", "funnel_id", "level", "last_day", "person_id", "is_deleted", "version"]
+FUNNEL_COUNTS_COLUMNS = ["project_id", "funnel_id", "level", "day", "persons", "version"]
+
+#: Each table and the columns written to it (test_tables checks them against ClickHouse).
+WRITTEN: dict[str, list[str]] = {
+    "events": EVENTS_COLUMNS,
+    "sessions": SESSIONS_COLUMNS,
+    "online_visitors": ONLINE_VISITORS_COLUMNS,
+    "person_distinct_ids": PERSON_DISTINCT_IDS_COLUMNS,
+    "person_distinct_ids_by_person": PERSON_DISTINCT_IDS_COLUMNS,
+    "person_traits": PERSON_TRAITS_COLUMNS,
+    "events_daily": EVENTS_DAILY_COLUMNS,
+    "persons": PERSONS_COLUMNS,
+    "persons_recent": PERSONS_RECENT_COLUMNS,
+    "sessions_daily": SESSIONS_DAILY_COLUMNS,
+    "online_history": ONLINE_HISTORY_COLUMNS,
+    "daily_stats": DAILY_STATS_COLUMNS,
+    "person_activity": PERSON_DAYS_COLUMNS,
+    "persons_first_day": PERSON_DAYS_COLUMNS,
+    "churn_daily": CHURN_DAILY_COLUMNS,
+    "aggregator_status": AGGREGATOR_STATUS_COLUMNS,
+    "sink_partitions": SINK_PARTITIONS_COLUMNS,
+    "funnels": FUNNELS_COLUMNS,
+    "funnel_progress": FUNNEL_PROGRESS_COLUMNS,
+    "funnel_levels": FUNNEL_LEVELS_COLUMNS,
+    "funnel_counts": FUNNEL_COUNTS_COLUMNS,
+}
