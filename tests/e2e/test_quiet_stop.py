@@ -38,7 +38,9 @@ def parse(lines: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
     return records, other
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+# SIGINT, as a terminal's Ctrl-C sends it to the whole group; SIGTERM takes the same path in
+# serve (one handler), and the drain tests stop with it.
+@pytest.mark.parametrize("sig", [signal.SIGINT], ids=["SIGINT"])
 def test_an_orderly_stop_logs_no_warning_and_no_error(tmp_path: Path, sig: signal.Signals) -> None:
     env = serve_env(
         tmp_path / "data",
