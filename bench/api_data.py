@@ -4,7 +4,7 @@
 
 Everything is made by INSERT ... SELECT FROM numbers() in the engine itself, never through HTTP
 or Python rows: `events` first, then every table the aggregator derives from events, computed
-from those events with the aggregator's definitions (README "What the aggregator keeps"):
+from those events with the aggregator's definitions (docs/definitions.md, "What the aggregator keeps"):
 
 - a plan of sessions (table `bench_plan`, dropped at the end): person p has 1..3 sessions (3 % of
   persons 8..30), each on its own day slot of the last 60 days, so that no two sessions of one

@@ -83,9 +83,8 @@ def members(persons: Iterable[str], reverse: ReverseLookup) -> dict[str, set[str
 
 _LATEST = "SELECT distinct_id, person_id FROM person_distinct_ids FINAL "
 # Up to this many persons, their ids are found through person_distinct_ids_by_person; more,
-# by scanning person_id in person_distinct_ids (measured, 100 / 16,000 persons: 39 / 238 ms
-# against 60 / 102 ms at 2M mappings, 120 / 1,992 ms against 863 / 1,297 ms at 20M; the two
-# cross at about 2,000 and 8,000 persons).
+# by scanning person_id in person_distinct_ids: the sorted copy wins for a few persons, the
+# scan for many (where they cross: bench/README.md, "Figures behind design choices").
 BY_PERSON_UP_TO = 2000
 
 

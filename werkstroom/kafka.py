@@ -215,8 +215,8 @@ async def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, 
 
 @lru_cache(maxsize=65536)
 def _murmur2(key: bytes) -> int:
-    """Kafka's murmur2 (aiokafka's pure-Python one costs ~12 µs a key). A visitor's key recurs
-    for each of their events, so a cache makes this nearly free on real traffic."""
+    """Kafka's murmur2 (aiokafka's pure-Python one is slow for a call per event). A visitor's
+    key recurs for each of their events, so a cache makes this nearly free on real traffic."""
     return int(murmur2(key))
 
 
@@ -260,7 +260,7 @@ class Publisher:
 
     aiokafka lets one batch per partition wait in its accumulator: a caller that builds its own
     small batch (send_batch) waits for the previous one to leave, and one send() per message
-    costs ~20 µs of Python. So callers queue their messages here; one task takes everything
+    costs too much Python. So callers queue their messages here; one task takes everything
     queued, builds one batch per partition and hands it over with send_batch. While it waits
     for the accumulator, more callers queue up, so batches grow with the load. `publish()`
     returns once Kafka acknowledged every message of that call.

@@ -86,7 +86,6 @@ class Rotation:
         self.bots = bots
         self._bots_group: AIOKafkaConsumer | None = None  # reads the bots consumer's offsets
         self._meters: dict[str, AIOKafkaConsumer] = {}  # per topic, in no group (`_measure`)
-        self._admin: AIOKafkaAdminClient | None = None
         self.topics = Topics.from_settings(settings)
         self._closing = asyncio.Event()
         self._since = time.monotonic()  # when the events topic was last found empty or swapped
@@ -110,7 +109,6 @@ class Rotation:
             await self._bots_group.start()
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10_000)
         await admin.start()
-        self._admin = admin
         try:
             while not self._closing.is_set():
                 try:
@@ -140,7 +138,7 @@ class Rotation:
             await _recreate(admin, consumer, self.topics.bots, self.settings.topic_partitions)
             if self.bots is not None:
                 self.bots.started_over()
-        bots = sum((await self._measure(self.topics.bots)).values())
+        bots = sum((await self._measure(admin, self.topics.bots)).values())
         if 0 < limit <= bots and self.bots is None:  # no reader in this process: like the letters
             await _recreate(admin, consumer, self.topics.bots, self.settings.topic_partitions)
             log.warning("embedded_bot_events_dropped", events=bots, limit=limit)
@@ -156,7 +154,7 @@ class Rotation:
             await self.rotate(consumer, admin, "size" if too_many else "age")
         # Measured like the bots topic (`_measure`): this consumer's metadata knows only the
         # topics it reads, so the letters once read as 0 from the second check on.
-        ends = await self._measure(self.topics.dead_letter)
+        ends = await self._measure(admin, self.topics.dead_letter)
         letters = sum(ends.values())
         if 0 < limit <= letters:
             await _recreate(admin, consumer, self.topics.dead_letter, len(ends))
@@ -214,10 +212,12 @@ class Rotation:
 
     async def rotate_bots(self, consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient) -> bool:
         """The bots topic's swap (module docstring); returns whether it was swapped."""
-        assert self.bots is not None and self._bots_group is not None
-        topic, bots_group = self.topics.bots, self._bots_group
+        bots, bots_group = self.bots, self._bots_group
+        if bots is None or bots_group is None:
+            raise RuntimeError("rotate_bots() needs a bots consumer and run()'s reader of its group")
+        topic = self.topics.bots
         deadline = time.monotonic() + CATCH_UP_WAIT
-        while await uncommitted(bots_group, await self._measure(topic)) > NEAR_END:
+        while await uncommitted(bots_group, await self._measure(admin, topic)) > NEAR_END:
             if self._closing.is_set() or time.monotonic() > deadline:
                 log.info("embedded_rotation_postponed", reason="the bots consumer is behind", wanted="bots")
                 return False
@@ -226,7 +226,7 @@ class Rotation:
         await self.publisher.hold()
         try:
             # It commits after each write, at most `sink_flush_ms` after the last message.
-            while (left := await uncommitted(bots_group, ends := await self._measure(topic))) > 0:
+            while (left := await uncommitted(bots_group, ends := await self._measure(admin, topic))) > 0:
                 if self._closing.is_set() or time.monotonic() > held + HOLD_MAX - 1.0:
                     log.info("embedded_rotation_postponed", reason="bots not committed in time", left=left)
                     return False
@@ -234,7 +234,7 @@ class Rotation:
             await asyncio.shield(
                 _recreate(admin, consumer, topic, len(ends) or self.settings.topic_partitions)
             )
-            self.bots.started_over()
+            bots.started_over()
         finally:
             self.publisher.release()
         log.info(
@@ -244,7 +244,7 @@ class Rotation:
         )
         return True
 
-    async def _measure(self, topic: str) -> dict[TopicPartition, int]:
+    async def _measure(self, admin: AIOKafkaAdminClient, topic: str) -> dict[TopicPartition, int]:
         """The end offsets of `topic`, read by a consumer in no group that measures this topic
         only. (A consumer's partitions_for_topic knows only the topics it was assigned since its
         metadata was last refreshed, and re-assigning a consumer in a group while it looks up
@@ -259,8 +259,7 @@ class Rotation:
             )
             await meter.start()
             self._meters[topic] = meter
-        assert self._admin is not None
-        described = await self._admin.describe_topics([topic])
+        described = await admin.describe_topics([topic])
         partitions = [
             TopicPartition(topic, p["partition"])
             for t in described

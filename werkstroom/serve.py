@@ -512,8 +512,8 @@ def tune_gc(settings: Settings) -> None:
     imported modules, hundreds of thousands of objects that every full collection walked), and
     collect the young generation every `gc_young_threshold` allocations instead of every 700.
     The aggregator allocates a few objects per event; with Python's defaults the collections
-    (a full one walks every visitor held) paused it for up to 200 ms, a fifth of the live
-    view's 1 s budget. Cycles are still collected, just in larger, rarer steps."""
+    (a full one walks every visitor held) paused it for a large share of the live view's 1 s
+    budget. Cycles are still collected, just in larger, rarer steps."""
     if settings.gc_young_threshold <= 0:
         return
     gc.collect()

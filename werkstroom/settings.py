@@ -168,8 +168,9 @@ class Settings(BaseSettings):
         200_000,
         ge=0,
         description="WERKSTROOM_EMBEDDED_BROKER_MAX_EVENTS: the embedded broker keeps its topics in "
-        "memory (about 1.2 KB an event); once the events topic holds this many, `--target all` swaps "
-        "it for an empty one after the aggregator wrote and committed all of it (werkstroom.rotation). "
+        "memory (what an event takes there: bench/README.md); once the events topic holds this many, "
+        "`--target all` swaps it for an empty one after the aggregator wrote and committed all of it "
+        "(werkstroom.rotation). "
         "0: never (memory grows without bound). Not used with WERKSTROOM_KAFKA_BOOTSTRAP.",
     )
     embedded_broker_max_age_seconds: float = Field(

@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from clickhouse_connect.driver.client import Client
 
-from services.aggregator.errors import Failure, classify, describe
+from services.aggregator.errors import Failure, classify, describe, started
 from werkstroom import metrics
 from werkstroom.clickhouse import ClientFactory
 from werkstroom.clickhouse.params import insert_rows
@@ -175,9 +175,9 @@ class BotsSink:
             offsets[tp] = messages[-1].offset + 1
         if rows and not await self._insert(rows):
             return  # stopping while ClickHouse was down: uncommitted, read again at the next start
-        assert self.consumer is not None
+        consumer = started(self.consumer, "the bots consumer")
         try:
-            await self.consumer.commit(offsets)
+            await consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             # A rebalance took the partitions meanwhile: their new owner reads them again from
             # the last commit, and the rows written twice collapse.
@@ -185,8 +185,7 @@ class BotsSink:
 
     async def _insert(self, rows: list[Row]) -> bool:
         """Insert the rows, retrying what is transient; False when a stop ended the retries."""
-        assert self._client is not None
-        client = self._client
+        client = started(self._client, "the bots' ClickHouse client")
         backoff = 0.1
         while True:
             try:

@@ -75,7 +75,7 @@ class Changed:
 # The persons a refresh rewrites and each one's member ids, staged once per refresh in a
 # temporary table of the refresh's session (`stage_members`): every statement below reads it
 # instead of binding tens of thousands of ids again, which ClickHouse parsed once per statement
-# and parameter (most of a refresh's time, measured).
+# and parameter (most of a refresh's time).
 STAGE = "refresh_members"
 BEFORE = "refresh_before"  # the rows the refresh replaces, as they were
 # The members' live sessions, read once (SESSIONS_STAGE): persons, active days, sessions_daily
@@ -216,7 +216,7 @@ HAVING count() = 1
 # old days too), and on the days of the sessions of members that joined or left the person
 # (identify, alias, a merge; read here, before the persons' rows are rewritten with their new
 # members). The diff compares those days alone: person_activity is sorted by day, so reading
-# all of a person's days was a scan of the project's person_id column (705 ms at a year).
+# all of a person's days was a scan of the project's person_id column.
 MOVED_DAYS = f"""
 SELECT DISTINCT {_span("start_at", "last_event_at")}
 FROM sessions FINAL

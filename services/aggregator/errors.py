@@ -2,11 +2,14 @@
 
 ClickHouse's failures are classified in werkstroom.clickhouse.errors (shared with the API, which
 answers 503 for what is transient there); this module adds the sink's one other dependency
-that fails, Kafka, when publishing dead letters. Everything the sink imports from here is
-re-exported as it was.
+that fails, Kafka, when publishing dead letters, and `NotStarted`: a consumer's client used
+before its run() made it, a bug of ours (a programming error: never retried). Everything the
+sink imports from here is re-exported as it was.
 """
 
 from __future__ import annotations
+
+from typing import TypeVar
 
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
@@ -25,10 +28,27 @@ __all__ = [
     "TOO_MANY_PARTITIONS",
     "TRANSIENT_CODES",
     "Failure",
+    "NotStarted",
     "classify",
     "describe",
     "error_name",
+    "started",
 ]
+
+T = TypeVar("T")
+
+
+class NotStarted(RuntimeError):
+    """A consumer's client or task used before its run() set it up."""
+
+
+def started(value: T | None, what: str) -> T:
+    """`value`, which run() sets up; NotStarted if it has not. An explicit check, not an
+    `assert`, which `python -O` drops: the mistake would then surface as an AttributeError on
+    None somewhere further on."""
+    if value is None:
+        raise NotStarted(f"{what} used before run() set it up")
+    return value
 
 
 def classify(exc: BaseException) -> Failure:

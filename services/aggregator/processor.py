@@ -55,7 +55,7 @@ EVICT_AFTER_MS = GAP_MS + 10 * 60 * 1000
 CLOCK_AHEAD_MS = 5 * 60 * 1000
 
 
-RECENT_IDS = 200_000  # event ids remembered for de-duplication (RecentIds), at most about 30 MB
+RECENT_IDS = 200_000  # event ids remembered for de-duplication (RecentIds); bounds their memory
 
 
 def clock_ceiling_ms() -> int:
@@ -132,8 +132,7 @@ class SessionsProcessor:
         for project_id, ids in by_project.items():
             # PREWHERE: FINAL reads the other columns only for the visitors' rows (ClickHouse
             # does not move a condition there itself under FINAL; on a sorting-key column it is
-            # safe, every version of a row has the same key): 423 -> 168 ms for 300 visitors
-            # in a month of 1.8M sessions.
+            # safe, every version of a row has the same key).
             result = client.query(
                 "SELECT * FROM sessions FINAL PREWHERE anonymous_id IN {ids:Array(String)} "
                 "WHERE project_id = {p:String} "

@@ -42,7 +42,7 @@ from clickhouse_connect.driver.client import Client
 
 from services.aggregator import generations
 from services.aggregator.derived import refresh
-from services.aggregator.errors import Failure, classify, describe, error_name
+from services.aggregator.errors import Failure, classify, describe, error_name, started
 from services.aggregator.processor import Decoded, Dirty, Rows, SessionsProcessor
 from services.aggregator.sessions import Changes
 from werkstroom import metrics
@@ -93,9 +93,8 @@ class _Abandoned(Exception):
 
 #: How ClickHouse reads the raw messages: contract times are RFC 3339, properties/traits are
 #: objects stored as their JSON text, and fields added later within v1 are skipped. Parsed in
-#: one thread: splitting a batch of a few MB for parallel parsing cost a quarter more CPU
-#: (200,000 events into a Null table, median of 5: 0.98 s against 1.26 s), taken from the
-#: cores the aggregator, the embedded broker and ClickHouse share.
+#: one thread: splitting a batch of a few MB for parallel parsing costs more CPU, taken from
+#: the cores the aggregator, the embedded broker and ClickHouse share.
 RAW_INSERT_SETTINGS = {
     "date_time_input_format": "best_effort",
     "input_format_skip_unknown_fields": 1,
@@ -405,10 +404,10 @@ class EventsSink:
     def _waiting(self) -> int:
         """Records in the topic past what was taken, in the partitions taken from (as of the
         last fetch's high watermarks)."""
-        assert self.consumer is not None
+        consumer = started(self.consumer, "the sink's consumer")
         waiting = 0
         for tp, taken in self._taken.items():
-            end = self.consumer.highwater(tp)
+            end = consumer.highwater(tp)
             if end is not None:
                 waiting += max(0, end - taken)
         return waiting
@@ -489,8 +488,8 @@ class EventsSink:
         if self._submitting is not None:
             if not self._submitting.done():
                 # ... or until a stop: a writer that is stuck or gone never takes the batch.
-                assert self._stop_wait is not None
-                await asyncio.wait((self._submitting, self._stop_wait), return_when=asyncio.FIRST_COMPLETED)
+                stop_wait = started(self._stop_wait, "the sink's stop signal")
+                await asyncio.wait((self._submitting, stop_wait), return_when=asyncio.FIRST_COMPLETED)
             if self._stopping.is_set():
                 return time.monotonic()  # nothing more is cut; the loop ends
             self._submitting.result()  # raises what it raised
@@ -534,8 +533,8 @@ class EventsSink:
         # it (and inserts the rows itself if it failed) before committing.
         columns, live_rows = batch.aggregates.get(LIVE_TABLE, ([], []))
         if live_rows:
-            assert self._live_client is not None
-            live = asyncio.to_thread(_insert_tables, self._live_client, [(LIVE_TABLE, columns, live_rows)])
+            client = started(self._live_client, "the live view's client")
+            live = asyncio.to_thread(_insert_tables, client, [(LIVE_TABLE, columns, live_rows)])
             batch.live = asyncio.create_task(live)
         await self._queue.put(batch)
 
@@ -567,8 +566,9 @@ class EventsSink:
         async def attempt() -> None:
             nonlocal dead
             if dead:
-                assert self.publisher is not None
-                await self.publisher.publish(self.topics.dead_letter, dead)
+                await started(self.publisher, "the dead-letter publisher").publish(
+                    self.topics.dead_letter, dead
+                )
                 dead = []
             runs: dict[str, int] = {}  # the refused rows in a row, per table, as of this write
 
@@ -586,7 +586,7 @@ class EventsSink:
                 # One trip to a worker thread for all the tables, in order: awaited one by
                 # one, each insert waited for the event loop to come back between chunks of
                 # decoding and applying, and the waits between them were most of the writer's
-                # time (0.1-0.2 s each, five tables a batch).
+                # time.
                 tables = [
                     (table, columns, table_rows)
                     for table, (columns, table_rows) in batch.aggregates.items()
@@ -604,8 +604,8 @@ class EventsSink:
             _raise_worst(events, aggregated)
             refused = [*events, *aggregated]  # type: ignore[misc]
             if refused:  # in the dead-letter topic before the offsets are committed
-                assert self.publisher is not None
-                await self.publisher.publish(self.topics.dead_letter, [(r.key, r.letter) for r in refused])
+                publisher = started(self.publisher, "the dead-letter publisher")
+                await publisher.publish(self.topics.dead_letter, [(r.key, r.letter) for r in refused])
                 metrics.SINK_DEAD_LETTERED.labels(REFUSED).inc(len(refused))
                 for table in {r.table for r in refused}:
                     metrics.SINK_ROWS_REFUSED.labels(table).inc(sum(r.table == table for r in refused))
@@ -647,8 +647,7 @@ class EventsSink:
     ) -> list[_Refused]:
         """Insert each table's rows in turn; rows ClickHouse refuses are left out, and their
         dead letters (the row, with the table's name) returned."""
-        assert self.client is not None
-        client = self.client
+        client = started(self.client, "the aggregates' client")
         letters: list[_Refused] = []
         while tables:
             written: list[str] = []
@@ -749,19 +748,18 @@ class EventsSink:
                 return False
             dirty, offsets = self._pending_dirty, self._pending_offsets
             self._pending_dirty, self._pending_offsets = Dirty(), {}
-            started = time.monotonic()
-            await self._retry(
-                "derived_refresh_failed", lambda: asyncio.to_thread(refresh, self._refresh_client, dirty)
-            )
-            took = time.monotonic() - started
+            client = started(self._refresh_client, "the recomputations' client")
+            began = time.monotonic()
+            await self._retry("derived_refresh_failed", lambda: asyncio.to_thread(refresh, client, dirty))
+            took = time.monotonic() - began
             metrics.DERIVED_REFRESH_SECONDS.observe(took)
-            self._cadence.ran(started, took)
-            assert self.consumer is not None
+            self._cadence.ran(began, took)
+            consumer = started(self.consumer, "the sink's consumer")
             if not offsets:
                 return False
             await self._retry("sink_generations_failed", lambda: self._record_positions(offsets))
             try:
-                await self.consumer.commit(offsets)
+                await consumer.commit(offsets)
                 self._committed.update(offsets)
             except (CommitFailedError, IllegalStateError) as exc:
                 # The group moved on (rebalance): the new owner re-reads from the last commit,
@@ -783,10 +781,9 @@ class EventsSink:
             generation = self._bases[tp] >> generations.SHIFT
             began = self._began.get(tp)  # carried forward: the generation's tail is told by it
             rows.append((tp.partition, generation, offset, anchor, self._partition_count, began))
+        client = started(self._generations_client, "the generations' client")
         async with self._generations_lock:
-            await asyncio.to_thread(
-                generations.save, self._generations_client, self.topics.events, rows, self.worker
-            )
+            await asyncio.to_thread(generations.save, client, self.topics.events, rows, self.worker)
         for key in [k for k in self._lasts if k[1] <= offsets.get(k[0], -1)]:
             del self._lasts[key]
 
@@ -799,8 +796,8 @@ class EventsSink:
         Idempotent: an aggregation that already counted an event (its position at or below the
         version) ignores it, one that did not counts it. A crash before the end records nothing,
         and the next start decides and replays the same again."""
-        client, consumer = self._generations_client, self.consumer
-        assert client is not None and consumer is not None
+        client = started(self._generations_client, "the generations' client")
+        consumer = started(self.consumer, "the sink's consumer")
         pending = dict(self._replays)
         replayed: dict[TopicPartition, int] = {}
         for tp, replay in pending.items():
@@ -870,8 +867,8 @@ class EventsSink:
             log.error("sink_generations_failed", error=describe(exc), partitions=[tp.partition for tp in tps])
 
     async def _decide_generations(self, topic: str, tps: list[TopicPartition]) -> None:
-        consumer, client = self.consumer, self._generations_client
-        assert consumer is not None and client is not None
+        consumer = started(self.consumer, "the sink's consumer")
+        client = started(self._generations_client, "the generations' client")
         known = consumer.partitions_for_topic(topic)
         count = len(known) if known else max(tp.partition for tp in tps) + 1
         committed = {tp: await consumer.committed(tp) for tp in tps}
@@ -943,8 +940,9 @@ class EventsSink:
                 if replay and record is not None and record.began_ms is not None:
                     # Held back (paused, no position yet) until the tail is replayed: nothing of
                     # the new log may be applied before it, and the new generation is recorded
-                    # only then.
-                    assert row is not None and decision.seek is not None
+                    # only then. (decide() records a new log, read from 0: both are set.)
+                    if row is None or decision.seek is None:
+                        raise RuntimeError(f"a new log to replay a tail for, with no row or seek: {decision}")
                     self._replays[tp] = _Replay(
                         record.generation, record.next_offset, record.began_ms, row, decision.seek
                     )
@@ -975,7 +973,8 @@ class EventsSink:
         Every worker may record it; they count the same table, and the last write wins."""
         self._history_at = time.monotonic()
         try:
-            await asyncio.to_thread(self._derived_client.command, RECORD_ONLINE)  # type: ignore[union-attr]
+            client = started(self._derived_client, "the derived tables' client")
+            await asyncio.to_thread(client.command, RECORD_ONLINE)
         except Exception as exc:
             _best_effort("online_history_failed", exc)
 
@@ -993,16 +992,17 @@ class EventsSink:
             await self._write_status_rows()
 
     async def _write_status_rows(self) -> None:
-        assert self.consumer is not None
+        consumer = started(self.consumer, "the sink's consumer")
+        client = started(self._status_client, "the status client")
         self._status_at = time.monotonic()
         now = time.time()
         if self._caught_up():
             self._fresh_at = now
         rows: list[list[Any]] = []
-        for tp in sorted(self.consumer.assignment(), key=lambda t: t.partition):
+        for tp in sorted(consumer.assignment(), key=lambda t: t.partition):
             if tp.topic != self.topics.events:
                 continue
-            end = self.consumer.highwater(tp)
+            end = consumer.highwater(tp)
             done = self._committed.get(tp)
             lag = max(0, end - done) if end is not None and done is not None else 0
             newest = self._newest.get(tp.partition)
@@ -1025,7 +1025,7 @@ class EventsSink:
             return
         try:
             await asyncio.to_thread(
-                self._status_client.insert,  # type: ignore[union-attr]
+                client.insert,
                 "aggregator_status",
                 rows,
                 column_names=AGGREGATOR_STATUS_COLUMNS,
@@ -1129,15 +1129,14 @@ class EventsSink:
         try:
             missing = self.processor.missing(events)
             if missing:
-                assert self._load_client is not None
-                await asyncio.to_thread(self.processor.load, self._load_client, missing)
+                client = started(self._load_client, "the visitors' load client")
+                await asyncio.to_thread(self.processor.load, client, missing)
             changes, dirty = Changes(), Dirty()
             for start in range(0, len(events), APPLY_CHUNK):
                 self.processor.apply_events(events[start : start + APPLY_CHUNK], changes, dirty, seq)
                 await asyncio.sleep(0)
             if changes.unresolved:
-                client = self._load_client
-                assert client is not None
+                client = started(self._load_client, "the visitors' load client")
                 # Retried on its own: the batch is applied, and applying it again would skip
                 # its events as already applied, and write none of their rows.
                 await self._retry(
@@ -1155,17 +1154,17 @@ class EventsSink:
     async def _insert_raw(self, lines: list[bytes]) -> None:
         if not lines:
             return
-        assert self._events_client is not None
-        started = time.perf_counter()
+        client = started(self._events_client, "the events' client")
+        began = time.perf_counter()
         await asyncio.to_thread(
-            self._events_client.raw_insert,
+            client.raw_insert,
             self.table,
             EVENTS_COLUMNS,
             b"\n".join(lines),
             settings=RAW_INSERT_SETTINGS,
             fmt="JSONEachRow",
         )
-        metrics.SINK_INSERT_SECONDS.observe(time.perf_counter() - started)
+        metrics.SINK_INSERT_SECONDS.observe(time.perf_counter() - began)
         metrics.SINK_BATCH_ROWS.observe(len(lines))
         metrics.SINK_ROWS_WRITTEN.inc(len(lines))
 
@@ -1200,9 +1199,9 @@ def _insert_tables(
     """Insert each table's rows in turn (in a worker thread); `written` gets the name of each
     table once its rows are in (so a failure tells which table failed)."""
     for table, columns, rows in tables:
-        started = time.perf_counter()
+        began = time.perf_counter()
         insert_rows(client, table, rows, columns)
-        metrics.SINK_INSERT_SECONDS.observe(time.perf_counter() - started)
+        metrics.SINK_INSERT_SECONDS.observe(time.perf_counter() - began)
         metrics.SINK_BATCH_ROWS.observe(len(rows))
         if written is not None:
             written.append(table)

@@ -453,8 +453,8 @@ def users_page(
 
 # A users page is the first persons, by (last_seen desc, person_id), whose final row (FINAL:
 # the highest version; a deleted person has none) passes the filter. FINAL over all of a
-# project's persons merges and sorts every one of them (~130 ms at 1M persons), so a page is
-# read in steps that touch only a page's worth of persons, with the same answer:
+# project's persons merges and sorts every one of them, so a page is read in steps that touch
+# only a page's worth of persons, with the same answer:
 # 1. candidates, without FINAL: the `fetch` newest stored rows passing the filter, any version,
 #    from persons_recent (sorted by last_seen, so only its newest granules are read; each row
 #    carries the version of the persons row it copies) or, for a search over traits, from
@@ -577,8 +577,8 @@ def session_row(row: Sequence[Any], now: datetime) -> dict[str, Any]:
 
 # Point reads with FINAL filter on the sorting key in PREWHERE: only the rows of the wanted keys
 # go into FINAL's merge, and a key's versions are all kept or all dropped, so the answer is that
-# of WHERE (which, with FINAL, merges the whole granules the key lookup selected: 88 -> 34 ms for a
-# person's sessions at 1M persons). Other conditions stay in WHERE, after the merge.
+# of WHERE (which, with FINAL, merges the whole granules the key lookup selected). Other
+# conditions stay in WHERE, after the merge.
 
 
 def anonymous_ids(client: Client, project_id: str, person_id: str) -> list[str] | None:

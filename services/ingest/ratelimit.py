@@ -14,7 +14,8 @@ from collections.abc import Callable, Hashable
 
 #: Per-client buckets one ingest process keeps at most. A bucket refills completely within
 #: burst/rate seconds (4 s at the defaults) and is then dropped, so only clients active in
-#: the last few seconds count; past the cap the least recently used go first. ~3 MB in all.
+#: the last few seconds count; past the cap the least recently used go first, so memory stays
+#: bounded.
 MAX_CLIENTS = 20_000
 
 
