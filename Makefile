@@ -24,8 +24,12 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/werkstroom demo --seconds inf
 
+# Two workers (pytest-xdist), a test file each at a time: each worker starts its own embedded
+# Kafka and ClickHouse (tests/conftest.py `infra`), so files never share them. The suite is
+# mostly waiting on brokers and subprocesses: 15.6 min in one worker, 8.2 in two on 2 cores.
+TEST_WORKERS ?= 2
 test: $(STAMP) chromium node-clients
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The dashboard's real-browser test (tests/e2e/test_dashboard.py) drives Debian's chromium
 # through Playwright (no `playwright install`): installed here when missing and we are root.
