@@ -80,6 +80,8 @@ DERIVED_REFRESH_SECONDS = Histogram(
 #: Unix time of the last successful ClickHouse write (freshness of the pipeline).
 SINK_LAST_WRITE = Gauge("werkstroom_sink_last_write_timestamp_seconds", "Last successful insert")
 
+#: Per partition this worker holds: messages past its last commit (updated with the status rows,
+#: every few seconds; 0 before its first commit). Another worker's partitions are dropped.
 SINK_LAG = Gauge(
     "werkstroom_sink_lag_messages",
     "Messages between the committed offset and the end of a partition",

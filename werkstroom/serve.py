@@ -227,6 +227,18 @@ async def serve(
 
         sinks.append(EventsSink(settings, bootstrap, factory))
         bots = BotsSink(settings, bootstrap, factory)
+    if target == "aggregator":
+        # Its own port for /health, /ready and /metrics; in `all` the ingest and API ports serve
+        # the same registry, and one more port would be one more to clash at `make run`.
+        from services.aggregator.app import create_app as create_aggregator
+
+        servers.append(
+            _http_server(
+                create_aggregator(events=sinks[0], bots=bots, clickhouse=factory),
+                settings,
+                settings.aggregator_port,
+            )
+        )
 
     failed: list[asyncio.Task[Any]] = []
     rotation: Rotation | None = None
@@ -432,6 +444,9 @@ def banner(runtime: Runtime) -> str:
     if "api" in serves:
         lines.append(f"  dashboard               {s.api_url}/   (log in with a project's read key)")
         lines.append(f"  API                     {s.api_url}/api   docs: {s.api_url}/docs")
+    if runtime.target == "aggregator":
+        url = s.aggregator_url
+        lines.append(f"  aggregator (operations) {url}/ready   metrics: {url}/metrics")
     lines += [
         f"  Kafka                   {runtime.bootstrap or 'not used'}{embedded}",
         f"  ClickHouse              {s.masked()['clickhouse_url']} database {s.clickhouse_database}",

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="WERKSTROOM_HOST: interface the HTTP services bind.")
     ingest_port: int = Field(8000, description="WERKSTROOM_INGEST_PORT")
     api_port: int = Field(8001, description="WERKSTROOM_API_PORT")
+    aggregator_port: int = Field(
+        8002,
+        description="WERKSTROOM_AGGREGATOR_PORT: /health, /ready and /metrics of `--target aggregator` "
+        "(`--target all` opens no such port: its ingest and API ports serve them).",
+    )
     public_ingest_url: str | None = Field(
         None, description="WERKSTROOM_PUBLIC_INGEST_URL: the ingest URL browsers reach (for snippets)."
     )
@@ -205,6 +210,10 @@ class Settings(BaseSettings):
     @property
     def api_url(self) -> str:
         return f"http://{_client_host(self.host)}:{self.api_port}"
+
+    @property
+    def aggregator_url(self) -> str:
+        return f"http://{_client_host(self.host)}:{self.aggregator_port}"
 
     def masked(self) -> dict[str, Any]:
         """The effective settings with secrets (passwords, tokens) masked, for the start-up log."""

@@ -93,6 +93,7 @@ class BotsSink:
         self._stopping = asyncio.Event()
         self._rewind = False  # started_over() was called: read every partition from its start
         self.written = 0  # rows inserted (a replay's rows count again), for tests and the log
+        self.running = False  # the consumer started, the loop not yet ended (readiness)
 
     async def run(self) -> None:
         """Consume until stop() is called (a programming error raises)."""
@@ -110,6 +111,7 @@ class BotsSink:
         self.consumer.subscribe([self.topic], listener=_Rewind(self))
         await self.consumer.start()
         log.info("bots_sink_started", topic=self.topic, group=self.settings.bots_group, table=TABLE)
+        self.running = True
         try:
             while not self._stopping.is_set():
                 fetched = await self.consumer.getmany(timeout_ms=self.settings.sink_flush_ms)
@@ -121,11 +123,18 @@ class BotsSink:
                 if fetched:
                     await self._write_and_commit(fetched)
         finally:
+            self.running = False
             try:
                 await asyncio.wait_for(self.consumer.stop(), CLOSE_TIMEOUT)
             except Exception as exc:  # an unreachable broker must not hold the process
                 log.warning("bots_sink_close_failed", error=describe(exc))
             log.info("bots_sink_stopped", rows_written=self.written)
+
+    def readiness(self) -> str:
+        """Readiness for /ready: "ok" while the consumer runs, else "starting" or "stopping"."""
+        if self._stopping.is_set():
+            return "stopping"
+        return "ok" if self.running else "starting"
 
     def stop(self) -> None:
         """Ask run() to end (after the batch in hand, if ClickHouse takes it)."""

@@ -196,6 +196,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.sink = sink
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.sink.joined = False  # a rebalance: until it assigns again (readiness)
         # Never wait here: the writer's commit may itself wait for this rebalance to end. What
         # is in flight is still written (its rows collapse with the new owner's, which re-reads
         # from the last commit); what is only buffered for these partitions is dropped.
@@ -205,6 +206,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("sink_partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
         # Before anything is fetched from them: the generation each is read under, and where.
         await self.sink.assign_generations(assigned)
+        self.sink.joined = True
 
 
 class EventsSink:
@@ -273,6 +275,9 @@ class EventsSink:
         self._fresh_at = 0.0  # when the last status found the sink caught up (wall clock)
         self._history_at = 0.0
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.running = False  # the consumer started, the loop not yet ended (readiness)
+        self.joined = False  # the group gave this worker its partitions (none, for a standby)
+        self._lag_labels: set[str] = set()  # the partitions of SINK_LAG this worker set
 
     async def run(self) -> None:
         """Consume until stop() is called (or a SinkStopped error)."""
@@ -312,6 +317,7 @@ class EventsSink:
         self._status_client = self._client_factory()
         self._statuser = asyncio.create_task(self._status_loop(), name="sink-status")
         log.info("sink_started", topic=self.topics.events, group=self.settings.sink_group, table=self.table)
+        self.running = True
         flush_every = self.settings.sink_flush_ms / 1000
         deadline = time.monotonic() + flush_every
         try:
@@ -332,6 +338,7 @@ class EventsSink:
             self._raise_if_writer_failed()
             await self._drain()
         finally:
+            self.running = False
             # Whatever ended the loop, every task ends and the Kafka clients close: a consumer
             # left open keeps its group and partitions (and the broker waiting) after we exit.
             tasks = [
@@ -1021,6 +1028,11 @@ class EventsSink:
                 ]
             )
             metrics.SINK_LAG.labels(str(tp.partition)).set(lag)
+        held = {str(row[1]) for row in rows}
+        for partition in self._lag_labels - held:  # another worker's now: its own gauge says
+            with contextlib.suppress(KeyError):
+                metrics.SINK_LAG.remove(partition)
+        self._lag_labels = held
         if not rows:
             return
         try:
@@ -1072,6 +1084,19 @@ class EventsSink:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
         return self._stopping.is_set()
+
+    def readiness(self) -> str:
+        """Readiness for /ready: "ok" while the sink consumes its share of the partitions (none, for a
+        standby past the partition count), else what it waits for."""
+        if self._stopping.is_set():
+            return "stopping"
+        if not self.running:
+            return "starting"
+        if self._generations_failed:
+            return "no generation decided for a partition (sink_generations_failed)"
+        if not self.joined:
+            return "joining its consumer group"
+        return "ok"
 
     def caught_up(self) -> bool:
         """Everything fetched is written and nothing is left in the topic (as of the last fetch)."""

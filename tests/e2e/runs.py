@@ -186,11 +186,12 @@ def contract_events(count: int, project_id: str = "p_crash", seed: int = 23) -> 
 def start(
     env: dict[str, str], tmp: Path, name: str, argv: list[str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """`werkstroom serve --target aggregator` (or `argv`), its output in <tmp>/<name>.log."""
+    """`werkstroom serve --target aggregator` (or `argv`), its output in <tmp>/<name>.log; its
+    operations port (WERKSTROOM_AGGREGATOR_PORT) a free one unless `env` names it."""
     log = open(tmp / f"{name}.log", "ab")
     return subprocess.Popen(
         argv or [*CLI, "serve", "--target", "aggregator"],
-        env=env,
+        env={"WERKSTROOM_AGGREGATOR_PORT": str(free_port()), **env},
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=tmp,
