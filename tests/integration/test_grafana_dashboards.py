@@ -209,6 +209,9 @@ class Grafana:
 # -- the provisioning files -------------------------------------------------------------------------
 
 
+QUERY_TYPES = {"table", "timeseries", "logs", "traces"}  # grafana-clickhouse-datasource v4
+
+
 def test_provisioning_loads_every_dashboard_from_its_mounted_folder() -> None:
     provider = yaml.safe_load((PROVISIONING / "dashboards" / "werkstroom.yaml").read_text())
     datasources = yaml.safe_load((PROVISIONING / "datasources" / "clickhouse.yaml").read_text())
@@ -235,6 +238,9 @@ def test_provisioning_loads_every_dashboard_from_its_mounted_folder() -> None:
             for target in panel.get("targets", []):
                 assert target["datasource"] == {"type": PLUGIN, "uid": source["uid"]}, (name, panel["title"])
                 assert target["rawSql"].strip(), (name, panel["title"])
+                # The plugin's (v4) query types; another value still renders, but editing the
+                # panel in Grafana then resets its query (issue 22: "timeSeries").
+                assert target.get("queryType", "table") in QUERY_TYPES, (name, panel["title"])
         for variable in dashboard["templating"]["list"]:
             if variable["type"] == "query":
                 assert variable["datasource"]["uid"] == source["uid"], (name, variable["name"])
