@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.integration.stack import Stack
+from werkstroom.clickhouse.tables import SESSIONS_DAILY_COLUMNS
 from werkstroom.demo import batches, simulate
 
 pytestmark = pytest.mark.integration
@@ -241,16 +242,7 @@ async def test_a_sessions_daily_row_no_session_backs_goes_when_its_visitor_is_re
     stack.client.insert(
         "sessions_daily",
         [[pid, now.date(), "heal-1", "left-behind", 1, 0, 1, 0]],
-        column_names=[
-            "project_id",
-            "day",
-            "anonymous_id",
-            "session_id",
-            "page_views",
-            "duration_ms",
-            "version",
-            "is_deleted",
-        ],
+        column_names=SESSIONS_DAILY_COLUMNS,
     )
     await send_all(stack, key, [page_at("heal-1", now, "h-2")])
     await stack.until(

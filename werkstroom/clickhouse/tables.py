@@ -57,20 +57,10 @@ ONLINE_VISITORS_COLUMNS = [
     "os",
     "version",
 ]
-#: What the API reads of an online visitor, in this order (services.api.queries.online_user).
+#: What the API reads of an online visitor, in this order (services.api.queries.online_user):
+#: the live view's columns without the project (it filters on it), the counters and the version.
 ONLINE_VISITOR_READ = [
-    "anonymous_id",
-    "session_id",
-    "user_id",
-    "start_at",
-    "last_event_at",
-    "current_url",
-    "current_path",
-    "current_title",
-    "page_entered_at",
-    "device_type",
-    "browser",
-    "os",
+    c for c in ONLINE_VISITORS_COLUMNS if c not in ("project_id", "page_views", "events", "version")
 ]
 #: `person_distinct_ids` and `person_distinct_ids_by_person` (the same rows, sorted by person).
 PERSON_DISTINCT_IDS_COLUMNS = ["project_id", "distinct_id", "person_id", "version"]
