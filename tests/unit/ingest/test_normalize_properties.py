@@ -182,15 +182,20 @@ def text_of(value: object) -> bytes | None:
 
 
 def check_normalize(
-    call: Any, call_type: str | None, received_at: datetime, batch_sent_at: datetime | None
-) -> bool:
-    """The property itself; True when the call was accepted."""
+    call: Any,
+    call_type: str | None,
+    received_at: datetime,
+    batch_sent_at: datetime | None,
+    project_id: str = "p_1",
+) -> bytes | None:
+    """The property itself; the encoded message when the call was accepted, else None
+    (tests/integration/test_property_storable.py stores the messages in ClickHouse)."""
     raw = text_of(call)
     try:
         event, _agent = normalize(
             call,
             call_type=call_type,
-            project_id="p_1",
+            project_id=project_id,
             received_at=received_at,
             batch_sent_at=batch_sent_at,
             raw=raw,
@@ -198,7 +203,7 @@ def check_normalize(
     except Rejected as exc:
         assert exc.reason in REASONS, exc.reason
         assert exc.detail
-        return False
+        return None
     value = encode_event(event)
     decoded = decode_event(value)  # the aggregator's check: raises ContractError when it breaks
     assert EARLIEST_TIME <= decoded.timestamp <= received_at + FUTURE_TOLERANCE
@@ -206,7 +211,7 @@ def check_normalize(
     assert decoded.sent_at is None or SENT_AT_EARLIEST <= decoded.sent_at < SENT_AT_LATEST
     assert orjson.loads(bytes(decoded.properties)) == event["properties"]
     assert not too_deep(orjson.loads(value))  # the message itself stays within MAX_DEPTH
-    return True
+    return value
 
 
 @settings(PROPERTY, max_examples=2500)
