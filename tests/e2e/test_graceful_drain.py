@@ -30,7 +30,7 @@ from tests.e2e.runs import post, serve_env, start_serve
 pytestmark = pytest.mark.integration
 
 DRAIN_TIMEOUT = 45.0
-IDLE_SECONDS = float(os.environ.get("WERKSTROOM_TEST_IDLE_SECONDS", "12"))
+IDLE_SECONDS = float(os.environ.get("WERKSTROOM_TEST_IDLE_SECONDS", "180"))
 
 LAST_WRITE = r"""
 import sys
@@ -210,9 +210,9 @@ def test_idle_aggregator_keeps_its_status_fresh_and_a_stopped_one_goes_stale(ser
     while (first := age()) is None and time.monotonic() < deadline:
         time.sleep(0.5)
     assert first is not None, "the aggregator never wrote its status"
-    # 12 s without an event, past STALLED_AFTER (the issue saw "stalled" after about a minute;
-    # the soak in `make bench` watches three; WERKSTROOM_TEST_IDLE_SECONDS=60 for longer): the
-    # status stays recent (written every STATUS_EVERY = 2 s), never read as 1970 either.
+    # Three minutes without an event, as issue 18 asks (it saw "stalled" after about a minute):
+    # the status stays recent (written every STATUS_EVERY = 2 s), never read as 1970 either.
+    # WERKSTROOM_TEST_IDLE_SECONDS shortens the watch for a local run.
     ages = [first]
     idle_until = time.monotonic() + IDLE_SECONDS
     while time.monotonic() < idle_until:
