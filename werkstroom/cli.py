@@ -37,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="apply ClickHouse migrations (and create Kafka topics)")
     migrate.add_argument("--dry-run", action="store_true", help="list pending migrations, apply nothing")
+    migrate.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="drop the migration lock a migration that died left behind, then migrate",
+    )
 
     proj = sub.add_parser("projects", help="create and list projects")
     proj_sub = proj.add_subparsers(dest="action", required=True)
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run(settings, args.target)
         if args.command == "migrate":
-            return _migrate(settings, args.dry_run)
+            return _migrate(settings, args.dry_run, args.break_lock)
         if args.command == "projects":
             return _projects(settings, args)
         if args.command == "funnels":
@@ -154,19 +159,23 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _migrate(settings: Settings, dry_run: bool) -> int:
-    from werkstroom.clickhouse.migrate import migrate, pending
+def _migrate(settings: Settings, dry_run: bool, break_stale_lock: bool = False) -> int:
+    from werkstroom.clickhouse.migrate import break_lock, migrate, pending
     from werkstroom.contract import Topics
     from werkstroom.kafka import ensure_topics, wait_for_kafka
+    from werkstroom.serve import locked_for_migrations
 
     started = time.monotonic()
     client = connect(settings.effective_clickhouse_url, settings.clickhouse_database, create_database=True)
+    if break_stale_lock:
+        held = break_lock(client)
+        _out(f"broke the migration lock of {held[0]} (since {held[1]})" if held else "no migration lock held")
     if dry_run:
         names = migrate(client, dry_run=True)
     else:
         names = []
-        todo = pending(client)
-        with _progress() as progress:
+        with locked_for_migrations(client, settings), _progress() as progress:
+            todo = pending(client)  # read under the lock: another job may have applied some
             task = progress.add_task("migrations", total=len(todo))
             for migration in todo:  # one at a time, for the bar
                 progress.update(task, description=f"migration {migration.name}")

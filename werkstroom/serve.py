@@ -30,7 +30,7 @@ from clickhouse_connect.driver.client import Client
 
 from werkstroom import projects
 from werkstroom.clickhouse import ClientFactory, connect, is_embedded
-from werkstroom.clickhouse.migrate import migrate
+from werkstroom.clickhouse.migrate import migrate, migration_lock, wait_until_current
 from werkstroom.contract import Topics
 from werkstroom.embedded import EmbeddedKafka
 from werkstroom.kafka import (
@@ -85,12 +85,24 @@ def clickhouse_factory(settings: Settings) -> ClientFactory:
 
 
 def prepare_clickhouse(settings: Settings) -> Client:
-    """Open ClickHouse, create the database and apply pending migrations."""
+    """Open ClickHouse, create the database and apply pending migrations, or, with
+    MIGRATE_ON_START=false, wait until a `werkstroom migrate` job has applied them."""
     client = connect(settings.effective_clickhouse_url, settings.clickhouse_database, create_database=True)
-    applied = migrate(client)
+    if not settings.migrate_on_start:
+        wait_until_current(client, timeout=settings.migrations_wait_seconds)
+        return client
+    with locked_for_migrations(client, settings):
+        applied = migrate(client)
     if applied:
         log.info("migrations_applied", migrations=applied)
     return client
+
+
+def locked_for_migrations(client: Client, settings: Settings) -> contextlib.AbstractContextManager[None]:
+    """The migration lock on a server; none on the embedded engine, which one process opens."""
+    if is_embedded(settings.effective_clickhouse_url):
+        return contextlib.nullcontext()
+    return migration_lock(client, wait=settings.migrations_wait_seconds)
 
 
 def admin_token(settings: Settings) -> str:

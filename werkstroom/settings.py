@@ -186,6 +186,19 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("INFO", description="WERKSTROOM_LOG_LEVEL")
     log_format: Literal["json", "console"] = Field("json", description="WERKSTROOM_LOG_FORMAT")
+    migrate_on_start: bool = Field(
+        True,
+        description="WERKSTROOM_MIGRATE_ON_START: a role applies pending ClickHouse migrations itself "
+        "when it starts (under the migration lock on a server). false: it waits for a `werkstroom "
+        "migrate` job instead, as the scaled deployment's roles do (docker-compose.yml).",
+    )
+    migrations_wait_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="WERKSTROOM_MIGRATIONS_WAIT_SECONDS: how long a role started with "
+        "MIGRATE_ON_START=false, or a second migrator, waits for the migrations (or their lock) "
+        "before it stops with an error.",
+    )
     demo: bool = Field(
         True, description="WERKSTROOM_DEMO: create a demo project at first start when none exists."
     )

@@ -7,12 +7,24 @@ Rules (checked here and in tests):
 
 A file may hold several statements separated by `;` at the end of a line. The same files
 build the schema in production, in `make run` and in every test.
+
+On a ClickHouse server, whoever migrates holds a lock first (`migration_lock`), so two
+`migrate` jobs, or a job and a role started with WERKSTROOM_MIGRATE_ON_START, never apply the
+same file twice at once. The lock is a table: ClickHouse creates a table name once, so a
+second CREATE fails with TABLE_ALREADY_EXISTS while the first holder has it. A holder that died
+leaves it behind: `werkstroom migrate --break-lock` drops it (the error says who held it since
+when). One server; a cluster would need ON CLUSTER and Keeper.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
+import socket
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 
@@ -25,6 +37,12 @@ log = get_logger(__name__)
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 LEDGER = "schema_migrations"
+LOCK = "schema_migrations_lock"
+TABLE_ALREADY_EXISTS = 57
+
+
+class MigrationLocked(ClickHouseError):
+    """Another migration holds the lock (and did not let go within the wait)."""
 
 
 @dataclass(frozen=True)
@@ -117,3 +135,71 @@ def migrate(client: Client, *, dry_run: bool = False, through: int | None = None
 def is_current(client: Client) -> bool:
     """True when every migration shipped with this code is applied (the /ready check)."""
     return not pending(client)
+
+
+def _holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def lock_holder(client: Client) -> tuple[str, str] | None:
+    """(holder, since) of the migration lock, or None when nobody holds it."""
+    exists = client.query("EXISTS TABLE {t:Identifier}", parameters={"t": LOCK}).first_row[0]
+    if not exists:
+        return None
+    rows = client.query(f"SELECT holder, toString(taken_at) FROM {LOCK} LIMIT 1").result_rows
+    return (str(rows[0][0]), str(rows[0][1]) + " UTC") if rows else ("(being taken)", "just now")
+
+
+def break_lock(client: Client) -> tuple[str, str] | None:
+    """Drop a lock left by a migration that died; returns who held it."""
+    held = lock_holder(client)
+    client.command(f"DROP TABLE IF EXISTS {LOCK} SYNC")
+    return held
+
+
+@contextlib.contextmanager
+def migration_lock(client: Client, *, wait: float = 0.0, poll: float = 1.0) -> Iterator[None]:
+    """Hold the migration lock for the block; wait up to `wait` seconds for another holder,
+    then raise MigrationLocked naming it."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            client.command(
+                # ORDER BY tuple(): one row, never looked up by key.
+                f"CREATE TABLE {LOCK} (holder String, taken_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+                "ENGINE = MergeTree ORDER BY tuple()"
+            )
+            break
+        except Exception as exc:
+            if getattr(exc, "code", None) != TABLE_ALREADY_EXISTS and "TABLE_ALREADY_EXISTS" not in str(exc):
+                raise
+        if time.monotonic() >= deadline:
+            holder, since = lock_holder(client) or ("(gone)", "a moment ago")
+            raise MigrationLocked(
+                f"another migration holds the lock ({holder}, since {since}); if none is running "
+                "(it died), run `werkstroom migrate --break-lock`"
+            ) from None
+        time.sleep(poll)
+    try:
+        client.insert(LOCK, [[_holder()]], column_names=["holder"], settings={"async_insert": 0})
+        yield
+    finally:
+        client.command(f"DROP TABLE IF EXISTS {LOCK} SYNC")
+
+
+def wait_until_current(client: Client, *, timeout: float, poll: float = 2.0) -> None:
+    """Wait for a migration job to apply every migration this code ships (the scaled
+    deployment's roles never migrate by themselves); ClickHouseError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    logged = False
+    while todo := pending(client):
+        if time.monotonic() >= deadline:
+            raise ClickHouseError(
+                f"{len(todo)} migration(s) are not applied ({todo[0].name} first) after {timeout:.0f} s: "
+                "run `werkstroom migrate` (the compose file's `migrate` job), or set "
+                "WERKSTROOM_MIGRATE_ON_START=true to let this process apply them"
+            )
+        if not logged:
+            log.info("waiting_for_migrations", pending=[m.name for m in todo], timeout_s=timeout)
+            logged = True
+        time.sleep(poll)
