@@ -1,19 +1,29 @@
 """Settings, one class per concern, all read from `WERKSTROOM_*` environment variables.
 
-Precedence: explicit argument > environment variable > default. Settings are built by
-`get_settings()` when a command starts, never at import time, and logged (secrets masked)
-at start-up. Every field's description names its environment variable.
+Precedence: explicit argument > environment variable > secret file > default. Settings are
+built by `get_settings()` when a command starts, never at import time, and logged (secrets
+masked) at start-up. Every field's description names its environment variable.
+
+Secret files: `get_settings()` also reads a directory of files named like the variables in
+lower case, one value each (`werkstroom_admin_token`, `werkstroom_clickhouse_password`), as
+Docker and Compose mount secrets under /run/secrets. An environment variable of the same name
+wins over its file (pydantic-settings reads the environment before the secrets directory).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Target = Literal["all", "ingest", "aggregator", "api"]
+
+#: Where Docker and Compose mount secrets; read when WERKSTROOM_SECRETS_DIR is unset and it exists.
+DEFAULT_SECRETS_DIR = Path("/run/secrets")
 
 
 class Settings(BaseSettings):
@@ -23,6 +33,13 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         Path(".werkstroom"),
         description="WERKSTROOM_DATA_DIR: local state (embedded ClickHouse, admin token, logs).",
+    )
+    secrets_dir: Path | None = Field(
+        None,
+        description="WERKSTROOM_SECRETS_DIR: a directory of secret files, each named like a variable in "
+        "lower case (werkstroom_admin_token, werkstroom_clickhouse_password) and holding its value; the "
+        "variable itself wins over the file. Unset: /run/secrets when it exists; empty: none. Read by "
+        "get_settings().",
     )
 
     # -- Kafka -------------------------------------------------------------------------
@@ -60,7 +77,13 @@ class Settings(BaseSettings):
     clickhouse_url: str | None = Field(
         None,
         description="WERKSTROOM_CLICKHOUSE_URL: chdb:///path (embedded engine, one process only) or "
-        "http(s)://user:password@host:8123. Unset: chdb://<data_dir>/clickhouse.",
+        "http(s)://user[:password]@host:8123. Unset: chdb://<data_dir>/clickhouse.",
+    )
+    clickhouse_password: SecretStr | None = Field(
+        None,
+        description="WERKSTROOM_CLICKHOUSE_PASSWORD (or the secret file werkstroom_clickhouse_password): "
+        "the password for an http(s) WERKSTROOM_CLICKHOUSE_URL that has none (its user, or `default`); "
+        "a password in the URL wins. Any characters: it is URL-encoded into the URL.",
     )
     clickhouse_database: str = Field("werkstroom", description="WERKSTROOM_CLICKHOUSE_DATABASE")
 
@@ -203,6 +226,13 @@ class Settings(BaseSettings):
         True, description="WERKSTROOM_DEMO: create a demo project at first start when none exists."
     )
 
+    @field_validator("admin_token", "clickhouse_password")
+    @classmethod
+    def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is empty (an empty secret file?): give a value or leave it unset")
+        return value
+
     @field_validator("clickhouse_database")
     @classmethod
     def _identifier(cls, value: str) -> str:
@@ -213,7 +243,7 @@ class Settings(BaseSettings):
     @property
     def effective_clickhouse_url(self) -> str:
         if self.clickhouse_url:
-            return self.clickhouse_url
+            return with_password(self.clickhouse_url, self.clickhouse_password)
         return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
 
     @property
@@ -256,6 +286,38 @@ def mask_url(url: str) -> str:
     return f"{scheme}://{user}:***@{hostpart}"
 
 
+def with_password(url: str, password: SecretStr | None) -> str:
+    """`url` with `password` put in, when it is an http(s) URL without one (the user, if none, is
+    ClickHouse's `default`, as clickhouse-connect assumes)."""
+    scheme, sep, rest = url.partition("://")
+    if password is None or not sep or scheme.lower() not in ("http", "https"):
+        return url
+    netloc, slash, path = rest.partition("/")
+    creds, at, hostpart = netloc.rpartition("@")
+    if at and ":" in creds:
+        return url  # the URL's own password wins
+    user = creds if at else "default"
+    secret = quote(password.get_secret_value(), safe="")
+    return f"{scheme}://{user}:{secret}@{hostpart}{slash}{path}"
+
+
+def resolve_secrets_dir(explicit: str | Path | None = None) -> Path | None:
+    """The secrets directory: `explicit` > WERKSTROOM_SECRETS_DIR > /run/secrets if it exists.
+    An empty value means none; a named directory that does not exist is an error (pydantic-settings
+    would only warn, and then start without the secrets)."""
+    chosen = explicit if explicit is not None else os.environ.get("WERKSTROOM_SECRETS_DIR")
+    if chosen is None:
+        return DEFAULT_SECRETS_DIR if DEFAULT_SECRETS_DIR.is_dir() else None
+    if str(chosen) == "":
+        return None
+    path = Path(chosen)
+    if not path.is_dir():
+        raise ValueError(f"secrets directory {path} (WERKSTROOM_SECRETS_DIR) is not a directory")
+    return path
+
+
 def get_settings(**overrides: Any) -> Settings:
-    """Build the settings: explicit overrides win over the environment, which wins over defaults."""
-    return Settings(**overrides)
+    """Build the settings: explicit overrides win over the environment, which wins over the secret
+    files (see `resolve_secrets_dir`), which win over defaults."""
+    secrets_dir = resolve_secrets_dir(overrides.pop("secrets_dir", None))
+    return Settings(_secrets_dir=secrets_dir, secrets_dir=secrets_dir, **overrides)

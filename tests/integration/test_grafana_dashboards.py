@@ -224,7 +224,8 @@ def test_provisioning_loads_every_dashboard_from_its_mounted_folder() -> None:
     assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert Path(home).parent == Path(files["options"]["path"]) and (DASHBOARDS / Path(home).name).is_file()
-    assert PLUGIN in grafana["environment"]["GF_INSTALL_PLUGINS"]
+    assert "GF_INSTALL_PLUGINS" not in grafana["environment"]  # baked into deploy/grafana/Dockerfile
+    assert f"plugins install {PLUGIN}" in (ROOT / "deploy" / "grafana" / "Dockerfile").read_text()
 
     (source,) = datasources["datasources"]
     assert (source["type"], source["jsonData"]["defaultDatabase"]) == (PLUGIN, "werkstroom")
