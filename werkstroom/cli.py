@@ -1,4 +1,4 @@
-"""The one command: `werkstroom serve|migrate|projects|funnels|demo|settings`."""
+"""The one command: `werkstroom serve|migrate|projects|funnels|demo|grafana|settings`."""
 
 from __future__ import annotations
 
@@ -101,6 +101,43 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=7, help="the same seed gives the same visitors")
 
+    graf = sub.add_parser("grafana", help="put the datasource and dashboards into a running Grafana")
+    graf_sub = graf.add_subparsers(dest="action", required=True)
+    gpush = graf_sub.add_parser(
+        "push",
+        help="create or update, by uid, the folder, the ClickHouse datasource and every dashboard of "
+        "grafana/ over Grafana's HTTP API; writes only what differs",
+    )
+    gpush.add_argument(
+        "--url", default=os.environ.get("GRAFANA_URL"), help="Grafana's base URL (env GRAFANA_URL)"
+    )
+    gpush.add_argument("--token", help="a service account token with the Admin role (env GRAFANA_TOKEN)")
+    gpush.add_argument("--token-file", help="read the token from this file")
+    gpush.add_argument("--user", help="basic auth instead of a token; password in GRAFANA_PASSWORD")
+    gpush.add_argument("--password-file", help="read --user's password from this file")
+    gpush.add_argument(
+        "--clickhouse-host", help="ClickHouse as Grafana reaches it (default: the provisioning file's)"
+    )
+    gpush.add_argument("--clickhouse-port", type=int)
+    gpush.add_argument("--clickhouse-protocol", choices=["native", "http"])
+    gpush.add_argument("--clickhouse-secure", action=argparse.BooleanOptionalAction, default=None)
+    gpush.add_argument("--clickhouse-user")
+    gpush.add_argument(
+        "--clickhouse-password-file",
+        help="read the ClickHouse password from this file (default: as the provisioning file says, "
+        "its ${VARIABLE} or $__file{path})",
+    )
+    gpush.add_argument(
+        "--write-clickhouse-password",
+        action="store_true",
+        help="write the password even when Grafana holds one (Grafana never shows it, so a push "
+        "cannot tell whether it changed)",
+    )
+    gpush.add_argument("--grafana-dir", help="the provisioning sources (default: the repository's grafana/)")
+    gpush.add_argument("--timeout", type=float, default=10.0, help="seconds per Grafana request")
+    gpush.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
+    gpush.add_argument("--json", action="store_true", help="machine-readable output")
+
     sub.add_parser("settings", help="print the effective settings (secrets masked)")
     return parser
 
@@ -138,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             return _projects(settings, args)
         if args.command == "funnels":
             return _funnels(settings, args)
+        if args.command == "grafana":
+            return _grafana_push(args)
         if args.command == "demo":
             from werkstroom.demo import drive
 
@@ -253,6 +292,44 @@ def _projects_over_http(settings: Settings, args: argparse.Namespace) -> int:
         _print_created(body, args.json)
     else:
         _print_list(body, args.json)
+    return 0
+
+
+def _grafana_push(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from werkstroom import grafana_push as gp
+
+    try:
+        if not args.url:
+            raise gp.GrafanaPushError("give Grafana's URL: --url or GRAFANA_URL")
+        env = dict(os.environ)
+        password = None
+        if args.clickhouse_password_file:
+            password = gp.read_secret(args.clickhouse_password_file, "ClickHouse password")
+        options = gp.ClickHouseOptions(
+            host=args.clickhouse_host,
+            port=args.clickhouse_port,
+            protocol=args.clickhouse_protocol,
+            secure=args.clickhouse_secure,
+            username=args.clickhouse_user,
+            password=password,
+        )
+        grafana_dir = Path(args.grafana_dir) if args.grafana_dir else gp.default_grafana_dir()
+        desired = gp.load_desired(grafana_dir, options, env)
+        credential = gp.credential(args.url, env, args.token, args.token_file, args.user, args.password_file)
+        grafana = gp.Grafana(args.url, credential, timeout=args.timeout)
+        result = gp.push(
+            grafana, desired, dry_run=args.dry_run, write_password=args.write_clickhouse_password
+        )
+    except gp.GrafanaPushError as exc:
+        sys.stderr.write(f"werkstroom: {exc}\n")
+        return 2
+    if args.json:
+        _out(json.dumps(result.as_dict()))
+    else:
+        for line in result.lines:
+            _out(line)
     return 0
 
 
