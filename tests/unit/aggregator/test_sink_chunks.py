@@ -8,7 +8,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from services.aggregator import sink as sink_module
+from services.aggregator import apply as apply_module
 from services.aggregator.processor import SessionsProcessor
 from services.aggregator.sessions import DayCount, Visitor
 from services.aggregator.sink import EventsSink
@@ -33,7 +33,7 @@ def _loaded(sink: EventsSink, events: list[Any]) -> None:
 
 
 def test_chunked_apply_gives_the_rows_of_one_pass(tmp_path: Any, monkeypatch: Any) -> None:
-    monkeypatch.setattr(sink_module, "APPLY_CHUNK", 3)
+    monkeypatch.setattr(apply_module, "APPLY_CHUNK", 3)
     events = [(ev(i, n=i, anonymous_id=f"a{i % 4}"), i % 2, i) for i in range(10)]
     sink = _sink(tmp_path)
     _loaded(sink, events)
@@ -49,7 +49,7 @@ def test_chunked_apply_gives_the_rows_of_one_pass(tmp_path: Any, monkeypatch: An
 def test_partitions_revoked_while_a_batch_is_applied_keep_their_visitors_until_it_is_done(
     tmp_path: Any, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(sink_module, "APPLY_CHUNK", 1)
+    monkeypatch.setattr(apply_module, "APPLY_CHUNK", 1)
     sink = _sink(tmp_path)
     events = [(ev(0, n=1), 1, 10), (ev(1, n=2), 1, 11), (ev(2, n=3), 1, 12)]
     _loaded(sink, events)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.exceptions import OperationalError
 
-from services.aggregator import sink as sink_module
+from services.aggregator import retry as retry_module
 from services.aggregator.errors import Failure, NotStarted, classify, started
 from services.aggregator.sink import EventsSink, SinkStopped, _Abandoned
 from tests.unit.aggregator.test_sink_errors import CONSTRAINT, chdb_error, refused_connection
@@ -36,7 +36,7 @@ class Log:
 @pytest.fixture
 def log(monkeypatch: pytest.MonkeyPatch) -> Log:
     recorder = Log()
-    monkeypatch.setattr(sink_module, "log", recorder)
+    monkeypatch.setattr(retry_module, "log", recorder)
     return recorder
 
 

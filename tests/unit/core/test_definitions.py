@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from services.aggregator import derived, generations, processor, sessions, sink
+from services.aggregator import derived, generations, processor, sessions, status
 from services.api import queries
 from services.ingest import segment
 from werkstroom import churn, contract, funnels
@@ -125,7 +125,7 @@ def test_one_version_clock() -> None:
     following = [versions.next_version() for _ in range(1000)]
     assert following == sorted(set(following)) and following[0] > first  # strictly increasing
     assert abs(following[-1] - time.time_ns() // 1_000_000) < 5_000  # ms now, give or take the burst
-    for module in (derived, funnels, generations, sink):
+    for module in (derived, funnels, generations, status):
         assert module.next_version is versions.next_version, module.__name__  # type: ignore[attr-defined]
     # processor's clock ceiling is a wall clock for eviction, not a version
     allowed = {ROOT / "werkstroom" / "clickhouse" / "versions.py", Path(processor.__file__)}
