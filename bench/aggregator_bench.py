@@ -6,11 +6,14 @@
    broker. Bare: an aiokafka consumer group that only decodes them (orjson). Ours: the
    aggregator (events + sessions + live view + identities into the embedded ClickHouse,
    offsets committed after each write), timed from partition assignment until every offset
-   is committed. Targets: >= 30,000 events/s and >= 20 % of bare.
+   is committed, twice per round, in alternating order: the bare EventsSink as before issue 20
+   ("sink") and the Faust-hosted one `werkstroom serve` runs (services.aggregator.faust_app,
+   "faust"). Targets: >= 30,000 events/s, >= 20 % of bare, and faust >= 95 % of sink.
 2. Freshness: a steady 5,000 events/s of current traffic, produced by a second process; every
    50 ms a probe visitor's page view; time from Kafka's ack to the visitor's row in
-   online_visitors. Target p99 < 1 s.
-3. Memory: resident memory of an aggregator process of its own while 100,000 visitors' events
+   online_visitors, through the Faust-hosted aggregator. Target p99 < 1 s.
+3. Memory: resident memory of an aggregator process of its own (Faust-hosted, as `--host sink`
+   the bare EventsSink) while 100,000 visitors' events
    (a backlog, written in full batches) are taken in and once they are online at once. The
    process also hosts its ClickHouse; see `memory` for how that is kept out of the figure.
    Target < 1 GB.
@@ -35,6 +38,7 @@ import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from clickhouse_connect.driver.client import Client  # noqa: E402
 
+from services.aggregator.faust_app import create_aggregator  # noqa: E402
 from services.aggregator.sink import EventsSink  # noqa: E402
 from services.ingest.segment import normalize  # noqa: E402
 from werkstroom.contract import encode_event, message_key  # noqa: E402
@@ -125,6 +129,16 @@ async def bare(bootstrap: str, topic: str, total: int, group: str) -> float:
     return total / elapsed
 
 
+def start_aggregator(host: str, settings: Settings, bootstrap: str) -> tuple[EventsSink, asyncio.Task[None]]:
+    """The events sink, bare ("sink") or hosted by the Faust app ("faust", with the bots
+    consumer beside it, as `werkstroom serve` runs it), running; sink.stop() ends either."""
+    if host == "sink":
+        sink = EventsSink(settings, bootstrap, clickhouse_factory(settings))
+        return sink, asyncio.create_task(sink.run())
+    aggregator = create_aggregator(settings, bootstrap, clickhouse_factory(settings))
+    return aggregator.sink, asyncio.create_task(aggregator.run())
+
+
 async def committed_total(sink: EventsSink, topic: str) -> int:
     assert sink.consumer is not None
     total = 0
@@ -133,7 +147,7 @@ async def committed_total(sink: EventsSink, topic: str) -> int:
     return total
 
 
-async def main(events: int, online: int, rounds_wanted: int) -> None:
+async def main(events: int, online: int, rounds_wanted: int, memory_host: str) -> None:
     configure_logging("WARNING")
     work = Path(tempfile.mkdtemp(prefix="werkstroom-aggbench-"))
     with EmbeddedKafka(log_path=work / "kafka.log") as kafka:
@@ -152,45 +166,61 @@ async def main(events: int, online: int, rounds_wanted: int) -> None:
             f"preloaded {len(messages):,} events ({sum(len(v) for _, v in messages) / len(messages):.0f} B each)"
         )
 
-        # Rounds, alternating: the bare consumer, then the aggregator from empty tables (a
-        # database and consumer group of its own each round). This shared 2-vCPU host changes
-        # speed by a third from one minute to the next; the median of the rounds, each against
-        # the bare consumer measured just before it, is what a single run could not show.
-        rounds: list[tuple[float, float]] = []
+        # Rounds: the bare consumer, then the bare sink and the Faust-hosted one from empty tables
+        # (a database and consumer group of their own each), in alternating order. This shared
+        # 2-vCPU host changes speed by a third from one minute to the next; the median of the
+        # rounds, each against the bare consumer measured just before it, is what a single run
+        # could not show.
+        rounds: list[dict[str, float]] = []
         running: tuple[EventsSink, asyncio.Task[None], Client] | None = None
+        client: Client | None = None
         for round_no in range(1, rounds_wanted + 1):
-            if running is not None:  # the previous round's aggregator and tables: gone, no merges left
-                running[0].stop()
-                await running[1]
-                running[2].command(f"DROP DATABASE {settings.clickhouse_database} SYNC")
-            bare_eps = await bare(kafka.bootstrap, "bench.events", len(messages), f"bench-bare-{round_no}")
-            settings = settings.model_copy(
-                update={"clickhouse_database": f"bench{round_no}", "sink_group": f"bench-agg-{round_no}"}
-            )
-            client = prepare_clickhouse(settings)
-            sink = EventsSink(settings, kafka.bootstrap, clickhouse_factory(settings))
-            if round_no == 1:  # as `werkstroom serve` does once started (later, it would freeze the
-                tune_gc(settings)  # previous rounds' aggregators, cycles and all, for good)
-            task = asyncio.create_task(sink.run())
-            running = (sink, task, client)
-            while not (sink.consumer and sink.consumer.assignment()):
-                await asyncio.sleep(0.01)
-            started = time.perf_counter()
-            while await committed_total(sink, "bench.events") < len(messages):
-                await asyncio.sleep(0.05)
-            ours = len(messages) / (time.perf_counter() - started)
-            rounds.append((ours, bare_eps))
+            figures = {
+                "bare": await bare(kafka.bootstrap, "bench.events", len(messages), f"bench-bare-{round_no}")
+            }
+            # Alternating, and the last round ends with the Faust-hosted one (freshness below).
+            order = ("sink", "faust") if (rounds_wanted - round_no) % 2 == 0 else ("faust", "sink")
+            for host in order:
+                if running is not None:  # the previous aggregator and tables: gone, no merges left
+                    running[0].stop()
+                    await running[1]
+                    running[2].command(f"DROP DATABASE {settings.clickhouse_database} SYNC")
+                settings = settings.model_copy(
+                    update={
+                        "clickhouse_database": f"bench{round_no}{host}",
+                        "sink_group": f"bench-agg-{round_no}-{host}",
+                        "bots_group": f"bench-bots-{round_no}-{host}",
+                    }
+                )
+                client = prepare_clickhouse(settings)
+                if running is None:  # as `werkstroom serve` does once started (later, it would
+                    tune_gc(settings)  # freeze the previous rounds' aggregators for good)
+                sink, task = start_aggregator(host, settings, kafka.bootstrap)
+                running = (sink, task, client)
+                while not (sink.consumer and sink.consumer.assignment()):
+                    await asyncio.sleep(0.01)
+                started = time.perf_counter()
+                while await committed_total(sink, "bench.events") < len(messages):
+                    await asyncio.sleep(0.05)
+                figures[host] = len(messages) / (time.perf_counter() - started)
+            rounds.append(figures)
             print(
-                f"  round {round_no}: bare aiokafka consumer (decode only) {bare_eps:10,.0f} events/s; "
-                f"werkstroom aggregator {ours:10,.0f} events/s -> ratio {ours / bare_eps:.2f}"
+                f"  round {round_no}: bare aiokafka consumer (decode only) {figures['bare']:10,.0f} events/s; "
+                f"sink {figures['sink']:10,.0f} events/s ({figures['sink'] / figures['bare']:.2f} of bare); "
+                f"faust {figures['faust']:10,.0f} events/s ({figures['faust'] / figures['bare']:.2f}); "
+                f"faust/sink {figures['faust'] / figures['sink']:.2f}"
             )
-        ours = statistics.median(o for o, _ in rounds)
-        ratio = statistics.median(o / b for o, b in rounds)
+        ours = statistics.median(r["faust"] for r in rounds)
+        ratio = statistics.median(r["faust"] / r["bare"] for r in rounds)
+        hosted = statistics.median(r["faust"] / r["sink"] for r in rounds)
         print(
-            f"throughput (median of {len(rounds)} rounds): {ours:,.0f} events/s (target >= 30,000) "
+            f"throughput (median of {len(rounds)} rounds, Faust-hosted): {ours:,.0f} events/s (target >= 30,000) "
             f"{'OK' if ours >= 30_000 else 'BELOW TARGET'}; {ratio:.0%} of bare (target >= 20 %) "
-            f"{'OK' if ratio >= 0.2 else 'BELOW TARGET'}"
+            f"{'OK' if ratio >= 0.2 else 'BELOW TARGET'}; {hosted:.0%} of the bare sink (target >= 95 %) "
+            f"{'OK' if hosted >= 0.95 else 'BELOW TARGET'}"
         )
+        assert running is not None and client is not None
+        sink, task, client = running  # the last round's aggregator serves the freshness probe
 
         # Freshness at a steady 5,000 events/s, produced by another process: producing them
         # here took the event loop from the aggregator (and fell short of 5,000/s).
@@ -247,7 +277,13 @@ async def main(events: int, online: int, rounds_wanted: int) -> None:
         publisher.start()
         await publisher.publish("bench.online", [live_event(f"warm-{j}", j) for j in range(WARM_UP)])
         child = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--memory", kafka.bootstrap, str(online), stdout=asyncio.subprocess.PIPE
+            sys.executable,
+            __file__,
+            "--memory",
+            kafka.bootstrap,
+            str(online),
+            memory_host,
+            stdout=asyncio.subprocess.PIPE,
         )
         assert child.stdout is not None
         async for line in child.stdout:
@@ -286,7 +322,7 @@ async def steady(bootstrap: str) -> None:
     await producer.stop()
 
 
-async def memory(bootstrap: str, online: int) -> None:
+async def memory(bootstrap: str, online: int, host: str) -> None:
     """Resident memory of an aggregator process with `online` visitors online, in a process of
     its own: the bench's producer, its earlier rounds and their ClickHouse are not in it. It
     still hosts its ClickHouse (chdb), which a deployment runs as a server of its own. So:
@@ -308,9 +344,8 @@ async def memory(bootstrap: str, online: int) -> None:
         kafka_session_timeout_ms=3000,
     )
     client = prepare_clickhouse(settings)
-    sink = EventsSink(settings, bootstrap, clickhouse_factory(settings))
     tune_gc(settings)  # as `werkstroom serve` does
-    task = asyncio.create_task(sink.run())
+    sink, task = start_aggregator(host, settings, bootstrap)
 
     def clickhouse_mb() -> float:
         row = client.query("SELECT value FROM system.metrics WHERE metric = 'MemoryTracking'").first_row
@@ -335,7 +370,7 @@ async def memory(bootstrap: str, online: int) -> None:
     await task
     bound = imported + peak - ready
     sys.stdout.write(
-        f"memory with {count:,} visitors online ({held:,} held by the aggregator): RSS of the "
+        f"memory ({host}) with {count:,} visitors online ({held:,} held by the aggregator): RSS of the "
         f"aggregator's process {ready:,.0f} MB before they came, {after:,.0f} MB once online "
         f"(+{after - ready:,.0f} MB), {peak:,.0f} MB at its peak (+{peak - ready:,.0f} MB); the "
         f"in-process ClickHouse tracked {clickhouse_after - clickhouse_ready:+,.0f} MB of that\n"
@@ -350,14 +385,15 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--steady":
         asyncio.run(steady(sys.argv[2]))
         sys.exit(0)
-    if len(sys.argv) == 4 and sys.argv[1] == "--memory":
+    if len(sys.argv) == 5 and sys.argv[1] == "--memory":
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(memory(sys.argv[2], int(sys.argv[3])))
+            runner.run(memory(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
         sys.exit(0)
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--online", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds; the median counts")
+    parser.add_argument("--memory-host", choices=("faust", "sink"), default="faust")
     args = parser.parse_args()
     with asyncio.Runner(loop_factory=loop_factory()) as runner:  # the loop `werkstroom serve` runs on
-        runner.run(main(args.events, args.online, args.rounds))
+        runner.run(main(args.events, args.online, args.rounds, args.memory_host))
