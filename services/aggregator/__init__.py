@@ -1,5 +1,7 @@
 """The aggregator: consumes the events topic and keeps ClickHouse up to date.
 
-Today it runs the events sink (every event into the `events` table); the aggregations
-(sessions, online windows, users, funnels, daily stats) join it as further consumers.
+A Faust app (faust_app.py) hosts the events sink, a chain of stages that sink.py assembles
+(consumer -> decode -> batching -> apply -> writer -> commit, beside them status and retry),
+and the bots consumer (bots.py). The session logic is pure (sessions.py); the visitors' state
+it runs on is processor.py's; derived.py recomputes the derived tables.
 """
