@@ -7,8 +7,8 @@
 - the apply stage is an agent over `app.channel()`: each batch the loop cuts is handed to it
   (`Aggregator.hand_over`) and comes back applied and queued for the writer, one at a time, so
   a rebalance never finds two batches in flight and the offsets are committed after the write;
-- Faust's lifecycle starts them, and its stop drains them (`on_before_shutdown`: what is held
-  is written and committed within the sink's STOP_GRACE) before the tasks are cancelled;
+- Faust's lifecycle starts them, and its stop drains them first (`AggregatorApp.on_stop`: what
+  is held is written and committed within the sink's STOP_GRACE), then cancels the tasks;
 - Faust's web server serves the aggregator's /health, /ready and /metrics (services.aggregator
   .app) on `aggregator_port`; under `werkstroom serve` our own server does, and Faust's is off.
 
@@ -51,11 +51,20 @@ class WithoutFaustKafka(BootStrategy):
 class AggregatorApp(faust.App):
     BootStrategy = WithoutFaustKafka
     prepare: Any = None  # awaited once before anything starts (the worker's start-up checks)
+    drain: Any = None  # awaited first when the app stops, before its tasks are cancelled
 
     async def on_first_start(self) -> None:
         if self.prepare is not None:  # first: it creates the data directory Faust's is in
             await self.prepare()
         await super().on_first_start()
+
+    async def on_stop(self) -> None:
+        # Not the on_before_shutdown signal (sent at the same point of the stop): a receiver
+        # connected to an app's signal is held by the class's, for good, and with it the sink
+        # and every visitor it holds (a process that runs several apps, as the bench does).
+        if self.drain is not None:
+            await self.drain()
+        await super().on_stop()
 
 
 @dataclass
@@ -120,7 +129,7 @@ class Aggregator:
         app.agent(self.batches, name="apply")(self._apply)
         app.task(self._events_source)
         app.task(self._bots_source)
-        app.on_before_shutdown.connect(self._drain)
+        app.drain = self._drain
 
     async def hand_over(self, held: Held | None) -> asyncio.Future[None]:
         """The sink's hand-over: the batch goes to the apply agent; the future is done once it
@@ -165,7 +174,7 @@ class Aggregator:
             if self.owns_process:
                 await self.app.crash(exc)
 
-    async def _drain(self, app: Any, **kwargs: Any) -> None:
+    async def _drain(self) -> None:
         """Faust stops: the consumers write and commit what they hold first (within the sink's
         STOP_GRACE), then the app's tasks and agents are stopped."""
         await asyncio.gather(self.events.stop(), self.bots_hosted.stop())

@@ -396,8 +396,6 @@ class EventsSink:
         self.writer.start_live(batch)
         await self._queue.put(batch)
 
-    _submit = submit
-
     # -- write -------------------------------------------------------------------------------------
 
     async def _write_loop(self) -> None:

@@ -77,3 +77,18 @@ def test_a_hand_over_cancelled_by_the_sink_cancels_the_apply(tmp_path: Any) -> N
             await asyncio.wait_for(cancelled.wait(), 5)
 
     asyncio.run(scenario())
+
+
+def test_nothing_global_keeps_an_aggregator_and_its_visitors(tmp_path: Any) -> None:
+    """A receiver of an app's signal is kept by its class's signal for good: an aggregator done
+    with must be collectable, sink and visitors with it (the bench runs several in a process)."""
+    import gc
+    import weakref
+
+    def build() -> tuple[weakref.ref[Any], weakref.ref[Any]]:
+        built = Aggregator(Settings(data_dir=tmp_path), "localhost:1", lambda: None)  # type: ignore[arg-type,return-value]
+        return weakref.ref(built.sink), weakref.ref(built.app)
+
+    sink, app = build()
+    gc.collect()
+    assert sink() is None and app() is None
