@@ -10,15 +10,18 @@
 - Faust's lifecycle starts them, and its stop drains them first (`AggregatorApp.on_stop`: what
   is held is written and committed within the sink's STOP_GRACE), then cancels the tasks;
 - Faust's web server serves the aggregator's /health, /ready and /metrics (services.aggregator
-  .app) on `aggregator_port`; under `werkstroom serve` our own server does, and Faust's is off.
+  .app) on `aggregator_port`; embedded in another process (`Aggregator.run`) it is off.
 
 Faust's own Kafka consumer and producer stay off (`WithoutFaustKafka`): its per-message path does about
 4.5k events/s on this broker against ~120k for whole fetch batches (docs/faust-on-tansu.md),
 and an app with no topic to subscribe crashes its Conductor. The batch sources read with
 aiokafka, as the bare sink does.
 
-`werkstroom serve` builds the app with `create_aggregator(settings, ...)`; `faust -A` reads the
-module's `app`, built from the environment's settings on first access (not at import).
+`faust -A` reads the module's `app`, built from the environment's settings on first access (not
+at import); `create_aggregator(settings, ...)` builds one to run inside a process of one's own
+(the bench). `werkstroom serve` does not run it yet: with it, a kill -9 during serve's drain
+left `events_daily` above `events` in 3 of 11 runs of test_graceful_drain's kill test (0 of 11
+with the bare sink), a cause not found yet (bench/README.md, 2026-12-02, issue 20).
 """
 
 from __future__ import annotations
@@ -180,7 +183,7 @@ class Aggregator:
         await asyncio.gather(self.events.stop(), self.bots_hosted.stop())
 
     async def run(self) -> None:
-        """`werkstroom serve`'s: start the app on the running loop, until the events sink ends
+        """Embedded: start the app on the running loop, until the events sink ends
         (its stop(), or a failure, which this raises); then the app stops, and the bots with it."""
         await self.app.start()
         try:
@@ -241,7 +244,7 @@ _app: faust.App | None = None
 
 
 def __getattr__(name: str) -> Any:
-    """`app`, built on first access: `faust -A` reads it; `werkstroom serve` never does."""
+    """`app`, built on first access: `faust -A` reads it; importing the module does not."""
     global _app
     if name != "app":
         raise AttributeError(name)
