@@ -73,6 +73,8 @@ class Positions:
     lasts: dict[tuple[TopicPartition, int], tuple[bytes | None, bytes | None]] = field(default_factory=dict)
     began: dict[TopicPartition, int | None] = field(default_factory=dict)  # (0018)
     replays: dict[TopicPartition, Replay] = field(default_factory=dict)
+    # Where this assignment reads each partition from: its lag until the first commit on it.
+    starts: dict[TopicPartition, int] = field(default_factory=dict)
     partition_count: int = 0
     failed: bool = False  # an assignment could not decide its generations
     client: Client | None = None  # the assignments' and the commits' records
@@ -82,6 +84,7 @@ class Positions:
     def forget(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:
             self.replays.pop(tp, None)  # not recorded: the new owner decides and replays it again
+            self.starts.pop(tp, None)
 
     async def assign(self, assigned: list[TopicPartition]) -> None:
         """Decide the generation of each assigned partition of the events topic from what is
@@ -144,6 +147,7 @@ class Positions:
                 },
             )
             rows = []
+            from_start: list[TopicPartition] = []
             for tp in tps:
                 record = records.get(tp.partition)
                 tail = tails.get(tp.partition)
@@ -191,6 +195,11 @@ class Positions:
                     self.began[tp] = began
                     if decision.seek is not None:
                         consumer.seek(tp, decision.seek)
+                start = decision.seek if decision.seek is not None else committed[tp]
+                if start is None:
+                    from_start.append(tp)  # no commit and no seek: the log's first offset
+                else:
+                    self.starts[tp] = start
                 log.info(
                     "sink_generation",
                     partition=tp.partition,
@@ -203,6 +212,8 @@ class Positions:
                     replay=replay,
                 )
             await asyncio.to_thread(generations.save, client, topic, rows, self.worker)
+        if from_start:
+            self.starts.update(await consumer.beginning_offsets(from_start))
         self.partition_count = count
 
     async def record(self, offsets: dict[TopicPartition, int]) -> None:

@@ -119,6 +119,7 @@ class EventsSink:
             self.committer.committed,
             self.writer.newest,
             lambda: self.writer.last_write,
+            self.positions.starts,
         )
         self._hand_over = hand_over if hand_over is not None else self._apply_here
         # The loop's own state.

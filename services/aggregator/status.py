@@ -44,6 +44,7 @@ class Status:
         committed: dict[TopicPartition, int],
         newest: dict[int, int],
         last_write: Callable[[], float | None],
+        starts: dict[TopicPartition, int] | None = None,
     ) -> None:
         self.topic = topic
         self.worker = worker
@@ -51,6 +52,8 @@ class Status:
         self.committed = committed  # the committer's: the next offset committed, per partition
         self.newest = newest  # the writer's: the newest event time written (ms), per partition
         self.last_write = last_write
+        # Where each partition is read from (the consumer stage's): lag before its first commit.
+        self.starts = starts if starts is not None else {}
         self.consumer: AIOKafkaConsumer | None = None
         self.client: Client | None = None  # its own clock and client: a slow insert must not
         self.derived_client: Client | None = None  # make a live aggregator look stalled
@@ -87,7 +90,7 @@ class Status:
             if tp.topic != self.topic:
                 continue
             end = consumer.highwater(tp)
-            done = self.committed.get(tp)
+            done = self.committed.get(tp, self.starts.get(tp))
             lag = max(0, end - done) if end is not None and done is not None else 0
             newest = self.newest.get(tp.partition)
             # Caught up, there is nothing to write: the sink is as fresh as it gets. Behind, its

@@ -246,6 +246,16 @@ async def test_a_stop_while_inserts_fail_and_batches_wait_behind_them_returns_wi
         await asyncio.sleep(0.3)
     await quiet.until(lambda: metrics.SINK_INSERT_FAILURES._value.get() >= failures + 3, timeout=30)
     await quiet.until(lambda: sink._seq - sink._written_seq >= 2, timeout=10)  # waiting behind it
+    # Nothing committed on any partition yet: the lag gauge counts from where this assignment
+    # reads, up to the newest offset the consumer has seen (it read 0 until a first commit).
+    held = sink.consumer.assignment()
+
+    def lag_from_start() -> bool:
+        gauge = sum(metrics.SINK_LAG.labels(str(tp.partition))._value.get() for tp in held)
+        seen = sum((sink.consumer.highwater(tp) or 0) - sink.positions.starts[tp] for tp in held)
+        return gauge == seen > 0
+
+    await quiet.until(lag_from_start, timeout=15)
     started = time.monotonic()
     sink.stop()
     await asyncio.wait_for(quiet._tasks.pop(), 15)
