@@ -115,7 +115,7 @@ async def test_every_accepted_event_is_stored_as_it_was_sent(quiet: Stack) -> No
         keep(call, call_type, received_at, None)
 
     sink = EventsSink(quiet.settings, quiet.bootstrap, clickhouse_factory(quiet.settings))
-    sink._events_client = quiet.other_client()  # what run() sets up: the events' own client
+    sink.writer.clients.events = quiet.other_client()  # what run() sets up: the events' own client
     for run in (any_call, timed_call):
         batches.append([])
         run()  # hypothesis: the examples, each checked by check_normalize, and kept
