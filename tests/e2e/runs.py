@@ -106,9 +106,14 @@ def serve_env(data_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def start_serve(
-    env: dict[str, str], cwd: Path, *, timeout: float = 60.0, start_new_session: bool = False
+    env: dict[str, str],
+    cwd: Path,
+    *,
+    timeout: float = 60.0,
+    start_new_session: bool = False,
+    target: str = "all",
 ) -> tuple[subprocess.Popen[str], str]:
-    """`werkstroom serve --target all` with `env` in `cwd`, its stderr in <cwd>/serve.log, and
+    """`werkstroom serve --target <target>` with `env` in `cwd`, its stderr in <cwd>/serve.log, and
     its stdout read up to the start-up banner's curl example (for `timeout` seconds at most).
     The process and the banner read; a process that exits before is an AssertionError that
     ends with its log. `start_new_session`: a process group of its own, as a terminal's
@@ -116,7 +121,7 @@ def start_serve(
     log_path = cwd / "serve.log"
     with open(log_path, "w") as log:  # the process has its own copy of the file
         proc = subprocess.Popen(
-            [*CLI, "serve", "--target", "all"],
+            [*CLI, "serve", "--target", target],
             env=env,
             stdout=subprocess.PIPE,
             stderr=log,

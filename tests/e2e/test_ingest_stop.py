@@ -27,7 +27,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.conftest import Infra
-from tests.e2e.runs import CLI, PARTITIONS, post
+from tests.e2e.runs import PARTITIONS, post, start_serve
 from werkstroom.contract import decode_event
 from werkstroom.embedded import free_port
 from werkstroom.kafka import log_ends_at
@@ -111,32 +111,9 @@ class Senders:
 
 
 def start_ingest(env: dict[str, str], tmp: Path) -> tuple[subprocess.Popen[str], str]:
-    """`werkstroom serve --target ingest`, its log in <tmp>/ingest.log, once its banner (which
+    """`werkstroom serve --target ingest`, its log in <tmp>/serve.log, once its banner (which
     ends with the demo project's curl example) is out; and the demo project's write key."""
-    log_path = tmp / "ingest.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [*CLI, "serve", "--target", "ingest"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            cwd=tmp,
-        )
-    try:
-        assert proc.stdout is not None
-        banner, deadline = "", time.monotonic() + 90
-        while "curl" not in banner:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                raise AssertionError(f"ingest exited: {log_path.read_text()[-3000:]}")
-            assert time.monotonic() < deadline, f"no banner: {log_path.read_text()[-3000:]}"
-            banner += line
-    except BaseException:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        raise
+    proc, _banner = start_serve(env, tmp, timeout=90, target="ingest")
     demo = json.loads((Path(env["WERKSTROOM_DATA_DIR"]) / "demo.json").read_text())
     return proc, str(demo["write_key"])
 
@@ -201,7 +178,7 @@ def test_a_graceful_stop_of_ingest_loses_no_acknowledged_event(infra: Infra, tmp
     else:
         env["WERKSTROOM_CLICKHOUSE_URL"] = infra.clickhouse_url
         env["WERKSTROOM_CLICKHOUSE_DATABASE"] = f"stop_{suffix}"
-    log_path = tmp_path / "ingest.log"
+    log_path = tmp_path / "serve.log"
     proc, write_key = start_ingest(env, tmp_path)
     senders = Senders(f"http://127.0.0.1:{port}/v1/batch", write_key)
     try:
