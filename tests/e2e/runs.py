@@ -105,6 +105,32 @@ def serve_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def target_env(infra: Any, prefix: str, data_dir: Path, **extra: str) -> tuple[dict[str, str], str]:
+    """The environment of one `werkstroom serve --target …` on the session's broker, with
+    topics, groups and (on a ClickHouse server) a database of its own named after `prefix` and
+    a random suffix; on the embedded engine, ClickHouse in <data_dir>/clickhouse (one process per
+    directory). `extra` on top. Returns it and the suffix."""
+    suffix = os.urandom(4).hex()
+    env = {
+        **os.environ,
+        "WERKSTROOM_KAFKA_BOOTSTRAP": infra.bootstrap,
+        "WERKSTROOM_TOPIC_EVENTS": f"{prefix}.events.{suffix}",
+        "WERKSTROOM_TOPIC_DLQ": f"{prefix}.dlq.{suffix}",
+        "WERKSTROOM_TOPIC_BOTS": f"{prefix}.bots.{suffix}",
+        "WERKSTROOM_TOPIC_PARTITIONS": str(PARTITIONS),
+        "WERKSTROOM_SINK_GROUP": f"{prefix}-{suffix}",
+        "WERKSTROOM_BOTS_GROUP": f"{prefix}-bots-{suffix}",
+        "WERKSTROOM_DATA_DIR": str(data_dir),
+        **extra,
+    }
+    if infra.kind == "embedded":
+        env["WERKSTROOM_CLICKHOUSE_URL"] = f"chdb://{data_dir / 'clickhouse'}"
+    else:
+        env["WERKSTROOM_CLICKHOUSE_URL"] = infra.clickhouse_url
+        env["WERKSTROOM_CLICKHOUSE_DATABASE"] = f"{prefix}_{suffix}"
+    return env, suffix
+
+
 def start_serve(
     env: dict[str, str],
     cwd: Path,

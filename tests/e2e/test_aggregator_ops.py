@@ -5,7 +5,6 @@ partition and its rows written in the metrics, and a SIGTERM still ends it with 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 import urllib.error
@@ -16,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.runs import PARTITIONS, contract_events, start, tail
+from tests.e2e.runs import PARTITIONS, contract_events, start, tail, target_env
 from werkstroom.embedded import free_port
 
 pytestmark = pytest.mark.integration
@@ -47,28 +46,16 @@ def _metrics(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
 
 
 async def test_the_aggregator_serves_health_ready_and_metrics(infra, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    suffix = os.urandom(4).hex()
-    topic = f"ops.events.{suffix}"
     port = free_port()
-    env = {
-        **os.environ,
-        "WERKSTROOM_KAFKA_BOOTSTRAP": infra.bootstrap,
-        "WERKSTROOM_TOPIC_EVENTS": topic,
-        "WERKSTROOM_TOPIC_DLQ": f"ops.dlq.{suffix}",
-        "WERKSTROOM_TOPIC_BOTS": f"ops.bots.{suffix}",
-        "WERKSTROOM_TOPIC_PARTITIONS": str(PARTITIONS),
-        "WERKSTROOM_SINK_GROUP": f"ops-{suffix}",
-        "WERKSTROOM_BOTS_GROUP": f"ops-bots-{suffix}",
-        "WERKSTROOM_DATA_DIR": str(tmp_path / "data"),
-        "WERKSTROOM_DEMO": "false",
-        "WERKSTROOM_KAFKA_SESSION_TIMEOUT_MS": "3000",
-        "WERKSTROOM_AGGREGATOR_PORT": str(port),
-    }
-    if infra.kind == "embedded":  # a data directory of its own: one process per directory
-        env["WERKSTROOM_CLICKHOUSE_URL"] = f"chdb://{tmp_path / 'clickhouse'}"
-    else:
-        env["WERKSTROOM_CLICKHOUSE_URL"] = infra.clickhouse_url
-        env["WERKSTROOM_CLICKHOUSE_DATABASE"] = f"ops_{suffix}"
+    env, suffix = target_env(
+        infra,
+        "ops",
+        tmp_path / "data",
+        WERKSTROOM_DEMO="false",
+        WERKSTROOM_KAFKA_SESSION_TIMEOUT_MS="3000",
+        WERKSTROOM_AGGREGATOR_PORT=str(port),
+    )
+    topic = env["WERKSTROOM_TOPIC_EVENTS"]
     base = f"http://127.0.0.1:{port}"
     began = time.monotonic()
     proc = start(env, tmp_path, "aggregator")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import os
 import random
 import signal
 import subprocess
@@ -27,7 +26,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.conftest import Infra
-from tests.e2e.runs import PARTITIONS, post, start_serve
+from tests.e2e.runs import PARTITIONS, post, start_serve, target_env
 from werkstroom.contract import decode_event
 from werkstroom.embedded import free_port
 from werkstroom.kafka import log_ends_at
@@ -152,32 +151,22 @@ def records(log_path: Path) -> list[dict[str, Any]]:
 
 
 def test_a_graceful_stop_of_ingest_loses_no_acknowledged_event(infra: Infra, tmp_path: Path) -> None:
-    suffix = os.urandom(4).hex()
-    topic = f"stop.events.{suffix}"
     port = free_port()
-    env = {
-        **os.environ,
-        "WERKSTROOM_KAFKA_BOOTSTRAP": infra.bootstrap,
-        "WERKSTROOM_TOPIC_EVENTS": topic,
-        "WERKSTROOM_TOPIC_DLQ": f"stop.dlq.{suffix}",
-        "WERKSTROOM_TOPIC_BOTS": f"stop.bots.{suffix}",
-        "WERKSTROOM_TOPIC_PARTITIONS": str(PARTITIONS),
-        "WERKSTROOM_DATA_DIR": str(tmp_path / "data"),
-        "WERKSTROOM_INGEST_PORT": str(port),
-        "WERKSTROOM_DRAIN_TIMEOUT_SECONDS": str(DRAIN_TIMEOUT),
-        "WERKSTROOM_RATE_LIMIT_EPS": "0",
-        # A loaded machine must not turn slow acknowledgements into 503 kafka_unavailable: every
-        # 503 here is the stop's.
-        "WERKSTROOM_PRODUCE_TIMEOUT_MS": "15000",
-        "WERKSTROOM_LOG_FORMAT": "json",
-        "WERKSTROOM_LOG_LEVEL": "INFO",
-    }
     # Ingest reads its write keys from ClickHouse: the demo project, created at its first start.
-    if infra.kind == "embedded":  # a data directory of its own: one process per directory
-        env["WERKSTROOM_CLICKHOUSE_URL"] = f"chdb://{tmp_path / 'data' / 'clickhouse'}"
-    else:
-        env["WERKSTROOM_CLICKHOUSE_URL"] = infra.clickhouse_url
-        env["WERKSTROOM_CLICKHOUSE_DATABASE"] = f"stop_{suffix}"
+    env, _suffix = target_env(
+        infra,
+        "stop",
+        tmp_path / "data",
+        WERKSTROOM_INGEST_PORT=str(port),
+        WERKSTROOM_DRAIN_TIMEOUT_SECONDS=str(DRAIN_TIMEOUT),
+        WERKSTROOM_RATE_LIMIT_EPS="0",
+        # A loaded machine must not turn slow acknowledgements into 503 kafka_unavailable:
+        # every 503 here is the stop's.
+        WERKSTROOM_PRODUCE_TIMEOUT_MS="15000",
+        WERKSTROOM_LOG_FORMAT="json",
+        WERKSTROOM_LOG_LEVEL="INFO",
+    )
+    topic = env["WERKSTROOM_TOPIC_EVENTS"]
     log_path = tmp_path / "serve.log"
     proc, write_key = start_ingest(env, tmp_path)
     senders = Senders(f"http://127.0.0.1:{port}/v1/batch", write_key)
