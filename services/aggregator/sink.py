@@ -29,7 +29,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from clickhouse_connect.driver.client import Client
@@ -67,8 +67,6 @@ __all__ = [  # what other modules and the tests import from here
 REFRESH_TICK = 0.05  # seconds between two checks whether the derived tables are due
 STOP_GRACE = 3.0  # seconds a stop waits for what is held to be written and committed
 CLOSE_TIMEOUT = 2.0  # seconds a stop waits for each Kafka client to close
-T = TypeVar("T")
-R = TypeVar("R")
 
 #: Hands a cut batch over to be applied and queued for the writer; returns a future done once
 #: it is (raising what it raised). One at a time: the loop awaits the previous one first.
@@ -149,30 +147,6 @@ class EventsSink:
     @property
     def last_write(self) -> float | None:
         return self.writer.last_write
-
-    @property
-    def _refused_run(self) -> dict[str, int]:
-        return self.writer.refused_run
-
-    @_refused_run.setter
-    def _refused_run(self, runs: dict[str, int]) -> None:
-        self.writer.refused_run = runs
-
-    async def _retry(self, failure: str, attempt: Callable[[], Awaitable[T]]) -> T:
-        return await self.retry(failure, attempt)
-
-    async def _insert_refusing(
-        self,
-        table: str,
-        rows: list[R],
-        error: Exception,
-        insert: Callable[[list[R]], Awaitable[None]],
-        runs: dict[str, int],
-    ) -> list[tuple[int, Exception]]:
-        return await self.writer.insert_refusing(table, rows, error, insert, runs)
-
-    async def _insert_raw(self, lines: list[bytes]) -> None:
-        await self.writer.insert_raw(lines)
 
     async def _aggregate(self, events: list[Decoded], seq: int) -> tuple[Rows, Dirty, dict[int, int]]:
         return await self.applier.aggregate(events, seq, self._loader, self.retry)

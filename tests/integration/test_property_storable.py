@@ -4,7 +4,7 @@ tests/unit/ingest/test_normalize_properties.py (which checks the same calls with
 
 - Generated calls (`calls()`, and `timed_calls()` for the time policy) are normalised and
   encoded as ingest does (`check_normalize`). Every accepted message then goes into a real
-  `events` table the way the sink writes it: `raw_row`, then `EventsSink._insert_raw` (its
+  `events` table the way the sink writes it: `raw_row`, then `EventsSink.writer.insert_raw` (its
   statement, its parse settings, its client), one batch per strategy. Each row reads back
   exactly once, every field as sent: times to the column's milliseconds (ClickHouse truncates
   the microseconds), properties and traits the same JSON (the table keeps their text).
@@ -121,11 +121,11 @@ async def test_every_accepted_event_is_stored_as_it_was_sent(quiet: Stack) -> No
         run()  # hypothesis: the examples, each checked by check_normalize, and kept
         lines = [line for _call, line in batches[-1]]
         try:
-            await sink._insert_raw(lines)
+            await sink.writer.insert_raw(lines)
         except Exception as exc:
             if classify(exc) is not Failure.DATA:
                 raise
-            refused = await refused_rows(sink._insert_raw, lines)
+            refused = await refused_rows(sink.writer.insert_raw, lines)
             smallest = sorted(refused, key=lambda r: len(lines[r[0]]))[:3]
             pytest.fail(
                 f"ClickHouse refused {len(refused)} of {len(lines)} accepted events; the smallest:\n"

@@ -228,7 +228,9 @@ def sink(tmp_path: Any, limit: int = 1000) -> EventsSink:
 
 def find(s: EventsSink, table: Table, rows: list[int], runs: dict[str, int] | None = None) -> list[int]:
     first = chdb_error("Code: 469. DB::Exception: the whole batch (VIOLATED_CONSTRAINT)")
-    found = asyncio.run(s._insert_refusing("t", rows, first, table.insert, {} if runs is None else runs))
+    found = asyncio.run(
+        s.writer.insert_refusing("t", rows, first, table.insert, {} if runs is None else runs)
+    )
     return [rows[i] for i, _error in found]
 
 
@@ -249,12 +251,12 @@ def test_a_batch_refused_whole_with_no_bad_row_is_written_in_parts(tmp_path: Any
 
 def test_too_many_refused_in_a_row_stop_the_sink_across_batches(tmp_path: Any) -> None:
     s = sink(tmp_path, limit=5)
-    s._refused_run = {"t": 3}  # the previous batch ended with three refused rows
+    s.writer.refused_run = {"t": 3}  # the previous batch ended with three refused rows
     table = Table({0, 1, 5})
     runs: dict[str, int] = {}
     with pytest.raises(SinkStopped, match="refused 5 rows in a row of t"):
         find(s, table, list(range(8)), runs)
-    s._refused_run = {}
+    s.writer.refused_run = {}
     assert find(s, Table({0, 1, 5}), list(range(8)), runs) == [0, 1, 5]
     assert runs == {"t": 0}  # the batch ended on written rows
 

@@ -1,4 +1,4 @@
-"""What `EventsSink._retry` does with each kind of failure (services/aggregator/errors.py): a
+"""What `EventsSink.retry` (services/aggregator/retry.py) does with each kind of failure (services/aggregator/errors.py): a
 transient one is retried with backoff until it passes, a data error in our own statements and a
 programming error stop the sink after one attempt, logged at error level, and a stop abandons
 the backoff at once. Also: a client used before run() set it up is an explicit error, not an
@@ -62,7 +62,7 @@ class Attempt:
 def test_a_transient_failure_is_retried_with_backoff_until_it_passes(tmp_path: Any, log: Log) -> None:
     attempt = Attempt(refused_connection(), refused_connection())
     started_at = time.monotonic()
-    assert asyncio.run(new_sink(tmp_path)._retry("sink_write_failed", attempt)) == "written"
+    assert asyncio.run(new_sink(tmp_path).retry("sink_write_failed", attempt)) == "written"
     assert attempt.calls == 3
     assert time.monotonic() - started_at >= 0.3  # backed off 0.1 s, then 0.2 s
     assert log.at("warning") == ["sink_write_failed", "sink_write_failed"]
@@ -76,7 +76,7 @@ def test_a_programming_error_stops_the_sink_after_one_attempt_and_is_logged(tmp_
     with pytest.raises(
         SinkStopped, match=r"sink_load_failed: TypeError: unsupported.*a programming error"
     ) as raised:
-        asyncio.run(new_sink(tmp_path)._retry("sink_load_failed", attempt))
+        asyncio.run(new_sink(tmp_path).retry("sink_load_failed", attempt))
     assert raised.value.__cause__ is error
     assert attempt.calls == 1
     assert log.at("error") == ["sink_load_failed"] and log.at("warning") == []
@@ -88,7 +88,7 @@ def test_a_data_error_in_our_own_statements_stops_the_sink_too(tmp_path: Any, lo
     reaches the retry comes from rows we computed from our own tables."""
     attempt = Attempt(chdb_error(CONSTRAINT))
     with pytest.raises(SinkStopped, match=r"derived_refresh_failed.*VIOLATED_CONSTRAINT.*our own rows"):
-        asyncio.run(new_sink(tmp_path)._retry("derived_refresh_failed", attempt))
+        asyncio.run(new_sink(tmp_path).retry("derived_refresh_failed", attempt))
     assert attempt.calls == 1
     assert log.at("error") == ["derived_refresh_failed"]
 
@@ -98,7 +98,7 @@ def test_a_stop_abandons_the_backoff_at_once(tmp_path: Any, log: Log) -> None:
     attempt = Attempt(*[refused_connection()] * 5, on_call=s.stop)
     started_at = time.monotonic()
     with pytest.raises(_Abandoned) as raised:
-        asyncio.run(s._retry("sink_write_failed", attempt))
+        asyncio.run(s.retry("sink_write_failed", attempt))
     assert isinstance(raised.value.__cause__, OperationalError)
     assert attempt.calls == 1
     assert time.monotonic() - started_at < 0.1  # the 0.1 s backoff was not waited out
@@ -112,7 +112,7 @@ def test_a_stop_during_a_long_backoff_ends_it(tmp_path: Any, log: Log) -> None:
 
     async def run() -> None:
         asyncio.get_running_loop().call_later(0.5, s.stop)
-        await s._retry("sink_write_failed", attempt)
+        await s.retry("sink_write_failed", attempt)
 
     started_at = time.monotonic()
     with pytest.raises(_Abandoned):
@@ -127,14 +127,14 @@ def test_a_stop_from_inside_the_attempt_passes_through_untouched(
 ) -> None:
     attempt = Attempt(error)
     with pytest.raises(type(error)) as raised:
-        asyncio.run(new_sink(tmp_path)._retry("sink_write_failed", attempt))
+        asyncio.run(new_sink(tmp_path).retry("sink_write_failed", attempt))
     assert raised.value is error
     assert attempt.calls == 1 and log.lines == []
 
 
 def test_a_client_used_before_run_is_an_explicit_programming_error(tmp_path: Any) -> None:
     with pytest.raises(NotStarted, match="the events' client used before run"):
-        asyncio.run(new_sink(tmp_path)._insert_raw([b"{}"]))
+        asyncio.run(new_sink(tmp_path).writer.insert_raw([b"{}"]))
     with pytest.raises(NotStarted):
         new_sink(tmp_path)._waiting()
     assert started(0, "zero is set") == 0  # only None is "not set up"
