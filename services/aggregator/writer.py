@@ -24,7 +24,7 @@ from services.aggregator import generations
 from services.aggregator.decode import message_of
 from services.aggregator.errors import Failure, classify, describe, error_name, started
 from services.aggregator.processor import Decoded, Dirty, Rows
-from services.aggregator.retry import Abandoned, Retry, SinkStopped, raise_worst
+from services.aggregator.retry import Abandoned, Retry, SinkStopped
 from werkstroom import metrics
 from werkstroom.clickhouse.params import insert_rows
 from werkstroom.clickhouse.tables import EVENTS_COLUMNS
@@ -78,7 +78,7 @@ class Refused:
 class WriterClients:
     """The writer's connections, opened when the sink runs (None before: `started` says so)."""
 
-    events: Client | None = None  # the events table's inserts, beside the rest
+    events: Client | None = None  # the events table's inserts, a client of their own
     aggregates: Client | None = None
     live: Client | None = None  # the live view, ahead of the batch's other writes
     publisher: Publisher | None = None  # the dead letters
@@ -144,13 +144,13 @@ class Writer:
                     return []
                 return await self.insert_aggregates(tables, runs)
 
-            # The events and the aggregates go in side by side, on two clients (ClickHouse
-            # parses and sorts them in native code, off the GIL); both finish before a retry.
-            events, aggregated = await asyncio.gather(
-                self.insert_events(batch, runs), aggregates(), return_exceptions=True
-            )
-            raise_worst(events, aggregated)
-            refused = [*events, *aggregated]  # type: ignore[misc]
+            # The events first, then what counts them: a kill -9 between the two leaves events
+            # stored and not yet counted, which the next start replays from `events`
+            # (EventsSink.replay_tails). Side by side, a kill could leave counts above the
+            # stored events, whose only other copy was in the embedded broker the kill took.
+            events = await self.insert_events(batch, runs)
+            aggregated = await aggregates()
+            refused = [*events, *aggregated]
             if refused:  # in the dead-letter topic before the offsets are committed
                 await self._publisher().publish(self.topics.dead_letter, [(r.key, r.letter) for r in refused])
                 metrics.SINK_DEAD_LETTERED.labels(REFUSED).inc(len(refused))
