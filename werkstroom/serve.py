@@ -105,6 +105,14 @@ def locked_for_migrations(client: Client, settings: Settings) -> contextlib.Abst
     return migration_lock(client, wait=settings.migrations_wait_seconds)
 
 
+def backfill_funnel(client: Client, funnel: Any) -> int:
+    """The aggregator's back-fill of a new funnel, run by `werkstroom funnels create` when no
+    server holds the embedded ClickHouse (services.aggregator.funnels)."""
+    from services.aggregator.funnels import backfill_and_mark
+
+    return backfill_and_mark(client, funnel)
+
+
 def admin_token(settings: Settings) -> str:
     if settings.admin_token is not None:
         return settings.admin_token.get_secret_value()
@@ -233,12 +241,14 @@ async def serve(
             )
         )
     bots: Any = None  # the bots consumer (services.aggregator.bots), beside the events sink
+    aggregator: Any = None  # the Faust app that hosts both (services.aggregator.faust_app)
     if target in ("all", "aggregator"):
-        from services.aggregator.bots import BotsSink
-        from services.aggregator.sink import EventsSink
+        from services.aggregator.faust_app import create_aggregator
 
-        sinks.append(EventsSink(settings, bootstrap, factory))
-        bots = BotsSink(settings, bootstrap, factory)
+        # Faust's own web server stays off here: ours serves the same /health, /ready, /metrics.
+        aggregator = create_aggregator(settings, bootstrap, factory)
+        sinks.append(aggregator.sink)
+        bots = aggregator.bots
     if target == "aggregator":
         # Its own port for /health, /ready and /metrics; in `all` the ingest and API ports serve
         # the same registry, and one more port would be one more to clash at `make run`.
@@ -257,9 +267,10 @@ async def serve(
     results: list[Any] = []
     tune_gc(settings)  # start-up is over: what exists now lives as long as the process
     runtime.tasks = [asyncio.create_task(s.serve(), name=f"http:{s.config.port}") for s in servers]
-    runtime.tasks += [asyncio.create_task(s.run(), name="sink") for s in sinks]
-    if bots is not None:
-        runtime.tasks.append(asyncio.create_task(bots.run(), name="bots-sink"))
+    if aggregator is not None:
+        # The app runs until the events sink ends (sink.stop() below, or its failure).
+        runtime.tasks.append(asyncio.create_task(aggregator.run(), name="sink"))
+        runtime.tasks.append(asyncio.create_task(aggregator.bots_hosted.wait(), name="bots-sink"))
     _write_runtime_file(settings, target, runtime)
     try:
         while not all(s.started for s in servers):

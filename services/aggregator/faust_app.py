@@ -17,12 +17,9 @@ Faust's own Kafka consumer and producer stay off (`WithoutFaustKafka`): its per-
 and an app with no topic to subscribe crashes its Conductor. The batch sources read with
 aiokafka, as the bare sink does.
 
-`faust -A` reads the module's `app`, built from the environment's settings on first access (not
-at import); `create_aggregator(settings, ...)` builds one to run inside a process of one's own
-(the bench). `werkstroom serve` does not run it yet: with it, a kill -9 during serve's drain
-left `events_daily` above `events` in 3 of 11 runs of test_graceful_drain's kill test, when the
-writer still inserted a batch's events and aggregates side by side (it inserts the events first
-since; bench/README.md, 2026-12-02, issue 20).
+`werkstroom serve` (the aggregator in `all` and `--target aggregator`) builds the app with
+`create_aggregator(settings, ...)` and runs it on its own loop (`Aggregator.run`); `faust -A`
+reads the module's `app`, built from the environment's settings on first access (not at import).
 """
 
 from __future__ import annotations
