@@ -360,13 +360,20 @@ def _funnels(settings: Settings, args: argparse.Namespace) -> int:
                 funnel = funnels.create_funnel(
                     client, args.project_id, args.name, _steps(args.step), args.window
                 )
+                # No server holds this ClickHouse (or its aggregator runs elsewhere): the
+                # aggregator's own back-fill, here (a second one changes nothing).
+                from werkstroom.serve import backfill_funnel
+
+                backfill_funnel(client, funnel)
         except funnels.FunnelError as exc:
             sys.stderr.write(f"werkstroom: {exc}\n")
             return 2
-        _print_funnels([funnel.as_dict()], args.json, single=True)
+        _print_funnels([{**funnel.as_dict(), "backfilled": True}], args.json, single=True)
         _print_backfilled(started, args.json)
     elif args.action == "list":
-        _print_funnels([f.as_dict() for f in funnels.list_funnels(client, args.project_id)], args.json)
+        found = funnels.list_funnels(client, args.project_id)
+        done = funnels.backfilled(client, args.project_id, [f.funnel_id for f in found])
+        _print_funnels([{**f.as_dict(), "backfilled": f.funnel_id in done} for f in found], args.json)
     else:
         if not funnels.delete_funnel(client, args.project_id, args.funnel_id):
             sys.stderr.write(f"werkstroom: no funnel {args.funnel_id!r} in {args.project_id}\n")
@@ -411,14 +418,34 @@ def _funnels_over_http(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "delete":
         _out(f"deleted {args.funnel_id}")
     elif args.action == "create":
-        _print_funnels([json.loads(raw)], args.json, single=True)
-        _print_backfilled(started, args.json)
+        created = json.loads(raw)
+        with _spinner(BACKFILL, enabled=not args.json):
+            created = _wait_backfilled(f"{base}/{created['funnel_id']}", headers, created)
+        _print_funnels([created], args.json, single=True)
+        if created["backfilled"]:
+            _print_backfilled(started, args.json)
+        elif not args.json:
+            _out("not back-filled yet: until the aggregator has, the report counts the people active since")
     else:
         _print_funnels(json.loads(raw)["funnels"], args.json)
     return 0
 
 
 BACKFILL = "creating the funnel and back-filling it from the stored events"
+BACKFILL_WAIT = 120.0  # seconds `funnels create` waits for the server's aggregator to back-fill
+
+
+def _wait_backfilled(url: str, headers: dict[str, str], created: dict[str, Any]) -> dict[str, Any]:
+    """The funnel as its report shows it once the server's aggregator has back-filled it (or
+    as created, after BACKFILL_WAIT seconds)."""
+    deadline = time.monotonic() + BACKFILL_WAIT
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60) as response:
+            funnel = json.loads(response.read())["funnel"]
+        if funnel["backfilled"]:
+            return funnel
+        time.sleep(0.25)
+    return created
 
 
 def _print_backfilled(started: float, as_json: bool) -> None:

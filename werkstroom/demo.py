@@ -663,7 +663,7 @@ class DemoApi:
 
     def ensure_funnel(self) -> tuple[str, bool]:
         """The demo's funnel: the one already defined (same name and steps), else a new one,
-        back-filled by the API from the events stored so far. Returns (id, created)."""
+        which the aggregator back-fills from the events stored so far. Returns (id, created)."""
         steps = [s.as_dict() for s in FUNNEL_STEPS]
         for funnel in self.request("/funnels")["funnels"]:
             if funnel["name"] == FUNNEL_NAME and funnel["steps"] == steps:
@@ -673,7 +673,7 @@ class DemoApi:
 
     def figures(self, funnel_id: str) -> tuple[DemoFigures, datetime, dict[str, Any]]:
         """The figures as the dashboard shows them; with the metrics' as_of and the pipeline's
-        freshness (lag, last write)."""
+        freshness (lag, last write; `funnel_backfilled`: the aggregator has back-filled the funnel)."""
         lists = {segment: self.users(segment) for segment in ("all", *SEGMENTS)}
         metrics = self.request("/metrics")
         online = self.request("/online?limit=1000")
@@ -693,7 +693,8 @@ class DemoApi:
             churn_rate=cards["churn_rate"]["value"],
             bots_today=metrics["pipeline"]["bots_today"],
         )
-        return figures, _parse(metrics["as_of"]), metrics["pipeline"]
+        pipeline = {**metrics["pipeline"], "funnel_backfilled": report["funnel"]["backfilled"]}
+        return figures, _parse(metrics["as_of"]), pipeline
 
 
 def send(ingest_url: str, write_key: str, calls: list[dict[str, Any]], attempts: int = 20) -> int:
@@ -741,7 +742,8 @@ def settle(
         else:
             expected = None
             written = pipeline["last_write_at"] and _parse(pipeline["last_write_at"]).timestamp() > sent_at
-            if written and pipeline["lag"] == 0 and figures == previous:
+            done = written and pipeline["lag"] == 0 and pipeline["funnel_backfilled"]
+            if done and figures == previous:
                 return figures, None
         if time.monotonic() > deadline:
             return figures, expected

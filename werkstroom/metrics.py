@@ -77,6 +77,15 @@ DERIVED_REFRESH_SECONDS = Histogram(
     "Persons and daily stats recomputation",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+#: New funnels back-filled from the stored events (services/aggregator/funnels.py), by outcome
+#: ("done"; "failed": tried again 10 s later, and logged as funnel_backfill_failed).
+FUNNEL_BACKFILLS = Counter("werkstroom_funnel_backfills_total", "Funnel back-fills", ["outcome"])
+#: Time one funnel's back-fill took (every person of its project).
+FUNNEL_BACKFILL_SECONDS = Histogram(
+    "werkstroom_funnel_backfill_seconds",
+    "One funnel's back-fill",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
 #: Unix time of the last successful ClickHouse write (freshness of the pipeline).
 SINK_LAST_WRITE = Gauge("werkstroom_sink_last_write_timestamp_seconds", "Last successful insert")
 

@@ -16,8 +16,9 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from services.aggregator.funnels import person_ids, recompute
 from services.aggregator.processor import Dirty
-from werkstroom import churn, funnels, identity
+from werkstroom import churn, identity
 from werkstroom.clickhouse.params import StringArray, insert_rows, tab_separated
 from werkstroom.clickhouse.tables import (
     CHURN_DAILY_COLUMNS,
@@ -28,6 +29,7 @@ from werkstroom.clickhouse.tables import (
     SESSIONS_DAILY_COLUMNS,
 )
 from werkstroom.clickhouse.versions import next_version
+from werkstroom.funnels import list_funnels
 
 
 def refresh(client: Client, dirty: Dirty) -> None:
@@ -44,10 +46,10 @@ def refresh(client: Client, dirty: Dirty) -> None:
         refresh_session_days(client, project_id, days[project_id])  # its members are staged
         days[project_id] |= changed.first_days | changed.activity_days
         activity_days[project_id] = changed.activity_days
-        project_funnels = funnels.list_funnels(client, project_id)
+        project_funnels = list_funnels(client, project_id)
         if project_funnels:
             members = funnel_members(client, changed.members)
-            funnels.recompute(client, project_id, members, changed.gone, version, project_funnels)
+            recompute(client, project_id, members, changed.gone, version, project_funnels)
     for project_id, project_days in days.items():
         refresh_daily(client, project_id, project_days, version)
     today = datetime.now(UTC).date()
@@ -325,12 +327,12 @@ def funnel_members(client: Client, members: dict[str, set[str]]) -> dict[str, li
     """The ids whose events count in the funnels of each person that browsed (has a persons
     row, i.e. one of its member ids has sessions): all its member ids and its own id, so that
     the calls a server makes with only a user id count too, also under a user id the person
-    had before an alias (funnels.person_ids, as the back-fill reads them). The members'
+    had before an alias (person_ids, as the back-fill reads them). The members'
     sessions are the ones refresh_persons staged."""
     if not members:
         return {}
     browsing = {d for (d,) in client.query(f"SELECT DISTINCT anonymous_id FROM {SESSIONS}").result_rows}
-    return {p: funnels.person_ids(p, ds) for p, ds in members.items() if ds & browsing}
+    return {p: person_ids(p, ds) for p, ds in members.items() if ds & browsing}
 
 
 def refresh_churn(client: Client, project_id: str, days: set[date], version: int) -> None:

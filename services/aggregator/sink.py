@@ -8,7 +8,8 @@ module with one job:
       -> apply to the visitors' state (apply)
       -> write (writer)
       -> recompute the derived tables, commit (commit)
-    beside them: status (freshness, lag), retry (what a failure means)
+    beside them: status (freshness, lag), retry (what a failure means), and the back-fill of
+    new funnels (funnels.Backfills)
 
 This module assembles them and runs the loop. The loop fetches and cuts batches; a batch is
 handed over to be applied (`hand_over`: a task here, a Faust agent under
@@ -41,6 +42,7 @@ from services.aggregator.commit import Committer
 from services.aggregator.consumer import Positions, Rebalance
 from services.aggregator.decode import Decoder, message_of, raw_row
 from services.aggregator.errors import describe, started
+from services.aggregator.funnels import Backfills
 from services.aggregator.processor import Decoded, Dirty, Rows, SessionsProcessor
 from services.aggregator.retry import Abandoned, Retry, SinkStopped, raise_worst
 from services.aggregator.status import STALLED_AFTER, STATUS_EVERY, Status
@@ -119,6 +121,7 @@ class EventsSink:
             lambda: self.writer.last_write,
             self.positions.starts,
         )
+        self.backfills = Backfills(clickhouse, self._owns_partition_0, self._stopping)
         self._hand_over = hand_over if hand_over is not None else self._apply_here
         # The loop's own state.
         self._taken: dict[TopicPartition, int] = {}  # the next offset to take, per partition
@@ -126,6 +129,7 @@ class EventsSink:
         self._writer: asyncio.Task[None] | None = None
         self._committer: asyncio.Task[None] | None = None
         self._statuser: asyncio.Task[None] | None = None
+        self._backfiller: asyncio.Task[None] | None = None
         self._submitting: asyncio.Future[None] | None = None
         self._stop_wait: asyncio.Future[Any] | None = None  # done once _stopping is set
         self._load_client: Client | None = None
@@ -166,6 +170,7 @@ class EventsSink:
         self._writer = self._watch(asyncio.create_task(self._write_loop(), name="sink-writer"))
         self._committer = self._watch(asyncio.create_task(self._commit_loop(), name="sink-committer"))
         self._statuser = asyncio.create_task(self.status.loop(), name="sink-status")
+        self._backfiller = asyncio.create_task(self.backfills.loop(), name="sink-funnel-backfills")
         log.info("sink_started", topic=self.topics.events, group=self.settings.sink_group, table=self.table)
         self.running = True
         consumer = started(self.consumer, "the sink's consumer")
@@ -193,7 +198,14 @@ class EventsSink:
             # left open keeps its group and partitions (and the broker waiting) after we exit.
             tasks = [
                 t
-                for t in (self._submitting, self._writer, self._committer, self._statuser, self._stop_wait)
+                for t in (
+                    self._submitting,
+                    self._writer,
+                    self._committer,
+                    self._statuser,
+                    self._backfiller,
+                    self._stop_wait,
+                )
                 if t
             ]
             for task in tasks:
@@ -493,6 +505,11 @@ class EventsSink:
         for tp in assigned:
             self.committer.committed.pop(tp, None)
         await self.assign_generations(assigned)
+
+    def _owns_partition_0(self) -> bool:
+        """This worker holds partition 0 of the events topic: it is the one that back-fills."""
+        consumer = self.consumer
+        return consumer is not None and TopicPartition(self.topics.events, 0) in consumer.assignment()
 
     def forget(self, partitions: set[TopicPartition]) -> None:
         """Another worker takes these partitions over: drop what we hold of them."""

@@ -198,6 +198,7 @@ FUNNEL = {
     "steps": [{"event": "$page", "path": "/pricing"}, {"event": "Signed Up", "path": ""}],
     "window_seconds": 86400,
     "created_at": T0,
+    "backfilled": True,
 }
 
 
@@ -230,6 +231,10 @@ class FunnelOut(BaseModel):
     steps: list[StepOut]
     window_seconds: int
     created_at: Time
+    backfilled: bool = Field(
+        description="the aggregator has counted the events stored before the funnel was created; "
+        "until then the report counts only the persons active since (a new funnel: seconds)"
+    )
 
 
 class FunnelList(BaseModel):

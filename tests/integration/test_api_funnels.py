@@ -1,5 +1,5 @@
-"""Funnel endpoints over the real pipeline: define over HTTP (back-filled from the events
-already aggregated), report per step with conversion and drop-off, keep counting new traffic,
+"""Funnel endpoints over the real pipeline: define over HTTP (back-filled by the aggregator from
+the events already aggregated, `backfilled` false until it is), report per step with conversion and drop-off, keep counting new traffic,
 list, delete, and refuse bad definitions with FastAPI-style 422s.
 
 Fixture (steps: page /pricing -> "Signed Up" -> "Order Completed", window 1 hour):
@@ -67,11 +67,18 @@ async def test_funnel_endpoints(stack: Stack) -> None:
             "steps": STEPS,
             "window_seconds": 3600,
             "created_at": funnel["created_at"],
+            "backfilled": False,
         }
         assert funnel["created_at"].endswith("Z")
 
-        report = (await api.get(f"{base}/{funnel_id}")).json()
-        assert report["as_of"] == iso(now) and report["days"] == 30 and report["funnel"] == funnel
+        async def backfilled() -> dict[str, Any] | None:
+            report = (await api.get(f"{base}/{funnel_id}")).json()
+            return report if report["funnel"]["backfilled"] else None
+
+        report = await stack.until(backfilled, timeout=20)
+        assert report["as_of"] == iso(now) and report["days"] == 30
+        assert report["funnel"] == {**funnel, "backfilled": True}
+        assert (await api.get(base)).json()["funnels"] == [report["funnel"]]
         assert report["steps"] == [
             {
                 "step": 1,

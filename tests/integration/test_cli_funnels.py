@@ -32,6 +32,7 @@ def test_funnels_cli_creates_lists_rejects_and_deletes(tmp_path: Path) -> None:
     funnel = json.loads(created.stdout)
     assert funnel["steps"] == [{"event": "$page", "path": "/pricing"}, {"event": "Signed Up", "path": ""}]
     assert funnel["window_seconds"] == 3600 and funnel["funnel_id"].startswith("f_")
+    assert funnel["backfilled"] is True  # no server runs: the CLI ran the aggregator's back-fill
 
     listed = run(tmp_path, "funnels", "list", project)
     assert listed.returncode == 0 and funnel["funnel_id"] in listed.stdout

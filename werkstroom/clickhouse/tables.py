@@ -146,6 +146,7 @@ FUNNELS_COLUMNS = [
 FUNNEL_PROGRESS_COLUMNS = ["project_id", "funnel_id", "day", "person_id", "level", "is_deleted", "version"]
 FUNNEL_LEVELS_COLUMNS = ["project_id", "funnel_id", "level", "last_day", "person_id", "is_deleted", "version"]
 FUNNEL_COUNTS_COLUMNS = ["project_id", "funnel_id", "level", "day", "persons", "version"]
+FUNNEL_BACKFILLS_COLUMNS = ["project_id", "funnel_id", "rows", "version"]
 
 #: Each table and the columns written to it (test_tables checks them against ClickHouse).
 WRITTEN: dict[str, list[str]] = {
@@ -170,4 +171,5 @@ WRITTEN: dict[str, list[str]] = {
     "funnel_progress": FUNNEL_PROGRESS_COLUMNS,
     "funnel_levels": FUNNEL_LEVELS_COLUMNS,
     "funnel_counts": FUNNEL_COUNTS_COLUMNS,
+    "funnel_backfills": FUNNEL_BACKFILLS_COLUMNS,
 }

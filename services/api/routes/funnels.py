@@ -1,11 +1,14 @@
-"""Funnels: define (back-filled at once), list, delete, and the per-step report.
+"""Funnels: define, list, delete, and the per-step report.
 
-Definitions, progress and reports are werkstroom/funnels.py's (shared with the aggregator, which
-keeps every person's progress current, and the CLI); this router only speaks HTTP."""
+The model and the definitions are werkstroom/funnels.py's (shared with the aggregator and the
+CLI). The aggregator keeps every person's progress current and back-fills a new funnel from the
+events stored before it (services/aggregator/funnels.py); the report reads what it keeps,
+`funnel_counts`, and says whether the back-fill is done (`backfilled`)."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import date, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
@@ -21,8 +24,14 @@ FunnelId = Annotated[str, "the funnel's id"]
 NOT_FOUND = {404: {"description": "no such funnel"}}
 
 
-def _out(funnel: funnels.Funnel) -> FunnelOut:
-    return FunnelOut.model_validate(funnel.as_dict())
+def _out(funnel: funnels.Funnel, backfilled: bool) -> FunnelOut:
+    return FunnelOut.model_validate({**funnel.as_dict(), "backfilled": backfilled})
+
+
+def _listed(client: Any, project_id: str) -> list[FunnelOut]:
+    found = funnels.list_funnels(client, project_id)
+    done = funnels.backfilled(client, project_id, [f.funnel_id for f in found])
+    return [_out(f, f.funnel_id in done) for f in found]
 
 
 def _not_found() -> HTTPException:
@@ -31,18 +40,18 @@ def _not_found() -> HTTPException:
 
 @router.get("/funnels", response_model=FunnelList, summary="The project's funnels, oldest first")
 async def list_funnels(scope: ProjectDep, pool: PoolDep) -> FunnelList:
-    found = await pool.run(funnels.list_funnels, scope.project_id)
-    return FunnelList(funnels=[_out(f) for f in found])
+    return FunnelList(funnels=await pool.run(_listed, scope.project_id))
 
 
 @router.post(
     "/funnels",
     status_code=status.HTTP_201_CREATED,
     response_model=FunnelOut,
-    summary="Create a funnel (its report covers the events already stored)",
+    summary="Create a funnel (its report covers the events already stored once `backfilled`)",
     description="2 to 8 steps, each an event name (page views are `$page`) and an optional path "
     "glob (`*` matches any run of characters); a person reaches step k by doing steps 1..k in "
-    "order within `window_seconds` of step 1.",
+    "order within `window_seconds` of step 1. The aggregator back-fills it from the events "
+    "stored so far within seconds; until then `backfilled` is false in its report and listing.",
 )
 async def create_funnel(scope: ProjectDep, pool: PoolDep, body: FunnelIn) -> FunnelOut:
     steps = [s.model_dump() for s in body.steps]
@@ -56,7 +65,7 @@ async def create_funnel(scope: ProjectDep, pool: PoolDep, body: FunnelIn) -> Fun
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             detail=[{"type": "value_error", "loc": loc, "msg": exc.reason}],
         ) from None
-    return _out(funnel)
+    return _out(funnel, backfilled=False)
 
 
 def _field_path(field: str) -> list[Any]:
@@ -105,14 +114,28 @@ def report_steps(funnel: funnels.Funnel, counts: list[int]) -> list[dict[str, An
     return out
 
 
+def report_counts(client: Any, funnel: funnels.Funnel, days: int, today: date) -> list[int]:
+    """Persons who reached each step, counting attempts that started in the last `days` days
+    (UTC, today included): per level, the persons whose latest day reaching it is one of those
+    days (`funnel_counts`, services/aggregator/funnels.py)."""
+    since = today - timedelta(days=days - 1)
+    reached = dict(
+        client.query(
+            "SELECT level, sum(persons) FROM funnel_counts FINAL "
+            "WHERE project_id = {p:String} AND funnel_id = {f:String} AND day >= {since:Date} "
+            "GROUP BY level",
+            parameters={"p": funnel.project_id, "f": funnel.funnel_id, "since": since},
+        ).result_rows
+    )
+    return [int(reached.get(k, 0)) for k in range(1, len(funnel.steps) + 1)]
+
+
 def _report(client: Any, project_id: str, funnel_id: str, days: int, now: Any) -> Any:
     funnel = funnels.get_funnel(client, project_id, funnel_id)
     if funnel is None:
         return None
-    try:
-        return funnel, funnels.report(client, project_id, funnel_id, days, now.date())
-    except KeyError:  # deleted between the two reads
-        return None
+    backfilled = bool(funnels.backfilled(client, project_id, [funnel_id]))
+    return funnel, backfilled, report_counts(client, funnel, days, now.date())
 
 
 @router.get(
@@ -138,12 +161,12 @@ async def funnel_report(
     )
     if found is None:
         raise _not_found()
-    funnel, counts = found
+    funnel, backfilled, counts = found
     return FunnelReport.model_validate(
         {
             "as_of": now,
             "pipeline": fresh,
-            "funnel": funnel.as_dict(),
+            "funnel": {**funnel.as_dict(), "backfilled": backfilled},
             "days": days,
             "steps": report_steps(funnel, counts),
         }

@@ -25,6 +25,7 @@
     // never waits again in this tab.
     waiting: null,
     timers: [],
+    funnelRetry: null, // the next look at a funnel still being back-filled
   };
 
   // --- small helpers ---------------------------------------------------------------------------
@@ -531,6 +532,8 @@
     $("funnel-empty").hidden = has;
     $("funnel-new").open = $("funnel-new").open || !has;
     if (!has) {
+      clearTimeout(state.funnelRetry);
+      $("funnel-backfilling").hidden = true;
       $("funnel-steps").textContent = "";
       return;
     }
@@ -540,6 +543,16 @@
 
   async function loadFunnel(funnelId) {
     const body = await api(`${projectPath(`funnels/${encodeURIComponent(funnelId)}`)}?days=30`);
+    // A new funnel: the aggregator back-fills it from the stored events within seconds; until
+    // then its counts cover only the people active since. Look again until it is done.
+    clearTimeout(state.funnelRetry);
+    const backfilling = body.funnel && body.funnel.backfilled === false;
+    $("funnel-backfilling").hidden = !backfilling;
+    if (backfilling) {
+      state.funnelRetry = setTimeout(() => {
+        if ($("funnel-select").value === funnelId) loadFunnel(funnelId).catch(reportError);
+      }, 1000);
+    }
     const list = $("funnel-steps");
     list.textContent = "";
     for (const s of body.steps) {

@@ -10,10 +10,8 @@ import pytest
 from werkstroom.funnels import (
     FunnelError,
     Step,
-    latest_days,
     level,
     like_pattern,
-    person_ids,
     progress,
     validate,
 )
@@ -117,17 +115,3 @@ def test_bad_definitions_name_the_field(name: object, steps: object, window: obj
 def test_a_good_definition_is_cleaned() -> None:
     name, steps, window = validate(" Checkout ", [{"event": "$page", "path": "/pricing"}, {"event": "Buy "}])
     assert (name, steps, window) == ("Checkout", [Step("$page", "/pricing"), Step("Buy", "")], 86400)
-
-
-def test_latest_days_per_level() -> None:
-    rows = {date(2026, 11, 1): 3, date(2026, 11, 3): 1, date(2026, 11, 2): 2}
-    assert latest_days(rows, 4) == [date(2026, 11, 3), date(2026, 11, 2), date(2026, 11, 1), None]
-    assert latest_days({}, 2) == [None, None]
-
-
-def test_a_persons_funnel_ids_are_its_member_ids_and_its_own_id() -> None:
-    # An identified person: its member ids (here the anonymous ids it browsed with), and the
-    # user id a server sends.
-    assert person_ids("user-1", ["anon-b", "anon-a"]) == ["anon-a", "anon-b", "user-1"]
-    # An anonymous person is its own browsing id: no duplicate.
-    assert person_ids("anon-a", ["anon-a"]) == ["anon-a"]
