@@ -50,8 +50,11 @@ class Committer:
         self.pending_offsets.update(offsets)
 
     def forget(self, partitions: set[TopicPartition]) -> None:
+        """Revoked: neither their pending offsets nor their last commit are this worker's now
+        (assigned again, perhaps onto a log that started over, the lag counts from the new start)."""
         for tp in partitions:
             self.pending_offsets.pop(tp, None)
+            self.committed.pop(tp, None)
 
     async def refresh_and_commit(self) -> bool:
         """Recompute persons and daily stats for what the written batches touched, then commit
@@ -69,6 +72,12 @@ class Committer:
             metrics.DERIVED_REFRESH_SECONDS.observe(took)
             self.cadence.ran(began, took)
             consumer = started(self.consumer, "the sink's consumer")
+            # Only the partitions still assigned: a batch in flight at a revoke is written and
+            # reported after it, and a revoke can come during the recomputation. Committing a
+            # revoked partition would fail the whole commit (IllegalStateError), and its position
+            # row would overwrite the new owner's.
+            assigned = consumer.assignment()
+            offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
             if not offsets:
                 return False
             await self.retry("sink_generations_failed", lambda: self.record(offsets))
