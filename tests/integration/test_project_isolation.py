@@ -50,6 +50,7 @@ from tests.conftest import Infra
 from tests.integration.stack import Stack, own_names
 from tests.integration.test_api import identify, ms_now, page, read_event, track
 from tests.integration.test_grafana_dashboards import Grafana, dashboards, panels
+from werkstroom import funnels
 from werkstroom.serve import prepare_clickhouse
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -291,6 +292,12 @@ async def world(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Async
         async with w.client(w.a.read_key) as api:
             gone = await api.delete(f"/api/projects/{w.a.project_id}/funnels/{w.a.old_funnel_id}")
             assert gone.status_code == 204
+        # the funnels came after the events: the aggregator back-fills them from what is stored
+        for site in (w.a, w.b):
+            await stack.until(
+                lambda site=site: funnels.backfilled(stack.client, site.project_id, [site.funnel_id]),
+                timeout=30,
+            )
         await stack.until(lambda: stack.scalar("SELECT sum(lag) FROM aggregator_status FINAL") == 0)
         yield w
 
