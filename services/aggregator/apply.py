@@ -44,31 +44,38 @@ class Applier:
         """Load the visitors not in memory, then apply the events in chunks, giving the event
         loop back between chunks: the Kafka fetcher runs on it, and a batch applied in one go
         (a few hundred ms) kept it from fetching the next one meanwhile; then add the stored
-        counts of days first met. `client()` is the visitors' load client."""
+        counts of days first met. `client()` is the visitors' load client.
+
+        A failed attempt leaves the batch applying: the sink retries the same batch, and a
+        partition revoked meanwhile must keep its visitors until that retry is done (forgotten
+        at once, the retry loaded them again and kept them). The caller calls `done()` when
+        it gives the batch up; a success calls it here."""
         self.applying = True
-        try:
-            missing = self.processor.missing(events)
-            if missing:
-                await asyncio.to_thread(self.processor.load, client(), missing)
-            changes, dirty = Changes(), Dirty()
-            for start in range(0, len(events), APPLY_CHUNK):
-                self.processor.apply_events(events[start : start + APPLY_CHUNK], changes, dirty, seq)
-                await asyncio.sleep(0)
-            if changes.unresolved:
-                loader = client()
-                # Retried on its own: the batch is applied, and applying it again would skip
-                # its events as already applied, and write none of their rows.
-                await retry(
-                    "sink_load_failed",
-                    lambda: asyncio.to_thread(self.processor.resolve_days, loader, changes, events),
-                )
-            rows, dirty = self.processor.rows(changes, dirty)
-            return rows, dirty, changes.newest
-        finally:
-            self.applying = False
-            revoked, self._revoke_after = self._revoke_after, set()
-            if revoked:
-                self.processor.revoke(revoked)
+        missing = self.processor.missing(events)
+        if missing:
+            await asyncio.to_thread(self.processor.load, client(), missing)
+        changes, dirty = Changes(), Dirty()
+        for start in range(0, len(events), APPLY_CHUNK):
+            self.processor.apply_events(events[start : start + APPLY_CHUNK], changes, dirty, seq)
+            await asyncio.sleep(0)
+        if changes.unresolved:
+            loader = client()
+            # Retried on its own: the batch is applied, and applying it again would skip
+            # its events as already applied, and write none of their rows.
+            await retry(
+                "sink_load_failed",
+                lambda: asyncio.to_thread(self.processor.resolve_days, loader, changes, events),
+            )
+        rows, dirty = self.processor.rows(changes, dirty)
+        self.done()
+        return rows, dirty, changes.newest
+
+    def done(self) -> None:
+        """The batch is applied or given up: forget the partitions revoked meanwhile."""
+        self.applying = False
+        revoked, self._revoke_after = self._revoke_after, set()
+        if revoked:
+            self.processor.revoke(revoked)
 
     def forget(self, partitions: set[int]) -> None:
         """Another worker takes these partitions over: forget their visitors, once the batch

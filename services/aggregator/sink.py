@@ -377,7 +377,10 @@ class EventsSink:
             return
         self.applier.evict_idle(self._written_seq)
         seq = self._seq + 1
-        aggregates = await self.retry("sink_load_failed", lambda: self._aggregate(held.events, seq))
+        try:
+            aggregates = await self.retry("sink_load_failed", lambda: self._aggregate(held.events, seq))
+        finally:
+            self.applier.done()  # applied, or given up by a stop: revoked partitions may go now
         self._seq = seq
         batch = Batch(seq, held.dead, held.events, held.raw, held.offsets, *aggregates)
         self.writer.start_live(batch)
