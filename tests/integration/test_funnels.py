@@ -77,8 +77,7 @@ async def test_funnels_kept_live_and_back_filled_equal_window_funnel(stack: Stac
 
     def consistent() -> bool:
         return all(
-            report_counts(stack.client, f, 5, today)
-            == window_funnel(stack, f, today - timedelta(days=4))
+            report_counts(stack.client, f, 5, today) == window_funnel(stack, f, today - timedelta(days=4))
             for f in (live, mirror)
         )
 
