@@ -5,9 +5,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run demo test unit integration bench lint fmt clean install chromium node-clients lock
+.PHONY: run demo test unit integration bench lint fmt clean install chromium node-clients lock geo geo-update
 
-install: $(STAMP)
+install: $(STAMP) geo
 
 # Re-install whenever pyproject.toml changes. `embedded`: chdb and the tansu broker, for
 # `make run` and the tests' embedded Kafka and ClickHouse (the image leaves them out).
@@ -32,19 +32,38 @@ lock:
 	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 	  --custom-compile-command 'make lock' --output-file $(LOCK)
 
-run: $(STAMP)
+# The IP-to-country database ingest reads (werkstroom.geo): the npm package pinned, with its
+# integrity hash, by geo/package-lock.json, installed into the git-ignored geo/node_modules when
+# missing or when the lock changed. Without node/npm ingest still runs, storing no country.
+GEO := geo
+geo:
+	@if ! command -v npm >/dev/null; then \
+	  echo "npm not found: not installing the country database ($(GEO)/): ingest stores country \"\"" >&2; \
+	elif [ ! -f $(GEO)/node_modules/.installed ] || \
+	     [ $(GEO)/package-lock.json -nt $(GEO)/node_modules/.installed ]; then \
+	  cd $(GEO) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	fi
+
+# The newest version of the database into geo/package.json and its lock (commit both), installed,
+# and what it is: its version and the date it was built.
+geo-update:
+	cd $(GEO) && npm install --save-exact --no-audit --no-fund --loglevel=error \
+	  @ip-location-db/geo-whois-asn-country-mmdb@latest && touch node_modules/.installed
+	$(BIN)/python -m werkstroom.geo
+
+run: $(STAMP) geo
 	WERKSTROOM_LOG_FORMAT=$${WERKSTROOM_LOG_FORMAT:-console} $(BIN)/werkstroom serve --target all
 
 # With `make run` up (another terminal): 60 days of simulated history and a funnel (ready in
 # seconds, its figures printed), then live visitors browsing until Ctrl-C.
-demo: $(STAMP)
+demo: $(STAMP) geo
 	$(BIN)/werkstroom demo --seconds inf
 
 # Two workers (pytest-xdist), a test file each at a time: each worker starts its own embedded
 # Kafka and ClickHouse (tests/conftest.py `infra`), so files never share them. The suite is
 # mostly waiting on brokers and subprocesses: 15.6 min in one worker, 8.2 in two on 2 cores.
 TEST_WORKERS ?= 2
-test: $(STAMP) chromium node-clients
+test: $(STAMP) geo chromium node-clients
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The dashboard's real-browser test (tests/e2e/test_dashboard.py) drives Debian's chromium
@@ -70,13 +89,13 @@ node-clients:
 	  cd $(NODE_CLIENTS) && npm ci --no-audit --no-fund && touch node_modules/.installed; \
 	fi
 
-unit: $(STAMP)
+unit: $(STAMP) geo
 	$(BIN)/python -m pytest -q tests/unit
 
-integration: $(STAMP)
+integration: $(STAMP) geo
 	$(BIN)/python -m pytest -q -m integration
 
-bench: $(STAMP)
+bench: $(STAMP) geo
 	$(BIN)/python bench/ingest_bench.py
 	$(BIN)/python bench/aggregator_bench.py
 	$(BIN)/python bench/refresh_bench.py
@@ -95,4 +114,4 @@ fmt: $(STAMP)
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .werkstroom .pytest_cache .ruff_cache $(NODE_CLIENTS)/node_modules
+	rm -rf $(VENV) .werkstroom .pytest_cache .ruff_cache $(NODE_CLIENTS)/node_modules $(GEO)/node_modules

@@ -24,6 +24,12 @@ Target = Literal["all", "ingest", "aggregator", "api"]
 
 #: Where Docker and Compose mount secrets; read when WERKSTROOM_SECRETS_DIR is unset and it exists.
 DEFAULT_SECRETS_DIR = Path("/run/secrets")
+#: The country database as `make` installs it in this checkout (geo/package.json): `make run` and
+#: the tests read it from here; the image sets WERKSTROOM_GEO_DATABASE to its own copy.
+GEO_PACKAGE = "@ip-location-db/geo-whois-asn-country-mmdb"
+DEFAULT_GEO_DATABASE = (
+    Path(__file__).resolve().parents[1] / "geo" / "node_modules" / GEO_PACKAGE / "geo-whois-asn-country.mmdb"
+)
 
 
 class Settings(BaseSettings):
@@ -149,8 +155,15 @@ class Settings(BaseSettings):
     trust_forwarded_for: bool = Field(
         False,
         description="WERKSTROOM_TRUST_FORWARDED_FOR: behind a reverse proxy, take the client address "
-        "(for the per-client rate limit only) from the right-most X-Forwarded-For entry, the one the "
-        "proxy appended; otherwise the connection's address. Only true behind a proxy that appends it.",
+        "(for the per-client rate limit and its country) from the right-most X-Forwarded-For entry, the one "
+        "the proxy appended; otherwise the connection's address. Only true behind a proxy that appends it.",
+    )
+    geo_database: Path = Field(
+        DEFAULT_GEO_DATABASE,
+        description="WERKSTROOM_GEO_DATABASE: the IP-to-location database (MaxMind DB format) ingest "
+        "reads each request's country (and region, where it has them) from, before it forgets the "
+        "address. Default: the one `make` installs into geo/node_modules. Missing: country is empty "
+        "(one warning at start).",
     )
 
     # -- events sink -------------------------------------------------------------------
