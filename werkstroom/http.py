@@ -177,17 +177,28 @@ def service_index(app: FastAPI) -> ServiceIndex:
     )
 
 
-def client_key(peer: str | None, forwarded_for: str | None, trust_forwarded_for: bool) -> str | None:
-    """Whom a per-client limit counts as one client (ingest's rate share, the API's failed
-    logins): the IPv4 address, or the /64 of an IPv6 one (one subscriber or host usually holds
-    a whole /64, so single addresses are free to vary). `peer` is the connection's address; with
-    `trust_forwarded_for` (behind a reverse proxy) the right-most X-Forwarded-For entry, the one
-    the proxy appended: entries left of it are the client's own claims. A port is dropped;
-    anything unparsable is kept, cut short. None when unknown. Only ever a key in memory."""
+def client_address(peer: str | None, forwarded_for: str | None, trust_forwarded_for: bool) -> str | None:
+    """The client's address: `peer`, the connection's; with `trust_forwarded_for` (behind a
+    reverse proxy) the right-most X-Forwarded-For entry, the one the proxy appended: entries
+    left of it are the client's own claims. A port is dropped. None when unknown. Used in
+    memory only (the per-client limits, ingest's country lookup): never stored or logged."""
     address = peer
     if trust_forwarded_for and forwarded_for:
         address = forwarded_for.rsplit(",", 1)[-1].strip() or peer
     address = _strip_port(address.strip()) if address else address
+    return address or None
+
+
+def client_key(peer: str | None, forwarded_for: str | None, trust_forwarded_for: bool) -> str | None:
+    """Whom a per-client limit counts as one client (ingest's rate share, the API's failed
+    logins): the IPv4 address, or the /64 of an IPv6 one (one subscriber or host usually holds
+    a whole /64, so single addresses are free to vary), of `client_address`'s address;
+    anything unparsable is kept, cut short. None when unknown. Only ever a key in memory."""
+    return network_key(client_address(peer, forwarded_for, trust_forwarded_for))
+
+
+def network_key(address: str | None) -> str | None:
+    """`client_key` of an address `client_address` chose."""
     if not address:
         return None
     if ":" not in address:

@@ -47,7 +47,8 @@ from services.ingest.tracker import tracker_router
 from werkstroom import metrics, projects
 from werkstroom.clickhouse.migrate import is_current
 from werkstroom.contract import MAX_DEPTH, Topics, dead_letter, encode_event, message_key
-from werkstroom.http import client_key, documented_app, index_router, ops_router
+from werkstroom.geo import Locator
+from werkstroom.http import client_address, documented_app, index_router, network_key, ops_router
 from werkstroom.kafka import Publisher, start_producer
 from werkstroom.logging import get_logger
 from werkstroom.settings import Settings
@@ -94,6 +95,8 @@ class IngestState:
     limiter: RateLimiter
     #: Keyed by (project, client network): one address's share of its project's budget.
     client_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0, 0))
+    #: The client address's country (werkstroom.geo); without a database, always "".
+    geo: Locator = field(default_factory=Locator)
     kafka_down_until: float = 0.0
     #: Set at shutdown (`Ingestor.stop_accepting`): new requests get 503 shutting_down.
     closing: bool = False
@@ -163,7 +166,8 @@ class Ingestor:
     ) -> Answer:
         """`body` is None when it was larger than the limit (the reader stopped early).
         `headers` have lower-case names (the last of repeated ones); `client` is the
-        connection's address (ASGI `scope["client"][0]`), for the per-client rate limit only."""
+        connection's address (ASGI `scope["client"][0]`), for the per-client rate limit and the
+        events' country only: it is never put in an event, a dead letter or a log line."""
         started = time.perf_counter()
         if self.s.closing:
             why = "the server is shutting down; retry later"
@@ -250,10 +254,13 @@ class Ingestor:
                 reason="rate_limited",
                 **{"Retry-After": RateLimiter.retry_after(wait)},
             )
+        # The client's address, decided once (X-Forwarded-For only when trusted): the per-client
+        # limit's key and the events' country come from it; then it is dropped.
+        address = client_address(client, headers.get("x-forwarded-for"), settings.trust_forwarded_for)
         # After the project's check, so that `rate_limited` means the site's whole budget is
         # spent; a refused client gives the project its tokens back, so it cannot drain it.
         if self.s.client_limiter.rate > 0:
-            network = client_key(client, headers.get("x-forwarded-for"), settings.trust_forwarded_for)
+            network = network_key(address)
             if network is not None:
                 wait = self.s.client_limiter.take(hash((project_id, network)), len(items))
                 if wait:
@@ -270,6 +277,8 @@ class Ingestor:
             return self._unavailable("Kafka was unreachable a moment ago")
 
         header_agent = enrich.analyse(headers.get("user-agent", ""))
+        location = self.s.geo.locate(address)  # one lookup: a batch's events share the address
+        del address
         messages: list[tuple[bytes, bytes]] = []
         dead: list[tuple[bytes, bytes]] = []
         bot_messages: list[tuple[bytes, bytes]] = []
@@ -302,6 +311,7 @@ class Ingestor:
                     received_at=received_at,
                     batch_sent_at=batch_sent_at,
                     header_agent=header_agent,
+                    location=location,
                     raw=raw_item,
                 )
                 value = encode_event(event)
@@ -588,6 +598,7 @@ def create_app(settings: Settings, *, bootstrap: str, clickhouse: Callable[[], C
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = clickhouse()
         enrich.warm_up()
+        geo = Locator.open(settings.geo_database)  # a missing database: one warning, here
         producer = await start_producer(
             bootstrap, linger_ms=settings.producer_linger_ms, client_id="werkstroom-ingest"
         )
@@ -604,16 +615,23 @@ def create_app(settings: Settings, *, bootstrap: str, clickhouse: Callable[[], C
             keys=keys,
             limiter=limiter,
             client_limiter=client_limiter,
+            geo=geo,
         )
         app.state.ingest = Ingestor(state)
         app.state.clickhouse = client
-        log.info("ingest_started", bootstrap=bootstrap, topic=state.topics.events)
+        log.info(
+            "ingest_started",
+            bootstrap=bootstrap,
+            topic=state.topics.events,
+            geo_database=str(settings.geo_database) if geo.reader is not None else None,
+        )
         try:
             yield
         finally:
             await keys.stop()
             await publisher.stop()
             await producer.stop()
+            geo.close()
 
     app = documented_app(
         title="Werkstroom ingest",

@@ -30,6 +30,7 @@ from werkstroom.contract import (
     TYPE_EVENTS,
     event_time,
 )
+from werkstroom.geo import NOWHERE, Location
 
 MAX_ID = 200
 MAX_NAME = 200
@@ -235,13 +236,16 @@ def normalize(
     received_at: datetime,
     batch_sent_at: datetime | None = None,
     header_agent: Agent = UNKNOWN,
+    location: Location = NOWHERE,
     raw: bytes | None = None,
 ) -> tuple[dict[str, Any], Agent]:
     """Validate one Segment call and build the contract v1 event.
 
     `call_type` is the endpoint's type (`/v1/track` -> "track"); None for batch items, which
-    carry their own `type`. `raw` is the call's JSON text when the caller has it (a cheap
-    bound for the depth check). Returns the event and the visitor's Agent (for bot filtering).
+    carry their own `type`. `location` is the client address's (the address itself never
+    reaches this function: it is not part of the event). `raw` is the call's JSON text when
+    the caller has it (a cheap bound for the depth check). Returns the event and the visitor's
+    Agent (for bot filtering).
     """
     if not isinstance(call, dict):
         raise Rejected("not_an_object", None, "each event must be a JSON object")
@@ -363,6 +367,8 @@ def normalize(
             "properties": properties,
             "traits": traits,
             "library": _text(library.get("name"), 100),
+            "country": location.country,
+            "region": location.region,
         },
         agent,
     )

@@ -84,6 +84,8 @@ FIELDS: tuple[str, ...] = (
     "properties",
     "traits",
     "library",
+    "country",
+    "region",
     "schema_version",
 )
 
@@ -226,6 +228,9 @@ class Event(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     properties: msgspec.Raw = msgspec.Raw(b"{}")
     traits: msgspec.Raw = msgspec.Raw(b"{}")
     library: str = ""
+    #: Added within v1: a message written before them (or by another producer) decodes with "".
+    country: str = ""
+    region: str = ""
 
 
 _decoder = msgspec.json.Decoder(Event)
