@@ -24,7 +24,8 @@ from services.ingest.app import (
     rate_limiters,
 )
 from werkstroom.contract import MAX_DEPTH, Topics, decode_event
-from werkstroom.settings import Settings
+from werkstroom.geo import Locator
+from werkstroom.settings import DEFAULT_GEO_DATABASE, Settings
 
 KEY = "wk_test"
 
@@ -391,3 +392,48 @@ async def test_screen_and_group_have_endpoints_of_their_own(fast_path: bool) -> 
     assert (refused.status_code, refused.json()["reason"]) == (400, "missing_field")
     events = [decode_event(value) for _key, value in publisher.sent["werkstroom.events.v1"]]
     assert [(e.type, e.event) for e in events] == [("screen", "$screen"), ("group", "$group")]
+
+
+def two_public_addresses(geo: Locator) -> tuple[tuple[str, str], tuple[str, str]]:
+    """(address, country) of two IPv4 networks of different countries, read from the database."""
+    assert geo.reader is not None
+    found: dict[str, str] = {}
+    for network, record in geo.reader:
+        country = record.get("country_code") if isinstance(record, dict) else None
+        if network.version == 4 and network.is_global and country and country not in found:
+            found[country] = str(network.network_address + network.num_addresses // 2)
+            if len(found) == 2:
+                break
+    (first, first_address), (second, second_address) = found.items()
+    return (first_address, first), (second_address, second)
+
+
+@pytest.mark.parametrize("trust", [False, True], ids=["forwarded-ignored", "forwarded-trusted"])
+async def test_events_get_the_client_addresss_country_and_no_message_the_address(trust: bool) -> None:
+    if not DEFAULT_GEO_DATABASE.is_file():
+        pytest.skip(f"the country database is not installed ({DEFAULT_GEO_DATABASE}): run `make geo`")
+    geo = Locator.open(DEFAULT_GEO_DATABASE)
+    (peer, peer_country), (forwarded, forwarded_country) = two_public_addresses(geo)
+    ingestor, publisher, settings = make(trust_forwarded_for=trust)
+    ingestor.s.geo = geo
+    curl = {"userAgent": "curl/8.5.0"}  # a bot: to the bots topic, enriched the same way
+    body = orjson.dumps(
+        {
+            "writeKey": KEY,
+            "batch": [good(1), {**good(2), "context": curl}, {"type": "track", "anonymousId": "a"}],
+        }
+    )
+    # The right-most entry is the proxy's; the one left of it is the client's own claim.
+    headers = {"user-agent": "Mozilla/5.0 (X11; Linux x86_64)", "x-forwarded-for": f"192.0.2.7, {forwarded}"}
+    answer = await ingestor.handle(None, headers, body, peer)
+    await asyncio.gather(*ingestor.s.bot_sends)
+    assert (answer.body["accepted"], answer.body["bots"], answer.body["rejected"]) == (1, 1, 1)
+    expected = forwarded_country if trust else peer_country
+    for topic in (settings.topic_events, settings.topic_bots):
+        ((_key, value),) = publisher.sent[topic]
+        assert (decode_event(value).country, decode_event(value).region) == (expected, "")
+    sent = b"".join(k + v for messages in publisher.sent.values() for k, v in messages)
+    assert len(publisher.sent[settings.topic_dlq]) == 1
+    for address in (peer, forwarded, "192.0.2.7"):
+        assert address.encode() not in sent
+    geo.close()
