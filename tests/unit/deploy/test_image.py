@@ -300,3 +300,36 @@ def test_containers_asked_for_without_an_engine_skip_naming_the_images(
     reason = str(skipped.value)
     assert "no Docker engine is reachable (DockerException: no socket)" in reason
     assert COMPOSE["kafka"]["image"] in reason and COMPOSE["clickhouse"]["image"] in reason
+
+
+def test_the_image_carries_the_pinned_country_database_and_points_ingest_at_it() -> None:
+    """A stage installs geo/package-lock.json's database with npm ci (its integrity hash checked);
+    the runtime stage copies the database file alone (no node, no npm) and names it in
+    WERKSTROOM_GEO_DATABASE, since the default path is a checkout's."""
+    import json
+
+    lock = json.loads((ROOT / "geo" / "package-lock.json").read_text())["packages"]
+    (name,) = [p for p in lock if p.startswith("node_modules/")]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", lock[name]["version"]) and lock[name]["integrity"].startswith(
+        "sha512-"
+    )
+    assert json.loads((ROOT / "geo" / "package.json").read_text())["dependencies"] == {
+        name.removeprefix("node_modules/"): lock[name]["version"]
+    }
+    steps = instructions()
+    starts = [i for i, (op, _args) in enumerate(steps) if op == "FROM"]
+    geo = next(
+        steps[i:j] for i, j in zip(starts, [*starts[1:], len(steps)], strict=True) if " AS geo" in steps[i][1]
+    )
+    assert ("COPY", "geo/package.json geo/package-lock.json ./") in geo
+    assert any(op == "RUN" and args.startswith("npm ci") for op, args in geo)
+    runtime = steps[starts[-1] :]
+    assert not any(op == "RUN" and ("npm" in args or "node" in args) for op, args in runtime)
+    copied = next(args.split() for op, args in runtime if op == "COPY" and args.startswith("--from=geo "))
+    assert any(source.endswith("/geo-whois-asn-country.mmdb") for source in copied[1:-1])
+    database = next(
+        args for op, args in runtime if op == "ENV" and args.startswith("WERKSTROOM_GEO_DATABASE=")
+    )
+    assert database == f"WERKSTROOM_GEO_DATABASE={copied[-1]}geo-whois-asn-country.mmdb"
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "geo" not in ignored and "**/node_modules" in ignored  # the lock goes in, a local install not
