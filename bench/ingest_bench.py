@@ -1,13 +1,22 @@
-"""Ingest throughput on one worker process, as a ratio to the bare handler measured in the same run.
+"""Ingest throughput, as ratios to a bare handler and to an older version measured in the same run.
 
-    make bench            (or: .venv/bin/python bench/ingest_bench.py --seconds 10)
+    make bench            (or: .venv/bin/python bench/ingest_bench.py --seconds 10 --rounds 3)
+    .venv/bin/python bench/ingest_bench.py --against main --servers uvicorn,granian --workers 1,2
 
-Starts the embedded broker, then, one after the other on the same broker and topic layout:
-  1. `werkstroom serve --target ingest` (one process, rate limit off), and
-  2. bench/bare_asgi.py under the same uvicorn settings,
-and drives each with wrk on loopback (Debian's `wrk`; installed with apt-get when missing and
-we are root) for single-event POSTs and for 100-event batches. Prints events/s and ratios.
-Targets (issue #2): singles >= 50 % of bare; batches >= 50 % of bare and >= 100,000 events/s.
+Starts the embedded broker, then, in each round, one after the other (the order alternates
+between rounds) on the same broker and topic layout:
+  - "ours": `werkstroom serve --target ingest` (rate limit off), once per --servers entry and
+    per --workers count;
+  - "bare": bench/bare_asgi.py under the same HTTP server (uvicorn unless only granian is asked
+    for), which parses the same body and produces the same records (computed once here, looked
+    up per item) with the same producer settings: no validation, enrichment or encoding;
+  - "old" (with --against REV): `werkstroom serve --target ingest` of that git revision,
+    extracted with `git archive` into a temporary directory.
+Each is driven with wrk on loopback (Debian's `wrk`; installed with apt-get when missing and we
+are root) for single-event POSTs and for 100-event batches. Prints events/s per round, and the
+medians of the per-round ratios.
+Targets (issue 24): batches >= 100,000 events/s on one worker and >= 0.70 of bare; singles
+>= 1.5x the version before issue 24 (`--against` a revision before it).
 """
 
 from __future__ import annotations
@@ -18,15 +27,20 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from services.ingest.segment import normalize, parse_sent_at  # noqa: E402
+from werkstroom.contract import encode_event, message_key  # noqa: E402
 from werkstroom.embedded import EmbeddedKafka, free_port  # noqa: E402
 
 UA = (
@@ -34,6 +48,8 @@ UA = (
     "Chrome/131.0 Safari/537.36"
 )
 PY = sys.executable
+SENT_AT = "2026-11-25T10:00:00.050Z"
+BATCH = 100
 
 
 def ensure_wrk() -> str:
@@ -65,8 +81,26 @@ def event(i: int) -> dict[str, object]:
             },
         },
         "timestamp": "2026-11-25T10:00:00.000Z",
-        "sentAt": "2026-11-25T10:00:00.050Z",
+        "sentAt": SENT_AT,
     }
+
+
+def records(project_id: str) -> dict[str, list[str]]:
+    """The records ingest writes for the bench's events (anonymousId -> [key, value]): what
+    the bare handler hands to Kafka. Their times differ from a live request's by a few bytes."""
+    out = {}
+    received_at = datetime.now(UTC)
+    for i in range(BATCH):
+        ev, _ = normalize(
+            event(i),
+            call_type=None,
+            project_id=project_id,
+            received_at=received_at,
+            batch_sent_at=parse_sent_at(SENT_AT),
+        )
+        key = message_key(project_id, ev["anonymous_id"], ev["user_id"])
+        out[ev["anonymous_id"]] = [key.decode(), encode_event(ev).decode()]
+    return out
 
 
 def wait_port(port: int, timeout: float = 60) -> None:
@@ -104,8 +138,21 @@ def run_wrk(wrk: str, url: str, body: bytes, seconds: int, connections: int, wor
     return rps, int(bad.group(1)) if bad else 0
 
 
-def start(cmd: list[str], env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(cmd, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=ROOT)
+@dataclass
+class Variant:
+    name: str
+    cmd: list[str]
+    env: dict[str, str]
+    cwd: Path
+    bare: bool = False
+    single: list[float] = field(default_factory=list)
+    batch: list[float] = field(default_factory=list)
+
+
+def start(variant: Variant, port: int, log: Path) -> subprocess.Popen[bytes]:
+    cmd = [c.replace("{port}", str(port)) for c in variant.cmd]
+    env = {**variant.env, "WERKSTROOM_INGEST_PORT": str(port)}
+    proc = subprocess.Popen(cmd, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, cwd=variant.cwd)
     wait_port(port)
     return proc
 
@@ -113,23 +160,43 @@ def start(cmd: list[str], env: dict[str, str], port: int, log: Path) -> subproce
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
-        proc.wait(15)
+        proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def bare_cmd(server: str) -> list[str]:
+    if server == "granian":
+        return [PY, "-m", "granian", "--interface", "asgi", "--port", "{port}", "--no-ws"]
+    cmd = [PY, "-m", "uvicorn", "--port", "{port}", "--no-access-log", "--log-level", "warning"]
+    return [*cmd, "--loop", "uvloop", "--http", "httptools"]
+
+
+def extract(rev: str, work: Path) -> Path:
+    tree = work / f"tree-{re.sub(r'[^A-Za-z0-9]', '_', rev)}"
+    tree.mkdir()
+    archive = subprocess.run(["git", "archive", rev], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--against", help="a git revision to measure side by side (e.g. main)")
+    parser.add_argument("--servers", default="", help="comma-separated: uvicorn,granian (default: serve's)")
+    parser.add_argument("--workers", default="1", help="comma-separated worker counts for ours")
     args = parser.parse_args()
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="werkstroom-bench-"))
-    single = json.dumps(event(1)).encode()
-    batch = json.dumps(
-        {"batch": [event(i) for i in range(100)], "sentAt": "2026-11-25T10:00:00.050Z"}
-    ).encode()
-    results: dict[str, float] = {}
+    servers = [s for s in args.servers.split(",") if s]
+    workers = [int(w) for w in args.workers.split(",")]
     with EmbeddedKafka(log_path=work / "kafka.log") as kafka:
         env = {
             **os.environ,
@@ -141,6 +208,7 @@ def main() -> int:
             "WERKSTROOM_TOPIC_EVENTS": "bench.events",
             "WERKSTROOM_TOPIC_DLQ": "bench.dlq",
             "BENCH_TOPIC": "bench.bare",
+            "BENCH_RECORDS": str(work / "records.json"),
         }
         subprocess.run(
             [PY, "-m", "werkstroom", "migrate"], env=env, check=True, capture_output=True, cwd=ROOT
@@ -153,96 +221,95 @@ def main() -> int:
             text=True,
             cwd=ROOT,
         )
-        write_key = json.loads(created.stdout)["write_key"]
+        project = json.loads(created.stdout)
+        (work / "records.json").write_text(json.dumps(records(project["project_id"])))
+        subprocess.run(
+            [
+                PY,
+                "-c",
+                "import asyncio,os;from werkstroom.kafka import ensure_topics;"
+                "asyncio.run(ensure_topics(os.environ['WERKSTROOM_KAFKA_BOOTSTRAP'],"
+                "['bench.bare'],4))",
+            ],
+            env=env,
+            check=True,
+            cwd=ROOT,
+        )
+        write_key = project["write_key"]
+        single = json.dumps(event(1)).encode()
+        batch = json.dumps({"batch": [event(i) for i in range(BATCH)], "sentAt": SENT_AT}).encode()
         single_ours = json.dumps({**event(1), "writeKey": write_key}).encode()
         batch_ours = json.dumps(
-            {
-                "writeKey": write_key,
-                "batch": [event(i) for i in range(100)],
-                "sentAt": "2026-11-25T10:00:00.050Z",
-            }
+            {"writeKey": write_key, "batch": [event(i) for i in range(BATCH)], "sentAt": SENT_AT}
         ).encode()
 
-        for name, cmd_port in (("werkstroom", "ours"), ("bare", "bare")):
-            port = free_port()
-            if cmd_port == "ours":
-                cmd = [PY, "-m", "werkstroom", "serve", "--target", "ingest"]
-                proc_env = {**env, "WERKSTROOM_INGEST_PORT": str(port)}
-            else:
-                cmd = [
-                    PY,
-                    "-m",
-                    "uvicorn",
-                    "bench.bare_asgi:app",
-                    "--port",
-                    str(port),
-                    "--no-access-log",
-                    "--log-level",
-                    "warning",
-                ]
-                proc_env = env
-                subprocess.run(
-                    [
-                        PY,
-                        "-c",
-                        "import asyncio,os;from werkstroom.kafka import ensure_topics;"
-                        "asyncio.run(ensure_topics(os.environ['WERKSTROOM_KAFKA_BOOTSTRAP'],"
-                        "['bench.bare'],4))",
-                    ],
-                    env=env,
-                    check=True,
-                    cwd=ROOT,
-                )
-            proc = start(cmd, proc_env, port, work / f"{name}.log")
-            try:
-                body_single = single_ours if cmd_port == "ours" else single
-                body_batch = batch_ours if cmd_port == "ours" else batch
-                run_wrk(
-                    wrk, f"http://127.0.0.1:{port}/v1/track", body_single, 2, args.connections, work
-                )  # warm up
-                rps, bad = run_wrk(
-                    wrk,
-                    f"http://127.0.0.1:{port}/v1/track",
-                    body_single,
-                    args.seconds,
-                    args.connections,
-                    work,
-                )
-                results[f"{name}_single"] = rps
-                print(f"  {name:10s} single events : {rps:10,.0f} events/s   (non-2xx: {bad})")
-                rps, bad = run_wrk(
-                    wrk,
-                    f"http://127.0.0.1:{port}/v1/batch",
-                    body_batch,
-                    args.seconds,
-                    max(8, args.connections // 4),
-                    work,
-                )
-                results[f"{name}_batch"] = rps * 100
-                print(f"  {name:10s} 100-event batch: {rps * 100:10,.0f} events/s   (non-2xx: {bad})")
-            finally:
-                stop(proc)
+        serve = [PY, "-m", "werkstroom", "serve", "--target", "ingest"]
+        variants: list[Variant] = []
+        for server in servers or [""]:
+            for n in workers:
+                name = "ours" + (f" {server}" if server else "") + (f" x{n}" if n > 1 else "")
+                extra = {"WERKSTROOM_HTTP_SERVER": server} if server else {}
+                cmd = serve + (["--workers", str(n)] if n > 1 else [])
+                variants.append(Variant(name, cmd, {**env, **extra}, ROOT))
+        for server in servers or ["uvicorn"]:
+            cmd = [*bare_cmd(server), "bench.bare_asgi:app"]
+            variants.append(Variant(f"bare {server}", cmd, env, ROOT, bare=True))
+        if args.against:
+            tree = extract(args.against, work)
+            variants.append(Variant(f"old ({args.against})", serve, env, tree))
 
-    ours_single, bare_single = results["werkstroom_single"], results["bare_single"]
-    ours_batch, bare_batch = results["werkstroom_batch"], results["bare_batch"]
-    single_ratio, batch_ratio = ours_single / bare_single, ours_batch / bare_batch
+        for rnd in range(args.rounds):
+            order = variants if rnd % 2 == 0 else variants[::-1]
+            print(f"round {rnd + 1}")
+            for variant in order:
+                port = free_port()
+                proc = start(variant, port, work / f"{variant.name.replace(' ', '_')}.log")
+                try:
+                    body_single = single if variant.bare else single_ours
+                    body_batch = batch if variant.bare else batch_ours
+                    url = f"http://127.0.0.1:{port}"
+                    run_wrk(wrk, f"{url}/v1/track", body_single, 2, args.connections, work)  # warm up
+                    rps, bad = run_wrk(
+                        wrk, f"{url}/v1/track", body_single, args.seconds, args.connections, work
+                    )
+                    variant.single.append(rps)
+                    rps_b, bad_b = run_wrk(
+                        wrk, f"{url}/v1/batch", body_batch, args.seconds, max(8, args.connections // 4), work
+                    )
+                    variant.batch.append(rps_b * BATCH)
+                    print(
+                        f"  {variant.name:22s} single {rps:9,.0f}/s  batch {rps_b * BATCH:9,.0f} events/s"
+                        f"   (non-2xx: {bad} / {bad_b})"
+                    )
+                finally:
+                    stop(proc)
 
-    def verdict(ok: bool) -> str:
-        return "OK" if ok else "BELOW TARGET"
+    print(f"\nmachine: {os.cpu_count()} cores; server, broker and wrk share them; {args.rounds} rounds")
+    print(f"{'':22s} {'single (median)':>16s} {'batch (median)':>16s}")
+    for v in variants:
+        print(f"{v.name:22s} {median(v.single):16,.0f} {median(v.batch):16,.0f}")
 
-    print(f"\nmachine: {os.cpu_count()} cores; server, broker and wrk share them")
-    print(
-        f"single events  : werkstroom {ours_single:,.0f}/s vs bare {bare_single:,.0f}/s -> ratio "
-        f"{single_ratio:.2f} (target >= 0.50) {verdict(single_ratio >= 0.5)}"
-    )
-    print(
-        f"100-event batch: werkstroom {ours_batch:,.0f}/s vs bare {bare_batch:,.0f}/s -> ratio "
-        f"{batch_ratio:.2f} (target >= 0.50) {verdict(batch_ratio >= 0.5)}"
-    )
-    print(
-        f"100-event batch absolute: {ours_batch:,.0f} events/s (target >= 100,000) "
-        f"{verdict(ours_batch >= 100_000)}"
-    )
+    def ratio(a: Variant, b: Variant, kind: str) -> float:
+        return median([x / y for x, y in zip(getattr(a, kind), getattr(b, kind), strict=True)])
+
+    bares = {v.name.split(" ", 1)[1]: v for v in variants if v.bare}
+    ours = [v for v in variants if not v.bare and not v.name.startswith("old")]
+    old = next((v for v in variants if v.name.startswith("old")), None)
+    for v in ours:
+        server = (
+            v.name.split()[1] if len(v.name.split()) > 1 and not v.name.split()[1].startswith("x") else ""
+        )
+        base = bares.get(server) or next(iter(bares.values()))
+        batch_ratio = ratio(v, base, "batch")
+        line = f"{v.name}: batch {median(v.batch):,.0f} events/s, {batch_ratio:.2f} of {base.name}"
+        if " x" not in v.name:
+            line += (
+                f" (targets >= 100,000 {'OK' if median(v.batch) >= 100_000 else 'BELOW'}"
+                f", >= 0.70 {'OK' if batch_ratio >= 0.7 else 'BELOW'})"
+            )
+        if old is not None:
+            line += f"; vs old: single {ratio(v, old, 'single'):.2f}x, batch {ratio(v, old, 'batch'):.2f}x"
+        print(line)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
