@@ -173,6 +173,9 @@ def bare_cmd(server: str) -> list[str]:
 
 
 def extract(rev: str, work: Path) -> Path:
+    """The source tree of `rev`: a git revision (extracted), or a directory holding one."""
+    if Path(rev).is_dir():
+        return Path(rev).resolve()
     tree = work / f"tree-{re.sub(r'[^A-Za-z0-9]', '_', rev)}"
     tree.mkdir()
     archive = subprocess.run(["git", "archive", rev], cwd=ROOT, check=True, capture_output=True).stdout
@@ -189,7 +192,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--against", help="a git revision to measure side by side (e.g. main)")
+    parser.add_argument(
+        "--against", help="a git revision (e.g. main) or a source tree to measure side by side"
+    )
     parser.add_argument("--servers", default="", help="comma-separated: uvicorn,granian (default: serve's)")
     parser.add_argument("--workers", default="1", help="comma-separated worker counts for ours")
     args = parser.parse_args()
