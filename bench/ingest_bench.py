@@ -261,14 +261,14 @@ def main() -> int:
             variants.append(Variant(f"bare {server}", cmd, env, ROOT, bare=True))
         if args.against:
             tree = extract(args.against, work)
-            variants.append(Variant(f"old ({args.against})", serve, env, tree))
+            variants.append(Variant(f"old ({Path(args.against).name})", serve, env, tree))
 
         for rnd in range(args.rounds):
             order = variants if rnd % 2 == 0 else variants[::-1]
             print(f"round {rnd + 1}")
             for variant in order:
                 port = free_port()
-                proc = start(variant, port, work / f"{variant.name.replace(' ', '_')}.log")
+                proc = start(variant, port, work / f"{re.sub(r'[^A-Za-z0-9]+', '_', variant.name)}.log")
                 try:
                     body_single = single if variant.bare else single_ours
                     body_batch = batch if variant.bare else batch_ours
