@@ -34,6 +34,14 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the pipeline (all components, or one)")
     serve.add_argument("--target", choices=["all", "ingest", "aggregator", "api"], default="all")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes for --target ingest or api, on one port (default: WERKSTROOM_WORKERS, 1)",
+    )
+    # Set by the supervisor of --workers N for each process it starts: which one it is.
+    serve.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
 
     migrate = sub.add_parser("migrate", help="apply ClickHouse migrations (and create Kafka topics)")
     migrate.add_argument("--dry-run", action="store_true", help="list pending migrations, apply nothing")
@@ -154,8 +162,9 @@ def _at_least(low: int) -> Callable[[str], int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    overrides = {"workers": args.workers} if getattr(args, "workers", None) is not None else {}
     try:
-        settings = get_settings()
+        settings = get_settings(**overrides)
     except Exception as exc:  # pydantic's ValidationError names the variable and the reason
         sys.stderr.write(f"werkstroom: invalid settings: {exc}\n")
         return 2
@@ -168,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("settings", target=args.target, **settings.masked())
             from werkstroom.serve import run
 
-            return run(settings, args.target)
+            return run(settings, args.target, worker=args.worker)
         if args.command == "migrate":
             return _migrate(settings, args.dry_run, args.break_lock)
         if args.command == "projects":

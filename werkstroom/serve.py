@@ -16,6 +16,8 @@ import logging
 import os
 import secrets
 import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -56,6 +58,9 @@ EXIT_GRACE = 2.0
 
 class _Server(uvicorn.Server):
     """A uvicorn server that leaves signal handling to us (several run in one loop)."""
+
+    #: Sockets bound here (one of `--workers N` binds with SO_REUSEPORT); None: uvicorn binds.
+    listen: list[socket.socket] | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -166,7 +171,18 @@ async def start_kafka(settings: Settings, target: Target) -> tuple[str, Embedded
     return bootstrap, embedded
 
 
-def _http_server(app: Any, settings: Settings, port: int) -> _Server:
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port that other processes may bind too (SO_REUSEPORT): the
+    kernel spreads new connections over every socket bound so, one per worker."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _http_server(app: Any, settings: Settings, port: int, *, reuse_port: bool = False) -> _Server:
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -179,13 +195,22 @@ def _http_server(app: Any, settings: Settings, port: int) -> _Server:
         # is (the per-client limits) is WERKSTROOM_TRUST_FORWARDED_FOR's to say, not the peer's.
         proxy_headers=False,
     )
-    return _Server(config)
+    server = _Server(config)
+    if reuse_port:
+        server.listen = [reuse_port_socket(settings.host, port)]
+    return server
 
 
 async def serve(
-    settings: Settings, target: Target, *, on_ready: Callable[[Runtime], None] | None = None
+    settings: Settings,
+    target: Target,
+    *,
+    on_ready: Callable[[Runtime], None] | None = None,
+    worker: int | None = None,
 ) -> None:
-    """Run `target` until SIGINT/SIGTERM (a signal during start-up stops it once started)."""
+    """Run `target` until SIGINT/SIGTERM (a signal during start-up stops it once started).
+    `worker`: this process is that one of `--workers N` (`supervise`): it binds its port with
+    SO_REUSEPORT, and stops (gracefully) if its supervisor goes away."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     hurry = asyncio.Event()  # a second signal: skip (or cut short) the drain
@@ -198,6 +223,7 @@ async def serve(
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    orphan_watch = asyncio.create_task(_until_orphaned(stop)) if worker is not None else None
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if target != "all" and is_embedded(settings.effective_clickhouse_url):
         log.warning(
@@ -228,6 +254,7 @@ async def serve(
                 create_ingest(settings, bootstrap=bootstrap, clickhouse=factory),
                 settings,
                 settings.ingest_port,
+                reuse_port=worker is not None,
             )
         )
     if target in ("all", "api"):
@@ -238,6 +265,7 @@ async def serve(
                 create_api(settings, clickhouse=factory, admin_token=runtime.admin_token),
                 settings,
                 settings.api_port,
+                reuse_port=worker is not None,
             )
         )
     bots: Any = None  # the bots consumer (services.aggregator.bots), beside the events sink
@@ -266,12 +294,15 @@ async def serve(
     rotation: Rotation | None = None
     results: list[Any] = []
     tune_gc(settings)  # start-up is over: what exists now lives as long as the process
-    runtime.tasks = [asyncio.create_task(s.serve(), name=f"http:{s.config.port}") for s in servers]
+    runtime.tasks = [
+        asyncio.create_task(s.serve(sockets=s.listen), name=f"http:{s.config.port}") for s in servers
+    ]
     if aggregator is not None:
         # The app runs until the events sink ends (sink.stop() below, or its failure).
         runtime.tasks.append(asyncio.create_task(aggregator.run(), name="sink"))
         runtime.tasks.append(asyncio.create_task(aggregator.bots_hosted.wait(), name="bots-sink"))
-    _write_runtime_file(settings, target, runtime)
+    if not worker:  # one runtime file: the first worker's
+        _write_runtime_file(settings, target, runtime)
     try:
         while not all(s.started for s in servers):
             if any(t.done() for t in runtime.tasks):
@@ -307,8 +338,11 @@ async def serve(
         results = await asyncio.gather(*runtime.tasks, return_exceptions=True)
         if embedded is not None:
             embedded.stop()
-        with contextlib.suppress(FileNotFoundError):
-            (settings.data_dir / "runtime.json").unlink()
+        if orphan_watch is not None:
+            orphan_watch.cancel()
+        if not worker:
+            with contextlib.suppress(FileNotFoundError):
+                (settings.data_dir / "runtime.json").unlink()
     for task in failed:
         raise task.exception()  # type: ignore[misc]
     for result in results:
@@ -316,6 +350,16 @@ async def serve(
             raise result
     if any(not s.started for s in servers):
         raise SystemExit("an HTTP server did not start (is the port in use?); see the log above")
+
+
+async def _until_orphaned(stop: asyncio.Event) -> None:
+    """One of `--workers N`: stop gracefully once the supervisor is gone (killed with -9, it
+    could not pass a signal on), instead of serving on as an orphan nobody stops."""
+    parent = os.getppid()
+    while os.getppid() == parent:  # noqa: ASYNC110 - no event says a parent is gone
+        await asyncio.sleep(1.0)
+    log.warning("supervisor_gone_stopping", supervisor=parent)
+    stop.set()
 
 
 def _rotation(
@@ -496,8 +540,13 @@ def banner(runtime: Runtime) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(settings: Settings, target: Target) -> int:
+def run(settings: Settings, target: Target, *, worker: int | None = None) -> int:
+    if settings.workers > 1 and worker is None:
+        return supervise(settings, target)
+
     def announce(runtime: Runtime) -> None:
+        if worker:  # of several workers, the first one says it
+            return
         sys.stdout.write(banner(runtime))
         sys.stdout.flush()
 
@@ -505,12 +554,58 @@ def run(settings: Settings, target: Target) -> int:
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.get_loop().set_default_executor(workers)
         try:
-            runner.run(serve(settings, target, on_ready=announce))
+            runner.run(serve(settings, target, on_ready=announce, worker=worker))
         except BaseException as exc:
             _leave_hung_calls(workers, exc)
             raise
         _leave_hung_calls(workers, None)
     return 0
+
+
+def supervise(settings: Settings, target: Target) -> int:
+    """`serve --target ingest|api --workers N`: N processes of that target on one port, each
+    binding it with SO_REUSEPORT. What must happen once (the admin token, migrations, the demo
+    project) happens here first, so they do not race. A signal is passed on to each (they run
+    in their own process group, so a terminal's Ctrl-C reaches them once, through here); a
+    worker that ends by itself stops the others. Returns the highest exit code."""
+    count = settings.workers
+    if target not in ("ingest", "api"):
+        raise SystemExit(
+            f"--workers {count} applies to --target ingest and api only: `all` runs in one process "
+            "(the embedded ClickHouse opens in one), and more aggregators are more processes in "
+            "their consumer group (--target aggregator, each started on its own)"
+        )
+    if is_embedded(settings.effective_clickhouse_url):
+        raise SystemExit(
+            f"--workers {count} needs a ClickHouse server (WERKSTROOM_CLICKHOUSE_URL): the embedded "
+            "one opens in one process only"
+        )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    admin_token(settings)
+    ensure_demo_project(settings, prepare_clickhouse(settings))
+    command = [sys.executable, "-m", "werkstroom", "serve", "--target", target, "--workers", str(count)]
+    procs = [subprocess.Popen([*command, "--worker", str(index)], process_group=0) for index in range(count)]
+    log.info("workers_started", target=target, workers=count, pids=[p.pid for p in procs])
+    stopping = False
+
+    def stop_all(signum: int, _frame: object = None) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, stop_all)
+    signal.signal(signal.SIGINT, stop_all)
+    while any(p.poll() is None for p in procs):
+        ended = [p for p in procs if p.returncode is not None]
+        if ended and not stopping:
+            log.error("worker_ended", pid=ended[0].pid, code=ended[0].returncode, stopping="the others")
+            stop_all(signal.SIGTERM)
+        time.sleep(0.2)
+    codes = [p.returncode for p in procs]
+    log.info("workers_stopped", codes=codes)
+    return max((abs(c) for c in codes), default=0)
 
 
 def _leave_hung_calls(workers: ThreadPoolExecutor, error: BaseException | None) -> None:

@@ -102,6 +102,15 @@ class Settings(BaseSettings):
         description="WERKSTROOM_AGGREGATOR_PORT: /health, /ready and /metrics of `--target aggregator` "
         "(`--target all` opens no such port: its ingest and API ports serve them).",
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="WERKSTROOM_WORKERS: processes `serve --target ingest` or `--target api` runs on its "
+        "port (each binds it with SO_REUSEPORT; the kernel spreads connections over them). `all` and "
+        "`aggregator` run one: the embedded ClickHouse opens in one process, and aggregators scale as "
+        "separate processes in the consumer group. More than 1 needs a ClickHouse server "
+        "(WERKSTROOM_CLICKHOUSE_URL). The `--workers` flag wins over it.",
+    )
     public_ingest_url: str | None = Field(
         None, description="WERKSTROOM_PUBLIC_INGEST_URL: the ingest URL browsers reach (for snippets)."
     )

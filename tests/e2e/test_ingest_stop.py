@@ -150,7 +150,17 @@ def records(log_path: Path) -> list[dict[str, Any]]:
     return found
 
 
-def test_a_graceful_stop_of_ingest_loses_no_acknowledged_event(infra: Infra, tmp_path: Path) -> None:
+def serving_workers(pid: int) -> list[int]:
+    """The processes `serve --workers N` (pid) started: its children."""
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_graceful_stop_of_ingest_loses_no_acknowledged_event(
+    infra: Infra, tmp_path: Path, workers: int
+) -> None:
+    if workers > 1 and infra.kind == "embedded":
+        pytest.skip("--workers needs a ClickHouse server: the embedded one opens in one process only")
     port = free_port()
     # Ingest reads its write keys from ClickHouse: the demo project, created at its first start.
     env, _suffix = target_env(
@@ -165,12 +175,15 @@ def test_a_graceful_stop_of_ingest_loses_no_acknowledged_event(infra: Infra, tmp
         WERKSTROOM_PRODUCE_TIMEOUT_MS="15000",
         WERKSTROOM_LOG_FORMAT="json",
         WERKSTROOM_LOG_LEVEL="INFO",
+        WERKSTROOM_WORKERS=str(workers),
     )
     topic = env["WERKSTROOM_TOPIC_EVENTS"]
     log_path = tmp_path / "serve.log"
     proc, write_key = start_ingest(env, tmp_path)
     senders = Senders(f"http://127.0.0.1:{port}/v1/batch", write_key)
     try:
+        if workers > 1:  # a supervisor and its workers, each listening on the port
+            assert len(serving_workers(proc.pid)) == workers, log_path.read_text()[-3000:]
         senders.start()
         deadline = time.monotonic() + 120
         while senders.acked() < ACKED_BEFORE_STOP:
