@@ -5,11 +5,12 @@
 
 Starts the embedded broker, then, in each round, one after the other (the order alternates
 between rounds) on the same broker and topic layout:
-  - "ours": `werkstroom serve --target ingest` (rate limit off), once per --servers entry and
-    per --workers count;
-  - "bare": bench/bare_asgi.py under the same HTTP server (uvicorn unless only granian is asked
-    for), which parses the same body and produces the same records (computed once here, looked
-    up per item) with the same producer settings: no validation, enrichment or encoding;
+  - "ours": `werkstroom serve --target ingest` (rate limit off), per --workers count (more than
+    one needs a ClickHouse server in WERKSTROOM_CLICKHOUSE_URL; skipped otherwise), and with
+    --servers the same app under each server's own command line (bench/ingest_asgi.py);
+  - "bare": bench/bare_asgi.py under uvicorn (and each of --servers), which parses the same
+    body and produces the same records (computed once here, looked up per item) with the same
+    producer settings: no validation, enrichment or encoding;
   - "old" (with --against REV): `werkstroom serve --target ingest` of that git revision,
     extracted with `git archive` into a temporary directory.
 Each is driven with wrk on loopback (Debian's `wrk`; installed with apt-get when missing and we
@@ -195,7 +196,9 @@ def main() -> int:
     parser.add_argument(
         "--against", help="a git revision (e.g. main) or a source tree to measure side by side"
     )
-    parser.add_argument("--servers", default="", help="comma-separated: uvicorn,granian (default: serve's)")
+    parser.add_argument(
+        "--servers", default="", help="also host the app under these (uvicorn,granian), bare as well"
+    )
     parser.add_argument("--workers", default="1", help="comma-separated worker counts for ours")
     args = parser.parse_args()
     wrk = ensure_wrk()
@@ -250,12 +253,15 @@ def main() -> int:
 
         serve = [PY, "-m", "werkstroom", "serve", "--target", "ingest"]
         variants: list[Variant] = []
-        for server in servers or [""]:
-            for n in workers:
-                name = "ours" + (f" {server}" if server else "") + (f" x{n}" if n > 1 else "")
-                extra = {"WERKSTROOM_HTTP_SERVER": server} if server else {}
-                cmd = serve + (["--workers", str(n)] if n > 1 else [])
-                variants.append(Variant(name, cmd, {**env, **extra}, ROOT))
+        for n in workers:
+            if n > 1 and not env.get("WERKSTROOM_CLICKHOUSE_URL", "").startswith("http"):
+                print(f"ours x{n}: skipped, --workers needs a ClickHouse server (WERKSTROOM_CLICKHOUSE_URL)")
+                continue
+            cmd = serve + (["--workers", str(n)] if n > 1 else [])
+            variants.append(Variant("ours" + (f" x{n}" if n > 1 else ""), cmd, env, ROOT))
+        for server in servers:  # the same app under each server's own command line
+            cmd = [*bare_cmd(server), "--factory", "bench.ingest_asgi:app"]
+            variants.append(Variant(f"ours {server}", cmd, env, ROOT))
         for server in servers or ["uvicorn"]:
             cmd = [*bare_cmd(server), "bench.bare_asgi:app"]
             variants.append(Variant(f"bare {server}", cmd, env, ROOT, bare=True))
