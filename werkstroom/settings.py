@@ -157,13 +157,7 @@ class Settings(BaseSettings):
         ge=50,
         description="WERKSTROOM_PRODUCE_TIMEOUT_MS: longest wait for Kafka's ack before answering 503.",
     )
-    producer_linger_ms: int = Field(
-        0,
-        ge=0,
-        description="WERKSTROOM_PRODUCER_LINGER_MS: how long ingest's producer holds a batch for more "
-        "messages. 0: aiokafka keeps one request in flight per broker, so batches already fill while "
-        "it waits for an ack; a linger adds its delay to every round trip (bench/README.md).",
-    )
+    producer_linger_ms: int = Field(2, ge=0, description="WERKSTROOM_PRODUCER_LINGER_MS")
     key_refresh_seconds: float = Field(
         2.0, gt=0, description="WERKSTROOM_KEY_REFRESH_SECONDS: how often write keys are reloaded."
     )
