@@ -31,6 +31,7 @@ from werkstroom.contract import (
     event_time,
 )
 from werkstroom.geo import NOWHERE, Location
+from werkstroom.sources import campaign_of, source_of
 
 MAX_ID = 200
 MAX_NAME = 200
@@ -341,6 +342,11 @@ def normalize(
         if isinstance(system, dict):
             os_name, os_version = _text(system.get("name"), MAX_OS), _text(system.get("version"), MAX_OS)
 
+    referrer = _text(source.get("referrer") or page.get("referrer"), MAX_URL)
+    # Where the visit came from: the referrer grouped, and the campaign (context.campaign, else
+    # the URL's utm_* parameters). Never rejects: werkstroom/sources.py clips and ignores.
+    campaign = campaign_of(context.get("campaign"), url)
+
     return (
         {
             "schema_version": SCHEMA_VERSION,
@@ -358,7 +364,7 @@ def normalize(
             "url": url,
             "path": path,
             "title": _text(source.get("title") or page.get("title"), MAX_TITLE),
-            "referrer": _text(source.get("referrer") or page.get("referrer"), MAX_URL),
+            "referrer": referrer,
             "device_type": agent.device_type,
             "browser": agent.browser,
             "browser_version": agent.browser_version,
@@ -369,6 +375,8 @@ def normalize(
             "library": _text(library.get("name"), 100),
             "country": location.country,
             "region": location.region,
+            **campaign,
+            "source": source_of(referrer, url),
         },
         agent,
     )

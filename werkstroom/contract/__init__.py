@@ -86,6 +86,12 @@ FIELDS: tuple[str, ...] = (
     "library",
     "country",
     "region",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_term",
+    "utm_content",
+    "source",
     "schema_version",
 )
 
@@ -231,6 +237,12 @@ class Event(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     #: Added within v1: a message written before them (or by another producer) decodes with "".
     country: str = ""
     region: str = ""
+    utm_source: str = ""
+    utm_medium: str = ""
+    utm_campaign: str = ""
+    utm_term: str = ""
+    utm_content: str = ""
+    source: str = ""
 
 
 _decoder = msgspec.json.Decoder(Event)

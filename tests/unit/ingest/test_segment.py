@@ -546,3 +546,44 @@ def test_each_sdks_time_fields_give_the_event_time(
 )
 def test_a_bad_original_timestamp_is_rejected_by_its_name(call: dict[str, object], field: str) -> None:
     assert rejected({"anonymousId": "a", "event": "E", **call}) == ("invalid_time", field)
+
+
+def test_source_and_campaign_come_from_the_referrer_and_the_campaign() -> None:
+    page = run(
+        {
+            "anonymousId": "a",
+            "properties": {
+                "url": "https://shop.example/p?utm_source=news&utm_medium=email&utm_campaign=spring",
+                "referrer": "https://www.google.de/",
+            },
+        },
+        "page",
+    )
+    assert (page["source"], page["utm_source"], page["utm_medium"], page["utm_campaign"]) == (
+        "Google",
+        "news",
+        "email",
+        "spring",
+    )
+    assert (page["utm_term"], page["utm_content"]) == ("", "")
+    # context.campaign (Segment's) wins over the URL; the page's own host is no source
+    track = run(
+        {
+            "anonymousId": "a",
+            "event": "Clicked",
+            "context": {
+                "page": {"url": "https://shop.example/?utm_source=url", "referrer": "https://shop.example/"},
+                "campaign": {"source": "ctx", "name": "launch", "term": ["not", "text"]},
+            },
+        }
+    )
+    assert (track["source"], track["utm_source"], track["utm_campaign"], track["utm_term"]) == (
+        "",
+        "ctx",
+        "launch",
+        "",
+    )
+    # a campaign that is not an object is ignored, never a rejection
+    other = run({"anonymousId": "a", "event": "E", "context": {"campaign": "x"}})
+    assert other["utm_source"] == "" and other["source"] == ""
+    jsonschema.validate(orjson.loads(encode_event(page)), json_schema())
