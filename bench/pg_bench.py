@@ -203,10 +203,14 @@ INDEXES = [
     "CREATE INDEX user_events_user_time ON user_events (user_id, created_at)",
     # a session's pages (session history) and its newest event (the live table's last event)
     "CREATE INDEX user_events_session_time ON user_events (session_id, created_at)",
-    # the funnel: each step's events of the last N days, by name (and path for page steps)
-    "CREATE INDEX user_events_funnel ON user_events (project_id, event_name, page_path, created_at)",
-    # online now and the live table; churn's and "online a week ago"'s session windows
-    "CREATE INDEX site_sessions_project_activity ON site_sessions (project_id, last_activity)",
+    # the funnel: each step's events of the last N days, by name (and path for page steps),
+    # with the person, so the steps are read from the index alone
+    "CREATE INDEX user_events_funnel ON user_events (project_id, event_name, page_path, created_at) "
+    "INCLUDE (user_id)",
+    # online now and the live table; churn's and "online a week ago"'s session windows, from the
+    # index alone
+    "CREATE INDEX site_sessions_project_activity ON site_sessions (project_id, last_activity) "
+    "INCLUDE (started_at, user_id, anonymous_id)",
     # calculate_daily_stats: sessions started on a day
     "CREATE INDEX site_sessions_project_started ON site_sessions (project_id, started_at)",
     # a user's session history, newest first
@@ -446,6 +450,9 @@ max_wal_senders = 0
 fsync = off
 synchronous_commit = off
 full_page_writes = off
+# JIT off, as for any short-query workload: the planner's 1,000-row guess for generate_series
+# made it compile for most of a sub-second metrics query (bench/README.md, 2026-12-03).
+jit = off
 """
 
 
@@ -781,6 +788,25 @@ def segment_counts(client: Client, conn: Any, data: Generated, now: datetime) ->
     return pg, ch
 
 
+class Recorder:
+    """A connection that remembers the last statement it ran (for --explain)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.last: tuple[Any, Any] = ("", None)
+
+    def execute(self, query: Any, params: Any = None) -> Any:
+        self.last = (query, params)
+        return self.conn.execute(query, params)
+
+
+def explain(conn: Any, query: Any, params: Any) -> list[str]:
+    from psycopg import sql
+
+    statement = sql.SQL("EXPLAIN (ANALYZE, BUFFERS) ") + (sql.SQL(query) if isinstance(query, str) else query)
+    return [str(r[0]) for r in conn.execute(statement, params)]
+
+
 def time_pg(name: str, call: Callable[[int], Any], requests: int, budget: float, warmup: int = 3) -> Figure:
     """As api_bench.measure, for a synchronous call; stops after `budget` seconds (>= 5 timed)."""
     for i in range(warmup):
@@ -850,7 +876,7 @@ async def run(args: argparse.Namespace, bindir: Path) -> int:
                 + ", ".join(f"{k} {v:.1f}" for k, v in steps.items())
                 + ")"
             )
-            conn = pg.connect()
+            conn = Recorder(pg.connect())
             sizes = conn.execute(
                 "SELECT relname, n_live_tup, pg_total_relation_size(relid) FROM pg_stat_user_tables ORDER BY relname"
             ).fetchall()
@@ -872,6 +898,7 @@ async def run(args: argparse.Namespace, bindir: Path) -> int:
             base = f"{settings.api_url}/api/projects/{data.project_id}"
             log = QueryLog()
             results: list[dict[str, Any]] = []
+            plans: dict[str, list[str]] = {}
             failed = False
             async with httpx.AsyncClient(
                 headers={"Authorization": f"Bearer {data.read_key}"}, timeout=120
@@ -922,12 +949,14 @@ async def run(args: argparse.Namespace, bindir: Path) -> int:
                             "werkstroom_errors": len(ws_figure.errors),
                         }
                     )
+                    if args.explain and pg_figure.p95 > ws_figure.p95:
+                        plans[view.name] = explain(conn.conn, *conn.last)
                     if args.verbose:
                         print(
                             f"  {view.name}: PostgreSQL p95 {pg_figure.p95:.1f} ms, Werkstroom {ws_figure.p95:.1f} ms"
                         )
             pg_counts, ch_counts = segment_counts(client, conn, data, now)
-            conn.close()
+            conn.conn.close()
 
         print()
         print(
@@ -955,6 +984,10 @@ async def run(args: argparse.Namespace, bindir: Path) -> int:
             f"PostgreSQL {pg_counts}, Werkstroom {ch_counts}: {'same' if pg_counts == ch_counts else 'DIFFERENT'}"
         )
         failed |= pg_counts != ch_counts
+        for name, plan in plans.items():
+            print(f"\nEXPLAIN (ANALYZE, BUFFERS) of PostgreSQL's {name} (its last statement):")
+            for line in plan:
+                print("    " + line)
         met = sum(r["target_met"] for r in results)
         print()
         print(
@@ -1031,6 +1064,11 @@ def main() -> None:
         type=float,
         default=60.0,
         help="seconds of timed PostgreSQL requests per view (>= 5 requests)",
+    )
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="EXPLAIN ANALYZE PostgreSQL's statement of each view it answers slower",
     )
     parser.add_argument("--verbose", action="store_true", help="print each view's figures as it is timed")
     args = parser.parse_args()
