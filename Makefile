@@ -103,6 +103,7 @@ bench: $(STAMP) geo
 	$(BIN)/python bench/load_bench.py
 	$(BIN)/python bench/lookup_bench.py
 	$(BIN)/python bench/api_bench.py
+	$(BIN)/python bench/disk_bench.py
 	$(BIN)/python bench/crash_bench.py
 	$(BIN)/python bench/soak_bench.py
 
