@@ -138,6 +138,28 @@ class Figure:
         return ordered[max(0, round(len(ordered) * 0.95) - 1)]
 
 
+async def start_api(app: Any, settings: Settings) -> tuple[Any, asyncio.Task[Any]]:
+    """Serve `app` on settings.api_port (uvicorn, as `serve` runs it) until it listens."""
+    server = _http_server(app, settings, settings.api_port)
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        if serving.done():
+            serving.result()
+        await asyncio.sleep(0.02)
+    return server, serving
+
+
+async def stop_api(app: Any, server: Any, serving: asyncio.Task[Any]) -> None:
+    """Stop what start_api started, its live hub first."""
+    live = getattr(app.state, "live", None)
+    if live is not None:
+        with contextlib.suppress(Exception):
+            await live.close()
+    server.should_exit = True
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(serving, 15)
+
+
 async def measure(
     name: str, call: Callable[[int], Any], requests: int, log: QueryLog, warmup: int = 3
 ) -> Figure:
@@ -193,12 +215,7 @@ async def run(args: argparse.Namespace) -> int:
             return log.wrap(connect(settings.effective_clickhouse_url, settings.clickhouse_database))
 
         app = create_app(settings, clickhouse=factory, admin_token="bench-admin")
-        server = _http_server(app, settings, settings.api_port)
-        serving = asyncio.create_task(server.serve())
-        while not server.started:
-            if serving.done():
-                serving.result()
-            await asyncio.sleep(0.02)
+        server, serving = await start_api(app, settings)
 
         base = f"{settings.api_url}/api/projects/{data.project_id}"
         headers = {"Authorization": f"Bearer {data.read_key}"}
@@ -301,15 +318,8 @@ async def run(args: argparse.Namespace) -> int:
         # endpoint that answered an error is.
         return 1 if any(f.errors for f in figures) else 0
     finally:
-        if server is not None:
-            live = getattr(app.state, "live", None)
-            if live is not None:
-                with contextlib.suppress(Exception):
-                    await live.close()
-            server.should_exit = True
-            if serving is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(serving, 15)
+        if server is not None and serving is not None:
+            await stop_api(app, server, serving)
         if args.keep:
             print(f"kept the data in {work}")
         else:

@@ -64,7 +64,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import httpx  # noqa: E402
-from api_bench import Figure, QueryLog, measure  # noqa: E402
+from api_bench import Figure, QueryLog, measure, start_api, stop_api  # noqa: E402
 from api_data import FUNNEL_STEPS, FUNNEL_WINDOW, Generated, describe, generate  # noqa: E402
 from clickhouse_connect.driver.client import Client  # noqa: E402
 
@@ -73,7 +73,7 @@ from werkstroom.clickhouse import connect  # noqa: E402
 from werkstroom.embedded import free_port  # noqa: E402
 from werkstroom.funnels import like_pattern  # noqa: E402
 from werkstroom.logging import configure_logging  # noqa: E402
-from werkstroom.serve import _http_server, prepare_clickhouse  # noqa: E402
+from werkstroom.serve import prepare_clickhouse  # noqa: E402
 from werkstroom.settings import Settings  # noqa: E402
 
 TARGET_RATIO = 20.0
@@ -888,12 +888,7 @@ async def run(args: argparse.Namespace, bindir: Path) -> int:
                 return connect(settings.effective_clickhouse_url, settings.clickhouse_database)
 
             app = create_app(settings, clickhouse=factory, admin_token="bench-admin", clock=lambda: now)
-            server = _http_server(app, settings, settings.api_port)
-            serving = asyncio.create_task(server.serve())
-            while not server.started:
-                if serving.done():
-                    serving.result()
-                await asyncio.sleep(0.02)
+            server, serving = await start_api(app, settings)
 
             base = f"{settings.api_url}/api/projects/{data.project_id}"
             log = QueryLog()
@@ -997,15 +992,8 @@ async def run(args: argparse.Namespace, bindir: Path) -> int:
         _save(args, data, now, steps, load_seconds, sizes, results, health, pg_counts, ch_counts, bindir)
         return 1 if failed else 0
     finally:
-        if server is not None:
-            live = getattr(app.state, "live", None)
-            if live is not None:
-                with contextlib.suppress(Exception):
-                    await live.close()
-            server.should_exit = True
-            if serving is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(serving, 15)
+        if server is not None and serving is not None:
+            await stop_api(app, server, serving)
         shutil.rmtree(work, ignore_errors=True)
 
 
