@@ -347,39 +347,43 @@ def _save(
     slow: dict[str, dict[str, Any]],
     log: QueryLog,
 ) -> None:
+    health = figures[1].p50
+    save_results(
+        "api",
+        {
+            "events": data.events,
+            "persons": data.persons,
+            "generation_seconds": round(data.seconds, 1),
+            "generation_steps": {k: round(v, 2) for k, v in data.steps.items()},
+            "requests": args.requests,
+            "target_p95_ms": TARGET_MS,
+            "endpoints": {
+                f.name: {
+                    "p50_ms": round(f.p50, 2),
+                    "p95_ms": round(f.p95, 2),
+                    "p50_vs_health": round(f.p50 / health, 2),
+                    "clickhouse_ms_per_request": round(log.per_request(f.name, args.requests)[1], 2),
+                    "errors": len(f.errors),
+                    "pass": verdicts.get(f.name),
+                }
+                for f in figures
+            },
+            "slowest_statement": slow,
+        },
+    )
+
+
+def save_results(bench: str, body: dict[str, Any]) -> None:
+    """Write a run's figures to bench/results/<bench>_bench-<UTC time>.json, with the machine."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS / f"api_bench-{stamp}.json"
-    health = figures[1].p50
-    path.write_text(
-        json.dumps(
-            {
-                "bench": "api",
-                "at": stamp,
-                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-                "events": data.events,
-                "persons": data.persons,
-                "generation_seconds": round(data.seconds, 1),
-                "generation_steps": {k: round(v, 2) for k, v in data.steps.items()},
-                "requests": args.requests,
-                "target_p95_ms": TARGET_MS,
-                "endpoints": {
-                    f.name: {
-                        "p50_ms": round(f.p50, 2),
-                        "p95_ms": round(f.p95, 2),
-                        "p50_vs_health": round(f.p50 / health, 2),
-                        "clickhouse_ms_per_request": round(log.per_request(f.name, args.requests)[1], 2),
-                        "errors": len(f.errors),
-                        "pass": verdicts.get(f.name),
-                    }
-                    for f in figures
-                },
-                "slowest_statement": slow,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    path = RESULTS / f"{bench}_bench-{stamp}.json"
+    head = {
+        "bench": bench,
+        "at": stamp,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    }
+    path.write_text(json.dumps({**head, **body}, indent=2, default=str) + "\n")
     print(f"saved {path.relative_to(ROOT)}")
 
 

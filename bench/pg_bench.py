@@ -43,9 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import platform
 import pwd
 import shutil
 import subprocess
@@ -64,7 +62,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import httpx  # noqa: E402
-from api_bench import Figure, QueryLog, measure, start_api, stop_api  # noqa: E402
+from api_bench import Figure, QueryLog, measure, save_results, start_api, stop_api  # noqa: E402
 from api_data import FUNNEL_STEPS, FUNNEL_WINDOW, Generated, describe, generate  # noqa: E402
 from clickhouse_connect.driver.client import Client  # noqa: E402
 
@@ -77,7 +75,6 @@ from werkstroom.serve import prepare_clickhouse  # noqa: E402
 from werkstroom.settings import Settings  # noqa: E402
 
 TARGET_RATIO = 20.0
-RESULTS = ROOT / "bench" / "results"
 SEGMENTS = ("active", "inactive", "premium", "trial", "churned")
 PAGE = 50  # the users page's default size (services/api/routes/users.py)
 SESSIONS_PAGE = 20  # a person's sessions, the route's default
@@ -1010,36 +1007,25 @@ def _save(
     ch_counts: list[int],
     bindir: Path,
 ) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS / f"pg_bench-{stamp}.json"
-    path.write_text(
-        json.dumps(
-            {
-                "bench": "pg",
-                "at": stamp,
-                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-                "postgresql": bindir.parts[-2],
-                "events": data.events,
-                "persons": data.persons,
-                "answers_as_of": now.isoformat(),
-                "generation_seconds": round(data.seconds, 1),
-                "load_seconds": round(load_seconds, 1),
-                "load_steps": {k: round(v, 1) for k, v in steps.items()},
-                "tables": {name: {"rows": rows, "bytes": size} for name, rows, size in sizes},
-                "requests": args.requests,
-                "pg_budget_seconds": args.pg_budget,
-                "target_ratio": TARGET_RATIO,
-                "werkstroom_health_ms": {"p50": round(health.p50, 2), "p95": round(health.p95, 2)},
-                "views": results,
-                "segment_counts": {"postgresql": pg_counts, "werkstroom": ch_counts},
-            },
-            indent=2,
-            default=str,
-        )
-        + "\n"
+    save_results(
+        "pg",
+        {
+            "postgresql": bindir.parts[-2],
+            "events": data.events,
+            "persons": data.persons,
+            "answers_as_of": now.isoformat(),
+            "generation_seconds": round(data.seconds, 1),
+            "load_seconds": round(load_seconds, 1),
+            "load_steps": {k: round(v, 1) for k, v in steps.items()},
+            "tables": {name: {"rows": rows, "bytes": size} for name, rows, size in sizes},
+            "requests": args.requests,
+            "pg_budget_seconds": args.pg_budget,
+            "target_ratio": TARGET_RATIO,
+            "werkstroom_health_ms": {"p50": round(health.p50, 2), "p95": round(health.p95, 2)},
+            "views": results,
+            "segment_counts": {"postgresql": pg_counts, "werkstroom": ch_counts},
+        },
     )
-    print(f"saved {path.relative_to(ROOT)}")
 
 
 def main() -> None:
