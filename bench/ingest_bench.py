@@ -7,15 +7,19 @@ Starts the embedded broker, then, in each round, one after the other (the order 
 between rounds) on the same broker and topic layout:
   - "ours": `werkstroom serve --target ingest` (rate limit off), per --workers count (more than
     one needs a ClickHouse server in WERKSTROOM_CLICKHOUSE_URL; skipped otherwise), and with
-    --servers the same app under each server's own command line (bench/ingest_asgi.py);
+    --servers the same app under each server's own command line (bench/ingest_asgi.py), or,
+    for `granian-embed`, on granian's embedded server in our own uvloop loop, as `serve` would
+    host it (bench/granian_embed.py);
   - "bare": bench/bare_asgi.py under uvicorn (and each of --servers), which parses the same
     body and produces the same records (computed once here, looked up per item) with the same
     producer settings: no validation, enrichment or encoding;
   - "old" (with --against REV): `werkstroom serve --target ingest` of that git revision,
     extracted with `git archive` into a temporary directory.
 Each is driven with wrk on loopback (Debian's `wrk`; installed with apt-get when missing and we
-are root) for single-event POSTs and for 100-event batches. Prints events/s per round, and the
-medians of the per-round ratios.
+are root) for single-event POSTs and for 100-event batches. Prints events/s per round, the CPU
+time the server's processes used per request (singles) and per event (batches) while wrk ran,
+and the medians of the per-round ratios. On a shared machine the CPU figures scatter far less
+than the rates: they say which variant costs less, the rates what one reached.
 Targets (issue 24): batches >= 100,000 events/s on one worker and >= 0.70 of bare; singles
 >= 1.5x the version before issue 24 (`--against` a revision before it).
 """
@@ -40,6 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.procs import cpu_seconds  # noqa: E402
 from services.ingest.segment import normalize, parse_sent_at  # noqa: E402
 from werkstroom.contract import encode_event, message_key  # noqa: E402
 from werkstroom.embedded import EmbeddedKafka, free_port  # noqa: E402
@@ -148,6 +153,9 @@ class Variant:
     bare: bool = False
     single: list[float] = field(default_factory=list)
     batch: list[float] = field(default_factory=list)
+    #: CPU microseconds the server's processes used per request (singles) and per event (batches).
+    single_cpu: list[float] = field(default_factory=list)
+    batch_cpu: list[float] = field(default_factory=list)
 
 
 def start(variant: Variant, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -167,6 +175,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def bare_cmd(server: str) -> list[str]:
+    if server == "granian-embed":
+        return [PY, "-m", "bench.granian_embed", "--port", "{port}"]
     if server == "granian":
         return [PY, "-m", "granian", "--interface", "asgi", "--port", "{port}", "--no-ws"]
     cmd = [PY, "-m", "uvicorn", "--port", "{port}", "--no-access-log", "--log-level", "warning"]
@@ -197,7 +207,9 @@ def main() -> int:
         "--against", help="a git revision (e.g. main) or a source tree to measure side by side"
     )
     parser.add_argument(
-        "--servers", default="", help="also host the app under these (uvicorn,granian), bare as well"
+        "--servers",
+        default="",
+        help="also host the app under these (uvicorn,granian,granian-embed), bare as well",
     )
     parser.add_argument("--workers", default="1", help="comma-separated worker counts for ours")
     args = parser.parse_args()
@@ -280,25 +292,37 @@ def main() -> int:
                     body_batch = batch if variant.bare else batch_ours
                     url = f"http://127.0.0.1:{port}"
                     run_wrk(wrk, f"{url}/v1/track", body_single, 2, args.connections, work)  # warm up
+                    before = cpu_seconds(proc.pid)
                     rps, bad = run_wrk(
                         wrk, f"{url}/v1/track", body_single, args.seconds, args.connections, work
                     )
+                    after = cpu_seconds(proc.pid)
                     variant.single.append(rps)
+                    variant.single_cpu.append((after - before) / (rps * args.seconds) * 1e6)
                     rps_b, bad_b = run_wrk(
                         wrk, f"{url}/v1/batch", body_batch, args.seconds, max(8, args.connections // 4), work
                     )
                     variant.batch.append(rps_b * BATCH)
+                    variant.batch_cpu.append(
+                        (cpu_seconds(proc.pid) - after) / (rps_b * BATCH * args.seconds) * 1e6
+                    )
                     print(
-                        f"  {variant.name:22s} single {rps:9,.0f}/s  batch {rps_b * BATCH:9,.0f} events/s"
+                        f"  {variant.name:22s} single {rps:9,.0f}/s {variant.single_cpu[-1]:5.0f} µs CPU"
+                        f"  batch {rps_b * BATCH:9,.0f} events/s {variant.batch_cpu[-1]:5.1f} µs CPU"
                         f"   (non-2xx: {bad} / {bad_b})"
                     )
                 finally:
                     stop(proc)
 
     print(f"\nmachine: {os.cpu_count()} cores; server, broker and wrk share them; {args.rounds} rounds")
-    print(f"{'':22s} {'single (median)':>16s} {'batch (median)':>16s}")
+    print(
+        f"{'':22s} {'single (median)':>16s} {'batch (median)':>16s} {'CPU µs/request':>15s} {'CPU µs/event':>13s}"
+    )
     for v in variants:
-        print(f"{v.name:22s} {median(v.single):16,.0f} {median(v.batch):16,.0f}")
+        print(
+            f"{v.name:22s} {median(v.single):16,.0f} {median(v.batch):16,.0f}"
+            f" {median(v.single_cpu):15.0f} {median(v.batch_cpu):13.1f}"
+        )
 
     def ratio(a: Variant, b: Variant, kind: str) -> float:
         return median([x / y for x, y in zip(getattr(a, kind), getattr(b, kind), strict=True)])
@@ -320,6 +344,7 @@ def main() -> int:
             )
         if old is not None:
             line += f"; vs old: single {ratio(v, old, 'single'):.2f}x, batch {ratio(v, old, 'batch'):.2f}x"
+            line += f" (CPU per request {ratio(v, old, 'single_cpu'):.2f}x, per event {ratio(v, old, 'batch_cpu'):.2f}x)"
         print(line)
     shutil.rmtree(work, ignore_errors=True)
     return 0

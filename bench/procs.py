@@ -75,3 +75,25 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) used so far by `pid` and its live descendants
+    (granian's worker process, a supervisor's workers): a figure other load on the machine
+    moves far less than a rate does."""
+    total = 0
+    for proc in [pid, *_descendants(pid)]:
+        try:
+            stat = Path(f"/proc/{proc}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for child in children(pid):
+        found += [child, *_descendants(child)]
+    return found
