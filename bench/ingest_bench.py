@@ -27,6 +27,7 @@ Targets (issue 24): batches >= 100,000 events/s on one worker and >= 0.70 of bar
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -213,9 +214,11 @@ def main() -> int:
     )
     parser.add_argument("--workers", default="1", help="comma-separated worker counts for ours")
     args = parser.parse_args()
+    servers = [s for s in args.servers.split(",") if s]
+    if any(s.startswith("granian") for s in servers) and importlib.util.find_spec("granian") is None:
+        raise SystemExit("--servers granian needs granian, which is not a dependency: pip install granian")
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="werkstroom-bench-"))
-    servers = [s for s in args.servers.split(",") if s]
     workers = [int(w) for w in args.workers.split(",")]
     with EmbeddedKafka(log_path=work / "kafka.log") as kafka:
         env = {
