@@ -42,7 +42,7 @@ from services.ingest import enrich
 from services.ingest.keys import WriteKeyCache
 from services.ingest.ratelimit import MAX_CLIENTS, RateLimiter
 from services.ingest.salvage import split_batch
-from services.ingest.segment import MAX_MESSAGE_ID, Rejected, normalize, parse_sent_at, truncated
+from services.ingest.segment import MAX_MESSAGE_ID, Normalizer, Rejected, parse_sent_at, truncated
 from services.ingest.tracker import tracker_router
 from werkstroom import metrics, projects
 from werkstroom.clickhouse.migrate import is_current
@@ -285,6 +285,14 @@ class Ingestor:
         errors: list[dict[str, Any]] = []
         accepted_types: dict[str, int] = {}
         max_event = settings.max_event_bytes
+        normalizer = Normalizer(
+            call_type=call_type,
+            project_id=project_id,
+            received_at=received_at,
+            batch_sent_at=batch_sent_at,
+            header_agent=header_agent,
+            location=location,
+        )
         for index, item in enumerate(items):
             # Each item is judged alone: whatever it holds, it is accepted or rejected with a
             # reason, and never costs the good items beside it.
@@ -304,16 +312,7 @@ class Ingestor:
                     raise unparsed
                 if raw_item is not None and call_type is None and len(raw_item) > max_event:
                     raise Rejected("too_large", None, f"event is larger than {max_event} bytes")
-                event, agent = normalize(
-                    item,
-                    call_type=call_type,
-                    project_id=project_id,
-                    received_at=received_at,
-                    batch_sent_at=batch_sent_at,
-                    header_agent=header_agent,
-                    location=location,
-                    raw=raw_item,
-                )
+                event, agent = normalizer.normalize(item, raw_item)
                 value = encode_event(event)
             except Rejected as exc:
                 rejection = exc

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from services.ingest.enrich import UNKNOWN, Agent, analyse
@@ -159,6 +159,11 @@ def random_id() -> str:
     """A random (version 4) UUID string; a third of the cost of str(uuid.uuid4())."""
     h = os.urandom(16).hex()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
+#: The variant digit of a version 4 UUID, from a random hex digit (random_id's choice, as a table).
+_VARIANT_OF = {f"{n:x}": _VARIANT[n & 3] for n in range(16)}
+_IDS_AT_ONCE = 64
 
 
 def corrected_timestamp(
@@ -379,4 +384,315 @@ def normalize(
             "source": source_of(referrer, url),
         },
         agent,
+    )
+
+
+_TRACK = "track"
+#: An event's time, its sent_at and whether the time policy moved it (see event_time).
+_Times = tuple[datetime, datetime | None, bool]
+_PAGE = "page"
+_PAGE_EVENT = TYPE_EVENTS[_PAGE]
+
+
+class Normalizer:
+    """`normalize` for the calls of one request, with what they share worked out once.
+
+    The common call (a track or page with string ids, objects where objects belong, string
+    times) takes a short path that gives the very event `normalize` gives: its times are parsed
+    and corrected once per distinct (originalTimestamp, timestamp, sentAt) of the request, and
+    what comes from `context` (User-Agent, page, library, campaign, source) once per distinct
+    context (an SDK's batch repeats it). Anything else, and every rejection, goes through
+    `normalize` itself. tests/unit/ingest/test_normalize_properties.py holds the two paths to
+    the same answers.
+    """
+
+    __slots__ = (
+        "_context",
+        "_derived",
+        "_ids",
+        "_times",
+        "batch_sent_at",
+        "call_type",
+        "header_agent",
+        "location",
+        "project_id",
+        "received_at",
+    )
+
+    def __init__(
+        self,
+        *,
+        call_type: str | None,
+        project_id: str,
+        received_at: datetime,
+        batch_sent_at: datetime | None = None,
+        header_agent: Agent = UNKNOWN,
+        location: Location = NOWHERE,
+    ) -> None:
+        self.call_type = call_type
+        self.project_id = project_id
+        self.received_at = received_at
+        self.batch_sent_at = batch_sent_at
+        self.header_agent = header_agent
+        self.location = location
+        self._times: dict[tuple[str | None, str | None, str | None], _Times] = {}
+        self._context: dict[str, Any] | None = None
+        self._derived: _Derived | None = None
+        self._ids: list[str] = []
+
+    def normalize(self, call: object, raw: bytes | None) -> tuple[dict[str, Any], Agent]:
+        """As `normalize(call, ..., raw=raw)` with this request's arguments."""
+        found = self._short(call, raw)
+        if found is not None:
+            return found
+        return normalize(
+            call,
+            call_type=self.call_type,
+            project_id=self.project_id,
+            received_at=self.received_at,
+            batch_sent_at=self.batch_sent_at,
+            header_agent=self.header_agent,
+            location=self.location,
+            raw=raw,
+        )
+
+    def random_id(self) -> str:
+        """random_id(), from one read of os.urandom for every 64 ids."""
+        if not self._ids:
+            h = os.urandom(16 * _IDS_AT_ONCE).hex()
+            v = _VARIANT_OF
+            self._ids = [
+                f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
+                f"{v[h[i + 16]]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
+                for i in range(0, 32 * _IDS_AT_ONCE, 32)
+            ]
+        return self._ids.pop()
+
+    def _short(self, call: object, raw: bytes | None) -> tuple[dict[str, Any], Agent] | None:
+        """The event of a common call, or None: then `normalize` decides (and rejects)."""
+        if type(call) is not dict or raw is None:
+            return None
+        if raw.count(b"{") + (raw.count(b"[") if raw.find(b"[") >= 0 else 0) > MAX_DEPTH:
+            return None  # too_deep's bound: past it, the walk decides
+        get = call.get
+        kind = self.call_type or get("type")
+        if kind == _TRACK:
+            name = get("event")
+            if (
+                type(name) is not str
+                or len(name) > MAX_NAME
+                or not name.strip()
+                or (name[:1] == "$" and name not in RESERVED_TRACK)
+            ):
+                return None
+        elif kind == _PAGE:
+            if get("name") is not None or get("category") is not None:
+                return None
+            name = _PAGE_EVENT
+        else:
+            return None
+
+        anonymous_id = get("anonymousId")
+        if anonymous_id is None:
+            anonymous_id = ""
+        elif type(anonymous_id) is not str or len(anonymous_id) > MAX_ID:
+            return None
+        user_id = get("userId")
+        if user_id is None:
+            user_id = ""
+        elif type(user_id) is not str or len(user_id) > MAX_ID:
+            return None
+        if not anonymous_id and not user_id:
+            return None
+
+        context = get("context")
+        if context is None:
+            context = {}
+        elif type(context) is not dict:
+            return None
+        properties = get("properties")
+        if properties is None:
+            properties = {}
+        elif type(properties) is not dict:
+            return None
+        traits = context.get("traits")
+        if traits is None:
+            traits = {}
+        elif type(traits) is not dict:
+            return None
+
+        message_id = get("messageId")
+        if message_id is None or message_id == "":
+            event_id = self.random_id()
+        elif type(message_id) is str and len(message_id) <= MAX_MESSAGE_ID:
+            event_id = message_id
+        else:
+            return None
+
+        original, stamped, sent = get("originalTimestamp"), get("timestamp"), get("sentAt")
+        if not (
+            (original is None or type(original) is str)
+            and (stamped is None or type(stamped) is str)
+            and (sent is None or type(sent) is str)
+        ):
+            return None
+        times = self._times.get((original, stamped, sent))
+        if times is None:
+            times = self._time(call, original, stamped, sent)
+            if times is None:
+                return None
+        when, sent_at, moved = times
+        if moved:
+            metrics.INGEST_FUTURE_TIMESTAMPS.inc()
+
+        if context is self._context or (self._context is not None and context == self._context):
+            derived = self._derived
+        else:
+            derived = _derive(context, self.header_agent)
+            if derived is None:
+                return None
+            self._context, self._derived = context, derived
+        assert derived is not None
+        if kind == _TRACK:
+            url, path, title, referrer = derived.url, derived.path, derived.title, derived.referrer
+            campaign, source = derived.campaign, derived.source
+        else:
+            url, path, title, referrer = _locate(properties, derived.page)
+            campaign = campaign_of(context.get("campaign"), url)
+            source = source_of(referrer, url)
+        if derived.has_session:
+            session_id = derived.session_id
+        else:
+            session = get("sessionId")
+            session_id = session[:MAX_ID] if type(session) is str else ""
+        agent = derived.agent
+        location = self.location
+        return (
+            {
+                "schema_version": SCHEMA_VERSION,
+                "event_id": event_id,
+                "project_id": self.project_id,
+                "type": kind,
+                "event": name,
+                "anonymous_id": anonymous_id,
+                "user_id": user_id,
+                "previous_id": "",
+                "session_id": session_id,
+                "timestamp": when,
+                "sent_at": sent_at,
+                "received_at": self.received_at,
+                "url": url,
+                "path": path,
+                "title": title,
+                "referrer": referrer,
+                "device_type": agent.device_type,
+                "browser": agent.browser,
+                "browser_version": agent.browser_version,
+                "os": derived.os,
+                "os_version": derived.os_version,
+                "properties": properties,
+                "traits": traits,
+                "library": derived.library,
+                "country": location.country,
+                "region": location.region,
+                **campaign,
+                "source": source,
+            },
+            agent,
+        )
+
+    def _time(
+        self, call: dict[str, Any], original: str | None, stamped: str | None, sent: str | None
+    ) -> _Times | None:
+        """(time, sent_at, moved) for these texts, as `normalize` works them out; None when it
+        would reject them. Kept for the request's other calls."""
+        try:
+            own_sent_at = parse_sent_at(sent)
+            sent_at = own_sent_at if own_sent_at is not None else self.batch_sent_at
+            timestamp, _field = client_time(call, sent_at is not None)
+        except Rejected:
+            return None
+        when, moved = event_time(timestamp, sent_at, self.received_at)
+        if when is None:
+            return None
+        times = (when, sent_at, moved)
+        self._times[(original, stamped, sent)] = times
+        return times
+
+
+class _Derived(NamedTuple):
+    """What an event takes from its call's `context` (see `_derive`)."""
+
+    page: dict[str, Any]
+    agent: Agent
+    os: str
+    os_version: str
+    library: str
+    has_session: bool  # context.sessionId is there (else the call's own sessionId counts)
+    session_id: str
+    # A track call's page fields, campaign and source (a page call's come from its properties).
+    url: str
+    path: str
+    title: str
+    referrer: str
+    campaign: dict[str, str]
+    source: str
+
+
+def _locate(source: dict[str, Any], page: dict[str, Any]) -> tuple[str, str, str, str]:
+    """url, path, title and referrer as `normalize` takes them: from `source`, else the page."""
+    url = _text(source.get("url") or page.get("url"), MAX_URL)
+    path = _text(source.get("path") or page.get("path"), MAX_URL)
+    if not path and url:
+        try:
+            path = urlsplit(url).path or "/"
+        except ValueError:
+            path = ""
+    title = _text(source.get("title") or page.get("title"), MAX_TITLE)
+    referrer = _text(source.get("referrer") or page.get("referrer"), MAX_URL)
+    return url, path, title, referrer
+
+
+def _derive(context: dict[str, Any], header_agent: Agent) -> _Derived | None:
+    """The fields `normalize` takes from `context`, or None when it would reject it. Equal
+    contexts give equal fields: every value is read as a string or an object, or for its truth."""
+    page = context.get("page")
+    if page is None:
+        page = {}
+    elif type(page) is not dict:
+        return None
+    library = context.get("library")
+    if library is None:
+        library = {}
+    elif type(library) is not dict:
+        return None
+    user_agent = context.get("userAgent")
+    if isinstance(user_agent, str) and user_agent:
+        agent = analyse(user_agent)
+    elif library:
+        agent = UNKNOWN
+    else:
+        agent = header_agent
+    os_name, os_version = agent.os, agent.os_version
+    if not os_name:
+        system = context.get("os")
+        if isinstance(system, dict):
+            os_name, os_version = _text(system.get("name"), MAX_OS), _text(system.get("version"), MAX_OS)
+    has_session = "sessionId" in context
+    session = context.get("sessionId")
+    url, path, title, referrer = _locate(page, page)
+    return _Derived(
+        page=page,
+        agent=agent,
+        os=os_name,
+        os_version=os_version,
+        library=_text(library.get("name"), 100),
+        has_session=has_session,
+        session_id=session[:MAX_ID] if isinstance(session, str) else "",
+        url=url,
+        path=path,
+        title=title,
+        referrer=referrer,
+        campaign=campaign_of(context.get("campaign"), url),
+        source=source_of(referrer, url),
     )

@@ -238,16 +238,16 @@ def test_echoed_message_ids_are_scalars_only() -> None:
 
 
 async def test_an_unexpected_error_costs_its_item_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    import services.ingest.app as app_module
+    from services.ingest.segment import Normalizer
 
-    real = app_module.normalize
+    real = Normalizer.normalize
 
-    def flaky(item: Any, **kwargs: Any) -> Any:
+    def flaky(self: Normalizer, item: Any, raw: bytes | None) -> Any:
         if item.get("event") == "Boom":
             raise RuntimeError("a bug of ours")
-        return real(item, **kwargs)
+        return real(self, item, raw)
 
-    monkeypatch.setattr(app_module, "normalize", flaky)
+    monkeypatch.setattr(Normalizer, "normalize", flaky)
     ingestor, publisher, _ = make()
     boom = {**good(2), "event": "Boom"}
     answer = await ingestor.handle(

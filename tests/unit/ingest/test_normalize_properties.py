@@ -13,6 +13,8 @@ example and a blob to reproduce it (@reproduce_failure).
 from __future__ import annotations
 
 import asyncio
+import copy
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -20,7 +22,8 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.ingest.segment import Rejected, normalize, too_deep
+from services.ingest.enrich import analyse
+from services.ingest.segment import Normalizer, Rejected, normalize, too_deep
 from werkstroom.contract import (
     EARLIEST_TIME,
     FUTURE_TOLERANCE,
@@ -32,6 +35,7 @@ from werkstroom.contract import (
     encode_event,
     event_time,
 )
+from werkstroom.geo import Location
 
 REASONS = {"not_an_object", "missing_field", "invalid_field", "invalid_time", "too_deep"}
 PROPERTY = settings(
@@ -316,3 +320,114 @@ def test_a_batch_answers_below_500_and_keeps_every_good_item(items: list[Any], s
         decode_event(value)
     for _key, value in publisher.sent.get("werkstroom.events.dlq.v1", []):
         assert orjson.loads(value)["reason"] in REASONS | {"too_large"}
+
+
+# -- the request's short path (Normalizer) against normalize ----------------------------------
+@st.composite
+def mostly(draw: st.DrawFn, valid: st.SearchStrategy[Any], other: st.SearchStrategy[Any]) -> Any:
+    """`valid` four times in five (st.one_of does not weigh its branches)."""
+    return draw(other if draw(st.integers(0, 4)) == 4 else valid)
+
+
+# Values that compare equal across types (1 == 1.0 == True): two contexts equal to each other
+# but not alike must still give each its own event.
+ALIKE = st.sampled_from([1, 1.0, True, 0, 0.0, False, "", "1", "x", None, {}, [], {"name": 1}, {"name": "n"}])
+URLS_OR_ALIKE = mostly(
+    URLS | st.sampled_from(["https://www.google.com/", "https://ex.com/?utm_source=n", "T"]), ALIKE
+)
+PAGE_KEYS = st.sampled_from(["url", "path", "title", "referrer", "k"])
+CONTEXT = st.fixed_dictionaries(
+    {},
+    optional={
+        "page": mostly(st.dictionaries(PAGE_KEYS, URLS_OR_ALIKE, max_size=4), ALIKE),
+        "userAgent": mostly(USER_AGENTS, ALIKE),
+        "library": mostly(st.fixed_dictionaries({"name": TEXT | ALIKE}), ALIKE),
+        "os": mostly(st.fixed_dictionaries({"name": ALIKE, "version": ALIKE}), ALIKE),
+        "campaign": mostly(st.fixed_dictionaries({"source": ALIKE, "name": TEXT}), ALIKE),
+        "sessionId": ALIKE,
+        "traits": mostly(st.dictionaries(TEXT, ALIKE, max_size=2), ALIKE),
+    },
+)
+
+
+@st.composite
+def common_calls(draw: st.DrawFn) -> dict[str, Any]:
+    """Mostly what SDKs send (track and page calls with string ids), so the short path runs."""
+    received = datetime(2026, 11, 25, tzinfo=UTC)
+    call: dict[str, Any] = {
+        "type": draw(mostly(st.sampled_from(["track", "page"]), JSON)),
+        "anonymousId": draw(mostly(st.sampled_from(["a", "b"]), st.sampled_from(["a" * 201]) | ALIKE)),
+    }
+    for name, values in (
+        ("userId", mostly(st.sampled_from(["u", ""]), ALIKE)),
+        (
+            "event",
+            mostly(st.just("Signed Up"), st.sampled_from(["$heartbeat", "$x", " ", "e" * 201]) | ALIKE),
+        ),
+        ("messageId", mostly(st.just("m-1"), st.sampled_from(["m" * 101, ""]) | ALIKE)),
+        ("timestamp", mostly(near(received), TIMES)),
+        ("originalTimestamp", mostly(near(received), TIMES)),
+        ("sentAt", mostly(near(received), TIMES)),
+        ("properties", mostly(st.dictionaries(PAGE_KEYS, URLS_OR_ALIKE, max_size=3), ALIKE)),
+        ("sessionId", ALIKE),
+        ("name", mostly(st.none(), ALIKE)),
+    ):
+        if draw(st.booleans()):
+            call[name] = draw(values)
+    if draw(st.integers(0, 9)):
+        call["context"] = draw(CONTEXT)
+    return call
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> list[Any]:
+    """A request's calls: mostly common ones with contexts from a small alphabet (equal ones
+    recur), some as `calls()` makes them, some repeating an earlier call's times."""
+    out: list[Any] = []
+    for _ in range(draw(st.integers(1, 6))):
+        call: Any = draw(mostly(common_calls(), calls() | JSON))
+        if isinstance(call, dict) and out and isinstance(out[0], dict) and draw(st.booleans()):
+            for name in ("timestamp", "originalTimestamp", "sentAt", "context"):
+                if name in out[0]:
+                    call[name] = copy.deepcopy(out[0][name])  # equal, not the same object
+        out.append(call)
+    return out
+
+
+def _outcome(work: Any) -> tuple[Any, ...]:
+    try:
+        event, agent = work()
+    except Rejected as exc:
+        return ("rejected", exc.reason, exc.field, exc.detail)
+    return ("event", event, agent)
+
+
+@settings(PROPERTY, max_examples=1500)
+@given(calls=requests(), call_type=CALL_TYPES, received_at=RECEIVED, batch_sent_at=BATCH_SENT_AT)
+def test_the_short_path_gives_normalize_s_answers(
+    calls: list[Any], call_type: str | None, received_at: datetime, batch_sent_at: datetime | None
+) -> None:
+    """Same event (same bytes once encoded), same agent, same rejection, call by call."""
+    arguments: dict[str, Any] = dict(
+        call_type=call_type,
+        project_id="p_1",
+        received_at=received_at,
+        batch_sent_at=batch_sent_at,
+        header_agent=analyse("Mozilla/5.0 (iPhone)"),
+        location=Location("NL", "NH"),
+    )
+    normalizer = Normalizer(**arguments)
+    for call in calls:
+        raw = text_of(call)
+        expected = _outcome(lambda call=call, raw=raw: normalize(call, raw=raw, **arguments))
+        got = _outcome(lambda call=call, raw=raw: normalizer.normalize(call, raw))
+        if expected[0] == "event" and got[0] == "event":
+            mine, theirs = got[1], expected[1]
+            if mine["event_id"] != theirs["event_id"]:  # both generated: random, of one form
+                assert uuid.UUID(mine["event_id"]).version == 4
+                assert len(mine["event_id"]) == len(theirs["event_id"]) == 36
+                mine = {**mine, "event_id": theirs["event_id"]}
+            assert encode_event(mine) == encode_event(theirs)
+            assert mine == theirs and got[2] == expected[2]
+        else:
+            assert got == expected
