@@ -292,6 +292,7 @@ class Ingestor:
             batch_sent_at=batch_sent_at,
             header_agent=header_agent,
             location=location,
+            written_times=True,  # its events are only encoded here
         )
         for index, item in enumerate(items):
             # Each item is judged alone: whatever it holds, it is accepted or rejected with a

@@ -29,6 +29,7 @@ from werkstroom.contract import (
     SENT_AT_LATEST,
     TYPE_EVENTS,
     event_time,
+    written_time,
 )
 from werkstroom.geo import NOWHERE, Location
 from werkstroom.sources import campaign_of, source_of
@@ -410,7 +411,7 @@ def normalize(
 
 _TRACK = "track"
 #: An event's time, its sent_at and whether the time policy moved it (see event_time).
-_Times = tuple[datetime, datetime | None, bool]
+_Times = tuple[datetime | str, datetime | str | None, bool]
 _PAGE = "page"
 _PAGE_EVENT = TYPE_EVENTS[_PAGE]
 
@@ -425,6 +426,11 @@ class Normalizer:
     context (an SDK's batch repeats it). Anything else, and every rejection, goes through
     `normalize` itself. tests/unit/ingest/test_normalize_properties.py holds the two paths to
     the same answers.
+
+    `written_times`: the short path's events hold their times as encode_event writes them
+    (`written_time`, text) instead of datetimes, for a caller that only encodes them: the same
+    bytes, and writing a datetime was half of encode_event's time. Computed once per distinct
+    time of the request, like the times themselves.
     """
 
     __slots__ = (
@@ -437,6 +443,7 @@ class Normalizer:
         "location",
         "project_id",
         "received_at",
+        "written_times",
     )
 
     def __init__(
@@ -448,6 +455,7 @@ class Normalizer:
         batch_sent_at: datetime | None = None,
         header_agent: Agent = UNKNOWN,
         location: Location = NOWHERE,
+        written_times: bool = False,
     ) -> None:
         self.call_type = call_type
         self.project_id = project_id
@@ -455,6 +463,7 @@ class Normalizer:
         self.batch_sent_at = batch_sent_at
         self.header_agent = header_agent
         self.location = location
+        self.written_times = written_times
         self._times: dict[tuple[str | None, str | None, str | None], _Times] = {}
         self._context: dict[str, Any] | None = None
         self._derived: _Derived | None = None
@@ -611,6 +620,7 @@ class Normalizer:
         session = context.get("sessionId")
         url, path, title, referrer = _locate(page, page)
         location = self.location
+        received_at = written_time(self.received_at) if self.written_times else self.received_at
         event = {
             "schema_version": SCHEMA_VERSION,
             "event_id": "",
@@ -621,9 +631,9 @@ class Normalizer:
             "user_id": "",
             "previous_id": "",
             "session_id": session[:MAX_ID] if isinstance(session, str) else "",
-            "timestamp": self.received_at,
+            "timestamp": received_at,
             "sent_at": None,
-            "received_at": self.received_at,
+            "received_at": received_at,
             "url": url,
             "path": path,
             "title": title,
@@ -657,7 +667,9 @@ class Normalizer:
         when, moved = event_time(timestamp, sent_at, self.received_at)
         if when is None:
             return None
-        times = (when, sent_at, moved)
+        times: _Times = (when, sent_at, moved)
+        if self.written_times:
+            times = (written_time(when), None if sent_at is None else written_time(sent_at), moved)
         self._times[(original, stamped, sent)] = times
         return times
 

@@ -182,6 +182,12 @@ def encode_event(event: dict[str, Any]) -> bytes:
     return orjson.dumps(event, option=orjson.OPT_UTC_Z)
 
 
+def written_time(value: datetime) -> str:
+    """`value` as encode_event writes it (the JSON string's text): an event holding this
+    instead of the datetime encodes to the same bytes."""
+    return orjson.dumps(value, option=orjson.OPT_UTC_Z)[1:-1].decode()
+
+
 def format_time(value: datetime) -> str:
     """RFC 3339 in UTC with milliseconds, as every time in the contract is written."""
     if value.tzinfo is not UTC:
