@@ -158,9 +158,13 @@ def truncated(value: object, limit: int = MAX_DEPTH) -> object:
 def random_id() -> str:
     """A random (version 4) UUID string, from a pool filled `_IDS_AT_ONCE` at a time
     (`random_ids`): a tenth of the cost of str(uuid.uuid4())."""
-    if not _pool:
-        _pool.extend(random_ids(_IDS_AT_ONCE))
-    return _pool.pop()
+    try:
+        return _pool.pop()
+    except IndexError:  # empty: this caller's id comes from the new ones, so no other can take it
+        ids = random_ids(_IDS_AT_ONCE)
+        taken = ids.pop()
+        _pool.extend(ids)
+        return taken
 
 
 _IDS_AT_ONCE = 128

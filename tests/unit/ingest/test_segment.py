@@ -58,6 +58,39 @@ def test_generated_ids_are_version_4_uuids() -> None:
     assert all(uuid.UUID(i).version == 4 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
 
 
+def test_generated_ids_stay_unique_across_threads_and_a_fork() -> None:
+    """They come from a process-wide pool (segment.random_ids): no two threads get one id,
+    and a forked worker does not draw the ids its parent has pooled."""
+    import os
+    import threading
+
+    from services.ingest.segment import random_id
+
+    drawn: list[list[str]] = [[] for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda out=out: out.extend(random_id() for _ in range(3000))) for out in drawn
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ids = [i for out in drawn for i in out]
+    assert len(set(ids)) == len(ids) == 12_000
+
+    random_id()  # the pool holds ids now
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        os.write(write, "".join(random_id() for _ in range(5)).encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    os.close(write)
+    theirs = os.read(read, 4096).decode()
+    os.close(read)
+    ours = "".join(random_id() for _ in range(5))
+    assert len(theirs) == len(ours) == 5 * 36 and theirs != ours
+
+
 def test_time_parsing_accepts_iso_forms_and_names_the_field() -> None:
     parsed = parse_client_time("2026-11-25T12:00:00.123+02:00", "timestamp")
     assert parsed == datetime(2026, 11, 25, 10, 0, 0, 123000, tzinfo=UTC) and parsed.tzinfo is UTC
