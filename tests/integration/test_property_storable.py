@@ -81,9 +81,18 @@ async def quiet(infra: Infra, names: dict[str, str], tmp_path: object) -> AsyncI
 
 @pytest.fixture
 async def ingest(infra: Infra, names: dict[str, str], tmp_path: object) -> AsyncIterator[Stack]:
-    """The real ingest over HTTP, producing to the test's topics; no rate limit in the way."""
+    """The real ingest over HTTP, producing to the test's topics; no rate limit in the way, and
+    time for a loaded broker's first acknowledgement on each topic (0.8 s by default: under a
+    full CI run the dead-letter topic's first one took longer, and a 503 kafka_unavailable is
+    the broker's answer, not the input's)."""
     async with Stack(
-        infra.bootstrap, infra.clickhouse_url, names, data_dir=tmp_path, sink=False, rate_limit_eps=0
+        infra.bootstrap,
+        infra.clickhouse_url,
+        names,
+        data_dir=tmp_path,
+        sink=False,
+        rate_limit_eps=0,
+        produce_timeout_ms=10_000,
     ) as s:
         yield s
 
