@@ -349,31 +349,11 @@ def normalize(
     when = corrected_timestamp(timestamp, sent_at, received_at, time_field)
 
     page = _object(context.get("page"), "context.page")
-    source = properties if kind == "page" else page
-    url = _text(source.get("url") or page.get("url"), MAX_URL)
-    path = _text(source.get("path") or page.get("path"), MAX_URL)
-    if not path and url:
-        try:
-            path = urlsplit(url).path or "/"
-        except ValueError:
-            path = ""
+    url, path, title, referrer = _locate(properties if kind == "page" else page, page)
     session_id = context.get("sessionId", call.get("sessionId"))
     library = _object(context.get("library"), "context.library")
 
-    user_agent = context.get("userAgent")
-    if isinstance(user_agent, str) and user_agent:
-        agent = analyse(user_agent)
-    elif library:
-        agent = UNKNOWN  # a server-side SDK: the request's User-Agent is the library, not a visitor
-    else:
-        agent = header_agent
-    os_name, os_version = agent.os, agent.os_version
-    if not os_name:  # a mobile SDK sends no User-Agent but names its operating system
-        system = context.get("os")
-        if isinstance(system, dict):
-            os_name, os_version = _text(system.get("name"), MAX_OS), _text(system.get("version"), MAX_OS)
-
-    referrer = _text(source.get("referrer") or page.get("referrer"), MAX_URL)
+    agent, os_name, os_version = _device(context, library, header_agent)
     # Where the visit came from: the referrer grouped, and the campaign (context.campaign, else
     # the URL's utm_* parameters). Never rejects: werkstroom/sources.py clips and ignores.
     campaign = campaign_of(context.get("campaign"), url)
@@ -394,7 +374,7 @@ def normalize(
             "received_at": received_at,
             "url": url,
             "path": path,
-            "title": _text(source.get("title") or page.get("title"), MAX_TITLE),
+            "title": title,
             "referrer": referrer,
             "device_type": agent.device_type,
             "browser": agent.browser,
@@ -609,18 +589,7 @@ class Normalizer:
             library = {}
         elif type(library) is not dict:
             return None
-        user_agent = context.get("userAgent")
-        if isinstance(user_agent, str) and user_agent:
-            agent = analyse(user_agent)
-        elif library:
-            agent = UNKNOWN
-        else:
-            agent = self.header_agent
-        os_name, os_version = agent.os, agent.os_version
-        if not os_name:
-            system = context.get("os")
-            if isinstance(system, dict):
-                os_name, os_version = _text(system.get("name"), MAX_OS), _text(system.get("version"), MAX_OS)
+        agent, os_name, os_version = _device(context, library, self.header_agent)
         session = context.get("sessionId")
         url, path, title, referrer = _locate(page, page)
         location = self.location
@@ -687,6 +656,25 @@ class _Derived(NamedTuple):
     #: An event with the request's fields and the context's (a track call's page fields,
     #: campaign and source among them), for each call to copy and complete.
     event: dict[str, Any]
+
+
+def _device(context: dict[str, Any], library: dict[str, Any], header_agent: Agent) -> tuple[Agent, str, str]:
+    """The agent, OS and OS version of a call: its context's User-Agent, else none for a
+    server-side SDK (the request's User-Agent is the library, not a visitor), else the
+    request's; the OS from context.os when the agent names none (a mobile SDK)."""
+    user_agent = context.get("userAgent")
+    if isinstance(user_agent, str) and user_agent:
+        agent = analyse(user_agent)
+    elif library:
+        agent = UNKNOWN
+    else:
+        agent = header_agent
+    os_name, os_version = agent.os, agent.os_version
+    if not os_name:
+        system = context.get("os")
+        if isinstance(system, dict):
+            os_name, os_version = _text(system.get("name"), MAX_OS), _text(system.get("version"), MAX_OS)
+    return agent, os_name, os_version
 
 
 def _locate(source: dict[str, Any], page: dict[str, Any]) -> tuple[str, str, str, str]:
