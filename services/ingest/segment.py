@@ -505,20 +505,14 @@ class Normalizer:
         if not anonymous_id and not user_id:
             return None
 
-        context = get("context")
+        context = _object_or_none(get("context"))
         if context is None:
-            context = {}
-        elif type(context) is not dict:
             return None
-        properties = get("properties")
+        properties = _object_or_none(get("properties"))
         if properties is None:
-            properties = {}
-        elif type(properties) is not dict:
             return None
-        traits = context.get("traits")
+        traits = _object_or_none(context.get("traits"))
         if traits is None:
-            traits = {}
-        elif type(traits) is not dict:
             return None
 
         message_id = get("messageId")
@@ -579,15 +573,11 @@ class Normalizer:
         each call to copy and complete), or None when it would reject the context. Equal
         contexts give equal fields: every value is read as a string or an object, or for its
         truth."""
-        page = context.get("page")
+        page = _object_or_none(context.get("page"))
         if page is None:
-            page = {}
-        elif type(page) is not dict:
             return None
-        library = context.get("library")
+        library = _object_or_none(context.get("library"))
         if library is None:
-            library = {}
-        elif type(library) is not dict:
             return None
         agent, os_name, os_version = _device(context, library, self.header_agent)
         session = context.get("sessionId")
@@ -656,6 +646,16 @@ class _Derived(NamedTuple):
     #: An event with the request's fields and the context's (a track call's page fields,
     #: campaign and source among them), for each call to copy and complete.
     event: dict[str, Any]
+
+
+def _object_or_none(value: object) -> dict[str, Any] | None:
+    """The short path's `_object`: {} for an absent object, None (leave the call to `normalize`)
+    for anything but a JSON object."""
+    if value is None:
+        return {}
+    if type(value) is dict:
+        return value
+    return None
 
 
 def _device(context: dict[str, Any], library: dict[str, Any], header_agent: Agent) -> tuple[Agent, str, str]:
