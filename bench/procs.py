@@ -77,19 +77,24 @@ def alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] not in "ZX"
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) used so far by the process `pid` alone; OSError
+    when it is gone."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, every thread) used so far by `pid` and its live descendants
-    (granian's worker process, a supervisor's workers): a figure other load on the machine
-    moves far less than a rate does."""
-    total = 0
+    """CPU time used so far by `pid` and its live descendants (granian's worker process, a
+    supervisor's workers): a figure other load on the machine moves far less than a rate does."""
+    total = 0.0
     for proc in [pid, *_descendants(pid)]:
         try:
-            stat = Path(f"/proc/{proc}/stat").read_text()
+            total += process_cpu_seconds(proc)
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
-    return total / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _descendants(pid: int) -> list[int]:

@@ -46,7 +46,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.procs import children, listening, logged, serve_env  # noqa: E402
+from bench.procs import children, listening, logged, process_cpu_seconds, serve_env  # noqa: E402
 from services.aggregator.sink import STALLED_AFTER  # noqa: E402
 from werkstroom.embedded import free_port  # noqa: E402
 
@@ -59,7 +59,6 @@ VISITORS = 2_000  # returning anonymous ids
 WINDOW = 10.0  # seconds per sample
 IDLE_EVERY = 5.0  # seconds between two reads of the pipeline's freshness while idle
 DRAIN_TIMEOUT = 60.0
-TICK = os.sysconf("SC_CLK_TCK")
 MB = 1024 * 1024
 
 COUNTS = r"""
@@ -250,12 +249,6 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def cpu_seconds(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
-
-
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -352,7 +345,7 @@ def soak(name: str, work: Path, extra: dict[str, str], minutes: float, rate: flo
     run = Run(name)
     load = Load(serve, name, rate, minutes * 60)
     sender = threading.Thread(target=load.run, daemon=True)
-    last_cpu = {pid: cpu_seconds(pid) for pid in (serve.broker, serve.proc.pid)}
+    last_cpu = {pid: process_cpu_seconds(pid) for pid in (serve.broker, serve.proc.pid)}
     cpu_before = time.process_time()
     sender.start()
     last_at = time.monotonic()
@@ -372,7 +365,7 @@ def soak(name: str, work: Path, extra: dict[str, str], minutes: float, rate: flo
                 f"serve (exit {serve.proc.poll()}) or its broker {serve.broker} ended during the soak: "
                 f"{serve.log_path.read_text()[-3000:]}"
             )
-        cpu = {pid: cpu_seconds(pid) for pid in last_cpu}
+        cpu = {pid: process_cpu_seconds(pid) for pid in last_cpu}
         answered = load.take_window()
         _age, lag = serve.pipeline()
         latencies = [ms for ms, a in answered if a > 0]
