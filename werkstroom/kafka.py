@@ -151,8 +151,12 @@ async def log_ends(consumer: AIOKafkaConsumer, partitions: list[TopicPartition])
     base offset of the partition's last record batch plus one: a batch of 10 from offset 0
     reads as 1. "Committed up to the end" checked on that passes with the last batch's tail
     unread. A fetch's high watermark is exact, so this fetches from just before the listed end
-    (one batch at most) and takes the high watermark. `consumer` must not be subscribed: its
-    assignment is replaced; it commits nothing."""
+    (one batch at most) and takes the high watermark. `consumer` must be in no group
+    (`make_meter`): its assignment is replaced at every call, and re-assigning a consumer in a
+    group while its coordination routine looks up the coordinator fails that routine for good
+    (aiokafka asserts the assignment it just read is still active); it commits nothing."""
+    if consumer._group_id is not None:
+        raise ValueError("log_ends needs a consumer in no group (make_meter)")
     if not partitions:
         return {}
     listed = await consumer.end_offsets(partitions)
@@ -183,9 +187,16 @@ async def uncommitted(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int
     return sum(max(0, end - committed[tp]) for tp, end in ends.items())
 
 
+def make_meter(bootstrap: str, client_id: str = "werkstroom-meter") -> AIOKafkaConsumer:
+    """A consumer in no group, for `log_ends`: it reads no group's offsets and commits nothing."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, client_id=client_id
+    )
+
+
 async def log_ends_at(bootstrap: str, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
     """log_ends with a consumer of its own, in no group (for a caller whose consumer is subscribed)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = make_meter(bootstrap)
     await consumer.start()
     try:
         return await log_ends(consumer, partitions)

@@ -40,7 +40,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from werkstroom import metrics
 from werkstroom.contract import Topics
-from werkstroom.kafka import HOLD_MAX, Publisher, log_ends, make_consumer, partitions_of, uncommitted
+from werkstroom.kafka import HOLD_MAX, Publisher, log_ends, make_consumer, make_meter, uncommitted
 from werkstroom.logging import get_logger
 from werkstroom.settings import Settings
 
@@ -67,12 +67,6 @@ class Bots(Protocol):
     def started_over(self) -> None: ...
 
 
-async def behind(consumer: AIOKafkaConsumer, topic: str) -> tuple[dict[TopicPartition, int], int]:
-    """The topic's end offsets and how many messages the consumer's group has not committed."""
-    ends = await log_ends(consumer, partitions_of(consumer, topic))
-    return ends, await uncommitted(consumer, ends)
-
-
 class Rotation:
     """Swaps the embedded broker's events topic for an empty one when it grows too large."""
 
@@ -97,7 +91,8 @@ class Rotation:
 
     async def run(self) -> None:
         limit, age = self.settings.embedded_broker_max_events, self.settings.embedded_broker_max_age_seconds
-        # Its own client in the sink's group (it never joins it): reads the group's offsets.
+        # Its own client in the sink's group (it never joins it, nor is it ever assigned: it
+        # only reads the group's offsets; the topics are measured by `_measure`).
         consumer = make_consumer(
             self.bootstrap, [], self.settings.sink_group, client_id="werkstroom-rotation"
         )
@@ -144,7 +139,7 @@ class Rotation:
             log.warning("embedded_bot_events_dropped", events=bots, limit=limit)
         elif 0 < limit <= bots:
             await self.rotate_bots(consumer, admin)
-        events = await _size(consumer, self.topics.events)
+        events = sum((await self._measure(admin, self.topics.events)).values())
         if events == 0:
             self._since = time.monotonic()
             return
@@ -165,7 +160,7 @@ class Rotation:
         topic = self.topics.events
         started = time.monotonic()
         deadline = started + CATCH_UP_WAIT
-        while (await behind(consumer, topic))[1] > NEAR_END:
+        while (await self._behind(admin, consumer, topic))[1] > NEAR_END:
             if self._closing.is_set() or time.monotonic() > deadline:
                 log.info("embedded_rotation_postponed", reason="the aggregator is behind", wanted=why)
                 return False
@@ -177,12 +172,13 @@ class Rotation:
         held = time.monotonic()
         await self.publisher.hold()
         try:
-            events = await self._settle(consumer, topic, held + HOLD_MAX - 1.0)
-            if events is None:
+            ends = await self._settle(admin, consumer, topic, held + HOLD_MAX - 1.0)
+            if ends is None:
                 log.info("embedded_rotation_postponed", reason="not committed in time", wanted=why)
                 return False
+            events = sum(ends.values())
             # Steps 4-6 run to their end: a topic left deleted would refuse every event.
-            count = len(consumer.partitions_for_topic(topic) or ()) or self.settings.topic_partitions
+            count = len(ends) or self.settings.topic_partitions
             await asyncio.shield(self._swap(admin, consumer, topic, count))
         finally:
             self.publisher.release()
@@ -198,15 +194,24 @@ class Rotation:
         )
         return True
 
-    async def _settle(self, consumer: AIOKafkaConsumer, topic: str, deadline: float) -> int | None:
+    async def _behind(
+        self, admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, topic: str
+    ) -> tuple[dict[TopicPartition, int], int]:
+        """The topic's end offsets and how many messages `consumer`'s group has not committed."""
+        ends = await self._measure(admin, topic)
+        return ends, await uncommitted(consumer, ends)
+
+    async def _settle(
+        self, admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, topic: str, deadline: float
+    ) -> dict[TopicPartition, int] | None:
         """Step 3: wait until the group committed the topic's end offsets (the sink is asked to
-        commit at once rather than at its cadence); the events then in the topic, or None."""
+        commit at once rather than at its cadence); those end offsets, or None."""
         while time.monotonic() < deadline and not self._closing.is_set():
             if self.sink.caught_up():
                 await self.sink.commit_now()
-                ends, left = await behind(consumer, topic)
+                ends, left = await self._behind(admin, consumer, topic)
                 if left == 0:
-                    return sum(ends.values())
+                    return ends
             await asyncio.sleep(0.05)
         return None
 
@@ -248,15 +253,12 @@ class Rotation:
         """The end offsets of `topic`, read by a consumer in no group that measures this topic
         only. (A consumer's partitions_for_topic knows only the topics it was assigned since its
         metadata was last refreshed, and re-assigning a consumer in a group while it looks up
-        its coordinator can fail it for good; the partitions come from the admin client.)"""
+        its coordinator fails it for good: aiokafka's coordination routine asserts the
+        assignment it just read is still active, and a check that died that way left every
+        later check failing, so no swap ever came. The partitions come from the admin client.)"""
         meter = self._meters.get(topic)
         if meter is None:
-            meter = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap,
-                group_id=None,
-                enable_auto_commit=False,
-                client_id="werkstroom-meter",
-            )
+            meter = make_meter(self.bootstrap)
             await meter.start()
             self._meters[topic] = meter
         described = await admin.describe_topics([topic])
@@ -273,10 +275,6 @@ class Rotation:
     ) -> None:
         await _recreate(admin, consumer, topic, partitions)
         await self.sink.log_started_over()
-
-
-async def _size(consumer: AIOKafkaConsumer, topic: str) -> int:
-    return sum((await log_ends(consumer, partitions_of(consumer, topic))).values())
 
 
 async def _recreate(

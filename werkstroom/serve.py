@@ -38,7 +38,9 @@ from werkstroom.embedded import EmbeddedKafka
 from werkstroom.kafka import (
     ensure_topics,
     log_ends,
+    log_ends_at,
     make_consumer,
+    make_meter,
     partitions_of,
     uncommitted,
     wait_for_kafka,
@@ -440,20 +442,23 @@ async def _drain_steps(
         report.reached = True
         return
     topic = Topics.from_settings(settings).events
-    # Its own client in the sink's group (it never joins it): reads the group's committed offsets.
+    # Its own client in the sink's group (it never joins it, nor is it assigned): reads the
+    # group's committed offsets. The topic's ends are read by a client in no group (log_ends).
     consumer = make_consumer(runtime.bootstrap, [], settings.sink_group, client_id="werkstroom-drain")
+    meter = make_meter(runtime.bootstrap, client_id="werkstroom-drain-meter")
     try:  # stopped even if its start failed: an unclosed client is a warning at exit
         await consumer.start()
-        await consumer.topics()  # loads the metadata: partitions_for_topic is None before
-        partitions = partitions_of(consumer, topic)
-        ends = await log_ends(consumer, partitions)
+        await meter.start()
+        await meter.topics()  # loads the metadata: partitions_for_topic is None before
+        partitions = partitions_of(meter, topic)
+        ends = await log_ends(meter, partitions)
         report.end_offsets = {tp.partition: end for tp, end in ends.items()}
         report.events = await uncommitted(consumer, ends)
         log.info("drain_started", events=report.events, end_offsets=report.end_offsets)
         while True:
             if await uncommitted(consumer, ends) == 0:
                 # Done once a second look, with nothing produced since, agrees.
-                again = await log_ends(consumer, partitions)
+                again = await log_ends(meter, partitions)
                 if again == ends:
                     report.reached = True
                     await _drain_bots(settings, runtime)
@@ -467,6 +472,7 @@ async def _drain_steps(
                 return
             await asyncio.sleep(0.1)
     finally:
+        await meter.stop()
         await consumer.stop()
 
 
@@ -478,10 +484,11 @@ async def _drain_bots(settings: Settings, runtime: Runtime) -> None:
     if not running:
         return
     consumer = make_consumer(runtime.bootstrap, [], settings.bots_group, client_id="werkstroom-drain-bots")
+    topic = Topics.from_settings(settings).bots
     try:
         await consumer.start()
         await consumer.topics()
-        ends = await log_ends(consumer, partitions_of(consumer, Topics.from_settings(settings).bots))
+        ends = await log_ends_at(runtime.bootstrap, partitions_of(consumer, topic))
         while await uncommitted(consumer, ends):
             if any(t.done() for t in running):
                 return
