@@ -68,7 +68,7 @@ class FaultyServer:
         try:
             conn.settimeout(5)
             with contextlib.suppress(OSError):
-                conn.recv(65536)  # the request's head (what follows does not matter)
+                _read_request(conn)
             reply = _REPLIES[self.mode]
             if self.mode == "hang":
                 self._stop.wait()
@@ -90,6 +90,27 @@ class FaultyServer:
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
         self._thread.join(5)
+
+
+def _read_request(conn: socket.socket) -> None:
+    """Read the whole request, head and body, before any answer or close: a socket closed with
+    unread bytes sends a reset instead of an orderly close, and the client then says
+    "Connection reset by peer" instead of "RemoteDisconnected" (whichever the timing gave)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").lower().split("\r\n")
+    length = next((int(line.split(":", 1)[1]) for line in lines if line.startswith("content-length:")), None)
+    chunked = any(line.startswith("transfer-encoding:") and "chunked" in line for line in lines)
+    while (length is not None and len(body) < length) or (chunked and not body.endswith(b"0\r\n\r\n")):
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        body += chunk
 
 
 @contextlib.contextmanager

@@ -46,17 +46,19 @@ def test_a_refused_connection_is_transient() -> None:
 @pytest.mark.parametrize(
     ("mode", "says"),
     [
-        ("close", "RemoteDisconnected"),  # taken, then closed (a server going down, a reset)
-        ("garbage", "BadStatusLine"),  # something else listens on the port
-        ("hang", "Read timed out"),  # a server stuck, or a network that drops the packets
+        # taken, then closed (a server going down, a reset): an orderly close, or a reset where
+        # the kernel sends one (a CI run once got "Connection reset by peer" on the retry)
+        ("close", ("RemoteDisconnected", "Connection reset by peer")),
+        ("garbage", ("BadStatusLine",)),  # something else listens on the port
+        ("hang", ("Read timed out",)),  # a server stuck, or a network that drops the packets
     ],
 )
-def test_a_connection_that_gets_no_answer_is_transient(mode: Mode, says: str) -> None:
+def test_a_connection_that_gets_no_answer_is_transient(mode: Mode, says: tuple[str, ...]) -> None:
     with faulty_server(mode) as server:
         error = opening(server.url)
     assert server.accepted >= 1  # the driver did reach it
     assert type(error) is OperationalError and getattr(error, "code", None) is None
-    assert says in str(error)
+    assert any(words in str(error) for words in says), error
     assert classify(error) is Failure.TRANSIENT and sink_classify(error) is Failure.TRANSIENT
 
 
