@@ -400,7 +400,7 @@ def main() -> None:
         choices=sorted(SCALES),
         default="10M",
         help="events / persons: 10M / 1M (make bench), 100M / 10M (opt-in, issue 24's ten times "
-        "the data; its generation time and disk are in bench/README.md)",
+        "the data: about 50 minutes here, 12 GB of memory and 12 GB or more of disk)",
     )
     parser.add_argument("--requests", type=int, default=50, help="timed requests per endpoint")
     parser.add_argument("--check", action="store_true", help="verify the generated data's consistency")
