@@ -102,6 +102,27 @@ SESSIONS_DAILY_COLUMNS = [
     "version",
     "is_deleted",
 ]
+#: What a session takes from its entry page view (`visitor_pages`, filled from `events`).
+VISITOR_PAGES_ATTRIBUTES = [
+    *("source", "utm_source", "utm_medium", "utm_campaign"),
+    *("country", "device_type", "browser", "os"),
+]
+#: A session's attributes in the breakdown tables: its entry and exit page, and those of its
+#: entry page view (docs/definitions.md). The API's filters name these columns.
+SESSION_ATTRIBUTES = ["entry_path", "exit_path", *VISITOR_PAGES_ATTRIBUTES]
+#: `breakdown_sessions`: one row per session with a page view, under the day it starts on.
+BREAKDOWN_SESSIONS_COLUMNS = [
+    *("project_id", "day", "anonymous_id", "session_id"),
+    *SESSION_ATTRIBUTES,
+    *("page_views", "duration_ms", "version", "is_deleted"),
+]
+#: `breakdown_pages`: one row per (session, path viewed), the session's attributes copied.
+BREAKDOWN_PAGES_COLUMNS = [
+    *("project_id", "day", "anonymous_id", "session_id", "path"),
+    *("views", "timed_views", "time_ms", "is_entry", "is_exit"),
+    *SESSION_ATTRIBUTES,
+    *("session_views", "version", "is_deleted"),
+]
 ONLINE_HISTORY_COLUMNS = ["project_id", "minute", "online", "version"]
 #: `daily_stats`'s figures of a day, in the order the API answers them (and exports them).
 DAILY_STATS_FIGURES = [
@@ -160,6 +181,8 @@ WRITTEN: dict[str, list[str]] = {
     "persons": PERSONS_COLUMNS,
     "persons_recent": PERSONS_RECENT_COLUMNS,
     "sessions_daily": SESSIONS_DAILY_COLUMNS,
+    "breakdown_sessions": BREAKDOWN_SESSIONS_COLUMNS,
+    "breakdown_pages": BREAKDOWN_PAGES_COLUMNS,
     "online_history": ONLINE_HISTORY_COLUMNS,
     "daily_stats": DAILY_STATS_COLUMNS,
     "person_activity": PERSON_DAYS_COLUMNS,
