@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request, Response
 from services.api.dashboard import mount_dashboard
 from services.api.deps import AdminClient, AuthCache, AuthFailures, ClickHousePool, clickhouse_unavailable
 from services.api.live import LiveHub
-from services.api.routes import export, funnels, metrics, online, projects, snippet, users
+from services.api.routes import breakdowns, export, funnels, metrics, online, projects, snippet, users
 from werkstroom.clickhouse import ClickHouseError
 from werkstroom.clickhouse.errors import describe, error_name, is_transient
 from werkstroom.clickhouse.migrate import is_current
@@ -125,7 +125,7 @@ def create_app(
     app.include_router(ops_router(ready))
     app.include_router(projects.admin)
     app.include_router(projects.me)
-    for router in (online, metrics, funnels, users, export, snippet):
+    for router in (online, metrics, funnels, users, breakdowns, export, snippet):
         app.include_router(router.router)
     mount_dashboard(app)
     return app

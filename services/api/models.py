@@ -370,6 +370,76 @@ class UserSessions(Fresh):
     sessions: list[SessionRow] = Field(description="newest first")
 
 
+# -- breakdowns ------------------------------------------------------------------------------
+
+BREAKDOWN_ROW = {
+    "value": "/pricing",
+    "visitors": 120,
+    "sessions": 150,
+    "page_views": 300,
+    "bounce_rate": 42.5,
+    "avg_time_on_page_s": 35.2,
+    "previous": {"visitors": 100, "sessions": 130, "page_views": 260},
+}
+
+
+class BreakdownPrevious(BaseModel):
+    visitors: int
+    sessions: int
+    page_views: int
+
+
+class BreakdownRow(BaseModel):
+    model_config = _example(BREAKDOWN_ROW)
+    value: str = Field(description='the value ("" is "Direct / None" for sources, unknown otherwise)')
+    visitors: int = Field(description="distinct anonymous ids with a session having the value")
+    sessions: int = Field(description="pages: sessions that viewed the page; else sessions having the value")
+    page_views: int = Field(description="pages: views of the page; else the page views of those sessions")
+    bounce_rate: float | None = Field(
+        description="percent, one decimal: pages: bounced sessions entering on the page / sessions "
+        "entering on it (null when none entered there); else bounced sessions / sessions"
+    )
+    avg_time_on_page_s: float | None = Field(
+        description="pages only: average time on the page in seconds, one decimal, over the views "
+        "whose time is known; null otherwise"
+    )
+    previous: BreakdownPrevious = Field(
+        description="the same value in the period just before (zeros when absent)"
+    )
+
+
+class Breakdown(BaseModel):
+    model_config = ConfigDict(
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "dimension": "pages",
+                    "from": "2026-11-03",
+                    "to": "2026-12-02",
+                    "previous_from": "2026-10-04",
+                    "previous_to": "2026-11-02",
+                    "filters": {"country": "NL"},
+                    "total": 42,
+                    "limit": 10,
+                    "offset": 0,
+                    "rows": [BREAKDOWN_ROW],
+                }
+            ]
+        },
+    )
+    dimension: str
+    from_: date = Field(alias="from", description="first UTC day of the period")
+    to: date = Field(description="last UTC day of the period (included)")
+    previous_from: date
+    previous_to: date = Field(description="the day before `from`: the previous period is as long")
+    filters: dict[str, str] = Field(description="the filters given, by name")
+    total: int = Field(description="distinct values in the period")
+    limit: int
+    offset: int
+    rows: list[BreakdownRow] = Field(description="visitors desc, then value asc")
+
+
 # -- snippet ---------------------------------------------------------------------------------
 
 

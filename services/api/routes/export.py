@@ -22,9 +22,11 @@ import orjson
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import StreamingResponse
 
-from services.api import queries
+from services.api import breakdowns, queries
+from services.api.breakdowns import Dimension
 from services.api.deps import AUTH_RESPONSES, ClickHousePool, NowDep, PoolDep, ProjectDep
 from services.api.models import SegmentFilter, iso
+from services.api.routes.breakdowns import BreakdownArgs, BreakdownArgsDep
 from services.api.routes.metrics import metric_cards
 from services.api.routes.users import MAX_Q
 from werkstroom.logging import get_logger
@@ -32,7 +34,7 @@ from werkstroom.logging import get_logger
 log = get_logger(__name__)
 router = APIRouter(prefix="/api/projects/{project_id}", tags=["export"], responses=AUTH_RESPONSES)
 
-Kind = Literal["online", "users", "metrics", "activity", "sessions"]
+Kind = Literal["online", "users", "metrics", "activity", "sessions", "breakdown"]
 #: What a spreadsheet reads as the start of a formula: = + - @, and their full-width forms,
 #: which East Asian locales of Excel and LibreOffice may fold to the ASCII ones on input.
 FORMULA = frozenset("=+-@\uff1d\uff0b\uff0d\uff20")
@@ -85,6 +87,21 @@ SESSIONS_HEADER = [
     "os",
     "active",
 ]
+
+
+BREAKDOWN_HEADER = [
+    "value",
+    "visitors",
+    "sessions",
+    "page_views",
+    "bounce_rate",
+    "avg_time_on_page_s",
+    "previous_visitors",
+    "previous_sessions",
+    "previous_page_views",
+]
+#: The most values a breakdown export holds (a site's pages: far fewer).
+BREAKDOWN_EXPORT_MAX = 100_000
 
 
 def cell(value: Any) -> Any:
@@ -148,10 +165,12 @@ def _filename(project_id: str, kind: str, now: datetime) -> str:
 
 @router.get(
     "/export/{kind}.csv",
-    summary="Download CSV (online, users, metrics, activity or sessions)",
+    summary="Download CSV (online, users, metrics, activity, sessions or breakdown)",
     description="A header row, then one row per item, streamed. Filters: users: segment, q; "
     "activity: days (default 30); sessions: days (sessions started in the last `days` UTC "
-    "days, default 30) and person_id (that person's sessions only). The file is named "
+    "days, default 30) and person_id (that person's sessions only); breakdown: dimension "
+    "(required) with the breakdown's from, to and filters, every value in the breakdown's "
+    "order (GET .../breakdowns/{dimension}). The file is named "
     "werkstroom-<project>-<kind>-<YYYYMMDD>.csv.",
     response_class=StreamingResponse,
     responses={
@@ -172,14 +191,30 @@ async def export_csv(
     pool: PoolDep,
     now: NowDep,
     kind: Kind,
+    breakdown: BreakdownArgsDep,
     segment: SegmentFilter = "all",
     q: Annotated[str, Query(max_length=MAX_Q)] = "",
     days: Annotated[int, Query(ge=1, le=366)] = 30,
     person_id: Annotated[str | None, Query(max_length=1000)] = None,
+    dimension: Dimension | None = None,
 ) -> StreamingResponse:
     project_id = scope.project_id
     body: AsyncIterator[str]
-    if kind == "online":
+    if kind == "breakdown":
+        if dimension is None:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                detail=[
+                    {
+                        "type": "missing",
+                        "loc": ["query", "dimension"],
+                        "msg": "a breakdown export needs a dimension",
+                        "input": None,
+                    }
+                ],
+            )
+        body = _breakdown(pool, project_id, dimension, breakdown)
+    elif kind == "online":
         body = _online(pool, project_id, now)
     elif kind == "users":
         body = _users(pool, project_id, now, segment, q)
@@ -246,6 +281,22 @@ async def _guarded(body: AsyncIterator[str], kind: str, project_id: str) -> Asyn
     except Exception as exc:
         log.error("export_failed", kind=kind, project_id=project_id, error=str(exc))
         raise
+
+
+async def _breakdown(
+    pool: ClickHousePool, project_id: str, dimension: str, args: BreakdownArgs
+) -> AsyncIterator[str]:
+    yield csv_text([BREAKDOWN_HEADER])
+    _total, rows = await pool.run(
+        breakdowns.breakdown, project_id, dimension, args.period, args.filters, BREAKDOWN_EXPORT_MAX, 0
+    )
+    yield csv_text(
+        [
+            *(r[c] for c in BREAKDOWN_HEADER[:6]),
+            *(r["previous"][c] for c in ("visitors", "sessions", "page_views")),
+        ]
+        for r in rows
+    )
 
 
 async def _online(pool: ClickHousePool, project_id: str, now: datetime) -> AsyncIterator[str]:

@@ -1,0 +1,153 @@
+"""Breakdowns: a project's pages, entry and exit pages, sources, campaigns, countries, devices,
+browsers and OSes over a range of UTC days, sorted by visitors, with the period before beside
+them, narrowed by filters (services/api/filters.py). The queries are in services/api/breakdowns.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+
+from services.api import breakdowns
+from services.api.breakdowns import Dimension, Period
+from services.api.deps import AUTH_RESPONSES, NowDep, PoolDep, ProjectDep
+from services.api.filters import MAX_VALUE, Filters
+from services.api.models import Breakdown
+
+router = APIRouter(prefix="/api/projects/{project_id}", tags=["breakdowns"], responses=AUTH_RESPONSES)
+
+
+def invalid(field: str, reason: str, message: str, given: Any) -> HTTPException:
+    """A 422 in FastAPI's own shape: detail[0] names the field (loc) and the reason (type)."""
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        detail=[{"type": reason, "loc": ["query", field], "msg": message, "input": given}],
+    )
+
+
+def period_of(start: date | None, end: date | None, today: date) -> Period:
+    """The period asked for: by default the 30 UTC days ending today; `from` alone runs to
+    today, `to` alone covers the 30 days ending there. 422 when it ends before it starts, is
+    longer than MAX_DAYS, or lies outside what a day column holds."""
+    end = end or (today if start is None or start <= today else start)
+    start = start or end - timedelta(days=breakdowns.DEFAULT_DAYS - 1)
+    for field, day in (("from", start), ("to", end)):
+        if not breakdowns.EARLIEST <= day <= breakdowns.LATEST:
+            raise invalid(
+                field,
+                "out_of_range",
+                f"{field} must lie between {breakdowns.EARLIEST} and {breakdowns.LATEST}",
+                day.isoformat(),
+            )
+    if end < start:
+        raise invalid("to", "to_before_from", "to must not be before from", end.isoformat())
+    if (end - start).days + 1 > breakdowns.MAX_DAYS:
+        raise invalid(
+            "to", "range_too_long", f"a range covers at most {breakdowns.MAX_DAYS} days", end.isoformat()
+        )
+    return Period(start, end)
+
+
+FilterQ = Annotated[str | None, Query(max_length=MAX_VALUE)]
+PathFilterQ = Annotated[
+    str | None, Query(max_length=MAX_VALUE, description="an exact path, or a glob where * matches anything")
+]
+
+
+@dataclass(frozen=True)
+class BreakdownArgs:
+    """What a breakdown reads, whether answered as JSON or exported as CSV."""
+
+    period: Period
+    filters: Filters
+
+
+def breakdown_args(
+    now: NowDep,
+    start: Annotated[
+        date | None, Query(alias="from", description="first UTC day (default: 29 days before `to`)")
+    ] = None,
+    end: Annotated[
+        date | None, Query(alias="to", description="last UTC day, included (default: today)")
+    ] = None,
+    page: PathFilterQ = None,
+    entry_page: PathFilterQ = None,
+    exit_page: PathFilterQ = None,
+    source: Annotated[str | None, Query(max_length=MAX_VALUE, description='"" is Direct / None')] = None,
+    utm_source: FilterQ = None,
+    utm_medium: FilterQ = None,
+    utm_campaign: FilterQ = None,
+    country: Annotated[
+        str | None, Query(max_length=MAX_VALUE, description="ISO 3166-1 alpha-2, '' unknown")
+    ] = None,
+    device: Annotated[
+        str | None, Query(max_length=MAX_VALUE, description="desktop, mobile, tablet, unknown")
+    ] = None,
+    browser: FilterQ = None,
+    os: FilterQ = None,
+) -> BreakdownArgs:
+    filters = Filters.parse(
+        {
+            "page": page,
+            "entry_page": entry_page,
+            "exit_page": exit_page,
+            "source": source,
+            "utm_source": utm_source,
+            "utm_medium": utm_medium,
+            "utm_campaign": utm_campaign,
+            "country": country,
+            "device": device,
+            "browser": browser,
+            "os": os,
+        }
+    )
+    return BreakdownArgs(period_of(start, end, now.date()), filters)
+
+
+BreakdownArgsDep = Annotated[BreakdownArgs, Depends(breakdown_args)]
+
+
+@router.get(
+    "/breakdowns/{dimension}",
+    response_model=Breakdown,
+    summary="Pages, entry/exit pages, sources, campaigns, countries, devices, browsers or OSes by visitors",
+    description="One page of the values of `dimension` in the period (UTC days `from`..`to`), "
+    "sorted by visitors (desc) then value, each with the same figures for the period of equal "
+    "length just before (`previous`, zeros when absent there). `total` counts the values in the "
+    "period. Filters narrow the sessions counted: page (sessions that viewed a matching path; "
+    'on pages, the matching paths), entry_page, exit_page (exact or with *), source ("" is '
+    "Direct / None), utm_source, utm_medium, utm_campaign, country, device, browser, os. "
+    "Definitions: docs/definitions.md.",
+)
+async def get_breakdown(
+    scope: ProjectDep,
+    pool: PoolDep,
+    dimension: Dimension,
+    args: BreakdownArgsDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 10,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+) -> Breakdown:
+    total, rows = await pool.run(
+        breakdowns.breakdown, scope.project_id, dimension, args.period, args.filters, limit, offset
+    )
+    return Breakdown.model_validate(answer(dimension, args, total, rows, limit, offset))
+
+
+def answer(
+    dimension: str, args: BreakdownArgs, total: int, rows: list[dict[str, Any]], limit: int, offset: int
+) -> dict[str, Any]:
+    previous = args.period.previous
+    return {
+        "dimension": dimension,
+        "from": args.period.start,
+        "to": args.period.end,
+        "previous_from": previous.start,
+        "previous_to": previous.end,
+        "filters": dict(args.filters.values),
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+        "rows": rows,
+    }

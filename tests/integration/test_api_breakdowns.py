@@ -1,0 +1,507 @@
+"""Breakdowns over the real path: hand-made events sent through ingest's HTTP API (countries
+from trusted X-Forwarded-For addresses), through Kafka and the aggregator's recomputation into
+breakdown_sessions and breakdown_pages, answered by the API. Every dimension, with and without
+filters, is held to hand-computed values for a few and, for all, to an oracle built in this file
+from `events` alone: sessions cut by the 30-minute rule in SQL, breakdowns added up in Python.
+
+The fixture, around B = noon two days ago (UTC), the period being B-3d .. B+2d (today is B+2d):
+  v1 (country A, desktop): B: / (from Google, utm news/email/spring), /pricing at +2m, a
+     heartbeat at +5m; B+1d: /pricing from Hacker News (a bounce, its time unknown)
+  v2 (country B, mobile): B: /blog/launch from t.co, /blog/launch again at +1m, / at +3m
+  v3 (unknown country): B-1d: /pricing, direct, context.campaign partner/cpc/launch; a track at +30s
+  v4 (country A): B-1d: /docs from blog.example.org, /pricing at +10s (its own site as referrer)
+  v6: only a track event (no page view: no breakdown row)
+  previous period: v5 (A): B-8d /pricing from Google; v1: B-8d / direct.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Infra
+from tests.integration.stack import BROWSER_UA, Stack
+from tests.integration.test_api import iso
+from tests.integration.test_countries import IPV4, IPV6, placed
+from werkstroom.demo import AGENTS
+from werkstroom.geo import Locator
+from werkstroom.settings import DEFAULT_GEO_DATABASE
+
+pytestmark = pytest.mark.integration
+
+M = timedelta(minutes=1)
+S = timedelta(seconds=1)
+D = timedelta(days=1)
+SITE = "https://shop.example"
+DIMENSIONS = {
+    "pages": "path",
+    "entry_pages": "entry_path",
+    "exit_pages": "exit_path",
+    "sources": "source",
+    "utm_sources": "utm_source",
+    "utm_mediums": "utm_medium",
+    "utm_campaigns": "utm_campaign",
+    "countries": "country",
+    "devices": "device_type",
+    "browsers": "browser",
+    "os": "os",
+}
+FILTER_COLUMNS = {
+    "entry_page": "entry_path",
+    "exit_page": "exit_path",
+    "source": "source",
+    "utm_source": "utm_source",
+    "utm_medium": "utm_medium",
+    "utm_campaign": "utm_campaign",
+    "country": "country",
+    "device": "device_type",
+    "browser": "browser",
+    "os": "os",
+}
+
+
+def page(
+    anon: str,
+    at: datetime,
+    path: str,
+    referrer: str = "",
+    query: str = "",
+    ua: str = BROWSER_UA,
+    campaign: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    context: dict[str, Any] = {"userAgent": ua}
+    if campaign:
+        context["campaign"] = campaign
+    return {
+        "type": "page",
+        "anonymousId": anon,
+        "messageId": uuid.uuid4().hex,
+        "timestamp": iso(at),
+        "properties": {"path": path, "url": f"{SITE}{path}{query}", "referrer": referrer},
+        "context": context,
+    }
+
+
+def track(anon: str, at: datetime, event: str, ua: str = BROWSER_UA) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "anonymousId": anon,
+        "event": event,
+        "messageId": uuid.uuid4().hex,
+        "timestamp": iso(at),
+        "context": {"userAgent": ua},
+    }
+
+
+# -- the oracle: sessions from `events` by the 30-minute rule, in SQL; breakdowns in Python ----
+
+ORACLE_SQL = """
+SELECT anonymous_id, k, timestamp, event_id, path, source, utm_source, utm_medium, utm_campaign,
+       country, device_type, browser, os, start_at, last_at
+FROM (
+    SELECT *, sum(gap) OVER (PARTITION BY anonymous_id ORDER BY timestamp, event_id ROWS UNBOUNDED PRECEDING) AS k
+    FROM (
+        SELECT *, toUInt8(dateDiff('millisecond', lagInFrame(timestamp, 1, timestamp) OVER (
+                   PARTITION BY anonymous_id ORDER BY timestamp, event_id ROWS BETWEEN 1 PRECEDING AND CURRENT ROW),
+                   timestamp) > 1800000) AS gap
+        FROM events FINAL WHERE project_id = {p:String} AND anonymous_id != ''
+    )
+) AS e
+INNER JOIN (
+    SELECT anonymous_id, k, min(timestamp) AS start_at, max(timestamp) AS last_at
+    FROM (
+        SELECT anonymous_id, timestamp,
+               sum(gap) OVER (PARTITION BY anonymous_id ORDER BY timestamp, event_id ROWS UNBOUNDED PRECEDING) AS k
+        FROM (
+            SELECT anonymous_id, timestamp, event_id,
+                   toUInt8(dateDiff('millisecond', lagInFrame(timestamp, 1, timestamp) OVER (
+                       PARTITION BY anonymous_id ORDER BY timestamp, event_id ROWS BETWEEN 1 PRECEDING AND CURRENT ROW),
+                       timestamp) > 1800000) AS gap
+            FROM events FINAL WHERE project_id = {p:String} AND anonymous_id != ''
+        )
+    )
+    GROUP BY anonymous_id, k
+) AS b USING (anonymous_id, k)
+WHERE e.type = 'page'
+ORDER BY anonymous_id, k, timestamp, event_id
+"""
+
+
+@dataclass
+class OracleSession:
+    anonymous_id: str
+    day: date
+    views: list[tuple[datetime, str]] = field(default_factory=list)
+    attributes: dict[str, str] = field(default_factory=dict)
+    last_at: datetime | None = None
+
+
+def oracle_sessions(stack: Stack, project_id: str) -> list[OracleSession]:
+    sessions: dict[tuple[str, int], OracleSession] = {}
+    for row in stack.rows(ORACLE_SQL, p=project_id):
+        anon, k, at, _id, path, *attrs, start_at, last_at = row
+        s = sessions.get((anon, k))
+        if s is None:
+            s = sessions[(anon, k)] = OracleSession(anon, start_at.date(), last_at=last_at)
+            names = [
+                "source",
+                "utm_source",
+                "utm_medium",
+                "utm_campaign",
+                "country",
+                "device_type",
+                "browser",
+                "os",
+            ]
+            s.attributes = dict(zip(names, attrs, strict=True))
+        s.views.append((at, path))
+    for s in sessions.values():
+        s.attributes["entry_path"] = s.views[0][1]
+        s.attributes["exit_path"] = s.views[-1][1]
+    return list(sessions.values())
+
+
+def glob_match(glob: str, value: str) -> bool:
+    return re.fullmatch(".*".join(re.escape(p) for p in glob.split("*")), value, re.S) is not None
+
+
+def oracle(
+    sessions: list[OracleSession], dimension: str, start: date, end: date, filters: dict[str, str]
+) -> list[dict[str, Any]]:
+    length = end - start
+    previous = (start - D - length, start - D)
+
+    def figures(lo: date, hi: date) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = defaultdict(
+            lambda: {
+                "visitors": set(),
+                "sessions": 0,
+                "page_views": 0,
+                "bounced": 0,
+                "entered": 0,
+                "time": 0.0,
+                "timed": 0,
+            }
+        )
+        for s in sessions:
+            if not lo <= s.day <= hi:
+                continue
+            if any(
+                not glob_match(v, s.attributes[FILTER_COLUMNS[n]])
+                if n in ("entry_page", "exit_page")
+                else s.attributes[FILTER_COLUMNS[n]] != v
+                for n, v in filters.items()
+                if n != "page"
+            ):
+                continue
+            if (
+                "page" in filters
+                and dimension != "pages"
+                and not any(glob_match(filters["page"], p) for _t, p in s.views)
+            ):
+                continue
+            if dimension == "pages":
+                for i, (at, path) in enumerate(s.views):
+                    if "page" in filters and not glob_match(filters["page"], path):
+                        continue
+                    f = out[path]
+                    f["visitors"].add(s.anonymous_id)
+                    f["page_views"] += 1
+                    after = s.views[i + 1][0] if i + 1 < len(s.views) else s.last_at
+                    if i + 1 < len(s.views) or s.last_at > at:
+                        f["time"] += (after - at).total_seconds()
+                        f["timed"] += 1
+                    if i == 0:
+                        f["entered"] += 1
+                        f["bounced"] += len(s.views) == 1
+                for path in {
+                    p for _t, p in s.views if "page" not in filters or glob_match(filters["page"], p)
+                }:
+                    out[path]["sessions"] += 1
+            else:
+                f = out[s.attributes[DIMENSIONS[dimension]]]
+                f["visitors"].add(s.anonymous_id)
+                f["sessions"] += 1
+                f["entered"] += 1
+                f["page_views"] += len(s.views)
+                f["bounced"] += len(s.views) == 1
+        return out
+
+    now, before = figures(start, end), figures(*previous)
+    rows = []
+    for value, f in now.items():
+        p = before.get(value)
+        rows.append(
+            {
+                "value": value,
+                "visitors": len(f["visitors"]),
+                "sessions": f["sessions"],
+                "page_views": f["page_views"],
+                "bounce_rate": round(f["bounced"] * 100 / f["entered"], 1) if f["entered"] else None,
+                "avg_time_on_page_s": round(f["time"] / f["timed"], 1)
+                if dimension == "pages" and f["timed"]
+                else None,
+                "previous": {
+                    "visitors": len(p["visitors"]) if p else 0,
+                    "sessions": p["sessions"] if p else 0,
+                    "page_views": p["page_views"] if p else 0,
+                },
+            }
+        )
+    return sorted(rows, key=lambda r: (-r["visitors"], r["value"]))
+
+
+# -- the test -------------------------------------------------------------------------------
+
+
+async def test_breakdowns_every_dimension_and_filters(
+    infra: Infra, names: dict[str, str], tmp_path: Any
+) -> None:
+    geo = Locator.open(DEFAULT_GEO_DATABASE)
+    if geo.reader is None:
+        pytest.skip(f"the country database is not installed ({DEFAULT_GEO_DATABASE}): run `make geo`")
+    addr_a, country_a = placed(IPV4, geo)
+    addr_b, country_b = placed(IPV6, geo, not_in=country_a)
+    geo.close()
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    b = datetime.combine(now.date() - 2 * D, datetime.min.time(), tzinfo=UTC) + 12 * timedelta(hours=1)
+    start, end = (b - 3 * D).date(), (b + 2 * D).date()
+    mobile = AGENTS["mobile"]
+    google = "https://www.google.com/"
+    by_address = {
+        addr_a: [
+            page("v1", b, "/", google, "?utm_source=news&utm_medium=email&utm_campaign=spring"),
+            page("v1", b + 2 * M, "/pricing", f"{SITE}/"),
+            track("v1", b + 5 * M, "$heartbeat"),
+            page("v1", b + D, "/pricing", "https://news.ycombinator.com/item?id=1"),
+            page("v4", b - D, "/docs", "https://blog.example.org/post"),
+            page("v4", b - D + 10 * S, "/pricing", f"{SITE}/docs"),
+            page("v5", b - 8 * D, "/pricing", google),
+            page("v1", b - 8 * D, "/"),
+        ],
+        addr_b: [
+            page("v2", b, "/blog/launch", "https://t.co/x", ua=mobile),
+            page("v2", b + M, "/blog/launch", ua=mobile),
+            page("v2", b + 3 * M, "/", ua=mobile),
+        ],
+        "": [
+            page("v3", b - D, "/pricing", campaign={"source": "partner", "medium": "cpc", "name": "launch"}),
+            track("v3", b - D + 30 * S, "Clicked"),
+            track("v6", b, "Signed Up"),
+        ],
+    }
+    async with Stack(
+        infra.bootstrap, infra.clickhouse_url, names, data_dir=tmp_path, trust_forwarded_for=True
+    ) as stack:
+        pid, key = stack.project.project_id, stack.project.write_key
+        for address, calls in by_address.items():
+            headers = {"X-Forwarded-For": address} if address else {}
+            sent = await stack.post("/v1/batch", {"writeKey": key, "batch": calls}, headers=headers)
+            assert sent.status_code == 200 and sent.json()["accepted"] == len(calls), sent.text
+        total_events = sum(len(c) for c in by_address.values())
+        assert await stack.wait_count(total_events) == total_events
+
+        def recomputed() -> bool:
+            return (
+                stack.scalar(
+                    "SELECT count() FROM breakdown_sessions FINAL WHERE project_id = {p:String} AND is_deleted = 0",
+                    p=pid,
+                )
+                == 7
+                and stack.scalar(
+                    "SELECT sum(views) FROM breakdown_pages FINAL WHERE project_id = {p:String} AND is_deleted = 0",
+                    p=pid,
+                )
+                == 11
+            )
+
+        await stack.until(recomputed, timeout=30)
+        sessions = oracle_sessions(stack, pid)
+        assert len(sessions) == 7  # v6 has no page view
+
+        url = await stack.start_api(clock=lambda: now)
+        headers = {"Authorization": f"Bearer {stack.project.read_key}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as api:
+
+            async def get(dimension: str, **params: Any) -> dict[str, Any]:
+                response = await api.get(
+                    f"/api/projects/{pid}/breakdowns/{dimension}",
+                    params={"from": start.isoformat(), "to": end.isoformat(), **params},
+                )
+                assert response.status_code == 200, response.text
+                body: dict[str, Any] = response.json()
+                return body
+
+            # By hand, first: the pages.
+            pages = await get("pages")
+            length = (end - start).days
+            assert {k: v for k, v in pages.items() if k != "rows"} == {
+                "dimension": "pages",
+                "from": start.isoformat(),
+                "to": end.isoformat(),
+                "previous_from": (start - D - timedelta(days=length)).isoformat(),
+                "previous_to": (start - D).isoformat(),
+                "filters": {},
+                "total": 4,
+                "limit": 10,
+                "offset": 0,
+            }
+            assert pages["rows"] == [
+                # v1 twice (B, B+1d), v3, v4: 4 sessions, 4 views; entered by v1 (B+1d, a bounce)
+                # and v3 (a bounce): 100 %; time known: v1 at B (180 s), v3 (30 s), not v1 at B+1d
+                # (its last event), v4's (its last event): (180 + 30) / 2
+                {
+                    "value": "/pricing",
+                    "visitors": 3,
+                    "sessions": 4,
+                    "page_views": 4,
+                    "bounce_rate": 100.0,
+                    "avg_time_on_page_s": 105.0,
+                    "previous": {"visitors": 1, "sessions": 1, "page_views": 1},
+                },
+                {
+                    "value": "/",
+                    "visitors": 2,
+                    "sessions": 2,
+                    "page_views": 2,
+                    "bounce_rate": 0.0,  # v1 entered there and went on
+                    "avg_time_on_page_s": 120.0,  # v1's 120 s; v2's / was its last event
+                    "previous": {"visitors": 1, "sessions": 1, "page_views": 1},
+                },
+                {
+                    "value": "/blog/launch",
+                    "visitors": 1,
+                    "sessions": 1,
+                    "page_views": 2,
+                    "bounce_rate": 0.0,
+                    "avg_time_on_page_s": 90.0,  # 60 s and 120 s
+                    "previous": {"visitors": 0, "sessions": 0, "page_views": 0},
+                },
+                {
+                    "value": "/docs",
+                    "visitors": 1,
+                    "sessions": 1,
+                    "page_views": 1,
+                    "bounce_rate": 0.0,
+                    "avg_time_on_page_s": 10.0,
+                    "previous": {"visitors": 0, "sessions": 0, "page_views": 0},
+                },
+            ]
+            sources = await get("sources")
+            assert [
+                (r["value"], r["visitors"], r["sessions"], r["bounce_rate"]) for r in sources["rows"]
+            ] == [
+                ("", 1, 1, 100.0),  # v3 (direct); v4 came from blog.example.org
+                ("Google", 1, 1, 0.0),
+                ("Hacker News", 1, 1, 100.0),
+                ("X (Twitter)", 1, 1, 0.0),
+                ("blog.example.org", 1, 1, 0.0),
+            ]
+            assert sources["rows"][1]["previous"] == {"visitors": 1, "sessions": 1, "page_views": 1}
+            countries = await get("countries")
+            assert {r["value"]: r["visitors"] for r in countries["rows"]} == {
+                country_a: 2,
+                country_b: 1,
+                "": 1,
+            }
+            campaigns = await get("utm_campaigns")
+            assert [(r["value"], r["sessions"]) for r in campaigns["rows"]] == [
+                ("", 3),
+                ("launch", 1),
+                ("spring", 1),
+            ]
+            narrowed = await get("pages", country=country_a, source="Google")
+            assert narrowed["filters"] == {"source": "Google", "country": country_a}
+            assert [(r["value"], r["visitors"], r["page_views"]) for r in narrowed["rows"]] == [
+                ("/", 1, 1),
+                ("/pricing", 1, 1),
+            ]
+
+            # Then every dimension, plain and filtered, against the oracle.
+            cases: list[dict[str, str]] = [
+                {},
+                {"country": country_a},
+                {"source": "Google"},
+                {"source": ""},
+                {"page": "/pricing"},
+                {"page": "/blog/*"},
+                {"entry_page": "/"},
+                {"exit_page": "/pr*"},
+                {"device": "mobile"},
+                {"utm_campaign": "launch"},
+                {"country": country_a, "page": "/pricing"},
+            ]
+            for dimension in DIMENSIONS:
+                for filters in cases:
+                    got = await get(dimension, limit=1000, **filters)
+                    want = oracle(sessions, dimension, start, end, filters)
+                    assert got["rows"] == want, (dimension, filters)
+                    assert got["total"] == len(want), (dimension, filters)
+
+            # Pages of a breakdown: limit and offset, total unchanged; past the end, no rows.
+            second = await get("pages", limit=2, offset=2)
+            assert second["total"] == 4 and [r["value"] for r in second["rows"]] == ["/blog/launch", "/docs"]
+            beyond = await get("pages", limit=2, offset=10)
+            assert (beyond["total"], beyond["rows"]) == (4, [])
+
+            # The default period: the 30 days ending today (the API's clock).
+            default = (await api.get(f"/api/projects/{pid}/breakdowns/pages")).json()
+            assert (default["from"], default["to"]) == (
+                (now.date() - 29 * D).isoformat(),
+                now.date().isoformat(),
+            )
+            assert (default["previous_from"], default["previous_to"]) == (
+                (now.date() - 59 * D).isoformat(),
+                (now.date() - 30 * D).isoformat(),
+            )
+
+            # The same breakdown as CSV through the export route.
+            csv = await api.get(
+                f"/api/projects/{pid}/export/breakdown.csv",
+                params={"dimension": "sources", "from": start.isoformat(), "to": end.isoformat()},
+            )
+            assert csv.status_code == 200, csv.text
+            lines = csv.text.split("\r\n")
+            assert lines[0] == (
+                "value,visitors,sessions,page_views,bounce_rate,avg_time_on_page_s,"
+                "previous_visitors,previous_sessions,previous_page_views"
+            )
+            assert lines[1:3] == [",1,1,1,100.0,,1,1,1", "Google,1,1,2,0.0,,1,1,1"]
+            assert len([line for line in lines if line]) == 6
+
+            # Bad input: 422 naming the field.
+            async def refused(path: str, params: dict[str, Any]) -> tuple[Any, str]:
+                response = await api.get(f"/api/projects/{pid}/{path}", params=params)
+                assert response.status_code == 422, response.text
+                detail = response.json()["detail"][0]
+                return detail["loc"][-1], detail["type"]
+
+            assert (await refused("breakdowns/referrers", {}))[0] == "dimension"
+            assert await refused("breakdowns/pages", {"from": "2026-13-01"}) == (
+                "from",
+                "date_from_datetime_parsing",
+            )
+            assert await refused("breakdowns/pages", {"from": "2026-12-02", "to": "2026-12-01"}) == (
+                "to",
+                "to_before_from",
+            )
+            assert await refused("breakdowns/pages", {"from": "2025-01-01", "to": "2026-01-02"}) == (
+                "to",
+                "range_too_long",
+            )
+            assert await refused("breakdowns/pages", {"from": "1900-01-01", "to": "1900-01-02"}) == (
+                "from",
+                "out_of_range",
+            )
+            assert (await refused("breakdowns/pages", {"limit": 0}))[0] == "limit"
+            assert (await refused("breakdowns/pages", {"limit": 1001}))[0] == "limit"
+            assert (await refused("breakdowns/pages", {"offset": -1}))[0] == "offset"
+            assert (await refused("export/breakdown.csv", {"dimension": "nope"}))[0] == "dimension"
