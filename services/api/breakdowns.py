@@ -84,7 +84,8 @@ _PAGE_FIGURES = """
     sumIf(views, NOT cur) AS p_page_views"""
 _SESSION_FIGURES = """
     uniqExactIf(anonymous_id, cur) AS n_visitors, countIf(cur) AS n_sessions,
-    sumIf(page_views, cur) AS n_page_views, countIf(cur AND page_views = 1) AS n_bounced, countIf(cur) AS n_entered,
+    sumIf(page_views, cur) AS n_page_views, countIf(cur AND page_views = 1) AS n_bounced,
+    countIf(cur) AS n_entered,
     0 AS n_time_ms, 0 AS n_timed,
     uniqExactIf(anonymous_id, NOT cur) AS p_visitors, countIf(NOT cur) AS p_sessions,
     sumIf(page_views, NOT cur) AS p_page_views"""
