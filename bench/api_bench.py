@@ -36,10 +36,11 @@ import statistics
 import sys
 import tempfile
 import time
+import typing
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -53,6 +54,7 @@ from api_data import Generated, check, describe, generate  # noqa: E402
 from clickhouse_connect.driver.client import Client  # noqa: E402
 
 from services.api.app import create_app  # noqa: E402
+from services.api.breakdowns import Dimension  # noqa: E402
 from werkstroom.clickhouse import connect  # noqa: E402
 from werkstroom.embedded import free_port  # noqa: E402
 from werkstroom.logging import configure_logging  # noqa: E402
@@ -60,6 +62,8 @@ from werkstroom.serve import _http_server, prepare_clickhouse  # noqa: E402
 from werkstroom.settings import Settings  # noqa: E402
 
 TARGET_MS = 50.0
+#: The breakdown dimensions (GET .../breakdowns/{dimension}), each measured by breakdown_plan.
+BREAKDOWN_DIMENSIONS = list(typing.get_args(Dimension))
 GATED = ("online", "metrics", "activity?days=30", "funnels/{id}?days=30", "users")
 RESULTS = ROOT / "bench" / "results"
 
@@ -259,6 +263,7 @@ async def run(args: argparse.Namespace) -> int:
             ]
             if cursor:
                 plan.append(("users (2nd page, cursor)", get("users", cursor=cursor)))
+            plan.extend(breakdown_plan(get))
             figures = [await measure(name, call, args.requests, log) for name, call in plan]
 
         health = figures[1].p50
@@ -273,7 +278,7 @@ async def run(args: argparse.Namespace) -> int:
         verdicts: dict[str, bool] = {}
         for f in figures:
             verdict = ""
-            if f.name in GATED:
+            if f.name in GATED or f.name.startswith("bd/"):
                 ok = f.p95 < TARGET_MS and not f.errors
                 verdicts[f.name] = ok
                 verdict = "PASS" if ok else "FAIL"
@@ -324,6 +329,21 @@ async def run(args: argparse.Namespace) -> int:
             print(f"kept the data in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def breakdown_plan(get: Callable[..., Callable[[int], Any]]) -> list[tuple[str, Callable[[int], Any]]]:
+    """Every breakdown dimension over the last 7 and 30 UTC days, without and with a filter
+    (country=NL; for countries, source=Google)."""
+    today = datetime.now(UTC).date()
+    plan = []
+    for dimension in BREAKDOWN_DIMENSIONS:
+        narrow = {"source": "Google"} if dimension == "countries" else {"country": "NL"}
+        for days in (7, 30):
+            span = {"from": (today - timedelta(days=days - 1)).isoformat(), "to": today.isoformat()}
+            plan.append((f"bd/{dimension} {days}d", get(f"breakdowns/{dimension}", **span)))
+            label = ",".join(f"{k}={v}" for k, v in narrow.items())
+            plan.append((f"bd/{dimension} {days}d {label}", get(f"breakdowns/{dimension}", **span, **narrow)))
+    return plan
 
 
 def _explain(client: Client, sql: str, params: Any) -> list[str]:

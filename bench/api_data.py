@@ -49,11 +49,18 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 from clickhouse_connect.driver.client import Client  # noqa: E402
 
+from services.aggregator.breakdowns import computed_pages, computed_sessions  # noqa: E402
 from services.aggregator.derived import refresh_churn  # noqa: E402
 from werkstroom import projects  # noqa: E402
-from werkstroom.clickhouse.tables import FUNNELS_COLUMNS  # noqa: E402
+from werkstroom.clickhouse.tables import (  # noqa: E402
+    BREAKDOWN_PAGES_COLUMNS,
+    BREAKDOWN_SESSIONS_COLUMNS,
+    FUNNELS_COLUMNS,
+    VISITOR_PAGES_ATTRIBUTES,
+)
 from werkstroom.clickhouse.versions import next_version  # noqa: E402
 from werkstroom.settings import Settings  # noqa: E402
+from werkstroom.sources import source_of  # noqa: E402
 
 DAYS = 60
 DAY_MS = 86_400_000
@@ -101,11 +108,18 @@ REFERRERS = [
     "https://www.bing.com/",
     "https://duckduckgo.com/",
 ]
+#: The source ingest gives each referrer (werkstroom/sources.py), as events carry it.
+REFERRER_SOURCES = [source_of(r, "https://shop.example/") for r in REFERRERS]
+#: A person's country (ISO alpha-2, '' unknown), from a hash of the person.
+COUNTRIES = ["NL", "NL", "DE", "US", "US", "US", "GB", "FR", "JP", "BR", ""]
 PRICING = PATHS.index("/pricing") + 1  # 1-based, as ClickHouse arrays are
 
 
 def _arr(values: list[str]) -> str:
     return "[" + ", ".join("'" + v.replace("'", "\\'") + "'" for v in values) + "]"
+
+
+_COUNTRIES = _arr(COUNTRIES)
 
 
 # -- per-person attributes: SQL over a column `p` (the person's number) --------------------------
@@ -157,6 +171,11 @@ _EVENT_SELECT = f"""
     if(is_identify, concat('{{"email":"', user_id, '@example.com","name":"Person ', user_id,
                            '","plan":"', plan, '"}}'), '{{}}') AS traits,
     'analytics.js' AS library,
+    {_COUNTRIES}[1 + cityHash64(7, p) % {len(COUNTRIES)}] AS country,
+    if(j = 0, transform(referrer, {_arr(REFERRERS)}, {_arr(REFERRER_SOURCES)}, ''), '') AS source,
+    if(j = 0 AND cityHash64(11, salt) % 100 < 20, ['newsletter', 'partner', 'ads'][1 + intDiv(cityHash64(11, salt), 100) % 3], '') AS utm_source,
+    if(utm_source = '', '', ['email', 'referral', 'cpc'][indexOf(['newsletter', 'partner', 'ads'], utm_source)]) AS utm_medium,
+    if(utm_source = '', '', ['spring', 'launch', 'black-friday'][1 + intDiv(cityHash64(11, salt), 1000) % 3]) AS utm_campaign,
     toUInt16(1) AS schema_version,
     toUInt32(cityHash64(anonymous_id) % 4) AS kafka_partition,
     toUInt64(off + j) AS kafka_offset
@@ -164,7 +183,8 @@ _EVENT_SELECT = f"""
 EVENT_COLUMNS = (
     "project_id, event_id, type, event, anonymous_id, user_id, previous_id, session_id, timestamp, "
     "sent_at, received_at, url, path, title, referrer, device_type, browser, browser_version, os, "
-    "os_version, properties, traits, library, schema_version, kafka_partition, kafka_offset"
+    "os_version, properties, traits, library, country, source, utm_source, utm_medium, utm_campaign, "
+    "schema_version, kafka_partition, kafka_offset"
 )
 
 # Device, browser and OS of a session, from a hash `d`.
@@ -620,6 +640,26 @@ def generate(
         project=p,
         version=v2,
     )
+    # The breakdown tables from the final sessions and the page views (visitor_pages, filled from
+    # events by its materialized view), by the aggregator's own statements over every session.
+    live = (
+        "(SELECT anonymous_id, session_id, start_at, last_event_at, version FROM sessions FINAL "
+        "WHERE project_id = {project:String} AND is_deleted = 0)"
+    )
+    viewed = (
+        f"(SELECT anonymous_id, timestamp, event_id, path, {', '.join(VISITOR_PAGES_ATTRIBUTES)} "
+        "FROM visitor_pages WHERE project_id = {project:String})"
+    )
+    for table, columns, computed in (
+        ("breakdown_pages", BREAKDOWN_PAGES_COLUMNS, computed_pages(live, viewed)),
+        ("breakdown_sessions", BREAKDOWN_SESSIONS_COLUMNS, computed_sessions(live, viewed)),
+    ):
+        step(
+            table,
+            f"INSERT INTO {table} ({', '.join(columns)}) "
+            f"SELECT {{project:String}}, {', '.join(columns[1:-1])}, 0 FROM ({computed})",
+            project=p,
+        )
     t = time.perf_counter()
     churn_days = {
         r[0]
@@ -710,6 +750,37 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
             "lagInFrame(last_event_at, 1, toDateTime64('1970-01-01', 3, 'UTC')) OVER (PARTITION BY anonymous_id "
             "ORDER BY start_at ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS prev FROM sessions FINAL "
             "WHERE project_id = {p:String})"
+        )[0],
+        0,
+    )
+    # The breakdown tables: every session with a page view once, every page view once.
+    b_sessions, b_pages = one(
+        "SELECT count(), sum(page_views) FROM breakdown_sessions FINAL WHERE project_id = {p:String} "
+        "AND is_deleted = 0"
+    )
+    expect(
+        "breakdown_sessions rows",
+        b_sessions,
+        one(
+            "SELECT countIf(page_views > 0) FROM sessions FINAL WHERE project_id = {p:String} AND is_deleted = 0"
+        )[0],
+    )
+    expect("breakdown_sessions.page_views sum", b_pages, pages)
+    expect(
+        "breakdown_pages.views sum",
+        one("SELECT sum(views) FROM breakdown_pages FINAL WHERE project_id = {p:String} AND is_deleted = 0")[
+            0
+        ],
+        pages,
+    )
+    expect(
+        "sessions by source (breakdown_sessions against the entry page views of events)",
+        one(
+            "SELECT count() FROM (SELECT source, count() AS n FROM breakdown_sessions FINAL "
+            "WHERE project_id = {p:String} AND is_deleted = 0 GROUP BY source) AS b FULL JOIN ("
+            "SELECT source, count() AS n FROM (SELECT session_id, argMin(source, (timestamp, event_id)) "
+            "AS source FROM events WHERE project_id = {p:String} AND type = 'page' GROUP BY session_id) "
+            "GROUP BY source) AS e USING (source) WHERE b.n != e.n"
         )[0],
         0,
     )
