@@ -181,3 +181,58 @@ def test_the_lookup_tables_get_small_compressed_blocks_and_keep_their_rows(datab
     )
     latest = "SELECT argMax(person_id, version) FROM person_distinct_ids WHERE distinct_id = 'anon-x'"
     assert database.query(latest).first_row[0] == "user-b"
+
+
+def test_the_breakdown_tables_are_back_filled_as_the_aggregator_computes_them(database: Client) -> None:
+    from services.aggregator.breakdowns import computed_pages, computed_sessions
+    from werkstroom.clickhouse.tables import BREAKDOWN_PAGES_COLUMNS, BREAKDOWN_SESSIONS_COLUMNS
+
+    migrate(database, through=22)
+    event = (
+        "INSERT INTO events (project_id, event_id, type, event, anonymous_id, timestamp, received_at, url, "
+        "path, referrer, country, kafka_partition, kafka_offset) VALUES "
+    )
+    for row in (
+        "('p', 'e1', 'page', '$page', 'a', '2026-03-01 10:00:00', now(), 'https://s.example/?utm_source=nl',"
+        " '/', 'https://www.news.example/x', 'NL', 0, 1)",
+        "('p', 'e2', 'page', '$page', 'a', '2026-03-01 10:01:00', now(), 'https://s.example/p', '/p',"
+        " 'https://s.example/', 'NL', 0, 2)",
+        "('p', 'e3', 'track', '$heartbeat', 'a', '2026-03-01 10:03:00', now(), '', '', '', 'NL', 0, 3)",
+        "('p', 'e4', 'page', '$page', 'b', '2026-03-01 23:59:00', now(), 'https://s.example/p', '/p', '', '', 0, 4)",
+    ):
+        database.command(event + row)
+    session = (
+        "INSERT INTO sessions (project_id, anonymous_id, session_id, start_at, last_event_at, page_views, "
+        "version, is_deleted) VALUES "
+    )
+    for row in (
+        "('p', 'a', 's1', '2026-03-01 10:00:00', '2026-03-01 10:03:00', 2, 3, 0)",
+        "('p', 'b', 's2', '2026-03-01 23:59:00', '2026-03-01 23:59:00', 1, 4, 0)",
+        "('p', 'b', 's3', '2026-03-01 23:59:00', '2026-03-01 23:59:00', 1, 4, 1)",  # absorbed
+    ):
+        database.command(session + row)
+
+    assert migrate(database) == ["0023_breakdowns.sql"]
+
+    pages = database.query(
+        "SELECT session_id, path, views, timed_views, time_ms, is_entry, is_exit, source, utm_source, country "
+        "FROM breakdown_pages FINAL WHERE is_deleted = 0 ORDER BY 1, 2"
+    ).result_rows
+    assert pages == [
+        ("s1", "/", 1, 1, 60_000, 1, 0, "news.example", "nl", "NL"),
+        ("s1", "/p", 1, 1, 120_000, 0, 1, "news.example", "nl", "NL"),
+        ("s2", "/p", 1, 0, 0, 1, 1, "", "", ""),
+    ]
+    live = "(SELECT anonymous_id, session_id, start_at, last_event_at, version FROM sessions FINAL WHERE is_deleted = 0)"
+    viewed = "(SELECT * FROM visitor_pages)"
+    for table, columns, computed in (
+        ("breakdown_pages", BREAKDOWN_PAGES_COLUMNS, computed_pages(live, viewed)),
+        ("breakdown_sessions", BREAKDOWN_SESSIONS_COLUMNS, computed_sessions(live, viewed)),
+    ):
+        stored = database.query(
+            f"SELECT {', '.join(columns[1:-1])} FROM {table} FINAL WHERE is_deleted = 0 ORDER BY ALL"
+        ).result_rows
+        assert stored == database.query(f"SELECT * FROM ({computed}) ORDER BY ALL").result_rows, table
+    assert database.query(
+        "SELECT session_id, entry_path, exit_path, page_views, duration_ms FROM breakdown_sessions FINAL ORDER BY 1"
+    ).result_rows == [("s1", "/", "/p", 2, 180_000), ("s2", "/p", "/p", 1, 0)]
