@@ -220,9 +220,11 @@
     safely(loadFunnels)();
     safely(() => loadUsers(true))();
     safely(loadSnippet)();
+    safely(loadBreakdowns)();
     startLive();
     state.timers.push(setInterval(safely(loadMetrics), METRICS_EVERY_MS));
     state.timers.push(setInterval(safely(loadActivity), ACTIVITY_EVERY_MS));
+    state.timers.push(setInterval(safely(loadBreakdowns), BD_EVERY_MS));
     state.timers.push(setInterval(tick, 1000));
     state.timers.push(setInterval(safely(refreshFreshness), FRESHNESS_EVERY_MS));
   }
@@ -758,6 +760,430 @@
     if (back && document.body.contains(back)) back.focus();
   }
 
+  // --- breakdowns: pages, sources, places and technology ------------------------------------------------------
+  // The period, the filters and each card's tab live in the page's URL query, so a reload keeps
+  // them and a shared URL opens the same view (after the login, if the tab has no key yet).
+  // Values come from strangers (paths, referrers, UTM strings): they reach the page as text only.
+  const BD_LIMIT = 10;
+  const BD_EVERY_MS = 60000;
+  const PERIODS = { today: 0, "7d": 6, "30d": 29 }; // days before today (UTC) a preset starts
+  const DEFAULT_PERIOD = "30d";
+  // dimension -> its tab, the filter a click on one of its values sets, that filter's name on a
+  // chip, and what the empty value means.
+  const DIMENSIONS = {
+    pages: { tab: "Pages", filter: "page", name: "Page", none: "Unknown", path: true },
+    entry_pages: { tab: "Entry", filter: "entry_page", name: "Entry page", none: "Unknown", path: true },
+    exit_pages: { tab: "Exit", filter: "exit_page", name: "Exit page", none: "Unknown", path: true },
+    sources: { tab: "Sources", filter: "source", name: "Source", none: "Direct / None" },
+    utm_sources: { tab: "UTM source", filter: "utm_source", name: "UTM source", none: "(none)" },
+    utm_mediums: { tab: "UTM medium", filter: "utm_medium", name: "UTM medium", none: "(none)" },
+    utm_campaigns: { tab: "UTM campaign", filter: "utm_campaign", name: "UTM campaign", none: "(none)" },
+    countries: { tab: "Countries", filter: "country", name: "Country", none: "Unknown", country: true },
+    devices: { tab: "Devices", filter: "device", name: "Device", none: "Unknown" },
+    browsers: { tab: "Browsers", filter: "browser", name: "Browser", none: "Unknown" },
+    os: { tab: "OS", filter: "os", name: "OS", none: "Unknown" },
+  };
+  const FILTERS = Object.fromEntries(Object.entries(DIMENSIONS).map(([dim, d]) => [d.filter, dim]));
+  // A card's id is also its tab's key in the URL (?content=exit_pages).
+  const BD_CARDS = [
+    { id: "content", title: "What they look at", tabs: ["pages", "entry_pages", "exit_pages"], wide: true },
+    { id: "acquisition", title: "Where they come from", tabs: ["sources", "utm_sources", "utm_mediums", "utm_campaigns"] },
+    { id: "audience", title: "Where they are, what they use", tabs: ["countries", "devices", "browsers", "os"] },
+  ];
+  const bd = {
+    period: DEFAULT_PERIOD, // a preset, or "custom" with from/to
+    from: null,
+    to: null,
+    filters: new Map(), // filter parameter -> value, in the order they were added
+    tabs: Object.fromEntries(BD_CARDS.map((c) => [c.id, c.tabs[0]])),
+    offsets: Object.fromEntries(BD_CARDS.map((c) => [c.id, 0])),
+    seq: Object.fromEntries(BD_CARDS.map((c) => [c.id, 0])),
+  };
+  const ISO_DAY = /^\d{4}-\d{2}-\d{2}$/;
+
+  function readUrl() {
+    const q = new URLSearchParams(location.search);
+    const from = q.get("from");
+    const to = q.get("to");
+    if (from && to && ISO_DAY.test(from) && ISO_DAY.test(to)) {
+      Object.assign(bd, { period: "custom", from, to });
+    } else {
+      const period = q.get("period");
+      Object.assign(bd, { period: period in PERIODS ? period : DEFAULT_PERIOD, from: null, to: null });
+    }
+    bd.filters = new Map();
+    for (const [key, value] of q) if (key in FILTERS && !bd.filters.has(key)) bd.filters.set(key, value);
+    for (const card of BD_CARDS) {
+      const tab = q.get(card.id);
+      bd.tabs[card.id] = card.tabs.includes(tab) ? tab : card.tabs[0];
+      bd.offsets[card.id] = 0;
+    }
+  }
+
+  /** The URL of this view: other query parameters are kept; ours follow in a fixed order. */
+  function writeUrl(push) {
+    const q = new URLSearchParams(location.search);
+    for (const key of ["period", "from", "to", ...Object.keys(FILTERS), ...BD_CARDS.map((c) => c.id)]) q.delete(key);
+    if (bd.period === "custom") {
+      q.set("from", bd.from);
+      q.set("to", bd.to);
+    } else if (bd.period !== DEFAULT_PERIOD) {
+      q.set("period", bd.period);
+    }
+    for (const card of BD_CARDS) if (bd.tabs[card.id] !== card.tabs[0]) q.set(card.id, bd.tabs[card.id]);
+    for (const [key, value] of bd.filters) q.set(key, value);
+    const query = q.toString();
+    const url = `${location.pathname}${query ? `?${query}` : ""}${location.hash}`;
+    if (url === `${location.pathname}${location.search}${location.hash}`) return;
+    if (push) history.pushState(null, "", url);
+    else history.replaceState(null, "", url);
+  }
+
+  // A UTC day `back` days before today, by the server's clock: the API's days are UTC days.
+  function utcDay(back) {
+    const d = new Date(serverNow());
+    d.setUTCDate(d.getUTCDate() - back);
+    return d.toISOString().slice(0, 10);
+  }
+
+  const period = () =>
+    bd.period === "custom" ? { from: bd.from, to: bd.to } : { from: utcDay(PERIODS[bd.period]), to: utcDay(0) };
+
+  function bdQuery(extra) {
+    const q = new URLSearchParams(period());
+    for (const [key, value] of Object.entries(extra || {})) q.set(key, String(value));
+    for (const [key, value] of bd.filters) q.set(key, value);
+    return q;
+  }
+
+  let regionNames = null;
+  try {
+    regionNames = new Intl.DisplayNames(undefined, { type: "region" });
+  } catch {
+    regionNames = null; // an old browser: the code alone
+  }
+
+  function countryName(code) {
+    try {
+      return (regionNames && regionNames.of(code)) || code;
+    } catch {
+      return code; // not a region code DisplayNames knows the shape of
+    }
+  }
+
+  const flag = (code) =>
+    /^[A-Z]{2}$/.test(code) ? String.fromCodePoint(...[...code].map((c) => 0x1f1e6 + c.charCodeAt(0) - 65)) : "";
+
+  /** A value as a person reads it: "Direct / None" for no source, a country's name. */
+  function valueText(dimension, value) {
+    const d = DIMENSIONS[dimension];
+    if (value === "") return d.none;
+    return d.country ? countryName(value) : value;
+  }
+
+  function valueNode(dimension, value) {
+    const d = DIMENSIONS[dimension];
+    if (value === "") return h("span", { class: "none" }, d.none);
+    if (d.country) {
+      const f = flag(value);
+      return h("span", {}, f ? h("span", { class: "flag", "aria-hidden": "true" }, `${f} `) : null, countryName(value));
+    }
+    return d.path ? h("code", {}, value) : h("span", {}, value);
+  }
+
+  /** The change from the previous period, as an arrow and a percentage ("new" after none). */
+  function changeNode(now, before) {
+    if (before === null || before === undefined) return "–";
+    if (before === 0) return now === 0 ? "–" : h("span", { class: "up good", title: "none in the previous period" }, h("span", { "aria-hidden": "true" }, "▲ "), "new");
+    const change = Math.round(((now - before) / before) * 1000) / 10;
+    if (change === 0) return h("span", { class: "flat" }, h("span", { "aria-hidden": "true" }, "▶ "), "0 %");
+    const dir = change > 0 ? "up" : "down";
+    return h(
+      "span",
+      { class: `${dir} ${dir === "up" ? "good" : "bad"}` },
+      h("span", { "aria-hidden": "true" }, dir === "up" ? "▲ " : "▼ "),
+      h("span", { class: "sr-only" }, `${dir} `),
+      `${Math.abs(change)} %`,
+    );
+  }
+
+  const fmtDay = (iso) =>
+    new Date(`${iso}T00:00:00Z`).toLocaleDateString(undefined, { day: "numeric", month: "short", year: "numeric", timeZone: "UTC" });
+
+  function buildBreakdowns() {
+    const box = $("bd-cards");
+    box.textContent = "";
+    for (const card of BD_CARDS) {
+      const tabs = card.tabs.map((dim) =>
+        h(
+          "button",
+          {
+            type: "button",
+            role: "tab",
+            id: `bd-tab-${dim}`,
+            "aria-controls": `bd-panel-${card.id}`,
+            "aria-selected": "false",
+            tabindex: "-1",
+            dataset: { dimension: dim },
+            onclick: () => selectTab(card, dim),
+            onkeydown: (ev) => tabKeys(ev, card),
+          },
+          DIMENSIONS[dim].tab,
+        ),
+      );
+      box.appendChild(
+        h(
+          "section",
+          { class: `card bd-card${card.wide ? " wide" : ""}`, id: `bd-${card.id}`, "aria-labelledby": `bd-${card.id}-title` },
+          h(
+            "div",
+            { class: "section-head" },
+            h("h3", { id: `bd-${card.id}-title` }, card.title),
+            h("button", { type: "button", class: "ghost small bd-csv", onclick: (ev) => downloadBreakdown(card, ev.currentTarget) }, "Download CSV"),
+          ),
+          h("div", { class: "tabs", role: "tablist", "aria-label": card.title }, tabs),
+          h(
+            "div",
+            { class: "bd-panel", role: "tabpanel", id: `bd-panel-${card.id}` },
+            h("div", { class: "table-wrap" }, h("table", { class: "data bd-table" }, h("caption", { class: "sr-only" }), h("thead"), h("tbody"))),
+            h("p", { class: "empty", hidden: true }),
+            h(
+              "div",
+              { class: "pager" },
+              h("button", { type: "button", class: "ghost small", dataset: { page: "previous" }, onclick: () => turnPage(card, -1) }, "Previous"),
+              h("span", { class: "pager-status", role: "status" }),
+              h("button", { type: "button", class: "ghost small", dataset: { page: "next" }, onclick: () => turnPage(card, 1) }, "Next"),
+            ),
+          ),
+        ),
+      );
+    }
+    renderControls();
+  }
+
+  function renderControls() {
+    for (const button of document.querySelectorAll("#bd-range [data-range]")) {
+      button.setAttribute("aria-pressed", String(button.dataset.range === bd.period));
+    }
+    const custom = $("bd-custom");
+    if (!custom.contains(document.activeElement)) {
+      const { from, to } = period(); // what is shown, as days: a start for a custom choice
+      $("bd-from").value = from;
+      $("bd-to").value = to;
+    }
+    custom.hidden = bd.period !== "custom" && custom.dataset.open !== "true";
+    document.querySelector('#bd-range [data-range="custom"]').setAttribute("aria-expanded", String(!custom.hidden));
+    for (const card of BD_CARDS) {
+      for (const tab of document.querySelectorAll(`#bd-${card.id} [role="tab"]`)) {
+        const on = tab.dataset.dimension === bd.tabs[card.id];
+        tab.setAttribute("aria-selected", String(on));
+        tab.tabIndex = on ? 0 : -1;
+        if (on) $(`bd-panel-${card.id}`).setAttribute("aria-labelledby", tab.id);
+      }
+    }
+    renderChips();
+  }
+
+  function renderChips() {
+    const list = $("bd-chips");
+    list.textContent = "";
+    for (const [key, value] of bd.filters) {
+      const dim = FILTERS[key];
+      const label = `${DIMENSIONS[dim].name}: ${valueText(dim, value)}`;
+      list.appendChild(
+        h(
+          "li",
+          {},
+          h(
+            "button",
+            { type: "button", class: "chip", dataset: { filter: key }, "aria-label": `Remove filter ${label}`, title: "Remove this filter", onclick: () => removeFilter(key) },
+            label,
+            h("span", { class: "x", "aria-hidden": "true" }, "×"),
+          ),
+        ),
+      );
+    }
+    $("bd-filters").hidden = bd.filters.size === 0;
+  }
+
+  async function loadBreakdown(card) {
+    const seq = ++bd.seq[card.id];
+    const dimension = bd.tabs[card.id];
+    const offset = bd.offsets[card.id];
+    const query = bdQuery({ limit: BD_LIMIT, offset });
+    const section = $(`bd-${card.id}`);
+    const table = section.querySelector("table");
+    table.setAttribute("aria-busy", "true");
+    let body;
+    try {
+      body = await api(`${projectPath(`breakdowns/${dimension}`)}?${query}`);
+    } finally {
+      if (seq === bd.seq[card.id]) table.removeAttribute("aria-busy");
+    }
+    if (seq !== bd.seq[card.id]) return; // a newer tab, page or filter asked since
+    renderBreakdown(card, dimension, body);
+    section.dataset.loaded = `${dimension}?${query}`;
+  }
+
+  function renderBreakdown(card, dimension, body) {
+    const d = DIMENSIONS[dimension];
+    const section = $(`bd-${card.id}`);
+    const table = section.querySelector("table");
+    const num = (text) => h("th", { scope: "col", class: "num" }, text);
+    table.caption.textContent = `${card.title}: ${d.tab}, by visitors; select a value to filter by it`;
+    table.tHead.textContent = "";
+    table.tHead.appendChild(
+      h(
+        "tr",
+        {},
+        h("th", { scope: "col" }, d.name),
+        num("Visitors"),
+        h("th", { scope: "col", class: "num previous-col", title: "Visitors in the previous period of the same length" }, "Previous"),
+        num("Change"),
+        d.path ? [num("Page views"), num("Bounce rate"), num("Time on page")] : null,
+      ),
+    );
+    const tbody = table.tBodies[0];
+    tbody.textContent = "";
+    const rows = body.rows || [];
+    const top = Math.max(1, ...rows.map((r) => r.visitors || 0));
+    for (const row of rows) {
+      const before = row.previous ? row.previous.visitors : null;
+      const active = bd.filters.get(d.filter) === row.value;
+      tbody.appendChild(
+        h(
+          "tr",
+          { dataset: { value: row.value } },
+          h(
+            "th",
+            { scope: "row", class: d.path ? "value path" : "value" },
+            h(
+              "button",
+              {
+                type: "button",
+                class: "linklike",
+                title: active ? "Already filtered by this" : `Show only visitors with ${d.name.toLowerCase()} ${valueText(dimension, row.value)}`,
+                "aria-pressed": String(active),
+                onclick: () => addFilter(d.filter, row.value),
+              },
+              valueNode(dimension, row.value),
+            ),
+            h("span", { class: "share", "aria-hidden": "true", style: { width: `${Math.round((100 * (row.visitors || 0)) / top)}%` } }),
+          ),
+          h("td", { class: "num" }, fmtNum(row.visitors)),
+          h("td", { class: "num previous" }, fmtNum(before)),
+          h("td", { class: "num trend" }, changeNode(row.visitors, before)),
+          d.path
+            ? [
+                h("td", { class: "num" }, fmtNum(row.page_views)),
+                h("td", { class: "num" }, row.bounce_rate === null || row.bounce_rate === undefined ? "–" : `${row.bounce_rate} %`),
+                h("td", { class: "num" }, fmtDuration(row.avg_time_on_page_s)),
+              ]
+            : null,
+        ),
+      );
+    }
+    const total = body.total || 0;
+    const empty = section.querySelector(".empty");
+    empty.hidden = rows.length > 0;
+    empty.textContent = bd.filters.size ? "No visitors match these filters in this period." : "No visitors in this period.";
+    const pager = section.querySelector(".pager");
+    pager.hidden = total <= BD_LIMIT && body.offset === 0;
+    const first = rows.length ? body.offset + 1 : 0;
+    pager.querySelector(".pager-status").textContent = rows.length ? `Showing ${fmtNum(first)}–${fmtNum(body.offset + rows.length)} of ${fmtNum(total)}` : "";
+    pager.querySelector('[data-page="previous"]').disabled = body.offset === 0;
+    pager.querySelector('[data-page="next"]').disabled = body.offset + rows.length >= total;
+    if (card === BD_CARDS[0]) {
+      $("bd-period").textContent =
+        `${fmtDay(body.from)} – ${fmtDay(body.to)} (UTC days), compared with ${fmtDay(body.previous_from)} – ${fmtDay(body.previous_to)}.`;
+    }
+  }
+
+  function loadBreakdowns() {
+    return Promise.all(BD_CARDS.map((card) => loadBreakdown(card)));
+  }
+
+  // Something every card shows changed (the period, a filter): back to each card's first page.
+  function changed(push) {
+    for (const card of BD_CARDS) bd.offsets[card.id] = 0;
+    writeUrl(push);
+    renderControls();
+    loadBreakdowns().catch(reportError);
+  }
+
+  function addFilter(key, value) {
+    if (bd.filters.get(key) === value) return;
+    bd.filters.delete(key); // re-added last: the chips keep the order of the clicks
+    bd.filters.set(key, value);
+    changed(true);
+  }
+
+  function removeFilter(key) {
+    const chips = [...document.querySelectorAll("#bd-chips .chip")];
+    const at = chips.findIndex((c) => c.dataset.filter === key);
+    bd.filters.delete(key);
+    changed(true);
+    // The focus stays among the chips, or goes back to the period when none is left.
+    const left = document.querySelectorAll("#bd-chips .chip");
+    const next = left[Math.min(at, left.length - 1)] || document.querySelector('#bd-range [aria-pressed="true"]');
+    if (next) next.focus();
+  }
+
+  function selectTab(card, dimension, focus) {
+    if (bd.tabs[card.id] === dimension) return;
+    bd.tabs[card.id] = dimension;
+    bd.offsets[card.id] = 0;
+    writeUrl(true);
+    renderControls();
+    if (focus) $(`bd-tab-${dimension}`).focus();
+    loadBreakdown(card).catch(reportError);
+  }
+
+  function tabKeys(ev, card) {
+    const at = card.tabs.indexOf(bd.tabs[card.id]);
+    const to = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: card.tabs.length - 1 }[ev.key];
+    if (to === undefined) return;
+    ev.preventDefault();
+    selectTab(card, card.tabs[(to + card.tabs.length) % card.tabs.length], true);
+  }
+
+  function turnPage(card, step) {
+    bd.offsets[card.id] = Math.max(0, bd.offsets[card.id] + step * BD_LIMIT);
+    loadBreakdown(card).catch(reportError);
+  }
+
+  function choosePeriod(choice) {
+    const custom = $("bd-custom");
+    if (choice === "custom") {
+      custom.dataset.open = custom.hidden ? "true" : "false";
+      renderControls();
+      if (!custom.hidden) $("bd-from").focus();
+      return;
+    }
+    custom.dataset.open = "false";
+    if (bd.period === choice) return renderControls();
+    Object.assign(bd, { period: choice, from: null, to: null });
+    changed(true);
+  }
+
+  function applyCustomPeriod(ev) {
+    ev.preventDefault();
+    const from = $("bd-from").value;
+    const to = $("bd-to").value;
+    const error = $("bd-custom-error");
+    error.textContent = "";
+    if (!ISO_DAY.test(from) || !ISO_DAY.test(to)) return (error.textContent = "Pick both days.");
+    if (from > to) return (error.textContent = "The first day comes after the last.");
+    Object.assign(bd, { period: "custom", from, to });
+    changed(true);
+  }
+
+  async function downloadBreakdown(card, button) {
+    const query = bdQuery();
+    query.set("dimension", bd.tabs[card.id]);
+    await downloadCsv(projectPath("export/breakdowns.csv"), query, `werkstroom-${bd.tabs[card.id]}.csv`, button);
+  }
+
   // --- CSV downloads: fetched with the Authorization header, saved through a Blob --------------------------------
   function filenameFrom(disposition, fallback) {
     if (!disposition) return fallback;
@@ -774,15 +1200,19 @@
     return name.replace(/[\\/]/g, "_") || fallback;
   }
 
-  async function download(kind, button) {
+  function download(kind, button) {
     let params = new URLSearchParams();
     if (kind === "users") params = usersQuery();
     else if (kind === "activity") params.set("days", "30");
     else if (kind === "sessions" && state.detail.personId) params.set("person_id", state.detail.personId);
+    return downloadCsv(projectPath(`export/${kind}.csv`), params, `werkstroom-${kind}.csv`, button);
+  }
+
+  async function downloadCsv(path, params, fallback, button) {
     const query = params.toString();
     button.disabled = true;
     try {
-      const response = await request(`${projectPath(`export/${kind}.csv`)}${query ? `?${query}` : ""}`);
+      const response = await request(`${path}${query ? `?${query}` : ""}`);
       if (!response.ok) {
         let detail = null;
         try {
@@ -793,7 +1223,7 @@
         throw new ApiError(response.status, detail);
       }
       const blob = await response.blob();
-      const name = filenameFrom(response.headers.get("Content-Disposition"), `werkstroom-${kind}.csv`);
+      const name = filenameFrom(response.headers.get("Content-Disposition"), fallback);
       const url = URL.createObjectURL(blob);
       const a = h("a", { href: url, download: name, hidden: true });
       document.body.appendChild(a);
@@ -851,7 +1281,7 @@
   // slower tables (persons, daily figures) have caught up with the live view, for `tries` s.
   async function catchUp(tries) {
     try {
-      await Promise.all([loadMetrics(), loadActivity(), loadUsers(true)]);
+      await Promise.all([loadMetrics(), loadActivity(), loadUsers(true), loadBreakdowns()]);
     } catch (err) {
       reportError(err);
     }
@@ -926,6 +1356,23 @@
     }
     $("snippet-copy").addEventListener("click", () => copySnippet($("snippet-code"), $("snippet-status")));
     $("welcome-copy").addEventListener("click", () => copySnippet($("welcome-snippet"), $("welcome-status")));
+    readUrl();
+    buildBreakdowns();
+    for (const button of document.querySelectorAll("#bd-range [data-range]")) {
+      button.addEventListener("click", () => choosePeriod(button.dataset.range));
+    }
+    $("bd-custom").addEventListener("submit", applyCustomPeriod);
+    $("bd-clear").addEventListener("click", () => {
+      bd.filters.clear();
+      changed(true);
+      document.querySelector('#bd-range [aria-pressed="true"]').focus();
+    });
+    // Back and forward move through the views (each filter, tab and period is a history entry).
+    window.addEventListener("popstate", () => {
+      readUrl();
+      renderControls();
+      if (state.key) loadBreakdowns().catch(reportError);
+    });
     $("detail-close").addEventListener("click", closeDetail);
     $("detail-backdrop").addEventListener("click", closeDetail);
     document.addEventListener("keydown", (ev) => {
