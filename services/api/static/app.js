@@ -1178,10 +1178,10 @@
     changed(true);
   }
 
-  async function downloadBreakdown(card, button) {
-    const query = bdQuery();
-    query.set("dimension", bd.tabs[card.id]);
-    await downloadCsv(projectPath("export/breakdowns.csv"), query, `werkstroom-${bd.tabs[card.id]}.csv`, button);
+  // The whole breakdown of the card's tab (every value, not only this page), period and filters.
+  function downloadBreakdown(card, button) {
+    const dimension = bd.tabs[card.id];
+    return downloadCsv(projectPath("export/breakdown.csv"), bdQuery({ dimension }), `werkstroom-${dimension}.csv`, button);
   }
 
   // --- CSV downloads: fetched with the Authorization header, saved through a Blob --------------------------------
