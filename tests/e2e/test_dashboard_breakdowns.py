@@ -1,0 +1,529 @@
+"""The dashboard's breakdown cards (pages, sources, campaigns, countries) in a real browser
+(Debian's chromium driven by Playwright) against the whole pipeline (`werkstroom serve --target
+all`): visits sent through ingest over HTTP, each from a client address of a known country (ingest
+trusts X-Forwarded-For here, as behind a proxy), aggregated, read back by the page.
+
+Every figure the page should show is worked out here from the visits sent (`VISITS`, `expected`)
+by the definitions of docs/definitions.md, never read back from the API. Waits are for conditions,
+never fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
+
+from tests.e2e.browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, UA, require_chromium
+from tests.e2e.runs import serve_env, start_serve
+from tests.e2e.test_dashboard import Stack, wait_for
+from tests.integration.test_countries import IPV4, placed
+from werkstroom.geo import Locator as Geo
+from werkstroom.settings import DEFAULT_GEO_DATABASE
+from werkstroom.sources import source_of
+
+pytestmark = pytest.mark.integration
+
+LIMIT = 10  # rows a page of a card (BD_LIMIT in app.js)
+GOOGLE = "https://www.google.com/search?q=werkstroom"
+HN = "https://news.ycombinator.com/item?id=4242"
+# A campaign name written to run script if it were ever put into the page as HTML.
+HOSTILE = '<img src=x onerror="window.__xss=1">'
+# The names the browser gives the countries the test's addresses may be placed in (Intl, en-US).
+NAMES = {"GB": "United Kingdom", "JP": "Japan", "US": "United States"}
+# What an empty value reads as, per card tab (app.js's DIMENSIONS).
+NONE = {"sources": "Direct / None", "utm_campaigns": "(none)", "countries": "Unknown", "pages": "Unknown"}
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One visitor's one session: page views a minute apart from `start`, all sent from an
+    address in `country` ('' : the test's own, which no database places), the first with
+    `referrer` and, when given, `utm` in its URL and `campaign` as Segment's context.campaign."""
+
+    visitor: str
+    country: str  # "C1", "C2" (resolved to codes by the `countries` fixture) or ""
+    paths: tuple[str, ...]
+    days_ago: int = 0
+    referrer: str = ""
+    utm: dict[str, str] = field(default_factory=dict)
+    campaign: dict[str, str] = field(default_factory=dict)
+
+    def start(self, now: datetime) -> datetime:
+        # today's visits lie in the last half hour, older ones at the same time of their day
+        return now - timedelta(days=self.days_ago, minutes=20)
+
+
+VISITS = [
+    Visit(
+        "a1",
+        "C1",
+        ("/", "/pricing", "/signup"),
+        utm={"utm_source": "newsletter", "utm_campaign": "spring-sale"},
+    ),
+    Visit("a2", "C1", ("/", "/pricing"), referrer=GOOGLE),
+    Visit("a3", "C1", ("/",), referrer=GOOGLE),
+    Visit("b1", "C2", ("/pricing",), referrer=GOOGLE),
+    Visit("b2", "C2", ("/",), campaign={"name": HOSTILE, "source": "newsletter", "medium": "email"}),
+    Visit("c1", "", tuple(f"/docs/{n:02d}" for n in range(1, 10)), referrer=HN),
+    Visit("d1", "C2", ("/blog/kafka", "/pricing"), days_ago=3, referrer=HN),
+    # the period before the default 30 days
+    Visit("p1", "", ("/pricing",), days_ago=40, referrer=GOOGLE),
+    Visit("p2", "C1", ("/",), days_ago=35),
+]
+
+
+def attribute(visit: Visit, dimension: str, codes: dict[str, str]) -> str:
+    """A session attribute, as the aggregator takes it from the entry page view."""
+    if dimension == "sources":
+        return source_of(visit.referrer, f"https://shop.example{visit.paths[0]}")  # Google, Hacker News
+    if dimension == "utm_campaigns":
+        return visit.campaign.get("name", visit.utm.get("utm_campaign", ""))
+    if dimension == "countries":
+        return codes.get(visit.country, "")
+    raise AssertionError(dimension)
+
+
+@dataclass(frozen=True)
+class Row:
+    value: str
+    visitors: int
+    previous: int
+    page_views: int = 0
+    bounce_rate: float | None = None
+    time_on_page_s: float | None = None
+
+
+def expected(
+    dimension: str,
+    codes: dict[str, str],
+    start: date,
+    end: date,
+    filters: dict[str, str] | None = None,
+) -> list[Row]:
+    """A breakdown over the UTC days start..end (both included), sorted by visitors then value,
+    with the visitors of the period of equal length before."""
+    length = (end - start).days + 1
+    before = (start - timedelta(days=length), start - timedelta(days=1))
+    today = datetime.now(UTC)
+    country = (filters or {}).get("country")
+    current: dict[str, set[str]] = {}
+    previous: dict[str, set[str]] = {}
+    views: dict[str, int] = {}
+    entries: dict[str, list[bool]] = {}  # path -> for each session entering there, bounced?
+    timed: dict[str, list[float]] = {}
+    for visit in VISITS:
+        day = visit.start(today).date()
+        if country is not None and codes.get(visit.country, "") != country:
+            continue
+        if dimension == "pages":
+            values = list(dict.fromkeys(visit.paths))
+        else:
+            values = [attribute(visit, dimension, codes)]
+        if start <= day <= end:
+            for value in values:
+                current.setdefault(value, set()).add(visit.visitor)
+            if dimension == "pages":
+                for n, path in enumerate(visit.paths):
+                    views[path] = views.get(path, 0) + 1
+                    if n + 1 < len(visit.paths):  # a minute until the next page view
+                        timed.setdefault(path, []).append(60.0)
+                entries.setdefault(visit.paths[0], []).append(len(visit.paths) == 1)
+        elif before[0] <= day <= before[1]:
+            for value in values:
+                previous.setdefault(value, set()).add(visit.visitor)
+    rows = []
+    for value, who in current.items():
+        bounced = entries.get(value)
+        times = timed.get(value)
+        rows.append(
+            Row(
+                value,
+                len(who),
+                len(previous.get(value, set())),
+                views.get(value, 0),
+                round(100 * sum(bounced) / len(bounced), 1) if bounced else None,
+                round(sum(times) / len(times), 1) if times else None,
+            )
+        )
+    return sorted(rows, key=lambda r: (-r.visitors, r.value))
+
+
+# -- what the page shows for a row (app.js: valueNode, changeNode, fmtDuration) ------------------
+
+
+def flag(code: str) -> str:
+    return "".join(chr(0x1F1E6 + ord(c) - ord("A")) for c in code)
+
+
+def shown_value(dimension: str, value: str) -> str:
+    if value == "":
+        return NONE[dimension]
+    if dimension == "countries":
+        return f"{flag(value)} {NAMES[value]}"
+    return value
+
+
+def shown_change(now: int, before: int) -> str:
+    if before == 0:
+        return "–" if now == 0 else "▲ new"
+    change = round((now - before) / before * 100, 1)
+    if change == 0:
+        return "▶ 0 %"
+    return f"▲ up {change:g} %" if change > 0 else f"▼ down {-change:g} %"
+
+
+def shown_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    s = round(seconds)
+    return f"{s} s" if s < 60 else f"{s // 60} min {s % 60:02d} s"
+
+
+def shown(dimension: str, rows: list[Row]) -> list[list[str]]:
+    out = []
+    for r in rows:
+        cells = [
+            shown_value(dimension, r.value),
+            str(r.visitors),
+            str(r.previous),
+            shown_change(r.visitors, r.previous),
+        ]
+        if dimension == "pages":
+            bounce = "–" if r.bounce_rate is None else f"{r.bounce_rate:g} %"
+            cells += [str(r.page_views), bounce, shown_duration(r.time_on_page_s)]
+        out.append(cells)
+    return out
+
+
+# -- the stack, the visits, the browser ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def countries() -> dict[str, str]:
+    """C1, C2 -> two countries and, under "addresses", an address the database places in each."""
+    geo = Geo.open(DEFAULT_GEO_DATABASE)
+    first, c1 = placed(IPV4, geo)
+    second, c2 = placed(IPV4, geo, not_in=c1)
+    assert {c1, c2} <= set(NAMES), (c1, c2)
+    return {"C1": c1, "C2": c2, "address:C1": first, "address:C2": second}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("breakdowns")
+    env = serve_env(
+        tmp / "data",
+        WERKSTROOM_KEY_REFRESH_SECONDS="0.5",
+        WERKSTROOM_DEMO="true",
+        WERKSTROOM_TRUST_FORWARDED_FOR="true",
+    )
+    env.pop("WERKSTROOM_PUBLIC_INGEST_URL", None)
+    proc, banner = start_serve(env, tmp, timeout=90)
+    try:
+        assert "curl" in banner, f"no start-up banner: {(tmp / 'serve.log').read_text()[-3000:]}"
+        demo = json.loads((tmp / "data" / "demo.json").read_text())
+        yield Stack(
+            ingest=f"http://127.0.0.1:{env['WERKSTROOM_INGEST_PORT']}",
+            api=f"http://127.0.0.1:{env['WERKSTROOM_API_PORT']}",
+            project_id=demo["project_id"],
+            write_key=demo["write_key"],
+            read_key=demo["read_key"],
+        )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def calls(visit: Visit, now: datetime) -> list[dict[str, Any]]:
+    out = []
+    for n, path in enumerate(visit.paths):
+        query = f"?{urllib.parse.urlencode(visit.utm)}" if n == 0 and visit.utm else ""
+        context: dict[str, Any] = {"userAgent": UA}
+        if visit.campaign:
+            context["campaign"] = visit.campaign
+        properties = {"url": f"https://shop.example{path}{query}", "path": path, "title": path}
+        if n == 0 and visit.referrer:
+            properties["referrer"] = visit.referrer
+        out.append(
+            {
+                "type": "page",
+                "anonymousId": f"bd-{visit.visitor}",
+                "messageId": f"bd-{visit.visitor}-{n}",
+                "timestamp": (visit.start(now) + timedelta(minutes=n)).isoformat(),
+                "properties": properties,
+                "context": context,
+            }
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def seeded(stack: Stack, countries: dict[str, str]) -> Stack:
+    """The visits, one batch per client address; then until the API has them all."""
+    now = datetime.now(UTC)
+    by_address: dict[str, list[dict[str, Any]]] = {}
+    for visit in VISITS:
+        address = countries.get(f"address:{visit.country}", "")
+        by_address.setdefault(address, []).extend(calls(visit, now))
+    for address, batch in by_address.items():
+        headers = {"Content-Type": "application/json", "User-Agent": UA}
+        if address:
+            headers["X-Forwarded-For"] = address
+        request = urllib.request.Request(
+            f"{stack.ingest}/v1/batch",
+            data=json.dumps({"writeKey": stack.write_key, "batch": batch}).encode(),
+            method="POST",
+            headers=headers,
+        )
+        deadline = time.monotonic() + 20
+        while True:  # ingest learns the demo project's key within WERKSTROOM_KEY_REFRESH_SECONDS
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    assert json.loads(response.read())["accepted"] == len(batch)
+                    break
+            except urllib.error.HTTPError as exc:
+                if exc.code != 401 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    today = now.date()
+    pages = expected("pages", countries, today - timedelta(days=29), today)
+
+    def arrived() -> bool:
+        status, body, _ = stack.get(
+            stack.project(f"breakdowns/pages?limit=100&from={today - timedelta(days=29)}")
+        )
+        assert status in (200, 503), (status, body)
+        return status == 200 and [
+            (r["value"], r["visitors"], r["previous"]["visitors"]) for r in body["rows"]
+        ] == [(r.value, r.visitors, r.previous) for r in pages]
+
+    wait_for(arrived, "every visit in the pages breakdown", timeout=60)
+    return stack
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    require_chromium()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def context(browser: Browser, seeded: Stack) -> Iterator[BrowserContext]:
+    ctx = browser.new_context(
+        user_agent=UA, accept_downloads=True, viewport={"width": 1280, "height": 900}, locale="en-US"
+    )
+    ctx.set_default_timeout(TIMEOUT_MS)
+    yield ctx
+    ctx.close()
+
+
+def log_in(page: Page, stack: Stack, url: str = "/") -> None:
+    page.goto(f"{stack.api}{url}")
+    page.get_by_label("Read key").fill(stack.read_key)
+    page.get_by_role("button", name="Open dashboard").click()
+    expect(page.locator("#project-id")).to_have_text(stack.project_id)
+
+
+def cells(card: Locator) -> list[list[str]]:
+    rows: list[list[str]] = card.locator("tbody tr").evaluate_all(
+        "rows => rows.map(r => [...r.cells].map(c => c.textContent.trim()))"
+    )
+    return rows
+
+
+def until_table(card: Locator, want: list[list[str]], what: str) -> None:
+    """Until the card's table shows exactly `want` (a load is a fetch away), then it must."""
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while cells(card) != want and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cells(card) == want, what
+
+
+def query_of(page: Page) -> dict[str, list[str]]:
+    return urllib.parse.parse_qs(urllib.parse.urlsplit(page.url).query, keep_blank_values=True)
+
+
+def test_breakdowns_filter_by_a_country_keep_it_in_the_url_and_page_through(
+    context: BrowserContext, seeded: Stack, countries: dict[str, str], tmp_path: Path
+) -> None:
+    errors: list[str] = []
+    page = context.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    log_in(page, seeded)
+    today = datetime.now(UTC).date()
+    month = (today - timedelta(days=29), today)
+    content, acquisition, audience = (
+        page.locator(f"#bd-{c}") for c in ("content", "acquisition", "audience")
+    )
+
+    # -- the default view: the last 30 days, the first tab of each card --------------------------
+    pages = expected("pages", countries, *month)
+    assert len(pages) == 13  # / /pricing /signup /blog/kafka and nine /docs/NN: two pages of rows
+    until_table(content, shown("pages", pages[:LIMIT]), "the first ten pages")
+    expect(content.get_by_role("tab", name="Pages")).to_have_attribute("aria-selected", "true")
+    expect(content.get_by_role("tab", name="Entry")).to_have_attribute("aria-selected", "false")
+    expect(content.locator(".pager-status")).to_have_text(f"Showing 1–{LIMIT} of {len(pages)}")
+    expect(content.get_by_role("button", name="Previous")).to_be_disabled()
+    until_table(acquisition, shown("sources", expected("sources", countries, *month)), "the sources")
+    until_table(audience, shown("countries", expected("countries", countries, *month)), "the countries")
+    expect(page.locator("#bd-filters")).to_be_hidden()
+
+    # -- pagination -------------------------------------------------------------------------------
+    content.get_by_role("button", name="Next").click()
+    until_table(content, shown("pages", pages[LIMIT:]), "the pages after the first ten")
+    expect(content.locator(".pager-status")).to_have_text(f"Showing {LIMIT + 1}–{len(pages)} of {len(pages)}")
+    expect(content.get_by_role("button", name="Next")).to_be_disabled()
+    content.get_by_role("button", name="Previous").click()
+    until_table(content, shown("pages", pages[:LIMIT]), "back to the first ten pages")
+
+    # -- a click on a country filters every card by it, in the URL too ------------------------------
+    c2 = countries["C2"]
+    audience.locator(f'tbody tr[data-value="{c2}"] button').click()
+    chip = page.locator("#bd-chips .chip")
+    expect(chip).to_have_count(1)
+    expect(chip).to_have_text(f"Country: {NAMES[c2]}×")
+    expect(chip).to_have_attribute("aria-label", f"Remove filter Country: {NAMES[c2]}")
+    assert query_of(page) == {"country": [c2]}
+    narrowed = {"country": c2}
+
+    def filtered_view() -> None:
+        only = expected("pages", countries, *month, narrowed)
+        assert 1 < len(only) < LIMIT and len(only) < len(pages)
+        until_table(content, shown("pages", only), "the pages of the country's visitors")
+        expect(content.locator(".pager")).to_be_hidden()
+        until_table(
+            acquisition, shown("sources", expected("sources", countries, *month, narrowed)), "sources"
+        )
+        until_table(
+            audience, shown("countries", expected("countries", countries, *month, narrowed)), "countries"
+        )
+        expect(audience.locator(f'tbody tr[data-value="{c2}"] button')).to_have_attribute(
+            "aria-pressed", "true"
+        )
+
+    filtered_view()
+
+    # -- a reload keeps the filter; a campaign tab is a view of its own, its values text only ------------
+    page.reload()
+    expect(page.locator("#project-id")).to_have_text(seeded.project_id)  # the tab's key, still there
+    expect(chip).to_have_text(f"Country: {NAMES[c2]}×")
+    filtered_view()
+    acquisition.get_by_role("tab", name="UTM campaign").click()
+    expect(acquisition.get_by_role("tab", name="UTM campaign")).to_have_attribute("aria-selected", "true")
+    expect(acquisition.get_by_role("tab", name="Sources")).to_have_attribute("aria-selected", "false")
+    assert query_of(page) == {"acquisition": ["utm_campaigns"], "country": [c2]}
+    campaigns = expected("utm_campaigns", countries, *month, narrowed)
+    assert HOSTILE in [r.value for r in campaigns]
+    until_table(acquisition, shown("utm_campaigns", campaigns), "the campaigns of the country's visitors")
+    expect(acquisition.locator("img")).to_have_count(0)
+    assert page.evaluate("window.__xss") is None
+
+    page.screenshot(path=str(tmp_path / "breakdowns-filtered.png"), full_page=True)
+
+    # -- the chip removes the filter: every card and the URL follow --------------------------------
+    chip.click()
+    expect(chip).to_have_count(0)
+    expect(page.locator("#bd-filters")).to_be_hidden()
+    assert query_of(page) == {"acquisition": ["utm_campaigns"]}
+    until_table(content, shown("pages", pages[:LIMIT]), "every page again")
+    until_table(
+        acquisition, shown("utm_campaigns", expected("utm_campaigns", countries, *month)), "campaigns"
+    )
+
+    # -- another period: today only, compared with yesterday --------------------------------------
+    page.locator('#bd-range [data-range="today"]').click()
+    expect(page.locator('#bd-range [data-range="today"]')).to_have_attribute("aria-pressed", "true")
+    assert query_of(page) == {"period": ["today"], "acquisition": ["utm_campaigns"]}
+    until_table(content, shown("pages", expected("pages", countries, today, today)[:LIMIT]), "today's pages")
+    assert "/blog/kafka" not in [r.value for r in expected("pages", countries, today, today)]
+    page.go_back()  # each change is a history entry
+    expect(page.locator('#bd-range [data-range="30d"]')).to_have_attribute("aria-pressed", "true")
+    until_table(content, shown("pages", pages[:LIMIT]), "the 30 days again, after Back")
+    assert errors == []
+    page.close()
+
+
+def test_a_shared_url_opens_the_same_view_after_the_login(
+    browser: Browser, seeded: Stack, countries: dict[str, str], tmp_path: Path
+) -> None:
+    """Someone else's browser (no key in its session yet), on a phone: the URL's period, filter
+    and tab are the view once logged in."""
+    c1 = countries["C1"]
+    ctx = browser.new_context(
+        user_agent=UA, viewport={"width": 390, "height": 844}, locale="en-US", is_mobile=True
+    )
+    ctx.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    try:
+        page = ctx.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        log_in(page, seeded, f"/?period=7d&content=entry_pages&country={c1}")
+        today = datetime.now(UTC).date()
+        week = (today - timedelta(days=6), today)
+        content = page.locator("#bd-content")
+        expect(content.get_by_role("tab", name="Entry")).to_have_attribute("aria-selected", "true")
+        expect(page.locator('#bd-range [data-range="7d"]')).to_have_attribute("aria-pressed", "true")
+        expect(page.locator("#bd-chips .chip")).to_have_text(f"Country: {NAMES[c1]}×")
+        entries = [v for v in VISITS if v.country == "C1" and v.start(datetime.now(UTC)).date() >= week[0]]
+        want: dict[str, set[str]] = {}
+        for v in entries:
+            want.setdefault(v.paths[0], set()).add(v.visitor)
+        rows = sorted(((p, len(w)) for p, w in want.items()), key=lambda r: (-r[1], r[0]))
+        shown_rows = [[p, str(n)] for p, n in rows]
+        deadline = time.monotonic() + TIMEOUT_MS / 1000
+        while [c[:2] for c in cells(content)] != shown_rows and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [c[:2] for c in cells(content)] == shown_rows
+        # on a phone the cards are no wider than the screen: wide tables scroll inside their card
+        widest = page.evaluate(
+            "Math.max(...[...document.querySelectorAll('#breakdowns > *, .bd-card')]"
+            ".map(e => e.getBoundingClientRect().right))"
+        )
+        assert 300 < widest <= 390
+        page.locator("#breakdowns").screenshot(path=str(tmp_path / "breakdowns-phone.png"))
+        assert errors == []
+    finally:
+        ctx.close()
+
+
+def test_the_csv_of_a_view_holds_its_rows(
+    context: BrowserContext, seeded: Stack, countries: dict[str, str]
+) -> None:
+    page = context.new_page()
+    c1 = countries["C1"]
+    log_in(page, seeded, f"/?country={c1}")
+    today = datetime.now(UTC).date()
+    sources = expected("sources", countries, today - timedelta(days=29), today, {"country": c1})
+    acquisition = page.locator("#bd-acquisition")
+    until_table(acquisition, shown("sources", sources), "the sources of the country's visitors")
+    with page.expect_download() as info:
+        acquisition.get_by_role("button", name="Download CSV").click()
+    path = info.value.path()
+    assert path is not None
+    rows = list(csv.DictReader(io.StringIO(Path(path).read_text(), newline="")))
+    assert [(r["value"], int(r["visitors"]), int(r["previous_visitors"])) for r in rows] == [
+        (r.value, r.visitors, r.previous) for r in sources
+    ]
+    page.close()
