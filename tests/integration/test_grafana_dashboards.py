@@ -430,6 +430,17 @@ async def test_every_dashboard_query_runs_and_key_panels_equal_the_api(stack: St
         online = await get("online?limit=100")
         activity = (await get(f"activity?days={span}"))["days"]
         report = await get(f"funnels/{funnel.funnel_id}?days={span}")
+        # The breakdown tables are recomputed a little after the events, too.
+        first_day = today - timedelta(days=span - 1)
+        in_range = f"from={first_day}&to={today}&limit=1000"
+
+        async def breakdowns_settled() -> bool:
+            rows = (await get(f"breakdowns/pages?{in_range}"))["rows"]
+            return sum(r["page_views"] for r in rows) == sum(d["page_views"] for d in activity)
+
+        await stack.until(breakdowns_settled, timeout=40)
+        by_dimension = {d: (await get(f"breakdowns/{d}?{in_range}"))["rows"] for d in BREAKDOWN_PANELS}
+        mobile = (await get(f"breakdowns/pages?{in_range}&device=mobile"))["rows"]
     finally:
         await api.aclose()
 
@@ -567,6 +578,87 @@ async def test_every_dashboard_query_runs_and_key_panels_equal_the_api(stack: St
     assert newest == max(
         datetime.fromisoformat(c["timestamp"].replace("Z", "+00:00")) for c in live + elsewhere
     )
+
+    check_breakdowns(stack, boards["breakdowns.json"], grafana, database, by_dimension, mobile)
+
+
+def check_breakdowns(
+    stack: Stack,
+    board: dict[str, Any],
+    grafana: Grafana,
+    database: str,
+    by_dimension: dict[str, list[dict[str, Any]]],
+    mobile: list[dict[str, Any]],
+) -> None:
+    """The breakdowns dashboard with every filter at All, then with Device = mobile: each
+    panel's rows are the API's breakdown of the same days, by the same definitions."""
+    g = Grafana(grafana.start, grafana.end, {"project_id": grafana.variables["project_id"]})
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    offered: dict[str, list[tuple[Any, ...]]] = {}
+    for name, variable in variables.items():
+        if name != "project_id":
+            offered[name] = run(stack, g.expand(variable["query"], database))[1]
+            g.variables[name] = [str(r[0]) for r in offered[name]]  # All
+    # the values are 'x' + hex: a visitor's text never reaches the SQL
+    assert all(re.fullmatch(r"x[0-9A-F]*", v) for name in offered for v in g.variables[name])
+    assert {text for _, text in offered["device"]} == {"desktop", "mobile", "tablet"}
+
+    def panel(title: str, with_g: Grafana) -> list[dict[str, Any]]:
+        (p,) = [p for p in panels(board) if p["title"] == title]
+        names, rows = run(stack, with_g.expand(p["targets"][0]["rawSql"], database))
+        return [dict(zip(names, r, strict=True)) for r in rows]
+
+    def pages_of(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [
+            (r["path"], r["visitors"], r["page views"], r["bounce %"], r["time on page, s"]) for r in rows
+        ]
+
+    def api_pages(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [
+            (r["value"], r["visitors"], r["page_views"], r["bounce_rate"], r["avg_time_on_page_s"])
+            for r in rows[:50]
+        ]
+
+    assert pages_of(panel("Pages", g)) == api_pages(by_dimension["pages"])
+    assert len(by_dimension["pages"]) > 3
+    for title, dimension, first, count in (
+        ("Entry pages", "entry_pages", "entry page", "entries"),
+        ("Exit pages", "exit_pages", "exit page", "exits"),
+    ):
+        assert [(r[first], r["visitors"], r[count]) for r in panel(title, g)] == [
+            (r["value"], r["visitors"], r["sessions"]) for r in by_dimension[dimension][:50]
+        ], title
+    for dimension, (title, label, none) in BREAKDOWN_PANELS.items():
+        if title is None:
+            continue
+        assert [(r[label], r["visitors"], r["sessions"], r["bounce %"]) for r in panel(title, g)] == [
+            (r["value"] or none, r["visitors"], r["sessions"], r["bounce_rate"])
+            for r in by_dimension[dimension][:50]
+        ], title
+    # Device = mobile: the pages of the sessions that started on a phone
+    (phone,) = [value for value, text in offered["device"] if text == "mobile"]
+    narrowed = Grafana(g.start, g.end, {**g.variables, "device": [str(phone)]})
+    assert pages_of(panel("Pages", narrowed)) == api_pages(mobile)
+    assert 0 < len(mobile) and sum(r["visitors"] for r in mobile) < sum(
+        r["visitors"] for r in by_dimension["pages"]
+    )
+
+
+#: The API's dimension -> the breakdowns dashboard's panel of it, its first column and how
+#: that column shows ''; None: checked apart (pages, entry and exit pages).
+BREAKDOWN_PANELS: dict[str, tuple[str | None, str, str]] = {
+    "pages": (None, "path", ""),
+    "entry_pages": (None, "entry page", ""),
+    "exit_pages": (None, "exit page", ""),
+    "sources": ("Sources", "Source", "Direct / None"),
+    "utm_sources": ("UTM sources", "UTM source", "(none)"),
+    "utm_mediums": ("UTM mediums", "UTM medium", "(none)"),
+    "utm_campaigns": ("UTM campaigns", "UTM campaign", "(none)"),
+    "countries": ("Countries", "Country", "Unknown"),
+    "devices": ("Devices", "Device", "Unknown"),
+    "browsers": ("Browsers", "Browser", "Unknown"),
+    "os": ("Operating systems", "OS", "Unknown"),
+}
 
 
 def renamed(sim: Simulation, suffix: str) -> Simulation:
