@@ -130,6 +130,8 @@ class Site:
     metrics: dict[str, Any] = field(default_factory=dict)
     funnel: list[int] = field(default_factory=list)
     totals: dict[str, int] = field(default_factory=dict)  # sums over DAYS days of activity
+    entry_pages: dict[str, int] = field(default_factory=dict)  # path -> visitors entering there
+    bounces: int = 0  # sessions with a single page view
 
     @property
     def persons(self) -> dict[str, set[date]]:
@@ -160,6 +162,10 @@ def expected(site: Site) -> None:
         }
         site.funnel = [3, 1, 1]  # user-1 went all the way; anon-3 and anon-4 saw /pricing
         site.totals = {"page_views": 9, "events": 12, "sessions": 6, "new_users": 5}
+        # anon-4's two visits 45 days apart are two sessions, the second entering on /pricing;
+        # single page views: anon-2, anon-4 (both), anon-5
+        site.entry_pages = {"/": 5, "/pricing": 1}
+        site.bounces = 4
     else:
         site.online = ["anon-6", "anon-3", "user-1", "user-2"]
         site.users = ["anon-6", "anon-3", "user-1", "user-2", "anon-2", "anon-5"]
@@ -178,6 +184,9 @@ def expected(site: Site) -> None:
         }
         site.funnel = [2, 0, 0]  # user-1 and anon-2 saw /pricing; nobody clicked after it
         site.totals = {"page_views": 10, "events": 13, "sessions": 7, "new_users": 6}
+        # anon-1 entered on /pricing 40 days ago and on / today; anon-5 on /signup
+        site.entry_pages = {"/": 5, "/pricing": 1, "/signup": 1}
+        site.bounces = 4  # anon-1's first visit, anon-3, anon-4 (a page, then events), anon-5
 
 
 # -- the world: two projects created over the admin API, their traffic through the pipeline ------
@@ -391,9 +400,21 @@ def variables_for(site: Site, dashboard: dict[str, Any], topic: str) -> dict[str
             out[name] = site.funnel_id
         elif name == "events_topic":
             out[name] = topic
+        elif variable.get("includeAll"):
+            continue  # a filter left at "All": every option its query offers (see with_all)
         else:
             raise AssertionError(f"variable {name} not handled: give it each project's value here")
     return out
+
+
+def with_all(g: Grafana, dashboard: dict[str, Any], client: Client, database: str) -> Grafana:
+    """`g` with each filter variable not set by variables_for at "All": the list of every value its
+    own query offers (as Grafana sends them without a custom all value), read from `database`."""
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query" and variable.get("includeAll") and variable["name"] not in g.variables:
+            rows = client.query(g.expand(variable["query"], database)).result_rows
+            g.variables[variable["name"]] = [str(r[0]) for r in rows]
+    return g
 
 
 # The project variable lists every project: Grafana is the operator's view over the whole
@@ -419,6 +440,7 @@ async def test_every_grafana_query_shows_each_project_only_its_own_rows(world: W
         try:
             for name, dashboard in boards.items():
                 g = Grafana(now - (DAYS - 1) * D, now, variables_for(site, dashboard, topic))
+                g = with_all(g, dashboard, alone, alone_db)
                 queries: list[tuple[str, str]] = [
                     (f"variable {v['name']}", v["query"])
                     for v in dashboard["templating"]["list"]
@@ -498,6 +520,27 @@ async def test_every_grafana_query_shows_each_project_only_its_own_rows(world: W
         assert pages == _count(c["properties"]["path"] for c in site.calls if c["type"] == "page")
         by_type = table(x, "Events per minute by type")
         assert sum(r["events"] for r in by_type) == len(site.calls)
+        # the breakdowns dashboard, every filter at All
+        views = [c for c in site.calls if c["type"] == "page"]
+        viewers: dict[str, set[str]] = {}
+        for c in views:
+            viewers.setdefault(c["properties"]["path"], set()).add(c["anonymousId"])
+        assert {r["path"]: (r["visitors"], r["page views"]) for r in table(x, "Pages")} == {
+            path: (len(who), _count(c["properties"]["path"] for c in views)[path])
+            for path, who in viewers.items()
+        }
+        assert {r["entry page"]: r["visitors"] for r in table(x, "Entry pages")} == site.entry_pages
+        everyone = len({c["anonymousId"] for c in views})
+        sessions = site.totals["sessions"]
+        bounce = round(100 * site.bounces / sessions, 1)
+        # no referrer, no campaign and no country in this traffic (the test's client is local)
+        assert table(x, "Sources") == [
+            {"Source": "Direct / None", "visitors": everyone, "sessions": sessions, "bounce %": bounce}
+        ]
+        assert table(x, "Countries") == [
+            {"Country": "Unknown", "visitors": everyone, "sessions": sessions, "bounce %": bounce}
+        ]
+        assert table(x, "variable country") == [{"value": "x", "text": "Unknown"}]
 
 
 def _count(values: Any) -> dict[Any, int]:
@@ -696,6 +739,26 @@ async def test_every_api_route_shows_each_project_only_its_own_data(world: World
                 assert (await api.get(f"{base}/funnels/{foreign}")).status_code == 404
                 assert (await api.delete(f"{base}/funnels/{foreign}")).status_code == 404
 
+            # -- breakdowns: the same paths in both, each project's own visitors and views
+            window = {"from": (now - (DAYS - 1) * D).date().isoformat(), "to": now.date().isoformat()}
+            views = [c for c in site.calls if c["type"] == "page"]
+            viewers: dict[str, set[str]] = {}
+            for c in views:
+                viewers.setdefault(c["properties"]["path"], set()).add(c["anonymousId"])
+            per_path = _count(c["properties"]["path"] for c in views)
+            pages = (await get("breakdowns/pages", limit=100, **window))["rows"]
+            assert {r["value"]: (r["visitors"], r["page_views"]) for r in pages} == {
+                path: (len(who), per_path[path]) for path, who in viewers.items()
+            }
+            entries = (await get("breakdowns/entry_pages", limit=100, **window))["rows"]
+            assert {r["value"]: r["visitors"] for r in entries} == site.entry_pages
+            sources = (await get("breakdowns/sources", **window))["rows"]
+            assert [(r["value"], r["visitors"], r["sessions"]) for r in sources] == [
+                ("", len({c["anonymousId"] for c in views}), site.totals["sessions"])
+            ]
+            exported = await csv_rows("breakdown", dimension="pages", **window)
+            assert {r[0]: int(r[1]) for r in exported[1:]} == {p: len(w) for p, w in viewers.items()}
+
             # -- this key on the other project: 404 on every route, whatever the method
             there = f"/api/projects/{other.project_id}"
             for path in (
@@ -709,6 +772,8 @@ async def test_every_api_route_shows_each_project_only_its_own_data(world: World
                 "users/user-1",
                 "users/user-1/sessions",
                 "export/users.csv",
+                "export/breakdown.csv?dimension=pages",
+                "breakdowns/pages",
                 "snippet",
             ):
                 assert (await api.get(f"{there}/{path}")).status_code == 404, path
