@@ -442,7 +442,14 @@ def test_breakdowns_filter_by_a_country_keep_it_in_the_url_and_page_through(
 
     page.screenshot(path=str(tmp_path / "breakdowns-filtered.png"), full_page=True)
 
-    # -- the chip removes the filter: every card and the URL follow --------------------------------
+    # -- the filtering value is a toggle: pressed again, it removes the filter; so does the chip ----
+    audience.locator(f'tbody tr[data-value="{c2}"] button').click()
+    expect(chip).to_have_count(0)
+    assert query_of(page) == {"acquisition": ["utm_campaigns"]}
+    until_table(audience, shown("countries", expected("countries", countries, *month)), "every country")
+    page.go_back()
+    expect(chip).to_have_text(f"Country: {NAMES[c2]}×")
+    until_table(audience, shown("countries", expected("countries", countries, *month, narrowed)), "back")
     chip.click()
     expect(chip).to_have_count(0)
     expect(page.locator("#bd-filters")).to_be_hidden()

@@ -939,7 +939,11 @@
             "div",
             { class: "section-head" },
             h("h3", { id: `bd-${card.id}-title` }, card.title),
-            h("button", { type: "button", class: "ghost small bd-csv", onclick: (ev) => downloadBreakdown(card, ev.currentTarget) }, "Download CSV"),
+            h(
+              "button",
+              { type: "button", class: "ghost small bd-csv", "aria-describedby": `bd-${card.id}-title`, onclick: (ev) => downloadBreakdown(card, ev.currentTarget) },
+              "Download CSV",
+            ),
           ),
           h("div", { class: "tabs", role: "tablist", "aria-label": card.title }, tabs),
           h(
@@ -1062,9 +1066,9 @@
               {
                 type: "button",
                 class: "linklike",
-                title: active ? "Already filtered by this" : `Show only visitors with ${d.name.toLowerCase()} ${valueText(dimension, row.value)}`,
-                "aria-pressed": String(active),
-                onclick: () => addFilter(d.filter, row.value),
+                title: active ? "Remove this filter" : `Show only visitors with ${d.name.toLowerCase()} ${valueText(dimension, row.value)}`,
+                "aria-pressed": String(active), // a toggle: pressed again, it removes its filter
+                onclick: () => (active ? removeFilter(d.filter) : addFilter(d.filter, row.value)),
               },
               valueNode(dimension, row.value),
             ),
