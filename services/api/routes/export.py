@@ -34,7 +34,7 @@ from werkstroom.logging import get_logger
 log = get_logger(__name__)
 router = APIRouter(prefix="/api/projects/{project_id}", tags=["export"], responses=AUTH_RESPONSES)
 
-Kind = Literal["online", "users", "metrics", "activity", "sessions", "breakdown"]
+Kind = Literal["online", "users", "metrics", "activity", "sessions"]
 #: What a spreadsheet reads as the start of a formula: = + - @, and their full-width forms,
 #: which East Asian locales of Excel and LibreOffice may fold to the ASCII ones on input.
 FORMULA = frozenset("=+-@\uff1d\uff0b\uff0d\uff20")
@@ -163,15 +163,35 @@ def _filename(project_id: str, kind: str, now: datetime) -> str:
     return f"werkstroom-{safe}-{kind}-{now:%Y%m%d}.csv"
 
 
+CSV_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "text/csv", "content": {"text/csv": {"schema": {"type": "string"}}}}
+}
+
+
+# Before the route below, which would otherwise take "breakdown" as a kind and refuse it.
+@router.get(
+    "/export/breakdown.csv",
+    summary="Download a breakdown as CSV",
+    description="Every value of GET .../breakdowns/{dimension} for the same period and filters, "
+    "in its order, with the previous period's counts in previous_* columns. The file is named "
+    "werkstroom-<project>-breakdown-<YYYYMMDD>.csv.",
+    response_class=StreamingResponse,
+    responses=CSV_RESPONSES,
+)
+async def export_breakdown(
+    scope: ProjectDep, pool: PoolDep, now: NowDep, dimension: Dimension, breakdown: BreakdownArgsDep
+) -> StreamingResponse:
+    body = _breakdown(pool, scope.project_id, dimension, breakdown)
+    return await _download(body, scope.project_id, "breakdown", now)
+
+
 @router.get(
     "/export/{kind}.csv",
-    summary="Download CSV (online, users, metrics, activity, sessions or breakdown)",
+    summary="Download CSV (online, users, metrics, activity or sessions)",
     description="A header row, then one row per item, streamed. Filters: users: segment, q; "
     "activity: days (default 30); sessions: days (sessions started in the last `days` UTC "
-    "days, default 30) and person_id (that person's sessions only); breakdown: dimension "
-    "(required) with the breakdown's from, to and filters, every value in the breakdown's "
-    "order (GET .../breakdowns/{dimension}). The file is named "
-    "werkstroom-<project>-<kind>-<YYYYMMDD>.csv.",
+    "days, default 30) and person_id (that person's sessions only). The file is named "
+    "werkstroom-<project>-<kind>-<YYYYMMDD>.csv. A breakdown's CSV: export/breakdown.csv.",
     response_class=StreamingResponse,
     responses={
         200: {
@@ -191,30 +211,14 @@ async def export_csv(
     pool: PoolDep,
     now: NowDep,
     kind: Kind,
-    breakdown: BreakdownArgsDep,
     segment: SegmentFilter = "all",
     q: Annotated[str, Query(max_length=MAX_Q)] = "",
     days: Annotated[int, Query(ge=1, le=366)] = 30,
     person_id: Annotated[str | None, Query(max_length=1000)] = None,
-    dimension: Dimension | None = None,
 ) -> StreamingResponse:
     project_id = scope.project_id
     body: AsyncIterator[str]
-    if kind == "breakdown":
-        if dimension is None:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                detail=[
-                    {
-                        "type": "missing",
-                        "loc": ["query", "dimension"],
-                        "msg": "a breakdown export needs a dimension",
-                        "input": None,
-                    }
-                ],
-            )
-        body = _breakdown(pool, project_id, dimension, breakdown)
-    elif kind == "online":
+    if kind == "online":
         body = _online(pool, project_id, now)
     elif kind == "users":
         body = _users(pool, project_id, now, segment, q)
@@ -229,6 +233,10 @@ async def export_csv(
             if ids is None:
                 raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such user")
         body = _sessions(pool, project_id, now, days, ids)
+    return await _download(body, project_id, kind, now)
+
+
+async def _download(body: AsyncIterator[str], project_id: str, kind: str, now: datetime) -> StreamingResponse:
     filename = _filename(project_id, kind, now)
     body = await _opened(body)
     return StreamingResponse(
