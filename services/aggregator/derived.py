@@ -16,7 +16,6 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from services.aggregator.breakdowns import refresh_breakdowns
 from services.aggregator.funnels import person_ids, recompute
 from services.aggregator.processor import Dirty
 from werkstroom import churn, identity
@@ -45,7 +44,6 @@ def refresh(client: Client, dirty: Dirty) -> None:
     for project_id, distinct_ids in ids.items():
         changed = refresh_persons(client, project_id, distinct_ids, version, days[project_id])
         refresh_session_days(client, project_id, days[project_id])  # its members are staged
-        refresh_breakdowns(client, project_id, days[project_id], SESSIONS, MEMBER_IDS)
         days[project_id] |= changed.first_days | changed.activity_days
         activity_days[project_id] = changed.activity_days
         project_funnels = list_funnels(client, project_id)

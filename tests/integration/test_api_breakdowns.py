@@ -130,7 +130,7 @@ INNER JOIN (
     GROUP BY anonymous_id, k
 ) AS b USING (anonymous_id, k)
 WHERE e.type = 'page'
-ORDER BY anonymous_id, k, timestamp, event_id
+ORDER BY anonymous_id, k, timestamp, path
 """
 
 

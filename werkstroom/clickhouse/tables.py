@@ -12,6 +12,18 @@ from werkstroom.contract import FIELDS
 
 #: `events`: every field of the contract, and where the message came from.
 EVENTS_COLUMNS = [*FIELDS, "kafka_partition", "kafka_offset"]
+#: What a session takes from its entry page view for the breakdowns (the aggregator keeps them
+#: on `sessions` as entry_<name>; the breakdown tables copy them under these names).
+ENTRY_ATTRIBUTES = [
+    "source",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "country",
+    "device_type",
+    "browser",
+    "os",
+]
 
 SESSIONS_COLUMNS = [
     "project_id",
@@ -31,9 +43,11 @@ SESSIONS_COLUMNS = [
     "page_views",
     "events",
     "pages",
+    "page_times_ms",
     "device_type",
     "browser",
     "os",
+    *(f"entry_{a}" for a in ENTRY_ATTRIBUTES),
     "kafka_partition",
     "version",
     "is_deleted",
@@ -102,26 +116,22 @@ SESSIONS_DAILY_COLUMNS = [
     "version",
     "is_deleted",
 ]
-#: What a session takes from its entry page view (`visitor_pages`, filled from `events`).
-VISITOR_PAGES_ATTRIBUTES = [
-    *("source", "utm_source", "utm_medium", "utm_campaign"),
-    *("country", "device_type", "browser", "os"),
-]
 #: A session's attributes in the breakdown tables: its entry and exit page, and those of its
 #: entry page view (docs/definitions.md). The API's filters name these columns.
-SESSION_ATTRIBUTES = ["entry_path", "exit_path", *VISITOR_PAGES_ATTRIBUTES]
+SESSION_ATTRIBUTES = ["entry_path", "exit_path", *ENTRY_ATTRIBUTES]
 #: `breakdown_sessions`: one row per session with a page view, under the day it starts on.
 BREAKDOWN_SESSIONS_COLUMNS = [
     *("project_id", "day", "anonymous_id", "session_id"),
     *SESSION_ATTRIBUTES,
     *("page_views", "duration_ms", "version", "is_deleted"),
 ]
-#: `breakdown_pages`: one row per (session, path viewed), the session's attributes copied.
+#: `breakdown_pages`: one row per (session, path viewed), the session's entry attributes copied
+#: (not its exit page, which changes at every page view: a filter on it reads breakdown_sessions).
 BREAKDOWN_PAGES_COLUMNS = [
     *("project_id", "day", "anonymous_id", "session_id", "path"),
-    *("views", "timed_views", "time_ms", "is_entry", "is_exit"),
-    *SESSION_ATTRIBUTES,
-    *("session_views", "version", "is_deleted"),
+    *("views", "timed_views", "time_ms", "is_entry", "is_exit", "bounced", "entry_path"),
+    *ENTRY_ATTRIBUTES,
+    *("version", "is_deleted"),
 ]
 ONLINE_HISTORY_COLUMNS = ["project_id", "minute", "online", "version"]
 #: `daily_stats`'s figures of a day, in the order the API answers them (and exports them).

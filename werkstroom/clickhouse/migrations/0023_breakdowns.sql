@@ -1,49 +1,30 @@
 -- What the breakdowns read (pages, entry and exit pages, sources, campaigns, countries, devices,
--- browsers, OSes per date range): a 30-day scan of `events` (about 5M rows on the bench's 10M)
--- cannot answer in 50 ms, so the aggregator keeps two tables of sessions beside it, each under
--- the UTC day its session starts on, like sessions_daily (0010):
---   breakdown_sessions  one row per session that has a page view: its entry and exit page and
---                       the attributes of its entry page view (source, utm_*, country, device,
---                       browser, OS), as Plausible counts them, with its page views and duration;
+-- browsers, OSes over a date range): a 30-day scan of `events` (about 5M rows on the bench's 10M)
+-- cannot answer in 50 ms, so the aggregator writes two tables beside it from the sessions it
+-- holds (services/aggregator/breakdowns.py), each row under the UTC day its session starts on:
+--   breakdown_sessions  one row per session that has a page view: its entry and exit page, the
+--                       attributes of its entry page view (source, utm_*, country, device,
+--                       browser, OS), as Plausible counts them, its page views and duration;
 --   breakdown_pages     one row per (session, path) viewed: views, time on page, whether the
---                       session entered or left there, and the session's attributes copied,
---                       so that a filter needs no join.
--- Both are recomputed by the aggregator (services/aggregator/breakdowns.py) for the visitors and
--- days it recomputes, from `sessions` and `visitor_pages` (below): a session that moved to
--- another day, was absorbed, or no longer views a path gets a tombstone (is_deleted = 1).
+--                       session entered, left or bounced there, and the session's entry page and
+--                       entry attributes copied, so that a filter on them needs no join.
 -- ReplacingMergeTree(version, is_deleted): version = the session's version (the position of its
--- last event); a tombstone has the row's version + 1. Reads use FINAL and is_deleted = 0.
+-- last event); a row the session leaves (it moved to an earlier day, was absorbed, no longer
+-- lists the path) gets a tombstone with a later version. Reads use FINAL and is_deleted = 0.
 
--- Every page view, sorted by visitor, narrowed to what a session's breakdown rows need:
--- filled by ClickHouse from each insert into `events` (a materialized view, as visitor_events
--- is), so the recomputation reads a visitor's page views instead of scanning `events` by day.
-CREATE TABLE IF NOT EXISTS visitor_pages
-(
-    project_id   String,
-    anonymous_id String,
-    timestamp    DateTime64(3, 'UTC'),
-    event_id     String,
-    path         String,
-    source       LowCardinality(String),
-    utm_source   LowCardinality(String),
-    utm_medium   LowCardinality(String),
-    utm_campaign LowCardinality(String),
-    country      LowCardinality(String),
-    device_type  LowCardinality(String),
-    browser      LowCardinality(String),
-    os           LowCardinality(String)
-)
-ENGINE = ReplacingMergeTree
--- ORDER BY (project_id, anonymous_id, timestamp, event_id): the recomputation reads its
--- visitors' page views from a day on, in time order; event_id last makes the key unique per
--- event, so a re-delivered batch's rows collapse.
-ORDER BY (project_id, anonymous_id, timestamp, event_id);
-
-CREATE MATERIALIZED VIEW IF NOT EXISTS visitor_pages_mv TO visitor_pages AS
-SELECT project_id, anonymous_id, timestamp, event_id, path, source, utm_source, utm_medium,
-       utm_campaign, country, device_type, browser, os
-FROM events
-WHERE type = 'page' AND anonymous_id != '';
+-- The sessions keep what the aggregator computes those rows from, so that a visitor reloaded
+-- after a restart goes on exactly: the times of its page views (`pages`, now its first page
+-- views in (time, path) order, up to 100) and the attributes of its entry page view.
+ALTER TABLE sessions
+    ADD COLUMN IF NOT EXISTS page_times_ms Array(Int64) DEFAULT [] AFTER pages,
+    ADD COLUMN IF NOT EXISTS entry_source LowCardinality(String) DEFAULT '' AFTER os,
+    ADD COLUMN IF NOT EXISTS entry_utm_source LowCardinality(String) DEFAULT '' AFTER entry_source,
+    ADD COLUMN IF NOT EXISTS entry_utm_medium LowCardinality(String) DEFAULT '' AFTER entry_utm_source,
+    ADD COLUMN IF NOT EXISTS entry_utm_campaign LowCardinality(String) DEFAULT '' AFTER entry_utm_medium,
+    ADD COLUMN IF NOT EXISTS entry_country LowCardinality(String) DEFAULT '' AFTER entry_utm_campaign,
+    ADD COLUMN IF NOT EXISTS entry_device_type LowCardinality(String) DEFAULT '' AFTER entry_country,
+    ADD COLUMN IF NOT EXISTS entry_browser LowCardinality(String) DEFAULT '' AFTER entry_device_type,
+    ADD COLUMN IF NOT EXISTS entry_os LowCardinality(String) DEFAULT '' AFTER entry_browser;
 
 CREATE TABLE IF NOT EXISTS breakdown_sessions
 (
@@ -69,35 +50,33 @@ CREATE TABLE IF NOT EXISTS breakdown_sessions
 ENGINE = ReplacingMergeTree(version, is_deleted)
 PARTITION BY toYYYYMM(day)
 -- ORDER BY (project_id, day, anonymous_id, session_id): a breakdown reads one project's range
--- of days; within a day the recomputation reads the rows of the visitors it recomputes; the
--- session makes the key unique.
+-- of days; the session makes the key unique.
 ORDER BY (project_id, day, anonymous_id, session_id);
 
 CREATE TABLE IF NOT EXISTS breakdown_pages
 (
-    project_id    String,
-    day           Date,
-    anonymous_id  String,
-    session_id    String,
-    path          String,
-    views         UInt32,
-    timed_views   UInt32,
-    time_ms       Int64,
-    is_entry      UInt8,
-    is_exit       UInt8,
-    entry_path    String,
-    exit_path     String,
-    source        LowCardinality(String),
-    utm_source    LowCardinality(String),
-    utm_medium    LowCardinality(String),
-    utm_campaign  LowCardinality(String),
-    country       LowCardinality(String),
-    device_type   LowCardinality(String),
-    browser       LowCardinality(String),
-    os            LowCardinality(String),
-    session_views UInt32,
-    version       UInt64,
-    is_deleted    UInt8
+    project_id   String,
+    day          Date,
+    anonymous_id String,
+    session_id   String,
+    path         String,
+    views        UInt32,
+    timed_views  UInt32,
+    time_ms      Int64,
+    is_entry     UInt8,
+    is_exit      UInt8,
+    bounced      UInt8,
+    entry_path   String,
+    source       LowCardinality(String),
+    utm_source   LowCardinality(String),
+    utm_medium   LowCardinality(String),
+    utm_campaign LowCardinality(String),
+    country      LowCardinality(String),
+    device_type  LowCardinality(String),
+    browser      LowCardinality(String),
+    os           LowCardinality(String),
+    version      UInt64,
+    is_deleted   UInt8
 )
 ENGINE = ReplacingMergeTree(version, is_deleted)
 PARTITION BY toYYYYMM(day)
@@ -105,71 +84,71 @@ PARTITION BY toYYYYMM(day)
 -- path making the key unique per (session, path).
 ORDER BY (project_id, day, anonymous_id, session_id, path);
 
--- The page views already there. Run with the aggregators stopped, as `werkstroom migrate`
--- before a deploy (like 0010); a rerun inserts the same rows, which collapse on the key.
--- Events written before 0022 have no source or campaign: they are taken from the referrer's
--- host (without www., '' for the page's own host; not grouped into names such as Google,
--- which only ingest does) and from the URL's utm_* parameters.
-INSERT INTO visitor_pages
-SELECT project_id, anonymous_id, timestamp, event_id, path,
-       if(source != '' OR referrer = '' OR domainWithoutWWW(referrer) IN ('', domainWithoutWWW(url)),
-          source, domainWithoutWWW(referrer)),
-       if(utm_source != '', utm_source, extractURLParameter(url, 'utm_source')),
-       if(utm_medium != '', utm_medium, extractURLParameter(url, 'utm_medium')),
-       if(utm_campaign != '', utm_campaign, extractURLParameter(url, 'utm_campaign')),
-       country, device_type, browser, os
-FROM events FINAL
-WHERE type = 'page' AND anonymous_id != '';
+-- The sessions already there, rewritten with their page views' times and entry attributes from
+-- `events` (same version: the row inserted last wins). Run with the aggregators stopped, as
+-- `werkstroom migrate` before a deploy; a rerun writes the same rows. Events written before 0022
+-- have no source or campaign: they are taken from the referrer's host (without www., '' for the
+-- page's own host; not grouped into names such as Google, which only ingest does) and from the
+-- URL's utm_* parameters. A session whose page views are gone from `events` keeps its row, and
+-- the aggregator leaves its breakdown rows alone (it has none).
+INSERT INTO sessions (project_id, anonymous_id, session_id, user_id, start_at, last_event_at,
+    entry_at, entry_url, entry_path, referrer, current_url, current_path, current_title,
+    page_entered_at, page_views, events, pages, page_times_ms, device_type, browser, os,
+    entry_source, entry_utm_source, entry_utm_medium, entry_utm_campaign, entry_country, entry_device_type, entry_browser, entry_os,
+    kafka_partition, version, is_deleted, updated_at)
+SELECT s.project_id, s.anonymous_id, s.session_id, s.user_id, s.start_at, s.last_event_at,
+       s.entry_at, s.entry_url, s.entry_path, s.referrer, s.current_url, s.current_path,
+       s.current_title, s.page_entered_at, s.page_views, s.events,
+       arrayMap(x -> x.2, v.views), arrayMap(x -> x.1, v.views), s.device_type, s.browser, s.os,
+       v.views[1].3, v.views[1].4, v.views[1].5, v.views[1].6, v.views[1].7, v.views[1].8, v.views[1].9, v.views[1].10,
+       s.kafka_partition, s.version, 0, s.updated_at
+FROM (SELECT * FROM sessions FINAL WHERE is_deleted = 0 AND page_views > 0) AS s
+INNER JOIN (
+    SELECT s.session_id AS session_id,
+           arraySlice(arraySort(x -> (x.1, x.2), groupArray((toUnixTimestamp64Milli(e.timestamp), e.path,
+               e.source, e.utm_source, e.utm_medium, e.utm_campaign, e.country, e.device_type,
+               e.browser, e.os))), 1, 100) AS views
+    FROM (SELECT project_id, anonymous_id, session_id, start_at, last_event_at
+          FROM sessions FINAL WHERE is_deleted = 0 AND page_views > 0) AS s
+    INNER JOIN (
+        SELECT project_id, anonymous_id, timestamp, path,
+               if(source != '' OR referrer = '' OR domainWithoutWWW(referrer) IN ('', domainWithoutWWW(url)),
+                  source, domainWithoutWWW(referrer)) AS source,
+               if(utm_source != '', utm_source, extractURLParameter(url, 'utm_source')) AS utm_source,
+               if(utm_medium != '', utm_medium, extractURLParameter(url, 'utm_medium')) AS utm_medium,
+               if(utm_campaign != '', utm_campaign, extractURLParameter(url, 'utm_campaign')) AS utm_campaign,
+               country, device_type, browser, os
+        FROM events FINAL
+        WHERE type = 'page' AND anonymous_id != ''
+    ) AS e ON e.project_id = s.project_id AND e.anonymous_id = s.anonymous_id
+    WHERE e.timestamp >= s.start_at AND e.timestamp <= s.last_event_at
+    GROUP BY s.session_id
+) AS v ON v.session_id = s.session_id;
 
--- The breakdown rows of the live sessions already there, by the definitions the aggregator
--- recomputes them with (services/aggregator/breakdowns.py, docs/definitions.md): the session's
--- page views are those of its visitor between its start and its last event; time on a page
--- lasts until the next page view, or for the last one until the session's last event, and is
--- unknown for a last page view that is the session's last event.
-INSERT INTO breakdown_pages
-SELECT project_id, toDate(start_at), anonymous_id, session_id, path, count(),
-       countIf(timed), sumIf(spent_ms, timed), max(n = 1), max(n = views_in_session),
-       any(entry_path), any(exit_path), any(e_source), any(e_utm_source), any(e_utm_medium),
-       any(e_utm_campaign), any(e_country), any(e_device_type), any(e_browser), any(e_os),
-       any(views_in_session), any(version), 0
+-- Their breakdown rows, by the definitions the aggregator writes them with
+-- (services/aggregator/breakdowns.py, docs/definitions.md).
+INSERT INTO breakdown_pages (project_id, day, anonymous_id, session_id, path, views, timed_views,
+    time_ms, is_entry, is_exit, bounced, entry_path, source, utm_source, utm_medium, utm_campaign, country, device_type, browser, os, version, is_deleted)
+SELECT project_id, toDate(start_at), anonymous_id, session_id, path, toUInt32(count()),
+       toUInt32(sum(timed)), sum(spent), toUInt8(max(i = 1)), toUInt8(max(i = n)),
+       toUInt8(max(i = 1 AND page_views = 1)), any(pages[1]),
+       any(entry_source), any(entry_utm_source), any(entry_utm_medium), any(entry_utm_campaign), any(entry_country), any(entry_device_type), any(entry_browser), any(entry_os), any(version), 0
 FROM (
-    SELECT *,
-           row_number() OVER w AS n,
-           count() OVER (PARTITION BY session_id) AS views_in_session,
-           leadInFrame(toNullable(timestamp)) OVER (w ROWS BETWEEN CURRENT ROW AND 1 FOLLOWING) AS next_at,
-           dateDiff('millisecond', timestamp, ifNull(next_at, last_event_at)) AS spent_ms,
-           next_at IS NOT NULL OR last_event_at > timestamp AS timed,
-           first_value(path) OVER w_all AS entry_path, last_value(path) OVER w_all AS exit_path,
-           first_value(v_source) OVER w_all AS e_source,
-           first_value(v_utm_source) OVER w_all AS e_utm_source,
-           first_value(v_utm_medium) OVER w_all AS e_utm_medium,
-           first_value(v_utm_campaign) OVER w_all AS e_utm_campaign,
-           first_value(v_country) OVER w_all AS e_country,
-           first_value(v_device_type) OVER w_all AS e_device_type,
-           first_value(v_browser) OVER w_all AS e_browser,
-           first_value(v_os) OVER w_all AS e_os
-    FROM (
-        SELECT s.project_id AS project_id, s.anonymous_id AS anonymous_id, s.session_id AS session_id,
-               s.start_at AS start_at, s.last_event_at AS last_event_at, s.version AS version,
-               v.timestamp AS timestamp, v.event_id AS event_id, v.path AS path, v.source AS v_source,
-               v.utm_source AS v_utm_source, v.utm_medium AS v_utm_medium, v.utm_campaign AS v_utm_campaign,
-               v.country AS v_country, v.device_type AS v_device_type, v.browser AS v_browser, v.os AS v_os
-        FROM (SELECT project_id, anonymous_id, session_id, start_at, last_event_at, version
-              FROM sessions FINAL WHERE is_deleted = 0) AS s
-        INNER JOIN visitor_pages AS v ON v.project_id = s.project_id AND v.anonymous_id = s.anonymous_id
-        WHERE v.timestamp >= s.start_at AND v.timestamp <= s.last_event_at
-    )
-    WINDOW w AS (PARTITION BY session_id ORDER BY timestamp, event_id),
-           w_all AS (PARTITION BY session_id ORDER BY timestamp, event_id
-                     ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+    SELECT project_id, start_at, anonymous_id, session_id, pages, page_views, version,
+           entry_source, entry_utm_source, entry_utm_medium, entry_utm_campaign, entry_country, entry_device_type, entry_browser, entry_os,
+           length(pages) AS n, arrayJoin(arrayEnumerate(pages)) AS i, pages[i] AS path,
+           page_times_ms[i] AS t, toUnixTimestamp64Milli(last_event_at) AS last_ms,
+           toUInt8(i < n OR (page_views = n AND last_ms > t)) AS timed,
+           if(i < n, page_times_ms[i + 1] - t, if(timed = 1, last_ms - t, 0)) AS spent
+    FROM sessions FINAL
+    WHERE is_deleted = 0 AND length(pages) > 0 AND length(page_times_ms) = length(pages)
 )
 GROUP BY project_id, start_at, anonymous_id, session_id, path;
 
-INSERT INTO breakdown_sessions
-SELECT project_id, day, anonymous_id, session_id, any(entry_path), any(exit_path), any(source),
-       any(utm_source), any(utm_medium), any(utm_campaign), any(country), any(device_type),
-       any(browser), any(os), sum(views), any(s.duration_ms), any(p.version), 0
-FROM breakdown_pages AS p
-INNER JOIN (SELECT session_id, dateDiff('millisecond', start_at, last_event_at) AS duration_ms
-            FROM sessions FINAL WHERE is_deleted = 0) AS s USING (session_id)
-GROUP BY project_id, day, anonymous_id, session_id;
+INSERT INTO breakdown_sessions (project_id, day, anonymous_id, session_id, entry_path, exit_path,
+    source, utm_source, utm_medium, utm_campaign, country, device_type, browser, os, page_views, duration_ms, version, is_deleted)
+SELECT project_id, toDate(start_at), anonymous_id, session_id, pages[1], pages[length(pages)],
+       entry_source, entry_utm_source, entry_utm_medium, entry_utm_campaign, entry_country, entry_device_type, entry_browser, entry_os, page_views,
+       dateDiff('millisecond', start_at, last_event_at), version, 0
+FROM sessions FINAL
+WHERE is_deleted = 0 AND length(pages) > 0 AND length(page_times_ms) = length(pages);
