@@ -35,6 +35,10 @@ TAGS = [
     {"name": "live", "description": "Who is online now, as a list and as a Server-Sent Events stream."},
     {"name": "metrics", "description": "Metric cards with week-over-week trends, and daily activity."},
     {"name": "funnels", "description": "Conversion funnels: define, list, delete, report."},
+    {
+        "name": "breakdowns",
+        "description": "Pages, sources, campaigns, countries and devices over a date range, with filters.",
+    },
     {"name": "users", "description": "Persons by segment and search, profiles and sessions."},
     {"name": "export", "description": "CSV downloads, streamed."},
     {"name": "snippet", "description": "The tracking snippet to paste into a site."},

@@ -66,10 +66,11 @@ class Period:
         return Period(end - length, end)
 
 
-# Sessions that viewed a page (the `page` filter outside the pages dimension), over both periods.
-_PAGES_OF = (
-    "SELECT session_id FROM breakdown_pages FINAL WHERE project_id = {p:String} "
-    "AND day BETWEEN {lo:Date} AND {hi:Date} AND is_deleted = 0"
+# Sessions that viewed a page (the `page` filter outside the pages dimension), and sessions by
+# their exit page (the `exit_page` filter on pages), over both periods.
+_SESSIONS_OF = (
+    "SELECT session_id FROM {table} FINAL WHERE project_id = {{p:String}} "
+    "AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND is_deleted = 0"
 )
 
 # Figures of a row, over the current period (`cur`) and the previous one. On breakdown_pages a
@@ -77,7 +78,7 @@ _PAGES_OF = (
 # entered there; time on page over the views whose time is known.
 _PAGE_FIGURES = """
     uniqExactIf(anonymous_id, cur) AS n_visitors, countIf(cur) AS n_sessions,
-    sumIf(views, cur) AS n_page_views, countIf(cur AND is_entry = 1 AND session_views = 1) AS n_bounced,
+    sumIf(views, cur) AS n_page_views, countIf(cur AND bounced = 1) AS n_bounced,
     countIf(cur AND is_entry = 1) AS n_entered,
     sumIf(time_ms, cur) AS n_time_ms, sumIf(timed_views, cur) AS n_timed,
     uniqExactIf(anonymous_id, NOT cur) AS p_visitors, countIf(NOT cur) AS p_sessions,
@@ -89,7 +90,7 @@ _SESSION_FIGURES = """
     0 AS n_time_ms, 0 AS n_timed,
     uniqExactIf(anonymous_id, NOT cur) AS p_visitors, countIf(NOT cur) AS p_sessions,
     sumIf(page_views, NOT cur) AS p_page_views"""
-_PAGE_COLUMNS = "anonymous_id, path, views, is_entry, session_views, time_ms, timed_views"
+_PAGE_COLUMNS = "anonymous_id, path, views, is_entry, bounced, time_ms, timed_views"
 _SESSION_COLUMNS = "anonymous_id, page_views"
 
 
@@ -100,7 +101,7 @@ def breakdown_sql(dimension: str, filters: Filters) -> tuple[str, dict[str, Any]
     pages = dimension == "pages"
     table = "breakdown_pages" if pages else "breakdown_sessions"
     value = VALUE_COLUMN[dimension]
-    where, params = filters.where(table, _PAGES_OF)
+    where, params = filters.where(table, _SESSIONS_OF)
     read = _PAGE_COLUMNS if pages else _SESSION_COLUMNS
     if value not in read:
         read = f"{read}, {value}"

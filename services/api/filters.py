@@ -49,11 +49,12 @@ class Filters:
             raise KeyError(f"no such filter: {sorted(unknown)}")
         return cls({name: given[name] for name in COLUMNS if given.get(name) is not None})  # type: ignore[misc]
 
-    def where(self, table: str, pages_subquery: str) -> tuple[str, dict[str, Any]]:
+    def where(self, table: str, sessions_of: str) -> tuple[str, dict[str, Any]]:
         """The conditions (` AND ...`, or "") on a breakdown table's rows, and their parameters.
-        `table` is "breakdown_pages" or "breakdown_sessions"; `pages_subquery` is a SELECT of
-        the session ids of breakdown_pages in the same range, to which ` AND <path condition>`
-        is appended (for `page` on breakdown_sessions)."""
+        `table` is "breakdown_pages" or "breakdown_sessions"; `sessions_of` is a SELECT of the
+        session ids of `{table}` in the same range, to which ` AND <condition>` is appended:
+        `page` on breakdown_sessions reads breakdown_pages, `exit_page` on breakdown_pages reads
+        breakdown_sessions (its rows do not copy the exit page, which changes at every view)."""
         sql: list[str] = []
         params: dict[str, Any] = {}
         for name, value in self.values.items():
@@ -62,7 +63,11 @@ class Filters:
             condition = _condition(column, param, value, name in GLOBS)
             params[param] = _like(value) if name in GLOBS and "*" in value else value
             if name == "page" and table != "breakdown_pages":
-                condition = f"session_id IN ({pages_subquery} AND {condition})"
+                condition = f"session_id IN ({sessions_of.format(table='breakdown_pages')} AND {condition})"
+            elif name == "exit_page" and table == "breakdown_pages":
+                condition = (
+                    f"session_id IN ({sessions_of.format(table='breakdown_sessions')} AND {condition})"
+                )
             sql.append(condition)
         return "".join(f" AND {c}" for c in sql), params
 

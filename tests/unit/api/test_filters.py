@@ -12,7 +12,7 @@ from services.api.filters import COLUMNS, Filters, _like, matches
 from services.api.routes.breakdowns import period_of
 from werkstroom.clickhouse.tables import SESSION_ATTRIBUTES
 
-SUB = "SELECT session_id FROM breakdown_pages WHERE x"
+SUB = "SELECT session_id FROM {table} WHERE x"
 
 
 def test_every_filter_names_a_session_attribute_or_the_path() -> None:
@@ -39,7 +39,20 @@ def test_sql_binds_values_and_never_splices_them() -> None:
 def test_page_narrows_sessions_that_viewed_it_outside_the_pages_table() -> None:
     f = Filters.parse({"page": "/pricing"})
     assert f.where("breakdown_pages", SUB)[0] == " AND path = {f_page:String}"
-    assert f.where("breakdown_sessions", SUB)[0] == f" AND session_id IN ({SUB} AND path = {{f_page:String}})"
+    pages = SUB.format(table="breakdown_pages")
+    assert (
+        f.where("breakdown_sessions", SUB)[0] == f" AND session_id IN ({pages} AND path = {{f_page:String}})"
+    )
+
+
+def test_exit_page_on_the_pages_table_reads_the_sessions_exit() -> None:
+    f = Filters.parse({"exit_page": "/bye"})
+    assert f.where("breakdown_sessions", SUB)[0] == " AND exit_path = {f_exit_page:String}"
+    sessions = SUB.format(table="breakdown_sessions")
+    assert (
+        f.where("breakdown_pages", SUB)[0]
+        == f" AND session_id IN ({sessions} AND exit_path = {{f_exit_page:String}})"
+    )
 
 
 def test_like_escapes_its_own_wildcards() -> None:
