@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 from clickhouse_connect.driver.client import Client  # noqa: E402
 
+from services.aggregator.breakdowns import roll_up  # noqa: E402
 from services.aggregator.derived import refresh_churn  # noqa: E402
 from werkstroom import projects  # noqa: E402
 from werkstroom.clickhouse.migrate import load_migrations  # noqa: E402
@@ -640,8 +641,19 @@ def generate(
     # The sessions' page times and entry attributes and the breakdown tables, by migration 0023's
     # own back-fill statements (the aggregator writes the same rows: test_migrations holds them).
     (breakdowns,) = [m for m in load_migrations() if m.name == "0023_breakdowns.sql"]
-    for statement in breakdowns.statements()[-3:]:
-        step(statement.split("(")[0].replace("INSERT INTO", "").strip() + " (0023 back-fill)", statement)
+    for statement in breakdowns.statements():
+        if statement.startswith("INSERT INTO"):
+            step(statement.split("(")[0].replace("INSERT INTO", "").strip() + " (0023 back-fill)", statement)
+    # and the settled days' roll-up, as the aggregator writes it when a day changes
+    t = time.perf_counter()
+    settled = {
+        r[0]
+        for r in client.query(
+            "SELECT DISTINCT day FROM breakdown_sessions WHERE project_id = {p:String}", parameters={"p": p}
+        ).result_rows
+    }
+    roll_up(client, p, settled, v2, datetime.now(UTC).date())
+    steps["breakdown_daily"] = time.perf_counter() - t
     t = time.perf_counter()
     churn_days = {
         r[0]

@@ -1,7 +1,7 @@
 """The breakdown tables' rows (migration 0023), from the sessions the aggregator holds.
 
 For every session a batch changed, `breakdown_sessions` gets its row (entry and exit page, the
-attributes of its entry page view, page views, duration) and `breakdown_pages` a row per path it
+attributes of its entry page view, page views) and `breakdown_pages` a row per path it
 viewed (views, time on page, whether it entered or left there, whether it bounced there), all
 under the UTC day the session starts on. Only rows whose figures changed since the session's last
 write are written (`Session.written`); a session that moved to another day, was absorbed by
@@ -23,15 +23,22 @@ the migration's, and stay as they are.
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
-from services.aggregator.sessions import Session, Written, day_of
+from clickhouse_connect.driver.client import Client
+
+from services.aggregator.sessions import DAY_MS, MAX_PAGES, Session, Written, day_of
+from werkstroom.breakdowns import figures_sql
+from werkstroom.clickhouse.tables import BREAKDOWN_DIMENSIONS, BREAKDOWN_FIGURES
 
 
-def breakdown_rows(session: Session, sessions: list[list[Any]], pages: list[list[Any]]) -> None:
+def breakdown_rows(session: Session, sessions: list[tuple[Any, ...]], pages: list[tuple[Any, ...]]) -> None:
     """Append the rows `session` changes to `sessions` (breakdown_sessions) and `pages`
     (breakdown_pages), in werkstroom.clickhouse.tables' column order, and remember them."""
     before = session.written
+    if before is not None and _appended(session, before, sessions, pages):
+        return
     if session.deleted or not session.pages:
         if before is not None:
             _bury(session, before, before.pages, sessions, pages)
@@ -40,17 +47,11 @@ def breakdown_rows(session: Session, sessions: list[list[Any]], pages: list[list
     if not session.timed:
         return
     day = day_of(session.start_ms)
-    figures = page_figures(session)
-    entry = (session.pages[0], *session.entry_attributes)
-    summary = (
-        session.pages[0],
-        session.pages[-1],
-        *session.entry_attributes,
-        session.page_views,
-        session.last_ms - session.start_ms,
-    )
-    key = [session.project_id, day, session.anonymous_id, session.session_id]
+    paths = session.pages
+    summary = (paths[0], paths[-1], *session.entry_attributes, session.page_views)
+    key = (session.project_id, day, session.anonymous_id, session.session_id)
     version = session.version
+    figures = page_figures(session)
     written: dict[str, tuple[Any, ...] | None] = {}
     if before is not None and before.day != day:
         _bury(session, before, before.pages, sessions, pages)
@@ -62,10 +63,90 @@ def breakdown_rows(session: Session, sessions: list[list[Any]], pages: list[list
     for path, row in figures.items():
         written[path] = row
         if before is None or before.pages.get(path) != row:
-            pages.append([*key, path, *row, *entry, version, 0])
+            pages.append((*key, path, *row, version, 0))
     if before is None or before.session != summary:
-        sessions.append([*key, *summary, version, 0])
-    session.written = Written(day, written, summary)
+        sessions.append((*key, *summary, version, 0))
+    session.written = Written(
+        day,
+        written,
+        summary,
+        len(paths),
+        _last_view(session),
+        session.page_inserts,
+        session.start_ms // DAY_MS,
+    )
+
+
+def _last_view(session: Session) -> tuple[int, int]:
+    """(timed, time on page) of the session's last page view listed (page_figures)."""
+    t = session.page_ms[-1]
+    if session.page_views == len(session.pages) and session.last_ms > t:
+        return 1, session.last_ms - t
+    return 0, 0
+
+
+def _appended(
+    session: Session, before: Written, sessions: list[tuple[Any, ...]], pages: list[tuple[Any, ...]]
+) -> bool:
+    """The common changes, written here if they are the ones: page views added at the end of the
+    session's list, or none (a heartbeat, a custom event), since the last write. Then only the
+    rows of the paths viewed since, of the last page view before (its time on page is known now)
+    and of the entry page (it no longer bounced) change, and the session's row if it has new page
+    views (a heartbeat changes the time on its last page only). False:
+    not one of them (a late page view, a day moved, the list full, ...): breakdown_rows works it
+    all out. test_breakdowns holds the two ways to each other."""
+    m, n = before.views, len(session.pages)
+    summary = before.session
+    if (
+        summary is None  # not known: a reloaded session (else every path's figures are)
+        or not 0 < m <= n < MAX_PAGES
+        or session.page_views != n
+        or session.page_inserts != before.inserts
+        or session.deleted
+        or session.start_ms // DAY_MS != before.day_number
+    ):
+        return False
+    paths, times, figures, was = session.pages, session.page_ms, before.pages, before.last
+    last = _last_view(session)
+    changed: dict[str, list[int]] = {}
+    if n > m:  # the old last page view lasts until the next one now, and is no longer the exit
+        r = changed[paths[m - 1]] = list(figures[paths[m - 1]])  # type: ignore[arg-type]
+        r[1] += 1 - was[0]
+        r[2] += times[m] - times[m - 1] - was[1]
+        r[4] = 0
+        for i in range(m, n):
+            path = paths[i]
+            r = changed.get(path)  # type: ignore[assignment]
+            if r is None:
+                r = changed[path] = list(figures.get(path) or _NEW)
+            r[0] += 1
+            if i < n - 1:
+                r[1] += 1
+                r[2] += times[i + 1] - times[i]
+            else:
+                r[1] += last[0]
+                r[2] += last[1]
+        r[4] = 1
+        if m == 1:  # a second page view: the entry page no longer bounced
+            r = changed.get(paths[0]) or changed.setdefault(paths[0], list(figures[paths[0]]))  # type: ignore[arg-type]
+            r[5] = 0
+    elif last != was:  # only the last page view's time changed
+        r = changed[paths[-1]] = list(figures[paths[-1]])  # type: ignore[arg-type]
+        r[1] += last[0] - was[0]
+        r[2] += last[1] - was[1]
+    key = (session.project_id, before.day, session.anonymous_id, session.session_id)
+    version = session.version
+    for path, r in changed.items():
+        figures[path] = done = tuple(r)
+        pages.append((*key, path, *done, version, 0))
+    if n > m:  # a new exit page and page views (the entry and its attributes are as they were)
+        before.session = now = (summary[0], paths[-1], *summary[2:-1], session.page_views)
+        sessions.append((*key, *now, version, 0))
+    before.views, before.last = n, last
+    return True
+
+
+_NEW = (0, 0, 0, 0, 0, 0)  # a path's figures before its first view
 
 
 def page_figures(session: Session) -> dict[str, tuple[Any, ...]]:
@@ -101,19 +182,50 @@ def _bury(
     session: Session,
     before: Written,
     paths: dict[str, tuple[Any, ...] | None],
-    sessions: list[list[Any]],
-    pages: list[list[Any]],
+    sessions: list[tuple[Any, ...]],
+    pages: list[tuple[Any, ...]],
     session_row: bool = True,
 ) -> None:
     """Tombstones, under the day written before, for these paths (and the session's row). They
     carry the session's present version, above that of any row it wrote before."""
-    key = [session.project_id, before.day, session.anonymous_id, session.session_id]
+    key = (session.project_id, before.day, session.anonymous_id, session.session_id)
     version = session.version
     for path in paths:
-        pages.append([*key, path, *_EMPTY_PAGE, version, 1])
+        pages.append((*key, path, *_EMPTY_PAGE, version, 1))
     if session_row:
-        sessions.append([*key, *_EMPTY_SESSION, version, 1])
+        sessions.append((*key, *_EMPTY_SESSION, version, 1))
 
 
-_EMPTY_PAGE: tuple[Any, ...] = (0, 0, 0, 0, 0, 0, "", *("",) * 8)
-_EMPTY_SESSION: tuple[Any, ...] = ("", "", *("",) * 8, 0, 0)
+_EMPTY_PAGE: tuple[Any, ...] = (0, 0, 0, 0, 0, 0)
+_EMPTY_SESSION: tuple[Any, ...] = ("", "", *("",) * 8, 0)
+
+
+# -- the roll-up of settled days (breakdown_daily) ------------------------------------------------
+
+_COLUMNS = f"project_id, dimension, day, value, {', '.join(BREAKDOWN_FIGURES)}, version, is_deleted"
+ROLL_UP = f"""
+INSERT INTO breakdown_daily ({_COLUMNS})
+SELECT {{p:String}}, dimension, day, value, {", ".join(BREAKDOWN_FIGURES)}, {{v:UInt64}}, 0
+FROM ({figures_sql(list(BREAKDOWN_DIMENSIONS), "day IN {days:Array(Date)}")})
+UNION ALL
+SELECT {{p:String}}, '', day, '', uniqCombined64State(''), 0, 0, 0, 0, 0, 0, {{v:UInt64}}, 0
+FROM (SELECT arrayJoin({{days:Array(Date)}}) AS day) GROUP BY day
+"""
+# The values of those days not rolled up again: gone from the day (each is a tombstone).
+BURY = f"""
+INSERT INTO breakdown_daily ({_COLUMNS})
+SELECT project_id, dimension, day, value, {", ".join(BREAKDOWN_FIGURES)}, {{v:UInt64}}, 1
+FROM breakdown_daily FINAL
+WHERE project_id = {{p:String}} AND day IN {{days:Array(Date)}} AND version < {{v:UInt64}}
+"""
+
+
+def roll_up(client: Client, project_id: str, days: set[date], version: int, today: date) -> None:
+    """Rewrite breakdown_daily for the settled days among `days` (before `today`), from the
+    breakdown tables as written, with `version` (taken before reading: a newer roll-up wins)."""
+    settled = sorted(d for d in days if d < today)
+    if not settled:
+        return
+    params = {"p": project_id, "days": settled, "v": version}
+    client.command(ROLL_UP, parameters=params)
+    client.command(BURY, parameters=params)

@@ -1,4 +1,5 @@
-"""Persons and daily statistics, recomputed from the written rows for the keys a batch touched.
+"""Persons, daily statistics and the breakdowns of settled days, recomputed from the written
+rows for the keys a batch touched.
 
 They depend on rows from every partition (a person's anonymous ids live in different
 partitions; a day's events too), so instead of per-worker state they are recomputed in
@@ -16,6 +17,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from services.aggregator.breakdowns import roll_up
 from services.aggregator.funnels import person_ids, recompute
 from services.aggregator.processor import Dirty
 from werkstroom import churn, identity
@@ -50,9 +52,10 @@ def refresh(client: Client, dirty: Dirty) -> None:
         if project_funnels:
             members = funnel_members(client, changed.members)
             recompute(client, project_id, members, changed.gone, version, project_funnels)
+    today = datetime.now(UTC).date()
     for project_id, project_days in days.items():
         refresh_daily(client, project_id, project_days, version)
-    today = datetime.now(UTC).date()
+        roll_up(client, project_id, project_days, version, today)
     for project_id, changed_days in activity_days.items():
         refresh_churn(client, project_id, churn.days_affected(changed_days, today), version)
 

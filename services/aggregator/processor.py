@@ -50,7 +50,7 @@ from werkstroom.contract import HEARTBEAT, Event
 
 VisitorKey = tuple[str, str]
 Decoded = tuple[Event, int, int]  # event, partition, offset
-Rows = dict[str, tuple[list[str], list[list[Any]]]]
+Rows = dict[str, tuple[list[str], list[Any]]]  # table -> (columns, rows: sequences in that order)
 
 EVICT_AFTER_MS = GAP_MS + 10 * 60 * 1000
 #: How far past the wall clock an event time may move the aggregator's clock. An event from a
@@ -264,8 +264,8 @@ class SessionsProcessor:
             # Every day it spans: the day it starts on, and the days it started on before a
             # late event moved its start earlier (sessions_daily keeps it under its start day).
             days.update((session.project_id, day) for day in session_days(session))
-        breakdown_sessions: list[list[Any]] = []
-        breakdown_pages: list[list[Any]] = []
+        breakdown_sessions: list[tuple[Any, ...]] = []
+        breakdown_pages: list[tuple[Any, ...]] = []
         for session in changes.sessions.values():
             breakdown_rows(session, breakdown_sessions, breakdown_pages)
         for session_id, session in changes.replayed.items():

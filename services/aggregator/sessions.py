@@ -72,6 +72,7 @@ class Session:
     pages: list[str] = field(default_factory=list)  # paths of its first page views, by (time, path)
     page_ms: list[int] = field(default_factory=list)  # their times, ascending
     entry_attributes: tuple[str, ...] = NO_ATTRIBUTES  # those of the page view pages[0]
+    page_inserts: int = 0  # page views that went anywhere but the end of `pages` (late ones)
     device_type: str = ""
     browser: str = ""
     os: str = ""
@@ -100,6 +101,7 @@ class Session:
             ):
                 self.entry_attributes = other.entry_attributes
             views = sorted(zip(self.page_ms + other.page_ms, self.pages + other.pages, strict=True))
+            self.page_inserts += 1
             self.page_ms = [t for t, _ in views[:MAX_PAGES]]
             self.pages = [p for _, p in views[:MAX_PAGES]]
         else:
@@ -267,6 +269,7 @@ def _add_page_view(session: Session, t: int, path: str, event: Event) -> None:
             if not n:
                 session.entry_attributes = _entry_attributes(event)
         return
+    session.page_inserts += 1
     at = bisect_right(times, t)
     while at > 0 and times[at - 1] == t and pages[at - 1] > path:
         at -= 1
@@ -298,6 +301,10 @@ class Written:
     day: date
     pages: dict[str, tuple[Any, ...] | None]
     session: tuple[Any, ...] | None
+    views: int = -1  # the page views listed then (-1: not known)
+    last: tuple[int, int] = (0, 0)  # the last one's (timed, time on page)
+    inserts: int = 0  # the session's page_inserts then
+    day_number: int = -1  # `day` as days since 1970
 
 
 def session_at(visitor: Visitor, t: int) -> Session | None:
@@ -411,7 +418,7 @@ def session_from_row(row: dict[str, Any]) -> Session:
     )
     # What its breakdown rows were written from, as far as a reload knows: its paths, under the
     # day it started on; every row is written again at its next change (values unknown).
-    session.written = Written(day_of(session.start_ms), dict.fromkeys(session.pages), None)
+    session.written = Written(day_of(session.start_ms), dict.fromkeys(session.pages), None, -1, (0, 0), 0, -1)
     return session
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 from clickhouse_connect.driver.client import Client
 
 from services.api.filters import Filters
+from werkstroom.breakdowns import figures_sql
+from werkstroom.clickhouse.tables import BREAKDOWN_DIMENSIONS, BREAKDOWN_FIGURES
 
 Dimension = Literal[
     "pages",
@@ -30,20 +32,7 @@ Dimension = Literal[
     "browsers",
     "os",
 ]
-#: Each dimension and the column of its values.
-VALUE_COLUMN: dict[str, str] = {
-    "pages": "path",
-    "entry_pages": "entry_path",
-    "exit_pages": "exit_path",
-    "sources": "source",
-    "utm_sources": "utm_source",
-    "utm_mediums": "utm_medium",
-    "utm_campaigns": "utm_campaign",
-    "countries": "country",
-    "devices": "device_type",
-    "browsers": "browser",
-    "os": "os",
-}
+VALUE_COLUMN = BREAKDOWN_DIMENSIONS
 #: The longest range a breakdown reads, in days (both ends counted).
 MAX_DAYS = 366
 DEFAULT_DAYS = 30
@@ -125,6 +114,45 @@ LIMIT {{n:UInt32}} OFFSET {{skip:UInt64}}
     return sql, params
 
 
+_ROLLED = (
+    "SELECT day FROM breakdown_daily FINAL WHERE project_id = {p:String} AND dimension = '' "
+    "AND day BETWEEN {lo:Date} AND {hi:Date} AND day < {today:Date} AND is_deleted = 0"
+)
+
+
+def rolled_sql(dimension: str) -> str:
+    """An unfiltered breakdown (parameters as breakdown_sql's, and `rolled`/`live`, the days of
+    both periods read from breakdown_daily and from the breakdown tables): the figures of
+    breakdown_daily's rows and the same figures computed from the tables, added up per value.
+    Visitors are merged distinct-count states (uniqCombined64, docs/definitions.md)."""
+    figures = ", ".join(BREAKDOWN_FIGURES)
+    live = figures_sql([dimension], "day IN {live:Array(Date)}")
+    return f"""
+SELECT value, n_visitors, n_sessions, n_page_views, n_bounced, n_entered, n_time_ms, n_timed,
+       p_visitors, p_sessions, p_page_views, count() OVER () AS total
+FROM (
+    SELECT value, uniqCombined64MergeIf(visitors, cur) AS n_visitors, sumIf(sessions, cur) AS n_sessions,
+           sumIf(page_views, cur) AS n_page_views, sumIf(bounced, cur) AS n_bounced,
+           sumIf(entered, cur) AS n_entered, sumIf(time_ms, cur) AS n_time_ms, sumIf(timed, cur) AS n_timed,
+           uniqCombined64MergeIf(visitors, NOT cur) AS p_visitors, sumIf(sessions, NOT cur) AS p_sessions,
+           sumIf(page_views, NOT cur) AS p_page_views
+    FROM (
+        SELECT day >= {{start:Date}} AS cur, value, {figures}
+        FROM breakdown_daily FINAL
+        WHERE project_id = {{p:String}} AND dimension = {{dimension:String}} AND day IN {{rolled:Array(Date)}}
+          AND is_deleted = 0
+        UNION ALL
+        SELECT day >= {{start:Date}} AS cur, value, {figures} FROM ({live})
+    )
+    GROUP BY value
+    HAVING n_sessions > 0
+)
+-- ORDER BY n_visitors DESC, value: the answer's order (ties by value, so pages are stable)
+ORDER BY n_visitors DESC, value
+LIMIT {{n:UInt32}} OFFSET {{skip:UInt64}}
+"""
+
+
 def _percent(part: int, whole: int) -> float | None:
     return round(part * 100 / whole, 1) if whole else None
 
@@ -152,10 +180,10 @@ def breakdown(
     limit: int,
     offset: int,
 ) -> tuple[int, list[dict[str, Any]]]:
-    """(total, rows) of one page of a breakdown."""
-    sql, params = breakdown_sql(dimension, filters)
-    bound = {
-        **params,
+    """(total, rows) of one page of a breakdown. Unfiltered, the settled days are read from
+    their roll-up (breakdown_daily) and the others from the breakdown tables; filtered, all of
+    them from the tables."""
+    bound: dict[str, Any] = {
         "p": project_id,
         "lo": period.previous.start,
         "start": period.start,
@@ -163,6 +191,18 @@ def breakdown(
         "n": limit,
         "skip": offset,
     }
+    if filters.values:
+        sql, params = breakdown_sql(dimension, filters)
+        bound.update(params)
+    else:
+        sql = rolled_sql(dimension)
+        today = datetime.now(UTC).date()
+        rolled = [d for (d,) in client.query(_ROLLED, parameters={**bound, "today": today}).result_rows]
+        every = (
+            period.previous.start + timedelta(days=i)
+            for i in range((period.end - period.previous.start).days + 1)
+        )
+        bound.update(dimension=dimension, rolled=rolled, live=sorted(set(every) - set(rolled)))
     found = client.query(sql, parameters=bound).result_rows
     if not found and offset > 0:  # past the end: the total from the first row
         first = client.query(sql, parameters={**bound, "n": 1, "skip": 0}).result_rows

@@ -52,10 +52,11 @@ class Filters:
     def where(self, table: str, sessions_of: str) -> tuple[str, dict[str, Any]]:
         """The conditions (` AND ...`, or "") on a breakdown table's rows, and their parameters.
         `table` is "breakdown_pages" or "breakdown_sessions"; `sessions_of` is a SELECT of the
-        session ids of `{table}` in the same range, to which ` AND <condition>` is appended:
-        `page` on breakdown_sessions reads breakdown_pages, `exit_page` on breakdown_pages reads
-        breakdown_sessions (its rows do not copy the exit page, which changes at every view)."""
-        sql: list[str] = []
+        session ids of `{table}` in the same range, to which ` AND <conditions>` is appended:
+        `page` on breakdown_sessions reads breakdown_pages; on breakdown_pages, whose rows hold
+        a path's figures only, the session's attributes are read from breakdown_sessions."""
+        own: list[str] = []
+        of_sessions: list[str] = []
         params: dict[str, Any] = {}
         for name, value in self.values.items():
             column = COLUMNS[name]
@@ -63,13 +64,15 @@ class Filters:
             condition = _condition(column, param, value, name in GLOBS)
             params[param] = _like(value) if name in GLOBS and "*" in value else value
             if name == "page" and table != "breakdown_pages":
-                condition = f"session_id IN ({sessions_of.format(table='breakdown_pages')} AND {condition})"
-            elif name == "exit_page" and table == "breakdown_pages":
-                condition = (
-                    f"session_id IN ({sessions_of.format(table='breakdown_sessions')} AND {condition})"
-                )
-            sql.append(condition)
-        return "".join(f" AND {c}" for c in sql), params
+                own.append(f"session_id IN ({sessions_of.format(table='breakdown_pages')} AND {condition})")
+            elif name != "page" and table == "breakdown_pages":
+                of_sessions.append(condition)
+            else:
+                own.append(condition)
+        if of_sessions:
+            found = f"{sessions_of.format(table='breakdown_sessions')} AND {' AND '.join(of_sessions)}"
+            own.append(f"session_id IN ({found})")
+        return "".join(f" AND {c}" for c in own), params
 
 
 def _condition(column: str, param: str, value: str, glob: bool) -> str:

@@ -321,9 +321,21 @@ async def test_breakdowns_every_dimension_and_filters(
                     p=pid,
                 )
                 == 11
+                # and every settled day rolled up (breakdown_daily): the API reads those days there
+                and stack.scalar(
+                    "SELECT count() FROM (SELECT DISTINCT day FROM breakdown_sessions FINAL "
+                    "WHERE project_id = {p:String} AND is_deleted = 0 AND day < today() AND day NOT IN "
+                    "(SELECT day FROM breakdown_daily FINAL WHERE project_id = {p:String} AND dimension = ''))",
+                    p=pid,
+                )
+                == 0
             )
 
         await stack.until(recomputed, timeout=30)
+        assert stack.scalar(
+            "SELECT count() FROM breakdown_daily FINAL WHERE project_id = {p:String} AND dimension = 'pages'",
+            p=pid,
+        )
         sessions = oracle_sessions(stack, pid)
         assert len(sessions) == 7  # v6 has no page view
 

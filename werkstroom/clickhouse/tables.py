@@ -123,16 +123,33 @@ SESSION_ATTRIBUTES = ["entry_path", "exit_path", *ENTRY_ATTRIBUTES]
 BREAKDOWN_SESSIONS_COLUMNS = [
     *("project_id", "day", "anonymous_id", "session_id"),
     *SESSION_ATTRIBUTES,
-    *("page_views", "duration_ms", "version", "is_deleted"),
+    *("page_views", "version", "is_deleted"),
 ]
-#: `breakdown_pages`: one row per (session, path viewed), the session's entry attributes copied
-#: (not its exit page, which changes at every page view: a filter on it reads breakdown_sessions).
+#: `breakdown_pages`: one row per (session, path viewed), with its figures only (a filter on the
+#: session's attributes reads breakdown_sessions: copying them here cost the aggregator more).
 BREAKDOWN_PAGES_COLUMNS = [
     *("project_id", "day", "anonymous_id", "session_id", "path"),
-    *("views", "timed_views", "time_ms", "is_entry", "is_exit", "bounced", "entry_path"),
-    *ENTRY_ATTRIBUTES,
+    *("views", "timed_views", "time_ms", "is_entry", "is_exit", "bounced"),
     *("version", "is_deleted"),
 ]
+#: Each breakdown's dimension and the column of its values: `path` on breakdown_pages, the
+#: others on breakdown_sessions. breakdown_daily has a row per (day, dimension, value).
+BREAKDOWN_DIMENSIONS: dict[str, str] = {
+    "pages": "path",
+    "entry_pages": "entry_path",
+    "exit_pages": "exit_path",
+    "sources": "source",
+    "utm_sources": "utm_source",
+    "utm_mediums": "utm_medium",
+    "utm_campaigns": "utm_campaign",
+    "countries": "country",
+    "devices": "device_type",
+    "browsers": "browser",
+    "os": "os",
+}
+#: `breakdown_daily`'s figures of a (day, dimension, value), in the order the roll-up and the
+#: breakdowns' live part compute them.
+BREAKDOWN_FIGURES = ["visitors", "sessions", "page_views", "bounced", "entered", "time_ms", "timed"]
 ONLINE_HISTORY_COLUMNS = ["project_id", "minute", "online", "version"]
 #: `daily_stats`'s figures of a day, in the order the API answers them (and exports them).
 DAILY_STATS_FIGURES = [

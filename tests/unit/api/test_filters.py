@@ -45,13 +45,15 @@ def test_page_narrows_sessions_that_viewed_it_outside_the_pages_table() -> None:
     )
 
 
-def test_exit_page_on_the_pages_table_reads_the_sessions_exit() -> None:
-    f = Filters.parse({"exit_page": "/bye"})
-    assert f.where("breakdown_sessions", SUB)[0] == " AND exit_path = {f_exit_page:String}"
+def test_on_the_pages_table_the_sessions_attributes_are_read_from_breakdown_sessions() -> None:
+    f = Filters.parse({"page": "/a*", "exit_page": "/bye", "country": "NL"})
     sessions = SUB.format(table="breakdown_sessions")
-    assert (
-        f.where("breakdown_pages", SUB)[0]
-        == f" AND session_id IN ({sessions} AND exit_path = {{f_exit_page:String}})"
+    assert f.where("breakdown_sessions", SUB)[0].endswith(
+        " AND exit_path = {f_exit_page:String} AND country = {f_country:String}"
+    )
+    assert f.where("breakdown_pages", SUB)[0] == (
+        " AND path LIKE {f_page:String}"
+        f" AND session_id IN ({sessions} AND exit_path = {{f_exit_page:String}} AND country = {{f_country:String}})"
     )
 
 

@@ -4,10 +4,10 @@
 -- holds (services/aggregator/breakdowns.py), each row under the UTC day its session starts on:
 --   breakdown_sessions  one row per session that has a page view: its entry and exit page, the
 --                       attributes of its entry page view (source, utm_*, country, device,
---                       browser, OS), as Plausible counts them, its page views and duration;
+--                       browser, OS), as Plausible counts them, and its page views;
 --   breakdown_pages     one row per (session, path) viewed: views, time on page, whether the
---                       session entered, left or bounced there, and the session's entry page and
---                       entry attributes copied, so that a filter on them needs no join.
+--                       session entered, left or bounced there (a filter on the session's
+--                       attributes reads its breakdown_sessions row).
 -- ReplacingMergeTree(version, is_deleted): version = the session's version (the position of its
 -- last event); a row the session leaves (it moved to an earlier day, was absorbed, no longer
 -- lists the path) gets a tombstone with a later version. Reads use FINAL and is_deleted = 0.
@@ -43,7 +43,6 @@ CREATE TABLE IF NOT EXISTS breakdown_sessions
     browser      LowCardinality(String),
     os           LowCardinality(String),
     page_views   UInt32,
-    duration_ms  Int64,
     version      UInt64,
     is_deleted   UInt8
 )
@@ -66,15 +65,6 @@ CREATE TABLE IF NOT EXISTS breakdown_pages
     is_entry     UInt8,
     is_exit      UInt8,
     bounced      UInt8,
-    entry_path   String,
-    source       LowCardinality(String),
-    utm_source   LowCardinality(String),
-    utm_medium   LowCardinality(String),
-    utm_campaign LowCardinality(String),
-    country      LowCardinality(String),
-    device_type  LowCardinality(String),
-    browser      LowCardinality(String),
-    os           LowCardinality(String),
     version      UInt64,
     is_deleted   UInt8
 )
@@ -128,14 +118,12 @@ INNER JOIN (
 -- Their breakdown rows, by the definitions the aggregator writes them with
 -- (services/aggregator/breakdowns.py, docs/definitions.md).
 INSERT INTO breakdown_pages (project_id, day, anonymous_id, session_id, path, views, timed_views,
-    time_ms, is_entry, is_exit, bounced, entry_path, source, utm_source, utm_medium, utm_campaign, country, device_type, browser, os, version, is_deleted)
+    time_ms, is_entry, is_exit, bounced, version, is_deleted)
 SELECT project_id, toDate(start_at), anonymous_id, session_id, path, toUInt32(count()),
        toUInt32(sum(timed)), sum(spent), toUInt8(max(i = 1)), toUInt8(max(i = n)),
-       toUInt8(max(i = 1 AND page_views = 1)), any(pages[1]),
-       any(entry_source), any(entry_utm_source), any(entry_utm_medium), any(entry_utm_campaign), any(entry_country), any(entry_device_type), any(entry_browser), any(entry_os), any(version), 0
+       toUInt8(max(i = 1 AND page_views = 1)), any(version), 0
 FROM (
     SELECT project_id, start_at, anonymous_id, session_id, pages, page_views, version,
-           entry_source, entry_utm_source, entry_utm_medium, entry_utm_campaign, entry_country, entry_device_type, entry_browser, entry_os,
            length(pages) AS n, arrayJoin(arrayEnumerate(pages)) AS i, pages[i] AS path,
            page_times_ms[i] AS t, toUnixTimestamp64Milli(last_event_at) AS last_ms,
            toUInt8(i < n OR (page_views = n AND last_ms > t)) AS timed,
@@ -146,9 +134,41 @@ FROM (
 GROUP BY project_id, start_at, anonymous_id, session_id, path;
 
 INSERT INTO breakdown_sessions (project_id, day, anonymous_id, session_id, entry_path, exit_path,
-    source, utm_source, utm_medium, utm_campaign, country, device_type, browser, os, page_views, duration_ms, version, is_deleted)
+    source, utm_source, utm_medium, utm_campaign, country, device_type, browser, os, page_views, version,
+    is_deleted)
 SELECT project_id, toDate(start_at), anonymous_id, session_id, pages[1], pages[length(pages)],
-       entry_source, entry_utm_source, entry_utm_medium, entry_utm_campaign, entry_country, entry_device_type, entry_browser, entry_os, page_views,
-       dateDiff('millisecond', start_at, last_event_at), version, 0
+       entry_source, entry_utm_source, entry_utm_medium, entry_utm_campaign, entry_country, entry_device_type, entry_browser, entry_os, page_views, version, 0
 FROM sessions FINAL
 WHERE is_deleted = 0 AND length(pages) > 0 AND length(page_times_ms) = length(pages);
+
+-- Each settled day's breakdowns (a UTC day before today): a row per (day, dimension, value)
+-- with its figures, and visitors as a mergeable distinct count, so a 30-day breakdown adds up
+-- 30 rows per value instead of reading every session of the period. Rolled up by the
+-- aggregator (services/aggregator/breakdowns.py) from the two tables above, for each settled
+-- day a batch changed; a row with dimension '' marks the day as rolled up. The breakdowns read
+-- it for the days it has, and the tables above for the others (today, a day not yet rolled up)
+-- and for filtered views. Visitors: uniqCombined64 (exact up to some thousands of visitors per
+-- value and day; within about 1 % beyond, as `uniq` in Plausible).
+-- ReplacingMergeTree(version, is_deleted): a roll-up rewrites the day's rows with a new
+-- version; a value the day no longer has gets a tombstone. Reads use FINAL.
+CREATE TABLE IF NOT EXISTS breakdown_daily
+(
+    project_id String,
+    dimension  LowCardinality(String),
+    day        Date,
+    value      String,
+    visitors   AggregateFunction(uniqCombined64, String),
+    sessions   UInt64,
+    page_views UInt64,
+    bounced    UInt64,
+    entered    UInt64,
+    time_ms    Int64,
+    timed      UInt64,
+    version    UInt64,
+    is_deleted UInt8
+)
+ENGINE = ReplacingMergeTree(version, is_deleted)
+PARTITION BY toYYYYMM(day)
+-- ORDER BY (project_id, dimension, day, value): a breakdown reads one dimension of one project
+-- over a range of days; the value makes the key unique.
+ORDER BY (project_id, dimension, day, value);
