@@ -394,6 +394,16 @@ def _step_condition(step: dict[str, str]) -> str:
 # their step events from that day on (werkstroom.funnels.progress, in SQL). The step events of
 # the persons in scope are first copied to `bench_funnel_events` (joined with their attempt days
 # in one query, the planner picked a cross join).
+def _breakdown_backfill() -> list[tuple[str, str]]:
+    """Migration 0023's back-fill statements, each with a name: its table."""
+    (migration,) = [m for m in load_migrations() if m.name == "0023_breakdowns.sql"]
+    return [
+        (f"{statement.split('(')[0].removeprefix('INSERT INTO').strip()} (0023)", statement)
+        for statement in migration.statements()
+        if statement.startswith("INSERT INTO")
+    ]
+
+
 def _funnel_events_insert() -> str:
     names = _arr(sorted({s["event"] for s in FUNNEL_STEPS}))
     return f"""
@@ -535,6 +545,12 @@ def generate(
 
     # The live tail, timed from now, and what the aggregator rewrites for it.
     client.command("TRUNCATE TABLE bench_plan")
+    # The sessions' page times and entry attributes and the breakdown tables, by migration 0023's
+    # own back-fill statements (the aggregator writes the same rows: test_migrations holds them),
+    # before the tail is timed (they take minutes at 10M events); the tail's visitors below.
+    breakdowns = _breakdown_backfill()
+    for name, statement in breakdowns:
+        step(name, statement)
     t1 = datetime.now(UTC)
     step("tail plan", TAIL_INSERT, base_off=history, t1_ms=_ms(t1), persons=persons, tail=tail)
     step("tail events", EVENTS_INSERT, project=p, lo=history, hi=events)
@@ -574,6 +590,22 @@ def generate(
         ).result_rows
     ]
     step("tail daily_stats", DAILY_INSERT, project=p, version=v2, days=tail_days)
+    for name, statement in breakdowns:  # the tail visitors' sessions, all of them
+        scoped = statement.replace(
+            "FROM sessions FINAL WHERE is_deleted = 0",
+            "FROM sessions FINAL WHERE is_deleted = 0 AND anonymous_id IN {anons:Array(String)}",
+        )
+        step(f"tail {name}", scoped, anons=scope_anons)
+    # and the settled days' roll-up, as the aggregator writes it when a day changes
+    t = time.perf_counter()
+    settled = {
+        r[0]
+        for r in client.query(
+            "SELECT DISTINCT day FROM breakdown_sessions WHERE project_id = {p:String}", parameters={"p": p}
+        ).result_rows
+    }
+    roll_up(client, p, settled, v2, datetime.now(UTC).date())
+    steps["breakdown_daily"] = time.perf_counter() - t
     client.command("TRUNCATE TABLE bench_funnel_events")
     step(
         "tail funnel events",
@@ -638,22 +670,6 @@ def generate(
         project=p,
         version=v2,
     )
-    # The sessions' page times and entry attributes and the breakdown tables, by migration 0023's
-    # own back-fill statements (the aggregator writes the same rows: test_migrations holds them).
-    (breakdowns,) = [m for m in load_migrations() if m.name == "0023_breakdowns.sql"]
-    for statement in breakdowns.statements():
-        if statement.startswith("INSERT INTO"):
-            step(statement.split("(")[0].replace("INSERT INTO", "").strip() + " (0023 back-fill)", statement)
-    # and the settled days' roll-up, as the aggregator writes it when a day changes
-    t = time.perf_counter()
-    settled = {
-        r[0]
-        for r in client.query(
-            "SELECT DISTINCT day FROM breakdown_sessions WHERE project_id = {p:String}", parameters={"p": p}
-        ).result_rows
-    }
-    roll_up(client, p, settled, v2, datetime.now(UTC).date())
-    steps["breakdown_daily"] = time.perf_counter() - t
     t = time.perf_counter()
     churn_days = {
         r[0]

@@ -98,9 +98,7 @@ INNER JOIN (
            arraySlice(arraySort(x -> (x.1, x.2), groupArray((toUnixTimestamp64Milli(e.timestamp), e.path,
                e.source, e.utm_source, e.utm_medium, e.utm_campaign, e.country, e.device_type,
                e.browser, e.os))), 1, 100) AS views
-    FROM (SELECT project_id, anonymous_id, session_id, start_at, last_event_at
-          FROM sessions FINAL WHERE is_deleted = 0 AND page_views > 0) AS s
-    INNER JOIN (
+    FROM (
         SELECT project_id, anonymous_id, timestamp, path,
                if(source != '' OR referrer = '' OR domainWithoutWWW(referrer) IN ('', domainWithoutWWW(url)),
                   source, domainWithoutWWW(referrer)) AS source,
@@ -110,7 +108,11 @@ INNER JOIN (
                country, device_type, browser, os
         FROM events FINAL
         WHERE type = 'page' AND anonymous_id != ''
-    ) AS e ON e.project_id = s.project_id AND e.anonymous_id = s.anonymous_id
+    ) AS e
+    -- the sessions on the right: ClickHouse holds the right side of a join in memory
+    INNER JOIN (SELECT project_id, anonymous_id, session_id, start_at, last_event_at
+                FROM sessions FINAL WHERE is_deleted = 0 AND page_views > 0) AS s
+        ON e.project_id = s.project_id AND e.anonymous_id = s.anonymous_id
     WHERE e.timestamp >= s.start_at AND e.timestamp <= s.last_event_at
     GROUP BY s.session_id
 ) AS v ON v.session_id = s.session_id;
@@ -128,8 +130,8 @@ FROM (
            page_times_ms[i] AS t, toUnixTimestamp64Milli(last_event_at) AS last_ms,
            toUInt8(i < n OR (page_views = n AND last_ms > t)) AS timed,
            if(i < n, page_times_ms[i + 1] - t, if(timed = 1, last_ms - t, 0)) AS spent
-    FROM sessions FINAL
-    WHERE is_deleted = 0 AND length(pages) > 0 AND length(page_times_ms) = length(pages)
+    FROM sessions FINAL WHERE is_deleted = 0
+      AND length(pages) > 0 AND length(page_times_ms) = length(pages)
 )
 GROUP BY project_id, start_at, anonymous_id, session_id, path;
 
@@ -137,9 +139,10 @@ INSERT INTO breakdown_sessions (project_id, day, anonymous_id, session_id, entry
     source, utm_source, utm_medium, utm_campaign, country, device_type, browser, os, page_views, version,
     is_deleted)
 SELECT project_id, toDate(start_at), anonymous_id, session_id, pages[1], pages[length(pages)],
-       entry_source, entry_utm_source, entry_utm_medium, entry_utm_campaign, entry_country, entry_device_type, entry_browser, entry_os, page_views, version, 0
-FROM sessions FINAL
-WHERE is_deleted = 0 AND length(pages) > 0 AND length(page_times_ms) = length(pages);
+       entry_source, entry_utm_source, entry_utm_medium, entry_utm_campaign, entry_country,
+       entry_device_type, entry_browser, entry_os, page_views, version, 0
+FROM sessions FINAL WHERE is_deleted = 0
+  AND length(pages) > 0 AND length(page_times_ms) = length(pages);
 
 -- Each settled day's breakdowns (a UTC day before today): a row per (day, dimension, value)
 -- with its figures, and visitors as a mergeable distinct count, so a 30-day breakdown adds up
