@@ -198,6 +198,14 @@ class Settings(BaseSettings):
         description="WERKSTROOM_DERIVED_REFRESH_MS: how often persons and daily stats are recomputed for "
         "the keys new events touched (offsets are committed after it).",
     )
+    breakdown_rollup_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="WERKSTROOM_BREAKDOWN_ROLLUP_SECONDS: the least time between two roll-ups of one "
+        "settled day's breakdowns (breakdown_daily) by a worker. A day changed again sooner is read "
+        "from the breakdown tables until its next roll-up, so a back-fill of history does not roll "
+        "up its days at every refresh.",
+    )
     sink_max_consecutive_bad: int = Field(
         1000,
         ge=1,

@@ -23,6 +23,7 @@ the migration's, and stay as they are.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
@@ -218,6 +219,52 @@ SELECT project_id, dimension, day, value, {", ".join(BREAKDOWN_FIGURES)}, {{v:UI
 FROM breakdown_daily FINAL
 WHERE project_id = {{p:String}} AND day IN {{days:Array(Date)}} AND version < {{v:UInt64}}
 """
+
+
+# A marker taken back: the day is read from the breakdown tables until it is rolled up again.
+UNMARK = f"""
+INSERT INTO breakdown_daily ({_COLUMNS})
+SELECT {{p:String}}, '', day, '', uniqCombined64State(''), 0, 0, 0, 0, 0, 0, {{v:UInt64}}, 1
+FROM (SELECT arrayJoin({{days:Array(Date)}}) AS day) GROUP BY day
+"""
+
+
+@dataclass
+class RollUps:
+    """Which settled days a worker rolls up when: a day a batch changed is rolled up at once
+    unless this worker rolled it up less than `every` seconds ago; then its marker is taken back
+    (the breakdowns read it from the tables, exactly) and it waits for its turn. A worker that
+    stops with days waiting leaves them unmarked: read from the tables until they change again."""
+
+    every: float
+    last: dict[tuple[str, date], float] = field(default_factory=dict)  # (project, day) -> when
+    waiting: set[tuple[str, date]] = field(default_factory=set)
+    unmarked: set[tuple[str, date]] = field(default_factory=set)  # waiting, marker taken back
+
+    def refresh(
+        self, client: Client, days: dict[str, set[date]], version: int, today: date, now: float
+    ) -> None:
+        self.waiting.update((p, d) for p, project_days in days.items() for d in project_days if d < today)
+        due = {k for k in self.waiting if now - self.last.get(k, -self.every) >= self.every}
+        hold = self.waiting - due - self.unmarked
+        for project_id, held in _by_project(hold).items():
+            client.command(UNMARK, parameters={"p": project_id, "days": sorted(held), "v": version})
+        self.unmarked |= hold
+        for project_id, rolled in _by_project(due).items():
+            roll_up(client, project_id, rolled, version, today)
+        for key in due:
+            self.last[key] = now
+        self.waiting -= due
+        self.unmarked -= due
+        for key in [k for k, at in self.last.items() if now - at >= self.every and k not in self.waiting]:
+            del self.last[key]
+
+
+def _by_project(keys: set[tuple[str, date]]) -> dict[str, set[date]]:
+    grouped: dict[str, set[date]] = {}
+    for project_id, day in keys:
+        grouped.setdefault(project_id, set()).add(day)
+    return grouped
 
 
 def roll_up(client: Client, project_id: str, days: set[date], version: int, today: date) -> None:

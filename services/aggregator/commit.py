@@ -15,6 +15,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from clickhouse_connect.driver.client import Client
 
 from services.aggregator.batching import RefreshCadence
+from services.aggregator.breakdowns import RollUps
 from services.aggregator.derived import refresh
 from services.aggregator.errors import started
 from services.aggregator.processor import Dirty
@@ -32,8 +33,10 @@ class Committer:
         retry: Retry,
         record: Callable[[dict[TopicPartition, int]], Awaitable[None]],
         committed_hook: Callable[[], Awaitable[None]],
+        rollups: RollUps | None = None,
     ) -> None:
         self.cadence = cadence
+        self.rollups = rollups  # this worker's roll-ups of settled days' breakdowns
         self.retry = retry
         self.record = record  # the positions, recorded before the offsets are committed
         self.committed_hook = committed_hook  # after a commit (the status rows)
@@ -67,7 +70,9 @@ class Committer:
             self.pending_dirty, self.pending_offsets = Dirty(), {}
             client = started(self.client, "the recomputations' client")
             began = time.monotonic()
-            await self.retry("derived_refresh_failed", lambda: asyncio.to_thread(refresh, client, dirty))
+            await self.retry(
+                "derived_refresh_failed", lambda: asyncio.to_thread(refresh, client, dirty, self.rollups)
+            )
             took = time.monotonic() - began
             metrics.DERIVED_REFRESH_SECONDS.observe(took)
             self.cadence.ran(began, took)

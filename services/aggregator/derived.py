@@ -10,6 +10,7 @@ a crash, or two workers recomputing the same key, changes nothing.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -17,7 +18,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from services.aggregator.breakdowns import roll_up
+from services.aggregator.breakdowns import RollUps
 from services.aggregator.funnels import person_ids, recompute
 from services.aggregator.processor import Dirty
 from werkstroom import churn, identity
@@ -34,7 +35,9 @@ from werkstroom.clickhouse.versions import next_version
 from werkstroom.funnels import list_funnels
 
 
-def refresh(client: Client, dirty: Dirty) -> None:
+def refresh(client: Client, dirty: Dirty, rollups: RollUps | None = None) -> None:
+    """Recompute what `dirty` touched; `rollups` (the worker's, None: none) rolls up the
+    settled days among its days (services.aggregator.breakdowns)."""
     version = next_version()  # taken before reading: a recomputation from newer data wins
     days: dict[str, set[date]] = defaultdict(set)
     for project_id, day in dirty.days:
@@ -55,7 +58,8 @@ def refresh(client: Client, dirty: Dirty) -> None:
     today = datetime.now(UTC).date()
     for project_id, project_days in days.items():
         refresh_daily(client, project_id, project_days, version)
-        roll_up(client, project_id, project_days, version, today)
+    if rollups is not None:
+        rollups.refresh(client, days, version, today, time.monotonic())
     for project_id, changed_days in activity_days.items():
         refresh_churn(client, project_id, churn.days_affected(changed_days, today), version)
 

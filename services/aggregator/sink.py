@@ -38,6 +38,7 @@ from clickhouse_connect.driver.client import Client
 from services.aggregator import generations
 from services.aggregator.apply import Applier
 from services.aggregator.batching import Buffer, Held, RefreshCadence, batch_due, fetch_until
+from services.aggregator.breakdowns import RollUps
 from services.aggregator.commit import Committer
 from services.aggregator.consumer import Positions, Rebalance
 from services.aggregator.decode import Decoder, message_of, raw_row
@@ -111,6 +112,7 @@ class EventsSink:
             self.retry,
             self.positions.record,
             self._write_status,
+            RollUps(settings.breakdown_rollup_seconds),
         )
         self.status = Status(
             self.topics.events,

@@ -299,7 +299,12 @@ async def test_breakdowns_every_dimension_and_filters(
         ],
     }
     async with Stack(
-        infra.bootstrap, infra.clickhouse_url, names, data_dir=tmp_path, trust_forwarded_for=True
+        infra.bootstrap,
+        infra.clickhouse_url,
+        names,
+        data_dir=tmp_path,
+        trust_forwarded_for=True,
+        breakdown_rollup_seconds=0,  # every refresh rolls up: the settled days read breakdown_daily
     ) as stack:
         pid, key = stack.project.project_id, stack.project.write_key
         for address, calls in by_address.items():

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from services.aggregator.breakdowns import breakdown_rows
+from services.aggregator.breakdowns import ROLL_UP, UNMARK, RollUps, breakdown_rows
 from services.aggregator.sessions import MAX_PAGES, Changes, Visitor, session_from_row, session_row
 from tests.unit.aggregator.test_sessions import ev, run
 from werkstroom.clickhouse.tables import BREAKDOWN_PAGES_COLUMNS, BREAKDOWN_SESSIONS_COLUMNS, SESSIONS_COLUMNS
@@ -188,3 +188,30 @@ def test_rows_written_change_by_change_add_up_to_the_rows_worked_out_at_once(see
         breakdown_rows(session, fresh_s, fresh_p)
     assert _live(sessions) == sorted(tuple(r[:-2]) for r in fresh_s)
     assert _live(pages) == sorted(tuple(r[:-2]) for r in fresh_p)
+
+
+class _Recorder:
+    """A client that records the roll-up statements it is given (which days, marked or not)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, list[date]]] = []
+
+    def command(self, sql: str, parameters: dict[str, Any]) -> None:
+        kind = "unmark" if sql == UNMARK else "roll" if sql == ROLL_UP else "bury"
+        self.calls.append((kind, parameters["p"], parameters["days"]))
+
+
+def test_a_settled_day_is_rolled_up_at_once_then_at_most_every_so_often_unmarked_meanwhile() -> None:
+    rollups, client = RollUps(every=60), _Recorder()
+    today, d1, d2 = date(2026, 12, 3), date(2026, 12, 1), date(2026, 12, 2)
+    rollups.refresh(client, {"p": {d1, today}}, 1, today, now=0)  # today is never rolled up
+    assert client.calls == [("roll", "p", [d1]), ("bury", "p", [d1])]
+    client.calls.clear()
+    rollups.refresh(client, {"p": {d1, d2}}, 2, today, now=10)  # d1 again, too soon
+    assert client.calls == [("unmark", "p", [d1]), ("roll", "p", [d2]), ("bury", "p", [d2])]
+    client.calls.clear()
+    rollups.refresh(client, {"p": {d1}}, 3, today, now=20)  # unmarked once, not again
+    assert client.calls == []
+    rollups.refresh(client, {}, 4, today, now=61)  # its turn, with no new change
+    assert client.calls == [("roll", "p", [d1]), ("bury", "p", [d1])]
+    assert rollups.waiting == set() and rollups.unmarked == set()

@@ -92,7 +92,7 @@ def stage(monkeypatch: pytest.MonkeyPatch) -> Stage:
     committer.client = object()  # type: ignore[assignment]  # only handed to refresh, a fake
     built = Stage(committer, consumer, steps)
 
-    def refresh(_client: object, keys: Dirty) -> None:  # runs in a thread, as the real one
+    def refresh(_client: object, keys: Dirty, *_rollups: object) -> None:  # runs in a thread, as the real one
         steps.append(("refresh", Dirty(set(keys.days), set(keys.ids))))
         for meanwhile in built.during_refresh:
             meanwhile()
