@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any, Literal
 
 from clickhouse_connect.driver.client import Client
@@ -179,6 +179,7 @@ def breakdown(
     filters: Filters,
     limit: int,
     offset: int,
+    today: date,
 ) -> tuple[int, list[dict[str, Any]]]:
     """(total, rows) of one page of a breakdown. Unfiltered, the settled days are read from
     their roll-up (breakdown_daily) and the others from the breakdown tables; filtered, all of
@@ -196,7 +197,6 @@ def breakdown(
         bound.update(params)
     else:
         sql = rolled_sql(dimension)
-        today = datetime.now(UTC).date()
         rolled = [d for (d,) in client.query(_ROLLED, parameters={**bound, "today": today}).result_rows]
         every = (
             period.previous.start + timedelta(days=i)

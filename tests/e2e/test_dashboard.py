@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Route, expect
 
-from tests.e2e.browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, UA, require_chromium
+from tests.e2e.browser import TIMEOUT_MS, UA
 from tests.e2e.runs import serve_env, start_serve
 from werkstroom.demo import AGENTS, batches, simulate
 
@@ -151,24 +151,18 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
     raise AssertionError(f"timed out waiting for {what}; last answer: {last!r}")
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("dashboard")
-    env = serve_env(
-        tmp / "data",
-        WERKSTROOM_KEY_REFRESH_SECONDS="0.5",
-        WERKSTROOM_DEMO="true",
-        WERKSTROOM_ADMIN_TOKEN=ADMIN_TOKEN,
-    )
-    env.pop("WERKSTROOM_PUBLIC_INGEST_URL", None)
+def demo_stack(tmp: Path, **env: str) -> Iterator[Stack]:
+    """`werkstroom serve` with the demo project (and these settings) under `tmp`, until closed."""
+    served = serve_env(tmp / "data", WERKSTROOM_KEY_REFRESH_SECONDS="0.5", WERKSTROOM_DEMO="true", **env)
+    served.pop("WERKSTROOM_PUBLIC_INGEST_URL", None)
     log_path = tmp / "serve.log"
-    proc, banner = start_serve(env, tmp, timeout=90)
+    proc, banner = start_serve(served, tmp, timeout=90)
     try:
         assert "curl" in banner, f"no start-up banner: {log_path.read_text()[-3000:]}"
         demo = json.loads((tmp / "data" / "demo.json").read_text())
         yield Stack(
-            ingest=f"http://127.0.0.1:{env['WERKSTROOM_INGEST_PORT']}",
-            api=f"http://127.0.0.1:{env['WERKSTROOM_API_PORT']}",
+            ingest=f"http://127.0.0.1:{served['WERKSTROOM_INGEST_PORT']}",
+            api=f"http://127.0.0.1:{served['WERKSTROOM_API_PORT']}",
             project_id=demo["project_id"],
             write_key=demo["write_key"],
             read_key=demo["read_key"],
@@ -180,6 +174,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from demo_stack(tmp_path_factory.mktemp("dashboard"), WERKSTROOM_ADMIN_TOKEN=ADMIN_TOKEN)
 
 
 @pytest.fixture(scope="module")
@@ -260,15 +259,6 @@ def seeded(stack: Stack) -> Stack:
         "the script's event counted as a bot",
     )
     return stack
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    require_chromium()
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -25,11 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 
-from tests.e2e.browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, UA, require_chromium
-from tests.e2e.runs import serve_env, start_serve
-from tests.e2e.test_dashboard import Stack, wait_for
+from tests.e2e.browser import TIMEOUT_MS, UA
+from tests.e2e.test_dashboard import (
+    Stack,
+    demo_stack,
+    wait_for,
+)
 from tests.integration.test_countries import IPV4, placed
 from werkstroom.geo import Locator as Geo
 from werkstroom.settings import DEFAULT_GEO_DATABASE
@@ -224,32 +226,7 @@ def countries() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("breakdowns")
-    env = serve_env(
-        tmp / "data",
-        WERKSTROOM_KEY_REFRESH_SECONDS="0.5",
-        WERKSTROOM_DEMO="true",
-        WERKSTROOM_TRUST_FORWARDED_FOR="true",
-    )
-    env.pop("WERKSTROOM_PUBLIC_INGEST_URL", None)
-    proc, banner = start_serve(env, tmp, timeout=90)
-    try:
-        assert "curl" in banner, f"no start-up banner: {(tmp / 'serve.log').read_text()[-3000:]}"
-        demo = json.loads((tmp / "data" / "demo.json").read_text())
-        yield Stack(
-            ingest=f"http://127.0.0.1:{env['WERKSTROOM_INGEST_PORT']}",
-            api=f"http://127.0.0.1:{env['WERKSTROOM_API_PORT']}",
-            project_id=demo["project_id"],
-            write_key=demo["write_key"],
-            read_key=demo["read_key"],
-        )
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    yield from demo_stack(tmp_path_factory.mktemp("breakdowns"), WERKSTROOM_TRUST_FORWARDED_FOR="true")
 
 
 def calls(visit: Visit, now: datetime) -> list[dict[str, Any]]:
@@ -318,15 +295,6 @@ def seeded(stack: Stack, countries: dict[str, str]) -> Stack:
 
     wait_for(arrived, "every visit in the pages breakdown", timeout=60)
     return stack
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    require_chromium()
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

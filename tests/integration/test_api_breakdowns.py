@@ -26,10 +26,12 @@ from typing import Any
 import httpx
 import pytest
 
+from services.api.filters import COLUMNS
 from tests.conftest import Infra
 from tests.integration.stack import BROWSER_UA, Stack
-from tests.integration.test_api import iso
+from tests.integration.test_api import iso, track
 from tests.integration.test_countries import IPV4, IPV6, placed
+from werkstroom.clickhouse.tables import BREAKDOWN_DIMENSIONS, ENTRY_ATTRIBUTES
 from werkstroom.demo import AGENTS
 from werkstroom.geo import Locator
 from werkstroom.settings import DEFAULT_GEO_DATABASE
@@ -40,31 +42,8 @@ M = timedelta(minutes=1)
 S = timedelta(seconds=1)
 D = timedelta(days=1)
 SITE = "https://shop.example"
-DIMENSIONS = {
-    "pages": "path",
-    "entry_pages": "entry_path",
-    "exit_pages": "exit_path",
-    "sources": "source",
-    "utm_sources": "utm_source",
-    "utm_mediums": "utm_medium",
-    "utm_campaigns": "utm_campaign",
-    "countries": "country",
-    "devices": "device_type",
-    "browsers": "browser",
-    "os": "os",
-}
-FILTER_COLUMNS = {
-    "entry_page": "entry_path",
-    "exit_page": "exit_path",
-    "source": "source",
-    "utm_source": "utm_source",
-    "utm_medium": "utm_medium",
-    "utm_campaign": "utm_campaign",
-    "country": "country",
-    "device": "device_type",
-    "browser": "browser",
-    "os": "os",
-}
+DIMENSIONS = BREAKDOWN_DIMENSIONS
+FILTER_COLUMNS = {name: column for name, column in COLUMNS.items() if name != "page"}
 
 
 def page(
@@ -86,17 +65,6 @@ def page(
         "timestamp": iso(at),
         "properties": {"path": path, "url": f"{SITE}{path}{query}", "referrer": referrer},
         "context": context,
-    }
-
-
-def track(anon: str, at: datetime, event: str, ua: str = BROWSER_UA) -> dict[str, Any]:
-    return {
-        "type": "track",
-        "anonymousId": anon,
-        "event": event,
-        "messageId": uuid.uuid4().hex,
-        "timestamp": iso(at),
-        "context": {"userAgent": ua},
     }
 
 
@@ -150,17 +118,7 @@ def oracle_sessions(stack: Stack, project_id: str) -> list[OracleSession]:
         s = sessions.get((anon, k))
         if s is None:
             s = sessions[(anon, k)] = OracleSession(anon, start_at.date(), last_at=last_at)
-            names = [
-                "source",
-                "utm_source",
-                "utm_medium",
-                "utm_campaign",
-                "country",
-                "device_type",
-                "browser",
-                "os",
-            ]
-            s.attributes = dict(zip(names, attrs, strict=True))
+            s.attributes = dict(zip(ENTRY_ATTRIBUTES, attrs, strict=True))
         s.views.append((at, path))
     for s in sessions.values():
         s.attributes["entry_path"] = s.views[0][1]

@@ -62,6 +62,7 @@ class BreakdownArgs:
 
     period: Period
     filters: Filters
+    today: date  # the API's clock: the days before it may be read from their roll-up
 
 
 def breakdown_args(
@@ -103,7 +104,7 @@ def breakdown_args(
             "os": os,
         }
     )
-    return BreakdownArgs(period_of(start, end, now.date()), filters)
+    return BreakdownArgs(period_of(start, end, now.date()), filters, now.date())
 
 
 BreakdownArgsDep = Annotated[BreakdownArgs, Depends(breakdown_args)]
@@ -130,7 +131,14 @@ async def get_breakdown(
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Breakdown:
     total, rows = await pool.run(
-        breakdowns.breakdown, scope.project_id, dimension, args.period, args.filters, limit, offset
+        breakdowns.breakdown,
+        scope.project_id,
+        dimension,
+        args.period,
+        args.filters,
+        limit,
+        offset,
+        args.today,
     )
     return Breakdown.model_validate(answer(dimension, args, total, rows, limit, offset))
 

@@ -296,7 +296,14 @@ async def _breakdown(
 ) -> AsyncIterator[str]:
     yield csv_text([BREAKDOWN_HEADER])
     _total, rows = await pool.run(
-        breakdowns.breakdown, project_id, dimension, args.period, args.filters, BREAKDOWN_EXPORT_MAX, 0
+        breakdowns.breakdown,
+        project_id,
+        dimension,
+        args.period,
+        args.filters,
+        BREAKDOWN_EXPORT_MAX,
+        0,
+        args.today,
     )
     yield csv_text(
         [
