@@ -6,6 +6,11 @@ from __future__ import annotations
 
 from werkstroom.clickhouse.tables import BREAKDOWN_DIMENSIONS
 
+#: The distinct count of visitors in breakdown_daily: HyperLogLog with 2^12 cells beyond its
+#: exact range (a state of about 3 KB; the default 2^17 made a 30-day breakdown merge 100 KB a
+#: day and value, 100 ms at 10M events). Standard error about 1.6 %; exact below some hundreds.
+VISITORS = "uniqCombined64(12)"
+
 _SESSION_DIMENSIONS = {d: c for d, c in BREAKDOWN_DIMENSIONS.items() if c != "path"}
 
 
@@ -19,7 +24,7 @@ def figures_sql(dimensions: list[str], where: str) -> str:
     if "pages" in dimensions:
         parts.append(
             f"""SELECT day, 'pages' AS dimension, path AS value,
-       uniqCombined64State(anonymous_id) AS visitors, count() AS sessions,
+       uniqCombined64State(12)(anonymous_id) AS visitors, count() AS sessions,
        sum(n) AS page_views, countIf(b = 1) AS bounced,
        countIf(e = 1) AS entered, sum(ms) AS time_ms, sum(nt) AS timed
 FROM (SELECT day, path, anonymous_id, views AS n, bounced AS b, is_entry AS e, time_ms AS ms,
@@ -33,7 +38,7 @@ GROUP BY day, value"""
         pairs = ", ".join(f"('{d}', toString({_SESSION_DIMENSIONS[d]}))" for d in others)
         parts.append(
             f"""SELECT day, pair.1 AS dimension, pair.2 AS value,
-       uniqCombined64State(anonymous_id) AS visitors, count() AS sessions,
+       uniqCombined64State(12)(anonymous_id) AS visitors, count() AS sessions,
        sum(n) AS page_views, countIf(n = 1) AS bounced,
        count() AS entered, toInt64(0) AS time_ms, toUInt64(0) AS timed
 FROM (SELECT day, anonymous_id, page_views AS n, arrayJoin([{pairs}]) AS pair

@@ -209,7 +209,7 @@ INSERT INTO breakdown_daily ({_COLUMNS})
 SELECT {{p:String}}, dimension, day, value, {", ".join(BREAKDOWN_FIGURES)}, {{v:UInt64}}, 0
 FROM ({figures_sql(list(BREAKDOWN_DIMENSIONS), "day IN {days:Array(Date)}")})
 UNION ALL
-SELECT {{p:String}}, '', day, '', uniqCombined64State(''), 0, 0, 0, 0, 0, 0, {{v:UInt64}}, 0
+SELECT {{p:String}}, '', day, '', uniqCombined64State(12)(''), 0, 0, 0, 0, 0, 0, {{v:UInt64}}, 0
 FROM (SELECT arrayJoin({{days:Array(Date)}}) AS day) GROUP BY day
 """
 # The values of those days not rolled up again: gone from the day (each is a tombstone).
@@ -224,7 +224,7 @@ WHERE project_id = {{p:String}} AND day IN {{days:Array(Date)}} AND version < {{
 # A marker taken back: the day is read from the breakdown tables until it is rolled up again.
 UNMARK = f"""
 INSERT INTO breakdown_daily ({_COLUMNS})
-SELECT {{p:String}}, '', day, '', uniqCombined64State(''), 0, 0, 0, 0, 0, 0, {{v:UInt64}}, 1
+SELECT {{p:String}}, '', day, '', uniqCombined64State(12)(''), 0, 0, 0, 0, 0, 0, {{v:UInt64}}, 1
 FROM (SELECT arrayJoin({{days:Array(Date)}}) AS day) GROUP BY day
 """
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from clickhouse_connect.driver.client import Client
 
 from services.api.filters import Filters
-from werkstroom.breakdowns import figures_sql
+from werkstroom.breakdowns import VISITORS, figures_sql
 from werkstroom.clickhouse.tables import BREAKDOWN_DIMENSIONS, BREAKDOWN_FIGURES
 
 Dimension = Literal[
@@ -120,37 +120,62 @@ _ROLLED = (
 )
 
 
-def rolled_sql(dimension: str) -> str:
-    """An unfiltered breakdown (parameters as breakdown_sql's, and `rolled`/`live`, the days of
-    both periods read from breakdown_daily and from the breakdown tables): the figures of
-    breakdown_daily's rows and the same figures computed from the tables, added up per value.
-    Visitors are merged distinct-count states (uniqCombined64, docs/definitions.md)."""
+def rolled_sql(dimension: str, days: str, values: bool = False) -> str:
+    """Each value's figures (value, n_visitors, .., n_timed) of an unfiltered breakdown over the
+    days {<days>_rolled:Array(Date)}, read from breakdown_daily, and {<days>_live:Array(Date)},
+    computed from the breakdown tables; with `values`, only those of {values:Array(String)}.
+    Visitors are merged distinct-count states (werkstroom.breakdowns.VISITORS)."""
     figures = ", ".join(BREAKDOWN_FIGURES)
-    live = figures_sql([dimension], "day IN {live:Array(Date)}")
+    live = figures_sql([dimension], f"day IN {{{days}_live:Array(Date)}}")
+    only = " AND value IN {values:Array(String)}" if values else ""
     return f"""
-SELECT value, n_visitors, n_sessions, n_page_views, n_bounced, n_entered, n_time_ms, n_timed,
-       p_visitors, p_sessions, p_page_views, count() OVER () AS total
+SELECT value, {VISITORS.replace("(", "Merge(", 1)}(visitors) AS n_visitors, sum(sessions) AS n_sessions,
+       sum(page_views) AS n_page_views, sum(bounced) AS n_bounced, sum(entered) AS n_entered,
+       sum(time_ms) AS n_time_ms, sum(timed) AS n_timed
 FROM (
-    SELECT value, uniqCombined64MergeIf(visitors, cur) AS n_visitors, sumIf(sessions, cur) AS n_sessions,
-           sumIf(page_views, cur) AS n_page_views, sumIf(bounced, cur) AS n_bounced,
-           sumIf(entered, cur) AS n_entered, sumIf(time_ms, cur) AS n_time_ms, sumIf(timed, cur) AS n_timed,
-           uniqCombined64MergeIf(visitors, NOT cur) AS p_visitors, sumIf(sessions, NOT cur) AS p_sessions,
-           sumIf(page_views, NOT cur) AS p_page_views
-    FROM (
-        SELECT day >= {{start:Date}} AS cur, value, {figures}
-        FROM breakdown_daily FINAL
-        WHERE project_id = {{p:String}} AND dimension = {{dimension:String}} AND day IN {{rolled:Array(Date)}}
-          AND is_deleted = 0
-        UNION ALL
-        SELECT day >= {{start:Date}} AS cur, value, {figures} FROM ({live})
-    )
-    GROUP BY value
-    HAVING n_sessions > 0
+    SELECT value, {figures}
+    FROM breakdown_daily FINAL
+    WHERE project_id = {{p:String}} AND dimension = {{dimension:String}}
+      AND day IN {{{days}_rolled:Array(Date)}} AND is_deleted = 0{only}
+    UNION ALL
+    SELECT value, {figures} FROM ({live}) WHERE 1{only}
 )
+GROUP BY value
+HAVING n_sessions > 0
+"""
+
+
+def _page_of(figures: str) -> str:
+    """One page of a breakdown's values, by visitors (desc) then value, each with `total`."""
+    return f"""
+SELECT *, count() OVER () AS total FROM ({figures})
 -- ORDER BY n_visitors DESC, value: the answer's order (ties by value, so pages are stable)
 ORDER BY n_visitors DESC, value
 LIMIT {{n:UInt32}} OFFSET {{skip:UInt64}}
 """
+
+
+def _rolled(
+    client: Client, dimension: str, bound: dict[str, Any], period: Period, today: date
+) -> list[tuple[Any, ...]]:
+    """The rows of an unfiltered breakdown (as breakdown_sql's): the page of the period's values
+    first, then the period before for those values only."""
+    rolled = {d for (d,) in client.query(_ROLLED, parameters={**bound, "today": today}).result_rows}
+    params: dict[str, Any] = {**bound, "dimension": dimension}
+    for name, days in (("cur", period), ("prev", period.previous)):
+        every = {days.start + timedelta(days=i) for i in range((days.end - days.start).days + 1)}
+        params[f"{name}_rolled"], params[f"{name}_live"] = sorted(every & rolled), sorted(every - rolled)
+    found = client.query(_page_of(rolled_sql(dimension, "cur")), parameters=params).result_rows
+    if not found:
+        return []
+    values = [r[0] for r in found]
+    before = {
+        r[0]: (r[1], r[2], r[3])
+        for r in client.query(
+            rolled_sql(dimension, "prev", values=True), parameters={**params, "values": values}
+        ).result_rows
+    }
+    return [(*r[:8], *before.get(r[0], (0, 0, 0)), r[8]) for r in found]
 
 
 def _percent(part: int, whole: int) -> float | None:
@@ -195,17 +220,17 @@ def breakdown(
     if filters.values:
         sql, params = breakdown_sql(dimension, filters)
         bound.update(params)
+
+        def read(n: int, skip: int) -> list[tuple[Any, ...]]:
+            return client.query(sql, parameters={**bound, "n": n, "skip": skip}).result_rows
     else:
-        sql = rolled_sql(dimension)
-        rolled = [d for (d,) in client.query(_ROLLED, parameters={**bound, "today": today}).result_rows]
-        every = (
-            period.previous.start + timedelta(days=i)
-            for i in range((period.end - period.previous.start).days + 1)
-        )
-        bound.update(dimension=dimension, rolled=rolled, live=sorted(set(every) - set(rolled)))
-    found = client.query(sql, parameters=bound).result_rows
+
+        def read(n: int, skip: int) -> list[tuple[Any, ...]]:
+            return _rolled(client, dimension, {**bound, "n": n, "skip": skip}, period, today)
+
+    found = read(limit, offset)
     if not found and offset > 0:  # past the end: the total from the first row
-        first = client.query(sql, parameters={**bound, "n": 1, "skip": 0}).result_rows
+        first = read(1, 0)
         return (first[0][11] if first else 0), []
     total = found[0][11] if found else 0
     return total, [breakdown_row(r, dimension == "pages") for r in found]
