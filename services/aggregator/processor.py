@@ -18,7 +18,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from services.aggregator.breakdowns import moved_rows
+from services.aggregator.breakdowns import breakdown_rows
 from services.aggregator.sessions import (
     GAP_MS,
     HISTORY,
@@ -215,6 +215,8 @@ class SessionsProcessor:
                 replayed = session_at(visitor, t)
                 if replayed is not None:
                     days.update((project_id, day) for day in session_days(replayed))
+                    # and its breakdown rows may not have been written: write them (again)
+                    changes.replayed[replayed.session_id] = replayed
             if visitor.last_seen_ms > clock:
                 clock = min(visitor.last_seen_ms, ceiling)
         self._clock_ms = clock
@@ -262,10 +264,13 @@ class SessionsProcessor:
             # Every day it spans: the day it starts on, and the days it started on before a
             # late event moved its start earlier (sessions_daily keeps it under its start day).
             days.update((session.project_id, day) for day in session_days(session))
-        breakdown_sessions: list[tuple[Any, ...]] = []  # tombstones of sessions moved to another day
+        breakdown_sessions: list[tuple[Any, ...]] = []
         breakdown_pages: list[tuple[Any, ...]] = []
         for session in changes.sessions.values():
-            moved_rows(session, breakdown_sessions, breakdown_pages)
+            breakdown_rows(session, breakdown_sessions, breakdown_pages)
+        for session_id, session in changes.replayed.items():
+            if session_id not in changes.sessions:
+                breakdown_rows(session, breakdown_sessions, breakdown_pages)
         identities = [[p, d, person, version] for (p, d), (person, version) in changes.identities.items()]
         rows = {  # in the order the writer inserts them: the live view first, it has 1 s
             "online_visitors": (ONLINE_VISITORS_COLUMNS, [online_row(v) for v in changes.online.values()]),

@@ -72,15 +72,16 @@ class Session:
     pages: list[str] = field(default_factory=list)  # paths of its first page views, by (time, path)
     page_ms: list[int] = field(default_factory=list)  # their times, ascending
     entry_attributes: tuple[str, ...] = NO_ATTRIBUTES  # those of the page view pages[0]
+    page_inserts: int = 0  # page views that went anywhere but the end of `pages` (late ones)
     device_type: str = ""
     browser: str = ""
     os: str = ""
     partition: int = 0
     version: int = -1
     deleted: bool = False
-    #: The UTC day (days since 1970) its breakdown rows were last written under (-1: none yet):
-    #: services.aggregator.breakdowns buries them there when its start moves to another day.
-    written_day: int = -1
+    #: What the breakdown tables hold for it (services.aggregator.breakdowns), to write only
+    #: what changed; None: nothing yet.
+    written: Any = None
 
     @property
     def timed(self) -> bool:
@@ -100,6 +101,7 @@ class Session:
             ):
                 self.entry_attributes = other.entry_attributes
             views = sorted(zip(self.page_ms + other.page_ms, self.pages + other.pages, strict=True))
+            self.page_inserts += 1
             self.page_ms = [t for t, _ in views[:MAX_PAGES]]
             self.pages = [p for _, p in views[:MAX_PAGES]]
         else:
@@ -150,6 +152,7 @@ class Changes:
     """What one batch changed: the rows to write."""
 
     sessions: dict[str, Session] = field(default_factory=dict)
+    replayed: dict[str, Session] = field(default_factory=dict)  # holding an event read again
     online: dict[tuple[str, str], Visitor] = field(default_factory=dict)
     identities: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
     traits: dict[tuple[str, str, str], tuple[str, int]] = field(default_factory=dict)
@@ -266,6 +269,7 @@ def _add_page_view(session: Session, t: int, path: str, event: Event) -> None:
             if not n:
                 session.entry_attributes = _entry_attributes(event)
         return
+    session.page_inserts += 1
     at = bisect_right(times, t)
     while at > 0 and times[at - 1] == t and pages[at - 1] > path:
         at -= 1
@@ -287,6 +291,20 @@ def session_days(session: Session) -> Iterator[date]:
 def day_of(ms: int) -> date:
     """The UTC day of a time in ms."""
     return date.fromordinal(_EPOCH_ORDINAL + ms // DAY_MS)
+
+
+@dataclass(slots=True)
+class Written:
+    """A session's rows in the breakdown tables as last written: the day they are under, each
+    path's figures and the session row's (None: not known, to be written)."""
+
+    day: date
+    pages: dict[str, tuple[Any, ...] | None]
+    session: tuple[Any, ...] | None
+    views: int = -1  # the page views listed then (-1: not known)
+    last: tuple[int, int] = (0, 0)  # the last one's (timed, time on page)
+    inserts: int = 0  # the session's page_inserts then
+    day_number: int = -1  # `day` as days since 1970
 
 
 def session_at(visitor: Visitor, t: int) -> Session | None:
@@ -398,7 +416,9 @@ def session_from_row(row: dict[str, Any]) -> Session:
         partition=row["kafka_partition"],
         version=row["version"],
     )
-    session.written_day = session.start_ms // DAY_MS  # where its rows are, as it was written
+    # What its breakdown rows were written from, as far as a reload knows: its paths, under the
+    # day it started on; every row is written again at its next change (values unknown).
+    session.written = Written(day_of(session.start_ms), dict.fromkeys(session.pages), None, -1, (0, 0), 0, -1)
     return session
 
 

@@ -3,6 +3,8 @@ version before them, the reads after them give what they gave before."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from clickhouse_connect.driver.client import Client
 
@@ -183,10 +185,10 @@ def test_the_lookup_tables_get_small_compressed_blocks_and_keep_their_rows(datab
     assert database.query(latest).first_row[0] == "user-b"
 
 
-def test_the_breakdown_tables_are_back_filled_and_filled_from_the_aggregators_rows(database: Client) -> None:
-    from services.aggregator.processor import SessionsProcessor
-    from tests.unit.aggregator.test_sessions import ev
-    from werkstroom.clickhouse.params import insert_rows
+def test_the_breakdown_tables_are_back_filled_as_the_aggregator_computes_them(database: Client) -> None:
+    from services.aggregator.breakdowns import breakdown_rows
+    from services.aggregator.sessions import session_from_row
+    from werkstroom.clickhouse.tables import BREAKDOWN_PAGES_COLUMNS, BREAKDOWN_SESSIONS_COLUMNS
 
     migrate(database, through=22)
     event = (
@@ -227,7 +229,8 @@ def test_the_breakdown_tables_are_back_filled_and_filled_from_the_aggregators_ro
     assert database.query(
         "SELECT session_id, source, utm_source, country FROM breakdown_sessions FINAL ORDER BY 1"
     ).result_rows == [("s1", "news.example", "nl", "NL"), ("s2", "", "", "")]
-    # The sessions now carry their page views' times and entry attributes.
+    # The sessions now carry their page views' times and entry attributes, from which the
+    # aggregator writes the same rows as the migration did.
     assert database.query(
         "SELECT session_id, pages, page_times_ms, entry_source, entry_country FROM sessions FINAL "
         "WHERE is_deleted = 0 ORDER BY 1"
@@ -235,28 +238,19 @@ def test_the_breakdown_tables_are_back_filled_and_filled_from_the_aggregators_ro
         ("s1", ["/", "/p"], [1772359200000, 1772359260000], "news.example", "NL"),
         ("s2", ["/p"], [1772409540000], "", ""),
     ]
-    # And the views make the same of the aggregator's own rows, written as it goes: a session
-    # after one page view, then after another page view and a heartbeat.
-    processor = SessionsProcessor()
-    for batch in (
-        [(ev(0, path="/x", n=1, anonymous_id="c", country="DE"), 0, 10)],
-        [
-            (ev(1, path="/y", n=2, anonymous_id="c"), 0, 11),
-            (ev(3, "track", event="$heartbeat", n=3, anonymous_id="c"), 0, 12),
-        ],
+    written: dict[str, list[tuple[Any, ...]]] = {"breakdown_sessions": [], "breakdown_pages": []}
+    for row in database.query("SELECT * FROM sessions FINAL WHERE is_deleted = 0").named_results():
+        session = session_from_row(row)
+        session.written = None  # as if new: every row
+        breakdown_rows(session, written["breakdown_sessions"], written["breakdown_pages"])
+    for table, columns in (
+        ("breakdown_pages", BREAKDOWN_PAGES_COLUMNS),
+        ("breakdown_sessions", BREAKDOWN_SESSIONS_COLUMNS),
     ):
-        rows, _ = processor.process(batch)
-        columns, written = rows["sessions"]
-        insert_rows(database, "sessions", written, columns)
+        stored = database.query(
+            f"SELECT {', '.join(columns)} FROM {table} FINAL WHERE is_deleted = 0 ORDER BY ALL"
+        ).result_rows
+        assert stored == sorted(tuple(r) for r in written[table]), table
     assert database.query(
-        "SELECT path, views, timed_views, time_ms, is_entry, is_exit, bounced FROM breakdown_pages FINAL "
-        "WHERE anonymous_id = 'c' AND is_deleted = 0 ORDER BY 1"
-    ).result_rows == [("/x", 1, 1, 60_000, 1, 0, 0), ("/y", 1, 1, 120_000, 0, 1, 0)]
-    assert database.query(
-        "SELECT entry_path, exit_path, country, page_views FROM breakdown_sessions FINAL "
-        "WHERE anonymous_id = 'c' AND is_deleted = 0"
-    ).result_rows == [("/x", "/y", "DE", 2)]
-    assert database.query(
-        "SELECT session_id, entry_path, exit_path, page_views FROM breakdown_sessions FINAL "
-        "WHERE anonymous_id != 'c' ORDER BY 1"
+        "SELECT session_id, entry_path, exit_path, page_views FROM breakdown_sessions FINAL ORDER BY 1"
     ).result_rows == [("s1", "/", "/p", 2), ("s2", "/p", "/p", 1)]

@@ -1,8 +1,7 @@
 -- What the breakdowns read (pages, entry and exit pages, sources, campaigns, countries, devices,
 -- browsers, OSes over a date range): a 30-day scan of `events` (about 5M rows on the bench's 10M)
--- cannot answer in 50 ms, so two tables beside it hold each session under the UTC day it starts
--- on, filled by ClickHouse from every `sessions` row the aggregator writes (materialized views,
--- below), so that they cost the aggregator no work of its own:
+-- cannot answer in 50 ms, so the aggregator writes two tables beside it from the sessions it
+-- holds (services/aggregator/breakdowns.py), each row under the UTC day its session starts on:
 --   breakdown_sessions  one row per session that has a page view: its entry and exit page, the
 --                       attributes of its entry page view (source, utm_*, country, device,
 --                       browser, OS), as Plausible counts them, and its page views;
@@ -10,10 +9,8 @@
 --                       session entered, left or bounced there (a filter on the session's
 --                       attributes reads its breakdown_sessions row).
 -- ReplacingMergeTree(version, is_deleted): version = the session's version (the position of its
--- last event), as on `sessions`; a session absorbed by another comes as a deleted `sessions` row
--- and deletes its rows here too; one whose start moved to an earlier day gets tombstones under
--- its old day from the aggregator (services/aggregator/breakdowns.py). Reads use FINAL and
--- is_deleted = 0.
+-- last event); a row the session leaves (it moved to an earlier day, was absorbed, no longer
+-- lists the path) gets a tombstone with a later version. Reads use FINAL and is_deleted = 0.
 
 -- The sessions keep what the aggregator computes those rows from, so that a visitor reloaded
 -- after a restart goes on exactly: the times of its page views (`pages`, now its first page
@@ -77,44 +74,13 @@ PARTITION BY toYYYYMM(day)
 -- path making the key unique per (session, path).
 ORDER BY (project_id, day, anonymous_id, session_id, path);
 
--- A session's rows, from each `sessions` row written (one per session in an insert: the
--- aggregator writes a session once a batch). Its page views are its first 100 by (time, path)
--- (`pages`, `page_times_ms`); time on a page view lasts until the next one or, for the last,
--- until the session's last event, unknown when that is the page view itself or when later page
--- views were not kept. Rows from before page times were kept (page_times_ms shorter than pages)
--- are left out.
-CREATE MATERIALIZED VIEW IF NOT EXISTS breakdown_sessions_mv TO breakdown_sessions AS
-SELECT project_id, toDate(start_at) AS day, anonymous_id, session_id, pages[1] AS entry_path,
-       pages[length(pages)] AS exit_path, entry_source AS source, entry_utm_source AS utm_source,
-       entry_utm_medium AS utm_medium, entry_utm_campaign AS utm_campaign, entry_country AS country,
-       entry_device_type AS device_type, entry_browser AS browser, entry_os AS os, page_views,
-       version, is_deleted
-FROM sessions
-WHERE length(pages) > 0 AND length(page_times_ms) = length(pages);
-
-CREATE MATERIALIZED VIEW IF NOT EXISTS breakdown_pages_mv TO breakdown_pages AS
-SELECT project_id, toDate(start_at) AS day, anonymous_id, session_id, path, toUInt32(count()) AS views,
-       toUInt32(sum(timed)) AS timed_views, sum(spent) AS time_ms, toUInt8(max(i = 1)) AS is_entry,
-       toUInt8(max(i = n)) AS is_exit, toUInt8(max(i = 1 AND page_views = 1)) AS bounced,
-       v AS version, max(d) AS is_deleted
-FROM (
-    SELECT project_id, start_at, anonymous_id, session_id, pages, page_views, version AS v, is_deleted AS d,
-           length(pages) AS n, arrayJoin(arrayEnumerate(pages)) AS i, pages[i] AS path,
-           page_times_ms[i] AS t, toUnixTimestamp64Milli(last_event_at) AS last_ms,
-           toUInt8(i < n OR (page_views = n AND last_ms > t)) AS timed,
-           if(i < n, page_times_ms[i + 1] - t, if(timed = 1, last_ms - t, 0)) AS spent
-    FROM sessions
-    WHERE length(pages) > 0 AND length(page_times_ms) = length(pages)
-)
-GROUP BY project_id, start_at, anonymous_id, session_id, v, path;
-
 -- The sessions already there, rewritten with their page views' times and entry attributes from
 -- `events` (same version: the row inserted last wins). Run with the aggregators stopped, as
 -- `werkstroom migrate` before a deploy; a rerun writes the same rows. Events written before 0022
 -- have no source or campaign: they are taken from the referrer's host (without www., '' for the
 -- page's own host; not grouped into names such as Google, which only ingest does) and from the
--- URL's utm_* parameters. Each rewritten row fills the breakdown tables through the views above.
--- A session whose page views are gone from `events` keeps its row and has no breakdown rows.
+-- URL's utm_* parameters. A session whose page views are gone from `events` keeps its row, and
+-- the aggregator leaves its breakdown rows alone (it has none).
 INSERT INTO sessions (project_id, anonymous_id, session_id, user_id, start_at, last_event_at,
     entry_at, entry_url, entry_path, referrer, current_url, current_path, current_title,
     page_entered_at, page_views, events, pages, page_times_ms, device_type, browser, os,
@@ -150,6 +116,33 @@ INNER JOIN (
     WHERE e.timestamp >= s.start_at AND e.timestamp <= s.last_event_at
     GROUP BY s.session_id
 ) AS v ON v.session_id = s.session_id;
+
+-- Their breakdown rows, by the definitions the aggregator writes them with
+-- (services/aggregator/breakdowns.py, docs/definitions.md).
+INSERT INTO breakdown_pages (project_id, day, anonymous_id, session_id, path, views, timed_views,
+    time_ms, is_entry, is_exit, bounced, version, is_deleted)
+SELECT project_id, toDate(start_at), anonymous_id, session_id, path, toUInt32(count()),
+       toUInt32(sum(timed)), sum(spent), toUInt8(max(i = 1)), toUInt8(max(i = n)),
+       toUInt8(max(i = 1 AND page_views = 1)), any(version), 0
+FROM (
+    SELECT project_id, start_at, anonymous_id, session_id, pages, page_views, version,
+           length(pages) AS n, arrayJoin(arrayEnumerate(pages)) AS i, pages[i] AS path,
+           page_times_ms[i] AS t, toUnixTimestamp64Milli(last_event_at) AS last_ms,
+           toUInt8(i < n OR (page_views = n AND last_ms > t)) AS timed,
+           if(i < n, page_times_ms[i + 1] - t, if(timed = 1, last_ms - t, 0)) AS spent
+    FROM sessions FINAL WHERE is_deleted = 0
+      AND length(pages) > 0 AND length(page_times_ms) = length(pages)
+)
+GROUP BY project_id, start_at, anonymous_id, session_id, path;
+
+INSERT INTO breakdown_sessions (project_id, day, anonymous_id, session_id, entry_path, exit_path,
+    source, utm_source, utm_medium, utm_campaign, country, device_type, browser, os, page_views, version,
+    is_deleted)
+SELECT project_id, toDate(start_at), anonymous_id, session_id, pages[1], pages[length(pages)],
+       entry_source, entry_utm_source, entry_utm_medium, entry_utm_campaign, entry_country,
+       entry_device_type, entry_browser, entry_os, page_views, version, 0
+FROM sessions FINAL WHERE is_deleted = 0
+  AND length(pages) > 0 AND length(page_times_ms) = length(pages);
 
 -- Each settled day's breakdowns (a UTC day before today): a row per (day, dimension, value)
 -- with its figures, and visitors as a mergeable distinct count, so a 30-day breakdown adds up
