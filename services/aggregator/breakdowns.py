@@ -1,14 +1,20 @@
-"""The breakdown tables' rows (migration 0023), from the sessions the aggregator holds.
+"""The breakdown tables (migration 0023), recomputed in ClickHouse for the visitors a batch
+touched, and the roll-up of settled days.
 
-For every session a batch changed, `breakdown_sessions` gets its row (entry and exit page, the
-attributes of its entry page view, page views) and `breakdown_pages` a row per path it
-viewed (views, time on page, whether it entered or left there, whether it bounced there), all
-under the UTC day the session starts on. Only rows whose figures changed since the session's last
-write are written (`Session.written`); a session that moved to another day, was absorbed by
-another, or no longer lists a path gets a tombstone (is_deleted = 1) for each row it leaves.
-Every row carries the session's version (the position of its last event), so a replay writes
-the same rows again and they collapse, as the `sessions` rows do. A visitor reloaded from
-`sessions` writes all its rows at its next change: what the tables held is not known then.
+`breakdown_sessions` holds a row per session with a page view (entry and exit page, the
+attributes of its entry page view, page views) and `breakdown_pages` a row per path it viewed
+(views, time on page, whether it entered or left there, whether it bounced there), all under
+the UTC day the session starts on. The refresh (services.aggregator.derived) recomputes them
+for the visitors it staged, over the dirty days, from their live sessions (as it staged them)
+and their page views in `visitor_events` (sorted by visitor; migration 0023 gave it the
+attributes a session takes from its entry page view), then writes only the rows that differ
+from what the tables hold, with a tombstone (is_deleted = 1) for each row no longer there: a
+session whose start moved to an earlier day or that another absorbed. A recomputation gives the
+same rows whatever came before, so a replay after a crash, or two workers, change nothing.
+
+The aggregator wrote these rows itself from its in-memory sessions before: that cost it a third
+more CPU per event (bench/README.md, 2026-12-03); here the work is a few statements per refresh,
+in C++, for the ids the refresh already staged.
 
 Definitions (docs/definitions.md): a session's page views are its first MAX_PAGES, in (time,
 path) order; its entry page is the first, its exit page the last; its source, campaign,
@@ -16,189 +22,124 @@ country, device, browser and OS are those of its entry page view. Time on a page
 until the next page view or, for the last one, until the session's last event; it is unknown
 when that last page view is the session's last event (or when later page views were not kept).
 A session bounced when it has one page view; the row of its entry page says so.
-
-A session loaded from a row written before 0023 has no page times (`Session.timed`): its rows are
-the migration's, and stay as they are.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from functools import cache
 
 from clickhouse_connect.driver.client import Client
 
-from services.aggregator.sessions import DAY_MS, MAX_PAGES, Session, Written, day_of
 from werkstroom.breakdowns import figures_sql
-from werkstroom.clickhouse.tables import BREAKDOWN_DIMENSIONS, BREAKDOWN_FIGURES
+from werkstroom.clickhouse.tables import (
+    BREAKDOWN_DIMENSIONS,
+    BREAKDOWN_FIGURES,
+    BREAKDOWN_PAGES_COLUMNS,
+    BREAKDOWN_SESSIONS_COLUMNS,
+    ENTRY_ATTRIBUTES,
+)
+
+MAX_PAGES = 100  # page views counted per session: its first ones, by (time, path)
+VIEWS = "refresh_views"  # the staged sessions' page views, once per refresh
+_KEY_AND_VERSION = {"project_id", "day", "anonymous_id", "session_id", "path", "version", "is_deleted"}
+#: What a row holds besides its key and version, in the tables' column order.
+PAGE_FIGURES = [c for c in BREAKDOWN_PAGES_COLUMNS if c not in _KEY_AND_VERSION]
+SESSION_FIGURES = [c for c in BREAKDOWN_SESSIONS_COLUMNS if c not in _KEY_AND_VERSION]
+VIEWS_CREATE = f"""
+CREATE TEMPORARY TABLE {VIEWS} (anonymous_id String, session_id String, day Date, last_ms Int64,
+    page_views UInt32, version UInt64,
+    views Array(Tuple(Int64, String, {", ".join("String" for _ in ENTRY_ATTRIBUTES)}))) ENGINE = Memory
+"""
 
 
-def breakdown_rows(session: Session, sessions: list[tuple[Any, ...]], pages: list[tuple[Any, ...]]) -> None:
-    """Append the rows `session` changes to `sessions` (breakdown_sessions) and `pages`
-    (breakdown_pages), in werkstroom.clickhouse.tables' column order, and remember them."""
-    before = session.written
-    if before is not None and _appended(session, before, sessions, pages):
-        return
-    if session.deleted or not session.pages:
-        if before is not None:
-            _bury(session, before, before.pages, sessions, pages)
-            session.written = None
-        return
-    if not session.timed:
-        return
-    day = day_of(session.start_ms)
-    paths = session.pages
-    summary = (paths[0], paths[-1], *session.entry_attributes, session.page_views)
-    key = (session.project_id, day, session.anonymous_id, session.session_id)
-    version = session.version
-    figures = page_figures(session)
-    written: dict[str, tuple[Any, ...] | None] = {}
-    if before is not None and before.day != day:
-        _bury(session, before, before.pages, sessions, pages)
-        before = None
-    elif before is not None:
-        gone = {path: row for path, row in before.pages.items() if path not in figures}
-        if gone:
-            _bury(session, before, gone, sessions, pages, session_row=False)
-    for path, row in figures.items():
-        written[path] = row
-        if before is None or before.pages.get(path) != row:
-            pages.append((*key, path, *row, version, 0))
-    if before is None or before.session != summary:
-        sessions.append((*key, *summary, version, 0))
-    session.written = Written(
-        day,
-        written,
-        summary,
-        len(paths),
-        _last_view(session),
-        session.page_inserts,
-        session.start_ms // DAY_MS,
+@cache
+def statements(member_ids: str, sessions: str) -> tuple[str, str, str]:
+    """The recomputation's three statements over the refresh's staged ids (`member_ids`, a
+    subquery) and their live sessions (`sessions`, a table with anonymous_id, session_id,
+    start_at, last_event_at, page_views and version): stage the page views, then write the
+    pages' rows and the sessions' rows that changed."""
+    attributes = ", ".join(ENTRY_ATTRIBUTES)
+    views = f"""
+INSERT INTO {VIEWS}
+SELECT s.anonymous_id, s.session_id, toDate(s.start_at), toUnixTimestamp64Milli(s.last_event_at),
+       s.page_views, s.version,
+       arraySlice(arraySort(groupArray((toUnixTimestamp64Milli(v.timestamp), v.path,
+           {", ".join(f"toString(v.{a})" for a in ENTRY_ATTRIBUTES)}))), 1, {MAX_PAGES})
+FROM (
+    SELECT distinct_id, timestamp, path, {attributes} FROM visitor_events FINAL
+    PREWHERE distinct_id IN {member_ids}
+    WHERE project_id = {{p:String}} AND event = '$page'
+) AS v
+INNER JOIN (SELECT * FROM {sessions} WHERE toDate(start_at) IN {{days:Array(Date)}}) AS s
+    ON v.distinct_id = s.anonymous_id
+WHERE v.timestamp >= s.start_at AND v.timestamp <= s.last_event_at
+GROUP BY s.anonymous_id, s.session_id, s.start_at, s.last_event_at, s.page_views, s.version
+"""
+    # Each table's current rows (current = 1) beside the rows it holds for these visitors and
+    # days (current = 0), as sessions_daily's refresh does: written are the new rows, the rows
+    # whose version changed, and a tombstone for each held row with no current one.
+    pages = f"""
+INSERT INTO breakdown_pages (project_id, day, anonymous_id, session_id, path, {", ".join(PAGE_FIGURES)},
+    version, is_deleted)
+SELECT {{p:String}}, day, anonymous_id, session_id, path,
+       {", ".join(f"argMax({f}, current)" for f in PAGE_FIGURES)},
+       if(max(current) = 1, argMax(version, current), max(version) + 1), toUInt8(max(current) = 0)
+FROM (
+    SELECT day, anonymous_id, session_id, path, toUInt32(count()) AS views,
+           toUInt32(sum(timed)) AS timed_views, toInt64(sum(spent)) AS time_ms,
+           toUInt8(max(i = 1)) AS is_entry, toUInt8(max(i = n)) AS is_exit,
+           toUInt8(max(i = 1 AND page_views = 1)) AS bounced, any(version) AS version,
+           toUInt8(1) AS current
+    FROM (
+        SELECT day, anonymous_id, session_id, page_views, version, last_ms, length(views) AS n,
+               arrayJoin(arrayEnumerate(views)) AS i, views[i].2 AS path, views[i].1 AS t,
+               toUInt8(i < n OR (page_views = n AND last_ms > t)) AS timed,
+               if(i < n, views[i + 1].1 - t, if(timed = 1, last_ms - t, 0)) AS spent
+        FROM {VIEWS}
     )
+    GROUP BY day, anonymous_id, session_id, path
+    UNION ALL
+    SELECT day, anonymous_id, session_id, path, {", ".join(PAGE_FIGURES)}, version, toUInt8(0)
+    FROM breakdown_pages FINAL PREWHERE anonymous_id IN {member_ids}
+    WHERE project_id = {{p:String}} AND day IN {{days:Array(Date)}} AND is_deleted = 0
+)
+GROUP BY day, anonymous_id, session_id, path
+HAVING max(current) = 0 OR min(current) = 1 OR min(version) != max(version)
+"""
+    held = ", ".join(f"toString({f})" if f in ENTRY_ATTRIBUTES else f for f in SESSION_FIGURES)
+    entry = ", ".join(f"views[1].{i + 3} AS {a}" for i, a in enumerate(ENTRY_ATTRIBUTES))
+    sessions_rows = f"""
+INSERT INTO breakdown_sessions (project_id, day, anonymous_id, session_id, {", ".join(SESSION_FIGURES)},
+    version, is_deleted)
+SELECT {{p:String}}, day, anonymous_id, session_id,
+       {", ".join(f"argMax({f}, current)" for f in SESSION_FIGURES)},
+       if(max(current) = 1, argMax(version, current), max(version) + 1), toUInt8(max(current) = 0)
+FROM (
+    SELECT day, anonymous_id, session_id, views[1].2 AS entry_path, views[length(views)].2 AS exit_path,
+           {entry}, page_views, version, toUInt8(1) AS current
+    FROM {VIEWS}
+    UNION ALL
+    SELECT day, anonymous_id, session_id, {held}, version, toUInt8(0)
+    FROM breakdown_sessions FINAL PREWHERE anonymous_id IN {member_ids}
+    WHERE project_id = {{p:String}} AND day IN {{days:Array(Date)}} AND is_deleted = 0
+)
+GROUP BY day, anonymous_id, session_id
+HAVING max(current) = 0 OR min(current) = 1 OR min(version) != max(version)
+"""
+    return views, pages, sessions_rows
 
 
-def _last_view(session: Session) -> tuple[int, int]:
-    """(timed, time on page) of the session's last page view listed (page_figures)."""
-    t = session.page_ms[-1]
-    if session.page_views == len(session.pages) and session.last_ms > t:
-        return 1, session.last_ms - t
-    return 0, 0
-
-
-def _appended(
-    session: Session, before: Written, sessions: list[tuple[Any, ...]], pages: list[tuple[Any, ...]]
-) -> bool:
-    """The common changes, written here if they are the ones: page views added at the end of the
-    session's list, or none (a heartbeat, a custom event), since the last write. Then only the
-    rows of the paths viewed since, of the last page view before (its time on page is known now)
-    and of the entry page (it no longer bounced) change, and the session's row if it has new page
-    views (a heartbeat changes the time on its last page only). False:
-    not one of them (a late page view, a day moved, the list full, ...): breakdown_rows works it
-    all out. test_breakdowns holds the two ways to each other."""
-    m, n = before.views, len(session.pages)
-    summary = before.session
-    if (
-        summary is None  # not known: a reloaded session (else every path's figures are)
-        or not 0 < m <= n < MAX_PAGES
-        or session.page_views != n
-        or session.page_inserts != before.inserts
-        or session.deleted
-        or session.start_ms // DAY_MS != before.day_number
-    ):
-        return False
-    paths, times, figures, was = session.pages, session.page_ms, before.pages, before.last
-    last = _last_view(session)
-    changed: dict[str, list[int]] = {}
-    if n > m:  # the old last page view lasts until the next one now, and is no longer the exit
-        r = changed[paths[m - 1]] = list(figures[paths[m - 1]])  # type: ignore[arg-type]
-        r[1] += 1 - was[0]
-        r[2] += times[m] - times[m - 1] - was[1]
-        r[4] = 0
-        for i in range(m, n):
-            path = paths[i]
-            r = changed.get(path)  # type: ignore[assignment]
-            if r is None:
-                r = changed[path] = list(figures.get(path) or _NEW)
-            r[0] += 1
-            if i < n - 1:
-                r[1] += 1
-                r[2] += times[i + 1] - times[i]
-            else:
-                r[1] += last[0]
-                r[2] += last[1]
-        r[4] = 1
-        if m == 1:  # a second page view: the entry page no longer bounced
-            r = changed.get(paths[0]) or changed.setdefault(paths[0], list(figures[paths[0]]))  # type: ignore[arg-type]
-            r[5] = 0
-    elif last != was:  # only the last page view's time changed
-        r = changed[paths[-1]] = list(figures[paths[-1]])  # type: ignore[arg-type]
-        r[1] += last[0] - was[0]
-        r[2] += last[1] - was[1]
-    key = (session.project_id, before.day, session.anonymous_id, session.session_id)
-    version = session.version
-    for path, r in changed.items():
-        figures[path] = done = tuple(r)
-        pages.append((*key, path, *done, version, 0))
-    if n > m:  # a new exit page and page views (the entry and its attributes are as they were)
-        before.session = now = (summary[0], paths[-1], *summary[2:-1], session.page_views)
-        sessions.append((*key, *now, version, 0))
-    before.views, before.last = n, last
-    return True
-
-
-_NEW = (0, 0, 0, 0, 0, 0)  # a path's figures before its first view
-
-
-def page_figures(session: Session) -> dict[str, tuple[Any, ...]]:
-    """Each path's (views, timed_views, time_ms, is_entry, is_exit, bounced), in the session's
-    order of first view."""
-    paths, times = session.pages, session.page_ms
-    last = len(paths) - 1
-    complete = session.page_views == len(paths)  # else later page views were not kept
-    figures: dict[str, list[int]] = {}
-    for i, path in enumerate(paths):
-        t = times[i]
-        if i < last:
-            timed, spent = 1, times[i + 1] - t
-        elif complete and session.last_ms > t:
-            timed, spent = 1, session.last_ms - t
-        else:
-            timed, spent = 0, 0
-        found = figures.get(path)
-        if found is None:
-            figures[path] = [1, timed, spent, 0, 0, 0]
-        else:
-            found[0] += 1
-            found[1] += timed
-            found[2] += spent
-    figures[paths[0]][3] = 1
-    figures[paths[last]][4] = 1
-    if session.page_views == 1:
-        figures[paths[0]][5] = 1
-    return {path: tuple(row) for path, row in figures.items()}
-
-
-def _bury(
-    session: Session,
-    before: Written,
-    paths: dict[str, tuple[Any, ...] | None],
-    sessions: list[tuple[Any, ...]],
-    pages: list[tuple[Any, ...]],
-    session_row: bool = True,
-) -> None:
-    """Tombstones, under the day written before, for these paths (and the session's row). They
-    carry the session's present version, above that of any row it wrote before."""
-    key = (session.project_id, before.day, session.anonymous_id, session.session_id)
-    version = session.version
-    for path in paths:
-        pages.append((*key, path, *_EMPTY_PAGE, version, 1))
-    if session_row:
-        sessions.append((*key, *_EMPTY_SESSION, version, 1))
-
-
-_EMPTY_PAGE: tuple[Any, ...] = (0, 0, 0, 0, 0, 0)
-_EMPTY_SESSION: tuple[Any, ...] = ("", "", *("",) * 8, 0)
+def recompute(client: Client, project_id: str, days: set[date], member_ids: str, sessions: str) -> None:
+    """The breakdown rows of the staged visitors' sessions on `days` (see the module's doc)."""
+    if not days:
+        return
+    params = {"p": project_id, "days": sorted(days)}
+    client.command(f"DROP TEMPORARY TABLE IF EXISTS {VIEWS}")
+    client.command(VIEWS_CREATE)
+    for sql in statements(member_ids, sessions):
+        client.command(sql, parameters=params)
 
 
 # -- the roll-up of settled days (breakdown_daily) ------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from services.aggregator import breakdowns
 from services.aggregator.breakdowns import RollUps
 from services.aggregator.funnels import person_ids, recompute
 from services.aggregator.processor import Dirty
@@ -49,6 +50,7 @@ def refresh(client: Client, dirty: Dirty, rollups: RollUps | None = None) -> Non
     for project_id, distinct_ids in ids.items():
         changed = refresh_persons(client, project_id, distinct_ids, version, days[project_id])
         refresh_session_days(client, project_id, days[project_id])  # its members are staged
+        breakdowns.recompute(client, project_id, days[project_id], MEMBER_IDS, SESSIONS)  # and theirs
         days[project_id] |= changed.first_days | changed.activity_days
         activity_days[project_id] = changed.activity_days
         project_funnels = list_funnels(client, project_id)

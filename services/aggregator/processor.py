@@ -1,6 +1,5 @@
 """The aggregations the aggregator keeps beside the raw events: sessions, the live view
-(`online_visitors`), the breakdown tables, identities (`person_distinct_ids`) and the day's
-counts (`events_daily`).
+(`online_visitors`), identities (`person_distinct_ids`) and the day's counts (`events_daily`).
 
 State lives in memory as a cache of ClickHouse: a visitor not in memory is loaded from its
 `sessions` rows (one query per batch for all of them), and visitors quiet for longer than a
@@ -18,7 +17,6 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from services.aggregator.breakdowns import breakdown_rows
 from services.aggregator.sessions import (
     GAP_MS,
     HISTORY,
@@ -38,8 +36,6 @@ from services.aggregator.sessions import (
 )
 from werkstroom.clickhouse.params import StringArray
 from werkstroom.clickhouse.tables import (
-    BREAKDOWN_PAGES_COLUMNS,
-    BREAKDOWN_SESSIONS_COLUMNS,
     EVENTS_DAILY_COLUMNS,
     ONLINE_VISITORS_COLUMNS,
     PERSON_DISTINCT_IDS_COLUMNS,
@@ -50,7 +46,7 @@ from werkstroom.contract import HEARTBEAT, Event
 
 VisitorKey = tuple[str, str]
 Decoded = tuple[Event, int, int]  # event, partition, offset
-Rows = dict[str, tuple[list[str], list[Any]]]  # table -> (columns, rows: sequences in that order)
+Rows = dict[str, tuple[list[str], list[list[Any]]]]
 
 EVICT_AFTER_MS = GAP_MS + 10 * 60 * 1000
 #: How far past the wall clock an event time may move the aggregator's clock. An event from a
@@ -215,8 +211,6 @@ class SessionsProcessor:
                 replayed = session_at(visitor, t)
                 if replayed is not None:
                     days.update((project_id, day) for day in session_days(replayed))
-                    # and its breakdown rows may not have been written: write them (again)
-                    changes.replayed[replayed.session_id] = replayed
             if visitor.last_seen_ms > clock:
                 clock = min(visitor.last_seen_ms, ceiling)
         self._clock_ms = clock
@@ -264,19 +258,10 @@ class SessionsProcessor:
             # Every day it spans: the day it starts on, and the days it started on before a
             # late event moved its start earlier (sessions_daily keeps it under its start day).
             days.update((session.project_id, day) for day in session_days(session))
-        breakdown_sessions: list[tuple[Any, ...]] = []
-        breakdown_pages: list[tuple[Any, ...]] = []
-        for session in changes.sessions.values():
-            breakdown_rows(session, breakdown_sessions, breakdown_pages)
-        for session_id, session in changes.replayed.items():
-            if session_id not in changes.sessions:
-                breakdown_rows(session, breakdown_sessions, breakdown_pages)
         identities = [[p, d, person, version] for (p, d), (person, version) in changes.identities.items()]
         rows = {  # in the order the writer inserts them: the live view first, it has 1 s
             "online_visitors": (ONLINE_VISITORS_COLUMNS, [online_row(v) for v in changes.online.values()]),
             "sessions": (SESSIONS_COLUMNS, [session_row(s) for s in changes.sessions.values()]),
-            "breakdown_sessions": (BREAKDOWN_SESSIONS_COLUMNS, breakdown_sessions),
-            "breakdown_pages": (BREAKDOWN_PAGES_COLUMNS, breakdown_pages),
             "person_distinct_ids": (PERSON_DISTINCT_IDS_COLUMNS, identities),
             # the same rows, sorted by person
             "person_distinct_ids_by_person": (PERSON_DISTINCT_IDS_COLUMNS, identities),

@@ -18,7 +18,6 @@ the rows come out the same as in an uninterrupted run.
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -27,14 +26,11 @@ from typing import Any
 
 import orjson
 
-from werkstroom.clickhouse.tables import ENTRY_ATTRIBUTES
 from werkstroom.contract import HEARTBEAT, Event, epoch_ms
 
 GAP_MS = 30 * 60 * 1000
 HISTORY = 20  # sessions per visitor kept for late events
-MAX_PAGES = 100  # page views remembered per session: its first ones, by time
-NO_ATTRIBUTES = ("",) * len(ENTRY_ATTRIBUTES)
-_entry_attributes = attrgetter(*ENTRY_ATTRIBUTES)
+MAX_PAGES = 100  # paths remembered per session
 
 
 to_ms = epoch_ms
@@ -69,25 +65,13 @@ class Session:
     page_entered_ms: int = -1
     page_views: int = 0
     events: int = 0
-    pages: list[str] = field(default_factory=list)  # paths of its first page views, by (time, path)
-    page_ms: list[int] = field(default_factory=list)  # their times, ascending
-    entry_attributes: tuple[str, ...] = NO_ATTRIBUTES  # those of the page view pages[0]
-    page_inserts: int = 0  # page views that went anywhere but the end of `pages` (late ones)
+    pages: list[str] = field(default_factory=list)  # page paths, in the order applied
     device_type: str = ""
     browser: str = ""
     os: str = ""
     partition: int = 0
     version: int = -1
     deleted: bool = False
-    #: What the breakdown tables hold for it (services.aggregator.breakdowns), to write only
-    #: what changed; None: nothing yet.
-    written: Any = None
-
-    @property
-    def timed(self) -> bool:
-        """Whether its page views' times are known: not for a row written before they were
-        kept (migration 0023), whose breakdown rows the migration wrote and nothing rewrites."""
-        return len(self.page_ms) == len(self.pages)
 
     def absorb(self, other: Session) -> None:
         """Merge a later session into this one (a late event filled the gap between them)."""
@@ -95,17 +79,7 @@ class Session:
         self.last_ms = max(self.last_ms, other.last_ms)
         self.page_views += other.page_views
         self.events += other.events
-        if self.timed and other.timed:
-            if other.pages and (
-                not self.pages or (other.page_ms[0], other.pages[0]) < (self.page_ms[0], self.pages[0])
-            ):
-                self.entry_attributes = other.entry_attributes
-            views = sorted(zip(self.page_ms + other.page_ms, self.pages + other.pages, strict=True))
-            self.page_inserts += 1
-            self.page_ms = [t for t, _ in views[:MAX_PAGES]]
-            self.pages = [p for _, p in views[:MAX_PAGES]]
-        else:
-            self.pages, self.page_ms = (self.pages + other.pages)[:MAX_PAGES], []
+        self.pages = (self.pages + other.pages)[:MAX_PAGES]
         if other.entry_ms >= 0 and (self.entry_ms < 0 or other.entry_ms < self.entry_ms):
             self.entry_ms, self.entry_url, self.entry_path = other.entry_ms, other.entry_url, other.entry_path
             self.referrer = other.referrer
@@ -152,7 +126,6 @@ class Changes:
     """What one batch changed: the rows to write."""
 
     sessions: dict[str, Session] = field(default_factory=dict)
-    replayed: dict[str, Session] = field(default_factory=dict)  # holding an event read again
     online: dict[tuple[str, str], Visitor] = field(default_factory=dict)
     identities: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
     traits: dict[tuple[str, str, str], tuple[str, int]] = field(default_factory=dict)
@@ -241,7 +214,8 @@ def _update(session: Session, event: Event, t: int) -> None:
     if event.type == "page":
         session.page_views += 1
         path = event.path
-        _add_page_view(session, t, path, event)
+        if len(session.pages) < MAX_PAGES:
+            session.pages.append(path)
         if t >= session.page_entered_ms:
             session.page_entered_ms = t
             session.current_url, session.current_path = event.url, path
@@ -253,58 +227,10 @@ def _update(session: Session, event: Event, t: int) -> None:
         session.events += 1
 
 
-def _add_page_view(session: Session, t: int, path: str, event: Event) -> None:
-    """Keep the session's first MAX_PAGES page views in (time, path) order, and the attributes
-    of the first (its entry page view, for the breakdowns)."""
-    pages, times = session.pages, session.page_ms
-    n = len(pages)
-    if len(times) != n:  # untimed (a row from before 0023): paths in the order applied, as then
-        if n < MAX_PAGES:
-            pages.append(path)
-        return
-    if not n or t > times[-1] or (t == times[-1] and path >= pages[-1]):  # the common case
-        if n < MAX_PAGES:
-            times.append(t)
-            pages.append(path)
-            if not n:
-                session.entry_attributes = _entry_attributes(event)
-        return
-    session.page_inserts += 1
-    at = bisect_right(times, t)
-    while at > 0 and times[at - 1] == t and pages[at - 1] > path:
-        at -= 1
-    times.insert(at, t)
-    pages.insert(at, path)
-    if at == 0:
-        session.entry_attributes = _entry_attributes(event)
-    if n == MAX_PAGES:
-        times.pop()
-        pages.pop()
-
-
 def session_days(session: Session) -> Iterator[date]:
     """The UTC days from the session's start to its last event (usually one)."""
     for day in range(session.start_ms // DAY_MS, session.last_ms // DAY_MS + 1):
         yield date.fromordinal(_EPOCH_ORDINAL + day)
-
-
-def day_of(ms: int) -> date:
-    """The UTC day of a time in ms."""
-    return date.fromordinal(_EPOCH_ORDINAL + ms // DAY_MS)
-
-
-@dataclass(slots=True)
-class Written:
-    """A session's rows in the breakdown tables as last written: the day they are under, each
-    path's figures and the session row's (None: not known, to be written)."""
-
-    day: date
-    pages: dict[str, tuple[Any, ...] | None]
-    session: tuple[Any, ...] | None
-    views: int = -1  # the page views listed then (-1: not known)
-    last: tuple[int, int] = (0, 0)  # the last one's (timed, time on page)
-    inserts: int = 0  # the session's page_inserts then
-    day_number: int = -1  # `day` as days since 1970
 
 
 def session_at(visitor: Visitor, t: int) -> Session | None:
@@ -369,9 +295,7 @@ def session_row(s: Session) -> list[Any]:
         _page_time(s),
         *_COUNTS(s),
         list(s.pages),  # a copy: the row waits for the writer while the session keeps changing
-        list(s.page_ms),
         *_DEVICE(s),
-        *s.entry_attributes,
         s.partition,
         s.version,
         int(s.deleted),
@@ -390,7 +314,7 @@ def session_from_row(row: dict[str, Any]) -> Session:
     entry_ms = _ms(row["entry_at"])
     page_ms = _ms(row["page_entered_at"])
     has_pages = row["page_views"] > 0
-    session = Session(
+    return Session(
         session_id=row["session_id"],
         project_id=row["project_id"],
         anonymous_id=row["anonymous_id"],
@@ -408,18 +332,12 @@ def session_from_row(row: dict[str, Any]) -> Session:
         page_views=row["page_views"],
         events=row["events"],
         pages=list(row["pages"]),
-        page_ms=list(row["page_times_ms"]),
-        entry_attributes=tuple(row[f"entry_{a}"] for a in ENTRY_ATTRIBUTES),
         device_type=row["device_type"],
         browser=row["browser"],
         os=row["os"],
         partition=row["kafka_partition"],
         version=row["version"],
     )
-    # What its breakdown rows were written from, as far as a reload knows: its paths, under the
-    # day it started on; every row is written again at its next change (values unknown).
-    session.written = Written(day_of(session.start_ms), dict.fromkeys(session.pages), None, -1, (0, 0), 0, -1)
-    return session
 
 
 def _ms(value: datetime | int) -> int:

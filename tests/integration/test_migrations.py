@@ -3,7 +3,7 @@ version before them, the reads after them give what they gave before."""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import date
 
 import pytest
 from clickhouse_connect.driver.client import Client
@@ -185,10 +185,9 @@ def test_the_lookup_tables_get_small_compressed_blocks_and_keep_their_rows(datab
     assert database.query(latest).first_row[0] == "user-b"
 
 
-def test_the_breakdown_tables_are_back_filled_as_the_aggregator_computes_them(database: Client) -> None:
-    from services.aggregator.breakdowns import breakdown_rows
-    from services.aggregator.sessions import session_from_row
-    from werkstroom.clickhouse.tables import BREAKDOWN_PAGES_COLUMNS, BREAKDOWN_SESSIONS_COLUMNS
+def test_the_breakdown_tables_are_back_filled_as_the_refresh_computes_them(database: Client) -> None:
+    from services.aggregator.derived import refresh
+    from services.aggregator.processor import Dirty
 
     migrate(database, through=22)
     event = (
@@ -229,28 +228,20 @@ def test_the_breakdown_tables_are_back_filled_as_the_aggregator_computes_them(da
     assert database.query(
         "SELECT session_id, source, utm_source, country FROM breakdown_sessions FINAL ORDER BY 1"
     ).result_rows == [("s1", "news.example", "nl", "NL"), ("s2", "", "", "")]
-    # The sessions now carry their page views' times and entry attributes, from which the
-    # aggregator writes the same rows as the migration did.
+    # The page views in visitor_events now carry the attributes a session takes from its entry.
     assert database.query(
-        "SELECT session_id, pages, page_times_ms, entry_source, entry_country FROM sessions FINAL "
-        "WHERE is_deleted = 0 ORDER BY 1"
+        "SELECT distinct_id, path, source, utm_source, country FROM visitor_events FINAL "
+        "WHERE event = '$page' ORDER BY timestamp"
     ).result_rows == [
-        ("s1", ["/", "/p"], [1772359200000, 1772359260000], "news.example", "NL"),
-        ("s2", ["/p"], [1772409540000], "", ""),
+        ("a", "/", "news.example", "nl", "NL"),
+        ("a", "/p", "", "", "NL"),
+        ("b", "/p", "", "", ""),
     ]
-    written: dict[str, list[tuple[Any, ...]]] = {"breakdown_sessions": [], "breakdown_pages": []}
-    for row in database.query("SELECT * FROM sessions FINAL WHERE is_deleted = 0").named_results():
-        session = session_from_row(row)
-        session.written = None  # as if new: every row
-        breakdown_rows(session, written["breakdown_sessions"], written["breakdown_pages"])
-    for table, columns in (
-        ("breakdown_pages", BREAKDOWN_PAGES_COLUMNS),
-        ("breakdown_sessions", BREAKDOWN_SESSIONS_COLUMNS),
-    ):
-        stored = database.query(
-            f"SELECT {', '.join(columns)} FROM {table} FINAL WHERE is_deleted = 0 ORDER BY ALL"
-        ).result_rows
-        assert stored == sorted(tuple(r) for r in written[table]), table
+    # The refresh recomputes the same rows from them: it writes nothing (it writes only changes).
+    count = "SELECT count() FROM breakdown_pages) + (SELECT count() FROM breakdown_sessions"
+    before = database.query(f"SELECT ({count})").first_row[0]
+    refresh(database, Dirty({("p", date(2026, 3, 1))}, {("p", "a"), ("p", "b")}))
+    assert database.query(f"SELECT ({count})").first_row[0] == before
     assert database.query(
         "SELECT session_id, entry_path, exit_path, page_views FROM breakdown_sessions FINAL ORDER BY 1"
     ).result_rows == [("s1", "/", "/p", 2), ("s2", "/p", "/p", 1)]

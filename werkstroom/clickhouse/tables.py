@@ -12,8 +12,8 @@ from werkstroom.contract import FIELDS
 
 #: `events`: every field of the contract, and where the message came from.
 EVENTS_COLUMNS = [*FIELDS, "kafka_partition", "kafka_offset"]
-#: What a session takes from its entry page view for the breakdowns (the aggregator keeps them
-#: on `sessions` as entry_<name>; the breakdown tables copy them under these names).
+#: What a session takes from its entry page view for the breakdowns: `visitor_events` holds them
+#: for each page view (migration 0023), breakdown_sessions for each session.
 ENTRY_ATTRIBUTES = [
     "source",
     "utm_source",
@@ -43,11 +43,9 @@ SESSIONS_COLUMNS = [
     "page_views",
     "events",
     "pages",
-    "page_times_ms",
     "device_type",
     "browser",
     "os",
-    *(f"entry_{a}" for a in ENTRY_ATTRIBUTES),
     "kafka_partition",
     "version",
     "is_deleted",
