@@ -71,6 +71,7 @@ FROM (
     SELECT distinct_id, timestamp, path, {attributes} FROM visitor_events FINAL
     PREWHERE distinct_id IN {member_ids}
     WHERE project_id = {{p:String}} AND event = '$page'
+      AND timestamp >= toDateTime64(arrayMin({{days:Array(Date)}}), 3, 'UTC')
 ) AS v
 INNER JOIN (SELECT * FROM {sessions} WHERE toDate(start_at) IN {{days:Array(Date)}}) AS s
     ON v.distinct_id = s.anonymous_id
@@ -139,7 +140,8 @@ def recompute(client: Client, project_id: str, days: set[date], member_ids: str,
     client.command(f"DROP TEMPORARY TABLE IF EXISTS {VIEWS}")
     client.command(VIEWS_CREATE)
     for sql in statements(member_ids, sessions):
-        client.command(sql, parameters=params)
+        # one thread: beside the aggregator's own on two cores, more only adds contention
+        client.command(sql, parameters=params, settings={"max_threads": 1})
 
 
 # -- the roll-up of settled days (breakdown_daily) ------------------------------------------------
