@@ -44,9 +44,6 @@ from werkstroom.clickhouse.tables import (
 MAX_PAGES = 100  # page views counted per session: its first ones, by (time, path)
 VIEWS = "refresh_views"  # the staged sessions' page views, once per refresh
 _KEY_AND_VERSION = {"project_id", "day", "anonymous_id", "session_id", "path", "version", "is_deleted"}
-#: What a row holds besides its key and version, in the tables' column order.
-PAGE_FIGURES = [c for c in BREAKDOWN_PAGES_COLUMNS if c not in _KEY_AND_VERSION]
-SESSION_FIGURES = [c for c in BREAKDOWN_SESSIONS_COLUMNS if c not in _KEY_AND_VERSION]
 VIEWS_CREATE = f"""
 CREATE TEMPORARY TABLE {VIEWS} (anonymous_id String, session_id String, day Date, last_ms Int64,
     page_views UInt32, version UInt64,
@@ -78,16 +75,10 @@ INNER JOIN (SELECT * FROM {sessions} WHERE toDate(start_at) IN {{days:Array(Date
 WHERE v.timestamp >= s.start_at AND v.timestamp <= s.last_event_at
 GROUP BY s.anonymous_id, s.session_id, s.start_at, s.last_event_at, s.page_views, s.version
 """
-    # Each table's current rows (current = 1) beside the rows it holds for these visitors and
-    # days (current = 0), as sessions_daily's refresh does: written are the new rows, the rows
-    # whose version changed, and a tombstone for each held row with no current one.
-    pages = f"""
-INSERT INTO breakdown_pages (project_id, day, anonymous_id, session_id, path, {", ".join(PAGE_FIGURES)},
-    version, is_deleted)
-SELECT {{p:String}}, day, anonymous_id, session_id, path,
-       {", ".join(f"argMax({f}, current)" for f in PAGE_FIGURES)},
-       if(max(current) = 1, argMax(version, current), max(version) + 1), toUInt8(max(current) = 0)
-FROM (
+    pages = _changed_rows(
+        "breakdown_pages",
+        BREAKDOWN_PAGES_COLUMNS,
+        f"""
     SELECT day, anonymous_id, session_id, path, toUInt32(count()) AS views,
            toUInt32(sum(timed)) AS timed_views, toInt64(sum(spent)) AS time_ms,
            toUInt8(max(i = 1)) AS is_entry, toUInt8(max(i = n)) AS is_exit,
@@ -100,36 +91,47 @@ FROM (
                if(i < n, views[i + 1].1 - t, if(timed = 1, last_ms - t, 0)) AS spent
         FROM {VIEWS}
     )
-    GROUP BY day, anonymous_id, session_id, path
-    UNION ALL
-    SELECT day, anonymous_id, session_id, path, {", ".join(PAGE_FIGURES)}, version, toUInt8(0)
-    FROM breakdown_pages FINAL PREWHERE anonymous_id IN {member_ids}
-    WHERE project_id = {{p:String}} AND day IN {{days:Array(Date)}} AND is_deleted = 0
-)
-GROUP BY day, anonymous_id, session_id, path
-HAVING max(current) = 0 OR min(current) = 1 OR min(version) != max(version)
-"""
-    held = ", ".join(f"toString({f})" if f in ENTRY_ATTRIBUTES else f for f in SESSION_FIGURES)
+    GROUP BY day, anonymous_id, session_id, path""",
+        member_ids,
+    )
     entry = ", ".join(f"views[1].{i + 3} AS {a}" for i, a in enumerate(ENTRY_ATTRIBUTES))
-    sessions_rows = f"""
-INSERT INTO breakdown_sessions (project_id, day, anonymous_id, session_id, {", ".join(SESSION_FIGURES)},
-    version, is_deleted)
-SELECT {{p:String}}, day, anonymous_id, session_id,
-       {", ".join(f"argMax({f}, current)" for f in SESSION_FIGURES)},
-       if(max(current) = 1, argMax(version, current), max(version) + 1), toUInt8(max(current) = 0)
-FROM (
+    sessions_rows = _changed_rows(
+        "breakdown_sessions",
+        BREAKDOWN_SESSIONS_COLUMNS,
+        f"""
     SELECT day, anonymous_id, session_id, views[1].2 AS entry_path, views[length(views)].2 AS exit_path,
            {entry}, page_views, version, toUInt8(1) AS current
-    FROM {VIEWS}
+    FROM {VIEWS}""",
+        member_ids,
+    )
+    return views, pages, sessions_rows
+
+
+def _changed_rows(table: str, columns: list[str], current: str, member_ids: str) -> str:
+    """Write to `table` what differs between its `current` rows (a SELECT of the key, the
+    figures, version and current = 1) and the rows it holds for these visitors and days
+    (current = 0), as sessions_daily's refresh does: the new rows, the rows whose version
+    changed, and a tombstone for each held row with no current one."""
+    figures = [c for c in columns if c not in _KEY_AND_VERSION]
+    key = ", ".join(
+        c for c in columns if c in _KEY_AND_VERSION and c not in ("project_id", "version", "is_deleted")
+    )
+    # LowCardinality as stored, String as computed: the UNION's two sides read as one type
+    held = ", ".join(f"toString({f})" if f in ENTRY_ATTRIBUTES else f for f in figures)
+    return f"""
+INSERT INTO {table} (project_id, {key}, {", ".join(figures)}, version, is_deleted)
+SELECT {{p:String}}, {key}, {", ".join(f"argMax({f}, current)" for f in figures)},
+       if(max(current) = 1, argMax(version, current), max(version) + 1), toUInt8(max(current) = 0)
+FROM (
+{current}
     UNION ALL
-    SELECT day, anonymous_id, session_id, {held}, version, toUInt8(0)
-    FROM breakdown_sessions FINAL PREWHERE anonymous_id IN {member_ids}
+    SELECT {key}, {held}, version, toUInt8(0)
+    FROM {table} FINAL PREWHERE anonymous_id IN {member_ids}
     WHERE project_id = {{p:String}} AND day IN {{days:Array(Date)}} AND is_deleted = 0
 )
-GROUP BY day, anonymous_id, session_id
+GROUP BY {key}
 HAVING max(current) = 0 OR min(current) = 1 OR min(version) != max(version)
 """
-    return views, pages, sessions_rows
 
 
 def recompute(client: Client, project_id: str, days: set[date], member_ids: str, sessions: str) -> None:
