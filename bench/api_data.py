@@ -829,7 +829,7 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
         problems.append(f"daily_stats: {d_days} days")
     expect(
         "visitor_events",
-        one("SELECT count() FROM visitor_events WHERE project_id = {p:String}")[0],
+        one("SELECT count() FROM visitor_events FINAL WHERE project_id = {p:String}")[0],
         non_hb,
     )
     online, stuck, rows = one(
@@ -854,7 +854,7 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
     owner = {d: person for person, ids in sampled for d in ids}
     events: dict[str, list[tuple[int, str, str]]] = {person: [] for person, _ in sampled}
     for distinct_id, ms, name, path in client.query(
-        "SELECT distinct_id, toUnixTimestamp64Milli(timestamp), event, path FROM visitor_events "
+        "SELECT distinct_id, toUnixTimestamp64Milli(timestamp), event, path FROM visitor_events FINAL "
         "WHERE project_id = {p:String} AND distinct_id IN {ids:Array(String)}",
         parameters={"p": g.project_id, "ids": sorted(owner)},
     ).result_rows:
