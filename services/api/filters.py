@@ -79,7 +79,8 @@ class Filters:
         `table` is "breakdown_pages" or "breakdown_sessions"; `sessions_of` is a SELECT of the
         session ids of `{table}` in the same range, to which ` AND <conditions>` is appended:
         `page` on breakdown_sessions reads breakdown_pages; on breakdown_pages, whose rows hold
-        a path's figures only, the session's attributes are read from breakdown_sessions."""
+        a path's figures only, the session's attributes are read from breakdown_sessions. `plan`
+        and `segment` are one condition on the row's visitor, the same on both tables (person)."""
         own: list[str] = []
         of_sessions: list[str] = []
         params: dict[str, Any] = {}
