@@ -6,13 +6,21 @@ session viewed. Values are bound as query parameters, never spliced into SQL. A 
 (`page`, `entry_page`, `exit_page`) is an exact path, or a glob where `*` matches anything
 (`/blog/*`); the others are exact values. An empty value is a value: `source=` is "Direct / None",
 `country=` the unknown country.
+
+Two filters name the person a session's visitor belongs to now (persons, migration 0004, whose
+`anonymous_ids` are the visitor ids of breakdown_sessions and breakdown_pages): `plan`, the
+person's current plan ("" none), and `segment`, one of the users list's segments
+(services.api.queries.SEGMENT_WHERE, at the API's clock).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+
+from services.api.queries import SEGMENT_WHERE, segment_params
 
 #: Query parameter -> the column it narrows (a SESSION_ATTRIBUTES column, or `path`). `page` is
 #: the special one: on breakdown_pages the row's own path, elsewhere the sessions that viewed a
@@ -31,34 +39,54 @@ COLUMNS: dict[str, str] = {
     "os": "os",
 }
 GLOBS = frozenset({"page", "entry_page", "exit_page"})
+#: Filters on the visitor's person, after COLUMNS's in a request's order.
+PERSON_FILTERS = ("plan", "segment")
+#: What `segment` takes: the users list's segments ("all" is no filter, so not one of them).
+SEGMENTS = tuple(name for name in SEGMENT_WHERE if name != "all")
+# The visitor ids of the persons a condition picks; the users list's conditions (SEGMENT_WHERE)
+# read the same columns of the same rows.
+_VISITORS_OF = (
+    "SELECT arrayJoin(anonymous_ids) FROM persons FINAL "
+    "WHERE project_id = {{p:String}} AND is_deleted = 0{conditions}"
+)
 #: The longest filter value accepted (a path is stored up to 2048 characters).
 MAX_VALUE = 2048
 
 
 @dataclass(frozen=True)
 class Filters:
-    """The filters of one request, in COLUMNS's order; a name absent is no filter."""
+    """The filters of one request, in COLUMNS's then PERSON_FILTERS's order; a name absent is
+    no filter. `now` is the API's clock, which `segment` is decided at (as on the users list)."""
 
     values: dict[str, str] = field(default_factory=dict)
+    now: datetime | None = None
 
     @classmethod
-    def parse(cls, given: Mapping[str, str | None]) -> Filters:
-        """From the request's values (None: not given). Unknown names are a programming error."""
-        unknown = set(given) - set(COLUMNS)
+    def parse(cls, given: Mapping[str, str | None], now: datetime | None = None) -> Filters:
+        """From the request's values (None: not given). Unknown names, an unknown segment or a
+        segment without `now` are programming errors: the route refuses bad input first."""
+        unknown = set(given) - set(COLUMNS) - set(PERSON_FILTERS)
         if unknown:
             raise KeyError(f"no such filter: {sorted(unknown)}")
-        return cls({name: given[name] for name in COLUMNS if given.get(name) is not None})  # type: ignore[misc]
+        segment = given.get("segment")
+        if segment is not None and (segment not in SEGMENTS or now is None):
+            raise ValueError(f"segment {segment!r} needs to be one of {SEGMENTS}, with a clock")
+        names = (*COLUMNS, *PERSON_FILTERS)
+        return cls({name: given[name] for name in names if given.get(name) is not None}, now)  # type: ignore[misc]
 
     def where(self, table: str, sessions_of: str) -> tuple[str, dict[str, Any]]:
         """The conditions (` AND ...`, or "") on a breakdown table's rows, and their parameters.
         `table` is "breakdown_pages" or "breakdown_sessions"; `sessions_of` is a SELECT of the
         session ids of `{table}` in the same range, to which ` AND <conditions>` is appended:
         `page` on breakdown_sessions reads breakdown_pages; on breakdown_pages, whose rows hold
-        a path's figures only, the session's attributes are read from breakdown_sessions."""
+        a path's figures only, the session's attributes are read from breakdown_sessions. `plan`
+        and `segment` are one condition on the row's visitor, the same on both tables (person)."""
         own: list[str] = []
         of_sessions: list[str] = []
         params: dict[str, Any] = {}
         for name, value in self.values.items():
+            if name in PERSON_FILTERS:
+                continue
             column = COLUMNS[name]
             param = f"f_{name}"
             condition = _condition(column, param, value, name in GLOBS)
@@ -72,7 +100,29 @@ class Filters:
         if of_sessions:
             found = f"{sessions_of.format(table='breakdown_sessions')} AND {' AND '.join(of_sessions)}"
             own.append(f"session_id IN ({found})")
+        person, person_params = self.person()
+        if person:
+            own.append(person)
+            params.update(person_params)
         return "".join(f" AND {c}" for c in own), params
+
+    def person(self) -> tuple[str, dict[str, Any]]:
+        """The condition (or "") on a breakdown row's `anonymous_id` that `plan` and `segment`
+        make together: the visitor is one of the ids of a live person that has both. A visitor
+        never identified is its own person (plan ""); one identified later counts under its
+        person in every session, those before the identify too."""
+        conditions = ""
+        params: dict[str, Any] = {}
+        if "plan" in self.values:
+            conditions += " AND plan = {f_plan:String}"
+            params["f_plan"] = self.values["plan"]
+        if "segment" in self.values:
+            assert self.now is not None  # parse makes sure
+            conditions += SEGMENT_WHERE[self.values["segment"]]
+            params.update(segment_params(self.now))
+        if not conditions:
+            return "", {}
+        return f"anonymous_id IN ({_VISITORS_OF.format(conditions=conditions)})", params
 
 
 def _condition(column: str, param: str, value: str, glob: bool) -> str:

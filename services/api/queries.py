@@ -384,13 +384,14 @@ class Cursor:
         return cls(ms, person_id)
 
 
+def segment_params(now: datetime) -> dict[str, Any]:
+    """The parameters SEGMENT_WHERE and SEGMENT_OF bind, at the answer's `now`."""
+    return {"active_since": now - ACTIVE_DAYS, "inactive_since": now - INACTIVE_DAYS}
+
+
 def users_filter(project_id: str, now: datetime, segment: str, q: str) -> tuple[str, dict[str, Any]]:
     where = "project_id = {p:String} AND is_deleted = 0" + SEGMENT_WHERE[segment]
-    params: dict[str, Any] = {
-        "p": project_id,
-        "active_since": now - ACTIVE_DAYS,
-        "inactive_since": now - INACTIVE_DAYS,
-    }
+    params: dict[str, Any] = {"p": project_id, **segment_params(now)}
     if q:
         where += Q_WHERE
         params["q"] = q
@@ -534,12 +535,7 @@ def user_profile(client: Client, project_id: str, person_id: str, now: datetime)
     rows = client.query(
         f"SELECT {USER_COLUMNS}, traits, anonymous_ids FROM persons FINAL "
         "PREWHERE person_id = {id:String} WHERE project_id = {p:String} AND is_deleted = 0",
-        parameters={
-            "p": project_id,
-            "id": person_id,
-            "active_since": now - ACTIVE_DAYS,
-            "inactive_since": now - INACTIVE_DAYS,
-        },
+        parameters={"p": project_id, "id": person_id, **segment_params(now)},
     ).result_rows
     if not rows:
         return None

@@ -86,6 +86,14 @@ VISITS = [
     Visit("p1", "", ("/pricing",), days_ago=40, referrer=GOOGLE),
     Visit("p2", "C1", ("/",), days_ago=35),
 ]
+# The visitors identify() names (two hours from their visit, so in no session of it), and their
+# person's plan: a1 and d1 are one premium person, b1 a trial one; the others have no plan.
+USERS = {"a1": "bd-u1", "d1": "bd-u1", "b1": "bd-u2"}
+PLANS = {"bd-u1": "premium", "bd-u2": "trial"}
+
+
+def plan_of(visit: Visit) -> str:
+    return PLANS.get(USERS.get(visit.visitor, ""), "")
 
 
 def attribute(visit: Visit, dimension: str, codes: dict[str, str]) -> str:
@@ -122,6 +130,9 @@ def expected(
     before = (start - timedelta(days=length), start - timedelta(days=1))
     today = datetime.now(UTC)
     country = (filters or {}).get("country")
+    plan = (filters or {}).get("plan")
+    segment = (filters or {}).get("segment")
+    assert segment in (None, "premium", "trial")  # the segments by plan: the test's visits are recent
     current: dict[str, set[str]] = {}
     previous: dict[str, set[str]] = {}
     views: dict[str, int] = {}
@@ -130,6 +141,10 @@ def expected(
     for visit in VISITS:
         day = visit.start(today).date()
         if country is not None and codes.get(visit.country, "") != country:
+            continue
+        if (plan is not None and plan_of(visit) != plan) or (
+            segment is not None and plan_of(visit) != segment
+        ):
             continue
         if dimension == "pages":
             values = list(dict.fromkeys(visit.paths))
@@ -230,7 +245,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def calls(visit: Visit, now: datetime) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
+    if visit.visitor in USERS:
+        at = visit.start(now) + (timedelta(hours=2) if visit.days_ago else -timedelta(hours=2))
+        out.append(
+            {
+                "type": "identify",
+                "anonymousId": f"bd-{visit.visitor}",
+                "userId": USERS[visit.visitor],
+                "traits": {"plan": plan_of(visit)},
+                "messageId": f"bd-{visit.visitor}-identify",
+                "timestamp": at.isoformat(),
+                "context": {"userAgent": UA},
+            }
+        )
     for n, path in enumerate(visit.paths):
         query = f"?{urllib.parse.urlencode(visit.utm)}" if n == 0 and visit.utm else ""
         context: dict[str, Any] = {"userAgent": UA}
@@ -282,16 +310,18 @@ def seeded(stack: Stack, countries: dict[str, str]) -> Stack:
                 time.sleep(0.2)
 
     today = now.date()
-    pages = expected("pages", countries, today - timedelta(days=29), today)
 
     def arrived() -> bool:
-        status, body, _ = stack.get(
-            stack.project(f"breakdowns/pages?limit=100&from={today - timedelta(days=29)}")
-        )
-        assert status in (200, 503), (status, body)
-        return status == 200 and [
-            (r["value"], r["visitors"], r["previous"]["visitors"]) for r in body["rows"]
-        ] == [(r.value, r.visitors, r.previous) for r in pages]
+        for narrowed in ({}, {"segment": "premium"}):  # the pages, and the persons' plans
+            query = urllib.parse.urlencode({"limit": 100, "from": today - timedelta(days=29), **narrowed})
+            status, body, _ = stack.get(stack.project(f"breakdowns/pages?{query}"))
+            assert status in (200, 503), (status, body)
+            want = expected("pages", countries, today - timedelta(days=29), today, narrowed)
+            if status != 200 or [
+                (r["value"], r["visitors"], r["previous"]["visitors"]) for r in body["rows"]
+            ] != [(r.value, r.visitors, r.previous) for r in want]:
+                return False
+        return True
 
     wait_for(arrived, "every visit in the pages breakdown", timeout=60)
     return stack
@@ -501,4 +531,75 @@ def test_the_csv_of_a_view_holds_its_rows(
     assert [(r["value"], int(r["visitors"]), int(r["previous_visitors"])) for r in rows] == [
         (r.value, r.visitors, r.previous) for r in sources
     ]
+    page.close()
+
+
+def test_the_visitors_segment_and_a_plan_filter_every_card_and_stay_in_the_url(
+    context: BrowserContext, seeded: Stack, countries: dict[str, str]
+) -> None:
+    errors: list[str] = []
+    page = context.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    log_in(page, seeded)
+    today = datetime.now(UTC).date()
+    month = (today - timedelta(days=29), today)
+    content, acquisition, audience = (
+        page.locator(f"#bd-{c}") for c in ("content", "acquisition", "audience")
+    )
+    chip = page.locator("#bd-chips .chip")
+    every = expected("pages", countries, *month)
+    until_table(content, shown("pages", every[:LIMIT]), "every page")
+
+    def narrowed_to(filters: dict[str, str], what: str) -> None:
+        pages = expected("pages", countries, *month, filters)
+        assert 0 < len(pages) < len(every), what
+        until_table(content, shown("pages", pages), f"the pages of {what}")
+        until_table(acquisition, shown("sources", expected("sources", countries, *month, filters)), what)
+        until_table(audience, shown("countries", expected("countries", countries, *month, filters)), what)
+
+    # -- the Visitors select: a segment of Users, a chip, in the URL ------------------------------
+    page.locator("#bd-segment").select_option("premium")
+    expect(chip).to_have_text("Segment: Premium×")
+    assert query_of(page) == {"segment": ["premium"]}
+    narrowed_to({"segment": "premium"}, "the premium persons (a1 and d1, one person)")
+
+    # -- a reload keeps it, in the select and the chip ----------------------------------------------
+    page.reload()
+    expect(page.locator("#project-id")).to_have_text(seeded.project_id)
+    expect(chip).to_have_text("Segment: Premium×")
+    expect(page.locator("#bd-segment")).to_have_value("premium")
+    narrowed_to({"segment": "premium"}, "the premium persons, after a reload")
+
+    # -- with a country too; Everyone takes the segment away and leaves the country -----------------
+    c1 = countries["C1"]
+    audience.locator(f'tbody tr[data-value="{c1}"] button').click()
+    expect(chip).to_have_count(2)
+    assert query_of(page) == {"segment": ["premium"], "country": [c1]}
+    narrowed_to({"segment": "premium", "country": c1}, "the premium persons in C1")
+    page.locator("#bd-segment").select_option("")
+    expect(chip).to_have_text(f"Country: {NAMES[c1]}×")
+    assert query_of(page) == {"country": [c1]}
+    narrowed_to({"country": c1}, "C1's visitors")
+
+    # -- a plan, from a person's detail in Users: a chip, in the URL, kept by a reload --------------
+    page.locator('#users-table tbody tr[data-person="bd-u2"] button').click()
+    page.get_by_role("dialog").get_by_role("button", name="trial").click()
+    expect(page.get_by_role("dialog")).to_be_hidden()
+    expect(chip.last).to_have_text("Plan: trial×")
+    assert query_of(page) == {"country": [c1], "plan": ["trial"]}
+    chip.first.click()  # the country goes
+    expect(chip).to_have_text("Plan: trial×")
+    assert query_of(page) == {"plan": ["trial"]}
+    narrowed_to({"plan": "trial"}, "the trial person (b1)")
+    page.reload()
+    expect(chip).to_have_text("Plan: trial×")
+    expect(page.locator("#bd-segment")).to_have_value("")
+    narrowed_to({"plan": "trial"}, "the trial person, after a reload")
+
+    # -- a segment the API does not know, in a hand-made URL, is no filter ---------------------------
+    page.goto(f"{seeded.api}/?segment=vip")
+    expect(page.locator("#project-id")).to_have_text(seeded.project_id)
+    until_table(content, shown("pages", every[:LIMIT]), "every page, the unknown segment ignored")
+    expect(chip).to_have_count(0)
+    assert errors == []
     page.close()

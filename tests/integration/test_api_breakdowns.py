@@ -12,6 +12,13 @@ The fixture, around B = noon two days ago (UTC), the period being B-3d .. B+2d (
   v4 (country A): B-1d: /docs from blog.example.org, /pricing at +10s (its own site as referrer)
   v6: only a track event (no page view: no breakdown row)
   previous period: v5 (A): B-8d /pricing from Google; v1: B-8d / direct.
+  before both: v9 (A): B-20d /pricing; v10 (B): B-35d /docs from Google.
+Persons, from identify calls two hours away from any page view (each its own page-less session):
+  u1 = v1, identified at B+1d+2h (after all its sessions), plan premium;
+  u2 = v2, plan trial at B-3h, then free at B+2h (the latest wins);
+  u4 = v5 (identified at B-8d+2h, plan free) and v4 (B-1d+2h, plan trial): two visitors;
+  u9 = v9, plan premium, last seen about 20 days ago (inactive);
+  v3, v6 and v10 are never identified: each its own person, no plan (v10 churned).
 """
 
 from __future__ import annotations
@@ -26,10 +33,10 @@ from typing import Any
 import httpx
 import pytest
 
-from services.api.filters import COLUMNS
+from services.api.filters import COLUMNS, PERSON_FILTERS, SEGMENTS
 from tests.conftest import Infra
 from tests.integration.stack import BROWSER_UA, Stack
-from tests.integration.test_api import iso, track
+from tests.integration.test_api import identify, iso, track
 from tests.integration.test_countries import IPV4, IPV6, placed
 from werkstroom.clickhouse.tables import BREAKDOWN_DIMENSIONS, ENTRY_ATTRIBUTES
 from werkstroom.demo import AGENTS
@@ -44,6 +51,8 @@ D = timedelta(days=1)
 SITE = "https://shop.example"
 DIMENSIONS = BREAKDOWN_DIMENSIONS
 FILTER_COLUMNS = {name: column for name, column in COLUMNS.items() if name != "page"}
+#: users-list segments by last seen, before the API's now (docs/definitions.md, "Users")
+ACTIVE, INACTIVE = timedelta(days=7), timedelta(days=30)
 
 
 def page(
@@ -126,14 +135,73 @@ def oracle_sessions(stack: Stack, project_id: str) -> list[OracleSession]:
     return list(sessions.values())
 
 
+@dataclass(frozen=True)
+class OraclePerson:
+    """What the filters on a visitor's person look at: its plan and when it was last seen."""
+
+    person_id: str
+    plan: str
+    last_seen: datetime
+
+    def has(self, filters: dict[str, str], now: datetime) -> bool:
+        if "plan" in filters and self.plan != filters["plan"]:
+            return False
+        age = now - self.last_seen
+        return {
+            None: True,
+            "active": age <= ACTIVE,
+            "inactive": ACTIVE < age <= INACTIVE,
+            "churned": age > INACTIVE,
+            "premium": self.plan == "premium",
+            "trial": self.plan == "trial",
+        }[filters.get("segment")]
+
+
+def oracle_persons(
+    stack: Stack, project_id: str, identifies: list[dict[str, Any]]
+) -> dict[str, OraclePerson]:
+    """anonymous id -> its person, from the identify calls sent (the latest one of a visitor
+    names its user; a user's plan is its latest identify's) and from `events` (a person's last
+    seen is its visitors' newest event)."""
+    user_of: dict[str, str] = {}
+    plans: dict[str, str] = {}
+    for call in sorted(identifies, key=lambda c: c["timestamp"]):
+        user_of[call["anonymousId"]] = call["userId"]
+        if "plan" in call["traits"]:
+            plans[call["userId"]] = call["traits"]["plan"]
+    newest = dict(
+        stack.rows(
+            "SELECT anonymous_id, max(timestamp) FROM events FINAL "
+            "WHERE project_id = {p:String} AND anonymous_id != '' GROUP BY anonymous_id",
+            p=project_id,
+        )
+    )
+    person_of = {anon: user_of.get(anon, anon) for anon in newest}
+    seen: dict[str, datetime] = {}
+    for anon, person in person_of.items():
+        seen[person] = max(seen.get(person, newest[anon]), newest[anon])
+    return {
+        anon: OraclePerson(person, plans.get(person, ""), seen[person].replace(tzinfo=UTC))
+        for anon, person in person_of.items()
+    }
+
+
 def glob_match(glob: str, value: str) -> bool:
     return re.fullmatch(".*".join(re.escape(p) for p in glob.split("*")), value, re.S) is not None
 
 
 def oracle(
-    sessions: list[OracleSession], dimension: str, start: date, end: date, filters: dict[str, str]
+    sessions: list[OracleSession],
+    dimension: str,
+    start: date,
+    end: date,
+    filters: dict[str, str],
+    persons: dict[str, OraclePerson] | None = None,
+    now: datetime | None = None,
 ) -> list[dict[str, Any]]:
     length = end - start
+    if set(PERSON_FILTERS) & set(filters):
+        assert persons is not None and now is not None
     previous = (start - D - length, start - D)
 
     def figures(lo: date, hi: date) -> dict[str, dict[str, Any]]:
@@ -156,8 +224,10 @@ def oracle(
                 if n in ("entry_page", "exit_page")
                 else s.attributes[FILTER_COLUMNS[n]] != v
                 for n, v in filters.items()
-                if n != "page"
+                if n in FILTER_COLUMNS
             ):
+                continue
+            if persons is not None and not persons[s.anonymous_id].has(filters, now):  # type: ignore[arg-type]
                 continue
             if (
                 "page" in filters
@@ -244,11 +314,13 @@ async def test_breakdowns_every_dimension_and_filters(
             page("v4", b - D + 10 * S, "/pricing", f"{SITE}/docs"),
             page("v5", b - 8 * D, "/pricing", google),
             page("v1", b - 8 * D, "/"),
+            page("v9", b - 20 * D, "/pricing"),
         ],
         addr_b: [
             page("v2", b, "/blog/launch", "https://t.co/x", ua=mobile),
             page("v2", b + M, "/blog/launch", ua=mobile),
             page("v2", b + 3 * M, "/", ua=mobile),
+            page("v10", b - 35 * D, "/docs", google, ua=mobile),
         ],
         "": [
             page("v3", b - D, "/pricing", campaign={"source": "partner", "medium": "cpc", "name": "launch"}),
@@ -256,6 +328,16 @@ async def test_breakdowns_every_dimension_and_filters(
             track("v6", b, "Signed Up"),
         ],
     }
+    hours = timedelta(hours=2)
+    identifies = [
+        identify("v1", b + D + hours, "u1", {"plan": "premium", "email": "u1@example.com"}),
+        identify("v2", b - 3 * timedelta(hours=1), "u2", {"plan": "trial"}),
+        identify("v2", b + hours, "u2", {"plan": "free"}),
+        identify("v5", b - 8 * D + hours, "u4", {"plan": "free"}),
+        identify("v4", b - D + hours, "u4", {"plan": "trial"}),
+        identify("v9", b - 20 * D + hours, "u9", {"plan": "premium"}),
+    ]
+    by_address[""] += identifies
     async with Stack(
         infra.bootstrap,
         infra.clickhouse_url,
@@ -271,6 +353,13 @@ async def test_breakdowns_every_dimension_and_filters(
             assert sent.status_code == 200 and sent.json()["accepted"] == len(calls), sent.text
         total_events = sum(len(c) for c in by_address.values())
         assert await stack.wait_count(total_events) == total_events
+        people = oracle_persons(stack, pid, identifies)
+        want_persons = {
+            (p.person_id, tuple(sorted(a for a, q in people.items() if q == p)), p.plan)
+            for p in people.values()
+        }
+        assert len(want_persons) == 7 and ("u4", ("v4", "v5"), "trial") in want_persons
+        assert ("v10", ("v10",), "") in want_persons  # never identified: its own person
 
         def recomputed() -> bool:
             return (
@@ -278,12 +367,22 @@ async def test_breakdowns_every_dimension_and_filters(
                     "SELECT count() FROM breakdown_sessions FINAL WHERE project_id = {p:String} AND is_deleted = 0",
                     p=pid,
                 )
-                == 7
+                == 9
                 and stack.scalar(
                     "SELECT sum(views) FROM breakdown_pages FINAL WHERE project_id = {p:String} AND is_deleted = 0",
                     p=pid,
                 )
-                == 11
+                == 13
+                # the persons as the identifies make them: their visitors (anonymous_ids) and plans
+                and {
+                    (person, tuple(ids), plan)
+                    for person, ids, plan in stack.rows(
+                        "SELECT person_id, anonymous_ids, plan FROM persons FINAL "
+                        "WHERE project_id = {p:String} AND is_deleted = 0",
+                        p=pid,
+                    )
+                }
+                == want_persons
                 # and every settled day rolled up (breakdown_daily): the API reads those days there
                 and stack.scalar(
                     "SELECT count() FROM (SELECT DISTINCT day FROM breakdown_sessions FINAL "
@@ -300,7 +399,16 @@ async def test_breakdowns_every_dimension_and_filters(
             p=pid,
         )
         sessions = oracle_sessions(stack, pid)
-        assert len(sessions) == 7  # v6 has no page view
+        assert len(sessions) == 9  # v6 has no page view
+        # The breakdown tables' visitors are the persons' anonymous_ids, each in one person.
+        visitors = stack.rows(
+            "SELECT DISTINCT anonymous_id FROM breakdown_sessions FINAL "
+            "WHERE project_id = {p:String} AND is_deleted = 0 ORDER BY anonymous_id",
+            p=pid,
+        )
+        members = sorted(a for _p, ids, _plan in want_persons for a in ids)
+        assert [a for (a,) in visitors] == sorted({s.anonymous_id for s in sessions})
+        assert set(members) >= {a for (a,) in visitors} and len(members) == len(set(members))
 
         url = await stack.start_api(clock=lambda: now)
         headers = {"Authorization": f"Bearer {stack.project.read_key}"}
@@ -421,6 +529,57 @@ async def test_breakdowns_every_dimension_and_filters(
                     assert got["rows"] == want, (dimension, filters)
                     assert got["total"] == len(want), (dimension, filters)
 
+            # The filters on the visitor's person, by hand first: premium is u1 (v1), identified
+            # after its sessions, which all count, the one in the previous period too; trial is
+            # u4, whose visitor v5 (previous period) was identified before v4 (this period).
+            premium = await get("pages", plan="premium")
+            assert premium["filters"] == {"plan": "premium"}
+            assert [
+                (r["value"], r["visitors"], r["sessions"], r["previous"]["visitors"]) for r in premium["rows"]
+            ] == [
+                ("/", 1, 1, 1),
+                ("/pricing", 1, 2, 0),
+            ]
+            trial = await get("pages", segment="trial")
+            assert [(r["value"], r["visitors"], r["previous"]["visitors"]) for r in trial["rows"]] == [
+                ("/docs", 1, 0),
+                ("/pricing", 1, 1),
+            ]
+            unnamed = await get("sources", plan="")  # v3, never identified
+            assert [(r["value"], r["visitors"]) for r in unnamed["rows"]] == [("", 1)]
+            dutch_premium = await get("utm_campaigns", plan="premium", segment="active", country=country_a)
+            assert dutch_premium["filters"] == {"country": country_a, "plan": "premium", "segment": "active"}
+            assert [(r["value"], r["visitors"]) for r in dutch_premium["rows"]] == [("", 1), ("spring", 1)]
+
+            # Then against the oracle, in this period and in one reaching back past every
+            # segment's bounds (u9 inactive, v10 churned).
+            wide = (b - 40 * D).date()
+            person_cases: list[dict[str, str]] = [
+                *({"segment": segment} for segment in SEGMENTS),
+                {"plan": "premium"},
+                {"plan": "trial"},
+                {"plan": "free"},
+                {"plan": ""},
+                {"plan": "nope"},
+                {"plan": "premium", "segment": "inactive"},
+                {"plan": "trial", "segment": "active"},
+                {"segment": "active", "country": country_a},
+                {"segment": "premium", "country": country_a, "page": "/pricing"},
+                {"plan": "", "source": "Google"},
+                {"segment": "trial", "exit_page": "/pr*"},
+            ]
+            for lo in (start, wide):
+                for dimension in DIMENSIONS:
+                    for filters in person_cases:
+                        got = await get(dimension, limit=1000, **{"from": lo.isoformat(), **filters})
+                        want = oracle(sessions, dimension, lo, end, filters, people, now)
+                        assert got["rows"] == want, (lo, dimension, filters)
+                        assert got["total"] == len(want), (lo, dimension, filters)
+            churned = await get("pages", segment="churned", **{"from": wide.isoformat()})
+            assert [r["value"] for r in churned["rows"]] == ["/docs"]  # v10's
+            inactive = await get("countries", segment="inactive", **{"from": wide.isoformat()})
+            assert [(r["value"], r["visitors"]) for r in inactive["rows"]] == [(country_a, 1)]  # u9's
+
             # Pages of a breakdown: limit and offset, total unchanged; past the end, no rows.
             second = await get("pages", limit=2, offset=2)
             assert second["total"] == 4 and [r["value"] for r in second["rows"]] == ["/blog/launch", "/docs"]
@@ -451,6 +610,20 @@ async def test_breakdowns_every_dimension_and_filters(
             )
             assert lines[1:3] == [",1,1,1,100.0,,1,1,1", "Google,1,1,2,0.0,,1,1,1"]
             assert len([line for line in lines if line]) == 6
+            narrowed_csv = await api.get(
+                f"/api/projects/{pid}/export/breakdown.csv",
+                params={
+                    "dimension": "pages",
+                    "from": start.isoformat(),
+                    "to": end.isoformat(),
+                    "segment": "trial",
+                },
+            )
+            assert narrowed_csv.status_code == 200, narrowed_csv.text
+            assert [line.split(",")[:3] for line in narrowed_csv.text.split("\r\n")[1:] if line] == [
+                ["/docs", "1", "1"],
+                ["/pricing", "1", "1"],
+            ]
 
             # Bad input: 422 naming the field.
             async def refused(path: str, params: dict[str, Any]) -> tuple[Any, str]:
@@ -480,3 +653,12 @@ async def test_breakdowns_every_dimension_and_filters(
             assert (await refused("breakdowns/pages", {"limit": 1001}))[0] == "limit"
             assert (await refused("breakdowns/pages", {"offset": -1}))[0] == "offset"
             assert (await refused("export/breakdown.csv", {"dimension": "nope"}))[0] == "dimension"
+            for bad in ("vip", "all", "Premium"):
+                assert await refused("breakdowns/sources", {"segment": bad, "plan": "premium"}) == (
+                    "segment",
+                    "unknown_segment",
+                )
+            assert await refused("export/breakdown.csv", {"dimension": "pages", "segment": "x"}) == (
+                "segment",
+                "unknown_segment",
+            )

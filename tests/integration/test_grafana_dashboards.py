@@ -441,6 +441,11 @@ async def test_every_dashboard_query_runs_and_key_panels_equal_the_api(stack: St
         await stack.until(breakdowns_settled, timeout=40)
         by_dimension = {d: (await get(f"breakdowns/{d}?{in_range}"))["rows"] for d in BREAKDOWN_PANELS}
         mobile = (await get(f"breakdowns/pages?{in_range}&device=mobile"))["rows"]
+        # the person filters: a segment by plan (the same at any clock) and a plan with a device
+        by_person = {
+            "premium": (await get(f"breakdowns/pages?{in_range}&segment=premium"))["rows"],
+            "trial": (await get(f"breakdowns/sources?{in_range}&plan=trial&device=mobile"))["rows"],
+        }
     finally:
         await api.aclose()
 
@@ -579,7 +584,7 @@ async def test_every_dashboard_query_runs_and_key_panels_equal_the_api(stack: St
         datetime.fromisoformat(c["timestamp"].replace("Z", "+00:00")) for c in live + elsewhere
     )
 
-    check_breakdowns(stack, boards["breakdowns.json"], grafana, database, by_dimension, mobile)
+    check_breakdowns(stack, boards["breakdowns.json"], grafana, database, by_dimension, mobile, by_person)
 
 
 def check_breakdowns(
@@ -589,9 +594,11 @@ def check_breakdowns(
     database: str,
     by_dimension: dict[str, list[dict[str, Any]]],
     mobile: list[dict[str, Any]],
+    by_person: dict[str, list[dict[str, Any]]],
 ) -> None:
-    """The breakdowns dashboard with every filter at All, then with Device = mobile: each
-    panel's rows are the API's breakdown of the same days, by the same definitions."""
+    """The breakdowns dashboard with every filter at All, then with Device = mobile, Segment =
+    premium, and Plan = trial with Device = mobile: each panel's rows are the API's breakdown of
+    the same days, by the same definitions."""
     g = Grafana(grafana.start, grafana.end, {"project_id": grafana.variables["project_id"]})
     variables = {v["name"]: v for v in board["templating"]["list"]}
     offered: dict[str, list[tuple[Any, ...]]] = {}
@@ -642,6 +649,23 @@ def check_breakdowns(
     assert 0 < len(mobile) and sum(r["visitors"] for r in mobile) < sum(
         r["visitors"] for r in by_dimension["pages"]
     )
+    # Segment = premium, Plan = trial: the person a session's visitor belongs to
+    assert {text for _, text in offered["segment"]} == {"active", "inactive", "churned", "premium", "trial"}
+    assert {"premium", "trial"} <= {text for _, text in offered["plan"]}
+    (premium,) = [value for value, text in offered["segment"] if text == "premium"]
+    as_premium = Grafana(g.start, g.end, {**g.variables, "segment": [str(premium)]})
+    assert pages_of(panel("Pages", as_premium)) == api_pages(by_person["premium"])
+    assert (
+        0
+        < sum(r["visitors"] for r in by_person["premium"])
+        < sum(r["visitors"] for r in by_dimension["pages"])
+    )
+    (trial,) = [value for value, text in offered["plan"] if text == "trial"]
+    as_trial = Grafana(g.start, g.end, {**g.variables, "plan": [str(trial)], "device": [str(phone)]})
+    assert [(r["Source"], r["visitors"], r["sessions"]) for r in panel("Sources", as_trial)] == [
+        (r["value"] or "Direct / None", r["visitors"], r["sessions"]) for r in by_person["trial"][:50]
+    ]
+    assert by_person["trial"]
 
 
 #: The API's dimension -> the breakdowns dashboard's panel of it, its first column and how

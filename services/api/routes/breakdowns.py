@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from services.api import breakdowns
 from services.api.breakdowns import Dimension, Period
 from services.api.deps import AUTH_RESPONSES, NowDep, PoolDep, ProjectDep
-from services.api.filters import MAX_VALUE, Filters
+from services.api.filters import MAX_VALUE, SEGMENTS, Filters
 from services.api.models import Breakdown
 
 router = APIRouter(prefix="/api/projects/{project_id}", tags=["breakdowns"], responses=AUTH_RESPONSES)
@@ -88,7 +88,20 @@ def breakdown_args(
     ] = None,
     browser: FilterQ = None,
     os: FilterQ = None,
+    plan: Annotated[
+        str | None,
+        Query(max_length=MAX_VALUE, description="the visitor's person's current plan trait, '' none"),
+    ] = None,
+    segment: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_VALUE,
+            description=f"the visitor's person's segment now, as on the users list: {', '.join(SEGMENTS)}",
+        ),
+    ] = None,
 ) -> BreakdownArgs:
+    if segment is not None and segment not in SEGMENTS:
+        raise invalid("segment", "unknown_segment", f"segment must be one of {', '.join(SEGMENTS)}", segment)
     filters = Filters.parse(
         {
             "page": page,
@@ -102,7 +115,10 @@ def breakdown_args(
             "device": device,
             "browser": browser,
             "os": os,
-        }
+            "plan": plan,
+            "segment": segment,
+        },
+        now,
     )
     return BreakdownArgs(period_of(start, end, now.date()), filters, now.date())
 
@@ -119,7 +135,9 @@ BreakdownArgsDep = Annotated[BreakdownArgs, Depends(breakdown_args)]
     "length just before (`previous`, zeros when absent there). `total` counts the values in the "
     "period. Filters narrow the sessions counted: page (sessions that viewed a matching path; "
     'on pages, the matching paths), entry_page, exit_page (exact or with *), source ("" is '
-    "Direct / None), utm_source, utm_medium, utm_campaign, country, device, browser, os. "
+    "Direct / None), utm_source, utm_medium, utm_campaign, country, device, browser, os; and "
+    'by the person of the visitor now: plan (its plan trait, "" none) and segment (active, '
+    "inactive, churned, premium, trial, as on the users list). "
     "Definitions: docs/definitions.md.",
 )
 async def get_breakdown(

@@ -713,7 +713,25 @@
     const fact = (k, v) => [h("dt", {}, k), h("dd", {}, v)];
     facts.append(
       ...fact("Segment", person.segment || "–"),
-      ...fact("Plan", person.plan || "–"),
+      ...fact(
+        "Plan",
+        person.plan
+          ? h(
+              "button",
+              {
+                type: "button",
+                class: "linklike",
+                title: "Show the pages and sources of the visitors on this plan",
+                onclick: () => {
+                  closeDetail();
+                  addFilter("plan", person.plan);
+                  $("breakdowns").scrollIntoView();
+                },
+              },
+              person.plan,
+            )
+          : "–",
+      ),
       ...fact("First seen", fmtTime(person.first_seen)),
       ...fact("Last seen", `${fmtTime(person.last_seen)} (${fmtAgo(person.last_seen)})`),
       ...fact("Sessions", fmtNum(person.sessions)),
@@ -784,6 +802,14 @@
     os: { tab: "OS", filter: "os", name: "OS", none: "Unknown" },
   };
   const FILTERS = Object.fromEntries(Object.entries(DIMENSIONS).map(([dim, d]) => [d.filter, dim]));
+  // Filters on the person a visitor belongs to now, not a dimension of their sessions: the
+  // "Visitors" select sets `segment` (the Users segments), a person's plan in their detail `plan`.
+  const SEGMENT_NAMES = { active: "Active", inactive: "Inactive", churned: "Churned", premium: "Premium", trial: "Trial" };
+  const PERSON_FILTERS = {
+    segment: { name: "Segment", text: (v) => SEGMENT_NAMES[v], valid: (v) => v in SEGMENT_NAMES },
+    plan: { name: "Plan", text: (v) => v || "none", valid: () => true },
+  };
+  const FILTER_KEYS = [...Object.keys(FILTERS), ...Object.keys(PERSON_FILTERS)];
   // A card's id is also its tab's key in the URL (?content=exit_pages).
   const BD_CARDS = [
     { id: "content", title: "What they look at", tabs: ["pages", "entry_pages", "exit_pages"], wide: true },
@@ -812,7 +838,10 @@
       Object.assign(bd, { period: period in PERIODS ? period : DEFAULT_PERIOD, from: null, to: null });
     }
     bd.filters = new Map();
-    for (const [key, value] of q) if (key in FILTERS && !bd.filters.has(key)) bd.filters.set(key, value);
+    for (const [key, value] of q) {
+      const known = key in FILTERS || (key in PERSON_FILTERS && PERSON_FILTERS[key].valid(value));
+      if (known && !bd.filters.has(key)) bd.filters.set(key, value);
+    }
     for (const card of BD_CARDS) {
       const tab = q.get(card.id);
       bd.tabs[card.id] = card.tabs.includes(tab) ? tab : card.tabs[0];
@@ -823,7 +852,7 @@
   /** The URL of this view: other query parameters are kept; ours follow in a fixed order. */
   function writeUrl(push) {
     const q = new URLSearchParams(location.search);
-    for (const key of ["period", "from", "to", ...Object.keys(FILTERS), ...BD_CARDS.map((c) => c.id)]) q.delete(key);
+    for (const key of ["period", "from", "to", ...FILTER_KEYS, ...BD_CARDS.map((c) => c.id)]) q.delete(key);
     if (bd.period === "custom") {
       q.set("from", bd.from);
       q.set("to", bd.to);
@@ -985,15 +1014,21 @@
         if (on) $(`bd-panel-${card.id}`).setAttribute("aria-labelledby", tab.id);
       }
     }
+    $("bd-segment").value = bd.filters.get("segment") || "";
     renderChips();
+  }
+
+  function filterLabel(key, value) {
+    const person = PERSON_FILTERS[key];
+    if (person) return `${person.name}: ${person.text(value)}`;
+    return `${DIMENSIONS[FILTERS[key]].name}: ${valueText(FILTERS[key], value)}`;
   }
 
   function renderChips() {
     const list = $("bd-chips");
     list.textContent = "";
     for (const [key, value] of bd.filters) {
-      const dim = FILTERS[key];
-      const label = `${DIMENSIONS[dim].name}: ${valueText(dim, value)}`;
+      const label = filterLabel(key, value);
       list.appendChild(
         h(
           "li",
@@ -1366,6 +1401,11 @@
       button.addEventListener("click", () => choosePeriod(button.dataset.range));
     }
     $("bd-custom").addEventListener("submit", applyCustomPeriod);
+    $("bd-segment").addEventListener("change", (ev) => {
+      if (ev.target.value) return addFilter("segment", ev.target.value);
+      bd.filters.delete("segment");
+      changed(true);
+    });
     $("bd-clear").addEventListener("click", () => {
       bd.filters.clear();
       changed(true);

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 
 import pytest
 from fastapi import HTTPException
 
 from services.api.breakdowns import Period, breakdown_sql
-from services.api.filters import COLUMNS, Filters, _like, matches
-from services.api.routes.breakdowns import period_of
+from services.api.filters import COLUMNS, SEGMENTS, Filters, _like, matches
+from services.api.queries import ACTIVE_DAYS, INACTIVE_DAYS, SEGMENT_WHERE
+from services.api.routes.breakdowns import BreakdownArgs, breakdown_args, period_of
 from werkstroom.clickhouse.tables import SESSION_ATTRIBUTES
 
 SUB = "SELECT session_id FROM {table} WHERE x"
@@ -55,6 +56,82 @@ def test_on_the_pages_table_the_sessions_attributes_are_read_from_breakdown_sess
         " AND path LIKE {f_page:String}"
         f" AND session_id IN ({sessions} AND exit_path = {{f_exit_page:String}} AND country = {{f_country:String}})"
     )
+
+
+NOW = datetime(2026, 12, 2, 12, tzinfo=UTC)
+PERSONS = (
+    "SELECT arrayJoin(anonymous_ids) FROM persons FINAL WHERE project_id = {p:String} AND is_deleted = 0"
+)
+
+
+def test_segments_are_the_users_lists() -> None:
+    assert SEGMENTS == ("active", "inactive", "churned", "premium", "trial")
+    assert set(SEGMENTS) == set(SEGMENT_WHERE) - {"all"}
+
+
+def test_plan_narrows_to_the_visitors_of_persons_with_that_plan_on_either_table() -> None:
+    hostile = "x' OR 1=1 --"
+    f = Filters.parse({"plan": hostile})
+    want = f" AND anonymous_id IN ({PERSONS} AND plan = {{f_plan:String}})"
+    for table in ("breakdown_sessions", "breakdown_pages"):
+        assert f.where(table, SUB) == (want, {"f_plan": hostile})
+    assert Filters.parse({"plan": ""}).where("breakdown_sessions", SUB)[1] == {"f_plan": ""}
+
+
+@pytest.mark.parametrize("segment", SEGMENTS)
+def test_segment_is_the_users_lists_condition_at_the_apis_clock(segment: str) -> None:
+    sql, params = Filters.parse({"segment": segment}, NOW).where("breakdown_pages", SUB)
+    assert sql == f" AND anonymous_id IN ({PERSONS}{SEGMENT_WHERE[segment]})"
+    assert params == {"active_since": NOW - ACTIVE_DAYS, "inactive_since": NOW - INACTIVE_DAYS}
+
+
+def test_person_filters_are_one_condition_after_the_sessions_ones() -> None:
+    f = Filters.parse({"segment": "active", "country": "NL", "plan": "premium"}, NOW)
+    assert list(f.values) == ["country", "plan", "segment"]
+    sql, params = f.where("breakdown_sessions", SUB)
+    assert sql == (
+        " AND country = {f_country:String}"
+        f" AND anonymous_id IN ({PERSONS} AND plan = {{f_plan:String}}{SEGMENT_WHERE['active']})"
+    )
+    assert set(params) == {"f_country", "f_plan", "active_since", "inactive_since"}
+    sessions = SUB.format(table="breakdown_sessions")
+    assert f.where("breakdown_pages", SUB)[0] == (
+        f" AND session_id IN ({sessions} AND country = {{f_country:String}})"
+        f" AND anonymous_id IN ({PERSONS} AND plan = {{f_plan:String}}{SEGMENT_WHERE['active']})"
+    )
+    filtered, _ = breakdown_sql("os", f)
+    assert "FROM persons FINAL" in filtered and "FROM breakdown_sessions FINAL" in filtered
+
+
+def test_a_segment_must_be_known_and_have_a_clock() -> None:
+    for bad, now in (("all", NOW), ("premium ", NOW), ("active", None)):
+        with pytest.raises(ValueError):
+            Filters.parse({"segment": bad}, now)
+
+
+def _args(**given: str) -> BreakdownArgs:
+    return breakdown_args(
+        NOW,
+        None,
+        None,
+        **{name: given.get(name) for name in [*COLUMNS, "plan", "segment"]},  # type: ignore[arg-type]
+    )
+
+
+def test_the_route_refuses_an_unknown_segment_naming_the_field_and_reason() -> None:
+    for bad in ("all", "", "Premium", "vip"):
+        with pytest.raises(HTTPException) as info:
+            _args(segment=bad)
+        assert info.value.status_code == 422
+        detail = info.value.detail[0]  # type: ignore[index]
+        assert (detail["loc"], detail["type"], detail["input"]) == (
+            ["query", "segment"],
+            "unknown_segment",
+            bad,
+        )
+    args = _args(segment="trial", plan="", country="NL")
+    assert args.filters.values == {"country": "NL", "plan": "", "segment": "trial"}
+    assert args.filters.now == NOW
 
 
 def test_like_escapes_its_own_wildcards() -> None:
