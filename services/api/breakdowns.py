@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from clickhouse_connect.driver.client import Client
 
-from services.api.filters import Filters
+from services.api.filters import SESSIONS_OF, Filters
 from werkstroom.breakdowns import VISITORS, figures_sql
 from werkstroom.clickhouse.tables import BREAKDOWN_DIMENSIONS, BREAKDOWN_FIGURES
 
@@ -55,13 +55,6 @@ class Period:
         return Period(end - length, end)
 
 
-# Sessions that viewed a page (the `page` filter outside the pages dimension), and sessions by
-# their exit page (the `exit_page` filter on pages), over both periods.
-_SESSIONS_OF = (
-    "SELECT session_id FROM {table} FINAL WHERE project_id = {{p:String}} "
-    "AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND is_deleted = 0"
-)
-
 # Figures of a row, over the current period (`cur`) and the previous one. On breakdown_pages a
 # row is a (session, path): sessions that viewed the path; bounces and entries of sessions that
 # entered there; time on page over the views whose time is known.
@@ -90,7 +83,7 @@ def breakdown_sql(dimension: str, filters: Filters) -> tuple[str, dict[str, Any]
     pages = dimension == "pages"
     table = "breakdown_pages" if pages else "breakdown_sessions"
     value = VALUE_COLUMN[dimension]
-    where, params = filters.where(table, _SESSIONS_OF)
+    where, params = filters.where(table, SESSIONS_OF)
     read = _PAGE_COLUMNS if pages else _SESSION_COLUMNS
     if value not in read:
         read = f"{read}, {value}"

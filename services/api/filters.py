@@ -49,6 +49,14 @@ _VISITORS_OF = (
     "SELECT arrayJoin(anonymous_ids) FROM persons FINAL "
     "WHERE project_id = {{p:String}} AND is_deleted = 0{conditions}"
 )
+#: The session ids of `{table}` (a breakdown table) over the days {lo:Date}..{hi:Date}, to which
+#: ` AND <conditions>` is appended: what `where` narrows another table's rows to (the `page`
+#: filter outside breakdown_pages, a session attribute on breakdown_pages), and what a view
+#: that is not a breakdown narrows its sessions to.
+SESSIONS_OF = (
+    "SELECT session_id FROM {table} FINAL WHERE project_id = {{p:String}} "
+    "AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND is_deleted = 0"
+)
 #: The longest filter value accepted (a path is stored up to 2048 characters).
 MAX_VALUE = 2048
 

@@ -8,23 +8,16 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, Query
 
 from services.api import breakdowns
 from services.api.breakdowns import Dimension, Period
 from services.api.deps import AUTH_RESPONSES, NowDep, PoolDep, ProjectDep
-from services.api.filters import MAX_VALUE, SEGMENTS, Filters
+from services.api.filters import Filters
 from services.api.models import Breakdown
+from services.api.routes.filtering import FiltersDep, invalid
 
 router = APIRouter(prefix="/api/projects/{project_id}", tags=["breakdowns"], responses=AUTH_RESPONSES)
-
-
-def invalid(field: str, reason: str, message: str, given: Any) -> HTTPException:
-    """A 422 in FastAPI's own shape: detail[0] names the field (loc) and the reason (type)."""
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT,
-        detail=[{"type": reason, "loc": ["query", field], "msg": message, "input": given}],
-    )
 
 
 def period_of(start: date | None, end: date | None, today: date) -> Period:
@@ -50,12 +43,6 @@ def period_of(start: date | None, end: date | None, today: date) -> Period:
     return Period(start, end)
 
 
-FilterQ = Annotated[str | None, Query(max_length=MAX_VALUE)]
-PathFilterQ = Annotated[
-    str | None, Query(max_length=MAX_VALUE, description="an exact path, or a glob where * matches anything")
-]
-
-
 @dataclass(frozen=True)
 class BreakdownArgs:
     """What a breakdown reads, whether answered as JSON or exported as CSV."""
@@ -67,59 +54,14 @@ class BreakdownArgs:
 
 def breakdown_args(
     now: NowDep,
+    filters: FiltersDep,
     start: Annotated[
         date | None, Query(alias="from", description="first UTC day (default: 29 days before `to`)")
     ] = None,
     end: Annotated[
         date | None, Query(alias="to", description="last UTC day, included (default: today)")
     ] = None,
-    page: PathFilterQ = None,
-    entry_page: PathFilterQ = None,
-    exit_page: PathFilterQ = None,
-    source: Annotated[str | None, Query(max_length=MAX_VALUE, description='"" is Direct / None')] = None,
-    utm_source: FilterQ = None,
-    utm_medium: FilterQ = None,
-    utm_campaign: FilterQ = None,
-    country: Annotated[
-        str | None, Query(max_length=MAX_VALUE, description="ISO 3166-1 alpha-2, '' unknown")
-    ] = None,
-    device: Annotated[
-        str | None, Query(max_length=MAX_VALUE, description="desktop, mobile, tablet, unknown")
-    ] = None,
-    browser: FilterQ = None,
-    os: FilterQ = None,
-    plan: Annotated[
-        str | None,
-        Query(max_length=MAX_VALUE, description="the visitor's person's current plan trait, '' none"),
-    ] = None,
-    segment: Annotated[
-        str | None,
-        Query(
-            max_length=MAX_VALUE,
-            description=f"the visitor's person's segment now, as on the users list: {', '.join(SEGMENTS)}",
-        ),
-    ] = None,
 ) -> BreakdownArgs:
-    if segment is not None and segment not in SEGMENTS:
-        raise invalid("segment", "unknown_segment", f"segment must be one of {', '.join(SEGMENTS)}", segment)
-    filters = Filters.parse(
-        {
-            "page": page,
-            "entry_page": entry_page,
-            "exit_page": exit_page,
-            "source": source,
-            "utm_source": utm_source,
-            "utm_medium": utm_medium,
-            "utm_campaign": utm_campaign,
-            "country": country,
-            "device": device,
-            "browser": browser,
-            "os": os,
-            "plan": plan,
-            "segment": segment,
-        },
-        now,
-    )
     return BreakdownArgs(period_of(start, end, now.date()), filters, now.date())
 
 

@@ -11,6 +11,7 @@ from services.api.breakdowns import Period, breakdown_sql
 from services.api.filters import COLUMNS, SEGMENTS, Filters, _like, matches
 from services.api.queries import ACTIVE_DAYS, INACTIVE_DAYS, SEGMENT_WHERE
 from services.api.routes.breakdowns import BreakdownArgs, breakdown_args, period_of
+from services.api.routes.filtering import filters_of
 from werkstroom.clickhouse.tables import SESSION_ATTRIBUTES
 
 SUB = "SELECT session_id FROM {table} WHERE x"
@@ -110,12 +111,8 @@ def test_a_segment_must_be_known_and_have_a_clock() -> None:
 
 
 def _args(**given: str) -> BreakdownArgs:
-    return breakdown_args(
-        NOW,
-        None,
-        None,
-        **{name: given.get(name) for name in [*COLUMNS, "plan", "segment"]},  # type: ignore[arg-type]
-    )
+    filters = filters_of(NOW, **{name: given.get(name) for name in [*COLUMNS, "plan", "segment"]})  # type: ignore[arg-type]
+    return breakdown_args(NOW, filters, None, None)
 
 
 def test_the_route_refuses_an_unknown_segment_naming_the_field_and_reason() -> None:
