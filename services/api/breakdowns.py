@@ -3,7 +3,8 @@ each value with its visitors, sessions and page views, and the same figures for 
 equal length just before (docs/definitions.md, "Breakdowns").
 
 Read from breakdown_pages (pages) and breakdown_sessions (every other dimension), kept by the
-aggregator (migration 0023): one scan over both periods, grouped by the value.
+aggregator (migration 0023): one statement over both periods, grouped by the value. Unfiltered,
+the days rolled up in breakdown_daily are read from there.
 """
 
 from __future__ import annotations
@@ -107,68 +108,51 @@ LIMIT {{n:UInt32}} OFFSET {{skip:UInt64}}
     return sql, params
 
 
-_ROLLED = (
-    "SELECT day FROM breakdown_daily FINAL WHERE project_id = {p:String} AND dimension = '' "
-    "AND day BETWEEN {lo:Date} AND {hi:Date} AND day < {today:Date} AND is_deleted = 0"
-)
-
-
-def rolled_sql(dimension: str, days: str, values: bool = False) -> str:
-    """Each value's figures (value, n_visitors, .., n_timed) of an unfiltered breakdown over the
-    days {<days>_rolled:Array(Date)}, read from breakdown_daily, and {<days>_live:Array(Date)},
-    computed from the breakdown tables; with `values`, only those of {values:Array(String)}.
-    Visitors are merged distinct-count states (werkstroom.breakdowns.VISITORS)."""
-    figures = ", ".join(BREAKDOWN_FIGURES)
-    live = figures_sql([dimension], f"day IN {{{days}_live:Array(Date)}}")
-    only = " AND value IN {values:Array(String)}" if values else ""
-    return f"""
-SELECT value, {VISITORS.replace("(", "Merge(", 1)}(visitors) AS n_visitors, sum(sessions) AS n_sessions,
-       sum(page_views) AS n_page_views, sum(bounced) AS n_bounced, sum(entered) AS n_entered,
-       sum(time_ms) AS n_time_ms, sum(timed) AS n_timed
-FROM (
-    SELECT value, {figures}
-    FROM breakdown_daily FINAL
-    WHERE project_id = {{p:String}} AND dimension = {{dimension:String}}
-      AND day IN {{{days}_rolled:Array(Date)}} AND is_deleted = 0{only}
-    UNION ALL
-    SELECT value, {figures} FROM ({live}) WHERE 1{only}
-)
-GROUP BY value
-HAVING n_sessions > 0
+# The days of both periods that breakdown_daily has rolled up (a row with dimension '' marks a
+# day; only days before today are rolled up), and the others, computed from the breakdown tables:
+# as an array of the days themselves, so that the tables' primary key (project_id, day, ...)
+# narrows the read to them (a NOT IN the rolled days does not).
+_DAYS = """
+WITH (SELECT groupArray(day) FROM breakdown_daily FINAL WHERE project_id = {p:String} AND dimension = ''
+      AND day BETWEEN {lo:Date} AND {hi:Date} AND day < {today:Date} AND is_deleted = 0) AS rolled,
+     arrayFilter(d -> NOT has(rolled, d),
+                 arrayMap(i -> {lo:Date} + i, range(toUInt32({hi:Date} - {lo:Date}) + 1))) AS live
 """
 
 
-def _page_of(figures: str) -> str:
-    """One page of a breakdown's values, by visitors (desc) then value, each with `total`."""
-    return f"""
-SELECT *, count() OVER () AS total FROM ({figures})
+def unfiltered_sql(dimension: str) -> str:
+    """One page of an unfiltered breakdown, in breakdown_sql's columns, in one statement: the
+    rolled-up days from breakdown_daily (per day and value: figures and a distinct-count state
+    of the visitors, werkstroom.breakdowns.VISITORS, merged here), the other days computed from
+    the breakdown tables into the same shape (figures_sql), both periods in one pass."""
+    figures = ", ".join(BREAKDOWN_FIGURES)
+    merge_if = VISITORS.replace("(", "MergeIf(", 1)
+    live = figures_sql([dimension], "has(live, day)")
+    return f"""{_DAYS}
+SELECT value, n_visitors, n_sessions, n_page_views, n_bounced, n_entered, n_time_ms, n_timed,
+       p_visitors, p_sessions, p_page_views, count() OVER () AS total
+FROM (
+    SELECT value,
+           {merge_if}(visitors, cur) AS n_visitors, sumIf(sessions, cur) AS n_sessions,
+           sumIf(page_views, cur) AS n_page_views, sumIf(bounced, cur) AS n_bounced,
+           sumIf(entered, cur) AS n_entered, sumIf(time_ms, cur) AS n_time_ms, sumIf(timed, cur) AS n_timed,
+           {merge_if}(visitors, NOT cur) AS p_visitors, sumIf(sessions, NOT cur) AS p_sessions,
+           sumIf(page_views, NOT cur) AS p_page_views
+    FROM (
+        SELECT day >= {{start:Date}} AS cur, value, {figures}
+        FROM breakdown_daily FINAL
+        WHERE project_id = {{p:String}} AND dimension = {{dimension:String}}
+          AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND has(rolled, day) AND is_deleted = 0
+        UNION ALL
+        SELECT day >= {{start:Date}} AS cur, value, {figures} FROM ({live})
+    )
+    GROUP BY value
+    HAVING n_sessions > 0
+)
 -- ORDER BY n_visitors DESC, value: the answer's order (ties by value, so pages are stable)
 ORDER BY n_visitors DESC, value
 LIMIT {{n:UInt32}} OFFSET {{skip:UInt64}}
 """
-
-
-def _rolled(
-    client: Client, dimension: str, bound: dict[str, Any], period: Period, today: date
-) -> list[tuple[Any, ...]]:
-    """The rows of an unfiltered breakdown (as breakdown_sql's): the page of the period's values
-    first, then the period before for those values only."""
-    rolled = {d for (d,) in client.query(_ROLLED, parameters={**bound, "today": today}).result_rows}
-    params: dict[str, Any] = {**bound, "dimension": dimension}
-    for name, days in (("cur", period), ("prev", period.previous)):
-        every = {days.start + timedelta(days=i) for i in range((days.end - days.start).days + 1)}
-        params[f"{name}_rolled"], params[f"{name}_live"] = sorted(every & rolled), sorted(every - rolled)
-    found = client.query(_page_of(rolled_sql(dimension, "cur")), parameters=params).result_rows
-    if not found:
-        return []
-    values = [r[0] for r in found]
-    before = {
-        r[0]: (r[1], r[2], r[3])
-        for r in client.query(
-            rolled_sql(dimension, "prev", values=True), parameters={**params, "values": values}
-        ).result_rows
-    }
-    return [(*r[:8], *before.get(r[0], (0, 0, 0)), r[8]) for r in found]
 
 
 def _percent(part: int, whole: int) -> float | None:
@@ -213,13 +197,12 @@ def breakdown(
     if filters.values:
         sql, params = breakdown_sql(dimension, filters)
         bound.update(params)
-
-        def read(n: int, skip: int) -> list[tuple[Any, ...]]:
-            return client.query(sql, parameters={**bound, "n": n, "skip": skip}).result_rows
     else:
+        sql = unfiltered_sql(dimension)
+        bound.update(dimension=dimension, today=today)
 
-        def read(n: int, skip: int) -> list[tuple[Any, ...]]:
-            return _rolled(client, dimension, {**bound, "n": n, "skip": skip}, period, today)
+    def read(n: int, skip: int) -> list[tuple[Any, ...]]:
+        return client.query(sql, parameters={**bound, "n": n, "skip": skip}).result_rows
 
     found = read(limit, offset)
     if not found and offset > 0:  # past the end: the total from the first row
