@@ -68,6 +68,17 @@ def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
 # -- what Grafana does to a query before ClickHouse sees it ---------------------------------------
 
 
+class CustomAll(str):
+    """A variable at All that has a custom all value (`allValue`): Grafana puts that text in
+    verbatim, whatever the format asked for (templateSrv skips formatting a custom all value,
+    but for :text and :percentencode)."""
+
+
+def at_all(variable: dict[str, Any], offered: list[str]) -> str | list[str]:
+    """What a variable at All stands for: its custom all value, else every value its query offers."""
+    return CustomAll(variable["allValue"]) if variable.get("allValue") else offered
+
+
 @dataclass
 class Grafana:
     """A time range and variable values; `expand` turns a dashboard's rawSql into what the
@@ -97,6 +108,8 @@ class Grafana:
 
     @staticmethod
     def _format(value: str | list[str], fmt: str | None) -> str:
+        if isinstance(value, CustomAll):
+            return str(value)
         values = value if isinstance(value, list) else [value]
         if fmt is None:  # the plugin's format(): arrays become a quoted list, a single value stays raw
             return "'" + "','".join(values) + "'" if isinstance(value, list) else value
@@ -605,9 +618,10 @@ def check_breakdowns(
     for name, variable in variables.items():
         if name != "project_id":
             offered[name] = run(stack, g.expand(variable["query"], database))[1]
-            g.variables[name] = [str(r[0]) for r in offered[name]]  # All
+            g.variables[name] = at_all(variable, [str(r[0]) for r in offered[name]])
     # the values are 'x' + hex: a visitor's text never reaches the SQL
-    assert all(re.fullmatch(r"x[0-9A-F]*", v) for name in offered for v in g.variables[name])
+    assert all(re.fullmatch(r"x[0-9A-F]*", str(r[0])) for name in offered for r in offered[name])
+    assert {name for name, v in g.variables.items() if isinstance(v, CustomAll)} == {"plan", "segment"}
     assert {text for _, text in offered["device"]} == {"desktop", "mobile", "tablet"}
 
     def panel(title: str, with_g: Grafana) -> list[dict[str, Any]]:

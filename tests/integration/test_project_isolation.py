@@ -49,7 +49,7 @@ from fastapi.routing import iter_route_contexts
 from tests.conftest import Infra
 from tests.integration.stack import Stack, own_names
 from tests.integration.test_api import identify, ms_now, page, read_event, track
-from tests.integration.test_grafana_dashboards import Grafana, dashboards, panels
+from tests.integration.test_grafana_dashboards import Grafana, at_all, dashboards, panels
 from werkstroom import funnels
 from werkstroom.serve import prepare_clickhouse
 
@@ -408,12 +408,12 @@ def variables_for(site: Site, dashboard: dict[str, Any], topic: str) -> dict[str
 
 
 def with_all(g: Grafana, dashboard: dict[str, Any], client: Client, database: str) -> Grafana:
-    """`g` with each filter variable not set by variables_for at "All": the list of every value its
-    own query offers (as Grafana sends them without a custom all value), read from `database`."""
+    """`g` with each filter variable not set by variables_for at "All": its custom all value, or
+    else the list of every value its own query offers (read from `database`)."""
     for variable in dashboard["templating"]["list"]:
         if variable["type"] == "query" and variable.get("includeAll") and variable["name"] not in g.variables:
             rows = client.query(g.expand(variable["query"], database)).result_rows
-            g.variables[variable["name"]] = [str(r[0]) for r in rows]
+            g.variables[variable["name"]] = at_all(variable, [str(r[0]) for r in rows])
     return g
 
 
