@@ -333,7 +333,8 @@ async def run(args: argparse.Namespace) -> int:
 
 def breakdown_plan(get: Callable[..., Callable[[int], Any]]) -> list[tuple[str, Callable[[int], Any]]]:
     """Every breakdown dimension over the last 7 and 30 UTC days, without and with a filter
-    (country=NL; for countries, source=Google)."""
+    (country=NL; for countries, source=Google); and sources over 30 days by the person filters
+    (segment=premium; plan=trial with country=NL)."""
     today = datetime.now(UTC).date()
     plan = []
     for dimension in BREAKDOWN_DIMENSIONS:
@@ -343,6 +344,11 @@ def breakdown_plan(get: Callable[..., Callable[[int], Any]]) -> list[tuple[str, 
             plan.append((f"bd/{dimension} {days}d", get(f"breakdowns/{dimension}", **span)))
             label = ",".join(f"{k}={v}" for k, v in narrow.items())
             plan.append((f"bd/{dimension} {days}d {label}", get(f"breakdowns/{dimension}", **span, **narrow)))
+    # the person filters (the visitor's person now: persons' anonymous_ids), on one dimension
+    span = {"from": (today - timedelta(days=29)).isoformat(), "to": today.isoformat()}
+    for narrow in ({"segment": "premium"}, {"plan": "trial", "country": "NL"}):
+        label = ",".join(f"{k}={v}" for k, v in narrow.items())
+        plan.append((f"bd/sources 30d {label}", get("breakdowns/sources", **span, **narrow)))
     return plan
 
 
