@@ -222,7 +222,7 @@ class Rotation:
             raise RuntimeError("rotate_bots() needs a bots consumer and run()'s reader of its group")
         topic = self.topics.bots
         deadline = time.monotonic() + CATCH_UP_WAIT
-        while await uncommitted(bots_group, await self._measure(admin, topic)) > NEAR_END:
+        while (await self._behind(admin, bots_group, topic))[1] > NEAR_END:
             if self._closing.is_set() or time.monotonic() > deadline:
                 log.info("embedded_rotation_postponed", reason="the bots consumer is behind", wanted="bots")
                 return False
@@ -231,7 +231,10 @@ class Rotation:
         await self.publisher.hold()
         try:
             # It commits after each write, at most `sink_flush_ms` after the last message.
-            while (left := await uncommitted(bots_group, ends := await self._measure(admin, topic))) > 0:
+            while True:
+                ends, left = await self._behind(admin, bots_group, topic)
+                if left == 0:
+                    break
                 if self._closing.is_set() or time.monotonic() > held + HOLD_MAX - 1.0:
                     log.info("embedded_rotation_postponed", reason="bots not committed in time", left=left)
                     return False
