@@ -184,7 +184,10 @@ class Day(BaseModel):
 
 
 class Activity(Fresh):
-    model_config = _example({**FRESH, "days": [DAY]})
+    model_config = _example({**FRESH, "filters": {}, "days": [DAY]})
+    filters: dict[str, str] = Field(
+        default_factory=dict, description="the filters given, by name (none: the daily statistics)"
+    )
     days: list[Day] = Field(
         description="oldest first, exactly `days` entries ending today (UTC), zero-filled"
     )

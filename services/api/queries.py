@@ -294,7 +294,8 @@ DAY_COLUMNS = ["day", *DAILY_STATS_FIGURES]
 
 
 def activity(client: Client, project_id: str, today: date, days: int) -> list[dict[str, Any]]:
-    """Exactly `days` entries ending `today`, oldest first; days without a row are zeros."""
+    """Exactly `days` entries ending `today`, oldest first, from daily_stats; days without a
+    row are zeros."""
     since = today - timedelta(days=days - 1)
     stored = {
         row[0]: row
@@ -304,12 +305,23 @@ def activity(client: Client, project_id: str, today: date, days: int) -> list[di
             parameters={"p": project_id, "since": since, "today": today},
         ).result_rows
     }
-    bots = {
+    return activity_days(since, days, stored, bots_per_day(client, project_id, since, today))
+
+
+def bots_per_day(client: Client, project_id: str, since: date, today: date) -> dict[date, int]:
+    return {
         day: int(count)
         for day, count in client.query(
             BOTS_PER_DAY, parameters={"p": project_id, "since": since, "today": today}
         ).result_rows
     }
+
+
+def activity_days(
+    since: date, days: int, stored: dict[date, Sequence[Any]], bots: dict[date, int]
+) -> list[dict[str, Any]]:
+    """The chart's `days` entries from `since` on: each day's row (day, then DAY_COLUMNS'
+    figures in order) by name, zeros for a day without one, and the day's bots."""
     out = []
     for i in range(days):
         day = since + timedelta(days=i)

@@ -603,3 +603,84 @@ def test_the_visitors_segment_and_a_plan_filter_every_card_and_stay_in_the_url(
     expect(chip).to_have_count(0)
     assert errors == []
     page.close()
+
+
+def expected_activity(codes: dict[str, str], country: str, today: date, now: datetime) -> list[list[str]]:
+    """The activity chart's 30 rows (day, active users, new users, sessions, page views) narrowed
+    to the sessions from `country` (docs/definitions.md, "Filters"): each visit is one session
+    with a page view, counted on the day it starts; a person is new on the day of its first
+    visit, its identify call's session included."""
+    first: dict[str, datetime] = {}
+    for visit in VISITS:
+        person = USERS.get(visit.visitor, visit.visitor)
+        start = visit.start(now)
+        times = [start]
+        if visit.visitor in USERS:
+            times.append(start + (timedelta(hours=2) if visit.days_ago else -timedelta(hours=2)))
+        first[person] = min([first.get(person, start), *times])
+    rows = []
+    for back in range(29, -1, -1):
+        day = today - timedelta(days=back)
+        found = [v for v in VISITS if v.start(now).date() == day and codes.get(v.country, "") == country]
+        persons = {USERS.get(v.visitor, v.visitor) for v in found}
+        new = {p for p in persons if first[p].date() == day}
+        views = sum(len(v.paths) for v in found)
+        rows.append([day.isoformat(), str(len(persons)), str(len(new)), str(len(found)), str(views)])
+    return rows
+
+
+def test_a_filter_narrows_the_activity_chart_and_survives_a_reload(
+    context: BrowserContext, seeded: Stack, countries: dict[str, str]
+) -> None:
+    errors: list[str] = []
+    page = context.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    log_in(page, seeded)
+    chart = page.locator("#activity-chart")
+    note = page.locator("#activity-filters")
+
+    def chart_rows() -> list[list[str]]:
+        rows: list[list[str]] = chart.locator("table tr").evaluate_all(
+            "rows => rows.slice(1).map(r => [...r.cells].map(c => c.textContent.trim()))"
+        )
+        return rows
+
+    def until_chart(want: list[list[str]], what: str) -> None:
+        deadline = time.monotonic() + TIMEOUT_MS / 1000
+        while chart_rows() != want and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert chart_rows() == want, what
+
+    # Unfiltered: the API's daily statistics, as before.
+    status, body, _ = seeded.get(seeded.project("activity?days=30"))
+    assert status == 200 and body["filters"] == {}
+    every = [
+        [d["day"], *(str(d[k]) for k in ("active_users", "new_users", "sessions", "page_views"))]
+        for d in body["days"]
+    ]
+    until_chart(every, "the unfiltered chart")
+    expect(note).to_be_hidden()
+
+    # A country from the audience card narrows the chart to its visitors' sessions.
+    c2 = countries["C2"]
+    now = datetime.now(UTC)
+    narrowed = expected_activity(countries, c2, now.date(), now)
+    assert narrowed != every and sum(int(r[3]) for r in narrowed) == 3  # b1, b2 today; d1 3 days ago
+    page.locator(f'#bd-audience tbody tr[data-value="{c2}"] button').click()
+    until_chart(narrowed, "the chart of the country's sessions")
+    expect(note).to_be_visible()
+    expect(note).to_contain_text(f"Country: {NAMES[c2]}")
+    expect(chart.locator("svg")).to_have_attribute(
+        "aria-label", "Daily activity over the last 30 days, filtered"
+    )
+
+    # A reload keeps it (the filter is in the URL); removing the chip brings every session back.
+    page.reload()
+    expect(page.locator("#project-id")).to_have_text(seeded.project_id)
+    until_chart(narrowed, "the narrowed chart after a reload")
+    expect(note).to_contain_text(f"Country: {NAMES[c2]}")
+    page.locator("#bd-chips .chip").click()
+    until_chart(every, "the unfiltered chart again")
+    expect(note).to_be_hidden()
+    assert errors == []
+    page.close()

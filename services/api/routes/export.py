@@ -22,19 +22,21 @@ import orjson
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import StreamingResponse
 
-from services.api import breakdowns, queries
+from services.api import activity, breakdowns, queries
 from services.api.breakdowns import Dimension
 from services.api.deps import AUTH_RESPONSES, ClickHousePool, NowDep, PoolDep, ProjectDep
+from services.api.filters import Filters
 from services.api.models import SegmentFilter, iso
 from services.api.routes.breakdowns import BreakdownArgs, BreakdownArgsDep
-from services.api.routes.metrics import metric_cards
+from services.api.routes.filtering import FiltersDep
+from services.api.routes.metrics import FILTERED_ACTIVITY, metric_cards
 from services.api.routes.users import MAX_Q
 from werkstroom.logging import get_logger
 
 log = get_logger(__name__)
 router = APIRouter(prefix="/api/projects/{project_id}", tags=["export"], responses=AUTH_RESPONSES)
 
-Kind = Literal["online", "users", "metrics", "activity", "sessions"]
+Kind = Literal["online", "users", "metrics", "sessions"]
 #: What a spreadsheet reads as the start of a formula: = + - @, and their full-width forms,
 #: which East Asian locales of Excel and LibreOffice may fold to the ASCII ones on input.
 FORMULA = frozenset("=+-@\uff1d\uff0b\uff0d\uff20")
@@ -185,13 +187,36 @@ async def export_breakdown(
     return await _download(body, scope.project_id, "breakdown", now)
 
 
+# Before the route below too: the activity takes the breakdowns' filters, whose `segment` is
+# not the users list's (that one also takes "all").
+@router.get(
+    "/export/activity.csv",
+    summary="Download the activity chart as CSV",
+    description="GET .../activity's days (default 30) for the same filters, one row per day, "
+    f"oldest first. {FILTERED_ACTIVITY} The file is named "
+    "werkstroom-<project>-activity-<YYYYMMDD>.csv.",
+    response_class=StreamingResponse,
+    responses=CSV_RESPONSES,
+)
+async def export_activity(
+    scope: ProjectDep,
+    pool: PoolDep,
+    now: NowDep,
+    filters: FiltersDep,
+    days: Annotated[int, Query(ge=1, le=366)] = 30,
+) -> StreamingResponse:
+    body = _activity(pool, scope.project_id, now, days, filters)
+    return await _download(body, scope.project_id, "activity", now)
+
+
 @router.get(
     "/export/{kind}.csv",
-    summary="Download CSV (online, users, metrics, activity or sessions)",
+    summary="Download CSV (online, users, metrics or sessions)",
     description="A header row, then one row per item, streamed. Filters: users: segment, q; "
-    "activity: days (default 30); sessions: days (sessions started in the last `days` UTC "
-    "days, default 30) and person_id (that person's sessions only). The file is named "
-    "werkstroom-<project>-<kind>-<YYYYMMDD>.csv. A breakdown's CSV: export/breakdown.csv.",
+    "sessions: days (sessions started in the last `days` UTC days, default 30) and person_id "
+    "(that person's sessions only). The file is named "
+    "werkstroom-<project>-<kind>-<YYYYMMDD>.csv. The activity's CSV: export/activity.csv; a "
+    "breakdown's: export/breakdown.csv.",
     response_class=StreamingResponse,
     responses={
         200: {
@@ -224,8 +249,6 @@ async def export_csv(
         body = _users(pool, project_id, now, segment, q)
     elif kind == "metrics":
         body = _metrics(pool, project_id, now)
-    elif kind == "activity":
-        body = _activity(pool, project_id, now, days)
     else:
         ids = None
         if person_id is not None:
@@ -347,9 +370,11 @@ async def _metrics(pool: ClickHousePool, project_id: str, now: datetime) -> Asyn
     yield csv_text([name, m["value"], m["previous"], m["trend"]] for name, m in data.items())
 
 
-async def _activity(pool: ClickHousePool, project_id: str, now: datetime, days: int) -> AsyncIterator[str]:
+async def _activity(
+    pool: ClickHousePool, project_id: str, now: datetime, days: int, filters: Filters
+) -> AsyncIterator[str]:
     yield csv_text([queries.DAY_COLUMNS])
-    data = await pool.run(queries.activity, project_id, now.date(), days)
+    data = await pool.run(activity.activity, project_id, now.date(), days, filters)
     yield csv_text([d[c] for c in queries.DAY_COLUMNS] for d in data)
 
 

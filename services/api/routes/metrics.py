@@ -8,9 +8,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from services.api import queries
+from services.api import activity, queries
 from services.api.deps import AUTH_RESPONSES, ClickHousePool, NowDep, PoolDep, ProjectDep, TopicDep
 from services.api.models import Activity, Metrics
+from services.api.routes.filtering import FiltersDep
 
 router = APIRouter(prefix="/api/projects/{project_id}", tags=["metrics"], responses=AUTH_RESPONSES)
 
@@ -51,18 +52,34 @@ async def get_metrics(scope: ProjectDep, pool: PoolDep, now: NowDep, topic: Topi
     return Metrics.model_validate({"as_of": now, "pipeline": fresh, "metrics": data})
 
 
+#: What the activity chart's figures are under filters: the route's description and the CSV's.
+FILTERED_ACTIVITY = (
+    "Filters (as on the breakdowns: page, entry_page, exit_page, source, utm_source, utm_medium, "
+    "utm_campaign, country, device, browser, os, plan, segment) narrow each day to the matching "
+    "sessions that start on it (sessions with a page view, attributed to their entry page view): "
+    "sessions, their page_views, bounce_rate (the share with one page view), "
+    "avg_session_seconds; active_users: the distinct persons of those sessions (a visitor's "
+    "person now, else the visitor); new_users: those of them first seen that day; events: their "
+    "page views (a session's other events are not counted by day under filters); bots: the "
+    "day's bots, unfiltered (bots are not sessions)."
+)
+
+
 @router.get(
     "/activity",
     response_model=Activity,
     summary="Daily active users, new users, sessions, page views and events",
     description="Exactly `days` entries, oldest first, ending today (UTC); days without "
-    "traffic are zeros. From the aggregator's daily statistics (event time).",
+    "traffic are zeros. Without filters, from the aggregator's daily statistics (event time). "
+    f"{FILTERED_ACTIVITY} Definitions: docs/definitions.md.",
 )
 async def get_activity(
-    scope: ProjectDep, pool: PoolDep, now: NowDep, topic: TopicDep, days: Days = 30
+    scope: ProjectDep, pool: PoolDep, now: NowDep, topic: TopicDep, filters: FiltersDep, days: Days = 30
 ) -> Activity:
     data, fresh = await asyncio.gather(
-        pool.run(queries.activity, scope.project_id, now.date(), days),
+        pool.run(activity.activity, scope.project_id, now.date(), days, filters),
         pool.run(queries.pipeline, topic, scope.project_id, now.date()),
     )
-    return Activity.model_validate({"as_of": now, "pipeline": fresh, "days": data})
+    return Activity.model_validate(
+        {"as_of": now, "pipeline": fresh, "filters": dict(filters.values), "days": data}
+    )

@@ -482,14 +482,34 @@
   }
 
   // --- activity chart ------------------------------------------------------------------------------------
+  // The breakdowns' filters (bd.filters, the chips) narrow the chart too: each day is then
+  // counted from the matching sessions (docs/definitions.md, "Filters").
+  let activitySeq = 0;
+  let activityAsked = ""; // the query of the chart shown (or on its way)
+  function activityQuery() {
+    const q = new URLSearchParams({ days: "30" });
+    for (const [key, value] of bd.filters) q.set(key, value);
+    return q;
+  }
+
   async function loadActivity() {
-    const body = await api(`${projectPath("activity")}?days=30`);
+    const seq = ++activitySeq;
+    activityAsked = activityQuery().toString();
+    const body = await api(`${projectPath("activity")}?${activityAsked}`);
+    if (seq !== activitySeq) return; // a filter changed while this was on its way
     const days = body.days || [];
+    const filters = Object.entries(body.filters || {});
+    const note = $("activity-filters");
+    note.hidden = filters.length === 0;
+    note.textContent = filters.length
+      ? `Only the sessions with a page view matching ${filters.map(([k, v]) => filterLabel(k, v)).join(", ")} ` +
+        "(the filters of the breakdowns below), each on the day it started; events are their page views."
+      : "";
     const pick = (k) => days.map((d) => d[k] || 0);
     const css = getComputedStyle(document.documentElement);
     const color = (v) => css.getPropertyValue(v).trim();
     window.WerkstroomChart.line($("activity-chart"), {
-      title: "Daily activity over the last 30 days",
+      title: `Daily activity over the last 30 days${filters.length ? ", filtered" : ""}`,
       labels: days.map((d) => d.day),
       series: [
         { name: "Active users", color: color("--s1"), values: pick("active_users") },
@@ -498,23 +518,30 @@
         { name: "Page views", color: color("--s2"), values: pick("page_views") },
       ],
     });
-    renderBots(days);
+    renderBots(days, filters.length > 0);
+  }
+
+  // After a chip was added or removed (the breakdowns' period is not the chart's: no reload for it).
+  function reloadActivityIfFiltered() {
+    if (activityQuery().toString() !== activityAsked) loadActivity().catch(reportError);
   }
 
   // Events filtered as bots are counted in no series above; an empty chart says why it is empty.
-  function renderBots(days) {
+  function renderBots(days, filtered) {
     const sum = (k) => days.reduce((n, d) => n + (d[k] || 0), 0);
     const bots = sum("bots");
     const line = $("activity-bots");
     line.hidden = bots === 0;
     if (!bots) return;
     const n = `${plural(bots, "event")} from bots and scripts`;
-    line.textContent = sum("events")
+    // Filtered, no events says nothing about the site: bots are the day's, whatever the filters.
+    const none = !sum("events") && !filtered;
+    line.textContent = !none
       ? `Not counted above: ${n} (crawlers, curl, python-requests, headless browsers) in the last 30 days.`
       : `No visitor events yet, but ${n} (crawlers, curl, python-requests, headless browsers) ` +
         "were filtered in the last 30 days. To test, send a browser's User-Agent: see the README, " +
         "“Send an event”.";
-    line.classList.toggle("empty", !sum("events"));
+    line.classList.toggle("empty", none);
   }
 
   // --- funnels ----------------------------------------------------------------------------------------------
@@ -1148,6 +1175,7 @@
     writeUrl(push);
     renderControls();
     loadBreakdowns().catch(reportError);
+    reloadActivityIfFiltered();
   }
 
   function addFilter(key, value) {
@@ -1242,7 +1270,7 @@
   function download(kind, button) {
     let params = new URLSearchParams();
     if (kind === "users") params = usersQuery();
-    else if (kind === "activity") params.set("days", "30");
+    else if (kind === "activity") params = activityQuery();
     else if (kind === "sessions" && state.detail.personId) params.set("person_id", state.detail.personId);
     return downloadCsv(projectPath(`export/${kind}.csv`), params, `werkstroom-${kind}.csv`, button);
   }
@@ -1416,6 +1444,7 @@
       readUrl();
       renderControls();
       if (state.key) loadBreakdowns().catch(reportError);
+      if (state.key) reloadActivityIfFiltered();
     });
     $("detail-close").addEventListener("click", closeDetail);
     $("detail-backdrop").addEventListener("click", closeDetail);

@@ -1,0 +1,80 @@
+"""The activity chart narrowed by filters (docs/definitions.md, "Filters"): each UTC day's
+figures computed from the matching sessions that start on it, instead of read from daily_stats.
+
+The matching sessions are the rows of breakdown_sessions that `Filters.where` selects (what the
+breakdowns count); their durations come from sessions_daily (the same (project, day, visitor,
+session) key), their persons from the live persons rows whose anonymous_ids hold their visitors.
+Unfiltered, the chart is daily_stats' (services.api.queries.activity), unchanged.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from services.api import queries
+from services.api.filters import SESSIONS_OF, Filters
+
+_MATCHING = (
+    "SELECT {columns} FROM breakdown_sessions FINAL WHERE project_id = {{p:String}} "
+    "AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND is_deleted = 0{where}"
+)
+# Per day: the matching sessions; the durations of those sessions only (sessions_daily over the
+# range, narrowed to their keys, so the join's table stays the size of the answer); each visitor's
+# live person and its first day, read for the matching visitors only (persons is sorted by person,
+# so this reads the project's persons once, as the plan and segment filters do). A visitor in no
+# live persons row (not recomputed yet) is its own person, never new. Events: the page views, as
+# a session's other events are kept only in `sessions`, sorted by visitor (docs/definitions.md).
+_FILTERED = """
+SELECT s.day, uniqExact(ifNull(m.person, s.anonymous_id)),
+       uniqExactIf(m.person, ifNull(m.first_day = s.day, 0)),
+       count(), sum(s.page_views), sum(s.page_views),
+       round(countIf(s.page_views = 1) / count(), 6), round(ifNull(avg(d.duration_ms), 0) / 1000, 3)
+FROM ({matching}) AS s
+LEFT JOIN (
+    SELECT day, anonymous_id, session_id, duration_ms FROM sessions_daily FINAL
+    WHERE project_id = {{p:String}} AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND is_deleted = 0
+      AND (day, anonymous_id, session_id) IN ({keys})
+) AS d ON d.day = s.day AND d.anonymous_id = s.anonymous_id AND d.session_id = s.session_id
+LEFT JOIN (
+    SELECT visitor, min(person_id) AS person, argMin(toDate(first_seen), person_id) AS first_day
+    FROM persons FINAL ARRAY JOIN anonymous_ids AS visitor
+    WHERE project_id = {{p:String}} AND is_deleted = 0 AND visitor IN ({visitors})
+    GROUP BY visitor
+) AS m ON m.visitor = s.anonymous_id
+GROUP BY s.day
+SETTINGS join_use_nulls = 1
+"""
+
+
+def filtered_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
+    """The per-day figures (day, then queries.DAY_COLUMNS' figures in order) of the sessions
+    `filters` matches over {lo:Date}..{hi:Date} of project {p:String}, and the filters'
+    parameters. Every value is a parameter; the SQL is chosen from constants only."""
+    where, params = filters.where("breakdown_sessions", SESSIONS_OF)
+
+    def matching(columns: str) -> str:
+        return _MATCHING.format(columns=columns, where=where)
+
+    sql = _FILTERED.format(
+        matching=matching("day, anonymous_id, session_id, page_views"),
+        keys=matching("day, anonymous_id, session_id"),
+        visitors=matching("DISTINCT anonymous_id"),
+    )
+    return sql, params
+
+
+def activity(
+    client: Client, project_id: str, today: date, days: int, filters: Filters
+) -> list[dict[str, Any]]:
+    """Exactly `days` entries ending `today`, oldest first, zero-filled: daily_stats' days
+    without filters, the matching sessions' with them. Bots are the day's, filtered or not."""
+    if not filters.values:
+        return queries.activity(client, project_id, today, days)
+    since = today - timedelta(days=days - 1)
+    sql, params = filtered_sql(filters)
+    rows = client.query(sql, parameters={**params, "p": project_id, "lo": since, "hi": today}).result_rows
+    bots = queries.bots_per_day(client, project_id, since, today)
+    return queries.activity_days(since, days, {r[0]: r for r in rows}, bots)

@@ -1,0 +1,58 @@
+"""The activity chart's days (services.api.queries.activity_days) and its filtered SQL
+(services/api/activity.py), without ClickHouse: the answers are held to the real stack in
+tests/integration/test_api_activity_filters.py."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime
+
+from services.api.activity import filtered_sql
+from services.api.filters import Filters
+from services.api.models import Day
+from services.api.queries import DAY_COLUMNS, activity_days
+
+
+def test_days_are_zero_filled_oldest_first_with_each_days_bots() -> None:
+    since = date(2026, 11, 29)
+    stored = {date(2026, 11, 30): (date(2026, 11, 30), 3, 1, 4, 9, 9, 0.25, 61.5)}
+    days = activity_days(since, 3, stored, {date(2026, 11, 29): 2, date(2026, 12, 1): 5})
+    assert [d["day"] for d in days] == [date(2026, 11, 29), date(2026, 11, 30), date(2026, 12, 1)]
+    assert days[0] == {"day": since, **dict.fromkeys(DAY_COLUMNS[1:6], 0), "bounce_rate": 0.0,
+                       "avg_session_seconds": 0.0, "bots": 2}  # fmt: skip
+    assert days[1] == {
+        "day": date(2026, 11, 30),
+        "active_users": 3,
+        "new_users": 1,
+        "sessions": 4,
+        "page_views": 9,
+        "events": 9,
+        "bounce_rate": 0.25,
+        "avg_session_seconds": 61.5,
+        "bots": 0,
+    }
+    assert days[2]["bots"] == 5 and days[2]["sessions"] == 0
+    for d in days:  # what the answer's model takes, field for field
+        assert Day.model_validate(d).model_dump() == d
+
+
+def test_filtered_sql_binds_every_value_and_reads_the_matching_sessions() -> None:
+    hostile = "x' OR 1=1 --"
+    now = datetime(2026, 12, 3, tzinfo=UTC)
+    filters = Filters.parse({"country": hostile, "page": "/blog/*", "plan": hostile, "segment": "trial"}, now)
+    sql, params = filtered_sql(filters)
+    assert hostile not in sql
+    assert params["f_country"] == hostile and params["f_plan"] == hostile and params["f_page"] == "/blog/%"
+    # each read of the matching sessions (the rows, their keys, their visitors) carries every filter
+    assert sql.count("FROM breakdown_sessions FINAL") == 3
+    assert sql.count("country = {f_country:String}") == 3
+    assert sql.count("plan = {f_plan:String}") == 3
+    # the parameters the SQL names are the filters' and the range's, nothing else
+    named = set(re.findall(r"\{(\w+):", sql))
+    assert {"p", "lo", "hi", "f_country", "f_page", "f_plan"} <= named <= set(params) | {"p", "lo", "hi"}
+
+
+def test_no_filter_is_still_a_query_of_the_range() -> None:
+    sql, params = filtered_sql(Filters())
+    assert params == {}
+    assert set(re.findall(r"\{(\w+):", sql)) == {"p", "lo", "hi"}
