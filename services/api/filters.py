@@ -59,17 +59,17 @@ SESSIONS_OF = (
 )
 #: SESSIONS_OF for the online visitors (GET online, the live stream): only the rows of the
 #: visitors online now (a plain read of online_visitors, a superset of who is online: the outer
-#: query decides), so a filtered online read costs a few index lookups per visitor online, not a
-#: scan of the days' sessions. Its {lo}..{hi} are Filters.online's two days.
+#: query decides). The key (project, day, visitor) then skips the granules holding none of them,
+#: which helps while few are online against the days' sessions; with many online the read
+#: approaches the two days' rows. Its {lo}..{hi} are Filters.online's days.
 ONLINE_SESSIONS_OF = (
     f"{SESSIONS_OF} AND anonymous_id IN (SELECT anonymous_id FROM online_visitors "
     f"WHERE project_id = {{{{p:String}}}} AND last_event_at >= {{{{since:{T}}}}})"
 )
-#: How many UTC days back an online visitor's session is looked for (today and yesterday): a
-#: session is under the day it starts on, so one that began before midnight is under yesterday.
+#: How many UTC days an online visitor's session is looked for in (today and yesterday): a
+#: session is under the day it starts on, so one that began before midnight is yesterday's.
 #: Two days hold every session shorter than 24 hours, which is all of them in practice (30
-#: minutes without an event end one); the sessions the key sorts by day then visitor stay a
-#: short read.
+#: minutes without an event end one); each day more is another day of rows to read.
 ONLINE_DAYS = 2
 #: The longest filter value accepted (a path is stored up to 2048 characters).
 MAX_VALUE = 2048

@@ -17,9 +17,10 @@ Why a short ClickHouse poll rather than a Kafka topic of live changes:
   own, no consumer group, offsets or topic-to-replica fan-out to manage, and a replica that
   restarts has nothing to catch up on.
 - No extra topic for the aggregator to produce, and no second copy of the state to get wrong.
-- The cost is bounded: one small indexed read per project and set of filters in use per
-  replica per 500 ms, whatever the number of viewers; the freshness the dashboard sees is the
-  aggregator's flush interval plus at most one poll.
+- The cost is bounded: one read per project and set of filters in use per replica per 500 ms,
+  whatever the number of viewers: a small indexed one unfiltered; a filtered one also reads the
+  breakdown rows of the last two days (services/api/filters.py, ONLINE_SESSIONS_OF). The
+  freshness the dashboard sees is the aggregator's flush interval plus at most one poll.
 
 Shutdown: `close()` (called when the app shuts down, and by whoever stops the server) ends
 every stream: each subscriber's generator returns, so its response finishes cleanly.
