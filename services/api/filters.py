@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
-from services.api.queries import SEGMENT_WHERE, segment_params
+from services.api.queries import SEGMENT_WHERE, Narrowing, T, segment_params
 
 #: Query parameter -> the column it narrows (a SESSION_ATTRIBUTES column, or `path`). `page` is
 #: the special one: on breakdown_pages the row's own path, elsewhere the sessions that viewed a
@@ -57,6 +57,20 @@ SESSIONS_OF = (
     "SELECT session_id FROM {table} FINAL WHERE project_id = {{p:String}} "
     "AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND is_deleted = 0"
 )
+#: SESSIONS_OF for the online visitors (GET online, the live stream): only the rows of the
+#: visitors online now (a plain read of online_visitors, a superset of who is online: the outer
+#: query decides). The key (project, day, visitor) then skips the granules holding none of them,
+#: which helps while few are online against the days' sessions; with many online the read
+#: approaches the two days' rows. Its {lo}..{hi} are Filters.online's days.
+ONLINE_SESSIONS_OF = (
+    f"{SESSIONS_OF} AND anonymous_id IN (SELECT anonymous_id FROM online_visitors "
+    f"WHERE project_id = {{{{p:String}}}} AND last_event_at >= {{{{since:{T}}}}})"
+)
+#: How many UTC days an online visitor's session is looked for in (today and yesterday): a
+#: session is under the day it starts on, so one that began before midnight is yesterday's.
+#: Two days hold every session shorter than 24 hours, which is all of them in practice (30
+#: minutes without an event end one); each day more is another day of rows to read.
+ONLINE_DAYS = 2
 #: The longest filter value accepted (a path is stored up to 2048 characters).
 MAX_VALUE = 2048
 
@@ -113,6 +127,18 @@ class Filters:
             own.append(person)
             params.update(person_params)
         return "".join(f" AND {c}" for c in own), params
+
+    def online(self, today: date) -> Narrowing:
+        """The condition (` AND ...`, or "" unfiltered) on online_visitors' rows that keeps the
+        visitors whose current session is a matching session: a breakdown_sessions row (so a
+        session without a page view matches no filter) of today or yesterday (ONLINE_DAYS), and
+        its parameters besides the online read's own (p, since). `today` is the API's clock's."""
+        if not self.values:
+            return "", {}
+        where, params = self.where("breakdown_sessions", ONLINE_SESSIONS_OF)
+        matching = f"{ONLINE_SESSIONS_OF.format(table='breakdown_sessions')}{where}"
+        lo = today - timedelta(days=ONLINE_DAYS - 1)
+        return f" AND session_id IN ({matching})", {**params, "lo": lo, "hi": today}
 
     def person(self) -> tuple[str, dict[str, Any]]:
         """The condition (or "") on a breakdown row's `anonymous_id` that `plan` and `segment`

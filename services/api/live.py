@@ -1,8 +1,10 @@
 """The live users stream (`GET /api/projects/{id}/live`, Server-Sent Events).
 
-Design: each API process (replica) runs at most one poller per project that has subscribers.
-It reads the online view from ClickHouse about every 500 ms (the same query as `GET online`,
-with the largest `limit` any subscriber asked for) and hands each subscriber its own slice; a
+Design: each API process (replica) runs at most one poller per project and filters
+(services/api/filters.py; none is one set of filters) that have subscribers: subscribers with
+the same filters share it, each set of filters has its own answer. It reads the online view
+from ClickHouse about every 500 ms (the same query as `GET online` with those filters, with the
+largest `limit` any of its subscribers asked for) and hands each subscriber its own slice; a
 subscriber is sent an `online` event on connect and then only when its count or list changed
 (time-on-page ticking alone is not a change; a visitor turning stuck is). Comment pings every
 15 s keep proxies from closing an idle stream. A slow client never queues snapshots: it gets
@@ -15,9 +17,10 @@ Why a short ClickHouse poll rather than a Kafka topic of live changes:
   own, no consumer group, offsets or topic-to-replica fan-out to manage, and a replica that
   restarts has nothing to catch up on.
 - No extra topic for the aggregator to produce, and no second copy of the state to get wrong.
-- The cost is bounded: one small indexed read per project per replica per 500 ms, whatever
-  the number of viewers; the freshness the dashboard sees is the aggregator's flush interval
-  plus at most one poll.
+- The cost is bounded: one read per project and set of filters in use per replica per 500 ms,
+  whatever the number of viewers: a small indexed one unfiltered; a filtered one also reads the
+  breakdown rows of the last two days (services/api/filters.py, ONLINE_SESSIONS_OF). The
+  freshness the dashboard sees is the aggregator's flush interval plus at most one poll.
 
 Shutdown: `close()` (called when the app shuts down, and by whoever stops the server) ends
 every stream: each subscriber's generator returns, so its response finishes cleanly.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -34,6 +38,7 @@ from typing import Any
 
 from services.api import queries
 from services.api.deps import ClickHousePool
+from services.api.filters import Filters
 from services.api.models import Online
 from werkstroom.logging import get_logger
 
@@ -42,6 +47,16 @@ log = get_logger(__name__)
 POLL_SECONDS = 0.5
 RETRY_SECONDS = 2.0
 PING_SECONDS = 15
+NO_FILTERS = Filters()
+
+#: What a poller is kept per: the project and the filters' values (in Filters' own order, so
+#: the same filters given in another order share a poller).
+FeedKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def feed_key(project_id: str, filters: Filters = NO_FILTERS) -> FeedKey:
+    return project_id, tuple(filters.values.items())
+
 
 #: What makes two snapshots "the same" for a viewer: everything but the ticking times.
 _SAME = (
@@ -95,11 +110,12 @@ class Subscription:
 
 
 class _Feed:
-    """The poller of one project, alive while it has subscribers."""
+    """The poller of one project and set of filters, alive while it has subscribers."""
 
-    def __init__(self, hub: LiveHub, project_id: str) -> None:
+    def __init__(self, hub: LiveHub, project_id: str, filters: Filters) -> None:
         self.hub = hub
         self.project_id = project_id
+        self.filters = filters
         self.subscribers: set[Subscription] = set()
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -110,7 +126,8 @@ class _Feed:
             self.wake.clear()
             pause = hub.poll_seconds
             try:
-                snapshot = await hub.snapshot(self.project_id, max(s.limit for s in self.subscribers))
+                limit = max(s.limit for s in self.subscribers)
+                snapshot = await hub.snapshot(self.project_id, limit, self.filters)
                 for subscriber in list(self.subscribers):
                     subscriber.offer(snapshot)
             except Exception as exc:  # ClickHouse hiccup: keep the streams, try again shortly
@@ -133,22 +150,27 @@ class LiveHub:
         self.clock = clock
         self.poll_seconds = poll_seconds
         self.closed = asyncio.Event()
-        self.feeds: dict[str, _Feed] = {}
+        self.feeds: dict[FeedKey, _Feed] = {}
 
-    async def snapshot(self, project_id: str, limit: int) -> dict[str, Any]:
+    async def snapshot(self, project_id: str, limit: int, filters: Filters = NO_FILTERS) -> dict[str, Any]:
         now = self.clock()
+        # At each poll's clock: a segment (active, inactive, ...) is decided at the answer's time.
+        narrowing = dataclasses.replace(filters, now=now).online(now.date())
         data, fresh = await asyncio.gather(
-            self.pool.run(queries.online, project_id, now, limit),
+            self.pool.run(queries.online, project_id, now, limit, narrowing),
             self.pool.run(queries.pipeline, self.topic, project_id, now.date()),
         )
         return {"as_of": now, "pipeline": fresh, **data}
 
     @asynccontextmanager
-    async def subscribe(self, project_id: str, limit: int) -> AsyncIterator[Subscription]:
+    async def subscribe(
+        self, project_id: str, limit: int, filters: Filters = NO_FILTERS
+    ) -> AsyncIterator[Subscription]:
         subscription = Subscription(limit)
-        feed = self.feeds.get(project_id)
+        key = feed_key(project_id, filters)
+        feed = self.feeds.get(key)
         if feed is None:
-            feed = self.feeds[project_id] = _Feed(self, project_id)
+            feed = self.feeds[key] = _Feed(self, project_id, filters)
         feed.subscribers.add(subscription)
         if feed.task is None or feed.task.done():
             feed.task = asyncio.create_task(feed.run(), name=f"live:{project_id}")
@@ -159,14 +181,17 @@ class LiveHub:
         finally:
             feed.subscribers.discard(subscription)
             if not feed.subscribers:
-                if self.feeds.get(project_id) is feed:
-                    del self.feeds[project_id]
+                if self.feeds.get(key) is feed:
+                    del self.feeds[key]
                 if feed.task is not None:
                     feed.task.cancel()
 
-    async def stream(self, project_id: str, limit: int) -> AsyncIterator[dict[str, str]]:
-        """The SSE events of one subscriber: `online` snapshots until the hub closes."""
-        async with self.subscribe(project_id, limit) as subscription:
+    async def stream(
+        self, project_id: str, limit: int, filters: Filters = NO_FILTERS
+    ) -> AsyncIterator[dict[str, str]]:
+        """The SSE events of one subscriber: `online` snapshots (of the visitors `filters`
+        keep) until the hub closes."""
+        async with self.subscribe(project_id, limit, filters) as subscription:
             while True:
                 snapshot = await subscription.next(self.closed)
                 if snapshot is None:

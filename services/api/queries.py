@@ -10,9 +10,10 @@ answer's `as_of`), so one answer is computed at one instant and tests can fix th
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -115,15 +116,37 @@ def resolve_persons(
 
 # -- online ------------------------------------------------------------------------------------
 
-_ONLINE_FROM = f"""
+#: Who of the online visitors a view keeps: a condition on online_visitors' rows (` AND ...`,
+#: "" for everyone) and its parameters, besides p and since (the filters' is
+#: services.api.filters.Filters.online). Built from constants; values only as parameters.
+Narrowing = tuple[str, Mapping[str, Any]]
+EVERYONE: Narrowing = ("", MappingProxyType({}))
+_ONLINE_WHERE = f"WHERE project_id = {{p:String}} AND last_event_at >= {{since:{T}}}"
+
+
+def _online_from(narrowing: str) -> str:
+    return f"""
 FROM online_visitors FINAL
-WHERE project_id = {{p:String}} AND last_event_at >= {{since:{T}}}
+{_ONLINE_WHERE}{narrowing}
 ORDER BY last_event_at DESC, anonymous_id
 """
+
+
 # The columns online_user reads, by position; the live list has the count after them.
 _ONLINE_SELECT = f"SELECT {', '.join(ONLINE_VISITOR_READ)}"
-ONLINE_SQL = f"{_ONLINE_SELECT}, count() OVER () AS online{_ONLINE_FROM}LIMIT {{n:UInt32}}"
-ONLINE_EXPORT_SQL = f"{_ONLINE_SELECT}{_ONLINE_FROM}"
+
+
+def online_sql(narrowing: str = "") -> str:
+    """The online list (newest activity first, at most {n} rows) with the count of all."""
+    return f"{_ONLINE_SELECT}, count() OVER () AS online{_online_from(narrowing)}LIMIT {{n:UInt32}}"
+
+
+def online_export_sql(narrowing: str = "") -> str:
+    return f"{_ONLINE_SELECT}{_online_from(narrowing)}"
+
+
+ONLINE_SQL = online_sql()
+ONLINE_EXPORT_SQL = online_export_sql()
 
 
 def online_user(row: Sequence[Any], person_id: str, now: datetime, last_event: str = "") -> dict[str, Any]:
@@ -169,9 +192,14 @@ def last_events(client: Client, project_id: str, rows: Sequence[Sequence[Any]]) 
     return {aid: str(event) for aid, event, at in found if utc(at) >= starts[aid]}
 
 
-def online(client: Client, project_id: str, now: datetime, limit: int) -> dict[str, Any]:
+def online(
+    client: Client, project_id: str, now: datetime, limit: int, narrowing: Narrowing = EVERYONE
+) -> dict[str, Any]:
+    """The visitors online at `now` that `narrowing` keeps: their count and the first `limit`."""
+    where, params = narrowing
     rows = client.query(
-        ONLINE_SQL, parameters={"p": project_id, "since": now - ONLINE_WINDOW, "n": limit}
+        online_sql(where),
+        parameters={**params, "p": project_id, "since": now - ONLINE_WINDOW, "n": limit},
     ).result_rows
     persons = resolve_persons(client, project_id, (r[0] for r in rows), (r[2] for r in rows if r[2]))
     events = last_events(client, project_id, rows)
@@ -214,12 +242,14 @@ def persons_counts(client: Client, project_id: str, now: datetime) -> tuple[int,
     return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
 
-def online_count(client: Client, project_id: str, now: datetime) -> int:
+def online_count(client: Client, project_id: str, now: datetime, narrowing: Narrowing = EVERYONE) -> int:
+    """The "online now" card: the visitors online at `now` that `narrowing` keeps (a view's
+    filters: services.api.filters.Filters.online), the same count as `online`'s."""
+    where, params = narrowing
     return int(
         client.query(
-            f"SELECT count() FROM online_visitors FINAL "
-            f"WHERE project_id = {{p:String}} AND last_event_at >= {{since:{T}}}",
-            parameters={"p": project_id, "since": now - ONLINE_WINDOW},
+            f"SELECT count() FROM online_visitors FINAL {_ONLINE_WHERE}{where}",
+            parameters={**params, "p": project_id, "since": now - ONLINE_WINDOW},
         ).first_row[0]
     )
 

@@ -28,6 +28,7 @@ from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 
 from tests.e2e.browser import TIMEOUT_MS, UA
 from tests.e2e.test_dashboard import (
+    ADMIN_TOKEN,
     Stack,
     demo_stack,
     wait_for,
@@ -241,7 +242,34 @@ def countries() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    yield from demo_stack(tmp_path_factory.mktemp("breakdowns"), WERKSTROOM_TRUST_FORWARDED_FOR="true")
+    yield from demo_stack(
+        tmp_path_factory.mktemp("breakdowns"),
+        WERKSTROOM_TRUST_FORWARDED_FOR="true",
+        WERKSTROOM_ADMIN_TOKEN=ADMIN_TOKEN,  # a project of its own for who is online
+    )
+
+
+def post(stack: Stack, batch: list[dict[str, Any]], address: str) -> None:
+    """One /v1/batch from `address` (X-Forwarded-For, '' none), once ingest knows the key."""
+    headers = {"Content-Type": "application/json", "User-Agent": UA}
+    if address:
+        headers["X-Forwarded-For"] = address
+    request = urllib.request.Request(
+        f"{stack.ingest}/v1/batch",
+        data=json.dumps({"writeKey": stack.write_key, "batch": batch}).encode(),
+        method="POST",
+        headers=headers,
+    )
+    deadline = time.monotonic() + 20
+    while True:  # ingest learns a new project's key within WERKSTROOM_KEY_REFRESH_SECONDS
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert json.loads(response.read())["accepted"] == len(batch)
+                return
+        except urllib.error.HTTPError as exc:
+            if exc.code != 401 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def calls(visit: Visit, now: datetime) -> list[dict[str, Any]]:
@@ -289,25 +317,7 @@ def seeded(stack: Stack, countries: dict[str, str]) -> Stack:
         address = countries.get(f"address:{visit.country}", "")
         by_address.setdefault(address, []).extend(calls(visit, now))
     for address, batch in by_address.items():
-        headers = {"Content-Type": "application/json", "User-Agent": UA}
-        if address:
-            headers["X-Forwarded-For"] = address
-        request = urllib.request.Request(
-            f"{stack.ingest}/v1/batch",
-            data=json.dumps({"writeKey": stack.write_key, "batch": batch}).encode(),
-            method="POST",
-            headers=headers,
-        )
-        deadline = time.monotonic() + 20
-        while True:  # ingest learns the demo project's key within WERKSTROOM_KEY_REFRESH_SECONDS
-            try:
-                with urllib.request.urlopen(request, timeout=10) as response:
-                    assert json.loads(response.read())["accepted"] == len(batch)
-                    break
-            except urllib.error.HTTPError as exc:
-                if exc.code != 401 or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        post(stack, batch, address)
 
     today = now.date()
 
@@ -684,3 +694,61 @@ def test_a_filter_narrows_the_activity_chart_and_survives_a_reload(
     expect(note).to_be_hidden()
     assert errors == []
     page.close()
+
+
+def test_the_filters_narrow_who_is_online_and_stay_after_a_reload(
+    browser: Browser, stack: Stack, countries: dict[str, str]
+) -> None:
+    """The chips narrow the live table, its count and its stream as they do the cards. A project
+    of its own: its visitors online now would change the other tests' figures."""
+    site = stack.new_project("Who is online, filtered")
+    now = datetime.now(UTC)
+    for visitor, country in (("on-c1", "C1"), ("on-c2", "C2")):
+        view = {
+            "type": "page",
+            "anonymousId": visitor,
+            "messageId": f"{visitor}-0",
+            "timestamp": (now - timedelta(seconds=30)).isoformat(),
+            "properties": {"url": f"https://shop.example/{visitor}", "path": f"/{visitor}"},
+            "context": {"userAgent": UA},
+        }
+        post(site, [view], countries[f"address:{country}"])
+    c1 = countries["C1"]
+
+    def narrowed() -> bool:  # the sessions' breakdown rows, which the filters read, are in
+        status, body, _ = site.get(site.project(f"online?country={c1}"))
+        return status == 200 and [u["anonymous_id"] for u in body["users"]] == ["on-c1"]
+
+    wait_for(narrowed, "the online visitor of C1 found by the filter", timeout=60)
+    ctx = browser.new_context(user_agent=UA, viewport={"width": 1280, "height": 900}, locale="en-US")
+    ctx.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    try:
+        page = ctx.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        log_in(page, site)
+        rows = page.locator("#live-table tbody tr")
+        count = page.locator("#online-count")
+        expect(rows).to_have_count(2)
+        expect(count).to_have_text("2")
+
+        def only_c1() -> None:
+            expect(rows).to_have_count(1)
+            expect(rows.first).to_have_attribute("data-person", "on-c1")
+            expect(count).to_have_text("1")
+            expect(page.locator("#live-state")).to_have_text("live, filtered")
+
+        page.locator(f'#bd-audience tbody tr[data-value="{c1}"] button').click()
+        assert query_of(page) == {"country": [c1]}
+        only_c1()
+        page.reload()
+        expect(page.locator("#project-id")).to_have_text(site.project_id)
+        expect(page.locator("#bd-chips .chip")).to_have_text(f"Country: {NAMES[c1]}×")
+        only_c1()
+        page.locator("#bd-chips .chip").click()  # the chip goes: everyone online again
+        expect(rows).to_have_count(2)
+        expect(count).to_have_text("2")
+        expect(page.locator("#live-state")).to_have_text("live")
+        assert errors == []
+    finally:
+        ctx.close()

@@ -40,6 +40,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
+from services.api.live import feed_key
 from tests.conftest import Infra
 from tests.integration.stack import BROWSER_UA, Stack, own_names
 from werkstroom.demo import AGENTS
@@ -772,7 +773,7 @@ async def test_live_stream_pushes_a_new_visitor(world: World) -> None:
             "lag",
             "bots_today",
         }
-        assert hub.subscribers == 1 and list(hub.feeds) == [site.project_id]
+        assert hub.subscribers == 1 and list(hub.feeds) == [feed_key(site.project_id)]
 
         await send(
             world.stack, site.write_key, [page("zoe", world.now - 30 * timedelta(seconds=1), "/hello", "Hi")]

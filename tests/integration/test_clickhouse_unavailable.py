@@ -37,6 +37,7 @@ from clickhouse_connect.driver.client import Client
 from fastapi import FastAPI
 
 from services.api.app import create_app
+from services.api.live import feed_key
 from tests.conftest import Infra
 from tests.faults import Mode, closed_port, faulty_server
 from tests.integration.cuttable_proxy import CuttableProxy
@@ -195,7 +196,7 @@ async def test_the_api_answers_503_with_a_reason_while_clickhouse_cannot_answer(
                     lines = live.aiter_lines()
                     with pytest.raises(TimeoutError):
                         await asyncio.wait_for(anext(lines), 2.5)  # a failed poll and its retry
-                    feed = app.state.live.feeds[project_id]
+                    feed = app.state.live.feeds[feed_key(project_id)]
                     assert feed.task is not None and not feed.task.done()
                 assert (await api.get("/health")).status_code == 200
 

@@ -30,13 +30,14 @@ from services.api.models import SegmentFilter, iso
 from services.api.routes.breakdowns import BreakdownArgs, BreakdownArgsDep
 from services.api.routes.filtering import FiltersDep
 from services.api.routes.metrics import FILTERED_ACTIVITY, metric_cards
+from services.api.routes.online import FILTERED
 from services.api.routes.users import MAX_Q
 from werkstroom.logging import get_logger
 
 log = get_logger(__name__)
 router = APIRouter(prefix="/api/projects/{project_id}", tags=["export"], responses=AUTH_RESPONSES)
 
-Kind = Literal["online", "users", "metrics", "sessions"]
+Kind = Literal["users", "metrics", "sessions"]
 #: What a spreadsheet reads as the start of a formula: = + - @, and their full-width forms,
 #: which East Asian locales of Excel and LibreOffice may fold to the ASCII ones on input.
 FORMULA = frozenset("=+-@\uff1d\uff0b\uff0d\uff20")
@@ -209,14 +210,31 @@ async def export_activity(
     return await _download(body, scope.project_id, "activity", now)
 
 
+# Its own route (before the one below): the filters of every view take `segment` for the
+# visitor's person, which the users export takes for its own list (with "all").
+@router.get(
+    "/export/online.csv",
+    summary="Download who is online now as CSV",
+    description="Every visitor of GET .../online (the same filters), newest activity first, one "
+    f"row each. {FILTERED} The file is named werkstroom-<project>-online-<YYYYMMDD>.csv.",
+    response_class=StreamingResponse,
+    responses=CSV_RESPONSES,
+)
+async def export_online(
+    scope: ProjectDep, pool: PoolDep, now: NowDep, filters: FiltersDep
+) -> StreamingResponse:
+    body = _online(pool, scope.project_id, now, filters.online(now.date()))
+    return await _download(body, scope.project_id, "online", now)
+
+
 @router.get(
     "/export/{kind}.csv",
-    summary="Download CSV (online, users, metrics or sessions)",
+    summary="Download CSV (users, metrics or sessions)",
     description="A header row, then one row per item, streamed. Filters: users: segment, q; "
     "sessions: days (sessions started in the last `days` UTC days, default 30) and person_id "
     "(that person's sessions only). The file is named "
-    "werkstroom-<project>-<kind>-<YYYYMMDD>.csv. The activity's CSV: export/activity.csv; a "
-    "breakdown's: export/breakdown.csv.",
+    "werkstroom-<project>-<kind>-<YYYYMMDD>.csv. The activity's CSV: export/activity.csv; who "
+    "is online: export/online.csv; a breakdown's: export/breakdown.csv.",
     response_class=StreamingResponse,
     responses={
         200: {
@@ -243,9 +261,7 @@ async def export_csv(
 ) -> StreamingResponse:
     project_id = scope.project_id
     body: AsyncIterator[str]
-    if kind == "online":
-        body = _online(pool, project_id, now)
-    elif kind == "users":
+    if kind == "users":
         body = _users(pool, project_id, now, segment, q)
     elif kind == "metrics":
         body = _metrics(pool, project_id, now)
@@ -337,10 +353,13 @@ async def _breakdown(
     )
 
 
-async def _online(pool: ClickHousePool, project_id: str, now: datetime) -> AsyncIterator[str]:
+async def _online(
+    pool: ClickHousePool, project_id: str, now: datetime, narrowing: queries.Narrowing
+) -> AsyncIterator[str]:
     yield csv_text([ONLINE_HEADER])
-    params = {"p": project_id, "since": now - queries.ONLINE_WINDOW}
-    async for block in _blocks(pool, queries.ONLINE_EXPORT_SQL, params):
+    where, extra = narrowing
+    params = {**extra, "p": project_id, "since": now - queries.ONLINE_WINDOW}
+    async for block in _blocks(pool, queries.online_export_sql(where), params):
         persons = await pool.run(queries.resolve_persons, project_id, [r[0] for r in block])
         users = (queries.online_user(r, persons[r[0]], now) for r in block)
         yield csv_text([u[c] for c in ONLINE_HEADER] for u in users)

@@ -19,7 +19,7 @@
     users: { cursor: null, seq: 0 },
     funnels: [],
     metrics: null,
-    live: { controller: null, rows: [], receivedAt: 0 },
+    live: { controller: null, rows: [], receivedAt: 0, query: "" }, // query: the filters the stream has
     detail: { personId: null, returnFocus: null },
     // An empty project waits for its first event (null: not known yet); once one arrived, it
     // never waits again in this tab.
@@ -276,7 +276,7 @@
   async function loadMetrics() {
     const body = await api(projectPath("metrics"));
     state.metrics = body.metrics;
-    if (state.live.count !== undefined && state.metrics.online_now) state.metrics.online_now.value = state.live.count;
+    if (state.live.count !== undefined && !state.live.query && state.metrics.online_now) state.metrics.online_now.value = state.live.count;
     renderMetrics();
   }
 
@@ -352,21 +352,33 @@
     });
   }
 
+  // The breakdowns' filters (the chips) narrow who is online too: the stream, the count and the CSV.
+  const liveQuery = () => new URLSearchParams([...bd.filters]).toString();
+
+  // A chip came or went (or Back/Forward moved to other filters): the stream again, with them.
+  function followFilters() {
+    if (state.live.controller && liveQuery() !== state.live.query) startLive();
+  }
+
   async function startLive() {
     stopLive();
     const controller = new AbortController();
     state.live.controller = controller;
     const { signal } = controller;
+    const query = liveQuery();
+    state.live.query = query;
+    setLiveState("", "connecting…");
     let attempt = 0;
     let retryBase = 1000;
     while (!signal.aborted) {
       try {
-        const response = await request(projectPath("live"), { headers: { Accept: "text/event-stream" }, signal });
+        const path = `${projectPath("live")}${query ? `?${query}` : ""}`;
+        const response = await request(path, { headers: { Accept: "text/event-stream" }, signal });
         if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
-        setLiveState("on", "live");
+        setLiveState("on", query ? "live, filtered" : "live");
         attempt = 0;
         await readEvents(response.body, signal, (event, data) => {
-          if (event === "online") renderLive(JSON.parse(data));
+          if (event === "online" && !signal.aborted) renderLive(JSON.parse(data), query);
         }, (ms) => (retryBase = ms));
       } catch (err) {
         if (signal.aborted || (err instanceof ApiError && err.status === 401)) return;
@@ -412,13 +424,14 @@
     }
   }
 
-  function renderLive(body) {
+  function renderLive(body, query) {
     if (body.as_of) noteFreshness(body);
     state.live.rows = body.users || [];
     state.live.count = body.online;
     state.live.receivedAt = Date.now();
     $("online-count").textContent = fmtNum(body.online);
-    if (state.metrics && state.metrics.online_now) {
+    // The "Online now" card compares with a week earlier over everyone: a filtered count stays out of it.
+    if (!query && state.metrics && state.metrics.online_now) {
       state.metrics.online_now.value = body.online;
       state.metrics.online_now.trend = trendOf(state.metrics.online_now);
       renderMetrics();
@@ -452,6 +465,7 @@
       );
     }
     $("live-empty").hidden = state.live.rows.length > 0;
+    $("live-empty").textContent = query ? "Nobody matching these filters is online right now." : "Nobody is online right now.";
     noteFirstEvent();
     if (focused) {
       const again = [...tbody.rows].find((r) => r.dataset.person === focused);
@@ -1176,6 +1190,7 @@
     renderControls();
     loadBreakdowns().catch(reportError);
     reloadActivityIfFiltered();
+    followFilters();
   }
 
   function addFilter(key, value) {
@@ -1271,6 +1286,7 @@
     let params = new URLSearchParams();
     if (kind === "users") params = usersQuery();
     else if (kind === "activity") params = activityQuery();
+    else if (kind === "online") params = new URLSearchParams(liveQuery());
     else if (kind === "sessions" && state.detail.personId) params.set("person_id", state.detail.personId);
     return downloadCsv(projectPath(`export/${kind}.csv`), params, `werkstroom-${kind}.csv`, button);
   }
@@ -1445,6 +1461,7 @@
       renderControls();
       if (state.key) loadBreakdowns().catch(reportError);
       if (state.key) reloadActivityIfFiltered();
+      if (state.key) followFilters();
     });
     $("detail-close").addEventListener("click", closeDetail);
     $("detail-backdrop").addEventListener("click", closeDetail);

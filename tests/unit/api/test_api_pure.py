@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from services.api import queries
-from services.api.live import LiveHub
+from services.api.filters import Filters
+from services.api.live import LiveHub, feed_key
 from services.api.models import iso
 from services.api.routes.export import csv_text, neutralise
 from services.api.routes.funnels import _field_path, report_steps
@@ -191,17 +192,24 @@ def user(anon: str, *, stuck: bool = False, on_page: int = 10) -> dict[str, Any]
 
 
 class CannedPool:
-    """Answers the hub's two reads from `self.online`; counts the reads per project."""
+    """Answers the hub's two reads from `self.online` (or, for a filtered read, from
+    `self.narrowed` by its country filter); counts the reads per project."""
 
     def __init__(self) -> None:
         self.online: dict[str, Any] = {"online": 0, "users": []}
+        self.narrowed: dict[str, dict[str, Any]] = {}
         self.reads: list[tuple[str, int]] = []
+        self.filtered_reads: list[tuple[str, str]] = []
 
     async def run(self, fn: Any, *args: Any) -> Any:
         if fn is queries.online:
-            project_id, _now, limit = args
+            project_id, _now, limit, (where, params) = args
             self.reads.append((project_id, limit))
-            return {"online": self.online["online"], "users": self.online["users"][:limit]}
+            answer = self.online
+            if where:
+                self.filtered_reads.append((project_id, params["f_country"]))
+                answer = self.narrowed[params["f_country"]]
+            return {"online": answer["online"], "users": answer["users"][:limit]}
         assert fn is queries.pipeline
         return {"last_write_at": None, "last_event_at": None, "lag": None, "bots_today": 0}
 
@@ -263,3 +271,38 @@ async def test_hub_close_ends_streams_and_leaving_stops_the_poller() -> None:
     await hub.close()
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(ended, 1)
+
+
+async def test_hub_polls_once_per_project_and_filters() -> None:
+    pool = CannedPool()
+    pool.online = {"online": 3, "users": [user("a"), user("b"), user("c")]}
+    pool.narrowed = {
+        "NL": {"online": 1, "users": [user("a")]},
+        "DE": {"online": 2, "users": [user("b"), user("c")]},
+    }
+    hub = LiveHub(pool, "topic", lambda: NOW, poll_seconds=0.02)  # type: ignore[arg-type]
+    nl, de = Filters.parse({"country": "NL"}), Filters.parse({"country": "DE"})
+    streams = [
+        hub.stream("p1", 10, nl),
+        hub.stream("p1", 10, de),
+        hub.stream("p1", 10, nl),
+        hub.stream("p1", 10),
+    ]
+    got = await asyncio.gather(*(next_data(s) for s in streams))
+    assert [[u["anonymous_id"] for u in g["users"]] for g in got] == [
+        ["a"],
+        ["b", "c"],
+        ["a"],
+        ["a", "b", "c"],
+    ]
+    assert [g["online"] for g in got] == [1, 2, 1, 3]
+    # the two NL subscribers share one poller; each set of filters (none is one) has its own
+    assert set(hub.feeds) == {feed_key("p1", nl), feed_key("p1", de), feed_key("p1")} and hub.subscribers == 4
+    assert {country for _p, country in pool.filtered_reads} == {"NL", "DE"}
+
+    pool.narrowed["NL"] = {"online": 0, "users": []}
+    assert (await next_data(streams[0]))["online"] == (await next_data(streams[2]))["online"] == 0
+    await streams[1].aclose()  # DE's last subscriber left: its poller goes, the others stay
+    assert set(hub.feeds) == {feed_key("p1", nl), feed_key("p1")} and hub.subscribers == 3
+    await hub.close()
+    assert not hub.feeds

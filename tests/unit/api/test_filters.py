@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime
 
 import pytest
 from fastapi import HTTPException
 
 from services.api.breakdowns import Period, breakdown_sql
-from services.api.filters import COLUMNS, SEGMENTS, Filters, _like, matches
-from services.api.queries import ACTIVE_DAYS, INACTIVE_DAYS, SEGMENT_WHERE
+from services.api.filters import COLUMNS, ONLINE_SESSIONS_OF, SEGMENTS, Filters, _like, matches
+from services.api.queries import (
+    ACTIVE_DAYS,
+    EVERYONE,
+    INACTIVE_DAYS,
+    ONLINE_EXPORT_SQL,
+    ONLINE_SQL,
+    SEGMENT_WHERE,
+    online_export_sql,
+    online_sql,
+)
 from services.api.routes.breakdowns import BreakdownArgs, breakdown_args, period_of
 from services.api.routes.filtering import filters_of
 from werkstroom.clickhouse.tables import SESSION_ATTRIBUTES
@@ -179,3 +189,48 @@ def test_periods() -> None:
         assert info.value.status_code == 422
         detail = info.value.detail[0]  # type: ignore[index]
         assert (detail["loc"], detail["type"]) == (["query", field], reason)
+
+
+# -- who is online, narrowed ------------------------------------------------------------------
+
+
+def test_unfiltered_online_is_the_same_sql() -> None:
+    assert Filters().online(date(2026, 12, 2)) == ("", {})
+    assert online_sql("") == ONLINE_SQL and online_export_sql("") == ONLINE_EXPORT_SQL
+    assert EVERYONE == ("", {})
+
+
+def test_filtered_online_keeps_the_visitors_whose_current_session_matches() -> None:
+    hostile = "x' OR 1=1 --"
+    today = date(2026, 12, 2)
+    where, params = Filters.parse({"page": "/blog/*", "country": hostile, "plan": "premium"}).online(today)
+    online = ONLINE_SESSIONS_OF.format(table="breakdown_sessions")
+    pages = ONLINE_SESSIONS_OF.format(table="breakdown_pages")
+    assert where == (
+        f" AND session_id IN ({online}"
+        f" AND session_id IN ({pages} AND path LIKE {{f_page:String}})"
+        " AND country = {f_country:String}"
+        f" AND anonymous_id IN ({PERSONS} AND plan = {{f_plan:String}}))"
+    )
+    # today and yesterday (UTC): a session online now that began before midnight is yesterday's
+    assert params == {
+        "f_page": "/blog/%",
+        "f_country": hostile,
+        "f_plan": "premium",
+        "lo": date(2026, 12, 1),
+        "hi": today,
+    }
+    assert hostile not in where
+    # both breakdown tables are read for the visitors online only (the online read's p, since)
+    assert (
+        online.count("FROM online_visitors WHERE project_id = {p:String} AND last_event_at >= {since:") == 1
+    )
+    sql = online_sql(where)
+    assert sql.index(where) < sql.index("ORDER BY last_event_at DESC") < sql.index("LIMIT {n:UInt32}")
+
+
+def test_a_segment_on_who_is_online_is_decided_at_the_given_clock() -> None:
+    later = NOW + ACTIVE_DAYS
+    f = Filters.parse({"segment": "active"}, NOW)
+    _, params = replace(f, now=later).online(later.date())
+    assert params["active_since"] == NOW and params["hi"] == later.date()
