@@ -264,6 +264,11 @@ async def run(args: argparse.Namespace) -> int:
             if cursor:
                 plan.append(("users (2nd page, cursor)", get("users", cursor=cursor)))
             plan.extend(breakdown_plan(get))
+            # the other views the filters narrow (issue 23): one session filter, one person filter
+            for narrow in ({"country": "NL"}, {"segment": "premium"}):
+                label = ",".join(f"{k}={v}" for k, v in narrow.items())
+                plan.append((f"filtered/online {label}", get("online", **narrow)))
+                plan.append((f"filtered/activity?days=30 {label}", get("activity", days=30, **narrow)))
             figures = [await measure(name, call, args.requests, log) for name, call in plan]
 
         health = figures[1].p50
@@ -278,7 +283,7 @@ async def run(args: argparse.Namespace) -> int:
         verdicts: dict[str, bool] = {}
         for f in figures:
             verdict = ""
-            if f.name in GATED or f.name.startswith("bd/"):
+            if f.name in GATED or f.name.startswith(("bd/", "filtered/")):
                 ok = f.p95 < TARGET_MS and not f.errors
                 verdicts[f.name] = ok
                 verdict = "PASS" if ok else "FAIL"
