@@ -192,20 +192,41 @@ def last_events(client: Client, project_id: str, rows: Sequence[Sequence[Any]]) 
     return {aid: str(event) for aid, event, at in found if utc(at) >= starts[aid]}
 
 
-def online(
+def online_rows(
     client: Client, project_id: str, now: datetime, limit: int, narrowing: Narrowing = EVERYONE
-) -> dict[str, Any]:
-    """The visitors online at `now` that `narrowing` keeps: their count and the first `limit`."""
+) -> list[Sequence[Any]]:
+    """The first `limit` visitors online at `now` that `narrowing` keeps, each with the count of
+    all of them last (online_sql)."""
     where, params = narrowing
-    rows = client.query(
+    return client.query(
         online_sql(where),
         parameters={**params, "p": project_id, "since": now - ONLINE_WINDOW, "n": limit},
     ).result_rows
-    persons = resolve_persons(client, project_id, (r[0] for r in rows), (r[2] for r in rows if r[2]))
-    events = last_events(client, project_id, rows)
+
+
+def online_persons(client: Client, project_id: str, rows: Sequence[Sequence[Any]]) -> dict[str, str]:
+    """The persons of online_rows' visitors (anonymous id -> person id)."""
+    return resolve_persons(client, project_id, (r[0] for r in rows), (r[2] for r in rows if r[2]))
+
+
+def online_answer(
+    rows: Sequence[Sequence[Any]], persons: dict[str, str], events: dict[str, str], now: datetime
+) -> dict[str, Any]:
+    """GET online's answer from online_rows, online_persons and last_events of the same rows."""
     count = int(rows[0][len(ONLINE_VISITOR_READ)]) if rows else 0
     users = [online_user(r, persons[r[0]], now, events.get(r[0], "")) for r in rows]
     return {"online": count, "users": users}
+
+
+def online(
+    client: Client, project_id: str, now: datetime, limit: int, narrowing: Narrowing = EVERYONE
+) -> dict[str, Any]:
+    """The visitors online at `now` that `narrowing` keeps: their count and the first `limit`,
+    read one statement after another (the route runs the persons' and the last events' reads
+    side by side instead)."""
+    rows = online_rows(client, project_id, now, limit, narrowing)
+    persons = online_persons(client, project_id, rows)
+    return online_answer(rows, persons, last_events(client, project_id, rows), now)
 
 
 # -- metrics -----------------------------------------------------------------------------------

@@ -185,8 +185,10 @@ class CountingPool:
         if fn is queries.project_by_read_key:
             found = args[0] == projects.hash_key(GOOD)
             return {"project_id": PROJECT, "name": "Shop", "write_key": "wk_x"} if found else None
-        if fn is queries.online:
-            return {"online": 0, "users": []}
+        if fn is queries.online_rows:
+            return []
+        if fn in (queries.online_persons, queries.last_events):
+            return {}
         if fn is queries.pipeline:
             return {"last_write_at": None, "last_event_at": None, "lag": None, "bots_today": 0}
         raise AssertionError(f"unexpected read {fn.__name__}")
