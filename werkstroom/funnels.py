@@ -61,7 +61,7 @@ class Step:
     path: str = ""  # a pattern; "" matches every path
 
     def matches(self, event: str, path: str) -> bool:
-        return event == self.event and (not self.path or _pattern(self.path).fullmatch(path) is not None)
+        return event == self.event and (not self.path or glob_matches(self.path, path))
 
     def as_dict(self) -> dict[str, str]:
         return {"event": self.event, "path": self.path}
@@ -96,8 +96,15 @@ def _pattern(glob: str) -> re.Pattern[str]:
     return found
 
 
+def glob_matches(glob: str, value: str) -> bool:
+    """Whether `value` is `glob`, where `*` matches anything (a funnel step's path, a view's
+    path filter)."""
+    return _pattern(glob).fullmatch(value) is not None
+
+
 def like_pattern(glob: str) -> str:
-    """The same pattern for SQL LIKE (used by the SQL cross-check)."""
+    """The same pattern for SQL LIKE (the SQL cross-check, a view's path filter): LIKE's own
+    wildcards and its escape are escaped first."""
     escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped.replace("*", "%")
 

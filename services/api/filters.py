@@ -4,8 +4,9 @@ One model for every view that reads the breakdown tables (migration 0023): each 
 session attribute (werkstroom.clickhouse.tables.SESSION_ATTRIBUTES) or, for `page`, a path the
 session viewed. Values are bound as query parameters, never spliced into SQL. A path filter
 (`page`, `entry_page`, `exit_page`) is an exact path, or a glob where `*` matches anything
-(`/blog/*`); the others are exact values. An empty value is a value: `source=` is "Direct / None",
-`country=` the unknown country.
+(`/blog/*`, as a funnel step's path: werkstroom.funnels.glob_matches, like_pattern); the
+others are exact values. An empty value is a value: `source=` is "Direct / None", `country=`
+the unknown country.
 
 Two filters name the person a session's visitor belongs to now (persons, migration 0004, whose
 `anonymous_ids` are the visitor ids of breakdown_sessions and breakdown_pages): `plan`, the
@@ -21,6 +22,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from services.api.queries import SEGMENT_WHERE, Narrowing, T, segment_params
+from werkstroom.funnels import like_pattern
 
 #: Query parameter -> the column it narrows (a SESSION_ATTRIBUTES column, or `path`). `page` is
 #: the special one: on breakdown_pages the row's own path, elsewhere the sessions that viewed a
@@ -112,7 +114,7 @@ class Filters:
             column = COLUMNS[name]
             param = f"f_{name}"
             condition = _condition(column, param, value, name in GLOBS)
-            params[param] = _like(value) if name in GLOBS and "*" in value else value
+            params[param] = like_pattern(value) if name in GLOBS and "*" in value else value
             if name == "page" and table != "breakdown_pages":
                 own.append(f"session_id IN ({sessions_of.format(table='breakdown_pages')} AND {condition})")
             elif name != "page" and table == "breakdown_pages":
@@ -163,26 +165,3 @@ def _condition(column: str, param: str, value: str, glob: bool) -> str:
     if glob and "*" in value:
         return f"{column} LIKE {{{param}:String}}"
     return f"{column} = {{{param}:String}}"
-
-
-def _like(glob: str) -> str:
-    """A `*` glob as a LIKE pattern: LIKE's own wildcards and its escape are escaped first."""
-    escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped.replace("*", "%")
-
-
-def matches(glob: str, value: str) -> bool:
-    """What the SQL condition decides, in Python (the tests hold the two to each other)."""
-    if "*" not in glob:
-        return glob == value
-    parts = glob.split("*")
-    if not value.startswith(parts[0]) or not value.endswith(parts[-1]):
-        return False
-    at = len(parts[0])
-    end = len(value) - len(parts[-1])
-    for part in parts[1:-1]:
-        found = value.find(part, at, end)
-        if found < 0:
-            return False
-        at = found + len(part)
-    return at <= end

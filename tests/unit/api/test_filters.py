@@ -9,7 +9,7 @@ import pytest
 from fastapi import HTTPException
 
 from services.api.breakdowns import Period, breakdown_sql
-from services.api.filters import COLUMNS, ONLINE_SESSIONS_OF, SEGMENTS, Filters, _like, matches
+from services.api.filters import COLUMNS, ONLINE_SESSIONS_OF, SEGMENTS, Filters
 from services.api.queries import (
     ACTIVE_DAYS,
     EVERYONE,
@@ -23,6 +23,7 @@ from services.api.queries import (
 from services.api.routes.breakdowns import BreakdownArgs, breakdown_args, period_of
 from services.api.routes.filtering import filters_of
 from werkstroom.clickhouse.tables import SESSION_ATTRIBUTES
+from werkstroom.funnels import glob_matches, like_pattern
 
 SUB = "SELECT session_id FROM {table} WHERE x"
 
@@ -142,8 +143,8 @@ def test_the_route_refuses_an_unknown_segment_naming_the_field_and_reason() -> N
 
 
 def test_like_escapes_its_own_wildcards() -> None:
-    assert _like("/a_b%c\\d*") == "/a\\_b\\%c\\\\d%"
-    assert _like("*") == "%"
+    assert like_pattern("/a_b%c\\d*") == "/a\\_b\\%c\\\\d%"
+    assert like_pattern("*") == "%"
 
 
 @pytest.mark.parametrize(
@@ -161,7 +162,7 @@ def test_like_escapes_its_own_wildcards() -> None:
     ],
 )
 def test_glob_matches(glob: str, value: str, hit: bool) -> None:
-    assert matches(glob, value) is hit
+    assert glob_matches(glob, value) is hit
 
 
 def test_breakdown_sql_reads_the_right_table() -> None:
