@@ -190,6 +190,17 @@ class Stack:
         headers = {"Content-Type": "application/json", "User-Agent": BROWSER_UA, **kwargs.pop("headers", {})}
         return await self.http.post(path, content=body, headers=headers, **kwargs)
 
+    async def send_from(self, by_address: dict[str, list[dict[str, Any]]]) -> None:
+        """Each address's calls as one batch of this project's, sent as if from that address
+        (X-Forwarded-For, which the stack trusts when asked to; "" sends none); each must be
+        accepted whole."""
+        for address, calls in by_address.items():
+            headers = {"X-Forwarded-For": address} if address else {}
+            sent = await self.post(
+                "/v1/batch", {"writeKey": self.project.write_key, "batch": calls}, headers=headers
+            )
+            assert sent.status_code == 200 and sent.json()["accepted"] == len(calls), sent.text
+
     def rows(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in self.client.query(sql, parameters=params).result_rows]
 

@@ -30,11 +30,9 @@ from tests.conftest import Infra
 from tests.integration.stack import Stack
 from tests.integration.test_api import identify, track
 from tests.integration.test_api_breakdowns import ORACLE_SQL, OraclePerson, glob_match, oracle_persons, page
-from tests.integration.test_countries import IPV4, IPV6, placed
+from tests.integration.test_countries import two_countries
 from werkstroom.clickhouse.tables import DAILY_STATS_FIGURES, ENTRY_ATTRIBUTES
 from werkstroom.demo import AGENTS
-from werkstroom.geo import Locator
-from werkstroom.settings import DEFAULT_GEO_DATABASE
 
 pytestmark = pytest.mark.integration
 
@@ -127,12 +125,7 @@ def same_days(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> bool:
 
 
 async def test_filters_narrow_the_activity(infra: Infra, names: dict[str, str], tmp_path: Any) -> None:
-    geo = Locator.open(DEFAULT_GEO_DATABASE)
-    if geo.reader is None:
-        pytest.skip(f"the country database is not installed ({DEFAULT_GEO_DATABASE}): run `make geo`")
-    addr_a, country_a = placed(IPV4, geo)
-    addr_b, country_b = placed(IPV6, geo, not_in=country_a)
-    geo.close()
+    addr_a, country_a, addr_b, country_b = two_countries()
 
     now = datetime.now(UTC).replace(microsecond=0)
     today = now.date()
@@ -185,10 +178,7 @@ async def test_filters_narrow_the_activity(infra: Infra, names: dict[str, str], 
         infra.bootstrap, infra.clickhouse_url, names, data_dir=tmp_path, trust_forwarded_for=True, bots=True
     ) as stack:
         pid, key = stack.project.project_id, stack.project.write_key
-        for address, calls in by_address.items():
-            headers = {"X-Forwarded-For": address} if address else {}
-            sent = await stack.post("/v1/batch", {"writeKey": key, "batch": calls}, headers=headers)
-            assert sent.status_code == 200 and sent.json()["accepted"] == len(calls), sent.text
+        await stack.send_from(by_address)
         sent = await stack.post(
             "/v1/batch", {"writeKey": key, "batch": [bot]}, headers={"User-Agent": "curl/8.5.0"}
         )

@@ -37,11 +37,9 @@ from services.api.filters import COLUMNS, PERSON_FILTERS, SEGMENTS
 from tests.conftest import Infra
 from tests.integration.stack import BROWSER_UA, Stack
 from tests.integration.test_api import identify, iso, track
-from tests.integration.test_countries import IPV4, IPV6, placed
+from tests.integration.test_countries import two_countries
 from werkstroom.clickhouse.tables import BREAKDOWN_DIMENSIONS, ENTRY_ATTRIBUTES
 from werkstroom.demo import AGENTS
-from werkstroom.geo import Locator
-from werkstroom.settings import DEFAULT_GEO_DATABASE
 
 pytestmark = pytest.mark.integration
 
@@ -292,12 +290,7 @@ def oracle(
 async def test_breakdowns_every_dimension_and_filters(
     infra: Infra, names: dict[str, str], tmp_path: Any
 ) -> None:
-    geo = Locator.open(DEFAULT_GEO_DATABASE)
-    if geo.reader is None:
-        pytest.skip(f"the country database is not installed ({DEFAULT_GEO_DATABASE}): run `make geo`")
-    addr_a, country_a = placed(IPV4, geo)
-    addr_b, country_b = placed(IPV6, geo, not_in=country_a)
-    geo.close()
+    addr_a, country_a, addr_b, country_b = two_countries()
 
     now = datetime.now(UTC).replace(microsecond=0)
     b = datetime.combine(now.date() - 2 * D, datetime.min.time(), tzinfo=UTC) + 12 * timedelta(hours=1)
@@ -346,11 +339,8 @@ async def test_breakdowns_every_dimension_and_filters(
         trust_forwarded_for=True,
         breakdown_rollup_seconds=0,  # every refresh rolls up: the settled days read breakdown_daily
     ) as stack:
-        pid, key = stack.project.project_id, stack.project.write_key
-        for address, calls in by_address.items():
-            headers = {"X-Forwarded-For": address} if address else {}
-            sent = await stack.post("/v1/batch", {"writeKey": key, "batch": calls}, headers=headers)
-            assert sent.status_code == 200 and sent.json()["accepted"] == len(calls), sent.text
+        pid = stack.project.project_id
+        await stack.send_from(by_address)
         total_events = sum(len(c) for c in by_address.values())
         assert await stack.wait_count(total_events) == total_events
         people = oracle_persons(stack, pid, identifies)

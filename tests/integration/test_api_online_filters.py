@@ -35,10 +35,8 @@ from services.api.routes.export import ONLINE_HEADER
 from tests.conftest import Infra
 from tests.integration.stack import BROWSER_UA, Stack
 from tests.integration.test_api import identify, iso, ms_now, read_event, track
-from tests.integration.test_countries import IPV4, IPV6, placed
+from tests.integration.test_countries import two_countries
 from werkstroom.demo import AGENTS
-from werkstroom.geo import Locator
-from werkstroom.settings import DEFAULT_GEO_DATABASE
 
 pytestmark = pytest.mark.integration
 
@@ -72,12 +70,7 @@ def finn(now: datetime) -> list[dict[str, Any]]:
 
 
 async def test_who_is_online_takes_the_filters(infra: Infra, names: dict[str, str], tmp_path: Any) -> None:
-    geo = Locator.open(DEFAULT_GEO_DATABASE)
-    if geo.reader is None:
-        pytest.skip(f"the country database is not installed ({DEFAULT_GEO_DATABASE}): run `make geo`")
-    addr_a, a = placed(IPV4, geo)
-    addr_b, b = placed(IPV6, geo, not_in=a)
-    geo.close()
+    addr_a, a, addr_b, b = two_countries()
 
     now = ms_now()
     mobile = AGENTS["mobile"]
@@ -102,10 +95,7 @@ async def test_who_is_online_takes_the_filters(infra: Infra, names: dict[str, st
         infra.bootstrap, infra.clickhouse_url, names, data_dir=tmp_path, trust_forwarded_for=True
     ) as stack:
         pid, key = stack.project.project_id, stack.project.write_key
-        for address, calls in by_address.items():
-            headers = {"X-Forwarded-For": address} if address else {}
-            sent = await stack.post("/v1/batch", {"writeKey": key, "batch": calls}, headers=headers)
-            assert sent.status_code == 200 and sent.json()["accepted"] == len(calls), sent.text
+        await stack.send_from(by_address)
         total = sum(len(c) for c in by_address.values())
         assert await stack.wait_count(total) == total
 

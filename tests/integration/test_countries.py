@@ -68,6 +68,20 @@ def placed(candidates: list[str], geo: Locator, not_in: str = "") -> tuple[str, 
     raise AssertionError(f"the database places none of {candidates} (outside {not_in!r})")
 
 
+def two_countries() -> tuple[str, str, str, str]:
+    """An IPv4 and an IPv6 address the installed database places in two different countries:
+    (v4, its country, v6, its country). Skips the test when the database is not installed."""
+    geo = Locator.open(DEFAULT_GEO_DATABASE)
+    if geo.reader is None:
+        pytest.skip(f"the country database is not installed ({DEFAULT_GEO_DATABASE}): run `make geo`")
+    try:
+        v4, v4_country = placed(IPV4, geo)
+        v6, v6_country = placed(IPV6, geo, not_in=v4_country)
+    finally:
+        geo.close()
+    return v4, v4_country, v6, v6_country
+
+
 def forms(address: str) -> list[bytes]:
     """The ways an address can be written: as sent, compressed, exploded (IPv6 in full)."""
     ip = ipaddress.ip_address(address)
@@ -85,12 +99,7 @@ def everything_in_clickhouse(stack: Stack) -> dict[str, bytes]:
 async def test_the_country_is_stored_and_the_address_nowhere(
     infra: Infra, names: dict[str, str], tmp_path: Path, logs: io.StringIO, trust: bool
 ) -> None:
-    geo = Locator.open(DEFAULT_GEO_DATABASE)
-    if geo.reader is None:
-        pytest.skip(f"the country database is not installed ({DEFAULT_GEO_DATABASE}): run `make geo`")
-    v4, v4_country = placed(IPV4, geo)
-    v6, v6_country = placed(IPV6, geo, not_in=v4_country)
-    geo.close()
+    v4, v4_country, v6, v6_country = two_countries()
 
     async with Stack(
         infra.bootstrap, infra.clickhouse_url, names, data_dir=tmp_path, bots=True, trust_forwarded_for=trust
