@@ -47,8 +47,12 @@ def traits_of(i: int) -> dict[str, Any]:
 
 async def post(client: httpx.AsyncClient, path: str, body: dict[str, Any], key: str) -> httpx.Response:
     """As an SDK sends: a 503 (Kafka slow to acknowledge on a loaded machine) is sent again with
-    the same messageId, which the pipeline de-duplicates."""
+    the same messageId, which the pipeline de-duplicates, and sentAt stamped again at each
+    attempt (an SDK stamps it when it sends: a sentAt kept from the first attempt made seconds
+    of retries look like clock skew past CLOCK_TOLERANCE, and moved the event's time)."""
     for _ in range(5):
+        if "sentAt" in body:
+            body["sentAt"] = iso(ms_now())
         response = await client.post(path, json=body, auth=(key, ""))
         if response.status_code != 503:
             break
