@@ -11,9 +11,11 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from clickhouse_connect.driver.client import Client
+
+from werkstroom import timezones
 
 MAX_NAME = 100
 
@@ -28,6 +30,7 @@ class Project:
     name: str
     write_key: str
     created_at: datetime
+    timezone: str
 
 
 @dataclass(frozen=True)
@@ -52,38 +55,79 @@ def validate_name(name: object) -> str:
     return cleaned
 
 
-def create_project(client: Client, name: str) -> NewProject:
+_COLUMNS = [
+    "project_id",
+    "name",
+    "write_key",
+    "read_key_hash",
+    "timezone",
+    "created_at",
+    "updated_at",
+    "deleted",
+]
+
+
+def create_project(client: Client, name: str, timezone: str = timezones.DEFAULT) -> NewProject:
     cleaned = validate_name(name)
+    try:
+        zone = timezones.validate(timezone)
+    except timezones.TimezoneError as exc:
+        raise ProjectError(str(exc)) from None
     now = datetime.now(UTC)
     project = NewProject(
         project_id=f"p_{secrets.token_hex(8)}",
         name=cleaned,
         write_key=f"wk_{secrets.token_urlsafe(24)}",
         created_at=now,
+        timezone=zone,
         read_key=f"rk_{secrets.token_urlsafe(32)}",
     )
-    client.insert(
-        "projects",
-        [[project.project_id, project.name, project.write_key, hash_key(project.read_key), now, now, 0]],
-        column_names=[
-            "project_id",
-            "name",
-            "write_key",
-            "read_key_hash",
-            "created_at",
-            "updated_at",
-            "deleted",
-        ],
-    )
+    row = [project.project_id, project.name, project.write_key, hash_key(project.read_key), zone, now, now, 0]
+    client.insert("projects", [row], column_names=_COLUMNS)
     return project
 
 
 def list_projects(client: Client) -> list[Project]:
     rows = client.query(
-        "SELECT project_id, name, write_key, created_at FROM projects FINAL WHERE deleted = 0 "
+        "SELECT project_id, name, write_key, created_at, timezone FROM projects FINAL WHERE deleted = 0 "
         "ORDER BY created_at, project_id"
     ).result_rows
-    return [Project(pid, name, wk, _utc(created)) for pid, name, wk, created in rows]
+    return [Project(pid, name, wk, _utc(created), zone) for pid, name, wk, created, zone in rows]
+
+
+def time_zones(client: Client) -> dict[str, str]:
+    """project id -> its time zone, for every live project (the aggregator's and the API's)."""
+    rows = client.query("SELECT project_id, timezone FROM projects FINAL WHERE deleted = 0").result_rows
+    return {pid: zone for pid, zone in rows}
+
+
+def time_zone(client: Client, project_id: str) -> str:
+    """A project's time zone (UTC for a project with no row)."""
+    rows = client.query(
+        "SELECT timezone FROM projects FINAL WHERE project_id = {pid:String} AND deleted = 0",
+        parameters={"pid": project_id},
+    ).result_rows
+    return str(rows[0][0]) if rows else timezones.DEFAULT
+
+
+def set_timezone(client: Client, project_id: str, timezone: str) -> Project | None:
+    """Change a project's time zone (a new row, its other columns as they are); None: no such
+    project. What depends on its days is recomputed by the aggregator in the new zone."""
+    try:
+        zone = timezones.validate(timezone)
+    except timezones.TimezoneError as exc:
+        raise ProjectError(str(exc)) from None
+    rows = client.query(
+        f"SELECT {', '.join(_COLUMNS)} FROM projects FINAL WHERE project_id = {{pid:String}} AND deleted = 0",
+        parameters={"pid": project_id},
+    ).result_rows
+    if not rows:
+        return None
+    row = dict(zip(_COLUMNS, rows[0], strict=True))
+    now = datetime.now(UTC)
+    row.update(timezone=zone, updated_at=max(now, _utc(row["updated_at"]) + timedelta(milliseconds=1)))
+    client.insert("projects", [[row[c] for c in _COLUMNS]], column_names=_COLUMNS)
+    return Project(project_id, row["name"], row["write_key"], _utc(row["created_at"]), zone)
 
 
 def write_keys(client: Client) -> dict[str, str]:
