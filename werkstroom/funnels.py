@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 from clickhouse_connect.driver.client import Client
 
+from werkstroom import timezones
 from werkstroom.clickhouse.tables import FUNNELS_COLUMNS
 from werkstroom.clickhouse.versions import next_version
 from werkstroom.contract import HEARTBEAT
@@ -180,26 +181,30 @@ def level(steps: Sequence[Step], window_ms: int, events: Iterable[tuple[int, str
 
 
 def progress(
-    steps: Sequence[Step], window_ms: int, events: Sequence[tuple[int, str, str]]
+    steps: Sequence[Step],
+    window_ms: int,
+    events: Sequence[tuple[int, str, str]],
+    zone: str = timezones.DEFAULT,
 ) -> dict[date, int]:
-    """Per UTC day on which a step-1 event happened: the level reached by the attempts that
-    started that day or later (the funnel over the events from that day on)."""
+    """Per local day (the project's time `zone`) on which a step-1 event happened: the level
+    reached by the attempts that started that day or later (the funnel over the events from
+    that day's start on)."""
     first = steps[0]
-    days = sorted({_day(ts) for ts, name, path in events if first.matches(name, path)})
+    days = sorted({_day(ts, zone) for ts, name, path in events if first.matches(name, path)})
     ordered = sorted(events)
     result: dict[date, int] = {}
     for day in days:
-        since = _ms(day)
+        since = _ms(day, zone)
         result[day] = level(steps, window_ms, (e for e in ordered if e[0] >= since))
     return result
 
 
-def _day(ms: int) -> date:
-    return datetime.fromtimestamp(ms / 1000, UTC).date()
+def _day(ms: int, zone: str) -> date:
+    return timezones.day_of(datetime.fromtimestamp(ms / 1000, UTC), zone)
 
 
-def _ms(day: date) -> int:
-    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+def _ms(day: date, zone: str) -> int:
+    return int(timezones.start_of(day, zone).timestamp() * 1000)
 
 
 # -- storage -------------------------------------------------------------------------------------

@@ -24,8 +24,11 @@ class Applier:
     """Applies one batch at a time; partitions revoked meanwhile keep their visitors until the
     batch is applied (`forget`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, read_zones: Callable[[Client], dict[str, str]] | None = None) -> None:
         self.processor = SessionsProcessor()
+        # How the projects' time zones are read (werkstroom.projects.time_zones); None: every
+        # project's days are UTC days (a processor driven by hand, in tests and benchmarks).
+        self.read_zones = read_zones
         self.applying = False  # a batch was cut and is not applied yet
         self._revoke_after: set[int] = set()
         self._evicted_at = 0.0
@@ -51,6 +54,9 @@ class Applier:
         at once, the retry loaded them again and kept them). The caller calls `done()` when
         it gives the batch up; a success calls it here."""
         self.applying = True
+        if self.read_zones is not None and self.processor.needs_zones(events):
+            # every ZONES_EVERY seconds, and at once for a project created since the last read
+            await asyncio.to_thread(self.processor.load_zones, client(), events, self.read_zones)
         missing = self.processor.missing(events)
         if missing:
             await asyncio.to_thread(self.processor.load, client(), missing)

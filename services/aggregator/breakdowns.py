@@ -26,12 +26,14 @@ A session bounced when it has one page view; the row of its entry page says so.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from functools import cache
 
 from clickhouse_connect.driver.client import Client
 
+from werkstroom import timezones
 from werkstroom.breakdowns import figures_sql
 from werkstroom.clickhouse.tables import (
     BREAKDOWN_DIMENSIONS,
@@ -60,17 +62,17 @@ def statements(member_ids: str, sessions: str) -> tuple[str, str, str]:
     attributes = ", ".join(ENTRY_ATTRIBUTES)
     views = f"""
 INSERT INTO {VIEWS}
-SELECT s.anonymous_id, s.session_id, toDate(s.start_at), toUnixTimestamp64Milli(s.last_event_at),
-       s.page_views, s.version,
+SELECT s.anonymous_id, s.session_id, toDate(s.start_at, {{tz:String}}),
+       toUnixTimestamp64Milli(s.last_event_at), s.page_views, s.version,
        arraySlice(arraySort(groupArray((toUnixTimestamp64Milli(v.timestamp), v.path,
            {", ".join(f"toString(v.{a})" for a in ENTRY_ATTRIBUTES)}))), 1, {MAX_PAGES})
 FROM (
     SELECT distinct_id, timestamp, path, {attributes} FROM visitor_events FINAL
     PREWHERE distinct_id IN {member_ids}
     WHERE project_id = {{p:String}} AND event = '$page'
-      AND timestamp >= toDateTime64(arrayMin({{days:Array(Date)}}), 3, 'UTC')
+      AND timestamp >= toDateTime64(arrayMin({{days:Array(Date)}}), 3, {{tz:String}})
 ) AS v
-INNER JOIN (SELECT * FROM {sessions} WHERE toDate(start_at) IN {{days:Array(Date)}}) AS s
+INNER JOIN (SELECT * FROM {sessions} WHERE toDate(start_at, {{tz:String}}) IN {{days:Array(Date)}}) AS s
     ON v.distinct_id = s.anonymous_id
 WHERE v.timestamp >= s.start_at AND v.timestamp <= s.last_event_at
 GROUP BY s.anonymous_id, s.session_id, s.start_at, s.last_event_at, s.page_views, s.version
@@ -134,11 +136,14 @@ HAVING max(current) = 0 OR min(current) = 1 OR min(version) != max(version)
 """
 
 
-def recompute(client: Client, project_id: str, days: set[date], member_ids: str, sessions: str) -> None:
-    """The breakdown rows of the staged visitors' sessions on `days` (see the module's doc)."""
+def recompute(
+    client: Client, project_id: str, days: set[date], member_ids: str, sessions: str, zone: str
+) -> None:
+    """The breakdown rows of the staged visitors' sessions on `days`, local days of the
+    project's time `zone` (see the module's doc)."""
     if not days:
         return
-    params = {"p": project_id, "days": sorted(days)}
+    params = {"p": project_id, "days": sorted(days), "tz": zone}
     client.command(f"DROP TEMPORARY TABLE IF EXISTS {VIEWS}")
     client.command(VIEWS_CREATE)
     for sql in statements(member_ids, sessions):
@@ -185,18 +190,33 @@ class RollUps:
     last: dict[tuple[str, date], float] = field(default_factory=dict)  # (project, day) -> when
     waiting: set[tuple[str, date]] = field(default_factory=set)
     unmarked: set[tuple[str, date]] = field(default_factory=set)  # waiting, marker taken back
+    zones: dict[str, str] = field(default_factory=dict)  # project -> its time zone, as last given
 
     def refresh(
-        self, client: Client, days: dict[str, set[date]], version: int, today: date, now: float
+        self,
+        client: Client,
+        days: dict[str, set[date]],
+        version: int,
+        clock: datetime,
+        now: float,
+        zones: Mapping[str, str] | None = None,
     ) -> None:
-        self.waiting.update((p, d) for p, project_days in days.items() for d in project_days if d < today)
+        """`days`: each project's changed local days in its time zone (`zones`, remembered:
+        UTC when never given); a day before the project's today at `clock` is settled."""
+        self.zones.update(zones or {})
+
+        def today(project_id: str) -> date:
+            return timezones.today(clock, self.zones.get(project_id, timezones.DEFAULT))
+
+        todays = {p: today(p) for p in days}
+        self.waiting.update((p, d) for p, project_days in days.items() for d in project_days if d < todays[p])
         due = {k for k in self.waiting if now - self.last.get(k, -self.every) >= self.every}
         hold = self.waiting - due - self.unmarked
         for project_id, held in _by_project(hold).items():
             client.command(UNMARK, parameters={"p": project_id, "days": sorted(held), "v": version})
         self.unmarked |= hold
         for project_id, rolled in _by_project(due).items():
-            roll_up(client, project_id, rolled, version, today)
+            roll_up(client, project_id, rolled, version, today(project_id))
         for key in due:
             self.last[key] = now
         self.waiting -= due

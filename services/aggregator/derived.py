@@ -22,7 +22,7 @@ from services.aggregator import breakdowns
 from services.aggregator.breakdowns import RollUps
 from services.aggregator.funnels import person_ids, recompute
 from services.aggregator.processor import Dirty
-from werkstroom import churn, identity
+from werkstroom import churn, identity, timezones
 from werkstroom.clickhouse.params import StringArray, insert_rows, tab_separated
 from werkstroom.clickhouse.tables import (
     CHURN_DAILY_COLUMNS,
@@ -47,23 +47,28 @@ def refresh(client: Client, dirty: Dirty, rollups: RollUps | None = None) -> Non
     for project_id, distinct_id in dirty.ids:
         ids[project_id].add(distinct_id)
     activity_days: dict[str, set[date]] = defaultdict(set)
+    zones = dirty.zones  # each project's time zone: its days are local days in it
     for project_id, distinct_ids in ids.items():
-        changed = refresh_persons(client, project_id, distinct_ids, version, days[project_id])
-        refresh_session_days(client, project_id, days[project_id])  # its members are staged
-        breakdowns.recompute(client, project_id, days[project_id], MEMBER_IDS, SESSIONS)  # and theirs
+        zone = zones.get(project_id, timezones.DEFAULT)
+        changed = refresh_persons(client, project_id, distinct_ids, version, days[project_id], zone)
+        refresh_session_days(client, project_id, days[project_id], zone)  # its members are staged
+        breakdowns.recompute(client, project_id, days[project_id], MEMBER_IDS, SESSIONS, zone)  # and theirs
         days[project_id] |= changed.first_days | changed.activity_days
         activity_days[project_id] = changed.activity_days
         project_funnels = list_funnels(client, project_id)
         if project_funnels:
             members = funnel_members(client, changed.members)
-            recompute(client, project_id, members, changed.gone, version, project_funnels)
-    today = datetime.now(UTC).date()
+            recompute(client, project_id, members, changed.gone, version, project_funnels, zone)
+    now = datetime.now(UTC)
+    today = {
+        p: timezones.today(now, zones.get(p, timezones.DEFAULT)) for p in days.keys() | activity_days.keys()
+    }
     for project_id, project_days in days.items():
         refresh_daily(client, project_id, project_days, version)
     if rollups is not None:
-        rollups.refresh(client, days, version, today, time.monotonic())
+        rollups.refresh(client, days, version, now, time.monotonic(), zones)
     for project_id, changed_days in activity_days.items():
-        refresh_churn(client, project_id, churn.days_affected(changed_days, today), version)
+        refresh_churn(client, project_id, churn.days_affected(changed_days, today[project_id]), version)
 
 
 @dataclass
@@ -198,9 +203,10 @@ WHERE old.person_id IN {{gone:Array(String)}} OR (fresh.person_id != '' AND fres
 
 
 def _span(start: str, last: str) -> str:
-    """Each UTC day from the day of `start` to the day of `last`, one row each (arrayJoin)."""
-    days = f"range(toUInt32(toDate({last}) - toDate({start})) + 1)"
-    return f"arrayJoin(arrayMap(d -> toDate({start}) + d, {days}))"
+    """Each local day (the project's zone, {tz}) from the day of `start` to the day of `last`,
+    one row each (arrayJoin)."""
+    first, final = f"toDate({start}, {{tz:String}})", f"toDate({last}, {{tz:String}})"
+    return f"arrayJoin(arrayMap(d -> {first} + d, range(toUInt32({final} - {first}) + 1)))"
 
 
 def _person_days_diff(table: str, computed: str) -> str:
@@ -250,12 +256,15 @@ INNER JOIN {MEMBERS} AS m ON s.anonymous_id = m.member
 
 # Each person's first day (persons_first_day) against its new row's first_seen, over the
 # persons' old and new first days (FIRST_DAYS).
-FIRST_DAY = f"SELECT person_id, toDate(first_seen) AS day FROM {FRESH}"
-FIRST_DAYS = f"SELECT day FROM ({FIRST_DAY}) UNION DISTINCT SELECT DISTINCT toDate(first_seen) FROM {BEFORE}"
+FIRST_DAY = f"SELECT person_id, toDate(first_seen, {{tz:String}}) AS day FROM {FRESH}"
+FIRST_DAYS = (
+    f"SELECT day FROM ({FIRST_DAY}) "
+    f"UNION DISTINCT SELECT DISTINCT toDate(first_seen, {{tz:String}}) FROM {BEFORE}"
+)
 
 
 def refresh_persons(
-    client: Client, project_id: str, distinct_ids: set[str], version: int, days: set[date]
+    client: Client, project_id: str, distinct_ids: set[str], version: int, days: set[date], zone: str
 ) -> Changed:
     """Rewrite the persons these ids belong to, and the days on which each was active (over
     `days`, the dirty days, and the days of members that moved). The rows are computed by
@@ -269,7 +278,7 @@ def refresh_persons(
     members = identity.members(persons, lambda ids: identity.mapped_to(client, project_id, ids))
     changed = Changed(members=members, gone=distinct_ids - persons)
     stage_members(client, [(d, p) for p, ds in members.items() for d in ds])
-    bound = {"p": project_id, "v": version, "gone": StringArray(sorted(changed.gone))}
+    bound = {"p": project_id, "v": version, "gone": StringArray(sorted(changed.gone)), "tz": zone}
     client.command(SESSIONS_STAGE, parameters={"p": project_id})
     client.command(BEFORE_INSERT, parameters=bound)
     client.command(PERSONS_STAGE, parameters=bound)
@@ -311,10 +320,10 @@ SELECT {{p:String}}, day, anonymous_id, session_id, argMax(page_views, current),
        argMax(duration_ms, current), if(max(current) = 1, argMax(version, current), max(version) + 1),
        toUInt8(max(current) = 0)
 FROM (
-    SELECT toDate(start_at) AS day, anonymous_id, session_id, page_views,
+    SELECT toDate(start_at, {{tz:String}}) AS day, anonymous_id, session_id, page_views,
            dateDiff('millisecond', start_at, last_event_at) AS duration_ms, version, toUInt8(1) AS current
     FROM {SESSIONS}
-    WHERE toDate(start_at) IN {{days:Array(Date)}}
+    WHERE toDate(start_at, {{tz:String}}) IN {{days:Array(Date)}}
     UNION ALL
     SELECT day, anonymous_id, session_id, page_views, duration_ms, version, toUInt8(0)
     FROM sessions_daily FINAL PREWHERE anonymous_id IN {MEMBER_IDS}
@@ -325,11 +334,11 @@ HAVING max(current) = 0 OR min(current) = 1 OR min(version) != max(version)
 """
 
 
-def refresh_session_days(client: Client, project_id: str, days: set[date]) -> None:
+def refresh_session_days(client: Client, project_id: str, days: set[date], zone: str) -> None:
     """Bring sessions_daily up to date for the visitors refresh_persons staged, over `days`
-    (the dirty days: they hold every day a changed session spans, SessionsProcessor.rows)."""
+    (the dirty local days: they hold every day a changed session spans, SessionsProcessor.rows)."""
     if days:
-        client.command(SESSION_DAYS_INSERT, parameters={"p": project_id, "days": sorted(days)})
+        client.command(SESSION_DAYS_INSERT, parameters={"p": project_id, "days": sorted(days), "tz": zone})
 
 
 def funnel_members(client: Client, members: dict[str, set[str]]) -> dict[str, list[str]]:
@@ -355,7 +364,7 @@ def refresh_churn(client: Client, project_id: str, days: set[date], version: int
 
 
 def refresh_daily(client: Client, project_id: str, days: set[date], version: int) -> None:
-    """Rewrite the daily statistics of these (UTC) days."""
+    """Rewrite the daily statistics of these (local) days."""
     wanted = sorted(days)
     params = {"p": project_id, "days": wanted}
     activity = {  # counted by the aggregator per partition as it applies the events

@@ -38,6 +38,7 @@ from werkstroom.clickhouse.tables import (
 from werkstroom.clickhouse.versions import next_version
 from werkstroom.funnels import Funnel, get_funnel, list_funnels, progress
 from werkstroom.logging import get_logger
+from werkstroom.projects import time_zone
 
 log = get_logger(__name__)
 
@@ -77,12 +78,14 @@ def recompute(
     gone: Iterable[str],
     version: int,
     funnels: Sequence[Funnel] | None = None,
+    zone: str | None = None,
 ) -> int:
     """Rewrite the progress of these persons (person id -> the distinct ids whose events count
     for it, `person_ids`) in every funnel of the project, and delete that of persons merged
     into others. Returns rows written."""
     funnels = list_funnels(client, project_id) if funnels is None else funnels
     gone = set(gone)
+    zone = time_zone(client, project_id) if zone is None else zone
     if not funnels or not (members or gone):
         return 0
     owner = {d: p for p, ids in members.items() for d in ids}
@@ -94,7 +97,7 @@ def recompute(
     for funnel in funnels:
         window_ms = funnel.window_seconds * 1000
         for person_id, person_events in events.items():
-            for day, reached in progress(funnel.steps, window_ms, person_events).items():
+            for day, reached in progress(funnel.steps, window_ms, person_events, zone).items():
                 fresh[(funnel.funnel_id, person_id, day)] = reached
     persons = set(members) | gone
     written = _write_levels(client, project_id, funnels, persons, fresh, version)
@@ -243,12 +246,13 @@ def backfill(
             events[person_id].append((ms, name, path))
     window_ms = funnel.window_seconds * 1000
     steps = len(funnel.steps)
+    zone = time_zone(client, funnel.project_id)
     written = 0
     batch: list[list[Any]] = []
     levels: list[list[Any]] = []
     cells: set[tuple[int, date]] = set()
     for person_id, person_events in events.items():
-        rows = progress(funnel.steps, window_ms, person_events)
+        rows = progress(funnel.steps, window_ms, person_events, zone)
         for day, reached in rows.items():
             batch.append([funnel.project_id, funnel.funnel_id, day, person_id, reached, 0, version])
         for k, day in enumerate(latest_days(rows, steps), 1):

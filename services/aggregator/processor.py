@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
@@ -34,6 +35,7 @@ from services.aggregator.sessions import (
     to_ms,
     trait_rows,
 )
+from werkstroom import timezones
 from werkstroom.clickhouse.params import StringArray
 from werkstroom.clickhouse.tables import (
     EVENTS_DAILY_COLUMNS,
@@ -55,6 +57,8 @@ EVICT_AFTER_MS = GAP_MS + 10 * 60 * 1000
 CLOCK_AHEAD_MS = 5 * 60 * 1000
 
 
+#: Seconds between two reads of the projects' time zones (a project not known yet is read at once).
+ZONES_EVERY = 10.0
 RECENT_IDS = 200_000  # event ids remembered for de-duplication (RecentIds); bounds their memory
 
 
@@ -65,14 +69,17 @@ def clock_ceiling_ms() -> int:
 
 @dataclass
 class Dirty:
-    """Keys whose derived rows must be recomputed: (project, UTC day) and (project, distinct id)."""
+    """Keys whose derived rows must be recomputed: (project, local day) and (project, distinct
+    id); and the time zone of each project they name, whose local days those are."""
 
     days: set[tuple[str, date]] = field(default_factory=set)
     ids: set[tuple[str, str]] = field(default_factory=set)
+    zones: dict[str, str] = field(default_factory=dict)
 
     def update(self, other: Dirty) -> None:
         self.days |= other.days
         self.ids |= other.ids
+        self.zones.update(other.zones)
 
 
 class RecentIds:
@@ -115,6 +122,45 @@ class SessionsProcessor:
         # The latest event time seen, at most CLOCK_AHEAD_MS past the wall clock: the
         # aggregator's notion of "now", for evicting idle visitors and old days' counts.
         self._clock_ms = 0
+        # Each project's time zone (werkstroom.timezones), whose local days every day here is:
+        # the name per project, and the tzinfo of those not in UTC (the per-event lookup).
+        self.zones: dict[str, str] = {}
+        self._tz: dict[str, tzinfo] = {}
+        self._zones_at = -ZONES_EVERY
+
+    def needs_zones(self, batch: list[Decoded]) -> bool:
+        """Whether the zones are due a read: every ZONES_EVERY seconds, and at once when the
+        batch names a project not read yet (one created since)."""
+        if time.monotonic() - self._zones_at >= ZONES_EVERY:
+            return True
+        zones = self.zones
+        return any(e.project_id not in zones for e, _p, _o in batch)
+
+    def load_zones(
+        self, client: Client, batch: list[Decoded], read: Callable[[Client], dict[str, str]]
+    ) -> None:
+        """Read every project's time zone (`read`: werkstroom.projects.time_zones); a project of
+        the batch that has no row (deleted, or a test's) is UTC until the next read."""
+        found = read(client)
+        for event, _p, _o in batch:
+            found.setdefault(event.project_id, timezones.DEFAULT)
+        self.set_zones(found)
+
+    def set_zones(self, zones: dict[str, str]) -> None:
+        self.zones = zones
+        self._tz = {p: timezones.zone(name) for p, name in zones.items() if name != timezones.DEFAULT}
+        self._zones_at = time.monotonic()
+
+    def day_of(self, project_id: str, timestamp: datetime) -> date:
+        """The project's local day of an event time (aware)."""
+        zone = self._tz.get(project_id)
+        return timestamp.date() if zone is None else timestamp.astimezone(zone).date()
+
+    def local_days(self, project_id: str, utc_days: Iterable[date]) -> Iterable[date]:
+        """The project's local days that these UTC days overlap (the same days in UTC)."""
+        if project_id not in self._tz:
+            return utc_days
+        return timezones.local_days_of(utc_days, self.zones[project_id])
 
     def missing(self, batch: list[Decoded]) -> set[VisitorKey]:
         return {
@@ -154,7 +200,7 @@ class SessionsProcessor:
     def apply_events(self, batch: list[Decoded], changes: Changes, dirty: Dirty, seq: int = 0) -> None:
         """Apply part of a batch; `rows` then gives the rows of everything applied. `seq` is the
         batch's number: each visitor remembers the last batch that changed it (see evict_idle).
-        Every event dirties its (project, UTC day) and each of its distinct ids, and counts in
+        Every event dirties its (project, local day) and each of its distinct ids, and counts in
         its day's row unless the row counted its offset already (a replay)."""
         visitors, partition_of, newest = self.visitors, self._partition_of, changes.newest
         days, ids = dirty.days, dirty.ids
@@ -164,6 +210,7 @@ class SessionsProcessor:
         count_key: DayKey | None = None
         count = DayCount()
         seen = self.seen.first_at
+        tz_of = self._tz.get
         for event, partition, offset in batch:
             project_id, anonymous_id, timestamp = event.project_id, event.anonymous_id, event.timestamp
             if seen(project_id, event.event_id, offset) != offset:
@@ -171,7 +218,8 @@ class SessionsProcessor:
             t = to_ms(timestamp)
             if t > newest.get(partition, 0):
                 newest[partition] = t
-            day = timestamp.date()
+            zone = tz_of(project_id)  # the project's local day: UTC's at the cost of a lookup
+            day = timestamp.date() if zone is None else timestamp.astimezone(zone).date()
             day_key = (project_id, day, partition)
             if day_key != count_key:  # a batch is runs of one partition's events: once per run
                 count_key = day_key
@@ -210,7 +258,9 @@ class SessionsProcessor:
                 # (the recomputation that follows the write did not run). Its days are dirty.
                 replayed = session_at(visitor, t)
                 if replayed is not None:
-                    days.update((project_id, day) for day in session_days(replayed))
+                    days.update(
+                        (project_id, day) for day in self.local_days(project_id, session_days(replayed))
+                    )
             if visitor.last_seen_ms > clock:
                 clock = min(visitor.last_seen_ms, ceiling)
         self._clock_ms = clock
@@ -246,7 +296,7 @@ class SessionsProcessor:
             count.page_views, count.events, count.last_offset = page_views, events, version
             for event, p, offset in batch:
                 if offset > version and p == partition and event.project_id == project_id:
-                    if event.timestamp.date() == day:
+                    if self.day_of(project_id, event.timestamp) == day:
                         count.last_offset = offset
                         count.page_views += event.type == "page"
                         count.events += event.event != HEARTBEAT
@@ -257,7 +307,10 @@ class SessionsProcessor:
         for session in changes.sessions.values():
             # Every day it spans: the day it starts on, and the days it started on before a
             # late event moved its start earlier (sessions_daily keeps it under its start day).
-            days.update((session.project_id, day) for day in session_days(session))
+            days.update(
+                (session.project_id, day)
+                for day in self.local_days(session.project_id, session_days(session))
+            )
         identities = [[p, d, person, version] for (p, d), (person, version) in changes.identities.items()]
         rows = {  # in the order the writer inserts them: the live view first, it has 1 s
             "online_visitors": (ONLINE_VISITORS_COLUMNS, [online_row(v) for v in changes.online.values()]),
@@ -274,6 +327,8 @@ class SessionsProcessor:
                 [[p, d, k, c.page_views, c.events, c.last_offset] for (p, d, k), c in day_counts.items()],
             ),
         }
+        dirty.zones.update({p: self.zones.get(p, timezones.DEFAULT) for p, _d in days})
+        dirty.zones.update({p: self.zones.get(p, timezones.DEFAULT) for p, _i in dirty.ids})
         return rows, dirty
 
     def evict_idle(self, written_seq: int) -> int:
@@ -291,7 +346,8 @@ class SessionsProcessor:
         for key in idle:
             del self.visitors[key]
             self._partition_of.pop(key, None)
-        yesterday = datetime.fromtimestamp(self._clock_ms / 1000, UTC).date() - timedelta(days=1)
+        # the day before yesterday in UTC is before yesterday in every zone's local days too
+        yesterday = datetime.fromtimestamp(self._clock_ms / 1000, UTC).date() - timedelta(days=2)
         old = [k for k, c in self.day_counts.items() if k[1] < yesterday and c.batch <= written_seq]
         for key in old:
             del self.day_counts[key]

@@ -48,6 +48,7 @@ from services.aggregator.processor import Decoded, Dirty, Rows, SessionsProcesso
 from services.aggregator.retry import Abandoned, Retry, SinkStopped, raise_worst
 from services.aggregator.status import STALLED_AFTER, STATUS_EVERY, Status
 from services.aggregator.writer import Batch, Writer
+from werkstroom import projects
 from werkstroom.clickhouse import ClientFactory
 from werkstroom.contract import Topics
 from werkstroom.kafka import Publisher, make_consumer, start_producer
@@ -100,7 +101,7 @@ class EventsSink:
         # The stages.
         self.buffer = Buffer()
         self.decoder = Decoder(settings.sink_max_consecutive_bad)
-        self.applier = Applier()
+        self.applier = Applier(read_zones=projects.time_zones)
         self.writer = Writer(
             self.topics, table, settings.sink_max_consecutive_bad, self.retry, self._stopping
         )

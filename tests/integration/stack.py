@@ -178,9 +178,9 @@ class Stack:
 
     # -- helpers ------------------------------------------------------------------------
 
-    async def create_project(self, name: str) -> projects.NewProject:
+    async def create_project(self, name: str, timezone: str = "UTC") -> projects.NewProject:
         """A project that the running ingest already accepts (its key cache reloaded)."""
-        created = projects.create_project(self.client, name)
+        created = projects.create_project(self.client, name, timezone)
         await self.ingest_app.app.state.ingest.s.keys.reload()
         return created
 

@@ -408,7 +408,7 @@ class FlakyLoad:
     def __init__(self) -> None:
         self.loads = 0
 
-    def query(self, sql: str, parameters: dict[str, Any]) -> Result:
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> Result:
         if "FROM sessions" in sql:
             self.loads += 1
             if self.loads == 1:

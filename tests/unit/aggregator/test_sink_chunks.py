@@ -23,7 +23,8 @@ def _sink(tmp_path: Any) -> EventsSink:
 
 
 def _loaded(sink: EventsSink, events: list[Any]) -> None:
-    """As if the events' visitors and days' counts were loaded: no ClickHouse here."""
+    """As if the events' visitors, days' counts and projects' zones were loaded: no ClickHouse here."""
+    sink.processor.set_zones({event.project_id: "UTC" for event, _p, _o in events})
     for event, partition, _ in events:
         sink.processor.visitors.setdefault((event.project_id, event.anonymous_id), Visitor())
         sink.processor._partition_of[(event.project_id, event.anonymous_id)] = partition

@@ -1,0 +1,228 @@
+"""A project's days are local days of its time zone, over the real path: the same hand-made
+events sent through ingest's HTTP API to four projects (UTC, Europe/Amsterdam,
+America/Los_Angeles, Asia/Kolkata), Kafka, and the aggregator's counting and recomputation into
+ClickHouse. Every day-keyed table is held to what the zone's local days say, worked out here in
+Python (zoneinfo) and by an independent SQL over `events` (toDate(timestamp, zone)).
+
+The instants sit on the zones' day boundaries: Amsterdam's two daylight-saving days of 2026
+(03-29 has 23 hours, 10-25 has 25), a session across Amsterdam's midnight, Kolkata's half-hour
+offset, Los Angeles' midnight; two visitors identified as one person.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+from clickhouse_connect.driver.client import Client
+
+from tests.integration.stack import Stack
+from tests.integration.test_api import identify, page, track
+from werkstroom import funnels, timezones
+
+pytestmark = pytest.mark.integration
+
+ZONES = ("UTC", "Europe/Amsterdam", "America/Los_Angeles", "Asia/Kolkata")
+GAP = timedelta(minutes=30)
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+CALLS: list[dict[str, Any]] = [
+    # Amsterdam, 03-29 (23 hours: 03-28 23:00Z .. 03-29 22:00Z)
+    page("v1", at("2026-03-28T22:30:00"), "/a"),  # Ams 03-28 23:30
+    page("v1", at("2026-03-28T23:10:00"), "/b"),  # Ams 03-29 00:10, 40 min later: a new session
+    page("v2", at("2026-03-29T21:50:00"), "/a"),  # Ams 03-29 23:50 (CEST)
+    page("v2", at("2026-03-29T22:05:00"), "/b"),  # Ams 03-30 00:05: the same session, across midnight
+    track("v2", at("2026-03-29T22:06:00"), "Clicked"),
+    # Amsterdam, 10-25 (25 hours: 10-24 22:00Z .. 10-25 23:00Z)
+    page("v3", at("2026-10-24T22:30:00"), "/a"),  # Ams 10-25 00:30 (CEST)
+    page("v3", at("2026-10-25T22:45:00"), "/a"),  # Ams 10-25 23:45 (CET): the same day, 24h15 later
+    track("v3", at("2026-10-25T22:46:00"), "$heartbeat"),  # not an event in the counts
+    # Kolkata's midnight is 18:30Z
+    page("v4", at("2026-07-01T18:20:00"), "/a"),  # Kol 07-01 23:50
+    page("v4", at("2026-07-01T18:40:00"), "/b"),  # Kol 07-02 00:10, the same session
+    # Los Angeles' midnight is 07:00Z in summer
+    page("v5", at("2026-07-02T06:50:00"), "/a"),  # LA 07-01 23:50
+    page("v5", at("2026-07-02T07:10:00"), "/b"),  # LA 07-02 00:10, the same session
+    identify("v4", at("2026-07-02T07:20:00"), "u45", {"plan": "premium"}),
+    identify("v5", at("2026-07-02T07:25:00"), "u45", {"plan": "premium"}),
+]
+PERSON = {"v4": "u45", "v5": "u45"}
+
+
+def sessions() -> list[tuple[str, datetime, datetime, bool]]:
+    """(visitor, start, last event, whether it has a page view) of every session: the 30-minute
+    rule over what is sent (identify calls open and extend sessions, as the aggregator counts
+    them; a session without a page view has no breakdown row)."""
+    calls: dict[str, list[tuple[datetime, bool]]] = defaultdict(list)
+    for call in CALLS:
+        t = datetime.fromisoformat(call["timestamp"].replace("Z", "+00:00"))
+        calls[call["anonymousId"]].append((t, call["type"] == "page"))
+    out = []
+    for visitor, ts in calls.items():
+        ts.sort()
+        start, last, viewed = ts[0][0], ts[0][0], ts[0][1]
+        for t, is_page in ts[1:]:
+            if t - last > GAP:
+                out.append((visitor, start, last, viewed))
+                start, viewed = t, False
+            last, viewed = t, viewed or is_page
+        out.append((visitor, start, last, viewed))
+    return out
+
+
+def expected_daily(zone: str) -> dict[date, tuple[int, int, int, int, int]]:
+    """Per local day with anything: (active_users, new_users, sessions, page_views, events)."""
+    day = lambda t: timezones.day_of(t, zone)  # noqa: E731
+    active: dict[date, set[str]] = defaultdict(set)
+    started: dict[date, int] = defaultdict(int)
+    first: dict[str, date] = {}
+    for visitor, start, last, _viewed in sessions():
+        person = PERSON.get(visitor, visitor)
+        d = day(start)
+        started[d] += 1
+        while d <= day(last):
+            active[d].add(person)
+            d += timedelta(days=1)
+        first[person] = min(first.get(person, day(start)), day(start))
+    views: dict[date, int] = defaultdict(int)
+    events: dict[date, int] = defaultdict(int)
+    for call in CALLS:
+        d = day(datetime.fromisoformat(call["timestamp"].replace("Z", "+00:00")))
+        views[d] += call["type"] == "page"
+        events[d] += call.get("event") != "$heartbeat"
+    new: dict[date, int] = defaultdict(int)
+    for d in first.values():
+        new[d] += 1
+    days = set(active) | set(views) | set(events)
+    return {d: (len(active[d]), new[d], started[d], views[d], events[d]) for d in sorted(days)}
+
+
+async def test_every_day_keyed_table_counts_the_project_s_local_days(stack: Stack) -> None:
+    projects = {"UTC": stack.project}
+    for zone in ZONES[1:]:
+        projects[zone] = await stack.create_project(zone, timezone=zone)
+    steps = [{"event": "$page", "path": "/a"}, {"event": "$page", "path": "/b"}]
+    funnel_ids = {
+        zone: funnels.create_funnel(stack.client, p.project_id, "a to b", steps, 3600).funnel_id
+        for zone, p in projects.items()
+    }
+    for project in projects.values():
+        sent = await stack.post("/v1/batch", {"writeKey": project.write_key, "batch": CALLS})
+        assert sent.status_code == 200 and sent.json()["accepted"] == len(CALLS), sent.text
+    assert await stack.wait_count(len(CALLS) * len(ZONES)) == len(CALLS) * len(ZONES)
+
+    for zone, project in projects.items():
+        p = project.project_id
+        expected = expected_daily(zone)
+
+        def daily(pid: str = p) -> dict[date, tuple[int, ...]]:
+            return {
+                d: tuple(figures)
+                for d, *figures in stack.rows(
+                    "SELECT day, active_users, new_users, sessions, page_views, events "
+                    "FROM daily_stats FINAL WHERE project_id = {p:String} "
+                    "AND active_users + new_users + sessions + page_views + events > 0 ORDER BY day",
+                    p=pid,
+                )
+            }
+
+        try:
+            await stack.until(lambda e=expected, f=daily: f() == e, timeout=30)
+        except AssertionError:
+            assert daily() == expected, zone
+        # The days are not UTC's but for UTC (the test is not blind to the zone).
+        assert (expected == expected_daily("UTC")) == (zone == "UTC")
+
+        # An independent count over the raw events, in the zone.
+        raw = stack.rows(
+            "SELECT toDate(timestamp, {tz:String}) AS d, countIf(type = 'page'), "
+            "countIf(event != '$heartbeat') FROM events FINAL WHERE project_id = {p:String} "
+            "GROUP BY d ORDER BY d",
+            p=p,
+            tz=zone,
+        )
+        assert [(d, v, e) for d, v, e in raw] == [(d, f[3], f[4]) for d, f in expected.items()]
+
+        # Each session under the local day it starts on, in sessions_daily and the breakdowns.
+        starts = sorted((timezones.day_of(s, zone), v) for v, s, _l, _p in sessions())
+        viewed = sorted((timezones.day_of(s, zone), v) for v, s, _l, p in sessions() if p)
+        for table, expected_rows in (("sessions_daily", starts), ("breakdown_sessions", viewed)):
+
+            def stored(pid: str = p, t: str = table) -> list[tuple[Any, ...]]:
+                return stack.rows(
+                    f"SELECT day, anonymous_id FROM {t} FINAL WHERE project_id = {{p:String}} "
+                    "AND is_deleted = 0 ORDER BY day, anonymous_id",
+                    p=pid,
+                )
+
+            try:  # the breakdown tables are recomputed a little after the rest
+                await stack.until(lambda e=expected_rows, f=stored: f() == e, timeout=15)
+            except AssertionError:
+                assert stored() == expected_rows, (zone, table)
+        first_days = stack.rows(
+            "SELECT person_id, day FROM persons_first_day FINAL WHERE project_id = {p:String} "
+            "AND is_deleted = 0 ORDER BY person_id",
+            p=p,
+        )
+        firsts: dict[str, date] = {}
+        for visitor, start, _last, _viewed in sessions():
+            person = PERSON.get(visitor, visitor)
+            firsts[person] = min(firsts.get(person, date.max), timezones.day_of(start, zone))
+        assert first_days == sorted(firsts.items()), zone
+
+        # A funnel's attempts are under the local day of their first step.
+        attempts = {
+            (person, timezones.day_of(at(t), zone))
+            for person, t in (
+                ("v1", "2026-03-28T22:30:00"),
+                ("v2", "2026-03-29T21:50:00"),
+                ("v3", "2026-10-24T22:30:00"),
+                ("v3", "2026-10-25T22:45:00"),
+                ("u45", "2026-07-01T18:20:00"),
+                ("u45", "2026-07-02T06:50:00"),
+            )
+        }
+
+        def progress(pid: str = p, f: str = funnel_ids[zone]) -> set[tuple[str, date]]:
+            return set(
+                stack.rows(
+                    "SELECT person_id, day FROM funnel_progress FINAL WHERE project_id = {p:String} "
+                    "AND funnel_id = {f:String} AND is_deleted = 0",
+                    p=pid,
+                    f=f,
+                )
+            )
+
+        try:
+            await stack.until(lambda e=attempts, f=progress: f() == e, timeout=15)
+        except AssertionError:
+            assert progress() == attempts, zone
+
+
+def test_python_and_clickhouse_agree_on_every_local_day(database: Client) -> None:
+    """Every 15 minutes over both daylight-saving switches of 2026, and the first instant of
+    the switch days and the instant before: ClickHouse's toDate(instant, zone) is day_of's, in
+    zones with half- and three-quarter-hour offsets and half-hour daylight saving too."""
+    for name in (*ZONES, "Australia/Lord_Howe", "Pacific/Chatham", "Asia/Kathmandu"):
+        agree(database, name)
+
+
+def agree(database: Client, name: str) -> None:
+    instants = [at("2026-03-01T00:00:00") + timedelta(minutes=15 * i) for i in range(96 * 40)]
+    instants += [at("2026-10-20T00:00:00") + timedelta(minutes=15 * i) for i in range(96 * 20)]
+    for day in (date(2026, 3, 29), date(2026, 4, 5), date(2026, 10, 25), date(2026, 11, 1)):
+        start = timezones.start_of(day, name)
+        instants += [start, start - timedelta(milliseconds=1)]
+    millis = ",".join(str(int(i.timestamp() * 1000)) for i in instants)
+    sql = (
+        "SELECT toDate(fromUnixTimestamp64Milli(toInt64(m), 'UTC'), {tz:String}) "
+        f"FROM (SELECT arrayJoin([{millis}]) AS m)"
+    )
+    clickhouse = [d for (d,) in database.query(sql, parameters={"tz": name}).result_rows]
+    assert clickhouse == [timezones.day_of(i, name) for i in instants], name
