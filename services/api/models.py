@@ -260,6 +260,7 @@ class FunnelReport(Fresh):
         {
             **FRESH,
             "funnel": FUNNEL,
+            "filters": {},
             "days": 30,
             "steps": [
                 {
@@ -284,6 +285,10 @@ class FunnelReport(Fresh):
         }
     )
     funnel: FunnelOut
+    filters: dict[str, str] = Field(
+        default_factory=dict,
+        description="the filters given, by name (none: every person who reached a step)",
+    )
     days: int
     steps: list[FunnelStep]
 

@@ -3,7 +3,8 @@
 The model and the definitions are werkstroom/funnels.py's (shared with the aggregator and the
 CLI). The aggregator keeps every person's progress current and back-fills a new funnel from the
 events stored before it (services/aggregator/funnels.py); the report reads what it keeps,
-`funnel_counts`, and says whether the back-fill is done (`backfilled`)."""
+`funnel_counts`, and says whether the back-fill is done (`backfilled`). Filters narrow the report
+to the persons with a matching session in its days (services/api/funnel_report.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from services.api import queries
 from services.api.deps import AUTH_RESPONSES, NowDep, PoolDep, ProjectDep, TopicDep
+from services.api.filters import Filters
+from services.api.funnel_report import filtered_counts
 from services.api.models import FunnelIn, FunnelList, FunnelOut, FunnelReport
+from services.api.routes.filtering import FiltersDep
 from werkstroom import funnels
 
 router = APIRouter(prefix="/api/projects/{project_id}", tags=["funnels"], responses=AUTH_RESPONSES)
@@ -130,12 +134,26 @@ def report_counts(client: Any, funnel: funnels.Funnel, days: int, today: date) -
     return [int(reached.get(k, 0)) for k in range(1, len(funnel.steps) + 1)]
 
 
-def _report(client: Any, project_id: str, funnel_id: str, days: int, now: Any) -> Any:
+def _report(client: Any, project_id: str, funnel_id: str, days: int, now: Any, filters: Filters) -> Any:
     funnel = funnels.get_funnel(client, project_id, funnel_id)
     if funnel is None:
         return None
     backfilled = bool(funnels.backfilled(client, project_id, [funnel_id]))
+    if filters.values:
+        return funnel, backfilled, filtered_counts(client, funnel, days, now.date(), filters)
     return funnel, backfilled, report_counts(client, funnel, days, now.date())
+
+
+#: What the filters do to a funnel's report: the route's description (docs/definitions.md).
+FILTERED_FUNNEL = (
+    "Filters (as on the breakdowns: page, entry_page, exit_page, source, utm_source, utm_medium, "
+    "utm_campaign, country, device, browser, os, plan, segment) narrow the persons counted: a "
+    "person counts at a step when they reached it as above and one of their visitors has a "
+    "matching session (a session with a page view, attributed to its entry page view) that "
+    "starts in the same days. The person's steps are all their own, also those done outside the "
+    "matching sessions (a visitor's person now, else the visitor). A person whose only sessions "
+    "in those days have no page view (server calls, screens) matches no filter."
+)
 
 
 @router.get(
@@ -144,7 +162,7 @@ def _report(client: Any, project_id: str, funnel_id: str, days: int, now: Any) -
     summary="A funnel's report: per step the persons who reached it, conversion and drop-off",
     description="Counts persons whose attempts started in the last `days` UTC days (today "
     "included); conversion is from step 1, drop-off from the previous step; a drop-off above "
-    "50 % is flagged.",
+    f"50 % is flagged. {FILTERED_FUNNEL} Definitions: docs/definitions.md.",
     responses=NOT_FOUND,
 )
 async def funnel_report(
@@ -153,10 +171,11 @@ async def funnel_report(
     now: NowDep,
     topic: TopicDep,
     funnel_id: FunnelId,
+    filters: FiltersDep,
     days: Annotated[int, Query(ge=1, le=366)] = 30,
 ) -> FunnelReport:
     found, fresh = await asyncio.gather(
-        pool.run(_report, scope.project_id, funnel_id, days, now),
+        pool.run(_report, scope.project_id, funnel_id, days, now, filters),
         pool.run(queries.pipeline, topic, scope.project_id, now.date()),
     )
     if found is None:
@@ -167,6 +186,7 @@ async def funnel_report(
             "as_of": now,
             "pipeline": fresh,
             "funnel": {**funnel.as_dict(), "backfilled": backfilled},
+            "filters": dict(filters.values),
             "days": days,
             "steps": report_steps(funnel, counts),
         }

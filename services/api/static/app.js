@@ -577,6 +577,7 @@
     if (!has) {
       clearTimeout(state.funnelRetry);
       $("funnel-backfilling").hidden = true;
+      $("funnel-filters").hidden = true;
       $("funnel-steps").textContent = "";
       return;
     }
@@ -584,8 +585,22 @@
     await loadFunnel(select.value);
   }
 
+  // The breakdowns' filters (bd.filters, the chips) narrow the funnel too: only the persons with
+  // a matching session in the 30 days are counted (docs/definitions.md, "Filters").
+  let funnelSeq = 0;
+  let funnelAsked = ""; // the funnel and query of the report shown (or on its way)
+  function funnelQuery() {
+    const q = new URLSearchParams({ days: "30" });
+    for (const [key, value] of bd.filters) q.set(key, value);
+    return q.toString();
+  }
+
   async function loadFunnel(funnelId) {
-    const body = await api(`${projectPath(`funnels/${encodeURIComponent(funnelId)}`)}?days=30`);
+    const seq = ++funnelSeq;
+    const query = funnelQuery();
+    funnelAsked = `${funnelId}?${query}`;
+    const body = await api(`${projectPath(`funnels/${encodeURIComponent(funnelId)}`)}?${query}`);
+    if (seq !== funnelSeq) return; // another funnel or filter was asked for meanwhile
     // A new funnel: the aggregator back-fills it from the stored events within seconds; until
     // then its counts cover only the people active since. Look again until it is done.
     clearTimeout(state.funnelRetry);
@@ -596,6 +611,13 @@
         if ($("funnel-select").value === funnelId) loadFunnel(funnelId).catch(reportError);
       }, 1000);
     }
+    const filters = Object.entries(body.filters || {});
+    const note = $("funnel-filters");
+    note.hidden = filters.length === 0;
+    note.textContent = filters.length
+      ? `Filtered: only the persons with a session matching ${filters.map(([k, v]) => filterLabel(k, v)).join(", ")} ` +
+        "in the last 30 days (the filters of the breakdowns below), each with all their steps."
+      : "";
     const list = $("funnel-steps");
     list.textContent = "";
     for (const s of body.steps) {
@@ -622,6 +644,12 @@
         ),
       );
     }
+  }
+
+  // After a chip was added or removed: the funnel shown, for the filters now.
+  function reloadFunnelIfFiltered() {
+    const funnelId = $("funnel-select").value;
+    if (funnelId && `${funnelId}?${funnelQuery()}` !== funnelAsked) loadFunnel(funnelId).catch(reportError);
   }
 
   function addStepRow(event = "", path = "") {
@@ -1190,6 +1218,7 @@
     renderControls();
     loadBreakdowns().catch(reportError);
     reloadActivityIfFiltered();
+    reloadFunnelIfFiltered();
     followFilters();
   }
 
@@ -1461,6 +1490,7 @@
       renderControls();
       if (state.key) loadBreakdowns().catch(reportError);
       if (state.key) reloadActivityIfFiltered();
+      if (state.key) reloadFunnelIfFiltered();
       if (state.key) followFilters();
     });
     $("detail-close").addEventListener("click", closeDetail);

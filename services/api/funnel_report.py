@@ -1,0 +1,64 @@
+"""A funnel's report narrowed by filters (docs/definitions.md, "Filters"): the funnel counted over
+the persons that have a matching session in the report's days.
+
+A person counts at level k when, as in the unfiltered report, their attempts that started in the
+last `days` UTC days reached k (a live funnel_levels row of k whose last_day is one of those
+days: the rows funnel_counts counts), and one of their visitors has a matching session starting
+in those days (a breakdown_sessions row that `Filters.where` selects, as the breakdowns and the
+activity chart count it). A visitor's person is the live persons row whose anonymous_ids hold it,
+else the visitor itself, as on the activity chart. Unfiltered, the report reads funnel_counts
+(services.api.routes.funnels.report_counts), unchanged.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from services.api.filters import SESSIONS_OF, Filters
+from werkstroom.funnels import Funnel
+
+_MATCHING = (
+    "SELECT DISTINCT anonymous_id FROM breakdown_sessions FINAL WHERE project_id = {{p:String}} "
+    "AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND is_deleted = 0{where}"
+)
+# The persons of the matching visitors (persons is sorted by person, so this reads the project's
+# persons once, for the matching visitors only), then the funnel's rows of those persons. count()
+# of the live rows, as funnel_counts counts them, so that a filter every counted person matches
+# gives the unfiltered report. funnel_levels' key holds person_id: narrowing by it under FINAL
+# keeps every version of a row or none.
+_FILTERED = """
+SELECT level, count() FROM funnel_levels FINAL
+WHERE project_id = {{p:String}} AND funnel_id = {{f:String}} AND last_day >= {{lo:Date}} AND is_deleted = 0
+  AND person_id IN (
+    SELECT ifNull(m.person, s.anonymous_id) FROM ({matching}) AS s
+    LEFT JOIN (
+        SELECT visitor, min(person_id) AS person FROM persons FINAL ARRAY JOIN anonymous_ids AS visitor
+        WHERE project_id = {{p:String}} AND is_deleted = 0 AND visitor IN ({matching})
+        GROUP BY visitor
+    ) AS m ON m.visitor = s.anonymous_id
+  )
+GROUP BY level
+SETTINGS join_use_nulls = 1
+"""
+
+
+def filtered_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
+    """Per level, the persons `filters` keeps who reached it, for funnel {f:String} of project
+    {p:String} over the days {lo:Date}..{hi:Date}, and the filters' parameters. Every value is a
+    parameter; the SQL is chosen from constants only."""
+    where, params = filters.where("breakdown_sessions", SESSIONS_OF)
+    return _FILTERED.format(matching=_MATCHING.format(where=where)), params
+
+
+def filtered_counts(client: Client, funnel: Funnel, days: int, today: date, filters: Filters) -> list[int]:
+    """Persons who reached each step (module docstring), steps in order."""
+    sql, params = filtered_sql(filters)
+    since = today - timedelta(days=days - 1)
+    rows = client.query(
+        sql, parameters={**params, "p": funnel.project_id, "f": funnel.funnel_id, "lo": since, "hi": today}
+    ).result_rows
+    reached = {int(level): int(n) for level, n in rows}
+    return [reached.get(k, 0) for k in range(1, len(funnel.steps) + 1)]

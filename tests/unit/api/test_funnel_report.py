@@ -1,0 +1,47 @@
+"""The funnel report's filtered SQL (services/api/funnel_report.py), without ClickHouse: its
+answers are held to the real stack in tests/integration/test_api_funnel_filters.py."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from services.api.filters import Filters
+from services.api.funnel_report import filtered_sql
+
+
+def named(sql: str) -> set[str]:
+    return set(re.findall(r"\{(\w+):", sql))
+
+
+def test_filtered_sql_binds_every_value_and_narrows_both_reads_of_the_matching_visitors() -> None:
+    hostile = "x' OR 1=1 --"
+    now = datetime(2026, 12, 3, tzinfo=UTC)
+    filters = Filters.parse(
+        {"country": hostile, "page": "/blog/*", "exit_page": "/a_b", "plan": hostile, "segment": "trial"}, now
+    )
+    sql, params = filtered_sql(filters)
+    assert hostile not in sql and "/blog/" not in sql
+    assert params["f_country"] == hostile and params["f_plan"] == hostile
+    assert params["f_page"] == "/blog/%" and params["f_exit_page"] == "/a_b"  # no *: an exact path
+    # the matching visitors are read twice (the rows, and the persons holding them), each with
+    # every filter; `page` reads breakdown_pages inside each
+    assert sql.count("FROM breakdown_sessions FINAL") == 2
+    assert sql.count("FROM breakdown_pages FINAL") == 2
+    assert sql.count("country = {f_country:String}") == 2
+    assert sql.count("path LIKE {f_page:String}") == 2
+    assert sql.count("exit_path = {f_exit_page:String}") == 2
+    assert sql.count("plan = {f_plan:String}") == 2
+    # the funnel's own rows: its live levels from the report's first day on, as funnel_counts
+    assert "FROM funnel_levels FINAL" in sql and "last_day >= {lo:Date}" in sql
+    assert "funnel_id = {f:String}" in sql and "is_deleted = 0" in sql
+    # the parameters the SQL names are the filters' and the report's, nothing else
+    assert {"p", "f", "lo", "hi", "f_country", "f_page", "f_exit_page", "f_plan"} <= named(sql)
+    assert named(sql) <= set(params) | {"p", "f", "lo", "hi"}
+
+
+def test_a_session_filter_alone_reads_no_pages_and_no_segment_clock() -> None:
+    sql, params = filtered_sql(Filters.parse({"device": "mobile"}))
+    assert params == {"f_device": "mobile"}
+    assert "breakdown_pages" not in sql
+    assert named(sql) == {"p", "f", "lo", "hi", "f_device"}
