@@ -8,8 +8,9 @@ span). The churn rate of D is churned / base.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import date, timedelta
+from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
@@ -27,6 +28,26 @@ COUNTS_SQL = (
     "        WHERE project_id = {p:String} AND is_deleted = 0"
     "          AND day BETWEEN {lo:Date} AND {hi:Date} GROUP BY person_id)"
     "  ARRAY JOIN {days:Array(Date)} AS D"
+    ") GROUP BY D"
+)
+
+#: COUNTS_SQL with the base narrowed (a view's filters): `{base}` is a SELECT of (person_id, day)
+#: rows, the days a person did what the view counts, over {lo:Date}..{hi:Date}; the base of D is
+#: the persons with such a day in D-13..D-7, and the churned are still those of the base active
+#: (person_activity) on none of D-6..D.
+NARROWED_COUNTS_SQL = (
+    "SELECT D, countIf(b), countIf(b AND NOT r) FROM ("
+    "  SELECT D,"
+    "         arrayExists(x -> x BETWEEN D - 13 AND D - 7, based) AS b,"
+    "         arrayExists(x -> x BETWEEN D - 6 AND D, active) AS r"
+    "  FROM (SELECT c.person_id AS person_id, c.based AS based, a.active AS active"
+    "        FROM (SELECT person_id, groupArray(day) AS based FROM ({base}) GROUP BY person_id) AS c"
+    "        LEFT JOIN (SELECT person_id, groupArray(day) AS active FROM person_activity FINAL"
+    "                   WHERE project_id = {{p:String}} AND is_deleted = 0"
+    "                     AND day BETWEEN {{lo:Date}} AND {{hi:Date}}"
+    "                     AND person_id IN (SELECT person_id FROM ({base}))"
+    "                   GROUP BY person_id) AS a ON a.person_id = c.person_id)"
+    "  ARRAY JOIN {{days:Array(Date)}} AS D"
     ") GROUP BY D"
 )
 
@@ -48,6 +69,30 @@ def counts(client: Client, project_id: str, days: Iterable[date]) -> dict[date, 
         for day, base, churned in client.query(
             COUNTS_SQL,
             parameters={
+                "p": project_id,
+                "days": wanted,
+                "lo": wanted[0] - timedelta(days=WINDOW_DAYS - 1),
+                "hi": wanted[-1],
+            },
+        ).result_rows
+    }
+    return {d: found.get(d, (0, 0)) for d in wanted}
+
+
+def narrowed_counts(
+    client: Client, project_id: str, days: Iterable[date], base: str, params: Mapping[str, Any]
+) -> dict[date, tuple[int, int]]:
+    """(base, churned) of each of these days with the base narrowed to `base`'s persons
+    (NARROWED_COUNTS_SQL; `params` are its parameters besides p, lo, hi and days)."""
+    wanted = sorted(set(days))
+    if not wanted:
+        return {}
+    found = {
+        day: (int(b), int(churned))
+        for day, b, churned in client.query(
+            NARROWED_COUNTS_SQL.format(base=base),
+            parameters={
+                **params,
                 "p": project_id,
                 "days": wanted,
                 "lo": wanted[0] - timedelta(days=WINDOW_DAYS - 1),

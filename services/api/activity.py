@@ -15,12 +15,8 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from services.api import queries
-from services.api.filters import SESSIONS_OF, Filters
+from services.api.filters import PERSON_OF, Filters
 
-_MATCHING = (
-    "SELECT {columns} FROM breakdown_sessions FINAL WHERE project_id = {{p:String}} "
-    "AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND is_deleted = 0{where}"
-)
 # Per day: the matching sessions; the durations of those sessions only (sessions_daily over the
 # range, narrowed to their keys, so the join's table stays the size of the answer); each visitor's
 # live person and its first day, read for the matching visitors only (persons is sorted by person,
@@ -38,12 +34,7 @@ LEFT JOIN (
     WHERE project_id = {{p:String}} AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND is_deleted = 0
       AND (day, anonymous_id, session_id) IN ({keys})
 ) AS d ON d.day = s.day AND d.anonymous_id = s.anonymous_id AND d.session_id = s.session_id
-LEFT JOIN (
-    SELECT visitor, min(person_id) AS person, argMin(toDate(first_seen), person_id) AS first_day
-    FROM persons FINAL ARRAY JOIN anonymous_ids AS visitor
-    WHERE project_id = {{p:String}} AND is_deleted = 0 AND visitor IN ({visitors})
-    GROUP BY visitor
-) AS m ON m.visitor = s.anonymous_id
+LEFT JOIN ({persons}) AS m ON m.visitor = s.anonymous_id
 GROUP BY s.day
 SETTINGS join_use_nulls = 1
 """
@@ -53,15 +44,11 @@ def filtered_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     """The per-day figures (day, then queries.DAY_COLUMNS' figures in order) of the sessions
     `filters` matches over {lo:Date}..{hi:Date} of project {p:String}, and the filters'
     parameters. Every value is a parameter; the SQL is chosen from constants only."""
-    where, params = filters.where("breakdown_sessions", SESSIONS_OF)
-
-    def matching(columns: str) -> str:
-        return _MATCHING.format(columns=columns, where=where)
-
+    matching, params = filters.matching("day, anonymous_id, session_id, page_views")
     sql = _FILTERED.format(
-        matching=matching("day, anonymous_id, session_id, page_views"),
-        keys=matching("day, anonymous_id, session_id"),
-        visitors=matching("DISTINCT anonymous_id"),
+        matching=matching,
+        keys=filters.matching("day, anonymous_id, session_id")[0],
+        persons=PERSON_OF.format(visitors=filters.matching("DISTINCT anonymous_id")[0]),
     )
     return sql, params
 

@@ -59,6 +59,19 @@ SESSIONS_OF = (
     "SELECT session_id FROM {table} FINAL WHERE project_id = {{p:String}} "
     "AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND is_deleted = 0"
 )
+# SESSIONS_OF on breakdown_sessions, with the columns chosen (Filters.matching).
+_MATCHING = (
+    "SELECT {columns} FROM breakdown_sessions FINAL WHERE project_id = {{p:String}} "
+    "AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND is_deleted = 0"
+)
+#: Each visitor of `{visitors}` (a SELECT of visitor ids) with its live person (the persons row
+#: whose anonymous_ids hold it; the least id if, for a moment, two do) and that person's first
+#: UTC day. A visitor in no live row (not recomputed yet) has no row here: it is its own person.
+PERSON_OF = (
+    "SELECT visitor, min(person_id) AS person, argMin(toDate(first_seen), person_id) AS first_day "
+    "FROM persons FINAL ARRAY JOIN anonymous_ids AS visitor "
+    "WHERE project_id = {{p:String}} AND is_deleted = 0 AND visitor IN ({visitors}) GROUP BY visitor"
+)
 #: SESSIONS_OF for the online visitors (GET online, the live stream): only the rows of the
 #: visitors online now (a plain read of online_visitors, a superset of who is online: the outer
 #: query decides). The key (project, day, visitor) then skips the granules holding none of them,
@@ -129,6 +142,13 @@ class Filters:
             own.append(person)
             params.update(person_params)
         return "".join(f" AND {c}" for c in own), params
+
+    def matching(self, columns: str) -> tuple[str, dict[str, Any]]:
+        """A SELECT of `columns` of the breakdown_sessions rows these filters match over the
+        days {lo:Date}..{hi:Date} of project {p:String} (the sessions a filtered view counts),
+        and the filters' parameters; every row unfiltered."""
+        where, params = self.where("breakdown_sessions", SESSIONS_OF)
+        return f"{_MATCHING.format(columns=columns)}{where}", params
 
     def online(self, today: date) -> Narrowing:
         """The condition (` AND ...`, or "" unfiltered) on online_visitors' rows that keeps the

@@ -147,9 +147,13 @@ class Metrics(Fresh):
                 "new_this_week": {"value": 20, "previous": 10, "trend": 100.0},
                 "churn_rate": {"value": 12.5, "previous": None, "trend": None},
             },
+            "filters": {},
         }
     )
     metrics: MetricSet
+    filters: dict[str, str] = Field(
+        default_factory=dict, description="the filters given, by name (none: every person)"
+    )
 
 
 # -- activity --------------------------------------------------------------------------------
@@ -320,7 +324,11 @@ class UserRow(BaseModel):
 
 
 class UsersPage(Fresh):
-    model_config = _example({**FRESH, "users": [USER], "next_cursor": "eyJ…"})
+    model_config = _example({**FRESH, "filters": {}, "users": [USER], "next_cursor": "eyJ…"})
+    filters: dict[str, str] = Field(
+        default_factory=dict,
+        description="the filters given besides segment and q, by name (none: every person)",
+    )
     users: list[UserRow] = Field(description="last_seen desc, person_id asc")
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last")
 

@@ -452,12 +452,20 @@ def segment_params(now: datetime) -> dict[str, Any]:
     return {"active_since": now - ACTIVE_DAYS, "inactive_since": now - INACTIVE_DAYS}
 
 
-def users_filter(project_id: str, now: datetime, segment: str, q: str) -> tuple[str, dict[str, Any]]:
+def users_filter(
+    project_id: str, now: datetime, segment: str, q: str, narrowing: Narrowing = EVERYONE
+) -> tuple[str, dict[str, Any]]:
+    """The users list's condition on persons (and persons_recent) rows: the segment, the search,
+    and `narrowing` (a view's filters: services.api.people.listed), with their parameters."""
     where = "project_id = {p:String} AND is_deleted = 0" + SEGMENT_WHERE[segment]
     params: dict[str, Any] = {"p": project_id, **segment_params(now)}
     if q:
         where += Q_WHERE
         params["q"] = q
+    condition, extra = narrowing
+    if condition:
+        where += condition
+        params.update(extra)
     return where, params
 
 
@@ -482,8 +490,9 @@ def users_page(
     q: str,
     limit: int,
     cursor: Cursor | None,
+    narrowing: Narrowing = EVERYONE,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    where, params = users_filter(project_id, now, segment, q)
+    where, params = users_filter(project_id, now, segment, q, narrowing)
     if cursor is not None:
         where += (
             f" AND (last_seen < {{c_seen:{T}}}"

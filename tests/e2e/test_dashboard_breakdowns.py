@@ -591,13 +591,16 @@ def test_the_visitors_segment_and_a_plan_filter_every_card_and_stay_in_the_url(
     assert query_of(page) == {"country": [c1]}
     narrowed_to({"country": c1}, "C1's visitors")
 
+    # -- Users holds C1's persons only (b1, bd-u2, is from C2); the country goes ---------------------
+    expect(page.locator('#users-table tbody tr[data-person="bd-u1"]')).to_have_count(1)
+    expect(page.locator('#users-table tbody tr[data-person="bd-u2"]')).to_have_count(0)
+    chip.first.click()
+    expect(chip).to_have_count(0)
+
     # -- a plan, from a person's detail in Users: a chip, in the URL, kept by a reload --------------
     page.locator('#users-table tbody tr[data-person="bd-u2"] button').click()
     page.get_by_role("dialog").get_by_role("button", name="trial").click()
     expect(page.get_by_role("dialog")).to_be_hidden()
-    expect(chip.last).to_have_text("Plan: trial×")
-    assert query_of(page) == {"country": [c1], "plan": ["trial"]}
-    chip.first.click()  # the country goes
     expect(chip).to_have_text("Plan: trial×")
     assert query_of(page) == {"plan": ["trial"]}
     narrowed_to({"plan": "trial"}, "the trial person (b1)")
@@ -639,7 +642,7 @@ def expected_activity(codes: dict[str, str], country: str, today: date, now: dat
     return rows
 
 
-def test_a_filter_narrows_the_activity_chart_and_survives_a_reload(
+def test_a_filter_narrows_the_chart_cards_and_users_and_survives_a_reload(
     context: BrowserContext, seeded: Stack, countries: dict[str, str]
 ) -> None:
     errors: list[str] = []
@@ -671,11 +674,36 @@ def test_a_filter_narrows_the_activity_chart_and_survives_a_reload(
     until_chart(every, "the unfiltered chart")
     expect(note).to_be_hidden()
 
-    # A country from the audience card narrows the chart to its visitors' sessions.
+    # The cards and the users list, unfiltered: every person (the API's figures, as before).
+    cards_note, users_note = page.locator("#metrics-filters"), page.locator("#users-filters")
+    everyone = {USERS.get(v.visitor, f"bd-{v.visitor}") for v in VISITS}
+    total = page.locator('[data-metric="total_users"] .value')
+    new = page.locator('[data-metric="new_this_week"] .value')
+    expect(total).to_have_text(str(len(everyone)))
+    expect(cards_note).to_be_hidden()
+    expect(users_note).to_be_hidden()
+
+    def listed() -> set[str]:
+        return set(
+            page.locator("#users-table tbody tr").evaluate_all("rows => rows.map(r => r.dataset.person)")
+        )
+
+    def until_listed(want: set[str], what: str) -> None:
+        deadline = time.monotonic() + TIMEOUT_MS / 1000
+        while listed() != want and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert listed() == want, what
+
+    until_listed(everyone, "every person")
+
+    # A country from the audience card narrows the chart to its visitors' sessions, the cards and
+    # the users list to the persons with a session from there (docs/definitions.md, "Filters").
     c2 = countries["C2"]
     now = datetime.now(UTC)
     narrowed = expected_activity(countries, c2, now.date(), now)
     assert narrowed != every and sum(int(r[3]) for r in narrowed) == 3  # b1, b2 today; d1 3 days ago
+    from_c2 = {USERS.get(v.visitor, f"bd-{v.visitor}") for v in VISITS if v.country == "C2"}
+    assert from_c2 == {"bd-u1", "bd-u2", "bd-b2"}  # d1 is bd-u1's: all first seen this week
     page.locator(f'#bd-audience tbody tr[data-value="{c2}"] button').click()
     until_chart(narrowed, "the chart of the country's sessions")
     expect(note).to_be_visible()
@@ -684,14 +712,28 @@ def test_a_filter_narrows_the_activity_chart_and_survives_a_reload(
         "aria-label", "Daily activity over the last 30 days, filtered"
     )
 
+    def narrowed_people(what: str) -> None:
+        expect(total).to_have_text(str(len(from_c2)))
+        expect(new).to_have_text(str(len(from_c2)))
+        expect(cards_note).to_contain_text(f"Country: {NAMES[c2]}")
+        until_listed(from_c2, what)
+        expect(users_note).to_contain_text(f"Country: {NAMES[c2]}")
+
+    narrowed_people("the persons with a session from the country")
+
     # A reload keeps it (the filter is in the URL); removing the chip brings every session back.
     page.reload()
     expect(page.locator("#project-id")).to_have_text(seeded.project_id)
     until_chart(narrowed, "the narrowed chart after a reload")
     expect(note).to_contain_text(f"Country: {NAMES[c2]}")
+    narrowed_people("the persons of the country after a reload")
     page.locator("#bd-chips .chip").click()
     until_chart(every, "the unfiltered chart again")
     expect(note).to_be_hidden()
+    expect(total).to_have_text(str(len(everyone)))
+    expect(cards_note).to_be_hidden()
+    until_listed(everyone, "every person again")
+    expect(users_note).to_be_hidden()
     assert errors == []
     page.close()
 

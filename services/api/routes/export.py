@@ -22,16 +22,16 @@ import orjson
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import StreamingResponse
 
-from services.api import activity, breakdowns, queries
+from services.api import activity, breakdowns, people, queries
 from services.api.breakdowns import Dimension
 from services.api.deps import AUTH_RESPONSES, ClickHousePool, NowDep, PoolDep, ProjectDep
 from services.api.filters import Filters
 from services.api.models import SegmentFilter, iso
 from services.api.routes.breakdowns import BreakdownArgs, BreakdownArgsDep
-from services.api.routes.filtering import FiltersDep
+from services.api.routes.filtering import FiltersDep, SessionFiltersDep, invalid, with_segment
 from services.api.routes.metrics import FILTERED_ACTIVITY, metric_cards
 from services.api.routes.online import FILTERED
-from services.api.routes.users import MAX_Q
+from services.api.routes.users import FILTERED_USERS, MAX_Q
 from werkstroom.logging import get_logger
 
 log = get_logger(__name__)
@@ -230,9 +230,11 @@ async def export_online(
 @router.get(
     "/export/{kind}.csv",
     summary="Download CSV (users, metrics or sessions)",
-    description="A header row, then one row per item, streamed. Filters: users: segment, q; "
-    "sessions: days (sessions started in the last `days` UTC days, default 30) and person_id "
-    "(that person's sessions only). The file is named "
+    description="A header row, then one row per item, streamed. users: the persons of GET "
+    f"users for the same segment, q and filters. {FILTERED_USERS} metrics: GET metrics' cards "
+    "for the same filters (`segment`, but for `all`, is their person filter). sessions: days "
+    "(sessions started in the last `days` UTC days, default 30) and person_id (that person's "
+    "sessions only); the filters are refused (422, `unfiltered_export`). The file is named "
     "werkstroom-<project>-<kind>-<YYYYMMDD>.csv. The activity's CSV: export/activity.csv; who "
     "is online: export/online.csv; a breakdown's: export/breakdown.csv.",
     response_class=StreamingResponse,
@@ -254,6 +256,7 @@ async def export_csv(
     pool: PoolDep,
     now: NowDep,
     kind: Kind,
+    filters: SessionFiltersDep,
     segment: SegmentFilter = "all",
     q: Annotated[str, Query(max_length=MAX_Q)] = "",
     days: Annotated[int, Query(ge=1, le=366)] = 30,
@@ -262,10 +265,16 @@ async def export_csv(
     project_id = scope.project_id
     body: AsyncIterator[str]
     if kind == "users":
-        body = _users(pool, project_id, now, segment, q)
+        body = _users(pool, project_id, now, segment, q, people.listed(filters))
     elif kind == "metrics":
-        body = _metrics(pool, project_id, now)
+        cards = filters if segment == "all" else with_segment(filters, segment)
+        body = _metrics(pool, project_id, now, cards)
     else:
+        if filters.values:
+            name = next(iter(filters.values))
+            raise invalid(
+                name, "unfiltered_export", "the sessions export takes no filters", filters.values[name]
+            )
         ids = None
         if person_id is not None:
             ids = await pool.run(queries.anonymous_ids, project_id, person_id)
@@ -366,10 +375,10 @@ async def _online(
 
 
 async def _users(
-    pool: ClickHousePool, project_id: str, now: datetime, segment: str, q: str
+    pool: ClickHousePool, project_id: str, now: datetime, segment: str, q: str, narrowing: queries.Narrowing
 ) -> AsyncIterator[str]:
     yield csv_text([USERS_HEADER])
-    where, params = queries.users_filter(project_id, now, segment, q)
+    where, params = queries.users_filter(project_id, now, segment, q, narrowing)
     sql = (
         f"SELECT {queries.USERS_EXPORT_COLUMNS} FROM persons FINAL WHERE {where} "
         "ORDER BY last_seen DESC, person_id ASC"
@@ -383,9 +392,11 @@ async def _users(
         yield csv_text(rows)
 
 
-async def _metrics(pool: ClickHousePool, project_id: str, now: datetime) -> AsyncIterator[str]:
+async def _metrics(
+    pool: ClickHousePool, project_id: str, now: datetime, filters: Filters
+) -> AsyncIterator[str]:
     yield csv_text([METRICS_HEADER])
-    data = await metric_cards(pool, project_id, now)
+    data = await metric_cards(pool, project_id, now, filters)
     yield csv_text([name, m["value"], m["previous"], m["trend"]] for name, m in data.items())
 
 

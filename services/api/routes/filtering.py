@@ -1,6 +1,8 @@
 """The filters every view takes (`?country=NL&page=/blog/*&segment=premium`), as one dependency:
 the query parameters, their validation (a 422 naming the field and the reason), and the
-Filters they make (services/api/filters.py, whose SQL narrows the view)."""
+Filters they make (services/api/filters.py, whose SQL narrows the view). The users list and its
+export take every filter but `segment` (SessionFiltersDep): their own `segment` (which also
+takes "all") is the same person condition, and keeps its name and values."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ PathFilterQ = Annotated[
 ]
 
 
-def filters_of(
+def session_filters_of(
     now: NowDep,
     page: PathFilterQ = None,
     entry_page: PathFilterQ = None,
@@ -47,16 +49,9 @@ def filters_of(
         str | None,
         Query(max_length=MAX_VALUE, description="the visitor's person's current plan trait, '' none"),
     ] = None,
-    segment: Annotated[
-        str | None,
-        Query(
-            max_length=MAX_VALUE,
-            description=f"the visitor's person's segment now, as on the users list: {', '.join(SEGMENTS)}",
-        ),
-    ] = None,
 ) -> Filters:
-    if segment is not None and segment not in SEGMENTS:
-        raise invalid("segment", "unknown_segment", f"segment must be one of {', '.join(SEGMENTS)}", segment)
+    """Every filter but `segment`: what the users list and its export take, whose own `segment`
+    (with "all") is already the person's segment."""
     return Filters.parse(
         {
             "page": page,
@@ -71,10 +66,34 @@ def filters_of(
             "browser": browser,
             "os": os,
             "plan": plan,
-            "segment": segment,
         },
         now,
     )
+
+
+SessionFiltersDep = Annotated[Filters, Depends(session_filters_of)]
+
+
+def filters_of(
+    given: SessionFiltersDep,
+    segment: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_VALUE,
+            description=f"the visitor's person's segment now, as on the users list: {', '.join(SEGMENTS)}",
+        ),
+    ] = None,
+) -> Filters:
+    if segment is None:
+        return given
+    return with_segment(given, segment)
+
+
+def with_segment(given: Filters, segment: str) -> Filters:
+    """`given` and the person filter `segment` (a 422 unless one of SEGMENTS)."""
+    if segment not in SEGMENTS:
+        raise invalid("segment", "unknown_segment", f"segment must be one of {', '.join(SEGMENTS)}", segment)
+    return Filters.parse({**given.values, "segment": segment}, given.now)
 
 
 FiltersDep = Annotated[Filters, Depends(filters_of)]

@@ -8,24 +8,43 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from services.api import activity, queries
+from services.api import activity, people, queries
 from services.api.deps import AUTH_RESPONSES, ClickHousePool, NowDep, PoolDep, ProjectDep, TopicDep
+from services.api.filters import Filters
 from services.api.models import Activity, Metrics
 from services.api.routes.filtering import FiltersDep
 
+NO_FILTERS = Filters()
 router = APIRouter(prefix="/api/projects/{project_id}", tags=["metrics"], responses=AUTH_RESPONSES)
 
 
-async def metric_cards(pool: ClickHousePool, project_id: str, now: datetime) -> dict[str, Any]:
-    """The four cards' reads run concurrently, each on a pooled client."""
+async def metric_cards(
+    pool: ClickHousePool, project_id: str, now: datetime, filters: Filters = NO_FILTERS
+) -> dict[str, Any]:
+    """The four cards' reads run concurrently, each on a pooled client; without filters, the
+    queries of services.api.queries, with them services.api.people's."""
     persons, online_now, online_before, churn = await asyncio.gather(
-        pool.run(queries.persons_counts, project_id, now),
-        pool.run(queries.online_count, project_id, now),
-        pool.run(queries.online_week_ago, project_id, now),
-        pool.run(queries.churn_counts, project_id, now),
+        pool.run(people.persons_counts, project_id, now, filters),
+        pool.run(queries.online_count, project_id, now, filters.online(now.date())),
+        pool.run(people.online_week_ago, project_id, now, filters),
+        pool.run(people.churn_counts, project_id, now, filters),
     )
     return queries.metric_cards(persons, online_now, online_before, churn)
 
+
+#: What the cards are under filters: the route's description and the CSV's.
+FILTERED_METRICS = (
+    "Filters (as on the breakdowns) narrow each card to the persons with a matching session "
+    "(a session with a page view, under the UTC day it starts on, matching as the breakdowns "
+    "match; its person: the visitor's person now, else the visitor): total_users: the persons "
+    "with a matching session by today (a week earlier: by that day); new_this_week: those with "
+    "a matching session this week and first seen this week (earlier: both in the 7 days "
+    "before); online_now: the visitors online whose current session matches (as GET online); "
+    "its previous: the visitors with a matching session spanning the moment a week ago (the "
+    "recorded online counts are unfiltered); churn_rate: of the persons with a matching session "
+    "7 to 13 days ago, the percentage with no activity at all in the last 7 days (a week "
+    "earlier: the same, shifted)."
+)
 
 Days = Annotated[int, Query(ge=1, le=366, description="how many UTC days, ending today")]
 
@@ -42,14 +61,19 @@ Days = Annotated[int, Query(ge=1, le=366, description="how many UTC days, ending
     "online_now: visitors with an event in the last 5 minutes (a week earlier: the count the "
     "aggregator recorded that minute, or, without a record, visitors with a session spanning "
     "that moment); churn_rate: of the persons active 7 to 13 days ago, the percentage with no "
-    "activity in the last 7 days (a week earlier: the same, shifted).",
+    f"activity in the last 7 days (a week earlier: the same, shifted). {FILTERED_METRICS} "
+    "Definitions: docs/definitions.md.",
 )
-async def get_metrics(scope: ProjectDep, pool: PoolDep, now: NowDep, topic: TopicDep) -> Metrics:
+async def get_metrics(
+    scope: ProjectDep, pool: PoolDep, now: NowDep, topic: TopicDep, filters: FiltersDep
+) -> Metrics:
     data, fresh = await asyncio.gather(
-        metric_cards(pool, scope.project_id, now),
+        metric_cards(pool, scope.project_id, now, filters),
         pool.run(queries.pipeline, topic, scope.project_id, now.date()),
     )
-    return Metrics.model_validate({"as_of": now, "pipeline": fresh, "metrics": data})
+    return Metrics.model_validate(
+        {"as_of": now, "pipeline": fresh, "filters": dict(filters.values), "metrics": data}
+    )
 
 
 #: What the activity chart's figures are under filters: the route's description and the CSV's.

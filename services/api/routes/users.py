@@ -7,9 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from services.api import queries
+from services.api import people, queries
 from services.api.deps import AUTH_RESPONSES, NowDep, PoolDep, ProjectDep, TopicDep
 from services.api.models import SegmentFilter, UserProfile, UserSessions, UsersPage
+from services.api.routes.filtering import SessionFiltersDep
 
 router = APIRouter(prefix="/api/projects/{project_id}", tags=["users"], responses=AUTH_RESPONSES)
 
@@ -39,30 +40,50 @@ def parse_cursor(cursor: str | None) -> queries.Cursor | None:
         ) from None
 
 
+#: What the filters do to the users list: the route's description and the CSV's.
+FILTERED_USERS = (
+    "Filters (those of the breakdowns but segment: page, entry_page, exit_page, source, "
+    "utm_source, utm_medium, utm_campaign, country, device, browser, os, plan) keep the persons "
+    "with at least one matching session on any day (a session with a page view, matching as "
+    "the breakdowns match, of one of the person's visitors), AND-ed with `segment` and `q`. "
+    "The list's `segment` is the person filter `segment` of the other views, and also takes "
+    "`all` (no segment, the default)."
+)
+
+
 @router.get(
     "/users",
     response_model=UsersPage,
-    summary="Persons, newest activity first, by segment and search",
+    summary="Persons, newest activity first, by segment, search and filters",
     description="Pages of at most `limit` persons ordered by last seen (desc) then person id; "
-    "pass `next_cursor` as `cursor` for the next page (stable while data changes: keyset).",
+    "pass `next_cursor` as `cursor` for the next page, with the same segment, q and filters "
+    f"(stable while data changes: keyset). {FILTERED_USERS} Definitions: docs/definitions.md.",
 )
 async def list_users(
     scope: ProjectDep,
     pool: PoolDep,
     now: NowDep,
     topic: TopicDep,
+    filters: SessionFiltersDep,
     segment: SegmentQ = "all",
     q: SearchQ = "",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: CursorQ = None,
 ) -> UsersPage:
     position = parse_cursor(cursor)
+    narrowing = people.listed(filters)
     (users, following), fresh = await asyncio.gather(
-        pool.run(queries.users_page, scope.project_id, now, segment, q, limit, position),
+        pool.run(queries.users_page, scope.project_id, now, segment, q, limit, position, narrowing),
         pool.run(queries.pipeline, topic, scope.project_id, now.date()),
     )
     return UsersPage.model_validate(
-        {"as_of": now, "pipeline": fresh, "users": users, "next_cursor": following}
+        {
+            "as_of": now,
+            "pipeline": fresh,
+            "filters": dict(filters.values),
+            "users": users,
+            "next_cursor": following,
+        }
     )
 
 

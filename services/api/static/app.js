@@ -273,11 +273,35 @@
     { key: "churn_rate", label: "Churn rate", better: "down", percent: true, earlier: "a week earlier" },
   ];
 
+  // The breakdowns' filters (bd.filters, the chips) narrow the cards too: each counts the persons
+  // with a matching session (docs/definitions.md, "Filters"). The same query as the live stream's.
+  let metricsSeq = 0;
+  let metricsAsked = null; // the query of the cards shown (or on their way)
+  const metricsQuery = () => new URLSearchParams([...bd.filters]).toString();
+
   async function loadMetrics() {
-    const body = await api(projectPath("metrics"));
+    const seq = ++metricsSeq;
+    const query = metricsQuery();
+    metricsAsked = query;
+    const body = await api(`${projectPath("metrics")}${query ? `?${query}` : ""}`);
+    if (seq !== metricsSeq) return; // a filter changed while this was on its way
     state.metrics = body.metrics;
-    if (state.live.count !== undefined && !state.live.query && state.metrics.online_now) state.metrics.online_now.value = state.live.count;
+    state.metricsQuery = query;
+    // the live count is the card's figure when the stream has the same filters
+    if (state.live.count !== undefined && state.live.query === query && state.metrics.online_now) state.metrics.online_now.value = state.live.count;
+    const filters = Object.entries(body.filters || {});
+    const note = $("metrics-filters");
+    note.hidden = filters.length === 0;
+    note.textContent = filters.length
+      ? `Only the persons with a session matching ${filters.map(([k, v]) => filterLabel(k, v)).join(", ")} ` +
+        "(the filters of the breakdowns below); online now: the visitors whose current session matches."
+      : "";
     renderMetrics();
+  }
+
+  function reloadPeopleIfFiltered() {
+    if (metricsQuery() !== metricsAsked) loadMetrics().catch(reportError);
+    if (usersQuery().toString() !== usersAsked) loadUsers(true).catch(reportError);
   }
 
   function trendOf(m) {
@@ -430,8 +454,8 @@
     state.live.count = body.online;
     state.live.receivedAt = Date.now();
     $("online-count").textContent = fmtNum(body.online);
-    // The "Online now" card compares with a week earlier over everyone: a filtered count stays out of it.
-    if (!query && state.metrics && state.metrics.online_now) {
+    // The "Online now" card takes the live count when both have the same filters (or none).
+    if (query === state.metricsQuery && state.metrics && state.metrics.online_now) {
       state.metrics.online_now.value = body.online;
       state.metrics.online_now.trend = trendOf(state.metrics.online_now);
       renderMetrics();
@@ -719,16 +743,37 @@
   }
 
   // --- users ---------------------------------------------------------------------------------------------------
+  // The chips narrow the list too: the persons with a matching session. The list's own segment
+  // is the person segment of the chips; "All" in the list takes the chip's, if there is one.
+  let usersAsked = null; // the query of the list shown (or on its way)
+  function usersSegment() {
+    const own = $("segment").value;
+    return own === "all" && bd.filters.has("segment") ? bd.filters.get("segment") : own;
+  }
+
   function usersQuery() {
-    const params = new URLSearchParams({ segment: $("segment").value });
+    const params = new URLSearchParams({ segment: usersSegment() });
     const q = $("user-search").value.trim();
     if (q) params.set("q", q);
+    for (const [key, value] of bd.filters) if (key !== "segment") params.set(key, value);
     return params;
+  }
+
+  function usersNote(filters) {
+    const note = $("users-filters");
+    const chip = bd.filters.get("segment");
+    const parts = filters.map(([k, v]) => filterLabel(k, v));
+    if (chip) parts.push(filterLabel("segment", chip));
+    note.hidden = parts.length === 0;
+    let text = parts.length ? `Only the persons with a session matching ${parts.join(", ")} (the filters of the breakdowns below).` : "";
+    if (chip && usersSegment() !== chip) text += ` The segment chosen here (${$("segment").value}) is the one applied.`;
+    note.textContent = text;
   }
 
   async function loadUsers(reset) {
     const seq = ++state.users.seq; // answers to older filters are dropped
     const params = usersQuery();
+    if (reset) usersAsked = params.toString();
     params.set("limit", "50");
     if (!reset && state.users.cursor) params.set("cursor", state.users.cursor);
     const more = $("users-more");
@@ -757,6 +802,7 @@
       more.hidden = !body.next_cursor;
       $("users-empty").hidden = tbody.children.length > 0;
       $("users-empty").textContent = state.waiting ? "No users yet: the first visitor appears here by itself." : "No users match.";
+      usersNote(Object.entries(body.filters || {}));
       $("users-table").dataset.loaded = `${$("segment").value}|${$("user-search").value.trim()}`;
     } finally {
       if (seq === state.users.seq) more.disabled = false;
@@ -1219,6 +1265,7 @@
     loadBreakdowns().catch(reportError);
     reloadActivityIfFiltered();
     reloadFunnelIfFiltered();
+    reloadPeopleIfFiltered();
     followFilters();
   }
 
@@ -1314,6 +1361,7 @@
   function download(kind, button) {
     let params = new URLSearchParams();
     if (kind === "users") params = usersQuery();
+    else if (kind === "metrics") params = new URLSearchParams(metricsQuery());
     else if (kind === "activity") params = activityQuery();
     else if (kind === "online") params = new URLSearchParams(liveQuery());
     else if (kind === "sessions" && state.detail.personId) params.set("person_id", state.detail.personId);
@@ -1491,6 +1539,7 @@
       if (state.key) loadBreakdowns().catch(reportError);
       if (state.key) reloadActivityIfFiltered();
       if (state.key) reloadFunnelIfFiltered();
+      if (state.key) reloadPeopleIfFiltered();
       if (state.key) followFilters();
     });
     $("detail-close").addEventListener("click", closeDetail);

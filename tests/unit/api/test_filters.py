@@ -21,7 +21,7 @@ from services.api.queries import (
     online_sql,
 )
 from services.api.routes.breakdowns import BreakdownArgs, breakdown_args, period_of
-from services.api.routes.filtering import filters_of
+from services.api.routes.filtering import filters_of, session_filters_of
 from werkstroom.clickhouse.tables import SESSION_ATTRIBUTES
 from werkstroom.funnels import glob_matches, like_pattern
 
@@ -122,7 +122,8 @@ def test_a_segment_must_be_known_and_have_a_clock() -> None:
 
 
 def _args(**given: str) -> BreakdownArgs:
-    filters = filters_of(NOW, **{name: given.get(name) for name in [*COLUMNS, "plan", "segment"]})  # type: ignore[arg-type]
+    session = session_filters_of(NOW, **{name: given.get(name) for name in [*COLUMNS, "plan"]})  # type: ignore[arg-type]
+    filters = filters_of(session, given.get("segment"))
     return breakdown_args(NOW, filters, None, None)
 
 

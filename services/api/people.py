@@ -1,0 +1,139 @@
+"""The metric cards and the users list narrowed by filters (docs/definitions.md, "Filters").
+
+Both count **persons with a matching session**: the breakdown_sessions rows `Filters.matching`
+selects (what the breakdowns and the filtered activity chart count), each visitor resolved to
+its live person (filters.PERSON_OF), else itself. Unfiltered, the cards and the list are read as
+before (services.api.queries), with the same SQL.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from services.api import queries
+from services.api.filters import ONLINE_DAYS, PERSON_OF, Filters
+from services.api.queries import ONLINE_WINDOW, WEEK, Narrowing, T
+from werkstroom import churn
+
+#: The first and the last day a Date holds: "every day the breakdown tables hold".
+FIRST_DAY = date(1970, 1, 1)
+LAST_DAY = date(2149, 6, 6)
+
+# Each matching session's (person, day): the visitor's live person, else the visitor (a LEFT
+# JOIN without join_use_nulls gives '' for a visitor in no persons row, and 1970 as its first
+# day, so such a person is never new). Over {lo:Date}..{hi:Date}.
+_PERSON_DAYS = """
+SELECT if(m.visitor = '', s.anonymous_id, m.person) AS person_id, s.day AS day, m.first_day AS first_day
+FROM ({matching}) AS s
+LEFT JOIN ({persons}) AS m ON m.visitor = s.anonymous_id
+"""
+# The four figures of queries.persons_counts, of the persons with a matching session (lo..hi =
+# FIRST_DAY..today): total, those with one by today (a week earlier: by that day); new, those of
+# the total first seen in the week (a week earlier: in the 7 days before). A person first seen
+# in the week has every session in it, so its matching session is that week's too.
+_PERSONS_COUNTS = """
+SELECT countIf(first_match <= {{t:Date}}), countIf(first_match <= {{t:Date}} - 7),
+       countIf(first_match <= {{t:Date}} AND first_day > {{t:Date}} - 7 AND first_day <= {{t:Date}}),
+       countIf(first_match <= {{t:Date}} - 7 AND first_day > {{t:Date}} - 14 AND first_day <= {{t:Date}} - 7)
+FROM (
+    SELECT person_id, min(day) AS first_match, max(first_day) AS first_day
+    FROM ({person_days})
+    GROUP BY person_id
+)
+"""
+# The visitors with a matching session spanning a moment {w1} (online then: its last event at
+# most ONLINE_WINDOW before). The sessions of {lo}..{hi} (the moment's day and the one before,
+# as Filters.online), their start and last event from `sessions` (sorted by visitor, so
+# PREWHERE on its key reads only their granules).
+_ONLINE_AT = f"""
+SELECT uniqExact(anonymous_id) FROM sessions FINAL
+PREWHERE project_id = {{{{p:String}}}} AND (anonymous_id, session_id) IN ({{matching}})
+WHERE is_deleted = 0 AND start_at <= {{{{w1:{T}}}}} AND last_event_at >= {{{{since:{T}}}}}
+"""
+# The persons with a matching session on any day the breakdown tables hold, as a condition on
+# persons' (and persons_recent's) person_id.
+_LISTED = " AND person_id IN (SELECT person_id FROM ({person_days}))"
+
+
+def person_days(filters: Filters) -> tuple[str, dict[str, Any]]:
+    """A SELECT of (person_id, day, first_day) for each session `filters` matches over
+    {lo:Date}..{hi:Date} of project {p:String}, and the filters' parameters."""
+    matching, params = filters.matching("day, anonymous_id")
+    persons = PERSON_OF.format(visitors=filters.matching("DISTINCT anonymous_id")[0])
+    return _PERSON_DAYS.format(matching=matching, persons=persons), params
+
+
+def persons_counts_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
+    """queries.persons_counts' four figures over the persons with a matching session, binding
+    {t:Date} (today) besides p, lo and hi, and the filters' parameters."""
+    sql, params = person_days(filters)
+    return _PERSONS_COUNTS.format(person_days=sql), params
+
+
+def online_at_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
+    matching, params = filters.matching("anonymous_id, session_id")
+    return _ONLINE_AT.format(matching=matching), params
+
+
+def listed(filters: Filters) -> Narrowing:
+    """The users list's condition (` AND ...`, "" unfiltered) keeping the persons with a
+    matching session, and its parameters besides the list's own."""
+    if not filters.values:
+        return queries.EVERYONE
+    sql, params = person_days(filters)
+    return _LISTED.format(person_days=sql), {**params, "lo": FIRST_DAY, "hi": LAST_DAY}
+
+
+def persons_counts(
+    client: Client, project_id: str, now: datetime, filters: Filters
+) -> tuple[int, int, int, int]:
+    """total now, total a week ago, new this week, new the week before (queries.persons_counts
+    unfiltered)."""
+    if not filters.values:
+        return queries.persons_counts(client, project_id, now)
+    sql, params = persons_counts_sql(filters)
+    today = now.date()
+    row = client.query(
+        sql, parameters={**params, "p": project_id, "lo": FIRST_DAY, "hi": today, "t": today}
+    ).first_row
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+
+
+def online_week_ago(client: Client, project_id: str, now: datetime, filters: Filters) -> int:
+    """The visitors with a matching session spanning now - 7 days (queries.online_week_ago
+    unfiltered, which prefers the aggregator's unfiltered online_history)."""
+    if not filters.values:
+        return queries.online_week_ago(client, project_id, now)
+    sql, params = online_at_sql(filters)
+    then = now - WEEK
+    return int(
+        client.query(
+            sql,
+            parameters={
+                **params,
+                "p": project_id,
+                "lo": then.date() - timedelta(days=ONLINE_DAYS - 1),
+                "hi": then.date(),
+                "w1": then,
+                "since": then - ONLINE_WINDOW,
+            },
+        ).first_row[0]
+    )
+
+
+def churn_counts(
+    client: Client, project_id: str, now: datetime, filters: Filters
+) -> tuple[int, int, int, int]:
+    """base, churned; base and churned a week earlier, the base narrowed to the persons with a
+    matching session in its window (werkstroom.churn.NARROWED_COUNTS_SQL; queries.churn_counts
+    unfiltered)."""
+    if not filters.values:
+        return queries.churn_counts(client, project_id, now)
+    today = now.date()
+    week_ago = today - WEEK
+    base, params = person_days(filters)
+    counts = churn.narrowed_counts(client, project_id, {today, week_ago}, base, params)
+    return (*counts[today], *counts[week_ago])

@@ -1,0 +1,117 @@
+"""The metric cards and the users list narrowed by filters (services/api/people.py): their SQL,
+and that without filters they are the queries they were."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pytest
+from fastapi import HTTPException
+
+from services.api import people, queries
+from services.api.filters import PERSON_OF, Filters
+from services.api.queries import EVERYONE, users_filter
+from services.api.routes.filtering import filters_of, session_filters_of, with_segment
+from werkstroom import churn
+
+NOW = datetime(2026, 12, 2, 15, 30, tzinfo=UTC)
+HOSTILE = "x' OR 1=1 --"
+
+
+class _Result:
+    def __init__(self, row: list[Any]) -> None:
+        self.first_row = row
+        self.result_rows: list[list[Any]] = []
+
+
+class Recording:
+    """Not a ClickHouse: records each statement and its parameters, answers zeros."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, Mapping[str, Any]]] = []
+
+    def query(self, sql: str, parameters: Mapping[str, Any]) -> _Result:
+        self.asked.append((sql, parameters))
+        return _Result([0, 0, 0, 0])
+
+
+def _filters(**given: str) -> Filters:
+    return Filters.parse(given, NOW)
+
+
+def test_without_filters_the_cards_read_what_they_did() -> None:
+    for filtered, plain in (
+        (people.persons_counts, queries.persons_counts),
+        (people.online_week_ago, queries.online_week_ago),
+        (people.churn_counts, queries.churn_counts),
+    ):
+        ours, theirs = Recording(), Recording()
+        filtered(ours, "p1", NOW, Filters())  # type: ignore[arg-type]
+        plain(theirs, "p1", NOW)  # type: ignore[arg-type]
+        assert ours.asked == theirs.asked and ours.asked, filtered.__name__
+    assert people.listed(Filters()) == EVERYONE
+    assert users_filter("p1", NOW, "active", "q", EVERYONE) == users_filter("p1", NOW, "active", "q")
+
+
+def test_filtered_cards_bind_every_value() -> None:
+    f = _filters(country=HOSTILE, page="/blog/*", plan="premium")
+    client = Recording()
+    people.persons_counts(client, "p1", NOW, f)  # type: ignore[arg-type]
+    people.online_week_ago(client, "p1", NOW, f)  # type: ignore[arg-type]
+    (counts, counted), (online, at) = client.asked
+    for sql, params in client.asked:
+        assert HOSTILE not in sql and "breakdown_sessions FINAL" in sql
+        assert params["f_country"] == HOSTILE and params["f_page"] == "/blog/%" and params["p"] == "p1"
+    assert (counted["lo"], counted["hi"], counted["t"]) == (people.FIRST_DAY, NOW.date(), NOW.date())
+    # a visitor's person as the activity chart resolves it (one definition: PERSON_OF)
+    assert PERSON_OF.split("{visitors}")[0].format() in counts
+    # a week ago: the sessions of that day and the one before, those spanning the moment
+    assert (at["lo"], at["hi"], at["w1"]) == (date(2026, 11, 24), date(2026, 11, 25), NOW - queries.WEEK)
+    assert at["since"] == NOW - queries.WEEK - queries.ONLINE_WINDOW
+    assert "PREWHERE project_id = {p:String} AND (anonymous_id, session_id) IN (SELECT" in online
+
+
+def test_filtered_churn_narrows_the_base_only() -> None:
+    f = _filters(device="mobile")
+    client = Recording()
+    people.churn_counts(client, "p1", NOW, f)  # type: ignore[arg-type]
+    [(sql, params)] = client.asked
+    base, _ = people.person_days(f)
+    assert sql == churn.NARROWED_COUNTS_SQL.format(base=base)
+    assert params["days"] == [date(2026, 11, 25), date(2026, 12, 2)]
+    assert (params["lo"], params["hi"]) == (date(2026, 11, 12), date(2026, 12, 2))
+    # the activity is every session's: person_activity, not narrowed by the filters
+    assert "FROM person_activity FINAL WHERE project_id = {p:String} AND is_deleted = 0" in " ".join(
+        sql.split()
+    )
+
+
+def test_the_users_list_keeps_persons_with_a_matching_session_on_any_day() -> None:
+    where, params = people.listed(_filters(country=HOSTILE, plan=""))
+    assert where.startswith(" AND person_id IN (SELECT person_id FROM (")
+    assert HOSTILE not in where
+    assert (params["lo"], params["hi"]) == (people.FIRST_DAY, people.LAST_DAY)
+    assert params["f_country"] == HOSTILE and params["f_plan"] == ""
+    listed, bound = users_filter("p1", NOW, "trial", "ann", (where, params))
+    plain, plain_bound = users_filter("p1", NOW, "trial", "ann")
+    assert listed == plain + where  # AND-ed with the list's own segment and search
+    assert bound == {**plain_bound, **params}
+
+
+def test_the_users_list_takes_every_filter_but_segment() -> None:
+    given = {"page": "/a*", "country": "NL", "plan": "trial"}
+    session = session_filters_of(NOW, **given)  # type: ignore[arg-type]
+    assert session.values == given and session.now == NOW
+    assert filters_of(session, None) is session
+    assert with_segment(session, "active").values == {**given, "segment": "active"}
+    for bad in ("all", "vip"):
+        with pytest.raises(HTTPException) as info:
+            with_segment(session, bad)
+        detail = info.value.detail[0]  # type: ignore[index]
+        assert (info.value.status_code, detail["loc"], detail["type"]) == (
+            422,
+            ["query", "segment"],
+            "unknown_segment",
+        )
