@@ -136,12 +136,15 @@ def write_keys(client: Client) -> dict[str, str]:
     return {wk: pid for wk, pid in rows}
 
 
-def verify_read_key(client: Client, project_id: str, read_key: str) -> bool:
+def read_key_zone(client: Client, project_id: str, read_key: str) -> str | None:
+    """The project's time zone when `read_key` is its read key; None otherwise."""
     rows = client.query(
-        "SELECT read_key_hash FROM projects FINAL WHERE project_id = {pid:String} AND deleted = 0",
+        "SELECT read_key_hash, timezone FROM projects FINAL WHERE project_id = {pid:String} AND deleted = 0",
         parameters={"pid": project_id},
     ).result_rows
-    return bool(rows) and hmac.compare_digest(rows[0][0], hash_key(read_key))
+    if rows and hmac.compare_digest(rows[0][0], hash_key(read_key)):
+        return str(rows[0][1])
+    return None
 
 
 def _utc(value: datetime) -> datetime:

@@ -1,5 +1,6 @@
-"""The activity chart narrowed by filters (docs/definitions.md, "Filters"): each UTC day's
+"""The activity chart narrowed by filters (docs/definitions.md, "Filters"): each day's
 figures computed from the matching sessions that start on it, instead of read from daily_stats.
+Days are the project's local days (werkstroom.timezones), as the tables keep them.
 
 The matching sessions are the rows of breakdown_sessions that `Filters.where` selects (what the
 breakdowns count); their durations come from sessions_daily (the same (project, day, visitor,
@@ -16,6 +17,7 @@ from clickhouse_connect.driver.client import Client
 
 from services.api import queries
 from services.api.filters import PERSON_OF, Filters
+from werkstroom import timezones
 
 # Per day: the matching sessions; the durations of those sessions only (sessions_daily over the
 # range, narrowed to their keys, so the join's table stays the size of the answer); each visitor's
@@ -54,14 +56,16 @@ def filtered_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
 
 
 def activity(
-    client: Client, project_id: str, today: date, days: int, filters: Filters
+    client: Client, project_id: str, today: date, days: int, filters: Filters, zone: str = timezones.DEFAULT
 ) -> list[dict[str, Any]]:
-    """Exactly `days` entries ending `today`, oldest first, zero-filled: daily_stats' days
-    without filters, the matching sessions' with them. Bots are the day's, filtered or not."""
+    """Exactly `days` entries ending `today` (the project's, in its time `zone`), oldest first,
+    zero-filled: daily_stats' days without filters, the matching sessions' with them. Bots are
+    the day's, filtered or not."""
     if not filters.values:
-        return queries.activity(client, project_id, today, days)
+        return queries.activity(client, project_id, today, days, zone)
     since = today - timedelta(days=days - 1)
     sql, params = filtered_sql(filters)
-    rows = client.query(sql, parameters={**params, "p": project_id, "lo": since, "hi": today}).result_rows
-    bots = queries.bots_per_day(client, project_id, since, today)
+    bound = {**params, "p": project_id, "lo": since, "hi": today, "tz": zone}
+    rows = client.query(sql, parameters=bound).result_rows
+    bots = queries.bots_per_day(client, project_id, since, today, zone)
     return queries.activity_days(since, days, {r[0]: r for r in rows}, bots)

@@ -63,7 +63,8 @@ out, overloaded), every route that reads it answers 503 with `Retry-After` and
 write, the newest event time it wrote, and its lag in messages), so a quiet site can be told
 from a stalled pipeline.
 
-Times are ISO-8601 UTC with milliseconds and `Z`; days are `YYYY-MM-DD`.
+Times are ISO-8601 UTC with milliseconds and `Z`; days are `YYYY-MM-DD`,
+each a local day of the project's time zone (docs/timezones.md).
 """
 
 

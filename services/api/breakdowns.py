@@ -44,7 +44,7 @@ LATEST = date(2149, 1, 1)
 
 @dataclass(frozen=True)
 class Period:
-    """A range of UTC days, both ends included, and the range of equal length just before."""
+    """A range of the project's days, both ends included, and the range of equal length just before."""
 
     start: date
     end: date

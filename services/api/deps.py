@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, TypeVar
 
 from clickhouse_connect.driver.client import Client
@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.api import queries
-from werkstroom import projects
+from werkstroom import projects, timezones
 from werkstroom.http import client_key
 from werkstroom.logging import get_logger
 
@@ -184,9 +184,15 @@ NOT_FOUND = "project not found"
 
 @dataclass(frozen=True)
 class ProjectScope:
-    """The project a request reads, after its read key was checked."""
+    """The project a request reads, after its read key was checked, and its time zone: the
+    project's days are local days there (werkstroom.timezones)."""
 
     project_id: str
+    timezone: str = timezones.DEFAULT
+
+    def today(self, now: datetime) -> date:
+        """The project's today at `now`."""
+        return timezones.today(now, self.timezone)
 
 
 class AuthCache:
@@ -194,17 +200,18 @@ class AuthCache:
     lookup. Only successes are kept, and only for a few seconds."""
 
     def __init__(self) -> None:
-        self._until: dict[tuple[str, str], float] = {}
+        self._until: dict[tuple[str, str], tuple[float, str]] = {}
 
-    def hit(self, key: tuple[str, str]) -> bool:
-        until = self._until.get(key)
-        return until is not None and until > time.monotonic()
+    def hit(self, key: tuple[str, str]) -> str | None:
+        """The project's time zone if the pair was verified lately, else None."""
+        found = self._until.get(key)
+        return found[1] if found is not None and found[0] > time.monotonic() else None
 
-    def keep(self, key: tuple[str, str]) -> None:
+    def keep(self, key: tuple[str, str], timezone: str = timezones.DEFAULT) -> None:
         now = time.monotonic()
         if len(self._until) > 10_000:
-            self._until = {k: t for k, t in self._until.items() if t > now}
-        self._until[key] = now + AUTH_CACHE_SECONDS
+            self._until = {k: t for k, t in self._until.items() if t[0] > now}
+        self._until[key] = (now + AUTH_CACHE_SECONDS, timezone)
 
 
 class AuthFailures:
@@ -362,12 +369,15 @@ async def project_scope(
     failed checks, 429 (key_check)."""
     cache: AuthCache = request.app.state.auth_cache
     cache_key = (project_id, projects.hash_key(key))
-    if cache.hit(cache_key):
-        return ProjectScope(project_id)
+    zone = cache.hit(cache_key)
+    if zone is not None:
+        return ProjectScope(project_id, zone)
     with key_check(request) as failed:
-        if len(project_id) <= MAX_PROJECT_ID and await pool.run(projects.verify_read_key, project_id, key):
-            cache.keep(cache_key)
-            return ProjectScope(project_id)
+        if len(project_id) <= MAX_PROJECT_ID:
+            zone = await pool.run(projects.read_key_zone, project_id, key)
+        if zone is not None:
+            cache.keep(cache_key, zone)
+            return ProjectScope(project_id, zone)
         failed()  # a valid key on another project's id counts too: it cost the same lookups
         if await pool.run(queries.project_by_read_key, projects.hash_key(key)) is not None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail=NOT_FOUND)

@@ -68,7 +68,8 @@ _MATCHING = (
 #: whose anonymous_ids hold it; the least id if, for a moment, two do) and that person's first
 #: UTC day. A visitor in no live row (not recomputed yet) has no row here: it is its own person.
 PERSON_OF = (
-    "SELECT visitor, min(person_id) AS person, argMin(toDate(first_seen), person_id) AS first_day "
+    "SELECT visitor, min(person_id) AS person, "
+    "argMin(toDate(first_seen, {{tz:String}}), person_id) AS first_day "
     "FROM persons FINAL ARRAY JOIN anonymous_ids AS visitor "
     "WHERE project_id = {{p:String}} AND is_deleted = 0 AND visitor IN ({visitors}) GROUP BY visitor"
 )
@@ -81,7 +82,7 @@ ONLINE_SESSIONS_OF = (
     f"{SESSIONS_OF} AND anonymous_id IN (SELECT anonymous_id FROM online_visitors "
     f"WHERE project_id = {{{{p:String}}}} AND last_event_at >= {{{{since:{T}}}}})"
 )
-#: How many UTC days an online visitor's session is looked for in (today and yesterday): a
+#: How many days (the project's) an online visitor's session is looked for in (today and yesterday): a
 #: session is under the day it starts on, so one that began before midnight is yesterday's.
 #: Two days hold every session shorter than 24 hours, which is all of them in practice (30
 #: minutes without an event end one); each day more is another day of rows to read.

@@ -2,7 +2,7 @@
 the persons that have a matching session in the report's days.
 
 A person counts at level k when, as in the unfiltered report, their attempts that started in the
-last `days` UTC days reached k (a live funnel_levels row of k whose last_day is one of those
+last `days` days (the project's) reached k (a live funnel_levels row of k whose last_day is one of those
 days: the rows funnel_counts counts), and one of their visitors has a matching session starting
 in those days (a breakdown_sessions row that `Filters.where` selects, as the breakdowns and the
 activity chart count it). A visitor's person is the live persons row whose anonymous_ids hold it,

@@ -40,6 +40,7 @@ from services.api import queries
 from services.api.deps import ClickHousePool
 from services.api.filters import Filters
 from services.api.models import Online
+from werkstroom import timezones
 from werkstroom.logging import get_logger
 
 log = get_logger(__name__)
@@ -151,14 +152,17 @@ class LiveHub:
         self.poll_seconds = poll_seconds
         self.closed = asyncio.Event()
         self.feeds: dict[FeedKey, _Feed] = {}
+        self.zones: dict[str, str] = {}  # project -> its time zone, as its last stream was given
 
     async def snapshot(self, project_id: str, limit: int, filters: Filters = NO_FILTERS) -> dict[str, Any]:
         now = self.clock()
+        zone = self.zones.get(project_id, timezones.DEFAULT)
+        today = timezones.today(now, zone)  # the project's
         # At each poll's clock: a segment (active, inactive, ...) is decided at the answer's time.
-        narrowing = dataclasses.replace(filters, now=now).online(now.date())
+        narrowing = dataclasses.replace(filters, now=now).online(today)
         data, fresh = await asyncio.gather(
             self.pool.run(queries.online, project_id, now, limit, narrowing),
-            self.pool.run(queries.pipeline, self.topic, project_id, now.date()),
+            self.pool.run(queries.pipeline, self.topic, project_id, today, zone),
         )
         return {"as_of": now, "pipeline": fresh, **data}
 
@@ -187,10 +191,11 @@ class LiveHub:
                     feed.task.cancel()
 
     async def stream(
-        self, project_id: str, limit: int, filters: Filters = NO_FILTERS
+        self, project_id: str, limit: int, filters: Filters = NO_FILTERS, zone: str = timezones.DEFAULT
     ) -> AsyncIterator[dict[str, str]]:
         """The SSE events of one subscriber: `online` snapshots (of the visitors `filters`
-        keep) until the hub closes."""
+        keep, the project's days those of its time `zone`) until the hub closes."""
+        self.zones[project_id] = zone
         async with self.subscribe(project_id, limit, filters) as subscription:
             while True:
                 snapshot = await subscription.next(self.closed)

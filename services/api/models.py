@@ -1,8 +1,8 @@
 """Response and request models of the dashboard API, split by use, each with an example.
 
 The shapes are the shared contract in the API spec (frontend and bench code against them):
-times are ISO-8601 UTC with milliseconds and "Z", days are YYYY-MM-DD, and every data answer
-carries `as_of` (server time) and `pipeline` (the aggregator's freshness).
+times are ISO-8601 UTC with milliseconds and "Z", days are YYYY-MM-DD (the project's local days),
+and every data answer carries `as_of` (server time) and `pipeline` (the aggregator's freshness).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Pipeline(BaseModel):
     lag: int | None = Field(description="messages between its committed offsets and the topic's end")
     bots_today: int = Field(
         ge=0,
-        description="this project's events filtered as bots today (UTC, event time): scripts, "
+        description="this project's events filtered as bots today (the project's day, event time): scripts, "
         "crawlers and headless browsers, by User-Agent; never counted in the other figures",
     )
 
@@ -61,10 +61,20 @@ FRESH = {"as_of": T0, "pipeline": PIPELINE_EXAMPLE}
 
 
 class Me(BaseModel):
-    model_config = _example({"project_id": "p_6b6d7f28c6a1a5e1", "name": "My shop", "write_key": "wk_…"})
+    model_config = _example(
+        {
+            "project_id": "p_6b6d7f28c6a1a5e1",
+            "name": "My shop",
+            "write_key": "wk_…",
+            "timezone": "Europe/Amsterdam",
+        }
+    )
     project_id: str
     name: str
     write_key: str
+    timezone: str = Field(
+        description="the project's IANA time zone: every day in its answers is a local day there"
+    )
 
 
 # -- online ----------------------------------------------------------------------------------
@@ -193,7 +203,8 @@ class Activity(Fresh):
         default_factory=dict, description="the filters given, by name (none: the daily statistics)"
     )
     days: list[Day] = Field(
-        description="oldest first, exactly `days` entries ending today (UTC), zero-filled"
+        description="oldest first, exactly `days` entries ending today (the project's day, in its "
+        "time zone), zero-filled"
     )
 
 
@@ -445,8 +456,8 @@ class Breakdown(BaseModel):
         },
     )
     dimension: str
-    from_: date = Field(alias="from", description="first UTC day of the period")
-    to: date = Field(description="last UTC day of the period (included)")
+    from_: date = Field(alias="from", description="first day of the period (the project's)")
+    to: date = Field(description="last day of the period (the project's, included)")
     previous_from: date
     previous_to: date = Field(description="the day before `from`: the previous period is as long")
     filters: dict[str, str] = Field(description="the filters given, by name")

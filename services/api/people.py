@@ -16,7 +16,7 @@ from clickhouse_connect.driver.client import Client
 from services.api import queries
 from services.api.filters import ONLINE_DAYS, PERSON_OF, Filters
 from services.api.queries import ONLINE_WINDOW, WEEK, Narrowing, T
-from werkstroom import churn
+from werkstroom import churn, timezones
 
 #: The first and the last day a Date holds: "every day the breakdown tables hold".
 FIRST_DAY = date(1970, 1, 1)
@@ -78,45 +78,47 @@ def online_at_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     return _ONLINE_AT.format(matching=matching), params
 
 
-def listed(filters: Filters) -> Narrowing:
+def listed(filters: Filters, zone: str = timezones.DEFAULT) -> Narrowing:
     """The users list's condition (` AND ...`, "" unfiltered) keeping the persons with a
-    matching session, and its parameters besides the list's own."""
+    matching session, and its parameters besides the list's own (`zone`: the project's)."""
     if not filters.values:
         return queries.EVERYONE
     sql, params = person_days(filters)
-    return _LISTED.format(person_days=sql), {**params, "lo": FIRST_DAY, "hi": LAST_DAY}
+    return _LISTED.format(person_days=sql), {**params, "lo": FIRST_DAY, "hi": LAST_DAY, "tz": zone}
 
 
 def persons_counts(
-    client: Client, project_id: str, now: datetime, filters: Filters
+    client: Client, project_id: str, now: datetime, filters: Filters, zone: str = timezones.DEFAULT
 ) -> tuple[int, int, int, int]:
-    """total now, total a week ago, new this week, new the week before (queries.persons_counts
-    unfiltered)."""
+    """total now, total a week ago, new this week, new the week before, in the project's days
+    (of `zone`) (queries.persons_counts unfiltered)."""
     if not filters.values:
-        return queries.persons_counts(client, project_id, now)
+        return queries.persons_counts(client, project_id, now, zone)
     sql, params = persons_counts_sql(filters)
-    today = now.date()
-    row = client.query(
-        sql, parameters={**params, "p": project_id, "lo": FIRST_DAY, "hi": today, "t": today}
-    ).first_row
+    today = timezones.today(now, zone)
+    bound = {**params, "p": project_id, "lo": FIRST_DAY, "hi": today, "t": today, "tz": zone}
+    row = client.query(sql, parameters=bound).first_row
     return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
 
-def online_week_ago(client: Client, project_id: str, now: datetime, filters: Filters) -> int:
+def online_week_ago(
+    client: Client, project_id: str, now: datetime, filters: Filters, zone: str = timezones.DEFAULT
+) -> int:
     """The visitors with a matching session spanning now - 7 days (queries.online_week_ago
     unfiltered, which prefers the aggregator's unfiltered online_history)."""
     if not filters.values:
         return queries.online_week_ago(client, project_id, now)
     sql, params = online_at_sql(filters)
     then = now - WEEK
+    day = timezones.today(then, zone)  # the project's day of that moment: its sessions' day or the next
     return int(
         client.query(
             sql,
             parameters={
                 **params,
                 "p": project_id,
-                "lo": then.date() - timedelta(days=ONLINE_DAYS - 1),
-                "hi": then.date(),
+                "lo": day - timedelta(days=ONLINE_DAYS - 1),
+                "hi": day,
                 "w1": then,
                 "since": then - ONLINE_WINDOW,
             },
@@ -125,15 +127,15 @@ def online_week_ago(client: Client, project_id: str, now: datetime, filters: Fil
 
 
 def churn_counts(
-    client: Client, project_id: str, now: datetime, filters: Filters
+    client: Client, project_id: str, now: datetime, filters: Filters, zone: str = timezones.DEFAULT
 ) -> tuple[int, int, int, int]:
     """base, churned; base and churned a week earlier, the base narrowed to the persons with a
     matching session in its window (werkstroom.churn.NARROWED_COUNTS_SQL; queries.churn_counts
     unfiltered)."""
     if not filters.values:
-        return queries.churn_counts(client, project_id, now)
-    today = now.date()
+        return queries.churn_counts(client, project_id, now, zone)
+    today = timezones.today(now, zone)
     week_ago = today - WEEK
     base, params = person_days(filters)
-    counts = churn.narrowed_counts(client, project_id, {today, week_ago}, base, params)
+    counts = churn.narrowed_counts(client, project_id, {today, week_ago}, base, {**params, "tz": zone})
     return (*counts[today], *counts[week_ago])

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from clickhouse_connect.driver.client import Client
 
-from werkstroom import churn, identity
+from werkstroom import churn, identity, timezones
 from werkstroom.clickhouse.tables import DAILY_STATS_FIGURES, ONLINE_VISITOR_READ
 
 ONLINE_WINDOW = timedelta(minutes=5)
@@ -46,14 +46,14 @@ def seconds(delta: timedelta) -> int:
 
 def project_by_read_key(client: Client, key_hash: str) -> dict[str, str] | None:
     rows = client.query(
-        "SELECT project_id, name, write_key FROM projects FINAL "
+        "SELECT project_id, name, write_key, timezone FROM projects FINAL "
         "WHERE read_key_hash = {h:String} AND deleted = 0 LIMIT 1",
         parameters={"h": key_hash},
     ).result_rows
     if not rows:
         return None
-    project_id, name, write_key = rows[0]
-    return {"project_id": project_id, "name": name, "write_key": write_key}
+    project_id, name, write_key, zone = rows[0]
+    return {"project_id": project_id, "name": name, "write_key": write_key, "timezone": zone}
 
 
 def write_key(client: Client, project_id: str) -> str | None:
@@ -64,22 +64,39 @@ def write_key(client: Client, project_id: str) -> str | None:
     return str(rows[0][0]) if rows else None
 
 
-#: The bot events of one project per day (bot_events, migration 0019): uniqExact, so rows a
-#: replay wrote again and not yet merged count once.
+#: The bot events of one project over local days {since}..{today} of its zone {tz} (bot_events,
+#: migration 0019, is sorted by UTC day: the UTC days they overlap are read, each event counted
+#: under its local day): uniqExact, so rows a replay wrote again and not yet merged count once.
+BOTS_OF_DAYS = (
+    "SELECT uniqExact(event_id) FROM bot_events WHERE project_id = {p:String} "
+    "AND day BETWEEN {utc_lo:Date} AND {utc_hi:Date} "
+    f"AND timestamp >= {{start:{T}}} AND timestamp < {{end:{T}}}"
+)
 BOTS_PER_DAY = (
-    "SELECT day, uniqExact(event_id) FROM bot_events "
-    "WHERE project_id = {p:String} AND day >= {since:Date} AND day <= {today:Date} GROUP BY day"
+    BOTS_OF_DAYS.replace(
+        "SELECT uniqExact(event_id)", "SELECT toDate(timestamp, {tz:String}) AS local, uniqExact(event_id)"
+    )
+    + " GROUP BY local"
 )
 
 
-def pipeline(client: Client, topic: str, project_id: str, today: date) -> dict[str, Any]:
+def _local_days(first: date, last: date, zone: str) -> dict[str, Any]:
+    """The parameters of BOTS_OF_DAYS for the local days first..last of `zone`."""
+    start, end = timezones.bounds(first, last, zone)
+    utc_lo, utc_hi = timezones.utc_days(first, last, zone)
+    return {"tz": zone, "start": start, "end": end, "utc_lo": utc_lo, "utc_hi": utc_hi}
+
+
+def pipeline(
+    client: Client, topic: str, project_id: str, today: date, zone: str = timezones.DEFAULT
+) -> dict[str, Any]:
     """The aggregator's progress on `topic` over all its partitions (nulls before its first
-    row), and the project's events filtered as bots today (UTC), in one round trip."""
+    row), and the project's events filtered as bots on its `today` (a local day of `zone`), in
+    one round trip."""
     count, last_write, last_event, lag, bots = client.query(
-        "SELECT count(), max(last_write_at), max(last_event_at), sum(lag), "
-        "(SELECT uniqExact(event_id) FROM bot_events WHERE project_id = {p:String} AND day = {today:Date}) "
+        f"SELECT count(), max(last_write_at), max(last_event_at), sum(lag), ({BOTS_OF_DAYS}) "
         "FROM aggregator_status FINAL WHERE topic = {t:String}",
-        parameters={"t": topic, "p": project_id, "today": today},
+        parameters={"t": topic, "p": project_id, **_local_days(today, today, zone)},
     ).first_row
     # A row from an older aggregator that had not yet written says 1970 (the column's zero).
     if not count or last_write is None or utc(last_write).timestamp() <= 0:
@@ -249,16 +266,18 @@ def _rate(part: int, whole: int) -> float | None:
 # The metric cards are four independent reads, run concurrently (each on its own client).
 
 
-def persons_counts(client: Client, project_id: str, now: datetime) -> tuple[int, int, int, int]:
-    """total now, total a week ago, new this week, new the week before, in UTC days: "this
-    week" is today and the 6 days before. From daily_stats' new users (a few hundred rows per
-    project-year) instead of every person."""
+def persons_counts(
+    client: Client, project_id: str, now: datetime, zone: str = timezones.DEFAULT
+) -> tuple[int, int, int, int]:
+    """total now, total a week ago, new this week, new the week before, in the project's local
+    days (of `zone`): "this week" is today and the 6 days before. From daily_stats' new users (a
+    few hundred rows per project-year) instead of every person."""
     row = client.query(
         "SELECT sumIf(new_users, day <= {t:Date}), sumIf(new_users, day <= {t:Date} - 7), "
         "sumIf(new_users, day > {t:Date} - 7 AND day <= {t:Date}), "
         "sumIf(new_users, day > {t:Date} - 14 AND day <= {t:Date} - 7) "
         "FROM daily_stats FINAL WHERE project_id = {p:String}",
-        parameters={"p": project_id, "t": now.date()},
+        parameters={"p": project_id, "t": timezones.today(now, zone)},
     ).first_row
     return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
@@ -307,11 +326,13 @@ def online_week_ago(client: Client, project_id: str, now: datetime) -> int:
     )
 
 
-def churn_counts(client: Client, project_id: str, now: datetime) -> tuple[int, int, int, int]:
-    """base, churned; base and churned one week earlier (werkstroom.churn, UTC days). The
-    aggregator keeps them per day in churn_daily; a day it has not computed (no activity
-    changed in its window since) is computed here, by the same definition."""
-    today = now.date()
+def churn_counts(
+    client: Client, project_id: str, now: datetime, zone: str = timezones.DEFAULT
+) -> tuple[int, int, int, int]:
+    """base, churned; base and churned one week earlier (werkstroom.churn, in the project's
+    local days, of `zone`). The aggregator keeps them per day in churn_daily; a day it has not
+    computed (no activity changed in its window since) is computed here, by the same definition."""
+    today = timezones.today(now, zone)
     week_ago = today - timedelta(days=7)
     stored = {
         day: (int(base), int(churned))
@@ -344,9 +365,11 @@ def metric_cards(
 DAY_COLUMNS = ["day", *DAILY_STATS_FIGURES]
 
 
-def activity(client: Client, project_id: str, today: date, days: int) -> list[dict[str, Any]]:
-    """Exactly `days` entries ending `today`, oldest first, from daily_stats; days without a
-    row are zeros."""
+def activity(
+    client: Client, project_id: str, today: date, days: int, zone: str = timezones.DEFAULT
+) -> list[dict[str, Any]]:
+    """Exactly `days` entries ending `today`, oldest first, from daily_stats (kept in the
+    project's local days, of `zone`); days without a row are zeros."""
     since = today - timedelta(days=days - 1)
     stored = {
         row[0]: row
@@ -356,14 +379,17 @@ def activity(client: Client, project_id: str, today: date, days: int) -> list[di
             parameters={"p": project_id, "since": since, "today": today},
         ).result_rows
     }
-    return activity_days(since, days, stored, bots_per_day(client, project_id, since, today))
+    return activity_days(since, days, stored, bots_per_day(client, project_id, since, today, zone))
 
 
-def bots_per_day(client: Client, project_id: str, since: date, today: date) -> dict[date, int]:
+def bots_per_day(
+    client: Client, project_id: str, since: date, today: date, zone: str = timezones.DEFAULT
+) -> dict[date, int]:
+    """The project's bot events per local day of `zone`, since..today."""
     return {
         day: int(count)
         for day, count in client.query(
-            BOTS_PER_DAY, parameters={"p": project_id, "since": since, "today": today}
+            BOTS_PER_DAY, parameters={"p": project_id, **_local_days(since, today, zone)}
         ).result_rows
     }
 

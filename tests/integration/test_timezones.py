@@ -11,20 +11,27 @@ offset, Los Angeles' midnight; two visitors identified as one person.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from clickhouse_connect.driver.client import Client
 
 from tests.integration.stack import Stack
 from tests.integration.test_api import identify, page, track
+from tests.integration.test_cli_funnels import run as run_cli
+from tests.integration.test_grafana_dashboards import Grafana, dashboards, panels, run
 from werkstroom import funnels, timezones
 
 pytestmark = pytest.mark.integration
 
 ZONES = ("UTC", "Europe/Amsterdam", "America/Los_Angeles", "Asia/Kolkata")
+#: The API's clock: 20:00 UTC is already 12-01 in Kolkata, 21:00 in Amsterdam, noon in LA.
+NOW = datetime(2026, 11, 30, 20, 0, tzinfo=UTC)
 GAP = timedelta(minutes=30)
 
 
@@ -55,16 +62,16 @@ CALLS: list[dict[str, Any]] = [
 PERSON = {"v4": "u45", "v5": "u45"}
 
 
-def sessions() -> list[tuple[str, datetime, datetime, bool]]:
+def sessions(calls: list[dict[str, Any]]) -> list[tuple[str, datetime, datetime, bool]]:
     """(visitor, start, last event, whether it has a page view) of every session: the 30-minute
     rule over what is sent (identify calls open and extend sessions, as the aggregator counts
     them; a session without a page view has no breakdown row)."""
-    calls: dict[str, list[tuple[datetime, bool]]] = defaultdict(list)
-    for call in CALLS:
+    by_visitor: dict[str, list[tuple[datetime, bool]]] = defaultdict(list)
+    for call in calls:
         t = datetime.fromisoformat(call["timestamp"].replace("Z", "+00:00"))
-        calls[call["anonymousId"]].append((t, call["type"] == "page"))
+        by_visitor[call["anonymousId"]].append((t, call["type"] == "page"))
     out = []
-    for visitor, ts in calls.items():
+    for visitor, ts in by_visitor.items():
         ts.sort()
         start, last, viewed = ts[0][0], ts[0][0], ts[0][1]
         for t, is_page in ts[1:]:
@@ -76,13 +83,13 @@ def sessions() -> list[tuple[str, datetime, datetime, bool]]:
     return out
 
 
-def expected_daily(zone: str) -> dict[date, tuple[int, int, int, int, int]]:
+def expected_daily(calls: list[dict[str, Any]], zone: str) -> dict[date, tuple[int, int, int, int, int]]:
     """Per local day with anything: (active_users, new_users, sessions, page_views, events)."""
     day = lambda t: timezones.day_of(t, zone)  # noqa: E731
     active: dict[date, set[str]] = defaultdict(set)
     started: dict[date, int] = defaultdict(int)
     first: dict[str, date] = {}
-    for visitor, start, last, _viewed in sessions():
+    for visitor, start, last, _viewed in sessions(calls):
         person = PERSON.get(visitor, visitor)
         d = day(start)
         started[d] += 1
@@ -92,7 +99,7 @@ def expected_daily(zone: str) -> dict[date, tuple[int, int, int, int, int]]:
         first[person] = min(first.get(person, day(start)), day(start))
     views: dict[date, int] = defaultdict(int)
     events: dict[date, int] = defaultdict(int)
-    for call in CALLS:
+    for call in calls:
         d = day(datetime.fromisoformat(call["timestamp"].replace("Z", "+00:00")))
         views[d] += call["type"] == "page"
         events[d] += call.get("event") != "$heartbeat"
@@ -103,23 +110,33 @@ def expected_daily(zone: str) -> dict[date, tuple[int, int, int, int, int]]:
     return {d: (len(active[d]), new[d], started[d], views[d], events[d]) for d in sorted(days)}
 
 
+def this_week(zone: str) -> list[dict[str, Any]]:
+    """A visitor 10 minutes into the zone's week (today at NOW and the 6 days before), one 10
+    minutes before it: new this week, and new the week before, in that zone's days only."""
+    start = timezones.start_of(timezones.today(NOW, zone) - timedelta(days=6), zone)
+    return [page("w", start + timedelta(minutes=10), "/w"), page("x", start - timedelta(minutes=10), "/x")]
+
+
 async def test_every_day_keyed_table_counts_the_project_s_local_days(stack: Stack) -> None:
     projects = {"UTC": stack.project}
     for zone in ZONES[1:]:
         projects[zone] = await stack.create_project(zone, timezone=zone)
+    sent = {zone: CALLS + this_week(zone) for zone in ZONES}
     steps = [{"event": "$page", "path": "/a"}, {"event": "$page", "path": "/b"}]
     funnel_ids = {
         zone: funnels.create_funnel(stack.client, p.project_id, "a to b", steps, 3600).funnel_id
         for zone, p in projects.items()
     }
-    for project in projects.values():
-        sent = await stack.post("/v1/batch", {"writeKey": project.write_key, "batch": CALLS})
-        assert sent.status_code == 200 and sent.json()["accepted"] == len(CALLS), sent.text
-    assert await stack.wait_count(len(CALLS) * len(ZONES)) == len(CALLS) * len(ZONES)
+    for zone, project in projects.items():
+        answer = await stack.post("/v1/batch", {"writeKey": project.write_key, "batch": sent[zone]})
+        assert answer.status_code == 200 and answer.json()["accepted"] == len(sent[zone]), answer.text
+    total = sum(len(c) for c in sent.values())
+    assert await stack.wait_count(total) == total
 
     for zone, project in projects.items():
         p = project.project_id
-        expected = expected_daily(zone)
+        calls = sent[zone]
+        expected = expected_daily(calls, zone)
 
         def daily(pid: str = p) -> dict[date, tuple[int, ...]]:
             return {
@@ -137,7 +154,7 @@ async def test_every_day_keyed_table_counts_the_project_s_local_days(stack: Stac
         except AssertionError:
             assert daily() == expected, zone
         # The days are not UTC's but for UTC (the test is not blind to the zone).
-        assert (expected == expected_daily("UTC")) == (zone == "UTC")
+        assert (expected == expected_daily(calls, "UTC")) == (zone == "UTC")
 
         # An independent count over the raw events, in the zone.
         raw = stack.rows(
@@ -150,8 +167,8 @@ async def test_every_day_keyed_table_counts_the_project_s_local_days(stack: Stac
         assert [(d, v, e) for d, v, e in raw] == [(d, f[3], f[4]) for d, f in expected.items()]
 
         # Each session under the local day it starts on, in sessions_daily and the breakdowns.
-        starts = sorted((timezones.day_of(s, zone), v) for v, s, _l, _p in sessions())
-        viewed = sorted((timezones.day_of(s, zone), v) for v, s, _l, p in sessions() if p)
+        starts = sorted((timezones.day_of(s, zone), v) for v, s, _l, _p in sessions(calls))
+        viewed = sorted((timezones.day_of(s, zone), v) for v, s, _l, p in sessions(calls) if p)
         for table, expected_rows in (("sessions_daily", starts), ("breakdown_sessions", viewed)):
 
             def stored(pid: str = p, t: str = table) -> list[tuple[Any, ...]]:
@@ -171,7 +188,7 @@ async def test_every_day_keyed_table_counts_the_project_s_local_days(stack: Stac
             p=p,
         )
         firsts: dict[str, date] = {}
-        for visitor, start, _last, _viewed in sessions():
+        for visitor, start, _last, _viewed in sessions(calls):
             person = PERSON.get(visitor, visitor)
             firsts[person] = min(firsts.get(person, date.max), timezones.day_of(start, zone))
         assert first_days == sorted(firsts.items()), zone
@@ -204,6 +221,33 @@ async def test_every_day_keyed_table_counts_the_project_s_local_days(stack: Stac
         except AssertionError:
             assert progress() == attempts, zone
 
+        await api_answers_in_local_days(stack, project, zone, calls, expected)
+        grafana_shows_local_days(stack, project.project_id, zone, expected)
+
+
+def grafana_shows_local_days(
+    stack: Stack, project_id: str, zone: str, expected: dict[date, tuple[int, ...]]
+) -> None:
+    """The site dashboard's daily activity over a time range of exactly the zone's 03-28 and
+    03-29 (its first instant to the last before 03-30): those two local days, with their
+    figures. The dashboard reads the zone from the project (its hidden `timezone` variable)."""
+    board = dashboards()["site-overview.json"]
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    first, last = date(2026, 3, 28), date(2026, 3, 29)
+    start, end = timezones.bounds(first, last, zone)
+    grafana = Grafana(start, end - timedelta(seconds=1), {"project_id": project_id})
+    database = stack.settings.clickhouse_database
+    assert run(stack, grafana.expand(variables["timezone"]["query"], database))[1] == [(zone,)]
+    grafana.variables["timezone"] = zone
+    (panel,) = [p for p in panels(board) if p["title"] == "Daily activity"]
+    names, rows = run(stack, grafana.expand(panel["targets"][0]["rawSql"], database))
+    shown = {r[0]: tuple(r[1:]) for r in rows}
+    zero = (0, 0, 0, 0, 0)
+    assert shown == {d: tuple(expected.get(d, zero)[i] for i in (0, 1, 2, 3)) for d in (first, last)}, (
+        zone,
+        names,
+    )
+
 
 def test_python_and_clickhouse_agree_on_every_local_day(database: Client) -> None:
     """Every 15 minutes over both daylight-saving switches of 2026, and the first instant of
@@ -226,3 +270,79 @@ def agree(database: Client, name: str) -> None:
     )
     clickhouse = [d for (d,) in database.query(sql, parameters={"tz": name}).result_rows]
     assert clickhouse == [timezones.day_of(i, name) for i in instants], name
+
+
+async def api_answers_in_local_days(
+    stack: Stack, project: Any, zone: str, calls: list[dict[str, Any]], expected: dict[date, tuple[int, ...]]
+) -> None:
+    """The API, at the fixed clock NOW, answers in the project's days: the activity chart's days,
+    this week's new users, a breakdown of one local day, a funnel's days, the sessions export."""
+    if stack.api_server is None:
+        await stack.start_api(clock=lambda: NOW)
+    async with httpx.AsyncClient(
+        base_url=f"{stack.api_url}/api/projects/{project.project_id}",
+        headers={"Authorization": f"Bearer {project.read_key}"},
+        timeout=30,
+    ) as api:
+
+        async def get(path: str) -> Any:
+            response = await api.get(path)
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        today = timezones.today(NOW, zone)
+        days = (await get("activity?days=366"))["days"]
+        assert days[-1]["day"] == today.isoformat() and len(days) == 366
+        figures = ("active_users", "new_users", "sessions", "page_views", "events")
+        shown = {date.fromisoformat(d["day"]): tuple(d[f] for f in figures) for d in days}
+        assert {d: f for d, f in shown.items() if any(f)} == expected, zone
+
+        metrics = (await get("metrics"))["metrics"]
+        assert (metrics["new_this_week"]["value"], metrics["new_this_week"]["previous"]) == (1, 1), zone
+        assert metrics["total_users"]["value"] - metrics["total_users"]["previous"] == 1
+
+        day = date(2026, 3, 29)  # Amsterdam's 23-hour day
+        rows = (await get(f"breakdowns/countries?from={day}&to={day}"))["rows"]
+        started = [v for v, s, _l, viewed in sessions(calls) if viewed and timezones.day_of(s, zone) == day]
+        assert sum(r["sessions"] for r in rows) == len(started), zone
+
+        # The sessions export's `days`: the sessions started since the start of the project's
+        # day 6 days before today: w (10 minutes into it), not x (10 minutes before).
+        response = await api.get("export/sessions.csv?days=7")
+        assert response.status_code == 200, response.text
+        exported = {line.split(",")[1] for line in response.text.splitlines()[1:]}  # anonymous_id
+        assert exported == {"w"}, (zone, exported)
+
+
+async def test_a_project_is_created_in_its_time_zone_and_an_unknown_zone_is_refused(stack: Stack) -> None:
+    """POST /api/projects takes `timezone` (an IANA name; a 422 naming the field otherwise);
+    GET /api/me and the listing say it."""
+    await stack.start_api()
+    async with httpx.AsyncClient(
+        base_url=stack.api_url, headers={"Authorization": "Bearer test-admin"}, timeout=30
+    ) as admin:
+        for bad in ("Mars/Olympus", "+01:00", "europe/amsterdam", ""):
+            refused = await admin.post("/api/projects", json={"name": "Shop", "timezone": bad})
+            assert refused.status_code == 422, refused.text
+            (detail,) = refused.json()["detail"]
+            assert detail["loc"] == ["body", "timezone"] and "timezone" in detail["msg"], detail
+        created = await admin.post("/api/projects", json={"name": "Shop", "timezone": "Asia/Kolkata"})
+        assert created.status_code == 201, created.text
+        body = created.json()
+        assert body["timezone"] == "Asia/Kolkata"
+        default = (await admin.post("/api/projects", json={"name": "Plain"})).json()
+        assert default["timezone"] == "UTC"
+        listed = {p["project_id"]: p["timezone"] for p in (await admin.get("/api/projects")).json()}
+        assert listed[body["project_id"]] == "Asia/Kolkata" and listed[default["project_id"]] == "UTC"
+        me = await admin.get("/api/me", headers={"Authorization": f"Bearer {body['read_key']}"})
+        assert me.status_code == 200 and me.json()["timezone"] == "Asia/Kolkata", me.text
+
+
+def test_the_cli_creates_a_project_in_its_time_zone(tmp_path: Path) -> None:
+    created = run_cli(tmp_path, "projects", "create", "Shop", "--timezone", "Europe/Amsterdam", "--json")
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["timezone"] == "Europe/Amsterdam"
+    listed = run_cli(tmp_path, "projects", "list")
+    assert "Europe/Amsterdam" in listed.stdout, listed.stdout
+    refused = run_cli(tmp_path, "projects", "create", "Shop", "--timezone", "Mars/Olympus")
+    assert refused.returncode == 2 and "timezone" in refused.stderr and "Mars/Olympus" in refused.stderr

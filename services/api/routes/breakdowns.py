@@ -1,6 +1,7 @@
 """Breakdowns: a project's pages, entry and exit pages, sources, campaigns, countries, devices,
-browsers and OSes over a range of UTC days, sorted by visitors, with the period before beside
-them, narrowed by filters (services/api/filters.py). The queries are in services/api/breakdowns.py."""
+browsers and OSes over a range of the project's days (local days of its time zone), sorted by
+visitors, with the period before beside them, narrowed by filters (services/api/filters.py). The
+queries are in services/api/breakdowns.py."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ router = APIRouter(prefix="/api/projects/{project_id}", tags=["breakdowns"], res
 
 
 def period_of(start: date | None, end: date | None, today: date) -> Period:
-    """The period asked for: by default the 30 UTC days ending today; `from` alone runs to
+    """The period asked for: by default the 30 days ending today (the project's); `from` alone runs to
     today, `to` alone covers the 30 days ending there. 422 when it ends before it starts, is
     longer than MAX_DAYS, or lies outside what a day column holds."""
     end = end or (today if start is None or start <= today else start)
@@ -53,16 +54,19 @@ class BreakdownArgs:
 
 
 def breakdown_args(
+    scope: ProjectDep,
     now: NowDep,
     filters: FiltersDep,
     start: Annotated[
-        date | None, Query(alias="from", description="first UTC day (default: 29 days before `to`)")
+        date | None,
+        Query(alias="from", description="first day, the project's (default: 29 days before `to`)"),
     ] = None,
     end: Annotated[
-        date | None, Query(alias="to", description="last UTC day, included (default: today)")
+        date | None, Query(alias="to", description="last day, the project's, included (default: its today)")
     ] = None,
 ) -> BreakdownArgs:
-    return BreakdownArgs(period_of(start, end, now.date()), filters, now.date())
+    today = scope.today(now)  # the project's: its days are local days of its time zone
+    return BreakdownArgs(period_of(start, end, today), filters, today)
 
 
 BreakdownArgsDep = Annotated[BreakdownArgs, Depends(breakdown_args)]
@@ -72,7 +76,8 @@ BreakdownArgsDep = Annotated[BreakdownArgs, Depends(breakdown_args)]
     "/breakdowns/{dimension}",
     response_model=Breakdown,
     summary="Pages, entry/exit pages, sources, campaigns, countries, devices, browsers or OSes by visitors",
-    description="One page of the values of `dimension` in the period (UTC days `from`..`to`), "
+    description="One page of the values of `dimension` in the period (the project's days "
+    "`from`..`to`, local days of its time zone), "
     "sorted by visitors (desc) then value, each with the same figures for the period of equal "
     "length just before (`previous`, zeros when absent there). `total` counts the values in the "
     "period. Filters narrow the sessions counted: page (sessions that viewed a matching path; "

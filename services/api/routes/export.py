@@ -24,7 +24,7 @@ from fastapi.responses import StreamingResponse
 
 from services.api import activity, breakdowns, people, queries
 from services.api.breakdowns import Dimension
-from services.api.deps import AUTH_RESPONSES, ClickHousePool, NowDep, PoolDep, ProjectDep
+from services.api.deps import AUTH_RESPONSES, ClickHousePool, NowDep, PoolDep, ProjectDep, ProjectScope
 from services.api.filters import Filters
 from services.api.models import SegmentFilter, iso
 from services.api.routes.breakdowns import BreakdownArgs, BreakdownArgsDep
@@ -32,6 +32,7 @@ from services.api.routes.filtering import FiltersDep, SessionFiltersDep, invalid
 from services.api.routes.metrics import FILTERED_ACTIVITY, metric_cards
 from services.api.routes.online import FILTERED
 from services.api.routes.users import FILTERED_USERS, MAX_Q
+from werkstroom import timezones
 from werkstroom.logging import get_logger
 
 log = get_logger(__name__)
@@ -206,7 +207,7 @@ async def export_activity(
     filters: FiltersDep,
     days: Annotated[int, Query(ge=1, le=366)] = 30,
 ) -> StreamingResponse:
-    body = _activity(pool, scope.project_id, now, days, filters)
+    body = _activity(pool, scope, now, days, filters)
     return await _download(body, scope.project_id, "activity", now)
 
 
@@ -223,7 +224,7 @@ async def export_activity(
 async def export_online(
     scope: ProjectDep, pool: PoolDep, now: NowDep, filters: FiltersDep
 ) -> StreamingResponse:
-    body = _online(pool, scope.project_id, now, filters.online(now.date()))
+    body = _online(pool, scope.project_id, now, filters.online(scope.today(now)))
     return await _download(body, scope.project_id, "online", now)
 
 
@@ -233,7 +234,8 @@ async def export_online(
     description="A header row, then one row per item, streamed. users: the persons of GET "
     f"users for the same segment, q and filters. {FILTERED_USERS} metrics: GET metrics' cards "
     "for the same filters (`segment`, but for `all`, is their person filter). sessions: days "
-    "(sessions started in the last `days` UTC days, default 30) and person_id (that person's "
+    "(sessions started in the last `days` days of the project's time zone, default 30) and "
+    "person_id (that person's "
     "sessions only); the filters are refused (422, `unfiltered_export`). The file is named "
     "werkstroom-<project>-<kind>-<YYYYMMDD>.csv. The activity's CSV: export/activity.csv; who "
     "is online: export/online.csv; a breakdown's: export/breakdown.csv.",
@@ -265,10 +267,10 @@ async def export_csv(
     project_id = scope.project_id
     body: AsyncIterator[str]
     if kind == "users":
-        body = _users(pool, project_id, now, segment, q, people.listed(filters))
+        body = _users(pool, project_id, now, segment, q, people.listed(filters, scope.timezone))
     elif kind == "metrics":
         cards = filters if segment == "all" else with_segment(filters, segment)
-        body = _metrics(pool, project_id, now, cards)
+        body = _metrics(pool, scope, now, cards)
     else:
         if filters.values:
             name = next(iter(filters.values))
@@ -280,7 +282,7 @@ async def export_csv(
             ids = await pool.run(queries.anonymous_ids, project_id, person_id)
             if ids is None:
                 raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such user")
-        body = _sessions(pool, project_id, now, days, ids)
+        body = _sessions(pool, scope, now, days, ids)
     return await _download(body, project_id, kind, now)
 
 
@@ -393,26 +395,29 @@ async def _users(
 
 
 async def _metrics(
-    pool: ClickHousePool, project_id: str, now: datetime, filters: Filters
+    pool: ClickHousePool, scope: ProjectScope, now: datetime, filters: Filters
 ) -> AsyncIterator[str]:
     yield csv_text([METRICS_HEADER])
-    data = await metric_cards(pool, project_id, now, filters)
+    data = await metric_cards(pool, scope.project_id, now, filters, scope.timezone)
     yield csv_text([name, m["value"], m["previous"], m["trend"]] for name, m in data.items())
 
 
 async def _activity(
-    pool: ClickHousePool, project_id: str, now: datetime, days: int, filters: Filters
+    pool: ClickHousePool, scope: ProjectScope, now: datetime, days: int, filters: Filters
 ) -> AsyncIterator[str]:
     yield csv_text([queries.DAY_COLUMNS])
-    data = await pool.run(activity.activity, project_id, now.date(), days, filters)
+    data = await pool.run(
+        activity.activity, scope.project_id, scope.today(now), days, filters, scope.timezone
+    )
     yield csv_text([d[c] for c in queries.DAY_COLUMNS] for d in data)
 
 
 async def _sessions(
-    pool: ClickHousePool, project_id: str, now: datetime, days: int, ids: list[str] | None
+    pool: ClickHousePool, scope: ProjectScope, now: datetime, days: int, ids: list[str] | None
 ) -> AsyncIterator[str]:
     yield csv_text([SESSIONS_HEADER])
-    since = datetime.combine(now.date() - timedelta(days=days - 1), datetime.min.time(), tzinfo=now.tzinfo)
-    sql, params = queries.sessions_export(project_id, since, ids)
+    # from the start of the project's day `days - 1` days before today (its time zone)
+    since = timezones.start_of(scope.today(now) - timedelta(days=days - 1), scope.timezone)
+    sql, params = queries.sessions_export(scope.project_id, since, ids)
     async for block in _blocks(pool, sql, params):
         yield csv_text([s[c] for c in SESSIONS_HEADER] for s in (queries.session_row(r, now) for r in block))

@@ -120,7 +120,7 @@ def report_steps(funnel: funnels.Funnel, counts: list[int]) -> list[dict[str, An
 
 def report_counts(client: Any, funnel: funnels.Funnel, days: int, today: date) -> list[int]:
     """Persons who reached each step, counting attempts that started in the last `days` days
-    (UTC, today included): per level, the persons whose latest day reaching it is one of those
+    (the project's days, today included): per level, the persons whose latest day reaching it is one of those
     days (`funnel_counts`, services/aggregator/funnels.py)."""
     since = today - timedelta(days=days - 1)
     reached = dict(
@@ -134,14 +134,16 @@ def report_counts(client: Any, funnel: funnels.Funnel, days: int, today: date) -
     return [int(reached.get(k, 0)) for k in range(1, len(funnel.steps) + 1)]
 
 
-def _report(client: Any, project_id: str, funnel_id: str, days: int, now: Any, filters: Filters) -> Any:
+def _report(client: Any, project_id: str, funnel_id: str, days: int, today: date, filters: Filters) -> Any:
+    """The funnel, whether it is back-filled, and its counts over the `days` ending `today`
+    (the project's day)."""
     funnel = funnels.get_funnel(client, project_id, funnel_id)
     if funnel is None:
         return None
     backfilled = bool(funnels.backfilled(client, project_id, [funnel_id]))
     if filters.values:
-        return funnel, backfilled, filtered_counts(client, funnel, days, now.date(), filters)
-    return funnel, backfilled, report_counts(client, funnel, days, now.date())
+        return funnel, backfilled, filtered_counts(client, funnel, days, today, filters)
+    return funnel, backfilled, report_counts(client, funnel, days, today)
 
 
 #: What the filters do to a funnel's report: the route's description (docs/definitions.md).
@@ -160,7 +162,8 @@ FILTERED_FUNNEL = (
     "/funnels/{funnel_id}",
     response_model=FunnelReport,
     summary="A funnel's report: per step the persons who reached it, conversion and drop-off",
-    description="Counts persons whose attempts started in the last `days` UTC days (today "
+    description="Counts persons whose attempts started in the last `days` days of the project's "
+    "time zone (today "
     "included); conversion is from step 1, drop-off from the previous step; a drop-off above "
     f"50 % is flagged. {FILTERED_FUNNEL} Definitions: docs/definitions.md.",
     responses=NOT_FOUND,
@@ -175,8 +178,8 @@ async def funnel_report(
     days: Annotated[int, Query(ge=1, le=366)] = 30,
 ) -> FunnelReport:
     found, fresh = await asyncio.gather(
-        pool.run(_report, scope.project_id, funnel_id, days, now, filters),
-        pool.run(queries.pipeline, topic, scope.project_id, now.date()),
+        pool.run(_report, scope.project_id, funnel_id, days, scope.today(now), filters),
+        pool.run(queries.pipeline, topic, scope.project_id, scope.today(now), scope.timezone),
     )
     if found is None:
         raise _not_found()

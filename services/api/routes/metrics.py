@@ -13,21 +13,28 @@ from services.api.deps import AUTH_RESPONSES, ClickHousePool, NowDep, PoolDep, P
 from services.api.filters import Filters
 from services.api.models import Activity, Metrics
 from services.api.routes.filtering import FiltersDep
+from werkstroom import timezones
 
 NO_FILTERS = Filters()
 router = APIRouter(prefix="/api/projects/{project_id}", tags=["metrics"], responses=AUTH_RESPONSES)
 
 
 async def metric_cards(
-    pool: ClickHousePool, project_id: str, now: datetime, filters: Filters = NO_FILTERS
+    pool: ClickHousePool,
+    project_id: str,
+    now: datetime,
+    filters: Filters = NO_FILTERS,
+    zone: str = timezones.DEFAULT,
 ) -> dict[str, Any]:
     """The four cards' reads run concurrently, each on a pooled client; without filters, the
-    queries of services.api.queries, with them services.api.people's."""
+    queries of services.api.queries, with them services.api.people's. Days are the project's
+    local days (its time `zone`)."""
+    today = timezones.today(now, zone)
     persons, online_now, online_before, churn = await asyncio.gather(
-        pool.run(people.persons_counts, project_id, now, filters),
-        pool.run(queries.online_count, project_id, now, filters.online(now.date())),
-        pool.run(people.online_week_ago, project_id, now, filters),
-        pool.run(people.churn_counts, project_id, now, filters),
+        pool.run(people.persons_counts, project_id, now, filters, zone),
+        pool.run(queries.online_count, project_id, now, filters.online(today)),
+        pool.run(people.online_week_ago, project_id, now, filters, zone),
+        pool.run(people.churn_counts, project_id, now, filters, zone),
     )
     return queries.metric_cards(persons, online_now, online_before, churn)
 
@@ -35,7 +42,7 @@ async def metric_cards(
 #: What the cards are under filters: the route's description and the CSV's.
 FILTERED_METRICS = (
     "Filters (as on the breakdowns) narrow each card to the persons with a matching session "
-    "(a session with a page view, under the UTC day it starts on, matching as the breakdowns "
+    "(a session with a page view, under the project's day it starts on, matching as the breakdowns "
     "match; its person: the visitor's person now, else the visitor): total_users: the persons "
     "with a matching session by today (a week earlier: by that day); new_this_week: those with "
     "a matching session this week and first seen this week (earlier: both in the 7 days "
@@ -46,7 +53,9 @@ FILTERED_METRICS = (
     "earlier: the same, shifted)."
 )
 
-Days = Annotated[int, Query(ge=1, le=366, description="how many UTC days, ending today")]
+Days = Annotated[
+    int, Query(ge=1, le=366, description="how many of the project's days (its time zone's), ending today")
+]
 
 
 @router.get(
@@ -55,7 +64,7 @@ Days = Annotated[int, Query(ge=1, le=366, description="how many UTC days, ending
     summary="Total users, online now, new this week and churn rate, with week-over-week trends",
     description="Each metric has its value now, the value one week earlier and the trend "
     "round((value - previous) / previous * 100, 1), null when previous is 0. "
-    "Weeks are UTC days: this week is today and the 6 days before. "
+    "Days are the project's (local days of its time zone); this week is today and the 6 days before. "
     "total_users: persons first seen by today (a week earlier: by the same day a week ago); "
     "new_this_week: first seen this week (earlier: the 7 days before); "
     "online_now: visitors with an event in the last 5 minutes (a week earlier: the count the "
@@ -68,8 +77,8 @@ async def get_metrics(
     scope: ProjectDep, pool: PoolDep, now: NowDep, topic: TopicDep, filters: FiltersDep
 ) -> Metrics:
     data, fresh = await asyncio.gather(
-        metric_cards(pool, scope.project_id, now, filters),
-        pool.run(queries.pipeline, topic, scope.project_id, now.date()),
+        metric_cards(pool, scope.project_id, now, filters, scope.timezone),
+        pool.run(queries.pipeline, topic, scope.project_id, scope.today(now), scope.timezone),
     )
     return Metrics.model_validate(
         {"as_of": now, "pipeline": fresh, "filters": dict(filters.values), "metrics": data}
@@ -93,16 +102,17 @@ FILTERED_ACTIVITY = (
     "/activity",
     response_model=Activity,
     summary="Daily active users, new users, sessions, page views and events",
-    description="Exactly `days` entries, oldest first, ending today (UTC); days without "
-    "traffic are zeros. Without filters, from the aggregator's daily statistics (event time). "
+    description="Exactly `days` entries, oldest first, ending today (the project's day, in its "
+    "time zone); days without traffic are zeros. Without filters, from the aggregator's daily "
+    "statistics (event time). "
     f"{FILTERED_ACTIVITY} Definitions: docs/definitions.md.",
 )
 async def get_activity(
     scope: ProjectDep, pool: PoolDep, now: NowDep, topic: TopicDep, filters: FiltersDep, days: Days = 30
 ) -> Activity:
     data, fresh = await asyncio.gather(
-        pool.run(activity.activity, scope.project_id, now.date(), days, filters),
-        pool.run(queries.pipeline, topic, scope.project_id, now.date()),
+        pool.run(activity.activity, scope.project_id, scope.today(now), days, filters, scope.timezone),
+        pool.run(queries.pipeline, topic, scope.project_id, scope.today(now), scope.timezone),
     )
     return Activity.model_validate(
         {"as_of": now, "pipeline": fresh, "filters": dict(filters.values), "days": data}

@@ -41,8 +41,8 @@ async def get_online(
     scope: ProjectDep, pool: PoolDep, now: NowDep, topic: TopicDep, filters: FiltersDep, limit: Limit = 100
 ) -> Online:
     rows, fresh = await asyncio.gather(
-        pool.run(queries.online_rows, scope.project_id, now, limit, filters.online(now.date())),
-        pool.run(queries.pipeline, topic, scope.project_id, now.date()),
+        pool.run(queries.online_rows, scope.project_id, now, limit, filters.online(scope.today(now))),
+        pool.run(queries.pipeline, topic, scope.project_id, scope.today(now), scope.timezone),
     )
     # The visitors' persons and last events are two reads of their own tables: side by side,
     # each on a client of its own (one after the other they made the answer's slowest third).
@@ -80,4 +80,6 @@ async def live(
     scope: ProjectDep, request: Request, filters: FiltersDep, limit: Limit = 100
 ) -> EventSourceResponse:
     hub: LiveHub = request.app.state.live
-    return EventSourceResponse(hub.stream(scope.project_id, limit, filters), ping=PING_SECONDS)
+    return EventSourceResponse(
+        hub.stream(scope.project_id, limit, filters, scope.timezone), ping=PING_SECONDS
+    )

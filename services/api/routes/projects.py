@@ -17,7 +17,7 @@ from pydantic_core import PydanticCustomError
 from services.api import queries
 from services.api.deps import AUTH_RESPONSES, UNAVAILABLE, PoolDep, ReadKeyDep, key_check, unauthorized
 from services.api.models import Me
-from werkstroom import projects
+from werkstroom import projects, timezones
 from werkstroom.logging import get_logger
 
 log = get_logger(__name__)
@@ -26,6 +26,20 @@ _admin_bearer = HTTPBearer(auto_error=False, scheme_name="AdminToken", descripti
 
 class ProjectIn(BaseModel):
     name: str = Field(min_length=1, max_length=projects.MAX_NAME, examples=["My shop"])
+    timezone: str = Field(
+        default=timezones.DEFAULT,
+        max_length=timezones.MAX_NAME,
+        description="the site's IANA time zone: its days, weeks and today are local days there",
+        examples=["Europe/Amsterdam"],
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, timezone: str) -> str:
+        try:
+            return timezones.validate(timezone)
+        except timezones.TimezoneError as exc:
+            raise PydanticCustomError("unknown_timezone", str(exc)) from None
 
     @field_validator("name")
     @classmethod
@@ -44,6 +58,7 @@ class ProjectOut(BaseModel):
     name: str = Field(examples=["My shop"])
     write_key: str = Field(examples=["wk_…"])
     created_at: datetime
+    timezone: str = Field(description="its IANA time zone: its days are local days there", examples=["UTC"])
 
 
 class ProjectCreated(ProjectOut):
@@ -79,7 +94,7 @@ admin = APIRouter(prefix="/api/projects", tags=["projects"], responses={503: UNA
 @admin.post("", status_code=201, response_model=ProjectCreated, summary="Create a project (admin)")
 async def create_project(body: ProjectIn, _: AdminDep, client: ClickHouseDep) -> ProjectCreated:
     try:
-        created = await asyncio.to_thread(projects.create_project, client, body.name)
+        created = await asyncio.to_thread(projects.create_project, client, body.name, body.timezone)
     except projects.ProjectError as exc:  # the model's validator runs the same rules first
         raise RequestValidationError(
             [{"type": "value_error", "loc": ("body", "name"), "msg": str(exc), "input": body.name}]

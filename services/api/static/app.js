@@ -213,6 +213,7 @@
     $("logout").hidden = false;
     $("project-name").textContent = state.project.name;
     $("project-id").textContent = state.project.project_id;
+    $("project-timezone").textContent = `days in ${state.project.timezone || "UTC"}`;
     document.title = `${state.project.name} · Werkstroom`;
     const safely = (fn) => () => fn().catch(reportError);
     safely(loadMetrics)();

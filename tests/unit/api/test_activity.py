@@ -47,12 +47,16 @@ def test_filtered_sql_binds_every_value_and_reads_the_matching_sessions() -> Non
     assert sql.count("FROM breakdown_sessions FINAL") == 3
     assert sql.count("country = {f_country:String}") == 3
     assert sql.count("plan = {f_plan:String}") == 3
-    # the parameters the SQL names are the filters' and the range's, nothing else
+    # the parameters the SQL names are the filters', the range's and the zone's, nothing else
     named = set(re.findall(r"\{(\w+):", sql))
-    assert {"p", "lo", "hi", "f_country", "f_page", "f_plan"} <= named <= set(params) | {"p", "lo", "hi"}
+    assert (
+        {"p", "lo", "hi", "tz", "f_country", "f_page", "f_plan"}
+        <= named
+        <= set(params) | {"p", "lo", "hi", "tz"}
+    )
 
 
 def test_no_filter_is_still_a_query_of_the_range() -> None:
     sql, params = filtered_sql(Filters())
     assert params == {}
-    assert set(re.findall(r"\{(\w+):", sql)) == {"p", "lo", "hi"}
+    assert set(re.findall(r"\{(\w+):", sql)) == {"p", "lo", "hi", "tz"}

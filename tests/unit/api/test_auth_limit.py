@@ -180,8 +180,8 @@ class CountingPool:
 
     async def run(self, fn: Any, *args: Any) -> Any:
         self.calls.append(fn.__name__)
-        if fn is projects.verify_read_key:
-            return tuple(args) == (PROJECT, GOOD)
+        if fn is projects.read_key_zone:
+            return "UTC" if tuple(args) == (PROJECT, GOOD) else None
         if fn is queries.project_by_read_key:
             found = args[0] == projects.hash_key(GOOD)
             return {"project_id": PROJECT, "name": "Shop", "write_key": "wk_x"} if found else None
@@ -251,9 +251,7 @@ async def test_past_the_budget_429_with_retry_after_and_no_lookup(app: Any) -> N
         before = len(pool.calls)
         online = await attacker.get(f"/api/projects/{PROJECT}/online", headers=bearer(GOOD))
         assert online.status_code == 200
-        assert (
-            "verify_read_key" not in pool.calls[before:] and "project_by_read_key" not in pool.calls[before:]
-        )
+        assert "read_key_zone" not in pool.calls[before:] and "project_by_read_key" not in pool.calls[before:]
 
 
 async def test_successes_do_not_spend_the_budget(app: Any) -> None:

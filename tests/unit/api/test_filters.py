@@ -9,6 +9,7 @@ import pytest
 from fastapi import HTTPException
 
 from services.api.breakdowns import Period, breakdown_sql
+from services.api.deps import ProjectScope
 from services.api.filters import COLUMNS, ONLINE_SESSIONS_OF, SEGMENTS, Filters
 from services.api.queries import (
     ACTIVE_DAYS,
@@ -124,7 +125,7 @@ def test_a_segment_must_be_known_and_have_a_clock() -> None:
 def _args(**given: str) -> BreakdownArgs:
     session = session_filters_of(NOW, **{name: given.get(name) for name in [*COLUMNS, "plan"]})  # type: ignore[arg-type]
     filters = filters_of(session, given.get("segment"))
-    return breakdown_args(NOW, filters, None, None)
+    return breakdown_args(ProjectScope("p"), NOW, filters, None, None)
 
 
 def test_the_route_refuses_an_unknown_segment_naming_the_field_and_reason() -> None:
