@@ -405,6 +405,8 @@ async def test_every_dashboard_query_runs_and_key_panels_equal_the_api(stack: St
         [(pid, "Test site"), (other.project_id, "Other site")]
     )
     grafana.variables["project_id"] = pid
+    assert options(variables["timezone"]) == [("UTC",)]  # the project's, read as the panels take it
+    grafana.variables["timezone"] = "UTC"
     assert options(variables["funnel_id"]) == [(funnel.funnel_id, "Pricing to plan")]
     grafana.variables.update(funnel_id=funnel.funnel_id, events_topic=stack.settings.topic_events)
 
@@ -631,11 +633,13 @@ def check_breakdowns(
     """The breakdowns dashboard with every filter at All, then with Device = mobile, Segment =
     premium, and Plan = trial with Device = mobile: each panel's rows are the API's breakdown of
     the same days, by the same definitions."""
-    g = Grafana(grafana.start, grafana.end, {"project_id": grafana.variables["project_id"]})
+    picked = {name: grafana.variables[name] for name in ("project_id", "timezone")}
+    g = Grafana(grafana.start, grafana.end, picked)
     variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert run(stack, g.expand(variables["timezone"]["query"], database))[1] == [("UTC",)]
     offered: dict[str, list[tuple[Any, ...]]] = {}
     for name, variable in variables.items():
-        if name != "project_id":
+        if name not in picked:
             offered[name] = run(stack, g.expand(variable["query"], database))[1]
             g.variables[name] = at_all(variable, [str(r[0]) for r in offered[name]])
     # the values are 'x' + hex: a visitor's text never reaches the SQL

@@ -127,6 +127,7 @@ class Site:
     online: list[str] = field(default_factory=list)  # person ids, newest activity first
     users: list[str] = field(default_factory=list)  # last_seen desc
     segments: dict[str, list[str]] = field(default_factory=dict)
+    timezone: str = "UTC"  # the project's (every site here is created in UTC)
     metrics: dict[str, Any] = field(default_factory=dict)
     funnel: list[int] = field(default_factory=list)
     totals: dict[str, int] = field(default_factory=dict)  # sums over DAYS days of activity
@@ -400,6 +401,8 @@ def variables_for(site: Site, dashboard: dict[str, Any], topic: str) -> dict[str
             out[name] = site.funnel_id
         elif name == "events_topic":
             out[name] = topic
+        elif name == "timezone":
+            out[name] = site.timezone
         elif variable.get("includeAll"):
             continue  # a filter left at "All": every option its query offers (see with_all)
         else:
