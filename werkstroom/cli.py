@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     proj_sub = proj.add_subparsers(dest="action", required=True)
     create = proj_sub.add_parser("create", help="create a project; prints its id and keys")
     create.add_argument("name")
+    create.add_argument(
+        "--timezone",
+        default="UTC",
+        help="the site's IANA time zone, e.g. Europe/Amsterdam (default UTC): its days, weeks and "
+        '"today" are local days there, daylight saving included',
+    )
     create.add_argument("--json", action="store_true", help="machine-readable output")
     listing = proj_sub.add_parser("list", help="list projects")
     listing.add_argument("--json", action="store_true")
@@ -260,7 +266,7 @@ def _projects(settings: Settings, args: argparse.Namespace) -> int:
         return _projects_over_http(settings, args)
     if args.action == "create":
         try:
-            created = projects.create_project(client, args.name)
+            created = projects.create_project(client, args.name, args.timezone)
         except projects.ProjectError as exc:
             sys.stderr.write(f"werkstroom: {exc}\n")
             return 2
@@ -285,7 +291,7 @@ def _projects_over_http(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "create":
         request = urllib.request.Request(
             f"{api_url}/api/projects",
-            data=json.dumps({"name": args.name}).encode(),
+            data=json.dumps({"name": args.name, "timezone": args.timezone}).encode(),
             headers=headers,
             method="POST",
         )
@@ -505,6 +511,7 @@ def _print_created(project: dict[str, Any], as_json: bool) -> None:
         return
     _out(f"project_id  {project['project_id']}")
     _out(f"name        {project['name']}")
+    _out(f"timezone    {project.get('timezone', 'UTC')}")
     _out(f"write_key   {project['write_key']}   (public: goes into the tracking snippet)")
     _out(f"read_key    {project['read_key']}   (secret: shown once, opens the API for this project)")
 
@@ -514,4 +521,7 @@ def _print_list(rows: list[dict[str, Any]], as_json: bool) -> None:
         _out(json.dumps(rows, default=str))
         return
     for row in rows:
-        _out(f"{row['project_id']}  {row['write_key']}  {row['created_at']}  {row['name']}")
+        _out(
+            f"{row['project_id']}  {row['write_key']}  {row['created_at']}  "
+            f"{row.get('timezone', 'UTC')}  {row['name']}"
+        )
