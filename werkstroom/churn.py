@@ -61,22 +61,7 @@ def days_affected(changed: Iterable[date], today: date) -> set[date]:
 
 def counts(client: Client, project_id: str, days: Iterable[date]) -> dict[date, tuple[int, int]]:
     """(base, churned) of each of these days, from person_activity, in one read."""
-    wanted = sorted(set(days))
-    if not wanted:
-        return {}
-    found = {
-        day: (int(base), int(churned))
-        for day, base, churned in client.query(
-            COUNTS_SQL,
-            parameters={
-                "p": project_id,
-                "days": wanted,
-                "lo": wanted[0] - timedelta(days=WINDOW_DAYS - 1),
-                "hi": wanted[-1],
-            },
-        ).result_rows
-    }
-    return {d: found.get(d, (0, 0)) for d in wanted}
+    return _counts(client, COUNTS_SQL, project_id, days, {})
 
 
 def narrowed_counts(
@@ -84,20 +69,23 @@ def narrowed_counts(
 ) -> dict[date, tuple[int, int]]:
     """(base, churned) of each of these days with the base narrowed to `base`'s persons
     (NARROWED_COUNTS_SQL; `params` are its parameters besides p, lo, hi and days)."""
+    return _counts(client, NARROWED_COUNTS_SQL.format(base=base), project_id, days, params)
+
+
+def _counts(
+    client: Client, sql: str, project_id: str, days: Iterable[date], params: Mapping[str, Any]
+) -> dict[date, tuple[int, int]]:
+    """(base, churned) per day of `days` (zeros for a day without a row) from a statement of
+    (day, base, churned) over person_activity's days {lo}..{hi} for the days {days}."""
     wanted = sorted(set(days))
     if not wanted:
         return {}
-    found = {
-        day: (int(b), int(churned))
-        for day, b, churned in client.query(
-            NARROWED_COUNTS_SQL.format(base=base),
-            parameters={
-                **params,
-                "p": project_id,
-                "days": wanted,
-                "lo": wanted[0] - timedelta(days=WINDOW_DAYS - 1),
-                "hi": wanted[-1],
-            },
-        ).result_rows
+    bound = {
+        **params,
+        "p": project_id,
+        "days": wanted,
+        "lo": wanted[0] - timedelta(days=WINDOW_DAYS - 1),
+        "hi": wanted[-1],
     }
+    found = {day: (int(b), int(c)) for day, b, c in client.query(sql, parameters=bound).result_rows}
     return {d: found.get(d, (0, 0)) for d in wanted}

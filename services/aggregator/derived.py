@@ -264,7 +264,13 @@ FIRST_DAYS = (
 
 
 def refresh_persons(
-    client: Client, project_id: str, distinct_ids: set[str], version: int, days: set[date], zone: str
+    client: Client,
+    project_id: str,
+    distinct_ids: set[str],
+    version: int,
+    days: set[date],
+    zone: str,
+    rezone: bool = False,
 ) -> Changed:
     """Rewrite the persons these ids belong to, and the days on which each was active (over
     `days`, the dirty days, and the days of members that moved). The rows are computed by
@@ -272,7 +278,10 @@ def refresh_persons(
     reads back the few days whose counts changed.
 
     The active days are written before the persons' rows: a crash in between leaves the old
-    rows, whose members still tell the replay which members moved."""
+    rows, whose members still tell the replay which members moved.
+
+    `rezone`: the project's zone changed (services.aggregator.rezone), so a person's stored
+    first day may be another zone's day: its first days are compared over `days` too."""
     resolved = identity.resolve(distinct_ids, lambda ids: identity.mappings(client, project_id, ids))
     persons = set(resolved.values())
     members = identity.members(persons, lambda ids: identity.mapped_to(client, project_id, ids))
@@ -285,6 +294,8 @@ def refresh_persons(
     moved = {d for (d,) in client.query(MOVED_DAYS, parameters=bound).result_rows}
     changed.activity_days = _apply_diff(client, "person_activity", ACTIVE_DAYS, bound, days | moved)
     first_days = {d for (d,) in client.query(FIRST_DAYS, parameters=bound).result_rows}
+    if rezone:
+        first_days |= days
     changed.first_days = _apply_diff(client, "persons_first_day", FIRST_DAY, bound, first_days)
     client.command(PERSONS_INSERT, parameters=bound)
     if changed.gone:  # merged into another person

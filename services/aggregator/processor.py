@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
@@ -150,6 +150,14 @@ class SessionsProcessor:
         self.zones = zones
         self._tz = {p: timezones.zone(name) for p, name in zones.items() if name != timezones.DEFAULT}
         self._zones_at = time.monotonic()
+
+    def adopt_zones(self, zones: Mapping[str, str]) -> None:
+        """These projects' days are now local days of these zones (their rows are recomputed
+        in them, services.aggregator.rezone): the days' counts held for them are forgotten (a
+        day met again loads its recomputed row). Call it with nothing applied and unwritten."""
+        self.set_zones({**self.zones, **zones})
+        for key in [k for k in self.day_counts if k[0] in zones]:
+            del self.day_counts[key]
 
     def day_of(self, project_id: str, timestamp: datetime) -> date:
         """The project's local day of an event time (aware)."""

@@ -35,7 +35,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from clickhouse_connect.driver.client import Client
 
-from services.aggregator import generations
+from services.aggregator import generations, rezone
 from services.aggregator.apply import Applier
 from services.aggregator.batching import Buffer, Held, RefreshCadence, batch_due, fetch_until
 from services.aggregator.breakdowns import RollUps
@@ -44,7 +44,7 @@ from services.aggregator.consumer import Positions, Rebalance
 from services.aggregator.decode import Decoder, message_of, raw_row
 from services.aggregator.errors import describe, started
 from services.aggregator.funnels import Backfills
-from services.aggregator.processor import Decoded, Dirty, Rows, SessionsProcessor
+from services.aggregator.processor import ZONES_EVERY, Decoded, Dirty, Rows, SessionsProcessor
 from services.aggregator.retry import Abandoned, Retry, SinkStopped, raise_worst
 from services.aggregator.status import STALLED_AFTER, STATUS_EVERY, Status
 from services.aggregator.writer import Batch, Writer
@@ -137,6 +137,7 @@ class EventsSink:
         self._stop_wait: asyncio.Future[Any] | None = None  # done once _stopping is set
         self._load_client: Client | None = None
         self._seq = 0
+        self._zones_checked = 0.0  # when the projects' zones were last compared with their rows'
         self._written_seq = 0
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -192,6 +193,8 @@ class EventsSink:
                     deadline = cut + flush_every
                 if self.positions.replays:
                     await self._replay_tails()
+                if time.monotonic() - self._zones_checked >= ZONES_EVERY:
+                    await self._rezone()
                 self._raise_if_writer_failed()
             self._raise_if_writer_failed()
             await self._drain()
@@ -429,6 +432,35 @@ class EventsSink:
         await self._queue.join()
         self._raise_if_writer_failed()
         await self.committer.refresh_and_commit()
+
+    async def _rezone(self) -> None:
+        """Recompute the rows of the projects whose time zone changed (services.aggregator.rezone):
+        everything applied written and committed first, the projects' new zones adopted, then
+        their rows recomputed on a client of its own, between two batches."""
+        self._zones_checked = time.monotonic()
+        consumer = started(self.consumer, "the sink's consumer")
+        held = {tp.partition for tp in consumer.assignment() if tp.topic == self.topics.events}
+
+        def work(due: rezone.Due) -> None:
+            client = self._client_factory(session=True)  # the recomputation stages in its session
+            try:
+                rezone.run(client, due)
+            finally:
+                client.close()
+
+        try:
+            due = await self.retry(
+                "sink_rezone_failed",
+                lambda: asyncio.to_thread(rezone.pending, self._loader(), held, self._owns_partition_0()),
+            )
+            if not due:
+                return
+            await self.flush()
+            self.processor.adopt_zones(rezone.zones_of(due))
+            log.info("projects_rezoning", projects=sorted(rezone.zones_of(due)))
+            await self.retry("sink_rezone_failed", lambda: asyncio.to_thread(work, due))
+        except Abandoned:  # stopping: what was not recorded is recomputed at the next start
+            return
 
     async def _replay_tails(self) -> None:
         """Replay the tails of the partitions held back (consumer.Replay): the events `events`

@@ -193,6 +193,8 @@ FUNNEL_PROGRESS_COLUMNS = ["project_id", "funnel_id", "day", "person_id", "level
 FUNNEL_LEVELS_COLUMNS = ["project_id", "funnel_id", "level", "last_day", "person_id", "is_deleted", "version"]
 FUNNEL_COUNTS_COLUMNS = ["project_id", "funnel_id", "level", "day", "persons", "version"]
 FUNNEL_BACKFILLS_COLUMNS = ["project_id", "funnel_id", "rows", "version"]
+#: `project_zones` (migration 0025): the zone a project's rows were computed in, per partition.
+PROJECT_ZONES_COLUMNS = ["project_id", "kafka_partition", "timezone", "version"]
 
 #: Each table and the columns written to it (test_tables checks them against ClickHouse).
 WRITTEN: dict[str, list[str]] = {
@@ -220,4 +222,5 @@ WRITTEN: dict[str, list[str]] = {
     "funnel_levels": FUNNEL_LEVELS_COLUMNS,
     "funnel_counts": FUNNEL_COUNTS_COLUMNS,
     "funnel_backfills": FUNNEL_BACKFILLS_COLUMNS,
+    "project_zones": PROJECT_ZONES_COLUMNS,
 }
