@@ -10,6 +10,7 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -64,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--json", action="store_true", help="machine-readable output")
     listing = proj_sub.add_parser("list", help="list projects")
     listing.add_argument("--json", action="store_true")
+    rezone = proj_sub.add_parser(
+        "set-timezone",
+        help="change a project's time zone; the aggregator recomputes its days in the new zone",
+    )
+    rezone.add_argument("project_id")
+    rezone.add_argument("timezone", help="an IANA time zone, e.g. Europe/Amsterdam")
+    rezone.add_argument("--json", action="store_true")
 
     fun = sub.add_parser("funnels", help="create, list and delete a project's funnels")
     fun_sub = fun.add_subparsers(dest="action", required=True)
@@ -272,6 +280,17 @@ def _projects(settings: Settings, args: argparse.Namespace) -> int:
             return 2
         _print_created(created.__dict__, args.json)
         return 0
+    if args.action == "set-timezone":
+        try:
+            changed = projects.set_timezone(client, args.project_id, args.timezone)
+        except projects.ProjectError as exc:
+            sys.stderr.write(f"werkstroom: {exc}\n")
+            return 2
+        if changed is None:
+            sys.stderr.write(f"werkstroom: no such project: {args.project_id}\n")
+            return 2
+        _print_list([changed.__dict__], args.json)
+        return 0
     rows = [p.__dict__ for p in projects.list_projects(client)]
     _print_list(rows, args.json)
     return 0
@@ -295,6 +314,13 @@ def _projects_over_http(settings: Settings, args: argparse.Namespace) -> int:
             headers=headers,
             method="POST",
         )
+    elif args.action == "set-timezone":
+        request = urllib.request.Request(
+            f"{api_url}/api/projects/{urllib.parse.quote(args.project_id, safe='')}",
+            data=json.dumps({"timezone": args.timezone}).encode(),
+            headers=headers,
+            method="PATCH",
+        )
     else:
         request = urllib.request.Request(f"{api_url}/api/projects", headers=headers)
     try:
@@ -306,7 +332,7 @@ def _projects_over_http(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "create":
         _print_created(body, args.json)
     else:
-        _print_list(body, args.json)
+        _print_list(body if isinstance(body, list) else [body], args.json)
     return 0
 
 

@@ -240,6 +240,7 @@ async def test_read_key_rules(world: World) -> None:
         "project_id": world.project_id,
         "name": "Test site",
         "write_key": world.stack.project.write_key,
+        "timezone": "UTC",
     }
 
 

@@ -53,6 +53,19 @@ FILTER_COLUMNS = {name: column for name, column in COLUMNS.items() if name != "p
 ACTIVE, INACTIVE = timedelta(days=7), timedelta(days=30)
 
 
+def persons_made(stack: Stack, project_id: str) -> set[tuple[str, tuple[str, ...], str]]:
+    """The project's live persons as (person id, its visitors sorted, plan): what the identifies
+    sent make them."""
+    return {
+        (person, tuple(ids), plan)
+        for person, ids, plan in stack.rows(
+            "SELECT person_id, arraySort(anonymous_ids), plan FROM persons FINAL "
+            "WHERE project_id = {p:String} AND is_deleted = 0",
+            p=project_id,
+        )
+    }
+
+
 def page(
     anon: str,
     at: datetime,
@@ -364,15 +377,7 @@ async def test_breakdowns_every_dimension_and_filters(
                 )
                 == 13
                 # the persons as the identifies make them: their visitors (anonymous_ids) and plans
-                and {
-                    (person, tuple(ids), plan)
-                    for person, ids, plan in stack.rows(
-                        "SELECT person_id, anonymous_ids, plan FROM persons FINAL "
-                        "WHERE project_id = {p:String} AND is_deleted = 0",
-                        p=pid,
-                    )
-                }
-                == want_persons
+                and persons_made(stack, pid) == want_persons
                 # and every settled day rolled up (breakdown_daily): the API reads those days there
                 and stack.scalar(
                     "SELECT count() FROM (SELECT DISTINCT day FROM breakdown_sessions FINAL "

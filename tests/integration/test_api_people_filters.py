@@ -37,7 +37,7 @@ from tests.conftest import Infra
 from tests.integration.stack import Stack
 from tests.integration.test_api import identify, ms_now, track
 from tests.integration.test_api_activity_filters import matches
-from tests.integration.test_api_breakdowns import ORACLE_SQL, OraclePerson, oracle_persons, page
+from tests.integration.test_api_breakdowns import ORACLE_SQL, OraclePerson, oracle_persons, page, persons_made
 from tests.integration.test_countries import two_countries
 from werkstroom.clickhouse.tables import ENTRY_ATTRIBUTES
 from werkstroom.demo import AGENTS
@@ -248,15 +248,7 @@ async def test_filters_narrow_the_cards_and_the_users_list(
                     p=pid,
                 )
                 == page_sessions
-                and {
-                    (person, tuple(ids), plan)
-                    for person, ids, plan in stack.rows(
-                        "SELECT person_id, arraySort(anonymous_ids), plan FROM persons FINAL "
-                        "WHERE project_id = {p:String} AND is_deleted = 0",
-                        p=pid,
-                    )
-                }
-                == want_persons
+                and persons_made(stack, pid) == want_persons
                 and set(
                     stack.rows(
                         "SELECT person_id, day FROM person_activity FINAL "

@@ -346,3 +346,119 @@ def test_the_cli_creates_a_project_in_its_time_zone(tmp_path: Path) -> None:
     assert "Europe/Amsterdam" in listed.stdout, listed.stdout
     refused = run_cli(tmp_path, "projects", "create", "Shop", "--timezone", "Mars/Olympus")
     assert refused.returncode == 2 and "timezone" in refused.stderr and "Mars/Olympus" in refused.stderr
+
+
+#: What each day-keyed table holds for a project, as rows comparable across projects (no ids a
+#: project makes up: sessions by visitor and day); zero rows left out (a recomputation writes
+#: zeros where a day emptied, a fresh project has no row there). breakdown_daily is rolled up on
+#: its own cadence: the API's breakdown of a settled day reads it (api_answers_in_local_days).
+TABLES = {
+    "daily_stats": "SELECT day, active_users, new_users, sessions, page_views, events, bounce_rate, "
+    "avg_session_seconds FROM daily_stats FINAL WHERE project_id = {p:String} "
+    "AND active_users + new_users + sessions + page_views + events > 0",
+    "events_daily": "SELECT day, sum(page_views) AS v, sum(events) AS e FROM events_daily FINAL "
+    "WHERE project_id = {p:String} GROUP BY day HAVING v + e > 0",
+    "person_activity": "SELECT day, person_id FROM person_activity FINAL WHERE project_id = {p:String} "
+    "AND is_deleted = 0",
+    "persons_first_day": "SELECT day, person_id FROM persons_first_day FINAL "
+    "WHERE project_id = {p:String} AND is_deleted = 0",
+    "sessions_daily": "SELECT day, anonymous_id, page_views, duration_ms FROM sessions_daily FINAL "
+    "WHERE project_id = {p:String} AND is_deleted = 0",
+    "breakdown_sessions": "SELECT day, anonymous_id, entry_path, exit_path, page_views "
+    "FROM breakdown_sessions FINAL WHERE project_id = {p:String} AND is_deleted = 0",
+    "breakdown_pages": "SELECT day, anonymous_id, path, views, time_ms, bounced FROM breakdown_pages FINAL "
+    "WHERE project_id = {p:String} AND is_deleted = 0",
+    "churn_daily": "SELECT day, base, churned FROM churn_daily FINAL WHERE project_id = {p:String} "
+    "AND base + churned > 0",
+    "funnel_progress": "SELECT person_id, day, level FROM funnel_progress FINAL "
+    "WHERE project_id = {p:String} AND is_deleted = 0",
+    "funnel_counts": "SELECT level, day, persons FROM funnel_counts FINAL WHERE project_id = {p:String} "
+    "AND persons > 0",
+}
+
+
+def tables_of(stack: Stack, project_id: str) -> dict[str, list[tuple[Any, ...]]]:
+    return {name: sorted(stack.rows(sql, p=project_id)) for name, sql in TABLES.items()}
+
+
+async def same_tables(stack: Stack, a: str, b: str) -> None:
+    """Wait until two projects' day-keyed tables hold the same rows; else fail showing the
+    tables that differ, each side's rows."""
+    try:
+        await stack.until(lambda: tables_of(stack, a) == tables_of(stack, b), timeout=30)
+    except AssertionError:
+        left, right = tables_of(stack, a), tables_of(stack, b)
+        differ = [name for name in TABLES if left[name] != right[name]]
+        assert {n: left[n] for n in differ} == {n: right[n] for n in differ}
+        raise
+
+
+async def test_a_project_moved_to_another_zone_is_recomputed_as_if_it_had_been_there(stack: Stack) -> None:
+    """The test project (UTC) gets the hand-made events, then moves to Europe/Amsterdam (PATCH,
+    admin): every day-keyed table becomes what a project created in Amsterdam with the same
+    events holds, and an event sent after the move counts on top of the recomputed days."""
+    zone = "Europe/Amsterdam"
+    moved, fresh = stack.project, await stack.create_project("fresh", timezone=zone)
+    steps = [{"event": "$page", "path": "/a"}, {"event": "$page", "path": "/b"}]
+    for project in (moved, fresh):
+        funnels.create_funnel(stack.client, project.project_id, "a to b", steps, 3600)
+    calls = CALLS + this_week(zone)
+
+    async def send(batch: list[dict[str, Any]]) -> None:
+        for project in (moved, fresh):
+            answer = await stack.post("/v1/batch", {"writeKey": project.write_key, "batch": batch})
+            assert answer.status_code == 200 and answer.json()["accepted"] == len(batch), answer.text
+
+    await send(calls)
+    assert await stack.wait_count(2 * len(calls)) == 2 * len(calls)
+
+    def daily(pid: str) -> dict[date, tuple[int, ...]]:
+        return {d: tuple(f[:5]) for d, *f in stack.rows(TABLES["daily_stats"], p=pid)}
+
+    await stack.until(lambda: daily(moved.project_id) == expected_daily(calls, "UTC"), timeout=30)
+    await stack.until(lambda: daily(fresh.project_id) == expected_daily(calls, zone), timeout=30)
+    assert daily(moved.project_id) != daily(fresh.project_id)  # the two zones' days differ here
+
+    await stack.start_api(clock=lambda: NOW)
+    async with httpx.AsyncClient(
+        base_url=stack.api_url, headers={"Authorization": "Bearer test-admin"}, timeout=30
+    ) as admin:
+        refused = await admin.patch(f"/api/projects/{moved.project_id}", json={"timezone": "Mars/Olympus"})
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "timezone"]
+        missing = await admin.patch("/api/projects/p_nope", json={"timezone": zone})
+        assert missing.status_code == 404, missing.text
+        changed = await admin.patch(f"/api/projects/{moved.project_id}", json={"timezone": zone})
+        assert changed.status_code == 200 and changed.json()["timezone"] == zone, changed.text
+
+    def recorded() -> bool:
+        return (moved.project_id, -1, zone) in stack.rows(
+            "SELECT project_id, kafka_partition, timezone FROM project_zones FINAL"
+        )
+
+    await stack.until(recorded, timeout=60)
+    await same_tables(stack, moved.project_id, fresh.project_id)
+    assert daily(moved.project_id) == expected_daily(calls, zone)
+
+    # After the move, an event on a day both projects have counts on top of it, in the new zone.
+    later = [page("v9", at("2026-03-29T22:30:00"), "/a")]  # Amsterdam's 03-30 00:30
+    await send(later)
+    calls += later
+    await stack.until(lambda: daily(moved.project_id) == expected_daily(calls, zone), timeout=30)
+    await same_tables(stack, moved.project_id, fresh.project_id)
+    await api_answers_in_local_days(stack, moved, zone, calls, expected_daily(calls, zone))
+
+
+def test_the_cli_changes_a_project_s_time_zone(tmp_path: Path) -> None:
+    created = json.loads(run_cli(tmp_path, "projects", "create", "Shop", "--json").stdout)
+    assert created["timezone"] == "UTC"
+    changed = run_cli(tmp_path, "projects", "set-timezone", created["project_id"], "Asia/Kolkata", "--json")
+    assert changed.returncode == 0, changed.stderr
+    assert json.loads(changed.stdout)[0]["timezone"] == "Asia/Kolkata"
+    listed = json.loads(run_cli(tmp_path, "projects", "list", "--json").stdout)
+    assert [p["timezone"] for p in listed] == ["Asia/Kolkata"]
+    for args, reason in (
+        ((created["project_id"], "Mars/Olympus"), "Mars/Olympus"),
+        (("p_nope", "UTC"), "no such project"),
+    ):
+        refused = run_cli(tmp_path, "projects", "set-timezone", *args)
+        assert refused.returncode == 2 and reason in refused.stderr, refused.stderr

@@ -24,6 +24,14 @@ log = get_logger(__name__)
 _admin_bearer = HTTPBearer(auto_error=False, scheme_name="AdminToken", description="WERKSTROOM_ADMIN_TOKEN")
 
 
+def _zone(timezone: str) -> str:
+    """An IANA zone name, checked (werkstroom.timezones), or the documented 422 on the field."""
+    try:
+        return timezones.validate(timezone)
+    except timezones.TimezoneError as exc:
+        raise PydanticCustomError("unknown_timezone", str(exc)) from None
+
+
 class ProjectIn(BaseModel):
     name: str = Field(min_length=1, max_length=projects.MAX_NAME, examples=["My shop"])
     timezone: str = Field(
@@ -36,10 +44,7 @@ class ProjectIn(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _valid_timezone(cls, timezone: str) -> str:
-        try:
-            return timezones.validate(timezone)
-        except timezones.TimezoneError as exc:
-            raise PydanticCustomError("unknown_timezone", str(exc)) from None
+        return _zone(timezone)
 
     @field_validator("name")
     @classmethod
@@ -107,6 +112,38 @@ async def create_project(body: ProjectIn, _: AdminDep, client: ClickHouseDep) ->
 async def list_projects(_: AdminDep, client: ClickHouseDep) -> list[ProjectOut]:
     found = await asyncio.to_thread(projects.list_projects, client)
     return [ProjectOut(**p.__dict__) for p in found]
+
+
+class ProjectZoneIn(BaseModel):
+    timezone: str = Field(
+        max_length=timezones.MAX_NAME,
+        description="the site's IANA time zone: its days, weeks and today are local days there",
+        examples=["Europe/Amsterdam"],
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, timezone: str) -> str:
+        return _zone(timezone)
+
+
+@admin.patch(
+    "/{project_id}",
+    response_model=ProjectOut,
+    summary="Change a project's time zone (admin)",
+    description="Its days become local days of the new zone: the aggregator recomputes every "
+    "day-keyed row of the project in it within seconds (longer for a large project); until "
+    "then the answers mix the two zones' days. docs/timezones.md.",
+    responses={404: {"description": "no such project"}},
+)
+async def change_project(
+    project_id: str, body: ProjectZoneIn, _: AdminDep, client: ClickHouseDep
+) -> ProjectOut:
+    changed = await asyncio.to_thread(projects.set_timezone, client, project_id, body.timezone)
+    if changed is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such project")
+    log.info("project_timezone_changed", project_id=project_id, timezone=changed.timezone)
+    return ProjectOut(**changed.__dict__)
 
 
 me = APIRouter(prefix="/api", tags=["projects"])
