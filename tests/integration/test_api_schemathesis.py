@@ -70,7 +70,17 @@ def explore(schema: Any, base_url: str, read_key: str, admin: str, ids: dict[str
             continue
         findings.answered.setdefault(f"{operation.method.upper()} {operation.path}", False)
         names = {p.name for p in operation.path_parameters}
-        token = read_key if "project_id" in names or operation.path == "/api/me" else admin
+        # the admin's routes take the admin token (a project's change too), the others a read key
+        admin_route = operation.path.startswith("/api/projects") and not operation.path.startswith(
+            "/api/projects/{project_id}/"
+        )
+        token = (
+            admin
+            if admin_route
+            else read_key
+            if "project_id" in names or operation.path == "/api/me"
+            else admin
+        )
         fixed = {"project_id": ids["project_id"][0]} if "project_id" in names else {}
         for mode, examples in EXAMPLES.items():
             strategy = operation.as_strategy(

@@ -800,6 +800,12 @@ async def test_every_api_route_shows_each_project_only_its_own_data(world: World
         assert {world.a.project_id, world.b.project_id} <= listed
         assert (await reader.get("/api/projects")).status_code == 401
         assert (await reader.post("/api/projects", json={"name": "x"})).status_code == 401
+        # a read key changes no project, not even its own; the admin's change is that project's
+        mine = f"/api/projects/{world.a.project_id}"
+        assert (await reader.patch(mine, json={"timezone": "UTC"})).status_code == 401
+        changed = await admin.patch(mine, json={"timezone": "UTC"})  # its zone, as it was
+        assert changed.status_code == 200 and changed.json()["project_id"] == world.a.project_id
+        assert world.b.read_key not in changed.text and world.a.read_key not in changed.text
 
     # -- routes with no project's data mention none
     secrets = [world.a.project_id, world.b.project_id, world.a.read_key, world.b.read_key, "user-1"]

@@ -11,7 +11,7 @@ from clickhouse_connect.driver.client import Client
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AfterValidator, BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from services.api import queries
@@ -117,6 +117,7 @@ async def list_projects(_: AdminDep, client: ClickHouseDep) -> list[ProjectOut]:
 
 
 class ProjectZoneIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"timezone": "Europe/Amsterdam"}]})
     timezone: ZoneName
 
 
