@@ -335,8 +335,9 @@ class SessionsProcessor:
                 [[p, d, k, c.page_views, c.events, c.last_offset] for (p, d, k), c in day_counts.items()],
             ),
         }
-        dirty.zones.update({p: self.zones.get(p, timezones.DEFAULT) for p, _d in days})
-        dirty.zones.update({p: self.zones.get(p, timezones.DEFAULT) for p, _i in dirty.ids})
+        # every event dirties its day, so the days name every project the ids do
+        zones = self.zones
+        dirty.zones.update({p: zones.get(p, timezones.DEFAULT) for p in {p for p, _d in days}})
         return rows, dirty
 
     def evict_idle(self, written_seq: int) -> int:
