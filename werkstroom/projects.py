@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from clickhouse_connect.driver.client import Client
 
 from werkstroom import timezones
+from werkstroom.clickhouse.tables import PROJECTS_COLUMNS
 
 MAX_NAME = 100
 
@@ -55,24 +56,17 @@ def validate_name(name: object) -> str:
     return cleaned
 
 
-_COLUMNS = [
-    "project_id",
-    "name",
-    "write_key",
-    "read_key_hash",
-    "timezone",
-    "created_at",
-    "updated_at",
-    "deleted",
-]
+def validate_timezone(timezone: object) -> str:
+    """An IANA zone name, checked (werkstroom.timezones); ProjectError says why not."""
+    try:
+        return timezones.validate(timezone)
+    except timezones.TimezoneError as exc:
+        raise ProjectError(str(exc)) from None
 
 
 def create_project(client: Client, name: str, timezone: str = timezones.DEFAULT) -> NewProject:
     cleaned = validate_name(name)
-    try:
-        zone = timezones.validate(timezone)
-    except timezones.TimezoneError as exc:
-        raise ProjectError(str(exc)) from None
+    zone = validate_timezone(timezone)
     now = datetime.now(UTC)
     project = NewProject(
         project_id=f"p_{secrets.token_hex(8)}",
@@ -83,7 +77,7 @@ def create_project(client: Client, name: str, timezone: str = timezones.DEFAULT)
         read_key=f"rk_{secrets.token_urlsafe(32)}",
     )
     row = [project.project_id, project.name, project.write_key, hash_key(project.read_key), zone, now, now, 0]
-    client.insert("projects", [row], column_names=_COLUMNS)
+    client.insert("projects", [row], column_names=PROJECTS_COLUMNS)
     return project
 
 
@@ -96,7 +90,7 @@ def list_projects(client: Client) -> list[Project]:
 
 
 def time_zones(client: Client) -> dict[str, str]:
-    """project id -> its time zone, for every live project (the aggregator's and the API's)."""
+    """project id -> its time zone, for every live project (the aggregator's days)."""
     rows = client.query("SELECT project_id, timezone FROM projects FINAL WHERE deleted = 0").result_rows
     return {pid: zone for pid, zone in rows}
 
@@ -113,20 +107,18 @@ def time_zone(client: Client, project_id: str) -> str:
 def set_timezone(client: Client, project_id: str, timezone: str) -> Project | None:
     """Change a project's time zone (a new row, its other columns as they are); None: no such
     project. What depends on its days is recomputed by the aggregator in the new zone."""
-    try:
-        zone = timezones.validate(timezone)
-    except timezones.TimezoneError as exc:
-        raise ProjectError(str(exc)) from None
+    zone = validate_timezone(timezone)
     rows = client.query(
-        f"SELECT {', '.join(_COLUMNS)} FROM projects FINAL WHERE project_id = {{pid:String}} AND deleted = 0",
+        f"SELECT {', '.join(PROJECTS_COLUMNS)} FROM projects FINAL "
+        "WHERE project_id = {pid:String} AND deleted = 0",
         parameters={"pid": project_id},
     ).result_rows
     if not rows:
         return None
-    row = dict(zip(_COLUMNS, rows[0], strict=True))
+    row = dict(zip(PROJECTS_COLUMNS, rows[0], strict=True))
     now = datetime.now(UTC)
     row.update(timezone=zone, updated_at=max(now, _utc(row["updated_at"]) + timedelta(milliseconds=1)))
-    client.insert("projects", [[row[c] for c in _COLUMNS]], column_names=_COLUMNS)
+    client.insert("projects", [[row[c] for c in PROJECTS_COLUMNS]], column_names=PROJECTS_COLUMNS)
     return Project(project_id, row["name"], row["write_key"], _utc(row["created_at"]), zone)
 
 

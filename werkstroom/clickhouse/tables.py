@@ -193,6 +193,11 @@ FUNNEL_PROGRESS_COLUMNS = ["project_id", "funnel_id", "day", "person_id", "level
 FUNNEL_LEVELS_COLUMNS = ["project_id", "funnel_id", "level", "last_day", "person_id", "is_deleted", "version"]
 FUNNEL_COUNTS_COLUMNS = ["project_id", "funnel_id", "level", "day", "persons", "version"]
 FUNNEL_BACKFILLS_COLUMNS = ["project_id", "funnel_id", "rows", "version"]
+#: `projects` (migrations 0001, 0024): one row per site, a change is a new row.
+PROJECTS_COLUMNS = [
+    *("project_id", "name", "write_key", "read_key_hash", "timezone"),
+    *("created_at", "updated_at", "deleted"),
+]
 #: `project_zones` (migration 0025): the zone a project's rows were computed in, per partition.
 PROJECT_ZONES_COLUMNS = ["project_id", "kafka_partition", "timezone", "version"]
 
@@ -223,4 +228,5 @@ WRITTEN: dict[str, list[str]] = {
     "funnel_counts": FUNNEL_COUNTS_COLUMNS,
     "funnel_backfills": FUNNEL_BACKFILLS_COLUMNS,
     "project_zones": PROJECT_ZONES_COLUMNS,
+    "projects": PROJECTS_COLUMNS,
 }

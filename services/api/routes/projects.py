@@ -27,8 +27,8 @@ _admin_bearer = HTTPBearer(auto_error=False, scheme_name="AdminToken", descripti
 def _zone(timezone: str) -> str:
     """An IANA zone name, checked (werkstroom.timezones), or the documented 422 on the field."""
     try:
-        return timezones.validate(timezone)
-    except timezones.TimezoneError as exc:
+        return projects.validate_timezone(timezone)
+    except projects.ProjectError as exc:
         raise PydanticCustomError("unknown_timezone", str(exc)) from None
 
 
