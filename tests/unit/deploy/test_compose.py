@@ -334,6 +334,30 @@ def test_dashboards_use_query_types_of_the_pinned_plugin() -> None:
                 assert target.get("queryType", "table") in QUERY_TYPES_V4, (path.name, panel.get("title"))
 
 
+def dashboard_queries(board: Any) -> list[str]:
+    """Every SQL text of a dashboard: its variables' queries and its panels' targets."""
+    if isinstance(board, dict):
+        own = [v for k, v in board.items() if k in ("rawSql", "query") and isinstance(v, str)]
+        return own + [q for v in board.values() for q in dashboard_queries(v)]
+    if isinstance(board, list):
+        return [q for v in board for q in dashboard_queries(v)]
+    return []
+
+
+def test_dashboard_rows_have_one_order() -> None:
+    """A sort by a count alone leaves its ties in whatever order ClickHouse reads them, so a
+    table (and where its LIMIT cuts) can change between two refreshes of the same data: an
+    ORDER BY that sorts by a measure descending ends in a key that breaks the ties."""
+    checked = 0
+    for path in sorted((ROOT / "grafana/dashboards").glob("*.json")):
+        for sql in dashboard_queries(json.loads(path.read_text())):
+            for order in re.findall(r"ORDER BY ([^\n]*)", sql):
+                if " DESC" in order:
+                    checked += 1
+                    assert not order.rstrip().endswith("DESC"), (path.name, order)
+    assert checked >= 10
+
+
 # -- ClickHouse's user for Grafana -----------------------------------------------------------------
 
 
