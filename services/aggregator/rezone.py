@@ -20,7 +20,7 @@ whatever came before: a crash before the record recomputes again at the next sta
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime, timedelta
 
 from clickhouse_connect.driver.client import Client
@@ -81,12 +81,16 @@ def pending(client: Client, partitions: Iterable[int], derived_too: bool) -> Due
     }
 
 
-def run(client: Client, due: Due) -> None:
-    """Recompute what `due` names, then record each zone (partitions first, derived last)."""
+def run(client: Client, due: Due, should_stop: Callable[[], bool] = lambda: False) -> None:
+    """Recompute what `due` names, then record each zone (partitions first, derived last). A
+    derived recomputation stops between two chunks once `should_stop()`, recording nothing."""
     for (project_id, k), zone in sorted(due.items(), key=lambda item: (item[0][0], item[0][1] == DERIVED)):
         started = datetime.now(UTC)
         if k == DERIVED:
-            rezone_derived(client, project_id, zone, timezones.today(datetime.now(UTC), zone))
+            today = timezones.today(datetime.now(UTC), zone)
+            if not rezone_derived(client, project_id, zone, today, should_stop):
+                log.info("project_rezone_interrupted", project_id=project_id, timezone=zone)
+                return
         else:
             rezone_events_daily(client, project_id, k, zone)
         insert_rows(client, "project_zones", [[project_id, k, zone, next_version()]], PROJECT_ZONES_COLUMNS)
@@ -112,11 +116,14 @@ def rezone_events_daily(client: Client, project_id: str, partition: int, zone: s
     client.command(EVENTS_DAILY, parameters=bound)
 
 
-def rezone_derived(client: Client, project_id: str, zone: str, today: date) -> None:
-    """Every derived row of the project in `zone` (module doc); `today`: the project's."""
+def rezone_derived(
+    client: Client, project_id: str, zone: str, today: date, should_stop: Callable[[], bool] = lambda: False
+) -> bool:
+    """Every derived row of the project in `zone` (module doc); `today`: the project's. False:
+    stopped between two chunks (`should_stop`), not done."""
     days = project_days(client, project_id)
     if not days:
-        return
+        return True
     funnels = list_funnels(client, project_id)
     visitors = [
         v
@@ -126,6 +133,8 @@ def rezone_derived(client: Client, project_id: str, zone: str, today: date) -> N
         ).result_rows
     ]
     for chunk in _chunks(visitors, CHUNK):
+        if should_stop():
+            return False
         version = next_version()  # per chunk, before its reads: newer data recomputed since wins
         changed = derived.refresh_persons(client, project_id, set(chunk), version, days, zone, rezone=True)
         derived.refresh_session_days(client, project_id, days, zone)
@@ -138,6 +147,7 @@ def rezone_derived(client: Client, project_id: str, zone: str, today: date) -> N
     settled = {d for d in days if d <= today}
     derived.refresh_churn(client, project_id, churn.days_affected(settled, today), version)
     breakdowns.roll_up(client, project_id, days, version, today)
+    return True
 
 
 def project_days(client: Client, project_id: str) -> set[date]:

@@ -26,6 +26,7 @@ uncommitted and is read again at the next start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -133,6 +134,7 @@ class EventsSink:
         self._committer: asyncio.Task[None] | None = None
         self._statuser: asyncio.Task[None] | None = None
         self._backfiller: asyncio.Task[None] | None = None
+        self._rezoning: asyncio.Future[None] | None = None  # the derived tables' recomputation
         self._submitting: asyncio.Future[None] | None = None
         self._stop_wait: asyncio.Future[Any] | None = None  # done once _stopping is set
         self._load_client: Client | None = None
@@ -210,6 +212,7 @@ class EventsSink:
                     self._committer,
                     self._statuser,
                     self._backfiller,
+                    self._rezoning,
                     self._stop_wait,
                 )
                 if t
@@ -434,17 +437,22 @@ class EventsSink:
         await self.committer.refresh_and_commit()
 
     async def _rezone(self) -> None:
-        """Recompute the rows of the projects whose time zone changed (services.aggregator.rezone):
-        everything applied written and committed first, the projects' new zones adopted, then
-        their rows recomputed on a client of its own, between two batches."""
+        """Recompute the rows of the projects whose time zone changed (services.aggregator.rezone).
+        Everything applied is written and committed first and the projects' new zones adopted;
+        events_daily's rows of the partitions held are counted again here, between two batches
+        (under a second for a large project); the derived tables are recomputed by a task of
+        their own, on a client of its own, while the batches go on (minutes for a large one:
+        stalled here, the consumer would outlast Kafka's poll interval and lose its partitions).
+        Concurrent refreshes are safe: both sides compute in the new zone, the newer version wins."""
         self._zones_checked = time.monotonic()
         consumer = started(self.consumer, "the sink's consumer")
         held = {tp.partition for tp in consumer.assignment() if tp.topic == self.topics.events}
+        busy = self._rezoning is not None and not self._rezoning.done()
 
         def work(due: rezone.Due) -> None:
             client = self._client_factory(session=True)  # the recomputation stages in its session
             try:
-                rezone.run(client, due)
+                rezone.run(client, due, self._stopping.is_set)
             finally:
                 client.close()
 
@@ -453,14 +461,29 @@ class EventsSink:
                 "sink_rezone_failed",
                 lambda: asyncio.to_thread(rezone.pending, self._loader(), held, self._owns_partition_0()),
             )
+            if busy:  # the derived recomputation under way records its own when it is done
+                due = {key: zone for key, zone in due.items() if key[1] != rezone.DERIVED}
             if not due:
                 return
             await self.flush()
             self.processor.adopt_zones(rezone.zones_of(due))
             log.info("projects_rezoning", projects=sorted(rezone.zones_of(due)))
-            await self.retry("sink_rezone_failed", lambda: asyncio.to_thread(work, due))
+            partitions = {key: zone for key, zone in due.items() if key[1] != rezone.DERIVED}
+            derived = {key: zone for key, zone in due.items() if key[1] == rezone.DERIVED}
+            if partitions:
+                await self.retry("sink_rezone_failed", lambda: asyncio.to_thread(work, partitions))
+            if derived:
+                attempt = self.retry("sink_rezone_failed", lambda: asyncio.to_thread(work, derived))
+                task = asyncio.create_task(self._quietly(attempt), name="sink-rezone")
+                self._rezoning = self._watch(task)  # its failure stops the sink, as a writer's
         except Abandoned:  # stopping: what was not recorded is recomputed at the next start
             return
+
+    @staticmethod
+    async def _quietly(attempt: Awaitable[None]) -> None:
+        """A background recomputation given up at a stop: the next start does it again."""
+        with contextlib.suppress(Abandoned):
+            await attempt
 
     async def _replay_tails(self) -> None:
         """Replay the tails of the partitions held back (consumer.Replay): the events `events`
@@ -560,7 +583,7 @@ class EventsSink:
 
     def _raise_if_writer_failed(self) -> None:
         """Raise what a task of the sink failed with (a stop that ended a retry is no failure)."""
-        for task in (self._submitting, self._writer, self._committer):
+        for task in (self._submitting, self._writer, self._committer, self._rezoning):
             if task is not None and task.done() and not task.cancelled():
                 error = task.exception()
                 if error is not None and not isinstance(error, Abandoned):
