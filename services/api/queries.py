@@ -64,19 +64,18 @@ def write_key(client: Client, project_id: str) -> str | None:
     return str(rows[0][0]) if rows else None
 
 
-#: The bot events of one project over local days {since}..{today} of its zone {tz} (bot_events,
-#: migration 0019, is sorted by UTC day: the UTC days they overlap are read, each event counted
-#: under its local day): uniqExact, so rows a replay wrote again and not yet merged count once.
-BOTS_OF_DAYS = (
-    "SELECT uniqExact(event_id) FROM bot_events WHERE project_id = {p:String} "
+#: The bot events of one project over local days of its zone {tz} (bot_events, migration 0019, is
+#: sorted by UTC day: the UTC days {utc_lo}..{utc_hi} they overlap are read, then cut to the
+#: instants {start}..{end}, each event counted under its local day): uniqExact, so rows a replay
+#: wrote again and not yet merged count once. Both SELECTs read the same rows (_BOTS_FROM).
+_BOTS_FROM = (
+    "FROM bot_events WHERE project_id = {p:String} "
     "AND day BETWEEN {utc_lo:Date} AND {utc_hi:Date} "
     f"AND timestamp >= {{start:{T}}} AND timestamp < {{end:{T}}}"
 )
+BOTS_OF_DAYS = f"SELECT uniqExact(event_id) {_BOTS_FROM}"
 BOTS_PER_DAY = (
-    BOTS_OF_DAYS.replace(
-        "SELECT uniqExact(event_id)", "SELECT toDate(timestamp, {tz:String}) AS local, uniqExact(event_id)"
-    )
-    + " GROUP BY local"
+    f"SELECT toDate(timestamp, {{tz:String}}) AS local, uniqExact(event_id) {_BOTS_FROM} GROUP BY local"
 )
 
 
