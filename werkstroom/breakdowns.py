@@ -4,7 +4,7 @@ Definitions: docs/definitions.md ("Breakdowns")."""
 
 from __future__ import annotations
 
-from werkstroom.clickhouse.tables import BREAKDOWN_DIMENSIONS
+from werkstroom.clickhouse.tables import BREAKDOWN_DIMENSIONS, ENTRY_ATTRIBUTES
 
 #: The distinct count of visitors in breakdown_daily: HyperLogLog with 2^12 cells beyond its
 #: exact range (a state of about 3 KB; the default 2^17 made a 30-day breakdown merge 100 KB a
@@ -12,6 +12,9 @@ from werkstroom.clickhouse.tables import BREAKDOWN_DIMENSIONS
 VISITORS = "uniqCombined64(12)"
 
 _SESSION_DIMENSIONS = {d: c for d, c in BREAKDOWN_DIMENSIONS.items() if c != "path"}
+#: The filters breakdown_daily_by rolls up (migration 0026), by the column they narrow: the
+#: attributes of a session's entry page view, each a single value per session.
+ROLLED_FILTERS = ENTRY_ATTRIBUTES
 
 
 def figures_sql(dimensions: list[str], where: str) -> str:
@@ -47,3 +50,36 @@ FROM (SELECT day, anonymous_id, page_views AS n, arrayJoin([{pairs}]) AS pair
 GROUP BY day, dimension, value"""
         )
     return "\nUNION ALL\n".join(parts)
+
+
+def figures_by_filter_sql(where: str) -> str:
+    """SELECT day, filter, filter_value, dimension, value and BREAKDOWN_FIGURES of every
+    dimension under each ROLLED_FILTERS value, from the breakdown tables' live rows of the days
+    `where` picks (a condition on `day`, with {p:String} the project): what breakdown_daily_by
+    holds. A session counts under each filter's one value, so a filter's values partition it:
+    its rows under a value are figures_sql's over the sessions with that value. Page rows take
+    their session's attributes from its breakdown_sessions row (the same key)."""
+    filters = ", ".join(f"('{c}', toString({c}))" for c in ROLLED_FILTERS)
+    pairs = ", ".join(f"('{d}', toString({c}))" for d, c in _SESSION_DIMENSIONS.items())
+    live = f"project_id = {{p:String}} AND is_deleted = 0 AND {where}"
+    return f"""SELECT day, f.1 AS filter, f.2 AS filter_value, 'pages' AS dimension, path AS value,
+       uniqCombined64State(12)(anonymous_id) AS visitors, count() AS sessions,
+       sum(n) AS page_views, countIf(b = 1) AS bounced,
+       countIf(e = 1) AS entered, sum(ms) AS time_ms, sum(nt) AS timed
+FROM (SELECT pg.day AS day, pg.path AS path, pg.anonymous_id AS anonymous_id, pg.views AS n,
+             pg.bounced AS b, pg.is_entry AS e, pg.time_ms AS ms, pg.timed_views AS nt,
+             arrayJoin([{filters}]) AS f
+      FROM (SELECT day, anonymous_id, session_id, path, views, bounced, is_entry, time_ms, timed_views
+            FROM breakdown_pages FINAL WHERE {live}) AS pg
+      INNER JOIN (SELECT day, anonymous_id, session_id, {", ".join(ROLLED_FILTERS)}
+                  FROM breakdown_sessions FINAL WHERE {live}) AS s
+          ON pg.day = s.day AND pg.anonymous_id = s.anonymous_id AND pg.session_id = s.session_id)
+GROUP BY day, filter, filter_value, value
+UNION ALL
+SELECT day, f.1 AS filter, f.2 AS filter_value, pair.1 AS dimension, pair.2 AS value,
+       uniqCombined64State(12)(anonymous_id) AS visitors, count() AS sessions,
+       sum(n) AS page_views, countIf(n = 1) AS bounced,
+       count() AS entered, toInt64(0) AS time_ms, toUInt64(0) AS timed
+FROM (SELECT day, anonymous_id, page_views AS n, arrayJoin([{filters}]) AS f, arrayJoin([{pairs}]) AS pair
+      FROM breakdown_sessions FINAL WHERE {live})
+GROUP BY day, filter, filter_value, dimension, value"""

@@ -34,7 +34,7 @@ from functools import cache
 from clickhouse_connect.driver.client import Client
 
 from werkstroom import timezones
-from werkstroom.breakdowns import figures_sql
+from werkstroom.breakdowns import figures_by_filter_sql, figures_sql
 from werkstroom.clickhouse.tables import (
     BREAKDOWN_DIMENSIONS,
     BREAKDOWN_FIGURES,
@@ -151,31 +151,50 @@ def recompute(
         client.command(sql, parameters=params, settings={"max_threads": 1})
 
 
-# -- the roll-up of settled days (breakdown_daily) ------------------------------------------------
+# -- the roll-up of settled days (breakdown_daily, breakdown_daily_by) ----------------------------
 
-_COLUMNS = f"project_id, dimension, day, value, {', '.join(BREAKDOWN_FIGURES)}, version, is_deleted"
+_FIGURES = ", ".join(BREAKDOWN_FIGURES)
+_COLUMNS = f"project_id, dimension, day, value, {_FIGURES}, version, is_deleted"
+_BY_COLUMNS = f"project_id, filter, filter_value, dimension, day, value, {_FIGURES}, version, is_deleted"
+# A day's marker row: every key column '' but the day, no figures.
+_MARKER = "uniqCombined64State(12)(''), 0, 0, 0, 0, 0, 0"
+_DAYS = "(SELECT arrayJoin({days:Array(Date)}) AS day) GROUP BY day"
 ROLL_UP = f"""
 INSERT INTO breakdown_daily ({_COLUMNS})
-SELECT {{p:String}}, dimension, day, value, {", ".join(BREAKDOWN_FIGURES)}, {{v:UInt64}}, 0
+SELECT {{p:String}}, dimension, day, value, {_FIGURES}, {{v:UInt64}}, 0
 FROM ({figures_sql(list(BREAKDOWN_DIMENSIONS), "day IN {days:Array(Date)}")})
 UNION ALL
-SELECT {{p:String}}, '', day, '', uniqCombined64State(12)(''), 0, 0, 0, 0, 0, 0, {{v:UInt64}}, 0
-FROM (SELECT arrayJoin({{days:Array(Date)}}) AS day) GROUP BY day
+SELECT {{p:String}}, '', day, '', {_MARKER}, {{v:UInt64}}, 0 FROM {_DAYS}
+"""
+# The same days under each one-attribute filter (migration 0026), with their own marker.
+ROLL_UP_BY = f"""
+INSERT INTO breakdown_daily_by ({_BY_COLUMNS})
+SELECT {{p:String}}, filter, filter_value, dimension, day, value, {_FIGURES}, {{v:UInt64}}, 0
+FROM ({figures_by_filter_sql("day IN {days:Array(Date)}")})
+UNION ALL
+SELECT {{p:String}}, '', '', '', day, '', {_MARKER}, {{v:UInt64}}, 0 FROM {_DAYS}
 """
 # The values of those days not rolled up again: gone from the day (each is a tombstone).
 BURY = f"""
 INSERT INTO breakdown_daily ({_COLUMNS})
-SELECT project_id, dimension, day, value, {", ".join(BREAKDOWN_FIGURES)}, {{v:UInt64}}, 1
+SELECT project_id, dimension, day, value, {_FIGURES}, {{v:UInt64}}, 1
 FROM breakdown_daily FINAL
 WHERE project_id = {{p:String}} AND day IN {{days:Array(Date)}} AND version < {{v:UInt64}}
 """
-
-
+BURY_BY = f"""
+INSERT INTO breakdown_daily_by ({_BY_COLUMNS})
+SELECT project_id, filter, filter_value, dimension, day, value, {_FIGURES}, {{v:UInt64}}, 1
+FROM breakdown_daily_by FINAL
+WHERE project_id = {{p:String}} AND day IN {{days:Array(Date)}} AND version < {{v:UInt64}}
+"""
 # A marker taken back: the day is read from the breakdown tables until it is rolled up again.
 UNMARK = f"""
 INSERT INTO breakdown_daily ({_COLUMNS})
-SELECT {{p:String}}, '', day, '', uniqCombined64State(12)(''), 0, 0, 0, 0, 0, 0, {{v:UInt64}}, 1
-FROM (SELECT arrayJoin({{days:Array(Date)}}) AS day) GROUP BY day
+SELECT {{p:String}}, '', day, '', {_MARKER}, {{v:UInt64}}, 1 FROM {_DAYS}
+"""
+UNMARK_BY = f"""
+INSERT INTO breakdown_daily_by ({_BY_COLUMNS})
+SELECT {{p:String}}, '', '', '', day, '', {_MARKER}, {{v:UInt64}}, 1 FROM {_DAYS}
 """
 
 
@@ -213,7 +232,8 @@ class RollUps:
         due = {k for k in self.waiting if now - self.last.get(k, -self.every) >= self.every}
         hold = self.waiting - due - self.unmarked
         for project_id, held in _by_project(hold).items():
-            client.command(UNMARK, parameters={"p": project_id, "days": sorted(held), "v": version})
+            for sql in (UNMARK, UNMARK_BY):
+                client.command(sql, parameters={"p": project_id, "days": sorted(held), "v": version})
         self.unmarked |= hold
         for project_id, rolled in _by_project(due).items():
             roll_up(client, project_id, rolled, version, today(project_id))
@@ -233,11 +253,12 @@ def _by_project(keys: set[tuple[str, date]]) -> dict[str, set[date]]:
 
 
 def roll_up(client: Client, project_id: str, days: set[date], version: int, today: date) -> None:
-    """Rewrite breakdown_daily for the settled days among `days` (before `today`), from the
-    breakdown tables as written, with `version` (taken before reading: a newer roll-up wins)."""
+    """Rewrite breakdown_daily and breakdown_daily_by for the settled days among `days` (before
+    `today`), from the breakdown tables as written, with `version` (taken before reading: a newer
+    roll-up wins)."""
     settled = sorted(d for d in days if d < today)
     if not settled:
         return
     params = {"p": project_id, "days": settled, "v": version}
-    client.command(ROLL_UP, parameters=params)
-    client.command(BURY, parameters=params)
+    for sql in (ROLL_UP, ROLL_UP_BY, BURY, BURY_BY):
+        client.command(sql, parameters=params)

@@ -4,7 +4,9 @@ equal length just before (docs/definitions.md, "Breakdowns").
 
 Read from breakdown_pages (pages) and breakdown_sessions (every other dimension), kept by the
 aggregator (migration 0023): one statement over both periods, grouped by the value. Unfiltered,
-the days rolled up in breakdown_daily are read from there.
+the days rolled up in breakdown_daily are read from there; with one filter on an attribute of
+the session's entry page (country, source, a UTM field, device, browser, OS), the days rolled up
+in breakdown_daily_by (migration 0026).
 """
 
 from __future__ import annotations
@@ -108,27 +110,44 @@ LIMIT {{n:UInt32}} OFFSET {{skip:UInt64}}
     return sql, params
 
 
-# The days of both periods that breakdown_daily has rolled up (a row with dimension '' marks a
-# day; only days before today are rolled up), and the others, computed from the breakdown tables:
-# as an array of the days themselves, so that the tables' primary key (project_id, day, ...)
-# narrows the read to them (a NOT IN the rolled days does not).
+# The days of both periods that the roll-up has done (a marker row: in breakdown_daily dimension
+# '', in breakdown_daily_by filter ''; only days before today are rolled up), and the others,
+# computed from the breakdown tables: as an array of the days themselves, so that the tables'
+# primary key (project_id, day, ...) narrows the read to them (a NOT IN the rolled days does not).
 _DAYS = """
-WITH (SELECT groupArray(day) FROM breakdown_daily FINAL WHERE project_id = {p:String} AND dimension = ''
-      AND day BETWEEN {lo:Date} AND {hi:Date} AND day < {today:Date} AND is_deleted = 0) AS rolled,
+WITH (SELECT groupArray(day) FROM {table} FINAL WHERE project_id = {{p:String}} AND {marker}
+      AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND day < {{today:Date}} AND is_deleted = 0) AS rolled,
      arrayFilter(d -> NOT has(rolled, d),
-                 arrayMap(i -> {lo:Date} + i, range(toUInt32({hi:Date} - {lo:Date}) + 1))) AS live
+                 arrayMap(i -> {{lo:Date}} + i, range(toUInt32({{hi:Date}} - {{lo:Date}}) + 1))) AS live
 """
+# The sessions of the days not rolled up that have the filter's value: what a page row's
+# session is looked up in (its own row holds no attribute).
+_LIVE_SESSIONS = (
+    "session_id IN (SELECT session_id FROM breakdown_sessions FINAL WHERE project_id = {{p:String}} "
+    "AND is_deleted = 0 AND has(live, day) AND {column} = {{fv:String}})"
+)
 
 
-def unfiltered_sql(dimension: str) -> str:
-    """One page of an unfiltered breakdown, in breakdown_sql's columns, in one statement: the
-    rolled-up days from breakdown_daily (per day and value: figures and a distinct-count state
-    of the visitors, werkstroom.breakdowns.VISITORS, merged here), the other days computed from
-    the breakdown tables into the same shape (figures_sql), both periods in one pass."""
+def rolled_sql(dimension: str, column: str | None = None) -> str:
+    """One page of a breakdown, in breakdown_sql's columns, in one statement: the rolled-up
+    days (per day and value: figures and a distinct-count state of the visitors,
+    werkstroom.breakdowns.VISITORS, merged here), the other days computed from the breakdown
+    tables into the same shape (figures_sql), both periods in one pass. Unfiltered (`column`
+    None) from breakdown_daily; with one filter on a ROLLED_FILTERS `column` (its value the
+    parameter fv) from breakdown_daily_by."""
     figures = ", ".join(BREAKDOWN_FIGURES)
     merge_if = VISITORS.replace("(", "MergeIf(", 1)
-    live = figures_sql([dimension], "has(live, day)")
-    return f"""{_DAYS}
+    if column is None:
+        days = _DAYS.format(table="breakdown_daily", marker="dimension = ''")
+        table, narrow, live_where = "breakdown_daily", "", "has(live, day)"
+    else:
+        days = _DAYS.format(table="breakdown_daily_by", marker="filter = ''")
+        table = "breakdown_daily_by"
+        narrow = f" AND filter = '{column}' AND filter_value = {{fv:String}}"
+        own = _LIVE_SESSIONS.format(column=column) if dimension == "pages" else f"{column} = {{fv:String}}"
+        live_where = f"has(live, day) AND {own}"
+    live = figures_sql([dimension], live_where)
+    return f"""{days}
 SELECT value, n_visitors, n_sessions, n_page_views, n_bounced, n_entered, n_time_ms, n_timed,
        p_visitors, p_sessions, p_page_views, count() OVER () AS total
 FROM (
@@ -140,8 +159,8 @@ FROM (
            sumIf(page_views, NOT cur) AS p_page_views
     FROM (
         SELECT day >= {{start:Date}} AS cur, value, {figures}
-        FROM breakdown_daily FINAL
-        WHERE project_id = {{p:String}} AND dimension = {{dimension:String}}
+        FROM {table} FINAL
+        WHERE project_id = {{p:String}}{narrow} AND dimension = {{dimension:String}}
           AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND has(rolled, day) AND is_deleted = 0
         UNION ALL
         SELECT day >= {{start:Date}} AS cur, value, {figures} FROM ({live})
@@ -184,8 +203,9 @@ def breakdown(
     today: date,
 ) -> tuple[int, list[dict[str, Any]]]:
     """(total, rows) of one page of a breakdown. Unfiltered, the settled days are read from
-    their roll-up (breakdown_daily) and the others from the breakdown tables; filtered, all of
-    them from the tables."""
+    their roll-up (breakdown_daily), and with one filter on an entry page attribute from theirs
+    (breakdown_daily_by), the others from the breakdown tables; otherwise all of them from the
+    tables."""
     bound: dict[str, Any] = {
         "p": project_id,
         "lo": period.previous.start,
@@ -194,12 +214,17 @@ def breakdown(
         "n": limit,
         "skip": offset,
     }
-    if filters.values:
+    rolled = filters.rolled()
+    if not filters.values:
+        sql = rolled_sql(dimension)
+        bound.update(dimension=dimension, today=today)
+    elif rolled is not None:
+        column, value = rolled
+        sql = rolled_sql(dimension, column)
+        bound.update(dimension=dimension, today=today, fv=value)
+    else:
         sql, params = breakdown_sql(dimension, filters)
         bound.update(params)
-    else:
-        sql = unfiltered_sql(dimension)
-        bound.update(dimension=dimension, today=today)
 
     def read(n: int, skip: int) -> list[tuple[Any, ...]]:
         return client.query(sql, parameters={**bound, "n": n, "skip": skip}).result_rows

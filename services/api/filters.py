@@ -22,6 +22,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from services.api.queries import SEGMENT_WHERE, Narrowing, T, segment_params
+from werkstroom.breakdowns import ROLLED_FILTERS
 from werkstroom.funnels import like_pattern
 
 #: Query parameter -> the column it narrows (a SESSION_ATTRIBUTES column, or `path`). `page` is
@@ -111,6 +112,15 @@ class Filters:
             raise ValueError(f"segment {segment!r} needs to be one of {SEGMENTS}, with a clock")
         names = (*COLUMNS, *PERSON_FILTERS)
         return cls({name: given[name] for name in names if given.get(name) is not None}, now)  # type: ignore[misc]
+
+    def rolled(self) -> tuple[str, str] | None:
+        """(column, value) when these filters are one filter that breakdown_daily_by rolls up
+        (an attribute of the session's entry page view), else None."""
+        if len(self.values) != 1:
+            return None
+        ((name, value),) = self.values.items()
+        column = COLUMNS.get(name)
+        return (column, value) if column in ROLLED_FILTERS and name not in GLOBS else None
 
     def where(self, table: str, sessions_of: str) -> tuple[str, dict[str, Any]]:
         """The conditions (` AND ...`, or "") on a breakdown table's rows, and their parameters.

@@ -38,6 +38,7 @@ from tests.conftest import Infra
 from tests.integration.stack import BROWSER_UA, Stack
 from tests.integration.test_api import identify, iso, track
 from tests.integration.test_countries import two_countries
+from werkstroom.breakdowns import ROLLED_FILTERS
 from werkstroom.clickhouse.tables import BREAKDOWN_DIMENSIONS, ENTRY_ATTRIBUTES
 from werkstroom.demo import AGENTS
 
@@ -386,12 +387,27 @@ async def test_breakdowns_every_dimension_and_filters(
                     p=pid,
                 )
                 == 0
+                # and under each one-attribute filter (breakdown_daily_by), the same days
+                and stack.scalar(
+                    "SELECT count() FROM (SELECT DISTINCT day FROM breakdown_sessions FINAL "
+                    "WHERE project_id = {p:String} AND is_deleted = 0 AND day < today() AND day NOT IN "
+                    "(SELECT day FROM breakdown_daily_by FINAL WHERE project_id = {p:String} AND filter = ''))",
+                    p=pid,
+                )
+                == 0
             )
 
         await stack.until(recomputed, timeout=30)
         assert stack.scalar(
             "SELECT count() FROM breakdown_daily FINAL WHERE project_id = {p:String} AND dimension = 'pages'",
             p=pid,
+        )
+        # v2's row (country B, a mobile device) in both roll-ups: the one-filter views of its day read it
+        assert stack.scalar(
+            "SELECT count() FROM breakdown_daily_by FINAL WHERE project_id = {p:String} AND filter = 'country' "
+            "AND filter_value = {c:String} AND dimension = 'pages' AND value = '/blog/launch'",
+            p=pid,
+            c=country_b,
         )
         sessions = oracle_sessions(stack, pid)
         assert len(sessions) == 9  # v6 has no page view
@@ -516,6 +532,14 @@ async def test_breakdowns_every_dimension_and_filters(
                 {"device": "mobile"},
                 {"utm_campaign": "launch"},
                 {"country": country_a, "page": "/pricing"},
+            ]
+            # One filter on an entry page attribute reads the settled days from breakdown_daily_by:
+            # each such filter with every value a session has, and one none has.
+            cases += [
+                {name: value}
+                for name, column in FILTER_COLUMNS.items()
+                if column in ROLLED_FILTERS
+                for value in sorted({s.attributes[column] for s in sessions} | {"none-has-it"})
             ]
             for dimension in DIMENSIONS:
                 for filters in cases:

@@ -8,7 +8,11 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any
 
-from services.aggregator.breakdowns import ROLL_UP, UNMARK, RollUps
+from services.aggregator.breakdowns import BURY, BURY_BY, ROLL_UP, ROLL_UP_BY, UNMARK, UNMARK_BY, RollUps
+
+# Each statement's kind; the unfiltered and the one-filter roll-up (breakdown_daily_by) go together.
+_KINDS = {UNMARK: "unmark", ROLL_UP: "roll", BURY: "bury"}
+_PAIRED = {UNMARK_BY: UNMARK, ROLL_UP_BY: ROLL_UP, BURY_BY: BURY}
 
 
 class _Recorder:
@@ -18,8 +22,14 @@ class _Recorder:
         self.calls: list[tuple[str, str, list[date]]] = []
 
     def command(self, sql: str, parameters: dict[str, Any]) -> None:
-        kind = "unmark" if sql == UNMARK else "roll" if sql == ROLL_UP else "bury"
-        self.calls.append((kind, parameters["p"], parameters["days"]))
+        if sql in _PAIRED:  # the same days as its unfiltered statement, just before
+            assert self.calls and self.calls[-1] == (
+                _KINDS[_PAIRED[sql]],
+                parameters["p"],
+                parameters["days"],
+            )
+            return
+        self.calls.append((_KINDS[sql], parameters["p"], parameters["days"]))
 
 
 def test_a_settled_day_is_rolled_up_at_once_then_at_most_every_so_often_unmarked_meanwhile() -> None:

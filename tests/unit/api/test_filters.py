@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 import pytest
 from fastapi import HTTPException
 
-from services.api.breakdowns import Period, breakdown_sql
+from services.api.breakdowns import Period, breakdown_sql, rolled_sql
 from services.api.deps import ProjectScope
 from services.api.filters import COLUMNS, ONLINE_SESSIONS_OF, SEGMENTS, Filters
 from services.api.queries import (
@@ -48,6 +48,19 @@ def test_sql_binds_values_and_never_splices_them() -> None:
     assert sql == " AND entry_path LIKE {f_entry_page:String} AND country = {f_country:String}"
     assert params == {"f_entry_page": "/blog/%", "f_country": hostile}
     assert hostile not in sql
+
+
+def test_one_filter_on_an_entry_page_attribute_is_read_from_its_roll_up() -> None:
+    """breakdown_daily_by holds each settled day under one such filter: only a single filter on
+    an entry page attribute reads it; a path, a person or a second filter reads the tables."""
+    assert Filters.parse({"device": "mobile"}).rolled() == ("device_type", "mobile")
+    assert Filters.parse({"source": ""}).rolled() == ("source", "")  # Direct / None is a value
+    hostile = "x' OR 1=1 --"
+    assert Filters.parse({"country": hostile}).rolled() == ("country", hostile)
+    for many in ({}, {"page": "/"}, {"entry_page": "/"}, {"plan": "trial"}, {"country": "NL", "os": "iOS"}):
+        assert Filters.parse(many).rolled() is None, many
+    sql = rolled_sql("pages", "country")
+    assert "filter = 'country' AND filter_value = {fv:String}" in sql and hostile not in sql
 
 
 def test_page_narrows_sessions_that_viewed_it_outside_the_pages_table() -> None:
