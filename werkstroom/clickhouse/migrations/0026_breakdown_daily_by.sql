@@ -33,4 +33,8 @@ PARTITION BY toYYYYMM(day)
 -- ORDER BY (project_id, filter, filter_value, dimension, day, value): a filtered breakdown reads
 -- one dimension of one project under one filter value over a range of days; the value makes the
 -- key unique.
-ORDER BY (project_id, filter, filter_value, dimension, day, value);
+ORDER BY (project_id, filter, filter_value, dimension, day, value)
+-- 256-row granules: a row's visitors state is up to 3 KB, so a default 8,192-row granule is up
+-- to 24 MB read for the few hundred rows a breakdown wants (at 10M events, country = NL over
+-- 7 and 30 days with every day rolled up: 71-116 ms with 8,192 rows a granule, 38-47 with 256).
+SETTINGS index_granularity = 256;
