@@ -26,7 +26,7 @@ A session bounced when it has one page view; the row of its entry page says so.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import cache
@@ -42,6 +42,7 @@ from werkstroom.clickhouse.tables import (
     BREAKDOWN_SESSIONS_COLUMNS,
     ENTRY_ATTRIBUTES,
 )
+from werkstroom.clickhouse.versions import next_version
 
 MAX_PAGES = 100  # page views counted per session: its first ones, by (time, path)
 VIEWS = "refresh_views"  # the staged sessions' page views, once per refresh
@@ -262,3 +263,32 @@ def roll_up(client: Client, project_id: str, days: set[date], version: int, toda
     params = {"p": project_id, "days": settled, "v": version}
     for sql in (ROLL_UP, ROLL_UP_BY, BURY, BURY_BY):
         client.command(sql, parameters=params)
+
+
+# The settled days rolled up in breakdown_daily and not in breakdown_daily_by: the days an
+# aggregator older than migration 0026 rolled up, which no batch has changed since.
+_UNROLLED = """
+SELECT project_id, groupArray(day) FROM breakdown_daily FINAL
+WHERE dimension = '' AND is_deleted = 0
+  AND (project_id, day) NOT IN (
+      SELECT project_id, day FROM breakdown_daily_by FINAL WHERE filter = '' AND is_deleted = 0)
+GROUP BY project_id ORDER BY project_id
+"""
+
+
+def roll_up_backlog(
+    client: Client, clock: datetime, zone_of: Callable[[str], str], should_stop: Callable[[], bool]
+) -> int | None:
+    """Roll up again, one day at a time, the days rolled up before breakdown_daily_by existed,
+    so that their one-filter breakdowns read it too (until then they read the tables, exactly).
+    Returns the days rolled up; None when `should_stop` cut it short between two days (the rest
+    stay in the backlog for the next call)."""
+    done = 0
+    for project_id, days in client.query(_UNROLLED).result_rows:
+        today = timezones.today(clock, zone_of(project_id))
+        for day in sorted(days):
+            if should_stop():
+                return None
+            roll_up(client, project_id, {day}, next_version(), today)
+            done += 1
+    return done

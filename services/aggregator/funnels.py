@@ -21,11 +21,12 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from services.aggregator import breakdowns
 from werkstroom import identity, metrics
 from werkstroom.clickhouse import ClientFactory
 from werkstroom.clickhouse.params import StringArray, insert_rows
@@ -305,7 +306,9 @@ def backfill_and_mark(client: Client, funnel: Funnel, should_stop: Callable[[], 
 class Backfills:
     """The aggregator's back-fill of new funnels (module docstring): looks every BACKFILL_EVERY
     seconds while `owns()` (this worker is assigned partition 0 of the events topic), and
-    back-fills what it finds one funnel at a time, in a thread, on a client of its own."""
+    back-fills what it finds one funnel at a time, in a thread, on a client of its own. Once a
+    process, it also rolls up the breakdowns of the days rolled up before breakdown_daily_by
+    existed (services.aggregator.breakdowns.roll_up_backlog), beside the batches."""
 
     def __init__(self, clickhouse: ClientFactory, owns: Callable[[], bool], stopping: asyncio.Event) -> None:
         self._factory = clickhouse
@@ -313,6 +316,7 @@ class Backfills:
         self._stopping = stopping
         self._failed: dict[tuple[str, str], float] = {}  # (project, funnel) -> monotonic time
         self.done = 0  # funnels back-filled by this worker
+        self.rolled_backlog: int | None = None  # days of the roll-up backlog done, once it is
 
     async def loop(self) -> None:
         while not self._stopping.is_set():
@@ -367,6 +371,21 @@ class Backfills:
                 )
                 done += 1
             self.done += done
+            if self.rolled_backlog is None:
+                self._roll_up_backlog(client)
             return done
         finally:
             client.close()
+
+    def _roll_up_backlog(self, client: Client) -> None:
+        rolled = breakdowns.roll_up_backlog(
+            client,
+            datetime.now(UTC),
+            lambda project_id: time_zone(client, project_id),
+            lambda: self._stopping.is_set() or not self._owns(),
+        )
+        if rolled is None:
+            raise Interrupted("the breakdowns' roll-up backlog")
+        self.rolled_backlog = rolled
+        if rolled:
+            log.info("breakdown_backlog_rolled_up", days=rolled)

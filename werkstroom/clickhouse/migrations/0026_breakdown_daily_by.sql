@@ -6,8 +6,9 @@
 -- FINAL, 0.2-2.5 s at 10M events: bench/README.md, 2026-12-03). Other filters (a page, an entry
 -- or exit page, plan, segment, two filters at once) are still computed from the breakdown tables.
 -- Rolled up by the aggregator with breakdown_daily (services/aggregator/breakdowns.py), from the
--- same rows; a row with filter '' marks the day as rolled up here. A day rolled up before this
--- migration has no marker and is read from the tables until it is rolled up again.
+-- same rows; a row with filter '' marks the day as rolled up here. The days rolled up before
+-- this migration have no marker: the next aggregator to start rolls them up, one day at a time
+-- beside its batches; until then they are read from the tables.
 -- ReplacingMergeTree(version, is_deleted), as breakdown_daily: a roll-up rewrites the day's rows
 -- with a new version; a row the day no longer has gets a tombstone. Reads use FINAL.
 CREATE TABLE IF NOT EXISTS breakdown_daily_by
