@@ -27,6 +27,7 @@ PIPELINE_EXAMPLE = {
     "last_event_at": T0,
     "lag": 0,
     "bots_today": 12,
+    "recomputing_timezone": None,
 }
 
 
@@ -46,6 +47,12 @@ class Pipeline(BaseModel):
         ge=0,
         description="this project's events filtered as bots today (the project's day, event time): scripts, "
         "crawlers and headless browsers, by User-Agent; never counted in the other figures",
+    )
+    recomputing_timezone: str | None = Field(
+        None,
+        description="after the project's time zone changed, the new zone while the aggregator "
+        "recomputes its days in it (answers mix the two zones' days until then); null once its "
+        "rows are in the project's zone",
     )
 
 

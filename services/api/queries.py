@@ -86,25 +86,42 @@ def _local_days(first: date, last: date, zone: str) -> dict[str, Any]:
     return {"tz": zone, "start": start, "end": end, "utc_lo": utc_lo, "utc_hi": utc_hi}
 
 
+# The zone the aggregator last recomputed the project's derived rows in (project_zones, migration
+# 0025, partition -1; '' when never: UTC).
+_ZONE_COMPUTED = (
+    "SELECT argMax(timezone, version) FROM project_zones "
+    "WHERE project_id = {p:String} AND kafka_partition = -1"
+)
+
+
 def pipeline(
     client: Client, topic: str, project_id: str, today: date, zone: str = timezones.DEFAULT
 ) -> dict[str, Any]:
     """The aggregator's progress on `topic` over all its partitions (nulls before its first
-    row), and the project's events filtered as bots on its `today` (a local day of `zone`), in
-    one round trip."""
-    count, last_write, last_event, lag, bots = client.query(
-        f"SELECT count(), max(last_write_at), max(last_event_at), sum(lag), ({BOTS_OF_DAYS}) "
-        "FROM aggregator_status FINAL WHERE topic = {t:String}",
+    row), the project's events filtered as bots on its `today` (a local day of `zone`), and the
+    zone its days are being recomputed in when its derived rows are not in `zone` yet (after a
+    change of zone: services/aggregator/rezone.py), in one round trip."""
+    count, last_write, last_event, lag, bots, computed = client.query(
+        f"SELECT count(), max(last_write_at), max(last_event_at), sum(lag), ({BOTS_OF_DAYS}), "
+        f"({_ZONE_COMPUTED}) FROM aggregator_status FINAL WHERE topic = {{t:String}}",
         parameters={"t": topic, "p": project_id, **_local_days(today, today, zone)},
     ).first_row
+    recomputing = zone if (computed or timezones.DEFAULT) != zone else None
     # A row from an older aggregator that had not yet written says 1970 (the column's zero).
     if not count or last_write is None or utc(last_write).timestamp() <= 0:
-        return {"last_write_at": None, "last_event_at": None, "lag": None, "bots_today": int(bots)}
+        return {
+            "last_write_at": None,
+            "last_event_at": None,
+            "lag": None,
+            "bots_today": int(bots),
+            "recomputing_timezone": recomputing,
+        }
     return {
         "last_write_at": utc(last_write),
         "last_event_at": utc(last_event) if last_event is not None else None,
         "lag": int(lag),
         "bots_today": int(bots),
+        "recomputing_timezone": recomputing,
     }
 
 

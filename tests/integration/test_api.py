@@ -773,6 +773,7 @@ async def test_live_stream_pushes_a_new_visitor(world: World) -> None:
             "last_event_at",
             "lag",
             "bots_today",
+            "recomputing_timezone",
         }
         assert hub.subscribers == 1 and list(hub.feeds) == [feed_key(site.project_id)]
 

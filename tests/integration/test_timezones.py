@@ -420,6 +420,19 @@ async def test_a_project_moved_to_another_zone_is_recomputed_as_if_it_had_been_t
     assert daily(moved.project_id) != daily(fresh.project_id)  # the two zones' days differ here
 
     await stack.start_api(clock=lambda: NOW)
+
+    async def recomputing() -> Any:
+        """What every answer's pipeline says of the moved project's zone."""
+        async with httpx.AsyncClient(
+            base_url=stack.api_url, headers={"Authorization": f"Bearer {moved.read_key}"}, timeout=30
+        ) as api:
+            answer = await api.get(f"/api/projects/{moved.project_id}/metrics")
+        assert answer.status_code == 200, answer.text
+        return answer.json()["pipeline"]["recomputing_timezone"]
+
+    assert await recomputing() is None
+    # With the aggregator stopped, the change waits: every answer says its days are recomputing.
+    await stack.stop_sink()
     async with httpx.AsyncClient(
         base_url=stack.api_url, headers={"Authorization": "Bearer test-admin"}, timeout=30
     ) as admin:
@@ -430,12 +443,19 @@ async def test_a_project_moved_to_another_zone_is_recomputed_as_if_it_had_been_t
         changed = await admin.patch(f"/api/projects/{moved.project_id}", json={"timezone": zone})
         assert changed.status_code == 200 and changed.json()["timezone"] == zone, changed.text
 
+    async def says_recomputing() -> bool:  # once the read key's cached zone (seconds) expired
+        return await recomputing() == zone
+
+    await stack.until(says_recomputing, timeout=15)
+    stack.start_sink()
+
     def recorded() -> bool:
         return (moved.project_id, -1, zone) in stack.rows(
             "SELECT project_id, kafka_partition, timezone FROM project_zones FINAL"
         )
 
     await stack.until(recorded, timeout=60)
+    assert await recomputing() is None
     await same_tables(stack, moved.project_id, fresh.project_id)
     assert daily(moved.project_id) == expected_daily(calls, zone)
 

@@ -143,6 +143,7 @@
       lastWrite: pipeline.last_write_at || null,
       lag: pipeline.lag ?? null,
       bots: pipeline.bots_today ?? 0,
+      rezoning: pipeline.recomputing_timezone || null,
     };
     renderFreshness();
   }
@@ -154,7 +155,9 @@
     line.hidden = false;
     const asOf = new Date(f.asOf).toLocaleTimeString();
     // Scripts and headless browsers are filtered by User-Agent: say so, or a test looks lost.
-    const bots = f.bots ? ` · ${plural(f.bots, "bot event")} filtered today` : "";
+    const bots =
+      (f.bots ? ` · ${plural(f.bots, "bot event")} filtered today` : "") +
+      (f.rezoning ? ` · recomputing the days in ${f.rezoning}` : "");
     if (!f.lastWrite) {
       line.textContent = `Data as of ${asOf} · the pipeline has not written yet${bots}`;
       line.classList.add("stale");
