@@ -189,6 +189,8 @@ class ProjectScope:
 
     project_id: str
     timezone: str = timezones.DEFAULT
+    #: the zone while the project's days are being recomputed in it (queries.zone_recomputing)
+    rezoning: str | None = None
 
     def today(self, now: datetime) -> date:
         """The project's today at `now`."""
@@ -200,18 +202,21 @@ class AuthCache:
     lookup. Only successes are kept, and only for a few seconds."""
 
     def __init__(self) -> None:
-        self._until: dict[tuple[str, str], tuple[float, str]] = {}
+        self._until: dict[tuple[str, str], tuple[float, str, str | None]] = {}
 
-    def hit(self, key: tuple[str, str]) -> str | None:
-        """The project's time zone if the pair was verified lately, else None."""
+    def hit(self, key: tuple[str, str]) -> tuple[str, str | None] | None:
+        """The project's time zone and rezoning (ProjectScope's) if the pair was verified
+        lately, else None."""
         found = self._until.get(key)
-        return found[1] if found is not None and found[0] > time.monotonic() else None
+        return (found[1], found[2]) if found is not None and found[0] > time.monotonic() else None
 
-    def keep(self, key: tuple[str, str], timezone: str = timezones.DEFAULT) -> None:
+    def keep(
+        self, key: tuple[str, str], timezone: str = timezones.DEFAULT, rezoning: str | None = None
+    ) -> None:
         now = time.monotonic()
         if len(self._until) > 10_000:
             self._until = {k: t for k, t in self._until.items() if t[0] > now}
-        self._until[key] = (now + AUTH_CACHE_SECONDS, timezone)
+        self._until[key] = (now + AUTH_CACHE_SECONDS, timezone, rezoning)
 
 
 class AuthFailures:
@@ -369,19 +374,22 @@ async def project_scope(
     failed checks, 429 (key_check)."""
     cache: AuthCache = request.app.state.auth_cache
     cache_key = (project_id, projects.hash_key(key))
-    zone = cache.hit(cache_key)
-    if zone is not None:
-        return ProjectScope(project_id, zone)
+    hit = cache.hit(cache_key)
+    if hit is not None:
+        return ProjectScope(project_id, *hit)
+    zone = None
     with key_check(request) as failed:
         if len(project_id) <= MAX_PROJECT_ID:
             zone = await pool.run(projects.read_key_zone, project_id, key)
-        if zone is not None:
-            cache.keep(cache_key, zone)
-            return ProjectScope(project_id, zone)
-        failed()  # a valid key on another project's id counts too: it cost the same lookups
-        if await pool.run(queries.project_by_read_key, projects.hash_key(key)) is not None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=NOT_FOUND)
-        raise unauthorized()
+        if zone is None:
+            failed()  # a valid key on another project's id counts too: it cost the same lookups
+            if await pool.run(queries.project_by_read_key, projects.hash_key(key)) is not None:
+                raise HTTPException(status.HTTP_404_NOT_FOUND, detail=NOT_FOUND)
+            raise unauthorized()
+    # read here, with the key, not in every answer's pipeline: a table read costs milliseconds
+    rezoning = await pool.run(queries.zone_recomputing, project_id, zone)
+    cache.keep(cache_key, zone, rezoning)
+    return ProjectScope(project_id, zone, rezoning)
 
 
 ProjectDep = Annotated[ProjectScope, Depends(project_scope)]

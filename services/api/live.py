@@ -162,7 +162,7 @@ class LiveHub:
         narrowing = dataclasses.replace(filters, now=now).online(today)
         data, fresh = await asyncio.gather(
             self.pool.run(queries.online, project_id, now, limit, narrowing),
-            self.pool.run(queries.pipeline, self.topic, project_id, today, zone),
+            self.pool.run(queries.polled_pipeline, self.topic, project_id, today, zone),
         )
         return {"as_of": now, "pipeline": fresh, **data}
 

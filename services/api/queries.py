@@ -94,19 +94,39 @@ _ZONE_COMPUTED = (
 )
 
 
+def recomputing(zone: str, computed: str | None) -> str | None:
+    """The project's `zone` while its days are being recomputed in it (after a change of zone:
+    services/aggregator/rezone.py), None once the aggregator `computed` them there."""
+    return zone if (computed or timezones.DEFAULT) != zone else None
+
+
+def zone_recomputing(client: Client, project_id: str, zone: str) -> str | None:
+    """recomputing(), read from project_zones (a table read: once per read-key check, which is
+    cached for seconds, not per answer)."""
+    return recomputing(zone, client.query(_ZONE_COMPUTED, parameters={"p": project_id}).first_row[0])
+
+
 def pipeline(
-    client: Client, topic: str, project_id: str, today: date, zone: str = timezones.DEFAULT
+    client: Client,
+    topic: str,
+    project_id: str,
+    today: date,
+    zone: str = timezones.DEFAULT,
+    rezoning: str | None = None,
+    read_rezoning: bool = False,
 ) -> dict[str, Any]:
     """The aggregator's progress on `topic` over all its partitions (nulls before its first
-    row), the project's events filtered as bots on its `today` (a local day of `zone`), and the
-    zone its days are being recomputed in when its derived rows are not in `zone` yet (after a
-    change of zone: services/aggregator/rezone.py), in one round trip."""
-    count, last_write, last_event, lag, bots, computed = client.query(
-        f"SELECT count(), max(last_write_at), max(last_event_at), sum(lag), ({BOTS_OF_DAYS}), "
-        f"({_ZONE_COMPUTED}) FROM aggregator_status FINAL WHERE topic = {{t:String}}",
+    row), the project's events filtered as bots on its `today` (a local day of `zone`), in one
+    round trip; and `rezoning` (zone_recomputing's, as the read-key check found it), or with
+    `read_rezoning` read in the same round trip (the live stream's polls, which outlast a check)."""
+    zones = f", ({_ZONE_COMPUTED})" if read_rezoning else ""
+    count, last_write, last_event, lag, bots, *computed = client.query(
+        f"SELECT count(), max(last_write_at), max(last_event_at), sum(lag), ({BOTS_OF_DAYS}){zones} "
+        "FROM aggregator_status FINAL WHERE topic = {t:String}",
         parameters={"t": topic, "p": project_id, **_local_days(today, today, zone)},
     ).first_row
-    recomputing = zone if (computed or timezones.DEFAULT) != zone else None
+    if read_rezoning:
+        rezoning = recomputing(zone, computed[0])
     # A row from an older aggregator that had not yet written says 1970 (the column's zero).
     if not count or last_write is None or utc(last_write).timestamp() <= 0:
         return {
@@ -114,15 +134,22 @@ def pipeline(
             "last_event_at": None,
             "lag": None,
             "bots_today": int(bots),
-            "recomputing_timezone": recomputing,
+            "recomputing_timezone": rezoning,
         }
     return {
         "last_write_at": utc(last_write),
         "last_event_at": utc(last_event) if last_event is not None else None,
         "lag": int(lag),
         "bots_today": int(bots),
-        "recomputing_timezone": recomputing,
+        "recomputing_timezone": rezoning,
     }
+
+
+def polled_pipeline(
+    client: Client, topic: str, project_id: str, today: date, zone: str = timezones.DEFAULT
+) -> dict[str, Any]:
+    """pipeline() with the rezoning read in the same round trip: the live stream's polls."""
+    return pipeline(client, topic, project_id, today, zone, read_rezoning=True)
 
 
 # -- persons -----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import httpx
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from services.api import queries
 from tests.integration.stack import Stack
 from tests.integration.test_api import identify, page, track
 from tests.integration.test_cli_funnels import run as run_cli
@@ -447,6 +448,9 @@ async def test_a_project_moved_to_another_zone_is_recomputed_as_if_it_had_been_t
         return await recomputing() == zone
 
     await stack.until(says_recomputing, timeout=15)
+    # the live stream's polls read it with the pipeline's own statement
+    polled = queries.polled_pipeline(stack.client, stack.topics.events, moved.project_id, NOW.date(), zone)
+    assert polled["recomputing_timezone"] == zone
     stack.start_sink()
 
     def recorded() -> bool:
@@ -455,7 +459,20 @@ async def test_a_project_moved_to_another_zone_is_recomputed_as_if_it_had_been_t
         )
 
     await stack.until(recorded, timeout=60)
-    assert await recomputing() is None
+    await stack.until(
+        lambda: (
+            queries.polled_pipeline(stack.client, stack.topics.events, moved.project_id, NOW.date(), zone)[
+                "recomputing_timezone"
+            ]
+            is None
+        ),
+        timeout=5,
+    )
+
+    async def says_done() -> bool:  # the API's answers, once its cached check expired
+        return await recomputing() is None
+
+    await stack.until(says_done, timeout=15)
     await same_tables(stack, moved.project_id, fresh.project_id)
     assert daily(moved.project_id) == expected_daily(calls, zone)
 

@@ -179,7 +179,7 @@ async def funnel_report(
 ) -> FunnelReport:
     found, fresh = await asyncio.gather(
         pool.run(_report, scope.project_id, funnel_id, days, scope.today(now), filters),
-        pool.run(queries.pipeline, topic, scope.project_id, scope.today(now), scope.timezone),
+        pool.run(queries.pipeline, topic, scope.project_id, scope.today(now), scope.timezone, scope.rezoning),
     )
     if found is None:
         raise _not_found()
