@@ -29,7 +29,14 @@ from services.api.filters import COLUMNS
 from tests.conftest import Infra
 from tests.integration.stack import Stack
 from tests.integration.test_api import identify, track
-from tests.integration.test_api_breakdowns import ORACLE_SQL, OraclePerson, glob_match, oracle_persons, page
+from tests.integration.test_api_breakdowns import (
+    ORACLE_SQL,
+    OraclePerson,
+    glob_match,
+    oracle_persons,
+    page,
+    persons_made,
+)
 from tests.integration.test_countries import two_countries
 from werkstroom.clickhouse.tables import DAILY_STATS_FIGURES, ENTRY_ATTRIBUTES
 from werkstroom.demo import AGENTS
@@ -212,15 +219,7 @@ async def test_filters_narrow_the_activity(infra: Infra, names: dict[str, str], 
                 == 13
                 and count("SELECT sum(sessions) FROM daily_stats FINAL WHERE project_id = {p:String}") == 13
                 and count("SELECT count() FROM bot_events WHERE project_id = {p:String}") == 1
-                and {
-                    (person, tuple(ids), plan)
-                    for person, ids, plan in stack.rows(
-                        "SELECT person_id, arraySort(anonymous_ids), plan FROM persons FINAL "
-                        "WHERE project_id = {p:String} AND is_deleted = 0",
-                        p=pid,
-                    )
-                }
-                == want_persons
+                and persons_made(stack, pid) == want_persons
             )
 
         await stack.until(settled, timeout=30)

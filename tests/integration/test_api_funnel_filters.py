@@ -36,7 +36,7 @@ from tests.conftest import Infra
 from tests.integration.stack import Stack
 from tests.integration.test_api import identify, track
 from tests.integration.test_api_activity_filters import Session, matches, oracle_sessions
-from tests.integration.test_api_breakdowns import OraclePerson, oracle_persons, page
+from tests.integration.test_api_breakdowns import OraclePerson, oracle_persons, page, persons_made
 from tests.integration.test_countries import two_countries
 from tests.integration.test_funnels import window_funnel
 from werkstroom import funnels
@@ -170,15 +170,7 @@ async def test_filters_narrow_the_funnel_report(infra: Infra, names: dict[str, s
                 "SELECT count() FROM breakdown_sessions FINAL WHERE project_id = {p:String} AND is_deleted = 0",
                 p=pid,
             )
-            persons = {
-                (person, tuple(ids), plan)
-                for person, ids, plan in stack.rows(
-                    "SELECT person_id, arraySort(anonymous_ids), plan FROM persons FINAL "
-                    "WHERE project_id = {p:String} AND is_deleted = 0",
-                    p=pid,
-                )
-            }
-            return bool(breakdown_rows == 8 and persons == want_persons)
+            return bool(breakdown_rows == 8 and persons_made(stack, pid) == want_persons)
 
         await stack.until(settled, timeout=30)
 
