@@ -128,14 +128,31 @@ def write_keys(client: Client) -> dict[str, str]:
     return {wk: pid for wk, pid in rows}
 
 
-def read_key_zone(client: Client, project_id: str, read_key: str) -> str | None:
-    """The project's time zone when `read_key` is its read key; None otherwise."""
+#: The zone the aggregator last recomputed a project's derived rows in, {p:String} the project
+#: (project_zones, migration 0025; partition -1 is the derived tables'; '' when never, i.e. UTC).
+ZONE_COMPUTED = (
+    "SELECT argMax(timezone, version) FROM project_zones "
+    "WHERE project_id = {p:String} AND kafka_partition = -1"
+)
+
+
+def recomputing(zone: str, computed: str | None) -> str | None:
+    """The project's `zone` while its days are being recomputed in it after a change of zone
+    (ZONE_COMPUTED, `computed`, is another), None once the aggregator has done so."""
+    return zone if (computed or timezones.DEFAULT) != zone else None
+
+
+def read_key_scope(client: Client, project_id: str, read_key: str) -> tuple[str, str | None] | None:
+    """The project's time zone and recomputing()'s zone, in one read, when `read_key` is its read
+    key; None otherwise."""
     rows = client.query(
-        "SELECT read_key_hash, timezone FROM projects FINAL WHERE project_id = {pid:String} AND deleted = 0",
-        parameters={"pid": project_id},
+        f"SELECT read_key_hash, timezone, ({ZONE_COMPUTED}) FROM projects FINAL "
+        "WHERE project_id = {p:String} AND deleted = 0",
+        parameters={"p": project_id},
     ).result_rows
     if rows and hmac.compare_digest(rows[0][0], hash_key(read_key)):
-        return str(rows[0][1])
+        zone = str(rows[0][1])
+        return zone, recomputing(zone, rows[0][2])
     return None
 
 

@@ -77,7 +77,7 @@ def pending(client: Client, partitions: Iterable[int], derived_too: bool) -> Due
         (p, k): zone
         for p, zone in current.items()
         for k in scopes
-        if recorded.get((p, k), timezones.DEFAULT) != zone
+        if projects.recomputing(zone, recorded.get((p, k))) is not None
     }
 
 

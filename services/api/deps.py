@@ -189,7 +189,7 @@ class ProjectScope:
 
     project_id: str
     timezone: str = timezones.DEFAULT
-    #: the zone while the project's days are being recomputed in it (queries.zone_recomputing)
+    #: the zone while the project's days are being recomputed in it (projects.recomputing)
     rezoning: str | None = None
 
     def today(self, now: datetime) -> date:
@@ -377,19 +377,19 @@ async def project_scope(
     hit = cache.hit(cache_key)
     if hit is not None:
         return ProjectScope(project_id, *hit)
-    zone = None
     with key_check(request) as failed:
+        # the rezoning is read here, with the key, not in every answer's pipeline: a table read
+        # costs milliseconds
+        found = None
         if len(project_id) <= MAX_PROJECT_ID:
-            zone = await pool.run(projects.read_key_zone, project_id, key)
-        if zone is None:
-            failed()  # a valid key on another project's id counts too: it cost the same lookups
-            if await pool.run(queries.project_by_read_key, projects.hash_key(key)) is not None:
-                raise HTTPException(status.HTTP_404_NOT_FOUND, detail=NOT_FOUND)
-            raise unauthorized()
-    # read here, with the key, not in every answer's pipeline: a table read costs milliseconds
-    rezoning = await pool.run(queries.zone_recomputing, project_id, zone)
-    cache.keep(cache_key, zone, rezoning)
-    return ProjectScope(project_id, zone, rezoning)
+            found = await pool.run(projects.read_key_scope, project_id, key)
+        if found is not None:
+            cache.keep(cache_key, *found)
+            return ProjectScope(project_id, *found)
+        failed()  # a valid key on another project's id counts too: it cost the same lookups
+        if await pool.run(queries.project_by_read_key, projects.hash_key(key)) is not None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=NOT_FOUND)
+        raise unauthorized()
 
 
 ProjectDep = Annotated[ProjectScope, Depends(project_scope)]

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from clickhouse_connect.driver.client import Client
 
-from werkstroom import churn, identity, timezones
+from werkstroom import churn, identity, projects, timezones
 from werkstroom.clickhouse.tables import DAILY_STATS_FIGURES, ONLINE_VISITOR_READ
 
 ONLINE_WINDOW = timedelta(minutes=5)
@@ -86,26 +86,6 @@ def _local_days(first: date, last: date, zone: str) -> dict[str, Any]:
     return {"tz": zone, "start": start, "end": end, "utc_lo": utc_lo, "utc_hi": utc_hi}
 
 
-# The zone the aggregator last recomputed the project's derived rows in (project_zones, migration
-# 0025, partition -1; '' when never: UTC).
-_ZONE_COMPUTED = (
-    "SELECT argMax(timezone, version) FROM project_zones "
-    "WHERE project_id = {p:String} AND kafka_partition = -1"
-)
-
-
-def recomputing(zone: str, computed: str | None) -> str | None:
-    """The project's `zone` while its days are being recomputed in it (after a change of zone:
-    services/aggregator/rezone.py), None once the aggregator `computed` them there."""
-    return zone if (computed or timezones.DEFAULT) != zone else None
-
-
-def zone_recomputing(client: Client, project_id: str, zone: str) -> str | None:
-    """recomputing(), read from project_zones (a table read: once per read-key check, which is
-    cached for seconds, not per answer)."""
-    return recomputing(zone, client.query(_ZONE_COMPUTED, parameters={"p": project_id}).first_row[0])
-
-
 def pipeline(
     client: Client,
     topic: str,
@@ -117,16 +97,16 @@ def pipeline(
 ) -> dict[str, Any]:
     """The aggregator's progress on `topic` over all its partitions (nulls before its first
     row), the project's events filtered as bots on its `today` (a local day of `zone`), in one
-    round trip; and `rezoning` (zone_recomputing's, as the read-key check found it), or with
+    round trip; and `rezoning` (projects.recomputing's, as the read-key check found it), or with
     `read_rezoning` read in the same round trip (the live stream's polls, which outlast a check)."""
-    zones = f", ({_ZONE_COMPUTED})" if read_rezoning else ""
+    zones = f", ({projects.ZONE_COMPUTED})" if read_rezoning else ""
     count, last_write, last_event, lag, bots, *computed = client.query(
         f"SELECT count(), max(last_write_at), max(last_event_at), sum(lag), ({BOTS_OF_DAYS}){zones} "
         "FROM aggregator_status FINAL WHERE topic = {t:String}",
         parameters={"t": topic, "p": project_id, **_local_days(today, today, zone)},
     ).first_row
     if read_rezoning:
-        rezoning = recomputing(zone, computed[0])
+        rezoning = projects.recomputing(zone, computed[0])
     # A row from an older aggregator that had not yet written says 1970 (the column's zero).
     if not count or last_write is None or utc(last_write).timestamp() <= 0:
         return {

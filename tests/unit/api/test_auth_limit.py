@@ -181,8 +181,8 @@ class CountingPool:
 
     async def run(self, fn: Any, *args: Any) -> Any:
         self.calls.append(fn.__name__)
-        if fn is projects.read_key_zone:
-            return "UTC" if tuple(args) == (PROJECT, GOOD) else None
+        if fn is projects.read_key_scope:
+            return ("UTC", None) if tuple(args) == (PROJECT, GOOD) else None
         if fn is queries.project_by_read_key:
             found = args[0] == projects.hash_key(GOOD)
             return (
@@ -190,8 +190,6 @@ class CountingPool:
                 if found
                 else None
             )
-        if fn is queries.zone_recomputing:
-            return None
         if fn is queries.online_rows:
             return []
         if fn in (queries.online_persons, queries.last_events):
@@ -258,7 +256,7 @@ async def test_past_the_budget_429_with_retry_after_and_no_lookup(app: Any) -> N
         before = len(pool.calls)
         online = await attacker.get(f"/api/projects/{PROJECT}/online", headers=bearer(GOOD))
         assert online.status_code == 200
-        assert not {"read_key_zone", "project_by_read_key", "zone_recomputing"} & set(pool.calls[before:])
+        assert not {"read_key_scope", "project_by_read_key"} & set(pool.calls[before:])
 
 
 async def test_successes_do_not_spend_the_budget(app: Any) -> None:
