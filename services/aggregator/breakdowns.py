@@ -155,48 +155,51 @@ def recompute(
 # -- the roll-up of settled days (breakdown_daily, breakdown_daily_by) ----------------------------
 
 _FIGURES = ", ".join(BREAKDOWN_FIGURES)
-_COLUMNS = f"project_id, dimension, day, value, {_FIGURES}, version, is_deleted"
-_BY_COLUMNS = f"project_id, filter, filter_value, dimension, day, value, {_FIGURES}, version, is_deleted"
 # A day's marker row: every key column '' but the day, no figures.
 _MARKER = "uniqCombined64State(12)(''), 0, 0, 0, 0, 0, 0"
 _DAYS = "(SELECT arrayJoin({days:Array(Date)}) AS day) GROUP BY day"
-ROLL_UP = f"""
-INSERT INTO breakdown_daily ({_COLUMNS})
-SELECT {{p:String}}, dimension, day, value, {_FIGURES}, {{v:UInt64}}, 0
-FROM ({figures_sql(list(BREAKDOWN_DIMENSIONS), "day IN {days:Array(Date)}")})
+
+
+def _statements(table: str, keys: list[str], figures: str) -> tuple[str, str, str]:
+    """A roll-up table's three statements over the days {days} of project {p} at version {v}:
+    roll up (its rows from `figures`, a SELECT of `keys`, day, value and the figures, and the
+    days' markers), bury (a tombstone for each row of those days not rolled up again: gone from
+    the day) and unmark (the markers taken back: the days are read from the breakdown tables
+    until they are rolled up again). `keys`: the key columns before the day."""
+    columns = f"project_id, {', '.join(keys)}, day, value, {_FIGURES}, version, is_deleted"
+    blanks = ", ".join("''" for _ in keys)
+
+    def markers(deleted: int) -> str:
+        return f"SELECT {{p:String}}, {blanks}, day, '', {_MARKER}, {{v:UInt64}}, {deleted} FROM {_DAYS}"
+
+    roll_up = f"""
+INSERT INTO {table} ({columns})
+SELECT {{p:String}}, {", ".join(keys)}, day, value, {_FIGURES}, {{v:UInt64}}, 0
+FROM ({figures})
 UNION ALL
-SELECT {{p:String}}, '', day, '', {_MARKER}, {{v:UInt64}}, 0 FROM {_DAYS}
+{markers(0)}
 """
-# The same days under each one-attribute filter (migration 0026), with their own marker.
-ROLL_UP_BY = f"""
-INSERT INTO breakdown_daily_by ({_BY_COLUMNS})
-SELECT {{p:String}}, filter, filter_value, dimension, day, value, {_FIGURES}, {{v:UInt64}}, 0
-FROM ({figures_by_filter_sql("day IN {days:Array(Date)}")})
-UNION ALL
-SELECT {{p:String}}, '', '', '', day, '', {_MARKER}, {{v:UInt64}}, 0 FROM {_DAYS}
-"""
-# The values of those days not rolled up again: gone from the day (each is a tombstone).
-BURY = f"""
-INSERT INTO breakdown_daily ({_COLUMNS})
-SELECT project_id, dimension, day, value, {_FIGURES}, {{v:UInt64}}, 1
-FROM breakdown_daily FINAL
+    bury = f"""
+INSERT INTO {table} ({columns})
+SELECT project_id, {", ".join(keys)}, day, value, {_FIGURES}, {{v:UInt64}}, 1
+FROM {table} FINAL
 WHERE project_id = {{p:String}} AND day IN {{days:Array(Date)}} AND version < {{v:UInt64}}
 """
-BURY_BY = f"""
-INSERT INTO breakdown_daily_by ({_BY_COLUMNS})
-SELECT project_id, filter, filter_value, dimension, day, value, {_FIGURES}, {{v:UInt64}}, 1
-FROM breakdown_daily_by FINAL
-WHERE project_id = {{p:String}} AND day IN {{days:Array(Date)}} AND version < {{v:UInt64}}
+    unmark = f"""
+INSERT INTO {table} ({columns})
+{markers(1)}
 """
-# A marker taken back: the day is read from the breakdown tables until it is rolled up again.
-UNMARK = f"""
-INSERT INTO breakdown_daily ({_COLUMNS})
-SELECT {{p:String}}, '', day, '', {_MARKER}, {{v:UInt64}}, 1 FROM {_DAYS}
-"""
-UNMARK_BY = f"""
-INSERT INTO breakdown_daily_by ({_BY_COLUMNS})
-SELECT {{p:String}}, '', '', '', day, '', {_MARKER}, {{v:UInt64}}, 1 FROM {_DAYS}
-"""
+    return roll_up, bury, unmark
+
+
+_SETTLED = "day IN {days:Array(Date)}"
+ROLL_UP, BURY, UNMARK = _statements(
+    "breakdown_daily", ["dimension"], figures_sql(list(BREAKDOWN_DIMENSIONS), _SETTLED)
+)
+# The same days under each one-attribute filter (migration 0026), with their own markers.
+ROLL_UP_BY, BURY_BY, UNMARK_BY = _statements(
+    "breakdown_daily_by", ["filter", "filter_value", "dimension"], figures_by_filter_sql(_SETTLED)
+)
 
 
 @dataclass
