@@ -262,8 +262,14 @@ class _Waiter:
 Queued = tuple[str, list[tuple[bytes, bytes]], _Waiter]
 
 
-#: The longest a Publisher.hold() may last: callers wait this long for it, then fail.
+#: How long a topic swap (werkstroom.rotation) may hold the sends while the aggregator catches
+#: up; past it the swap is put off and the sends released.
 HOLD_MAX = 5.0
+#: How long a caller waits for a hold to end before it fails: the catching up, then the swap
+#: itself, which is never interrupted (0.5-0.7 s on a quiet host, seconds on a loaded one).
+#: With the produce timeout it stays under the SDKs' own request timeouts (10 s in
+#: @segment/analytics-node, 15 s in analytics-python), so they get an answer, not a cut.
+HOLD_WAIT = HOLD_MAX + 3.0
 
 
 class Publisher:
@@ -319,14 +325,14 @@ class Publisher:
 
     async def within(self, work: Awaitable[T], timeout: float) -> T:  # noqa: ASYNC109 - extended by a hold
         """`work` (publishing), given `timeout` seconds; a hold that begins meanwhile adds up to
-        HOLD_MAX, so that a topic swap does not turn the requests in flight into 503s. Raises
+        HOLD_WAIT, so that a topic swap does not turn the requests in flight into 503s. Raises
         TimeoutError (and cancels `work`: what is not handed over yet is then not sent)."""
         task = asyncio.ensure_future(work)
         started = time.monotonic()
         try:
             done, _ = await asyncio.wait({task}, timeout=timeout)
             if not done and (self._held_at >= started or not self._open.is_set()):
-                done, _ = await asyncio.wait({task}, timeout=HOLD_MAX + timeout)
+                done, _ = await asyncio.wait({task}, timeout=HOLD_WAIT + timeout)
             if not done:
                 raise TimeoutError(f"not acknowledged within {timeout} s")
             return task.result()
@@ -335,9 +341,9 @@ class Publisher:
                 task.cancel()
 
     async def until_open(self) -> None:
-        """Returns at once, or when a hold ends (at most HOLD_MAX seconds, then TimeoutError)."""
+        """Returns at once, or when a hold ends (at most HOLD_WAIT seconds, then TimeoutError)."""
         if not self._open.is_set():
-            await asyncio.wait_for(self._open.wait(), HOLD_MAX)
+            await asyncio.wait_for(self._open.wait(), HOLD_WAIT)
 
     async def _run(self) -> None:
         while True:

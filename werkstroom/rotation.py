@@ -176,6 +176,7 @@ class Rotation:
             if ends is None:
                 log.info("embedded_rotation_postponed", reason="not committed in time", wanted=why)
                 return False
+            settled = time.monotonic()
             events = sum(ends.values())
             # Steps 4-6 run to their end: a topic left deleted would refuse every event.
             count = len(ends) or self.settings.topic_partitions
@@ -190,6 +191,7 @@ class Rotation:
             reason=why,
             events=events,
             held_ms=round((time.monotonic() - held) * 1000),
+            settle_ms=round((settled - held) * 1000),
             seconds=round(time.monotonic() - started, 3),
         )
         return True

@@ -356,7 +356,7 @@ class Ingestor:
         bots = len(bot_messages)
         bot_send: asyncio.Task[None] | None = None
         try:
-            # While the embedded broker swaps its topics (werkstroom.rotation, at most HOLD_MAX s),
+            # While the embedded broker swaps its topics (werkstroom.rotation, at most HOLD_WAIT s),
             # the events wait for it; the produce timeout counts from there (`within`).
             await self.s.publisher.until_open()
             if bot_messages:  # queued with the events, so handed over in the same batches
