@@ -218,6 +218,11 @@ class AuthCache:
             self._until = {k: t for k, t in self._until.items() if t[0] > now}
         self._until[key] = (now + AUTH_CACHE_SECONDS, timezone, rezoning)
 
+    def forget(self, project_id: str) -> None:
+        """Drop the project's verified pairs (its zone changed): its next answer reads it anew.
+        Other API processes keep theirs for at most AUTH_CACHE_SECONDS."""
+        self._until = {k: t for k, t in self._until.items() if k[0] != project_id}
+
 
 class AuthFailures:
     """A budget of failed read-key checks per client address: a token bucket holding up to

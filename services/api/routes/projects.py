@@ -131,11 +131,13 @@ class ProjectZoneIn(BaseModel):
     responses={404: {"description": "no such project"}},
 )
 async def change_project(
-    project_id: str, body: ProjectZoneIn, _: AdminDep, client: ClickHouseDep
+    request: Request, project_id: str, body: ProjectZoneIn, _: AdminDep, client: ClickHouseDep
 ) -> ProjectOut:
     changed = await asyncio.to_thread(projects.set_timezone, client, project_id, body.timezone)
     if changed is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such project")
+    # This process's answers take the new zone from the next request on, not after its cache.
+    request.app.state.auth_cache.forget(project_id)
     log.info("project_timezone_changed", project_id=project_id, timezone=changed.timezone)
     return ProjectOut(**changed.__dict__)
 
