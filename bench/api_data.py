@@ -465,6 +465,29 @@ def settle_merges(client: Client, limit: float = 120.0) -> None:
         time.sleep(0.5)
 
 
+#: The day-keyed tables (sorted by project, then day) that are read under FINAL over a range of
+#: days. The aggregator writes a batch's day or two at a time, so each of their parts holds a few
+#: days and a range's FINAL has few parts to merge per day; one INSERT ... SELECT over the whole
+#: history instead leaves parts that each hold every day (its blocks), and every FINAL then
+#: merges them all: on breakdown_sessions at 10M events, the sessions of one country over 30
+#: days took 361 ms so, 84 ms with the table written a day at a time (the same as without FINAL).
+BY_DAY = ("breakdown_sessions", "breakdown_pages", "person_activity", "funnel_progress")
+
+
+def write_by_day(client: Client, table: str) -> None:
+    """Write `table` again a day at a time (every row version kept, in its day's order), as the
+    aggregator's batches write it, not as one bulk insert over all days."""
+    client.command("DROP TABLE IF EXISTS bench_by_day")
+    client.command(f"CREATE TABLE bench_by_day AS {table}")
+    client.command(f"INSERT INTO bench_by_day SELECT * FROM {table}")
+    client.command(f"TRUNCATE TABLE {table}")
+    for (day,) in client.query("SELECT DISTINCT day FROM bench_by_day ORDER BY day").result_rows:
+        client.command(
+            f"INSERT INTO {table} SELECT * FROM bench_by_day WHERE day = {{d:Date}}", parameters={"d": day}
+        )
+    client.command("DROP TABLE bench_by_day")
+
+
 def generate(
     client: Client,
     settings: Settings,
@@ -486,6 +509,12 @@ def generate(
         client.command(sql, parameters=params, settings={"max_threads": 2})
         steps[name] = steps.get(name, 0.0) + time.perf_counter() - t
         log(f"  {name:<24} {time.perf_counter() - t:7.1f} s")
+
+    def by_day(table: str) -> None:
+        t = time.perf_counter()
+        write_by_day(client, table)
+        steps[f"{table} by day"] = time.perf_counter() - t
+        log(f"  {table + ' by day':<24} {steps[table + ' by day']:7.1f} s")
 
     project = projects.create_project(client, "Bench shop")
     p = project.project_id
@@ -599,6 +628,8 @@ def generate(
             "FROM sessions FINAL WHERE is_deleted = 0 AND anonymous_id IN {anons:Array(String)}",
         )
         step(f"tail {name}", scoped, anons=scope_anons)
+    for table in BY_DAY[:2]:  # before the roll-up, which reads them
+        by_day(table)
     # and the settled days' roll-up, as the aggregator writes it when a day changes
     t = time.perf_counter()
     settled = {
@@ -711,6 +742,8 @@ def generate(
     )
     client.command("DROP TABLE IF EXISTS bench_plan")
     client.command("DROP TABLE IF EXISTS bench_funnel_events")
+    for table in BY_DAY[2:]:
+        by_day(table)
     settle_merges(client)
     return Generated(
         project_id=p,
