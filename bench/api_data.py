@@ -16,6 +16,9 @@ from those events with the aggregator's definitions (docs/definitions.md, "What 
 - `sessions`, `person_distinct_ids`, `person_traits`, `persons`, `person_activity`,
   `daily_stats`, one 4-step funnel and its `funnel_progress`, derived from the events with
   GROUP BY / windowFunnel (`visitor_events` is filled from `events` by its materialized view);
+  `sessions_daily` and the breakdown tables by their migrations' own back-fills (0010, 0023);
+  the day-keyed tables read under FINAL written again a day at a time (BY_DAY), as the
+  aggregator's batches write them;
 - then, as the aggregator would keep writing, a "live tail" timed from the moment generation
   ends: a few thousand sessions of existing persons whose last event is minutes old (70 % of
   them within 5 minutes: online; a fifth of those only send heartbeats on one page for over 5
@@ -33,6 +36,7 @@ first event; the value itself does not matter to readers).
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 import tempfile
@@ -394,14 +398,18 @@ def _step_condition(step: dict[str, str]) -> str:
 # their step events from that day on (werkstroom.funnels.progress, in SQL). The step events of
 # the persons in scope are first copied to `bench_funnel_events` (joined with their attempt days
 # in one query, the planner picked a cross join).
-def _breakdown_backfill() -> list[tuple[str, str]]:
-    """Migration 0023's back-fill statements, each with a name: its table."""
-    (migration,) = [m for m in load_migrations() if m.name == "0023_breakdowns.sql"]
+def _backfill(name: str) -> list[tuple[str, str]]:
+    """A migration's back-fill statements, each with a name: its table and the migration."""
+    (migration,) = [m for m in load_migrations() if m.name == name]
     return [
-        (f"{statement.split('(')[0].removeprefix('INSERT INTO').strip()} (0023)", statement)
+        (f"{statement.split('(')[0].removeprefix('INSERT INTO').strip()} ({name[:4]})", statement)
         for statement in migration.statements()
         if statement.startswith("INSERT INTO")
     ]
+
+
+#: What the back-fills read; the tail's statements read its visitors' sessions only.
+_ALL_SESSIONS = re.compile(r"FROM sessions FINAL\s+WHERE is_deleted = 0")
 
 
 def _funnel_events_insert() -> str:
@@ -471,7 +479,7 @@ def settle_merges(client: Client, limit: float = 120.0) -> None:
 #: history instead leaves parts that each hold every day (its blocks), and every FINAL then
 #: merges them all: on breakdown_sessions at 10M events, the sessions of one country over 30
 #: days took 361 ms so, 84 ms with the table written a day at a time (the same as without FINAL).
-BY_DAY = ("breakdown_sessions", "breakdown_pages", "person_activity", "funnel_progress")
+BY_DAY = ("breakdown_sessions", "breakdown_pages", "sessions_daily", "person_activity", "funnel_progress")
 
 
 def write_by_day(client: Client, table: str) -> None:
@@ -580,7 +588,9 @@ def generate(
     # Not its visitor_events statement: the events were inserted after the migration, so its
     # materialized view gave their page views the attributes already; writing them again took
     # 26 s at 10M events and left every page view twice in the table until the merges ran.
-    breakdowns = [(n, s) for n, s in _breakdown_backfill() if not n.startswith("visitor_events")]
+    breakdowns = [(n, s) for n, s in _backfill("0023_breakdowns.sql") if not n.startswith("visitor_events")]
+    # and sessions_daily (where the filtered activity chart reads sessions' durations), by 0010's
+    breakdowns += _backfill("0010_sessions_daily.sql")
     for name, statement in breakdowns:
         step(name, statement)
     t1 = datetime.now(UTC)
@@ -623,12 +633,12 @@ def generate(
     ]
     step("tail daily_stats", DAILY_INSERT, project=p, version=v2, days=tail_days)
     for name, statement in breakdowns:  # the tail visitors' sessions, all of them
-        scoped = statement.replace(
-            "FROM sessions FINAL WHERE is_deleted = 0",
-            "FROM sessions FINAL WHERE is_deleted = 0 AND anonymous_id IN {anons:Array(String)}",
+        scoped = _ALL_SESSIONS.sub(
+            "FROM sessions FINAL WHERE is_deleted = 0 AND anonymous_id IN {anons:Array(String)}", statement
         )
+        assert scoped != statement, name
         step(f"tail {name}", scoped, anons=scope_anons)
-    for table in BY_DAY[:2]:  # before the roll-up, which reads them
+    for table in BY_DAY[:3]:  # before the roll-up, which reads the first two
         by_day(table)
     # and the settled days' roll-up, as the aggregator writes it when a day changes
     t = time.perf_counter()
@@ -742,7 +752,7 @@ def generate(
     )
     client.command("DROP TABLE IF EXISTS bench_plan")
     client.command("DROP TABLE IF EXISTS bench_funnel_events")
-    for table in BY_DAY[2:]:
+    for table in BY_DAY[3:]:
         by_day(table)
     settle_merges(client)
     return Generated(
@@ -812,6 +822,11 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
         )[0],
     )
     expect("breakdown_sessions.page_views sum", b_pages, pages)
+    expect(
+        "sessions_daily rows",
+        one("SELECT count() FROM sessions_daily FINAL WHERE project_id = {p:String} AND is_deleted = 0")[0],
+        one("SELECT count() FROM sessions FINAL WHERE project_id = {p:String} AND is_deleted = 0")[0],
+    )
     expect(
         "breakdown_pages.views sum",
         one("SELECT sum(views) FROM breakdown_pages FINAL WHERE project_id = {p:String} AND is_deleted = 0")[
