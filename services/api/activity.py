@@ -19,9 +19,11 @@ from services.api import queries
 from services.api.filters import PERSON_OF, Filters
 from werkstroom import timezones
 
-# Per day: the matching sessions; the durations of those sessions only (sessions_daily over the
-# range, narrowed to their keys, so the join's table stays the size of the answer); each visitor's
-# live person and its first day, read for the matching visitors only (persons is sorted by person,
+# Per day: the matching sessions with their durations (sessions_daily, the same (project, day,
+# visitor, session) key; the range's rows are read whole and joined to the matching sessions,
+# which are the join's table: narrowing sessions_daily to their keys first cost more than the
+# read, 338 ms against 26 ms for one country over 30 days at 10M events); each visitor's live
+# person and its first day, read for the matching visitors only (persons is sorted by person,
 # so this reads the project's persons once, as the plan and segment filters do). A visitor in no
 # live persons row (not recomputed yet) is its own person, never new. Events: the page views, as
 # a session's other events are kept only in `sessions`, sorted by visitor (docs/definitions.md).
@@ -29,13 +31,17 @@ _FILTERED = """
 SELECT s.day, uniqExact(ifNull(m.person, s.anonymous_id)),
        uniqExactIf(m.person, ifNull(m.first_day = s.day, 0)),
        count(), sum(s.page_views), sum(s.page_views),
-       round(countIf(s.page_views = 1) / count(), 6), round(ifNull(avg(d.duration_ms), 0) / 1000, 3)
-FROM ({matching}) AS s
-LEFT JOIN (
-    SELECT day, anonymous_id, session_id, duration_ms FROM sessions_daily FINAL
-    WHERE project_id = {{p:String}} AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND is_deleted = 0
-      AND (day, anonymous_id, session_id) IN ({keys})
-) AS d ON d.day = s.day AND d.anonymous_id = s.anonymous_id AND d.session_id = s.session_id
+       round(countIf(s.page_views = 1) / count(), 6), round(ifNull(avg(s.duration_ms), 0) / 1000, 3)
+FROM (
+    SELECT x.day AS day, x.anonymous_id AS anonymous_id, x.page_views AS page_views,
+           d.duration_ms AS duration_ms
+    FROM (
+        SELECT day, anonymous_id, session_id, duration_ms FROM sessions_daily FINAL
+        WHERE project_id = {{p:String}} AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND is_deleted = 0
+    ) AS d
+    RIGHT JOIN ({matching}) AS x
+        ON d.day = x.day AND d.anonymous_id = x.anonymous_id AND d.session_id = x.session_id
+) AS s
 LEFT JOIN ({persons}) AS m ON m.visitor = s.anonymous_id
 GROUP BY s.day
 SETTINGS join_use_nulls = 1
@@ -49,7 +55,6 @@ def filtered_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     matching, params = filters.matching("day, anonymous_id, session_id, page_views")
     sql = _FILTERED.format(
         matching=matching,
-        keys=filters.matching("day, anonymous_id, session_id")[0],
         persons=PERSON_OF.format(visitors=filters.matching("DISTINCT anonymous_id")[0]),
     )
     return sql, params
