@@ -43,10 +43,12 @@ def test_filtered_sql_binds_every_value_and_reads_the_matching_sessions() -> Non
     sql, params = filtered_sql(filters)
     assert hostile not in sql
     assert params["f_country"] == hostile and params["f_plan"] == hostile and params["f_page"] == "/blog/%"
-    # each read of the matching sessions (the rows, their keys, their visitors) carries every filter
-    assert sql.count("FROM breakdown_sessions FINAL") == 3
-    assert sql.count("country = {f_country:String}") == 3
-    assert sql.count("plan = {f_plan:String}") == 3
+    # each read of the matching sessions (the rows, their visitors) carries every filter
+    assert sql.count("FROM breakdown_sessions FINAL") == 2
+    assert sql.count("country = {f_country:String}") == 2
+    assert sql.count("plan = {f_plan:String}") == 2
+    # sessions_daily is read over the range and joined to them, not narrowed to their keys
+    assert sql.count("FROM sessions_daily FINAL") == 1 and "(day, anonymous_id, session_id) IN" not in sql
     # the parameters the SQL names are the filters', the range's and the zone's, nothing else
     named = set(re.findall(r"\{(\w+):", sql))
     assert (
