@@ -196,6 +196,13 @@ class ProjectScope:
         """The project's today at `now`."""
         return timezones.today(now, self.timezone)
 
+    async def pipeline(self, pool: ClickHousePool, topic: str, now: datetime) -> dict[str, Any]:
+        """Every answer's `pipeline` (queries.pipeline) for this project at `now`, with the
+        rezoning the read-key check found."""
+        return await pool.run(
+            queries.pipeline, topic, self.project_id, self.today(now), self.timezone, self.rezoning
+        )
+
 
 class AuthCache:
     """Recently verified (project, key hash) pairs, so a dashboard's burst of calls costs one

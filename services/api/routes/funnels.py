@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
-from services.api import queries
 from services.api.deps import AUTH_RESPONSES, NowDep, PoolDep, ProjectDep, TopicDep
 from services.api.filters import Filters
 from services.api.funnel_report import filtered_counts
@@ -179,7 +178,7 @@ async def funnel_report(
 ) -> FunnelReport:
     found, fresh = await asyncio.gather(
         pool.run(_report, scope.project_id, funnel_id, days, scope.today(now), filters),
-        pool.run(queries.pipeline, topic, scope.project_id, scope.today(now), scope.timezone, scope.rezoning),
+        scope.pipeline(pool, topic, now),
     )
     if found is None:
         raise _not_found()

@@ -78,7 +78,7 @@ async def get_metrics(
 ) -> Metrics:
     data, fresh = await asyncio.gather(
         metric_cards(pool, scope.project_id, now, filters, scope.timezone),
-        pool.run(queries.pipeline, topic, scope.project_id, scope.today(now), scope.timezone, scope.rezoning),
+        scope.pipeline(pool, topic, now),
     )
     return Metrics.model_validate(
         {"as_of": now, "pipeline": fresh, "filters": dict(filters.values), "metrics": data}
@@ -112,7 +112,7 @@ async def get_activity(
 ) -> Activity:
     data, fresh = await asyncio.gather(
         pool.run(activity.activity, scope.project_id, scope.today(now), days, filters, scope.timezone),
-        pool.run(queries.pipeline, topic, scope.project_id, scope.today(now), scope.timezone, scope.rezoning),
+        scope.pipeline(pool, topic, now),
     )
     return Activity.model_validate(
         {"as_of": now, "pipeline": fresh, "filters": dict(filters.values), "days": data}

@@ -42,7 +42,7 @@ async def get_online(
 ) -> Online:
     rows, fresh = await asyncio.gather(
         pool.run(queries.online_rows, scope.project_id, now, limit, filters.online(scope.today(now))),
-        pool.run(queries.pipeline, topic, scope.project_id, scope.today(now), scope.timezone, scope.rezoning),
+        scope.pipeline(pool, topic, now),
     )
     # The visitors' persons and last events are two reads of their own tables: side by side,
     # each on a client of its own (one after the other they made the answer's slowest third).

@@ -74,7 +74,7 @@ async def list_users(
     narrowing = people.listed(filters, scope.timezone)
     (users, following), fresh = await asyncio.gather(
         pool.run(queries.users_page, scope.project_id, now, segment, q, limit, position, narrowing),
-        pool.run(queries.pipeline, topic, scope.project_id, scope.today(now), scope.timezone, scope.rezoning),
+        scope.pipeline(pool, topic, now),
     )
     return UsersPage.model_validate(
         {
@@ -110,7 +110,7 @@ async def user_sessions(
 ) -> UserSessions:
     sessions, fresh = await asyncio.gather(
         pool.run(queries.user_sessions, scope.project_id, person_id, now, limit),
-        pool.run(queries.pipeline, topic, scope.project_id, scope.today(now), scope.timezone, scope.rezoning),
+        scope.pipeline(pool, topic, now),
     )
     if sessions is None:
         raise _not_found()
@@ -128,7 +128,7 @@ async def user_profile(
 ) -> UserProfile:
     profile, fresh = await asyncio.gather(
         pool.run(queries.user_profile, scope.project_id, person_id, now),
-        pool.run(queries.pipeline, topic, scope.project_id, scope.today(now), scope.timezone, scope.rezoning),
+        scope.pipeline(pool, topic, now),
     )
     if profile is None:
         raise _not_found()
