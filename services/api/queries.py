@@ -108,18 +108,11 @@ def pipeline(
     if read_rezoning:
         rezoning = projects.recomputing(zone, computed[0])
     # A row from an older aggregator that had not yet written says 1970 (the column's zero).
-    if not count or last_write is None or utc(last_write).timestamp() <= 0:
-        return {
-            "last_write_at": None,
-            "last_event_at": None,
-            "lag": None,
-            "bots_today": int(bots),
-            "recomputing_timezone": rezoning,
-        }
+    written = bool(count) and last_write is not None and utc(last_write).timestamp() > 0
     return {
-        "last_write_at": utc(last_write),
-        "last_event_at": utc(last_event) if last_event is not None else None,
-        "lag": int(lag),
+        "last_write_at": utc(last_write) if written else None,
+        "last_event_at": utc(last_event) if written and last_event is not None else None,
+        "lag": int(lag) if written else None,
         "bots_today": int(bots),
         "recomputing_timezone": rezoning,
     }
