@@ -638,7 +638,15 @@ def generate(
         )
         assert scoped != statement, name
         step(f"tail {name}", scoped, anons=scope_anons)
-    for table in BY_DAY[:3]:  # before the roll-up, which reads the first two
+    client.command("TRUNCATE TABLE bench_funnel_events")
+    step(
+        "tail funnel events",
+        _funnel_events_insert().replace("{scope}", "AND person_id IN {persons:Array(String)}"),
+        project=p,
+        persons=scope_persons,
+    )
+    step("tail funnel_progress", _progress_insert(), project=p, funnel=funnel_id, version=v2)
+    for table in BY_DAY:
         by_day(table)
     # and the settled days' roll-up, as the aggregator writes it when a day changes
     t = time.perf_counter()
@@ -650,14 +658,6 @@ def generate(
     }
     roll_up(client, p, settled, v2, datetime.now(UTC).date())
     steps["breakdown_daily"] = time.perf_counter() - t
-    client.command("TRUNCATE TABLE bench_funnel_events")
-    step(
-        "tail funnel events",
-        _funnel_events_insert().replace("{scope}", "AND person_id IN {persons:Array(String)}"),
-        project=p,
-        persons=scope_persons,
-    )
-    step("tail funnel_progress", _progress_insert(), project=p, funnel=funnel_id, version=v2)
     step(
         "online_visitors",
         """
@@ -752,8 +752,6 @@ def generate(
     )
     client.command("DROP TABLE IF EXISTS bench_plan")
     client.command("DROP TABLE IF EXISTS bench_funnel_events")
-    for table in BY_DAY[3:]:
-        by_day(table)
     settle_merges(client)
     return Generated(
         project_id=p,
