@@ -16,7 +16,7 @@ from those events with the aggregator's definitions (docs/definitions.md, "What 
 - `sessions`, `person_distinct_ids`, `person_traits`, `persons`, `person_activity`,
   `daily_stats`, one 4-step funnel and its `funnel_progress`, derived from the events with
   GROUP BY / windowFunnel (`visitor_events` is filled from `events` by its materialized view);
-  `sessions_daily` and the breakdown tables by their migrations' own back-fills (0010, 0023);
+  `sessions_daily` and the breakdown tables by their migrations' own back-fills (0010, 0023, 0027);
   the day-keyed tables read under FINAL written again a day at a time (BY_DAY), as the
   aggregator's batches write them;
 - then, as the aggregator would keep writing, a "live tail" timed from the moment generation
@@ -589,8 +589,10 @@ def generate(
     # materialized view gave their page views the attributes already; writing them again took
     # 26 s at 10M events and left every page view twice in the table until the merges ran.
     breakdowns = [(n, s) for n, s in _backfill("0023_breakdowns.sql") if not n.startswith("visitor_events")]
-    # and sessions_daily (where the filtered activity chart reads sessions' durations), by 0010's
+    # and sessions_daily, by 0010's; then the sessions' durations on breakdown_sessions, by 0027's
+    # (0023's statements predate the column, which they leave 0)
     breakdowns += _backfill("0010_sessions_daily.sql")
+    breakdowns += _backfill("0027_breakdown_sessions_duration.sql")
     for name, statement in breakdowns:
         step(name, statement)
     t1 = datetime.now(UTC)
@@ -808,9 +810,9 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
         0,
     )
     # The breakdown tables: every session with a page view once, every page view once.
-    b_sessions, b_pages = one(
-        "SELECT count(), sum(page_views) FROM breakdown_sessions FINAL WHERE project_id = {p:String} "
-        "AND is_deleted = 0"
+    b_sessions, b_pages, b_duration = one(
+        "SELECT count(), sum(page_views), sum(duration_ms) FROM breakdown_sessions FINAL "
+        "WHERE project_id = {p:String} AND is_deleted = 0"
     )
     expect(
         "breakdown_sessions rows",
@@ -820,6 +822,14 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
         )[0],
     )
     expect("breakdown_sessions.page_views sum", b_pages, pages)
+    expect(
+        "breakdown_sessions.duration_ms sum",
+        b_duration,
+        one(
+            "SELECT sumIf(dateDiff('millisecond', start_at, last_event_at), page_views > 0) FROM sessions FINAL "
+            "WHERE project_id = {p:String} AND is_deleted = 0"
+        )[0],
+    )
     expect(
         "sessions_daily rows",
         one("SELECT count() FROM sessions_daily FINAL WHERE project_id = {p:String} AND is_deleted = 0")[0],

@@ -2,7 +2,7 @@
 touched, and the roll-up of settled days.
 
 `breakdown_sessions` holds a row per session with a page view (entry and exit page, the
-attributes of its entry page view, page views) and `breakdown_pages` a row per path it viewed
+attributes of its entry page view, page views, duration) and `breakdown_pages` a row per path it viewed
 (views, time on page, whether it entered or left there, whether it bounced there), all under
 the UTC day the session starts on. The refresh (services.aggregator.derived) recomputes them
 for the visitors it staged, over the dirty days, from their live sessions (as it staged them)
@@ -49,7 +49,7 @@ VIEWS = "refresh_views"  # the staged sessions' page views, once per refresh
 _KEY_AND_VERSION = {"project_id", "day", "anonymous_id", "session_id", "path", "version", "is_deleted"}
 VIEWS_CREATE = f"""
 CREATE TEMPORARY TABLE {VIEWS} (anonymous_id String, session_id String, day Date, last_ms Int64,
-    page_views UInt32, version UInt64,
+    page_views UInt32, duration_ms Int64, version UInt64,
     views Array(Tuple(Int64, String, {", ".join("String" for _ in ENTRY_ATTRIBUTES)}))) ENGINE = Memory
 """
 
@@ -64,7 +64,8 @@ def statements(member_ids: str, sessions: str) -> tuple[str, str, str]:
     views = f"""
 INSERT INTO {VIEWS}
 SELECT s.anonymous_id, s.session_id, toDate(s.start_at, {{tz:String}}),
-       toUnixTimestamp64Milli(s.last_event_at), s.page_views, s.version,
+       toUnixTimestamp64Milli(s.last_event_at), s.page_views,
+       dateDiff('millisecond', s.start_at, s.last_event_at), s.version,
        arraySlice(arraySort(groupArray((toUnixTimestamp64Milli(v.timestamp), v.path,
            {", ".join(f"toString(v.{a})" for a in ENTRY_ATTRIBUTES)}))), 1, {MAX_PAGES})
 FROM (
@@ -103,7 +104,7 @@ GROUP BY s.anonymous_id, s.session_id, s.start_at, s.last_event_at, s.page_views
         BREAKDOWN_SESSIONS_COLUMNS,
         f"""
     SELECT day, anonymous_id, session_id, views[1].2 AS entry_path, views[length(views)].2 AS exit_path,
-           {entry}, page_views, version, toUInt8(1) AS current
+           {entry}, page_views, duration_ms, version, toUInt8(1) AS current
     FROM {VIEWS}""",
         member_ids,
     )

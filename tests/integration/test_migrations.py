@@ -185,10 +185,9 @@ def test_the_lookup_tables_get_small_compressed_blocks_and_keep_their_rows(datab
     assert database.query(latest).first_row[0] == "user-b"
 
 
-def test_the_breakdown_tables_are_back_filled_as_the_refresh_computes_them(database: Client) -> None:
-    from services.aggregator.derived import refresh
-    from services.aggregator.processor import Dirty
-
+def _two_visitors_sessions(database: Client) -> None:
+    """At migration 0022: visitor a's session s1 (two page views and a heartbeat, 3 minutes)
+    and visitor b's s2 (one page view), with s3 absorbed into it."""
     migrate(database, through=22)
     event = (
         "INSERT INTO events (project_id, event_id, type, event, anonymous_id, timestamp, received_at, url, "
@@ -214,6 +213,12 @@ def test_the_breakdown_tables_are_back_filled_as_the_refresh_computes_them(datab
     ):
         database.command(session + row)
 
+
+def test_the_breakdown_tables_are_back_filled_as_the_refresh_computes_them(database: Client) -> None:
+    from services.aggregator.derived import refresh
+    from services.aggregator.processor import Dirty
+
+    _two_visitors_sessions(database)
     assert migrate(database, through=23) == ["0023_breakdowns.sql"]
 
     pages = database.query(
@@ -237,7 +242,9 @@ def test_the_breakdown_tables_are_back_filled_as_the_refresh_computes_them(datab
         ("a", "/p", "", "", "NL"),
         ("b", "/p", "", "", ""),
     ]
-    # The refresh recomputes the same rows from them: it writes nothing (it writes only changes).
+    # The refresh recomputes the same rows from them: it writes nothing (it writes only changes),
+    # with the later migrations' columns (0027's duration) back-filled as it computes them.
+    migrate(database)
     count = "SELECT count() FROM breakdown_pages) + (SELECT count() FROM breakdown_sessions"
     before = database.query(f"SELECT ({count})").first_row[0]
     refresh(database, Dirty({("p", date(2026, 3, 1))}, {("p", "a"), ("p", "b")}))
@@ -245,3 +252,57 @@ def test_the_breakdown_tables_are_back_filled_as_the_refresh_computes_them(datab
     assert database.query(
         "SELECT session_id, entry_path, exit_path, page_views FROM breakdown_sessions FINAL ORDER BY 1"
     ).result_rows == [("s1", "/", "/p", 2), ("s2", "/p", "/p", 1)]
+
+
+def test_breakdown_sessions_get_their_sessions_durations_as_the_refresh_computes_them(
+    database: Client,
+) -> None:
+    from services.aggregator.derived import refresh
+    from services.aggregator.processor import Dirty
+
+    _two_visitors_sessions(database)
+    migrate(database, through=26)
+    assert migrate(database, through=27) == ["0027_breakdown_sessions_duration.sql"]
+
+    read = "SELECT session_id, duration_ms, version FROM breakdown_sessions FINAL WHERE is_deleted = 0 ORDER BY 1"
+    assert database.query(read).result_rows == [("s1", 180_000, 3), ("s2", 0, 4)]
+    # The refresh computes the same durations: it writes nothing (it writes only changes), and a
+    # session rewritten from scratch gets its duration again.
+    count = "SELECT count() FROM breakdown_sessions"
+    before = database.query(count).first_row[0]
+    refresh(database, Dirty({("p", date(2026, 3, 1))}, {("p", "a"), ("p", "b")}))
+    assert database.query(count).first_row[0] == before
+    database.command("TRUNCATE TABLE breakdown_sessions")
+    refresh(database, Dirty({("p", date(2026, 3, 1))}, {("p", "a"), ("p", "b")}))
+    assert database.query(read).result_rows == [("s1", 180_000, 3), ("s2", 0, 4)]
+
+
+def test_breakdown_daily_is_rebuilt_with_small_granules_and_keeps_its_rows(database: Client) -> None:
+    migrate(database, through=27)
+    rows = (
+        "INSERT INTO breakdown_daily (project_id, dimension, day, value, visitors, sessions, version, is_deleted) "
+        "SELECT 'p', 'pages', toDate('2026-03-01') + number % 40, toString(number % 7), "
+        "uniqCombined64State(12)(toString(number)), 1, number, 0 FROM numbers(500) GROUP BY number"
+    )
+    database.command(rows)
+    read = (
+        "SELECT day, value, uniqCombined64Merge(12)(visitors), sum(sessions) FROM breakdown_daily FINAL "
+        "WHERE is_deleted = 0 GROUP BY day, value ORDER BY day, value"
+    )
+    before = database.query(read).result_rows
+    assert len(before) == 280
+
+    assert migrate(database, through=28) == ["0028_breakdown_daily_granularity.sql"]
+
+    ddl = database.query(
+        "SELECT create_table_query FROM system.tables WHERE database = currentDatabase() AND name = 'breakdown_daily'"
+    ).first_row[0]
+    assert "index_granularity = 256" in ddl and "PARTITION BY toYYYYMM(day)" in ddl
+    assert database.query(read).result_rows == before
+    assert sorted(partitions(database, "breakdown_daily")) == ["202603", "202604"]
+    assert "breakdown_daily_rebuild" not in [
+        t
+        for (t,) in database.query(
+            "SELECT name FROM system.tables WHERE database = currentDatabase()"
+        ).result_rows
+    ]

@@ -117,11 +117,12 @@ SESSIONS_DAILY_COLUMNS = [
 #: A session's attributes in the breakdown tables: its entry and exit page, and those of its
 #: entry page view (docs/definitions.md). The API's filters name these columns.
 SESSION_ATTRIBUTES = ["entry_path", "exit_path", *ENTRY_ATTRIBUTES]
-#: `breakdown_sessions`: one row per session with a page view, under the day it starts on.
+#: `breakdown_sessions`: one row per session with a page view, under the day it starts on, with
+#: its page views and duration (migration 0027).
 BREAKDOWN_SESSIONS_COLUMNS = [
     *("project_id", "day", "anonymous_id", "session_id"),
     *SESSION_ATTRIBUTES,
-    *("page_views", "version", "is_deleted"),
+    *("page_views", "duration_ms", "version", "is_deleted"),
 ]
 #: `breakdown_pages`: one row per (session, path viewed), with its figures only (a filter on the
 #: session's attributes reads breakdown_sessions: copying them here cost the aggregator more).
