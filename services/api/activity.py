@@ -3,8 +3,8 @@ figures computed from the matching sessions that start on it, instead of read fr
 Days are the project's local days (werkstroom.timezones), as the tables keep them.
 
 The matching sessions are the rows of breakdown_sessions that `Filters.where` selects (what the
-breakdowns count); their durations come from sessions_daily (the same (project, day, visitor,
-session) key), their persons from the live persons rows whose anonymous_ids hold their visitors.
+breakdowns count), with their page views and durations; their persons come from the live persons
+rows whose anonymous_ids hold their visitors.
 Unfiltered, the chart is daily_stats' (services.api.queries.activity), unchanged.
 """
 
@@ -16,33 +16,24 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from services.api import queries
-from services.api.filters import PERSON_OF, Filters
+from services.api.filters import EVERY_PERSON_OF, Filters
 from werkstroom import timezones
 
-# Per day: the matching sessions with their durations (sessions_daily, the same (project, day,
-# visitor, session) key; the range's rows are read whole and joined to the matching sessions,
-# which are the join's table: narrowing sessions_daily to their keys first cost more than the
-# read, 338 ms against 26 ms for one country over 30 days at 10M events); each visitor's live
-# person and its first day, read for the matching visitors only (persons is sorted by person,
-# so this reads the project's persons once, as the plan and segment filters do). A visitor in no
-# live persons row (not recomputed yet) is its own person, never new. Events: the page views, as
-# a session's other events are kept only in `sessions`, sorted by visitor (docs/definitions.md).
+# Per day: the matching sessions, with their durations (migration 0027: joining sessions_daily
+# for them cost 262 ms of 643 for one country over 30 days at 10M events), and each visitor's
+# live person with its first day (filters.EVERY_PERSON_OF). The matching sessions are the join's
+# right side, held in memory: fewer than the project's visitors, and narrowing the persons to
+# the matching visitors first cost more than reading them all (at 10M events, one country over
+# 30 days: 618 -> 511 ms; segment=premium 800 -> 473 ms). A visitor in no live persons row (not
+# recomputed yet) is its own person, never new. Events: the page views, as a session's other
+# events are kept only in `sessions`, sorted by visitor (docs/definitions.md).
 _FILTERED = """
 SELECT s.day, uniqExact(ifNull(m.person, s.anonymous_id)),
        uniqExactIf(m.person, ifNull(m.first_day = s.day, 0)),
        count(), sum(s.page_views), sum(s.page_views),
-       round(countIf(s.page_views = 1) / count(), 6), round(ifNull(avg(s.duration_ms), 0) / 1000, 3)
-FROM (
-    SELECT x.day AS day, x.anonymous_id AS anonymous_id, x.page_views AS page_views,
-           d.duration_ms AS duration_ms
-    FROM (
-        SELECT day, anonymous_id, session_id, duration_ms FROM sessions_daily FINAL
-        WHERE project_id = {{p:String}} AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND is_deleted = 0
-    ) AS d
-    RIGHT JOIN ({matching}) AS x
-        ON d.day = x.day AND d.anonymous_id = x.anonymous_id AND d.session_id = x.session_id
-) AS s
-LEFT JOIN ({persons}) AS m ON m.visitor = s.anonymous_id
+       round(countIf(s.page_views = 1) / count(), 6), round(avg(s.duration_ms) / 1000, 3)
+FROM ({persons}) AS m
+RIGHT JOIN ({matching}) AS s ON m.visitor = s.anonymous_id
 GROUP BY s.day
 SETTINGS join_use_nulls = 1
 """
@@ -52,11 +43,8 @@ def filtered_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     """The per-day figures (day, then queries.DAY_COLUMNS' figures in order) of the sessions
     `filters` matches over {lo:Date}..{hi:Date} of project {p:String}, and the filters'
     parameters. Every value is a parameter; the SQL is chosen from constants only."""
-    matching, params = filters.matching("day, anonymous_id, session_id, page_views")
-    sql = _FILTERED.format(
-        matching=matching,
-        persons=PERSON_OF.format(visitors=filters.matching("DISTINCT anonymous_id")[0]),
-    )
+    matching, params = filters.matching("day, anonymous_id, page_views, duration_ms")
+    sql = _FILTERED.format(matching=matching, persons=EVERY_PERSON_OF)
     return sql, params
 
 

@@ -43,12 +43,14 @@ def test_filtered_sql_binds_every_value_and_reads_the_matching_sessions() -> Non
     sql, params = filtered_sql(filters)
     assert hostile not in sql
     assert params["f_country"] == hostile and params["f_plan"] == hostile and params["f_page"] == "/blog/%"
-    # each read of the matching sessions (the rows, their visitors) carries every filter
-    assert sql.count("FROM breakdown_sessions FINAL") == 2
-    assert sql.count("country = {f_country:String}") == 2
-    assert sql.count("plan = {f_plan:String}") == 2
-    # sessions_daily is read over the range and joined to them, not narrowed to their keys
-    assert sql.count("FROM sessions_daily FINAL") == 1 and "(day, anonymous_id, session_id) IN" not in sql
+    # the matching sessions are read once, with every filter; the persons of every visitor are
+    # joined to them, not narrowed to their visitors first (a second read of them)
+    assert sql.count("FROM breakdown_sessions FINAL") == 1
+    assert sql.count("country = {f_country:String}") == 1
+    assert sql.count("plan = {f_plan:String}") == 1
+    assert "ARRAY JOIN anonymous_ids AS visitor" in sql and "visitor IN" not in sql
+    # their durations are on their own rows (migration 0027): sessions_daily is not joined
+    assert "sessions_daily" not in sql and "duration_ms FROM breakdown_sessions FINAL" in sql
     # the parameters the SQL names are the filters', the range's and the zone's, nothing else
     named = set(re.findall(r"\{(\w+):", sql))
     assert (
