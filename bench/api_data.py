@@ -589,10 +589,8 @@ def generate(
     # materialized view gave their page views the attributes already; writing them again took
     # 26 s at 10M events and left every page view twice in the table until the merges ran.
     breakdowns = [(n, s) for n, s in _backfill("0023_breakdowns.sql") if not n.startswith("visitor_events")]
-    # and sessions_daily, by 0010's; then the sessions' durations on breakdown_sessions, by 0027's
-    # (0023's statements predate the column, which they leave 0)
+    # and sessions_daily (where the filtered activity chart read sessions' durations), by 0010's
     breakdowns += _backfill("0010_sessions_daily.sql")
-    breakdowns += _backfill("0027_breakdown_sessions_duration.sql")
     for name, statement in breakdowns:
         step(name, statement)
     t1 = datetime.now(UTC)
@@ -648,6 +646,12 @@ def generate(
         persons=scope_persons,
     )
     step("tail funnel_progress", _progress_insert(), project=p, funnel=funnel_id, version=v2)
+    # The sessions' durations on breakdown_sessions, which 0023's statements predate (they leave
+    # the column 0): migration 0027 run whole, as on a database upgraded to it, once the tail's
+    # rows are written too.
+    (durations,) = [m for m in load_migrations() if m.name == "0027_breakdown_sessions_duration.sql"]
+    for statement in durations.statements():
+        step("durations (0027)", statement)
     for table in BY_DAY:
         by_day(table)
     # and the settled days' roll-up, as the aggregator writes it when a day changes
