@@ -65,22 +65,18 @@ _MATCHING = (
     "SELECT {columns} FROM breakdown_sessions FINAL WHERE project_id = {{p:String}} "
     "AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND is_deleted = 0"
 )
-# Each visitor of the project ({narrow}: or of a SELECT of visitor ids) with its live person (the
-# persons row whose anonymous_ids hold it; the least id if, for a moment, two do) and that
-# person's first day in the project's zone. A visitor in no live row (not recomputed yet) has no
-# row here: it is its own person.
-_PERSON_OF = (
+#: Each visitor of the project with its live person (the persons row whose anonymous_ids hold it;
+#: the least id if, for a moment, two do) and that person's first day in the project's zone
+#: (parameters p, tz). A visitor in no live row (not recomputed yet) has no row here: it is its
+#: own person. Read whole, as the side of a join whose other side is many visitors: narrowing it
+#: to them first cost more than the read (at 10M events, the visitors of one country's 272,007
+#: sessions over 30 days: 370 ms narrowed, 128 ms whole).
+EVERY_PERSON_OF = (
     "SELECT visitor, min(person_id) AS person, "
-    "argMin(toDate(first_seen, {{tz:String}}), person_id) AS first_day "
+    "argMin(toDate(first_seen, {tz:String}), person_id) AS first_day "
     "FROM persons FINAL ARRAY JOIN anonymous_ids AS visitor "
-    "WHERE project_id = {{p:String}} AND is_deleted = 0{narrow} GROUP BY visitor"
+    "WHERE project_id = {p:String} AND is_deleted = 0 GROUP BY visitor"
 )
-#: _PERSON_OF for the visitors of `{visitors}`, a SELECT of visitor ids.
-PERSON_OF = _PERSON_OF.replace("{narrow}", " AND visitor IN ({visitors})")
-#: _PERSON_OF for every visitor of the project (parameters p, tz): what a join whose other side
-#: is many visitors reads, as building the set of them to narrow this by cost more than the read
-#: (at 10M events, 272,007 sessions of one country over 30 days: 370 ms narrowed, 128 whole).
-EVERY_PERSON_OF = _PERSON_OF.replace("{narrow}", "").format()
 #: SESSIONS_OF for the online visitors (GET online, the live stream): only the rows of the
 #: visitors online now (a plain read of online_visitors, a superset of who is online: the outer
 #: query decides). The key (project, day, visitor) then skips the granules holding none of them,

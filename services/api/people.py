@@ -2,7 +2,7 @@
 
 Both count **persons with a matching session**: the breakdown_sessions rows `Filters.matching`
 selects (what the breakdowns and the filtered activity chart count), each visitor resolved to
-its live person (filters.PERSON_OF), else itself. Unfiltered, the cards and the list are read as
+its live person (filters.EVERY_PERSON_OF), else itself. Unfiltered, the cards and the list are read as
 before (services.api.queries), with the same SQL.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from services.api import queries
-from services.api.filters import ONLINE_DAYS, PERSON_OF, Filters
+from services.api.filters import EVERY_PERSON_OF, ONLINE_DAYS, Filters
 from services.api.queries import ONLINE_WINDOW, WEEK, Narrowing, T
 from werkstroom import churn, timezones
 
@@ -22,13 +22,15 @@ from werkstroom import churn, timezones
 FIRST_DAY = date(1970, 1, 1)
 LAST_DAY = date(2149, 6, 6)
 
-# Each matching session's (person, day): the visitor's live person, else the visitor (a LEFT
-# JOIN without join_use_nulls gives '' for a visitor in no persons row, and 1970 as its first
-# day, so such a person is never new). Over {lo:Date}..{hi:Date}.
+# Each matching session's (person, day): the visitor's live person, else the visitor (an outer
+# join without join_use_nulls gives '' for a visitor in no persons row, and 1970 as its first
+# day, so such a person is never new). Over {lo:Date}..{hi:Date}. The persons of every visitor
+# (filters.EVERY_PERSON_OF) are joined to the matching sessions, held in memory, as the activity
+# chart does: narrowing them to the matching visitors first read those sessions twice.
 _PERSON_DAYS = """
 SELECT if(m.visitor = '', s.anonymous_id, m.person) AS person_id, s.day AS day, m.first_day AS first_day
-FROM ({matching}) AS s
-LEFT JOIN ({persons}) AS m ON m.visitor = s.anonymous_id
+FROM ({persons}) AS m
+RIGHT JOIN ({matching}) AS s ON m.visitor = s.anonymous_id
 """
 # The four figures of queries.persons_counts, of the persons with a matching session (lo..hi =
 # FIRST_DAY..today): total, those with one by today (a week earlier: by that day); new, those of
@@ -62,8 +64,7 @@ def person_days(filters: Filters) -> tuple[str, dict[str, Any]]:
     """A SELECT of (person_id, day, first_day) for each session `filters` matches over
     {lo:Date}..{hi:Date} of project {p:String}, and the filters' parameters."""
     matching, params = filters.matching("day, anonymous_id")
-    persons = PERSON_OF.format(visitors=filters.matching("DISTINCT anonymous_id")[0])
-    return _PERSON_DAYS.format(matching=matching, persons=persons), params
+    return _PERSON_DAYS.format(matching=matching, persons=EVERY_PERSON_OF), params
 
 
 def persons_counts_sql(filters: Filters) -> tuple[str, dict[str, Any]]:

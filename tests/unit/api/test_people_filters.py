@@ -11,7 +11,7 @@ import pytest
 from fastapi import HTTPException
 
 from services.api import people, queries
-from services.api.filters import PERSON_OF, Filters
+from services.api.filters import EVERY_PERSON_OF, Filters
 from services.api.queries import EVERYONE, users_filter
 from services.api.routes.filtering import filters_of, session_filters_of, with_segment
 from werkstroom import churn
@@ -65,8 +65,8 @@ def test_filtered_cards_bind_every_value() -> None:
         assert HOSTILE not in sql and "breakdown_sessions FINAL" in sql
         assert params["f_country"] == HOSTILE and params["f_page"] == "/blog/%" and params["p"] == "p1"
     assert (counted["lo"], counted["hi"], counted["t"]) == (people.FIRST_DAY, NOW.date(), NOW.date())
-    # a visitor's person as the activity chart resolves it (one definition: PERSON_OF)
-    assert PERSON_OF.split("{visitors}")[0].format() in counts
+    # a visitor's person as the activity chart resolves it (one definition: EVERY_PERSON_OF)
+    assert EVERY_PERSON_OF in counts
     # a week ago: the sessions of that day and the one before, those spanning the moment
     assert (at["lo"], at["hi"], at["w1"]) == (date(2026, 11, 24), date(2026, 11, 25), NOW - queries.WEEK)
     assert at["since"] == NOW - queries.WEEK - queries.ONLINE_WINDOW
