@@ -64,7 +64,8 @@ from werkstroom.settings import Settings  # noqa: E402
 TARGET_MS = 50.0
 #: The breakdown dimensions (GET .../breakdowns/{dimension}), each measured by breakdown_plan.
 BREAKDOWN_DIMENSIONS = list(typing.get_args(Dimension))
-#: The other views the filters narrow (issue 23), by one session filter and one person filter.
+#: The views the filters narrow besides the breakdowns (issue 23), timed with one session filter
+#: and one person filter: online, metrics, activity, funnel and users, the gated views.
 NARROWS = [(f"{k}={v}", {k: v}) for k, v in (("country", "NL"), ("segment", "premium"))]
 GATED = ("online", "metrics", "activity?days=30", "funnels/{id}?days=30", "users")
 RESULTS = ROOT / "bench" / "results"
@@ -270,11 +271,13 @@ async def run(args: argparse.Namespace) -> int:
             if cursor:
                 plan.append(("users (2nd page, cursor)", get("users", cursor=cursor)))
             plan.extend(breakdown_plan(get))
-            # the activity chart narrowed by them
-            plan.extend(
-                (f"filtered/activity?days=30 {label}", get("activity", days=30, **narrow))
-                for label, narrow in NARROWS
-            )
+            # the other gated views narrowed by them
+            for label, narrow in NARROWS:
+                plan.append((f"filtered/metrics {label}", get("metrics", **narrow)))
+                plan.append((f"filtered/activity?days=30 {label}", get("activity", days=30, **narrow)))
+                funnel = f"funnels/{data.funnel_id}"
+                plan.append((f"filtered/funnels/{{id}}?days=30 {label}", get(funnel, days=30, **narrow)))
+                plan.append((f"filtered/users {label}", get("users", **narrow)))
             figures = [await measure(name, call, args.requests, log) for name, call in plan]
 
         health = figures[1].p50
