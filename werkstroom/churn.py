@@ -34,19 +34,23 @@ COUNTS_SQL = (
 #: COUNTS_SQL with the base narrowed (a view's filters): `{base}` is a SELECT of (person_id, day)
 #: rows, the days a person did what the view counts, over {lo:Date}..{hi:Date}; the base of D is
 #: the persons with such a day in D-13..D-7, and the churned are still those of the base active
-#: (person_activity) on none of D-6..D.
+#: (person_activity) on none of D-6..D. `{base}` is read once, as the join's in-memory side (its
+#: persons are a part of the active ones; ClickHouse narrows the activity read by them on its
+#: own): narrowing person_activity by `person_id IN` the base read the base a second time, for a
+#: filtered metrics card at 10M events 666 -> 384 ms (country=NL) and 868 -> 455 ms
+#: (segment=premium), p50 of 3.
 NARROWED_COUNTS_SQL = (
     "SELECT D, countIf(b), countIf(b AND NOT r) FROM ("
     "  SELECT D,"
     "         arrayExists(x -> x BETWEEN D - 13 AND D - 7, based) AS b,"
     "         arrayExists(x -> x BETWEEN D - 6 AND D, active) AS r"
     "  FROM (SELECT c.person_id AS person_id, c.based AS based, a.active AS active"
-    "        FROM (SELECT person_id, groupArray(day) AS based FROM ({base}) GROUP BY person_id) AS c"
-    "        LEFT JOIN (SELECT person_id, groupArray(day) AS active FROM person_activity FINAL"
-    "                   WHERE project_id = {{p:String}} AND is_deleted = 0"
-    "                     AND day BETWEEN {{lo:Date}} AND {{hi:Date}}"
-    "                     AND person_id IN (SELECT person_id FROM ({base}))"
-    "                   GROUP BY person_id) AS a ON a.person_id = c.person_id)"
+    "        FROM (SELECT person_id, groupArray(day) AS active FROM person_activity FINAL"
+    "              WHERE project_id = {{p:String}} AND is_deleted = 0"
+    "                AND day BETWEEN {{lo:Date}} AND {{hi:Date}}"
+    "              GROUP BY person_id) AS a"
+    "        RIGHT JOIN (SELECT person_id, groupArray(day) AS based FROM ({base}) GROUP BY person_id) AS c"
+    "            ON a.person_id = c.person_id)"
     "  ARRAY JOIN {{days:Array(Date)}} AS D"
     ") GROUP BY D"
 )

@@ -80,6 +80,8 @@ def test_filtered_churn_narrows_the_base_only() -> None:
     [(sql, params)] = client.asked
     base, _ = people.person_days(f)
     assert sql == churn.NARROWED_COUNTS_SQL.format(base=base)
+    # the base (matching sessions and their persons, the costly part) is read once
+    assert sql.count(base) == 1 and sql.count("FROM breakdown_sessions FINAL") == 1
     assert params["days"] == [date(2026, 11, 25), date(2026, 12, 2)]
     assert (params["lo"], params["hi"]) == (date(2026, 11, 12), date(2026, 12, 2))
     # the activity is every session's: person_activity, not narrowed by the filters
