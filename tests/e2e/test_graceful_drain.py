@@ -80,15 +80,28 @@ class Serve:
         ]
         return post(f"{self.ingest}/v1/batch", {"writeKey": self.demo["write_key"], "batch": batch})
 
-    def send(self, total: int, per_batch: int = 100, threads: int = 4) -> int:
-        """Send `total` events in batches; returns how many were acknowledged (200, accepted)."""
+    def deliver(self, start: int, count: int, tries: int = 5) -> int:
+        """Send one batch as the SDKs and the tracker do: after a 429 or a 503 that is not a
+        shutdown (ingest busy: a produce past its timeout on a loaded host), the same events
+        again after Retry-After. Returns how many were acknowledged (200, accepted)."""
+        for _ in range(tries):
+            status, body, headers = self.post_batch(start, count)
+            if status not in (429, 503) or body.get("reason") == "shutting_down":
+                break
+            sys.stderr.write(f"batch m{start}: {status} {body.get('reason')}, sent again\n")
+            time.sleep(float(headers.get("retry-after", "1")))
+        return int(body["accepted"]) if status == 200 else 0
+
+    def send(self, total: int, per_batch: int = 100, threads: int = 4, first: int = 0) -> int:
+        """Send `total` events (ids m<first>, ...) in batches (`deliver`); returns how many were
+        acknowledged."""
+        end = first + total
 
         def one(start: int) -> int:
-            status, body, _ = self.post_batch(start, min(per_batch, total - start))
-            return int(body["accepted"]) if status == 200 else 0
+            return self.deliver(start, min(per_batch, end - start))
 
         with ThreadPoolExecutor(threads) as pool:
-            return sum(pool.map(one, range(0, total, per_batch)))
+            return sum(pool.map(one, range(first, end, per_batch)))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 90) -> tuple[int, float]:
         started = time.monotonic()
@@ -255,16 +268,6 @@ async def test_kill_9_during_the_drain_counts_nothing_twice_and_keeps_what_was_c
     from tests.e2e.runs import Commits
     from werkstroom.settings import get_settings
 
-    def send(server: Serve, first: int, count: int, per_batch: int = 100) -> int:
-        """`count` events with ids of their own (m<first>, ...); returns how many were accepted."""
-
-        def one(start: int) -> int:
-            status, body, _ = server.post_batch(start, min(per_batch, first + count - start))
-            return int(body["accepted"]) if status == 200 else 0
-
-        with ThreadPoolExecutor(4) as pool:
-            return sum(pool.map(one, range(first, first + count, per_batch)))
-
     total = 30_000
     settings = get_settings()
     runtime = json.loads((serve.tmp / "data" / "runtime.json").read_text())
@@ -280,13 +283,13 @@ async def test_kill_9_during_the_drain_counts_nothing_twice_and_keeps_what_was_c
             return None if found is None else sum(found.values())
 
         # The aggregator is up and committing, then a backlog arrives, then SIGTERM.
-        assert send(serve, 0, 1000) == 1000
+        assert serve.send(1000) == 1000
         deadline = time.monotonic() + 60
         while not await committed():
             assert serve.proc.poll() is None, serve.log_path.read_text()[-3000:]
             assert time.monotonic() < deadline, "the aggregator committed nothing"
             await asyncio.sleep(0.2)
-        assert send(serve, 1000, total - 1000, per_batch=1000) == total - 1000
+        assert serve.send(total - 1000, per_batch=1000, first=1000) == total - 1000
         serve.proc.send_signal(signal.SIGTERM)
         # Killed at a random moment shortly after the drain began (a 30,000-event drain was seen
         # to take 0.6 to 7 s); the offsets committed until then are read up to the kill.
@@ -317,7 +320,7 @@ async def test_kill_9_during_the_drain_counts_nothing_twice_and_keeps_what_was_c
 
     restarted = Serve(serve.tmp)  # the same data directory, a new (empty) embedded broker
     try:
-        assert send(restarted, 1_000_000, 1000) == 1000  # new events, new ids
+        assert restarted.send(1000, first=1_000_000) == 1000  # new events, new ids
         code, _took = restarted.stop()
     finally:
         restarted.kill()
