@@ -56,7 +56,7 @@ from clickhouse_connect.driver.client import Client  # noqa: E402
 from services.aggregator.breakdowns import roll_up  # noqa: E402
 from services.aggregator.derived import refresh_churn  # noqa: E402
 from werkstroom import projects  # noqa: E402
-from werkstroom.clickhouse.migrate import load_migrations  # noqa: E402
+from werkstroom.clickhouse.migrate import Migration, load_migrations  # noqa: E402
 from werkstroom.clickhouse.tables import (  # noqa: E402
     FUNNELS_COLUMNS,
 )
@@ -398,9 +398,14 @@ def _step_condition(step: dict[str, str]) -> str:
 # their step events from that day on (werkstroom.funnels.progress, in SQL). The step events of
 # the persons in scope are first copied to `bench_funnel_events` (joined with their attempt days
 # in one query, the planner picked a cross join).
+def _migration(name: str) -> Migration:
+    (migration,) = [m for m in load_migrations() if m.name == name]
+    return migration
+
+
 def _backfill(name: str) -> list[tuple[str, str]]:
     """A migration's back-fill statements, each with a name: its table and the migration."""
-    (migration,) = [m for m in load_migrations() if m.name == name]
+    migration = _migration(name)
     return [
         (f"{statement.split('(')[0].removeprefix('INSERT INTO').strip()} ({name[:4]})", statement)
         for statement in migration.statements()
@@ -649,8 +654,7 @@ def generate(
     # The sessions' durations on breakdown_sessions, which 0023's statements predate (they leave
     # the column 0): migration 0027 run whole, as on a database upgraded to it, once the tail's
     # rows are written too.
-    (durations,) = [m for m in load_migrations() if m.name == "0027_breakdown_sessions_duration.sql"]
-    for statement in durations.statements():
+    for statement in _migration("0027_breakdown_sessions_duration.sql").statements():
         step("durations (0027)", statement)
     for table in BY_DAY:
         by_day(table)
