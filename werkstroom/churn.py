@@ -34,11 +34,10 @@ COUNTS_SQL = (
 #: COUNTS_SQL with the base narrowed (a view's filters): `{base}` is a SELECT of (person_id, day)
 #: rows, the days a person did what the view counts, over {lo:Date}..{hi:Date}; the base of D is
 #: the persons with such a day in D-13..D-7, and the churned are still those of the base active
-#: (person_activity) on none of D-6..D. `{base}` is read once, as the join's in-memory side (its
-#: persons are a part of the active ones; ClickHouse narrows the activity read by them on its
-#: own): narrowing person_activity by `person_id IN` the base read the base a second time, for a
-#: filtered metrics card at 10M events 666 -> 384 ms (country=NL) and 868 -> 455 ms
-#: (segment=premium), p50 of 3.
+#: (person_activity) on none of D-6..D. `{base}` is read once, as the join's in-memory side:
+#: narrowing person_activity by `person_id IN` the base as well read the base a second time,
+#: and cost more than the activity rows it left out (a filtered metrics card at 10M events,
+#: 666 -> 384 ms for country=NL and 868 -> 455 ms for segment=premium, p50 of 3).
 NARROWED_COUNTS_SQL = (
     "SELECT D, countIf(b), countIf(b AND NOT r) FROM ("
     "  SELECT D,"
