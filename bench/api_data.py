@@ -55,7 +55,8 @@ from clickhouse_connect.driver.client import Client  # noqa: E402
 
 from services.aggregator.breakdowns import roll_up  # noqa: E402
 from services.aggregator.derived import refresh_churn  # noqa: E402
-from werkstroom import projects  # noqa: E402
+from werkstroom import projects, timezones  # noqa: E402
+from werkstroom.breakdowns import ACTIVITY_FIGURES, ROLLED_FILTERS, activity_figures_sql  # noqa: E402
 from werkstroom.clickhouse.migrate import Migration, load_migrations  # noqa: E402
 from werkstroom.clickhouse.tables import (  # noqa: E402
     FUNNELS_COLUMNS,
@@ -666,7 +667,7 @@ def generate(
             "SELECT DISTINCT day FROM breakdown_sessions WHERE project_id = {p:String}", parameters={"p": p}
         ).result_rows
     }
-    roll_up(client, p, settled, v2, datetime.now(UTC).date())
+    roll_up(client, p, settled, v2, datetime.now(UTC).date(), timezones.DEFAULT)
     steps["breakdown_daily"] = time.perf_counter() - t
     step(
         "online_visitors",
@@ -837,6 +838,33 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
             "SELECT sumIf(dateDiff('millisecond', start_at, last_event_at), page_views > 0) FROM sessions FINAL "
             "WHERE project_id = {p:String} AND is_deleted = 0"
         )[0],
+    )
+    # activity_daily_by (migration 0029): each filter's values partition the settled days'
+    # sessions, and one country's days are the figures computed from the tables (the API's
+    # live part, werkstroom.breakdowns.activity_figures_sql).
+    settled = (
+        "FROM breakdown_sessions FINAL WHERE project_id = {p:String} AND is_deleted = 0 AND day < today()"
+    )
+    sums = one(f"SELECT count(), sum(page_views), sum(duration_ms) {settled}")
+    by_filter = client.query(
+        "SELECT filter, sum(sessions), sum(page_views), sum(duration_ms) FROM activity_daily_by FINAL "
+        "WHERE project_id = {p:String} AND filter != '' AND is_deleted = 0 GROUP BY filter ORDER BY filter",
+        parameters=params,
+    ).result_rows
+    expect("activity_daily_by filters", [r[0] for r in by_filter], sorted(ROLLED_FILTERS))
+    for name, *figures in by_filter:
+        expect(f"activity_daily_by {name} sums", tuple(figures), tuple(sums))
+    live = activity_figures_sql(
+        f"SELECT day, anonymous_id, page_views, duration_ms {settled} AND country = 'NL'"
+    )
+    expect(
+        "activity_daily_by country NL",
+        client.query(
+            f"SELECT day, {', '.join(ACTIVITY_FIGURES)} FROM activity_daily_by FINAL WHERE project_id = {{p:String}} "
+            "AND filter = 'country' AND filter_value = 'NL' AND is_deleted = 0 ORDER BY day",
+            parameters=params,
+        ).result_rows,
+        client.query(f"{live} ORDER BY day", parameters={**params, "tz": timezones.DEFAULT}).result_rows,
     )
     expect(
         "sessions_daily rows",

@@ -34,7 +34,7 @@ from functools import cache
 from clickhouse_connect.driver.client import Client
 
 from werkstroom import timezones
-from werkstroom.breakdowns import figures_by_filter_sql, figures_sql
+from werkstroom.breakdowns import ACTIVITY_FIGURES, activity_by_filter_sql, figures_by_filter_sql, figures_sql
 from werkstroom.clickhouse.tables import (
     BREAKDOWN_DIMENSIONS,
     BREAKDOWN_FIGURES,
@@ -155,34 +155,39 @@ def recompute(
 
 # -- the roll-up of settled days (breakdown_daily, breakdown_daily_by) ----------------------------
 
-_FIGURES = ", ".join(BREAKDOWN_FIGURES)
-# A day's marker row: every key column '' but the day, no figures.
-_MARKER = "uniqCombined64State(12)(''), 0, 0, 0, 0, 0, 0"
+# A breakdown roll-up's columns after the day, and a day's marker row's values for them: every key
+# column '' but the day, no figures.
+_BREAKDOWN = ["value", *BREAKDOWN_FIGURES]
+_MARKER = "'', uniqCombined64State(12)(''), 0, 0, 0, 0, 0, 0"
 _DAYS = "(SELECT arrayJoin({days:Array(Date)}) AS day) GROUP BY day"
 
 
-def _statements(table: str, keys: list[str], figures: str) -> tuple[str, str, str]:
+def _statements(
+    table: str, keys: list[str], figures: str, after: list[str] = _BREAKDOWN, marker: str = _MARKER
+) -> tuple[str, str, str]:
     """A roll-up table's three statements over the days {days} of project {p} at version {v}:
-    roll up (its rows from `figures`, a SELECT of `keys`, day, value and the figures, and the
-    days' markers), bury (a tombstone for each row of those days not rolled up again: gone from
-    the day) and unmark (the markers taken back: the days are read from the breakdown tables
-    until they are rolled up again). `keys`: the key columns before the day."""
-    columns = f"project_id, {', '.join(keys)}, day, value, {_FIGURES}, version, is_deleted"
+    roll up (its rows from `figures`, a SELECT of `keys`, day and the `after` columns, and the
+    days' markers, `marker` their values of `after`), bury (a tombstone for each row of those
+    days not rolled up again: gone from the day) and unmark (the markers taken back: the days
+    are read from the breakdown tables until they are rolled up again). `keys`: the key columns
+    before the day."""
+    rest = ", ".join(after)
+    columns = f"project_id, {', '.join(keys)}, day, {rest}, version, is_deleted"
     blanks = ", ".join("''" for _ in keys)
 
     def markers(deleted: int) -> str:
-        return f"SELECT {{p:String}}, {blanks}, day, '', {_MARKER}, {{v:UInt64}}, {deleted} FROM {_DAYS}"
+        return f"SELECT {{p:String}}, {blanks}, day, {marker}, {{v:UInt64}}, {deleted} FROM {_DAYS}"
 
     roll_up = f"""
 INSERT INTO {table} ({columns})
-SELECT {{p:String}}, {", ".join(keys)}, day, value, {_FIGURES}, {{v:UInt64}}, 0
+SELECT {{p:String}}, {", ".join(keys)}, day, {rest}, {{v:UInt64}}, 0
 FROM ({figures})
 UNION ALL
 {markers(0)}
 """
     bury = f"""
 INSERT INTO {table} ({columns})
-SELECT project_id, {", ".join(keys)}, day, value, {_FIGURES}, {{v:UInt64}}, 1
+SELECT project_id, {", ".join(keys)}, day, {rest}, {{v:UInt64}}, 1
 FROM {table} FINAL
 WHERE project_id = {{p:String}} AND day IN {{days:Array(Date)}} AND version < {{v:UInt64}}
 """
@@ -201,6 +206,18 @@ ROLL_UP, BURY, UNMARK = _statements(
 ROLL_UP_BY, BURY_BY, UNMARK_BY = _statements(
     "breakdown_daily_by", ["filter", "filter_value", "dimension"], figures_by_filter_sql(_SETTLED)
 )
+# The activity chart's figures of the same days under each one-attribute filter (migration 0029),
+# with their own markers; its persons are the days' visitors' persons as the refresh left them
+# (parameter tz: the project's zone, for each person's first day).
+ROLL_UP_ACTIVITY, BURY_ACTIVITY, UNMARK_ACTIVITY = _statements(
+    "activity_daily_by",
+    ["filter", "filter_value"],
+    activity_by_filter_sql(_SETTLED),
+    ACTIVITY_FIGURES,
+    ", ".join("0" for _ in ACTIVITY_FIGURES),
+)
+#: A day held back (changed again too soon) is unmarked in every roll-up table.
+UNMARKS = (UNMARK, UNMARK_BY, UNMARK_ACTIVITY)
 
 
 @dataclass
@@ -237,11 +254,12 @@ class RollUps:
         due = {k for k in self.waiting if now - self.last.get(k, -self.every) >= self.every}
         hold = self.waiting - due - self.unmarked
         for project_id, held in _by_project(hold).items():
-            for sql in (UNMARK, UNMARK_BY):
+            for sql in UNMARKS:
                 client.command(sql, parameters={"p": project_id, "days": sorted(held), "v": version})
         self.unmarked |= hold
         for project_id, rolled in _by_project(due).items():
-            roll_up(client, project_id, rolled, version, today(project_id))
+            zone = self.zones.get(project_id, timezones.DEFAULT)
+            roll_up(client, project_id, rolled, version, today(project_id), zone)
         for key in due:
             self.last[key] = now
         self.waiting -= due
@@ -257,25 +275,29 @@ def _by_project(keys: set[tuple[str, date]]) -> dict[str, set[date]]:
     return grouped
 
 
-def roll_up(client: Client, project_id: str, days: set[date], version: int, today: date) -> None:
-    """Rewrite breakdown_daily and breakdown_daily_by for the settled days among `days` (before
-    `today`), from the breakdown tables as written, with `version` (taken before reading: a newer
-    roll-up wins)."""
+def roll_up(client: Client, project_id: str, days: set[date], version: int, today: date, zone: str) -> None:
+    """Rewrite breakdown_daily, breakdown_daily_by and activity_daily_by for the settled days
+    among `days` (before `today`), from the breakdown tables and persons as written, with
+    `version` (taken before reading: a newer roll-up wins); `zone` is the project's, whose days
+    the persons' first days are."""
     settled = sorted(d for d in days if d < today)
     if not settled:
         return
-    params = {"p": project_id, "days": settled, "v": version}
-    for sql in (ROLL_UP, ROLL_UP_BY, BURY, BURY_BY):
+    params = {"p": project_id, "days": settled, "v": version, "tz": zone}
+    for sql in (ROLL_UP, ROLL_UP_BY, ROLL_UP_ACTIVITY, BURY, BURY_BY, BURY_ACTIVITY):
         client.command(sql, parameters=params)
 
 
-# The settled days rolled up in breakdown_daily and not in breakdown_daily_by: the days an
-# aggregator older than migration 0026 rolled up, which no batch has changed since.
+# The settled days rolled up in breakdown_daily and not in breakdown_daily_by or not in
+# activity_daily_by: the days an aggregator older than migration 0026 or 0029 rolled up, which
+# no batch has changed since.
 _UNROLLED = """
 SELECT project_id, groupArray(day) FROM breakdown_daily FINAL
 WHERE dimension = '' AND is_deleted = 0
-  AND (project_id, day) NOT IN (
-      SELECT project_id, day FROM breakdown_daily_by FINAL WHERE filter = '' AND is_deleted = 0)
+  AND ((project_id, day) NOT IN (
+           SELECT project_id, day FROM breakdown_daily_by FINAL WHERE filter = '' AND is_deleted = 0)
+       OR (project_id, day) NOT IN (
+           SELECT project_id, day FROM activity_daily_by FINAL WHERE filter = '' AND is_deleted = 0))
 GROUP BY project_id ORDER BY project_id
 """
 
@@ -283,16 +305,18 @@ GROUP BY project_id ORDER BY project_id
 def roll_up_backlog(
     client: Client, clock: datetime, zone_of: Callable[[str], str], should_stop: Callable[[], bool]
 ) -> int | None:
-    """Roll up again, one day at a time, the days rolled up before breakdown_daily_by existed,
-    so that their one-filter breakdowns read it too (until then they read the tables, exactly).
+    """Roll up again, one day at a time, the days rolled up before breakdown_daily_by or
+    activity_daily_by existed, so that their one-filter breakdowns and activity charts read
+    them too (until then they read the tables, exactly).
     Returns the days rolled up; None when `should_stop` cut it short between two days (the rest
     stay in the backlog for the next call)."""
     done = 0
     for project_id, days in client.query(_UNROLLED).result_rows:
-        today = timezones.today(clock, zone_of(project_id))
+        zone = zone_of(project_id)
+        today = timezones.today(clock, zone)
         for day in sorted(days):
             if should_stop():
                 return None
-            roll_up(client, project_id, {day}, next_version(), today)
+            roll_up(client, project_id, {day}, next_version(), today, zone)
             done += 1
     return done

@@ -146,7 +146,7 @@ def rezone_derived(
     derived.refresh_daily(client, project_id, days, version)
     settled = {d for d in days if d <= today}
     derived.refresh_churn(client, project_id, churn.days_affected(settled, today), version)
-    breakdowns.roll_up(client, project_id, days, version, today)
+    breakdowns.roll_up(client, project_id, days, version, today, zone)
     return True
 
 

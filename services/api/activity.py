@@ -16,36 +16,55 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from services.api import queries
-from services.api.filters import EVERY_PERSON_OF, Filters
+from services.api.filters import Filters
 from werkstroom import timezones
+from werkstroom.breakdowns import ACTIVITY_FIGURES, activity_figures_sql
 
-# Per day: the matching sessions, with their durations (migration 0027: joining sessions_daily
-# for them cost 262 ms of 643 for one country over 30 days at 10M events), and each visitor's
-# live person with its first day (filters.EVERY_PERSON_OF). The matching sessions are the join's
-# right side, held in memory: fewer than the project's visitors, and narrowing the persons to
-# the matching visitors first cost more than reading them all (at 10M events, one country over
-# 30 days: 618 -> 511 ms; segment=premium 800 -> 473 ms). A visitor in no live persons row (not
-# recomputed yet) is its own person, never new. Events: the page views, as a session's other
-# events are kept only in `sessions`, sorted by visitor (docs/definitions.md).
-_FILTERED = """
-SELECT s.day, uniqExact(ifNull(m.person, s.anonymous_id)),
-       uniqExactIf(m.person, ifNull(m.first_day = s.day, 0)),
-       count(), sum(s.page_views), sum(s.page_views),
-       round(countIf(s.page_views = 1) / count(), 6), round(avg(s.duration_ms) / 1000, 3)
-FROM ({persons}) AS m
-RIGHT JOIN ({matching}) AS s ON m.visitor = s.anonymous_id
-GROUP BY s.day
-SETTINGS join_use_nulls = 1
+# A day's chart figures (queries.DAY_COLUMNS after the day) from its ACTIVITY_FIGURES: events
+# are the page views, as a session's other events are kept only in `sessions`, sorted by
+# visitor (docs/definitions.md).
+_DAY = (
+    "SELECT day, persons, new_persons, sessions, page_views, page_views, "
+    "round(bounced / sessions, 6), round(duration_ms / sessions / 1000, 3) FROM ("
+)
+# The figures of the matching sessions per day (werkstroom.breakdowns.activity_figures_sql), with
+# their durations (migration 0027: joining sessions_daily for them cost 262 ms of 643 for one
+# country over 30 days at 10M events), and each visitor's live person with its first day. The
+# matching sessions are the join's right side, held in memory: fewer than the project's
+# visitors, and narrowing the persons to the matching visitors first cost more than reading
+# them all (at 10M events, one country over 30 days: 618 -> 511 ms; segment=premium 800 -> 473
+# ms).
+_SESSIONS = "day, anonymous_id, page_views, duration_ms"
+# With one filter on an attribute of the entry page view (Filters.rolled), the days the
+# aggregator rolled up (a marker row, filter '', in activity_daily_by, migration 0029; only days
+# before today) are read from there, and the others (`live`, as an array of the days, so that
+# breakdown_sessions' key (project_id, day, ...) narrows the read to them) computed as above.
+_ROLLED_DAYS = """
+WITH (SELECT groupArray(day) FROM activity_daily_by FINAL WHERE project_id = {p:String} AND filter = ''
+      AND day BETWEEN {lo:Date} AND {hi:Date} AND day < {today:Date} AND is_deleted = 0) AS rolled,
+     arrayFilter(d -> NOT has(rolled, d),
+                 arrayMap(i -> {lo:Date} + i, range(toUInt32({hi:Date} - {lo:Date}) + 1))) AS live
+"""
+_ROLLED = f"""SELECT day, {", ".join(ACTIVITY_FIGURES)} FROM activity_daily_by FINAL
+WHERE project_id = {{p:String}} AND filter = {{column:String}} AND filter_value = {{fv:String}}
+  AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND has(rolled, day) AND is_deleted = 0
+UNION ALL
 """
 
 
 def filtered_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     """The per-day figures (day, then queries.DAY_COLUMNS' figures in order) of the sessions
-    `filters` matches over {lo:Date}..{hi:Date} of project {p:String}, and the filters'
-    parameters. Every value is a parameter; the SQL is chosen from constants only."""
-    matching, params = filters.matching("day, anonymous_id, page_views, duration_ms")
-    sql = _FILTERED.format(matching=matching, persons=EVERY_PERSON_OF)
-    return sql, params
+    `filters` matches over {lo:Date}..{hi:Date} of project {p:String} in zone {tz:String}, and
+    the filters' parameters; with one rolled-up filter also {today:Date}, the rolled days read
+    from activity_daily_by. Every value is a parameter; the SQL is chosen from constants only."""
+    matching, params = filters.matching(_SESSIONS)
+    rolled = filters.rolled()
+    if rolled is None:
+        return f"{_DAY}{activity_figures_sql(matching)})", params
+    column, value = rolled
+    live = activity_figures_sql(f"{matching} AND has(live, day)")
+    sql = f"{_ROLLED_DAYS}{_DAY}{_ROLLED}{live})"
+    return sql, {**params, "column": column, "fv": value}
 
 
 def activity(
@@ -58,7 +77,7 @@ def activity(
         return queries.activity(client, project_id, today, days, zone)
     since = today - timedelta(days=days - 1)
     sql, params = filtered_sql(filters)
-    bound = {**params, "p": project_id, "lo": since, "hi": today, "tz": zone}
+    bound = {**params, "p": project_id, "lo": since, "hi": today, "today": today, "tz": zone}
     rows = client.query(sql, parameters=bound).result_rows
     bots = queries.bots_per_day(client, project_id, since, today, zone)
     return queries.activity_days(since, days, {r[0]: r for r in rows}, bots)

@@ -65,24 +65,6 @@ _MATCHING = (
     "SELECT {columns} FROM breakdown_sessions FINAL WHERE project_id = {{p:String}} "
     "AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND is_deleted = 0"
 )
-# Each visitor of the project with its live person (the persons row whose anonymous_ids hold it;
-# the least id if, for a moment, two do), and with `first_day` the columns added after it. A
-# visitor in no live row (not recomputed yet) has no row here: it is its own person. Read whole,
-# as the side of a join whose other side is many visitors: narrowing it to them first cost more
-# than the read (at 10M events, the visitors of one country's 272,007 sessions over 30 days:
-# 370 ms narrowed, 128 ms whole).
-_EVERY_PERSON = (
-    "SELECT visitor, min(person_id) AS person{first_day} "
-    "FROM persons FINAL ARRAY JOIN anonymous_ids AS visitor "
-    "WHERE project_id = {{p:String}} AND is_deleted = 0 GROUP BY visitor"
-)
-#: (visitor, person) of every visitor of the project (parameter p).
-EVERY_PERSON = _EVERY_PERSON.format(first_day="")
-#: (visitor, person, first_day) of every visitor of the project, first_day the person's first
-#: day in the project's zone (parameters p, tz).
-EVERY_PERSON_OF = _EVERY_PERSON.format(
-    first_day=", argMin(toDate(first_seen, {tz:String}), person_id) AS first_day"
-)
 #: SESSIONS_OF for the online visitors (GET online, the live stream): only the rows of the
 #: visitors online now (a plain read of online_visitors, a superset of who is online: the outer
 #: query decides). The key (project, day, visitor) then skips the granules holding none of them,

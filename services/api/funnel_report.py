@@ -17,15 +17,17 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from services.api.filters import EVERY_PERSON, SESSIONS_OF, Filters
+from services.api.filters import SESSIONS_OF, Filters
+from werkstroom.breakdowns import EVERY_PERSON
 from werkstroom.funnels import Funnel
 
 _MATCHING = (
     "SELECT DISTINCT anonymous_id FROM breakdown_sessions FINAL WHERE project_id = {{p:String}} "
     "AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND is_deleted = 0{where}"
 )
-# Each matching visitor's person (filters.EVERY_PERSON, joined to the matching visitors, held in
-# memory: narrowing the persons to them first read the matching sessions twice), then the
+# Each matching visitor's person (werkstroom.breakdowns.EVERY_PERSON, joined to the matching
+# visitors, held in memory: narrowing the persons to them first read the matching sessions
+# twice), then the
 # funnel's rows of those persons. count() of the live rows, as funnel_counts counts them, so that
 # a filter every counted person matches gives the unfiltered report. funnel_levels' key holds
 # person_id: narrowing by it under FINAL keeps every version of a row or none.

@@ -2,8 +2,8 @@
 
 Both count **persons with a matching session**: the breakdown_sessions rows `Filters.matching`
 selects (what the breakdowns and the filtered activity chart count), each visitor resolved to
-its live person (filters.EVERY_PERSON_OF), else itself. Unfiltered, the cards and the list are read as
-before (services.api.queries), with the same SQL.
+its live person (werkstroom.breakdowns.EVERY_PERSON_OF), else itself. Unfiltered, the cards and
+the list are read as before (services.api.queries), with the same SQL.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from services.api import queries
-from services.api.filters import EVERY_PERSON_OF, ONLINE_DAYS, Filters
+from services.api.filters import ONLINE_DAYS, Filters
 from services.api.queries import ONLINE_WINDOW, WEEK, Narrowing, T
 from werkstroom import churn, timezones
+from werkstroom.breakdowns import EVERY_PERSON_OF
 
 #: The first and the last day a Date holds: "every day the breakdown tables hold".
 FIRST_DAY = date(1970, 1, 1)
@@ -25,8 +26,9 @@ LAST_DAY = date(2149, 6, 6)
 # Each matching session's (person, day): the visitor's live person, else the visitor (an outer
 # join without join_use_nulls gives '' for a visitor in no persons row, and 1970 as its first
 # day, so such a person is never new). Over {lo:Date}..{hi:Date}. The persons of every visitor
-# (filters.EVERY_PERSON_OF) are joined to the matching sessions, held in memory, as the activity
-# chart does: narrowing them to the matching visitors first read those sessions twice.
+# (werkstroom.breakdowns.EVERY_PERSON_OF) are joined to the matching sessions, held in memory,
+# as the activity chart does: narrowing them to the matching visitors first read those sessions
+# twice.
 _PERSON_DAYS = """
 SELECT if(m.visitor = '', s.anonymous_id, m.person) AS person_id, s.day AS day, m.first_day AS first_day
 FROM ({persons}) AS m

@@ -8,11 +8,30 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any
 
-from services.aggregator.breakdowns import BURY, BURY_BY, ROLL_UP, ROLL_UP_BY, UNMARK, UNMARK_BY, RollUps
+from services.aggregator.breakdowns import (
+    BURY,
+    BURY_ACTIVITY,
+    BURY_BY,
+    ROLL_UP,
+    ROLL_UP_ACTIVITY,
+    ROLL_UP_BY,
+    UNMARK,
+    UNMARK_ACTIVITY,
+    UNMARK_BY,
+    RollUps,
+)
 
-# Each statement's kind; the unfiltered and the one-filter roll-up (breakdown_daily_by) go together.
+# Each statement's kind; the unfiltered and the one-filter roll-ups (breakdown_daily_by,
+# activity_daily_by) go together.
 _KINDS = {UNMARK: "unmark", ROLL_UP: "roll", BURY: "bury"}
-_PAIRED = {UNMARK_BY: UNMARK, ROLL_UP_BY: ROLL_UP, BURY_BY: BURY}
+_PAIRED = {
+    UNMARK_BY: UNMARK,
+    UNMARK_ACTIVITY: UNMARK,
+    ROLL_UP_BY: ROLL_UP,
+    ROLL_UP_ACTIVITY: ROLL_UP,
+    BURY_BY: BURY,
+    BURY_ACTIVITY: BURY,
+}
 
 
 class _Recorder:

@@ -64,3 +64,24 @@ def test_no_filter_is_still_a_query_of_the_range() -> None:
     sql, params = filtered_sql(Filters())
     assert params == {}
     assert set(re.findall(r"\{(\w+):", sql)) == {"p", "lo", "hi", "tz"}
+
+
+def test_one_filter_on_an_entry_page_attribute_reads_its_rolled_up_days() -> None:
+    hostile = "x' OR 1=1 --"
+    sql, params = filtered_sql(Filters.parse({"device": hostile}))
+    assert hostile not in sql
+    assert params == {"f_device": hostile, "column": "device_type", "fv": hostile}
+    # the rolled days from activity_daily_by (its markers, then the filter's rows), the others
+    # from the matching sessions of those days only, each read once
+    assert sql.count("FROM activity_daily_by FINAL") == 2
+    assert "filter = {column:String} AND filter_value = {fv:String}" in sql
+    assert sql.count("FROM breakdown_sessions FINAL") == 1
+    assert "device_type = {f_device:String} AND has(live, day)" in sql
+    named = set(re.findall(r"\{(\w+):", sql))
+    assert named == {"p", "lo", "hi", "today", "tz", "f_device", "column", "fv"}
+
+
+def test_other_filter_sets_compute_every_day_from_the_sessions() -> None:
+    for given in ({"page": "/blog/*"}, {"plan": "trial"}, {"country": "NL", "device": "mobile"}):
+        sql, _ = filtered_sql(Filters.parse(given))
+        assert "activity_daily_by" not in sql and "has(live, day)" not in sql, given

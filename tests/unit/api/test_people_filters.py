@@ -11,10 +11,11 @@ import pytest
 from fastapi import HTTPException
 
 from services.api import people, queries
-from services.api.filters import EVERY_PERSON_OF, Filters
+from services.api.filters import Filters
 from services.api.queries import EVERYONE, users_filter
 from services.api.routes.filtering import filters_of, session_filters_of, with_segment
 from werkstroom import churn
+from werkstroom.breakdowns import EVERY_PERSON_OF
 
 NOW = datetime(2026, 12, 2, 15, 30, tzinfo=UTC)
 HOSTILE = "x' OR 1=1 --"
