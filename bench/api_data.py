@@ -657,6 +657,10 @@ def generate(
     # rows are written too.
     for statement in _migration("0027_breakdown_sessions_duration.sql").statements():
         step("durations (0027)", statement)
+    # Each visitor's person (visitor_persons), which the aggregator writes with persons: here
+    # migration 0030's back-fill, once the tail's persons are written.
+    for statement in _migration("0030_visitor_persons.sql").statements():
+        step("visitor_persons (0030)", statement)
     for table in BY_DAY:
         by_day(table)
     # and the settled days' roll-up, as the aggregator writes it when a day changes
@@ -838,6 +842,17 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
             "SELECT sumIf(dateDiff('millisecond', start_at, last_event_at), page_views > 0) FROM sessions FINAL "
             "WHERE project_id = {p:String} AND is_deleted = 0"
         )[0],
+    )
+    expect(
+        "visitor_persons (each live person's visitors)",
+        one(
+            "SELECT count(), sum(cityHash64(visitor, person_id, first_seen, last_seen, plan)) "
+            "FROM visitor_persons FINAL WHERE project_id = {p:String} AND is_deleted = 0"
+        ),
+        one(
+            "SELECT count(), sum(cityHash64(visitor, person_id, first_seen, last_seen, plan)) FROM persons FINAL "
+            "ARRAY JOIN anonymous_ids AS visitor WHERE project_id = {p:String} AND is_deleted = 0"
+        ),
     )
     # activity_daily_by (migration 0029): each filter's values partition the settled days'
     # sessions, and one country's days are the figures computed from the tables (the API's

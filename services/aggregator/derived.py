@@ -31,6 +31,7 @@ from werkstroom.clickhouse.tables import (
     PERSONS_COLUMNS,
     PERSONS_RECENT_COLUMNS,
     SESSIONS_DAILY_COLUMNS,
+    VISITOR_PERSONS_COLUMNS,
 )
 from werkstroom.clickhouse.versions import next_version
 from werkstroom.funnels import list_funnels
@@ -201,6 +202,18 @@ LEFT JOIN {FRESH} AS fresh ON fresh.person_id = old.person_id
 WHERE old.person_id IN {{gone:Array(String)}} OR (fresh.person_id != '' AND fresh.last_seen != old.last_seen)
 """
 
+# visitor_persons: a row per visitor of each row just written (its version). No tombstones: a
+# visitor leaves a person only when its latest mapping names another (identify, alias), which
+# makes the refresh that takes that mapping write the other person's row, with the visitor, at
+# its own version. A tombstone here, at the version of a later refresh of the person it left,
+# would delete that newer row (a refresh of user-a after anon-x moved to user-b). Its sessions
+# never go, so a visitor is never in no person.
+VISITORS_INSERT = f"""
+INSERT INTO visitor_persons ({", ".join(VISITOR_PERSONS_COLUMNS)})
+SELECT {{p:String}}, visitor, person_id, first_seen, last_seen, plan, 0, {{v:UInt64}}
+FROM {FRESH} ARRAY JOIN anonymous_ids AS visitor
+"""
+
 
 def _span(start: str, last: str) -> str:
     """Each local day (the project's zone, {tz}) from the day of `start` to the day of `last`,
@@ -303,6 +316,7 @@ def refresh_persons(
         rows = [[project_id, g, epoch, epoch, 0, 0, [], "{}", "", 1, version] for g in sorted(changed.gone)]
         insert_rows(client, "persons", rows, PERSONS_COLUMNS)
     client.command(RECENT_INSERT, parameters=bound)
+    client.command(VISITORS_INSERT, parameters=bound)
     return changed
 
 

@@ -3,8 +3,10 @@ figures computed from the matching sessions that start on it, instead of read fr
 Days are the project's local days (werkstroom.timezones), as the tables keep them.
 
 The matching sessions are the rows of breakdown_sessions that `Filters.where` selects (what the
-breakdowns count), with their page views and durations; their persons come from the live persons
-rows whose anonymous_ids hold their visitors.
+breakdowns count), with their page views and durations; their persons are the live persons rows
+whose anonymous_ids hold their visitors (visitor_persons, migration 0030). With one filter on an
+attribute of the entry page view, the settled days are read from their roll-up
+(activity_daily_by, migration 0029).
 Unfiltered, the chart is daily_stats' (services.api.queries.activity), unchanged.
 """
 

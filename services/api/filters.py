@@ -8,10 +8,10 @@ session viewed. Values are bound as query parameters, never spliced into SQL. A 
 others are exact values. An empty value is a value: `source=` is "Direct / None", `country=`
 the unknown country.
 
-Two filters name the person a session's visitor belongs to now (persons, migration 0004, whose
-`anonymous_ids` are the visitor ids of breakdown_sessions and breakdown_pages): `plan`, the
-person's current plan ("" none), and `segment`, one of the users list's segments
-(services.api.queries.SEGMENT_WHERE, at the API's clock).
+Two filters name the person a session's visitor belongs to now (the live persons row whose
+`anonymous_ids` hold the visitor ids of breakdown_sessions and breakdown_pages, read from
+visitor_persons, migration 0030): `plan`, the person's current plan ("" none), and `segment`,
+one of the users list's segments (services.api.queries.SEGMENT_WHERE, at the API's clock).
 """
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ GLOBS = frozenset({"page", "entry_page", "exit_page"})
 PERSON_FILTERS = ("plan", "segment")
 #: What `segment` takes: the users list's segments ("all" is no filter, so not one of them).
 SEGMENTS = tuple(name for name in SEGMENT_WHERE if name != "all")
-# The visitor ids of the persons a condition picks; the users list's conditions (SEGMENT_WHERE)
-# read the same columns of the same rows.
+# The visitor ids of the persons a condition picks (visitor_persons, migration 0030: each
+# visitor's live person, with its last_seen and plan); the users list's conditions
+# (SEGMENT_WHERE) read the same columns of the persons rows.
 _VISITORS_OF = (
-    "SELECT arrayJoin(anonymous_ids) FROM persons FINAL "
-    "WHERE project_id = {{p:String}} AND is_deleted = 0{conditions}"
+    "SELECT visitor FROM visitor_persons FINAL WHERE project_id = {{p:String}} AND is_deleted = 0{conditions}"
 )
 #: The session ids of `{table}` (a breakdown table) over the days {lo:Date}..{hi:Date}, to which
 #: ` AND <conditions>` is appended: what `where` narrows another table's rows to (the `page`

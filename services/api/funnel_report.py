@@ -5,9 +5,9 @@ A person counts at level k when, as in the unfiltered report, their attempts tha
 last `days` days (the project's) reached k (a live funnel_levels row of k whose last_day is one of those
 days: the rows funnel_counts counts), and one of their visitors has a matching session starting
 in those days (a breakdown_sessions row that `Filters.where` selects, as the breakdowns and the
-activity chart count it). A visitor's person is the live persons row whose anonymous_ids hold it,
-else the visitor itself, as on the activity chart. Unfiltered, the report reads funnel_counts
-(services.api.routes.funnels.report_counts), unchanged.
+activity chart count it). A visitor's person is the live persons row whose anonymous_ids hold it
+(visitor_persons), else the visitor itself, as on the activity chart. Unfiltered, the report
+reads funnel_counts (services.api.routes.funnels.report_counts), unchanged.
 """
 
 from __future__ import annotations

@@ -68,6 +68,24 @@ def page_at(anonymous_id: str, when: datetime, message_id: str) -> dict[str, obj
     return {"type": "page", "anonymousId": anonymous_id, "messageId": message_id, "timestamp": stamp}
 
 
+# Each visitor's person as visitor_persons holds it (migration 0030), and as the live persons
+# rows say it (their anonymous_ids), with the columns the filters read.
+VISITOR_PERSONS = (
+    "SELECT project_id, visitor, person_id, first_seen, last_seen, plan FROM visitor_persons FINAL "
+    "WHERE is_deleted = 0 ORDER BY ALL"
+)
+PERSONS_BY_VISITOR = (
+    "SELECT project_id, visitor, person_id, first_seen, last_seen, plan FROM persons FINAL "
+    "ARRAY JOIN anonymous_ids AS visitor WHERE is_deleted = 0 ORDER BY ALL"
+)
+
+
+def visitor_persons_agree(stack: Stack) -> bool:
+    """visitor_persons holds each visitor of the live persons rows once, with its person's
+    columns, and no other visitor."""
+    return stack.rows(VISITOR_PERSONS) == stack.rows(PERSONS_BY_VISITOR)
+
+
 def per_day(stack: Stack, project_id: str, column: str) -> dict[object, int]:
     """A daily_stats column by day, for the days where it is not zero."""
     sql = f"SELECT day, {column} FROM daily_stats FINAL WHERE project_id = {{p:String}} AND {column} > 0"
@@ -134,6 +152,10 @@ async def test_generated_traffic_gives_exact_sessions_identities_and_isolation(s
     assert (
         stack.scalar("SELECT count() FROM sessions FINAL WHERE anonymous_id LIKE '%anon-4_'") == 0
     )  # bots: none
+    # every visitor's person, per project, as the filters read it
+    await stack.until(
+        lambda: visitor_persons_agree(stack) and len(stack.rows(VISITOR_PERSONS)) > 0, timeout=10
+    )
 
 
 async def test_a_batch_sent_again_by_its_client_is_counted_once(stack: Stack) -> None:
@@ -283,6 +305,9 @@ async def test_persons_recent_keeps_one_live_row_per_person_as_they_move_and_mer
     await stack.until(lambda: recent() == [("mover", now - timedelta(minutes=10))])
     await send_all(stack, key, [call("identify", 5, 3, userId="u-mover")])  # merged into the user
     await stack.until(lambda: recent() == [("u-mover", now - timedelta(minutes=5))])
+    # the visitor's row follows it into the user's person (migration 0030)
+    await stack.until(lambda: visitor_persons_agree(stack))
+    assert [r[1:3] for r in stack.rows(VISITOR_PERSONS)] == [("mover", "u-mover")]
 
 
 async def test_an_alias_chain_is_followed_to_its_end(stack: Stack) -> None:
@@ -326,6 +351,8 @@ async def test_an_alias_chain_is_followed_to_its_end(stack: Stack) -> None:
     await stack.until(lambda: live() == [("u-2", 1, 3, ["chain"])])  # one session: 18 min apart at most
     await send_all(stack, key, [alias(2), alias(3)])
     await stack.until(lambda: live() == [("u-4", 1, 3, ["chain"])])
+    await stack.until(lambda: visitor_persons_agree(stack))
+    assert [r[1:3] for r in stack.rows(VISITOR_PERSONS)] == [("chain", "u-4")]
 
     await stack.start_api()
     headers = {"Authorization": f"Bearer {stack.project.read_key}"}
@@ -372,6 +399,9 @@ async def test_an_id_identified_again_as_another_user_leaves_its_first_person(st
     await stack.until(lambda: members().get("user-b") == ["anon-x"])
     await send_all(stack, key, [page_at("anon-y", now - timedelta(minutes=4), "re-3")])  # user-a again
     await stack.until(lambda: members() == {"user-a": ["anon-y"], "user-b": ["anon-x"]})
+    await stack.until(lambda: visitor_persons_agree(stack))
+    # anon-x keeps user-b's row: user-a's later rewrite, without it, writes nothing for it
+    assert [r[1:3] for r in stack.rows(VISITOR_PERSONS)] == [("anon-x", "user-b"), ("anon-y", "user-a")]
 
 
 async def test_active_days_follow_the_members_that_join_or_leave_a_person(stack: Stack) -> None:

@@ -270,8 +270,10 @@ def test_breakdown_sessions_get_their_sessions_durations_as_the_refresh_computes
 
     read = "SELECT session_id, duration_ms, version FROM breakdown_sessions FINAL WHERE is_deleted = 0 ORDER BY 1"
     assert database.query(read).result_rows == [("s1", 180_000, 3), ("s2", 0, 4)]
-    # The refresh computes the same durations: it writes nothing (it writes only changes), and a
-    # session rewritten from scratch gets its duration again.
+    # The refresh (of the code now, so on the schema now) computes the same durations: it writes
+    # nothing (it writes only changes), and a session rewritten from scratch gets its duration
+    # again.
+    migrate(database)
     count = "SELECT count() FROM breakdown_sessions"
     before = database.query(count).first_row[0]
     refresh(database, Dirty({("p", date(2026, 3, 1))}, {("p", "a"), ("p", "b")}))
@@ -309,4 +311,32 @@ def test_breakdown_daily_is_rebuilt_with_small_granules_and_keeps_its_rows(datab
         for (t,) in database.query(
             "SELECT name FROM system.tables WHERE database = currentDatabase()"
         ).result_rows
+    ]
+
+
+def test_visitor_persons_is_back_filled_with_each_live_persons_visitors(database: Client) -> None:
+    migrate(database, through=29)
+    person = (
+        "INSERT INTO persons (project_id, person_id, first_seen, last_seen, anonymous_ids, plan, is_deleted, "
+        "version) VALUES "
+    )
+    for row in (
+        "('p', 'u1', '2026-03-01 10:00:00', '2026-03-04 10:00:00', ['a1'], 'free', 0, 5)",
+        "('p', 'u1', '2026-03-01 10:00:00', '2026-03-05 10:00:00', ['a1', 'a2'], 'premium', 0, 6)",  # newer
+        "('p', 'a2', '2026-03-02 11:00:00', '2026-03-02 11:00:00', ['a2'], '', 0, 5)",
+        "('p', 'a2', '1970-01-01 00:00:00', '1970-01-01 00:00:00', [], '', 1, 6)",  # merged into u1
+        "('q', 'a1', '2026-03-02 00:00:00', '2026-03-02 00:00:00', ['a1'], 'trial', 0, 1)",  # another project
+    ):
+        database.command(person + row)
+
+    assert migrate(database, through=30) == ["0030_visitor_persons.sql"]
+
+    rows = database.query(
+        "SELECT project_id, visitor, person_id, toString(first_seen), toString(last_seen), plan, version "
+        "FROM visitor_persons FINAL WHERE is_deleted = 0 ORDER BY 1, 2"
+    ).result_rows
+    assert rows == [
+        ("p", "a1", "u1", "2026-03-01 10:00:00.000", "2026-03-05 10:00:00.000", "premium", 6),
+        ("p", "a2", "u1", "2026-03-01 10:00:00.000", "2026-03-05 10:00:00.000", "premium", 6),
+        ("q", "a1", "a1", "2026-03-02 00:00:00.000", "2026-03-02 00:00:00.000", "trial", 1),
     ]

@@ -202,6 +202,12 @@ PROJECTS_COLUMNS = [
 #: `project_zones` (migration 0025): the zone a project's rows were computed in, per partition.
 PROJECT_ZONES_COLUMNS = ["project_id", "kafka_partition", "timezone", "version"]
 
+#: `visitor_persons` (migration 0030): each visitor's live person, with what the filters read.
+VISITOR_PERSONS_COLUMNS = [
+    *("project_id", "visitor", "person_id", "first_seen", "last_seen", "plan"),
+    *("is_deleted", "version"),
+]
+
 #: Each table and the columns written to it (test_tables checks them against ClickHouse).
 WRITTEN: dict[str, list[str]] = {
     "events": EVENTS_COLUMNS,
@@ -213,6 +219,7 @@ WRITTEN: dict[str, list[str]] = {
     "events_daily": EVENTS_DAILY_COLUMNS,
     "persons": PERSONS_COLUMNS,
     "persons_recent": PERSONS_RECENT_COLUMNS,
+    "visitor_persons": VISITOR_PERSONS_COLUMNS,
     "sessions_daily": SESSIONS_DAILY_COLUMNS,
     "breakdown_sessions": BREAKDOWN_SESSIONS_COLUMNS,
     "breakdown_pages": BREAKDOWN_PAGES_COLUMNS,

@@ -48,7 +48,7 @@ def test_filtered_sql_binds_every_value_and_reads_the_matching_sessions() -> Non
     assert sql.count("FROM breakdown_sessions FINAL") == 1
     assert sql.count("country = {f_country:String}") == 1
     assert sql.count("plan = {f_plan:String}") == 1
-    assert "ARRAY JOIN anonymous_ids AS visitor" in sql and "visitor IN" not in sql
+    assert "FROM visitor_persons FINAL" in sql and "visitor IN" not in sql
     # their durations are on their own rows (migration 0027): sessions_daily is not joined
     assert "sessions_daily" not in sql and "duration_ms FROM breakdown_sessions FINAL" in sql
     # the parameters the SQL names are the filters', the range's and the zone's, nothing else

@@ -85,9 +85,7 @@ def test_on_the_pages_table_the_sessions_attributes_are_read_from_breakdown_sess
 
 
 NOW = datetime(2026, 12, 2, 12, tzinfo=UTC)
-PERSONS = (
-    "SELECT arrayJoin(anonymous_ids) FROM persons FINAL WHERE project_id = {p:String} AND is_deleted = 0"
-)
+PERSONS = "SELECT visitor FROM visitor_persons FINAL WHERE project_id = {p:String} AND is_deleted = 0"
 
 
 def test_segments_are_the_users_lists() -> None:
@@ -126,7 +124,7 @@ def test_person_filters_are_one_condition_after_the_sessions_ones() -> None:
         f" AND anonymous_id IN ({PERSONS} AND plan = {{f_plan:String}}{SEGMENT_WHERE['active']})"
     )
     filtered, _ = breakdown_sql("os", f)
-    assert "FROM persons FINAL" in filtered and "FROM breakdown_sessions FINAL" in filtered
+    assert "FROM visitor_persons FINAL" in filtered and "FROM breakdown_sessions FINAL" in filtered
 
 
 def test_a_segment_must_be_known_and_have_a_clock() -> None:

@@ -32,7 +32,7 @@ def test_filtered_sql_binds_every_value_and_reads_the_matching_visitors_once() -
     assert sql.count("path LIKE {f_page:String}") == 1
     assert sql.count("exit_path = {f_exit_page:String}") == 1
     assert sql.count("plan = {f_plan:String}") == 1
-    assert "ARRAY JOIN anonymous_ids AS visitor" in sql and "visitor IN" not in sql
+    assert "FROM visitor_persons FINAL" in sql and "visitor IN" not in sql
     # the funnel's own rows: its live levels from the report's first day on, as funnel_counts
     assert "FROM funnel_levels FINAL" in sql and "last_day >= {lo:Date}" in sql
     assert "funnel_id = {f:String}" in sql and "is_deleted = 0" in sql
