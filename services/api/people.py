@@ -50,12 +50,16 @@ FROM (
 """
 # The visitors with a matching session spanning a moment {w1} (online then: its last event at
 # most ONLINE_WINDOW before). The sessions of {lo}..{hi} (the moment's day and the one before,
-# as Filters.online), their start and last event from `sessions` (sorted by visitor, so
-# PREWHERE on its key reads only their granules).
+# as Filters.online), their start and last event from `sessions` rows read without FINAL: a
+# session's rows only grow (an earlier start, a later last event), so a stored row that spans
+# the moment means its final row does too, and the matching sessions are live ones (FINAL, on
+# breakdown_sessions). The time condition is the PREWHERE, so the matching set is looked up for
+# the few rows that pass it (at 10M events, country=NL: 230 ms with FINAL on the sessions in
+# the set, 66 ms so).
 _ONLINE_AT = f"""
-SELECT uniqExact(anonymous_id) FROM sessions FINAL
-PREWHERE project_id = {{{{p:String}}}} AND (anonymous_id, session_id) IN ({{matching}})
-WHERE is_deleted = 0 AND start_at <= {{{{w1:{T}}}}} AND last_event_at >= {{{{since:{T}}}}}
+SELECT uniqExact(anonymous_id) FROM sessions
+PREWHERE project_id = {{{{p:String}}}} AND start_at <= {{{{w1:{T}}}}} AND last_event_at >= {{{{since:{T}}}}}
+WHERE (anonymous_id, session_id) IN ({{matching}})
 """
 # The persons with a matching session on any day the breakdown tables hold, as a condition on
 # persons' (and persons_recent's) person_id.
