@@ -71,7 +71,13 @@ def test_filtered_cards_bind_every_value() -> None:
     # a week ago: the sessions of that day and the one before, those spanning the moment
     assert (at["lo"], at["hi"], at["w1"]) == (date(2026, 11, 24), date(2026, 11, 25), NOW - queries.WEEK)
     assert at["since"] == NOW - queries.WEEK - queries.ONLINE_WINDOW
-    assert "PREWHERE project_id = {p:String} AND (anonymous_id, session_id) IN (SELECT" in online
+    # the time condition is the PREWHERE, the matching set is looked up for the rows that pass
+    # it; the plain rows, not FINAL (a session's rows only grow)
+    assert "FROM sessions\nPREWHERE project_id = {p:String} AND start_at <= {w1:" in online
+    assert (
+        "WHERE (anonymous_id, session_id) IN (SELECT anonymous_id, session_id FROM breakdown_sessions"
+        in online
+    )
 
 
 def test_filtered_churn_narrows_the_base_only() -> None:
