@@ -54,7 +54,7 @@ def refresh(client: Client, dirty: Dirty, rollups: RollUps | None = None) -> Non
         changed = refresh_persons(client, project_id, distinct_ids, version, days[project_id], zone)
         refresh_session_days(client, project_id, days[project_id], zone)  # its members are staged
         breakdowns.recompute(client, project_id, days[project_id], MEMBER_IDS, SESSIONS, zone)  # and theirs
-        days[project_id] |= changed.first_days | changed.activity_days
+        days[project_id] |= changed.first_days | changed.activity_days | changed.moved_days
         activity_days[project_id] = changed.activity_days
         project_funnels = list_funnels(client, project_id)
         if project_funnels:
@@ -76,12 +76,15 @@ def refresh(client: Client, dirty: Dirty, rollups: RollUps | None = None) -> Non
 class Changed:
     """What refresh_persons rewrote: the persons and their member ids, the persons merged away,
     and the days whose counts changed (first visits before and after the rewrite; days a person
-    became (in)active on)."""
+    became (in)active on; days of the sessions of members that joined or left a person, whose
+    person changed although no person's active days may have: the filtered activity roll-up
+    counts a day's persons per filter value, activity_daily_by)."""
 
     members: dict[str, set[str]] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)
     first_days: set[date] = field(default_factory=set)
     activity_days: set[date] = field(default_factory=set)
+    moved_days: set[date] = field(default_factory=set)
 
 
 # The statements here read a few ids' rows of tables under FINAL with `PREWHERE <sorting-key
@@ -305,6 +308,7 @@ def refresh_persons(
     client.command(BEFORE_INSERT, parameters=bound)
     client.command(PERSONS_STAGE, parameters=bound)
     moved = {d for (d,) in client.query(MOVED_DAYS, parameters=bound).result_rows}
+    changed.moved_days = moved
     changed.activity_days = _apply_diff(client, "person_activity", ACTIVE_DAYS, bound, days | moved)
     first_days = {d for (d,) in client.query(FIRST_DAYS, parameters=bound).result_rows}
     if rezone:

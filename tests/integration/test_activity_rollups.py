@@ -10,8 +10,11 @@ Days d0..d2 are the three UTC days before today.
   v2 (A): d0 12:00 /pricing (a bounce)
   v3 (B, mobile): d1 09:00 /blog from t.co, 09:01 /
   v4 (A): today, a page view (the live part)
-Then v1 and v2 identify as one user: d0's two persons of country A become one. The day is
-rolled up already, so its rows must be rolled up again.
+  v6 (B): d0 13:00 /, identified u3 at 13:05
+Then v1 and v2 identify as one user u1: d0's two persons of country A become one. The day is
+rolled up already, so its rows must be rolled up again. Then v2 identifies as u3: d0's persons
+of country A are two again (u1 by v1, u3 by v2), while every person's active days stay as they
+were (u1 by v1, u3 by v6 on d0), so the day changes only for the member that moved.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from tests.integration.test_api import identify
 from tests.integration.test_api_activity_filters import (
     ATTRIBUTE_FILTERS,
     oracle_days,
+    oracle_first_days,
     oracle_sessions,
     same_days,
 )
@@ -68,7 +72,9 @@ async def test_one_filter_reads_the_rolled_up_days_and_follows_a_merge_into_them
         addr_b: [
             page("v3", at(1, 9, 0), "/blog", "https://t.co/x", ua=AGENTS["mobile"]),
             page("v3", at(1, 9, 1), "/", ua=AGENTS["mobile"]),
+            page("v6", at(0, 13, 0), "/"),
         ],
+        "": [identify("v6", at(0, 13, 5), "u3", {"plan": "trial"})],
     }
     settled = {d0, d0 + D, d0 + 2 * D}
     async with Stack(
@@ -117,14 +123,7 @@ async def test_one_filter_reads_the_rolled_up_days_and_follows_a_merge_into_them
                 (filters, got, want) where the chart and the oracle differ."""
                 sessions = oracle_sessions(stack, pid)
                 people = oracle_persons(stack, pid, identifies)
-                first_days: dict[str, date] = {}
-                for anon, first in stack.rows(
-                    "SELECT anonymous_id, min(timestamp) FROM events FINAL "
-                    "WHERE project_id = {p:String} AND anonymous_id != '' GROUP BY anonymous_id",
-                    p=pid,
-                ):
-                    person = people[anon].person_id
-                    first_days[person] = min(first_days.get(person, first.date()), first.date())
+                first_days = oracle_first_days(stack, pid, people)
                 cases = [{"country": "nowhere"}]
                 for name, column in ROLLED.items():
                     cases += [{name: v} for v in sorted({s.attributes[column] for s in sessions})]
@@ -144,7 +143,8 @@ async def test_one_filter_reads_the_rolled_up_days_and_follows_a_merge_into_them
             # d0 of country A: v1 and v2, two new persons, two sessions (one bounced), 3 page
             # views, 120 s and 0 s long.
             assert row(d0) == (2, 2, 2, 3, 1, 120_000)
-            assert await agrees([]) == []
+            first = by_address[""]
+            assert await agrees(first) == []
             country = await chart(country=country_a)
             assert [(d["active_users"], d["sessions"]) for d in country] == [(2, 2), (0, 0), (1, 1), (1, 1)]
             # The chart reads a rolled-up day's row, not the tables: a row written there (d1 has
@@ -163,10 +163,11 @@ async def test_one_filter_reads_the_rolled_up_days_and_follows_a_merge_into_them
 
             # v1 and v2 become one person (identified today): d0 is rolled up again, with one.
             identifies = [
-                identify("v1", now - 2 * M, "u1", {"plan": "premium"}),
-                identify("v2", now - M, "u1", {"plan": "premium"}),
+                *first,
+                identify("v1", now - 3 * M, "u1", {"plan": "premium"}),
+                identify("v2", now - 2 * M, "u1", {"plan": "premium"}),
             ]
-            answer = await stack.post("/v1/batch", {"writeKey": key, "batch": identifies})
+            answer = await stack.post("/v1/batch", {"writeKey": key, "batch": identifies[1:]})
             assert answer.status_code == 200, answer.text
             assert await stack.wait_count(total + 2) == total + 2
             await stack.until(lambda: row(d0)[:2] == (1, 1) and rolled_days() == settled, timeout=30)
@@ -174,3 +175,13 @@ async def test_one_filter_reads_the_rolled_up_days_and_follows_a_merge_into_them
             assert await agrees(identifies) == []
             country = await chart(country=country_a)
             assert [(d["active_users"], d["new_users"]) for d in country] == [(1, 1), (0, 0), (1, 0), (1, 1)]
+
+            # v2 leaves u1 for u3: no person's active days change on d0, its member moved does.
+            moved = identify("v2", now - M, "u3", {"plan": "trial"})
+            answer = await stack.post("/v1/batch", {"writeKey": key, "batch": [moved]})
+            assert answer.status_code == 200, answer.text
+            assert await stack.wait_count(total + 3) == total + 3
+            await stack.until(lambda: row(d0)[:2] == (2, 2) and rolled_days() == settled, timeout=30)
+            assert await agrees([*identifies, moved]) == []
+            country = await chart(country=country_a)
+            assert [(d["active_users"], d["new_users"]) for d in country] == [(2, 2), (0, 0), (1, 0), (1, 1)]

@@ -76,6 +76,19 @@ def oracle_sessions(stack: Stack, project_id: str) -> list[Session]:
     return list(sessions.values())
 
 
+def oracle_first_days(stack: Stack, project_id: str, people: dict[str, OraclePerson]) -> dict[str, date]:
+    """Each person's first day (UTC): the earliest event of any of its visitors, from `events`."""
+    first_days: dict[str, date] = {}
+    for anon, first in stack.rows(
+        "SELECT anonymous_id, min(timestamp) FROM events FINAL "
+        "WHERE project_id = {p:String} AND anonymous_id != '' GROUP BY anonymous_id",
+        p=project_id,
+    ):
+        person = people[anon].person_id
+        first_days[person] = min(first_days.get(person, first.date()), first.date())
+    return first_days
+
+
 def matches(s: Session, filters: dict[str, str], person: OraclePerson, now: datetime) -> bool:
     for name, value in filters.items():
         if name in ("entry_page", "exit_page"):
@@ -241,14 +254,7 @@ async def test_filters_narrow_the_activity(infra: Infra, names: dict[str, str], 
         assert {(p.person_id, p.plan) for p in people.values()} == {
             (p, plan) for p, _ids, plan in want_persons
         }
-        first_days: dict[str, date] = {}
-        for anon, first in stack.rows(
-            "SELECT anonymous_id, min(timestamp) FROM events FINAL "
-            "WHERE project_id = {p:String} AND anonymous_id != '' GROUP BY anonymous_id",
-            p=pid,
-        ):
-            person = people[anon].person_id
-            first_days[person] = min(first_days.get(person, first.date()), first.date())
+        first_days = oracle_first_days(stack, pid, people)
         bots = {d0 + D: 1}
 
         url = await stack.start_api(clock=lambda: now)

@@ -7,8 +7,9 @@
 -- matching session of the range with every visitor's person (30 days of one country at 10M
 -- events: about 0.5 s; bench/README.md, 2026-12-04).
 -- Rolled up by the aggregator with breakdown_daily_by (services/aggregator/breakdowns.py), for
--- the same days: a settled day a batch changed, and the days whose persons changed (an identify
--- or alias merging visitors, a first day moved), whose distinct persons may change with them.
+-- the same days: a settled day a batch changed, and the days whose persons changed, whose
+-- distinct persons may change with them: the days of the sessions of a visitor that joined or
+-- left a person (identify, alias), the days a person's first day moved from or to.
 -- A row with filter '' marks the day as rolled up here; a day without one is read from the
 -- breakdown tables and persons, exactly. The days rolled up before this migration have no
 -- marker: the next aggregator to start rolls them up, one day at a time beside its batches.
