@@ -18,6 +18,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from services.api import queries
+from services.api.breakdowns import ROLLED_DAYS
 from services.api.filters import Filters
 from werkstroom import timezones
 from werkstroom.breakdowns import ACTIVITY_FIGURES, activity_figures_sql
@@ -40,13 +41,9 @@ _SESSIONS = "day, anonymous_id, page_views, duration_ms"
 # With one filter on an attribute of the entry page view (Filters.rolled), the days the
 # aggregator rolled up (a marker row, filter '', in activity_daily_by, migration 0029; only days
 # before today) are read from there, and the others (`live`, as an array of the days, so that
-# breakdown_sessions' key (project_id, day, ...) narrows the read to them) computed as above.
-_ROLLED_DAYS = """
-WITH (SELECT groupArray(day) FROM activity_daily_by FINAL WHERE project_id = {p:String} AND filter = ''
-      AND day BETWEEN {lo:Date} AND {hi:Date} AND day < {today:Date} AND is_deleted = 0) AS rolled,
-     arrayFilter(d -> NOT has(rolled, d),
-                 arrayMap(i -> {lo:Date} + i, range(toUInt32({hi:Date} - {lo:Date}) + 1))) AS live
-"""
+# breakdown_sessions' key (project_id, day, ...) narrows the read to them) computed as above:
+# the breakdowns' split of the days (services.api.breakdowns.ROLLED_DAYS).
+_ROLLED_DAYS = ROLLED_DAYS.format(table="activity_daily_by", marker="filter = ''")
 _ROLLED = f"""SELECT day, {", ".join(ACTIVITY_FIGURES)} FROM activity_daily_by FINAL
 WHERE project_id = {{p:String}} AND filter = {{column:String}} AND filter_value = {{fv:String}}
   AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND has(rolled, day) AND is_deleted = 0

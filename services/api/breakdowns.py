@@ -110,11 +110,12 @@ LIMIT {{n:UInt32}} OFFSET {{skip:UInt64}}
     return sql, params
 
 
-# The days of both periods that the roll-up has done (a marker row: in breakdown_daily dimension
-# '', in breakdown_daily_by filter ''; only days before today are rolled up), and the others,
-# computed from the breakdown tables: as an array of the days themselves, so that the tables'
-# primary key (project_id, day, ...) narrows the read to them (a NOT IN the rolled days does not).
-_DAYS = """
+#: The days {lo}..{hi} that a roll-up `{table}` has done (`rolled`: a marker row, `{marker}`: in
+#: breakdown_daily dimension '', in breakdown_daily_by and activity_daily_by filter ''; only days
+#: before {today} are rolled up), and the others (`live`), computed from the breakdown tables: as
+#: an array of the days themselves, so that the tables' primary key (project_id, day, ...)
+#: narrows the read to them (a NOT IN the rolled days does not).
+ROLLED_DAYS = """
 WITH (SELECT groupArray(day) FROM {table} FINAL WHERE project_id = {{p:String}} AND {marker}
       AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND day < {{today:Date}} AND is_deleted = 0) AS rolled,
      arrayFilter(d -> NOT has(rolled, d),
@@ -138,10 +139,10 @@ def rolled_sql(dimension: str, column: str | None = None) -> str:
     figures = ", ".join(BREAKDOWN_FIGURES)
     merge_if = VISITORS.replace("(", "MergeIf(", 1)
     if column is None:
-        days = _DAYS.format(table="breakdown_daily", marker="dimension = ''")
+        days = ROLLED_DAYS.format(table="breakdown_daily", marker="dimension = ''")
         table, narrow, live_where = "breakdown_daily", "", "has(live, day)"
     else:
-        days = _DAYS.format(table="breakdown_daily_by", marker="filter = ''")
+        days = ROLLED_DAYS.format(table="breakdown_daily_by", marker="filter = ''")
         table = "breakdown_daily_by"
         narrow = f" AND filter = '{column}' AND filter_value = {{fv:String}}"
         own = _LIVE_SESSIONS.format(column=column) if dimension == "pages" else f"{column} = {{fv:String}}"
