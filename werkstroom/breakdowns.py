@@ -101,6 +101,10 @@ EVERY_PERSON = _EVERY_PERSON.format(first_day="")
 #: (visitor, person, first_day) of every visitor of the project, first_day the person's first
 #: day in the project's zone (parameters p, tz).
 EVERY_PERSON_OF = _EVERY_PERSON.format(first_day=", toDate(first_seen, {tz:String}) AS first_day")
+#: A session `s`'s person, where EVERY_PERSON or EVERY_PERSON_OF is joined to the sessions as `m`
+#: by an outer join without join_use_nulls (a visitor in no live persons row gets the defaults:
+#: visitor ''): its visitor's live person, else the visitor itself.
+PERSON_OF_SESSION = "if(m.visitor = '', s.anonymous_id, m.person)"
 
 #: The filtered activity chart's figures of a day (activity_daily_by, migration 0029), in the
 #: order activity_figures_sql computes them: the distinct persons of the matching sessions that
@@ -115,12 +119,12 @@ def activity_figures_sql(sessions: str, keys: str = "", names: str = "") -> str:
     rows), each visitor resolved to its live person (EVERY_PERSON_OF), else itself, never new
     then: what activity_daily_by holds, and what the filtered chart computes for the days it
     does not have. `keys`: ", "-led expressions over the session (`s.`) with their aliases,
-    `names` those aliases, ", "-led. (An outer join without join_use_nulls gives a visitor in no
-    persons row the defaults: visitor ''. The inner columns are renamed: an alias that is also a
-    column's name would be read as the aggregate inside another one.)"""
+    `names` those aliases, ", "-led. (A visitor in no persons row has visitor '' here: never new.
+    The inner columns are renamed: an alias that is also a column's name would be read as the
+    aggregate inside another one.)"""
     return f"""SELECT day{names}, uniqExact(who) AS persons, uniqExactIf(who, new) AS new_persons,
        count() AS sessions, sum(n) AS page_views, countIf(n = 1) AS bounced, sum(ms) AS duration_ms
-FROM (SELECT s.day AS day{keys}, if(m.visitor = '', s.anonymous_id, m.person) AS who,
+FROM (SELECT s.day AS day{keys}, {PERSON_OF_SESSION} AS who,
              m.visitor != '' AND m.first_day = s.day AS new, s.page_views AS n, s.duration_ms AS ms
       FROM ({EVERY_PERSON_OF}) AS m
       RIGHT JOIN ({sessions}) AS s ON m.visitor = s.anonymous_id)

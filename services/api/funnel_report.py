@@ -18,28 +18,27 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from services.api.filters import SESSIONS_OF, Filters
-from werkstroom.breakdowns import EVERY_PERSON
+from werkstroom.breakdowns import EVERY_PERSON, PERSON_OF_SESSION
 from werkstroom.funnels import Funnel
 
 _MATCHING = (
     "SELECT DISTINCT anonymous_id FROM breakdown_sessions FINAL WHERE project_id = {{p:String}} "
     "AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND is_deleted = 0{where}"
 )
-# Each matching visitor's person (werkstroom.breakdowns.EVERY_PERSON, joined to the matching
-# visitors, held in memory: narrowing the persons to them first read the matching sessions
-# twice), then the
-# funnel's rows of those persons. count() of the live rows, as funnel_counts counts them, so that
-# a filter every counted person matches gives the unfiltered report. funnel_levels' key holds
-# person_id: narrowing by it under FINAL keeps every version of a row or none.
+# Each matching visitor's person (werkstroom.breakdowns.EVERY_PERSON and PERSON_OF_SESSION,
+# joined to the matching visitors, held in memory: narrowing the persons to them first read the
+# matching sessions twice), then the funnel's rows of those persons. count() of the live rows,
+# as funnel_counts counts them, so that a filter every counted person matches gives the
+# unfiltered report. funnel_levels' key holds person_id: narrowing by it under FINAL keeps every
+# version of a row or none.
 _FILTERED = """
 SELECT level, count() FROM funnel_levels FINAL
 WHERE project_id = {{p:String}} AND funnel_id = {{f:String}} AND last_day >= {{lo:Date}} AND is_deleted = 0
   AND person_id IN (
-    SELECT ifNull(m.person, s.anonymous_id) FROM ({persons}) AS m
+    SELECT {person} FROM ({persons}) AS m
     RIGHT JOIN ({matching}) AS s ON m.visitor = s.anonymous_id
   )
 GROUP BY level
-SETTINGS join_use_nulls = 1
 """
 
 
@@ -48,7 +47,8 @@ def filtered_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     {p:String} over the days {lo:Date}..{hi:Date}, and the filters' parameters. Every value is a
     parameter; the SQL is chosen from constants only."""
     where, params = filters.where("breakdown_sessions", SESSIONS_OF)
-    return _FILTERED.format(matching=_MATCHING.format(where=where), persons=EVERY_PERSON), params
+    matching = _MATCHING.format(where=where)
+    return _FILTERED.format(matching=matching, persons=EVERY_PERSON, person=PERSON_OF_SESSION), params
 
 
 def filtered_counts(client: Client, funnel: Funnel, days: int, today: date, filters: Filters) -> list[int]:

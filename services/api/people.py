@@ -17,7 +17,7 @@ from services.api import queries
 from services.api.filters import ONLINE_DAYS, Filters
 from services.api.queries import ONLINE_WINDOW, WEEK, Narrowing, T
 from werkstroom import churn, timezones
-from werkstroom.breakdowns import EVERY_PERSON_OF
+from werkstroom.breakdowns import EVERY_PERSON_OF, PERSON_OF_SESSION
 
 #: The first and the last day a Date holds: "every day the breakdown tables hold".
 FIRST_DAY = date(1970, 1, 1)
@@ -30,7 +30,7 @@ LAST_DAY = date(2149, 6, 6)
 # as the activity chart does: narrowing them to the matching visitors first read those sessions
 # twice.
 _PERSON_DAYS = """
-SELECT if(m.visitor = '', s.anonymous_id, m.person) AS person_id, s.day AS day, m.first_day AS first_day
+SELECT {person} AS person_id, s.day AS day, m.first_day AS first_day
 FROM ({persons}) AS m
 RIGHT JOIN ({matching}) AS s ON m.visitor = s.anonymous_id
 """
@@ -70,7 +70,7 @@ def person_days(filters: Filters) -> tuple[str, dict[str, Any]]:
     """A SELECT of (person_id, day, first_day) for each session `filters` matches over
     {lo:Date}..{hi:Date} of project {p:String}, and the filters' parameters."""
     matching, params = filters.matching("day, anonymous_id")
-    return _PERSON_DAYS.format(matching=matching, persons=EVERY_PERSON_OF), params
+    return _PERSON_DAYS.format(matching=matching, persons=EVERY_PERSON_OF, person=PERSON_OF_SESSION), params
 
 
 def persons_counts_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
