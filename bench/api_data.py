@@ -485,7 +485,10 @@ def settle_merges(client: Client, limit: float = 120.0) -> None:
 #: history instead leaves parts that each hold every day (its blocks), and every FINAL then
 #: merges them all: on breakdown_sessions at 10M events, the sessions of one country over 30
 #: days took 361 ms so, 84 ms with the table written a day at a time (the same as without FINAL).
-BY_DAY = ("breakdown_sessions", "breakdown_pages", "sessions_daily", "person_activity", "funnel_progress")
+BY_DAY = (
+    *("breakdown_sessions", "breakdown_pages", "sessions_daily", "person_activity", "funnel_progress"),
+    "person_activity_by",
+)
 
 
 def write_by_day(client: Client, table: str) -> None:
@@ -657,10 +660,23 @@ def generate(
     # rows are written too.
     for statement in _migration("0027_breakdown_sessions_duration.sql").statements():
         step("durations (0027)", statement)
+    # Each person's first day (persons_first_day: the aggregator's daily_stats count new users
+    # from it, the filtered cards their new users), from the persons rows, the tail's included.
+    step(
+        "persons_first_day",
+        "INSERT INTO persons_first_day (project_id, day, person_id, is_deleted, version) "
+        "SELECT project_id, toDate(first_seen), person_id, 0, version FROM persons FINAL "
+        "WHERE project_id = {project:String} AND is_deleted = 0",
+        project=p,
+    )
     # Each visitor's person (visitor_persons), which the aggregator writes with persons: here
     # migration 0030's back-fill, once the tail's persons are written.
     for statement in _migration("0030_visitor_persons.sql").statements():
         step("visitor_persons (0030)", statement)
+    # Each person's days per filter value (person_activity_by), which the aggregator keeps with
+    # breakdown_sessions: here migration 0031's back-fill, from those rows and visitor_persons.
+    for statement in _migration("0031_person_activity_by.sql").statements():
+        step("person_activity_by (0031)", statement)
     for table in BY_DAY:
         by_day(table)
     # and the settled days' roll-up, as the aggregator writes it when a day changes
@@ -852,6 +868,34 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
         one(
             "SELECT count(), sum(cityHash64(visitor, person_id, first_seen, last_seen, plan)) FROM persons FINAL "
             "ARRAY JOIN anonymous_ids AS visitor WHERE project_id = {p:String} AND is_deleted = 0"
+        ),
+    )
+    expect(
+        "persons_first_day (each live person's first day)",
+        one(
+            "SELECT count(), sum(cityHash64(person_id, day)) FROM persons_first_day FINAL "
+            "WHERE project_id = {p:String} AND is_deleted = 0"
+        ),
+        one(
+            "SELECT count(), sum(cityHash64(person_id, toDate(first_seen))) FROM persons FINAL "
+            "WHERE project_id = {p:String} AND is_deleted = 0"
+        ),
+    )
+    # person_activity_by (migration 0031): each live session's day and entry attributes under its
+    # visitor's person (persons' anonymous_ids here, not visitor_persons, which it is copied from)
+    pairs = ", ".join(f"('{c}', toString(s.{c}))" for c in ROLLED_FILTERS)
+    expect(
+        "person_activity_by (each person's days per filter value)",
+        one(
+            "SELECT count(), sum(cityHash64(day, filter, filter_value, person_id)) FROM person_activity_by "
+            "FINAL WHERE project_id = {p:String} AND is_deleted = 0"
+        ),
+        one(
+            "SELECT count(), sum(cityHash64(day, f.1, f.2, who)) FROM (SELECT DISTINCT s.day AS day, "
+            f"arrayJoin([{pairs}]) AS f, if(m.visitor = '', s.anonymous_id, m.person_id) AS who "
+            "FROM (SELECT * FROM breakdown_sessions FINAL WHERE project_id = {p:String} AND is_deleted = 0) AS s "
+            "LEFT JOIN (SELECT visitor, person_id FROM persons FINAL ARRAY JOIN anonymous_ids AS visitor "
+            "WHERE project_id = {p:String} AND is_deleted = 0) AS m ON m.visitor = s.anonymous_id)"
         ),
     )
     # activity_daily_by (migration 0029): each filter's values partition the settled days'

@@ -23,10 +23,12 @@ from services.aggregator.breakdowns import RollUps
 from services.aggregator.funnels import person_ids, recompute
 from services.aggregator.processor import Dirty
 from werkstroom import churn, identity, timezones
+from werkstroom.breakdowns import ROLLED_FILTERS
 from werkstroom.clickhouse.params import StringArray, insert_rows, tab_separated
 from werkstroom.clickhouse.tables import (
     CHURN_DAILY_COLUMNS,
     DAILY_STATS_COLUMNS,
+    PERSON_ACTIVITY_BY_COLUMNS,
     PERSON_DAYS_COLUMNS,
     PERSONS_COLUMNS,
     PERSONS_RECENT_COLUMNS,
@@ -54,6 +56,7 @@ def refresh(client: Client, dirty: Dirty, rollups: RollUps | None = None) -> Non
         changed = refresh_persons(client, project_id, distinct_ids, version, days[project_id], zone)
         refresh_session_days(client, project_id, days[project_id], zone)  # its members are staged
         breakdowns.recompute(client, project_id, days[project_id], MEMBER_IDS, SESSIONS, zone)  # and theirs
+        refresh_activity_by(client, project_id, days[project_id] | changed.moved_days, changed.gone, version)
         days[project_id] |= changed.first_days | changed.activity_days | changed.moved_days
         activity_days[project_id] = changed.activity_days
         project_funnels = list_funnels(client, project_id)
@@ -336,6 +339,45 @@ def _apply_diff(
             client, table, [[bound["p"], d, p, x, bound["v"]] for d, p, x in diff], PERSON_DAYS_COLUMNS
         )
     return {d for d, _p, _x in diff}
+
+
+# person_activity_by (migration 0031) for the staged persons: each (day, filter, value) of their
+# members' breakdown_sessions rows (breakdowns.recompute wrote the dirty days' first) against the
+# rows stored for them and the persons merged away, over the days {days}: a row for each one
+# now held, a tombstone for each one no longer held, none for the rest. Over the dirty days and
+# the days of the members that moved (Changed.moved_days), every day whose rows a batch can
+# change: a session's day and its entry page view's attributes change only on dirty days; a
+# member's person only when it moves.
+_FILTER_PAIRS = ", ".join(f"('{c}', toString({c}))" for c in ROLLED_FILTERS)
+ACTIVITY_BY_INSERT = f"""
+INSERT INTO person_activity_by ({", ".join(PERSON_ACTIVITY_BY_COLUMNS)})
+SELECT {{p:String}}, day, filter, filter_value, person_id, toUInt8(min(held) = 2), {{v:UInt64}}
+FROM (
+    SELECT DISTINCT s.day AS day, s.f.1 AS filter, s.f.2 AS filter_value, m.person AS person_id,
+           1 AS held
+    FROM (SELECT day, anonymous_id, arrayJoin([{_FILTER_PAIRS}]) AS f FROM breakdown_sessions FINAL
+          PREWHERE day IN {{days:Array(Date)}} AND anonymous_id IN {MEMBER_IDS}
+          WHERE project_id = {{p:String}} AND is_deleted = 0) AS s
+    INNER JOIN {MEMBERS} AS m ON s.anonymous_id = m.member
+    UNION ALL
+    SELECT day, filter, filter_value, person_id, 2 FROM person_activity_by FINAL
+    PREWHERE day IN {{days:Array(Date)}}
+        AND (person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}})
+    WHERE project_id = {{p:String}} AND is_deleted = 0
+)
+GROUP BY day, filter, filter_value, person_id
+HAVING count() = 1
+"""
+
+
+def refresh_activity_by(
+    client: Client, project_id: str, days: set[date], gone: set[str], version: int
+) -> None:
+    """Bring person_activity_by in line for the persons refresh_persons staged (and those merged
+    away, `gone`) over `days`, after breakdowns.recompute wrote their breakdown_sessions rows."""
+    if days:
+        params = {"p": project_id, "days": sorted(days), "gone": StringArray(sorted(gone)), "v": version}
+        client.command(ACTIVITY_BY_INSERT, parameters=params)
 
 
 # sessions_daily for the staged visitors over these days (the days their changed sessions span,

@@ -9,9 +9,10 @@ none: UTC), the worker recomputes them, then records the zone:
   any more, all at the partition's newest version for the project (the position of the last
   event it counted: a replay at or below it is still skipped, an event past it still counts);
 - the derived tables, by the worker holding partition 0 (as the funnel back-fills): every
-  visitor's person, sessions_daily, the breakdowns and the funnels recomputed over every day
-  the project has (its sessions' UTC days and one more on each side: all the local days of both
-  zones), in chunks of visitors; then daily_stats, churn_daily and the roll-ups of those days.
+  visitor's person, sessions_daily, the breakdowns, each person's days per filter value
+  (person_activity_by) and the funnels recomputed over every day the project has (its
+  sessions' UTC days and one more on each side: all the local days of both zones), in chunks
+  of visitors; then daily_stats, churn_daily and the roll-ups of those days.
 
 The sink runs it between two batches, with everything applied written and committed first
 (EventsSink.flush), so `events` holds every event counted. A recomputation gives the same rows
@@ -139,6 +140,7 @@ def rezone_derived(
         changed = derived.refresh_persons(client, project_id, set(chunk), version, days, zone, rezone=True)
         derived.refresh_session_days(client, project_id, days, zone)
         breakdowns.recompute(client, project_id, days, derived.MEMBER_IDS, derived.SESSIONS, zone)
+        derived.refresh_activity_by(client, project_id, days, changed.gone, version)
         if funnels:
             members = derived.funnel_members(client, changed.members)
             recompute_funnels(client, project_id, members, changed.gone, version, funnels, zone)

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.integration.stack import Stack
+from werkstroom.breakdowns import ROLLED_FILTERS
 from werkstroom.clickhouse.tables import SESSIONS_DAILY_COLUMNS
 from werkstroom.demo import batches, simulate
 
@@ -86,6 +87,30 @@ def visitor_persons_agree(stack: Stack) -> bool:
     return stack.rows(VISITOR_PERSONS) == stack.rows(PERSONS_BY_VISITOR)
 
 
+# person_activity_by (migration 0031), and what it must hold, computed here from the live
+# breakdown_sessions rows and persons' anonymous_ids: each session's day and entry attributes
+# under its visitor's person, else the visitor.
+PERSON_ACTIVITY_BY = (
+    "SELECT project_id, day, filter, filter_value, person_id FROM person_activity_by FINAL "
+    "WHERE is_deleted = 0"
+)
+BREAKDOWN_SESSIONS = (
+    f"SELECT project_id, day, anonymous_id, {', '.join(ROLLED_FILTERS)} FROM breakdown_sessions FINAL "
+    "WHERE is_deleted = 0"
+)
+
+
+def person_activity_by_agrees(stack: Stack) -> bool:
+    """person_activity_by holds each (day, filter, value) of every person's sessions, no more."""
+    person = {(p, v): person for p, v, person, *_ in stack.rows(PERSONS_BY_VISITOR)}
+    expected = {
+        (p, day, name, str(value), person.get((p, visitor), visitor))
+        for p, day, visitor, *values in stack.rows(BREAKDOWN_SESSIONS)
+        for name, value in zip(ROLLED_FILTERS, values, strict=True)
+    }
+    return set(stack.rows(PERSON_ACTIVITY_BY)) == expected
+
+
 def per_day(stack: Stack, project_id: str, column: str) -> dict[object, int]:
     """A daily_stats column by day, for the days where it is not zero."""
     sql = f"SELECT day, {column} FROM daily_stats FINAL WHERE project_id = {{p:String}} AND {column} > 0"
@@ -155,6 +180,10 @@ async def test_generated_traffic_gives_exact_sessions_identities_and_isolation(s
     # every visitor's person, per project, as the filters read it
     await stack.until(
         lambda: visitor_persons_agree(stack) and len(stack.rows(VISITOR_PERSONS)) > 0, timeout=10
+    )
+    # every person's days per filter value, as the filtered cards and users list read them
+    await stack.until(
+        lambda: person_activity_by_agrees(stack) and len(stack.rows(PERSON_ACTIVITY_BY)) > 0, timeout=10
     )
 
 
@@ -306,7 +335,7 @@ async def test_persons_recent_keeps_one_live_row_per_person_as_they_move_and_mer
     await send_all(stack, key, [call("identify", 5, 3, userId="u-mover")])  # merged into the user
     await stack.until(lambda: recent() == [("u-mover", now - timedelta(minutes=5))])
     # the visitor's row follows it into the user's person (migration 0030)
-    await stack.until(lambda: visitor_persons_agree(stack))
+    await stack.until(lambda: visitor_persons_agree(stack) and person_activity_by_agrees(stack))
     assert [r[1:3] for r in stack.rows(VISITOR_PERSONS)] == [("mover", "u-mover")]
 
 
@@ -351,7 +380,7 @@ async def test_an_alias_chain_is_followed_to_its_end(stack: Stack) -> None:
     await stack.until(lambda: live() == [("u-2", 1, 3, ["chain"])])  # one session: 18 min apart at most
     await send_all(stack, key, [alias(2), alias(3)])
     await stack.until(lambda: live() == [("u-4", 1, 3, ["chain"])])
-    await stack.until(lambda: visitor_persons_agree(stack))
+    await stack.until(lambda: visitor_persons_agree(stack) and person_activity_by_agrees(stack))
     assert [r[1:3] for r in stack.rows(VISITOR_PERSONS)] == [("chain", "u-4")]
 
     await stack.start_api()
@@ -399,7 +428,7 @@ async def test_an_id_identified_again_as_another_user_leaves_its_first_person(st
     await stack.until(lambda: members().get("user-b") == ["anon-x"])
     await send_all(stack, key, [page_at("anon-y", now - timedelta(minutes=4), "re-3")])  # user-a again
     await stack.until(lambda: members() == {"user-a": ["anon-y"], "user-b": ["anon-x"]})
-    await stack.until(lambda: visitor_persons_agree(stack))
+    await stack.until(lambda: visitor_persons_agree(stack) and person_activity_by_agrees(stack))
     # anon-x keeps user-b's row: user-a's later rewrite, without it, writes nothing for it
     assert [r[1:3] for r in stack.rows(VISITOR_PERSONS)] == [("anon-x", "user-b"), ("anon-y", "user-a")]
 

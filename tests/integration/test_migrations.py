@@ -8,6 +8,7 @@ from datetime import date
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from werkstroom.breakdowns import ROLLED_FILTERS
 from werkstroom.clickhouse.migrate import migrate
 
 pytestmark = pytest.mark.integration
@@ -340,3 +341,48 @@ def test_visitor_persons_is_back_filled_with_each_live_persons_visitors(database
         ("p", "a2", "u1", "2026-03-01 10:00:00.000", "2026-03-05 10:00:00.000", "premium", 6),
         ("q", "a1", "a1", "2026-03-02 00:00:00.000", "2026-03-02 00:00:00.000", "trial", 1),
     ]
+
+
+def test_person_activity_by_is_back_filled_with_each_persons_days_per_filter_value(database: Client) -> None:
+    migrate(database, through=30)
+    database.command(
+        "INSERT INTO visitor_persons (project_id, visitor, person_id, first_seen, last_seen, plan, "
+        "is_deleted, version) VALUES "
+        "('p', 'a1', 'u1', '2026-03-01 10:00:00', '2026-03-05 10:00:00', '', 0, 5), "
+        "('p', 'a2', 'u2', '2026-03-01 10:00:00', '2026-03-05 10:00:00', '', 0, 5), "
+        "('p', 'a2', 'u1', '2026-03-01 10:00:00', '2026-03-05 10:00:00', '', 0, 6)"  # a2 moved to u1
+    )
+    session = (
+        "INSERT INTO breakdown_sessions (project_id, day, anonymous_id, session_id, country, device_type, "
+        "is_deleted, version) VALUES "
+    )
+    for row in (
+        "('p', '2026-03-01', 'a1', 's1', 'NL', 'mobile', 0, 1)",
+        "('p', '2026-03-01', 'a2', 's2', 'NL', 'desktop', 0, 1)",  # u1's too: NL once that day
+        "('p', '2026-03-02', 'a3', 's3', 'DE', 'mobile', 0, 1)",  # in no persons row: its own person
+        "('p', '2026-03-03', 'a1', 's4', 'BE', 'mobile', 0, 1)",
+        "('p', '2026-03-03', 'a1', 's4', 'BE', 'mobile', 1, 2)",  # gone
+        "('q', '2026-03-01', 'a1', 's5', 'FR', 'tablet', 0, 1)",  # another project: a1 is its own
+    ):
+        database.command(session + row)
+
+    assert migrate(database, through=31) == ["0031_person_activity_by.sql"]
+
+    rows = database.query(
+        "SELECT project_id, toString(day), filter, filter_value, person_id FROM person_activity_by FINAL "
+        "WHERE is_deleted = 0 AND filter IN ('country', 'device_type', 'os') ORDER BY ALL"
+    ).result_rows
+    assert rows == [
+        ("p", "2026-03-01", "country", "NL", "u1"),
+        ("p", "2026-03-01", "device_type", "desktop", "u1"),
+        ("p", "2026-03-01", "device_type", "mobile", "u1"),
+        ("p", "2026-03-01", "os", "", "u1"),
+        ("p", "2026-03-02", "country", "DE", "a3"),
+        ("p", "2026-03-02", "device_type", "mobile", "a3"),
+        ("p", "2026-03-02", "os", "", "a3"),
+        ("q", "2026-03-01", "country", "FR", "a1"),
+        ("q", "2026-03-01", "device_type", "tablet", "a1"),
+        ("q", "2026-03-01", "os", "", "a1"),
+    ]
+    filters = database.query("SELECT DISTINCT filter FROM person_activity_by ORDER BY ALL").result_rows
+    assert [f for (f,) in filters] == sorted(ROLLED_FILTERS)  # every filter the views roll up

@@ -361,6 +361,8 @@ TABLES = {
     "WHERE project_id = {p:String} GROUP BY day HAVING v + e > 0",
     "person_activity": "SELECT day, person_id FROM person_activity FINAL WHERE project_id = {p:String} "
     "AND is_deleted = 0",
+    "person_activity_by": "SELECT day, filter, filter_value, person_id FROM person_activity_by FINAL "
+    "WHERE project_id = {p:String} AND is_deleted = 0",
     "persons_first_day": "SELECT day, person_id FROM persons_first_day FINAL "
     "WHERE project_id = {p:String} AND is_deleted = 0",
     "sessions_daily": "SELECT day, anonymous_id, page_views, duration_ms FROM sessions_daily FINAL "

@@ -208,6 +208,17 @@ VISITOR_PERSONS_COLUMNS = [
     *("is_deleted", "version"),
 ]
 
+#: `person_activity_by` (migration 0031): the days a person had a session of a filter's value.
+PERSON_ACTIVITY_BY_COLUMNS = [
+    "project_id",
+    "day",
+    "filter",
+    "filter_value",
+    "person_id",
+    "is_deleted",
+    "version",
+]
+
 #: Each table and the columns written to it (test_tables checks them against ClickHouse).
 WRITTEN: dict[str, list[str]] = {
     "events": EVENTS_COLUMNS,
@@ -227,6 +238,7 @@ WRITTEN: dict[str, list[str]] = {
     "daily_stats": DAILY_STATS_COLUMNS,
     "person_activity": PERSON_DAYS_COLUMNS,
     "persons_first_day": PERSON_DAYS_COLUMNS,
+    "person_activity_by": PERSON_ACTIVITY_BY_COLUMNS,
     "churn_daily": CHURN_DAILY_COLUMNS,
     "aggregator_status": AGGREGATOR_STATUS_COLUMNS,
     "sink_partitions": SINK_PARTITIONS_COLUMNS,
