@@ -2,8 +2,11 @@
 
 Both count **persons with a matching session**: the breakdown_sessions rows `Filters.matching`
 selects (what the breakdowns and the filtered activity chart count), each visitor resolved to
-its live person (werkstroom.breakdowns.EVERY_PERSON_OF), else itself. Unfiltered, the cards and
-the list are read as before (services.api.queries), with the same SQL.
+its live person (werkstroom.breakdowns.EVERY_PERSON_OF), else itself. With one filter on an
+attribute of the session's entry page view (Filters.rolled: country, source, device, ...) those
+persons and their days are read from person_activity_by (migration 0031), which the aggregator
+keeps as the same join. Unfiltered, the cards and the list are read as before
+(services.api.queries), with the same SQL.
 """
 
 from __future__ import annotations
@@ -34,6 +37,16 @@ SELECT {person} AS person_id, s.day AS day, m.first_day AS first_day
 FROM ({persons}) AS m
 RIGHT JOIN ({matching}) AS s ON m.visitor = s.anonymous_id
 """
+# _PERSON_DAYS's (person_id, day) for one filter value that person_activity_by holds (Filters.rolled:
+# the column {rf} and its value {rv}), as the aggregator computed them: a run of rows within each
+# day, where _PERSON_DAYS read every matching session and every visitor's person (at 10M events,
+# country=NL, p50 alone: the persons counts 323 -> 165 ms, churn 293 -> 160, the users list's
+# first page 259 -> 108; bench/README.md, 2026-12-04 stop 37).
+_ROLLED_PERSON_DAYS = """
+SELECT person_id, day FROM person_activity_by FINAL
+WHERE project_id = {p:String} AND day BETWEEN {lo:Date} AND {hi:Date}
+  AND filter = {rf:String} AND filter_value = {rv:String} AND is_deleted = 0
+"""
 # The four figures of queries.persons_counts, of the persons with a matching session (lo..hi =
 # FIRST_DAY..today): total, those with one by today (a week earlier: by that day); new, those of
 # the total first seen in the week (a week earlier: in the 7 days before). A person first seen
@@ -47,6 +60,19 @@ FROM (
     FROM ({person_days})
     GROUP BY person_id
 )
+"""
+# _PERSONS_COUNTS over _ROLLED_PERSON_DAYS: a person's first day from persons_first_day (the day of
+# its persons row's first_seen, as EVERY_PERSON_OF's), read for the two weeks the new persons are
+# counted in; a person first seen before them has none there (1970, the join's default: not new).
+_ROLLED_PERSONS_COUNTS = f"""
+SELECT countIf(a.first_match <= {{t:Date}}), countIf(a.first_match <= {{t:Date}} - 7),
+       countIf(a.first_match <= {{t:Date}} AND f.day > {{t:Date}} - 7 AND f.day <= {{t:Date}}),
+       countIf(a.first_match <= {{t:Date}} - 7 AND f.day > {{t:Date}} - 14 AND f.day <= {{t:Date}} - 7)
+FROM (SELECT person_id, min(day) AS first_match FROM ({_ROLLED_PERSON_DAYS}) GROUP BY person_id) AS a
+LEFT JOIN (
+    SELECT person_id, day FROM persons_first_day FINAL
+    WHERE project_id = {{p:String}} AND day BETWEEN {{t:Date}} - 13 AND {{t:Date}} AND is_deleted = 0
+) AS f ON a.person_id = f.person_id
 """
 # The visitors with a matching session spanning a moment {w1} (online then: its last event at
 # most ONLINE_WINDOW before). The sessions of {lo}..{hi} (the moment's day and the one before,
@@ -67,15 +93,21 @@ _LISTED = " AND person_id IN (SELECT person_id FROM ({person_days}))"
 
 
 def person_days(filters: Filters) -> tuple[str, dict[str, Any]]:
-    """A SELECT of (person_id, day, first_day) for each session `filters` matches over
-    {lo:Date}..{hi:Date} of project {p:String}, and the filters' parameters."""
+    """A SELECT of (person_id, day, ...) for each session `filters` matches over
+    {lo:Date}..{hi:Date} of project {p:String} (a person once per day with one rolled filter),
+    and the filters' parameters (binding {tz:String} too, but with one rolled filter)."""
+    rolled = filters.rolled()
+    if rolled is not None:
+        return _ROLLED_PERSON_DAYS, {"rf": rolled[0], "rv": rolled[1]}
     matching, params = filters.matching("day, anonymous_id")
     return _PERSON_DAYS.format(matching=matching, persons=EVERY_PERSON_OF, person=PERSON_OF_SESSION), params
 
 
 def persons_counts_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     """queries.persons_counts' four figures over the persons with a matching session, binding
-    {t:Date} (today) besides p, lo and hi, and the filters' parameters."""
+    {t:Date} (today) besides p, lo, hi and tz, and the filters' parameters."""
+    if filters.rolled() is not None:
+        return _ROLLED_PERSONS_COUNTS, person_days(filters)[1]
     sql, params = person_days(filters)
     return _PERSONS_COUNTS.format(person_days=sql), params
 

@@ -81,7 +81,7 @@ def test_filtered_cards_bind_every_value() -> None:
 
 
 def test_filtered_churn_narrows_the_base_only() -> None:
-    f = _filters(device="mobile")
+    f = _filters(entry_page="/a*")
     client = Recording()
     people.churn_counts(client, "p1", NOW, f)  # type: ignore[arg-type]
     [(sql, params)] = client.asked
@@ -95,6 +95,31 @@ def test_filtered_churn_narrows_the_base_only() -> None:
     assert "FROM person_activity FINAL WHERE project_id = {p:String} AND is_deleted = 0" in " ".join(
         sql.split()
     )
+
+
+def test_one_rolled_filter_reads_each_persons_days_from_person_activity_by() -> None:
+    """One filter on an entry attribute: the persons and their days the aggregator keeps per
+    value (migration 0031), not every matching session joined to every visitor's person."""
+    f = _filters(device=HOSTILE)
+    client = Recording()
+    people.persons_counts(client, "p1", NOW, f)  # type: ignore[arg-type]
+    people.churn_counts(client, "p1", NOW, f)  # type: ignore[arg-type]
+    where, listed = people.listed(f)
+    (counts, counted), (churned, based) = client.asked
+    for sql in (counts, churned, where):
+        assert "FROM person_activity_by FINAL" in sql and HOSTILE not in sql
+        assert "breakdown_sessions" not in sql and "visitor_persons" not in sql
+    for params in (counted, based, listed):
+        assert (params["rf"], params["rv"]) == ("device_type", HOSTILE)  # the column, its value
+    assert (counted["lo"], counted["hi"], counted["t"]) == (people.FIRST_DAY, NOW.date(), NOW.date())
+    # the new persons: those first seen in the two weeks counted, from persons_first_day
+    assert "FROM persons_first_day FINAL" in counts and "{t:Date} - 13 AND {t:Date}" in counts
+    # churn's activity is still every session's; the base is read once
+    assert churned.count("person_activity_by") == 1 and "FROM person_activity FINAL" in churned
+    assert (listed["lo"], listed["hi"]) == (people.FIRST_DAY, people.LAST_DAY)
+    # two filters, or a glob, are not one rolled value: every matching session, as before
+    for other in (_filters(device="mobile", country="NL"), _filters(entry_page="/a*")):
+        assert "person_activity_by" not in people.persons_counts_sql(other)[0]
 
 
 def test_the_users_list_keeps_persons_with_a_matching_session_on_any_day() -> None:
