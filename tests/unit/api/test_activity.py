@@ -77,8 +77,12 @@ def test_one_filter_on_an_entry_page_attribute_reads_its_rolled_up_days() -> Non
     assert "filter = {column:String} AND filter_value = {fv:String}" in sql
     assert sql.count("FROM breakdown_sessions FINAL") == 1
     assert "device_type = {f_device:String} AND has(live, day)" in sql
+    # the live days' persons from person_activity_by and their first days, not every visitor's
+    # person (visitor_persons), so no zone: the tables hold the project's days
+    assert sql.count("FROM person_activity_by FINAL") == 1 and "has(live, day)" in sql
+    assert "FROM persons_first_day FINAL" in sql and "visitor_persons" not in sql
     named = set(re.findall(r"\{(\w+):", sql))
-    assert named == {"p", "lo", "hi", "today", "tz", "f_device", "column", "fv"}
+    assert named == {"p", "lo", "hi", "today", "f_device", "column", "fv"}
 
 
 def test_other_filter_sets_compute_every_day_from_the_sessions() -> None:
