@@ -42,7 +42,16 @@ def test_filtered_sql_binds_every_value_and_reads_the_matching_visitors_once() -
 
 
 def test_a_session_filter_alone_reads_no_pages_and_no_segment_clock() -> None:
-    sql, params = filtered_sql(Filters.parse({"device": "mobile"}))
-    assert params == {"f_device": "mobile"}
+    sql, params = filtered_sql(Filters.parse({"entry_page": "/"}))
+    assert params == {"f_entry_page": "/"}
     assert "breakdown_pages" not in sql
-    assert named(sql) == {"p", "f", "lo", "hi", "f_device"}
+    assert named(sql) == {"p", "f", "lo", "hi", "f_entry_page"}
+
+
+def test_one_entry_page_filter_reads_its_persons_from_person_activity_by() -> None:
+    hostile = "x' OR 1=1 --"
+    sql, params = filtered_sql(Filters.parse({"device": hostile}))
+    assert params == {"rf": "device_type", "rv": hostile} and hostile not in sql
+    assert "FROM person_activity_by FINAL" in sql and "breakdown_sessions" not in sql
+    assert "visitor_persons" not in sql and "day BETWEEN {lo:Date} AND {hi:Date}" in sql
+    assert named(sql) == {"p", "f", "lo", "hi", "rf", "rv"}
