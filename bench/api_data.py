@@ -16,7 +16,7 @@ from those events with the aggregator's definitions (docs/definitions.md, "What 
 - `sessions`, `person_distinct_ids`, `person_traits`, `persons`, `person_activity`,
   `daily_stats`, one 4-step funnel and its `funnel_progress`, derived from the events with
   GROUP BY / windowFunnel (`visitor_events` is filled from `events` by its materialized view);
-  `sessions_daily` and the breakdown tables by their migrations' own back-fills (0010, 0023, 0027);
+  `sessions_daily` and the breakdown tables by their migrations' own back-fills (0010, 0023, 0027, 0032);
   the day-keyed tables read under FINAL written again a day at a time (BY_DAY), as the
   aggregator's batches write them;
 - then, as the aggregator would keep writing, a "live tail" timed from the moment generation
@@ -660,6 +660,9 @@ def generate(
     # rows are written too.
     for statement in _migration("0027_breakdown_sessions_duration.sql").statements():
         step("durations (0027)", statement)
+    # and their starts, which the filtered cards' "online a week ago" reads: migration 0032 whole
+    for statement in _migration("0032_breakdown_sessions_start.sql").statements():
+        step("starts (0032)", statement)
     # Each person's first day (persons_first_day: the aggregator's daily_stats count new users
     # from it, the filtered cards their new users), from the persons rows, the tail's included.
     step(
@@ -839,9 +842,9 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
         0,
     )
     # The breakdown tables: every session with a page view once, every page view once.
-    b_sessions, b_pages, b_duration = one(
-        "SELECT count(), sum(page_views), sum(duration_ms) FROM breakdown_sessions FINAL "
-        "WHERE project_id = {p:String} AND is_deleted = 0"
+    b_sessions, b_pages, b_duration, b_starts = one(
+        "SELECT count(), sum(page_views), sum(duration_ms), sum(toUnixTimestamp64Milli(start_at)) "
+        "FROM breakdown_sessions FINAL WHERE project_id = {p:String} AND is_deleted = 0"
     )
     expect(
         "breakdown_sessions rows",
@@ -856,6 +859,14 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
         b_duration,
         one(
             "SELECT sumIf(dateDiff('millisecond', start_at, last_event_at), page_views > 0) FROM sessions FINAL "
+            "WHERE project_id = {p:String} AND is_deleted = 0"
+        )[0],
+    )
+    expect(
+        "breakdown_sessions.start_at sum",
+        b_starts,
+        one(
+            "SELECT sumIf(toUnixTimestamp64Milli(start_at), page_views > 0) FROM sessions FINAL "
             "WHERE project_id = {p:String} AND is_deleted = 0"
         )[0],
     )

@@ -104,7 +104,8 @@ GROUP BY s.anonymous_id, s.session_id, s.start_at, s.last_event_at, s.page_views
         BREAKDOWN_SESSIONS_COLUMNS,
         f"""
     SELECT day, anonymous_id, session_id, views[1].2 AS entry_path, views[length(views)].2 AS exit_path,
-           {entry}, page_views, duration_ms, version, toUInt8(1) AS current
+           {entry}, page_views, duration_ms,
+           fromUnixTimestamp64Milli(last_ms - duration_ms, 'UTC') AS start_at, version, toUInt8(1) AS current
     FROM {VIEWS}""",
         member_ids,
     )

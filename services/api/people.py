@@ -75,17 +75,14 @@ LEFT JOIN (
 ) AS f ON a.person_id = f.person_id
 """
 # The visitors with a matching session spanning a moment {w1} (online then: its last event at
-# most ONLINE_WINDOW before). The sessions of {lo}..{hi} (the moment's day and the one before,
-# as Filters.online), their start and last event from `sessions` rows read without FINAL: a
-# session's rows only grow (an earlier start, a later last event), so a stored row that spans
-# the moment means its final row does too, and the matching sessions are live ones (FINAL, on
-# breakdown_sessions). The time condition is the PREWHERE, so the matching set is looked up for
-# the few rows that pass it (at 10M events, country=NL: 230 ms with FINAL on the sessions in
-# the set, 66 ms so).
+# most ONLINE_WINDOW before): the matching breakdown_sessions rows of {lo}..{hi} (the moment's day
+# and the one before, as Filters.online) with their session's start (migration 0032) and
+# duration. It read the start and last event of `sessions`, sorted by visitor, for every session
+# of the project: at 10M events, p50 alone, country=NL 96 -> 14 ms, device=mobile 74 -> 13,
+# segment=premium 96 -> 41 (bench/README.md, 2026-12-04 stop 37).
 _ONLINE_AT = f"""
-SELECT uniqExact(anonymous_id) FROM sessions
-PREWHERE project_id = {{{{p:String}}}} AND start_at <= {{{{w1:{T}}}}} AND last_event_at >= {{{{since:{T}}}}}
-WHERE (anonymous_id, session_id) IN ({{matching}})
+SELECT uniqExact(anonymous_id) FROM ({{matching}}
+  AND start_at <= {{{{w1:{T}}}}} AND addMilliseconds(start_at, duration_ms) >= {{{{since:{T}}}}})
 """
 # The persons with a matching session on any day the breakdown tables hold, as a condition on
 # persons' (and persons_recent's) person_id.
@@ -113,7 +110,7 @@ def persons_counts_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
 
 
 def online_at_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
-    matching, params = filters.matching("anonymous_id, session_id")
+    matching, params = filters.matching("anonymous_id")
     return _ONLINE_AT.format(matching=matching), params
 
 

@@ -11,7 +11,8 @@ The visitors, relative to NOW (d = days, m = minutes):
                    later; / at -2m (online now)
   a2 (A)           /blog/launch at -9d, then nothing (churned from today's base)
   b1 (B, mobile)   /pricing from t.co at -3d, identified u2 (trial); /docs at -1m (online now)
-  b2 (B, mobile)   /pricing at -7d-2m, /blog/x at -7d+3m: online a week ago
+  b2 (B, mobile)   /pricing at -7d-20m, /blog/x at -7d+3m: online a week ago (one session
+                   spanning the moment, no event in the 5 minutes before it)
   p1 (A), p2 (B)   one person u4 (trial): p1 /docs at -12d, p2 /pricing from Google at -1d
   c1 (unknown)     /pricing (campaign partner/cpc/launch) at -5d, a track 30 s later
   c2               only a track at -2d: no page view, so no filter keeps it
@@ -200,7 +201,7 @@ async def test_filters_narrow_the_cards_and_the_users_list(
         addr_b: [
             page("b1", now - 3 * D, "/pricing", "https://t.co/x", ua=mobile),
             page("b1", now - M, "/docs", ua=mobile),
-            page("b2", week_ago - 2 * M, "/pricing", ua=mobile),
+            page("b2", week_ago - 20 * M, "/pricing", ua=mobile),  # before the 5 minutes
             page("b2", week_ago + 3 * M, "/blog/x", ua=mobile),
             page("p2", now - D, "/pricing", google, ua=mobile),
         ],

@@ -386,3 +386,27 @@ def test_person_activity_by_is_back_filled_with_each_persons_days_per_filter_val
     ]
     filters = database.query("SELECT DISTINCT filter FROM person_activity_by ORDER BY ALL").result_rows
     assert [f for (f,) in filters] == sorted(ROLLED_FILTERS)  # every filter the views roll up
+
+
+def test_breakdown_sessions_get_their_sessions_starts_as_the_refresh_computes_them(database: Client) -> None:
+    from services.aggregator.derived import refresh
+    from services.aggregator.processor import Dirty
+
+    _two_visitors_sessions(database)
+    migrate(database, through=31)
+    every_row = "SELECT * EXCEPT start_at FROM breakdown_sessions ORDER BY session_id, version"
+    before = database.query(every_row.replace(" EXCEPT start_at", "")).result_rows
+    assert migrate(database, through=32) == ["0032_breakdown_sessions_start.sql"]
+    # every row version kept as it was, once: the table was rebuilt, not written again
+    assert database.query(every_row).result_rows == before
+
+    read = (
+        "SELECT session_id, toString(start_at), duration_ms FROM breakdown_sessions FINAL "
+        "WHERE is_deleted = 0 ORDER BY 1"
+    )
+    starts = [("s1", "2026-03-01 10:00:00.000", 180_000), ("s2", "2026-03-01 23:59:00.000", 0)]
+    assert database.query(read).result_rows == starts
+    # The refresh computes the same starts: a session rewritten from scratch gets its start again.
+    database.command("TRUNCATE TABLE breakdown_sessions")
+    refresh(database, Dirty({("p", date(2026, 3, 1))}, {("p", "a"), ("p", "b")}))
+    assert database.query(read).result_rows == starts

@@ -118,11 +118,11 @@ SESSIONS_DAILY_COLUMNS = [
 #: entry page view (docs/definitions.md). The API's filters name these columns.
 SESSION_ATTRIBUTES = ["entry_path", "exit_path", *ENTRY_ATTRIBUTES]
 #: `breakdown_sessions`: one row per session with a page view, under the day it starts on, with
-#: its page views and duration (migration 0027).
+#: its page views and duration (migration 0027) and its start (0032).
 BREAKDOWN_SESSIONS_COLUMNS = [
     *("project_id", "day", "anonymous_id", "session_id"),
     *SESSION_ATTRIBUTES,
-    *("page_views", "duration_ms", "version", "is_deleted"),
+    *("page_views", "duration_ms", "start_at", "version", "is_deleted"),
 ]
 #: `breakdown_pages`: one row per (session, path viewed), with its figures only (a filter on the
 #: session's attributes reads breakdown_sessions: copying them here cost the aggregator more).

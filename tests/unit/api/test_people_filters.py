@@ -71,13 +71,10 @@ def test_filtered_cards_bind_every_value() -> None:
     # a week ago: the sessions of that day and the one before, those spanning the moment
     assert (at["lo"], at["hi"], at["w1"]) == (date(2026, 11, 24), date(2026, 11, 25), NOW - queries.WEEK)
     assert at["since"] == NOW - queries.WEEK - queries.ONLINE_WINDOW
-    # the time condition is the PREWHERE, the matching set is looked up for the rows that pass
-    # it; the plain rows, not FINAL (a session's rows only grow)
-    assert "FROM sessions\nPREWHERE project_id = {p:String} AND start_at <= {w1:" in online
-    assert (
-        "WHERE (anonymous_id, session_id) IN (SELECT anonymous_id, session_id FROM breakdown_sessions"
-        in online
-    )
+    # the matching rows of those two days alone, with their sessions' start and duration
+    # (migration 0032), not every session of the project in `sessions`
+    assert "FROM sessions" not in online and online.count("FROM breakdown_sessions FINAL") == 1
+    assert "AND start_at <= {w1:" in online and "addMilliseconds(start_at, duration_ms) >= {since:" in online
 
 
 def test_filtered_churn_narrows_the_base_only() -> None:
