@@ -343,11 +343,12 @@ def _apply_diff(
 
 # person_activity_by (migration 0031) for the staged persons: each (day, filter, value) of their
 # members' breakdown_sessions rows (breakdowns.recompute wrote the dirty days' first) against the
-# rows stored for them and the persons merged away, over the days {days}: a row for each one
-# now held, a tombstone for each one no longer held, none for the rest. Over the dirty days and
-# the days of the members that moved (Changed.moved_days), every day whose rows a batch can
-# change: a session's day and its entry page view's attributes change only on dirty days; a
-# member's person only when it moves.
+# rows stored for them and the persons merged away (read from its copy sorted by person,
+# person_activity_by_person), over the days {days}: a row for each one now held, a tombstone for
+# each one no longer held, none for the rest. Over the dirty days and the days of the members
+# that moved (Changed.moved_days), every day whose rows a batch can change: a session's day and
+# its entry page view's attributes change only on dirty days; a member's person only when it
+# moves.
 _FILTER_PAIRS = ", ".join(f"('{c}', toString({c}))" for c in ROLLED_FILTERS)
 ACTIVITY_BY_INSERT = f"""
 INSERT INTO person_activity_by ({", ".join(PERSON_ACTIVITY_BY_COLUMNS)})
@@ -360,9 +361,9 @@ FROM (
           WHERE project_id = {{p:String}} AND is_deleted = 0) AS s
     INNER JOIN {MEMBERS} AS m ON s.anonymous_id = m.member
     UNION ALL
-    SELECT day, filter, filter_value, person_id, 2 FROM person_activity_by FINAL
-    PREWHERE day IN {{days:Array(Date)}}
-        AND (person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}})
+    SELECT day, filter, filter_value, person_id, 2 FROM person_activity_by_person FINAL
+    PREWHERE (person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}})
+        AND day IN {{days:Array(Date)}}
     WHERE project_id = {{p:String}} AND is_deleted = 0
 )
 GROUP BY day, filter, filter_value, person_id

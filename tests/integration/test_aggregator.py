@@ -101,14 +101,16 @@ BREAKDOWN_SESSIONS = (
 
 
 def person_activity_by_agrees(stack: Stack) -> bool:
-    """person_activity_by holds each (day, filter, value) of every person's sessions, no more."""
+    """person_activity_by holds each (day, filter, value) of every person's sessions, no more,
+    and its copy sorted by person (what the aggregator compares with) the same rows."""
     person = {(p, v): person for p, v, person, *_ in stack.rows(PERSONS_BY_VISITOR)}
     expected = {
         (p, day, name, str(value), person.get((p, visitor), visitor))
         for p, day, visitor, *values in stack.rows(BREAKDOWN_SESSIONS)
         for name, value in zip(ROLLED_FILTERS, values, strict=True)
     }
-    return set(stack.rows(PERSON_ACTIVITY_BY)) == expected
+    by_person = PERSON_ACTIVITY_BY.replace("person_activity_by", "person_activity_by_person")
+    return set(stack.rows(PERSON_ACTIVITY_BY)) == expected == set(stack.rows(by_person))
 
 
 def per_day(stack: Stack, project_id: str, column: str) -> dict[object, int]:

@@ -386,6 +386,22 @@ def test_person_activity_by_is_back_filled_with_each_persons_days_per_filter_val
     ]
     filters = database.query("SELECT DISTINCT filter FROM person_activity_by ORDER BY ALL").result_rows
     assert [f for (f,) in filters] == sorted(ROLLED_FILTERS)  # every filter the views roll up
+    # the copy sorted by person holds the same rows, and follows every insert (its view)
+    every = "SELECT * FROM {} FINAL ORDER BY ALL"
+    assert (
+        database.query(every.format("person_activity_by_person")).result_rows
+        == database.query(every.format("person_activity_by")).result_rows
+    )
+    database.command(
+        "INSERT INTO person_activity_by (project_id, day, filter, filter_value, person_id, is_deleted, version) "
+        "VALUES ('p', '2026-03-01', 'country', 'NL', 'u1', 1, 7)"
+    )
+    assert (
+        database.query(
+            "SELECT person_id FROM person_activity_by_person FINAL WHERE is_deleted = 0 AND filter_value = 'NL'"
+        ).result_rows
+        == []
+    )
 
 
 def test_breakdown_sessions_get_their_sessions_starts_as_the_refresh_computes_them(database: Client) -> None:
