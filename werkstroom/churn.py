@@ -34,7 +34,9 @@ COUNTS_SQL = (
 #: COUNTS_SQL with the base narrowed (a view's filters): `{base}` is a SELECT of (person_id, day)
 #: rows, the days a person did what the view counts, over {lo:Date}..{hi:Date}; the base of D is
 #: the persons with such a day in D-13..D-7, and the churned are still those of the base active
-#: (person_activity) on none of D-6..D. `{base}` is read once, as the join's in-memory side:
+#: (person_activity) on none of D-6..D, so the activity is read from {lo} + 7 on (the first
+#: asked day's D-6; at 10M events, one country: 124 -> 111 ms). `{base}` is read once, as the
+#: join's in-memory side:
 #: narrowing person_activity by `person_id IN` the base as well read the base a second time,
 #: and cost more than the activity rows it left out (a filtered metrics card at 10M events,
 #: 666 -> 384 ms for country=NL and 868 -> 455 ms for segment=premium, p50 of 3).
@@ -46,7 +48,7 @@ NARROWED_COUNTS_SQL = (
     "  FROM (SELECT c.person_id AS person_id, c.based AS based, a.active AS active"
     "        FROM (SELECT person_id, groupArray(day) AS active FROM person_activity FINAL"
     "              WHERE project_id = {{p:String}} AND is_deleted = 0"
-    "                AND day BETWEEN {{lo:Date}} AND {{hi:Date}}"
+    "                AND day BETWEEN {{lo:Date}} + 7 AND {{hi:Date}}"
     "              GROUP BY person_id) AS a"
     "        RIGHT JOIN (SELECT person_id, groupArray(day) AS based FROM ({base}) GROUP BY person_id) AS c"
     "            ON a.person_id = c.person_id)"

@@ -18,6 +18,8 @@ The visitors, relative to NOW (d = days, m = minutes):
   c2               only a track at -2d: no page view, so no filter keeps it
   d1 (A)           /landing at -16d and -15d: in the base of the churn a week ago, churned then
   n1 (unknown)     /blog/launch at -90s (online now)
+  e1 (unknown)     / at -20d, /pricing at -13d+1h: in the base of the churn a week ago, and
+                   not churned then (active on the first day of that week's window)
   o1 (A)           /pricing at -40d (a churned person)
 """
 
@@ -215,6 +217,8 @@ async def test_filters_narrow_the_cards_and_the_users_list(
             track("c1", now - 5 * D + 30 * S, "Clicked"),
             track("c2", now - 2 * D, "Signed Up"),
             page("n1", now - 90 * S, "/blog/launch"),
+            page("e1", now - 20 * D, "/"),
+            page("e1", now - 13 * D + 60 * M, "/pricing"),
             *identifies,
         ],
     }
@@ -229,6 +233,7 @@ async def test_filters_narrow_the_cards_and_the_users_list(
         ("d1", ("d1",), ""),
         ("n1", ("n1",), ""),
         ("o1", ("o1",), ""),
+        ("e1", ("e1",), ""),
     }
     async with Stack(
         infra.bootstrap, infra.clickhouse_url, names, data_dir=tmp_path, trust_forwarded_for=True
@@ -239,7 +244,8 @@ async def test_filters_narrow_the_cards_and_the_users_list(
         assert await stack.wait_count(total) == total
         oracle = Oracle(stack, pid, identifies, now)
         page_sessions = len(oracle.sessions)
-        assert page_sessions == 14  # a1 3, a2, b1 2, b2 (one, across the moment), p1, p2, c1, d1 2, n1, o1
+        # a1 3, a2, b1 2, b2 (one, across the moment), p1, p2, c1, d1 2, n1, o1, e1 2
+        assert page_sessions == 16
         activity = {(p, d) for p, days in oracle.active.items() for d in days}
 
         def settled() -> bool:
@@ -303,7 +309,7 @@ async def test_filters_narrow_the_cards_and_the_users_list(
                 queries.online_week_ago(stack.client, pid, now),
                 queries.churn_counts(stack.client, pid, now),
             )
-            assert plain["metrics"]["total_users"]["value"] == 10  # c2 too: no page view needed
+            assert plain["metrics"]["total_users"]["value"] == 11  # c2 too: no page view needed
             everyone = await users({}, limit=500)
             assert sorted(everyone) == sorted(p for p, _ids, _plan in want_persons)
 
