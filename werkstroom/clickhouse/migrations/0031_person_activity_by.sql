@@ -33,17 +33,11 @@ ORDER BY (project_id, day, filter, filter_value, person_id);
 -- of every row of those days (an identify of a visitor with 34 days of sessions: 640 ms at 10M
 -- events), here a range per person. Written by the view below with every insert into
 -- person_activity_by, the same rows and versions; only the aggregator reads it.
-CREATE TABLE IF NOT EXISTS person_activity_by_person
-(
-    project_id   String,
-    day          Date,
-    filter       LowCardinality(String),
-    filter_value String,
-    person_id    String,
-    is_deleted   UInt8,
-    version      UInt64
-)
+CREATE TABLE IF NOT EXISTS person_activity_by_person AS person_activity_by
 ENGINE = ReplacingMergeTree(version, is_deleted)
+-- No partitions: a person's rows of every month in one range of a part (monthly partitions
+-- would make each lookup one per month).
+PARTITION BY tuple()
 -- ORDER BY (project_id, person_id, day, filter, filter_value): the aggregator reads a few
 -- persons' rows of some days; the key is person_activity_by's, reordered. Granules of 256 rows
 -- and small compressed blocks, as the other tables read by id (0007, 0016): a person has about
@@ -54,9 +48,9 @@ SETTINGS index_granularity = 256, min_compress_block_size = 4096, max_compress_b
 CREATE MATERIALIZED VIEW IF NOT EXISTS person_activity_by_person_mv TO person_activity_by_person AS
 SELECT project_id, day, filter, filter_value, person_id, is_deleted, version FROM person_activity_by;
 
--- The rows of the sessions and persons written so far (into both tables, by the view). Run with the aggregators stopped, as the
--- other migrations that copy a table: a person rewritten meanwhile by an older aggregator would
--- not be here until its next rewrite.
+-- The rows of the sessions and persons written so far (into both tables, by the view). Run with
+-- the aggregators stopped, as the other migrations that copy a table: a person rewritten
+-- meanwhile by an older aggregator would not be here until its next rewrite.
 INSERT INTO person_activity_by (project_id, day, filter, filter_value, person_id, is_deleted, version)
 SELECT DISTINCT s.project_id, s.day, s.f.1, s.f.2, if(m.visitor = '', s.anonymous_id, m.person_id), 0, 0
 FROM (SELECT project_id, day, anonymous_id,
