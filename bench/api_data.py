@@ -56,7 +56,7 @@ from clickhouse_connect.driver.client import Client  # noqa: E402
 from services.aggregator.breakdowns import roll_up  # noqa: E402
 from services.aggregator.derived import refresh_churn  # noqa: E402
 from werkstroom import projects, timezones  # noqa: E402
-from werkstroom.breakdowns import ACTIVITY_FIGURES, ROLLED_FILTERS, activity_figures_sql  # noqa: E402
+from werkstroom.breakdowns import ACTIVITY_FIGURES, ROLLED_FILTERS, activity_figures_sql, filter_pairs  # noqa: E402
 from werkstroom.clickhouse.migrate import Migration, load_migrations  # noqa: E402
 from werkstroom.clickhouse.tables import (  # noqa: E402
     FUNNELS_COLUMNS,
@@ -894,7 +894,7 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
     )
     # person_activity_by (migration 0031): each live session's day and entry attributes under its
     # visitor's person (persons' anonymous_ids here, not visitor_persons, which it is copied from)
-    pairs = ", ".join(f"('{c}', toString(s.{c}))" for c in ROLLED_FILTERS)
+    pairs = filter_pairs("s.")
     expect(
         "person_activity_by (each person's days per filter value)",
         one(

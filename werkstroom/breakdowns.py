@@ -17,6 +17,13 @@ _SESSION_DIMENSIONS = {d: c for d, c in BREAKDOWN_DIMENSIONS.items() if c != "pa
 ROLLED_FILTERS = ENTRY_ATTRIBUTES
 
 
+def filter_pairs(alias: str = "") -> str:
+    """The ROLLED_FILTERS of a breakdown_sessions row as (filter, value) tuples, the elements of
+    an array to arrayJoin: the column's name and its value as a String. `alias`: the row's table
+    alias with its dot (`s.`), or "" for its own columns."""
+    return ", ".join(f"('{c}', toString({alias}{c}))" for c in ROLLED_FILTERS)
+
+
 def figures_sql(dimensions: list[str], where: str) -> str:
     """SELECT day, dimension, value and BREAKDOWN_FIGURES of these dimensions, from the
     breakdown tables' live rows that match `where` (conditions on their columns, with
@@ -59,7 +66,7 @@ def figures_by_filter_sql(where: str) -> str:
     holds. A session counts under each filter's one value, so a filter's values partition it:
     its rows under a value are figures_sql's over the sessions with that value. Page rows take
     their session's attributes from its breakdown_sessions row (the same key)."""
-    filters = ", ".join(f"('{c}', toString({c}))" for c in ROLLED_FILTERS)
+    filters = filter_pairs()
     pairs = ", ".join(f"('{d}', toString({c}))" for d, c in _SESSION_DIMENSIONS.items())
     live = f"project_id = {{p:String}} AND is_deleted = 0 AND {where}"
     return f"""SELECT day, f.1 AS filter, f.2 AS filter_value, 'pages' AS dimension, path AS value,
@@ -138,7 +145,7 @@ def activity_by_filter_sql(where: str) -> str:
     activity_daily_by holds. A session has one value of each filter, so a filter's rows under
     a value are activity_figures_sql's over the sessions with that value. The sessions are
     joined to their persons once, then counted under each filter."""
-    filters = ", ".join(f"('{c}', toString(s.{c}))" for c in ROLLED_FILTERS)
+    filters = filter_pairs("s.")
     sessions = (
         f"SELECT day, anonymous_id, page_views, duration_ms, {', '.join(ROLLED_FILTERS)} "
         f"FROM breakdown_sessions FINAL WHERE project_id = {{p:String}} AND is_deleted = 0 AND {where}"

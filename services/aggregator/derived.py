@@ -23,7 +23,7 @@ from services.aggregator.breakdowns import RollUps
 from services.aggregator.funnels import person_ids, recompute
 from services.aggregator.processor import Dirty
 from werkstroom import churn, identity, timezones
-from werkstroom.breakdowns import ROLLED_FILTERS
+from werkstroom.breakdowns import filter_pairs
 from werkstroom.clickhouse.params import StringArray, insert_rows, tab_separated
 from werkstroom.clickhouse.tables import (
     CHURN_DAILY_COLUMNS,
@@ -349,14 +349,13 @@ def _apply_diff(
 # that moved (Changed.moved_days), every day whose rows a batch can change: a session's day and
 # its entry page view's attributes change only on dirty days; a member's person only when it
 # moves.
-_FILTER_PAIRS = ", ".join(f"('{c}', toString({c}))" for c in ROLLED_FILTERS)
 ACTIVITY_BY_INSERT = f"""
 INSERT INTO person_activity_by ({", ".join(PERSON_ACTIVITY_BY_COLUMNS)})
 SELECT {{p:String}}, day, filter, filter_value, person_id, toUInt8(min(held) = 2), {{v:UInt64}}
 FROM (
     SELECT DISTINCT s.day AS day, s.f.1 AS filter, s.f.2 AS filter_value, m.person AS person_id,
            1 AS held
-    FROM (SELECT day, anonymous_id, arrayJoin([{_FILTER_PAIRS}]) AS f FROM breakdown_sessions FINAL
+    FROM (SELECT day, anonymous_id, arrayJoin([{filter_pairs()}]) AS f FROM breakdown_sessions FINAL
           PREWHERE day IN {{days:Array(Date)}} AND anonymous_id IN {MEMBER_IDS}
           WHERE project_id = {{p:String}} AND is_deleted = 0) AS s
     INNER JOIN {MEMBERS} AS m ON s.anonymous_id = m.member
