@@ -79,6 +79,15 @@ ONLINE_SESSIONS_OF = (
 #: Two days hold every session shorter than 24 hours, which is all of them in practice (30
 #: minutes without an event end one); each day more is another day of rows to read.
 ONLINE_DAYS = 2
+#: The (person_id, day) rows of person_activity_by (migration 0031: each person's days with a
+#: session of each value of the ROLLED_FILTERS, kept by the aggregator) of the value {rv:String}
+#: of the column {rf:String} over {lo:Date}..{hi:Date} of project {p:String}: the persons with a
+#: matching session and their days, with one rolled filter (Filters.rolled_person_days).
+ROLLED_PERSON_DAYS = """
+SELECT person_id, day FROM person_activity_by FINAL
+WHERE project_id = {p:String} AND day BETWEEN {lo:Date} AND {hi:Date}
+  AND filter = {rf:String} AND filter_value = {rv:String} AND is_deleted = 0
+"""
 #: The longest filter value accepted (a path is stored up to 2048 characters).
 MAX_VALUE = 2048
 
@@ -112,6 +121,12 @@ class Filters:
         ((name, value),) = self.values.items()
         column = COLUMNS.get(name)
         return (column, value) if column in ROLLED_FILTERS and name not in GLOBS else None
+
+    def rolled_person_days(self) -> tuple[str, dict[str, Any]] | None:
+        """ROLLED_PERSON_DAYS and its parameters when these filters are one rolled filter
+        (rolled), else None."""
+        rolled = self.rolled()
+        return None if rolled is None else (ROLLED_PERSON_DAYS, {"rf": rolled[0], "rv": rolled[1]})
 
     def where(self, table: str, sessions_of: str) -> tuple[str, dict[str, Any]]:
         """The conditions (` AND ...`, or "") on a breakdown table's rows, and their parameters.

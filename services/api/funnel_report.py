@@ -42,19 +42,14 @@ WHERE project_id = {{p:String}} AND funnel_id = {{f:String}} AND last_day >= {{l
   )
 GROUP BY level
 """
-# The persons with a session of one rolled filter's value ({rf} the column, {rv} the value) in
-# the days, as the aggregator keeps them, instead of every matching visitor joined to every
-# visitor's person: at 10M events, 30 days, p50 alone: country=NL 199 -> 106 ms, device=mobile
-# 314 -> 155 ms (bench/README.md, 2026-12-04 stop 37).
-_ROLLED_PERSONS = (
-    "SELECT person_id FROM person_activity_by FINAL WHERE project_id = {p:String} "
-    "AND day BETWEEN {lo:Date} AND {hi:Date} AND filter = {rf:String} AND filter_value = {rv:String} "
-    "AND is_deleted = 0"
-)
+# With one rolled filter, the persons with a session of its value in the days, as the aggregator
+# keeps them (services.api.filters.ROLLED_PERSON_DAYS), instead of every matching visitor joined
+# to every visitor's person: at 10M events, 30 days, p50 alone: country=NL 199 -> 106 ms,
+# device=mobile 314 -> 155 ms (bench/README.md, 2026-12-04 stop 37).
 _ROLLED = """
 SELECT level, count() FROM funnel_levels FINAL
 WHERE project_id = {{p:String}} AND funnel_id = {{f:String}} AND last_day >= {{lo:Date}} AND is_deleted = 0
-  AND person_id IN ({persons})
+  AND person_id IN (SELECT person_id FROM ({persons}))
 GROUP BY level
 """
 
@@ -63,9 +58,10 @@ def filtered_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     """Per level, the persons `filters` keeps who reached it, for funnel {f:String} of project
     {p:String} over the days {lo:Date}..{hi:Date}, and the filters' parameters. Every value is a
     parameter; the SQL is chosen from constants only."""
-    rolled = filters.rolled()
+    rolled = filters.rolled_person_days()
     if rolled is not None:
-        return _ROLLED.format(persons=_ROLLED_PERSONS), {"rf": rolled[0], "rv": rolled[1]}
+        persons, params = rolled
+        return _ROLLED.format(persons=persons), params
     where, params = filters.where("breakdown_sessions", SESSIONS_OF)
     matching = _MATCHING.format(where=where)
     return _FILTERED.format(matching=matching, persons=EVERY_PERSON, person=PERSON_OF_SESSION), params

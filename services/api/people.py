@@ -17,7 +17,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from services.api import queries
-from services.api.filters import ONLINE_DAYS, Filters
+from services.api.filters import ONLINE_DAYS, ROLLED_PERSON_DAYS, Filters
 from services.api.queries import ONLINE_WINDOW, WEEK, Narrowing, T
 from werkstroom import churn, timezones
 from werkstroom.breakdowns import EVERY_PERSON_OF, PERSON_OF_SESSION
@@ -37,16 +37,11 @@ SELECT {person} AS person_id, s.day AS day, m.first_day AS first_day
 FROM ({persons}) AS m
 RIGHT JOIN ({matching}) AS s ON m.visitor = s.anonymous_id
 """
-# _PERSON_DAYS's (person_id, day) for one filter value that person_activity_by holds (Filters.rolled:
-# the column {rf} and its value {rv}), as the aggregator computed them: a run of rows within each
-# day, where _PERSON_DAYS read every matching session and every visitor's person (at 10M events,
-# country=NL, p50 alone: the persons counts 323 -> 165 ms, churn 293 -> 160, the users list's
-# first page 259 -> 108; bench/README.md, 2026-12-04 stop 37).
-_ROLLED_PERSON_DAYS = """
-SELECT person_id, day FROM person_activity_by FINAL
-WHERE project_id = {p:String} AND day BETWEEN {lo:Date} AND {hi:Date}
-  AND filter = {rf:String} AND filter_value = {rv:String} AND is_deleted = 0
-"""
+# With one rolled filter, _PERSON_DAYS's (person_id, day) are person_activity_by's rows of its value
+# (services.api.filters.ROLLED_PERSON_DAYS), as the aggregator computed them: a run of rows
+# within each day, where _PERSON_DAYS read every matching session and every visitor's person (at
+# 10M events, country=NL, p50 alone: the persons counts 323 -> 165 ms, churn 293 -> 160, the
+# users list's first page 259 -> 108; bench/README.md, 2026-12-04 stop 37).
 # The four figures of queries.persons_counts, of the persons with a matching session (lo..hi =
 # FIRST_DAY..today): total, those with one by today (a week earlier: by that day); new, those of
 # the total first seen in the week (a week earlier: in the 7 days before). A person first seen
@@ -61,14 +56,14 @@ FROM (
     GROUP BY person_id
 )
 """
-# _PERSONS_COUNTS over _ROLLED_PERSON_DAYS: a person's first day from persons_first_day (the day of
+# _PERSONS_COUNTS over ROLLED_PERSON_DAYS: a person's first day from persons_first_day (the day of
 # its persons row's first_seen, as EVERY_PERSON_OF's), read for the two weeks the new persons are
 # counted in; a person first seen before them has none there (1970, the join's default: not new).
 _ROLLED_PERSONS_COUNTS = f"""
 SELECT countIf(a.first_match <= {{t:Date}}), countIf(a.first_match <= {{t:Date}} - 7),
        countIf(a.first_match <= {{t:Date}} AND f.day > {{t:Date}} - 7 AND f.day <= {{t:Date}}),
        countIf(a.first_match <= {{t:Date}} - 7 AND f.day > {{t:Date}} - 14 AND f.day <= {{t:Date}} - 7)
-FROM (SELECT person_id, min(day) AS first_match FROM ({_ROLLED_PERSON_DAYS}) GROUP BY person_id) AS a
+FROM (SELECT person_id, min(day) AS first_match FROM ({ROLLED_PERSON_DAYS}) GROUP BY person_id) AS a
 LEFT JOIN (
     SELECT person_id, day FROM persons_first_day FINAL
     WHERE project_id = {{p:String}} AND day BETWEEN {{t:Date}} - 13 AND {{t:Date}} AND is_deleted = 0
@@ -93,9 +88,9 @@ def person_days(filters: Filters) -> tuple[str, dict[str, Any]]:
     """A SELECT of (person_id, day, ...) for each session `filters` matches over
     {lo:Date}..{hi:Date} of project {p:String} (a person once per day with one rolled filter),
     and the filters' parameters (binding {tz:String} too, but with one rolled filter)."""
-    rolled = filters.rolled()
+    rolled = filters.rolled_person_days()
     if rolled is not None:
-        return _ROLLED_PERSON_DAYS, {"rf": rolled[0], "rv": rolled[1]}
+        return rolled
     matching, params = filters.matching("day, anonymous_id")
     return _PERSON_DAYS.format(matching=matching, persons=EVERY_PERSON_OF, person=PERSON_OF_SESSION), params
 
@@ -103,8 +98,9 @@ def person_days(filters: Filters) -> tuple[str, dict[str, Any]]:
 def persons_counts_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     """queries.persons_counts' four figures over the persons with a matching session, binding
     {t:Date} (today) besides p, lo, hi and tz, and the filters' parameters."""
-    if filters.rolled() is not None:
-        return _ROLLED_PERSONS_COUNTS, person_days(filters)[1]
+    rolled = filters.rolled_person_days()
+    if rolled is not None:
+        return _ROLLED_PERSONS_COUNTS, rolled[1]
     sql, params = person_days(filters)
     return _PERSONS_COUNTS.format(person_days=sql), params
 
