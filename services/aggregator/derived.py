@@ -28,7 +28,6 @@ from werkstroom.clickhouse.params import StringArray, insert_rows, tab_separated
 from werkstroom.clickhouse.tables import (
     CHURN_DAILY_COLUMNS,
     DAILY_STATS_COLUMNS,
-    PERSON_ACTIVITY_BY_COLUMNS,
     PERSON_DAYS_COLUMNS,
     PERSONS_COLUMNS,
     PERSONS_RECENT_COLUMNS,
@@ -228,20 +227,22 @@ def _span(start: str, last: str) -> str:
     return f"arrayJoin(arrayMap(d -> {first} + d, range(toUInt32({final} - {first}) + 1)))"
 
 
-def _person_days_diff(table: str, computed: str) -> str:
+def _person_days_diff(table: str, computed: str, keys: str = "") -> str:
     """The (day, person) rows of `table` (ReplacingMergeTree(version, is_deleted)) for these
     persons over `days`, against the (person_id, day) rows `computed` gives: the rows to add
-    (is_deleted 0) and to delete (1). A person merged away (gone) has no computed rows."""
+    (is_deleted 0) and to delete (1). A person merged away (gone) has no computed rows.
+    `keys`: the tables' further key columns, ", "-led, on both sides and after day and
+    person_id in the result."""
     return f"""
-SELECT day, person_id, toUInt8(min(source) = 2) FROM (
-    SELECT DISTINCT person_id, day, 1 AS source FROM ({computed}) WHERE day IN {{days:Array(Date)}}
+SELECT day, person_id{keys}, toUInt8(min(source) = 2) FROM (
+    SELECT DISTINCT person_id, day{keys}, 1 AS source FROM ({computed}) WHERE day IN {{days:Array(Date)}}
     UNION ALL
-    SELECT person_id, day, 2 FROM {table} FINAL
+    SELECT person_id, day{keys}, 2 FROM {table} FINAL
     PREWHERE day IN {{days:Array(Date)}}
         AND (person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}})
     WHERE project_id = {{p:String}} AND is_deleted = 0
 )
-GROUP BY day, person_id
+GROUP BY day, person_id{keys}
 HAVING count() = 1
 """
 
@@ -343,30 +344,23 @@ def _apply_diff(
 
 # person_activity_by (migration 0031) for the staged persons: each (day, filter, value) of their
 # members' breakdown_sessions rows (breakdowns.recompute wrote the dirty days' first) against the
-# rows stored for them and the persons merged away (read from its copy sorted by person,
-# person_activity_by_person), over the days {days}: a row for each one now held, a tombstone for
-# each one no longer held, none for the rest. Over the dirty days and the days of the members
-# that moved (Changed.moved_days), every day whose rows a batch can change: a session's day and
-# its entry page view's attributes change only on dirty days; a member's person only when it
-# moves.
+# rows stored for them and the persons merged away, as person_activity's (_person_days_diff),
+# read from its copy sorted by person (person_activity_by_person), over the days {days}: a row
+# for each one now held, a tombstone for each one no longer held, none for the rest. Over the
+# dirty days and the days of the members that moved (Changed.moved_days), every day whose rows
+# a batch can change: a session's day and its entry page view's attributes change only on dirty
+# days; a member's person only when it moves.
+ACTIVE_BY = f"""
+SELECT m.person AS person_id, s.day AS day, s.f.1 AS filter, s.f.2 AS filter_value
+FROM (SELECT day, anonymous_id, arrayJoin([{filter_pairs()}]) AS f FROM breakdown_sessions FINAL
+      PREWHERE day IN {{days:Array(Date)}} AND anonymous_id IN {MEMBER_IDS}
+      WHERE project_id = {{p:String}} AND is_deleted = 0) AS s
+INNER JOIN {MEMBERS} AS m ON s.anonymous_id = m.member
+"""
 ACTIVITY_BY_INSERT = f"""
-INSERT INTO person_activity_by ({", ".join(PERSON_ACTIVITY_BY_COLUMNS)})
-SELECT {{p:String}}, day, filter, filter_value, person_id, toUInt8(min(held) = 2), {{v:UInt64}}
-FROM (
-    SELECT DISTINCT s.day AS day, s.f.1 AS filter, s.f.2 AS filter_value, m.person AS person_id,
-           1 AS held
-    FROM (SELECT day, anonymous_id, arrayJoin([{filter_pairs()}]) AS f FROM breakdown_sessions FINAL
-          PREWHERE day IN {{days:Array(Date)}} AND anonymous_id IN {MEMBER_IDS}
-          WHERE project_id = {{p:String}} AND is_deleted = 0) AS s
-    INNER JOIN {MEMBERS} AS m ON s.anonymous_id = m.member
-    UNION ALL
-    SELECT day, filter, filter_value, person_id, 2 FROM person_activity_by_person FINAL
-    PREWHERE (person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}})
-        AND day IN {{days:Array(Date)}}
-    WHERE project_id = {{p:String}} AND is_deleted = 0
-)
-GROUP BY day, filter, filter_value, person_id
-HAVING count() = 1
+INSERT INTO person_activity_by (project_id, day, person_id, filter, filter_value, is_deleted, version)
+SELECT {{p:String}}, *, {{v:UInt64}}
+FROM ({_person_days_diff("person_activity_by_person", ACTIVE_BY, ", filter, filter_value")})
 """
 
 
