@@ -113,6 +113,22 @@ EVERY_PERSON_OF = _EVERY_PERSON.format(first_day=", toDate(first_seen, {tz:Strin
 #: visitor ''): its visitor's live person, else the visitor itself.
 PERSON_OF_SESSION = "if(m.visitor = '', s.anonymous_id, m.person)"
 
+
+def with_persons(sessions: str, persons: str = EVERY_PERSON_OF, narrowed: bool = False) -> str:
+    """The FROM clause joining the sessions `sessions` selects (with `anonymous_id`), as `s`, to
+    their visitors' persons `persons` (EVERY_PERSON or EVERY_PERSON_OF, or with `narrowed` some
+    of their rows), as `m`, for PERSON_OF_SESSION. Whole, the persons are the outer side: every
+    session is kept, and the sessions are held in memory. Narrowed (a condition on the persons,
+    services.api.filters.Filters.persons), only the sessions of those persons' visitors are
+    kept, and the persons, fewer, are held in memory: with segment=premium at 10M events
+    (64,042 of 1,026,902 visitors), 30 days of the activity chart 155 -> 94 ms p50 alone, against
+    narrowing the sessions to the persons' visitors first and joining every visitor's person
+    (bench/README.md, 2026-12-04 stop 38)."""
+    if narrowed:
+        return f"({sessions}) AS s INNER JOIN ({persons}) AS m ON m.visitor = s.anonymous_id"
+    return f"({persons}) AS m RIGHT JOIN ({sessions}) AS s ON m.visitor = s.anonymous_id"
+
+
 #: The filtered activity chart's figures of a day (activity_daily_by, migration 0029), in the
 #: order activity_figures_sql computes them: the distinct persons of the matching sessions that
 #: start on it, those of them first seen that day, the sessions, their page views, those that
@@ -120,21 +136,23 @@ PERSON_OF_SESSION = "if(m.visitor = '', s.anonymous_id, m.person)"
 ACTIVITY_FIGURES = ["persons", "new_persons", "sessions", "page_views", "bounced", "duration_ms"]
 
 
-def activity_figures_sql(sessions: str, keys: str = "", names: str = "") -> str:
+def activity_figures_sql(
+    sessions: str, keys: str = "", names: str = "", persons: str = EVERY_PERSON_OF, narrowed: bool = False
+) -> str:
     """SELECT day{names} and ACTIVITY_FIGURES per day{names}, of the sessions `sessions` selects
     (day, anonymous_id, page_views, duration_ms and the columns `keys` reads: breakdown_sessions
     rows), each visitor resolved to its live person (EVERY_PERSON_OF), else itself, never new
     then: what activity_daily_by holds, and what the filtered chart computes for the days it
     does not have. `keys`: ", "-led expressions over the session (`s.`) with their aliases,
-    `names` those aliases, ", "-led. (A visitor in no persons row has visitor '' here: never new.
-    The inner columns are renamed: an alias that is also a column's name would be read as the
-    aggregate inside another one.)"""
+    `names` those aliases, ", "-led. `persons` and `narrowed`: with_persons', EVERY_PERSON_OF's
+    columns. (A visitor in no persons row has visitor '' here: never new. The inner columns are
+    renamed: an alias that is also a column's name would be read as the aggregate inside another
+    one.)"""
     return f"""SELECT day{names}, uniqExact(who) AS persons, uniqExactIf(who, new) AS new_persons,
        count() AS sessions, sum(n) AS page_views, countIf(n = 1) AS bounced, sum(ms) AS duration_ms
 FROM (SELECT s.day AS day{keys}, {PERSON_OF_SESSION} AS who,
              m.visitor != '' AND m.first_day = s.day AS new, s.page_views AS n, s.duration_ms AS ms
-      FROM ({EVERY_PERSON_OF}) AS m
-      RIGHT JOIN ({sessions}) AS s ON m.visitor = s.anonymous_id)
+      FROM {with_persons(sessions, persons, narrowed)})
 GROUP BY day{names}"""
 
 

@@ -21,7 +21,7 @@ from services.api import queries
 from services.api.breakdowns import ROLLED_DAYS
 from services.api.filters import Filters
 from werkstroom import timezones
-from werkstroom.breakdowns import ACTIVITY_FIGURES, activity_figures_sql
+from werkstroom.breakdowns import ACTIVITY_FIGURES, EVERY_PERSON_OF, activity_figures_sql
 
 # A day's chart figures (queries.DAY_COLUMNS after the day) from its ACTIVITY_FIGURES: events
 # are the page views, as a session's other events are kept only in `sessions`, sorted by
@@ -36,7 +36,8 @@ _DAY = (
 # matching sessions are the join's right side, held in memory: fewer than the project's
 # visitors, and narrowing the persons to the matching visitors first cost more than reading
 # them all (at 10M events, one country over 30 days: 618 -> 511 ms; segment=premium 800 -> 473
-# ms).
+# ms). With `plan` or `segment`, the persons are narrowed by them instead (Filters.persons,
+# werkstroom.breakdowns.with_persons) and the sessions are not.
 _SESSIONS = "day, anonymous_id, page_views, duration_ms"
 # With one filter on an attribute of the entry page view (Filters.rolled), the days the
 # aggregator rolled up (a marker row, filter '', in activity_daily_by, migration 0029; only days
@@ -79,10 +80,13 @@ def filtered_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     `filters` matches over {lo:Date}..{hi:Date} of project {p:String} in zone {tz:String}, and
     the filters' parameters; with one rolled-up filter also {today:Date}, the rolled days read
     from activity_daily_by. Every value is a parameter; the SQL is chosen from constants only."""
-    matching, params = filters.matching(_SESSIONS)
     rolled = filters.rolled()
     if rolled is None:
-        return f"{_DAY}{activity_figures_sql(matching)})", params
+        matching, params = filters.matching(_SESSIONS, person=False)
+        persons, person_params, narrowed = filters.persons(EVERY_PERSON_OF)
+        figures = activity_figures_sql(matching, persons=persons, narrowed=narrowed)
+        return f"{_DAY}{figures})", {**params, **person_params}
+    matching, params = filters.matching(_SESSIONS)
     column, value = rolled
     live = _LIVE.format(matching=matching)
     sql = f"{_ROLLED_DAYS}{_DAY}{_ROLLED}{live})"

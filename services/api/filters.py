@@ -128,13 +128,14 @@ class Filters:
         rolled = self.rolled()
         return None if rolled is None else (ROLLED_PERSON_DAYS, {"rf": rolled[0], "rv": rolled[1]})
 
-    def where(self, table: str, sessions_of: str) -> tuple[str, dict[str, Any]]:
+    def where(self, table: str, sessions_of: str, person: bool = True) -> tuple[str, dict[str, Any]]:
         """The conditions (` AND ...`, or "") on a breakdown table's rows, and their parameters.
         `table` is "breakdown_pages" or "breakdown_sessions"; `sessions_of` is a SELECT of the
         session ids of `{table}` in the same range, to which ` AND <conditions>` is appended:
         `page` on breakdown_sessions reads breakdown_pages; on breakdown_pages, whose rows hold
         a path's figures only, the session's attributes are read from breakdown_sessions. `plan`
-        and `segment` are one condition on the row's visitor, the same on both tables (person)."""
+        and `segment` are one condition on the row's visitor, the same on both tables (person);
+        left out without `person`, where the rows are joined to `persons` instead."""
         own: list[str] = []
         of_sessions: list[str] = []
         params: dict[str, Any] = {}
@@ -154,18 +155,28 @@ class Filters:
         if of_sessions:
             found = f"{sessions_of.format(table='breakdown_sessions')} AND {' AND '.join(of_sessions)}"
             own.append(f"session_id IN ({found})")
-        person, person_params = self.person()
+        person, person_params = self.person() if person else ("", {})
         if person:
             own.append(person)
             params.update(person_params)
         return "".join(f" AND {c}" for c in own), params
 
-    def matching(self, columns: str) -> tuple[str, dict[str, Any]]:
+    def matching(self, columns: str, person: bool = True) -> tuple[str, dict[str, Any]]:
         """A SELECT of `columns` of the breakdown_sessions rows these filters match over the
         days {lo:Date}..{hi:Date} of project {p:String} (the sessions a filtered view counts),
-        and the filters' parameters; every row unfiltered."""
-        where, params = self.where("breakdown_sessions", SESSIONS_OF)
+        and the filters' parameters; every row unfiltered. Without `person`, `plan` and
+        `segment` are left to the join with `persons`."""
+        where, params = self.where("breakdown_sessions", SESSIONS_OF, person)
         return f"{_MATCHING.format(columns=columns)}{where}", params
+
+    def persons(self, every: str) -> tuple[str, dict[str, Any], bool]:
+        """`every` (werkstroom.breakdowns.EVERY_PERSON or EVERY_PERSON_OF: each visitor's live
+        person) narrowed to the persons `plan` and `segment` keep, its parameters, and whether
+        it is narrowed: the persons side of werkstroom.breakdowns.with_persons, for sessions
+        read with `matching(..., person=False)`. A visitor in no persons row is its own person
+        with plan "": no person filter keeps it, as `person`'s condition does not."""
+        conditions, params = self._person_conditions()
+        return f"{every}{conditions}", params, bool(conditions)
 
     def online(self, today: date) -> Narrowing:
         """The condition (` AND ...`, or "" unfiltered) on online_visitors' rows that keeps the
@@ -184,6 +195,14 @@ class Filters:
         make together: the visitor is one of the ids of a live person that has both. A visitor
         never identified is its own person (plan ""); one identified later counts under its
         person in every session, those before the identify too."""
+        conditions, params = self._person_conditions()
+        if not conditions:
+            return "", {}
+        return f"anonymous_id IN ({_VISITORS_OF.format(conditions=conditions)})", params
+
+    def _person_conditions(self) -> tuple[str, dict[str, Any]]:
+        """` AND ...` on visitor_persons' rows (or "") for `plan` and `segment`, and their
+        parameters."""
         conditions = ""
         params: dict[str, Any] = {}
         if "plan" in self.values:
@@ -193,9 +212,7 @@ class Filters:
             assert self.now is not None  # parse makes sure
             conditions += SEGMENT_WHERE[self.values["segment"]]
             params.update(segment_params(self.now))
-        if not conditions:
-            return "", {}
-        return f"anonymous_id IN ({_VISITORS_OF.format(conditions=conditions)})", params
+        return conditions, params
 
 
 def _condition(column: str, param: str, value: str, glob: bool) -> str:

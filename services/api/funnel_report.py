@@ -20,11 +20,11 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from services.api.filters import SESSIONS_OF, Filters
-from werkstroom.breakdowns import EVERY_PERSON, PERSON_OF_SESSION
+from werkstroom.breakdowns import EVERY_PERSON, PERSON_OF_SESSION, with_persons
 from werkstroom.funnels import Funnel
 
 _MATCHING = (
-    "SELECT DISTINCT anonymous_id FROM breakdown_sessions FINAL WHERE project_id = {{p:String}} "
+    "SELECT {distinct}anonymous_id FROM breakdown_sessions FINAL WHERE project_id = {{p:String}} "
     "AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND is_deleted = 0{where}"
 )
 # Each matching visitor's person (werkstroom.breakdowns.EVERY_PERSON and PERSON_OF_SESSION,
@@ -33,13 +33,14 @@ _MATCHING = (
 # as funnel_counts counts them, so that a filter every counted person matches gives the
 # unfiltered report. funnel_levels' key holds person_id: narrowing by it under FINAL keeps every
 # version of a row or none.
+# With `plan` or `segment`, the persons are narrowed by them and the sessions are not
+# (Filters.persons, werkstroom.breakdowns.with_persons); nor are they made distinct then: the join
+# keeps the few sessions of those persons, where DISTINCT read every visitor of the days (at 10M
+# events, segment=premium over 30 days, p50 alone: 148 -> 115 ms).
 _FILTERED = """
 SELECT level, count() FROM funnel_levels FINAL
 WHERE project_id = {{p:String}} AND funnel_id = {{f:String}} AND last_day >= {{lo:Date}} AND is_deleted = 0
-  AND person_id IN (
-    SELECT {person} FROM ({persons}) AS m
-    RIGHT JOIN ({matching}) AS s ON m.visitor = s.anonymous_id
-  )
+  AND person_id IN (SELECT {person} FROM {joined})
 GROUP BY level
 """
 # With one rolled filter, the persons with a session of its value in the days, as the aggregator
@@ -62,9 +63,11 @@ def filtered_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     if rolled is not None:
         persons, params = rolled
         return _ROLLED.format(persons=persons), params
-    where, params = filters.where("breakdown_sessions", SESSIONS_OF)
-    matching = _MATCHING.format(where=where)
-    return _FILTERED.format(matching=matching, persons=EVERY_PERSON, person=PERSON_OF_SESSION), params
+    where, params = filters.where("breakdown_sessions", SESSIONS_OF, person=False)
+    persons, person_params, narrowed = filters.persons(EVERY_PERSON)
+    matching = _MATCHING.format(where=where, distinct="" if narrowed else "DISTINCT ")
+    joined = with_persons(matching, persons, narrowed)
+    return _FILTERED.format(joined=joined, person=PERSON_OF_SESSION), {**params, **person_params}
 
 
 def filtered_counts(client: Client, funnel: Funnel, days: int, today: date, filters: Filters) -> list[int]:

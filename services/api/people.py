@@ -20,7 +20,7 @@ from services.api import queries
 from services.api.filters import ONLINE_DAYS, ROLLED_PERSON_DAYS, Filters
 from services.api.queries import ONLINE_WINDOW, WEEK, Narrowing, T
 from werkstroom import churn, timezones
-from werkstroom.breakdowns import EVERY_PERSON_OF, PERSON_OF_SESSION
+from werkstroom.breakdowns import EVERY_PERSON_OF, PERSON_OF_SESSION, with_persons
 
 #: The first and the last day a Date holds: "every day the breakdown tables hold".
 FIRST_DAY = date(1970, 1, 1)
@@ -32,10 +32,11 @@ LAST_DAY = date(2149, 6, 6)
 # (werkstroom.breakdowns.EVERY_PERSON_OF) are joined to the matching sessions, held in memory,
 # as the activity chart does: narrowing them to the matching visitors first read those sessions
 # twice.
+# With `plan` or `segment`, the persons are narrowed by them and the sessions are not
+# (Filters.persons, werkstroom.breakdowns.with_persons).
 _PERSON_DAYS = """
 SELECT {person} AS person_id, s.day AS day, m.first_day AS first_day
-FROM ({persons}) AS m
-RIGHT JOIN ({matching}) AS s ON m.visitor = s.anonymous_id
+FROM {joined}
 """
 # With one rolled filter, _PERSON_DAYS's (person_id, day) are person_activity_by's rows of its value
 # (services.api.filters.ROLLED_PERSON_DAYS), as the aggregator computed them: a run of rows
@@ -91,8 +92,10 @@ def person_days(filters: Filters) -> tuple[str, dict[str, Any]]:
     rolled = filters.rolled_person_days()
     if rolled is not None:
         return rolled
-    matching, params = filters.matching("day, anonymous_id")
-    return _PERSON_DAYS.format(matching=matching, persons=EVERY_PERSON_OF, person=PERSON_OF_SESSION), params
+    matching, params = filters.matching("day, anonymous_id", person=False)
+    persons, person_params, narrowed = filters.persons(EVERY_PERSON_OF)
+    joined = with_persons(matching, persons, narrowed)
+    return _PERSON_DAYS.format(joined=joined, person=PERSON_OF_SESSION), {**params, **person_params}
 
 
 def persons_counts_sql(filters: Filters) -> tuple[str, dict[str, Any]]:

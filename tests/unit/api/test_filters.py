@@ -23,6 +23,7 @@ from services.api.queries import (
 )
 from services.api.routes.breakdowns import BreakdownArgs, breakdown_args, period_of
 from services.api.routes.filtering import filters_of, session_filters_of
+from werkstroom.breakdowns import EVERY_PERSON
 from werkstroom.clickhouse.tables import SESSION_ATTRIBUTES
 from werkstroom.funnels import glob_matches, like_pattern
 
@@ -125,6 +126,23 @@ def test_person_filters_are_one_condition_after_the_sessions_ones() -> None:
     )
     filtered, _ = breakdown_sql("os", f)
     assert "FROM visitor_persons FINAL" in filtered and "FROM breakdown_sessions FINAL" in filtered
+
+
+def test_joined_to_persons_the_person_filters_narrow_the_persons_not_the_sessions() -> None:
+    f = Filters.parse({"segment": "active", "country": "NL", "plan": "premium"}, NOW)
+    assert f.where("breakdown_sessions", SUB, person=False) == (
+        " AND country = {f_country:String}",
+        {"f_country": "NL"},
+    )
+    persons, params, narrowed = f.persons(EVERY_PERSON)
+    assert persons == f"{EVERY_PERSON} AND plan = {{f_plan:String}}{SEGMENT_WHERE['active']}"
+    assert params == {
+        "f_plan": "premium",
+        "active_since": NOW - ACTIVE_DAYS,
+        "inactive_since": NOW - INACTIVE_DAYS,
+    }
+    assert narrowed
+    assert Filters.parse({"country": "NL"}).persons(EVERY_PERSON) == (EVERY_PERSON, {}, False)
 
 
 def test_a_segment_must_be_known_and_have_a_clock() -> None:
