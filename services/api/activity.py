@@ -46,7 +46,7 @@ _SESSIONS = "day, anonymous_id, page_views, duration_ms"
 # the breakdowns' split of the days (services.api.breakdowns.ROLLED_DAYS).
 _ROLLED_DAYS = ROLLED_DAYS.format(table="activity_daily_by", marker="filter = ''")
 _ROLLED = f"""SELECT day, {", ".join(ACTIVITY_FIGURES)} FROM activity_daily_by FINAL
-WHERE project_id = {{p:String}} AND filter = {{column:String}} AND filter_value = {{fv:String}}
+WHERE project_id = {{p:String}} AND filter = {{rf:String}} AND filter_value = {{rv:String}}
   AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND has(rolled, day) AND is_deleted = 0
 UNION ALL
 """
@@ -54,10 +54,11 @@ UNION ALL
 
 # The live days under one rolled-up filter: the sessions' figures from the matching rows alone,
 # and the persons of each day from person_activity_by (migration 0031: the same persons of the
-# day's matching sessions, kept by the aggregator), new when persons_first_day has that day for
-# them. Computing them as above read every visitor's person (visitor_persons whole) for a day or
-# two of sessions: at 10M events, the 30-day chart of one country, device or source, p50 alone:
-# 64-85 ms -> 31-38 ms (bench/README.md, 2026-12-04 stop 37).
+# day's matching sessions, kept by the aggregator; services.api.filters.ROLLED_PERSON_DAYS), new
+# when persons_first_day has that day for them. Computing them as above read every visitor's
+# person (visitor_persons whole) for a day or two of sessions: at 10M events, the 30-day chart
+# of one country, device or source, p50 alone: 64-85 ms -> 31-38 ms (bench/README.md,
+# 2026-12-04 stop 37).
 _LIVE = """SELECT s.day AS day, w.persons AS persons, w.new_persons AS new_persons, s.n AS sessions,
        s.views AS page_views, s.bounces AS bounced, s.ms AS duration_ms
 FROM (SELECT day, count() AS n, sum(page_views) AS views, countIf(page_views = 1) AS bounces,
@@ -65,9 +66,7 @@ FROM (SELECT day, count() AS n, sum(page_views) AS views, countIf(page_views = 1
       FROM ({matching} AND has(live, day)) GROUP BY day) AS s
 LEFT JOIN (
     SELECT a.day AS day, count() AS persons, countIf(f.day = a.day) AS new_persons
-    FROM (SELECT day, person_id FROM person_activity_by FINAL
-          WHERE project_id = {{p:String}} AND has(live, day) AND filter = {{column:String}}
-            AND filter_value = {{fv:String}} AND is_deleted = 0) AS a
+    FROM ({persons} AND has(live, day)) AS a
     LEFT JOIN (SELECT person_id, day FROM persons_first_day FINAL
                WHERE project_id = {{p:String}} AND has(live, day) AND is_deleted = 0) AS f
         ON a.person_id = f.person_id
@@ -80,17 +79,16 @@ def filtered_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     `filters` matches over {lo:Date}..{hi:Date} of project {p:String} in zone {tz:String}, and
     the filters' parameters; with one rolled-up filter also {today:Date}, the rolled days read
     from activity_daily_by. Every value is a parameter; the SQL is chosen from constants only."""
-    rolled = filters.rolled()
+    rolled = filters.rolled_person_days()
     if rolled is None:
         matching, params = filters.matching(_SESSIONS, person=False)
         persons, person_params, narrowed = filters.persons(EVERY_PERSON_OF)
         figures = activity_figures_sql(matching, persons=persons, narrowed=narrowed)
         return f"{_DAY}{figures})", {**params, **person_params}
     matching, params = filters.matching(_SESSIONS)
-    column, value = rolled
-    live = _LIVE.format(matching=matching)
-    sql = f"{_ROLLED_DAYS}{_DAY}{_ROLLED}{live})"
-    return sql, {**params, "column": column, "fv": value}
+    persons, rolled_params = rolled
+    live = _LIVE.format(matching=matching, persons=persons)
+    return f"{_ROLLED_DAYS}{_DAY}{_ROLLED}{live})", {**params, **rolled_params}
 
 
 def activity(

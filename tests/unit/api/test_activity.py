@@ -70,11 +70,11 @@ def test_one_filter_on_an_entry_page_attribute_reads_its_rolled_up_days() -> Non
     hostile = "x' OR 1=1 --"
     sql, params = filtered_sql(Filters.parse({"device": hostile}))
     assert hostile not in sql
-    assert params == {"f_device": hostile, "column": "device_type", "fv": hostile}
+    assert params == {"f_device": hostile, "rf": "device_type", "rv": hostile}
     # the rolled days from activity_daily_by (its markers, then the filter's rows), the others
     # from the matching sessions of those days only, each read once
     assert sql.count("FROM activity_daily_by FINAL") == 2
-    assert "filter = {column:String} AND filter_value = {fv:String}" in sql
+    assert sql.count("filter = {rf:String} AND filter_value = {rv:String}") == 2
     assert sql.count("FROM breakdown_sessions FINAL") == 1
     assert "device_type = {f_device:String} AND has(live, day)" in sql
     # the live days' persons from person_activity_by and their first days, not every visitor's
@@ -82,7 +82,7 @@ def test_one_filter_on_an_entry_page_attribute_reads_its_rolled_up_days() -> Non
     assert sql.count("FROM person_activity_by FINAL") == 1 and "has(live, day)" in sql
     assert "FROM persons_first_day FINAL" in sql and "visitor_persons" not in sql
     named = set(re.findall(r"\{(\w+):", sql))
-    assert named == {"p", "lo", "hi", "today", "f_device", "column", "fv"}
+    assert named == {"p", "lo", "hi", "today", "f_device", "rf", "rv"}
 
 
 def test_other_filter_sets_compute_every_day_from_the_sessions() -> None:
