@@ -121,7 +121,7 @@ def with_persons(sessions: str, persons: str = EVERY_PERSON_OF, narrowed: bool =
     session is kept, and the sessions are held in memory. Narrowed (a condition on the persons,
     services.api.filters.Filters.persons), only the sessions of those persons' visitors are
     kept, and the persons, fewer, are held in memory: with segment=premium at 10M events
-    (64,042 of 1,026,902 visitors), 30 days of the activity chart 155 -> 94 ms p50 alone, against
+    (64,042 of 1,026,902 visitors), 30 days of the activity chart 139 -> 103 ms p50 alone, against
     narrowing the sessions to the persons' visitors first and joining every visitor's person
     (bench/README.md, 2026-12-04 stop 38)."""
     if narrowed:
