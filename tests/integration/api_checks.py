@@ -13,14 +13,15 @@ import httpx
 
 
 async def eventually(fetch: Callable[[], Awaitable[Any]], expected: Any, timeout: float = 30) -> None:
-    """Poll until `fetch()` gives `expected`; then assert it, so a failure shows the difference."""
+    """Poll until `fetch()` gives `expected`; then assert it, naming both: pytest rewrites the
+    asserts of test modules only, so a bare assert here said just AssertionError."""
     deadline = time.monotonic() + timeout
     while True:
         got = await fetch()
         if got == expected or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.2)
-    assert got == expected
+    assert got == expected, f"after {timeout} s: got {got!r}, expected {expected!r}"
 
 
 async def users(api: httpx.AsyncClient, base: str, segment: str = "all") -> list[dict[str, Any]]:
