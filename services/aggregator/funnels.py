@@ -18,6 +18,7 @@ on, a few hundred rows whatever the number of persons.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -151,28 +152,40 @@ def _write_levels(
     rows += [[project_id, f, k, d, p, 1, version] for f, k, d, p in removed]
     insert_rows(client, "funnel_levels", rows, FUNNEL_LEVELS_COLUMNS)
     cells = {(f, k, d) for f, k, d, _p in added} | {(f, k, d) for f, k, d, _p in removed}
-    return len(rows) + _recount(client, project_id, cells, version)
+    return len(rows) + _recount(client, project_id, cells)
 
 
-def _recount(client: Client, project_id: str, cells: set[tuple[str, int, date]], version: int) -> int:
+# One recount of funnel_counts cells at a time in this process, each with a version taken when
+# it starts, under the lock: the count written last, and kept, is the one read last. A cell's
+# count is read from every person's levels, which the back-fill (a thread of its own) and the
+# batches' recomputations both write; with the writer's own version (taken before its reading
+# of events), a recomputation that counted before a back-fill wrote its levels outranked the
+# back-fill's later, complete count, or a back-fill's count outranked a later one, and the cell
+# stayed short until some batch touched it again (a client matrix test's funnel in CI).
+_RECOUNTING = threading.Lock()
+
+
+def _recount(client: Client, project_id: str, cells: set[tuple[str, int, date]]) -> int:
     """Rewrite these (funnel, level, day) cells of funnel_counts from funnel_levels."""
-    counted = {
-        (f, int(k), d): n
-        for f, k, d, n in client.query(
-            "SELECT funnel_id, level, last_day, count() FROM funnel_levels FINAL "
-            "WHERE project_id = {p:String} AND funnel_id IN {f:Array(String)} "
-            "AND level IN {k:Array(UInt8)} AND last_day IN {d:Array(Date)} AND is_deleted = 0 "
-            "GROUP BY funnel_id, level, last_day",
-            parameters={
-                "p": project_id,
-                "f": sorted({c[0] for c in cells}),
-                "k": sorted({c[1] for c in cells}),
-                "d": sorted({c[2] for c in cells}),
-            },
-        ).result_rows
-    }
-    rows = [[project_id, f, k, d, counted.get((f, k, d), 0), version] for f, k, d in sorted(cells)]
-    insert_rows(client, "funnel_counts", rows, FUNNEL_COUNTS_COLUMNS)
+    with _RECOUNTING:
+        version = next_version()
+        counted = {
+            (f, int(k), d): n
+            for f, k, d, n in client.query(
+                "SELECT funnel_id, level, last_day, count() FROM funnel_levels FINAL "
+                "WHERE project_id = {p:String} AND funnel_id IN {f:Array(String)} "
+                "AND level IN {k:Array(UInt8)} AND last_day IN {d:Array(Date)} AND is_deleted = 0 "
+                "GROUP BY funnel_id, level, last_day",
+                parameters={
+                    "p": project_id,
+                    "f": sorted({c[0] for c in cells}),
+                    "k": sorted({c[1] for c in cells}),
+                    "d": sorted({c[2] for c in cells}),
+                },
+            ).result_rows
+        }
+        rows = [[project_id, f, k, d, counted.get((f, k, d), 0), version] for f, k, d in sorted(cells)]
+        insert_rows(client, "funnel_counts", rows, FUNNEL_COUNTS_COLUMNS)
     return len(rows)
 
 
@@ -246,16 +259,33 @@ def backfill(
         if person_id is not None:
             events[person_id].append((ms, name, path))
     window_ms = funnel.window_seconds * 1000
-    steps = len(funnel.steps)
     zone = time_zone(client, funnel.project_id)
+    reached = {
+        person_id: progress(funnel.steps, window_ms, person_events, zone)
+        for person_id, person_events in events.items()
+    }
+    return write_backfill(client, funnel, reached, version, chunk, should_stop)
+
+
+def write_backfill(
+    client: Client,
+    funnel: Funnel,
+    reached: dict[str, dict[date, int]],
+    version: int,
+    chunk: int = 20_000,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Write a back-fill's progress (person -> day -> level reached by the attempts of that day
+    on) and levels with `version`, then recount the funnel_counts cells they fall in; returns
+    rows written."""
+    steps = len(funnel.steps)
     written = 0
     batch: list[list[Any]] = []
     levels: list[list[Any]] = []
     cells: set[tuple[int, date]] = set()
-    for person_id, person_events in events.items():
-        rows = progress(funnel.steps, window_ms, person_events, zone)
-        for day, reached in rows.items():
-            batch.append([funnel.project_id, funnel.funnel_id, day, person_id, reached, 0, version])
+    for person_id, rows in reached.items():
+        for day, level in rows.items():
+            batch.append([funnel.project_id, funnel.funnel_id, day, person_id, level, 0, version])
         for k, day in enumerate(latest_days(rows, steps), 1):
             if day is not None:
                 levels.append([funnel.project_id, funnel.funnel_id, k, day, person_id, 0, version])
@@ -275,9 +305,9 @@ def backfill(
     if levels:
         insert_rows(client, "funnel_levels", levels, FUNNEL_LEVELS_COLUMNS)
         written += len(levels)
-    # The cells from the back-fill's own counts, then recounted from funnel_levels: the
-    # aggregator may have written persons of this funnel meanwhile.
-    recounted = _recount(client, funnel.project_id, {(funnel.funnel_id, k, d) for k, d in cells}, version)
+    # The cells from the back-fill's own levels, recounted from funnel_levels: the aggregator
+    # may have written persons of this funnel meanwhile (_recount).
+    recounted = _recount(client, funnel.project_id, {(funnel.funnel_id, k, d) for k, d in cells})
     return written + recounted
 
 
