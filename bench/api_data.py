@@ -56,7 +56,13 @@ from clickhouse_connect.driver.client import Client  # noqa: E402
 from services.aggregator.breakdowns import roll_up  # noqa: E402
 from services.aggregator.derived import refresh_churn  # noqa: E402
 from werkstroom import projects, timezones  # noqa: E402
-from werkstroom.breakdowns import ACTIVITY_FIGURES, ROLLED_FILTERS, activity_figures_sql, filter_pairs  # noqa: E402
+from werkstroom.breakdowns import (  # noqa: E402
+    ACTIVITY_FIGURES,
+    ROLLED_FILTERS,
+    activity_figures_sql,
+    filter_pairs,
+    with_persons,
+)
 from werkstroom.clickhouse.migrate import Migration, load_migrations  # noqa: E402
 from werkstroom.clickhouse.tables import (  # noqa: E402
     FUNNELS_COLUMNS,
@@ -942,7 +948,7 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
     for name, *figures in by_filter:
         expect(f"activity_daily_by {name} sums", tuple(figures), tuple(sums))
     live = activity_figures_sql(
-        f"SELECT day, anonymous_id, page_views, duration_ms {settled} AND country = 'NL'"
+        with_persons(f"SELECT day, anonymous_id, page_views, duration_ms {settled} AND country = 'NL'")
     )
     expect(
         "activity_daily_by country NL",

@@ -117,13 +117,13 @@ PERSON_OF_SESSION = "if(m.visitor = '', s.anonymous_id, m.person)"
 def with_persons(sessions: str, persons: str = EVERY_PERSON_OF, narrowed: bool = False) -> str:
     """The FROM clause joining the sessions `sessions` selects (with `anonymous_id`), as `s`, to
     their visitors' persons `persons` (EVERY_PERSON or EVERY_PERSON_OF, or with `narrowed` some
-    of their rows), as `m`, for PERSON_OF_SESSION. Whole, the persons are the outer side: every
-    session is kept, and the sessions are held in memory. Narrowed (a condition on the persons,
-    services.api.filters.Filters.persons), only the sessions of those persons' visitors are
-    kept, and the persons, fewer, are held in memory: with segment=premium at 10M events
-    (64,042 of 1,026,902 visitors), 30 days of the activity chart 139 -> 103 ms p50 alone, against
-    narrowing the sessions to the persons' visitors first and joining every visitor's person
-    (bench/README.md, 2026-12-04 stop 38)."""
+    of their rows: services.api.filters.Filters.with_persons), as `m`, for PERSON_OF_SESSION.
+    Whole, the persons are the outer side: every session is kept, and the sessions are held in
+    memory. Narrowed (a condition on the persons), only the sessions of those persons' visitors
+    are kept, and the persons, fewer, are held in memory: with segment=premium at 10M events
+    (64,042 of 1,026,902 visitors), 30 days of the activity chart 139 -> 103 ms p50 alone,
+    against narrowing the sessions to the persons' visitors first and joining every visitor's
+    person (bench/README.md, 2026-12-04 stop 38)."""
     if narrowed:
         return f"({sessions}) AS s INNER JOIN ({persons}) AS m ON m.visitor = s.anonymous_id"
     return f"({persons}) AS m RIGHT JOIN ({sessions}) AS s ON m.visitor = s.anonymous_id"
@@ -136,23 +136,20 @@ def with_persons(sessions: str, persons: str = EVERY_PERSON_OF, narrowed: bool =
 ACTIVITY_FIGURES = ["persons", "new_persons", "sessions", "page_views", "bounced", "duration_ms"]
 
 
-def activity_figures_sql(
-    sessions: str, keys: str = "", names: str = "", persons: str = EVERY_PERSON_OF, narrowed: bool = False
-) -> str:
-    """SELECT day{names} and ACTIVITY_FIGURES per day{names}, of the sessions `sessions` selects
-    (day, anonymous_id, page_views, duration_ms and the columns `keys` reads: breakdown_sessions
-    rows), each visitor resolved to its live person (EVERY_PERSON_OF), else itself, never new
-    then: what activity_daily_by holds, and what the filtered chart computes for the days it
-    does not have. `keys`: ", "-led expressions over the session (`s.`) with their aliases,
-    `names` those aliases, ", "-led. `persons` and `narrowed`: with_persons', EVERY_PERSON_OF's
-    columns. (A visitor in no persons row has visitor '' here: never new. The inner columns are
-    renamed: an alias that is also a column's name would be read as the aggregate inside another
-    one.)"""
+def activity_figures_sql(joined: str, keys: str = "", names: str = "") -> str:
+    """SELECT day{names} and ACTIVITY_FIGURES per day{names}, of the sessions that `joined` (a
+    with_persons FROM clause, EVERY_PERSON_OF's columns) joins to their persons: breakdown_sessions
+    rows with day, anonymous_id, page_views, duration_ms and the columns `keys` reads, each
+    visitor resolved to its live person, else itself, never new then: what activity_daily_by
+    holds, and what the filtered chart computes for the days it does not have. `keys`: ", "-led
+    expressions over the session (`s.`) with their aliases, `names` those aliases, ", "-led. (A
+    visitor in no persons row has visitor '' here: never new. The inner columns are renamed: an
+    alias that is also a column's name would be read as the aggregate inside another one.)"""
     return f"""SELECT day{names}, uniqExact(who) AS persons, uniqExactIf(who, new) AS new_persons,
        count() AS sessions, sum(n) AS page_views, countIf(n = 1) AS bounced, sum(ms) AS duration_ms
 FROM (SELECT s.day AS day{keys}, {PERSON_OF_SESSION} AS who,
              m.visitor != '' AND m.first_day = s.day AS new, s.page_views AS n, s.duration_ms AS ms
-      FROM {with_persons(sessions, persons, narrowed)})
+      FROM {joined})
 GROUP BY day{names}"""
 
 
@@ -168,5 +165,5 @@ def activity_by_filter_sql(where: str) -> str:
         f"SELECT day, anonymous_id, page_views, duration_ms, {', '.join(ROLLED_FILTERS)} "
         f"FROM breakdown_sessions FINAL WHERE project_id = {{p:String}} AND is_deleted = 0 AND {where}"
     )
-    figures = activity_figures_sql(sessions, f", arrayJoin([{filters}]) AS f", ", f")
+    figures = activity_figures_sql(with_persons(sessions), f", arrayJoin([{filters}]) AS f", ", f")
     return f"SELECT day, f.1 AS filter, f.2 AS filter_value, {', '.join(ACTIVITY_FIGURES)} FROM ({figures})"

@@ -36,8 +36,8 @@ _DAY = (
 # matching sessions are the join's right side, held in memory: fewer than the project's
 # visitors, and narrowing the persons to the matching visitors first cost more than reading
 # them all (at 10M events, one country over 30 days: 618 -> 511 ms; segment=premium 800 -> 473
-# ms). With `plan` or `segment`, the persons are narrowed by them instead (Filters.persons,
-# werkstroom.breakdowns.with_persons) and the sessions are not.
+# ms). With `plan` or `segment`, the persons are narrowed by them instead (Filters.with_persons)
+# and the sessions are not.
 _SESSIONS = "day, anonymous_id, page_views, duration_ms"
 # With one filter on an attribute of the entry page view (Filters.rolled), the days the
 # aggregator rolled up (a marker row, filter '', in activity_daily_by, migration 0029; only days
@@ -81,10 +81,8 @@ def filtered_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     from activity_daily_by. Every value is a parameter; the SQL is chosen from constants only."""
     rolled = filters.rolled_person_days()
     if rolled is None:
-        matching, params = filters.matching(_SESSIONS, person=False)
-        persons, person_params, narrowed = filters.persons(EVERY_PERSON_OF)
-        figures = activity_figures_sql(matching, persons=persons, narrowed=narrowed)
-        return f"{_DAY}{figures})", {**params, **person_params}
+        joined, params = filters.with_persons(_SESSIONS, EVERY_PERSON_OF)
+        return f"{_DAY}{activity_figures_sql(joined)})", params
     matching, params = filters.matching(_SESSIONS)
     persons, rolled_params = rolled
     live = _LIVE.format(matching=matching, persons=persons)

@@ -23,6 +23,7 @@ from typing import Any
 
 from services.api.queries import SEGMENT_WHERE, Narrowing, T, segment_params
 from werkstroom.breakdowns import ROLLED_FILTERS
+from werkstroom.breakdowns import with_persons as join_persons
 from werkstroom.funnels import like_pattern
 
 #: Query parameter -> the column it narrows (a SESSION_ATTRIBUTES column, or `path`). `page` is
@@ -135,7 +136,7 @@ class Filters:
         `page` on breakdown_sessions reads breakdown_pages; on breakdown_pages, whose rows hold
         a path's figures only, the session's attributes are read from breakdown_sessions. `plan`
         and `segment` are one condition on the row's visitor, the same on both tables (person);
-        left out without `person`, where the rows are joined to `persons` instead."""
+        left out without `person` (with_persons)."""
         own: list[str] = []
         of_sessions: list[str] = []
         params: dict[str, Any] = {}
@@ -165,18 +166,21 @@ class Filters:
         """A SELECT of `columns` of the breakdown_sessions rows these filters match over the
         days {lo:Date}..{hi:Date} of project {p:String} (the sessions a filtered view counts),
         and the filters' parameters; every row unfiltered. Without `person`, `plan` and
-        `segment` are left to the join with `persons`."""
+        `segment` are left out (with_persons narrows the persons by them instead)."""
         where, params = self.where("breakdown_sessions", SESSIONS_OF, person)
         return f"{_MATCHING.format(columns=columns)}{where}", params
 
-    def persons(self, every: str) -> tuple[str, dict[str, Any], bool]:
-        """`every` (werkstroom.breakdowns.EVERY_PERSON or EVERY_PERSON_OF: each visitor's live
-        person) narrowed to the persons `plan` and `segment` keep, its parameters, and whether
-        it is narrowed: the persons side of werkstroom.breakdowns.with_persons, for sessions
-        read with `matching(..., person=False)`. A visitor in no persons row is its own person
-        with plan "": no person filter keeps it, as `person`'s condition does not."""
-        conditions, params = self._person_conditions()
-        return f"{every}{conditions}", params, bool(conditions)
+    def with_persons(self, columns: str, every: str) -> tuple[str, dict[str, Any]]:
+        """The FROM clause (werkstroom.breakdowns.with_persons) joining the sessions `matching`
+        selects (`columns`, with anonymous_id), as `s`, to their visitors' persons `every`
+        (werkstroom.breakdowns.EVERY_PERSON or EVERY_PERSON_OF), as `m`, and the parameters.
+        `plan` and `segment` narrow the persons, not the sessions: only the sessions of the
+        persons they keep are joined. A visitor in no persons row is its own person with plan
+        "": no person filter keeps it, as `person`'s condition does not."""
+        matching, params = self.matching(columns, person=False)
+        conditions, person_params = self._person_conditions()
+        joined = join_persons(matching, f"{every}{conditions}", narrowed=bool(conditions))
+        return joined, {**params, **person_params}
 
     def online(self, today: date) -> Narrowing:
         """The condition (` AND ...`, or "" unfiltered) on online_visitors' rows that keeps the

@@ -20,7 +20,7 @@ from services.api import queries
 from services.api.filters import ONLINE_DAYS, ROLLED_PERSON_DAYS, Filters
 from services.api.queries import ONLINE_WINDOW, WEEK, Narrowing, T
 from werkstroom import churn, timezones
-from werkstroom.breakdowns import EVERY_PERSON_OF, PERSON_OF_SESSION, with_persons
+from werkstroom.breakdowns import EVERY_PERSON_OF, PERSON_OF_SESSION
 
 #: The first and the last day a Date holds: "every day the breakdown tables hold".
 FIRST_DAY = date(1970, 1, 1)
@@ -33,7 +33,7 @@ LAST_DAY = date(2149, 6, 6)
 # as the activity chart does: narrowing them to the matching visitors first read those sessions
 # twice.
 # With `plan` or `segment`, the persons are narrowed by them and the sessions are not
-# (Filters.persons, werkstroom.breakdowns.with_persons).
+# (Filters.with_persons).
 _PERSON_DAYS = """
 SELECT {person} AS person_id, s.day AS day, m.first_day AS first_day
 FROM {joined}
@@ -92,10 +92,8 @@ def person_days(filters: Filters) -> tuple[str, dict[str, Any]]:
     rolled = filters.rolled_person_days()
     if rolled is not None:
         return rolled
-    matching, params = filters.matching("day, anonymous_id", person=False)
-    persons, person_params, narrowed = filters.persons(EVERY_PERSON_OF)
-    joined = with_persons(matching, persons, narrowed)
-    return _PERSON_DAYS.format(joined=joined, person=PERSON_OF_SESSION), {**params, **person_params}
+    joined, params = filters.with_persons("day, anonymous_id", EVERY_PERSON_OF)
+    return _PERSON_DAYS.format(joined=joined, person=PERSON_OF_SESSION), params
 
 
 def persons_counts_sql(filters: Filters) -> tuple[str, dict[str, Any]]:

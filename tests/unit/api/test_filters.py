@@ -23,7 +23,7 @@ from services.api.queries import (
 )
 from services.api.routes.breakdowns import BreakdownArgs, breakdown_args, period_of
 from services.api.routes.filtering import filters_of, session_filters_of
-from werkstroom.breakdowns import EVERY_PERSON
+from werkstroom.breakdowns import EVERY_PERSON, with_persons
 from werkstroom.clickhouse.tables import SESSION_ATTRIBUTES
 from werkstroom.funnels import glob_matches, like_pattern
 
@@ -134,15 +134,21 @@ def test_joined_to_persons_the_person_filters_narrow_the_persons_not_the_session
         " AND country = {f_country:String}",
         {"f_country": "NL"},
     )
-    persons, params, narrowed = f.persons(EVERY_PERSON)
-    assert persons == f"{EVERY_PERSON} AND plan = {{f_plan:String}}{SEGMENT_WHERE['active']}"
+    joined, params = f.with_persons("anonymous_id", EVERY_PERSON)
+    matching = f.matching("anonymous_id", person=False)[0]
+    persons = f"{EVERY_PERSON} AND plan = {{f_plan:String}}{SEGMENT_WHERE['active']}"
+    assert joined == with_persons(matching, persons, narrowed=True)
     assert params == {
+        "f_country": "NL",
         "f_plan": "premium",
         "active_since": NOW - ACTIVE_DAYS,
         "inactive_since": NOW - INACTIVE_DAYS,
     }
-    assert narrowed
-    assert Filters.parse({"country": "NL"}).persons(EVERY_PERSON) == (EVERY_PERSON, {}, False)
+    nl = Filters.parse({"country": "NL"})
+    assert nl.with_persons("anonymous_id", EVERY_PERSON) == (
+        with_persons(nl.matching("anonymous_id")[0], EVERY_PERSON, narrowed=False),
+        {"f_country": "NL"},
+    )
 
 
 def test_a_segment_must_be_known_and_have_a_clock() -> None:
