@@ -10,7 +10,8 @@ werkstroom/funnels.py's; the report query is the API's).
 
 The tables: `funnel_progress` holds per (person, day on which one of their attempts started)
 the level reached by the attempts from that day on; `funnel_levels`, per person and level k, the
-latest day whose attempts reached k; `funnel_counts`, how many persons have each (k, day).
+latest day whose attempts reached k (one live row per person and k: `settle_levels`);
+`funnel_counts`, how many persons have each (k, day).
 Persons reaching k in the last N days = the sum of the counts of k from the first of those days
 on, a few hundred rows whatever the number of persons.
 """
@@ -122,12 +123,31 @@ def _write_levels(
     """Bring funnel_levels to `fresh` for these persons (compared with what funnel_levels
     holds, so a row left by an interrupted or concurrent write is corrected too), then recount
     the funnel_counts cells that changed."""
+    return apply_levels(client, project_id, plan_levels(client, project_id, funnels, persons, fresh, version))
+
+
+LevelRow = tuple[str, int, date, str]  # (funnel, level, last_day, person)
+# plan_levels' plan: the rows to insert, the funnel_counts cells (funnel, level, day) they fall
+# in, and the (funnel, level, person) they add
+LevelPlan = tuple[list[list[Any]], set[tuple[str, int, date]], set[tuple[str, int, str]]]
+
+
+def plan_levels(
+    client: Client,
+    project_id: str,
+    funnels: Sequence[Funnel],
+    persons: set[str],
+    fresh: dict[tuple[str, str, date], int],
+    version: int,
+) -> LevelPlan:
+    """What `_write_levels` writes: the added levels and the tombstones of the stored ones no
+    longer wanted (LevelPlan)."""
     if not persons:
-        return 0
+        return [], set(), set()
     by_person: dict[tuple[str, str], dict[date, int]] = defaultdict(dict)
     for (funnel_id, person_id, day), reached in fresh.items():
         by_person[(funnel_id, person_id)][day] = reached
-    wanted: set[tuple[str, int, date, str]] = set()
+    wanted: set[LevelRow] = set()
     for funnel in funnels:
         for person_id in persons:
             days = latest_days(by_person.get((funnel.funnel_id, person_id), {}), len(funnel.steps))
@@ -146,13 +166,64 @@ def _write_levels(
         ).result_rows
     }
     added, removed = sorted(wanted - stored), sorted(stored - wanted)
-    if not added and not removed:
-        return 0
     rows = [[project_id, f, k, d, p, 0, version] for f, k, d, p in added]
     rows += [[project_id, f, k, d, p, 1, version] for f, k, d, p in removed]
-    insert_rows(client, "funnel_levels", rows, FUNNEL_LEVELS_COLUMNS)
     cells = {(f, k, d) for f, k, d, _p in added} | {(f, k, d) for f, k, d, _p in removed}
-    return len(rows) + _recount(client, project_id, cells)
+    return rows, cells, {(f, k, p) for f, k, _d, p in added}
+
+
+def apply_levels(client: Client, project_id: str, plan: LevelPlan) -> int:
+    """Write a `plan_levels` plan, settle the persons it added levels to, and recount the
+    cells; returns rows written."""
+    rows, cells, touched = plan
+    if not rows:
+        return 0
+    insert_rows(client, "funnel_levels", rows, FUNNEL_LEVELS_COLUMNS)
+    settled, unsettled = settle_levels(client, project_id, touched)
+    return len(rows) + settled + _recount(client, project_id, cells | unsettled)
+
+
+def settle_levels(
+    client: Client, project_id: str, touched: set[tuple[str, int, str]] | None, funnel_id: str | None = None
+) -> tuple[int, set[tuple[str, int, date]]]:
+    """Leave one live level row per (funnel, person, level): the one written from the newest
+    read (the highest version; the later day on a tie), the others tombstoned. Returns the
+    tombstones written and the funnel_counts cells they leave.
+
+    Two writers of one person (two workers whose batches both hold the person, a batch replayed
+    after a rebalance, or the back-fill beside a batch) can each read the person's levels before
+    the other writes, and so write one level under two days, both live: the key holds the day.
+    Each writer settles after its write, so the later of the two settles sees both rows.
+    `touched`: the (funnel, level, person) a writer added rows of; None with `funnel_id`: every
+    person of that funnel (the back-fill's)."""
+    if touched is None:
+        where, params = "funnel_id = {f:String}", {"f": funnel_id}
+    elif touched:
+        # the levels too: the key's prefix, so the persons' index is looked at in those only
+        where = (
+            "funnel_id IN {f:Array(String)} AND level IN {k:Array(UInt8)} "
+            "AND person_id IN {ids:Array(String)}"
+        )
+        params = {
+            "f": sorted({f for f, _k, _p in touched}),
+            "k": sorted({k for _f, k, _p in touched}),
+            "ids": StringArray(sorted({p for _f, _k, p in touched})),
+        }
+    else:
+        return 0, set()
+    rows: list[list[Any]] = []
+    for f, k, p, days in client.query(
+        "SELECT funnel_id, level, person_id, groupArray((version, last_day)) FROM funnel_levels FINAL "
+        f"WHERE project_id = {{p:String}} AND {where} AND is_deleted = 0 "
+        "GROUP BY funnel_id, level, person_id HAVING count() > 1",
+        parameters={"p": project_id, **params},
+    ).result_rows:
+        # A tombstone outranks just the row it ends (version + 1), not a later write of that key.
+        rows += [[project_id, f, int(k), d, p, 1, v + 1] for v, d in sorted(days)[:-1]]
+    if rows:
+        insert_rows(client, "funnel_levels", rows, FUNNEL_LEVELS_COLUMNS)
+        log.info("funnel_levels_settled", project_id=project_id, rows=len(rows))
+    return len(rows), {(f, k, d) for _p, f, k, d, *_rest in rows}
 
 
 # One recount of funnel_counts cells at a time in this process, each with a version taken when
@@ -305,10 +376,12 @@ def write_backfill(
     if levels:
         insert_rows(client, "funnel_levels", levels, FUNNEL_LEVELS_COLUMNS)
         written += len(levels)
-    # The cells from the back-fill's own levels, recounted from funnel_levels: the aggregator
-    # may have written persons of this funnel meanwhile (_recount).
-    recounted = _recount(client, funnel.project_id, {(funnel.funnel_id, k, d) for k, d in cells})
-    return written + recounted
+    # A batch may have written persons of this funnel meanwhile: their levels settled against
+    # the back-fill's, then the cells from the back-fill's own levels and the settled ones
+    # recounted from funnel_levels (_recount).
+    settled, unsettled = settle_levels(client, funnel.project_id, None, funnel.funnel_id)
+    cells_of = {(funnel.funnel_id, k, d) for k, d in cells}
+    return written + settled + _recount(client, funnel.project_id, cells_of | unsettled)
 
 
 def pending(client: Client) -> list[tuple[str, str]]:

@@ -57,3 +57,66 @@ def test_a_back_fill_and_a_recomputation_leave_the_count_of_both(database: Clien
         backfill(next_version())
         refresh(refreshed)
     assert counts(database, funnel) == {1: 2, 2: 2}
+
+
+LATER = date(2026, 11, 21)
+
+
+def live_levels(client: Client, funnel: funnels.Funnel) -> list[tuple[int, date, str]]:
+    return sorted(
+        (int(k), d, p)
+        for k, d, p in client.query(
+            "SELECT level, last_day, person_id FROM funnel_levels FINAL "
+            "WHERE project_id = {p:String} AND funnel_id = {f:String} AND is_deleted = 0",
+            parameters={"p": funnel.project_id, "f": funnel.funnel_id},
+        ).result_rows
+    )
+
+
+def counts_by_day(client: Client, funnel: funnels.Funnel) -> dict[tuple[int, date], int]:
+    return {
+        (int(k), d): int(n)
+        for k, d, n in client.query(
+            "SELECT level, day, persons FROM funnel_counts FINAL "
+            "WHERE project_id = {p:String} AND funnel_id = {f:String}",
+            parameters={"p": funnel.project_id, "f": funnel.funnel_id},
+        ).result_rows
+    }
+
+
+@pytest.mark.parametrize("newer_writes", ["first", "last"])
+def test_two_recomputations_of_one_person_leave_one_level_row_each(
+    database: Client, newer_writes: str
+) -> None:
+    """Two workers (or a batch and its replay after a rebalance) recompute u1: the older read
+    saw u1 finish the funnel on DAY, the newer one on LATER too. Both read funnel_levels before
+    either wrote, so each would write its own day: the level must end under the newer day only,
+    whichever writes first, and the counts must follow."""
+    migrate(database)
+    project = projects.create_project(database, "Shop")
+    funnel = funnels.create_funnel(database, project.project_id, "A then B", STEPS)
+
+    def plan(fresh: dict[date, int]) -> tuple:  # type: ignore[type-arg]
+        rows = {(funnel.funnel_id, "u1", d): lvl for d, lvl in fresh.items()}
+        return kept.plan_levels(database, project.project_id, [funnel], {"u1"}, rows, next_version())
+
+    older = plan({DAY: 2})
+    newer = plan({DAY: 2, LATER: 2})
+    for written in [newer, older] if newer_writes == "first" else [older, newer]:
+        kept.apply_levels(database, project.project_id, written)
+    assert live_levels(database, funnel) == [(1, LATER, "u1"), (2, LATER, "u1")]
+    assert counts_by_day(database, funnel) == {(1, DAY): 0, (2, DAY): 0, (1, LATER): 1, (2, LATER): 1}
+
+
+def test_a_back_fill_older_than_a_recomputation_leaves_the_recomputations_levels(database: Client) -> None:
+    """The back-fill read u1's events (finished on DAY) before a batch's recomputation saw u1
+    finish again on LATER and wrote that; the back-fill writes after it, without reading levels."""
+    migrate(database)
+    project = projects.create_project(database, "Shop")
+    funnel = funnels.create_funnel(database, project.project_id, "A then B", STEPS)
+    back_filled = next_version()
+    fresh = {(funnel.funnel_id, "u1", DAY): 2, (funnel.funnel_id, "u1", LATER): 2}
+    kept._write_levels(database, project.project_id, [funnel], {"u1"}, fresh, next_version())
+    kept.write_backfill(database, funnel, {"u1": {DAY: 2}, "u2": {DAY: 1}}, back_filled)
+    assert live_levels(database, funnel) == [(1, DAY, "u2"), (1, LATER, "u1"), (2, LATER, "u1")]
+    assert counts_by_day(database, funnel) == {(1, DAY): 1, (2, DAY): 0, (1, LATER): 1, (2, LATER): 1}
