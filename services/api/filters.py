@@ -70,7 +70,8 @@ _MATCHING = (
 #: visitors online now (a plain read of online_visitors, a superset of who is online: the outer
 #: query decides). The key (project, day, visitor) then skips the granules holding none of them,
 #: which helps while few are online against the days' sessions; with many online the read
-#: approaches the two days' rows. Its {lo}..{hi} are Filters.online's days.
+#: approaches the two days' rows, and past 10,000 the key is not looked at for them
+#: (services.api.deps.READ_SETTINGS). Its {lo}..{hi} are Filters.online's days.
 ONLINE_SESSIONS_OF = (
     f"{SESSIONS_OF} AND anonymous_id IN (SELECT anonymous_id FROM online_visitors "
     f"WHERE project_id = {{{{p:String}}}} AND last_event_at >= {{{{since:{T}}}}})"
