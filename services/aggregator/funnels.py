@@ -103,27 +103,14 @@ def recompute(
             for day, reached in progress(funnel.steps, window_ms, person_events, zone).items():
                 fresh[(funnel.funnel_id, person_id, day)] = reached
     persons = set(members) | gone
-    written = _write_levels(client, project_id, funnels, persons, fresh, version)
+    levels = plan_levels(client, project_id, funnels, persons, fresh, version)
+    written = apply_levels(client, project_id, levels)
     return written + _write_progress(client, project_id, funnels, persons, fresh, version)
 
 
 def latest_days(rows: dict[date, int], steps: int) -> list[date | None]:
     """For levels 1..steps: the latest day whose attempts reached that level (None: never)."""
     return [max((d for d, lvl in rows.items() if lvl >= k), default=None) for k in range(1, steps + 1)]
-
-
-def _write_levels(
-    client: Client,
-    project_id: str,
-    funnels: Sequence[Funnel],
-    persons: set[str],
-    fresh: dict[tuple[str, str, date], int],
-    version: int,
-) -> int:
-    """Bring funnel_levels to `fresh` for these persons (compared with what funnel_levels
-    holds, so a row left by an interrupted or concurrent write is corrected too), then recount
-    the funnel_counts cells that changed."""
-    return apply_levels(client, project_id, plan_levels(client, project_id, funnels, persons, fresh, version))
 
 
 LevelRow = tuple[str, int, date, str]  # (funnel, level, last_day, person)
@@ -140,8 +127,9 @@ def plan_levels(
     fresh: dict[tuple[str, str, date], int],
     version: int,
 ) -> LevelPlan:
-    """What `_write_levels` writes: the added levels and the tombstones of the stored ones no
-    longer wanted (LevelPlan)."""
+    """How to bring funnel_levels to `fresh` for these persons (LevelPlan): the levels to add
+    and tombstones for the stored ones no longer wanted, compared with what funnel_levels holds,
+    so that a row left by an interrupted or concurrent write is corrected too."""
     if not persons:
         return [], set(), set()
     by_person: dict[tuple[str, str], dict[date, int]] = defaultdict(dict)
@@ -174,7 +162,7 @@ def plan_levels(
 
 def apply_levels(client: Client, project_id: str, plan: LevelPlan) -> int:
     """Write a `plan_levels` plan, settle the persons it added levels to, and recount the
-    cells; returns rows written."""
+    funnel_counts cells that changed; returns rows written."""
     rows, cells, touched = plan
     if not rows:
         return 0

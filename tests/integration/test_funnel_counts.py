@@ -1,6 +1,8 @@
-"""A funnel's counts (funnel_counts) when a back-fill and a batch's recomputation write the same
-cells: whichever order their writes and recounts come in, each cell ends as the count of the
-persons' levels that both wrote (services.aggregator.funnels._recount)."""
+"""A funnel's levels and counts when two writers write the same persons or cells (a back-fill and
+a batch's recomputation, two workers, a replay): whichever order their writes and recounts come
+in, each person keeps one live level row per level, the newest read's
+(services.aggregator.funnels.settle_levels), and each cell ends as the count of the persons'
+levels (_recount)."""
 
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ def test_a_back_fill_and_a_recomputation_leave_the_count_of_both(database: Clien
 
     def refresh(version: int) -> None:  # the batch's person u2 reached both steps too
         fresh = {(funnel.funnel_id, "u2", DAY): 2}
-        kept._write_levels(database, project.project_id, [funnel], {"u2"}, fresh, version)
+        plan = kept.plan_levels(database, project.project_id, [funnel], {"u2"}, fresh, version)
+        kept.apply_levels(database, project.project_id, plan)
 
     if order == "refresh counts first, newer":
         # The back-fill took its version, then read; a batch came and its recomputation (a
@@ -116,7 +119,8 @@ def test_a_back_fill_older_than_a_recomputation_leaves_the_recomputations_levels
     funnel = funnels.create_funnel(database, project.project_id, "A then B", STEPS)
     back_filled = next_version()
     fresh = {(funnel.funnel_id, "u1", DAY): 2, (funnel.funnel_id, "u1", LATER): 2}
-    kept._write_levels(database, project.project_id, [funnel], {"u1"}, fresh, next_version())
+    plan = kept.plan_levels(database, project.project_id, [funnel], {"u1"}, fresh, next_version())
+    kept.apply_levels(database, project.project_id, plan)
     kept.write_backfill(database, funnel, {"u1": {DAY: 2}, "u2": {DAY: 1}}, back_filled)
     assert live_levels(database, funnel) == [(1, DAY, "u2"), (1, LATER, "u1"), (2, LATER, "u1")]
     assert counts_by_day(database, funnel) == {(1, DAY): 1, (2, DAY): 0, (1, LATER): 1, (2, LATER): 1}
