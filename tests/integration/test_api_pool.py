@@ -41,3 +41,18 @@ async def test_the_pools_clients_read_with_the_apis_settings_and_no_other_client
             other.close()
     finally:
         pool.close()
+
+
+async def test_a_setting_the_server_does_not_know_is_left_out_and_the_pool_still_reads(
+    infra: Infra, names: dict[str, str], database: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server older than a READ_SETTINGS entry would refuse every query that carries it."""
+    from services.api import deps
+
+    monkeypatch.setattr(deps, "READ_SETTINGS", {**READ_SETTINGS, "werkstroom_no_such_setting": 1})
+    pool = ClickHousePool(lambda: connect(infra.clickhouse_url, names["clickhouse_database"]), size=1)
+    try:
+        assert await pool.run(lambda c: c.query("SELECT 1").result_rows) == [(1,)]
+        assert await pool.run(settings_of) == READ_SETTINGS  # the known ones still set
+    finally:
+        pool.close()
