@@ -67,7 +67,7 @@ class ClickHousePool:
         self._made: list[Client] = []
         self._making = 0
         self._exports = asyncio.Semaphore(EXPORTS_AT_ONCE)
-        self._unknown: set[str] = set()  # READ_SETTINGS the server does not know, warned once
+        self._settings: dict[str, int] | None = None  # READ_SETTINGS the server knows, once read
 
     async def _acquire(self) -> Client:
         if self._idle.empty() and len(self._made) + self._making < self._size:
@@ -82,21 +82,22 @@ class ClickHousePool:
 
     def _open(self) -> Client:
         """A client of `factory` with READ_SETTINGS, those the server knows: a server that does
-        not (older than ClickHouse 23.4 for the IN sets' limit) would refuse every query."""
+        not (older than ClickHouse 23.4 for the IN sets' limit) would refuse every query. The
+        server's settings are read with the first client only."""
         client = self._factory()
-        known = {
-            name
-            for (name,) in client.query(
-                "SELECT name FROM system.settings WHERE name IN {names:Array(String)}",
-                parameters={"names": sorted(READ_SETTINGS)},
-            ).result_rows
-        }
-        for name, value in READ_SETTINGS.items():
-            if name in known:
-                client.set_client_setting(name, value)
-            elif name not in self._unknown:
-                self._unknown.add(name)
+        if self._settings is None:
+            known = {
+                name
+                for (name,) in client.query(
+                    "SELECT name FROM system.settings WHERE name IN {names:Array(String)}",
+                    parameters={"names": sorted(READ_SETTINGS)},
+                ).result_rows
+            }
+            for name in sorted(READ_SETTINGS.keys() - known):
                 log.warning("clickhouse_setting_unknown", setting=name, effect="the API reads without it")
+            self._settings = {name: value for name, value in READ_SETTINGS.items() if name in known}
+        for name, value in self._settings.items():
+            client.set_client_setting(name, value)
         return client
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
