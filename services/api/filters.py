@@ -157,9 +157,9 @@ class Filters:
         if of_sessions:
             found = f"{sessions_of.format(table='breakdown_sessions')} AND {' AND '.join(of_sessions)}"
             own.append(f"session_id IN ({found})")
-        person, person_params = self.person() if person else ("", {})
-        if person:
-            own.append(person)
+        of_person, person_params = self.person() if person else ("", {})
+        if of_person:
+            own.append(of_person)
             params.update(person_params)
         return "".join(f" AND {c}" for c in own), params
 
