@@ -696,6 +696,10 @@ def generate(
         step("person_activity_by (0031)", statement)
     for table in BY_DAY:
         by_day(table)
+    # Each person's first and last day per filter value (person_first_by), which the aggregator
+    # rewrites with person_activity_by: here migration 0033's back-fill, from its rows.
+    for statement in _migration("0033_person_first_by.sql").statements():
+        step("person_first_by (0033)", statement)
     # and the settled days' roll-up, as the aggregator writes it when a day changes
     t = time.perf_counter()
     settled = {
@@ -931,6 +935,19 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
         "person_activity_by_person (person_activity_by's copy, row for row)",
         one(stored.format(t="person_activity_by_person")),
         one(stored.format(t="person_activity_by")),
+    )
+    # person_first_by (migration 0033): person_activity_by's days folded per person and value
+    expect(
+        "person_first_by (each person's first and last day per filter value)",
+        one(
+            "SELECT count(), sum(cityHash64(filter, filter_value, person_id, first_day, last_day)) "
+            "FROM person_first_by FINAL WHERE project_id = {p:String} AND is_deleted = 0"
+        ),
+        one(
+            "SELECT count(), sum(cityHash64(filter, filter_value, person_id, f, l)) FROM ("
+            "SELECT filter, filter_value, person_id, min(day) AS f, max(day) AS l FROM person_activity_by FINAL "
+            "WHERE project_id = {p:String} AND is_deleted = 0 GROUP BY filter, filter_value, person_id)"
+        ),
     )
     # activity_daily_by (migration 0029): each filter's values partition the settled days'
     # sessions, and one country's days are the figures computed from the tables (the API's

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
@@ -29,6 +29,7 @@ from werkstroom.clickhouse.tables import (
     CHURN_DAILY_COLUMNS,
     DAILY_STATS_COLUMNS,
     PERSON_DAYS_COLUMNS,
+    PERSON_FIRST_BY_COLUMNS,
     PERSONS_COLUMNS,
     PERSONS_RECENT_COLUMNS,
     SESSIONS_DAILY_COLUMNS,
@@ -55,7 +56,8 @@ def refresh(client: Client, dirty: Dirty, rollups: RollUps | None = None) -> Non
         changed = refresh_persons(client, project_id, distinct_ids, version, days[project_id], zone)
         refresh_session_days(client, project_id, days[project_id], zone)  # its members are staged
         breakdowns.recompute(client, project_id, days[project_id], MEMBER_IDS, SESSIONS, zone)  # and theirs
-        refresh_activity_by(client, project_id, days[project_id] | changed.moved_days, changed.gone, version)
+        activity_by_days = days[project_id] | changed.moved_days
+        refresh_activity_by(client, project_id, activity_by_days, changed.gone, version, zone)
         days[project_id] |= changed.first_days | changed.activity_days | changed.moved_days
         activity_days[project_id] = changed.activity_days
         project_funnels = list_funnels(client, project_id)
@@ -364,14 +366,53 @@ FROM ({_person_days_diff("person_activity_by_person", ACTIVE_BY, ", filter, filt
 """
 
 
+# person_first_by (migration 0033) for the staged persons and those merged away: each (filter,
+# value) they have a stored person_activity_by row of, any version, with its first and last live
+# day and its live days since {since:Date} (churn.RECENT_DAYS) as bits (churn.bit), or a
+# tombstone when no day of it is live any more (argMax over the versions of each row instead of
+# FINAL, which would drop the deleted rows that tell which values went); and of the person, the
+# day it was first seen and its active days since {since:Date} as bits, from its new persons row
+# and active days (FRESH, ACTIVE_DAYS: a person merged away has neither, 1970 and 0). All of the
+# persons' rows are written, changed or not: diffing would need their stored rows, and the table
+# is sorted by value, not person. At the batch's version, as persons and person_activity_by.
+_BIT = "bitShiftLeft(toUInt64(1), toUInt16(day) % 64)"
+FIRST_BY_INSERT = f"""
+INSERT INTO person_first_by ({", ".join(PERSON_FIRST_BY_COLUMNS)})
+SELECT {{p:String}}, a.filter, a.filter_value, a.person_id, a.first_day, a.last_day, s.day, a.recent,
+       r.recent, a.gone, {{v:UInt64}}
+FROM (
+    SELECT person_id, filter, filter_value, minIf(day, live) AS first_day, maxIf(day, live) AS last_day,
+           groupBitOrIf({_BIT}, live AND day >= {{since:Date}}) AS recent, toUInt8(countIf(live) = 0) AS gone
+    FROM (
+        SELECT person_id, day, filter, filter_value, argMax(is_deleted, version) = 0 AS live
+        FROM person_activity_by_person
+        PREWHERE person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}}
+        WHERE project_id = {{p:String}}
+        GROUP BY person_id, day, filter, filter_value
+    )
+    GROUP BY person_id, filter, filter_value
+) AS a
+LEFT JOIN (SELECT person_id, toDate(first_seen, {{tz:String}}) AS day FROM {FRESH}) AS s
+    ON s.person_id = a.person_id
+LEFT JOIN (
+    SELECT person_id, groupBitOr({_BIT}) AS recent FROM ({ACTIVE_DAYS}) WHERE day >= {{since:Date}}
+    GROUP BY person_id
+) AS r ON r.person_id = a.person_id
+"""
+
+
 def refresh_activity_by(
-    client: Client, project_id: str, days: set[date], gone: set[str], version: int
+    client: Client, project_id: str, days: set[date], gone: set[str], version: int, zone: str
 ) -> None:
     """Bring person_activity_by in line for the persons refresh_persons staged (and those merged
-    away, `gone`) over `days`, after breakdowns.recompute wrote their breakdown_sessions rows."""
-    if days:
-        params = {"p": project_id, "days": sorted(days), "gone": StringArray(sorted(gone)), "v": version}
-        client.command(ACTIVITY_BY_INSERT, parameters=params)
+    away, `gone`) over `days`, after breakdowns.recompute wrote their breakdown_sessions rows;
+    then their person_first_by rows (`zone`: the project's)."""
+    if not days:
+        return
+    since = datetime.now(UTC).date() - timedelta(days=churn.RECENT_DAYS)
+    params = {"p": project_id, "days": sorted(days), "gone": StringArray(sorted(gone)), "v": version}
+    client.command(ACTIVITY_BY_INSERT, parameters=params)
+    client.command(FIRST_BY_INSERT, parameters={**params, "tz": zone, "since": since})
 
 
 # sessions_daily for the staged visitors over these days (the days their changed sessions span,

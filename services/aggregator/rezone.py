@@ -140,7 +140,7 @@ def rezone_derived(
         changed = derived.refresh_persons(client, project_id, set(chunk), version, days, zone, rezone=True)
         derived.refresh_session_days(client, project_id, days, zone)
         breakdowns.recompute(client, project_id, days, derived.MEMBER_IDS, derived.SESSIONS, zone)
-        derived.refresh_activity_by(client, project_id, days, changed.gone, version)
+        derived.refresh_activity_by(client, project_id, days, changed.gone, version, zone)
         if funnels:
             members = derived.funnel_members(client, changed.members)
             recompute_funnels(client, project_id, members, changed.gone, version, funnels, zone)

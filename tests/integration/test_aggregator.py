@@ -4,13 +4,18 @@ an independent SQL computation over the raw events."""
 
 from __future__ import annotations
 
+import operator
 import time
-from datetime import UTC, datetime, timedelta
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
+from functools import reduce
 
 import httpx
 import pytest
 
 from tests.integration.stack import Stack
+from werkstroom import churn
 from werkstroom.breakdowns import ROLLED_FILTERS
 from werkstroom.clickhouse.tables import SESSIONS_DAILY_COLUMNS
 from werkstroom.demo import batches, simulate
@@ -100,17 +105,50 @@ BREAKDOWN_SESSIONS = (
 )
 
 
+# person_first_by (migration 0033): each person's first and last day per filter value, the day
+# it was first seen (persons_first_day's), and its recent days of the value and active days
+# (person_activity's) as bits (werkstroom.churn.bit).
+PERSON_FIRST_BY = (
+    "SELECT project_id, filter, filter_value, person_id, first_day, last_day, first_seen_day, "
+    "recent_days, recent_active FROM person_first_by FINAL WHERE is_deleted = 0"
+)
+FIRST_SEEN = "SELECT project_id, person_id, day FROM persons_first_day FINAL WHERE is_deleted = 0"
+ACTIVE = "SELECT project_id, person_id, day FROM person_activity FINAL WHERE is_deleted = 0"
+
+
+def recent_bits(days: Iterable[date]) -> int:
+    """The bits of the days a person_first_by row keeps of these (churn.RECENT_DAYS)."""
+    since = datetime.now(UTC).date() - timedelta(days=churn.RECENT_DAYS)
+    return reduce(operator.or_, (churn.bit(d) for d in days if d >= since), 0)
+
+
 def person_activity_by_agrees(stack: Stack) -> bool:
     """person_activity_by holds each (day, filter, value) of every person's sessions, no more,
-    and its copy sorted by person (what the aggregator compares with) the same rows."""
+    its copy sorted by person (what the aggregator compares with) the same rows, and
+    person_first_by each person's first and last of those days per value, no other value, with
+    the day the person was first seen, and its recent days of the value and active days."""
     person = {(p, v): person for p, v, person, *_ in stack.rows(PERSONS_BY_VISITOR)}
     expected = {
         (p, day, name, str(value), person.get((p, visitor), visitor))
         for p, day, visitor, *values in stack.rows(BREAKDOWN_SESSIONS)
         for name, value in zip(ROLLED_FILTERS, values, strict=True)
     }
+    value_days: dict[tuple[str, str, str, str], list[date]] = defaultdict(list)
+    for p, day, name, value, who in expected:
+        value_days[p, name, value, who].append(day)
+    seen = {(p, person): day for p, person, day in stack.rows(FIRST_SEEN)}
+    active: dict[tuple[str, str], list[date]] = defaultdict(list)
+    for p, person, day in stack.rows(ACTIVE):
+        active[p, person].append(day)
+    first_by = {
+        (*key, min(ds), max(ds), seen[key[0], key[3]], recent_bits(ds), recent_bits(active[key[0], key[3]]))
+        for key, ds in value_days.items()
+    }
     by_person = PERSON_ACTIVITY_BY.replace("person_activity_by", "person_activity_by_person")
-    return set(stack.rows(PERSON_ACTIVITY_BY)) == expected == set(stack.rows(by_person))
+    return (
+        set(stack.rows(PERSON_ACTIVITY_BY)) == expected == set(stack.rows(by_person))
+        and set(stack.rows(PERSON_FIRST_BY)) == first_by
+    )
 
 
 def per_day(stack: Stack, project_id: str, column: str) -> dict[object, int]:

@@ -3,15 +3,18 @@ version before them, the reads after them give what they gave before."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from werkstroom import churn
 from werkstroom.breakdowns import ROLLED_FILTERS
 from werkstroom.clickhouse.migrate import migrate
 
 pytestmark = pytest.mark.integration
+
+DAY = timedelta(days=1)
 
 SESSION = (
     "INSERT INTO sessions (project_id, anonymous_id, session_id, start_at, last_event_at, page_views, "
@@ -404,6 +407,67 @@ def test_person_activity_by_is_back_filled_with_each_persons_days_per_filter_val
     )
 
 
+def test_person_first_by_is_back_filled_with_each_persons_first_and_last_day_per_value(
+    database: Client,
+) -> None:
+    migrate(database, through=32)
+    today = database.query("SELECT today()").first_row[0]
+    insert = (
+        "INSERT INTO person_activity_by (project_id, day, filter, filter_value, person_id, is_deleted, version) "
+        "VALUES "
+    )
+    for row in (
+        "('p', '2026-03-03', 'country', 'NL', 'u1', 0, 1)",
+        "('p', '2026-03-01', 'country', 'NL', 'u1', 0, 1)",
+        "('p', '2026-03-09', 'country', 'NL', 'u1', 0, 1)",
+        "('p', '2026-03-09', 'country', 'NL', 'u1', 1, 2)",  # its last day went: 03-03 is
+        "('p', '2026-03-02', 'country', 'DE', 'u1', 0, 1)",
+        "('p', '2026-03-02', 'country', 'BE', 'u2', 0, 1)",
+        "('p', '2026-03-02', 'country', 'BE', 'u2', 1, 2)",  # every day gone: no row
+        "('q', '2026-03-05', 'country', 'NL', 'u1', 0, 1)",  # another project's u1
+        "('p', today() - 1, 'country', 'NL', 'u3', 0, 1)",
+        "('p', today() - 30, 'country', 'NL', 'u3', 0, 1)",  # before the recent days kept
+    ):
+        database.command(insert + row)
+    activity = "INSERT INTO person_activity (project_id, day, person_id, is_deleted, version) VALUES "
+    for row in (
+        "('p', today() - 3, 'u3', 0, 1)",
+        "('p', today() - 1, 'u3', 0, 1)",
+        "('p', today() - 40, 'u3', 0, 1)",
+    ):
+        database.command(activity + row)
+
+    first_seen = "INSERT INTO persons_first_day (project_id, day, person_id, is_deleted, version) VALUES "
+    for row in (
+        "('p', '2026-02-27', 'u1', 0, 1)",
+        "('p', '2026-02-27', 'u1', 1, 2)",  # a merge moved u1's first visit
+        "('p', '2026-02-20', 'u1', 0, 2)",
+        "('q', '2026-03-04', 'u1', 0, 1)",
+    ):
+        database.command(first_seen + row)
+
+    assert migrate(database, through=33) == ["0033_person_first_by.sql"]
+
+    rows = database.query(
+        "SELECT project_id, filter, filter_value, person_id, toString(first_day), toString(last_day), "
+        "toString(first_seen_day) FROM person_first_by FINAL WHERE is_deleted = 0 ORDER BY ALL"
+    ).result_rows
+    assert rows == [
+        ("p", "country", "DE", "u1", "2026-03-02", "2026-03-02", "2026-02-20"),
+        ("p", "country", "NL", "u1", "2026-03-01", "2026-03-03", "2026-02-20"),
+        ("p", "country", "NL", "u3", str(today - 30 * DAY), str(today - DAY), "1970-01-01"),
+        ("q", "country", "NL", "u1", "2026-03-05", "2026-03-05", "2026-03-04"),
+    ]
+    # churn's recent days (werkstroom.churn.RECENT_DAYS), as bits: u3's NL days and active days
+    # of the last 22, none of March's
+    recent = database.query(
+        "SELECT person_id, recent_days, recent_active FROM person_first_by FINAL WHERE project_id = 'p' "
+        "AND filter_value = 'NL' ORDER BY person_id"
+    ).result_rows
+    active = churn.bit(today - DAY) | churn.bit(today - 3 * DAY)
+    assert recent == [("u1", 0, 0), ("u3", churn.bit(today - DAY), active)]
+
+
 def test_breakdown_sessions_get_their_sessions_starts_as_the_refresh_computes_them(database: Client) -> None:
     from services.aggregator.derived import refresh
     from services.aggregator.processor import Dirty
@@ -423,6 +487,7 @@ def test_breakdown_sessions_get_their_sessions_starts_as_the_refresh_computes_th
     starts = [("s1", "2026-03-01 10:00:00.000", 180_000), ("s2", "2026-03-01 23:59:00.000", 0)]
     assert database.query(read).result_rows == starts
     # The refresh computes the same starts: a session rewritten from scratch gets its start again.
+    migrate(database)  # the refresh writes the tables of every migration
     database.command("TRUNCATE TABLE breakdown_sessions")
     refresh(database, Dirty({("p", date(2026, 3, 1))}, {("p", "a"), ("p", "b")}))
     assert database.query(read).result_rows == starts

@@ -363,6 +363,9 @@ TABLES = {
     "AND is_deleted = 0",
     "person_activity_by": "SELECT day, filter, filter_value, person_id FROM person_activity_by FINAL "
     "WHERE project_id = {p:String} AND is_deleted = 0",
+    "person_first_by": "SELECT filter, filter_value, person_id, first_day, last_day, first_seen_day, recent_days, "
+    "recent_active FROM person_first_by FINAL "
+    "WHERE project_id = {p:String} AND is_deleted = 0",
     "persons_first_day": "SELECT day, person_id FROM persons_first_day FINAL "
     "WHERE project_id = {p:String} AND is_deleted = 0",
     "sessions_daily": "SELECT day, anonymous_id, page_views, duration_ms FROM sessions_daily FINAL "

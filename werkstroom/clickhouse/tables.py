@@ -219,6 +219,14 @@ PERSON_ACTIVITY_BY_COLUMNS = [
     "version",
 ]
 
+#: `person_first_by` (migration 0033): a person's first and last day with a session of a filter's
+#: value, the day it was first seen, and its recent days of the value and active days (bits).
+PERSON_FIRST_BY_COLUMNS = [
+    *("project_id", "filter", "filter_value", "person_id", "first_day", "last_day", "first_seen_day"),
+    *("recent_days", "recent_active"),
+    *("is_deleted", "version"),
+]
+
 #: Each table and the columns written to it (test_tables checks them against ClickHouse).
 WRITTEN: dict[str, list[str]] = {
     "events": EVENTS_COLUMNS,
@@ -239,6 +247,7 @@ WRITTEN: dict[str, list[str]] = {
     "person_activity": PERSON_DAYS_COLUMNS,
     "persons_first_day": PERSON_DAYS_COLUMNS,
     "person_activity_by": PERSON_ACTIVITY_BY_COLUMNS,
+    "person_first_by": PERSON_FIRST_BY_COLUMNS,
     "churn_daily": CHURN_DAILY_COLUMNS,
     "aggregator_status": AGGREGATOR_STATUS_COLUMNS,
     "sink_partitions": SINK_PARTITIONS_COLUMNS,

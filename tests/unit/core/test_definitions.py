@@ -148,3 +148,18 @@ def test_the_contracts_event_names_are_spelled_only_in_the_contract() -> None:
         if isinstance(node, ast.Constant) and node.value in names and path != examples
     ]
     assert not found, f"an event name of the contract spelled outside werkstroom/contract: {found}"
+
+
+def test_churns_day_bits_are_day_numbers_modulo_64() -> None:
+    """person_first_by's recent days (ClickHouse: toUInt16(day) % 64): a week is 7 distinct bits,
+    and days 64 apart share one, which RECENT_DAYS keeps the windows clear of."""
+    from datetime import date, timedelta
+
+    assert churn.bit(date(1970, 1, 1)) == 1 and churn.bit(date(1970, 1, 2)) == 2
+    assert churn.bit(date(1970, 3, 6)) == 1  # day 64
+    week = churn.bits(date(2026, 11, 25), date(2026, 12, 1))
+    assert bin(week).count("1") == 7
+    assert week == sum(churn.bit(date(2026, 11, 25) + timedelta(days=i)) for i in range(7))
+    # the oldest kept day (a row written a day after its last day, in a zone a day off UTC) is
+    # more than 64 days before no window day
+    assert churn.RECENT_DAYS + 21 < 64
