@@ -90,6 +90,20 @@ SELECT person_id, day FROM person_activity_by FINAL
 WHERE project_id = {p:String} AND day BETWEEN {lo:Date} AND {hi:Date}
   AND filter = {rf:String} AND filter_value = {rv:String} AND is_deleted = 0
 """
+#: The persons with a day of the value {rv:String} of the column {rf:String} in {lo:Date}..{hi:Date},
+#: with the first such day of each (first_day) and the day it was first seen (first_seen_day), of
+#: project {p:String}, from person_first_by
+#: (migration 0033: each person's first and last day per value, kept by the aggregator): one row
+#: per person where ROLLED_PERSON_DAYS reads one per person and day (Filters.rolled_persons).
+#: Exact for a range that ends today or later (every view's but a breakdown's, which reads no
+#: persons): a person's days are its sessions' days, and none is after today (an event is at
+#: most a minute ahead of its arrival: werkstroom.contract.event_time), so a person with a day on
+#: or after {lo} has one in the range.
+ROLLED_PERSONS = """
+SELECT person_id, first_day, first_seen_day FROM person_first_by FINAL
+WHERE project_id = {p:String} AND filter = {rf:String} AND filter_value = {rv:String} AND is_deleted = 0
+  AND first_day <= {hi:Date} AND last_day >= {lo:Date}
+"""
 #: The longest filter value accepted (a path is stored up to 2048 characters).
 MAX_VALUE = 2048
 
@@ -129,6 +143,12 @@ class Filters:
         (rolled), else None."""
         rolled = self.rolled()
         return None if rolled is None else (ROLLED_PERSON_DAYS, {"rf": rolled[0], "rv": rolled[1]})
+
+    def rolled_persons(self) -> tuple[str, dict[str, Any]] | None:
+        """ROLLED_PERSONS and its parameters when these filters are one rolled filter (rolled),
+        else None."""
+        rolled = self.rolled()
+        return None if rolled is None else (ROLLED_PERSONS, {"rf": rolled[0], "rv": rolled[1]})
 
     def where(self, table: str, sessions_of: str, person: bool = True) -> tuple[str, dict[str, Any]]:
         """The conditions (` AND ...`, or "") on a breakdown table's rows, and their parameters.

@@ -38,7 +38,8 @@ WHERE project_id = {{p:String}} AND funnel_id = {{f:String}} AND last_day >= {{l
 GROUP BY level
 """
 # With one rolled filter, the persons with a session of its value in the days, as the aggregator
-# keeps them (services.api.filters.ROLLED_PERSON_DAYS), instead of every matching visitor joined
+# keeps them (services.api.filters.ROLLED_PERSONS: a row per person, their first and last
+# such day; before 0033 a row per person and day), instead of every matching visitor joined
 # to every visitor's person: at 10M events, 30 days, p50 alone: country=NL 199 -> 106 ms,
 # device=mobile 314 -> 155 ms (bench/README.md, 2026-12-04 stop 37).
 _ROLLED = """
@@ -53,7 +54,7 @@ def filtered_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     """Per level, the persons `filters` keeps who reached it, for funnel {f:String} of project
     {p:String} over the days {lo:Date}..{hi:Date}, and the filters' parameters. Every value is a
     parameter; the SQL is chosen from constants only."""
-    rolled = filters.rolled_person_days()
+    rolled = filters.rolled_persons()
     if rolled is not None:
         persons, params = rolled
         return _ROLLED.format(persons=persons), params

@@ -4,8 +4,9 @@ Both count **persons with a matching session**: the breakdown_sessions rows `Fil
 selects (what the breakdowns and the filtered activity chart count), each visitor resolved to
 its live person (werkstroom.breakdowns.EVERY_PERSON_OF), else itself. With one filter on an
 attribute of the session's entry page view (Filters.rolled: country, source, device, ...) those
-persons and their days are read from person_activity_by (migration 0031), which the aggregator
-keeps as the same join. Unfiltered, the cards and the list are read as before
+persons are read from person_first_by (migration 0033: a row per person and value, with its
+first and last day of it, the day it was first seen, its recent days), which the aggregator keeps
+from the same join (person_activity_by, 0031). Unfiltered, the cards and the list are read as before
 (services.api.queries), with the same SQL.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from services.api import queries
-from services.api.filters import ONLINE_DAYS, ROLLED_PERSON_DAYS, Filters
+from services.api.filters import ONLINE_DAYS, ROLLED_PERSONS, Filters
 from services.api.queries import ONLINE_WINDOW, WEEK, Narrowing, T
 from werkstroom import churn, timezones
 from werkstroom.breakdowns import EVERY_PERSON_OF, PERSON_OF_SESSION
@@ -38,11 +39,11 @@ _PERSON_DAYS = """
 SELECT {person} AS person_id, s.day AS day, m.first_day AS first_day
 FROM {joined}
 """
-# With one rolled filter, _PERSON_DAYS's (person_id, day) are person_activity_by's rows of its value
-# (services.api.filters.ROLLED_PERSON_DAYS), as the aggregator computed them: a run of rows
-# within each day, where _PERSON_DAYS read every matching session and every visitor's person (at
-# 10M events, country=NL, p50 alone: the persons counts 323 -> 165 ms, churn 293 -> 160, the
-# users list's first page 259 -> 108; bench/README.md, 2026-12-04 stop 37).
+# With one rolled filter, the persons are read from person_first_by instead (ROLLED_PERSONS,
+# churn.ROLLED_COUNTS_SQL): before it, from person_activity_by's rows of the value (at 10M
+# events, country=NL, p50 alone: the persons counts 323 -> 165 ms, churn 293 -> 160, the users
+# list's first page 259 -> 108; bench/README.md, 2026-12-04 stop 37), and from every matching
+# session and every visitor's person before that.
 # The four figures of queries.persons_counts, of the persons with a matching session (lo..hi =
 # FIRST_DAY..today): total, those with one by today (a week earlier: by that day); new, those of
 # the total first seen in the week (a week earlier: in the 7 days before). A person first seen
@@ -57,18 +58,17 @@ FROM (
     GROUP BY person_id
 )
 """
-# _PERSONS_COUNTS over ROLLED_PERSON_DAYS: a person's first day from persons_first_day (the day of
-# its persons row's first_seen, as EVERY_PERSON_OF's), read for the two weeks the new persons are
-# counted in; a person first seen before them has none there (1970, the join's default: not new).
+# _PERSONS_COUNTS with one rolled filter: its persons, each with its first matching day and the
+# day it was first seen, from person_first_by (services.api.filters.ROLLED_PERSONS, lo..hi =
+# FIRST_DAY..today), a row per person where person_activity_by has one per person and day, and
+# no join (the first seen days were joined from persons_first_day's last two weeks). At 10M
+# events, country=NL, p50 alone: 273 -> 21 ms (bench/README.md, 2026-12-04 stop 40).
 _ROLLED_PERSONS_COUNTS = f"""
-SELECT countIf(a.first_match <= {{t:Date}}), countIf(a.first_match <= {{t:Date}} - 7),
-       countIf(a.first_match <= {{t:Date}} AND f.day > {{t:Date}} - 7 AND f.day <= {{t:Date}}),
-       countIf(a.first_match <= {{t:Date}} - 7 AND f.day > {{t:Date}} - 14 AND f.day <= {{t:Date}} - 7)
-FROM (SELECT person_id, min(day) AS first_match FROM ({ROLLED_PERSON_DAYS}) GROUP BY person_id) AS a
-LEFT JOIN (
-    SELECT person_id, day FROM persons_first_day FINAL
-    WHERE project_id = {{p:String}} AND day BETWEEN {{t:Date}} - 13 AND {{t:Date}} AND is_deleted = 0
-) AS f ON a.person_id = f.person_id
+SELECT countIf(first_day <= {{t:Date}}), countIf(first_day <= {{t:Date}} - 7),
+       countIf(first_day <= {{t:Date}} AND first_seen_day > {{t:Date}} - 7 AND first_seen_day <= {{t:Date}}),
+       countIf(first_day <= {{t:Date}} - 7 AND first_seen_day > {{t:Date}} - 14
+               AND first_seen_day <= {{t:Date}} - 7)
+FROM ({ROLLED_PERSONS})
 """
 # The visitors with a matching session spanning a moment {w1} (online then: its last event at
 # most ONLINE_WINDOW before): the matching breakdown_sessions rows of {lo}..{hi} (the moment's day
@@ -87,11 +87,8 @@ _LISTED = " AND person_id IN (SELECT person_id FROM ({person_days}))"
 
 def person_days(filters: Filters) -> tuple[str, dict[str, Any]]:
     """A SELECT of (person_id, day, ...) for each session `filters` matches over
-    {lo:Date}..{hi:Date} of project {p:String} (a person once per day with one rolled filter),
-    and the filters' parameters (binding {tz:String} too, but with one rolled filter)."""
-    rolled = filters.rolled_person_days()
-    if rolled is not None:
-        return rolled
+    {lo:Date}..{hi:Date} of project {p:String}, and the filters' parameters (binding {tz:String}
+    too). One rolled filter reads person_first_by instead (Filters.rolled_persons)."""
     joined, params = filters.with_persons("day, anonymous_id", EVERY_PERSON_OF)
     return _PERSON_DAYS.format(joined=joined, person=PERSON_OF_SESSION), params
 
@@ -99,7 +96,7 @@ def person_days(filters: Filters) -> tuple[str, dict[str, Any]]:
 def persons_counts_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     """queries.persons_counts' four figures over the persons with a matching session, binding
     {t:Date} (today) besides p, lo, hi and tz, and the filters' parameters."""
-    rolled = filters.rolled_person_days()
+    rolled = filters.rolled_persons()
     if rolled is not None:
         return _ROLLED_PERSONS_COUNTS, rolled[1]
     sql, params = person_days(filters)
@@ -116,7 +113,7 @@ def listed(filters: Filters, zone: str = timezones.DEFAULT) -> Narrowing:
     matching session, and its parameters besides the list's own (`zone`: the project's)."""
     if not filters.values:
         return queries.EVERYONE
-    sql, params = person_days(filters)
+    sql, params = filters.rolled_persons() or person_days(filters)
     return _LISTED.format(person_days=sql), {**params, "lo": FIRST_DAY, "hi": LAST_DAY, "tz": zone}
 
 
@@ -163,12 +160,16 @@ def churn_counts(
     client: Client, project_id: str, now: datetime, filters: Filters, zone: str = timezones.DEFAULT
 ) -> tuple[int, int, int, int]:
     """base, churned; base and churned a week earlier, the base narrowed to the persons with a
-    matching session in its window (werkstroom.churn.NARROWED_COUNTS_SQL; queries.churn_counts
-    unfiltered)."""
+    matching session in its window (werkstroom.churn.NARROWED_COUNTS_SQL, with one rolled filter
+    ROLLED_COUNTS_SQL; queries.churn_counts unfiltered)."""
     if not filters.values:
         return queries.churn_counts(client, project_id, now, zone)
     today = timezones.today(now, zone)
     week_ago = today - WEEK
+    rolled = filters.rolled()
+    if rolled is not None:  # the persons' recent days the aggregator keeps (person_first_by)
+        counts = churn.rolled_counts(client, project_id, today, *rolled)
+        return (*counts[today], *counts[week_ago])
     base, params = person_days(filters)
     counts = churn.narrowed_counts(client, project_id, {today, week_ago}, base, {**params, "tz": zone})
     return (*counts[today], *counts[week_ago])

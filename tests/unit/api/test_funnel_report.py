@@ -48,10 +48,12 @@ def test_a_session_filter_alone_reads_no_pages_and_no_segment_clock() -> None:
     assert named(sql) == {"p", "f", "lo", "hi", "f_entry_page"}
 
 
-def test_one_entry_page_filter_reads_its_persons_from_person_activity_by() -> None:
+def test_one_entry_page_filter_reads_its_persons_from_person_first_by() -> None:
     hostile = "x' OR 1=1 --"
     sql, params = filtered_sql(Filters.parse({"device": hostile}))
     assert params == {"rf": "device_type", "rv": hostile} and hostile not in sql
-    assert "FROM person_activity_by FINAL" in sql and "breakdown_sessions" not in sql
-    assert "visitor_persons" not in sql and "day BETWEEN {lo:Date} AND {hi:Date}" in sql
+    assert "FROM person_first_by FINAL" in sql and "breakdown_sessions" not in sql
+    assert "visitor_persons" not in sql and "person_activity_by" not in sql
+    # a person with a matching day in the report's days: its first by the last, its last from the first
+    assert "first_day <= {hi:Date} AND last_day >= {lo:Date}" in sql
     assert named(sql) == {"p", "f", "lo", "hi", "rf", "rv"}

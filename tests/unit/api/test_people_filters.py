@@ -4,7 +4,7 @@ and that without filters they are the queries they were."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -94,9 +94,10 @@ def test_filtered_churn_narrows_the_base_only() -> None:
     )
 
 
-def test_one_rolled_filter_reads_each_persons_days_from_person_activity_by() -> None:
-    """One filter on an entry attribute: the persons and their days the aggregator keeps per
-    value (migration 0031), not every matching session joined to every visitor's person."""
+def test_one_rolled_filter_reads_the_persons_the_aggregator_keeps_per_value() -> None:
+    """One filter on an entry attribute: the persons, their first days and their recent days
+    (migration 0033) as the aggregator keeps them per value, for the cards, churn and the list,
+    not every matching session joined to every visitor's person."""
     f = _filters(device=HOSTILE)
     client = Recording()
     people.persons_counts(client, "p1", NOW, f)  # type: ignore[arg-type]
@@ -104,15 +105,21 @@ def test_one_rolled_filter_reads_each_persons_days_from_person_activity_by() -> 
     where, listed = people.listed(f)
     (counts, counted), (churned, based) = client.asked
     for sql in (counts, churned, where):
-        assert "FROM person_activity_by FINAL" in sql and HOSTILE not in sql
+        assert "FROM person_first_by FINAL" in sql and "person_activity" not in sql
+        assert HOSTILE not in sql and "JOIN" not in sql
         assert "breakdown_sessions" not in sql and "visitor_persons" not in sql
     for params in (counted, based, listed):
         assert (params["rf"], params["rv"]) == ("device_type", HOSTILE)  # the column, its value
     assert (counted["lo"], counted["hi"], counted["t"]) == (people.FIRST_DAY, NOW.date(), NOW.date())
-    # the new persons: those first seen in the two weeks counted, from persons_first_day
-    assert "FROM persons_first_day FINAL" in counts and "{t:Date} - 13 AND {t:Date}" in counts
-    # churn's activity is still every session's; the base is read once
-    assert churned.count("person_activity_by") == 1 and "FROM person_activity FINAL" in churned
+    # the new persons: those first seen in the week, by the day person_first_by keeps
+    assert "first_seen_day > {t:Date} - 7 AND first_seen_day <= {t:Date}" in counts
+    # churn: the persons with a day in either window, each window's bits
+    today = NOW.date()
+    assert based["lo"] == today - timedelta(days=20)
+    assert based["b0"] == churn.bits(today - timedelta(days=13), today - timedelta(days=7))
+    assert based["a1"] == churn.bits(today - timedelta(days=13), today - timedelta(days=7))
+    assert based["a0"] == churn.bits(today - timedelta(days=6), today)
+    assert based["b1"] == churn.bits(today - timedelta(days=20), today - timedelta(days=14))
     assert (listed["lo"], listed["hi"]) == (people.FIRST_DAY, people.LAST_DAY)
     # two filters, or a glob, are not one rolled value: every matching session, as before
     for other in (_filters(device="mobile", country="NL"), _filters(entry_page="/a*")):
