@@ -68,21 +68,18 @@ RECENT_DAYS = 22
 _EPOCH = date(1970, 1, 1)
 
 # The base and churned of today and of a week earlier, with the base narrowed to one rolled
-# filter value ({rf:String} = {rv:String}): each person's recent days of the value and recent
-# active days, kept as bits per (value, person) in person_first_by (RECENT_DAYS), tested against
-# the windows' bits ({b0}, {a0} for today's base and recent week, {b1}, {a1} a week earlier).
-# The rows of persons with a day of the value in the windows (lo = today - 20). The same
-# figures as NARROWED_COUNTS_SQL over that value's person_activity_by rows, without reading
+# filter value, over person_first_by's rows of that value (a SELECT of their columns, as
+# services.api.people composes it with the other cards' figures): each person's recent days of
+# the value and recent active days, kept as bits (RECENT_DAYS), tested against the windows' bits
+# (rolled_params: {b0}, {a0} for today's base and recent week, {b1}, {a1} a week earlier). The
+# same figures as NARROWED_COUNTS_SQL over that value's person_activity_by rows, without reading
 # person_activity (every person's activity of 14 days: at 10M events, country=NL, p50 alone
 # 185 -> 33 ms; bench/README.md, 2026-12-04 stop 40).
-ROLLED_COUNTS_SQL = """
-SELECT countIf(bitAnd(recent_days, {b0:UInt64}) != 0),
-       countIf(bitAnd(recent_days, {b0:UInt64}) != 0 AND bitAnd(recent_active, {a0:UInt64}) = 0),
-       countIf(bitAnd(recent_days, {b1:UInt64}) != 0),
-       countIf(bitAnd(recent_days, {b1:UInt64}) != 0 AND bitAnd(recent_active, {a1:UInt64}) = 0)
-FROM person_first_by FINAL
-WHERE project_id = {p:String} AND filter = {rf:String} AND filter_value = {rv:String} AND is_deleted = 0
-  AND last_day >= {lo:Date}
+ROLLED_FIGURES = """
+countIf(bitAnd(recent_days, {b0:UInt64}) != 0),
+countIf(bitAnd(recent_days, {b0:UInt64}) != 0 AND bitAnd(recent_active, {a0:UInt64}) = 0),
+countIf(bitAnd(recent_days, {b1:UInt64}) != 0),
+countIf(bitAnd(recent_days, {b1:UInt64}) != 0 AND bitAnd(recent_active, {a1:UInt64}) = 0)
 """
 
 
@@ -96,18 +93,14 @@ def bits(first: date, last: date) -> int:
     return sum(bit(first + timedelta(days=i)) for i in range((last - first).days + 1))
 
 
-def rolled_counts(
-    client: Client, project_id: str, today: date, column: str, value: str
-) -> dict[date, tuple[int, int]]:
-    """(base, churned) of today and of a week earlier with the base narrowed to the persons with
-    a session of `value` in `column` (a rolled filter) in its window (ROLLED_COUNTS_SQL)."""
-    week_ago = today - timedelta(days=7)
-    params: dict[str, Any] = {"p": project_id, "rf": column, "rv": value, "lo": week_ago - timedelta(days=13)}
-    for i, day in enumerate((today, week_ago)):
+def rolled_params(today: date) -> dict[str, int]:
+    """ROLLED_FIGURES' window bits for `today` (base D-13..D-7, recent week D-6..D, of D = today
+    and a week earlier)."""
+    params = {}
+    for i, day in enumerate((today, today - timedelta(days=7))):
         params[f"b{i}"] = bits(day - timedelta(days=13), day - timedelta(days=7))
         params[f"a{i}"] = bits(day - timedelta(days=6), day)
-    b0, c0, b1, c1 = client.query(ROLLED_COUNTS_SQL, parameters=params).first_row
-    return {today: (int(b0), int(c0)), week_ago: (int(b1), int(c1))}
+    return params
 
 
 def days_affected(changed: Iterable[date], today: date) -> set[date]:

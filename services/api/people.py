@@ -39,8 +39,8 @@ _PERSON_DAYS = """
 SELECT {person} AS person_id, s.day AS day, m.first_day AS first_day
 FROM {joined}
 """
-# With one rolled filter, the persons are read from person_first_by instead (ROLLED_PERSONS,
-# churn.ROLLED_COUNTS_SQL): before it, from person_activity_by's rows of the value (at 10M
+# With one rolled filter, the persons are read from person_first_by instead (_ROLLED_CARDS):
+# before it, from person_activity_by's rows of the value (at 10M
 # events, country=NL, p50 alone: the persons counts 323 -> 165 ms, churn 293 -> 160, the users
 # list's first page 259 -> 108; bench/README.md, 2026-12-04 stop 37), and from every matching
 # session and every visitor's person before that.
@@ -58,16 +58,21 @@ FROM (
     GROUP BY person_id
 )
 """
-# _PERSONS_COUNTS with one rolled filter: its persons, each with its first matching day and the
-# day it was first seen, from person_first_by (services.api.filters.ROLLED_PERSONS, lo..hi =
-# FIRST_DAY..today), a row per person where person_activity_by has one per person and day, and
-# no join (the first seen days were joined from persons_first_day's last two weeks). At 10M
-# events, country=NL, p50 alone: 273 -> 21 ms (bench/README.md, 2026-12-04 stop 40).
-_ROLLED_PERSONS_COUNTS = f"""
+# The cards' person figures with one rolled filter, in one read of person_first_by (its rows of
+# the value: services.api.filters.ROLLED_PERSONS, lo..hi = FIRST_DAY..today): a row per person
+# with its first matching day and the day it was first seen, where person_activity_by has one
+# per person and day, and no join (the first seen days were joined from persons_first_day's last
+# two weeks): _PERSONS_COUNTS's four figures, then churn's (werkstroom.churn.ROLLED_FIGURES) from
+# the same rows, whose FINAL is most of the read (2 parts at 10M events: 45 ms of 17 without
+# it). At 10M events, country=NL, p50 alone, merged into one part: persons counts 273 -> 21 ms,
+# churn 185 -> 33 ms as two reads (bench/README.md, 2026-12-04 stop 40).
+_CHURN_FIGURES = churn.ROLLED_FIGURES.strip().replace("\n", "\n       ")
+_ROLLED_CARDS = f"""
 SELECT countIf(first_day <= {{t:Date}}), countIf(first_day <= {{t:Date}} - 7),
        countIf(first_day <= {{t:Date}} AND first_seen_day > {{t:Date}} - 7 AND first_seen_day <= {{t:Date}}),
        countIf(first_day <= {{t:Date}} - 7 AND first_seen_day > {{t:Date}} - 14
-               AND first_seen_day <= {{t:Date}} - 7)
+               AND first_seen_day <= {{t:Date}} - 7),
+       {_CHURN_FIGURES}
 FROM ({ROLLED_PERSONS})
 """
 # The visitors with a matching session spanning a moment {w1} (online then: its last event at
@@ -95,10 +100,8 @@ def person_days(filters: Filters) -> tuple[str, dict[str, Any]]:
 
 def persons_counts_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     """queries.persons_counts' four figures over the persons with a matching session, binding
-    {t:Date} (today) besides p, lo, hi and tz, and the filters' parameters."""
-    rolled = filters.rolled_persons()
-    if rolled is not None:
-        return _ROLLED_PERSONS_COUNTS, rolled[1]
+    {t:Date} (today) besides p, lo, hi and tz, and the filters' parameters (not one rolled
+    filter: rolled_cards)."""
     sql, params = person_days(filters)
     return _PERSONS_COUNTS.format(person_days=sql), params
 
@@ -124,6 +127,8 @@ def persons_counts(
     (of `zone`) (queries.persons_counts unfiltered)."""
     if not filters.values:
         return queries.persons_counts(client, project_id, now, zone)
+    if filters.rolled() is not None:
+        return rolled_cards(client, project_id, now, filters, zone)[0]
     sql, params = persons_counts_sql(filters)
     today = timezones.today(now, zone)
     bound = {**params, "p": project_id, "lo": FIRST_DAY, "hi": today, "t": today, "tz": zone}
@@ -160,16 +165,37 @@ def churn_counts(
     client: Client, project_id: str, now: datetime, filters: Filters, zone: str = timezones.DEFAULT
 ) -> tuple[int, int, int, int]:
     """base, churned; base and churned a week earlier, the base narrowed to the persons with a
-    matching session in its window (werkstroom.churn.NARROWED_COUNTS_SQL, with one rolled filter
-    ROLLED_COUNTS_SQL; queries.churn_counts unfiltered)."""
+    matching session in its window (werkstroom.churn.NARROWED_COUNTS_SQL; with one rolled filter
+    rolled_cards; queries.churn_counts unfiltered)."""
     if not filters.values:
         return queries.churn_counts(client, project_id, now, zone)
+    if filters.rolled() is not None:
+        return rolled_cards(client, project_id, now, filters, zone)[1]
     today = timezones.today(now, zone)
     week_ago = today - WEEK
-    rolled = filters.rolled()
-    if rolled is not None:  # the persons' recent days the aggregator keeps (person_first_by)
-        counts = churn.rolled_counts(client, project_id, today, *rolled)
-        return (*counts[today], *counts[week_ago])
     base, params = person_days(filters)
     counts = churn.narrowed_counts(client, project_id, {today, week_ago}, base, {**params, "tz": zone})
     return (*counts[today], *counts[week_ago])
+
+
+Figures = tuple[int, int, int, int]
+
+
+def rolled_cards(
+    client: Client, project_id: str, now: datetime, filters: Filters, zone: str = timezones.DEFAULT
+) -> tuple[Figures, Figures]:
+    """persons_counts' and churn_counts' figures with one rolled filter, in one read
+    (_ROLLED_CARDS)."""
+    rolled = filters.rolled_persons()
+    assert rolled is not None, "not one rolled filter"
+    today = timezones.today(now, zone)
+    bound = {
+        **rolled[1],
+        **churn.rolled_params(today),
+        "p": project_id,
+        "lo": FIRST_DAY,
+        "hi": today,
+        "t": today,
+    }
+    row = [int(x) for x in client.query(_ROLLED_CARDS, parameters=bound).first_row]
+    return (row[0], row[1], row[2], row[3]), (row[4], row[5], row[6], row[7])

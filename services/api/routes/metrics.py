@@ -27,15 +27,24 @@ async def metric_cards(
     zone: str = timezones.DEFAULT,
 ) -> dict[str, Any]:
     """The four cards' reads run concurrently, each on a pooled client; without filters, the
-    queries of services.api.queries, with them services.api.people's. Days are the project's
-    local days (its time `zone`)."""
+    queries of services.api.queries, with them services.api.people's (with one rolled filter,
+    the persons' and churn's figures in one read). Days are the project's local days (its time
+    `zone`)."""
     today = timezones.today(now, zone)
-    persons, online_now, online_before, churn = await asyncio.gather(
-        pool.run(people.persons_counts, project_id, now, filters, zone),
+    online = (
         pool.run(queries.online_count, project_id, now, filters.online(today)),
         pool.run(people.online_week_ago, project_id, now, filters, zone),
-        pool.run(people.churn_counts, project_id, now, filters, zone),
     )
+    if filters.rolled() is not None:  # the persons' figures and churn's in one read
+        (persons, churn), online_now, online_before = await asyncio.gather(
+            pool.run(people.rolled_cards, project_id, now, filters, zone), *online
+        )
+    else:
+        persons, online_now, online_before, churn = await asyncio.gather(
+            pool.run(people.persons_counts, project_id, now, filters, zone),
+            *online,
+            pool.run(people.churn_counts, project_id, now, filters, zone),
+        )
     return queries.metric_cards(persons, online_now, online_before, churn)
 
 
