@@ -71,15 +71,19 @@ _EPOCH = date(1970, 1, 1)
 # filter value, over person_first_by's rows of that value (a SELECT of their columns, as
 # services.api.people composes it with the other cards' figures): each person's recent days of
 # the value and recent active days, kept as bits (RECENT_DAYS), tested against the windows' bits
-# (rolled_params: {b0}, {a0} for today's base and recent week, {b1}, {a1} a week earlier). The
-# same figures as NARROWED_COUNTS_SQL over that value's person_activity_by rows, without reading
-# person_activity (every person's activity of 14 days: at 10M events, country=NL, p50 alone
-# 185 -> 33 ms; bench/README.md, 2026-12-04 stop 40).
+# (rolled_params: {b0}, {a0} for today's base and recent week, {b1}, {a1} a week earlier), in
+# the rows with a day of the value on or after the first day of the windows ({since}: only
+# those keep every day the windows need, RECENT_DAYS; an older row's days could share a window
+# day's bit). The same figures as NARROWED_COUNTS_SQL over that value's person_activity_by
+# rows, without reading person_activity (every person's activity of 14 days: at 10M events,
+# country=NL, p50 alone 185 -> 33 ms; bench/README.md, 2026-12-04 stop 40).
 ROLLED_FIGURES = """
-countIf(bitAnd(recent_days, {b0:UInt64}) != 0),
-countIf(bitAnd(recent_days, {b0:UInt64}) != 0 AND bitAnd(recent_active, {a0:UInt64}) = 0),
-countIf(bitAnd(recent_days, {b1:UInt64}) != 0),
-countIf(bitAnd(recent_days, {b1:UInt64}) != 0 AND bitAnd(recent_active, {a1:UInt64}) = 0)
+countIf(last_day >= {since:Date} AND bitAnd(recent_days, {b0:UInt64}) != 0),
+countIf(last_day >= {since:Date} AND bitAnd(recent_days, {b0:UInt64}) != 0
+        AND bitAnd(recent_active, {a0:UInt64}) = 0),
+countIf(last_day >= {since:Date} AND bitAnd(recent_days, {b1:UInt64}) != 0),
+countIf(last_day >= {since:Date} AND bitAnd(recent_days, {b1:UInt64}) != 0
+        AND bitAnd(recent_active, {a1:UInt64}) = 0)
 """
 
 
@@ -93,10 +97,10 @@ def bits(first: date, last: date) -> int:
     return sum(bit(first + timedelta(days=i)) for i in range((last - first).days + 1))
 
 
-def rolled_params(today: date) -> dict[str, int]:
-    """ROLLED_FIGURES' window bits for `today` (base D-13..D-7, recent week D-6..D, of D = today
-    and a week earlier)."""
-    params = {}
+def rolled_params(today: date) -> dict[str, Any]:
+    """ROLLED_FIGURES' parameters for `today`: the windows' bits (base D-13..D-7, recent week
+    D-6..D, of D = today and a week earlier) and their first day."""
+    params: dict[str, Any] = {"since": today - timedelta(days=20)}
     for i, day in enumerate((today, today - timedelta(days=7))):
         params[f"b{i}"] = bits(day - timedelta(days=13), day - timedelta(days=7))
         params[f"a{i}"] = bits(day - timedelta(days=6), day)

@@ -91,8 +91,9 @@ WHERE project_id = {p:String} AND day BETWEEN {lo:Date} AND {hi:Date}
   AND filter = {rf:String} AND filter_value = {rv:String} AND is_deleted = 0
 """
 #: The persons with a day of the value {rv:String} of the column {rf:String} in {lo:Date}..{hi:Date},
-#: with the first such day of each (first_day), the day it was first seen (first_seen_day) and
-#: churn's recent days (recent_days, recent_active: werkstroom.churn.ROLLED_FIGURES), of
+#: with the first and last such day of each (first_day, last_day), the day it was first seen
+#: (first_seen_day) and churn's recent days (recent_days, recent_active:
+#: werkstroom.churn.ROLLED_FIGURES), of
 #: project {p:String}, from person_first_by
 #: (migration 0033: each person's first and last day per value, kept by the aggregator): one row
 #: per person where ROLLED_PERSON_DAYS reads one per person and day (Filters.rolled_persons).
@@ -101,7 +102,7 @@ WHERE project_id = {p:String} AND day BETWEEN {lo:Date} AND {hi:Date}
 #: most a minute ahead of its arrival: werkstroom.contract.event_time), so a person with a day on
 #: or after {lo} has one in the range.
 ROLLED_PERSONS = """
-SELECT person_id, first_day, first_seen_day, recent_days, recent_active FROM person_first_by FINAL
+SELECT person_id, first_day, last_day, first_seen_day, recent_days, recent_active FROM person_first_by FINAL
 WHERE project_id = {p:String} AND filter = {rf:String} AND filter_value = {rv:String} AND is_deleted = 0
   AND first_day <= {hi:Date} AND last_day >= {lo:Date}
 """
