@@ -55,6 +55,9 @@ queries = {
     "sessions_daily": "SELECT * FROM sessions_daily FINAL WHERE is_deleted = 0 ORDER BY project_id, day, anonymous_id, session_id",
     "activity": "SELECT project_id, day, person_id FROM person_activity FINAL WHERE is_deleted = 0 ORDER BY 1, 2, 3",
     "first_day": "SELECT project_id, day, person_id FROM persons_first_day FINAL WHERE is_deleted = 0 ORDER BY 1, 2, 3",
+    "activity_by": "SELECT project_id, day, filter, filter_value, person_id FROM person_activity_by FINAL "
+                   "WHERE is_deleted = 0 ORDER BY ALL",
+    "first_by": "SELECT * EXCEPT (version) FROM person_first_by FINAL WHERE is_deleted = 0 ORDER BY ALL",
     "churn": "SELECT project_id, day, base, churned FROM churn_daily FINAL ORDER BY 1, 2",
     # one funnel in each database, under its own random id: compared without it
     "progress": "SELECT day, person_id, level FROM funnel_progress FINAL WHERE is_deleted = 0 ORDER BY 1, 2",
@@ -74,7 +77,7 @@ sys.stdout.write(json.dumps(out))
 #: The tables two runs over the same topic must agree on (besides `events`, compared first).
 COMPARED = (
     *("sessions", "sessions_daily", "identities", "online", "persons", "traits", "daily"),
-    *("activity", "churn", "progress", "levels", "counts"),
+    *("activity", "churn", "progress", "levels", "counts", "activity_by", "first_by"),
 )
 
 FUNNEL = r"""

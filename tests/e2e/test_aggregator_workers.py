@@ -323,5 +323,6 @@ async def test_a_second_worker_joining_and_leaving_mid_stream_changes_no_table(i
     assert sum(len(found) > 1 for found in partitions_of.values()) >= spanning
     assert any(found & theirs and found - theirs for found in partitions_of.values())
     assert single["counts"] and single["daily"] and len(single["persons"]) > 1000
+    assert len(single["first_by"]) > len(single["persons"])  # a row per person and filter value
     for table in COMPARED:
         assert scaled[table] == single[table], table
