@@ -114,7 +114,7 @@ PERSON_IDS = f"(SELECT DISTINCT person FROM {STAGE})"
 STAGE_TABLES = {
     STAGE: "member String, person String",
     BEFORE: "person_id String, first_seen DateTime64(3, 'UTC'), last_seen DateTime64(3, 'UTC'), "
-    "anonymous_ids Array(String)",
+    "anonymous_ids Array(String), plan String",
     SESSIONS: "anonymous_id String, session_id String, start_at DateTime64(3, 'UTC'), "
     "last_event_at DateTime64(3, 'UTC'), page_views UInt32, version UInt64",
     FRESH: "person_id String, first_seen DateTime64(3, 'UTC'), last_seen DateTime64(3, 'UTC'), "
@@ -139,11 +139,12 @@ def stage_members(client: Client, pairs: list[tuple[str, str]]) -> None:
 
 # The persons' rows before the rewrite (those merged away included): their first days get
 # recounted too (a merge or a late event can move a first visit to another day, and the old
-# day must lose it), their last_seen locates the persons_recent rows to tombstone, and their
-# anonymous_ids tell which members moved between persons (MOVED_DAYS).
+# day must lose it), their last_seen locates the persons_recent rows to tombstone, their
+# anonymous_ids tell which members moved between persons (MOVED_DAYS), and their plan which
+# person_first_by row of the plans to tombstone (FIRST_BY_INSERT).
 BEFORE_INSERT = f"""
-INSERT INTO {BEFORE} (person_id, first_seen, last_seen, anonymous_ids)
-SELECT person_id, first_seen, last_seen, anonymous_ids FROM persons FINAL
+INSERT INTO {BEFORE} (person_id, first_seen, last_seen, anonymous_ids, plan)
+SELECT person_id, first_seen, last_seen, anonymous_ids, plan FROM persons FINAL
 WHERE project_id = {{p:String}} AND is_deleted = 0
   AND (person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}})
 """
@@ -372,25 +373,42 @@ FROM ({_person_days_diff("person_activity_by_person", ACTIVE_BY, ", filter, filt
 # tombstone when no day of it is live any more (argMax over the versions of each row instead of
 # FINAL, which would drop the deleted rows that tell which values went); and of the person, the
 # day it was first seen and its active days since {since:Date} as bits, from its new persons row
-# and active days (FRESH, ACTIVE_DAYS: a person merged away has neither, 1970 and 0). All of the
-# persons' rows are written, changed or not: diffing would need their stored rows, and the table
-# is sorted by value, not person. At the batch's version, as persons and person_activity_by.
+# and active days (FRESH, ACTIVE_DAYS: a person merged away has neither, 1970 and 0). Besides the
+# session filters, the person's plan (filter 'plan', the value its new persons row has: what the
+# `plan` filter and the plan segments keep) over all its sessions' days (a session has a country,
+# '' included, so its `country` rows are its days), and a tombstone for the plan its old row had
+# when that changed or the person went. All of the persons' rows are written, changed or not:
+# diffing would need their stored rows, and the table is sorted by value, not person. At the
+# batch's version, as persons and person_activity_by.
 _BIT = "bitShiftLeft(toUInt64(1), toUInt16(day) % 64)"
+_LIVE_BY = f"""
+    SELECT person_id, day, filter, filter_value, argMax(is_deleted, version) = 0 AS live
+    FROM person_activity_by_person
+    PREWHERE person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}}
+    WHERE project_id = {{p:String}}
+    GROUP BY person_id, day, filter, filter_value
+"""
 FIRST_BY_INSERT = f"""
 INSERT INTO person_first_by ({", ".join(PERSON_FIRST_BY_COLUMNS)})
-SELECT {{p:String}}, a.filter, a.filter_value, a.person_id, a.first_day, a.last_day, s.day, a.recent,
-       r.recent, a.gone, {{v:UInt64}}
+WITH live_by AS ({_LIVE_BY})
+SELECT {{p:String}}, a.filter, a.value, a.person_id, a.first_day, a.last_day, s.day, a.recent, r.recent,
+       a.gone, {{v:UInt64}}
 FROM (
-    SELECT person_id, filter, filter_value, minIf(day, live) AS first_day, maxIf(day, live) AS last_day,
-           groupBitOrIf({_BIT}, live AND day >= {{since:Date}}) AS recent, toUInt8(countIf(live) = 0) AS gone
-    FROM (
-        SELECT person_id, day, filter, filter_value, argMax(is_deleted, version) = 0 AS live
-        FROM person_activity_by_person
-        PREWHERE person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}}
-        WHERE project_id = {{p:String}}
-        GROUP BY person_id, day, filter, filter_value
-    )
+    SELECT person_id, filter, filter_value AS value, minIf(day, live) AS first_day,
+           maxIf(day, live) AS last_day, groupBitOrIf({_BIT}, live AND day >= {{since:Date}}) AS recent,
+           toUInt8(countIf(live) = 0) AS gone
+    FROM live_by
     GROUP BY person_id, filter, filter_value
+    UNION ALL
+    SELECT l.person_id, 'plan', f.plan, minIf(l.day, l.live), maxIf(l.day, l.live),
+           groupBitOrIf({_BIT}, l.live AND l.day >= {{since:Date}}), toUInt8(countIf(l.live) = 0)
+    FROM live_by AS l INNER JOIN {FRESH} AS f ON f.person_id = l.person_id
+    WHERE l.filter = 'country'
+    GROUP BY l.person_id, f.plan
+    UNION ALL
+    SELECT b.person_id, 'plan', b.plan, toDate(0), toDate(0), 0, 1
+    FROM {BEFORE} AS b LEFT JOIN {FRESH} AS f ON f.person_id = b.person_id
+    WHERE f.person_id = '' OR f.plan != b.plan
 ) AS a
 LEFT JOIN (SELECT person_id, toDate(first_seen, {{tz:String}}) AS day FROM {FRESH}) AS s
     ON s.person_id = a.person_id

@@ -125,8 +125,9 @@ def recent_bits(days: Iterable[date]) -> int:
 def person_activity_by_agrees(stack: Stack) -> bool:
     """person_activity_by holds each (day, filter, value) of every person's sessions, no more,
     its copy sorted by person (what the aggregator compares with) the same rows, and
-    person_first_by each person's first and last of those days per value, no other value, with
-    the day the person was first seen, and its recent days of the value and active days."""
+    person_first_by each person's first and last of those days per value, no other value, and
+    of all of them under its plan, with the day the person was first seen, and its recent days of
+    the value and active days."""
     person = {(p, v): person for p, v, person, *_ in stack.rows(PERSONS_BY_VISITOR)}
     expected = {
         (p, day, name, str(value), person.get((p, visitor), visitor))
@@ -134,8 +135,11 @@ def person_activity_by_agrees(stack: Stack) -> bool:
         for name, value in zip(ROLLED_FILTERS, values, strict=True)
     }
     value_days: dict[tuple[str, str, str, str], list[date]] = defaultdict(list)
+    plan = {(p, person): plan for p, _v, person, _f, _l, plan in stack.rows(PERSONS_BY_VISITOR)}
     for p, day, name, value, who in expected:
         value_days[p, name, value, who].append(day)
+        if name == "country":  # every session has one: the person's days, under its plan
+            value_days[p, "plan", plan[p, who], who].append(day)
     seen = {(p, person): day for p, person, day in stack.rows(FIRST_SEEN)}
     active: dict[tuple[str, str], list[date]] = defaultdict(list)
     for p, person, day in stack.rows(ACTIVE):

@@ -446,11 +446,16 @@ def test_person_first_by_is_back_filled_with_each_persons_first_and_last_day_per
     ):
         database.command(first_seen + row)
 
+    person = "INSERT INTO persons (project_id, person_id, plan, is_deleted, version) VALUES "
+    for row in ("('p', 'u1', 'trial', 0, 1)", "('p', 'u1', 'premium', 0, 2)", "('p', 'u3', '', 0, 1)"):
+        database.command(person + row)
+
     assert migrate(database, through=33) == ["0033_person_first_by.sql"]
 
     rows = database.query(
         "SELECT project_id, filter, filter_value, person_id, toString(first_day), toString(last_day), "
-        "toString(first_seen_day) FROM person_first_by FINAL WHERE is_deleted = 0 ORDER BY ALL"
+        "toString(first_seen_day) FROM person_first_by FINAL WHERE is_deleted = 0 AND filter = 'country' "
+        "ORDER BY ALL"
     ).result_rows
     assert rows == [
         ("p", "country", "DE", "u1", "2026-03-02", "2026-03-02", "2026-02-20"),
@@ -466,6 +471,17 @@ def test_person_first_by_is_back_filled_with_each_persons_first_and_last_day_per
     ).result_rows
     active = churn.bit(today - DAY) | churn.bit(today - 3 * DAY)
     assert recent == [("u1", 0, 0), ("u3", churn.bit(today - DAY), active)]
+    # each person with a persons row under its plan now, over all its sessions' days (q's u1 has
+    # none: no plan row)
+    plans = database.query(
+        "SELECT project_id, filter_value, person_id, toString(first_day), toString(last_day), "
+        "toString(first_seen_day), recent_days FROM person_first_by FINAL WHERE is_deleted = 0 "
+        "AND filter = 'plan' ORDER BY ALL"
+    ).result_rows
+    assert plans == [
+        ("p", "", "u3", str(today - 30 * DAY), str(today - DAY), "1970-01-01", churn.bit(today - DAY)),
+        ("p", "premium", "u1", "2026-03-01", "2026-03-03", "2026-02-20", 0),
+    ]
 
 
 def test_breakdown_sessions_get_their_sessions_starts_as_the_refresh_computes_them(database: Client) -> None:

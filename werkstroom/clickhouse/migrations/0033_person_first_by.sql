@@ -1,6 +1,7 @@
 -- Each person per filter value it had a session of: a row per (filter, filter value, person),
--- person_activity_by (0031) folded over its days, with what the metric cards narrowed by one
--- rolled filter need of the person:
+-- person_activity_by (0031) folded over its days, and a row per person under filter 'plan' and
+-- its plan (persons' `plan`: what the `plan` filter and the plan segments keep) folded over all
+-- its sessions' days, with what the metric cards narrowed by one such filter need of the person:
 -- - first_day, last_day: its first and last day of the value (person_activity_by's days);
 -- - first_seen_day: the day it was first seen (persons_first_day's: its persons row's
 --   first_seen in the project's zone), for "new this week";
@@ -8,7 +9,8 @@
 --   and recent active days of the person (person_activity's), a bit per day: bit
 --   (toUInt16(day) % 64) for each day from 22 days before the write's UTC day on.
 -- What the cards ("total users", "new this week", churn), the users list and a funnel's persons
--- over its last N days count with one such filter: they read every day's row of the value from
+-- over its last N days count with one such filter (a plan's persons were every matching session
+-- joined to every visitor's person): they read every day's row of the value from
 -- person_activity_by, about two per person over 30 days and more with every month kept, and
 -- joined every person's activity for churn, where this holds one row per person.
 -- The aggregator keeps it (services/aggregator/derived.py, FIRST_BY_INSERT): after writing a
@@ -52,6 +54,30 @@ FROM (
     WHERE is_deleted = 0
     GROUP BY project_id, filter, filter_value, person_id
 ) AS a
+LEFT JOIN (SELECT project_id, person_id, day FROM persons_first_day FINAL WHERE is_deleted = 0) AS f
+    ON f.project_id = a.project_id AND f.person_id = a.person_id
+LEFT JOIN (
+    SELECT project_id, person_id, groupBitOr(bitShiftLeft(toUInt64(1), toUInt16(day) % 64)) AS recent
+    FROM person_activity FINAL
+    WHERE is_deleted = 0 AND day >= today() - 22
+    GROUP BY project_id, person_id
+) AS r ON r.project_id = a.project_id AND r.person_id = a.person_id;
+
+-- The persons' plans, over the days of their sessions: every session has a country ('' too), so
+-- a person's `country` rows are its days.
+INSERT INTO person_first_by
+    (project_id, filter, filter_value, person_id, first_day, last_day, first_seen_day, recent_days,
+     recent_active, is_deleted, version)
+SELECT a.project_id, 'plan', m.plan, a.person_id, a.first_day, a.last_day, f.day, a.recent, r.recent, 0, 0
+FROM (
+    SELECT project_id, person_id, min(day) AS first_day, max(day) AS last_day,
+           groupBitOrIf(bitShiftLeft(toUInt64(1), toUInt16(day) % 64), day >= today() - 22) AS recent
+    FROM person_activity_by FINAL
+    WHERE is_deleted = 0 AND filter = 'country'
+    GROUP BY project_id, person_id
+) AS a
+INNER JOIN (SELECT project_id, person_id, plan FROM persons FINAL WHERE is_deleted = 0) AS m
+    ON m.project_id = a.project_id AND m.person_id = a.person_id
 LEFT JOIN (SELECT project_id, person_id, day FROM persons_first_day FINAL WHERE is_deleted = 0) AS f
     ON f.project_id = a.project_id AND f.person_id = a.person_id
 LEFT JOIN (
