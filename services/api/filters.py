@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from services.api.queries import SEGMENT_WHERE, Narrowing, T, segment_params
+from services.api.queries import SEGMENT_PLANS, SEGMENT_WHERE, Narrowing, T, segment_params
 from werkstroom.breakdowns import ROLLED_FILTERS
 from werkstroom.breakdowns import with_persons as join_persons
 from werkstroom.funnels import like_pattern
@@ -146,11 +146,25 @@ class Filters:
         rolled = self.rolled()
         return None if rolled is None else (ROLLED_PERSON_DAYS, {"rf": rolled[0], "rv": rolled[1]})
 
-    def rolled_persons(self) -> tuple[str, dict[str, Any]] | None:
-        """ROLLED_PERSONS and its parameters when these filters are one rolled filter (rolled),
-        else None."""
+    def first_by(self) -> tuple[str, str] | None:
+        """(filter, value) of the person_first_by rows (migration 0033) whose persons these
+        filters keep: one rolled filter (rolled), or `plan` alone, or a segment that is a plan
+        alone (SEGMENT_PLANS) as ('plan', the plan); else None."""
         rolled = self.rolled()
-        return None if rolled is None else (ROLLED_PERSONS, {"rf": rolled[0], "rv": rolled[1]})
+        if rolled is not None or len(self.values) != 1:
+            return rolled
+        ((name, value),) = self.values.items()
+        if name == "plan":
+            return ("plan", value)
+        if name == "segment" and value in SEGMENT_PLANS:
+            return ("plan", SEGMENT_PLANS[value])
+        return None
+
+    def rolled_persons(self) -> tuple[str, dict[str, Any]] | None:
+        """ROLLED_PERSONS and its parameters when these filters select person_first_by rows
+        (first_by), else None."""
+        kept = self.first_by()
+        return None if kept is None else (ROLLED_PERSONS, {"rf": kept[0], "rv": kept[1]})
 
     def where(self, table: str, sessions_of: str, person: bool = True) -> tuple[str, dict[str, Any]]:
         """The conditions (` AND ...`, or "") on a breakdown table's rows, and their parameters.

@@ -127,7 +127,7 @@ def persons_counts(
     (of `zone`) (queries.persons_counts unfiltered)."""
     if not filters.values:
         return queries.persons_counts(client, project_id, now, zone)
-    if filters.rolled() is not None:
+    if filters.first_by() is not None:
         return rolled_cards(client, project_id, now, filters, zone)[0]
     sql, params = persons_counts_sql(filters)
     today = timezones.today(now, zone)
@@ -169,7 +169,7 @@ def churn_counts(
     rolled_cards; queries.churn_counts unfiltered)."""
     if not filters.values:
         return queries.churn_counts(client, project_id, now, zone)
-    if filters.rolled() is not None:
+    if filters.first_by() is not None:
         return rolled_cards(client, project_id, now, filters, zone)[1]
     today = timezones.today(now, zone)
     week_ago = today - WEEK

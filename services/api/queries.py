@@ -439,13 +439,14 @@ def activity_days(
 # -- users -------------------------------------------------------------------------------------
 
 # The only SQL chosen by a request parameter: one of these constants, picked by a validated name.
+#: The segments that are a plan: the persons with that plan now (SEGMENT_WHERE).
+SEGMENT_PLANS = {"premium": "premium", "trial": "trial"}
 SEGMENT_WHERE = {
     "all": "",
     "active": f" AND last_seen >= {{active_since:{T}}}",
     "inactive": f" AND last_seen < {{active_since:{T}}} AND last_seen >= {{inactive_since:{T}}}",
     "churned": f" AND last_seen < {{inactive_since:{T}}}",
-    "premium": " AND plan = 'premium'",
-    "trial": " AND plan = 'trial'",
+    **{name: f" AND plan = '{plan}'" for name, plan in SEGMENT_PLANS.items()},
 }
 SEGMENT_OF = (
     f"multiIf(last_seen >= {{active_since:{T}}}, 'active', "

@@ -35,7 +35,7 @@ async def metric_cards(
         pool.run(queries.online_count, project_id, now, filters.online(today)),
         pool.run(people.online_week_ago, project_id, now, filters, zone),
     )
-    if filters.rolled() is not None:  # the persons' figures and churn's in one read
+    if filters.first_by() is not None:  # the persons' figures and churn's in one read
         (persons, churn), online_now, online_before = await asyncio.gather(
             pool.run(people.rolled_cards, project_id, now, filters, zone), *online
         )

@@ -64,6 +64,26 @@ def test_one_filter_on_an_entry_page_attribute_is_read_from_its_roll_up() -> Non
     assert "filter = 'country' AND filter_value = {fv:String}" in sql and hostile not in sql
 
 
+def test_one_rolled_filter_a_plan_or_a_plan_segment_reads_person_first_by() -> None:
+    """person_first_by (migration 0033) holds the persons per rolled value and per plan: the
+    `plan` filter and the segments that are plans read its plan rows; a segment of last_seen (it
+    moves with the clock), a path or a second filter do not."""
+    now = datetime(2026, 12, 4, tzinfo=UTC)
+    assert Filters.parse({"country": "NL"}).first_by() == ("country", "NL")
+    assert Filters.parse({"plan": ""}).first_by() == ("plan", "")  # no plan is a value
+    assert Filters.parse({"segment": "premium"}, now).first_by() == ("plan", "premium")
+    assert Filters.parse({"segment": "trial"}, now).first_by() == ("plan", "trial")
+    for many in (
+        {},
+        {"segment": "active"},
+        {"segment": "churned"},
+        {"page": "/"},
+        {"plan": "a", "os": "iOS"},
+    ):
+        assert Filters.parse(many, now).first_by() is None, many
+    assert Filters.parse({"plan": "trial"}).rolled() is None  # the breakdowns' roll-ups hold no plans
+
+
 def test_page_narrows_sessions_that_viewed_it_outside_the_pages_table() -> None:
     f = Filters.parse({"page": "/pricing"})
     assert f.where("breakdown_pages", SUB)[0] == " AND path = {f_page:String}"
