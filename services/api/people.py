@@ -3,10 +3,11 @@
 Both count **persons with a matching session**: the breakdown_sessions rows `Filters.matching`
 selects (what the breakdowns and the filtered activity chart count), each visitor resolved to
 its live person (werkstroom.breakdowns.EVERY_PERSON_OF), else itself. With one filter on an
-attribute of the session's entry page view (Filters.rolled: country, source, device, ...) those
-persons are read from person_first_by (migration 0033: a row per person and value, with its
-first and last day of it, the day it was first seen, its recent days), which the aggregator keeps
-from the same join (person_activity_by, 0031). Unfiltered, the cards and the list are read as before
+attribute of the session's entry page view (Filters.rolled: country, source, device, ...), or a
+plan alone (Filters.first_by), those persons are read from person_first_by (migration 0033: a
+row per person and value or plan, with its first and last day of it, the day it was first seen,
+its recent days), which the aggregator keeps from the same join (person_activity_by, 0031).
+Unfiltered, the cards and the list are read as before
 (services.api.queries), with the same SQL.
 """
 
@@ -39,11 +40,11 @@ _PERSON_DAYS = """
 SELECT {person} AS person_id, s.day AS day, m.first_day AS first_day
 FROM {joined}
 """
-# With one rolled filter, the persons are read from person_first_by instead (_ROLLED_CARDS):
-# before it, from person_activity_by's rows of the value (at 10M
-# events, country=NL, p50 alone: the persons counts 323 -> 165 ms, churn 293 -> 160, the users
-# list's first page 259 -> 108; bench/README.md, 2026-12-04 stop 37), and from every matching
-# session and every visitor's person before that.
+# With one rolled filter, or a plan alone (Filters.first_by), the persons are read from
+# person_first_by instead (_ROLLED_CARDS). A rolled filter's were read from person_activity_by's
+# rows of the value before (at 10M events, country=NL, p50 alone: the persons counts 323 -> 165
+# ms, churn 293 -> 160, the users list's first page 259 -> 108; bench/README.md, 2026-12-04
+# stop 37), and from every matching session and every visitor's person before that.
 # The four figures of queries.persons_counts, of the persons with a matching session (lo..hi =
 # FIRST_DAY..today): total, those with one by today (a week earlier: by that day); new, those of
 # the total first seen in the week (a week earlier: in the 7 days before). A person first seen
