@@ -59,7 +59,7 @@ FROM (
     GROUP BY person_id
 )
 """
-# The cards' person figures with one rolled filter, in one read of person_first_by (its rows of
+# The cards' person figures with one rolled filter or a plan, in one read of person_first_by (its rows of
 # the value: services.api.filters.ROLLED_PERSONS, lo..hi = FIRST_DAY..today): a row per person
 # with its first matching day and the day it was first seen, where person_activity_by has one
 # per person and day, and no join (the first seen days were joined from persons_first_day's last
@@ -101,8 +101,8 @@ def person_days(filters: Filters) -> tuple[str, dict[str, Any]]:
 
 def persons_counts_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     """queries.persons_counts' four figures over the persons with a matching session, binding
-    {t:Date} (today) besides p, lo, hi and tz, and the filters' parameters (not one rolled
-    filter: rolled_cards)."""
+    {t:Date} (today) besides p, lo, hi and tz, and the filters' parameters (not for a filter set
+    with Filters.first_by: rolled_cards)."""
     sql, params = person_days(filters)
     return _PERSONS_COUNTS.format(person_days=sql), params
 
@@ -166,7 +166,7 @@ def churn_counts(
     client: Client, project_id: str, now: datetime, filters: Filters, zone: str = timezones.DEFAULT
 ) -> tuple[int, int, int, int]:
     """base, churned; base and churned a week earlier, the base narrowed to the persons with a
-    matching session in its window (werkstroom.churn.NARROWED_COUNTS_SQL; with one rolled filter
+    matching session in its window (werkstroom.churn.NARROWED_COUNTS_SQL; with one rolled filter or a plan
     rolled_cards; queries.churn_counts unfiltered)."""
     if not filters.values:
         return queries.churn_counts(client, project_id, now, zone)
@@ -185,10 +185,10 @@ Figures = tuple[int, int, int, int]
 def rolled_cards(
     client: Client, project_id: str, now: datetime, filters: Filters, zone: str = timezones.DEFAULT
 ) -> tuple[Figures, Figures]:
-    """persons_counts' and churn_counts' figures with one rolled filter, in one read
-    (_ROLLED_CARDS)."""
+    """persons_counts' and churn_counts' figures for a filter set with Filters.first_by (one
+    rolled filter, or a plan alone), in one read (_ROLLED_CARDS)."""
     rolled = filters.rolled_persons()
-    assert rolled is not None, "not one rolled filter"
+    assert rolled is not None, "not a filter set person_first_by holds"
     today = timezones.today(now, zone)
     bound = {
         **rolled[1],
