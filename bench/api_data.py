@@ -936,17 +936,32 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
         one(stored.format(t="person_activity_by_person")),
         one(stored.format(t="person_activity_by")),
     )
-    # person_first_by (migration 0033): person_activity_by's days folded per person and value
+    # person_first_by (migration 0033): person_activity_by's days folded per person and value,
+    # and per person under its plan (its country rows: every session has one)
     expect(
         "person_first_by (each person's first and last day per filter value)",
         one(
             "SELECT count(), sum(cityHash64(filter, filter_value, person_id, first_day, last_day)) "
-            "FROM person_first_by FINAL WHERE project_id = {p:String} AND is_deleted = 0"
+            "FROM person_first_by FINAL WHERE project_id = {p:String} AND is_deleted = 0 AND filter != 'plan'"
         ),
         one(
             "SELECT count(), sum(cityHash64(filter, filter_value, person_id, f, l)) FROM ("
             "SELECT filter, filter_value, person_id, min(day) AS f, max(day) AS l FROM person_activity_by FINAL "
             "WHERE project_id = {p:String} AND is_deleted = 0 GROUP BY filter, filter_value, person_id)"
+        ),
+    )
+    expect(
+        "person_first_by (each person's first and last day under its plan)",
+        one(
+            "SELECT count(), sum(cityHash64(filter_value, person_id, first_day, last_day)) "
+            "FROM person_first_by FINAL WHERE project_id = {p:String} AND is_deleted = 0 AND filter = 'plan'"
+        ),
+        one(
+            "SELECT count(), sum(cityHash64(m.plan, a.person_id, a.f, a.l)) FROM ("
+            "SELECT person_id, min(day) AS f, max(day) AS l FROM person_activity_by FINAL "
+            "WHERE project_id = {p:String} AND is_deleted = 0 AND filter = 'country' GROUP BY person_id) AS a "
+            "INNER JOIN (SELECT person_id, plan FROM persons FINAL WHERE project_id = {p:String} "
+            "AND is_deleted = 0) AS m ON m.person_id = a.person_id"
         ),
     )
     # activity_daily_by (migration 0029): each filter's values partition the settled days'
