@@ -53,31 +53,20 @@ FROM (
     FROM person_activity_by FINAL
     WHERE is_deleted = 0
     GROUP BY project_id, filter, filter_value, person_id
+    UNION ALL
+    -- the persons' plans, over the days of their sessions: every session has a country ('' too),
+    -- so a person's `country` rows are its days
+    SELECT v.project_id, 'plan', m.plan, v.person_id, v.first_day, v.last_day, v.recent
+    FROM (
+        SELECT project_id, person_id, min(day) AS first_day, max(day) AS last_day,
+               groupBitOrIf(bitShiftLeft(toUInt64(1), toUInt16(day) % 64), day >= today() - 22) AS recent
+        FROM person_activity_by FINAL
+        WHERE is_deleted = 0 AND filter = 'country'
+        GROUP BY project_id, person_id
+    ) AS v
+    INNER JOIN (SELECT project_id, person_id, plan FROM persons FINAL WHERE is_deleted = 0) AS m
+        ON m.project_id = v.project_id AND m.person_id = v.person_id
 ) AS a
-LEFT JOIN (SELECT project_id, person_id, day FROM persons_first_day FINAL WHERE is_deleted = 0) AS f
-    ON f.project_id = a.project_id AND f.person_id = a.person_id
-LEFT JOIN (
-    SELECT project_id, person_id, groupBitOr(bitShiftLeft(toUInt64(1), toUInt16(day) % 64)) AS recent
-    FROM person_activity FINAL
-    WHERE is_deleted = 0 AND day >= today() - 22
-    GROUP BY project_id, person_id
-) AS r ON r.project_id = a.project_id AND r.person_id = a.person_id;
-
--- The persons' plans, over the days of their sessions: every session has a country ('' too), so
--- a person's `country` rows are its days.
-INSERT INTO person_first_by
-    (project_id, filter, filter_value, person_id, first_day, last_day, first_seen_day, recent_days,
-     recent_active, is_deleted, version)
-SELECT a.project_id, 'plan', m.plan, a.person_id, a.first_day, a.last_day, f.day, a.recent, r.recent, 0, 0
-FROM (
-    SELECT project_id, person_id, min(day) AS first_day, max(day) AS last_day,
-           groupBitOrIf(bitShiftLeft(toUInt64(1), toUInt16(day) % 64), day >= today() - 22) AS recent
-    FROM person_activity_by FINAL
-    WHERE is_deleted = 0 AND filter = 'country'
-    GROUP BY project_id, person_id
-) AS a
-INNER JOIN (SELECT project_id, person_id, plan FROM persons FINAL WHERE is_deleted = 0) AS m
-    ON m.project_id = a.project_id AND m.person_id = a.person_id
 LEFT JOIN (SELECT project_id, person_id, day FROM persons_first_day FINAL WHERE is_deleted = 0) AS f
     ON f.project_id = a.project_id AND f.person_id = a.person_id
 LEFT JOIN (
