@@ -7,9 +7,10 @@ days: the rows funnel_counts counts), and one of their visitors has a matching s
 in those days (a breakdown_sessions row that `Filters.where` selects, as the breakdowns and the
 activity chart count it). A visitor's person is the live persons row whose anonymous_ids hold it
 (visitor_persons), else the visitor itself, as on the activity chart; with one filter on an
-attribute of the entry page view, or a plan alone (Filters.first_by), those persons are read
-from person_first_by (migration 0033), which the aggregator keeps from that join. Unfiltered,
-the report reads funnel_counts (services.api.routes.funnels.report_counts), unchanged.
+attribute of the entry page view (alone or with a plan), or a plan alone (Filters.first_by),
+those persons are read from person_first_by (migration 0033), which the aggregator keeps from
+that join. Unfiltered, the report reads funnel_counts (services.api.routes.funnels.report_counts),
+unchanged.
 """
 
 from __future__ import annotations

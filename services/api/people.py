@@ -19,7 +19,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from services.api import queries
-from services.api.filters import ONLINE_DAYS, ROLLED_PERSONS, Filters
+from services.api.filters import ONLINE_DAYS, Filters
 from services.api.queries import ONLINE_WINDOW, WEEK, Narrowing, T
 from werkstroom import churn, timezones
 from werkstroom.breakdowns import EVERY_PERSON_OF, PERSON_OF_SESSION
@@ -40,11 +40,12 @@ _PERSON_DAYS = """
 SELECT {person} AS person_id, s.day AS day, m.first_day AS first_day
 FROM {joined}
 """
-# With one rolled filter, or a plan alone (Filters.first_by), the persons are read from
-# person_first_by instead (_ROLLED_CARDS). A rolled filter's were read from person_activity_by's
-# rows of the value before (at 10M events, country=NL, p50 alone: the persons counts 323 -> 165
-# ms, churn 293 -> 160, the users list's first page 259 -> 108; bench/README.md, 2026-12-04
-# stop 37), and from every matching session and every visitor's person before that.
+# With one rolled filter (alone or with a plan), or a plan alone (Filters.first_by), the persons
+# are read from person_first_by instead (_rolled_cards). A rolled filter's were read from
+# person_activity_by's rows of the value before (at 10M events, country=NL, p50 alone: the
+# persons counts 323 -> 165 ms, churn 293 -> 160, the users list's first page 259 -> 108;
+# bench/README.md, 2026-12-04 stop 37), and from every matching session and every visitor's
+# person before that.
 # The four figures of queries.persons_counts, of the persons with a matching session (lo..hi =
 # FIRST_DAY..today): total, those with one by today (a week earlier: by that day); new, those of
 # the total first seen in the week (a week earlier: in the 7 days before). A person first seen
@@ -60,7 +61,8 @@ FROM (
 )
 """
 # The cards' person figures with one rolled filter or a plan, in one read of person_first_by (its rows of
-# the value: services.api.filters.ROLLED_PERSONS, lo..hi = FIRST_DAY..today): a row per person
+# the value: services.api.filters.ROLLED_PERSONS, lo..hi = FIRST_DAY..today; with a plan too,
+# those of its persons: WITH_PLAN): a row per person
 # with its first matching day and the day it was first seen, where person_activity_by has one
 # per person and day, and no join (the first seen days were joined from persons_first_day's last
 # two weeks): _PERSONS_COUNTS's four figures, then churn's (werkstroom.churn.ROLLED_FIGURES) from
@@ -68,14 +70,20 @@ FROM (
 # it). At 10M events, country=NL, p50 alone, merged into one part: persons counts 273 -> 21 ms,
 # churn 185 -> 33 ms as two reads (bench/README.md, 2026-12-04 stop 40).
 _CHURN_FIGURES = churn.ROLLED_FIGURES.strip().replace("\n", "\n       ")
-_ROLLED_CARDS = f"""
+
+
+def _rolled_cards(persons: str) -> str:
+    """The cards' statement over `persons` (Filters.rolled_persons' SELECT)."""
+    return f"""
 SELECT countIf(first_day <= {{t:Date}}), countIf(first_day <= {{t:Date}} - 7),
        countIf(first_day <= {{t:Date}} AND first_seen_day > {{t:Date}} - 7 AND first_seen_day <= {{t:Date}}),
        countIf(first_day <= {{t:Date}} - 7 AND first_seen_day > {{t:Date}} - 14
                AND first_seen_day <= {{t:Date}} - 7),
        {_CHURN_FIGURES}
-FROM ({ROLLED_PERSONS})
+FROM ({persons})
 """
+
+
 # The visitors with a matching session spanning a moment {w1} (online then: its last event at
 # most ONLINE_WINDOW before): the matching breakdown_sessions rows of {lo}..{hi} (the moment's day
 # and the one before, as Filters.online) with their session's start (migration 0032) and
@@ -199,7 +207,7 @@ def rolled_cards(
     client: Client, project_id: str, now: datetime, filters: Filters, zone: str = timezones.DEFAULT
 ) -> tuple[Figures, Figures]:
     """persons_counts' and churn_counts' figures for a filter set with Filters.first_by (one
-    rolled filter, or a plan alone), in one read (_ROLLED_CARDS)."""
+    rolled filter, alone or with a plan, or a plan alone), in one read (_rolled_cards)."""
     rolled = filters.rolled_persons()
     assert rolled is not None, "not a filter set person_first_by holds"
     today = timezones.today(now, zone)
@@ -211,5 +219,5 @@ def rolled_cards(
         "hi": today,
         "t": today,
     }
-    row = [int(x) for x in client.query(_ROLLED_CARDS, parameters=bound).first_row]
+    row = [int(x) for x in client.query(_rolled_cards(rolled[0]), parameters=bound).first_row]
     return (row[0], row[1], row[2], row[3]), (row[4], row[5], row[6], row[7])

@@ -277,6 +277,10 @@ async def test_filters_narrow_the_funnel_report(infra: Infra, names: dict[str, s
                 {"country": country_a, "segment": "active", "exit_page": "/pricing"},
                 {"device": "mobile", "plan": "free"},
                 {"source": "Google", "plan": "premium", "entry_page": "/"},
+                {"country": country_a, "segment": "premium"},
+                {"country": country_b, "segment": "trial", "plan": "trial"},
+                {"device": "desktop", "plan": ""},
+                {"country": country_a, "segment": "premium", "plan": "trial"},  # no one
             ]
             for days in WINDOWS:
                 for filters in cases:

@@ -349,6 +349,10 @@ async def test_filters_narrow_the_cards_and_the_users_list(
                 {"country": country_a, "page": "/pricing"},
                 {"device": "mobile", "plan": "trial"},
                 {"source": "Google", "entry_page": "/pricing"},
+                # a rolled filter with a plan (person_first_by's rows of both)
+                {"country": country_a, "plan": "premium"},
+                {"country": country_b, "plan": ""},
+                {"source": "Google", "plan": "trial"},
             ]
             for filters in cases:
                 got = await get("metrics", **filters)
@@ -359,6 +363,13 @@ async def test_filters_narrow_the_cards_and_the_users_list(
                 assert (await get("metrics", segment=segment))["metrics"] == oracle.metrics(
                     {"segment": segment}
                 ), segment
+                for country in (country_a, country_b):  # the "Dutch premium users"
+                    both = {"country": country, "segment": segment}
+                    assert (await get("metrics", **both))["metrics"] == oracle.metrics(both), both
+            # `plan` and a plan segment together: the same plan, or none (no one)
+            for plan in ("premium", "trial"):
+                three = {"country": country_a, "plan": plan, "segment": "premium"}
+                assert (await get("metrics", **three))["metrics"] == oracle.metrics(three), three
                 for filters in ({}, {"country": country_a}, {"page": "/pricing"}, {"device": "mobile"}):
                     assert await users(filters, segment) == oracle.users(filters, segment, ""), (
                         filters,

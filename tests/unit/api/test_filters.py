@@ -10,7 +10,7 @@ from fastapi import HTTPException
 
 from services.api.breakdowns import Period, breakdown_sql, rolled_sql
 from services.api.deps import ProjectScope
-from services.api.filters import COLUMNS, ONLINE_SESSIONS_OF, SEGMENTS, Filters
+from services.api.filters import COLUMNS, ONLINE_SESSIONS_OF, ROLLED_PERSONS, SEGMENTS, WITH_PLAN, Filters
 from services.api.queries import (
     ACTIVE_DAYS,
     EVERYONE,
@@ -78,10 +78,36 @@ def test_one_rolled_filter_a_plan_or_a_plan_segment_reads_person_first_by() -> N
         {"segment": "active"},
         {"segment": "churned"},
         {"page": "/"},
-        {"plan": "a", "os": "iOS"},
+        {"plan": "a", "os": "iOS", "device": "mobile"},
+        {"plan": "a", "page": "/"},  # a page is not rolled
+        {"country": "NL", "segment": "active"},  # a segment of last_seen
+        {"country": "NL", "plan": "trial", "segment": "premium"},  # two plans
+        {"plan": "trial", "segment": "premium"},
     ):
         assert Filters.parse(many, now).first_by() is None, many
+        assert Filters.parse(many, now).rolled_persons() is None, many
     assert Filters.parse({"plan": "trial"}).rolled() is None  # the breakdowns' roll-ups hold no plans
+
+
+def test_a_rolled_filter_with_a_plan_reads_the_values_rows_of_the_persons_with_the_plan() -> None:
+    """country=NL&segment=premium (the issue's "Dutch premium users"): NL's person_first_by rows,
+    narrowed to the persons whose plan row is premium; the plan is a parameter."""
+    now = datetime(2026, 12, 4, tzinfo=UTC)
+    for given, plan in (
+        ({"country": "NL", "segment": "premium"}, "premium"),
+        ({"country": "NL", "plan": "x' OR 1=1 --"}, "x' OR 1=1 --"),
+        ({"country": "NL", "plan": ""}, ""),
+        ({"country": "NL", "plan": "trial", "segment": "trial"}, "trial"),
+    ):
+        f = Filters.parse(given, now)
+        assert f.first_by() == ("country", "NL"), given
+        sql, params = f.rolled_persons()  # type: ignore[misc]
+        assert sql.strip() == f"{ROLLED_PERSONS.strip()}{WITH_PLAN}"  # the plan is bound, never spliced
+        assert params == {"rf": "country", "rv": "NL", "rp": plan}, given
+    assert Filters.parse({"country": "NL"}).rolled_persons() == (
+        ROLLED_PERSONS,
+        {"rf": "country", "rv": "NL"},
+    )
 
 
 def test_page_narrows_sessions_that_viewed_it_outside_the_pages_table() -> None:

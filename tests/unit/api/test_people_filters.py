@@ -131,7 +131,7 @@ def test_the_users_list_keeps_persons_with_a_matching_session_on_any_day() -> No
     assert where.startswith(" AND person_id IN (SELECT person_id FROM (")
     assert HOSTILE not in where
     assert (params["lo"], params["hi"]) == (people.FIRST_DAY, people.LAST_DAY)
-    assert params["f_country"] == HOSTILE and params["f_plan"] == ""
+    assert (params["rf"], params["rv"], params["rp"]) == ("country", HOSTILE, "")  # person_first_by's
     listed, bound = users_filter("p1", NOW, "trial", "ann", (where, params))
     plain, plain_bound = users_filter("p1", NOW, "trial", "ann")
     assert listed == plain + where  # AND-ed with the list's own segment and search
