@@ -66,7 +66,10 @@ TARGET_MS = 50.0
 BREAKDOWN_DIMENSIONS = list(typing.get_args(Dimension))
 #: The views the filters narrow besides the breakdowns (issue 23), timed with one session filter
 #: and one person filter: online, metrics, activity, funnel and users, the gated views.
-NARROWS = [(f"{k}={v}", {k: v}) for k, v in (("country", "NL"), ("segment", "premium"))]
+NARROWS = [
+    *((f"{k}={v}", {k: v}) for k, v in (("country", "NL"), ("segment", "premium"))),
+    ("country=NL&segment=premium", {"country": "NL", "segment": "premium"}),  # the issue's example
+]
 GATED = ("online", "metrics", "activity?days=30", "funnels/{id}?days=30", "users")
 RESULTS = ROOT / "bench" / "results"
 
