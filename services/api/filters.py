@@ -168,7 +168,7 @@ class Filters:
 
     def _first_by(self) -> tuple[tuple[str, str], str | None] | None:
         """first_by's (filter, value), and the plan its persons must have besides (or None)."""
-        plans = set()
+        plans: set[str] = set()
         if "plan" in self.values:
             plans.add(self.values["plan"])
         if "segment" in self.values:
