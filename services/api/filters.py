@@ -113,7 +113,7 @@ WHERE project_id = {p:String} AND filter = {rf:String} AND filter_value = {rv:St
 #: value in the range has a plan row; only its being there is asked. At 10M events, p50 alone,
 #: country=NL&segment=premium: the cards' persons counts and churn, 128 and 113 ms as two reads
 #: joining every matching session to its person, are one read of 74 ms; the users list's first
-#: page 128 -> 77 ms (bench/README.md, 2026-12-04 stop 41).
+#: page under country=NL&plan=premium 128 -> 77 ms (bench/README.md, 2026-12-04 stop 41).
 WITH_PLAN = (
     " AND person_id IN (SELECT person_id FROM person_first_by FINAL WHERE project_id = {p:String}"
     " AND filter = 'plan' AND filter_value = {rp:String} AND is_deleted = 0)"
