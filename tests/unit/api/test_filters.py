@@ -67,7 +67,7 @@ def test_one_filter_on_an_entry_page_attribute_is_read_from_its_roll_up() -> Non
 def test_one_rolled_filter_a_plan_or_a_plan_segment_reads_person_first_by() -> None:
     """person_first_by (migration 0033) holds the persons per rolled value and per plan: the
     `plan` filter and the segments that are plans read its plan rows; a segment of last_seen (it
-    moves with the clock), a path or a second filter do not."""
+    moves with the clock), a path, a second rolled filter or two plans do not."""
     now = datetime(2026, 12, 4, tzinfo=UTC)
     assert Filters.parse({"country": "NL"}).first_by() == ("country", "NL")
     assert Filters.parse({"plan": ""}).first_by() == ("plan", "")  # no plan is a value
