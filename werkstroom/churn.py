@@ -67,16 +67,16 @@ NARROWED_COUNTS_SQL = (
 RECENT_DAYS = 22
 _EPOCH = date(1970, 1, 1)
 
-# The base and churned of today and of a week earlier, with the base narrowed to one rolled
-# filter value, over person_first_by's rows of that value (a SELECT of their columns, as
-# services.api.people composes it with the other cards' figures): each person's recent days of
-# the value and recent active days, kept as bits (RECENT_DAYS), tested against the windows' bits
-# (rolled_params: {b0}, {a0} for today's base and recent week, {b1}, {a1} a week earlier), in
-# the rows with a day of the value on or after the first day of the windows ({since}: only
-# those keep every day the windows need, RECENT_DAYS; an older row's days could share a window
-# day's bit). The same figures as NARROWED_COUNTS_SQL over that value's person_activity_by
-# rows, without reading person_activity (every person's activity of 14 days: at 10M events,
-# country=NL, p50 alone 185 -> 33 ms; bench/README.md, 2026-12-04 stop 40).
+# The base and churned of today and of a week earlier, with the base narrowed to one rolled filter
+# value (or a plan, or a value's persons with a plan), over person_first_by's rows of it (a SELECT
+# of their columns, as services.api.people composes it with the other cards' figures): each
+# person's recent days of the value and recent active days, kept as bits (RECENT_DAYS), tested
+# against the windows' bits (rolled_params: {b0}, {a0} for today's base and recent week, {b1},
+# {a1} a week earlier), in the rows with a day of the value on or after the first day of the
+# windows ({since}: only those keep every day the windows need, RECENT_DAYS; an older row's days
+# could share a window day's bit). The same figures as NARROWED_COUNTS_SQL over that value's
+# person_activity_by rows, without reading person_activity (every person's activity of 14 days: at
+# 10M events, country=NL, p50 alone 185 -> 33 ms; bench/README.md, 2026-12-04 stop 40).
 ROLLED_FIGURES = """
 countIf(last_day >= {since:Date} AND bitAnd(recent_days, {b0:UInt64}) != 0),
 countIf(last_day >= {since:Date} AND bitAnd(recent_days, {b0:UInt64}) != 0

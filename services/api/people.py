@@ -3,11 +3,11 @@
 Both count **persons with a matching session**: the breakdown_sessions rows `Filters.matching`
 selects (what the breakdowns and the filtered activity chart count), each visitor resolved to
 its live person (werkstroom.breakdowns.EVERY_PERSON_OF), else itself. With one filter on an
-attribute of the session's entry page view (Filters.rolled: country, source, device, ...), or a
-plan alone (Filters.first_by), those persons are read from person_first_by (migration 0033: a
-row per person and value or plan, with its first and last day of it, the day it was first seen,
-its recent days), which the aggregator keeps from the same join (person_activity_by, 0031).
-Unfiltered, the cards and the list are read as before
+attribute of the session's entry page view (Filters.rolled: country, source, device, ...),
+alone or with a plan, or a plan alone (Filters.first_by), those persons are read from
+person_first_by (migration 0033: a row per person and value or plan, with its first and last
+day of it, the day it was first seen, its recent days), which the aggregator keeps from the same
+join (person_activity_by, 0031). Unfiltered, the cards and the list are read as before
 (services.api.queries), with the same SQL.
 """
 
@@ -60,15 +60,15 @@ FROM (
     GROUP BY person_id
 )
 """
-# The cards' person figures with one rolled filter or a plan, in one read of person_first_by (its rows of
-# the value: services.api.filters.ROLLED_PERSONS, lo..hi = FIRST_DAY..today; with a plan too,
-# those of its persons: WITH_PLAN): a row per person
-# with its first matching day and the day it was first seen, where person_activity_by has one
-# per person and day, and no join (the first seen days were joined from persons_first_day's last
-# two weeks): _PERSONS_COUNTS's four figures, then churn's (werkstroom.churn.ROLLED_FIGURES) from
-# the same rows, whose FINAL is most of the read (2 parts at 10M events: 45 ms of 17 without
-# it). At 10M events, country=NL, p50 alone, merged into one part: persons counts 273 -> 21 ms,
-# churn 185 -> 33 ms as two reads (bench/README.md, 2026-12-04 stop 40).
+# The cards' person figures with one rolled filter or a plan, in one read of person_first_by (its
+# rows of the value: services.api.filters.ROLLED_PERSONS, lo..hi = FIRST_DAY..today; with a plan
+# too, those of its persons: WITH_PLAN): a row per person with its first matching day and the day
+# it was first seen, where person_activity_by has one per person and day, and no join (the first
+# seen days were joined from persons_first_day's last two weeks): _PERSONS_COUNTS's four figures,
+# then churn's (werkstroom.churn.ROLLED_FIGURES) from the same rows, whose FINAL is most of the
+# read (2 parts at 10M events: 45 ms of 17 without it). At 10M events, country=NL, p50 alone,
+# merged into one part: persons counts 273 -> 21 ms, churn 185 -> 33 ms as two reads
+# (bench/README.md, 2026-12-04 stop 40).
 _CHURN_FIGURES = churn.ROLLED_FIGURES.strip().replace("\n", "\n       ")
 
 
@@ -187,8 +187,8 @@ def churn_counts(
     client: Client, project_id: str, now: datetime, filters: Filters, zone: str = timezones.DEFAULT
 ) -> tuple[int, int, int, int]:
     """base, churned; base and churned a week earlier, the base narrowed to the persons with a
-    matching session in its window (werkstroom.churn.NARROWED_COUNTS_SQL; with one rolled filter or a plan
-    rolled_cards; queries.churn_counts unfiltered)."""
+    matching session in its window (werkstroom.churn.NARROWED_COUNTS_SQL; with a filter set of
+    Filters.first_by rolled_cards; queries.churn_counts unfiltered)."""
     if not filters.values:
         return queries.churn_counts(client, project_id, now, zone)
     if filters.first_by() is not None:

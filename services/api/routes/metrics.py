@@ -27,9 +27,9 @@ async def metric_cards(
     zone: str = timezones.DEFAULT,
 ) -> dict[str, Any]:
     """The four cards' reads run concurrently, each on a pooled client; without filters, the
-    queries of services.api.queries, with them services.api.people's (with one rolled filter or a plan,
-    the persons' and churn's figures in one read). Days are the project's local days (its time
-    `zone`)."""
+    queries of services.api.queries, with them services.api.people's (with a filter set of
+    Filters.first_by, the persons' and churn's figures in one read). Days are the project's local
+    days (its time `zone`)."""
     today = timezones.today(now, zone)
     online = (
         pool.run(queries.online_count, project_id, now, filters.online(today)),
