@@ -59,6 +59,7 @@ from werkstroom import projects, timezones  # noqa: E402
 from werkstroom.breakdowns import (  # noqa: E402
     ACTIVITY_FIGURES,
     ROLLED_FILTERS,
+    Joined,
     activity_figures_sql,
     filter_pairs,
     with_persons,
@@ -700,6 +701,10 @@ def generate(
     # rewrites with person_activity_by: here migration 0033's back-fill, from its rows.
     for statement in _migration("0033_person_first_by.sql").statements():
         step("person_first_by (0033)", statement)
+    # Each session under its person's plan (plan_sessions), which the aggregator rewrites with
+    # breakdown_sessions and persons: here migration 0034's back-fill, from them.
+    for statement in _migration("0034_plan_sessions.sql").statements():
+        step("plan_sessions (0034)", statement)
     # and the settled days' roll-up, as the aggregator writes it when a day changes
     t = time.perf_counter()
     settled = {
@@ -958,6 +963,22 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
             "WHERE project_id = {p:String} AND is_deleted = 0 GROUP BY filter, filter_value, person_id)"
         ),
     )
+    # plan_sessions (migration 0034): each live session under its visitor's person's plan, with
+    # the person and its first_seen (persons' anonymous_ids here, not visitor_persons)
+    expect(
+        "plan_sessions (each session under its person's plan)",
+        one(
+            "SELECT count(), sum(cityHash64(plan, day, anonymous_id, session_id, person_id, first_seen, "
+            "country, page_views)) FROM plan_sessions FINAL WHERE project_id = {p:String} AND is_deleted = 0"
+        ),
+        one(
+            "SELECT count(), sum(cityHash64(m.plan, s.day, s.anonymous_id, s.session_id, m.person_id, "
+            "m.first_seen, s.country, s.page_views)) "
+            "FROM (SELECT * FROM breakdown_sessions FINAL WHERE project_id = {p:String} AND is_deleted = 0) AS s "
+            "INNER JOIN (SELECT visitor, person_id, first_seen, plan FROM persons FINAL ARRAY JOIN anonymous_ids "
+            "AS visitor WHERE project_id = {p:String} AND is_deleted = 0) AS m ON m.visitor = s.anonymous_id"
+        ),
+    )
     expect(
         "person_first_by (each person's first and last day under its plan)",
         one(
@@ -988,7 +1009,9 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
     for name, *figures in by_filter:
         expect(f"activity_daily_by {name} sums", tuple(figures), tuple(sums))
     live = activity_figures_sql(
-        with_persons(f"SELECT day, anonymous_id, page_views, duration_ms {settled} AND country = 'NL'")
+        Joined(
+            with_persons(f"SELECT day, anonymous_id, page_views, duration_ms {settled} AND country = 'NL'")
+        )
     )
     expect(
         "activity_daily_by country NL",

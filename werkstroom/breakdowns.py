@@ -4,6 +4,8 @@ Definitions: docs/definitions.md ("Breakdowns")."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from werkstroom.clickhouse.tables import BREAKDOWN_DIMENSIONS, ENTRY_ATTRIBUTES
 
 #: The distinct count of visitors in breakdown_daily: HyperLogLog with 2^12 cells beyond its
@@ -114,6 +116,26 @@ EVERY_PERSON_OF = _EVERY_PERSON.format(first_day=", toDate(first_seen, {tz:Strin
 PERSON_OF_SESSION = "if(m.visitor = '', s.anonymous_id, m.person)"
 
 
+@dataclass(frozen=True)
+class Joined:
+    """Sessions, as `s`, with their persons, for SQL that counts persons: `source` the FROM
+    clause, `person` a session's person, `first_day` that person's first day (the project's
+    zone) and `new` whether the session is on it. By default with_persons' (PERSON_OF_SESSION: a
+    visitor in no persons row is its own person, never new)."""
+
+    source: str
+    person: str = PERSON_OF_SESSION
+    first_day: str = "m.first_day"
+    new: str = "m.visitor != '' AND m.first_day = s.day"
+
+
+def planned(sessions: str) -> Joined:
+    """The sessions `sessions` selects from plan_sessions (migration 0034), with its person_id
+    and first_seen, which are their persons: no join ({tz:String} the project's zone)."""
+    first_day = "toDate(s.first_seen, {tz:String})"
+    return Joined(f"({sessions}) AS s", "s.person_id", first_day, f"{first_day} = s.day")
+
+
 def with_persons(sessions: str, persons: str = EVERY_PERSON_OF, narrowed: bool = False) -> str:
     """The FROM clause joining the sessions `sessions` selects (with `anonymous_id`), as `s`, to
     their visitors' persons `persons` (EVERY_PERSON or EVERY_PERSON_OF, or with `narrowed` some
@@ -136,20 +158,20 @@ def with_persons(sessions: str, persons: str = EVERY_PERSON_OF, narrowed: bool =
 ACTIVITY_FIGURES = ["persons", "new_persons", "sessions", "page_views", "bounced", "duration_ms"]
 
 
-def activity_figures_sql(joined: str, keys: str = "", names: str = "") -> str:
+def activity_figures_sql(joined: Joined, keys: str = "", names: str = "") -> str:
     """SELECT day{names} and ACTIVITY_FIGURES per day{names}, of the sessions that `joined` (a
-    with_persons FROM clause, EVERY_PERSON_OF's columns) joins to their persons: breakdown_sessions
-    rows with day, anonymous_id, page_views, duration_ms and the columns `keys` reads, each
-    visitor resolved to its live person, else itself, never new then: what activity_daily_by
+    with_persons FROM clause, EVERY_PERSON_OF's columns, or `planned`) joins to their persons:
+    breakdown_sessions rows with day, anonymous_id, page_views, duration_ms and the columns `keys`
+    reads, each visitor resolved to its live person, else itself, never new then: what activity_daily_by
     holds, and what the filtered chart computes for the days it does not have. `keys`: ", "-led
     expressions over the session (`s.`) with their aliases, `names` those aliases, ", "-led. (A
     visitor in no persons row has visitor '' here: never new. The inner columns are renamed: an
     alias that is also a column's name would be read as the aggregate inside another one.)"""
     return f"""SELECT day{names}, uniqExact(who) AS persons, uniqExactIf(who, new) AS new_persons,
        count() AS sessions, sum(n) AS page_views, countIf(n = 1) AS bounced, sum(ms) AS duration_ms
-FROM (SELECT s.day AS day{keys}, {PERSON_OF_SESSION} AS who,
-             m.visitor != '' AND m.first_day = s.day AS new, s.page_views AS n, s.duration_ms AS ms
-      FROM {joined})
+FROM (SELECT s.day AS day{keys}, {joined.person} AS who,
+             {joined.new} AS new, s.page_views AS n, s.duration_ms AS ms
+      FROM {joined.source})
 GROUP BY day{names}"""
 
 
@@ -165,5 +187,5 @@ def activity_by_filter_sql(where: str) -> str:
         f"SELECT day, anonymous_id, page_views, duration_ms, {', '.join(ROLLED_FILTERS)} "
         f"FROM breakdown_sessions FINAL WHERE project_id = {{p:String}} AND is_deleted = 0 AND {where}"
     )
-    figures = activity_figures_sql(with_persons(sessions), f", arrayJoin([{filters}]) AS f", ", f")
+    figures = activity_figures_sql(Joined(with_persons(sessions)), f", arrayJoin([{filters}]) AS f", ", f")
     return f"SELECT day, f.1 AS filter, f.2 AS filter_value, {', '.join(ACTIVITY_FIGURES)} FROM ({figures})"

@@ -18,7 +18,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from services.aggregator import breakdowns
+from services.aggregator import breakdowns, plans
 from services.aggregator.breakdowns import RollUps
 from services.aggregator.funnels import person_ids, recompute
 from services.aggregator.processor import Dirty
@@ -424,7 +424,9 @@ def refresh_activity_by(
 ) -> None:
     """Bring person_activity_by in line for the persons refresh_persons staged (and those merged
     away, `gone`) over `days`, after breakdowns.recompute wrote their breakdown_sessions rows;
-    then their person_first_by rows (`zone`: the project's)."""
+    then their person_first_by rows and their members' plan_sessions rows (`zone`: the
+    project's)."""
+    plans.refresh(client, project_id, days, version, zone, (MEMBER_IDS, MEMBERS, FRESH, BEFORE, SESSIONS))
     if not days:
         return
     since = datetime.now(UTC).date() - timedelta(days=churn.RECENT_DAYS)

@@ -21,7 +21,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from services.api.filters import Filters
-from werkstroom.breakdowns import EVERY_PERSON, PERSON_OF_SESSION
+from werkstroom.breakdowns import EVERY_PERSON
 from werkstroom.funnels import Funnel
 
 # Each matching visitor's person (werkstroom.breakdowns.EVERY_PERSON and PERSON_OF_SESSION,
@@ -60,7 +60,7 @@ def filtered_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
         persons, params = rolled
         return _ROLLED.format(persons=persons), params
     joined, params = filters.with_persons("DISTINCT anonymous_id", EVERY_PERSON)
-    return _FILTERED.format(joined=joined, person=PERSON_OF_SESSION), params
+    return _FILTERED.format(joined=joined.source, person=joined.person), params
 
 
 def filtered_counts(client: Client, funnel: Funnel, days: int, today: date, filters: Filters) -> list[int]:

@@ -22,7 +22,7 @@ from services.api import queries
 from services.api.filters import ONLINE_DAYS, Filters
 from services.api.queries import ONLINE_WINDOW, WEEK, Narrowing, T
 from werkstroom import churn, timezones
-from werkstroom.breakdowns import EVERY_PERSON_OF, PERSON_OF_SESSION
+from werkstroom.breakdowns import EVERY_PERSON_OF
 
 #: The first and the last day a Date holds: "every day the breakdown tables hold".
 FIRST_DAY = date(1970, 1, 1)
@@ -37,7 +37,7 @@ LAST_DAY = date(2149, 6, 6)
 # With `plan` or `segment`, the persons are narrowed by them and the sessions are not
 # (Filters.with_persons).
 _PERSON_DAYS = """
-SELECT {person} AS person_id, s.day AS day, m.first_day AS first_day
+SELECT {person} AS person_id, s.day AS day, {first_day} AS first_day
 FROM {joined}
 """
 # With one rolled filter (alone or with a plan), or a plan alone (Filters.first_by), the persons
@@ -114,7 +114,7 @@ def person_days(filters: Filters) -> tuple[str, dict[str, Any]]:
     {lo:Date}..{hi:Date} of project {p:String}, and the filters' parameters (binding {tz:String}
     too). One rolled filter reads person_first_by instead (Filters.rolled_persons)."""
     joined, params = filters.with_persons("day, anonymous_id", EVERY_PERSON_OF)
-    return _PERSON_DAYS.format(joined=joined, person=PERSON_OF_SESSION), params
+    return _PERSON_DAYS.format(joined=joined.source, person=joined.person, first_day=joined.first_day), params
 
 
 def persons_counts_sql(filters: Filters) -> tuple[str, dict[str, Any]]:

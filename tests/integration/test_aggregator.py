@@ -17,7 +17,7 @@ import pytest
 from tests.integration.stack import Stack
 from werkstroom import churn
 from werkstroom.breakdowns import ROLLED_FILTERS
-from werkstroom.clickhouse.tables import SESSIONS_DAILY_COLUMNS
+from werkstroom.clickhouse.tables import SESSION_ATTRIBUTES, SESSIONS_DAILY_COLUMNS
 from werkstroom.demo import batches, simulate
 
 pytestmark = pytest.mark.integration
@@ -155,6 +155,31 @@ def person_activity_by_agrees(stack: Stack) -> bool:
     )
 
 
+# plan_sessions (migration 0034), and what it must hold, computed here from the live
+# breakdown_sessions rows and the live persons rows' anonymous_ids: each session under its
+# visitor's person's plan, with the person and its first_seen; a visitor in no persons row, none.
+PLAN_SESSIONS = (
+    f"SELECT project_id, plan, day, anonymous_id, session_id, person_id, first_seen, "
+    f"{', '.join(SESSION_ATTRIBUTES)}, page_views, duration_ms, start_at FROM plan_sessions FINAL "
+    "WHERE is_deleted = 0"
+)
+PLAN_SESSIONS_EXPECTED = (
+    f"SELECT s.project_id, m.plan, s.day, s.anonymous_id, s.session_id, m.person_id, m.first_seen, "
+    f"{', '.join(f's.{c}' for c in SESSION_ATTRIBUTES)}, s.page_views, s.duration_ms, s.start_at "
+    "FROM (SELECT * FROM breakdown_sessions FINAL WHERE is_deleted = 0) AS s "
+    "INNER JOIN (SELECT project_id, visitor, person_id, first_seen, plan FROM persons FINAL "
+    "ARRAY JOIN anonymous_ids AS visitor WHERE is_deleted = 0) AS m "
+    "ON m.project_id = s.project_id AND m.visitor = s.anonymous_id"
+)
+
+
+def plan_sessions_agree(stack: Stack) -> bool:
+    """plan_sessions holds each live session of a visitor of a live person once, under the
+    person's plan, with its person, first_seen and breakdown_sessions' columns, and no other."""
+    held = stack.rows(PLAN_SESSIONS)
+    return len(held) == len(set(held)) and set(held) == set(stack.rows(PLAN_SESSIONS_EXPECTED))
+
+
 def per_day(stack: Stack, project_id: str, column: str) -> dict[object, int]:
     """A daily_stats column by day, for the days where it is not zero."""
     sql = f"SELECT day, {column} FROM daily_stats FINAL WHERE project_id = {{p:String}} AND {column} > 0"
@@ -229,6 +254,8 @@ async def test_generated_traffic_gives_exact_sessions_identities_and_isolation(s
     await stack.until(
         lambda: person_activity_by_agrees(stack) and len(stack.rows(PERSON_ACTIVITY_BY)) > 0, timeout=10
     )
+    # every session under its person's plan, as the views narrowed by a plan read them
+    await stack.until(lambda: plan_sessions_agree(stack) and len(stack.rows(PLAN_SESSIONS)) > 0, timeout=10)
 
 
 async def test_a_batch_sent_again_by_its_client_is_counted_once(stack: Stack) -> None:
@@ -379,7 +406,11 @@ async def test_persons_recent_keeps_one_live_row_per_person_as_they_move_and_mer
     await send_all(stack, key, [call("identify", 5, 3, userId="u-mover")])  # merged into the user
     await stack.until(lambda: recent() == [("u-mover", now - timedelta(minutes=5))])
     # the visitor's row follows it into the user's person (migration 0030)
-    await stack.until(lambda: visitor_persons_agree(stack) and person_activity_by_agrees(stack))
+    await stack.until(
+        lambda: (
+            visitor_persons_agree(stack) and person_activity_by_agrees(stack) and plan_sessions_agree(stack)
+        )
+    )
     assert [r[1:3] for r in stack.rows(VISITOR_PERSONS)] == [("mover", "u-mover")]
 
 
@@ -424,7 +455,11 @@ async def test_an_alias_chain_is_followed_to_its_end(stack: Stack) -> None:
     await stack.until(lambda: live() == [("u-2", 1, 3, ["chain"])])  # one session: 18 min apart at most
     await send_all(stack, key, [alias(2), alias(3)])
     await stack.until(lambda: live() == [("u-4", 1, 3, ["chain"])])
-    await stack.until(lambda: visitor_persons_agree(stack) and person_activity_by_agrees(stack))
+    await stack.until(
+        lambda: (
+            visitor_persons_agree(stack) and person_activity_by_agrees(stack) and plan_sessions_agree(stack)
+        )
+    )
     assert [r[1:3] for r in stack.rows(VISITOR_PERSONS)] == [("chain", "u-4")]
 
     await stack.start_api()
@@ -472,7 +507,11 @@ async def test_an_id_identified_again_as_another_user_leaves_its_first_person(st
     await stack.until(lambda: members().get("user-b") == ["anon-x"])
     await send_all(stack, key, [page_at("anon-y", now - timedelta(minutes=4), "re-3")])  # user-a again
     await stack.until(lambda: members() == {"user-a": ["anon-y"], "user-b": ["anon-x"]})
-    await stack.until(lambda: visitor_persons_agree(stack) and person_activity_by_agrees(stack))
+    await stack.until(
+        lambda: (
+            visitor_persons_agree(stack) and person_activity_by_agrees(stack) and plan_sessions_agree(stack)
+        )
+    )
     # anon-x keeps user-b's row: user-a's later rewrite, without it, writes nothing for it
     assert [r[1:3] for r in stack.rows(VISITOR_PERSONS)] == [("anon-x", "user-b"), ("anon-y", "user-a")]
 
@@ -692,3 +731,52 @@ async def test_persons_segments_and_daily_stats_match_the_simulation(stack: Stac
         )
 
     await stack.until(lambda: daily() == want_daily, timeout=20)
+
+
+async def test_a_persons_sessions_follow_its_plan_on_every_day(stack: Stack) -> None:
+    """plan_sessions (migration 0034): anon-p browsed two days ago and today; identified today
+    with plan trial, then premium, its sessions of both days move from no plan to trial to
+    premium, although only today is dirty, and the old plans' rows go; anon-q, identified as the
+    same user later, joins with its session under premium; a plan removed moves them all to ""."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    key, pid = stack.project.write_key, stack.project.project_id
+    earlier = now - timedelta(days=2)
+
+    def identify(anonymous_id: str, minutes: int, plan: object, n: int) -> dict[str, object]:
+        stamp = (now - timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")
+        return {
+            "type": "identify",
+            "anonymousId": anonymous_id,
+            "userId": "user-p",
+            "traits": {"plan": plan},
+            "messageId": f"pl-id-{n}",
+            "timestamp": stamp,
+        }
+
+    def plans() -> set[tuple[object, ...]]:
+        sql = (
+            "SELECT plan, day, anonymous_id, person_id FROM plan_sessions FINAL "
+            "WHERE project_id = {p:String} AND is_deleted = 0"
+        )
+        return set(stack.rows(sql, p=pid))
+
+    await send_all(
+        stack,
+        key,
+        [page_at("anon-p", earlier, "pl-1"), page_at("anon-p", now - timedelta(minutes=20), "pl-2")],
+    )
+    days = [earlier.date(), (now - timedelta(minutes=20)).date()]
+    await stack.until(lambda: plans() == {("", d, "anon-p", "anon-p") for d in days})
+    await send_all(stack, key, [identify("anon-p", 15, "trial", 1)])
+    await stack.until(lambda: plans() == {("trial", d, "anon-p", "user-p") for d in days})
+    await send_all(stack, key, [identify("anon-p", 10, "premium", 2)])
+    await stack.until(lambda: plans() == {("premium", d, "anon-p", "user-p") for d in days})
+    at_q = now - timedelta(minutes=8)
+    await send_all(stack, key, [page_at("anon-q", at_q, "pl-3"), identify("anon-q", 7, "premium", 3)])
+    joined = {("premium", d, "anon-p", "user-p") for d in days} | {
+        ("premium", at_q.date(), "anon-q", "user-p")
+    }
+    await stack.until(lambda: plans() == joined)
+    await send_all(stack, key, [identify("anon-q", 5, None, 4)])  # no plan: a null is no string
+    await stack.until(lambda: plans() == {("", d, v, "user-p") for _, d, v, _ in joined})
+    await stack.until(lambda: plan_sessions_agree(stack))

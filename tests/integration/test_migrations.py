@@ -507,3 +507,48 @@ def test_breakdown_sessions_get_their_sessions_starts_as_the_refresh_computes_th
     database.command("TRUNCATE TABLE breakdown_sessions")
     refresh(database, Dirty({("p", date(2026, 3, 1))}, {("p", "a"), ("p", "b")}))
     assert database.query(read).result_rows == starts
+
+
+def test_plan_sessions_is_back_filled_with_each_session_under_its_persons_plan(database: Client) -> None:
+    _two_visitors_sessions(database)
+    migrate(database, through=33)
+    person = (
+        "INSERT INTO visitor_persons (project_id, visitor, person_id, first_seen, last_seen, plan, is_deleted, "
+        "version) VALUES "
+    )
+    for row in (
+        "('p', 'a', 'u1', '2026-02-20 08:00:00', '2026-03-01 10:03:00', 'trial', 0, 5)",
+        "('p', 'a', 'u1', '2026-02-20 08:00:00', '2026-03-01 10:03:00', 'premium', 0, 6)",  # newer
+        "('q', 'b', 'u2', '2026-03-01 23:59:00', '2026-03-01 23:59:00', 'trial', 0, 1)",  # another project's b
+    ):
+        database.command(person + row)
+    sessions = database.query(
+        "SELECT * FROM breakdown_sessions FINAL WHERE is_deleted = 0 ORDER BY ALL"
+    ).result_rows
+    assert [r[3] for r in sessions] == ["s1", "s2"]
+
+    assert migrate(database, through=34) == ["0034_plan_sessions.sql"]
+
+    rows = database.query(
+        "SELECT project_id, plan, toString(day), anonymous_id, session_id, person_id, toString(first_seen), "
+        "entry_path, exit_path, country, page_views, duration_ms, toString(start_at) "
+        "FROM plan_sessions FINAL WHERE is_deleted = 0 ORDER BY ALL"
+    ).result_rows
+    # a's session under its person's plan now; b is in no persons row of project p: no row
+    assert rows == [
+        (
+            "p",
+            "premium",
+            "2026-03-01",
+            "a",
+            "s1",
+            "u1",
+            "2026-02-20 08:00:00.000",
+            "/",
+            "/p",
+            "NL",
+            2,
+            180_000,
+            "2026-03-01 10:00:00.000",
+        )
+    ]

@@ -372,6 +372,8 @@ TABLES = {
     "WHERE project_id = {p:String} AND is_deleted = 0",
     "breakdown_sessions": "SELECT day, anonymous_id, entry_path, exit_path, page_views "
     "FROM breakdown_sessions FINAL WHERE project_id = {p:String} AND is_deleted = 0",
+    "plan_sessions": "SELECT plan, day, anonymous_id, person_id, first_seen, page_views FROM plan_sessions FINAL "
+    "WHERE project_id = {p:String} AND is_deleted = 0",
     "breakdown_pages": "SELECT day, anonymous_id, path, views, time_ms, bounced FROM breakdown_pages FINAL "
     "WHERE project_id = {p:String} AND is_deleted = 0",
     "churn_daily": "SELECT day, base, churned FROM churn_daily FINAL WHERE project_id = {p:String} "

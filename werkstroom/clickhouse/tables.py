@@ -124,6 +124,13 @@ BREAKDOWN_SESSIONS_COLUMNS = [
     *SESSION_ATTRIBUTES,
     *("page_views", "duration_ms", "start_at", "version", "is_deleted"),
 ]
+#: `plan_sessions` (migration 0034): breakdown_sessions' live rows under their visitor's person's
+#: plan now, with that person and its first moment.
+PLAN_SESSIONS_COLUMNS = [
+    *("project_id", "plan", "day", "anonymous_id", "session_id", "person_id", "first_seen"),
+    *SESSION_ATTRIBUTES,
+    *("page_views", "duration_ms", "start_at", "version", "is_deleted"),
+]
 #: `breakdown_pages`: one row per (session, path viewed), with its figures only (a filter on the
 #: session's attributes reads breakdown_sessions: copying them here cost the aggregator more).
 BREAKDOWN_PAGES_COLUMNS = [
@@ -241,6 +248,7 @@ WRITTEN: dict[str, list[str]] = {
     "visitor_persons": VISITOR_PERSONS_COLUMNS,
     "sessions_daily": SESSIONS_DAILY_COLUMNS,
     "breakdown_sessions": BREAKDOWN_SESSIONS_COLUMNS,
+    "plan_sessions": PLAN_SESSIONS_COLUMNS,
     "breakdown_pages": BREAKDOWN_PAGES_COLUMNS,
     "online_history": ONLINE_HISTORY_COLUMNS,
     "daily_stats": DAILY_STATS_COLUMNS,

@@ -10,7 +10,15 @@ from fastapi import HTTPException
 
 from services.api.breakdowns import Period, breakdown_sql, rolled_sql
 from services.api.deps import ProjectScope
-from services.api.filters import COLUMNS, ONLINE_SESSIONS_OF, ROLLED_PERSONS, SEGMENTS, WITH_PLAN, Filters
+from services.api.filters import (
+    COLUMNS,
+    ONLINE_SESSIONS_OF,
+    PLAN,
+    ROLLED_PERSONS,
+    SEGMENTS,
+    WITH_PLAN,
+    Filters,
+)
 from services.api.queries import (
     ACTIVE_DAYS,
     EVERYONE,
@@ -23,7 +31,7 @@ from services.api.queries import (
 )
 from services.api.routes.breakdowns import BreakdownArgs, breakdown_args, period_of
 from services.api.routes.filtering import filters_of, session_filters_of
-from werkstroom.breakdowns import EVERY_PERSON, with_persons
+from werkstroom.breakdowns import EVERY_PERSON, Joined, planned, with_persons
 from werkstroom.clickhouse.tables import SESSION_ATTRIBUTES
 from werkstroom.funnels import glob_matches, like_pattern
 
@@ -183,7 +191,7 @@ def test_joined_to_persons_the_person_filters_narrow_the_persons_not_the_session
     joined, params = f.with_persons("anonymous_id", EVERY_PERSON)
     matching = f.matching("anonymous_id", person=False)[0]
     persons = f"{EVERY_PERSON} AND plan = {{f_plan:String}}{SEGMENT_WHERE['active']}"
-    assert joined == with_persons(matching, persons, narrowed=True)
+    assert joined == Joined(with_persons(matching, persons, narrowed=True))
     assert params == {
         "f_country": "NL",
         "f_plan": "premium",
@@ -192,9 +200,61 @@ def test_joined_to_persons_the_person_filters_narrow_the_persons_not_the_session
     }
     nl = Filters.parse({"country": "NL"})
     assert nl.with_persons("anonymous_id", EVERY_PERSON) == (
-        with_persons(nl.matching("anonymous_id")[0], EVERY_PERSON, narrowed=False),
+        Joined(with_persons(nl.matching("anonymous_id")[0], EVERY_PERSON, narrowed=False)),
         {"f_country": "NL"},
     )
+
+
+HOSTILE = "x' OR 1=1 --"
+
+
+@pytest.mark.parametrize(
+    ("given", "plan"),
+    [
+        ({"plan": HOSTILE}, HOSTILE),
+        ({"plan": ""}, ""),  # no plan is a value
+        ({"segment": "premium"}, "premium"),
+        ({"segment": "trial", "plan": "trial"}, "trial"),
+        ({"country": "NL", "segment": "premium"}, "premium"),
+        ({"page": "/blog/*", "device": "mobile", "plan": "team"}, "team"),
+    ],
+)
+def test_filters_naming_a_plan_alone_read_that_plans_sessions(given: dict[str, str], plan: str) -> None:
+    """plan_sessions (migration 0034) holds each session under its person's plan now: filters
+    whose person filters are one plan read its rows there, the plan bound as a parameter, and
+    their persons from the rows (no visitor_persons); breakdown_pages still takes the visitors'."""
+    f = Filters.parse(given, NOW)
+    assert f.plan() == plan and f.sessions_table() == "plan_sessions"
+    sql, params = f.where("plan_sessions", SUB)
+    assert sql.endswith(f" AND {PLAN}") and params["pl"] == plan and HOSTILE not in sql
+    matching, _ = f.matching("day, anonymous_id")
+    assert matching.startswith("SELECT day, anonymous_id FROM plan_sessions FINAL") and matching.endswith(
+        PLAN
+    )
+    for read in (matching, breakdown_sql("os", f)[0], f.online(NOW.date())[0]):
+        assert "plan_sessions FINAL" in read and "visitor_persons" not in read, read
+    assert "visitor_persons" in breakdown_sql("pages", f)[0]
+    joined, joined_params = f.with_persons("day, anonymous_id", EVERY_PERSON)
+    assert joined == planned(f.matching("day, anonymous_id, person_id, first_seen")[0])
+    assert joined.person == "s.person_id" and joined_params["pl"] == plan
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {},
+        {"country": "NL"},
+        {"segment": "active"},
+        {"segment": "premium", "plan": "trial"},
+        {"plan": "a", "segment": "churned"},
+    ],
+)
+def test_other_filters_read_breakdown_sessions(given: dict[str, str]) -> None:
+    """No person filter, a segment of last_seen (it moves with the clock) or two plans (no one):
+    breakdown_sessions, with the visitors' condition for the person filters."""
+    f = Filters.parse(given, NOW)
+    assert f.plan() is None and f.sessions_table() == "breakdown_sessions"
+    assert "plan_sessions" not in f.matching("anonymous_id")[0] + breakdown_sql("os", f)[0]
 
 
 def test_a_segment_must_be_known_and_have_a_clock() -> None:
@@ -288,19 +348,19 @@ def test_filtered_online_keeps_the_visitors_whose_current_session_matches() -> N
     hostile = "x' OR 1=1 --"
     today = date(2026, 12, 2)
     where, params = Filters.parse({"page": "/blog/*", "country": hostile, "plan": "premium"}).online(today)
-    online = ONLINE_SESSIONS_OF.format(table="breakdown_sessions")
+    # a plan alone: that plan's sessions (plan_sessions, migration 0034)
+    online = ONLINE_SESSIONS_OF.format(table="plan_sessions")
     pages = ONLINE_SESSIONS_OF.format(table="breakdown_pages")
     assert where == (
         f" AND session_id IN ({online}"
         f" AND session_id IN ({pages} AND path LIKE {{f_page:String}})"
-        " AND country = {f_country:String}"
-        f" AND anonymous_id IN ({PERSONS} AND plan = {{f_plan:String}}))"
+        f" AND country = {{f_country:String}} AND {PLAN})"
     )
     # today and yesterday (UTC): a session online now that began before midnight is yesterday's
     assert params == {
         "f_page": "/blog/%",
         "f_country": hostile,
-        "f_plan": "premium",
+        "pl": "premium",
         "lo": date(2026, 12, 1),
         "hi": today,
     }

@@ -57,7 +57,7 @@ def test_without_filters_the_cards_read_what_they_did() -> None:
 
 
 def test_filtered_cards_bind_every_value() -> None:
-    f = _filters(country=HOSTILE, page="/blog/*", plan="premium")
+    f = _filters(country=HOSTILE, page="/blog/*", segment="active")
     client = Recording()
     people.persons_counts(client, "p1", NOW, f)  # type: ignore[arg-type]
     people.online_week_ago(client, "p1", NOW, f)  # type: ignore[arg-type]
@@ -75,6 +75,20 @@ def test_filtered_cards_bind_every_value() -> None:
     # (migration 0032), not every session of the project in `sessions`
     assert "FROM sessions" not in online and online.count("FROM breakdown_sessions FINAL") == 1
     assert "AND start_at <= {w1:" in online and "addMilliseconds(start_at, duration_ms) >= {since:" in online
+
+
+def test_filtered_cards_under_a_plan_read_its_sessions_and_their_persons_from_plan_sessions() -> None:
+    """A plan alone with a filter person_first_by does not hold (a page): the plan's sessions
+    from plan_sessions (migration 0034), their persons and first days from its rows, no join."""
+    f = _filters(country=HOSTILE, page="/blog/*", plan="premium")
+    client = Recording()
+    people.persons_counts(client, "p1", NOW, f)  # type: ignore[arg-type]
+    people.online_week_ago(client, "p1", NOW, f)  # type: ignore[arg-type]
+    for sql, params in client.asked:
+        assert HOSTILE not in sql and "plan_sessions FINAL" in sql and "breakdown_sessions FINAL" not in sql
+        assert "visitor_persons" not in sql and params["pl"] == "premium" and params["f_country"] == HOSTILE
+    (counts, _), _ = client.asked
+    assert "s.person_id AS person_id" in counts and "toDate(s.first_seen, {tz:String}) AS first_day" in counts
 
 
 def test_filtered_churn_narrows_the_base_only() -> None:

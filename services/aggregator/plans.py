@@ -1,0 +1,109 @@
+"""plan_sessions (migration 0034): the staged persons' sessions under their plans, recomputed in
+ClickHouse after their breakdown_sessions rows are (services.aggregator.derived).
+
+A row is a live breakdown_sessions row of a member of a person, under the plan the person's new
+row has, with the person and its first_seen. It changes when the session's row does (on the
+dirty days), when its visitor moves to another person (the days of the members that moved,
+Changed.moved_days), and when its person's plan or first_seen changes: then on every day of the
+person's members' sessions (read from the staged sessions: statements). Over those days, each
+current row is compared with the rows held for the members, of any plan: a row for each one new
+or different, a tombstone for each held one that is no longer current (the old plan's, after a
+change), at the refresh's version. A recomputation gives the same rows whatever came before.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from functools import cache
+
+from clickhouse_connect.driver.client import Client
+
+from werkstroom.clickhouse.tables import PLAN_SESSIONS_COLUMNS, SESSION_ATTRIBUTES
+
+#: A row's key after the project: plan, day, anonymous_id, session_id.
+_KEY = PLAN_SESSIONS_COLUMNS[1:5]
+#: The columns compared between a current row and a held one: the rest of a row.
+_VALUES = [c for c in PLAN_SESSIONS_COLUMNS if c not in (*_KEY, "project_id", "version", "is_deleted")]
+
+
+@cache
+def statements(members: str, fresh: str, before: str, sessions: str) -> tuple[str, str]:
+    """The staged ids of the persons that are new or whose plan or first_seen changed (a
+    subquery: each of their rows changes) and the days of their sessions, over the refresh's
+    staged (member, person) pairs `members`, the persons' new rows and old ones (`fresh`,
+    `before`: tables with person_id, first_seen and plan) and the members' live sessions
+    (`sessions`, a table with anonymous_id and start_at), in the project's zone {tz:String}."""
+    changed = f"""(
+    SELECT member FROM {members} WHERE person IN (
+        SELECT f.person_id FROM {fresh} AS f LEFT JOIN {before} AS b ON b.person_id = f.person_id
+        WHERE b.person_id = '' OR b.plan != f.plan OR b.first_seen != f.first_seen
+    )
+)"""
+    days = f"""
+SELECT DISTINCT toDate(start_at, {{tz:String}}) FROM {sessions} WHERE anonymous_id IN {changed}
+"""
+    return changed, days
+
+
+@cache
+def write(member_ids: str, members: str, fresh: str) -> str:
+    """The recomputation of the rows of the ids `member_ids` (a subquery, of the staged pairs
+    `members`) over {days:Array(Date)} of project {p:String} at version {v:UInt64}, their
+    persons' new rows `fresh`."""
+    # LowCardinality as stored, String as computed: the UNION's two sides read as one type
+    attributes = ", ".join(f"toString(s.{c}) AS {c}" for c in SESSION_ATTRIBUTES)
+    held = ", ".join(
+        f"toString({c})" if c in SESSION_ATTRIBUTES or c == "plan" else c for c in [*_KEY, *_VALUES]
+    )
+    # The outer expressions have no aliases: an alias that is also a column's name would be read
+    # as the aggregate inside another one.
+    return f"""
+INSERT INTO plan_sessions ({", ".join(PLAN_SESSIONS_COLUMNS)})
+SELECT {{p:String}}, {", ".join(_KEY)}, {", ".join(f"argMax({c}, current)" for c in _VALUES)},
+       {{v:UInt64}}, toUInt8(max(current) = 0)
+FROM (
+    SELECT f.plan AS plan, s.day AS day, s.anonymous_id AS anonymous_id, s.session_id AS session_id,
+           f.person_id AS person_id, f.first_seen AS first_seen, {attributes},
+           s.page_views AS page_views, s.duration_ms AS duration_ms, s.start_at AS start_at,
+           toUInt8(1) AS current
+    FROM (SELECT * FROM breakdown_sessions FINAL
+          PREWHERE day IN {{days:Array(Date)}} AND anonymous_id IN {member_ids}
+          WHERE project_id = {{p:String}} AND is_deleted = 0) AS s
+    INNER JOIN {members} AS m ON m.member = s.anonymous_id
+    INNER JOIN {fresh} AS f ON f.person_id = m.person
+    UNION ALL
+    SELECT {held}, toUInt8(0)
+    FROM plan_sessions FINAL
+    PREWHERE day IN {{days:Array(Date)}} AND anonymous_id IN {member_ids}
+    WHERE project_id = {{p:String}} AND is_deleted = 0
+)
+GROUP BY {", ".join(_KEY)}
+HAVING max(current) = 0 OR min(current) = 1 OR uniqExact(tuple({", ".join(_VALUES)})) > 1
+"""
+
+
+def refresh(
+    client: Client,
+    project_id: str,
+    days: set[date],
+    version: int,
+    zone: str,
+    staged: tuple[str, str, str, str, str],
+) -> None:
+    """Bring plan_sessions in line for the staged persons' members over `days` (the dirty days
+    and those of the members that moved), and for the members of the persons whose plan or
+    first_seen changed over all their sessions' days. `staged`: the refresh's staged ids (a
+    subquery), (member, person) pairs, persons' new and old rows, and sessions (see statements)."""
+    member_ids, members, fresh, before, sessions = staged
+    changed, days_sql = statements(members, fresh, before, sessions)
+    params = {"p": project_id, "tz": zone, "v": version}
+    settings = {"max_threads": 1}  # as the breakdowns' refresh: beside the aggregator's own work
+    if days:
+        client.command(
+            write(member_ids, members, fresh), parameters={**params, "days": sorted(days)}, settings=settings
+        )
+    their_days = sorted(d for (d,) in client.query(days_sql, parameters=params).result_rows)
+    if their_days:
+        client.command(
+            write(changed, members, fresh), parameters={**params, "days": their_days}, settings=settings
+        )
