@@ -7,10 +7,11 @@ days: the rows funnel_counts counts), and one of their visitors has a matching s
 in those days (a breakdown_sessions row that `Filters.where` selects, as the breakdowns and the
 activity chart count it). A visitor's person is the live persons row whose anonymous_ids hold it
 (visitor_persons), else the visitor itself, as on the activity chart; with one filter on an
-attribute of the entry page view (alone or with a plan), or a plan alone (Filters.first_by),
-those persons are read from person_first_by (migration 0033), which the aggregator keeps from
-that join. Unfiltered, the report reads funnel_counts (services.api.routes.funnels.report_counts),
-unchanged.
+attribute of the entry page view, or a plan alone (Filters.first_by), those persons are read
+from person_first_by (migration 0033), which the aggregator keeps from that join; with a plan
+and other filters, from plan_sessions (migration 0034: the plan's sessions with their persons;
+Filters.rolled_persons says why). Unfiltered, the report reads funnel_counts
+(services.api.routes.funnels.report_counts), unchanged.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def filtered_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     """Per level, the persons `filters` keeps who reached it, for funnel {f:String} of project
     {p:String} over the days {lo:Date}..{hi:Date}, and the filters' parameters. Every value is a
     parameter; the SQL is chosen from constants only."""
-    rolled = filters.rolled_persons()
+    rolled = filters.rolled_persons(with_plan=False)  # with a plan: plan_sessions (faster here)
     if rolled is not None:
         persons, params = rolled
         return _ROLLED.format(persons=persons), params

@@ -89,3 +89,15 @@ def test_other_filter_sets_compute_every_day_from_the_sessions() -> None:
     for given in ({"page": "/blog/*"}, {"plan": "trial"}, {"country": "NL", "device": "mobile"}):
         sql, _ = filtered_sql(Filters.parse(given))
         assert "activity_daily_by" not in sql and "has(live, day)" not in sql, given
+
+
+def test_a_plan_reads_its_sessions_and_their_persons_from_plan_sessions() -> None:
+    """segment=premium (with a page): the plan's sessions (plan_sessions, migration 0034), each
+    with its person and first_seen, so no visitor's person is joined."""
+    now = datetime(2026, 12, 3, tzinfo=UTC)
+    sql, params = filtered_sql(Filters.parse({"page": "/blog/*", "segment": "premium"}, now))
+    assert sql.count("FROM plan_sessions FINAL") == 1 and "plan = {pl:String}" in sql
+    assert "visitor_persons" not in sql and "breakdown_sessions" not in sql
+    assert "uniqExact(who)" in sql and "s.person_id AS who" in sql
+    assert "toDate(s.first_seen, {tz:String}) = s.day AS new" in sql
+    assert params == {"f_page": "/blog/%", "pl": "premium"}

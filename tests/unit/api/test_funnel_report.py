@@ -57,3 +57,19 @@ def test_one_entry_page_filter_reads_its_persons_from_person_first_by() -> None:
     # a person with a matching day in the report's days: its first by the last, its last from the first
     assert "first_day <= {hi:Date} AND last_day >= {lo:Date}" in sql
     assert named(sql) == {"p", "f", "lo", "hi", "rf", "rv"}
+
+
+def test_a_plan_with_other_filters_reads_its_persons_from_plan_sessions() -> None:
+    """country=NL&segment=premium: the plan's sessions with the value (plan_sessions, migration
+    0034), their persons on the rows; a plan alone still reads person_first_by's plan rows."""
+    now = datetime(2026, 12, 3, tzinfo=UTC)
+    for given in ({"country": "NL", "segment": "premium"}, {"page": "/a*", "plan": "x' OR 1=1 --"}):
+        sql, params = filtered_sql(Filters.parse(given, now))
+        assert "FROM plan_sessions FINAL" in sql and "plan = {pl:String}" in sql, given
+        assert (
+            "person_first_by" not in sql and "visitor_persons" not in sql and "breakdown_sessions" not in sql
+        )
+        assert "person_id IN (SELECT s.person_id FROM" in sql
+        assert named(sql) <= set(params) | {"p", "f", "lo", "hi"} and "x' OR" not in sql
+    sql, params = filtered_sql(Filters.parse({"segment": "premium"}, now))
+    assert "FROM person_first_by FINAL" in sql and params == {"rf": "plan", "rv": "premium"}

@@ -145,7 +145,12 @@ def test_the_users_list_keeps_persons_with_a_matching_session_on_any_day() -> No
     assert where.startswith(" AND person_id IN (SELECT person_id FROM (")
     assert HOSTILE not in where
     assert (params["lo"], params["hi"]) == (people.FIRST_DAY, people.LAST_DAY)
-    assert (params["rf"], params["rv"], params["rp"]) == ("country", HOSTILE, "")  # person_first_by's
+    # a rolled filter with a plan: the plan's sessions with the value (plan_sessions), not
+    # person_first_by's rows, which the cards read (Filters.rolled_persons says why)
+    assert (params["f_country"], params["pl"]) == (HOSTILE, "")
+    assert "FROM plan_sessions FINAL" in where and "person_first_by" not in where
+    assert "person_first_by" in people.listed(_filters(country=HOSTILE))[0]  # one rolled filter alone
+    assert "person_first_by" in people.listed(_filters(plan="x"))[0]  # a plan alone
     listed, bound = users_filter("p1", NOW, "trial", "ann", (where, params))
     plain, plain_bound = users_filter("p1", NOW, "trial", "ann")
     assert listed == plain + where  # AND-ed with the list's own segment and search
