@@ -35,7 +35,8 @@ LAST_DAY = date(2149, 6, 6)
 # as the activity chart does: narrowing them to the matching visitors first read those sessions
 # twice.
 # With `plan` or `segment`, the persons are narrowed by them and the sessions are not
-# (Filters.with_persons).
+# (Filters.with_persons); naming a plan alone, the plan's sessions and their persons and first
+# days are plan_sessions' rows (no join).
 _PERSON_DAYS = """
 SELECT {person} AS person_id, s.day AS day, {first_day} AS first_day
 FROM {joined}
