@@ -58,6 +58,11 @@ async def test_one_filter_reads_the_rolled_up_days_and_follows_a_merge_into_them
     d0 = today - 3 * D
     midnight = datetime.combine(today, datetime.min.time(), tzinfo=UTC)
 
+    def today_at(share: float) -> datetime:
+        """A moment of today before now, whenever the test runs (minutes before now are
+        yesterday's just after midnight), in whole seconds as the other events."""
+        return (midnight + (now - midnight) * share).replace(microsecond=0)
+
     def at(day: int, hh: int, mm: int) -> datetime:
         return datetime.combine(d0 + day * D, datetime.min.time(), tzinfo=UTC) + hh * 60 * M + mm * M
 
@@ -165,8 +170,8 @@ async def test_one_filter_reads_the_rolled_up_days_and_follows_a_merge_into_them
             # v1 and v2 become one person (identified today): d0 is rolled up again, with one.
             identifies = [
                 *first,
-                identify("v1", now - 3 * M, "u1", {"plan": "premium"}),
-                identify("v2", now - 2 * M, "u1", {"plan": "premium"}),
+                identify("v1", today_at(0.6), "u1", {"plan": "premium"}),
+                identify("v2", today_at(0.7), "u1", {"plan": "premium"}),
             ]
             answer = await stack.post("/v1/batch", {"writeKey": key, "batch": identifies[1:]})
             assert answer.status_code == 200, answer.text
@@ -178,7 +183,7 @@ async def test_one_filter_reads_the_rolled_up_days_and_follows_a_merge_into_them
             assert [(d["active_users"], d["new_users"]) for d in country] == [(1, 1), (0, 0), (1, 0), (2, 1)]
 
             # v2 leaves u1 for u3: no person's active days change on d0, its member moved does.
-            moved = identify("v2", now - M, "u3", {"plan": "trial"})
+            moved = identify("v2", today_at(0.8), "u3", {"plan": "trial"})
             answer = await stack.post("/v1/batch", {"writeKey": key, "batch": [moved]})
             assert answer.status_code == 200, answer.text
             assert await stack.wait_count(total + 3) == total + 3
