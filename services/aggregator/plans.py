@@ -92,7 +92,7 @@ def refresh(
 ) -> None:
     """Bring plan_sessions in line for the staged persons' members over `days` (the dirty days
     and those of the members that moved), and for the members of the persons whose plan or
-    first_seen changed over all their sessions' days. `staged`: the refresh's staged ids (a
+    first_seen changed over their sessions' other days. `staged`: the refresh's staged ids (a
     subquery), (member, person) pairs, persons' new and old rows, and sessions (see statements)."""
     member_ids, members, fresh, before, sessions = staged
     changed, days_sql = statements(members, fresh, before, sessions)
@@ -102,7 +102,9 @@ def refresh(
         client.command(
             write(member_ids, members, fresh), parameters={**params, "days": sorted(days)}, settings=settings
         )
-    their_days = sorted(d for (d,) in client.query(days_sql, parameters=params).result_rows)
+    # their rows on `days` were just written with every member's (the new persons of a batch
+    # of new visitors have no other day: most refreshes write once)
+    their_days = sorted(d for (d,) in client.query(days_sql, parameters=params).result_rows if d not in days)
     if their_days:
         client.command(
             write(changed, members, fresh), parameters={**params, "days": their_days}, settings=settings
