@@ -72,8 +72,8 @@ async def test_one_filter_reads_the_rolled_up_days_and_follows_a_merge_into_them
             page("v1", at(0, 10, 2), "/pricing", f"{SITE}/"),
             page("v1", at(2, 11, 0), "/"),
             page("v2", at(0, 12, 0), "/pricing"),
-            page("v4", midnight + (now - midnight) / 2, "/"),  # today, whenever the test runs
-            page("v1", midnight + (now - midnight) / 3, "/"),  # today too, not new
+            page("v4", today_at(1 / 2), "/"),  # today, whenever the test runs
+            page("v1", today_at(1 / 3), "/"),  # today too, not new
         ],
         addr_b: [
             page("v3", at(1, 9, 0), "/blog", "https://t.co/x", ua=AGENTS["mobile"]),
