@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import httpx  # noqa: E402
-from api_data import Generated, check, describe, generate  # noqa: E402
+from api_data import Generated, check, describe, generate, live_day  # noqa: E402
 from clickhouse_connect.driver.client import Client  # noqa: E402
 
 from services.api.app import create_app  # noqa: E402
@@ -215,6 +215,11 @@ async def run(args: argparse.Namespace) -> int:
         )
         print(f"generation: {data.seconds:.1f} s ({data.events / data.seconds:,.0f} events/s)")
         print(f"  data: {await asyncio.to_thread(describe, client, data)}")
+        data.live = live = await asyncio.to_thread(live_day, client, data)
+        print(
+            f"  today (read live by the breakdowns): {live['utc_time']} UTC, {live['day_share']:.0%} of the "
+            f"day gone, {live['today_sessions']:,} sessions ({live['sessions_share']:.0%} of a settled day's)"
+        )
         if args.check:
             problems = await asyncio.to_thread(check, client, data)
             print("  check: " + ("OK" if not problems else "; ".join(problems)))
@@ -398,6 +403,7 @@ def _save(
             "persons": data.persons,
             "generation_seconds": round(data.seconds, 1),
             "generation_steps": {k: round(v, 2) for k, v in data.steps.items()},
+            "today": data.live,
             "requests": args.requests,
             "target_p95_ms": TARGET_MS,
             "endpoints": {
