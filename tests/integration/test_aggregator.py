@@ -359,7 +359,9 @@ async def test_a_sessions_daily_row_no_session_backs_goes_when_its_visitor_is_re
         rows = stack.rows(sql, p=pid, d=now.date())
         return int(rows[0][0]) if rows else 0
 
-    await send_all(stack, key, [page_at("heal-1", now - timedelta(seconds=30), "h-1")])
+    # both pages on now's day, also in the first half minute after midnight
+    first = max(now - timedelta(seconds=30), datetime.combine(now.date(), datetime.min.time(), tzinfo=UTC))
+    await send_all(stack, key, [page_at("heal-1", first, "h-1")])
     await stack.until(lambda: sessions_today() == 1)
     stack.client.insert(
         "sessions_daily",
