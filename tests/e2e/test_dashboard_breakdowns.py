@@ -51,6 +51,12 @@ NAMES = {"GB": "United Kingdom", "JP": "Japan", "US": "United States"}
 NONE = {"sources": "Direct / None", "utm_campaigns": "(none)", "countries": "Unknown", "pages": "Unknown"}
 
 
+#: The moment the visits are timed from (Visit.start): the seeding's and every check's, so that
+#: a check run a few minutes past a midnight that the seeding was before keeps the visits' days.
+#: The views' days (the API's) follow the clock.
+SEEDED_AT = datetime.now(UTC)
+
+
 @dataclass(frozen=True)
 class Visit:
     """One visitor's one session: page views a minute apart from `start`, all sent from an
@@ -65,7 +71,7 @@ class Visit:
     utm: dict[str, str] = field(default_factory=dict)
     campaign: dict[str, str] = field(default_factory=dict)
 
-    def start(self, now: datetime) -> datetime:
+    def start(self, now: datetime = SEEDED_AT) -> datetime:
         # today's visits lie in the last half hour, older ones at the same time of their day
         return now - timedelta(days=self.days_ago, minutes=20)
 
@@ -129,7 +135,6 @@ def expected(
     with the visitors of the period of equal length before."""
     length = (end - start).days + 1
     before = (start - timedelta(days=length), start - timedelta(days=1))
-    today = datetime.now(UTC)
     country = (filters or {}).get("country")
     plan = (filters or {}).get("plan")
     segment = (filters or {}).get("segment")
@@ -140,7 +145,7 @@ def expected(
     entries: dict[str, list[bool]] = {}  # path -> for each session entering there, bounced?
     timed: dict[str, list[float]] = {}
     for visit in VISITS:
-        day = visit.start(today).date()
+        day = visit.start().date()
         if country is not None and codes.get(visit.country, "") != country:
             continue
         if (plan is not None and plan_of(visit) != plan) or (
@@ -315,7 +320,7 @@ def seeded(stack: Stack, countries: dict[str, str]) -> Stack:
     by_address: dict[str, list[dict[str, Any]]] = {}
     for visit in VISITS:
         address = countries.get(f"address:{visit.country}", "")
-        by_address.setdefault(address, []).extend(calls(visit, now))
+        by_address.setdefault(address, []).extend(calls(visit, SEEDED_AT))
     for address, batch in by_address.items():
         post(stack, batch, address)
 
@@ -501,7 +506,7 @@ def test_a_shared_url_opens_the_same_view_after_the_login(
         expect(content.get_by_role("tab", name="Entry")).to_have_attribute("aria-selected", "true")
         expect(page.locator('#bd-range [data-range="7d"]')).to_have_attribute("aria-pressed", "true")
         expect(page.locator("#bd-chips .chip")).to_have_text(f"Country: {NAMES[c1]}×")
-        entries = [v for v in VISITS if v.country == "C1" and v.start(datetime.now(UTC)).date() >= week[0]]
+        entries = [v for v in VISITS if v.country == "C1" and v.start().date() >= week[0]]
         want: dict[str, set[str]] = {}
         for v in entries:
             want.setdefault(v.paths[0], set()).add(v.visitor)
@@ -618,7 +623,7 @@ def test_the_visitors_segment_and_a_plan_filter_every_card_and_stay_in_the_url(
     page.close()
 
 
-def expected_activity(codes: dict[str, str], country: str, today: date, now: datetime) -> list[list[str]]:
+def expected_activity(codes: dict[str, str], country: str, today: date) -> list[list[str]]:
     """The activity chart's 30 rows (day, active users, new users, sessions, page views) narrowed
     to the sessions from `country` (docs/definitions.md, "Filters"): each visit is one session
     with a page view, counted on the day it starts; a person is new on the day of its first
@@ -626,7 +631,7 @@ def expected_activity(codes: dict[str, str], country: str, today: date, now: dat
     first: dict[str, datetime] = {}
     for visit in VISITS:
         person = USERS.get(visit.visitor, visit.visitor)
-        start = visit.start(now)
+        start = visit.start()
         times = [start]
         if visit.visitor in USERS:
             times.append(start + (timedelta(hours=2) if visit.days_ago else -timedelta(hours=2)))
@@ -634,7 +639,7 @@ def expected_activity(codes: dict[str, str], country: str, today: date, now: dat
     rows = []
     for back in range(29, -1, -1):
         day = today - timedelta(days=back)
-        found = [v for v in VISITS if v.start(now).date() == day and codes.get(v.country, "") == country]
+        found = [v for v in VISITS if v.start().date() == day and codes.get(v.country, "") == country]
         persons = {USERS.get(v.visitor, v.visitor) for v in found}
         new = {p for p in persons if first[p].date() == day}
         views = sum(len(v.paths) for v in found)
@@ -700,7 +705,7 @@ def test_a_filter_narrows_the_chart_cards_and_users_and_survives_a_reload(
     # the users list to the persons with a session from there (docs/definitions.md, "Filters").
     c2 = countries["C2"]
     now = datetime.now(UTC)
-    narrowed = expected_activity(countries, c2, now.date(), now)
+    narrowed = expected_activity(countries, c2, now.date())
     assert narrowed != every and sum(int(r[3]) for r in narrowed) == 3  # b1, b2 today; d1 3 days ago
     from_c2 = {USERS.get(v.visitor, f"bd-{v.visitor}") for v in VISITS if v.country == "C2"}
     assert from_c2 == {"bd-u1", "bd-u2", "bd-b2"}  # d1 is bd-u1's: all first seen this week
@@ -751,7 +756,7 @@ def expected_funnel(codes: dict[str, str], country: str | None, now: datetime) -
     levels: dict[str, int] = {}
     kept: set[str] = set()
     for visit in VISITS:
-        if visit.start(now).date() < since:
+        if visit.start().date() < since:
             continue
         person = USERS.get(visit.visitor, visit.visitor)
         level = 0
