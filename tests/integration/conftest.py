@@ -3,7 +3,9 @@ stack on them; the session's Kafka and ClickHouse come from `infra` in tests/con
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from clickhouse_connect.driver.client import Client
@@ -11,6 +13,23 @@ from clickhouse_connect.driver.client import Client
 from tests.conftest import Infra
 from tests.integration.stack import Stack, own_names
 from werkstroom.clickhouse import connect
+
+#: How long before a UTC midnight no integration test starts (below).
+MIDNIGHT_MARGIN = timedelta(seconds=90)
+
+
+@pytest.fixture(autouse=True)
+def _not_across_midnight() -> None:
+    """No test starts in the last MIDNIGHT_MARGIN of a UTC day: it waits until just after
+    midnight. These tests take "today" from the wall clock when they build their events and
+    again when they read the views, which the pipeline computes at its own moments; one that
+    runs across midnight (a few seconds to a minute) can find them on two different days. Days
+    and midnights themselves are tested with fixed clocks (test_timezones, test_day_counts); the
+    first minutes after a midnight are still run through."""
+    now = datetime.now(UTC)
+    left = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC) - now
+    if left < MIDNIGHT_MARGIN:
+        time.sleep(left.total_seconds() + 2)
 
 
 @pytest.fixture
