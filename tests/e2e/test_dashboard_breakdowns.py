@@ -72,7 +72,7 @@ class Visit:
     campaign: dict[str, str] = field(default_factory=dict)
 
     def start(self, now: datetime = SEEDED_AT) -> datetime:
-        # today's visits lie in the last half hour, older ones at the same time of their day
+        # today's visits 20 minutes before SEEDED_AT, older ones at the same time of their day
         return now - timedelta(days=self.days_ago, minutes=20)
 
 
