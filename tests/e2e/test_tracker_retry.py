@@ -162,7 +162,7 @@ async def test_a_20s_outage_loses_nothing_doubles_nothing_and_the_queue_keeps_it
     def arrived() -> bool:
         return (
             sum(names(events_of(stack, anon)).values()) >= sum(want_one.values())
-            and len(events_of(stack, capped_anon)) >= CAP
+            and sum((names(events_of(stack, capped_anon)) & want_two).values()) >= CAP
             and len(events_of(stack, private_anon)) >= sum(want_three.values())
         )
 
@@ -170,7 +170,13 @@ async def test_a_20s_outage_loses_nothing_doubles_nothing_and_the_queue_keeps_it
     await asyncio.sleep(1.0)  # and nothing more (a retry of a call that did arrive) after that
     rows_one, rows_two = events_of(stack, anon), events_of(stack, capped_anon)
     assert names(rows_one) == want_one
-    assert names(rows_two) == want_two
+    # The second visitor's kept calls arrive once each, and none of the 20 calls dropped before
+    # they were ever sent. Its page view was sent once before the cap dropped it, and answered
+    # 503: ingest had handed it to the Kafka producer, which may still deliver it once the broker
+    # is back (at least once for what was not acknowledged; CI saw it 1 run in many). The
+    # tracker does not send it again: it arrives at most once.
+    assert names(rows_two) - want_two <= Counter({"$page": 1})
+    assert names(rows_two) & want_two == want_two
     assert names(events_of(stack, private_anon)) == want_three
     assert message_ids <= {event_id for event_id, *_ in rows_one}  # the tracker's messageIds
     # The drop is reported once, on the first call that got through after it.
