@@ -40,7 +40,7 @@ import typing
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import httpx  # noqa: E402
-from api_data import Generated, check, describe, generate, live_day  # noqa: E402
+from api_data import Clock, Generated, check, describe, generate, live_day  # noqa: E402
 from clickhouse_connect.driver.client import Client  # noqa: E402
 
 from services.api.app import create_app  # noqa: E402
@@ -212,6 +212,7 @@ async def run(args: argparse.Namespace) -> int:
             events=args.events,
             persons=args.persons,
             log=print if args.verbose else lambda _: None,
+            clock=at_clock(args.at),
         )
         print(f"generation: {data.seconds:.1f} s ({data.events / data.seconds:,.0f} events/s)")
         print(f"  data: {await asyncio.to_thread(describe, client, data)}")
@@ -229,7 +230,7 @@ async def run(args: argparse.Namespace) -> int:
         def factory() -> Client:
             return log.wrap(connect(settings.effective_clickhouse_url, settings.clickhouse_database))
 
-        app = create_app(settings, clickhouse=factory, admin_token="bench-admin")
+        app = create_app(settings, clickhouse=factory, admin_token="bench-admin", clock=data.clock)
         server, serving = await start_api(app, settings)
 
         base = f"{settings.api_url}/api/projects/{data.project_id}"
@@ -278,7 +279,7 @@ async def run(args: argparse.Namespace) -> int:
             ]
             if cursor:
                 plan.append(("users (2nd page, cursor)", get("users", cursor=cursor)))
-            plan.extend(breakdown_plan(get))
+            plan.extend(breakdown_plan(get, data.clock().date()))
             # the other gated views narrowed by them
             for label, narrow in NARROWS:
                 plan.append((f"filtered/metrics {label}", get("metrics", **narrow)))
@@ -353,11 +354,12 @@ async def run(args: argparse.Namespace) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def breakdown_plan(get: Callable[..., Callable[[int], Any]]) -> list[tuple[str, Callable[[int], Any]]]:
+def breakdown_plan(
+    get: Callable[..., Callable[[int], Any]], today: date
+) -> list[tuple[str, Callable[[int], Any]]]:
     """Every breakdown dimension over the last 7 and 30 UTC days, without and with a filter
     (country=NL; for countries, source=Google); and sources over 30 days by the person filters
     (segment=premium; plan=trial with country=NL)."""
-    today = datetime.now(UTC).date()
     plan = []
     for dimension in BREAKDOWN_DIMENSIONS:
         narrow = {"source": "Google"} if dimension == "countries" else {"country": "NL"}
@@ -436,6 +438,19 @@ def save_results(bench: str, body: dict[str, Any]) -> None:
     print(f"saved {path.relative_to(ROOT)}")
 
 
+def at_clock(at: str | None) -> Clock:
+    """The bench's clock: the wall clock, or with --at HH:MM that time (UTC) moving on from the
+    start of the generation: today's, or tomorrow's when today's is more than 30 minutes past
+    (ClickHouse drops online_visitors rows an hour old by its own clock, its TTL)."""
+    if at is None:
+        return Clock()
+    now = datetime.now(UTC)
+    start = datetime.combine(now.date(), datetime.strptime(at, "%H:%M").time(), tzinfo=UTC)
+    if start < now - timedelta(minutes=30):
+        start += timedelta(days=1)
+    return Clock(start)
+
+
 #: --scale: events, persons
 SCALES = {"10M": (10_000_000, 1_000_000), "100M": (100_000_000, 10_000_000)}
 
@@ -458,6 +473,14 @@ def main() -> None:
     )
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     parser.add_argument("--verbose", action="store_true", help="time each generation step")
+    parser.add_argument(
+        "--at",
+        metavar="HH:MM",
+        help="run as if it were HH:MM UTC (today's, or tomorrow's once past; the clock moves on from "
+        "there): today is read live by the breakdowns and fills up through the day, so runs compare "
+        "at like hours (23:00: nearly a whole day, the worst case; a run takes about 20 minutes of "
+        "it). Default: the wall clock",
+    )
     args = parser.parse_args()
     events, persons = SCALES[args.scale]
     args.events = events if args.events is None else args.events

@@ -459,6 +459,21 @@ FUNNEL_EVENTS_TABLE = (
 )
 
 
+@dataclass(frozen=True)
+class Clock:
+    """The bench's "now": the wall clock, or (`start`, api_bench's --at) a fixed moment that the
+    wall clock's progress since then moves on. Data, checks and the API read this one; nothing
+    of the bench's reads ClickHouse's clock."""
+
+    start: datetime | None = None
+    _since: float = field(default_factory=time.monotonic)
+
+    def __call__(self) -> datetime:
+        if self.start is None:
+            return datetime.now(UTC)
+        return self.start + timedelta(seconds=time.monotonic() - self._since)
+
+
 @dataclass
 class Generated:
     project_id: str
@@ -472,6 +487,7 @@ class Generated:
     steps: dict[str, float] = field(default_factory=dict)
     #: live_day's facts, once measured
     live: dict[str, Any] = field(default_factory=dict)
+    clock: Clock = field(default_factory=Clock)
 
 
 def _ms(moment: datetime) -> int:
@@ -530,11 +546,13 @@ def generate(
     persons: int,
     tail: int | None = None,
     log: Callable[[str], None] = lambda _: None,
+    clock: Clock | None = None,
 ) -> Generated:
     """Fill the (migrated, empty) database of `client` with one project's data."""
     if events < 3 * persons:
         raise ValueError("need at least 3 events per person (every person has a session)")
     tail = tail if tail is not None else min(5000, max(persons // 20, 1))
+    clock = clock or Clock()
     started = time.perf_counter()
     steps: dict[str, float] = {}
 
@@ -552,7 +570,7 @@ def generate(
 
     project = projects.create_project(client, "Bench shop")
     p = project.project_id
-    t0 = datetime.now(UTC)
+    t0 = clock()
     client.command("DROP TABLE IF EXISTS bench_plan")
     client.command(PLAN_TABLE)
 
@@ -619,7 +637,7 @@ def generate(
     breakdowns += _backfill("0010_sessions_daily.sql")
     for name, statement in breakdowns:
         step(name, statement)
-    t1 = datetime.now(UTC)
+    t1 = clock()
     step("tail plan", TAIL_INSERT, base_off=history, t1_ms=_ms(t1), persons=persons, tail=tail)
     step("tail events", EVENTS_INSERT, project=p, lo=history, hi=events)
     step("tail sessions", SESSIONS_INSERT, project=p, lo=history)
@@ -715,14 +733,14 @@ def generate(
             "SELECT DISTINCT day FROM breakdown_sessions WHERE project_id = {p:String}", parameters={"p": p}
         ).result_rows
     }
-    roll_up(client, p, settled, v2, datetime.now(UTC).date(), timezones.DEFAULT)
+    roll_up(client, p, settled, v2, clock().date(), timezones.DEFAULT)
     steps["breakdown_daily"] = time.perf_counter() - t
     # The tail's online rows, with their last event and page entry moved on by the time the
     # back-fills above took since the tail was timed (t1): on a live site the aggregator keeps
     # writing them, and here those back-fills took 2 to 4 minutes, a slow host's over 5, after
     # which no tail visitor was online any more and the check stopped the run. The sessions keep
     # their times; the online views read these two columns for who is online and stuck.
-    late = int((datetime.now(UTC) - t1) / timedelta(milliseconds=1))
+    late = int((clock() - t1) / timedelta(milliseconds=1))
     step(
         "online_visitors",
         """
@@ -734,12 +752,13 @@ def generate(
             addMilliseconds(page_entered_at, {late:Int64}), page_views, events, device_type, browser, os, version
         FROM sessions FINAL
         WHERE project_id = {project:String} AND anonymous_id IN {anons:Array(String)}
-          AND last_event_at >= now64(3) - INTERVAL 1 HOUR
+          AND last_event_at >= {now:DateTime64(3, 'UTC')} - INTERVAL 1 HOUR
         ORDER BY start_at DESC LIMIT 1 BY anonymous_id
         """,
         project=p,
         anons=scope_anons,
         late=late,
+        now=clock(),
     )
     # persons_recent: a row per persons row, every version (as if no tombstone had been written,
     # the worst case for the users pages, which must skip the stale ones).
@@ -787,12 +806,12 @@ def generate(
         for r in client.query(
             "SELECT DISTINCT day FROM person_activity WHERE project_id = {p:String}", parameters={"p": p}
         ).result_rows
-    } | {datetime.now(UTC).date()}
+    } | {clock().date()}
     refresh_churn(client, p, churn_days, v2)
     steps["churn_daily"] = time.perf_counter() - t
     # online_history around a week ago: the visitors whose sessions span each minute (the
     # aggregator records the live count; sessions are what a generated past can offer).
-    week_ago = (datetime.now(UTC) - timedelta(days=7)).replace(second=0, microsecond=0)
+    week_ago = (clock() - timedelta(days=7)).replace(second=0, microsecond=0)
     for minute in range(-10, 11):
         at = week_ago + timedelta(minutes=minute)
         step(
@@ -814,7 +833,7 @@ def generate(
     ).first_row[0]
     client.insert(
         "aggregator_status",
-        [["bench-0", settings.topic_events, datetime.now(UTC), last_event, 0, next_version()]],
+        [["bench-0", settings.topic_events, clock(), last_event, 0, next_version()]],
         column_names=["worker", "topic", "last_write_at", "last_event_at", "lag", "version"],
     )
     client.command("DROP TABLE IF EXISTS bench_plan")
@@ -830,13 +849,15 @@ def generate(
         t1=t1,
         seconds=time.perf_counter() - started,
         steps=steps,
+        clock=clock,
     )
 
 
 def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
     """Consistency of the generated tables with each other and with the events; returns problems."""
     problems: list[str] = []
-    params = {"p": g.project_id, "f": g.funnel_id}
+    now = g.clock()
+    params = {"p": g.project_id, "f": g.funnel_id, "now": now, "today": now.date()}
 
     def one(sql: str) -> Any:
         return client.query(sql, parameters=params).first_row
@@ -998,9 +1019,7 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
     # activity_daily_by (migration 0029): each filter's values partition the settled days'
     # sessions, and one country's days are the figures computed from the tables (the API's
     # live part, werkstroom.breakdowns.activity_figures_sql).
-    settled = (
-        "FROM breakdown_sessions FINAL WHERE project_id = {p:String} AND is_deleted = 0 AND day < today()"
-    )
+    settled = "FROM breakdown_sessions FINAL WHERE project_id = {p:String} AND is_deleted = 0 AND day < {today:Date}"
     sums = one(f"SELECT count(), sum(page_views), sum(duration_ms) {settled}")
     by_filter = client.query(
         "SELECT filter, sum(sessions), sum(page_views), sum(duration_ms) FROM activity_daily_by FINAL "
@@ -1084,8 +1103,9 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
         non_hb,
     )
     online, stuck, rows = one(
-        "SELECT countIf(last_event_at >= now64(3) - INTERVAL 5 MINUTE), "
-        "countIf(last_event_at >= now64(3) - INTERVAL 5 MINUTE AND page_entered_at < now64(3) - INTERVAL 5 MINUTE), "
+        "SELECT countIf(last_event_at >= {now:DateTime64(3, 'UTC')} - INTERVAL 5 MINUTE), "
+        "countIf(last_event_at >= {now:DateTime64(3, 'UTC')} - INTERVAL 5 MINUTE "
+        "AND page_entered_at < {now:DateTime64(3, 'UTC')} - INTERVAL 5 MINUTE), "
         "count() FROM online_visitors FINAL WHERE project_id = {p:String}"
     )
     expect("online_visitors rows = tail sessions", rows, g.tail_sessions)
@@ -1137,16 +1157,17 @@ def describe(client: Client, g: Generated) -> str:
     """A line of facts about the generated data, for the bench's output."""
     sessions, online, stuck, identified, premium, active, progress = client.query(
         "SELECT (SELECT count() FROM sessions FINAL WHERE project_id = {p:String}), "
-        "(SELECT countIf(last_event_at >= now64(3) - INTERVAL 5 MINUTE) FROM online_visitors FINAL "
+        "(SELECT countIf(last_event_at >= {now:DateTime64(3, 'UTC')} - INTERVAL 5 MINUTE) FROM online_visitors FINAL "
         " WHERE project_id = {p:String}), "
-        "(SELECT countIf(last_event_at >= now64(3) - INTERVAL 5 MINUTE "
-        "        AND page_entered_at < now64(3) - INTERVAL 5 MINUTE) FROM online_visitors FINAL "
+        "(SELECT countIf(last_event_at >= {now:DateTime64(3, 'UTC')} - INTERVAL 5 MINUTE "
+        "        AND page_entered_at < {now:DateTime64(3, 'UTC')} - INTERVAL 5 MINUTE) FROM online_visitors FINAL "
         " WHERE project_id = {p:String}), "
         "(SELECT count() FROM person_distinct_ids FINAL WHERE project_id = {p:String}), "
         "(SELECT countIf(plan = 'premium') FROM persons FINAL WHERE project_id = {p:String}), "
-        "(SELECT countIf(last_seen >= now64(3) - INTERVAL 7 DAY) FROM persons FINAL WHERE project_id = {p:String}), "
+        "(SELECT countIf(last_seen >= {now:DateTime64(3, 'UTC')} - INTERVAL 7 DAY) FROM persons FINAL "
+        "WHERE project_id = {p:String}), "
         "(SELECT count() FROM funnel_progress FINAL WHERE project_id = {p:String})",
-        parameters={"p": g.project_id},
+        parameters={"p": g.project_id, "now": g.clock()},
     ).first_row
     return (
         f"{g.events:,} events, {g.persons:,} persons, {sessions:,} sessions, {identified:,} identified "
@@ -1162,7 +1183,7 @@ def live_day(client: Client, g: Generated) -> dict[str, Any]:
     just after midnight, when today holds the live tail alone (at 10M events, top pages 7 days p95
     38.9 ms at 01:55 UTC against 56.8 ms at 23:41, bench/README.md, 2026-12-05).
     `sessions_share` is today's sessions against the mean of the 28 settled days before it."""
-    now = datetime.now(UTC)
+    now = g.clock()
     today = now.date()
     today_sessions, settled = client.query(
         "SELECT countIf(day = {t:Date}), countIf(day < {t:Date}) / 28 FROM breakdown_sessions FINAL "
