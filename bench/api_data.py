@@ -462,8 +462,10 @@ FUNNEL_EVENTS_TABLE = (
 @dataclass(frozen=True)
 class Clock:
     """The bench's "now": the wall clock, or (`start`, api_bench's --at) a fixed moment that the
-    wall clock's progress since then moves on. Data, checks and the API read this one; nothing
-    of the bench's reads ClickHouse's clock."""
+    wall clock's progress since then moves on. The data, the checks, the bench's own SQL and the
+    API read this one. ClickHouse's clock is still read by 0033's back-fill (`today() - 22`: its
+    recent days, a day more or less, wider than any view reads) and by the tables' TTLs
+    (online_visitors keeps rows an hour: api_bench.at_clock never picks a past hour)."""
 
     start: datetime | None = None
     _since: float = field(default_factory=time.monotonic)
