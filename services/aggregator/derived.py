@@ -140,8 +140,8 @@ def stage_members(client: Client, pairs: list[tuple[str, str]]) -> None:
 # The persons' rows before the rewrite (those merged away included): their first days get
 # recounted too (a merge or a late event can move a first visit to another day, and the old
 # day must lose it), their last_seen locates the persons_recent rows to tombstone, their
-# anonymous_ids tell which members moved between persons (MOVED_DAYS), and their plan which
-# person_first_by row of the plans to tombstone (FIRST_BY_INSERT).
+# anonymous_ids tell which members moved between persons (MOVED_DAYS), and their plan and
+# first_seen which persons' sessions plan_sessions moves (services.aggregator.plans).
 BEFORE_INSERT = f"""
 INSERT INTO {BEFORE} (person_id, first_seen, last_seen, anonymous_ids, plan)
 SELECT person_id, first_seen, last_seen, anonymous_ids, plan FROM persons FINAL
@@ -376,10 +376,14 @@ FROM ({_person_days_diff("person_activity_by_person", ACTIVE_BY, ", filter, filt
 # and active days (FRESH, ACTIVE_DAYS: a person merged away has neither, 1970 and 0). Besides the
 # session filters, the person's plan (filter 'plan', the value its new persons row has: what the
 # `plan` filter and the plan segments keep) over all its sessions' days (a session has a country,
-# '' included, so its `country` rows are its days), and a tombstone for the plan its old row had
-# when that changed or the person went. All of the persons' rows are written, changed or not:
-# diffing would need their stored rows, and the table is sorted by value, not person. At the
-# batch's version, as persons and person_activity_by.
+# '' included, so its `country` rows are its days), and a tombstone for every other plan a
+# stored version of its persons row has (the person went: all of them). Every stored version,
+# not the row before the batch (BEFORE): a batch replayed after a crash finds the persons rows
+# it had written (the merged-away person's tombstone, the new plan) and would leave the old
+# plan's row (test_aggregator_crash caught it); versions merged away meanwhile had their
+# tombstones written then. All of the persons' rows are written, changed or not: diffing would
+# need their stored rows, and the table is sorted by value, not person. At the batch's version,
+# as persons and person_activity_by.
 _BIT = "bitShiftLeft(toUInt64(1), toUInt16(day) % 64)"
 _LIVE_BY = f"""
     SELECT person_id, day, filter, filter_value, argMax(is_deleted, version) = 0 AS live
@@ -406,9 +410,13 @@ FROM (
     WHERE l.filter = 'country'
     GROUP BY l.person_id, f.plan
     UNION ALL
-    SELECT b.person_id, 'plan', b.plan, toDate(0), toDate(0), 0, 1
-    FROM {BEFORE} AS b LEFT JOIN {FRESH} AS f ON f.person_id = b.person_id
-    WHERE f.person_id = '' OR f.plan != b.plan
+    SELECT o.person_id, 'plan', o.plan, toDate(0), toDate(0), 0, 1
+    FROM (
+        SELECT DISTINCT person_id, plan FROM persons
+        PREWHERE person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}}
+        WHERE project_id = {{p:String}} AND is_deleted = 0
+    ) AS o LEFT JOIN {FRESH} AS f ON f.person_id = o.person_id
+    WHERE f.person_id = '' OR f.plan != o.plan
 ) AS a
 LEFT JOIN (SELECT person_id, toDate(first_seen, {{tz:String}}) AS day FROM {FRESH}) AS s
     ON s.person_id = a.person_id
