@@ -140,8 +140,9 @@ def stage_members(client: Client, pairs: list[tuple[str, str]]) -> None:
 # The persons' rows before the rewrite (those merged away included): their first days get
 # recounted too (a merge or a late event can move a first visit to another day, and the old
 # day must lose it), their last_seen locates the persons_recent rows to tombstone, their
-# anonymous_ids tell which members moved between persons (MOVED_DAYS), and their plan and
-# first_seen which persons' sessions plan_sessions moves (services.aggregator.plans).
+# anonymous_ids tell which members moved between persons (MOVED_DAYS), their plan which
+# person_first_by plan rows to tombstone (FIRST_BY_INSERT, with the stored versions), and their
+# plan and first_seen which persons' sessions plan_sessions moves (services.aggregator.plans).
 BEFORE_INSERT = f"""
 INSERT INTO {BEFORE} (person_id, first_seen, last_seen, anonymous_ids, plan)
 SELECT person_id, first_seen, last_seen, anonymous_ids, plan FROM persons FINAL
@@ -376,12 +377,13 @@ FROM ({_person_days_diff("person_activity_by_person", ACTIVE_BY, ", filter, filt
 # and active days (FRESH, ACTIVE_DAYS: a person merged away has neither, 1970 and 0). Besides the
 # session filters, the person's plan (filter 'plan', the value its new persons row has: what the
 # `plan` filter and the plan segments keep) over all its sessions' days (a session has a country,
-# '' included, so its `country` rows are its days), and a tombstone for every other plan a
-# stored version of its persons row has (the person went: all of them). Every stored version,
-# not the row before the batch (BEFORE): a batch replayed after a crash finds the persons rows
-# it had written (the merged-away person's tombstone, the new plan) and would leave the old
-# plan's row (test_aggregator_crash caught it); versions merged away meanwhile had their
-# tombstones written then. All of the persons' rows are written, changed or not: diffing would
+# '' included, so its `country` rows are its days), and a tombstone for every other plan its
+# row before the batch (BEFORE) or a stored live version of it has (the person went: all of
+# them). The stored versions too: a batch replayed after a crash finds the persons rows it had
+# written (the merged-away person's tombstone, the new plan), so BEFORE alone left the old
+# plan's row (test_aggregator_crash caught it); BEFORE too, as a merge can drop the old version
+# between the batch's persons write and this statement. A replay after such a merge still
+# misses it. All of the persons' rows are written, changed or not: diffing would
 # need their stored rows, and the table is sorted by value, not person. At the batch's version,
 # as persons and person_activity_by.
 _BIT = "bitShiftLeft(toUInt64(1), toUInt16(day) % 64)"
@@ -412,7 +414,9 @@ FROM (
     UNION ALL
     SELECT o.person_id, 'plan', o.plan, toDate(0), toDate(0), 0, 1
     FROM (
-        SELECT DISTINCT person_id, plan FROM persons
+        SELECT person_id, plan FROM {BEFORE}
+        UNION DISTINCT
+        SELECT person_id, plan FROM persons
         PREWHERE person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}}
         WHERE project_id = {{p:String}} AND is_deleted = 0
     ) AS o LEFT JOIN {FRESH} AS f ON f.person_id = o.person_id
