@@ -855,6 +855,12 @@ def generate(
     )
 
 
+#: online_visitors' rows online at {now} (an event in the last 5 minutes), and those stuck (on
+#: one page for over 5 minutes): check() and describe() count both.
+ONLINE = "last_event_at >= {now:DateTime64(3, 'UTC')} - INTERVAL 5 MINUTE"
+STUCK = f"{ONLINE} AND page_entered_at < {{now:DateTime64(3, 'UTC')}} - INTERVAL 5 MINUTE"
+
+
 def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
     """Consistency of the generated tables with each other and with the events; returns problems."""
     problems: list[str] = []
@@ -1105,10 +1111,8 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
         non_hb,
     )
     online, stuck, rows = one(
-        "SELECT countIf(last_event_at >= {now:DateTime64(3, 'UTC')} - INTERVAL 5 MINUTE), "
-        "countIf(last_event_at >= {now:DateTime64(3, 'UTC')} - INTERVAL 5 MINUTE "
-        "AND page_entered_at < {now:DateTime64(3, 'UTC')} - INTERVAL 5 MINUTE), "
-        "count() FROM online_visitors FINAL WHERE project_id = {p:String}"
+        f"SELECT countIf({ONLINE}), countIf({STUCK}), count() FROM online_visitors FINAL "
+        "WHERE project_id = {p:String}"
     )
     expect("online_visitors rows = tail sessions", rows, g.tail_sessions)
     if not online or not stuck:
@@ -1159,11 +1163,8 @@ def describe(client: Client, g: Generated) -> str:
     """A line of facts about the generated data, for the bench's output."""
     sessions, online, stuck, identified, premium, active, progress = client.query(
         "SELECT (SELECT count() FROM sessions FINAL WHERE project_id = {p:String}), "
-        "(SELECT countIf(last_event_at >= {now:DateTime64(3, 'UTC')} - INTERVAL 5 MINUTE) FROM online_visitors FINAL "
-        " WHERE project_id = {p:String}), "
-        "(SELECT countIf(last_event_at >= {now:DateTime64(3, 'UTC')} - INTERVAL 5 MINUTE "
-        "        AND page_entered_at < {now:DateTime64(3, 'UTC')} - INTERVAL 5 MINUTE) FROM online_visitors FINAL "
-        " WHERE project_id = {p:String}), "
+        f"(SELECT countIf({ONLINE}) FROM online_visitors FINAL WHERE project_id = {{p:String}}), "
+        f"(SELECT countIf({STUCK}) FROM online_visitors FINAL WHERE project_id = {{p:String}}), "
         "(SELECT count() FROM person_distinct_ids FINAL WHERE project_id = {p:String}), "
         "(SELECT countIf(plan = 'premium') FROM persons FINAL WHERE project_id = {p:String}), "
         "(SELECT countIf(last_seen >= {now:DateTime64(3, 'UTC')} - INTERVAL 7 DAY) FROM persons FINAL "
@@ -1194,9 +1195,7 @@ def live_day(client: Client, g: Generated) -> dict[str, Any]:
     ).first_row
     return {
         "utc_time": now.strftime("%H:%M"),
-        "day_share": round(
-            (now - datetime.combine(today, datetime.min.time(), tzinfo=UTC)) / timedelta(days=1), 3
-        ),
+        "day_share": round((now - timezones.start_of(today, timezones.DEFAULT)) / timedelta(days=1), 3),
         "today_sessions": int(today_sessions),
         "sessions_share": round(today_sessions / settled, 3) if settled else 0.0,
     }

@@ -383,9 +383,9 @@ FROM ({_person_days_diff("person_activity_by_person", ACTIVE_BY, ", filter, filt
 # written (the merged-away person's tombstone, the new plan), so BEFORE alone left the old
 # plan's row (test_aggregator_crash caught it); BEFORE too, as a merge can drop the old version
 # between the batch's persons write and this statement. A replay after such a merge still
-# misses it. All of the persons' rows are written, changed or not: diffing would
-# need their stored rows, and the table is sorted by value, not person. At the batch's version,
-# as persons and person_activity_by.
+# misses it. All of the persons' rows are written, changed or not: diffing would need their
+# stored rows, and the table is sorted by value, not person. At the batch's version, as persons
+# and person_activity_by.
 _BIT = "bitShiftLeft(toUInt64(1), toUInt16(day) % 64)"
 _LIVE_BY = f"""
     SELECT person_id, day, filter, filter_value, argMax(is_deleted, version) = 0 AS live

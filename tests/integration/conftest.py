@@ -12,6 +12,7 @@ from clickhouse_connect.driver.client import Client
 
 from tests.conftest import Infra
 from tests.integration.stack import Stack, own_names
+from werkstroom import timezones
 from werkstroom.clickhouse import connect
 
 #: How long before a UTC midnight no integration test starts (below).
@@ -27,7 +28,7 @@ def _not_across_midnight() -> None:
     and midnights themselves are tested with fixed clocks (test_timezones, test_day_counts); the
     first minutes after a midnight are still run through."""
     now = datetime.now(UTC)
-    left = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC) - now
+    left = timezones.start_of(now.date() + timedelta(days=1), timezones.DEFAULT) - now
     if left < MIDNIGHT_MARGIN:
         time.sleep(left.total_seconds() + 2)
 

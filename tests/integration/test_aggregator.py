@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.integration.stack import Stack
-from werkstroom import churn
+from werkstroom import churn, timezones
 from werkstroom.breakdowns import ROLLED_FILTERS
 from werkstroom.clickhouse.tables import SESSION_ATTRIBUTES, SESSIONS_DAILY_COLUMNS
 from werkstroom.demo import batches, simulate
@@ -360,7 +360,7 @@ async def test_a_sessions_daily_row_no_session_backs_goes_when_its_visitor_is_re
         return int(rows[0][0]) if rows else 0
 
     # both pages on now's day, also in the first half minute after midnight
-    first = max(now - timedelta(seconds=30), datetime.combine(now.date(), datetime.min.time(), tzinfo=UTC))
+    first = max(now - timedelta(seconds=30), timezones.start_of(now.date(), timezones.DEFAULT))
     await send_all(stack, key, [page_at("heal-1", first, "h-1")])
     await stack.until(lambda: sessions_today() == 1)
     stack.client.insert(
