@@ -64,6 +64,7 @@ def refresh(client: Client, dirty: Dirty, rollups: RollUps | None = None) -> Non
         if project_funnels:
             members = funnel_members(client, changed.members)
             recompute(client, project_id, members, changed.gone, version, project_funnels, zone)
+        write_persons(client, project_id, changed.gone, version)  # last: see its docstring
     now = datetime.now(UTC)
     today = {
         p: timezones.today(now, zones.get(p, timezones.DEFAULT)) for p in days.keys() | activity_days.keys()
@@ -141,8 +142,9 @@ def stage_members(client: Client, pairs: list[tuple[str, str]]) -> None:
 # recounted too (a merge or a late event can move a first visit to another day, and the old
 # day must lose it), their last_seen locates the persons_recent rows to tombstone, their
 # anonymous_ids tell which members moved between persons (MOVED_DAYS), their plan which
-# person_first_by plan rows to tombstone (FIRST_BY_INSERT, with the stored versions), and their
-# plan and first_seen which persons' sessions plan_sessions moves (services.aggregator.plans).
+# person_first_by plan rows to tombstone (FIRST_BY_INSERT), and their plan and first_seen which
+# persons' sessions plan_sessions moves (services.aggregator.plans). Still so when a refresh
+# that failed part of the way is run again: the persons rows are its last write (write_persons).
 BEFORE_INSERT = f"""
 INSERT INTO {BEFORE} (person_id, first_seen, last_seen, anonymous_ids, plan)
 SELECT person_id, first_seen, last_seen, anonymous_ids, plan FROM persons FINAL
@@ -301,8 +303,9 @@ def refresh_persons(
     ClickHouse (INSERT ... SELECT): Python only resolves which ids make up which person, and
     reads back the few days whose counts changed.
 
-    The active days are written before the persons' rows: a crash in between leaves the old
-    rows, whose members still tell the replay which members moved.
+    The persons' rows themselves are written by write_persons, once everything derived from
+    them is: a crash before leaves the old rows, whose members and plans still tell the replay
+    what changed.
 
     `rezone`: the project's zone changed (services.aggregator.rezone), so a person's stored
     first day may be another zone's day: its first days are compared over `days` too."""
@@ -322,14 +325,25 @@ def refresh_persons(
     if rezone:
         first_days |= days
     changed.first_days = _apply_diff(client, "persons_first_day", FIRST_DAY, bound, first_days)
+    return changed
+
+
+def write_persons(client: Client, project_id: str, gone: set[str], version: int) -> None:
+    """Write the staged persons' new rows (refresh_persons computed them), tombstone those merged
+    away (`gone`), and their persons_recent and visitor_persons rows: the last writes of a
+    refresh of these persons, after every table derived from their change. What the rest of
+    the refresh learns from the persons' rows as they were (BEFORE: a plan or first_seen that
+    changed, members that moved, a person merged away) is then still there when a refresh
+    that failed part of the way (a kill -9, ClickHouse away) is run again over what it had
+    written; had these rows been written first, the retry would find nothing changed."""
+    bound = {"p": project_id, "v": version, "gone": StringArray(sorted(gone))}
     client.command(PERSONS_INSERT, parameters=bound)
-    if changed.gone:  # merged into another person
+    if gone:  # merged into another person
         epoch = datetime(1970, 1, 1, tzinfo=UTC)
-        rows = [[project_id, g, epoch, epoch, 0, 0, [], "{}", "", 1, version] for g in sorted(changed.gone)]
+        rows = [[project_id, g, epoch, epoch, 0, 0, [], "{}", "", 1, version] for g in sorted(gone)]
         insert_rows(client, "persons", rows, PERSONS_COLUMNS)
     client.command(RECENT_INSERT, parameters=bound)
     client.command(VISITORS_INSERT, parameters=bound)
-    return changed
 
 
 def _apply_diff(
@@ -378,12 +392,10 @@ FROM ({_person_days_diff("person_activity_by_person", ACTIVE_BY, ", filter, filt
 # session filters, the person's plan (filter 'plan', the value its new persons row has: what the
 # `plan` filter and the plan segments keep) over all its sessions' days (a session has a country,
 # '' included, so its `country` rows are its days), and a tombstone for every other plan its
-# row before the batch (BEFORE) or a stored live version of it has (the person went: all of
-# them). The stored versions too: a batch replayed after a crash finds the persons rows it had
-# written (the merged-away person's tombstone, the new plan), so BEFORE alone left the old
-# plan's row (test_aggregator_crash caught it); BEFORE too, as a merge can drop the old version
-# between the batch's persons write and this statement. A replay after such a merge still
-# misses it. All of the persons' rows are written, changed or not: diffing would need their
+# row before the batch (BEFORE) has (the person went: all of them); a replay after a crash
+# reads the same BEFORE, as the persons rows are written last (write_persons: when they were
+# written first, test_aggregator_crash caught a merged-away person's plan row left behind).
+# All of the persons' rows are written, changed or not: diffing would need their
 # stored rows, and the table is sorted by value, not person. At the batch's version, as persons
 # and person_activity_by.
 _BIT = "bitShiftLeft(toUInt64(1), toUInt16(day) % 64)"
@@ -413,13 +425,7 @@ FROM (
     GROUP BY l.person_id, f.plan
     UNION ALL
     SELECT o.person_id, 'plan', o.plan, toDate(0), toDate(0), 0, 1
-    FROM (
-        SELECT person_id, plan FROM {BEFORE}
-        UNION DISTINCT
-        SELECT person_id, plan FROM persons
-        PREWHERE person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}}
-        WHERE project_id = {{p:String}} AND is_deleted = 0
-    ) AS o LEFT JOIN {FRESH} AS f ON f.person_id = o.person_id
+    FROM {BEFORE} AS o LEFT JOIN {FRESH} AS f ON f.person_id = o.person_id
     WHERE f.person_id = '' OR f.plan != o.plan
 ) AS a
 LEFT JOIN (SELECT person_id, toDate(first_seen, {{tz:String}}) AS day FROM {FRESH}) AS s

@@ -10,11 +10,14 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from functools import reduce
+from typing import Any
 
 import httpx
 import pytest
 
+from services.aggregator import derived
 from tests.integration.stack import Stack
+from tests.unit.aggregator.test_sink_errors import refused_connection
 from werkstroom import churn, timezones
 from werkstroom.breakdowns import ROLLED_FILTERS
 from werkstroom.clickhouse.tables import SESSION_ATTRIBUTES, SESSIONS_DAILY_COLUMNS
@@ -782,3 +785,70 @@ async def test_a_persons_sessions_follow_its_plan_on_every_day(stack: Stack) -> 
     await send_all(stack, key, [identify("anon-q", 5, None, 4)])  # no plan: a null is no string
     await stack.until(lambda: plans() == {("", d, v, "user-p") for _, d, v, _ in joined})
     await stack.until(lambda: plan_sessions_agree(stack))
+
+
+async def test_a_refresh_failing_after_its_persons_are_computed_and_retried_misses_nothing(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh that fails part of the way through (ClickHouse away, as a kill -9 does to a
+    batch that is then replayed) is run again with the same keys, over whatever it had written.
+    The failure here comes right after refresh_persons: what the rest of the refresh learns from
+    the persons' rows as they were (a plan changed, members that moved, a person merged away) must
+    still be there for the retry. anon-p browsed two days ago and today; each of three batches
+    (a plan, another plan, anon-q joining the user) fails once there: plan_sessions, person_first_by
+    and person_activity_by must come out as without the failures."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    key, pid = stack.project.write_key, stack.project.project_id
+    earlier = now - timedelta(days=2)
+    real = derived.refresh_persons
+    armed: list[bool] = []
+
+    def refresh_persons(*args: Any, **kwargs: Any) -> derived.Changed:
+        changed = real(*args, **kwargs)
+        if armed and armed[-1]:
+            armed[-1] = False
+            raise refused_connection()  # a transient failure: the sink retries the refresh
+        return changed
+
+    monkeypatch.setattr(derived, "refresh_persons", refresh_persons)
+
+    def identify(anonymous_id: str, minutes: int, plan: str, n: int) -> dict[str, object]:
+        stamp = (now - timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")
+        traits = {"plan": plan}
+        return {
+            "type": "identify",
+            "anonymousId": anonymous_id,
+            "userId": "user-r",
+            "traits": traits,
+            "messageId": f"rf-id-{n}",
+            "timestamp": stamp,
+        }
+
+    def plans() -> set[tuple[object, ...]]:
+        sql = (
+            "SELECT plan, day, anonymous_id, person_id FROM plan_sessions FINAL "
+            "WHERE project_id = {p:String} AND is_deleted = 0"
+        )
+        return set(stack.rows(sql, p=pid))
+
+    def agree(expected: set[tuple[object, ...]]) -> bool:
+        return plans() == expected and plan_sessions_agree(stack) and person_activity_by_agrees(stack)
+
+    at_p = now - timedelta(minutes=20)
+    await send_all(stack, key, [page_at("anon-p", earlier, "rf-1"), page_at("anon-p", at_p, "rf-2")])
+    days = [earlier.date(), at_p.date()]
+    await stack.until(lambda: agree({("", d, "anon-p", "anon-p") for d in days}))
+    armed.append(True)
+    await send_all(stack, key, [identify("anon-p", 15, "trial", 1)])
+    await stack.until(lambda: agree({("trial", d, "anon-p", "user-r") for d in days}), timeout=30)
+    armed.append(True)
+    await send_all(stack, key, [identify("anon-p", 10, "premium", 2)])
+    await stack.until(lambda: agree({("premium", d, "anon-p", "user-r") for d in days}), timeout=30)
+    at_q = now - timedelta(minutes=8)
+    await send_all(stack, key, [page_at("anon-q", earlier, "rf-3"), page_at("anon-q", at_q, "rf-4")])
+    await stack.until(lambda: ("", at_q.date(), "anon-q", "anon-q") in plans())
+    armed.append(True)
+    await send_all(stack, key, [identify("anon-q", 7, "premium", 3)])
+    joined = {("premium", d, v, "user-r") for d in days for v in ("anon-p", "anon-q")}
+    await stack.until(lambda: agree(joined), timeout=30)
+    assert armed == [False, False, False]  # each batch's refresh did fail once
