@@ -30,6 +30,7 @@ from werkstroom.clickhouse.tables import (
     DAILY_STATS_COLUMNS,
     PERSON_DAYS_COLUMNS,
     PERSON_FIRST_BY_COLUMNS,
+    PERSON_REFRESHES_COLUMNS,
     PERSONS_COLUMNS,
     PERSONS_RECENT_COLUMNS,
     SESSIONS_DAILY_COLUMNS,
@@ -64,7 +65,7 @@ def refresh(client: Client, dirty: Dirty, rollups: RollUps | None = None) -> Non
         if project_funnels:
             members = funnel_members(client, changed.members)
             recompute(client, project_id, members, changed.gone, version, project_funnels, zone)
-        write_persons(client, project_id, changed.gone, version)  # last: see its docstring
+        close_refresh(client, project_id, changed.gone, version)
     now = datetime.now(UTC)
     today = {
         p: timezones.today(now, zones.get(p, timezones.DEFAULT)) for p in days.keys() | activity_days.keys()
@@ -142,14 +143,39 @@ def stage_members(client: Client, pairs: list[tuple[str, str]]) -> None:
 # recounted too (a merge or a late event can move a first visit to another day, and the old
 # day must lose it), their last_seen locates the persons_recent rows to tombstone, their
 # anonymous_ids tell which members moved between persons (MOVED_DAYS), their plan which
-# person_first_by plan rows to tombstone (FIRST_BY_INSERT), and their plan and first_seen which
-# persons' sessions plan_sessions moves (services.aggregator.plans). Still so when a refresh
-# that failed part of the way is run again: the persons rows are its last write (write_persons).
+# person_first_by plan rows to tombstone (FIRST_BY_INSERT, with the stored versions), and their
+# plan and first_seen which persons' sessions plan_sessions moves (services.aggregator.plans).
+#
+# A person can have more than one row here: besides its live persons row, the rows an earlier
+# refresh of it found and left open (person_refreshes, migration 0035: it failed part of the way,
+# or another worker's is under way). A refresh run again after it wrote the new persons rows
+# (a kill -9, ClickHouse away) then still sees the state before the change. Every use of BEFORE
+# takes each of its rows as a state the derived rows may hold: a superset of old states only
+# tombstones or recomputes more, never less.
+_OF_PERSONS = f"PREWHERE person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}}"
 BEFORE_INSERT = f"""
 INSERT INTO {BEFORE} (person_id, first_seen, last_seen, anonymous_ids, plan)
 SELECT person_id, first_seen, last_seen, anonymous_ids, plan FROM persons FINAL
+{_OF_PERSONS}
 WHERE project_id = {{p:String}} AND is_deleted = 0
-  AND (person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}})
+UNION ALL
+SELECT person_id, first_seen, last_seen, anonymous_ids, plan FROM person_refreshes FINAL
+{_OF_PERSONS}
+WHERE project_id = {{p:String}} AND done = 0
+"""
+# The refresh's BEFORE, open in person_refreshes under its version, before it writes anything
+# derived from the change; closed (with the older open rows of its persons) as its last write.
+OPEN_REFRESH = f"""
+INSERT INTO person_refreshes ({", ".join(PERSON_REFRESHES_COLUMNS)})
+SELECT DISTINCT {{p:String}}, person_id, {{v:UInt64}}, first_seen, last_seen, anonymous_ids, plan, 0
+FROM {BEFORE}
+"""
+CLOSE_REFRESH = f"""
+INSERT INTO person_refreshes ({", ".join(PERSON_REFRESHES_COLUMNS)})
+SELECT project_id, person_id, refresh, first_seen, last_seen, anonymous_ids, plan, 1
+FROM person_refreshes FINAL
+{_OF_PERSONS}
+WHERE project_id = {{p:String}} AND done = 0 AND refresh <= {{v:UInt64}}
 """
 
 
@@ -257,20 +283,22 @@ HAVING count() = 1
 # recomputation (_apply_diff makes them so). They change only on days a changed session
 # spans (the dirty days: a session's span only grows, and SessionsProcessor.rows dirties its
 # old days too), and on the days of the sessions of members that joined or left the person
-# (identify, alias, a merge; read here, before the persons' rows are rewritten with their new
-# members). The diff compares those days alone: person_activity is sorted by day, so reading
+# (identify, alias, a merge: the members in one of the states BEFORE holds of a person and not
+# among its staged ones with sessions, or the other way round; a person with no state there has
+# all of its members moved). The diff compares those days alone: person_activity is sorted by day, so reading
 # all of a person's days was a scan of the project's person_id column.
 MOVED_DAYS = f"""
 SELECT DISTINCT {_span("start_at", "last_event_at")}
 FROM sessions FINAL
 PREWHERE anonymous_id IN (
-    SELECT member FROM (
-        SELECT person_id AS person, arrayJoin(anonymous_ids) AS member FROM {BEFORE}
-        UNION ALL
-        SELECT person, member FROM {STAGE} WHERE member IN (SELECT anonymous_id FROM {SESSIONS})
-    )
-    GROUP BY person, member
-    HAVING count() = 1
+    SELECT arrayJoin(arrayConcat(arrayFilter(x -> NOT has(s.ids, x), b.ids),
+                                 arrayFilter(x -> NOT has(b.ids, x), s.ids)))
+    FROM (SELECT person_id AS person, anonymous_ids AS ids FROM {BEFORE}) AS b
+    FULL OUTER JOIN (
+        SELECT person, groupArray(member) AS ids FROM {STAGE}
+        WHERE member IN (SELECT anonymous_id FROM {SESSIONS})
+        GROUP BY person
+    ) AS s ON s.person = b.person
 )
 WHERE project_id = {{p:String}} AND is_deleted = 0
 """
@@ -303,9 +331,9 @@ def refresh_persons(
     ClickHouse (INSERT ... SELECT): Python only resolves which ids make up which person, and
     reads back the few days whose counts changed.
 
-    The persons' rows themselves are written by write_persons, once everything derived from
-    them is: a crash before leaves the old rows, whose members and plans still tell the replay
-    what changed.
+    The persons' rows as they were are kept open in person_refreshes (OPEN_REFRESH) until the
+    refresh ends (close_refresh): run again after a failure past the persons write, the refresh
+    still reads them (BEFORE_INSERT), and with them which members moved and what changed.
 
     `rezone`: the project's zone changed (services.aggregator.rezone), so a person's stored
     first day may be another zone's day: its first days are compared over `days` too."""
@@ -317,6 +345,7 @@ def refresh_persons(
     bound = {"p": project_id, "v": version, "gone": StringArray(sorted(changed.gone)), "tz": zone}
     client.command(SESSIONS_STAGE, parameters={"p": project_id})
     client.command(BEFORE_INSERT, parameters=bound)
+    client.command(OPEN_REFRESH, parameters=bound)
     client.command(PERSONS_STAGE, parameters=bound)
     moved = {d for (d,) in client.query(MOVED_DAYS, parameters=bound).result_rows}
     changed.moved_days = moved
@@ -325,25 +354,22 @@ def refresh_persons(
     if rezone:
         first_days |= days
     changed.first_days = _apply_diff(client, "persons_first_day", FIRST_DAY, bound, first_days)
-    return changed
-
-
-def write_persons(client: Client, project_id: str, gone: set[str], version: int) -> None:
-    """Write the staged persons' new rows (refresh_persons computed them), tombstone those merged
-    away (`gone`), and their persons_recent and visitor_persons rows: the last writes of a
-    refresh of these persons, after every table derived from their change. What the rest of
-    the refresh learns from the persons' rows as they were (BEFORE: a plan or first_seen that
-    changed, members that moved, a person merged away) is then still there when a refresh
-    that failed part of the way (a kill -9, ClickHouse away) is run again over what it had
-    written; had these rows been written first, the retry would find nothing changed."""
-    bound = {"p": project_id, "v": version, "gone": StringArray(sorted(gone))}
     client.command(PERSONS_INSERT, parameters=bound)
-    if gone:  # merged into another person
+    if changed.gone:  # merged into another person
         epoch = datetime(1970, 1, 1, tzinfo=UTC)
-        rows = [[project_id, g, epoch, epoch, 0, 0, [], "{}", "", 1, version] for g in sorted(gone)]
+        rows = [[project_id, g, epoch, epoch, 0, 0, [], "{}", "", 1, version] for g in sorted(changed.gone)]
         insert_rows(client, "persons", rows, PERSONS_COLUMNS)
     client.command(RECENT_INSERT, parameters=bound)
     client.command(VISITORS_INSERT, parameters=bound)
+    return changed
+
+
+def close_refresh(client: Client, project_id: str, gone: set[str], version: int) -> None:
+    """Close the refresh's rows in person_refreshes and the older open ones of its persons
+    (`gone`: those merged away): the last write of a refresh of the persons refresh_persons
+    staged, once everything derived from their change is written."""
+    bound = {"p": project_id, "v": version, "gone": StringArray(sorted(gone))}
+    client.command(CLOSE_REFRESH, parameters=bound)
 
 
 def _apply_diff(
@@ -392,10 +418,12 @@ FROM ({_person_days_diff("person_activity_by_person", ACTIVE_BY, ", filter, filt
 # session filters, the person's plan (filter 'plan', the value its new persons row has: what the
 # `plan` filter and the plan segments keep) over all its sessions' days (a session has a country,
 # '' included, so its `country` rows are its days), and a tombstone for every other plan its
-# row before the batch (BEFORE) has (the person went: all of them); a replay after a crash
-# reads the same BEFORE, as the persons rows are written last (write_persons: when they were
-# written first, test_aggregator_crash caught a merged-away person's plan row left behind).
-# All of the persons' rows are written, changed or not: diffing would need their
+# row before the batch (BEFORE, with the states an unfinished refresh left open) or a stored
+# live version of it has (the person went: all of them). The stored versions also catch a
+# concurrent refresh of the person on another worker that wrote its persons row after this one
+# read BEFORE. (The persons rows alone, or BEFORE without the open states, missed the old plan
+# on a refresh run again after a crash: test_aggregator_crash caught a merged-away person's plan
+# row left behind.) All of the persons' rows are written, changed or not: diffing would need their
 # stored rows, and the table is sorted by value, not person. At the batch's version, as persons
 # and person_activity_by.
 _BIT = "bitShiftLeft(toUInt64(1), toUInt16(day) % 64)"
@@ -425,7 +453,13 @@ FROM (
     GROUP BY l.person_id, f.plan
     UNION ALL
     SELECT o.person_id, 'plan', o.plan, toDate(0), toDate(0), 0, 1
-    FROM {BEFORE} AS o LEFT JOIN {FRESH} AS f ON f.person_id = o.person_id
+    FROM (
+        SELECT person_id, plan FROM {BEFORE}
+        UNION DISTINCT
+        SELECT person_id, plan FROM persons
+        PREWHERE person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}}
+        WHERE project_id = {{p:String}} AND is_deleted = 0
+    ) AS o LEFT JOIN {FRESH} AS f ON f.person_id = o.person_id
     WHERE f.person_id = '' OR f.plan != o.plan
 ) AS a
 LEFT JOIN (SELECT person_id, toDate(first_seen, {{tz:String}}) AS day FROM {FRESH}) AS s

@@ -234,6 +234,12 @@ PERSON_FIRST_BY_COLUMNS = [
     *("is_deleted", "version"),
 ]
 
+#: `person_refreshes` (migration 0035): a person's row as a refresh found it, open until the
+#: refresh has written what derives from it.
+PERSON_REFRESHES_COLUMNS = [
+    *("project_id", "person_id", "refresh", "first_seen", "last_seen", "anonymous_ids", "plan", "done"),
+]
+
 #: Each table and the columns written to it (test_tables checks them against ClickHouse).
 WRITTEN: dict[str, list[str]] = {
     "events": EVENTS_COLUMNS,
@@ -256,6 +262,7 @@ WRITTEN: dict[str, list[str]] = {
     "persons_first_day": PERSON_DAYS_COLUMNS,
     "person_activity_by": PERSON_ACTIVITY_BY_COLUMNS,
     "person_first_by": PERSON_FIRST_BY_COLUMNS,
+    "person_refreshes": PERSON_REFRESHES_COLUMNS,
     "churn_daily": CHURN_DAILY_COLUMNS,
     "aggregator_status": AGGREGATOR_STATUS_COLUMNS,
     "sink_partitions": SINK_PARTITIONS_COLUMNS,
