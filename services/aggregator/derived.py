@@ -65,7 +65,7 @@ def refresh(client: Client, dirty: Dirty, rollups: RollUps | None = None) -> Non
         if project_funnels:
             members = funnel_members(client, changed.members)
             recompute(client, project_id, members, changed.gone, version, project_funnels, zone)
-        close_refresh(client, project_id, changed.gone, version)
+        close_refresh(client, project_id, version)
     now = datetime.now(UTC)
     today = {
         p: timezones.today(now, zones.get(p, timezones.DEFAULT)) for p in days.keys() | activity_days.keys()
@@ -116,7 +116,7 @@ PERSON_IDS = f"(SELECT DISTINCT person FROM {STAGE})"
 STAGE_TABLES = {
     STAGE: "member String, person String",
     BEFORE: "person_id String, first_seen DateTime64(3, 'UTC'), last_seen DateTime64(3, 'UTC'), "
-    "anonymous_ids Array(String), plan String",
+    "anonymous_ids Array(String), plan String, refresh UInt64",
     SESSIONS: "anonymous_id String, session_id String, start_at DateTime64(3, 'UTC'), "
     "last_event_at DateTime64(3, 'UTC'), page_views UInt32, version UInt64",
     FRESH: "person_id String, first_seen DateTime64(3, 'UTC'), last_seen DateTime64(3, 'UTC'), "
@@ -154,28 +154,29 @@ def stage_members(client: Client, pairs: list[tuple[str, str]]) -> None:
 # tombstones or recomputes more, never less.
 _OF_PERSONS = f"PREWHERE person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}}"
 BEFORE_INSERT = f"""
-INSERT INTO {BEFORE} (person_id, first_seen, last_seen, anonymous_ids, plan)
-SELECT person_id, first_seen, last_seen, anonymous_ids, plan FROM persons FINAL
+INSERT INTO {BEFORE} (person_id, first_seen, last_seen, anonymous_ids, plan, refresh)
+SELECT person_id, first_seen, last_seen, anonymous_ids, plan, 0 FROM persons FINAL
 {_OF_PERSONS}
 WHERE project_id = {{p:String}} AND is_deleted = 0
 UNION ALL
-SELECT person_id, first_seen, last_seen, anonymous_ids, plan FROM person_refreshes FINAL
+SELECT person_id, first_seen, last_seen, anonymous_ids, plan, refresh FROM person_refreshes FINAL
 {_OF_PERSONS}
 WHERE project_id = {{p:String}} AND done = 0
 """
-# The refresh's BEFORE, open in person_refreshes under its version, before it writes anything
-# derived from the change; closed (with the older open rows of its persons) as its last write.
+# The persons rows of the refresh's BEFORE (refresh 0; the open ones of earlier refreshes stay
+# open under their own), open in person_refreshes under its version before it writes anything
+# derived from the change; closed, with the open rows of earlier refreshes it read, as its last
+# write (from BEFORE: the closing row replaces the open one whatever it holds).
 OPEN_REFRESH = f"""
 INSERT INTO person_refreshes ({", ".join(PERSON_REFRESHES_COLUMNS)})
-SELECT DISTINCT {{p:String}}, person_id, {{v:UInt64}}, first_seen, last_seen, anonymous_ids, plan, 0
-FROM {BEFORE}
+SELECT {{p:String}}, person_id, {{v:UInt64}}, first_seen, last_seen, anonymous_ids, plan, 0
+FROM {BEFORE} WHERE refresh = 0
 """
 CLOSE_REFRESH = f"""
 INSERT INTO person_refreshes ({", ".join(PERSON_REFRESHES_COLUMNS)})
-SELECT project_id, person_id, refresh, first_seen, last_seen, anonymous_ids, plan, 1
-FROM person_refreshes FINAL
-{_OF_PERSONS}
-WHERE project_id = {{p:String}} AND done = 0 AND refresh <= {{v:UInt64}}
+SELECT {{p:String}}, person_id, if(refresh = 0, {{v:UInt64}}, refresh), first_seen, last_seen,
+       anonymous_ids, plan, 1
+FROM {BEFORE}
 """
 
 
@@ -364,12 +365,11 @@ def refresh_persons(
     return changed
 
 
-def close_refresh(client: Client, project_id: str, gone: set[str], version: int) -> None:
-    """Close the refresh's rows in person_refreshes and the older open ones of its persons
-    (`gone`: those merged away): the last write of a refresh of the persons refresh_persons
-    staged, once everything derived from their change is written."""
-    bound = {"p": project_id, "v": version, "gone": StringArray(sorted(gone))}
-    client.command(CLOSE_REFRESH, parameters=bound)
+def close_refresh(client: Client, project_id: str, version: int) -> None:
+    """Close the refresh's rows in person_refreshes and the open ones of earlier refreshes it
+    read: the last write of a refresh of the persons refresh_persons staged, once everything
+    derived from their change is written."""
+    client.command(CLOSE_REFRESH, parameters={"p": project_id, "v": version})
 
 
 def _apply_diff(

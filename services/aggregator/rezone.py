@@ -144,7 +144,7 @@ def rezone_derived(
         if funnels:
             members = derived.funnel_members(client, changed.members)
             recompute_funnels(client, project_id, members, changed.gone, version, funnels, zone)
-        derived.close_refresh(client, project_id, changed.gone, version)
+        derived.close_refresh(client, project_id, version)
     version = next_version()
     derived.refresh_daily(client, project_id, days, version)
     settled = {d for d in days if d <= today}
