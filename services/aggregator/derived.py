@@ -165,8 +165,9 @@ WHERE project_id = {{p:String}} AND done = 0
 """
 # The persons rows of the refresh's BEFORE (refresh 0; the open ones of earlier refreshes stay
 # open under their own), open in person_refreshes under its version before it writes anything
-# derived from the change; closed, with the open rows of earlier refreshes it read, as its last
-# write (from BEFORE: the closing row replaces the open one whatever it holds).
+# derived from the change; closed, with the open rows of earlier refreshes it read (a lower
+# version: a newer one under way on another worker stays open), as its last write (from BEFORE:
+# the closing row replaces the open one whatever it holds).
 OPEN_REFRESH = f"""
 INSERT INTO person_refreshes ({", ".join(PERSON_REFRESHES_COLUMNS)})
 SELECT {{p:String}}, person_id, {{v:UInt64}}, first_seen, last_seen, anonymous_ids, plan, 0
@@ -176,7 +177,7 @@ CLOSE_REFRESH = f"""
 INSERT INTO person_refreshes ({", ".join(PERSON_REFRESHES_COLUMNS)})
 SELECT {{p:String}}, person_id, if(refresh = 0, {{v:UInt64}}, refresh), first_seen, last_seen,
        anonymous_ids, plan, 1
-FROM {BEFORE}
+FROM {BEFORE} WHERE refresh < {{v:UInt64}}
 """
 
 
@@ -286,8 +287,8 @@ HAVING count() = 1
 # old days too), and on the days of the sessions of members that joined or left the person
 # (identify, alias, a merge: the members in one of the states BEFORE holds of a person and not
 # among its staged ones with sessions, or the other way round; a person with no state there has
-# all of its members moved). The diff compares those days alone: person_activity is sorted by day, so reading
-# all of a person's days was a scan of the project's person_id column.
+# all of its members moved). The diff compares those days alone: person_activity is sorted by
+# day, so reading all of a person's days was a scan of the project's person_id column.
 MOVED_DAYS = f"""
 SELECT DISTINCT {_span("start_at", "last_event_at")}
 FROM sessions FINAL
@@ -366,8 +367,8 @@ def refresh_persons(
 
 
 def close_refresh(client: Client, project_id: str, version: int) -> None:
-    """Close the refresh's rows in person_refreshes and the open ones of earlier refreshes it
-    read: the last write of a refresh of the persons refresh_persons staged, once everything
+    """Close the refresh's rows in person_refreshes and the open ones of earlier refreshes (lower
+    versions) it read: the last write of a refresh of the persons refresh_persons staged, once everything
     derived from their change is written."""
     client.command(CLOSE_REFRESH, parameters={"p": project_id, "v": version})
 

@@ -5,8 +5,8 @@
 -- refresh that failed part of the way (a kill -9, ClickHouse away) after writing the new persons
 -- rows is run again over them, and would otherwise find nothing changed (a plan, members that
 -- moved, a person merged away), leaving rows of the old state in plan_sessions, person_first_by,
--- persons_recent and the moved days' tables. A refresh closes its own rows and the older open
--- ones of its persons (done = 1) as its last write.
+-- persons_recent and the moved days' tables. A refresh closes its own rows and the open ones of
+-- earlier refreshes (lower versions) it read (done = 1) as its last write.
 -- ReplacingMergeTree(done): the closing row (done = 1) replaces the open one of the same refresh.
 CREATE TABLE IF NOT EXISTS person_refreshes
 (
