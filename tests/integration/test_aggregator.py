@@ -738,6 +738,30 @@ async def test_persons_segments_and_daily_stats_match_the_simulation(stack: Stac
     await stack.until(lambda: daily() == want_daily, timeout=20)
 
 
+def identify_with_plan(
+    anonymous_id: str, user_id: str, when: datetime, plan: object, message_id: str
+) -> dict[str, object]:
+    """An identify of `anonymous_id` as `user_id` at `when`, with trait plan `plan` (None: no plan)."""
+    stamp = when.isoformat().replace("+00:00", "Z")
+    return {
+        "type": "identify",
+        "anonymousId": anonymous_id,
+        "userId": user_id,
+        "traits": {"plan": plan},
+        "messageId": message_id,
+        "timestamp": stamp,
+    }
+
+
+def plan_rows(stack: Stack, project_id: str) -> set[tuple[object, ...]]:
+    """plan_sessions' live (plan, day, anonymous_id, person_id) rows of the project."""
+    sql = (
+        "SELECT plan, day, anonymous_id, person_id FROM plan_sessions FINAL "
+        "WHERE project_id = {p:String} AND is_deleted = 0"
+    )
+    return set(stack.rows(sql, p=project_id))
+
+
 async def test_a_persons_sessions_follow_its_plan_on_every_day(stack: Stack) -> None:
     """plan_sessions (migration 0034): anon-p browsed two days ago and today; identified today
     with plan trial, then premium, its sessions of both days move from no plan to trial to
@@ -748,22 +772,12 @@ async def test_a_persons_sessions_follow_its_plan_on_every_day(stack: Stack) -> 
     earlier = now - timedelta(days=2)
 
     def identify(anonymous_id: str, minutes: int, plan: object, n: int) -> dict[str, object]:
-        stamp = (now - timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")
-        return {
-            "type": "identify",
-            "anonymousId": anonymous_id,
-            "userId": "user-p",
-            "traits": {"plan": plan},
-            "messageId": f"pl-id-{n}",
-            "timestamp": stamp,
-        }
+        return identify_with_plan(
+            anonymous_id, "user-p", now - timedelta(minutes=minutes), plan, f"pl-id-{n}"
+        )
 
     def plans() -> set[tuple[object, ...]]:
-        sql = (
-            "SELECT plan, day, anonymous_id, person_id FROM plan_sessions FINAL "
-            "WHERE project_id = {p:String} AND is_deleted = 0"
-        )
-        return set(stack.rows(sql, p=pid))
+        return plan_rows(stack, pid)
 
     await send_all(
         stack,
@@ -813,23 +827,12 @@ async def test_a_refresh_failing_after_its_persons_are_computed_and_retried_miss
     monkeypatch.setattr(derived, "refresh_persons", refresh_persons)
 
     def identify(anonymous_id: str, minutes: int, plan: str, n: int) -> dict[str, object]:
-        stamp = (now - timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")
-        traits = {"plan": plan}
-        return {
-            "type": "identify",
-            "anonymousId": anonymous_id,
-            "userId": "user-r",
-            "traits": traits,
-            "messageId": f"rf-id-{n}",
-            "timestamp": stamp,
-        }
+        return identify_with_plan(
+            anonymous_id, "user-r", now - timedelta(minutes=minutes), plan, f"rf-id-{n}"
+        )
 
     def plans() -> set[tuple[object, ...]]:
-        sql = (
-            "SELECT plan, day, anonymous_id, person_id FROM plan_sessions FINAL "
-            "WHERE project_id = {p:String} AND is_deleted = 0"
-        )
-        return set(stack.rows(sql, p=pid))
+        return plan_rows(stack, pid)
 
     def agree(expected: set[tuple[object, ...]]) -> bool:
         return plans() == expected and plan_sessions_agree(stack) and person_activity_by_agrees(stack)
