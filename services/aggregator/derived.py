@@ -152,6 +152,8 @@ def stage_members(client: Client, pairs: list[tuple[str, str]]) -> None:
 # (a kill -9, ClickHouse away) then still sees the state before the change. Every use of BEFORE
 # takes each of its rows as a state the derived rows may hold: a superset of old states only
 # tombstones or recomputes more, never less.
+# The staged persons' rows and those merged away, by person_id (a sorting-key column, so safe in
+# PREWHERE under FINAL): BEFORE's reads and FIRST_BY_INSERT's.
 _OF_PERSONS = f"PREWHERE person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}}"
 BEFORE_INSERT = f"""
 INSERT INTO {BEFORE} (person_id, first_seen, last_seen, anonymous_ids, plan, refresh)
@@ -431,7 +433,7 @@ _BIT = "bitShiftLeft(toUInt64(1), toUInt16(day) % 64)"
 _LIVE_BY = f"""
     SELECT person_id, day, filter, filter_value, argMax(is_deleted, version) = 0 AS live
     FROM person_activity_by_person
-    PREWHERE person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}}
+    {_OF_PERSONS}
     WHERE project_id = {{p:String}}
     GROUP BY person_id, day, filter, filter_value
 """
@@ -458,7 +460,7 @@ FROM (
         SELECT person_id, plan FROM {BEFORE}
         UNION DISTINCT
         SELECT person_id, plan FROM persons
-        PREWHERE person_id IN {PERSON_IDS} OR person_id IN {{gone:Array(String)}}
+        {_OF_PERSONS}
         WHERE project_id = {{p:String}} AND is_deleted = 0
     ) AS o LEFT JOIN {FRESH} AS f ON f.person_id = o.person_id
     WHERE f.person_id = '' OR f.plan != o.plan
