@@ -120,6 +120,15 @@ SELECT person_id, first_day, last_day, first_seen_day, recent_days, recent_activ
 WHERE project_id = {p:String} AND filter = {rf:String} AND filter_value = {rv:String} AND is_deleted = 0
   AND first_day <= {hi:Date} AND last_day >= {lo:Date}
 """
+#: Which of the persons {ids:Array(String)} ROLLED_PERSONS selects (Filters.rolled_members): a
+#: test of a few persons (the users list's candidates: services.api.queries.Members). PREWHERE
+#: on the sorting key keeps all of a person's versions or none, so FINAL merges only theirs.
+ROLLED_MEMBERS = """
+SELECT person_id FROM person_first_by FINAL
+PREWHERE project_id = {p:String} AND filter = {rf:String} AND filter_value = {rv:String}
+  AND person_id IN {ids:Array(String)}
+WHERE is_deleted = 0 AND first_day <= {hi:Date} AND last_day >= {lo:Date}
+"""
 #: ROLLED_PERSONS' rows narrowed to the persons whose plan is now {rp:String}: person_first_by's
 #: plan rows (a row per person and its current plan), for one rolled filter with a plan
 #: (Filters.first_by). A plan row spans all of its person's days, so a person with a row of the
@@ -238,6 +247,15 @@ class Filters:
         if not with_plan:
             return None
         return f"{ROLLED_PERSONS.rstrip()}{WITH_PLAN}\n", {"rf": rf, "rv": rv, "rp": plan}
+
+    def rolled_members(self) -> tuple[str, dict[str, Any]] | None:
+        """ROLLED_MEMBERS and its parameters when rolled_persons (without a plan) selects these
+        filters' persons, else None."""
+        kept = self._first_by()
+        if kept is None or kept[1] is not None:
+            return None
+        (rf, rv), _ = kept
+        return ROLLED_MEMBERS, {"rf": rf, "rv": rv}
 
     def where(
         self, table: str, sessions_of: str, person: bool = True, among: str = ""

@@ -144,6 +144,16 @@ def listed(filters: Filters, zone: str = timezones.DEFAULT) -> Narrowing:
     return _LISTED.format(person_days=sql), {**params, "lo": FIRST_DAY, "hi": LAST_DAY, "tz": zone}
 
 
+def members(filters: Filters) -> queries.Members | None:
+    """listed's condition as a test of given persons (queries.Members), where one read of
+    person_first_by answers it (Filters.rolled_members), else None."""
+    rolled = filters.rolled_members()
+    if rolled is None:
+        return None
+    sql, params = rolled
+    return sql, {**params, "lo": FIRST_DAY, "hi": LAST_DAY}
+
+
 def persons_counts(
     client: Client, project_id: str, now: datetime, filters: Filters, zone: str = timezones.DEFAULT
 ) -> tuple[int, int, int, int]:

@@ -91,10 +91,15 @@ async def filled(
 
 
 def reference(
-    stack: Stack, segment: str, q: str, limit: int, cursor: queries.Cursor | None
+    stack: Stack,
+    segment: str,
+    q: str,
+    limit: int,
+    cursor: queries.Cursor | None,
+    narrowing: queries.Narrowing = queries.EVERYONE,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """The page as one FINAL query over all persons gives it (the former users_page)."""
-    where, params = queries.users_filter(stack.project.project_id, NOW, segment, q)
+    where, params = queries.users_filter(stack.project.project_id, NOW, segment, q, narrowing)
     if cursor is not None:
         where += (
             f" AND (last_seen < {{c_seen:{queries.T}}}"
@@ -159,3 +164,39 @@ async def test_ties_beyond_the_candidates_fall_back_exactly(
     monkeypatch.setattr(queries, "CANDIDATES_MAX", 30)
     everyone, _ = reference(stack, "all", "", 10_000, None)
     assert walk(stack, "all", "", 10) == [u["person_id"] for u in everyone]
+
+
+# A narrowing (a view's filters) as the users list gets it: a condition on the persons, and the
+# same as a test of given persons (queries.Members), which the first read uses instead. `share`
+# persons in every `of` are kept: one in two settles a page from the first read; one in fifty
+# leaves it to the condition.
+def narrowing(share: int, of: int) -> tuple[queries.Narrowing, queries.Members]:
+    kept = "cityHash64(person_id) % {of:UInt32} < {share:UInt32}"
+    params = {"of": of, "share": share}
+    members = f"SELECT person_id FROM (SELECT arrayJoin({{ids:Array(String)}}) AS person_id) WHERE {kept}"
+    return (f" AND {kept}", params), (members, params)
+
+
+@pytest.mark.parametrize(("share", "of"), [(1, 2), (1, 50), (0, 1)])
+@pytest.mark.parametrize("segment", ["all", "active", "premium"])
+async def test_pages_narrowed_by_a_test_of_the_candidates_are_exactly_the_final_answer(
+    filled: tuple[Stack, set[str]], segment: str, share: int, of: int
+) -> None:
+    stack, merged = filled
+    condition, members = narrowing(share, of)
+    project_id = stack.project.project_id
+    everyone, _ = reference(stack, segment, "", 10_000, None, condition)
+    assert (share == 0) == (not everyone)  # the fixture's persons: some are kept, unless none is
+    for limit in (1, 7, 50):
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = queries.users_page(
+                stack.client, project_id, NOW, segment, "", limit, cursor, condition, members
+            )
+            assert page == reference(stack, segment, "", limit, cursor, condition), (limit, cursor)
+            seen += [u["person_id"] for u in page[0]]
+            if page[1] is None:
+                break
+            cursor = queries.Cursor.decode(page[1])
+        assert seen == [u["person_id"] for u in everyone] and not merged & set(seen)

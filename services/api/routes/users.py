@@ -73,7 +73,17 @@ async def list_users(
     position = parse_cursor(cursor)
     narrowing = people.listed(filters, scope.timezone)
     (users, following), fresh = await asyncio.gather(
-        pool.run(queries.users_page, scope.project_id, now, segment, q, limit, position, narrowing),
+        pool.run(
+            queries.users_page,
+            scope.project_id,
+            now,
+            segment,
+            q,
+            limit,
+            position,
+            narrowing,
+            people.members(filters),
+        ),
         scope.pipeline(pool, topic, now),
     )
     return UsersPage.model_validate(
