@@ -25,7 +25,9 @@ reads to find them.
 from __future__ import annotations
 
 import argparse
+import atexit
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -130,7 +132,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=9)
     args = parser.parse_args()
     configure_logging("WARNING")
-    client = prepare_clickhouse(Settings(data_dir=Path(tempfile.mkdtemp(prefix="load-bench-"))))
+    work = Path(tempfile.mkdtemp(prefix="load-bench-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # a year of sessions
+    client = prepare_clickhouse(Settings(data_dir=work))
     sets = batches(args.sessions_per_day, args.pool, args.runs, seed=7)
 
     checkpoints = sorted({31, args.days // 2, args.days})

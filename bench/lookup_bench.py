@@ -18,6 +18,8 @@ Ratio = 0016 / default; below 1 is faster.
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import statistics
 import sys
 import tempfile
@@ -61,9 +63,9 @@ def timed(client: Client, sql: str, parameters: dict[str, object], runs: int) ->
 
 def main(rows: int, runs: int) -> None:
     configure_logging("WARNING")
-    client = connect(
-        f"chdb://{tempfile.mkdtemp(prefix='werkstroom-lookupbench-')}", "bench", create_database=True
-    )
+    work = tempfile.mkdtemp(prefix="werkstroom-lookupbench-")
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
+    client = connect(f"chdb://{work}/clickhouse", "bench", create_database=True)  # its lock beside it
     migrate(client)
     for table, fill, columns in (
         ("persons", PERSONS, PERSON_COLUMNS),
