@@ -20,6 +20,7 @@ import orjson
 from clickhouse_connect.driver.client import Client
 
 from werkstroom import churn, identity, projects, timezones
+from werkstroom.clickhouse.params import StringArray
 from werkstroom.clickhouse.tables import DAILY_STATS_FIGURES, ONLINE_VISITOR_READ
 
 ONLINE_WINDOW = timedelta(minutes=5)
@@ -674,7 +675,7 @@ def _members(client: Client, members: Members, project_id: str, persons: set[str
     return {
         person_id
         for (person_id,) in client.query(
-            sql, parameters={**params, "p": project_id, "ids": sorted(persons)}
+            sql, parameters={**params, "p": project_id, "ids": StringArray(sorted(persons))}
         ).result_rows
     }
 
