@@ -1,14 +1,16 @@
-"""plan_sessions (migration 0034): the staged persons' sessions under their plans, recomputed in
-ClickHouse after their breakdown_sessions rows are (services.aggregator.derived).
+"""plan_sessions and plan_pages (migrations 0034, 0036): the staged persons' sessions and page
+rows under their plans, recomputed in ClickHouse after their breakdown_sessions and
+breakdown_pages rows are (services.aggregator.derived).
 
-A row is a live breakdown_sessions row of a member of a person, under the plan the person's new
-row has, with the person and its first_seen. It changes when the session's row does (on the
-dirty days), when its visitor moves to another person (the days of the members that moved,
-Changed.moved_days), and when its person's plan or first_seen changes: then on every day of the
-person's members' sessions (read from the staged sessions: statements). Over those days, each
-current row is compared with the rows held for the members, of any plan: a row for each one new
-or different, a tombstone for each held one that is no longer current (the old plan's, after a
-change), at the refresh's version. A recomputation gives the same rows whatever came before.
+A row is a live breakdown_sessions row (plan_sessions: with the person and its first_seen) or
+breakdown_pages row (plan_pages) of a member of a person, under the plan the person's new row
+has. It changes when its source row does (on the dirty days), when its visitor moves to another
+person (the days of the members that moved, Changed.moved_days), and when its person's plan or
+first_seen changes: then on every day of the person's members' sessions (read from the staged
+sessions: statements). Over those days, each current row is compared with the rows held for the
+members, of any plan: a row for each one new or different, a tombstone for each held one that is
+no longer current (the old plan's, after a change), at the refresh's version. A recomputation
+gives the same rows whatever came before.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from functools import cache
 
 from clickhouse_connect.driver.client import Client
 
-from werkstroom.clickhouse.tables import PLAN_SESSIONS_COLUMNS, SESSION_ATTRIBUTES
+from werkstroom.clickhouse.tables import PLAN_PAGES_COLUMNS, PLAN_SESSIONS_COLUMNS, SESSION_ATTRIBUTES
 
-#: A row's key after the project: plan, day, anonymous_id, session_id.
+#: A plan_sessions row's key after the project: plan, day, anonymous_id, session_id.
 _KEY = PLAN_SESSIONS_COLUMNS[1:5]
 #: The columns compared between a current row and a held one: the rest of a row.
 _VALUES = [c for c in PLAN_SESSIONS_COLUMNS if c not in (*_KEY, "project_id", "version", "is_deleted")]
+#: The same of plan_pages: plan, day, anonymous_id, session_id, path; the page row's figures.
+_PAGE_KEY = PLAN_PAGES_COLUMNS[1:6]
+_PAGE_VALUES = [c for c in PLAN_PAGES_COLUMNS if c not in (*_PAGE_KEY, "project_id", "version", "is_deleted")]
 
 
 @cache
@@ -47,38 +52,86 @@ SELECT DISTINCT toDate(start_at, {{tz:String}}) FROM {sessions} WHERE anonymous_
 
 @cache
 def write(member_ids: str, members: str, fresh: str) -> str:
-    """The recomputation of the rows of the ids `member_ids` (a subquery, of the staged pairs
-    `members`) over {days:Array(Date)} of project {p:String} at version {v:UInt64}, their
-    persons' new rows `fresh`."""
+    """The recomputation of the plan_sessions rows of the ids `member_ids` (a subquery, of the
+    staged pairs `members`) over {days:Array(Date)} of project {p:String} at version {v:UInt64},
+    their persons' new rows `fresh`."""
     # LowCardinality as stored, String as computed: the UNION's two sides read as one type
     attributes = ", ".join(f"toString(s.{c}) AS {c}" for c in SESSION_ATTRIBUTES)
-    held = ", ".join(
-        f"toString({c})" if c in SESSION_ATTRIBUTES or c == "plan" else c for c in [*_KEY, *_VALUES]
+    current = (
+        "f.person_id AS person_id, f.first_seen AS first_seen, "
+        f"{attributes}, s.page_views AS page_views, s.duration_ms AS duration_ms, s.start_at AS start_at"
     )
+    held = [f"toString({c})" if c in SESSION_ATTRIBUTES or c == "plan" else c for c in [*_KEY, *_VALUES]]
+    return _write(
+        "plan_sessions",
+        "breakdown_sessions",
+        PLAN_SESSIONS_COLUMNS,
+        _KEY,
+        _VALUES,
+        current,
+        held,
+        member_ids,
+        members,
+        fresh,
+    )
+
+
+@cache
+def write_pages(member_ids: str, members: str, fresh: str) -> str:
+    """write's recomputation for plan_pages, from breakdown_pages."""
+    current = ", ".join(f"s.{c} AS {c}" for c in _PAGE_VALUES)
+    held = ["toString(plan)" if c == "plan" else c for c in [*_PAGE_KEY, *_PAGE_VALUES]]
+    return _write(
+        "plan_pages",
+        "breakdown_pages",
+        PLAN_PAGES_COLUMNS,
+        _PAGE_KEY,
+        _PAGE_VALUES,
+        current,
+        held,
+        member_ids,
+        members,
+        fresh,
+    )
+
+
+def _write(
+    table: str,
+    source: str,
+    columns: list[str],
+    key: list[str],
+    values: list[str],
+    current: str,
+    held: list[str],
+    member_ids: str,
+    members: str,
+    fresh: str,
+) -> str:
+    """`table`'s recomputation from `source` (write's): `current`, the values of a current row
+    (`s` the source's row, `f` its person's new one) after its key; `held`, a held row's key and
+    values, as the current ones' types."""
+    source_key = ", ".join(f"s.{c} AS {c}" for c in key[1:])
     # The outer expressions have no aliases: an alias that is also a column's name would be read
     # as the aggregate inside another one.
     return f"""
-INSERT INTO plan_sessions ({", ".join(PLAN_SESSIONS_COLUMNS)})
-SELECT {{p:String}}, {", ".join(_KEY)}, {", ".join(f"argMax({c}, current)" for c in _VALUES)},
+INSERT INTO {table} ({", ".join(columns)})
+SELECT {{p:String}}, {", ".join(key)}, {", ".join(f"argMax({c}, current)" for c in values)},
        {{v:UInt64}}, toUInt8(max(current) = 0)
 FROM (
-    SELECT f.plan AS plan, s.day AS day, s.anonymous_id AS anonymous_id, s.session_id AS session_id,
-           f.person_id AS person_id, f.first_seen AS first_seen, {attributes},
-           s.page_views AS page_views, s.duration_ms AS duration_ms, s.start_at AS start_at,
-           toUInt8(1) AS current
-    FROM (SELECT * FROM breakdown_sessions FINAL
+    SELECT f.plan AS plan, {source_key}, {current}, toUInt8(1) AS current
+    FROM (SELECT * FROM {source} FINAL
           PREWHERE day IN {{days:Array(Date)}} AND anonymous_id IN {member_ids}
           WHERE project_id = {{p:String}} AND is_deleted = 0) AS s
     INNER JOIN {members} AS m ON m.member = s.anonymous_id
     INNER JOIN {fresh} AS f ON f.person_id = m.person
     UNION ALL
-    SELECT {held}, toUInt8(0)
-    FROM plan_sessions FINAL
+    SELECT {", ".join(held)}, toUInt8(0)
+    FROM {table} FINAL
     PREWHERE day IN {{days:Array(Date)}} AND anonymous_id IN {member_ids}
     WHERE project_id = {{p:String}} AND is_deleted = 0
 )
-GROUP BY {", ".join(_KEY)}
-HAVING max(current) = 0 OR min(current) = 1 OR uniqExact(tuple({", ".join(_VALUES)})) > 1
+GROUP BY {", ".join(key)}
+HAVING max(current) = 0 OR min(current) = 1 OR uniqExact(tuple({", ".join(values)})) > 1
 """
 
 
@@ -90,7 +143,7 @@ def refresh(
     zone: str,
     staged: tuple[str, str, str, str, str],
 ) -> None:
-    """Bring plan_sessions in line for the staged persons' members over `days` (the dirty days
+    """Bring plan_sessions and plan_pages in line for the staged persons' members over `days` (the dirty days
     and those of the members that moved), and for the members of the persons whose plan or
     first_seen changed over their sessions' other days. `staged`: the refresh's staged ids (a
     subquery), (member, person) pairs, persons' new and old rows, and sessions (see statements)."""
@@ -99,13 +152,11 @@ def refresh(
     params = {"p": project_id, "tz": zone, "v": version}
     settings = {"max_threads": 1}  # as the breakdowns' refresh: beside the aggregator's own work
     if days:
-        client.command(
-            write(member_ids, members, fresh), parameters={**params, "days": sorted(days)}, settings=settings
-        )
+        for sql in (write(member_ids, members, fresh), write_pages(member_ids, members, fresh)):
+            client.command(sql, parameters={**params, "days": sorted(days)}, settings=settings)
     # their rows on `days` were just written with every member's (the new persons of a batch
     # of new visitors have no other day: most refreshes write once)
     their_days = sorted(d for (d,) in client.query(days_sql, parameters=params).result_rows if d not in days)
     if their_days:
-        client.command(
-            write(changed, members, fresh), parameters={**params, "days": their_days}, settings=settings
-        )
+        for sql in (write(changed, members, fresh), write_pages(changed, members, fresh)):
+            client.command(sql, parameters={**params, "days": their_days}, settings=settings)

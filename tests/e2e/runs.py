@@ -59,6 +59,7 @@ queries = {
                    "WHERE is_deleted = 0 ORDER BY ALL",
     "first_by": "SELECT * EXCEPT (version) FROM person_first_by FINAL WHERE is_deleted = 0 ORDER BY ALL",
     "plan_sessions": "SELECT * EXCEPT (version) FROM plan_sessions FINAL WHERE is_deleted = 0 ORDER BY ALL",
+    "plan_pages": "SELECT * EXCEPT (version) FROM plan_pages FINAL WHERE is_deleted = 0 ORDER BY ALL",
     "visitors": "SELECT * EXCEPT (version) FROM visitor_persons FINAL WHERE is_deleted = 0 ORDER BY ALL",
     "recent": "SELECT * EXCEPT (version, updated_at) FROM persons_recent FINAL WHERE is_deleted = 0 ORDER BY ALL",
     "churn": "SELECT project_id, day, base, churned FROM churn_daily FINAL ORDER BY 1, 2",
@@ -81,7 +82,7 @@ sys.stdout.write(json.dumps(out))
 COMPARED = (
     *("sessions", "sessions_daily", "identities", "online", "persons", "traits", "daily"),
     *("activity", "churn", "progress", "levels", "counts", "activity_by", "first_by"),
-    *("plan_sessions", "visitors", "recent"),
+    *("plan_sessions", "plan_pages", "visitors", "recent"),
 )
 
 FUNNEL = r"""

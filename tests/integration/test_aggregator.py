@@ -176,11 +176,35 @@ PLAN_SESSIONS_EXPECTED = (
 )
 
 
-def plan_sessions_agree(stack: Stack) -> bool:
+# plan_pages (migration 0036) likewise: each live breakdown_pages row under its visitor's
+# person's plan.
+_PAGE_VALUES = "path, views, timed_views, time_ms, is_entry, is_exit, bounced"
+PLAN_PAGES = (
+    f"SELECT project_id, plan, day, anonymous_id, session_id, {_PAGE_VALUES} FROM plan_pages FINAL "
+    "WHERE is_deleted = 0"
+)
+PLAN_PAGES_EXPECTED = (
+    f"SELECT s.project_id, m.plan, s.day, s.anonymous_id, s.session_id, "
+    f"{', '.join(f's.{c}' for c in _PAGE_VALUES.split(', '))} "
+    "FROM (SELECT * FROM breakdown_pages FINAL WHERE is_deleted = 0) AS s "
+    "INNER JOIN (SELECT project_id, visitor, plan FROM persons FINAL "
+    "ARRAY JOIN anonymous_ids AS visitor WHERE is_deleted = 0) AS m "
+    "ON m.project_id = s.project_id AND m.visitor = s.anonymous_id"
+)
+
+
+def plan_tables_agree(stack: Stack) -> bool:
     """plan_sessions holds each live session of a visitor of a live person once, under the
-    person's plan, with its person, first_seen and breakdown_sessions' columns, and no other."""
+    person's plan, with its person, first_seen and breakdown_sessions' columns, and no other;
+    plan_pages each live page row of such a visitor, with breakdown_pages' columns."""
     held = stack.rows(PLAN_SESSIONS)
-    return len(held) == len(set(held)) and set(held) == set(stack.rows(PLAN_SESSIONS_EXPECTED))
+    pages = stack.rows(PLAN_PAGES)
+    return (
+        len(held) == len(set(held))
+        and set(held) == set(stack.rows(PLAN_SESSIONS_EXPECTED))
+        and len(pages) == len(set(pages))
+        and set(pages) == set(stack.rows(PLAN_PAGES_EXPECTED))
+    )
 
 
 def per_day(stack: Stack, project_id: str, column: str) -> dict[object, int]:
@@ -257,8 +281,15 @@ async def test_generated_traffic_gives_exact_sessions_identities_and_isolation(s
     await stack.until(
         lambda: person_activity_by_agrees(stack) and len(stack.rows(PERSON_ACTIVITY_BY)) > 0, timeout=10
     )
-    # every session under its person's plan, as the views narrowed by a plan read them
-    await stack.until(lambda: plan_sessions_agree(stack) and len(stack.rows(PLAN_SESSIONS)) > 0, timeout=10)
+    # every session and page row under its person's plan, as the views narrowed by a plan read them
+    await stack.until(
+        lambda: (
+            plan_tables_agree(stack)
+            and len(stack.rows(PLAN_SESSIONS)) > 0
+            and len(stack.rows(PLAN_PAGES)) > 0
+        ),
+        timeout=10,
+    )
 
 
 async def test_a_batch_sent_again_by_its_client_is_counted_once(stack: Stack) -> None:
@@ -412,9 +443,7 @@ async def test_persons_recent_keeps_one_live_row_per_person_as_they_move_and_mer
     await stack.until(lambda: recent() == [("u-mover", now - timedelta(minutes=5))])
     # the visitor's row follows it into the user's person (migration 0030)
     await stack.until(
-        lambda: (
-            visitor_persons_agree(stack) and person_activity_by_agrees(stack) and plan_sessions_agree(stack)
-        )
+        lambda: visitor_persons_agree(stack) and person_activity_by_agrees(stack) and plan_tables_agree(stack)
     )
     assert [r[1:3] for r in stack.rows(VISITOR_PERSONS)] == [("mover", "u-mover")]
 
@@ -461,9 +490,7 @@ async def test_an_alias_chain_is_followed_to_its_end(stack: Stack) -> None:
     await send_all(stack, key, [alias(2), alias(3)])
     await stack.until(lambda: live() == [("u-4", 1, 3, ["chain"])])
     await stack.until(
-        lambda: (
-            visitor_persons_agree(stack) and person_activity_by_agrees(stack) and plan_sessions_agree(stack)
-        )
+        lambda: visitor_persons_agree(stack) and person_activity_by_agrees(stack) and plan_tables_agree(stack)
     )
     assert [r[1:3] for r in stack.rows(VISITOR_PERSONS)] == [("chain", "u-4")]
 
@@ -513,9 +540,7 @@ async def test_an_id_identified_again_as_another_user_leaves_its_first_person(st
     await send_all(stack, key, [page_at("anon-y", now - timedelta(minutes=4), "re-3")])  # user-a again
     await stack.until(lambda: members() == {"user-a": ["anon-y"], "user-b": ["anon-x"]})
     await stack.until(
-        lambda: (
-            visitor_persons_agree(stack) and person_activity_by_agrees(stack) and plan_sessions_agree(stack)
-        )
+        lambda: visitor_persons_agree(stack) and person_activity_by_agrees(stack) and plan_tables_agree(stack)
     )
     # anon-x keeps user-b's row: user-a's later rewrite, without it, writes nothing for it
     assert [r[1:3] for r in stack.rows(VISITOR_PERSONS)] == [("anon-x", "user-b"), ("anon-y", "user-a")]
@@ -798,7 +823,7 @@ async def test_a_persons_sessions_follow_its_plan_on_every_day(stack: Stack) -> 
     await stack.until(lambda: plans() == joined)
     await send_all(stack, key, [identify("anon-q", 5, None, 4)])  # no plan: a null is no string
     await stack.until(lambda: plans() == {("", d, v, "user-p") for _, d, v, _ in joined})
-    await stack.until(lambda: plan_sessions_agree(stack))
+    await stack.until(lambda: plan_tables_agree(stack))
 
 
 async def test_a_refresh_failing_after_its_persons_are_computed_and_retried_misses_nothing(
@@ -835,7 +860,7 @@ async def test_a_refresh_failing_after_its_persons_are_computed_and_retried_miss
         return plan_rows(stack, pid)
 
     def agree(expected: set[tuple[object, ...]]) -> bool:
-        return plans() == expected and plan_sessions_agree(stack) and person_activity_by_agrees(stack)
+        return plans() == expected and plan_tables_agree(stack) and person_activity_by_agrees(stack)
 
     at_p = now - timedelta(minutes=20)
     await send_all(stack, key, [page_at("anon-p", earlier, "rf-1"), page_at("anon-p", at_p, "rf-2")])

@@ -552,3 +552,31 @@ def test_plan_sessions_is_back_filled_with_each_session_under_its_persons_plan(d
             "2026-03-01 10:00:00.000",
         )
     ]
+
+
+def test_plan_pages_is_back_filled_with_each_page_row_under_its_persons_plan(database: Client) -> None:
+    _two_visitors_sessions(database)
+    migrate(database, through=35)
+    person = (
+        "INSERT INTO visitor_persons (project_id, visitor, person_id, first_seen, last_seen, plan, is_deleted, "
+        "version) VALUES "
+    )
+    for row in (
+        "('p', 'a', 'u1', '2026-02-20 08:00:00', '2026-03-01 10:03:00', 'trial', 0, 5)",
+        "('p', 'a', 'u1', '2026-02-20 08:00:00', '2026-03-01 10:03:00', 'premium', 0, 6)",  # newer
+        "('q', 'b', 'u2', '2026-03-01 23:59:00', '2026-03-01 23:59:00', 'trial', 0, 1)",  # another project's b
+    ):
+        database.command(person + row)
+    figures = "day, anonymous_id, session_id, path, views, timed_views, time_ms, is_entry, is_exit, bounced"
+    pages = database.query(
+        f"SELECT {figures} FROM breakdown_pages FINAL WHERE is_deleted = 0 ORDER BY ALL"
+    ).result_rows
+    assert [(r[1], r[3]) for r in pages] == [("a", "/"), ("a", "/p"), ("b", "/p")]
+
+    assert migrate(database, through=36) == ["0036_plan_pages.sql"]
+
+    rows = database.query(
+        f"SELECT project_id, plan, {figures} FROM plan_pages FINAL WHERE is_deleted = 0 ORDER BY ALL"
+    ).result_rows
+    # a's two page rows under its person's plan now; b is in no persons row of project p: none
+    assert rows == [("p", "premium", *r) for r in pages if r[1] == "a"]

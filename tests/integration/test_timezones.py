@@ -376,6 +376,8 @@ TABLES = {
     "WHERE project_id = {p:String} AND is_deleted = 0",
     "breakdown_pages": "SELECT day, anonymous_id, path, views, time_ms, bounced FROM breakdown_pages FINAL "
     "WHERE project_id = {p:String} AND is_deleted = 0",
+    "plan_pages": "SELECT plan, day, anonymous_id, path, views, time_ms, bounced FROM plan_pages FINAL "
+    "WHERE project_id = {p:String} AND is_deleted = 0",
     "churn_daily": "SELECT day, base, churned FROM churn_daily FINAL WHERE project_id = {p:String} "
     "AND base + churned > 0",
     "funnel_progress": "SELECT person_id, day, level FROM funnel_progress FINAL "

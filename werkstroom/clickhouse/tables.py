@@ -138,6 +138,13 @@ BREAKDOWN_PAGES_COLUMNS = [
     *("views", "timed_views", "time_ms", "is_entry", "is_exit", "bounced"),
     *("version", "is_deleted"),
 ]
+#: `plan_pages` (migration 0036): breakdown_pages' live rows under their visitor's person's plan
+#: now.
+PLAN_PAGES_COLUMNS = [
+    *("project_id", "plan", "day", "anonymous_id", "session_id", "path"),
+    *("views", "timed_views", "time_ms", "is_entry", "is_exit", "bounced"),
+    *("version", "is_deleted"),
+]
 #: Each breakdown's dimension and the column of its values: `path` on breakdown_pages, the
 #: others on breakdown_sessions. breakdown_daily has a row per (day, dimension, value).
 BREAKDOWN_DIMENSIONS: dict[str, str] = {
@@ -255,6 +262,7 @@ WRITTEN: dict[str, list[str]] = {
     "sessions_daily": SESSIONS_DAILY_COLUMNS,
     "breakdown_sessions": BREAKDOWN_SESSIONS_COLUMNS,
     "plan_sessions": PLAN_SESSIONS_COLUMNS,
+    "plan_pages": PLAN_PAGES_COLUMNS,
     "breakdown_pages": BREAKDOWN_PAGES_COLUMNS,
     "online_history": ONLINE_HISTORY_COLUMNS,
     "daily_stats": DAILY_STATS_COLUMNS,
