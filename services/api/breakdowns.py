@@ -84,7 +84,7 @@ def breakdown_sql(dimension: str, filters: Filters) -> tuple[str, dict[str, Any]
     with `total` (the values in the current period). Parameters besides the filters': p, lo
     (the previous period's start), start (the current one's), hi, n, skip."""
     pages = dimension == "pages"
-    table = "breakdown_pages" if pages else filters.sessions_table()
+    table = filters.pages_table() if pages else filters.sessions_table()
     value = VALUE_COLUMN[dimension]
     where, params = filters.where(table, SESSIONS_OF)
     read = _PAGE_COLUMNS if pages else _SESSION_COLUMNS

@@ -80,6 +80,9 @@ _MATCHING = (
 #: segment=premium went 175 -> 50 ms, the activity chart 140 -> 37 (bench/README.md, 2026-12-04
 #: stops 41 and 42).
 PLAN = "plan = {pl:String}"
+#: The page rows and the sessions under their person's plan (plan_pages, migration 0036, and
+#: plan_sessions): the tables `where` reads with PLAN.
+_PLAN_TABLES = ("plan_pages", "plan_sessions")
 #: SESSIONS_OF for the online visitors (GET online, the live stream): only the rows of the
 #: visitors online now (a plain read of online_visitors, a superset of who is online: the outer
 #: query decides). The key (project, day, visitor) then skips the granules holding none of them,
@@ -216,6 +219,11 @@ class Filters:
         name a plan alone (plan), narrowed by PLAN; else breakdown_sessions."""
         return "breakdown_sessions" if self.plan() is None else "plan_sessions"
 
+    def pages_table(self) -> str:
+        """The same of the page rows: plan_pages (migration 0036) when they name a plan alone;
+        else breakdown_pages."""
+        return "breakdown_pages" if self.plan() is None else "plan_pages"
+
     def _plans(self) -> set[str] | None:
         """The plans the person filters name (empty: none), or None for a segment of last_seen."""
         plans: set[str] = set()
@@ -262,16 +270,20 @@ class Filters:
     ) -> tuple[str, dict[str, Any]]:
         """The conditions (` AND ...`, or "") on a breakdown table's rows, and their parameters.
         `table` is "breakdown_pages", "breakdown_sessions" or, for filters that name a plan alone,
-        "plan_sessions" (sessions_table); `sessions_of` is a SELECT of the session ids of
-        `{table}` in the same range, to which ` AND <conditions>` is appended: `page` on the
-        sessions reads breakdown_pages; on breakdown_pages, whose rows hold a path's figures
-        only, the session's attributes are read from breakdown_sessions. `plan` and `segment`
-        are one condition on the row's visitor, the same on both breakdown tables (person, with
-        `among`), and on plan_sessions the plan's rows (PLAN); left out without `person`
-        (with_persons)."""
+        "plan_pages" or "plan_sessions" (pages_table, sessions_table); `sessions_of` is a SELECT
+        of the session ids of `{table}` in the same range, to which ` AND <conditions>` is
+        appended: `page` on the sessions reads the page rows (breakdown_pages; plan_pages on
+        plan_sessions); on the page rows, which hold a path's figures only, the session's
+        attributes are read from the sessions (breakdown_sessions; plan_sessions on plan_pages).
+        `plan` and `segment` are one condition on the row's visitor, the same on both breakdown
+        tables (person, with `among`), and on the plan tables the plan's rows (PLAN), in both
+        reads; left out without `person` (with_persons)."""
         own: list[str] = []
         of_sessions: list[str] = []
         params: dict[str, Any] = {}
+        planned = table in _PLAN_TABLES  # the other table read is the plan's too
+        pages_table, sessions_table = _PLAN_TABLES if planned else ("breakdown_pages", "breakdown_sessions")
+        of_plan = f" AND {PLAN}" if planned else ""
         for name, value in self.values.items():
             if name in PERSON_FILTERS:
                 continue
@@ -279,16 +291,17 @@ class Filters:
             param = f"f_{name}"
             condition = _condition(column, param, value, name in GLOBS)
             params[param] = like_pattern(value) if name in GLOBS and "*" in value else value
-            if name == "page" and table != "breakdown_pages":
-                own.append(f"session_id IN ({sessions_of.format(table='breakdown_pages')} AND {condition})")
-            elif name != "page" and table == "breakdown_pages":
+            if name == "page" and table != pages_table:
+                viewed = f"{sessions_of.format(table=pages_table)}{of_plan} AND {condition}"
+                own.append(f"session_id IN ({viewed})")
+            elif name != "page" and table == pages_table:
                 of_sessions.append(condition)
             else:
                 own.append(condition)
         if of_sessions:
-            found = f"{sessions_of.format(table='breakdown_sessions')} AND {' AND '.join(of_sessions)}"
+            found = f"{sessions_of.format(table=sessions_table)}{of_plan} AND {' AND '.join(of_sessions)}"
             own.append(f"session_id IN ({found})")
-        if table == "plan_sessions":
+        if planned:
             of_person, person_params = PLAN, {"pl": self.plan()}
         else:
             of_person, person_params = self.person(among) if person else ("", {})

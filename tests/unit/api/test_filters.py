@@ -220,20 +220,26 @@ HOSTILE = "x' OR 1=1 --"
     ],
 )
 def test_filters_naming_a_plan_alone_read_that_plans_sessions(given: dict[str, str], plan: str) -> None:
-    """plan_sessions (migration 0034) holds each session under its person's plan now: filters
-    whose person filters are one plan read its rows there, the plan bound as a parameter, and
-    their persons from the rows (no visitor_persons); breakdown_pages still takes the visitors'."""
+    """plan_sessions and plan_pages (migrations 0034, 0036) hold each session and page row under
+    its person's plan now: filters whose person filters are one plan read its rows there, the
+    plan bound as a parameter, and their persons from the rows (no visitor_persons); the other
+    filters read the same plan's rows of the other table."""
     f = Filters.parse(given, NOW)
-    assert f.plan() == plan and f.sessions_table() == "plan_sessions"
-    sql, params = f.where("plan_sessions", SUB)
-    assert sql.endswith(f" AND {PLAN}") and params["pl"] == plan and HOSTILE not in sql
+    assert f.plan() == plan and f.sessions_table() == "plan_sessions" and f.pages_table() == "plan_pages"
+    for table, other in (("plan_sessions", "plan_pages"), ("plan_pages", "plan_sessions")):
+        sql, params = f.where(table, SUB)
+        assert sql.endswith(f" AND {PLAN}") and params["pl"] == plan and HOSTILE not in sql
+        # the other table's read, when a filter needs it, is the plan's too
+        assert sql.count(f"FROM {other} ") == sql.count(f"FROM {other} WHERE x AND {PLAN}")
+        assert "breakdown_" not in sql
     matching, _ = f.matching("day, anonymous_id")
     assert matching.startswith("SELECT day, anonymous_id FROM plan_sessions FINAL") and matching.endswith(
         PLAN
     )
     for read in (matching, breakdown_sql("os", f)[0], f.online(NOW.date())[0]):
         assert "plan_sessions FINAL" in read and "visitor_persons" not in read, read
-    assert "visitor_persons" in breakdown_sql("pages", f)[0]
+    pages = breakdown_sql("pages", f)[0]
+    assert "FROM plan_pages FINAL" in pages and "visitor_persons" not in pages and "breakdown_" not in pages
     joined, joined_params = f.with_persons("day, anonymous_id", EVERY_PERSON)
     assert joined == planned(f.matching("day, anonymous_id, person_id, first_seen")[0])
     assert joined.person == "s.person_id" and joined_params["pl"] == plan
@@ -348,12 +354,13 @@ def test_filtered_online_keeps_the_visitors_whose_current_session_matches() -> N
     hostile = "x' OR 1=1 --"
     today = date(2026, 12, 2)
     where, params = Filters.parse({"page": "/blog/*", "country": hostile, "plan": "premium"}).online(today)
-    # a plan alone: that plan's sessions (plan_sessions, migration 0034)
+    # a plan alone: that plan's sessions and page rows (plan_sessions, plan_pages: migrations 0034
+    # and 0036)
     online = ONLINE_SESSIONS_OF.format(table="plan_sessions")
-    pages = ONLINE_SESSIONS_OF.format(table="breakdown_pages")
+    pages = ONLINE_SESSIONS_OF.format(table="plan_pages")
     assert where == (
         f" AND session_id IN ({online}"
-        f" AND session_id IN ({pages} AND path LIKE {{f_page:String}})"
+        f" AND session_id IN ({pages} AND {PLAN} AND path LIKE {{f_page:String}})"
         f" AND country = {{f_country:String}} AND {PLAN})"
     )
     # today and yesterday (UTC): a session online now that began before midnight is yesterday's
