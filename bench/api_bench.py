@@ -358,8 +358,10 @@ def breakdown_plan(
     get: Callable[..., Callable[[int], Any]], today: date
 ) -> list[tuple[str, Callable[[int], Any]]]:
     """Every breakdown dimension over the last 7 and 30 UTC days, without and with a filter
-    (country=NL; for countries, source=Google); and sources over 30 days by the person filters
-    (segment=premium; plan=trial with country=NL)."""
+    (country=NL; for countries, source=Google); sources over 30 days by the person filters
+    (segment=premium; plan=trial with country=NL); and the top pages by them (the issue's
+    "which pages brought this week's Dutch premium users": 7 days under country=NL&segment=premium;
+    30 days under segment=premium)."""
     plan = []
     for dimension in BREAKDOWN_DIMENSIONS:
         narrow = {"source": "Google"} if dimension == "countries" else {"country": "NL"}
@@ -373,6 +375,11 @@ def breakdown_plan(
     for narrow in ({"segment": "premium"}, {"plan": "trial", "country": "NL"}):
         label = ",".join(f"{k}={v}" for k, v in narrow.items())
         plan.append((f"bd/sources 30d {label}", get("breakdowns/sources", **span, **narrow)))
+    week = {"from": (today - timedelta(days=6)).isoformat(), "to": today.isoformat()}
+    for days, narrow in ((week, {"country": "NL", "segment": "premium"}), (span, {"segment": "premium"})):
+        label = ",".join(f"{k}={v}" for k, v in narrow.items())
+        name = f"bd/pages {'7d' if days is week else '30d'} {label}"
+        plan.append((name, get("breakdowns/pages", **days, **narrow)))
     return plan
 
 

@@ -727,6 +727,9 @@ def generate(
     # breakdown_sessions and persons: here migration 0034's back-fill, from them.
     for statement in _migration("0034_plan_sessions.sql").statements():
         step("plan_sessions (0034)", statement)
+    # and each page row (plan_pages), from breakdown_pages: migration 0036's back-fill
+    for statement in _migration("0036_plan_pages.sql").statements():
+        step("plan_pages (0036)", statement)
     # and the settled days' roll-up, as the aggregator writes it when a day changes
     t = time.perf_counter()
     settled = {
@@ -1008,6 +1011,21 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
             "FROM (SELECT * FROM breakdown_sessions FINAL WHERE project_id = {p:String} AND is_deleted = 0) AS s "
             "INNER JOIN (SELECT visitor, person_id, first_seen, plan FROM persons FINAL ARRAY JOIN anonymous_ids "
             "AS visitor WHERE project_id = {p:String} AND is_deleted = 0) AS m ON m.visitor = s.anonymous_id"
+        ),
+    )
+    # plan_pages (migration 0036): each live page row under its visitor's person's plan
+    expect(
+        "plan_pages (each page row under its person's plan)",
+        one(
+            "SELECT count(), sum(cityHash64(plan, day, anonymous_id, session_id, path, views, time_ms)) "
+            "FROM plan_pages FINAL WHERE project_id = {p:String} AND is_deleted = 0"
+        ),
+        one(
+            "SELECT count(), sum(cityHash64(m.plan, s.day, s.anonymous_id, s.session_id, s.path, s.views, "
+            "s.time_ms)) FROM (SELECT * FROM breakdown_pages FINAL WHERE project_id = {p:String} "
+            "AND is_deleted = 0) AS s INNER JOIN (SELECT visitor, plan FROM persons FINAL ARRAY JOIN "
+            "anonymous_ids AS visitor WHERE project_id = {p:String} AND is_deleted = 0) AS m "
+            "ON m.visitor = s.anonymous_id"
         ),
     )
     expect(
