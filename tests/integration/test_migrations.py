@@ -509,9 +509,9 @@ def test_breakdown_sessions_get_their_sessions_starts_as_the_refresh_computes_th
     assert database.query(read).result_rows == starts
 
 
-def test_plan_sessions_is_back_filled_with_each_session_under_its_persons_plan(database: Client) -> None:
-    _two_visitors_sessions(database)
-    migrate(database, through=33)
+def _visitor_a_premium(database: Client) -> None:
+    """visitor_persons (0030) rows: a's person u1 on trial, then premium (the newer row); b in
+    another project only."""
     person = (
         "INSERT INTO visitor_persons (project_id, visitor, person_id, first_seen, last_seen, plan, is_deleted, "
         "version) VALUES "
@@ -522,6 +522,12 @@ def test_plan_sessions_is_back_filled_with_each_session_under_its_persons_plan(d
         "('q', 'b', 'u2', '2026-03-01 23:59:00', '2026-03-01 23:59:00', 'trial', 0, 1)",  # another project's b
     ):
         database.command(person + row)
+
+
+def test_plan_sessions_is_back_filled_with_each_session_under_its_persons_plan(database: Client) -> None:
+    _two_visitors_sessions(database)
+    migrate(database, through=33)
+    _visitor_a_premium(database)
     sessions = database.query(
         "SELECT * FROM breakdown_sessions FINAL WHERE is_deleted = 0 ORDER BY ALL"
     ).result_rows
@@ -557,16 +563,7 @@ def test_plan_sessions_is_back_filled_with_each_session_under_its_persons_plan(d
 def test_plan_pages_is_back_filled_with_each_page_row_under_its_persons_plan(database: Client) -> None:
     _two_visitors_sessions(database)
     migrate(database, through=35)
-    person = (
-        "INSERT INTO visitor_persons (project_id, visitor, person_id, first_seen, last_seen, plan, is_deleted, "
-        "version) VALUES "
-    )
-    for row in (
-        "('p', 'a', 'u1', '2026-02-20 08:00:00', '2026-03-01 10:03:00', 'trial', 0, 5)",
-        "('p', 'a', 'u1', '2026-02-20 08:00:00', '2026-03-01 10:03:00', 'premium', 0, 6)",  # newer
-        "('q', 'b', 'u2', '2026-03-01 23:59:00', '2026-03-01 23:59:00', 'trial', 0, 1)",  # another project's b
-    ):
-        database.command(person + row)
+    _visitor_a_premium(database)
     figures = "day, anonymous_id, session_id, path, views, timed_views, time_ms, is_entry, is_exit, bounced"
     pages = database.query(
         f"SELECT {figures} FROM breakdown_pages FINAL WHERE is_deleted = 0 ORDER BY ALL"
