@@ -22,13 +22,12 @@ from clickhouse_connect.driver.client import Client
 
 from werkstroom.clickhouse.tables import PLAN_PAGES_COLUMNS, PLAN_SESSIONS_COLUMNS, SESSION_ATTRIBUTES
 
-#: A plan_sessions row's key after the project: plan, day, anonymous_id, session_id.
-_KEY = PLAN_SESSIONS_COLUMNS[1:5]
-#: The columns compared between a current row and a held one: the rest of a row.
-_VALUES = [c for c in PLAN_SESSIONS_COLUMNS if c not in (*_KEY, "project_id", "version", "is_deleted")]
-#: The same of plan_pages: plan, day, anonymous_id, session_id, path; the page row's figures.
-_PAGE_KEY = PLAN_PAGES_COLUMNS[1:6]
-_PAGE_VALUES = [c for c in PLAN_PAGES_COLUMNS if c not in (*_PAGE_KEY, "project_id", "version", "is_deleted")]
+#: Each table's key after the project (plan_sessions: plan, day, anonymous_id, session_id;
+#: plan_pages: the same and path), from its source table (the same key without the plan).
+_SOURCES = {"plan_sessions": ("breakdown_sessions", 4), "plan_pages": ("breakdown_pages", 5)}
+_COLUMNS = {"plan_sessions": PLAN_SESSIONS_COLUMNS, "plan_pages": PLAN_PAGES_COLUMNS}
+#: The columns a current row takes from its person's new row (the rest are its source row's).
+_OF_PERSON = ("person_id", "first_seen")
 
 
 @cache
@@ -51,66 +50,23 @@ SELECT DISTINCT toDate(start_at, {{tz:String}}) FROM {sessions} WHERE anonymous_
 
 
 @cache
-def write(member_ids: str, members: str, fresh: str) -> str:
-    """The recomputation of the plan_sessions rows of the ids `member_ids` (a subquery, of the
-    staged pairs `members`) over {days:Array(Date)} of project {p:String} at version {v:UInt64},
-    their persons' new rows `fresh`."""
+def write(member_ids: str, members: str, fresh: str, table: str = "plan_sessions") -> str:
+    """The recomputation of `table`'s rows (plan_sessions or plan_pages) of the ids `member_ids`
+    (a subquery, of the staged pairs `members`) over {days:Array(Date)} of project {p:String} at
+    version {v:UInt64}, their persons' new rows `fresh`: each current row is its source row
+    (`s`) under its person's plan, with `_OF_PERSON` from the person's new row (`f`)."""
+    source, length = _SOURCES[table]
+    columns = _COLUMNS[table]
+    key = columns[1 : 1 + length]
+    # The columns compared between a current row and a held one: the rest of a row.
+    values = [c for c in columns if c not in (*key, "project_id", "version", "is_deleted")]
     # LowCardinality as stored, String as computed: the UNION's two sides read as one type
-    attributes = ", ".join(f"toString(s.{c}) AS {c}" for c in SESSION_ATTRIBUTES)
-    current = (
-        "f.person_id AS person_id, f.first_seen AS first_seen, "
-        f"{attributes}, s.page_views AS page_views, s.duration_ms AS duration_ms, s.start_at AS start_at"
+    stored = {*SESSION_ATTRIBUTES, "plan"}
+    current = ", ".join(
+        f"f.{c} AS {c}" if c in _OF_PERSON else f"toString(s.{c}) AS {c}" if c in stored else f"s.{c} AS {c}"
+        for c in key[1:] + values
     )
-    held = [f"toString({c})" if c in SESSION_ATTRIBUTES or c == "plan" else c for c in [*_KEY, *_VALUES]]
-    return _write(
-        "plan_sessions",
-        "breakdown_sessions",
-        PLAN_SESSIONS_COLUMNS,
-        _KEY,
-        _VALUES,
-        current,
-        held,
-        member_ids,
-        members,
-        fresh,
-    )
-
-
-@cache
-def write_pages(member_ids: str, members: str, fresh: str) -> str:
-    """write's recomputation for plan_pages, from breakdown_pages."""
-    current = ", ".join(f"s.{c} AS {c}" for c in _PAGE_VALUES)
-    held = ["toString(plan)" if c == "plan" else c for c in [*_PAGE_KEY, *_PAGE_VALUES]]
-    return _write(
-        "plan_pages",
-        "breakdown_pages",
-        PLAN_PAGES_COLUMNS,
-        _PAGE_KEY,
-        _PAGE_VALUES,
-        current,
-        held,
-        member_ids,
-        members,
-        fresh,
-    )
-
-
-def _write(
-    table: str,
-    source: str,
-    columns: list[str],
-    key: list[str],
-    values: list[str],
-    current: str,
-    held: list[str],
-    member_ids: str,
-    members: str,
-    fresh: str,
-) -> str:
-    """`table`'s recomputation from `source` (write's): `current`, the values of a current row
-    (`s` the source's row, `f` its person's new one) after its key; `held`, a held row's key and
-    values, as the current ones' types."""
-    source_key = ", ".join(f"s.{c} AS {c}" for c in key[1:])
+    held = ", ".join(f"toString({c})" if c in stored else c for c in [*key, *values])
     # The outer expressions have no aliases: an alias that is also a column's name would be read
     # as the aggregate inside another one.
     return f"""
@@ -118,14 +74,14 @@ INSERT INTO {table} ({", ".join(columns)})
 SELECT {{p:String}}, {", ".join(key)}, {", ".join(f"argMax({c}, current)" for c in values)},
        {{v:UInt64}}, toUInt8(max(current) = 0)
 FROM (
-    SELECT f.plan AS plan, {source_key}, {current}, toUInt8(1) AS current
+    SELECT f.plan AS plan, {current}, toUInt8(1) AS current
     FROM (SELECT * FROM {source} FINAL
           PREWHERE day IN {{days:Array(Date)}} AND anonymous_id IN {member_ids}
           WHERE project_id = {{p:String}} AND is_deleted = 0) AS s
     INNER JOIN {members} AS m ON m.member = s.anonymous_id
     INNER JOIN {fresh} AS f ON f.person_id = m.person
     UNION ALL
-    SELECT {", ".join(held)}, toUInt8(0)
+    SELECT {held}, toUInt8(0)
     FROM {table} FINAL
     PREWHERE day IN {{days:Array(Date)}} AND anonymous_id IN {member_ids}
     WHERE project_id = {{p:String}} AND is_deleted = 0
@@ -153,11 +109,13 @@ def refresh(
     params = {"p": project_id, "tz": zone, "v": version}
     settings = {"max_threads": 1}  # as the breakdowns' refresh: beside the aggregator's own work
     if days:
-        for sql in (write(member_ids, members, fresh), write_pages(member_ids, members, fresh)):
+        for table in _SOURCES:
+            sql = write(member_ids, members, fresh, table)
             client.command(sql, parameters={**params, "days": sorted(days)}, settings=settings)
     # their rows on `days` were just written with every member's (the new persons of a batch
     # of new visitors have no other day: most refreshes write once)
     their_days = sorted(d for (d,) in client.query(days_sql, parameters=params).result_rows if d not in days)
     if their_days:
-        for sql in (write(changed, members, fresh), write_pages(changed, members, fresh)):
+        for table in _SOURCES:
+            sql = write(changed, members, fresh, table)
             client.command(sql, parameters={**params, "days": their_days}, settings=settings)
