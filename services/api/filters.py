@@ -259,11 +259,8 @@ class Filters:
     def rolled_members(self) -> tuple[str, dict[str, Any]] | None:
         """ROLLED_MEMBERS and its parameters when rolled_persons (without a plan) selects these
         filters' persons, else None."""
-        kept = self._first_by()
-        if kept is None or kept[1] is not None:
-            return None
-        (rf, rv), _ = kept
-        return ROLLED_MEMBERS, {"rf": rf, "rv": rv}
+        rolled = self.rolled_persons(with_plan=False)
+        return None if rolled is None else (ROLLED_MEMBERS, rolled[1])
 
     def where(
         self, table: str, sessions_of: str, person: bool = True, among: str = ""

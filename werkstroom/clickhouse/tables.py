@@ -139,12 +139,8 @@ BREAKDOWN_PAGES_COLUMNS = [
     *("version", "is_deleted"),
 ]
 #: `plan_pages` (migration 0036): breakdown_pages' live rows under their visitor's person's plan
-#: now.
-PLAN_PAGES_COLUMNS = [
-    *("project_id", "plan", "day", "anonymous_id", "session_id", "path"),
-    *("views", "timed_views", "time_ms", "is_entry", "is_exit", "bounced"),
-    *("version", "is_deleted"),
-]
+#: now: its columns, with the plan after the project.
+PLAN_PAGES_COLUMNS = ["project_id", "plan", *BREAKDOWN_PAGES_COLUMNS[1:]]
 #: Each breakdown's dimension and the column of its values: `path` on breakdown_pages, the
 #: others on breakdown_sessions. breakdown_daily has a row per (day, dimension, value).
 BREAKDOWN_DIMENSIONS: dict[str, str] = {
