@@ -120,12 +120,22 @@ def reference(
     return users, following
 
 
-def walk(stack: Stack, segment: str, q: str, limit: int) -> list[str]:
+def walk(
+    stack: Stack,
+    segment: str,
+    q: str,
+    limit: int,
+    narrowing: queries.Narrowing = queries.EVERYONE,
+    members: queries.Members | None = None,
+) -> list[str]:
+    """Every page in turn, each checked against the reference; the persons, in order."""
     seen: list[str] = []
     cursor = None
     while True:
-        page = queries.users_page(stack.client, stack.project.project_id, NOW, segment, q, limit, cursor)
-        assert page == reference(stack, segment, q, limit, cursor), (segment, q, limit, cursor)
+        page = queries.users_page(
+            stack.client, stack.project.project_id, NOW, segment, q, limit, cursor, narrowing, members
+        )
+        assert page == reference(stack, segment, q, limit, cursor, narrowing), (segment, q, limit, cursor)
         seen += [u["person_id"] for u in page[0]]
         if page[1] is None:
             return seen
@@ -184,19 +194,8 @@ async def test_pages_narrowed_by_a_test_of_the_candidates_are_exactly_the_final_
 ) -> None:
     stack, merged = filled
     condition, members = narrowing(share, of)
-    project_id = stack.project.project_id
     everyone, _ = reference(stack, segment, "", 10_000, None, condition)
     assert (share == 0) == (not everyone)  # the fixture's persons: some are kept, unless none is
     for limit in (1, 7, 50):
-        seen: list[str] = []
-        cursor = None
-        while True:
-            page = queries.users_page(
-                stack.client, project_id, NOW, segment, "", limit, cursor, condition, members
-            )
-            assert page == reference(stack, segment, "", limit, cursor, condition), (limit, cursor)
-            seen += [u["person_id"] for u in page[0]]
-            if page[1] is None:
-                break
-            cursor = queries.Cursor.decode(page[1])
+        seen = walk(stack, segment, "", limit, condition, members)
         assert seen == [u["person_id"] for u in everyone] and not merged & set(seen)
