@@ -376,10 +376,12 @@ def breakdown_plan(
         label = ",".join(f"{k}={v}" for k, v in narrow.items())
         plan.append((f"bd/sources 30d {label}", get("breakdowns/sources", **span, **narrow)))
     week = {"from": (today - timedelta(days=6)).isoformat(), "to": today.isoformat()}
-    for days, narrow in ((week, {"country": "NL", "segment": "premium"}), (span, {"segment": "premium"})):
+    for length, days, narrow in (
+        ("7d", week, {"country": "NL", "segment": "premium"}),
+        ("30d", span, {"segment": "premium"}),
+    ):
         label = ",".join(f"{k}={v}" for k, v in narrow.items())
-        name = f"bd/pages {'7d' if days is week else '30d'} {label}"
-        plan.append((name, get("breakdowns/pages", **days, **narrow)))
+        plan.append((f"bd/pages {length} {label}", get("breakdowns/pages", **days, **narrow)))
     return plan
 
 
