@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from werkstroom.clickhouse.tables import BREAKDOWN_DIMENSIONS, ENTRY_ATTRIBUTES
+from werkstroom.clickhouse.tables import BREAKDOWN_DIMENSIONS, BREAKDOWN_FIGURES, ENTRY_ATTRIBUTES
 
 #: The distinct count of visitors in breakdown_daily: HyperLogLog with 2^12 cells beyond its
 #: exact range (a state of about 3 KB; the default 2^17 made a 30-day breakdown merge 100 KB a
@@ -26,39 +26,62 @@ def filter_pairs(alias: str = "") -> str:
     return ", ".join(f"('{c}', toString({alias}{c}))" for c in ROLLED_FILTERS)
 
 
-def figures_sql(dimensions: list[str], where: str) -> str:
+def figures_sql(dimensions: list[str], where: str, by_plan: bool = False) -> str:
     """SELECT day, dimension, value and BREAKDOWN_FIGURES of these dimensions, from the
     breakdown tables' live rows that match `where` (conditions on their columns, with
     {p:String} the project): what breakdown_daily holds, and what the breakdowns compute for the
-    days it does not have. (The figures are computed over renamed columns: an alias that is
-    also a column's name would be read as the aggregate inside another one.)"""
+    days it does not have. `by_plan`: from plan_pages and plan_sessions (migrations 0034, 0036:
+    the same rows under their person's plan now) instead, per plan too (`plan` after the day):
+    breakdown_daily_by's rows under filter 'plan' (figures_by_plan_sql). (The figures are
+    computed over renamed columns: an alias that is also a column's name would be read as the
+    aggregate inside another one.)"""
+    tables = ("plan_pages", "plan_sessions") if by_plan else ("breakdown_pages", "breakdown_sessions")
+    pages, sessions = tables
+    plan = ", plan" if by_plan else ""
     parts = []
     if "pages" in dimensions:
         parts.append(
-            f"""SELECT day, 'pages' AS dimension, path AS value,
+            f"""SELECT day{plan}, 'pages' AS dimension, path AS value,
        uniqCombined64State(12)(anonymous_id) AS visitors, count() AS sessions,
        sum(n) AS page_views, countIf(b = 1) AS bounced,
        countIf(e = 1) AS entered, sum(ms) AS time_ms, sum(nt) AS timed
-FROM (SELECT day, path, anonymous_id, views AS n, bounced AS b, is_entry AS e, time_ms AS ms,
+FROM (SELECT day{plan}, path, anonymous_id, views AS n, bounced AS b, is_entry AS e, time_ms AS ms,
              timed_views AS nt
-      FROM breakdown_pages FINAL
+      FROM {pages} FINAL
       WHERE project_id = {{p:String}} AND is_deleted = 0 AND {where})
-GROUP BY day, value"""
+GROUP BY day{plan}, value"""
         )
     others = [d for d in dimensions if d != "pages"]
     if others:
         pairs = ", ".join(f"('{d}', toString({_SESSION_DIMENSIONS[d]}))" for d in others)
         parts.append(
-            f"""SELECT day, pair.1 AS dimension, pair.2 AS value,
+            f"""SELECT day{plan}, pair.1 AS dimension, pair.2 AS value,
        uniqCombined64State(12)(anonymous_id) AS visitors, count() AS sessions,
        sum(n) AS page_views, countIf(n = 1) AS bounced,
        count() AS entered, toInt64(0) AS time_ms, toUInt64(0) AS timed
-FROM (SELECT day, anonymous_id, page_views AS n, arrayJoin([{pairs}]) AS pair
-      FROM breakdown_sessions FINAL
+FROM (SELECT day{plan}, anonymous_id, page_views AS n, arrayJoin([{pairs}]) AS pair
+      FROM {sessions} FINAL
       WHERE project_id = {{p:String}} AND is_deleted = 0 AND {where})
-GROUP BY day, dimension, value"""
+GROUP BY day{plan}, dimension, value"""
         )
     return "\nUNION ALL\n".join(parts)
+
+
+#: The filter breakdown_daily_by keeps the breakdowns of each plan under (besides ROLLED_FILTERS):
+#: a session's rows under its person's plan now, as the `plan` filter and the plan segments keep
+#: them. The marker of a day rolled up with them is a row of this filter with no dimension.
+PLAN_FILTER = "plan"
+
+
+def figures_by_plan_sql(where: str) -> str:
+    """figures_sql's figures of every dimension per plan (filter PLAN_FILTER, the plan its
+    filter_value), from plan_pages and plan_sessions, over the days `where` picks: breakdown_daily_by's
+    rows under a plan, in figures_by_filter_sql's columns."""
+    figures = figures_sql(list(BREAKDOWN_DIMENSIONS), where, by_plan=True)
+    return (
+        f"SELECT day, '{PLAN_FILTER}' AS filter, plan AS filter_value, dimension, value, "
+        f"{', '.join(BREAKDOWN_FIGURES)} FROM ({figures})"
+    )
 
 
 def figures_by_filter_sql(where: str) -> str:

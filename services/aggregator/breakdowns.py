@@ -34,7 +34,14 @@ from functools import cache
 from clickhouse_connect.driver.client import Client
 
 from werkstroom import timezones
-from werkstroom.breakdowns import ACTIVITY_FIGURES, activity_by_filter_sql, figures_by_filter_sql, figures_sql
+from werkstroom.breakdowns import (
+    ACTIVITY_FIGURES,
+    PLAN_FILTER,
+    activity_by_filter_sql,
+    figures_by_filter_sql,
+    figures_by_plan_sql,
+    figures_sql,
+)
 from werkstroom.clickhouse.tables import (
     BREAKDOWN_DIMENSIONS,
     BREAKDOWN_FIGURES,
@@ -164,20 +171,30 @@ _DAYS = "(SELECT arrayJoin({days:Array(Date)}) AS day) GROUP BY day"
 
 
 def _statements(
-    table: str, keys: list[str], figures: str, after: list[str] = _BREAKDOWN, marker: str = _MARKER
+    table: str,
+    keys: list[str],
+    figures: str,
+    after: list[str] = _BREAKDOWN,
+    marker: str = _MARKER,
+    marked: tuple[str, ...] = (),
 ) -> tuple[str, str, str]:
     """A roll-up table's three statements over the days {days} of project {p} at version {v}:
     roll up (its rows from `figures`, a SELECT of `keys`, day and the `after` columns, and the
     days' markers, `marker` their values of `after`), bury (a tombstone for each row of those
     days not rolled up again: gone from the day) and unmark (the markers taken back: the days
     are read from the breakdown tables until they are rolled up again). `keys`: the key columns
-    before the day."""
+    before the day. A day's marker has every key '', and one more marker is written for each
+    of `marked`, its first key that value (a literal), the others ''."""
     rest = ", ".join(after)
     columns = f"project_id, {', '.join(keys)}, day, {rest}, version, is_deleted"
     blanks = ", ".join("''" for _ in keys)
+    others = [", ".join([first, *("''" for _ in keys[1:])]) for first in marked]
 
     def markers(deleted: int) -> str:
-        return f"SELECT {{p:String}}, {blanks}, day, {marker}, {{v:UInt64}}, {deleted} FROM {_DAYS}"
+        return "\nUNION ALL\n".join(
+            f"SELECT {{p:String}}, {key}, day, {marker}, {{v:UInt64}}, {deleted} FROM {_DAYS}"
+            for key in [blanks, *others]
+        )
 
     roll_up = f"""
 INSERT INTO {table} ({columns})
@@ -203,9 +220,17 @@ _SETTLED = "day IN {days:Array(Date)}"
 ROLL_UP, BURY, UNMARK = _statements(
     "breakdown_daily", ["dimension"], figures_sql(list(BREAKDOWN_DIMENSIONS), _SETTLED)
 )
-# The same days under each one-attribute filter (migration 0026), with their own markers.
+# The same days under each one-attribute filter (migration 0026), with their own markers, and
+# under each plan (filter PLAN_FILTER: from plan_pages and plan_sessions, under the persons' plans
+# as the refresh left them), with a marker of their own (filter PLAN_FILTER, no dimension): a day
+# rolled up before they were has the first and not the second, and its plans are read from the
+# plan tables until it is rolled up again (roll_up_backlog). A day is rolled up again when a
+# person with sessions on it changes plan (services.aggregator.plans.refresh's days).
 ROLL_UP_BY, BURY_BY, UNMARK_BY = _statements(
-    "breakdown_daily_by", ["filter", "filter_value", "dimension"], figures_by_filter_sql(_SETTLED)
+    "breakdown_daily_by",
+    ["filter", "filter_value", "dimension"],
+    f"{figures_by_filter_sql(_SETTLED)}\nUNION ALL\n{figures_by_plan_sql(_SETTLED)}",
+    marked=(f"'{PLAN_FILTER}'",),
 )
 # The activity chart's figures of the same days under each one-attribute filter (migration 0029),
 # with their own markers; its persons are the days' visitors' persons as the refresh left them
@@ -289,14 +314,17 @@ def roll_up(client: Client, project_id: str, days: set[date], version: int, toda
         client.command(sql, parameters=params)
 
 
-# The settled days rolled up in breakdown_daily and not in breakdown_daily_by or not in
-# activity_daily_by: the days an aggregator older than migration 0026 or 0029 rolled up, which
-# no batch has changed since.
-_UNROLLED = """
+# The settled days rolled up in breakdown_daily and not in breakdown_daily_by (or without its
+# plans' marker) or not in activity_daily_by: the days an aggregator older than migration 0026
+# or 0029, or than the plans' roll-up, rolled up, which no batch has changed since.
+_UNROLLED = f"""
 SELECT project_id, groupArray(day) FROM breakdown_daily FINAL
 WHERE dimension = '' AND is_deleted = 0
   AND ((project_id, day) NOT IN (
            SELECT project_id, day FROM breakdown_daily_by FINAL WHERE filter = '' AND is_deleted = 0)
+       OR (project_id, day) NOT IN (
+           SELECT project_id, day FROM breakdown_daily_by FINAL
+           WHERE filter = '{PLAN_FILTER}' AND dimension = '' AND is_deleted = 0)
        OR (project_id, day) NOT IN (
            SELECT project_id, day FROM activity_daily_by FINAL WHERE filter = '' AND is_deleted = 0))
 GROUP BY project_id ORDER BY project_id

@@ -51,6 +51,7 @@ def refresh(client: Client, dirty: Dirty, rollups: RollUps | None = None) -> Non
     for project_id, distinct_id in dirty.ids:
         ids[project_id].add(distinct_id)
     activity_days: dict[str, set[date]] = defaultdict(set)
+    planned: dict[str, set[date]] = defaultdict(set)  # other days of persons whose plan changed
     zones = dirty.zones  # each project's time zone: its days are local days in it
     for project_id, distinct_ids in ids.items():
         zone = zones.get(project_id, timezones.DEFAULT)
@@ -58,7 +59,9 @@ def refresh(client: Client, dirty: Dirty, rollups: RollUps | None = None) -> Non
         refresh_session_days(client, project_id, days[project_id], zone)  # its members are staged
         breakdowns.recompute(client, project_id, days[project_id], MEMBER_IDS, SESSIONS, zone)  # and theirs
         activity_by_days = days[project_id] | changed.moved_days
-        refresh_activity_by(client, project_id, activity_by_days, changed.gone, version, zone)
+        planned[project_id] = refresh_activity_by(
+            client, project_id, activity_by_days, changed.gone, version, zone
+        )
         days[project_id] |= changed.first_days | changed.activity_days | changed.moved_days
         activity_days[project_id] = changed.activity_days
         project_funnels = list_funnels(client, project_id)
@@ -73,7 +76,9 @@ def refresh(client: Client, dirty: Dirty, rollups: RollUps | None = None) -> Non
     for project_id, project_days in days.items():
         refresh_daily(client, project_id, project_days, version)
     if rollups is not None:
-        rollups.refresh(client, days, version, now, time.monotonic(), zones)
+        # the days whose breakdowns under a plan changed too (breakdowns.ROLL_UP_BY)
+        rolled = {p: project_days | planned[p] for p, project_days in days.items()}
+        rollups.refresh(client, rolled, version, now, time.monotonic(), zones)
     for project_id, changed_days in activity_days.items():
         refresh_churn(client, project_id, churn.days_affected(changed_days, today[project_id]), version)
 
@@ -476,18 +481,20 @@ LEFT JOIN (
 
 def refresh_activity_by(
     client: Client, project_id: str, days: set[date], gone: set[str], version: int, zone: str
-) -> None:
+) -> set[date]:
     """Bring person_activity_by in line for the persons refresh_persons staged (and those merged
     away, `gone`) over `days`, after breakdowns.recompute wrote their breakdown_sessions rows;
-    then their person_first_by rows and their members' plan_sessions rows (`zone`: the
-    project's)."""
-    plans.refresh(client, project_id, days, version, zone, (MEMBER_IDS, MEMBERS, FRESH, BEFORE, SESSIONS))
+    then their person_first_by rows and their members' plan_sessions and plan_pages rows
+    (`zone`: the project's). Returns the other days whose plan rows changed (plans.refresh)."""
+    staged = (MEMBER_IDS, MEMBERS, FRESH, BEFORE, SESSIONS)
+    planned = plans.refresh(client, project_id, days, version, zone, staged)
     if not days:
-        return
+        return planned
     since = datetime.now(UTC).date() - timedelta(days=churn.RECENT_DAYS)
     params = {"p": project_id, "days": sorted(days), "gone": StringArray(sorted(gone)), "v": version}
     client.command(ACTIVITY_BY_INSERT, parameters=params)
     client.command(FIRST_BY_INSERT, parameters={**params, "tz": zone, "since": since})
+    return planned
 
 
 # sessions_daily for the staged visitors over these days (the days their changed sessions span,

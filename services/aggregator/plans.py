@@ -98,12 +98,13 @@ def refresh(
     version: int,
     zone: str,
     staged: tuple[str, str, str, str, str],
-) -> None:
+) -> set[date]:
     """Bring plan_sessions and plan_pages in line for the staged persons' members over `days`
     (the dirty days and those of the members that moved), and for the members of the persons
-    whose plan or first_seen changed over their sessions' other days. `staged`: the refresh's
-    staged ids (a subquery), (member, person) pairs, persons' new and old rows, and sessions
-    (see statements)."""
+    whose plan or first_seen changed over their sessions' other days, which it returns (their
+    plans' roll-up changes: services.aggregator.breakdowns). `staged`: the refresh's staged ids
+    (a subquery), (member, person) pairs, persons' new and old rows, and sessions (see
+    statements)."""
     member_ids, members, fresh, before, sessions = staged
     changed, days_sql = statements(members, fresh, before, sessions)
     params = {"p": project_id, "tz": zone, "v": version}
@@ -119,3 +120,4 @@ def refresh(
         for table in _SOURCES:
             sql = write(changed, members, fresh, table)
             client.command(sql, parameters={**params, "days": their_days}, settings=settings)
+    return set(their_days)

@@ -9,10 +9,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import Infra
 from tests.integration.stack import Stack
+from tests.integration.test_aggregator import identify_with_plan
 from tests.integration.test_api_breakdowns import page
 
 pytestmark = pytest.mark.integration
@@ -23,6 +25,8 @@ ROWS = (
     "page_views, bounced, entered, time_ms, timed FROM breakdown_daily_by FINAL "
     "WHERE project_id = {p:String} AND is_deleted = 0 ORDER BY ALL"
 )
+# The marker of a day rolled up under the plans too (services.aggregator.breakdowns.ROLL_UP_BY).
+PLANS_MARKED = "filter = 'plan' AND dimension = ''"
 ACTIVITY_ROWS = (
     "SELECT * EXCEPT (project_id, version) FROM activity_daily_by FINAL "
     "WHERE project_id = {p:String} AND is_deleted = 0 ORDER BY ALL"
@@ -62,6 +66,7 @@ async def test_days_rolled_up_before_the_one_filter_roll_up_are_rolled_up_at_the
             lambda: (
                 marked("breakdown_daily", "dimension = ''")
                 == marked("breakdown_daily_by", "filter = ''")
+                == marked("breakdown_daily_by", PLANS_MARKED)
                 == marked("activity_daily_by", "filter = ''")
                 == days
             ),
@@ -90,5 +95,76 @@ async def test_days_rolled_up_before_the_one_filter_roll_up_are_rolled_up_at_the
             timeout=30,
         )
         assert (
-            marked("breakdown_daily_by", "filter = ''") == marked("activity_daily_by", "filter = ''") == days
+            marked("breakdown_daily_by", "filter = ''")
+            == marked("breakdown_daily_by", PLANS_MARKED)
+            == marked("activity_daily_by", "filter = ''")
+            == days
         )
+        # v1's page under its plan (none: never identified)
+        assert ("plan", "", "pages", min(days), "/pricing", 1, 1, 1, 0, 0, 0, 0) in rolled
+
+        # As an aggregator older than the plans' roll-up left them: the days rolled up under every
+        # filter but the plans; the next start rolls them up again.
+        await stack.stop_sink()
+        stack.client.command(
+            "ALTER TABLE breakdown_daily_by DELETE WHERE filter = 'plan'", settings={"mutations_sync": 2}
+        )
+        assert marked("breakdown_daily_by", PLANS_MARKED) == set()
+        stack.start_sink()
+        await stack.until(lambda: stack.rows(ROWS, p=pid) == rolled, timeout=30)
+        assert marked("breakdown_daily_by", PLANS_MARKED) == days
+
+
+async def test_a_settled_days_rows_under_a_plan_follow_its_persons_plan(
+    infra: Infra, names: dict[str, str], tmp_path: Any
+) -> None:
+    """breakdown_daily_by's rows under filter 'plan': a visitor's page of two days ago, rolled up
+    under no plan, moves to premium, then to trial, as identifies today change its person's plan
+    (only today is dirty: the earlier day is rolled up again because the plan changed), and the
+    top pages under each plan read it there."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    earlier = now - 2 * D
+    async with Stack(
+        infra.bootstrap, infra.clickhouse_url, names, data_dir=tmp_path, breakdown_rollup_seconds=0
+    ) as stack:
+        pid, key = stack.project.project_id, stack.project.write_key
+
+        async def send(calls: list[dict[str, Any]]) -> None:
+            answer = await stack.post("/v1/batch", {"writeKey": key, "batch": calls})
+            assert answer.status_code == 200, answer.text
+
+        def plan_rows() -> set[Any]:
+            """(plan, dimension, day, value, visitors, sessions) of the rolled days' plan rows."""
+            return set(
+                stack.rows(
+                    "SELECT filter_value, dimension, day, value, finalizeAggregation(visitors), sessions "
+                    "FROM breakdown_daily_by FINAL WHERE project_id = {p:String} AND filter = 'plan' "
+                    "AND dimension IN ('pages', 'countries') AND is_deleted = 0",
+                    p=pid,
+                )
+            )
+
+        def under(plan: str) -> set[Any]:
+            return {
+                (plan, "pages", earlier.date(), "/docs", 1, 1),
+                (plan, "countries", earlier.date(), "", 1, 1),
+            }
+
+        url = await stack.start_api()
+        headers = {"Authorization": f"Bearer {stack.project.read_key}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as api:
+
+            async def top_pages(plan: str) -> list[Any]:
+                answer = await api.get(f"/api/projects/{pid}/breakdowns/pages", params={"plan": plan})
+                assert answer.status_code == 200, answer.text
+                return [(r["value"], r["visitors"], r["sessions"]) for r in answer.json()["rows"]]
+
+            await send([page("p1", earlier, "/docs"), page("p1", now - timedelta(minutes=20), "/")])
+            await stack.until(lambda: plan_rows() == under(""), timeout=30)
+            assert await top_pages("") == [("/", 1, 1), ("/docs", 1, 1)]
+            for n, plan in enumerate(("premium", "trial")):
+                when = now - timedelta(minutes=10 - n)
+                await send([identify_with_plan("p1", "user-1", when, plan, f"id-{n}")])
+                await stack.until(lambda plan=plan: plan_rows() == under(plan), timeout=30)
+                assert await top_pages(plan) == [("/", 1, 1), ("/docs", 1, 1)]
+                assert await top_pages("") == []
