@@ -1069,6 +1069,26 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
         ).result_rows,
         client.query(f"{live} ORDER BY day", parameters={**params, "tz": timezones.DEFAULT}).result_rows,
     )
+    # breakdown_daily_by's rows under each plan (filter 'plan'): the settled days' sessions and
+    # page views per plan, as plan_sessions and plan_pages hold them.
+    for dimension, table, figures in (
+        ("sources", "plan_sessions", "count(), sum(page_views)"),
+        ("pages", "plan_pages", "count(), sum(views)"),
+    ):
+        expect(
+            f"breakdown_daily_by {dimension} under each plan",
+            client.query(
+                "SELECT filter_value, sum(sessions), sum(page_views) FROM breakdown_daily_by FINAL "
+                "WHERE project_id = {p:String} AND filter = 'plan' AND dimension = {d:String} "
+                "AND is_deleted = 0 GROUP BY filter_value ORDER BY filter_value",
+                parameters={**params, "d": dimension},
+            ).result_rows,
+            client.query(
+                f"SELECT plan, {figures} FROM {table} FINAL WHERE project_id = {{p:String}} "
+                "AND day < {today:Date} AND is_deleted = 0 GROUP BY plan ORDER BY plan",
+                parameters=params,
+            ).result_rows,
+        )
     expect(
         "sessions_daily rows",
         one("SELECT count() FROM sessions_daily FINAL WHERE project_id = {p:String} AND is_deleted = 0")[0],

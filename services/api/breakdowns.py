@@ -5,8 +5,9 @@ equal length just before (docs/definitions.md, "Breakdowns").
 Read from breakdown_pages (pages) and breakdown_sessions (every other dimension), kept by the
 aggregator (migration 0023): one statement over both periods, grouped by the value. Unfiltered,
 the days rolled up in breakdown_daily are read from there; with one filter on an attribute of
-the session's entry page (country, source, a UTM field, device, browser, OS), the days rolled up
-in breakdown_daily_by (migration 0026).
+the session's entry page (country, source, a UTM field, device, browser, OS), or a plan alone,
+the days rolled up in breakdown_daily_by (migration 0026; a plan's from plan_pages and
+plan_sessions).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Literal
 from clickhouse_connect.driver.client import Client
 
 from services.api.filters import SESSIONS_OF, Filters
-from werkstroom.breakdowns import VISITORS, figures_sql
+from werkstroom.breakdowns import PLAN_FILTER, VISITORS, figures_sql
 from werkstroom.clickhouse.tables import BREAKDOWN_DIMENSIONS, BREAKDOWN_FIGURES
 
 Dimension = Literal[
@@ -135,19 +136,28 @@ def rolled_sql(dimension: str, column: str | None = None) -> str:
     werkstroom.breakdowns.VISITORS, merged here), the other days computed from the breakdown
     tables into the same shape (figures_sql), both periods in one pass. Unfiltered (`column`
     None) from breakdown_daily; with one filter on a ROLLED_FILTERS `column` (its value the
-    parameter fv) from breakdown_daily_by."""
+    parameter fv) from breakdown_daily_by; with PLAN_FILTER (a plan alone, fv), from its rows
+    there, the days not rolled up with them from the plan tables (plan_pages, plan_sessions)."""
     figures = ", ".join(BREAKDOWN_FIGURES)
     merge_if = VISITORS.replace("(", "MergeIf(", 1)
+    by_plan = column == PLAN_FILTER
     if column is None:
         days = ROLLED_DAYS.format(table="breakdown_daily", marker="dimension = ''")
         table, narrow, live_where = "breakdown_daily", "", "has(live, day)"
     else:
-        days = ROLLED_DAYS.format(table="breakdown_daily_by", marker="filter = ''")
+        # a plan's days have a marker of their own (services.aggregator.breakdowns.ROLL_UP_BY)
+        marker = f"filter = '{PLAN_FILTER}' AND dimension = ''" if by_plan else "filter = ''"
+        days = ROLLED_DAYS.format(table="breakdown_daily_by", marker=marker)
         table = "breakdown_daily_by"
         narrow = f" AND filter = '{column}' AND filter_value = {{fv:String}}"
-        own = _LIVE_SESSIONS.format(column=column) if dimension == "pages" else f"{column} = {{fv:String}}"
+        if by_plan:
+            own = "plan = {fv:String}"
+        elif dimension == "pages":
+            own = _LIVE_SESSIONS.format(column=column)
+        else:
+            own = f"{column} = {{fv:String}}"
         live_where = f"has(live, day) AND {own}"
-    live = figures_sql([dimension], live_where)
+    live = figures_sql([dimension], live_where, by_plan)
     return f"""{days}
 SELECT value, n_visitors, n_sessions, n_page_views, n_bounced, n_entered, n_time_ms, n_timed,
        p_visitors, p_sessions, p_page_views, count() OVER () AS total
@@ -204,9 +214,9 @@ def breakdown(
     today: date,
 ) -> tuple[int, list[dict[str, Any]]]:
     """(total, rows) of one page of a breakdown. Unfiltered, the settled days are read from
-    their roll-up (breakdown_daily), and with one filter on an entry page attribute from theirs
-    (breakdown_daily_by), the others from the breakdown tables; otherwise all of them from the
-    tables."""
+    their roll-up (breakdown_daily), and with one filter on an entry page attribute, or a plan
+    alone, from theirs (breakdown_daily_by), the others from the breakdown tables; otherwise all
+    of them from the tables."""
     bound: dict[str, Any] = {
         "p": project_id,
         "lo": period.previous.start,
@@ -216,11 +226,12 @@ def breakdown(
         "skip": offset,
     }
     rolled = filters.rolled()
+    plan = filters.plan_alone()
     if not filters.values:
         sql = rolled_sql(dimension)
         bound.update(dimension=dimension, today=today)
-    elif rolled is not None:
-        column, value = rolled
+    elif rolled is not None or plan is not None:
+        column, value = rolled or (PLAN_FILTER, plan)
         sql = rolled_sql(dimension, column)
         bound.update(dimension=dimension, today=today, fv=value)
     else:

@@ -214,6 +214,12 @@ class Filters:
         plans = self._plans()
         return next(iter(plans)) if plans is not None and len(plans) == 1 else None
 
+    def plan_alone(self) -> str | None:
+        """The plan when these filters are person filters naming a plan alone (plan) and no
+        others: breakdown_daily_by holds the settled days' breakdowns of each plan (filter
+        werkstroom.breakdowns.PLAN_FILTER); else None."""
+        return None if any(name not in PERSON_FILTERS for name in self.values) else self.plan()
+
     def sessions_table(self) -> str:
         """The table of sessions to read these filters' sessions from: plan_sessions when they
         name a plan alone (plan), narrowed by PLAN; else breakdown_sessions."""
