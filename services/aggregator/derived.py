@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -28,6 +29,7 @@ from werkstroom.clickhouse.params import StringArray, insert_rows, tab_separated
 from werkstroom.clickhouse.tables import (
     CHURN_DAILY_COLUMNS,
     DAILY_STATS_COLUMNS,
+    FUNNEL_LEVELS_BY_COLUMNS,
     PERSON_DAYS_COLUMNS,
     PERSON_FIRST_BY_COLUMNS,
     PERSON_REFRESHES_COLUMNS,
@@ -37,7 +39,7 @@ from werkstroom.clickhouse.tables import (
     VISITOR_PERSONS_COLUMNS,
 )
 from werkstroom.clickhouse.versions import next_version
-from werkstroom.funnels import list_funnels
+from werkstroom.funnels import Funnel, list_funnels
 
 
 def refresh(client: Client, dirty: Dirty, rollups: RollUps | None = None) -> None:
@@ -68,6 +70,7 @@ def refresh(client: Client, dirty: Dirty, rollups: RollUps | None = None) -> Non
         if project_funnels:
             members = funnel_members(client, changed.members)
             recompute(client, project_id, members, changed.gone, version, project_funnels, zone)
+            refresh_levels_by(client, project_id, project_funnels, changed.gone, version)
         close_refresh(client, project_id, version)
     now = datetime.now(UTC)
     today = {
@@ -442,12 +445,10 @@ _LIVE_BY = f"""
     WHERE project_id = {{p:String}}
     GROUP BY person_id, day, filter, filter_value
 """
-FIRST_BY_INSERT = f"""
-INSERT INTO person_first_by ({", ".join(PERSON_FIRST_BY_COLUMNS)})
-WITH live_by AS ({_LIVE_BY})
-SELECT {{p:String}}, a.filter, a.value, a.person_id, a.first_day, a.last_day, s.day, a.recent, r.recent,
-       a.gone, {{v:UInt64}}
-FROM (
+# The persons' values (filter, value), as person_first_by's rows without the person's own
+# columns: person_id, filter, value, first_day, last_day, recent and gone (1: a tombstone), over
+# the CTE live_by (_LIVE_BY).
+_VALUES = f"""
     SELECT person_id, filter, filter_value AS value, minIf(day, live) AS first_day,
            maxIf(day, live) AS last_day, groupBitOrIf({_BIT}, live AND day >= {{since:Date}}) AS recent,
            toUInt8(countIf(live) = 0) AS gone
@@ -469,13 +470,47 @@ FROM (
         WHERE project_id = {{p:String}} AND is_deleted = 0
     ) AS o LEFT JOIN {FRESH} AS f ON f.person_id = o.person_id
     WHERE f.person_id = '' OR f.plan != o.plan
-) AS a
+"""
+FIRST_BY_INSERT = f"""
+INSERT INTO person_first_by ({", ".join(PERSON_FIRST_BY_COLUMNS)})
+WITH live_by AS ({_LIVE_BY})
+SELECT {{p:String}}, a.filter, a.value, a.person_id, a.first_day, a.last_day, s.day, a.recent, r.recent,
+       a.gone, {{v:UInt64}}
+FROM ({_VALUES}) AS a
 LEFT JOIN (SELECT person_id, toDate(first_seen, {{tz:String}}) AS day FROM {FRESH}) AS s
     ON s.person_id = a.person_id
 LEFT JOIN (
     SELECT person_id, groupBitOr({_BIT}) AS recent FROM ({ACTIVE_DAYS}) WHERE day >= {{since:Date}}
     GROUP BY person_id
 ) AS r ON r.person_id = a.person_id
+"""
+
+# funnel_levels_by (migration 0037) for the same persons, once their funnel levels are written
+# (funnels.recompute): each live funnel_levels row of a live funnel {funnels:Array(String)} under
+# each value the person has (_VALUES: person_first_by's rows as just written), with the earlier
+# of the two last days, and a tombstone for every other (level, value) pair the person has a
+# stored row of, any version, on either side (a value that went, a level of a person merged
+# away). Written whole, changed or not, as person_first_by: the table is sorted by value.
+LEVELS_BY_INSERT = f"""
+INSERT INTO funnel_levels_by ({", ".join(FUNNEL_LEVELS_BY_COLUMNS)})
+WITH live_by AS ({_LIVE_BY})
+SELECT {{p:String}}, l.funnel_id, a.filter, a.value, l.level, a.person_id,
+       if(l.live AND NOT a.gone, least(l.last_day, a.last_day), toDate(0)), {{v:UInt64}},
+       toUInt8(NOT (l.live AND NOT a.gone))
+FROM ({_VALUES}) AS a
+INNER JOIN (
+    SELECT funnel_id, level, person_id, max(held) AS live, maxIf(day, held = 1) AS last_day
+    FROM (
+        SELECT funnel_id, level, person_id, last_day AS day, toUInt8(1) AS held FROM funnel_levels FINAL
+        {_OF_PERSONS}
+        WHERE project_id = {{p:String}} AND funnel_id IN {{funnels:Array(String)}} AND is_deleted = 0
+        UNION ALL
+        SELECT funnel_id, level, person_id, toDate(0), toUInt8(0) FROM funnel_levels
+        {_OF_PERSONS}
+        WHERE project_id = {{p:String}} AND funnel_id IN {{funnels:Array(String)}}
+    )
+    GROUP BY funnel_id, level, person_id
+) AS l ON l.person_id = a.person_id
 """
 
 
@@ -527,6 +562,19 @@ def refresh_session_days(client: Client, project_id: str, days: set[date], zone:
     (the dirty local days: they hold every day a changed session spans, SessionsProcessor.rows)."""
     if days:
         client.command(SESSION_DAYS_INSERT, parameters={"p": project_id, "days": sorted(days), "tz": zone})
+
+
+def refresh_levels_by(
+    client: Client, project_id: str, funnels: Sequence[Funnel], gone: set[str], version: int
+) -> None:
+    """Bring funnel_levels_by in line for the persons refresh_persons staged (and those merged
+    away, `gone`) in the project's live `funnels`, after refresh_activity_by and
+    funnels.recompute wrote their person_first_by and funnel_levels rows (LEVELS_BY_INSERT)."""
+    if not funnels:
+        return
+    since = datetime.now(UTC).date() - timedelta(days=churn.RECENT_DAYS)  # as refresh_activity_by's
+    params = {"p": project_id, "gone": StringArray(sorted(gone)), "v": version, "since": since}
+    client.command(LEVELS_BY_INSERT, parameters={**params, "funnels": [f.funnel_id for f in funnels]})
 
 
 def funnel_members(client: Client, members: dict[str, set[str]]) -> dict[str, list[str]]:

@@ -35,6 +35,7 @@ from werkstroom.clickhouse.params import StringArray, insert_rows
 from werkstroom.clickhouse.tables import (
     FUNNEL_BACKFILLS_COLUMNS,
     FUNNEL_COUNTS_COLUMNS,
+    FUNNEL_LEVELS_BY_COLUMNS,
     FUNNEL_LEVELS_COLUMNS,
     FUNNEL_PROGRESS_COLUMNS,
 )
@@ -369,7 +370,27 @@ def write_backfill(
     # recounted from funnel_levels (_recount).
     settled, unsettled = settle_levels(client, funnel.project_id, None, funnel.funnel_id)
     cells_of = {(funnel.funnel_id, k, d) for k, d in cells}
-    return written + settled + _recount(client, funnel.project_id, cells_of | unsettled)
+    written += settled + _recount(client, funnel.project_id, cells_of | unsettled)
+    # and each person's levels under its values, at a version taken after the levels are settled:
+    # a batch's refresh of a person that read its levels before wrote fewer (LEVELS_BY_BACKFILL)
+    client.command(
+        LEVELS_BY_BACKFILL, parameters={"p": funnel.project_id, "f": funnel.funnel_id, "v": next_version()}
+    )
+    return written
+
+
+# A funnel's funnel_levels_by rows (migration 0037), as its back-fill ends: each live level
+# under each live person_first_by row of its person (the migration's statement, for one funnel).
+LEVELS_BY_BACKFILL = f"""
+INSERT INTO funnel_levels_by ({", ".join(FUNNEL_LEVELS_BY_COLUMNS)})
+SELECT {{p:String}}, {{f:String}}, v.filter, v.filter_value, l.level, v.person_id,
+       least(l.last_day, v.last_day), {{v:UInt64}}, 0
+FROM (SELECT person_id, filter, filter_value, last_day FROM person_first_by FINAL
+      WHERE project_id = {{p:String}} AND is_deleted = 0) AS v
+INNER JOIN (SELECT level, person_id, last_day FROM funnel_levels FINAL
+            WHERE project_id = {{p:String}} AND funnel_id = {{f:String}} AND is_deleted = 0) AS l
+    ON l.person_id = v.person_id
+"""
 
 
 def pending(client: Client) -> list[tuple[str, str]]:

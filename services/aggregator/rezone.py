@@ -144,6 +144,7 @@ def rezone_derived(
         if funnels:
             members = derived.funnel_members(client, changed.members)
             recompute_funnels(client, project_id, members, changed.gone, version, funnels, zone)
+            derived.refresh_levels_by(client, project_id, funnels, changed.gone, version)
         derived.close_refresh(client, project_id, version)
     version = next_version()
     derived.refresh_daily(client, project_id, days, version)

@@ -67,6 +67,8 @@ queries = {
     "progress": "SELECT day, person_id, level FROM funnel_progress FINAL WHERE is_deleted = 0 ORDER BY 1, 2",
     "levels": "SELECT level, last_day, person_id FROM funnel_levels FINAL WHERE is_deleted = 0 ORDER BY 1, 2, 3",
     "counts": "SELECT level, day, persons FROM funnel_counts FINAL WHERE persons > 0 ORDER BY 1, 2",
+    "levels_by": "SELECT * EXCEPT (funnel_id, version) FROM funnel_levels_by FINAL WHERE is_deleted = 0 "
+                 "ORDER BY ALL",
     "online": "SELECT * EXCEPT (updated_at) FROM online_visitors FINAL "
               "WHERE last_event_at > fromUnixTimestamp64Milli({since:Int64}) ORDER BY project_id, anonymous_id",
 }
@@ -82,7 +84,7 @@ sys.stdout.write(json.dumps(out))
 COMPARED = (
     *("sessions", "sessions_daily", "identities", "online", "persons", "traits", "daily"),
     *("activity", "churn", "progress", "levels", "counts", "activity_by", "first_by"),
-    *("plan_sessions", "plan_pages", "visitors", "recent"),
+    *("plan_sessions", "plan_pages", "levels_by", "visitors", "recent"),
 )
 
 FUNNEL = r"""

@@ -22,6 +22,7 @@ from werkstroom import churn, timezones
 from werkstroom.breakdowns import ROLLED_FILTERS
 from werkstroom.clickhouse.tables import SESSION_ATTRIBUTES, SESSIONS_DAILY_COLUMNS
 from werkstroom.demo import batches, simulate
+from werkstroom.funnels import create_funnel
 
 pytestmark = pytest.mark.integration
 
@@ -205,6 +206,37 @@ def plan_tables_agree(stack: Stack) -> bool:
         and len(pages) == len(set(pages))
         and set(pages) == set(stack.rows(PLAN_PAGES_EXPECTED))
     )
+
+
+# funnel_levels_by (migration 0037), and what it must hold, computed here from the live
+# funnel_levels rows of the live funnels and the live person_first_by rows: each level of a person
+# under each of its values, with the earlier of the two last days.
+FUNNEL_LEVELS_BY = (
+    "SELECT project_id, funnel_id, filter, filter_value, level, person_id, last_day FROM funnel_levels_by "
+    "FINAL WHERE is_deleted = 0"
+)
+FUNNEL_LEVELS_BY_EXPECTED = (
+    "SELECT l.project_id, l.funnel_id, v.filter, v.filter_value, l.level, l.person_id, "
+    "least(l.last_day, v.last_day) "
+    "FROM (SELECT * FROM funnel_levels FINAL WHERE is_deleted = 0 AND (project_id, funnel_id) IN "
+    "(SELECT project_id, funnel_id FROM funnels FINAL WHERE is_deleted = 0)) AS l "
+    "INNER JOIN (SELECT * FROM person_first_by FINAL WHERE is_deleted = 0) AS v "
+    "ON v.project_id = l.project_id AND v.person_id = l.person_id"
+)
+
+
+def funnel_levels_by_agree(stack: Stack) -> bool:
+    """funnel_levels_by holds each live level of each live funnel once under each live value of
+    its person (person_first_by), and no other row."""
+    held = stack.rows(FUNNEL_LEVELS_BY)
+    return len(held) == len(set(held)) and set(held) == set(stack.rows(FUNNEL_LEVELS_BY_EXPECTED))
+
+
+def a_funnel(stack: Stack) -> None:
+    """A funnel of two page views in two hours, which every visitor of these tests reaches a level
+    of: its levels under the persons' values (funnel_levels_by) follow their plans and merges."""
+    steps = [{"event": "$page"}, {"event": "$page"}]
+    create_funnel(stack.client, stack.project.project_id, "Two pages", steps, 7200)
 
 
 def per_day(stack: Stack, project_id: str, column: str) -> dict[object, int]:
@@ -804,6 +836,7 @@ async def test_a_persons_sessions_follow_its_plan_on_every_day(stack: Stack) -> 
     def plans() -> set[tuple[object, ...]]:
         return plan_rows(stack, pid)
 
+    a_funnel(stack)
     await send_all(
         stack,
         key,
@@ -823,7 +856,15 @@ async def test_a_persons_sessions_follow_its_plan_on_every_day(stack: Stack) -> 
     await stack.until(lambda: plans() == joined)
     await send_all(stack, key, [identify("anon-q", 5, None, 4)])  # no plan: a null is no string
     await stack.until(lambda: plans() == {("", d, v, "user-p") for _, d, v, _ in joined})
-    await stack.until(lambda: plan_tables_agree(stack))
+
+    # the user's levels under its values, its plan "" among them (the plan rows are written after
+    # plan_sessions: waited for), and none of anon-p's or anon-q's own persons
+    def levels_by() -> set[tuple[object, ...]]:
+        return {(r[5], r[3]) for r in stack.rows(FUNNEL_LEVELS_BY) if r[2] == "plan"}
+
+    await stack.until(
+        lambda: plan_tables_agree(stack) and funnel_levels_by_agree(stack) and levels_by() == {("user-p", "")}
+    )
 
 
 async def test_a_refresh_failing_after_its_persons_are_computed_and_retried_misses_nothing(
@@ -860,8 +901,14 @@ async def test_a_refresh_failing_after_its_persons_are_computed_and_retried_miss
         return plan_rows(stack, pid)
 
     def agree(expected: set[tuple[object, ...]]) -> bool:
-        return plans() == expected and plan_tables_agree(stack) and person_activity_by_agrees(stack)
+        return (
+            plans() == expected
+            and plan_tables_agree(stack)
+            and person_activity_by_agrees(stack)
+            and funnel_levels_by_agree(stack)
+        )
 
+    a_funnel(stack)
     at_p = now - timedelta(minutes=20)
     await send_all(stack, key, [page_at("anon-p", earlier, "rf-1"), page_at("anon-p", at_p, "rf-2")])
     days = [earlier.date(), at_p.date()]

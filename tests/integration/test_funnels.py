@@ -11,7 +11,7 @@ import pytest
 
 from services.api.routes.funnels import report_counts
 from tests.integration.stack import Stack
-from tests.integration.test_aggregator import send_all
+from tests.integration.test_aggregator import FUNNEL_LEVELS_BY, funnel_levels_by_agree, send_all
 from werkstroom import churn, funnels
 from werkstroom.demo import BOT, simulate
 
@@ -96,6 +96,12 @@ async def test_funnels_kept_live_and_back_filled_equal_window_funnel(stack: Stac
 
             counts.append(await stack.until(agree, timeout=15))  # the last refreshes may still land
         assert counts[-1][0] > counts[-1][-1] > 0, (funnel.name, counts)  # not trivially equal
+
+    # Each person's levels under its values (funnel_levels_by, what a filtered report reads):
+    # kept live, and written whole at the end of the back-fill, for each of the three funnels.
+    await stack.until(lambda: funnel_levels_by_agree(stack), timeout=15)
+    held = {r[1] for r in stack.rows(FUNNEL_LEVELS_BY)}
+    assert held == {live.funnel_id, mirror.funnel_id, back_filled.funnel_id}
 
     # Isolation: the other project's funnel counts only its own persons.
     def persons(project_id: str) -> set[str]:

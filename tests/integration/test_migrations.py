@@ -577,3 +577,47 @@ def test_plan_pages_is_back_filled_with_each_page_row_under_its_persons_plan(dat
     ).result_rows
     # a's two page rows under its person's plan now; b is in no persons row of project p: none
     assert rows == [("p", "premium", *r) for r in pages if r[1] == "a"]
+
+
+def test_funnel_levels_by_is_back_filled_with_each_level_under_each_value_of_its_person(
+    database: Client,
+) -> None:
+    migrate(database, through=36)
+    first_by = (
+        "INSERT INTO person_first_by (project_id, filter, filter_value, person_id, first_day, last_day, "
+        "first_seen_day, recent_days, recent_active, is_deleted, version) VALUES "
+    )
+    for row in (
+        "('p', 'country', 'NL', 'u1', '2026-02-20', '2026-02-25', '2026-02-20', 0, 0, 0, 1)",
+        "('p', 'country', 'NL', 'u1', '2026-02-20', '2026-03-01', '2026-02-20', 0, 0, 0, 2)",  # newer
+        "('p', 'country', 'DE', 'u1', '2026-02-21', '2026-02-21', '2026-02-20', 0, 0, 0, 2)",
+        "('p', 'country', 'FR', 'u1', '2026-02-22', '2026-02-22', '2026-02-20', 0, 0, 1, 3)",  # went
+        "('p', 'plan', 'premium', 'u1', '2026-02-20', '2026-03-01', '2026-02-20', 0, 0, 0, 2)",
+        "('p', 'country', 'NL', 'u2', '2026-03-01', '2026-03-01', '2026-03-01', 0, 0, 0, 1)",  # no levels
+        "('q', 'country', 'NL', 'u1', '2026-03-01', '2026-03-01', '2026-03-01', 0, 0, 0, 1)",  # project q's u1
+    ):
+        database.command(first_by + row)
+    levels = "INSERT INTO funnel_levels (project_id, funnel_id, level, last_day, person_id, is_deleted, version) VALUES "
+    for row in (
+        "('p', 'f1', 1, '2026-02-24', 'u1', 0, 1)",
+        "('p', 'f1', 2, '2026-02-28', 'u1', 1, 2)",  # gone
+        "('p', 'f1', 2, '2026-02-23', 'u1', 0, 3)",
+        "('p', 'f2', 1, '2026-03-01', 'u3', 0, 1)",  # u3 has no values
+    ):
+        database.command(levels + row)
+
+    assert migrate(database, through=37) == ["0037_funnel_levels_by.sql"]
+
+    rows = database.query(
+        "SELECT project_id, funnel_id, filter, filter_value, level, person_id, toString(last_day) "
+        "FROM funnel_levels_by FINAL WHERE is_deleted = 0 ORDER BY ALL"
+    ).result_rows
+    # each live level of u1 under each live value, with the earlier of the two days
+    assert rows == [
+        ("p", "f1", "country", "DE", 1, "u1", "2026-02-21"),
+        ("p", "f1", "country", "DE", 2, "u1", "2026-02-21"),
+        ("p", "f1", "country", "NL", 1, "u1", "2026-02-24"),
+        ("p", "f1", "country", "NL", 2, "u1", "2026-02-23"),
+        ("p", "f1", "plan", "premium", 1, "u1", "2026-02-24"),
+        ("p", "f1", "plan", "premium", 2, "u1", "2026-02-23"),
+    ]

@@ -203,6 +203,12 @@ FUNNELS_COLUMNS = [
 FUNNEL_PROGRESS_COLUMNS = ["project_id", "funnel_id", "day", "person_id", "level", "is_deleted", "version"]
 FUNNEL_LEVELS_COLUMNS = ["project_id", "funnel_id", "level", "last_day", "person_id", "is_deleted", "version"]
 FUNNEL_COUNTS_COLUMNS = ["project_id", "funnel_id", "level", "day", "persons", "version"]
+#: `funnel_levels_by` (migration 0037): a person's level under each of its filter values, with the
+#: earlier of the level's last day and the value's.
+FUNNEL_LEVELS_BY_COLUMNS = [
+    *("project_id", "funnel_id", "filter", "filter_value", "level", "person_id", "last_day"),
+    *("version", "is_deleted"),
+]
 FUNNEL_BACKFILLS_COLUMNS = ["project_id", "funnel_id", "rows", "version"]
 #: `projects` (migrations 0001, 0024): one row per site, a change is a new row.
 PROJECTS_COLUMNS = [
@@ -274,6 +280,7 @@ WRITTEN: dict[str, list[str]] = {
     "funnel_progress": FUNNEL_PROGRESS_COLUMNS,
     "funnel_levels": FUNNEL_LEVELS_COLUMNS,
     "funnel_counts": FUNNEL_COUNTS_COLUMNS,
+    "funnel_levels_by": FUNNEL_LEVELS_BY_COLUMNS,
     "funnel_backfills": FUNNEL_BACKFILLS_COLUMNS,
     "project_zones": PROJECT_ZONES_COLUMNS,
     "projects": PROJECTS_COLUMNS,
