@@ -805,6 +805,10 @@ def generate(
         project=p,
         version=v2,
     )
+    # Each person's levels under its values (funnel_levels_by), which the aggregator keeps with
+    # them: migration 0037's back-fill, from funnel_levels and person_first_by.
+    for statement in _migration("0037_funnel_levels_by.sql").statements():
+        step("funnel_levels_by (0037)", statement)
     t = time.perf_counter()
     churn_days = {
         r[0]
@@ -1040,6 +1044,20 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
             "WHERE project_id = {p:String} AND is_deleted = 0 AND filter = 'country' GROUP BY person_id) AS a "
             "INNER JOIN (SELECT person_id, plan FROM persons FINAL WHERE project_id = {p:String} "
             "AND is_deleted = 0) AS m ON m.person_id = a.person_id"
+        ),
+    )
+    # funnel_levels_by (migration 0037): each live level under each value of its person
+    expect(
+        "funnel_levels_by (each level under each value of its person)",
+        one(
+            "SELECT count(), sum(cityHash64(filter, filter_value, level, person_id, last_day)) "
+            "FROM funnel_levels_by FINAL WHERE project_id = {p:String} AND is_deleted = 0"
+        ),
+        one(
+            "SELECT count(), sum(cityHash64(v.filter, v.filter_value, l.level, l.person_id, "
+            "least(l.last_day, v.last_day))) FROM (SELECT * FROM person_first_by FINAL "
+            "WHERE project_id = {p:String} AND is_deleted = 0) AS v INNER JOIN (SELECT * FROM funnel_levels FINAL "
+            "WHERE project_id = {p:String} AND is_deleted = 0) AS l ON l.person_id = v.person_id"
         ),
     )
     # activity_daily_by (migration 0029): each filter's values partition the settled days'

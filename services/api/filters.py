@@ -246,12 +246,12 @@ class Filters:
         when these filters select person_first_by rows (first_by), else None. Without
         `with_plan`, a rolled filter with a plan gives None too, and the caller reads the plan's
         sessions with the value from plan_sessions, their persons on the rows (with_persons):
-        faster for the persons' ids alone (a funnel's report, the users list), slower for the
-        cards, which read the persons' days too. At 10M events, p50 alone, funnel 30 days / the
-        users list's first page: country=NL&segment=premium 118 -> 89 / 89 -> 58 ms,
-        source=Google&segment=trial 128 -> 73 / 98 -> 50, device=mobile&plan= 264 -> 219 / 235
-        -> 136; the cards' four reads at once under country=NL&segment=premium 83 -> 115 ms
-        (bench/README.md, 2026-12-04 stop 42)."""
+        faster for the persons' ids alone (the users list; a funnel's report read so before
+        funnel_levels_by), slower for the cards, which read the persons' days too. At 10M
+        events, p50 alone, funnel 30 days / the users list's first page:
+        country=NL&segment=premium 118 -> 89 / 89 -> 58 ms, source=Google&segment=trial 128 ->
+        73 / 98 -> 50, device=mobile&plan= 264 -> 219 / 235 -> 136; the cards' four reads at once
+        under country=NL&segment=premium 83 -> 115 ms (bench/README.md, 2026-12-04 stop 42)."""
         kept = self._first_by()
         if kept is None:
             return None

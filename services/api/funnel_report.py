@@ -7,11 +7,11 @@ days: the rows funnel_counts counts), and one of their visitors has a matching s
 in those days (a breakdown_sessions row that `Filters.where` selects, as the breakdowns and the
 activity chart count it). A visitor's person is the live persons row whose anonymous_ids hold it
 (visitor_persons), else the visitor itself, as on the activity chart; with one filter on an
-attribute of the entry page view, or a plan alone (Filters.first_by), those persons are read
-from person_first_by (migration 0033), which the aggregator keeps from that join; with a plan
-and other filters, from plan_sessions (migration 0034: the plan's sessions with their persons;
-Filters.rolled_persons says why). Unfiltered, the report reads funnel_counts
-(services.api.routes.funnels.report_counts), unchanged.
+attribute of the entry page view, alone or with a plan, or a plan alone (Filters.first_by), the
+funnel's rows of the value are read from funnel_levels_by (migration 0037), which the aggregator
+keeps from funnel_levels and person_first_by (0033: that join's persons); with a plan and other
+filters, the persons from plan_sessions (migration 0034: the plan's sessions with their persons).
+Unfiltered, the report reads funnel_counts (services.api.routes.funnels.report_counts), unchanged.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from services.api.filters import Filters
-from werkstroom.breakdowns import EVERY_PERSON
+from services.api.filters import WITH_PLAN, Filters
+from werkstroom.breakdowns import EVERY_PERSON, PLAN_FILTER
 from werkstroom.funnels import Funnel
 
 # Each matching visitor's person (werkstroom.breakdowns.EVERY_PERSON and PERSON_OF_SESSION,
@@ -33,34 +33,45 @@ from werkstroom.funnels import Funnel
 # version of a row or none.
 # With `plan` or `segment`, the persons are narrowed by them and the sessions are not
 # (Filters.with_persons: at 10M events, segment=premium over 30 days, p50 alone: 153 -> 119 ms);
-# naming a plan alone, the plan's sessions and their persons are plan_sessions' rows.
+# naming a plan (with filters that are not one rolled filter: _LEVELS_BY otherwise), the plan's
+# sessions and their persons are plan_sessions' rows.
 _FILTERED = """
 SELECT level, count() FROM funnel_levels FINAL
 WHERE project_id = {{p:String}} AND funnel_id = {{f:String}} AND last_day >= {{lo:Date}} AND is_deleted = 0
   AND person_id IN (SELECT {person} FROM {joined})
 GROUP BY level
 """
-# With one rolled filter, the persons with a session of its value in the days, as the aggregator
-# keeps them (services.api.filters.ROLLED_PERSONS: a row per person, their first and last
-# such day; before 0033 a row per person and day), instead of every matching visitor joined
-# to every visitor's person: at 10M events, 30 days, p50 alone: country=NL 199 -> 106 ms,
-# device=mobile 314 -> 155 ms (bench/README.md, 2026-12-04 stop 37).
-_ROLLED = """
-SELECT level, count() FROM funnel_levels FINAL
-WHERE project_id = {{p:String}} AND funnel_id = {{f:String}} AND last_day >= {{lo:Date}} AND is_deleted = 0
-  AND person_id IN (SELECT person_id FROM ({persons}))
+
+
+# With one rolled filter, alone or with a plan, or a plan alone (Filters.first_by), the funnel's
+# rows of its value in funnel_levels_by (migration 0037: each level under each of the person's
+# values, with the earlier of the level's last day and the value's: both in the days), kept by
+# the aggregator, instead of the value's persons (person_first_by's rows: before 0033 its days,
+# before 0031 every matching visitor joined to every visitor's person) looked up in all of the
+# funnel's rows: at 10M events, 30 days, p50 alone: country=NL 92 -> 11 ms, country=NL&segment=premium (its
+# persons in the plan's, services.api.filters.WITH_PLAN) 70 -> 31 (bench/README.md, 2026-12-05
+# stop 46). A value's last day is never after today ({hi:Date}: an event is at most a minute
+# ahead of its arrival), so its first day is in the days when its last one is.
+_LEVELS_BY = """
+SELECT level, count() FROM funnel_levels_by FINAL
+WHERE project_id = {{p:String}} AND funnel_id = {{f:String}}
+  AND filter = {{rf:String}} AND filter_value = {{rv:String}} AND last_day >= {{lo:Date}}
+  AND is_deleted = 0{with_plan}
 GROUP BY level
 """
 
 
 def filtered_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     """Per level, the persons `filters` keeps who reached it, for funnel {f:String} of project
-    {p:String} over the days {lo:Date}..{hi:Date}, and the filters' parameters. Every value is a
-    parameter; the SQL is chosen from constants only."""
-    rolled = filters.rolled_persons(with_plan=False)  # with a plan: plan_sessions (faster here)
-    if rolled is not None:
-        persons, params = rolled
-        return _ROLLED.format(persons=persons), params
+    {p:String} over the days {lo:Date}..{hi:Date} ({hi} today), and the filters' parameters.
+    Every value is a parameter; the SQL is chosen from constants only."""
+    kept = filters.first_by()
+    if kept is not None:
+        rf, rv = kept
+        plan = filters.plan() if rf != PLAN_FILTER else None  # a rolled filter with a plan
+        with_plan = "" if plan is None else WITH_PLAN
+        params = {"rf": rf, "rv": rv} if plan is None else {"rf": rf, "rv": rv, "rp": plan}
+        return _LEVELS_BY.format(with_plan=with_plan), params
     joined, params = filters.with_persons("DISTINCT anonymous_id", EVERY_PERSON)
     return _FILTERED.format(joined=joined.source, person=joined.person), params
 

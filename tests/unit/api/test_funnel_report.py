@@ -48,28 +48,36 @@ def test_a_session_filter_alone_reads_no_pages_and_no_segment_clock() -> None:
     assert named(sql) == {"p", "f", "lo", "hi", "f_entry_page"}
 
 
-def test_one_entry_page_filter_reads_its_persons_from_person_first_by() -> None:
+def test_one_entry_page_filter_reads_the_funnels_rows_of_its_value() -> None:
     hostile = "x' OR 1=1 --"
     sql, params = filtered_sql(Filters.parse({"device": hostile}))
     assert params == {"rf": "device_type", "rv": hostile} and hostile not in sql
-    assert "FROM person_first_by FINAL" in sql and "breakdown_sessions" not in sql
-    assert "visitor_persons" not in sql and "person_activity_by" not in sql
-    # a person with a matching day in the report's days: its first by the last, its last from the first
-    assert "first_day <= {hi:Date} AND last_day >= {lo:Date}" in sql
-    assert named(sql) == {"p", "f", "lo", "hi", "rf", "rv"}
+    assert "FROM funnel_levels_by FINAL" in sql and "breakdown_sessions" not in sql
+    assert "person_first_by" not in sql and "FROM funnel_levels FINAL" not in sql
+    # a level and a day of the value in the report's days: the earlier of the two on its row
+    assert "filter = {rf:String} AND filter_value = {rv:String} AND last_day >= {lo:Date}" in sql
+    assert named(sql) == {"p", "f", "lo", "rf", "rv"}
+
+
+def test_a_plan_reads_its_rows_and_with_one_rolled_filter_narrows_them_to_its_persons() -> None:
+    """segment=premium alone: the funnel's rows under the plan; country=NL&segment=premium: those
+    of NL, of the persons whose person_first_by plan row is premium (WITH_PLAN)."""
+    now = datetime(2026, 12, 3, tzinfo=UTC)
+    sql, params = filtered_sql(Filters.parse({"segment": "premium"}, now))
+    assert "FROM funnel_levels_by FINAL" in sql and params == {"rf": "plan", "rv": "premium"}
+    assert "person_first_by" not in sql
+    sql, params = filtered_sql(Filters.parse({"country": "NL", "plan": "x' OR 1=1 --"}, now))
+    assert params == {"rf": "country", "rv": "NL", "rp": "x' OR 1=1 --"} and "x' OR" not in sql
+    assert "FROM funnel_levels_by FINAL" in sql
+    assert "person_id IN (SELECT person_id FROM person_first_by FINAL" in sql and "{rp:String}" in sql
 
 
 def test_a_plan_with_other_filters_reads_its_persons_from_plan_sessions() -> None:
-    """country=NL&segment=premium: the plan's sessions with the value (plan_sessions, migration
-    0034), their persons on the rows; a plan alone still reads person_first_by's plan rows."""
+    """page=/a*&plan=...: the plan's sessions with the value (plan_sessions, migration 0034),
+    their persons on the rows."""
     now = datetime(2026, 12, 3, tzinfo=UTC)
-    for given in ({"country": "NL", "segment": "premium"}, {"page": "/a*", "plan": "x' OR 1=1 --"}):
-        sql, params = filtered_sql(Filters.parse(given, now))
-        assert "FROM plan_sessions FINAL" in sql and "plan = {pl:String}" in sql, given
-        assert (
-            "person_first_by" not in sql and "visitor_persons" not in sql and "breakdown_sessions" not in sql
-        )
-        assert "person_id IN (SELECT s.person_id FROM" in sql
-        assert named(sql) <= set(params) | {"p", "f", "lo", "hi"} and "x' OR" not in sql
-    sql, params = filtered_sql(Filters.parse({"segment": "premium"}, now))
-    assert "FROM person_first_by FINAL" in sql and params == {"rf": "plan", "rv": "premium"}
+    sql, params = filtered_sql(Filters.parse({"page": "/a*", "plan": "x' OR 1=1 --"}, now))
+    assert "FROM plan_sessions FINAL" in sql and "plan = {pl:String}" in sql
+    assert "person_first_by" not in sql and "visitor_persons" not in sql and "breakdown_sessions" not in sql
+    assert "person_id IN (SELECT s.person_id FROM" in sql
+    assert named(sql) <= set(params) | {"p", "f", "lo", "hi"} and "x' OR" not in sql
