@@ -118,6 +118,9 @@ SESSIONS = "refresh_sessions"
 # The persons' new rows, computed once (PERSONS_STAGE): written to persons and persons_recent,
 # and their first days compared, from here.
 FRESH = "refresh_persons"
+# The persons' values as person_first_by gets them (_VALUES, computed once: VALUES_STAGE), which
+# funnel_levels_by's rows are written from too (LEVELS_BY_INSERT).
+VALUES = "refresh_values"
 MEMBERS = f"(SELECT member, person FROM {STAGE})"
 MEMBER_IDS = f"(SELECT member FROM {STAGE})"
 PERSON_IDS = f"(SELECT DISTINCT person FROM {STAGE})"
@@ -129,6 +132,8 @@ STAGE_TABLES = {
     "last_event_at DateTime64(3, 'UTC'), page_views UInt32, version UInt64",
     FRESH: "person_id String, first_seen DateTime64(3, 'UTC'), last_seen DateTime64(3, 'UTC'), "
     "sessions UInt32, page_views UInt32, anonymous_ids Array(String), traits String, plan String",
+    VALUES: "person_id String, filter String, value String, first_day Date, last_day Date, recent UInt64, "
+    "gone UInt8",
 }
 SESSIONS_STAGE = f"""
 INSERT INTO {SESSIONS} (anonymous_id, session_id, start_at, last_event_at, page_views, version)
@@ -471,12 +476,15 @@ _VALUES = f"""
     ) AS o LEFT JOIN {FRESH} AS f ON f.person_id = o.person_id
     WHERE f.person_id = '' OR f.plan != o.plan
 """
+VALUES_STAGE = f"""
+INSERT INTO {VALUES} (person_id, filter, value, first_day, last_day, recent, gone)
+WITH live_by AS ({_LIVE_BY})
+{_VALUES}"""
 FIRST_BY_INSERT = f"""
 INSERT INTO person_first_by ({", ".join(PERSON_FIRST_BY_COLUMNS)})
-WITH live_by AS ({_LIVE_BY})
 SELECT {{p:String}}, a.filter, a.value, a.person_id, a.first_day, a.last_day, s.day, a.recent, r.recent,
        a.gone, {{v:UInt64}}
-FROM ({_VALUES}) AS a
+FROM {VALUES} AS a
 LEFT JOIN (SELECT person_id, toDate(first_seen, {{tz:String}}) AS day FROM {FRESH}) AS s
     ON s.person_id = a.person_id
 LEFT JOIN (
@@ -487,27 +495,24 @@ LEFT JOIN (
 
 # funnel_levels_by (migration 0037) for the same persons, once their funnel levels are written
 # (funnels.recompute): each live funnel_levels row of a live funnel {funnels:Array(String)} under
-# each value the person has (_VALUES: person_first_by's rows as just written), with the earlier
+# each value the person has (VALUES: person_first_by's rows as just written), with the earlier
 # of the two last days, and a tombstone for every other (level, value) pair the person has a
 # stored row of, any version, on either side (a value that went, a level of a person merged
 # away). Written whole, changed or not, as person_first_by: the table is sorted by value.
 LEVELS_BY_INSERT = f"""
 INSERT INTO funnel_levels_by ({", ".join(FUNNEL_LEVELS_BY_COLUMNS)})
-WITH live_by AS ({_LIVE_BY})
 SELECT {{p:String}}, l.funnel_id, a.filter, a.value, l.level, a.person_id,
        if(l.live AND NOT a.gone, least(l.last_day, a.last_day), toDate(0)), {{v:UInt64}},
        toUInt8(NOT (l.live AND NOT a.gone))
-FROM ({_VALUES}) AS a
+FROM {VALUES} AS a
 INNER JOIN (
     SELECT funnel_id, level, person_id, max(held) AS live, maxIf(day, held = 1) AS last_day
     FROM (
-        SELECT funnel_id, level, person_id, last_day AS day, toUInt8(1) AS held FROM funnel_levels FINAL
-        {_OF_PERSONS}
-        WHERE project_id = {{p:String}} AND funnel_id IN {{funnels:Array(String)}} AND is_deleted = 0
-        UNION ALL
-        SELECT funnel_id, level, person_id, toDate(0), toUInt8(0) FROM funnel_levels
+        SELECT funnel_id, level, person_id, last_day AS day, toUInt8(argMax(is_deleted, version) = 0) AS held
+        FROM funnel_levels
         {_OF_PERSONS}
         WHERE project_id = {{p:String}} AND funnel_id IN {{funnels:Array(String)}}
+        GROUP BY funnel_id, level, person_id, last_day
     )
     GROUP BY funnel_id, level, person_id
 ) AS l ON l.person_id = a.person_id
@@ -523,12 +528,14 @@ def refresh_activity_by(
     (`zone`: the project's). Returns the other days whose plan rows changed (plans.refresh)."""
     staged = (MEMBER_IDS, MEMBERS, FRESH, BEFORE, SESSIONS)
     planned = plans.refresh(client, project_id, days, version, zone, staged)
-    if not days:
-        return planned
     since = datetime.now(UTC).date() - timedelta(days=churn.RECENT_DAYS)
     params = {"p": project_id, "days": sorted(days), "gone": StringArray(sorted(gone)), "v": version}
-    client.command(ACTIVITY_BY_INSERT, parameters=params)
-    client.command(FIRST_BY_INSERT, parameters={**params, "tz": zone, "since": since})
+    if days:
+        client.command(ACTIVITY_BY_INSERT, parameters=params)
+    # the values, also without days: funnel_levels_by's rows are written from them
+    client.command(VALUES_STAGE, parameters={**params, "since": since})
+    if days:
+        client.command(FIRST_BY_INSERT, parameters={**params, "tz": zone, "since": since})
     return planned
 
 
@@ -572,8 +579,7 @@ def refresh_levels_by(
     funnels.recompute wrote their person_first_by and funnel_levels rows (LEVELS_BY_INSERT)."""
     if not funnels:
         return
-    since = datetime.now(UTC).date() - timedelta(days=churn.RECENT_DAYS)  # as refresh_activity_by's
-    params = {"p": project_id, "gone": StringArray(sorted(gone)), "v": version, "since": since}
+    params = {"p": project_id, "gone": StringArray(sorted(gone)), "v": version}
     client.command(LEVELS_BY_INSERT, parameters={**params, "funnels": [f.funnel_id for f in funnels]})
 
 
