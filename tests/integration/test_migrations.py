@@ -583,28 +583,37 @@ def test_funnel_levels_by_is_back_filled_with_each_level_under_each_value_of_its
     database: Client,
 ) -> None:
     migrate(database, through=36)
+
+    def insert(table: str, columns: str, rows: tuple[str, ...]) -> None:
+        database.command(f"INSERT INTO {table} ({columns}) VALUES {', '.join(rows)}")
+
     first_by = (
-        "INSERT INTO person_first_by (project_id, filter, filter_value, person_id, first_day, last_day, "
-        "first_seen_day, recent_days, recent_active, is_deleted, version) VALUES "
+        "project_id, filter, filter_value, person_id, first_day, last_day, first_seen_day, recent_days, "
+        "recent_active, is_deleted, version"
     )
-    for row in (
-        "('p', 'country', 'NL', 'u1', '2026-02-20', '2026-02-25', '2026-02-20', 0, 0, 0, 1)",
-        "('p', 'country', 'NL', 'u1', '2026-02-20', '2026-03-01', '2026-02-20', 0, 0, 0, 2)",  # newer
-        "('p', 'country', 'DE', 'u1', '2026-02-21', '2026-02-21', '2026-02-20', 0, 0, 0, 2)",
-        "('p', 'country', 'FR', 'u1', '2026-02-22', '2026-02-22', '2026-02-20', 0, 0, 1, 3)",  # went
-        "('p', 'plan', 'premium', 'u1', '2026-02-20', '2026-03-01', '2026-02-20', 0, 0, 0, 2)",
-        "('p', 'country', 'NL', 'u2', '2026-03-01', '2026-03-01', '2026-03-01', 0, 0, 0, 1)",  # no levels
-        "('q', 'country', 'NL', 'u1', '2026-03-01', '2026-03-01', '2026-03-01', 0, 0, 0, 1)",  # project q's u1
-    ):
-        database.command(first_by + row)
-    levels = "INSERT INTO funnel_levels (project_id, funnel_id, level, last_day, person_id, is_deleted, version) VALUES "
-    for row in (
-        "('p', 'f1', 1, '2026-02-24', 'u1', 0, 1)",
-        "('p', 'f1', 2, '2026-02-28', 'u1', 1, 2)",  # gone
-        "('p', 'f1', 2, '2026-02-23', 'u1', 0, 3)",
-        "('p', 'f2', 1, '2026-03-01', 'u3', 0, 1)",  # u3 has no values
-    ):
-        database.command(levels + row)
+    insert(
+        "person_first_by",
+        first_by,
+        (
+            "('p', 'country', 'NL', 'u1', '2026-02-20', '2026-02-25', '2026-02-20', 0, 0, 0, 1)",
+            "('p', 'country', 'NL', 'u1', '2026-02-20', '2026-03-01', '2026-02-20', 0, 0, 0, 2)",  # newer
+            "('p', 'country', 'DE', 'u1', '2026-02-21', '2026-02-21', '2026-02-20', 0, 0, 0, 2)",
+            "('p', 'country', 'FR', 'u1', '2026-02-22', '2026-02-22', '2026-02-20', 0, 0, 1, 3)",  # went
+            "('p', 'plan', 'premium', 'u1', '2026-02-20', '2026-03-01', '2026-02-20', 0, 0, 0, 2)",
+            "('p', 'country', 'NL', 'u2', '2026-03-01', '2026-03-01', '2026-03-01', 0, 0, 0, 1)",  # no levels
+            "('q', 'country', 'NL', 'u1', '2026-03-01', '2026-03-01', '2026-03-01', 0, 0, 0, 1)",  # project q's u1
+        ),
+    )
+    insert(
+        "funnel_levels",
+        "project_id, funnel_id, level, last_day, person_id, is_deleted, version",
+        (
+            "('p', 'f1', 1, '2026-02-24', 'u1', 0, 1)",
+            "('p', 'f1', 2, '2026-02-28', 'u1', 1, 2)",  # gone
+            "('p', 'f1', 2, '2026-02-23', 'u1', 0, 3)",
+            "('p', 'f2', 1, '2026-03-01', 'u3', 0, 1)",  # u3 has no values
+        ),
+    )
 
     assert migrate(database, through=37) == ["0037_funnel_levels_by.sql"]
 
