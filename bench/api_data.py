@@ -1046,18 +1046,21 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
             "AND is_deleted = 0) AS m ON m.person_id = a.person_id"
         ),
     )
-    # funnel_levels_by (migration 0037): each live level under each value of its person
+    # funnel_levels_by (migration 0037): each live level under each value of its person, with the
+    # person's plan
     expect(
         "funnel_levels_by (each level under each value of its person)",
         one(
-            "SELECT count(), sum(cityHash64(filter, filter_value, level, person_id, last_day)) "
+            "SELECT count(), sum(cityHash64(filter, filter_value, level, person_id, last_day, plan)) "
             "FROM funnel_levels_by FINAL WHERE project_id = {p:String} AND is_deleted = 0"
         ),
         one(
             "SELECT count(), sum(cityHash64(v.filter, v.filter_value, l.level, l.person_id, "
-            "least(l.last_day, v.last_day))) FROM (SELECT * FROM person_first_by FINAL "
+            "least(l.last_day, v.last_day), m.plan)) FROM (SELECT * FROM person_first_by FINAL "
             "WHERE project_id = {p:String} AND is_deleted = 0) AS v INNER JOIN (SELECT * FROM funnel_levels FINAL "
-            "WHERE project_id = {p:String} AND is_deleted = 0) AS l ON l.person_id = v.person_id"
+            "WHERE project_id = {p:String} AND is_deleted = 0) AS l ON l.person_id = v.person_id "
+            "INNER JOIN (SELECT person_id, plan FROM persons FINAL WHERE project_id = {p:String} "
+            "AND is_deleted = 0) AS m ON m.person_id = v.person_id"
         ),
     )
     # activity_daily_by (migration 0029): each filter's values partition the settled days'

@@ -496,15 +496,18 @@ LEFT JOIN (
 # funnel_levels_by (migration 0037) for the same persons, once their funnel levels are written
 # (funnels.recompute): each live funnel_levels row of a live funnel {funnels:Array(String)} under
 # each value the person has (VALUES: person_first_by's rows as just written), with the earlier
-# of the two last days, and a tombstone for every other (level, value) pair the person has a
-# stored row of, any version, on either side (a value that went, a level of a person merged
-# away). Written whole, changed or not, as person_first_by: the table is sorted by value.
+# of the two last days and the person's plan (its live plan row's), and a tombstone for every
+# other (level, value) pair the person has a stored row of, any version, on either side (a value
+# that went, a level of a person merged away). Written whole, changed or not, as person_first_by:
+# the table is sorted by value (and a changed plan changes every row).
 LEVELS_BY_INSERT = f"""
 INSERT INTO funnel_levels_by ({", ".join(FUNNEL_LEVELS_BY_COLUMNS)})
 SELECT {{p:String}}, l.funnel_id, a.filter, a.value, l.level, a.person_id,
-       if(l.live AND NOT a.gone, least(l.last_day, a.last_day), toDate(0)), {{v:UInt64}},
+       if(l.live AND NOT a.gone, least(l.last_day, a.last_day), toDate(0)), pl.plan, {{v:UInt64}},
        toUInt8(NOT (l.live AND NOT a.gone))
 FROM {VALUES} AS a
+LEFT JOIN (SELECT person_id, value AS plan FROM {VALUES} WHERE filter = 'plan' AND gone = 0) AS pl
+    ON pl.person_id = a.person_id
 INNER JOIN (
     SELECT funnel_id, level, person_id, max(held) AS live, maxIf(day, held = 1) AS last_day
     FROM (

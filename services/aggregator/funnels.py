@@ -380,16 +380,20 @@ def write_backfill(
 
 
 # A funnel's funnel_levels_by rows (migration 0037), as its back-fill ends: each live level
-# under each live person_first_by row of its person (the migration's statement, for one funnel).
+# under each live person_first_by row of its person, with its plan row's plan (the migration's
+# statement, for one funnel).
 LEVELS_BY_BACKFILL = f"""
 INSERT INTO funnel_levels_by ({", ".join(FUNNEL_LEVELS_BY_COLUMNS)})
 SELECT {{p:String}}, {{f:String}}, v.filter, v.filter_value, l.level, v.person_id,
-       least(l.last_day, v.last_day), {{v:UInt64}}, 0
+       least(l.last_day, v.last_day), pl.plan, {{v:UInt64}}, 0
 FROM (SELECT person_id, filter, filter_value, last_day FROM person_first_by FINAL
       WHERE project_id = {{p:String}} AND is_deleted = 0) AS v
 INNER JOIN (SELECT level, person_id, last_day FROM funnel_levels FINAL
             WHERE project_id = {{p:String}} AND funnel_id = {{f:String}} AND is_deleted = 0) AS l
     ON l.person_id = v.person_id
+LEFT JOIN (SELECT person_id, filter_value AS plan FROM person_first_by FINAL
+           WHERE project_id = {{p:String}} AND filter = 'plan' AND is_deleted = 0) AS pl
+    ON pl.person_id = v.person_id
 """
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from services.api.filters import WITH_PLAN, Filters
+from services.api.filters import Filters
 from werkstroom.breakdowns import EVERY_PERSON, PLAN_FILTER
 from werkstroom.funnels import Funnel
 
@@ -45,13 +45,14 @@ GROUP BY level
 
 # With one rolled filter, alone or with a plan, or a plan alone (Filters.first_by), the funnel's
 # rows of its value in funnel_levels_by (migration 0037: each level under each of the person's
-# values, with the earlier of the level's last day and the value's: both in the days), kept by
-# the aggregator, instead of the value's persons (person_first_by's rows: before 0033 its days,
+# values, with the earlier of the level's last day and the value's: both in the days; with a plan
+# besides, the rows whose person has it, the person's plan row's plan on each), kept by the
+# aggregator, instead of the value's persons (person_first_by's rows: before 0033 its days,
 # before 0031 every matching visitor joined to every visitor's person) looked up in all of the
-# funnel's rows: at 10M events, 30 days, p50 alone: country=NL 92 -> 11 ms, country=NL&segment=premium (its
-# persons in the plan's, services.api.filters.WITH_PLAN) 70 -> 31 (bench/README.md, 2026-12-05
-# stop 46). A value's last day is never after today ({hi:Date}: an event is at most a minute
-# ahead of its arrival), so its first day is in the days when its last one is.
+# funnel's rows: at 10M events, 30 days, p50 alone: country=NL 92 -> 11 ms (27 in the back-fill's
+# 4 parts), country=NL&segment=premium 70 -> 31 (the plan's persons as a set) (bench/README.md,
+# 2026-12-05 stop 46). A value's last day is never after today ({hi:Date}: an event is at most a
+# minute ahead of its arrival), so its first day is in the days when its last one is.
 _LEVELS_BY = """
 SELECT level, count() FROM funnel_levels_by FINAL
 WHERE project_id = {{p:String}} AND funnel_id = {{f:String}}
@@ -69,9 +70,9 @@ def filtered_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     if kept is not None:
         rf, rv = kept
         plan = filters.plan() if rf != PLAN_FILTER else None  # a rolled filter with a plan
-        with_plan = "" if plan is None else WITH_PLAN
-        params = {"rf": rf, "rv": rv} if plan is None else {"rf": rf, "rv": rv, "rp": plan}
-        return _LEVELS_BY.format(with_plan=with_plan), params
+        if plan is None:
+            return _LEVELS_BY.format(with_plan=""), {"rf": rf, "rv": rv}
+        return _LEVELS_BY.format(with_plan=" AND plan = {rp:String}"), {"rf": rf, "rv": rv, "rp": plan}
     joined, params = filters.with_persons("DISTINCT anonymous_id", EVERY_PERSON)
     return _FILTERED.format(joined=joined.source, person=joined.person), params
 

@@ -210,18 +210,21 @@ def plan_tables_agree(stack: Stack) -> bool:
 
 # funnel_levels_by (migration 0037), and what it must hold, computed here from the live
 # funnel_levels rows of the live funnels and the live person_first_by rows: each level of a person
-# under each of its values, with the earlier of the two last days.
+# under each of its values, with the earlier of the two last days and the person's live persons
+# row's plan.
 FUNNEL_LEVELS_BY = (
-    "SELECT project_id, funnel_id, filter, filter_value, level, person_id, last_day FROM funnel_levels_by "
-    "FINAL WHERE is_deleted = 0"
+    "SELECT project_id, funnel_id, filter, filter_value, level, person_id, last_day, plan "
+    "FROM funnel_levels_by FINAL WHERE is_deleted = 0"
 )
 FUNNEL_LEVELS_BY_EXPECTED = (
     "SELECT l.project_id, l.funnel_id, v.filter, v.filter_value, l.level, l.person_id, "
-    "least(l.last_day, v.last_day) "
+    "least(l.last_day, v.last_day), m.plan "
     "FROM (SELECT * FROM funnel_levels FINAL WHERE is_deleted = 0 AND (project_id, funnel_id) IN "
     "(SELECT project_id, funnel_id FROM funnels FINAL WHERE is_deleted = 0)) AS l "
     "INNER JOIN (SELECT * FROM person_first_by FINAL WHERE is_deleted = 0) AS v "
-    "ON v.project_id = l.project_id AND v.person_id = l.person_id"
+    "ON v.project_id = l.project_id AND v.person_id = l.person_id "
+    "INNER JOIN (SELECT project_id, person_id, plan FROM persons FINAL WHERE is_deleted = 0) AS m "
+    "ON m.project_id = l.project_id AND m.person_id = l.person_id"
 )
 
 

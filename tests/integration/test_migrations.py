@@ -618,15 +618,15 @@ def test_funnel_levels_by_is_back_filled_with_each_level_under_each_value_of_its
     assert migrate(database, through=37) == ["0037_funnel_levels_by.sql"]
 
     rows = database.query(
-        "SELECT project_id, funnel_id, filter, filter_value, level, person_id, toString(last_day) "
+        "SELECT project_id, funnel_id, filter, filter_value, level, person_id, toString(last_day), plan "
         "FROM funnel_levels_by FINAL WHERE is_deleted = 0 ORDER BY ALL"
     ).result_rows
-    # each live level of u1 under each live value, with the earlier of the two days
+    # each live level of u1 under each live value, with the earlier of the two days, and its plan
     assert rows == [
-        ("p", "f1", "country", "DE", 1, "u1", "2026-02-21"),
-        ("p", "f1", "country", "DE", 2, "u1", "2026-02-21"),
-        ("p", "f1", "country", "NL", 1, "u1", "2026-02-24"),
-        ("p", "f1", "country", "NL", 2, "u1", "2026-02-23"),
-        ("p", "f1", "plan", "premium", 1, "u1", "2026-02-24"),
-        ("p", "f1", "plan", "premium", 2, "u1", "2026-02-23"),
+        ("p", "f1", "country", "DE", 1, "u1", "2026-02-21", "premium"),
+        ("p", "f1", "country", "DE", 2, "u1", "2026-02-21", "premium"),
+        ("p", "f1", "country", "NL", 1, "u1", "2026-02-24", "premium"),
+        ("p", "f1", "country", "NL", 2, "u1", "2026-02-23", "premium"),
+        ("p", "f1", "plan", "premium", 1, "u1", "2026-02-24", "premium"),
+        ("p", "f1", "plan", "premium", 2, "u1", "2026-02-23", "premium"),
     ]

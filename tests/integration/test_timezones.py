@@ -384,7 +384,7 @@ TABLES = {
     "WHERE project_id = {p:String} AND is_deleted = 0",
     "funnel_counts": "SELECT level, day, persons FROM funnel_counts FINAL WHERE project_id = {p:String} "
     "AND persons > 0",
-    "funnel_levels_by": "SELECT filter, filter_value, level, person_id, last_day FROM funnel_levels_by FINAL "
+    "funnel_levels_by": "SELECT filter, filter_value, level, person_id, last_day, plan FROM funnel_levels_by FINAL "
     "WHERE project_id = {p:String} AND is_deleted = 0",
 }
 

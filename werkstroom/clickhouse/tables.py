@@ -204,9 +204,9 @@ FUNNEL_PROGRESS_COLUMNS = ["project_id", "funnel_id", "day", "person_id", "level
 FUNNEL_LEVELS_COLUMNS = ["project_id", "funnel_id", "level", "last_day", "person_id", "is_deleted", "version"]
 FUNNEL_COUNTS_COLUMNS = ["project_id", "funnel_id", "level", "day", "persons", "version"]
 #: `funnel_levels_by` (migration 0037): a person's level under each of its filter values, with the
-#: earlier of the level's last day and the value's.
+#: earlier of the level's last day and the value's, and the person's plan.
 FUNNEL_LEVELS_BY_COLUMNS = [
-    *("project_id", "funnel_id", "filter", "filter_value", "level", "person_id", "last_day"),
+    *("project_id", "funnel_id", "filter", "filter_value", "level", "person_id", "last_day", "plan"),
     *("version", "is_deleted"),
 ]
 FUNNEL_BACKFILLS_COLUMNS = ["project_id", "funnel_id", "rows", "version"]

@@ -61,15 +61,15 @@ def test_one_entry_page_filter_reads_the_funnels_rows_of_its_value() -> None:
 
 def test_a_plan_reads_its_rows_and_with_one_rolled_filter_narrows_them_to_its_persons() -> None:
     """segment=premium alone: the funnel's rows under the plan; country=NL&segment=premium: those
-    of NL, of the persons whose person_first_by plan row is premium (WITH_PLAN)."""
+    of NL whose person's plan (on the row) is premium."""
     now = datetime(2026, 12, 3, tzinfo=UTC)
     sql, params = filtered_sql(Filters.parse({"segment": "premium"}, now))
     assert "FROM funnel_levels_by FINAL" in sql and params == {"rf": "plan", "rv": "premium"}
     assert "person_first_by" not in sql
     sql, params = filtered_sql(Filters.parse({"country": "NL", "plan": "x' OR 1=1 --"}, now))
     assert params == {"rf": "country", "rv": "NL", "rp": "x' OR 1=1 --"} and "x' OR" not in sql
-    assert "FROM funnel_levels_by FINAL" in sql
-    assert "person_id IN (SELECT person_id FROM person_first_by FINAL" in sql and "{rp:String}" in sql
+    assert "FROM funnel_levels_by FINAL" in sql and "person_first_by" not in sql
+    assert "AND plan = {rp:String}" in sql and named(sql) == {"p", "f", "lo", "rf", "rv", "rp"}
 
 
 def test_a_plan_with_other_filters_reads_its_persons_from_plan_sessions() -> None:

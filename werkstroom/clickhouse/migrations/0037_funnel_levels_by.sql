@@ -21,6 +21,9 @@ CREATE TABLE IF NOT EXISTS funnel_levels_by
     person_id    String,
     -- the earlier of the level's last day (funnel_levels) and the value's (person_first_by)
     last_day     Date,
+    -- the person's plan (its person_first_by plan row's): a rolled filter with a plan keeps the
+    -- value's rows of that plan, where it looked each row up in the plan's persons
+    plan         LowCardinality(String),
     version      UInt64,
     is_deleted   UInt8
 )
@@ -32,14 +35,19 @@ PARTITION BY tuple()
 ORDER BY (project_id, funnel_id, filter, filter_value, level, person_id);
 
 -- The rows already there: each live funnel_levels row under each live person_first_by row of its
--- person. Run with the aggregators stopped, as the other migrations that copy a table.
+-- person, with its plan row's plan. Run with the aggregators stopped, as the other migrations
+-- that copy a table.
 INSERT INTO funnel_levels_by (project_id, funnel_id, filter, filter_value, level, person_id, last_day,
-    version, is_deleted)
+    plan, version, is_deleted)
 SELECT v.project_id, l.funnel_id, v.filter, v.filter_value, l.level, v.person_id, least(l.last_day, v.last_day),
-       0, 0
+       pl.plan, 0, 0
 FROM (SELECT project_id, person_id, filter, filter_value, last_day FROM person_first_by FINAL
       WHERE is_deleted = 0) AS v
--- the levels on the right, the smaller side: ClickHouse holds the right side of a join in memory
+-- the levels and the plans on the right, the smaller sides: ClickHouse holds the right side of a
+-- join in memory
 INNER JOIN (SELECT project_id, funnel_id, level, person_id, last_day FROM funnel_levels FINAL
             WHERE is_deleted = 0) AS l
-    ON l.project_id = v.project_id AND l.person_id = v.person_id;
+    ON l.project_id = v.project_id AND l.person_id = v.person_id
+LEFT JOIN (SELECT project_id, person_id, filter_value AS plan FROM person_first_by FINAL
+           WHERE filter = 'plan' AND is_deleted = 0) AS pl
+    ON pl.project_id = v.project_id AND pl.person_id = v.person_id;
