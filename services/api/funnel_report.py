@@ -49,8 +49,9 @@ GROUP BY level
 # besides, the rows whose person has it, the person's plan row's plan on each), kept by the
 # aggregator, instead of the value's persons (person_first_by's rows: before 0033 its days,
 # before 0031 every matching visitor joined to every visitor's person) looked up in all of the
-# funnel's rows: at 10M events, 30 days, p50 alone: country=NL 92 -> 11 ms (27 in the back-fill's
-# 4 parts), country=NL&segment=premium 70 -> 31 (the plan's persons as a set) (bench/README.md,
+# funnel's rows: at 10M events, 30 days, p50 alone: country=NL 92 -> 11 ms (merged into one part;
+# 27 in 4), country=NL&segment=premium 70 -> 38 in 10 parts (52 with the plan's persons as a set
+# instead of the row's plan); the endpoints' p95 106 -> 34 and 77 -> 35 ms (bench/README.md,
 # 2026-12-05 stop 46). A value's last day is never after today ({hi:Date}: an event is at most a
 # minute ahead of its arrival), so its first day is in the days when its last one is.
 _LEVELS_BY = """
