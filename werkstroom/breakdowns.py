@@ -67,9 +67,11 @@ GROUP BY day{plan}, dimension, value"""
     return "\nUNION ALL\n".join(parts)
 
 
-#: The filter breakdown_daily_by keeps the breakdowns of each plan under (besides ROLLED_FILTERS):
-#: a session's rows under its person's plan now, as the `plan` filter and the plan segments keep
-#: them. The marker of a day rolled up with them is a row of this filter with no dimension.
+#: The filter a person's plan is kept under, its value the plan: person_first_by's plan rows (one
+#: per person, migration 0033), funnel_levels_by's rows under them (0037), and breakdown_daily_by's
+#: breakdowns of each plan (besides ROLLED_FILTERS: a session's rows under its person's plan now,
+#: as the `plan` filter and the plan segments keep them; the marker of a day rolled up with them
+#: is a row of this filter with no dimension).
 PLAN_FILTER = "plan"
 
 

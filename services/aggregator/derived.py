@@ -24,7 +24,7 @@ from services.aggregator.breakdowns import RollUps
 from services.aggregator.funnels import person_ids, recompute
 from services.aggregator.processor import Dirty
 from werkstroom import churn, identity, timezones
-from werkstroom.breakdowns import filter_pairs
+from werkstroom.breakdowns import PLAN_FILTER, filter_pairs
 from werkstroom.clickhouse.params import StringArray, insert_rows, tab_separated
 from werkstroom.clickhouse.tables import (
     CHURN_DAILY_COLUMNS,
@@ -460,13 +460,13 @@ _VALUES = f"""
     FROM live_by
     GROUP BY person_id, filter, filter_value
     UNION ALL
-    SELECT l.person_id, 'plan', f.plan, minIf(l.day, l.live), maxIf(l.day, l.live),
+    SELECT l.person_id, '{PLAN_FILTER}', f.plan, minIf(l.day, l.live), maxIf(l.day, l.live),
            groupBitOrIf({_BIT}, l.live AND l.day >= {{since:Date}}), toUInt8(countIf(l.live) = 0)
     FROM live_by AS l INNER JOIN {FRESH} AS f ON f.person_id = l.person_id
     WHERE l.filter = 'country'
     GROUP BY l.person_id, f.plan
     UNION ALL
-    SELECT o.person_id, 'plan', o.plan, toDate(0), toDate(0), 0, 1
+    SELECT o.person_id, '{PLAN_FILTER}', o.plan, toDate(0), toDate(0), 0, 1
     FROM (
         SELECT person_id, plan FROM {BEFORE}
         UNION DISTINCT
@@ -506,7 +506,7 @@ SELECT {{p:String}}, l.funnel_id, a.filter, a.value, l.level, a.person_id,
        if(l.live AND NOT a.gone, least(l.last_day, a.last_day), toDate(0)), pl.plan, {{v:UInt64}},
        toUInt8(NOT (l.live AND NOT a.gone))
 FROM {VALUES} AS a
-LEFT JOIN (SELECT person_id, value AS plan FROM {VALUES} WHERE filter = 'plan' AND gone = 0) AS pl
+LEFT JOIN (SELECT person_id, value AS plan FROM {VALUES} WHERE filter = '{PLAN_FILTER}' AND gone = 0) AS pl
     ON pl.person_id = a.person_id
 INNER JOIN (
     SELECT funnel_id, level, person_id, max(held) AS live, maxIf(day, held = 1) AS last_day

@@ -30,6 +30,7 @@ from clickhouse_connect.driver.client import Client
 
 from services.aggregator import breakdowns
 from werkstroom import identity, metrics
+from werkstroom.breakdowns import PLAN_FILTER
 from werkstroom.clickhouse import ClientFactory
 from werkstroom.clickhouse.params import StringArray, insert_rows
 from werkstroom.clickhouse.tables import (
@@ -392,7 +393,7 @@ INNER JOIN (SELECT level, person_id, last_day FROM funnel_levels FINAL
             WHERE project_id = {{p:String}} AND funnel_id = {{f:String}} AND is_deleted = 0) AS l
     ON l.person_id = v.person_id
 LEFT JOIN (SELECT person_id, filter_value AS plan FROM person_first_by FINAL
-           WHERE project_id = {{p:String}} AND filter = 'plan' AND is_deleted = 0) AS pl
+           WHERE project_id = {{p:String}} AND filter = '{PLAN_FILTER}' AND is_deleted = 0) AS pl
     ON pl.person_id = v.person_id
 """
 

@@ -25,7 +25,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from services.api.queries import SEGMENT_PLANS, SEGMENT_WHERE, Narrowing, T, segment_params
-from werkstroom.breakdowns import ROLLED_FILTERS, Joined, planned
+from werkstroom.breakdowns import PLAN_FILTER, ROLLED_FILTERS, Joined, planned
 from werkstroom.breakdowns import with_persons as join_persons
 from werkstroom.funnels import like_pattern
 
@@ -141,7 +141,7 @@ WHERE is_deleted = 0 AND first_day <= {hi:Date} AND last_day >= {lo:Date}
 #: page under country=NL&plan=premium 128 -> 77 ms (bench/README.md, 2026-12-04 stop 41).
 WITH_PLAN = (
     " AND person_id IN (SELECT person_id FROM person_first_by FINAL WHERE project_id = {p:String}"
-    " AND filter = 'plan' AND filter_value = {rp:String} AND is_deleted = 0)"
+    f" AND filter = '{PLAN_FILTER}' AND filter_value = {{rp:String}} AND is_deleted = 0)"
 )
 #: The longest filter value accepted (a path is stored up to 2048 characters).
 MAX_VALUE = 2048
@@ -204,7 +204,7 @@ class Filters:
             return None
         (plan,) = plans
         if not others.values:
-            return ("plan", plan), None
+            return (PLAN_FILTER, plan), None
         return None if rolled is None else (rolled, plan)
 
     def plan(self) -> str | None:
