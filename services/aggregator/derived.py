@@ -244,14 +244,36 @@ FROM {FRESH}
 """
 
 # persons_recent: a copy of each row just written (its version), and a tombstone for each row
-# it replaces whose place (last_seen) moved or whose person is gone.
+# it replaces whose place (last_seen) moved or whose person is gone: the places in BEFORE and
+# every stored version of the persons rows (no FINAL). Two refreshes of a person at once (two
+# workers) each write the person at their own place, and neither read the other's persons row
+# before computing its own: the older one's place stays live unless one of them removes it. As
+# each writes its persons row before this statement, either the newer one reads the older one's
+# row here (and tombstones its place, at the newer version), or the older one reads the newer
+# one's row here: a persons version above its own, and it writes its copy as a tombstone. (A
+# merge of the two persons rows in the milliseconds between the newer one's two statements
+# would hide the older row from it; docs/guarantees.md.)
 RECENT_INSERT = f"""
 INSERT INTO persons_recent ({", ".join(PERSONS_RECENT_COLUMNS)})
-SELECT {{p:String}}, last_seen, person_id, first_seen, sessions, page_views, plan, 0, {{v:UInt64}}
-FROM {FRESH}
+SELECT {{p:String}}, f.last_seen, f.person_id, f.first_seen, f.sessions, f.page_views, f.plan,
+       toUInt8(stored.newest > {{v:UInt64}}), {{v:UInt64}}
+FROM {FRESH} AS f
+LEFT JOIN (
+    SELECT person_id, max(version) AS newest FROM persons
+    PREWHERE person_id IN {PERSON_IDS} WHERE project_id = {{p:String}}
+    GROUP BY person_id
+) AS stored ON stored.person_id = f.person_id
 UNION ALL
 SELECT {{p:String}}, old.last_seen, old.person_id, old.first_seen, 0, 0, '', 1, {{v:UInt64}}
-FROM {BEFORE} AS old
+FROM (
+    SELECT person_id, last_seen, any(first_seen) AS first_seen FROM (
+        SELECT person_id, last_seen, first_seen FROM {BEFORE}
+        UNION ALL
+        SELECT person_id, last_seen, first_seen FROM persons {_OF_PERSONS}
+        WHERE project_id = {{p:String}} AND is_deleted = 0
+    )
+    GROUP BY person_id, last_seen
+) AS old
 LEFT JOIN {FRESH} AS fresh ON fresh.person_id = old.person_id
 WHERE old.person_id IN {{gone:Array(String)}} OR (fresh.person_id != '' AND fresh.last_seen != old.last_seen)
 """
