@@ -55,6 +55,9 @@ def refresh(client: Client, dirty: Dirty, rollups: RollUps | None = None) -> Non
     activity_days: dict[str, set[date]] = defaultdict(set)
     planned: dict[str, set[date]] = defaultdict(set)  # other days of persons whose plan changed
     zones = dirty.zones  # each project's time zone: its days are local days in it
+    if ids:  # a run again after a failure starts with none held (it reads the rows still open)
+        client.command(f"DROP TEMPORARY TABLE IF EXISTS {CLOSING}")
+        client.command(f"CREATE TEMPORARY TABLE {CLOSING} ({CLOSING_TABLE}) ENGINE = Memory")
     for project_id, distinct_ids in ids.items():
         zone = zones.get(project_id, timezones.DEFAULT)
         changed = refresh_persons(client, project_id, distinct_ids, version, days[project_id], zone)
@@ -71,7 +74,7 @@ def refresh(client: Client, dirty: Dirty, rollups: RollUps | None = None) -> Non
             members = funnel_members(client, changed.members)
             recompute(client, project_id, members, changed.gone, version, project_funnels, zone)
             refresh_levels_by(client, project_id, project_funnels, changed.gone, version)
-        close_refresh(client, project_id, version)
+        client.command(HOLD_CLOSING, parameters={"p": project_id, "v": version})  # closed last
     now = datetime.now(UTC)
     today = {
         p: timezones.today(now, zones.get(p, timezones.DEFAULT)) for p in days.keys() | activity_days.keys()
@@ -84,6 +87,8 @@ def refresh(client: Client, dirty: Dirty, rollups: RollUps | None = None) -> Non
         rollups.refresh(client, rolled, version, now, time.monotonic(), zones)
     for project_id, changed_days in activity_days.items():
         refresh_churn(client, project_id, churn.days_affected(changed_days, today[project_id]), version)
+    if ids:
+        client.command(CLOSE_HELD)  # the refresh's last write (CLOSING)
 
 
 @dataclass
@@ -188,12 +193,29 @@ INSERT INTO person_refreshes ({", ".join(PERSON_REFRESHES_COLUMNS)})
 SELECT {{p:String}}, person_id, {{v:UInt64}}, first_seen, last_seen, anonymous_ids, plan, 0
 FROM {BEFORE} WHERE refresh = 0
 """
-CLOSE_REFRESH = f"""
-INSERT INTO person_refreshes ({", ".join(PERSON_REFRESHES_COLUMNS)})
+_CLOSING_ROWS = f"""
 SELECT {{p:String}}, person_id, if(refresh = 0, {{v:UInt64}}, refresh), first_seen, last_seen,
        anonymous_ids, plan, 1
 FROM {BEFORE} WHERE refresh < {{v:UInt64}}
 """
+CLOSE_REFRESH = f"INSERT INTO person_refreshes ({', '.join(PERSON_REFRESHES_COLUMNS)}){_CLOSING_ROWS}"
+# A refresh's closing rows wait in a temporary table of its session (CLOSING) from the end of
+# each project's persons' work until the refresh's last statement (close_held): the daily
+# figures, churn and the roll-ups after the projects' loop are written from what the persons'
+# change told (days a first visit, a member or a plan moved from or to), which a run again after
+# a failure there learns only from the rows still open. Closed per project, a failure in them (a
+# kill -9, ClickHouse away) left those days' roll-ups and figures on the old persons until the
+# days changed again (tests/integration/test_breakdown_rollups.py).
+CLOSING = "refresh_closing"
+CLOSING_TABLE = (
+    "project_id String, person_id String, refresh UInt64, first_seen DateTime64(3, 'UTC'), "
+    "last_seen DateTime64(3, 'UTC'), anonymous_ids Array(String), plan String, done UInt8"
+)
+HOLD_CLOSING = f"INSERT INTO {CLOSING} ({', '.join(PERSON_REFRESHES_COLUMNS)}){_CLOSING_ROWS}"
+CLOSE_HELD = (
+    f"INSERT INTO person_refreshes ({', '.join(PERSON_REFRESHES_COLUMNS)}) "
+    f"SELECT {', '.join(PERSON_REFRESHES_COLUMNS)} FROM {CLOSING}"
+)
 
 
 # A person's row, computed in ClickHouse from its members' sessions and traits: first and last
@@ -371,7 +393,7 @@ def refresh_persons(
     reads back the few days whose counts changed.
 
     The persons' rows as they were are kept open in person_refreshes (OPEN_REFRESH) until the
-    refresh ends (close_refresh): run again after a failure past the persons write, the refresh
+    refresh ends (CLOSING, close_refresh): run again after a failure past the persons write, the refresh
     still reads them (BEFORE_INSERT), and with them which members moved and what changed.
 
     `rezone`: the project's zone changed (services.aggregator.rezone), so a person's stored
@@ -406,7 +428,8 @@ def refresh_persons(
 def close_refresh(client: Client, project_id: str, version: int) -> None:
     """Close the refresh's rows in person_refreshes and the open ones of earlier refreshes (lower
     versions) it read: the last write of a refresh of the persons refresh_persons staged, once everything
-    derived from their change is written."""
+    derived from their change is written (services.aggregator.rezone's chunks; `refresh` holds
+    them until its own end: CLOSING)."""
     client.command(CLOSE_REFRESH, parameters={"p": project_id, "v": version})
 
 

@@ -12,10 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
+from services.aggregator.breakdowns import RollUps
 from tests.conftest import Infra
 from tests.integration.stack import Stack
 from tests.integration.test_aggregator import identify_with_plan
 from tests.integration.test_api_breakdowns import page
+from tests.unit.aggregator.test_sink_errors import refused_connection
 
 pytestmark = pytest.mark.integration
 
@@ -115,15 +117,33 @@ async def test_days_rolled_up_before_the_one_filter_roll_up_are_rolled_up_at_the
         assert marked("breakdown_daily_by", PLANS_MARKED) == days
 
 
+@pytest.mark.parametrize("failing", [False, True], ids=["", "roll-ups-fail-once"])
 async def test_a_settled_days_rows_under_a_plan_follow_its_persons_plan(
-    infra: Infra, names: dict[str, str], tmp_path: Any
+    infra: Infra, names: dict[str, str], tmp_path: Any, monkeypatch: pytest.MonkeyPatch, failing: bool
 ) -> None:
     """breakdown_daily_by's rows under filter 'plan': a visitor's page of two days ago, rolled up
     under no plan, moves to premium, then to trial, as identifies today change its person's plan
     (only today is dirty: the earlier day is rolled up again because the plan changed), and the
-    top pages under each plan read it there."""
+    top pages under each plan read it there.
+
+    `failing`: each identify's refresh fails once as it starts the roll-ups, after everything of
+    the persons is written (ClickHouse away, as a kill -9 does to a batch that is replayed). The
+    run again must still roll the earlier day up under the new plan, which only the persons' rows
+    as they were tell (derived.CLOSING)."""
     now = datetime.now(UTC).replace(microsecond=0)
     earlier = now - 2 * D
+    armed: list[bool] = []
+    if failing:
+        real = RollUps.refresh
+
+        def refresh(self: RollUps, client: Any, days: dict[str, set[Any]], *args: Any, **kwargs: Any) -> None:
+            # the identify's refresh: it rolls the earlier day up again (its plan changed)
+            if armed and armed[-1] and any(earlier.date() in d for d in days.values()):
+                armed[-1] = False
+                raise refused_connection()  # a transient failure: the sink runs the refresh again
+            real(self, client, days, *args, **kwargs)
+
+        monkeypatch.setattr(RollUps, "refresh", refresh)
     async with Stack(
         infra.bootstrap, infra.clickhouse_url, names, data_dir=tmp_path, breakdown_rollup_seconds=0
     ) as stack:
@@ -164,7 +184,9 @@ async def test_a_settled_days_rows_under_a_plan_follow_its_persons_plan(
             assert await top_pages("") == [("/", 1, 1), ("/docs", 1, 1)]
             for n, plan in enumerate(("premium", "trial")):
                 when = now - timedelta(minutes=10 - n)
+                armed.append(failing)
                 await send([identify_with_plan("p1", "user-1", when, plan, f"id-{n}")])
                 await stack.until(lambda plan=plan: plan_rows() == under(plan), timeout=30)
                 assert await top_pages(plan) == [("/", 1, 1), ("/docs", 1, 1)]
                 assert await top_pages("") == []
+        assert armed == [False, False]  # (failing: each identify's refresh did fail once)
