@@ -380,6 +380,13 @@ def write_backfill(
     return written
 
 
+# The right sides of a statement's joins in buckets of at most 50 MB, the others on disk, not
+# whole in memory (migration 0037's back-fill, which gives the figures).
+BOUNDED_JOINS = (
+    "SETTINGS join_algorithm = 'grace_hash', grace_hash_join_initial_buckets = 8, "
+    "max_bytes_in_join = 50000000"
+)
+
 # A funnel's funnel_levels_by rows (migration 0037), as its back-fill ends: each live level
 # under each live person_first_by row of its person, with its plan row's plan (the migration's
 # statement, for one funnel).
@@ -395,6 +402,7 @@ INNER JOIN (SELECT level, person_id, last_day FROM funnel_levels FINAL
 LEFT JOIN (SELECT person_id, filter_value AS plan FROM person_first_by FINAL
            WHERE project_id = {{p:String}} AND filter = '{PLAN_FILTER}' AND is_deleted = 0) AS pl
     ON pl.person_id = v.person_id
+{BOUNDED_JOINS}
 """
 
 

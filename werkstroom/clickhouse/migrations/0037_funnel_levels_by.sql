@@ -50,4 +50,9 @@ INNER JOIN (SELECT project_id, funnel_id, level, person_id, last_day FROM funnel
     ON l.project_id = v.project_id AND l.person_id = v.person_id
 LEFT JOIN (SELECT project_id, person_id, filter_value AS plan FROM person_first_by FINAL
            WHERE filter = 'plan' AND is_deleted = 0) AS pl
-    ON pl.project_id = v.project_id AND pl.person_id = v.person_id;
+    ON pl.project_id = v.project_id AND pl.person_id = v.person_id
+-- The joins' right sides (every level, every plan row) in buckets of at most 50 MB, the others
+-- on disk (grace_hash), instead of whole in memory (the default hash join): at 10M events the
+-- SELECT alone took 0.4-1 GB that way, and it grows with the persons; so 300 MB, 9.0 -> 12.3 s
+-- (bench/README.md, 2026-12-05 stop 47). As services/aggregator/funnels.py BOUNDED_JOINS.
+SETTINGS join_algorithm = 'grace_hash', grace_hash_join_initial_buckets = 8, max_bytes_in_join = 50000000;
