@@ -200,7 +200,7 @@ FROM {BEFORE} WHERE refresh < {{v:UInt64}}
 """
 CLOSE_REFRESH = f"INSERT INTO person_refreshes ({', '.join(PERSON_REFRESHES_COLUMNS)}){_CLOSING_ROWS}"
 # A refresh's closing rows wait in a temporary table of its session (CLOSING) from the end of
-# each project's persons' work until the refresh's last statement (close_held): the daily
+# each project's persons' work until the refresh's last statement (CLOSE_HELD): the daily
 # figures, churn and the roll-ups after the projects' loop are written from what the persons'
 # change told (days a first visit, a member or a plan moved from or to), which a run again after
 # a failure there learns only from the rows still open. Closed per project, a failure in them (a
