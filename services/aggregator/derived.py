@@ -126,6 +126,10 @@ FRESH = "refresh_persons"
 # The persons' values as person_first_by gets them (_VALUES, computed once: VALUES_STAGE), which
 # funnel_levels_by's rows are written from too (LEVELS_BY_INSERT).
 VALUES = "refresh_values"
+# Every stored version of the persons' persons rows, read once the refresh wrote its own
+# (STORED_STAGE): the states another refresh of them at once may have written (added to BEFORE:
+# STORED_BEFORE) and whether one newer than this one already wrote (SUPERSEDED).
+STORED = "refresh_stored"
 MEMBERS = f"(SELECT member, person FROM {STAGE})"
 MEMBER_IDS = f"(SELECT member FROM {STAGE})"
 PERSON_IDS = f"(SELECT DISTINCT person FROM {STAGE})"
@@ -139,6 +143,8 @@ STAGE_TABLES = {
     "sessions UInt32, page_views UInt32, anonymous_ids Array(String), traits String, plan String",
     VALUES: "person_id String, filter String, value String, first_day Date, last_day Date, recent UInt64, "
     "gone UInt8",
+    STORED: "person_id String, first_seen DateTime64(3, 'UTC'), last_seen DateTime64(3, 'UTC'), "
+    "anonymous_ids Array(String), plan String, version UInt64, is_deleted UInt8",
 }
 SESSIONS_STAGE = f"""
 INSERT INTO {SESSIONS} (anonymous_id, session_id, start_at, last_event_at, page_views, version)
@@ -265,39 +271,48 @@ SELECT {{p:String}}, person_id, first_seen, last_seen, sessions, page_views, ano
 FROM {FRESH}
 """
 
-# persons_recent: a copy of each row just written (its version), and a tombstone for each row
-# it replaces whose place (last_seen) moved or whose person is gone: the places in BEFORE and
-# every stored version of the persons rows (no FINAL). Two refreshes of a person at once (two
-# workers) each write the person at their own place, and neither read the other's persons row
-# before computing its own: the older one's place stays live unless one of them removes it. As
-# each writes its persons row before this statement, either the newer one reads the older one's
-# row here (and tombstones its place, at the newer version), or the older one reads the newer
-# one's row here: a persons version above its own, and it writes its copy as a tombstone. (A
-# merge of the two persons rows in the milliseconds between the newer one's two statements
-# would hide the older row from it; docs/guarantees.md.)
+# Two refreshes of one person at once (two workers whose batches both hold its ids) each compute
+# the person from what they read, and neither need have read the other's persons row. Rows keyed
+# by what they describe resolve by version; rows keyed by a column of the person (persons_recent
+# by last_seen; person_first_by's plan rows, plan_sessions and plan_pages by the plan) would keep
+# the older refresh's row beside the newer one's, at another place. So each refresh reads every
+# stored version of its persons' rows once it wrote its own (STORED_STAGE) and:
+# - takes their states as states its derived rows may hold (STORED_BEFORE: into BEFORE, under
+#   its own version, so that it closes none of them), whose places it tombstones;
+# - writes no live row at a place of a person that a newer refresh already wrote (SUPERSEDED):
+#   its place may be stale.
+# Each writes its persons row before this read: either the newer one's read finds the older
+# one's row (and tombstones its places, at the newer version), or the older one's read finds the
+# newer one's (tests/integration/test_refresh_races.py). (A merge of the two persons rows in the
+# milliseconds between the newer one's write and read would hide the older row from it;
+# docs/guarantees.md.)
+STORED_STAGE = f"""
+INSERT INTO {STORED} (person_id, first_seen, last_seen, anonymous_ids, plan, version, is_deleted)
+SELECT person_id, first_seen, last_seen, anonymous_ids, plan, version, is_deleted FROM persons
+{_OF_PERSONS}
+WHERE project_id = {{p:String}}
+"""
+STORED_BEFORE = f"""
+INSERT INTO {BEFORE} (person_id, first_seen, last_seen, anonymous_ids, plan, refresh)
+SELECT person_id, first_seen, last_seen, anonymous_ids, plan, {{v:UInt64}} FROM {STORED}
+WHERE is_deleted = 0 AND version != {{v:UInt64}}
+"""
+SUPERSEDED = f"(SELECT person_id FROM {STORED} WHERE version > {{v:UInt64}})"
+
+# persons_recent: a copy of each row just written (its version; a tombstone when SUPERSEDED),
+# and a tombstone for each row it replaces whose place (last_seen) moved or whose person is gone:
+# the places in BEFORE (with the stored versions: STORED_BEFORE).
 RECENT_INSERT = f"""
 INSERT INTO persons_recent ({", ".join(PERSONS_RECENT_COLUMNS)})
-SELECT {{p:String}}, f.last_seen, f.person_id, f.first_seen, f.sessions, f.page_views, f.plan,
-       toUInt8(stored.newest > {{v:UInt64}}), {{v:UInt64}}
-FROM {FRESH} AS f
-LEFT JOIN (
-    SELECT person_id, max(version) AS newest FROM persons
-    PREWHERE person_id IN {PERSON_IDS} WHERE project_id = {{p:String}}
-    GROUP BY person_id
-) AS stored ON stored.person_id = f.person_id
+SELECT {{p:String}}, last_seen, person_id, first_seen, sessions, page_views, plan,
+       toUInt8(person_id IN {SUPERSEDED}), {{v:UInt64}}
+FROM {FRESH}
 UNION ALL
-SELECT {{p:String}}, old.last_seen, old.person_id, old.first_seen, 0, 0, '', 1, {{v:UInt64}}
-FROM (
-    SELECT person_id, last_seen, any(first_seen) AS first_seen FROM (
-        SELECT person_id, last_seen, first_seen FROM {BEFORE}
-        UNION ALL
-        SELECT person_id, last_seen, first_seen FROM persons {_OF_PERSONS}
-        WHERE project_id = {{p:String}} AND is_deleted = 0
-    )
-    GROUP BY person_id, last_seen
-) AS old
+SELECT {{p:String}}, old.last_seen, old.person_id, any(old.first_seen), 0, 0, '', 1, {{v:UInt64}}
+FROM {BEFORE} AS old
 LEFT JOIN {FRESH} AS fresh ON fresh.person_id = old.person_id
 WHERE old.person_id IN {{gone:Array(String)}} OR (fresh.person_id != '' AND fresh.last_seen != old.last_seen)
+GROUP BY old.person_id, old.last_seen
 """
 
 # visitor_persons: a row per visitor of each row just written (its version). No tombstones: a
@@ -420,6 +435,8 @@ def refresh_persons(
         epoch = datetime(1970, 1, 1, tzinfo=UTC)
         rows = [[project_id, g, epoch, epoch, 0, 0, [], "{}", "", 1, version] for g in sorted(changed.gone)]
         insert_rows(client, "persons", rows, PERSONS_COLUMNS)
+    client.command(STORED_STAGE, parameters=bound)  # after the persons rows: see STORED_STAGE
+    client.command(STORED_BEFORE, parameters=bound)
     client.command(RECENT_INSERT, parameters=bound)
     client.command(VISITORS_INSERT, parameters=bound)
     return changed
@@ -479,10 +496,10 @@ FROM ({_person_days_diff("person_activity_by_person", ACTIVE_BY, ", filter, filt
 # session filters, the person's plan (filter 'plan', the value its new persons row has: what the
 # `plan` filter and the plan segments keep) over all its sessions' days (a session has a country,
 # '' included, so its `country` rows are its days), and a tombstone for every other plan its
-# row before the batch (BEFORE, with the states an unfinished refresh left open) or a stored
-# live version of it has (the person went: all of them). The stored versions also catch a
-# concurrent refresh of the person on another worker that wrote its persons row after this one
-# read BEFORE. (The persons rows alone, or BEFORE without the open states, missed the old plan
+# row before the batch has (BEFORE, with the states an unfinished refresh left open and the
+# stored versions: STORED_BEFORE; the person went: all of them); the plan row itself a tombstone
+# when a newer refresh of the person already wrote (SUPERSEDED: two refreshes at once, see
+# STORED_STAGE). (The persons rows alone, or BEFORE without the open states, missed the old plan
 # on a refresh run again after a crash: test_aggregator_crash caught a merged-away person's plan
 # row left behind.) All of the persons' rows are written, changed or not: diffing would need their
 # stored rows, and the table is sorted by value, not person. At the batch's version, as persons
@@ -506,19 +523,15 @@ _VALUES = f"""
     GROUP BY person_id, filter, filter_value
     UNION ALL
     SELECT l.person_id, '{PLAN_FILTER}', f.plan, minIf(l.day, l.live), maxIf(l.day, l.live),
-           groupBitOrIf({_BIT}, l.live AND l.day >= {{since:Date}}), toUInt8(countIf(l.live) = 0)
+           groupBitOrIf({_BIT}, l.live AND l.day >= {{since:Date}}),
+           toUInt8(countIf(l.live) = 0 OR l.person_id IN {SUPERSEDED})
     FROM live_by AS l INNER JOIN {FRESH} AS f ON f.person_id = l.person_id
     WHERE l.filter = 'country'
     GROUP BY l.person_id, f.plan
     UNION ALL
     SELECT o.person_id, '{PLAN_FILTER}', o.plan, toDate(0), toDate(0), 0, 1
-    FROM (
-        SELECT person_id, plan FROM {BEFORE}
-        UNION DISTINCT
-        SELECT person_id, plan FROM persons
-        {_OF_PERSONS}
-        WHERE project_id = {{p:String}} AND is_deleted = 0
-    ) AS o LEFT JOIN {FRESH} AS f ON f.person_id = o.person_id
+    FROM (SELECT DISTINCT person_id, plan FROM {BEFORE}) AS o
+    LEFT JOIN {FRESH} AS f ON f.person_id = o.person_id
     WHERE f.person_id = '' OR f.plan != o.plan
 """
 VALUES_STAGE = f"""
@@ -574,7 +587,7 @@ def refresh_activity_by(
     away, `gone`) over `days`, after breakdowns.recompute wrote their breakdown_sessions rows;
     then their person_first_by rows and their members' plan_sessions and plan_pages rows
     (`zone`: the project's). Returns the other days whose plan rows changed (plans.refresh)."""
-    staged = (MEMBER_IDS, MEMBERS, FRESH, BEFORE, SESSIONS)
+    staged = (MEMBER_IDS, MEMBERS, FRESH, BEFORE, SESSIONS, SUPERSEDED)
     planned = plans.refresh(client, project_id, days, version, zone, staged)
     since = datetime.now(UTC).date() - timedelta(days=churn.RECENT_DAYS)
     params = {"p": project_id, "days": sorted(days), "gone": StringArray(sorted(gone)), "v": version}

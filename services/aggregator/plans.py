@@ -50,11 +50,18 @@ SELECT DISTINCT toDate(start_at, {{tz:String}}) FROM {sessions} WHERE anonymous_
 
 
 @cache
-def write(member_ids: str, members: str, fresh: str, table: str = "plan_sessions") -> str:
+def write(
+    member_ids: str, members: str, fresh: str, before: str, superseded: str, table: str = "plan_sessions"
+) -> str:
     """The recomputation of `table`'s rows (plan_sessions or plan_pages) of the ids `member_ids`
     (a subquery, of the staged pairs `members`) over {days:Array(Date)} of project {p:String} at
     version {v:UInt64}, their persons' new rows `fresh`: each current row is its source row
-    (`s`) under its person's plan, with `_OF_PERSON` from the person's new row (`f`)."""
+    (`s`) under its person's plan, with `_OF_PERSON` from the person's new row (`f`); none for a
+    person in `superseded` (a subquery of person ids: a newer refresh of it already wrote, so
+    its plan may be stale). The same row under each other plan of the person's states in
+    `before` (a table with person_id and plan) is a tombstone, whether it is held yet or not:
+    a concurrent refresh of the person may write it after this read (services.aggregator.derived,
+    STORED_STAGE)."""
     source, length = _SOURCES[table]
     columns = _COLUMNS[table]
     key = columns[1 : 1 + length]
@@ -67,6 +74,10 @@ def write(member_ids: str, members: str, fresh: str, table: str = "plan_sessions
         for c in key[1:] + values
     )
     held = ", ".join(f"toString({c})" if c in stored else c for c in [*key, *values])
+    plans = (
+        f"arrayConcat(if(m.person IN {superseded}, [], [(f.plan, toUInt8(1))]), "
+        "arrayMap(x -> (x, toUInt8(0)), arrayFilter(x -> x != f.plan, b.plans)))"
+    )
     # The outer expressions have no aliases: an alias that is also a column's name would be read
     # as the aggregate inside another one.
     return f"""
@@ -74,12 +85,18 @@ INSERT INTO {table} ({", ".join(columns)})
 SELECT {{p:String}}, {", ".join(key)}, {", ".join(f"argMax({c}, current)" for c in values)},
        {{v:UInt64}}, toUInt8(max(current) = 0)
 FROM (
-    SELECT f.plan AS plan, {current}, toUInt8(1) AS current
-    FROM (SELECT * FROM {source} FINAL
-          PREWHERE day IN {{days:Array(Date)}} AND anonymous_id IN {member_ids}
-          WHERE project_id = {{p:String}} AND is_deleted = 0) AS s
-    INNER JOIN {members} AS m ON m.member = s.anonymous_id
-    INNER JOIN {fresh} AS f ON f.person_id = m.person
+    SELECT pc.1 AS plan, {", ".join(key[1:] + values)}, pc.2 AS current
+    FROM (
+        SELECT {current}, {plans} AS pcs
+        FROM (SELECT * FROM {source} FINAL
+              PREWHERE day IN {{days:Array(Date)}} AND anonymous_id IN {member_ids}
+              WHERE project_id = {{p:String}} AND is_deleted = 0) AS s
+        INNER JOIN {members} AS m ON m.member = s.anonymous_id
+        INNER JOIN {fresh} AS f ON f.person_id = m.person
+        LEFT JOIN (SELECT person_id, groupUniqArray(plan) AS plans FROM {before} GROUP BY person_id) AS b
+            ON b.person_id = m.person
+    )
+    ARRAY JOIN pcs AS pc
     UNION ALL
     SELECT {held}, toUInt8(0)
     FROM {table} FINAL
@@ -97,27 +114,27 @@ def refresh(
     days: set[date],
     version: int,
     zone: str,
-    staged: tuple[str, str, str, str, str],
+    staged: tuple[str, str, str, str, str, str],
 ) -> set[date]:
     """Bring plan_sessions and plan_pages in line for the staged persons' members over `days`
     (the dirty days and those of the members that moved), and for the members of the persons
     whose plan or first_seen changed over their sessions' other days, which it returns (their
     plans' roll-up changes: services.aggregator.breakdowns). `staged`: the refresh's staged ids
-    (a subquery), (member, person) pairs, persons' new and old rows, and sessions (see
-    statements)."""
-    member_ids, members, fresh, before, sessions = staged
+    (a subquery), (member, person) pairs, persons' new and old rows, sessions (see statements)
+    and the persons a newer refresh already wrote (a subquery: see write)."""
+    member_ids, members, fresh, before, sessions, superseded = staged
     changed, days_sql = statements(members, fresh, before, sessions)
     params = {"p": project_id, "tz": zone, "v": version}
     settings = {"max_threads": 1}  # as the breakdowns' refresh: beside the aggregator's own work
     if days:
         for table in _SOURCES:
-            sql = write(member_ids, members, fresh, table)
+            sql = write(member_ids, members, fresh, before, superseded, table)
             client.command(sql, parameters={**params, "days": sorted(days)}, settings=settings)
     # their rows on `days` were just written with every member's (the new persons of a batch
     # of new visitors have no other day: most refreshes write once)
     their_days = sorted(d for (d,) in client.query(days_sql, parameters=params).result_rows if d not in days)
     if their_days:
         for table in _SOURCES:
-            sql = write(changed, members, fresh, table)
+            sql = write(changed, members, fresh, before, superseded, table)
             client.command(sql, parameters={**params, "days": their_days}, settings=settings)
     return set(their_days)

@@ -20,6 +20,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from services.aggregator import derived
+from services.aggregator import plans as plans_module
 from services.aggregator.processor import Dirty
 from tests.conftest import Infra
 from werkstroom.clickhouse import connect
@@ -126,3 +127,76 @@ def test_two_refreshes_of_a_person_at_once_leave_it_one_persons_recent_row(
     assert client.query("SELECT last_seen FROM persons FINAL").result_rows == [
         (T0.replace(tzinfo=None) + timedelta(minutes=3),)
     ]
+
+
+def page_view(client: Client) -> None:
+    """Visitor a's page view at T0, as the event writer stores it (its session's entry)."""
+    client.command(
+        "INSERT INTO visitor_events (project_id, distinct_id, timestamp, event_id, event, path) "
+        "VALUES ('p', {a:String}, {t:DateTime64(3)}, 'e1', '$page', '/pricing')",
+        parameters={"a": PERSON, "t": T0},
+    )
+
+
+def plan_trait(client: Client, plan: str, version: int) -> None:
+    """Visitor a's `plan` trait, as an identify stores it."""
+    client.command(
+        "INSERT INTO person_traits (project_id, distinct_id, key, value, version) "
+        "VALUES ('p', {a:String}, 'plan', {v:String}, {n:UInt64})",
+        parameters={"a": PERSON, "v": f'"{plan}"', "n": version},
+    )
+
+
+def plans(client: Client) -> dict[str, list[str]]:
+    """The person's plan in each table that holds one, live rows."""
+    return {
+        table: [p for (p,) in client.query(sql).result_rows]
+        for table, sql in {
+            "persons": "SELECT plan FROM persons FINAL WHERE is_deleted = 0",
+            "persons_recent": "SELECT plan FROM persons_recent FINAL WHERE is_deleted = 0",
+            "visitor_persons": "SELECT plan FROM visitor_persons FINAL WHERE is_deleted = 0",
+            "person_first_by": "SELECT filter_value FROM person_first_by FINAL "
+            "WHERE filter = 'plan' AND is_deleted = 0 ORDER BY ALL",
+            "plan_sessions": "SELECT plan FROM plan_sessions FINAL WHERE is_deleted = 0 ORDER BY ALL",
+            "plan_pages": "SELECT plan FROM plan_pages FINAL WHERE is_deleted = 0 ORDER BY ALL",
+        }.items()
+    }
+
+
+@pytest.mark.parametrize("order", ["newer-writes-first", "older-writes-first", "older-writes-its-plans-last"])
+def test_two_refreshes_of_a_person_at_once_leave_it_under_one_plan(
+    clients: Callable[[], Client], order: str
+) -> None:
+    """The older refresh read the person's plan as trial, the newer one as premium (an identify
+    between their reads). Every table that keys a row by the plan must end with the person under
+    premium alone, whichever writes first: both held before their persons rows and let go in
+    either order, or the older one held after its persons rows, before its plan rows, while the
+    newer one runs whole (it must tombstone rows under trial that are not written yet)."""
+    client = clients()
+    session_until(client, 1, 1)
+    page_view(client)
+    derived.refresh(client, Dirty({("p", T0.date())}, {("p", PERSON)}))
+    assert plans(client)["plan_sessions"] == [""]
+
+    plan_trait(client, "trial", 2)
+    if order == "older-writes-its-plans-last":
+        staged = (derived.MEMBER_IDS, derived.MEMBERS, derived.FRESH, derived.BEFORE, derived.SUPERSEDED)
+        older = Paused(clients(), plans_module.write(*staged, "plan_sessions"))
+        plan_trait(client, "premium", 3)
+        derived.refresh(clients(), Dirty({("p", T0.date())}, {("p", PERSON)}))
+        older.go()
+    else:
+        older = Paused(clients(), derived.PERSONS_INSERT)
+        plan_trait(client, "premium", 3)
+        newer = Paused(clients(), derived.PERSONS_INSERT)
+        for refresh in (newer, older) if order == "newer-writes-first" else (older, newer):
+            refresh.go()
+
+    assert plans(client) == {
+        "persons": ["premium"],
+        "persons_recent": ["premium"],
+        "visitor_persons": ["premium"],
+        "person_first_by": ["premium"],
+        "plan_sessions": ["premium"],
+        "plan_pages": ["premium"],
+    }
