@@ -256,6 +256,9 @@ async def test_filters_narrow_the_cards_and_the_users_list(
                 )
                 == page_sessions
                 and persons_made(stack, pid) == want_persons
+                # the daily figures (the unfiltered cards' new users) are written after the
+                # persons, at the end of the same refresh
+                and queries.persons_counts(stack.client, pid, now)[0] == len(want_persons)
                 and set(
                     stack.rows(
                         "SELECT person_id, day FROM person_activity FINAL "
