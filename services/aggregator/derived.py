@@ -57,7 +57,7 @@ def refresh(client: Client, dirty: Dirty, rollups: RollUps | None = None) -> Non
     zones = dirty.zones  # each project's time zone: its days are local days in it
     if ids:  # a run again after a failure starts with none held (it reads the rows still open)
         client.command(f"DROP TEMPORARY TABLE IF EXISTS {CLOSING}")
-        client.command(f"CREATE TEMPORARY TABLE {CLOSING} ({CLOSING_TABLE}) ENGINE = Memory")
+        client.command(CLOSING_CREATE)
     for project_id, distinct_ids in ids.items():
         zone = zones.get(project_id, timezones.DEFAULT)
         changed = refresh_persons(client, project_id, distinct_ids, version, days[project_id], zone)
@@ -213,9 +213,10 @@ CLOSE_REFRESH = f"INSERT INTO person_refreshes ({', '.join(PERSON_REFRESHES_COLU
 # kill -9, ClickHouse away) left those days' roll-ups and figures on the old persons until the
 # days changed again (tests/integration/test_breakdown_rollups.py).
 CLOSING = "refresh_closing"
-CLOSING_TABLE = (
-    "project_id String, person_id String, refresh UInt64, first_seen DateTime64(3, 'UTC'), "
-    "last_seen DateTime64(3, 'UTC'), anonymous_ids Array(String), plan String, done UInt8"
+# person_refreshes' columns, as the table has them (no copy of their types to keep in step)
+CLOSING_CREATE = (
+    f"CREATE TEMPORARY TABLE {CLOSING} ENGINE = Memory AS "
+    f"SELECT {', '.join(PERSON_REFRESHES_COLUMNS)} FROM person_refreshes WHERE 0"
 )
 HOLD_CLOSING = f"INSERT INTO {CLOSING} ({', '.join(PERSON_REFRESHES_COLUMNS)}){_CLOSING_ROWS}"
 CLOSE_HELD = (
