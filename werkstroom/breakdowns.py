@@ -75,6 +75,19 @@ GROUP BY day{plan}, dimension, value"""
 PLAN_FILTER = "plan"
 
 
+def first_by_value_key(project: str, filter_: str, value: str) -> str:
+    """person_first_by's sorting key of a value (migration 0038: value_key, the MD5 of the project,
+    filter and value with a tab between) as SQL over these three SQL expressions, as bound
+    parameters ("{p:String}") or columns."""
+    return f"reinterpretAsUInt128(MD5(concat({project}, '\\t', {filter_}, '\\t', {value})))"
+
+
+def first_by_person_key(person: str) -> str:
+    """person_first_by's key of a person (0038: person_key, the MD5 of its id) as SQL over `person`,
+    an SQL expression."""
+    return f"reinterpretAsUInt128(MD5({person}))"
+
+
 def figures_by_plan_sql(where: str) -> str:
     """figures_sql's figures of every dimension per plan (filter PLAN_FILTER, the plan its
     filter_value), from plan_pages and plan_sessions, over the days `where` picks: breakdown_daily_by's

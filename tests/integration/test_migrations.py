@@ -3,13 +3,14 @@ version before them, the reads after them give what they gave before."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import date, timedelta
 
 import pytest
 from clickhouse_connect.driver.client import Client
 
 from werkstroom import churn
-from werkstroom.breakdowns import ROLLED_FILTERS
+from werkstroom.breakdowns import ROLLED_FILTERS, first_by_value_key
 from werkstroom.clickhouse.migrate import migrate
 
 pytestmark = pytest.mark.integration
@@ -630,3 +631,67 @@ def test_funnel_levels_by_is_back_filled_with_each_level_under_each_value_of_its
         ("p", "f1", "plan", "premium", 1, "u1", "2026-02-24", "premium"),
         ("p", "f1", "plan", "premium", 2, "u1", "2026-02-23", "premium"),
     ]
+
+
+def test_person_first_by_is_rebuilt_under_its_keys_and_keeps_every_version(database: Client) -> None:
+    migrate(database, through=37)
+    columns = (
+        "project_id, filter, filter_value, person_id, first_day, last_day, first_seen_day, recent_days, "
+        "recent_active, is_deleted, version"
+    )
+    for row in (
+        "('p', 'country', 'NL', 'u1', '2026-02-20', '2026-02-25', '2026-02-20', 1, 2, 0, 1)",
+        "('p', 'country', 'NL', 'u1', '2026-02-20', '2026-03-01', '2026-02-20', 3, 4, 0, 2)",  # newer
+        "('p', 'country', 'NL\tx', 'u1', '2026-02-21', '2026-02-21', '2026-02-20', 0, 0, 0, 2)",  # a tab
+        "('p', 'country', 'FR', 'u1', '2026-02-22', '2026-02-22', '2026-02-20', 0, 0, 0, 2)",
+        "('p', 'country', 'FR', 'u1', '2026-02-22', '2026-02-22', '2026-02-20', 0, 0, 1, 3)",  # went
+        "('p', 'plan', 'premium', 'u1', '2026-02-20', '2026-03-01', '2026-02-20', 0, 0, 0, 2)",
+        "('p', 'country', 'NL', 'u2', '2026-03-01', '2026-03-01', '2026-03-01', 0, 0, 0, 1)",
+        "('q', 'country', 'NL', 'u1', '2026-03-01', '2026-03-01', '2026-03-01', 0, 0, 0, 1)",  # project q's u1
+    ):  # one insert each: a single insert would collapse the versions as it writes them
+        database.command(f"INSERT INTO person_first_by ({columns}) VALUES {row}")
+    # The newest version of each row, tombstones included (FINAL hides those; ClickHouse may merge
+    # the older away at any time).
+    newest = (
+        "SELECT project_id, filter, filter_value, person_id, max(version), argMax((first_day, last_day, "
+        "first_seen_day, recent_days, recent_active, is_deleted), version) FROM person_first_by "
+        "GROUP BY ALL ORDER BY ALL"
+    )
+    final = f"SELECT {columns} FROM person_first_by FINAL WHERE is_deleted = 0 ORDER BY ALL"
+    before_newest, before_final = database.query(newest).result_rows, database.query(final).result_rows
+    assert len(before_newest) == 6 and len(before_final) == 5
+
+    assert migrate(database, through=38) == ["0038_person_first_by_keys.sql"]
+
+    assert database.query(newest).result_rows == before_newest
+    assert database.query(final).result_rows == before_final
+    assert database.query(
+        "SELECT sorting_key FROM system.tables WHERE database = currentDatabase() AND name = 'person_first_by'"
+    ).result_rows == [("value_key, person_key",)]
+    assert database.query("SHOW TABLES LIKE 'person_first_by_rebuild'").result_rows == []
+
+    # The keys are MD5s, as outside ClickHouse: the project, filter and value with a tab between.
+    def md5(text: str) -> int:
+        return int.from_bytes(hashlib.md5(text.encode()).digest(), "little")
+
+    keys = database.query(
+        "SELECT DISTINCT project_id, filter, filter_value, person_id, value_key, person_key FROM person_first_by"
+    ).result_rows
+    assert len(keys) == 6
+    for project, filter_, value, person, value_key, person_key in keys:
+        assert (value_key, person_key) == (md5(f"{project}\t{filter_}\t{value}"), md5(person))
+    # ... which readers compute from the value (werkstroom.breakdowns.first_by_value_key): one
+    # value's rows, not those of a value that only starts like it or of another project.
+    read = (
+        f"SELECT person_id, version FROM person_first_by FINAL PREWHERE value_key = "
+        f"{first_by_value_key('{p:String}', '{f:String}', '{v:String}')} ORDER BY ALL"
+    )
+    of_nl = database.query(read, parameters={"p": "p", "f": "country", "v": "NL"}).result_rows
+    assert of_nl == [("u1", 2), ("u2", 1)]
+    # A row written after the migration gets its keys from ClickHouse, and replaces the older.
+    database.command(
+        f"INSERT INTO person_first_by ({columns}) VALUES "
+        "('p', 'country', 'NL', 'u2', '2026-03-01', '2026-03-02', '2026-03-01', 0, 0, 0, 5)"
+    )
+    of_nl = database.query(read, parameters={"p": "p", "f": "country", "v": "NL"}).result_rows
+    assert of_nl == [("u1", 2), ("u2", 5)]
