@@ -366,18 +366,59 @@ def write_backfill(
     if levels:
         insert_rows(client, "funnel_levels", levels, FUNNEL_LEVELS_COLUMNS)
         written += len(levels)
+    # A batch may have merged a person the back-fill read into another meanwhile (an identify)
+    # and tombstoned the person's levels before these were written: they end here.
+    ended, left = end_gone(client, funnel)
     # A batch may have written persons of this funnel meanwhile: their levels settled against
     # the back-fill's, then the cells from the back-fill's own levels and the settled ones
     # recounted from funnel_levels (_recount).
     settled, unsettled = settle_levels(client, funnel.project_id, None, funnel.funnel_id)
     cells_of = {(funnel.funnel_id, k, d) for k, d in cells}
-    written += settled + _recount(client, funnel.project_id, cells_of | unsettled)
+    written += ended + settled + _recount(client, funnel.project_id, cells_of | left | unsettled)
     # and each person's levels under its values, at a version taken after the levels are settled:
     # a batch's refresh of a person that read its levels before wrote fewer (LEVELS_BY_BACKFILL)
     client.command(
         LEVELS_BY_BACKFILL, parameters={"p": funnel.project_id, "f": funnel.funnel_id, "v": next_version()}
     )
     return written
+
+
+# The live rows of a funnel {f:String} of persons whose newest persons row in project {p:String}
+# is a tombstone (merged into another person: derived.refresh_persons' `gone`). argMax over the
+# versions, not FINAL, which hides the tombstones.
+_GONE_ROWS = """
+SELECT {columns}, version FROM {table} FINAL
+WHERE project_id = {{p:String}} AND funnel_id = {{f:String}} AND is_deleted = 0
+  AND person_id IN (SELECT person_id FROM persons WHERE project_id = {{p:String}}
+                    GROUP BY person_id HAVING argMax(is_deleted, version) = 1)
+"""
+
+
+def end_gone(client: Client, funnel: Funnel) -> tuple[int, set[tuple[str, int, date]]]:
+    """Tombstone a back-fill's levels and progress of the persons merged away since it read them.
+    The batch that merged a person away writes its persons rows, then tombstones the person's
+    stored levels (recompute's `gone`); a back-fill that read the person before and writes after
+    that read would leave them live (a funnel's first step one person too many, in CI). Read
+    after the back-fill's writes, the persons rows show every such person: its batch wrote them
+    before reading the levels. Each tombstone ends just its row (version + 1, as settle_levels).
+    Returns the rows written and the funnel_counts cells they leave."""
+    params = {"p": funnel.project_id, "f": funnel.funnel_id}
+    levels = client.query(
+        _GONE_ROWS.format(columns="level, last_day, person_id", table="funnel_levels"), parameters=params
+    ).result_rows
+    progress = client.query(
+        _GONE_ROWS.format(columns="day, person_id, level", table="funnel_progress"), parameters=params
+    ).result_rows
+    p, f = funnel.project_id, funnel.funnel_id
+    if levels:
+        rows = [[p, f, int(k), d, person, 1, v + 1] for k, d, person, v in levels]
+        insert_rows(client, "funnel_levels", rows, FUNNEL_LEVELS_COLUMNS)
+    if progress:
+        rows = [[p, f, d, person, int(k), 1, v + 1] for d, person, k, v in progress]
+        insert_rows(client, "funnel_progress", rows, FUNNEL_PROGRESS_COLUMNS)
+    if levels or progress:
+        log.info("funnel_backfill_gone_ended", project_id=p, funnel_id=f, levels=len(levels))
+    return len(levels) + len(progress), {(f, int(k), d) for k, d, _person, _v in levels}
 
 
 # The right sides of a statement's joins in buckets of at most 50 MB, the others on disk, not
