@@ -430,7 +430,8 @@ BOUNDED_JOINS = (
 
 # A funnel's funnel_levels_by rows (migration 0037), as its back-fill ends: each live level
 # under each live person_first_by row of its person, with its plan row's plan (the migration's
-# statement, for one funnel).
+# statement, for one funnel). person_first_by is sorted by its values' keys (migration 0038), so
+# its project's rows are a scan of the table: once per funnel.
 LEVELS_BY_BACKFILL = f"""
 INSERT INTO funnel_levels_by ({", ".join(FUNNEL_LEVELS_BY_COLUMNS)})
 SELECT {{p:String}}, {{f:String}}, v.filter, v.filter_value, l.level, v.person_id,
