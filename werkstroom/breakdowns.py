@@ -73,19 +73,19 @@ GROUP BY day{plan}, dimension, value"""
 #: as the `plan` filter and the plan segments keep them; the marker of a day rolled up with them
 #: is a row of this filter with no dimension).
 PLAN_FILTER = "plan"
+#: What md5_key puts between its parts: no project id, funnel id or filter name holds one, so
+#: no two lists of parts (all but the last such ids) give the same text.
+TAB = "'\\t'"
 
 
-def first_by_value_key(project: str, filter_: str, value: str) -> str:
-    """person_first_by's sorting key of a value (migration 0038: value_key, the MD5 of the project,
-    filter and value with a tab between) as SQL over these three SQL expressions, as bound
-    parameters ("{p:String}") or columns."""
-    return f"reinterpretAsUInt128(MD5(concat({project}, '\\t', {filter_}, '\\t', {value})))"
-
-
-def first_by_person_key(person: str) -> str:
-    """person_first_by's key of a person (0038: person_key, the MD5 of its id) as SQL over `person`,
-    an SQL expression."""
-    return f"reinterpretAsUInt128(MD5({person}))"
+def md5_key(*parts: str) -> str:
+    """The 128-bit key of these SQL expressions (bound parameters such as "{p:String}", or
+    columns) as SQL: the MD5 of their texts with a tab between, as a UInt128. The sorting keys of
+    person_first_by (migration 0038: value_key of the project, filter and value; person_key of the
+    person's id) and funnel_levels_by (0039: of the project, funnel, filter and value; the
+    person's), computed by ClickHouse as rows are written."""
+    text = parts[0] if len(parts) == 1 else f"concat({f', {TAB}, '.join(parts)})"
+    return f"reinterpretAsUInt128(MD5({text}))"
 
 
 def figures_by_plan_sql(where: str) -> str:

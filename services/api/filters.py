@@ -29,8 +29,7 @@ from werkstroom.breakdowns import (
     PLAN_FILTER,
     ROLLED_FILTERS,
     Joined,
-    first_by_person_key,
-    first_by_value_key,
+    md5_key,
     planned,
 )
 from werkstroom.breakdowns import with_persons as join_persons
@@ -127,7 +126,7 @@ WHERE project_id = {p:String} AND day BETWEEN {lo:Date} AND {hi:Date}
 #: or after {lo} has one in the range.
 #: Rows of one value in person_first_by are its value_key's (migration 0038: the sorting key
 #: starts with it), a contiguous run; PREWHERE on the key keeps all of a row's versions or none.
-_VALUE_KEY = first_by_value_key("{p:String}", "{rf:String}", "{rv:String}")
+_VALUE_KEY = md5_key("{p:String}", "{rf:String}", "{rv:String}")
 
 
 def rolled_persons_sql(among: str = "") -> str:
@@ -147,7 +146,7 @@ ROLLED_PERSONS = rolled_persons_sql()
 ROLLED_MEMBERS = f"""
 SELECT person_id FROM person_first_by FINAL
 PREWHERE value_key = {_VALUE_KEY}
-  AND person_key IN (SELECT {first_by_person_key("arrayJoin({ids:Array(String)})")})
+  AND person_key IN (SELECT {md5_key("arrayJoin({ids:Array(String)})")})
 WHERE is_deleted = 0 AND first_day <= {{hi:Date}} AND last_day >= {{lo:Date}}
 """
 #: ROLLED_PERSONS' rows narrowed to the persons whose plan is now {rp:String}: person_first_by's
@@ -161,7 +160,7 @@ WHERE is_deleted = 0 AND first_day <= {{hi:Date}} AND last_day >= {{lo:Date}}
 #: the cards' read 45 -> 31 ms with 0038's keys (2026-12-05 stop 48).
 WITH_PLAN = (
     "\n  AND person_key IN (SELECT person_key FROM person_first_by FINAL PREWHERE value_key = "
-    f"{first_by_value_key('{p:String}', repr(PLAN_FILTER), '{rp:String}')} WHERE is_deleted = 0)"
+    f"{md5_key('{p:String}', repr(PLAN_FILTER), '{rp:String}')} WHERE is_deleted = 0)"
 )
 #: The longest filter value accepted (a path is stored up to 2048 characters).
 MAX_VALUE = 2048

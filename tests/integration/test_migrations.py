@@ -4,13 +4,14 @@ version before them, the reads after them give what they gave before."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import date, timedelta
 
 import pytest
 from clickhouse_connect.driver.client import Client
 
 from werkstroom import churn
-from werkstroom.breakdowns import ROLLED_FILTERS, first_by_value_key
+from werkstroom.breakdowns import ROLLED_FILTERS, md5_key
 from werkstroom.clickhouse.migrate import migrate
 
 pytestmark = pytest.mark.integration
@@ -633,13 +634,31 @@ def test_funnel_levels_by_is_back_filled_with_each_level_under_each_value_of_its
     ]
 
 
-def test_person_first_by_is_rebuilt_under_its_keys_and_keeps_every_version(database: Client) -> None:
-    migrate(database, through=37)
-    columns = (
-        "project_id, filter, filter_value, person_id, first_day, last_day, first_seen_day, recent_days, "
-        "recent_active, is_deleted, version"
-    )
-    for row in (
+@dataclass(frozen=True)
+class Rekeyed:
+    """A table a migration rebuilds under MD5 keys (md5_key): its identity columns, the columns
+    its value key is of, its other columns, and rows (one insert each: a single insert would
+    collapse the versions as it writes them)."""
+
+    migration: str
+    table: str
+    identity: tuple[str, ...]
+    value_of: tuple[str, ...]
+    others: tuple[str, ...]
+    sorting_key: str
+    value: tuple[str, ...]  # the value_of columns of the value read back (u1 and u2 have rows of it)
+    rows: tuple[str, ...]
+
+
+FIRST_BY = Rekeyed(
+    "0038_person_first_by_keys.sql",
+    "person_first_by",
+    ("project_id", "filter", "filter_value", "person_id"),
+    ("project_id", "filter", "filter_value"),
+    ("first_day", "last_day", "first_seen_day", "recent_days", "recent_active"),
+    "value_key, person_key",
+    ("p", "country", "NL"),
+    (
         "('p', 'country', 'NL', 'u1', '2026-02-20', '2026-02-25', '2026-02-20', 1, 2, 0, 1)",
         "('p', 'country', 'NL', 'u1', '2026-02-20', '2026-03-01', '2026-02-20', 3, 4, 0, 2)",  # newer
         "('p', 'country', 'NL\tx', 'u1', '2026-02-21', '2026-02-21', '2026-02-20', 0, 0, 0, 2)",  # a tab
@@ -647,51 +666,79 @@ def test_person_first_by_is_rebuilt_under_its_keys_and_keeps_every_version(datab
         "('p', 'country', 'FR', 'u1', '2026-02-22', '2026-02-22', '2026-02-20', 0, 0, 1, 3)",  # went
         "('p', 'plan', 'premium', 'u1', '2026-02-20', '2026-03-01', '2026-02-20', 0, 0, 0, 2)",
         "('p', 'country', 'NL', 'u2', '2026-03-01', '2026-03-01', '2026-03-01', 0, 0, 0, 1)",
-        "('q', 'country', 'NL', 'u1', '2026-03-01', '2026-03-01', '2026-03-01', 0, 0, 0, 1)",  # project q's u1
-    ):  # one insert each: a single insert would collapse the versions as it writes them
-        database.command(f"INSERT INTO person_first_by ({columns}) VALUES {row}")
+        "('q', 'country', 'NL', 'u1', '2026-03-01', '2026-03-01', '2026-03-01', 0, 0, 0, 1)",  # project q's
+    ),
+)
+LEVELS_BY = Rekeyed(
+    "0039_funnel_levels_by_keys.sql",
+    "funnel_levels_by",
+    ("project_id", "funnel_id", "filter", "filter_value", "level", "person_id"),
+    ("project_id", "funnel_id", "filter", "filter_value"),
+    ("last_day", "plan"),
+    "value_key, level, person_key",
+    ("p", "f1", "country", "NL"),
+    (
+        "('p', 'f1', 'country', 'NL', 1, 'u1', '2026-02-25', 'trial', 0, 1)",
+        "('p', 'f1', 'country', 'NL', 1, 'u1', '2026-03-01', 'premium', 0, 2)",  # newer
+        "('p', 'f1', 'country', 'NL\tx', 1, 'u1', '2026-02-21', 'premium', 0, 2)",  # a tab
+        "('p', 'f1', 'country', 'FR', 1, 'u1', '2026-02-22', 'premium', 0, 2)",
+        "('p', 'f1', 'country', 'FR', 1, 'u1', '2026-02-22', 'premium', 1, 3)",  # went
+        "('p', 'f2', 'country', 'NL', 1, 'u1', '2026-02-20', 'premium', 0, 2)",  # another funnel
+        "('p', 'f1', 'country', 'NL', 1, 'u2', '2026-03-01', '', 0, 1)",
+        "('q', 'f1', 'country', 'NL', 1, 'u1', '2026-03-01', '', 0, 1)",  # project q's
+    ),
+)
+
+
+@pytest.mark.parametrize("rekeyed", [FIRST_BY, LEVELS_BY], ids=lambda r: r.table)
+def test_a_table_rebuilt_under_md5_keys_keeps_each_rows_newest_version(
+    database: Client, rekeyed: Rekeyed
+) -> None:
+    """0038 and 0039: the newest version of every row stays, tombstones too; the keys are MD5s,
+    as outside ClickHouse, of the value (its parts with a tab between) and of the person; a reader
+    computing the key from the value (werkstroom.breakdowns.md5_key) gets that value's rows only,
+    not those of a value that starts like it, of another funnel or of another project."""
+    number = int(rekeyed.migration[:4])
+    migrate(database, through=number - 1)
+    t = rekeyed.table
+    columns = ", ".join((*rekeyed.identity, *rekeyed.others, "is_deleted", "version"))
+    for row in rekeyed.rows:
+        database.command(f"INSERT INTO {t} ({columns}) VALUES {row}")
     # The newest version of each row, tombstones included (FINAL hides those; ClickHouse may merge
     # the older away at any time).
+    identity = ", ".join(rekeyed.identity)
     newest = (
-        "SELECT project_id, filter, filter_value, person_id, max(version), argMax((first_day, last_day, "
-        "first_seen_day, recent_days, recent_active, is_deleted), version) FROM person_first_by "
-        "GROUP BY ALL ORDER BY ALL"
+        f"SELECT {identity}, max(version), argMax(({', '.join(rekeyed.others)}, is_deleted), version) "
+        f"FROM {t} GROUP BY ALL ORDER BY ALL"
     )
-    final = f"SELECT {columns} FROM person_first_by FINAL WHERE is_deleted = 0 ORDER BY ALL"
+    final = f"SELECT {columns} FROM {t} FINAL WHERE is_deleted = 0 ORDER BY ALL"
     before_newest, before_final = database.query(newest).result_rows, database.query(final).result_rows
     assert len(before_newest) == 6 and len(before_final) == 5
 
-    assert migrate(database, through=38) == ["0038_person_first_by_keys.sql"]
+    assert migrate(database, through=number) == [rekeyed.migration]
 
     assert database.query(newest).result_rows == before_newest
     assert database.query(final).result_rows == before_final
     assert database.query(
-        "SELECT sorting_key FROM system.tables WHERE database = currentDatabase() AND name = 'person_first_by'"
-    ).result_rows == [("value_key, person_key",)]
-    assert database.query("SHOW TABLES LIKE 'person_first_by_rebuild'").result_rows == []
+        "SELECT sorting_key FROM system.tables WHERE database = currentDatabase() AND name = {t:String}",
+        parameters={"t": t},
+    ).result_rows == [(rekeyed.sorting_key,)]
+    assert database.query(f"SHOW TABLES LIKE '{t}_rebuild'").result_rows == []
 
-    # The keys are MD5s, as outside ClickHouse: the project, filter and value with a tab between.
-    def md5(text: str) -> int:
-        return int.from_bytes(hashlib.md5(text.encode()).digest(), "little")
+    def md5(*parts: str) -> int:
+        return int.from_bytes(hashlib.md5("\t".join(parts).encode()).digest(), "little")
 
-    keys = database.query(
-        "SELECT DISTINCT project_id, filter, filter_value, person_id, value_key, person_key FROM person_first_by"
-    ).result_rows
+    of = ", ".join(rekeyed.value_of)
+    keys = database.query(f"SELECT DISTINCT {of}, person_id, value_key, person_key FROM {t}").result_rows
     assert len(keys) == 6
-    for project, filter_, value, person, value_key, person_key in keys:
-        assert (value_key, person_key) == (md5(f"{project}\t{filter_}\t{value}"), md5(person))
-    # ... which readers compute from the value (werkstroom.breakdowns.first_by_value_key): one
-    # value's rows, not those of a value that only starts like it or of another project.
+    for *value, person, value_key, person_key in keys:
+        assert (value_key, person_key) == (md5(*value), md5(person))
+    params = dict(zip(rekeyed.value_of, rekeyed.value, strict=True))
     read = (
-        f"SELECT person_id, version FROM person_first_by FINAL PREWHERE value_key = "
-        f"{first_by_value_key('{p:String}', '{f:String}', '{v:String}')} ORDER BY ALL"
+        f"SELECT person_id, version FROM {t} FINAL PREWHERE value_key = "
+        f"{md5_key(*(f'{{{c}:String}}' for c in rekeyed.value_of))} WHERE is_deleted = 0 ORDER BY ALL"
     )
-    of_nl = database.query(read, parameters={"p": "p", "f": "country", "v": "NL"}).result_rows
-    assert of_nl == [("u1", 2), ("u2", 1)]
+    assert database.query(read, parameters=params).result_rows == [("u1", 2), ("u2", 1)]
     # A row written after the migration gets its keys from ClickHouse, and replaces the older.
-    database.command(
-        f"INSERT INTO person_first_by ({columns}) VALUES "
-        "('p', 'country', 'NL', 'u2', '2026-03-01', '2026-03-02', '2026-03-01', 0, 0, 0, 5)"
-    )
-    of_nl = database.query(read, parameters={"p": "p", "f": "country", "v": "NL"}).result_rows
-    assert of_nl == [("u1", 2), ("u2", 5)]
+    database.command(f"INSERT INTO {t} ({columns}) VALUES {rekeyed.rows[-2].replace(', 0, 1)', ', 0, 5)')}")
+    assert database.query(read, parameters=params).result_rows == [("u1", 2), ("u2", 5)]

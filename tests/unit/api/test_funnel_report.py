@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from services.api.filters import Filters
 from services.api.funnel_report import filtered_sql
+from werkstroom.breakdowns import md5_key
 
 
 def named(sql: str) -> set[str]:
@@ -55,7 +56,8 @@ def test_one_entry_page_filter_reads_the_funnels_rows_of_its_value() -> None:
     assert "FROM funnel_levels_by FINAL" in sql and "breakdown_sessions" not in sql
     assert "person_first_by" not in sql and "FROM funnel_levels FINAL" not in sql
     # a level and a day of the value in the report's days: the earlier of the two on its row
-    assert "filter = {rf:String} AND filter_value = {rv:String} AND last_day >= {lo:Date}" in sql
+    assert f"PREWHERE value_key = {md5_key('{p:String}', '{f:String}', '{rf:String}', '{rv:String}')}" in sql
+    assert "WHERE last_day >= {lo:Date} AND is_deleted = 0" in sql
     assert named(sql) == {"p", "f", "lo", "rf", "rv"}
 
 
