@@ -80,10 +80,10 @@ TAB = "'\\t'"
 
 def md5_key(*parts: str) -> str:
     """The 128-bit key of these SQL expressions (bound parameters such as "{p:String}", or
-    columns) as SQL: the MD5 of their texts with a tab between, as a UInt128. The sorting keys of
-    person_first_by (migration 0038: value_key of the project, filter and value; person_key of the
-    person's id) and funnel_levels_by (0039: of the project, funnel, filter and value; the
-    person's), computed by ClickHouse as rows are written."""
+    columns) as SQL: the MD5 of their texts with a tab between, as a UInt128. The value keys that
+    person_first_by (migration 0038: of the project, filter and value) and funnel_levels_by
+    (0039: of the project, funnel, filter and value) are sorted by, computed by ClickHouse as
+    rows are written."""
     text = parts[0] if len(parts) == 1 else f"concat({f', {TAB}, '.join(parts)})"
     return f"reinterpretAsUInt128(MD5({text}))"
 

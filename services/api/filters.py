@@ -141,12 +141,11 @@ WHERE is_deleted = 0 AND first_day <= {{hi:Date}} AND last_day >= {{lo:Date}}
 
 ROLLED_PERSONS = rolled_persons_sql()
 #: Which of the persons {ids:Array(String)} ROLLED_PERSONS selects (Filters.rolled_members): a
-#: test of a few persons (the users list's candidates: services.api.queries.Members), their keys'
-#: rows alone, so FINAL merges only theirs.
+#: test of a few persons (the users list's candidates: services.api.queries.Members). PREWHERE
+#: on the sorting key keeps all of a person's versions or none, so FINAL merges only theirs.
 ROLLED_MEMBERS = f"""
 SELECT person_id FROM person_first_by FINAL
-PREWHERE value_key = {_VALUE_KEY}
-  AND person_key IN (SELECT {md5_key("arrayJoin({ids:Array(String)})")})
+PREWHERE value_key = {_VALUE_KEY} AND person_id IN {{ids:Array(String)}}
 WHERE is_deleted = 0 AND first_day <= {{hi:Date}} AND last_day >= {{lo:Date}}
 """
 #: ROLLED_PERSONS' rows narrowed to the persons whose plan is now {rp:String}: person_first_by's
@@ -156,10 +155,10 @@ WHERE is_deleted = 0 AND first_day <= {{hi:Date}} AND last_day >= {{lo:Date}}
 #: country=NL&segment=premium: the cards' persons counts and churn, 128 and 113 ms as two reads
 #: joining every matching session to its person, are one read of 74 ms; the users list's first
 #: page under country=NL&plan=premium 128 -> 77 ms (bench/README.md, 2026-12-04 stop 41). Tested
-#: on the persons' keys before FINAL (the value's rows of the plan's persons alone are merged):
-#: the cards' read 45 -> 31 ms with 0038's keys (2026-12-05 stop 48).
+#: in PREWHERE, on the sorting key (the value's rows of the plan's persons alone are merged): the
+#: cards' read 45 -> 31 ms with 0038's key (2026-12-05 stop 48).
 WITH_PLAN = (
-    "\n  AND person_key IN (SELECT person_key FROM person_first_by FINAL PREWHERE value_key = "
+    "\n  AND person_id IN (SELECT person_id FROM person_first_by FINAL PREWHERE value_key = "
     f"{md5_key('{p:String}', repr(PLAN_FILTER), '{rp:String}')} WHERE is_deleted = 0)"
 )
 #: The longest filter value accepted (a path is stored up to 2048 characters).
