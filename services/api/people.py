@@ -68,8 +68,8 @@ FROM (
 # seen days were joined from persons_first_day's last two weeks): _PERSONS_COUNTS's four figures,
 # then churn's (werkstroom.churn.ROLLED_FIGURES) from the same rows, whose FINAL is most of the
 # read. At 10M events, country=NL, p50 alone, merged into one part: persons counts 273 -> 21 ms,
-# churn 185 -> 33 ms as two reads (bench/README.md, 2026-12-04 stop 40); in 4 parts, 37.5 -> 24
-# ms with the table sorted by fixed-width keys (migration 0038; 2026-12-05 stop 48).
+# churn 185 -> 33 ms as two reads (bench/README.md, 2026-12-04 stop 40); in 3 parts, 37.5 -> 21-25
+# ms with the table sorted by a fixed-width key of the value (migration 0038; 2026-12-05 stop 48).
 _CHURN_FIGURES = churn.ROLLED_FIGURES.strip().replace("\n", "\n       ")
 
 
