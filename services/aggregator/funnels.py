@@ -383,14 +383,24 @@ def write_backfill(
     return written
 
 
-# The live rows of a funnel {f:String} of persons whose newest persons row in project {p:String}
-# is a tombstone (merged into another person: derived.refresh_persons' `gone`). argMax over the
-# versions, not FINAL, which hides the tombstones.
-_GONE_ROWS = """
+# The persons of a funnel {f:String}'s live levels and progress whose newest persons row in
+# project {p:String} is a tombstone (merged into another person: derived.refresh_persons'
+# `gone`). argMax over the versions, not FINAL, which hides the tombstones.
+_GONE = """
+SELECT person_id FROM persons
+WHERE project_id = {p:String} AND person_id IN (
+    SELECT person_id FROM funnel_levels FINAL
+    WHERE project_id = {p:String} AND funnel_id = {f:String} AND is_deleted = 0
+    UNION ALL
+    SELECT person_id FROM funnel_progress FINAL
+    WHERE project_id = {p:String} AND funnel_id = {f:String} AND is_deleted = 0)
+GROUP BY person_id HAVING argMax(is_deleted, version) = 1
+"""
+# The live rows of funnel {f:String} of the persons {gone:Array(String)}, with their versions.
+_ROWS_OF = """
 SELECT {columns}, version FROM {table} FINAL
+PREWHERE person_id IN {{gone:Array(String)}}
 WHERE project_id = {{p:String}} AND funnel_id = {{f:String}} AND is_deleted = 0
-  AND person_id IN (SELECT person_id FROM persons WHERE project_id = {{p:String}}
-                    GROUP BY person_id HAVING argMax(is_deleted, version) = 1)
 """
 
 
@@ -402,22 +412,24 @@ def end_gone(client: Client, funnel: Funnel) -> tuple[int, set[tuple[str, int, d
     after the back-fill's writes, the persons rows show every such person: its batch wrote them
     before reading the levels. Each tombstone ends just its row (version + 1, as settle_levels).
     Returns the rows written and the funnel_counts cells they leave."""
-    params = {"p": funnel.project_id, "f": funnel.funnel_id}
+    p, f = funnel.project_id, funnel.funnel_id
+    gone = [person for (person,) in client.query(_GONE, parameters={"p": p, "f": f}).result_rows]
+    if not gone:
+        return 0, set()
+    params = {"p": p, "f": f, "gone": StringArray(sorted(gone))}
     levels = client.query(
-        _GONE_ROWS.format(columns="level, last_day, person_id", table="funnel_levels"), parameters=params
+        _ROWS_OF.format(columns="level, last_day, person_id", table="funnel_levels"), parameters=params
     ).result_rows
     progress = client.query(
-        _GONE_ROWS.format(columns="day, person_id, level", table="funnel_progress"), parameters=params
+        _ROWS_OF.format(columns="day, person_id, level", table="funnel_progress"), parameters=params
     ).result_rows
-    p, f = funnel.project_id, funnel.funnel_id
     if levels:
         rows = [[p, f, int(k), d, person, 1, v + 1] for k, d, person, v in levels]
         insert_rows(client, "funnel_levels", rows, FUNNEL_LEVELS_COLUMNS)
     if progress:
         rows = [[p, f, d, person, int(k), 1, v + 1] for d, person, k, v in progress]
         insert_rows(client, "funnel_progress", rows, FUNNEL_PROGRESS_COLUMNS)
-    if levels or progress:
-        log.info("funnel_backfill_gone_ended", project_id=p, funnel_id=f, levels=len(levels))
+    log.info("funnel_backfill_gone_ended", project_id=p, funnel_id=f, persons=len(gone), levels=len(levels))
     return len(levels) + len(progress), {(f, int(k), d) for k, d, _person, _v in levels}
 
 
