@@ -25,13 +25,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from services.api.queries import SEGMENT_PLANS, SEGMENT_WHERE, Narrowing, T, segment_params
-from werkstroom.breakdowns import (
-    PLAN_FILTER,
-    ROLLED_FILTERS,
-    Joined,
-    md5_key,
-    planned,
-)
+from werkstroom.breakdowns import PLAN_FILTER, ROLLED_FILTERS, Joined, md5_key, planned
 from werkstroom.breakdowns import with_persons as join_persons
 from werkstroom.funnels import like_pattern
 
@@ -157,9 +151,10 @@ WHERE is_deleted = 0 AND first_day <= {{hi:Date}} AND last_day >= {{lo:Date}}
 #: page under country=NL&plan=premium 128 -> 77 ms (bench/README.md, 2026-12-04 stop 41). Tested
 #: in PREWHERE, on the sorting key (the value's rows of the plan's persons alone are merged): the
 #: cards' read 45 -> 31 ms with 0038's key (2026-12-05 stop 48).
+_PLAN_KEY = md5_key("{p:String}", f"'{PLAN_FILTER}'", "{rp:String}")
 WITH_PLAN = (
-    "\n  AND person_id IN (SELECT person_id FROM person_first_by FINAL PREWHERE value_key = "
-    f"{md5_key('{p:String}', repr(PLAN_FILTER), '{rp:String}')} WHERE is_deleted = 0)"
+    "\n  AND person_id IN (SELECT person_id FROM person_first_by FINAL "
+    f"PREWHERE value_key = {_PLAN_KEY} WHERE is_deleted = 0)"
 )
 #: The longest filter value accepted (a path is stored up to 2048 characters).
 MAX_VALUE = 2048
