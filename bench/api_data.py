@@ -836,6 +836,26 @@ def generate(
             at=at,
             version=v2,
         )
+        # and under each rolled filter value (online_history_by, migration 0040): the visitors
+        # of those sessions with a page view (breakdown_sessions), by their session's values
+        step(
+            "online_history_by",
+            f"""
+            INSERT INTO online_history_by (project_id, filter, filter_value, minute, online, version)
+            SELECT {{project:String}}, pair.1, pair.2, {{at:DateTime('UTC')}}, uniqExact(anonymous_id),
+                   {{version:UInt64}}
+            FROM breakdown_sessions FINAL
+            ARRAY JOIN [{filter_pairs()}] AS pair
+            WHERE project_id = {{project:String}} AND is_deleted = 0
+              AND day BETWEEN toDate({{at:DateTime('UTC')}}) - 1 AND toDate({{at:DateTime('UTC')}})
+              AND start_at <= {{at:DateTime64(3, 'UTC')}}
+              AND addMilliseconds(start_at, duration_ms) >= {{at:DateTime64(3, 'UTC')}} - INTERVAL 5 MINUTE
+            GROUP BY pair
+            """,
+            project=p,
+            at=at,
+            version=v2,
+        )
     last_event = client.query(
         "SELECT max(timestamp) FROM events WHERE project_id = {p:String} AND kafka_offset >= {lo:UInt64}",
         parameters={"p": p, "lo": history},

@@ -15,7 +15,12 @@ from clickhouse_connect.driver.client import Client
 from services.aggregator.errors import started
 from services.aggregator.retry import best_effort
 from werkstroom import metrics
-from werkstroom.clickhouse.tables import AGGREGATOR_STATUS_COLUMNS, ONLINE_HISTORY_COLUMNS
+from werkstroom.breakdowns import filter_pairs
+from werkstroom.clickhouse.tables import (
+    AGGREGATOR_STATUS_COLUMNS,
+    ONLINE_HISTORY_BY_COLUMNS,
+    ONLINE_HISTORY_COLUMNS,
+)
 from werkstroom.clickhouse.versions import next_version
 
 #: The freshness contract, stated once here: a live aggregator writes its aggregator_status
@@ -32,6 +37,29 @@ SELECT project_id, toStartOfMinute(now('UTC')), count(), toUInt64(toUnixTimestam
 FROM online_visitors FINAL
 WHERE last_event_at >= now64(3) - INTERVAL 5 MINUTE
 GROUP BY project_id
+"""
+#: The same minute's counts under each rolled filter value (online_history_by, migration 0040):
+#: the online visitors whose current session has a breakdown_sessions row with the value, as the
+#: API's "online now" counts them under one filter (services.api.filters.Filters.online: the
+#: session looked for by its id among the rows of the project's today and yesterday; here among
+#: those of the last three UTC days, which hold both in every zone). DISTINCT, as the API's IN: a
+#: visitor counts once under a value.
+RECORD_ONLINE_BY = f"""
+INSERT INTO online_history_by ({", ".join(ONLINE_HISTORY_BY_COLUMNS)})
+SELECT o.project_id, s.pair.1, s.pair.2, toStartOfMinute(now('UTC')), count(),
+       toUInt64(toUnixTimestamp64Milli(now64(3)))
+FROM (
+    SELECT project_id, session_id FROM online_visitors FINAL
+    WHERE last_event_at >= now64(3) - INTERVAL 5 MINUTE
+) AS o
+INNER JOIN (
+    SELECT DISTINCT project_id, session_id, arrayJoin([{filter_pairs()}]) AS pair
+    FROM breakdown_sessions FINAL
+    WHERE day >= toDate(now('UTC')) - 2 AND is_deleted = 0
+      AND anonymous_id IN (SELECT anonymous_id FROM online_visitors
+                           WHERE last_event_at >= now64(3) - INTERVAL 5 MINUTE)
+) AS s ON o.project_id = s.project_id AND o.session_id = s.session_id
+GROUP BY o.project_id, s.pair
 """
 
 
@@ -115,11 +143,17 @@ class Status:
             best_effort("aggregator_status_failed", exc)
 
     async def record_online(self) -> None:
-        """Record each project's online count for this minute (for "online a week ago").
-        Every worker may record it; they count the same table, and the last write wins."""
+        """Record each project's online count for this minute (for "online a week ago"), and
+        its counts under each rolled filter value (for the same under a filter). Every worker
+        may record them; they count the same tables, and the last write wins. Each is on its
+        own: the API reads a minute under a filter only where that filter has rows of it."""
         self.history_at = time.monotonic()
-        try:
-            client = started(self.derived_client, "the derived tables' client")
-            await asyncio.to_thread(client.command, RECORD_ONLINE)
-        except Exception as exc:
-            best_effort("online_history_failed", exc)
+        for statement, failed in (
+            (RECORD_ONLINE, "online_history_failed"),
+            (RECORD_ONLINE_BY, "online_history_by_failed"),
+        ):
+            try:
+                client = started(self.derived_client, "the derived tables' client")
+                await asyncio.to_thread(client.command, statement)
+            except Exception as exc:
+                best_effort(failed, exc)

@@ -170,13 +170,45 @@ def persons_counts(
     return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
 
+# The online count under one rolled filter value that the aggregator recorded (online_history_by,
+# migration 0040) in the minute nearest {at} within two minutes that it recorded that filter in
+# (a minute with a row of the filter: there, a value without one had nobody online), as
+# queries.online_week_ago reads online_history's. No row: not recorded then.
+_RECORDED_BY = """
+SELECT sumIf(online, filter_value = {rv:String}) FROM online_history_by FINAL
+WHERE project_id = {p:String} AND filter = {rf:String}
+  AND minute BETWEEN {lo:DateTime('UTC')} AND {hi:DateTime('UTC')}
+GROUP BY minute
+ORDER BY abs(dateDiff('second', minute, {at:DateTime('UTC')}))
+LIMIT 1
+"""
+
+
 def online_week_ago(
     client: Client, project_id: str, now: datetime, filters: Filters, zone: str = timezones.DEFAULT
 ) -> int:
-    """The visitors with a matching session spanning now - 7 days (queries.online_week_ago
-    unfiltered, which prefers the aggregator's unfiltered online_history)."""
+    """The online count a week ago under `filters`: with one rolled filter, the count the
+    aggregator recorded then (_RECORDED_BY: of the visitors online whose current session
+    matched); else, or without a record, the visitors with a matching session spanning now - 7
+    days (queries.online_week_ago unfiltered, which prefers the aggregator's online_history)."""
     if not filters.values:
         return queries.online_week_ago(client, project_id, now)
+    rolled = filters.rolled()
+    if rolled is not None:
+        at = (now - WEEK).replace(microsecond=0)
+        recorded = client.query(
+            _RECORDED_BY,
+            parameters={
+                "p": project_id,
+                "rf": rolled[0],
+                "rv": rolled[1],
+                "at": at,
+                "lo": at - 2 * timedelta(minutes=1),
+                "hi": at + 2 * timedelta(minutes=1),
+            },
+        ).result_rows
+        if recorded:
+            return int(recorded[0][0])
     sql, params = online_at_sql(filters)
     then = now - WEEK
     day = timezones.today(then, zone)  # the project's day of that moment: its sessions' day or the next

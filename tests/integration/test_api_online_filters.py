@@ -121,7 +121,8 @@ async def test_who_is_online_takes_the_filters(infra: Infra, names: dict[str, st
             p=pid,
         ) == [(now.date() - timedelta(days=1),)]
 
-        url = await stack.start_api(clock=lambda: now)
+        clock = [now]  # moved a week on below, for the "online a week ago" card
+        url = await stack.start_api(clock=lambda: clock[0])
         headers = {"Authorization": f"Bearer {stack.project.read_key}"}
         async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as api:
 
@@ -174,6 +175,55 @@ async def test_who_is_online_takes_the_filters(infra: Infra, names: dict[str, st
                 return queries.online_count(stack.client, pid, now, narrowing)
 
             assert count() == 5 and count(country=a) == 1 and count(page="/blog/*", plan="") == 1
+
+            # The aggregator records those counts under each rolled filter value once a minute
+            # (online_history_by): the four visitors online with a page view (dan has none), each
+            # under one value of every filter.
+            def recorded() -> tuple[datetime | None, dict[tuple[str, str], int]]:
+                rows = stack.rows(
+                    "SELECT minute, filter, filter_value, online FROM online_history_by FINAL "
+                    "WHERE project_id = {p:String} ORDER BY minute DESC, filter, filter_value",
+                    p=pid,
+                )
+                newest = rows[0][0] if rows else None
+                return newest, {(f, v): n for m, f, v, n in rows if m == newest}
+
+            want = {
+                ("country", a): 1,
+                ("country", b): 1,
+                ("country", ""): 2,
+                ("source", "Google"): 1,
+                ("source", "Hacker News"): 1,
+                ("source", ""): 1,
+                ("utm_source", "news"): 1,
+                ("utm_source", ""): 3,
+                ("utm_medium", ""): 4,
+                ("utm_campaign", "spring"): 1,
+                ("utm_campaign", ""): 3,
+                ("device_type", "mobile"): 1,
+                ("device_type", "desktop"): 3,
+            }
+            await stack.until(lambda: want.items() <= recorded()[1].items(), timeout=20)
+            minute, counts = recorded()
+            assert minute is not None
+            for name in ("source", "browser", "os"):  # ben's t.co, the agents' names: one each
+                assert sum(n for (f, _v), n in counts.items() if f == name) == 4, counts
+            assert {f for f, _v in counts} == {*(f for f, _v in want), "browser", "os"}
+
+            # A week on, the filtered "online a week ago" card reads them (as the API's clock
+            # is moved: the aggregator's minute, a week later, and 20 seconds).
+            clock[0] = minute.replace(tzinfo=UTC) + queries.WEEK + 20 * S
+            for filters, previous in (
+                ({"country": a}, 1),
+                ({"country": ""}, 2),
+                ({"device": "desktop"}, 3),
+                ({"source": "Hacker News"}, 1),
+                ({"utm_medium": "email"}, 0),  # recorded, and nobody had it
+            ):
+                response = await api.get(f"/api/projects/{pid}/metrics", params=filters)
+                assert response.status_code == 200, response.text
+                assert response.json()["metrics"]["online_now"]["previous"] == previous, filters
+            clock[0] = now
 
             # the CSV of who is online, filtered
             response = await api.get(f"/api/projects/{pid}/export/online.csv", params={"page": "/blog/*"})

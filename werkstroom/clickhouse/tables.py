@@ -160,6 +160,8 @@ BREAKDOWN_DIMENSIONS: dict[str, str] = {
 #: breakdowns' live part compute them.
 BREAKDOWN_FIGURES = ["visitors", "sessions", "page_views", "bounced", "entered", "time_ms", "timed"]
 ONLINE_HISTORY_COLUMNS = ["project_id", "minute", "online", "version"]
+#: `online_history_by` (migration 0040): the online count of a minute under each rolled filter value.
+ONLINE_HISTORY_BY_COLUMNS = ["project_id", "filter", "filter_value", "minute", "online", "version"]
 #: `daily_stats`'s figures of a day, in the order the API answers them (and exports them).
 DAILY_STATS_FIGURES = [
     "active_users",
@@ -267,6 +269,7 @@ WRITTEN: dict[str, list[str]] = {
     "plan_pages": PLAN_PAGES_COLUMNS,
     "breakdown_pages": BREAKDOWN_PAGES_COLUMNS,
     "online_history": ONLINE_HISTORY_COLUMNS,
+    "online_history_by": ONLINE_HISTORY_BY_COLUMNS,
     "daily_stats": DAILY_STATS_COLUMNS,
     "person_activity": PERSON_DAYS_COLUMNS,
     "persons_first_day": PERSON_DAYS_COLUMNS,

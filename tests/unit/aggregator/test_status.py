@@ -19,7 +19,7 @@ from services.aggregator import status as status_module
 from services.aggregator.batching import RefreshCadence
 from services.aggregator.commit import Committer
 from services.aggregator.retry import Retry, SinkStopped
-from services.aggregator.status import RECORD_ONLINE, Status
+from services.aggregator.status import RECORD_ONLINE, RECORD_ONLINE_BY, Status
 from werkstroom.clickhouse.tables import AGGREGATOR_STATUS_COLUMNS
 
 TOPIC = "werkstroom.events.v1"
@@ -248,11 +248,12 @@ async def test_the_online_count_is_recorded_on_the_derived_client_best_effort(
     status.derived_client = derived  # type: ignore[assignment]
     before = time.monotonic()
     await status.record_online()
-    assert derived.commands == [RECORD_ONLINE]
+    assert derived.commands == [RECORD_ONLINE, RECORD_ONLINE_BY]
     assert status.history_at >= before
     derived.fail = ConnectionRefusedError(111, "Connection refused")
     await status.record_online()
-    assert log.warnings == ["online_history_failed"]
+    # each record on its own: the second is tried after the first failed
+    assert log.warnings == ["online_history_failed", "online_history_by_failed"]
 
 
 async def test_after_a_rebalance_onto_a_log_that_started_over_the_lag_counts_from_the_new_start() -> None:
