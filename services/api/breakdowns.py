@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from clickhouse_connect.driver.client import Client
 
-from services.api.filters import SESSIONS_OF, Filters
+from services.api.filters import ONE_FINAL_THREAD, SESSIONS_OF, Filters
 from werkstroom.breakdowns import PLAN_FILTER, VISITORS, figures_sql
 from werkstroom.clickhouse.tables import BREAKDOWN_DIMENSIONS, BREAKDOWN_FIGURES
 
@@ -130,15 +130,6 @@ _LIVE_SESSIONS = (
 )
 
 
-# Each of rolled_sql's FINAL reads (the rolled days, their rows, and the live days' sessions and
-# pages) is small, and ClickHouse's default splits each over max_threads to merge (layers of
-# key ranges), which costs more than it saves here: at 10M events, p50 alone, 2 cores, pages 30
-# days 34 -> 29 ms, under country=NL 42 -> 38, 7 days under country=NL 37 -> 34; the cards' and a
-# funnel's single reads lose 1-2 ms, so only this statement has it (bench/README.md, 2026-12-05
-# stop 48).
-ROLLED_SETTINGS = "SETTINGS max_final_threads = 1"
-
-
 def rolled_sql(dimension: str, column: str | None = None) -> str:
     """One page of a breakdown, in breakdown_sql's columns, in one statement: the rolled-up
     days (per day and value: figures and a distinct-count state of the visitors,
@@ -191,7 +182,7 @@ FROM (
 -- ORDER BY n_visitors DESC, value: the answer's order (ties by value, so pages are stable)
 ORDER BY n_visitors DESC, value
 LIMIT {{n:UInt32}} OFFSET {{skip:UInt64}}
-{ROLLED_SETTINGS}
+{ONE_FINAL_THREAD}
 """
 
 

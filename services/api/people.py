@@ -19,7 +19,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from services.api import queries
-from services.api.filters import ONLINE_DAYS, Filters
+from services.api.filters import ONE_FINAL_THREAD, ONLINE_DAYS, Filters
 from services.api.queries import ONLINE_WINDOW, WEEK, Narrowing, T
 from werkstroom import churn, timezones
 from werkstroom.breakdowns import EVERY_PERSON_OF
@@ -82,6 +82,7 @@ SELECT countIf(first_day <= {{t:Date}}), countIf(first_day <= {{t:Date}} - 7),
                AND first_seen_day <= {{t:Date}} - 7),
        {_CHURN_FIGURES}
 FROM ({persons})
+{ONE_FINAL_THREAD}
 """
 
 

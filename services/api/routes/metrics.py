@@ -56,8 +56,9 @@ FILTERED_METRICS = (
     "with a matching session by today (a week earlier: by that day); new_this_week: those with "
     "a matching session this week and first seen this week (earlier: both in the 7 days "
     "before); online_now: the visitors online whose current session matches (as GET online); "
-    "its previous: the visitors with a matching session spanning the moment a week ago (the "
-    "recorded online counts are unfiltered); churn_rate: of the persons with a matching session "
+    "its previous: under one filter on an entry attribute, the count the aggregator recorded "
+    "for its value in the minute nearest a week ago (within 2 minutes), else the visitors with a "
+    "matching session spanning the moment a week ago; churn_rate: of the persons with a matching session "
     "7 to 13 days ago, the percentage with no activity at all in the last 7 days (a week "
     "earlier: the same, shifted)."
 )
