@@ -20,7 +20,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from services.api import queries
-from services.api.breakdowns import ROLLED_DAYS
+from services.api.breakdowns import ROLLED, ROLLED_DAYS, split_days
 from services.api.filters import Filters
 from werkstroom import timezones
 from werkstroom.breakdowns import ACTIVITY_FIGURES, EVERY_PERSON_OF, activity_figures_sql
@@ -47,11 +47,11 @@ _SESSIONS = "day, anonymous_id, page_views, duration_ms"
 # aggregator rolled up (a marker row, filter '', in activity_daily_by, migration 0029; only days
 # before today) are read from there, and the others (`live`, as an array of the days, so that
 # breakdown_sessions' key (project_id, day, ...) narrows the read to them) computed as above:
-# the breakdowns' split of the days (services.api.breakdowns.ROLLED_DAYS).
+# the breakdowns' split of the days (services.api.breakdowns.ROLLED_DAYS, split_days).
 _ROLLED_DAYS = ROLLED_DAYS.format(table="activity_daily_by", marker="filter = ''")
 _ROLLED = f"""SELECT day, {", ".join(ACTIVITY_FIGURES)} FROM activity_daily_by FINAL
 WHERE project_id = {{p:String}} AND filter = {{rf:String}} AND filter_value = {{rv:String}}
-  AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND has(rolled, day) AND is_deleted = 0
+  AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND {ROLLED} AND is_deleted = 0
 UNION ALL
 """
 
@@ -67,12 +67,12 @@ _LIVE = """SELECT s.day AS day, w.persons AS persons, w.new_persons AS new_perso
        s.views AS page_views, s.bounces AS bounced, s.ms AS duration_ms
 FROM (SELECT day, count() AS n, sum(page_views) AS views, countIf(page_views = 1) AS bounces,
              sum(duration_ms) AS ms
-      FROM ({matching} AND has(live, day)) GROUP BY day) AS s
+      FROM ({matching} AND has({{live:Array(Date)}}, day)) GROUP BY day) AS s
 LEFT JOIN (
     SELECT a.day AS day, count() AS persons, countIf(f.day = a.day) AS new_persons
-    FROM ({persons} AND has(live, day)) AS a
+    FROM ({persons} AND has({{live:Array(Date)}}, day)) AS a
     LEFT JOIN (SELECT person_id, day FROM persons_first_day FINAL
-               WHERE project_id = {{p:String}} AND has(live, day) AND is_deleted = 0) AS f
+               WHERE project_id = {{p:String}} AND has({{live:Array(Date)}}, day) AND is_deleted = 0) AS f
         ON a.person_id = f.person_id
     GROUP BY a.day
 ) AS w ON s.day = w.day"""
@@ -81,8 +81,9 @@ LEFT JOIN (
 def filtered_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     """The per-day figures (day, then queries.DAY_COLUMNS' figures in order) of the sessions
     `filters` matches over {lo:Date}..{hi:Date} of project {p:String} in zone {tz:String}, and
-    the filters' parameters; with one rolled-up filter also {today:Date}, the rolled days read
-    from activity_daily_by. Every value is a parameter; the SQL is chosen from constants only."""
+    the filters' parameters; with one rolled-up filter also {rolled:Array(Date)} and
+    {live:Array(Date)} (split_days over _ROLLED_DAYS), the rolled days read from
+    activity_daily_by. Every value is a parameter; the SQL is chosen from constants only."""
     rolled = filters.rolled_person_days()
     if rolled is None:
         joined, params = filters.with_persons(_SESSIONS, EVERY_PERSON_OF)
@@ -90,7 +91,7 @@ def filtered_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
     matching, params = filters.matching(_SESSIONS)
     persons, rolled_params = rolled
     live = _LIVE.format(matching=matching, persons=persons)
-    return f"{_ROLLED_DAYS}{_DAY}{_ROLLED}{live})", {**params, **rolled_params}
+    return f"{_DAY}{_ROLLED}{live})", {**params, **rolled_params}
 
 
 def activity(
@@ -104,6 +105,8 @@ def activity(
     since = today - timedelta(days=days - 1)
     sql, params = filtered_sql(filters)
     bound = {**params, "p": project_id, "lo": since, "hi": today, "today": today, "tz": zone}
+    if filters.rolled() is not None:  # filtered_sql reads the rolled days' rows: which they are
+        bound.update(split_days(client, _ROLLED_DAYS, bound))
     rows = client.query(sql, parameters=bound).result_rows
     bots = queries.bots_per_day(client, project_id, since, today, zone)
     return queries.activity_days(since, days, {r[0]: r for r in rows}, bots)

@@ -111,43 +111,66 @@ LIMIT {{n:UInt32}} OFFSET {{skip:UInt64}}
     return sql, params
 
 
-#: The days {lo}..{hi} that a roll-up `{table}` has done (`rolled`: a marker row, `{marker}`: in
+#: The days {lo}..{hi} that a roll-up `{table}` has done: a marker row (`{marker}`: in
 #: breakdown_daily dimension '', in breakdown_daily_by and activity_daily_by filter ''; only days
-#: before {today} are rolled up), and the others (`live`), computed from the breakdown tables: as
-#: an array of the days themselves, so that the tables' primary key (project_id, day, ...)
-#: narrows the read to them (a NOT IN the rolled days does not).
+#: before {today} are rolled up). Read on its own first (split_days); the statement that reads
+#: the rolled days' rows and computes the others (`live`) from the breakdown tables takes both
+#: as parameters ({rolled:Array(Date)}, {live:Array(Date)}: ROLLED, LIVE), so that the tables'
+#: primary key (project_id, day, ...) narrows each read to its days (a NOT IN the rolled days
+#: does not). As a WITH of that statement (its subqueries each had the arrays' expressions),
+#: at 10M events, p50 alone, pages 30 days under country=NL took 41 ms; with the parameters 31,
+#: and this read 4 (bench/README.md, 2026-12-05 stop 49).
 ROLLED_DAYS = """
-WITH (SELECT groupArray(day) FROM {table} FINAL WHERE project_id = {{p:String}} AND {marker}
-      AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND day < {{today:Date}} AND is_deleted = 0) AS rolled,
-     arrayFilter(d -> NOT has(rolled, d),
-                 arrayMap(i -> {{lo:Date}} + i, range(toUInt32({{hi:Date}} - {{lo:Date}}) + 1))) AS live
+SELECT groupArray(day) FROM {table} FINAL WHERE project_id = {{p:String}} AND {marker}
+  AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND day < {{today:Date}} AND is_deleted = 0
 """
+#: A row's day is one of the rolled days / one of the others (split_days' parameters).
+ROLLED = "has({rolled:Array(Date)}, day)"
+LIVE = "has({live:Array(Date)}, day)"
+
+
+def split_days(client: Client, days_sql: str, bound: dict[str, Any]) -> dict[str, list[date]]:
+    """The days {lo}..{hi} of `bound` (with p and today) that `days_sql` (a ROLLED_DAYS) finds
+    rolled up, and the others: the parameters `rolled` and `live`, oldest first."""
+    rolled = set(client.query(days_sql, parameters=bound).first_row[0])
+    lo: date = bound["lo"]
+    every = [lo + timedelta(days=i) for i in range((bound["hi"] - lo).days + 1)]
+    return {"rolled": sorted(rolled), "live": [day for day in every if day not in rolled]}
+
+
 # The sessions of the days not rolled up that have the filter's value: what a page row's
 # session is looked up in (its own row holds no attribute).
 _LIVE_SESSIONS = (
     "session_id IN (SELECT session_id FROM breakdown_sessions FINAL WHERE project_id = {{p:String}} "
-    "AND is_deleted = 0 AND has(live, day) AND {column} = {{fv:String}})"
+    "AND is_deleted = 0 AND has({{live:Array(Date)}}, day) AND {column} = {{fv:String}})"
 )
+
+
+def rolled_days_sql(column: str | None = None) -> str:
+    """ROLLED_DAYS of rolled_sql's roll-up (the same `column`): breakdown_daily's markers
+    unfiltered, breakdown_daily_by's with one rolled filter, a plan's own there with
+    PLAN_FILTER (services.aggregator.breakdowns.ROLL_UP_BY)."""
+    if column is None:
+        return ROLLED_DAYS.format(table="breakdown_daily", marker="dimension = ''")
+    marker = f"filter = '{PLAN_FILTER}' AND dimension = ''" if column == PLAN_FILTER else "filter = ''"
+    return ROLLED_DAYS.format(table="breakdown_daily_by", marker=marker)
 
 
 def rolled_sql(dimension: str, column: str | None = None) -> str:
     """One page of a breakdown, in breakdown_sql's columns, in one statement: the rolled-up
     days (per day and value: figures and a distinct-count state of the visitors,
     werkstroom.breakdowns.VISITORS, merged here), the other days computed from the breakdown
-    tables into the same shape (figures_sql), both periods in one pass. Unfiltered (`column`
-    None) from breakdown_daily; with one filter on a ROLLED_FILTERS `column` (its value the
-    parameter fv) from breakdown_daily_by; with PLAN_FILTER (a plan alone, fv), from its rows
-    there, the days not rolled up with them from the plan tables (plan_pages, plan_sessions)."""
+    tables into the same shape (figures_sql), both periods in one pass; the days split by
+    split_days over rolled_days_sql(column). Unfiltered (`column` None) from breakdown_daily;
+    with one filter on a ROLLED_FILTERS `column` (its value the parameter fv) from
+    breakdown_daily_by; with PLAN_FILTER (a plan alone, fv), from its rows there, the days not
+    rolled up with them from the plan tables (plan_pages, plan_sessions)."""
     figures = ", ".join(BREAKDOWN_FIGURES)
     merge_if = VISITORS.replace("(", "MergeIf(", 1)
     by_plan = column == PLAN_FILTER
     if column is None:
-        days = ROLLED_DAYS.format(table="breakdown_daily", marker="dimension = ''")
-        table, narrow, live_where = "breakdown_daily", "", "has(live, day)"
+        table, narrow, live_where = "breakdown_daily", "", LIVE
     else:
-        # a plan's days have a marker of their own (services.aggregator.breakdowns.ROLL_UP_BY)
-        marker = f"filter = '{PLAN_FILTER}' AND dimension = ''" if by_plan else "filter = ''"
-        days = ROLLED_DAYS.format(table="breakdown_daily_by", marker=marker)
         table = "breakdown_daily_by"
         narrow = f" AND filter = '{column}' AND filter_value = {{fv:String}}"
         if by_plan:
@@ -156,9 +179,9 @@ def rolled_sql(dimension: str, column: str | None = None) -> str:
             own = _LIVE_SESSIONS.format(column=column)
         else:
             own = f"{column} = {{fv:String}}"
-        live_where = f"has(live, day) AND {own}"
+        live_where = f"{LIVE} AND {own}"
     live = figures_sql([dimension], live_where, by_plan)
-    return f"""{days}
+    return f"""
 SELECT value, n_visitors, n_sessions, n_page_views, n_bounced, n_entered, n_time_ms, n_timed,
        p_visitors, p_sessions, p_page_views, count() OVER () AS total
 FROM (
@@ -172,7 +195,7 @@ FROM (
         SELECT day >= {{start:Date}} AS cur, value, {figures}
         FROM {table} FINAL
         WHERE project_id = {{p:String}}{narrow} AND dimension = {{dimension:String}}
-          AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND has(rolled, day) AND is_deleted = 0
+          AND day BETWEEN {{lo:Date}} AND {{hi:Date}} AND {ROLLED} AND is_deleted = 0
         UNION ALL
         SELECT day >= {{start:Date}} AS cur, value, {figures} FROM ({live})
     )
@@ -231,10 +254,12 @@ def breakdown(
     if not filters.values:
         sql = rolled_sql(dimension)
         bound.update(dimension=dimension, today=today)
+        bound.update(split_days(client, rolled_days_sql(), bound))
     elif rolled is not None or plan is not None:
         column, value = rolled or (PLAN_FILTER, plan)
         sql = rolled_sql(dimension, column)
         bound.update(dimension=dimension, today=today, fv=value)
+        bound.update(split_days(client, rolled_days_sql(column), bound))
     else:
         sql, params = breakdown_sql(dimension, filters)
         bound.update(params)

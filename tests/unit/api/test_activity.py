@@ -71,24 +71,24 @@ def test_one_filter_on_an_entry_page_attribute_reads_its_rolled_up_days() -> Non
     sql, params = filtered_sql(Filters.parse({"device": hostile}))
     assert hostile not in sql
     assert params == {"f_device": hostile, "rf": "device_type", "rv": hostile}
-    # the rolled days from activity_daily_by (its markers, then the filter's rows), the others
-    # from the matching sessions of those days only, each read once
-    assert sql.count("FROM activity_daily_by FINAL") == 2
+    # the rolled days' rows from activity_daily_by (which days they are: its markers, read
+    # before: split_days), the others from the matching sessions of those days only, each once
+    assert sql.count("FROM activity_daily_by FINAL") == 1 and "has({rolled:Array(Date)}, day)" in sql
     assert sql.count("filter = {rf:String} AND filter_value = {rv:String}") == 2
     assert sql.count("FROM breakdown_sessions FINAL") == 1
-    assert "device_type = {f_device:String} AND has(live, day)" in sql
+    assert "device_type = {f_device:String} AND has({live:Array(Date)}, day)" in sql
     # the live days' persons from person_activity_by and their first days, not every visitor's
     # person (visitor_persons), so no zone: the tables hold the project's days
-    assert sql.count("FROM person_activity_by FINAL") == 1 and "has(live, day)" in sql
+    assert sql.count("FROM person_activity_by FINAL") == 1 and sql.count("has({live:Array(Date)}, day)") == 3
     assert "FROM persons_first_day FINAL" in sql and "visitor_persons" not in sql
     named = set(re.findall(r"\{(\w+):", sql))
-    assert named == {"p", "lo", "hi", "today", "f_device", "rf", "rv"}
+    assert named == {"p", "lo", "hi", "rolled", "live", "f_device", "rf", "rv"}
 
 
 def test_other_filter_sets_compute_every_day_from_the_sessions() -> None:
     for given in ({"page": "/blog/*"}, {"plan": "trial"}, {"country": "NL", "device": "mobile"}):
         sql, _ = filtered_sql(Filters.parse(given))
-        assert "activity_daily_by" not in sql and "has(live, day)" not in sql, given
+        assert "activity_daily_by" not in sql and "live:" not in sql, given
 
 
 def test_a_plan_reads_its_sessions_and_their_persons_from_plan_sessions() -> None:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from fastapi import HTTPException
 
-from services.api.breakdowns import Period, breakdown_sql, rolled_sql
+from services.api.breakdowns import (
+    ROLLED_DAYS,
+    Period,
+    breakdown_sql,
+    rolled_days_sql,
+    rolled_sql,
+    split_days,
+)
 from services.api.deps import ProjectScope
 from services.api.filters import (
     COLUMNS,
@@ -71,6 +78,24 @@ def test_one_filter_on_an_entry_page_attribute_is_read_from_its_roll_up() -> Non
         assert Filters.parse(many).rolled() is None, many
     sql = rolled_sql("pages", "country")
     assert "filter = 'country' AND filter_value = {fv:String}" in sql and hostile not in sql
+    # which days are rolled up is read first; the statement takes them as parameters
+    assert "{rolled:Array(Date)}" in sql and "{live:Array(Date)}" in sql and "WITH" not in sql
+    assert rolled_days_sql("country") == ROLLED_DAYS.format(table="breakdown_daily_by", marker="filter = ''")
+
+
+def test_the_days_split_into_those_rolled_up_and_the_others() -> None:
+    d = [date(2026, 3, 28) + timedelta(days=i) for i in range(4)]
+
+    class Client:
+        def query(self, sql: str, parameters: dict[str, object]) -> object:
+            assert sql == rolled_days_sql() and parameters["p"] == "p1"
+            return type("R", (), {"first_row": ([d[2], d[0]],)})()
+
+    bound = {"p": "p1", "lo": d[0], "hi": d[3], "today": d[3]}
+    assert split_days(Client(), rolled_days_sql(), bound) == {  # type: ignore[arg-type]
+        "rolled": [d[0], d[2]],
+        "live": [d[1], d[3]],
+    }
 
 
 def test_one_rolled_filter_a_plan_or_a_plan_segment_reads_person_first_by() -> None:
