@@ -10,8 +10,8 @@ in its own process (the embedded engine takes one process per data directory; th
 `--against` extracted with git archive, as ingest_cpu does), rounds alternate their order,
 and each round times every endpoint with 3 warm-up and `--requests` timed requests, as
 api_bench does. Prints each endpoint's p50 / p95 per revision (medians over the rounds) and
-ours / old of the p50. The endpoints are api_bench's that change with filters (the filtered
-metrics, activity, funnel and users; every breakdown) and the unfiltered users list and who is
+ours / old of the p50. The endpoints are api_bench's that change with filters (who is online,
+the metrics, activity, funnel and users filtered; every breakdown) and the unfiltered users list and who is
 online as controls. The API's clock is the data's newest event (a few seconds after it); the
 kept project gets a read key of its own (a projects row, newer than the bench's).
 """
@@ -121,6 +121,8 @@ def endpoints(data: Path) -> tuple[dict[str, Any], str]:
     finally:
         client.close()
     listed: list[tuple[str, str, dict[str, Any]]] = [("users", "users", {}), ("online", "online", {})]
+    for label, narrow in NARROWS:
+        listed.append((f"filtered/online {label}", "online", narrow))
     for label, narrow in NARROWS:
         listed.append((f"filtered/metrics {label}", "metrics", narrow))
         listed.append((f"filtered/activity?days=30 {label}", "activity", {"days": 30, **narrow}))

@@ -19,7 +19,7 @@ Why a short ClickHouse poll rather than a Kafka topic of live changes:
 - No extra topic for the aggregator to produce, and no second copy of the state to get wrong.
 - The cost is bounded: one read per project and set of filters in use per replica per 500 ms,
   whatever the number of viewers: a small indexed one unfiltered; a filtered one also reads the
-  breakdown rows of the last two days (services/api/filters.py, ONLINE_SESSIONS_OF). The
+  breakdown rows of the last two days (services/api/filters.py, Filters.online). The
   freshness the dashboard sees is the aggregator's flush interval plus at most one poll.
 
 Shutdown: `close()` (called when the app shuts down, and by whoever stops the server) ends

@@ -23,6 +23,7 @@ from services.api.filters import (
     PLAN,
     ROLLED_PERSONS,
     SEGMENTS,
+    SESSIONS_OF,
     WITH_PLAN,
     Filters,
     rolled_persons_sql,
@@ -381,8 +382,8 @@ def test_filtered_online_keeps_the_visitors_whose_current_session_matches() -> N
     today = date(2026, 12, 2)
     where, params = Filters.parse({"page": "/blog/*", "country": hostile, "plan": "premium"}).online(today)
     # a plan alone: that plan's sessions and page rows (plan_sessions, plan_pages: migrations 0034
-    # and 0036)
-    online = ONLINE_SESSIONS_OF.format(table="plan_sessions")
+    # and 0036); the page rows of the visitors online alone, the sessions of the two days whole
+    online = SESSIONS_OF.format(table="plan_sessions")
     pages = ONLINE_SESSIONS_OF.format(table="plan_pages")
     assert where == (
         f" AND session_id IN ({online}"
@@ -398,10 +399,11 @@ def test_filtered_online_keeps_the_visitors_whose_current_session_matches() -> N
         "hi": today,
     }
     assert hostile not in where
-    # both breakdown tables are read for the visitors online only (the online read's p, since)
-    assert (
-        online.count("FROM online_visitors WHERE project_id = {p:String} AND last_event_at >= {since:") == 1
-    )
+    # the page rows are read for the visitors online only (the online read's p, since); the
+    # sessions of the two days whole (the outer session ids narrow them)
+    visitors_online = "FROM online_visitors WHERE project_id = {p:String} AND last_event_at >= {since:"
+    assert pages.count(visitors_online) == 1 and online.count(visitors_online) == 0
+    assert where.count(visitors_online) == 1
     sql = online_sql(where)
     assert sql.index(where) < sql.index("ORDER BY last_event_at DESC") < sql.index("LIMIT {n:UInt32}")
 
