@@ -42,24 +42,23 @@ GROUP BY project_id
 #: the online visitors whose current session has a breakdown_sessions row with the value, as the
 #: API's "online now" counts them under one filter (services.api.filters.Filters.online: the
 #: session looked for by its id among the rows of the project's today and yesterday; here among
-#: those of the last three UTC days, which hold both in every zone). DISTINCT, as the API's IN: a
-#: visitor counts once under a value.
+#: those of the last three UTC days, which hold both in every zone). A visitor has one current
+#: session, so its sessions are counted, each once under a value (DISTINCT). The online sessions
+#: are tested in PREWHERE, on breakdown_sessions' key, so FINAL merges theirs alone: on the
+#: bench's kept data (3,585 online), 59 ms (90 of CPU) as a join after FINAL -> 36 (44) (stop 49).
 RECORD_ONLINE_BY = f"""
 INSERT INTO online_history_by ({", ".join(ONLINE_HISTORY_BY_COLUMNS)})
-SELECT o.project_id, s.pair.1, s.pair.2, toStartOfMinute(now('UTC')), count(),
+SELECT project_id, pair.1, pair.2, toStartOfMinute(now('UTC')), count(),
        toUInt64(toUnixTimestamp64Milli(now64(3)))
 FROM (
-    SELECT project_id, session_id FROM online_visitors FINAL
-    WHERE last_event_at >= now64(3) - INTERVAL 5 MINUTE
-) AS o
-INNER JOIN (
     SELECT DISTINCT project_id, session_id, arrayJoin([{filter_pairs()}]) AS pair
     FROM breakdown_sessions FINAL
-    WHERE day >= toDate(now('UTC')) - 2 AND is_deleted = 0
-      AND anonymous_id IN (SELECT anonymous_id FROM online_visitors
-                           WHERE last_event_at >= now64(3) - INTERVAL 5 MINUTE)
-) AS s ON o.project_id = s.project_id AND o.session_id = s.session_id
-GROUP BY o.project_id, s.pair
+    PREWHERE day >= toDate(now('UTC')) - 2
+      AND (project_id, session_id) IN (SELECT project_id, session_id FROM online_visitors FINAL
+                                       WHERE last_event_at >= now64(3) - INTERVAL 5 MINUTE)
+    WHERE is_deleted = 0
+)
+GROUP BY project_id, pair
 """
 
 
