@@ -99,13 +99,14 @@ ONLINE_SESSIONS_OF = (
     f"WHERE project_id = {{{{p:String}}}} AND last_event_at >= {{{{since:{T}}}}})"
 )
 #: What ends a filtered statement whose FINAL reads are a few hundred thousand rows at most (a
-#: breakdown's rolled_sql; the cards' read of person_first_by; a funnel's of funnel_levels_by):
-#: one thread merges each read's parts. ClickHouse's default splits the merge over max_threads
-#: (layers of key ranges), which costs more CPU than it saves time here, and the API runs a
-#: view's reads side by side on 2 cores. At 10M events, p50 alone, 2 cores (bench/README.md):
-#: pages 30 days 34 -> 29 ms, under country=NL 42 -> 38 (2026-12-05 stop 48); the cards under
-#: country=NL 27 -> 25 ms and 43 -> 37 ms of CPU, under country=NL&segment=premium 32 -> 28 and
-#: 43 -> 35, a funnel under country=NL 27 ms either way and 41 -> 36 ms of CPU (stop 49).
+#: breakdown's rolled_sql; the cards' read of person_first_by): one thread merges each read's
+#: parts. ClickHouse's default splits the merge over max_threads (layers of key ranges), which
+#: costs more CPU than it saves time here, and the cards run beside three other reads on 2
+#: cores. At 10M events, p50 alone, 2 cores (bench/README.md): pages 30 days 34 -> 29 ms, under
+#: country=NL 42 -> 38 (2026-12-05 stop 48); the cards under country=NL 27 -> 25 ms and 43 -> 37
+#: ms of CPU, under country=NL&segment=premium 32 -> 28 and 43 -> 35 (stop 49). A funnel's read
+#: of funnel_levels_by keeps the default: the same time alone (41 -> 36 ms of CPU), but the
+#: funnel under country=NL answered 6 % slower so, beside one other read (bench/api_ab.py).
 ONE_FINAL_THREAD = "SETTINGS max_final_threads = 1"
 #: How many days (the project's) an online visitor's session is looked for in (today and yesterday): a
 #: session is under the day it starts on, so one that began before midnight is yesterday's.

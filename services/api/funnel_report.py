@@ -21,7 +21,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from services.api.filters import ONE_FINAL_THREAD, Filters
+from services.api.filters import Filters
 from werkstroom.breakdowns import EVERY_PERSON, PLAN_FILTER, md5_key
 from werkstroom.funnels import Funnel
 
@@ -66,7 +66,6 @@ SELECT level, count() FROM funnel_levels_by FINAL
 PREWHERE value_key = {_LEVELS_BY_KEY}
 WHERE last_day >= {{lo:Date}} AND is_deleted = 0{with_plan}
 GROUP BY level
-{ONE_FINAL_THREAD}
 """
 
 
