@@ -67,7 +67,9 @@ def test_online_a_week_ago_under_a_rolled_filter_is_the_recorded_minute_else_the
 ) -> None:
     migrate(database)
     database.command("SYSTEM STOP MERGES online_history_by")  # a minute's two writes stay two rows
-    then = NOW - timedelta(days=7)  # 12:00:00 a week ago
+    # the table keeps 8 days (its TTL): a week before the wall clock's minute, not NOW's
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    then = now - timedelta(days=7)
     m = timedelta(minutes=1)
     # An NL desktop visitor whose session spans that moment: what the sessions give.
     session = dict.fromkeys(BREAKDOWN_SESSIONS_COLUMNS, "")
@@ -87,7 +89,7 @@ def test_online_a_week_ago_under_a_rolled_filter_is_the_recorded_minute_else_the
     insert_rows(database, "breakdown_sessions", [list(session.values())], BREAKDOWN_SESSIONS_COLUMNS)
 
     def week_ago(**given: str) -> int:
-        return people.online_week_ago(database, "p", NOW, Filters.parse(given, NOW))
+        return people.online_week_ago(database, "p", now, Filters.parse(given, now))
 
     def record(
         minute: datetime, filter_value: str, online: int, version: int = 1, project: str = "p"
