@@ -20,7 +20,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from services.api import queries
-from services.api.breakdowns import ROLLED, ROLLED_DAYS, split_days
+from services.api.breakdowns import LIVE, ROLLED, ROLLED_DAYS, split_days
 from services.api.filters import Filters
 from werkstroom import timezones
 from werkstroom.breakdowns import ACTIVITY_FIGURES, EVERY_PERSON_OF, activity_figures_sql
@@ -67,12 +67,12 @@ _LIVE = """SELECT s.day AS day, w.persons AS persons, w.new_persons AS new_perso
        s.views AS page_views, s.bounces AS bounced, s.ms AS duration_ms
 FROM (SELECT day, count() AS n, sum(page_views) AS views, countIf(page_views = 1) AS bounces,
              sum(duration_ms) AS ms
-      FROM ({matching} AND has({{live:Array(Date)}}, day)) GROUP BY day) AS s
+      FROM ({matching} AND {live}) GROUP BY day) AS s
 LEFT JOIN (
     SELECT a.day AS day, count() AS persons, countIf(f.day = a.day) AS new_persons
-    FROM ({persons} AND has({{live:Array(Date)}}, day)) AS a
+    FROM ({persons} AND {live}) AS a
     LEFT JOIN (SELECT person_id, day FROM persons_first_day FINAL
-               WHERE project_id = {{p:String}} AND has({{live:Array(Date)}}, day) AND is_deleted = 0) AS f
+               WHERE project_id = {{p:String}} AND {live} AND is_deleted = 0) AS f
         ON a.person_id = f.person_id
     GROUP BY a.day
 ) AS w ON s.day = w.day"""
@@ -90,7 +90,7 @@ def filtered_sql(filters: Filters) -> tuple[str, dict[str, Any]]:
         return f"{_DAY}{activity_figures_sql(joined)})", params
     matching, params = filters.matching(_SESSIONS)
     persons, rolled_params = rolled
-    live = _LIVE.format(matching=matching, persons=persons)
+    live = _LIVE.format(matching=matching, persons=persons, live=LIVE)
     return f"{_DAY}{_ROLLED}{live})", {**params, **rolled_params}
 
 

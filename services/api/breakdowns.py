@@ -142,7 +142,7 @@ def split_days(client: Client, days_sql: str, bound: dict[str, Any]) -> dict[str
 # session is looked up in (its own row holds no attribute).
 _LIVE_SESSIONS = (
     "session_id IN (SELECT session_id FROM breakdown_sessions FINAL WHERE project_id = {{p:String}} "
-    "AND is_deleted = 0 AND has({{live:Array(Date)}}, day) AND {column} = {{fv:String}})"
+    "AND is_deleted = 0 AND {live} AND {column} = {{fv:String}})"
 )
 
 
@@ -176,7 +176,7 @@ def rolled_sql(dimension: str, column: str | None = None) -> str:
         if by_plan:
             own = "plan = {fv:String}"
         elif dimension == "pages":
-            own = _LIVE_SESSIONS.format(column=column)
+            own = _LIVE_SESSIONS.format(column=column, live=LIVE)
         else:
             own = f"{column} = {{fv:String}}"
         live_where = f"{LIVE} AND {own}"

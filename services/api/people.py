@@ -196,17 +196,9 @@ def online_week_ago(
         return queries.online_week_ago(client, project_id, now)
     rolled = filters.rolled()
     if rolled is not None:
-        at = (now - WEEK).replace(microsecond=0)
         recorded = client.query(
             _RECORDED_BY,
-            parameters={
-                "p": project_id,
-                "rf": rolled[0],
-                "rv": rolled[1],
-                "at": at,
-                "lo": at - 2 * timedelta(minutes=1),
-                "hi": at + 2 * timedelta(minutes=1),
-            },
+            parameters={"p": project_id, "rf": rolled[0], "rv": rolled[1], **queries.recorded_week_ago(now)},
         ).result_rows
         if recorded:
             return int(recorded[0][0])

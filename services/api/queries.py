@@ -311,6 +311,14 @@ def online_count(client: Client, project_id: str, now: datetime, narrowing: Narr
     )
 
 
+def recorded_week_ago(now: datetime) -> dict[str, datetime]:
+    """The parameters of a read of the minute the aggregator recorded nearest now - 7 days
+    ({at}), within two minutes of it ({lo}..{hi}): online_history's here, online_history_by's
+    under a filter (services.api.people.online_week_ago)."""
+    at = (now - WEEK).replace(microsecond=0)
+    return {"at": at, "lo": at - 2 * timedelta(minutes=1), "hi": at + 2 * timedelta(minutes=1)}
+
+
 def online_week_ago(client: Client, project_id: str, now: datetime) -> int:
     """The online count the aggregator recorded (online_history, once a minute) within two
     minutes of now - 7 days; without a record (the pipeline was not running then), visitors
@@ -319,12 +327,7 @@ def online_week_ago(client: Client, project_id: str, now: datetime) -> int:
         "SELECT online FROM online_history FINAL WHERE project_id = {p:String} "
         "AND minute BETWEEN {lo:DateTime('UTC')} AND {hi:DateTime('UTC')} "
         "ORDER BY abs(dateDiff('second', minute, {at:DateTime('UTC')})) LIMIT 1",
-        parameters={
-            "p": project_id,
-            "at": (now - WEEK).replace(microsecond=0),
-            "lo": (now - WEEK - 2 * timedelta(minutes=1)).replace(microsecond=0),
-            "hi": (now - WEEK + 2 * timedelta(minutes=1)).replace(microsecond=0),
-        },
+        parameters={"p": project_id, **recorded_week_ago(now)},
     ).result_rows
     if recorded:
         return int(recorded[0][0])
