@@ -18,6 +18,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 from fastapi import FastAPI, Request, Response
 
+from services.api.breakdowns import RolledDays
 from services.api.dashboard import mount_dashboard
 from services.api.deps import AdminClient, AuthCache, AuthFailures, ClickHousePool, clickhouse_unavailable
 from services.api.live import LiveHub
@@ -86,6 +87,7 @@ def create_app(
         app.state.admin_token = admin_token
         app.state.clock = now
         app.state.auth_cache = AuthCache()
+        app.state.rolled_days = RolledDays()
         app.state.auth_failures = AuthFailures(settings.api_auth_failures_per_minute)
         app.state.pool = ClickHousePool(clickhouse)
         app.state.live = LiveHub(app.state.pool, settings.topic_events, now)

@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.api import queries
+from services.api.breakdowns import RolledDays
 from werkstroom import projects, timezones
 from werkstroom.http import client_key
 from werkstroom.logging import get_logger
@@ -188,6 +189,15 @@ def get_pool(request: Request) -> ClickHousePool:
 
 
 PoolDep = Annotated[ClickHousePool, Depends(get_pool)]
+
+
+def get_rolled_days(request: Request) -> RolledDays:
+    """The process's kept reads of the roll-ups' markers (breakdowns.RolledDays)."""
+    days: RolledDays = request.app.state.rolled_days
+    return days
+
+
+RolledDaysDep = Annotated[RolledDays, Depends(get_rolled_days)]
 
 
 def get_now(request: Request) -> datetime:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Query
 
 from services.api import breakdowns
 from services.api.breakdowns import Dimension, Period
-from services.api.deps import AUTH_RESPONSES, NowDep, PoolDep, ProjectDep
+from services.api.deps import AUTH_RESPONSES, NowDep, PoolDep, ProjectDep, RolledDaysDep
 from services.api.filters import Filters
 from services.api.models import Breakdown
 from services.api.routes.filtering import FiltersDep, invalid
@@ -90,6 +90,7 @@ BreakdownArgsDep = Annotated[BreakdownArgs, Depends(breakdown_args)]
 async def get_breakdown(
     scope: ProjectDep,
     pool: PoolDep,
+    rolled_days: RolledDaysDep,
     dimension: Dimension,
     args: BreakdownArgsDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 10,
@@ -104,6 +105,7 @@ async def get_breakdown(
         limit,
         offset,
         args.today,
+        rolled_days,
     )
     return Breakdown.model_validate(answer(dimension, args, total, rows, limit, offset))
 

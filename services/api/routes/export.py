@@ -23,8 +23,16 @@ from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import StreamingResponse
 
 from services.api import activity, breakdowns, people, queries
-from services.api.breakdowns import Dimension
-from services.api.deps import AUTH_RESPONSES, ClickHousePool, NowDep, PoolDep, ProjectDep, ProjectScope
+from services.api.breakdowns import Dimension, RolledDays
+from services.api.deps import (
+    AUTH_RESPONSES,
+    ClickHousePool,
+    NowDep,
+    PoolDep,
+    ProjectDep,
+    ProjectScope,
+    RolledDaysDep,
+)
 from services.api.filters import Filters
 from services.api.models import SegmentFilter, iso
 from services.api.routes.breakdowns import BreakdownArgs, BreakdownArgsDep
@@ -183,9 +191,14 @@ CSV_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=CSV_RESPONSES,
 )
 async def export_breakdown(
-    scope: ProjectDep, pool: PoolDep, now: NowDep, dimension: Dimension, breakdown: BreakdownArgsDep
+    scope: ProjectDep,
+    pool: PoolDep,
+    rolled_days: RolledDaysDep,
+    now: NowDep,
+    dimension: Dimension,
+    breakdown: BreakdownArgsDep,
 ) -> StreamingResponse:
-    body = _breakdown(pool, scope.project_id, dimension, breakdown)
+    body = _breakdown(pool, rolled_days, scope.project_id, dimension, breakdown)
     return await _download(body, scope.project_id, "breakdown", now)
 
 
@@ -203,11 +216,12 @@ async def export_breakdown(
 async def export_activity(
     scope: ProjectDep,
     pool: PoolDep,
+    rolled_days: RolledDaysDep,
     now: NowDep,
     filters: FiltersDep,
     days: Annotated[int, Query(ge=1, le=366)] = 30,
 ) -> StreamingResponse:
-    body = _activity(pool, scope, now, days, filters)
+    body = _activity(pool, rolled_days, scope, now, days, filters)
     return await _download(body, scope.project_id, "activity", now)
 
 
@@ -342,7 +356,7 @@ async def _guarded(body: AsyncIterator[str], kind: str, project_id: str) -> Asyn
 
 
 async def _breakdown(
-    pool: ClickHousePool, project_id: str, dimension: str, args: BreakdownArgs
+    pool: ClickHousePool, rolled_days: RolledDays, project_id: str, dimension: str, args: BreakdownArgs
 ) -> AsyncIterator[str]:
     yield csv_text([BREAKDOWN_HEADER])
     _total, rows = await pool.run(
@@ -354,6 +368,7 @@ async def _breakdown(
         BREAKDOWN_EXPORT_MAX,
         0,
         args.today,
+        rolled_days,
     )
     yield csv_text(
         [
@@ -403,11 +418,16 @@ async def _metrics(
 
 
 async def _activity(
-    pool: ClickHousePool, scope: ProjectScope, now: datetime, days: int, filters: Filters
+    pool: ClickHousePool,
+    rolled_days: RolledDays,
+    scope: ProjectScope,
+    now: datetime,
+    days: int,
+    filters: Filters,
 ) -> AsyncIterator[str]:
     yield csv_text([queries.DAY_COLUMNS])
     data = await pool.run(
-        activity.activity, scope.project_id, scope.today(now), days, filters, scope.timezone
+        activity.activity, scope.project_id, scope.today(now), days, filters, scope.timezone, rolled_days
     )
     yield csv_text([d[c] for c in queries.DAY_COLUMNS] for d in data)
 

@@ -9,7 +9,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from services.api import activity, people, queries
-from services.api.deps import AUTH_RESPONSES, ClickHousePool, NowDep, PoolDep, ProjectDep, TopicDep
+from services.api.deps import (
+    AUTH_RESPONSES,
+    ClickHousePool,
+    NowDep,
+    PoolDep,
+    ProjectDep,
+    RolledDaysDep,
+    TopicDep,
+)
 from services.api.filters import Filters
 from services.api.models import Activity, Metrics
 from services.api.routes.filtering import FiltersDep
@@ -118,10 +126,18 @@ FILTERED_ACTIVITY = (
     f"{FILTERED_ACTIVITY} Definitions: docs/definitions.md.",
 )
 async def get_activity(
-    scope: ProjectDep, pool: PoolDep, now: NowDep, topic: TopicDep, filters: FiltersDep, days: Days = 30
+    scope: ProjectDep,
+    pool: PoolDep,
+    rolled_days: RolledDaysDep,
+    now: NowDep,
+    topic: TopicDep,
+    filters: FiltersDep,
+    days: Days = 30,
 ) -> Activity:
     data, fresh = await asyncio.gather(
-        pool.run(activity.activity, scope.project_id, scope.today(now), days, filters, scope.timezone),
+        pool.run(
+            activity.activity, scope.project_id, scope.today(now), days, filters, scope.timezone, rolled_days
+        ),
         scope.pipeline(pool, topic, now),
     )
     return Activity.model_validate(

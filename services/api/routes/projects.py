@@ -136,8 +136,10 @@ async def change_project(
     changed = await asyncio.to_thread(projects.set_timezone, client, project_id, body.timezone)
     if changed is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such project")
-    # This process's answers take the new zone from the next request on, not after its cache.
+    # This process's answers take the new zone (and read the roll-ups' markers anew) from the next
+    # request on, not after its caches.
     request.app.state.auth_cache.forget(project_id)
+    request.app.state.rolled_days.forget(project_id)
     log.info("project_timezone_changed", project_id=project_id, timezone=changed.timezone)
     return ProjectOut(**changed.__dict__)
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import pytest
 from fastapi import HTTPException
 
 from services.api.breakdowns import (
+    MARKERS_SECONDS,
     ROLLED_DAYS,
     Period,
+    RolledDays,
     breakdown_sql,
     rolled_days_sql,
     rolled_sql,
@@ -97,6 +100,42 @@ def test_the_days_split_into_those_rolled_up_and_the_others() -> None:
         "rolled": [d[0], d[2]],
         "live": [d[1], d[3]],
     }
+
+
+def test_a_read_of_the_markers_is_kept_a_few_seconds_per_statement_project_range_and_day() -> None:
+    d = [date(2026, 3, 28) + timedelta(days=i) for i in range(4)]
+    reads: list[tuple[str, str]] = []
+    marked = {"p1": [d[0]], "p2": [d[1]]}
+
+    class Client:
+        def query(self, sql: str, parameters: dict[str, object]) -> object:
+            reads.append((sql, str(parameters["p"])))
+            return type("R", (), {"first_row": (list(marked[str(parameters["p"])]),)})()
+
+    clock = [100.0]
+    days = RolledDays(clock=lambda: clock[0])
+    client: Any = Client()
+    bound = {"p": "p1", "lo": d[0], "hi": d[3], "today": d[3]}
+    first = days.split(client, rolled_days_sql(), bound)
+    assert first == {"rolled": [d[0]], "live": d[1:]}
+    marked["p1"].append(d[1])  # rolled up meanwhile: not seen until the read expires
+    clock[0] += MARKERS_SECONDS - 0.1
+    assert days.split(client, rolled_days_sql(), {**bound, "n": 5}) == first and len(reads) == 1
+    # another statement's markers, project, range or day: read on their own
+    assert days.split(client, rolled_days_sql("country"), bound) == {"rolled": d[:2], "live": d[2:]}
+    assert days.split(client, rolled_days_sql(), {**bound, "p": "p2"})["rolled"] == [d[1]]
+    days.split(client, rolled_days_sql(), {**bound, "lo": d[1]})
+    days.split(client, rolled_days_sql(), {**bound, "today": d[2]})
+    assert len(reads) == 5
+    clock[0] += 0.2  # expired: read anew
+    assert days.split(client, rolled_days_sql(), bound) == {"rolled": d[:2], "live": d[2:]}
+    assert len(reads) == 6
+    marked["p1"].append(d[2])
+    marked["p2"].append(d[2])
+    days.forget("p1")  # its zone changed: its reads go, another project's stay
+    assert days.split(client, rolled_days_sql(), bound)["rolled"] == d[:3]
+    assert days.split(client, rolled_days_sql(), {**bound, "p": "p2"})["rolled"] == [d[1]]
+    assert len(reads) == 7
 
 
 def test_one_rolled_filter_a_plan_or_a_plan_segment_reads_person_first_by() -> None:
