@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from clickhouse_connect.driver.client import Client
 
-from services.api.filters import ONE_FINAL_THREAD, SESSIONS_OF, Filters
+from services.api.filters import ONE_FINAL_THREAD, SESSION_SETS, SESSIONS_OF, Filters
 from werkstroom.breakdowns import PLAN_FILTER, VISITORS, figures_sql
 from werkstroom.clickhouse.tables import BREAKDOWN_DIMENSIONS, BREAKDOWN_FIGURES
 
@@ -92,6 +92,7 @@ def breakdown_sql(dimension: str, filters: Filters) -> tuple[str, dict[str, Any]
     read = _PAGE_COLUMNS if pages else _SESSION_COLUMNS
     if value not in read:
         read = f"{read}, {value}"
+    settings = "" if filters.visitor_set(table) else f"SETTINGS {SESSION_SETS}\n"
     sql = f"""
 SELECT value, n_visitors, n_sessions, n_page_views, n_bounced, n_entered, n_time_ms, n_timed,
        p_visitors, p_sessions, p_page_views, count() OVER () AS total
@@ -108,7 +109,7 @@ FROM (
 -- ORDER BY n_visitors DESC, value: the answer's order (ties by value, so pages are stable)
 ORDER BY n_visitors DESC, value
 LIMIT {{n:UInt32}} OFFSET {{skip:UInt64}}
-"""
+{settings}"""
     return sql, params
 
 
@@ -253,7 +254,7 @@ FROM (
 -- ORDER BY n_visitors DESC, value: the answer's order (ties by value, so pages are stable)
 ORDER BY n_visitors DESC, value
 LIMIT {{n:UInt32}} OFFSET {{skip:UInt64}}
-{ONE_FINAL_THREAD}
+{ONE_FINAL_THREAD}, {SESSION_SETS}
 """
 
 

@@ -22,10 +22,12 @@ from services.api.breakdowns import (
 from services.api.deps import ProjectScope
 from services.api.filters import (
     COLUMNS,
+    ONE_FINAL_THREAD,
     ONLINE_SESSIONS_OF,
     PLAN,
     ROLLED_PERSONS,
     SEGMENTS,
+    SESSION_SETS,
     SESSIONS_OF,
     WITH_PLAN,
     Filters,
@@ -385,6 +387,24 @@ def test_breakdown_sql_reads_the_right_table() -> None:
     assert "FROM breakdown_pages FINAL" in pages and "path AS value" in pages
     os_sql, _ = breakdown_sql("os", Filters.parse({"page": "/"}))
     assert "FROM breakdown_sessions FINAL" in os_sql and "session_id IN (" in os_sql
+
+
+def test_a_breakdown_s_sets_of_sessions_are_not_analysed_with_the_primary_key() -> None:
+    """A set of session ids never narrows a breakdown table's granules (a day's rows are sorted
+    by visitor first): SESSION_SETS. A set of visitors (plan, segment off the plan tables) may."""
+    unkeyed = f"SETTINGS {SESSION_SETS}"
+    for values in (
+        {},
+        {"country": "NL"},
+        {"page": "/", "source": "Google"},
+        {"country": "NL", "segment": "premium"},
+    ):
+        sql, _ = breakdown_sql("pages", Filters.parse(values, NOW))
+        assert sql.rstrip().endswith(unkeyed), values
+    for values in ({"segment": "active"}, {"country": "NL", "plan": "premium", "segment": "active"}):
+        sql, _ = breakdown_sql("pages", Filters.parse(values, NOW))
+        assert "anonymous_id IN (" in sql and SESSION_SETS not in sql, values
+    assert rolled_sql("pages", "country").rstrip().endswith(f"{ONE_FINAL_THREAD}, {SESSION_SETS}")
 
 
 def test_periods() -> None:
