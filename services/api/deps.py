@@ -183,7 +183,11 @@ def clickhouse_unavailable(what: str) -> JSONResponse:
     )
 
 
-def get_pool(request: Request) -> ClickHousePool:
+# The dependencies that only read the app's state or parse parameters are `async def`: FastAPI
+# runs a plain `def` dependency in its thread pool, a hop to a thread and back for each (five per
+# filtered answer), which on 2 cores busy with ClickHouse's reads took ~2 ms of an answer
+# (bench/README.md, 2026-12-05 stop 50). routes/filtering.py's and breakdown_args are too.
+async def get_pool(request: Request) -> ClickHousePool:
     pool: ClickHousePool = request.app.state.pool
     return pool
 
@@ -191,7 +195,7 @@ def get_pool(request: Request) -> ClickHousePool:
 PoolDep = Annotated[ClickHousePool, Depends(get_pool)]
 
 
-def get_rolled_days(request: Request) -> RolledDays:
+async def get_rolled_days(request: Request) -> RolledDays:
     """The process's kept reads of the roll-ups' markers (breakdowns.RolledDays)."""
     days: RolledDays = request.app.state.rolled_days
     return days
@@ -200,7 +204,7 @@ def get_rolled_days(request: Request) -> RolledDays:
 RolledDaysDep = Annotated[RolledDays, Depends(get_rolled_days)]
 
 
-def get_now(request: Request) -> datetime:
+async def get_now(request: Request) -> datetime:
     """The time of this answer (`as_of`), UTC to the millisecond; tests may fix the clock."""
     now: datetime = request.app.state.clock()
     now = now.astimezone(UTC)
@@ -448,7 +452,7 @@ async def project_scope(
 ProjectDep = Annotated[ProjectScope, Depends(project_scope)]
 
 
-def get_topic(request: Request) -> str:
+async def get_topic(request: Request) -> str:
     """The events topic whose aggregator progress is this API's freshness."""
     topic: str = request.app.state.settings.topic_events
     return topic

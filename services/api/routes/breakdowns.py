@@ -53,7 +53,7 @@ class BreakdownArgs:
     today: date  # the API's clock: the days before it may be read from their roll-up
 
 
-def breakdown_args(
+async def breakdown_args(
     scope: ProjectDep,
     now: NowDep,
     filters: FiltersDep,

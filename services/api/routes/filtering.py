@@ -28,7 +28,7 @@ PathFilterQ = Annotated[
 ]
 
 
-def session_filters_of(
+async def session_filters_of(
     now: NowDep,
     page: PathFilterQ = None,
     entry_page: PathFilterQ = None,
@@ -74,7 +74,7 @@ def session_filters_of(
 SessionFiltersDep = Annotated[Filters, Depends(session_filters_of)]
 
 
-def filters_of(
+async def filters_of(
     given: SessionFiltersDep,
     segment: Annotated[
         str | None,

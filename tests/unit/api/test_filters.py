@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -338,9 +339,13 @@ def test_a_segment_must_be_known_and_have_a_clock() -> None:
 
 
 def _args(**given: str) -> BreakdownArgs:
-    session = session_filters_of(NOW, **{name: given.get(name) for name in [*COLUMNS, "plan"]})  # type: ignore[arg-type]
-    filters = filters_of(session, given.get("segment"))
-    return breakdown_args(ProjectScope("p"), NOW, filters, None, None)
+    async def args() -> BreakdownArgs:
+        values = {name: given.get(name) for name in [*COLUMNS, "plan"]}
+        session = await session_filters_of(NOW, **values)  # type: ignore[arg-type]
+        filters = await filters_of(session, given.get("segment"))
+        return await breakdown_args(ProjectScope("p"), NOW, filters, None, None)
+
+    return asyncio.run(args())
 
 
 def test_the_route_refuses_an_unknown_segment_naming_the_field_and_reason() -> None:

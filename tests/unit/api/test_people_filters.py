@@ -3,6 +3,7 @@ and that without filters they are the queries they were."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -159,9 +160,9 @@ def test_the_users_list_keeps_persons_with_a_matching_session_on_any_day() -> No
 
 def test_the_users_list_takes_every_filter_but_segment() -> None:
     given = {"page": "/a*", "country": "NL", "plan": "trial"}
-    session = session_filters_of(NOW, **given)  # type: ignore[arg-type]
+    session = asyncio.run(session_filters_of(NOW, **given))  # type: ignore[arg-type]
     assert session.values == given and session.now == NOW
-    assert filters_of(session, None) is session
+    assert asyncio.run(filters_of(session, None)) is session
     assert with_segment(session, "active").values == {**given, "segment": "active"}
     for bad in ("all", "vip"):
         with pytest.raises(HTTPException) as info:
