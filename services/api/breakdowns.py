@@ -12,6 +12,7 @@ plan_sessions).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -168,6 +169,8 @@ class RolledDays:
         self._seconds = seconds
         self._clock = clock
         self._kept: dict[tuple[Any, ...], tuple[float, dict[str, list[date]]]] = {}
+        self._lock = threading.Lock()  # the pool's threads read and keep; forget runs on the loop
+        self._forgets = 0  # a read begun before a forget is not kept
 
     def split(self, client: Client, days_sql: str, bound: dict[str, Any]) -> dict[str, list[date]]:
         """split_days(client, days_sql, bound), read at most once per MARKERS_SECONDS."""
@@ -176,15 +179,21 @@ class RolledDays:
         found = self._kept.get(key)
         if found is not None and found[0] > now:
             return found[1]
+        forgets = self._forgets
         split = split_days(client, days_sql, bound)
-        if len(self._kept) >= MARKERS_KEPT:
-            self._kept = {k: v for k, v in self._kept.items() if v[0] > now}
-        self._kept[key] = (now + self._seconds, split)
+        with self._lock:
+            if forgets != self._forgets:
+                return split
+            if len(self._kept) >= MARKERS_KEPT:
+                self._kept = {k: v for k, v in self._kept.items() if v[0] > now}
+            self._kept[key] = (now + self._seconds, split)
         return split
 
     def forget(self, project_id: str) -> None:
         """Drop the project's reads (its zone changed): its next answers read the markers anew."""
-        self._kept = {k: v for k, v in self._kept.items() if k[1] != project_id}
+        with self._lock:
+            self._forgets += 1
+            self._kept = {k: v for k, v in self._kept.items() if k[1] != project_id}
 
 
 # The sessions of the days not rolled up that have the filter's value: what a page row's

@@ -140,6 +140,17 @@ def test_a_read_of_the_markers_is_kept_a_few_seconds_per_statement_project_range
     assert days.split(client, rolled_days_sql(), {**bound, "p": "p2"})["rolled"] == [d[1]]
     assert len(reads) == 7
 
+    # a read under way while the zone changes answers its request, but is not kept
+    class Changing(Client):
+        def query(self, sql: str, parameters: dict[str, object]) -> object:
+            found = super().query(sql, parameters)
+            days.forget("p1")
+            return found
+
+    days.split(Changing(), rolled_days_sql(), {**bound, "lo": d[2]})  # type: ignore[arg-type]
+    days.split(client, rolled_days_sql(), {**bound, "lo": d[2]})
+    assert len(reads) == 9
+
 
 def test_one_rolled_filter_a_plan_or_a_plan_segment_reads_person_first_by() -> None:
     """person_first_by (migration 0033) holds the persons per rolled value and per plan: the
