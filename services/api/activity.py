@@ -20,9 +20,8 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from services.api import queries
-from services.api.breakdowns import LIVE, ROLLED, ROLLED_DAYS, RolledDays, split_days
+from services.api.breakdowns import LIVE, ROLLED, ROLLED_DAYS, RolledDays
 from services.api.filters import Filters
-from werkstroom import timezones
 from werkstroom.breakdowns import ACTIVITY_FIGURES, EVERY_PERSON_OF, activity_figures_sql
 
 # A day's chart figures (queries.DAY_COLUMNS after the day) from its ACTIVITY_FIGURES: events
@@ -100,21 +99,20 @@ def activity(
     today: date,
     days: int,
     filters: Filters,
-    zone: str = timezones.DEFAULT,
-    rolled_days: RolledDays | None = None,
+    zone: str,
+    rolled_days: RolledDays,
 ) -> list[dict[str, Any]]:
     """Exactly `days` entries ending `today` (the project's, in its time `zone`), oldest first,
     zero-filled: daily_stats' days without filters, the matching sessions' with them. Bots are
     the day's, filtered or not. Which days are rolled up is read through `rolled_days` (the
-    API's), else at once."""
+    API's)."""
     if not filters.values:
         return queries.activity(client, project_id, today, days, zone)
     since = today - timedelta(days=days - 1)
     sql, params = filtered_sql(filters)
     bound = {**params, "p": project_id, "lo": since, "hi": today, "today": today, "tz": zone}
     if filters.rolled() is not None:  # filtered_sql reads the rolled days' rows: which they are
-        split = split_days if rolled_days is None else rolled_days.split
-        bound.update(split(client, _ROLLED_DAYS, bound))
+        bound.update(rolled_days.split(client, _ROLLED_DAYS, bound))
     rows = client.query(sql, parameters=bound).result_rows
     bots = queries.bots_per_day(client, project_id, since, today, zone)
     return queries.activity_days(since, days, {r[0]: r for r in rows}, bots)

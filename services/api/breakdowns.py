@@ -294,14 +294,12 @@ def breakdown(
     limit: int,
     offset: int,
     today: date,
-    days: RolledDays | None = None,
+    days: RolledDays,
 ) -> tuple[int, list[dict[str, Any]]]:
     """(total, rows) of one page of a breakdown. Unfiltered, the settled days are read from
     their roll-up (breakdown_daily), and with one filter on an entry page attribute, or a plan
     alone, from theirs (breakdown_daily_by), the others from the breakdown tables; otherwise all
-    of them from the tables. Which days are rolled up is read through `days` (the API's), else
-    at once."""
-    split = split_days if days is None else days.split
+    of them from the tables. Which days are rolled up is read through `days` (the API's)."""
     bound: dict[str, Any] = {
         "p": project_id,
         "lo": period.previous.start,
@@ -315,12 +313,12 @@ def breakdown(
     if not filters.values:
         sql = rolled_sql(dimension)
         bound.update(dimension=dimension, today=today)
-        bound.update(split(client, rolled_days_sql(), bound))
+        bound.update(days.split(client, rolled_days_sql(), bound))
     elif rolled is not None or plan is not None:
         column, value = rolled or (PLAN_FILTER, plan)
         sql = rolled_sql(dimension, column)
         bound.update(dimension=dimension, today=today, fv=value)
-        bound.update(split(client, rolled_days_sql(column), bound))
+        bound.update(days.split(client, rolled_days_sql(column), bound))
     else:
         sql, params = breakdown_sql(dimension, filters)
         bound.update(params)
