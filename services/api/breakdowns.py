@@ -263,7 +263,7 @@ FROM (
 -- ORDER BY n_visitors DESC, value: the answer's order (ties by value, so pages are stable)
 ORDER BY n_visitors DESC, value
 LIMIT {{n:UInt32}} OFFSET {{skip:UInt64}}
-{ONE_FINAL_THREAD}, {SESSION_SETS}
+SETTINGS {ONE_FINAL_THREAD}, {SESSION_SETS}
 """
 
 

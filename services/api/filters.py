@@ -98,7 +98,7 @@ ONLINE_SESSIONS_OF = (
     f"{SESSIONS_OF} AND anonymous_id IN (SELECT anonymous_id FROM online_visitors "
     f"WHERE project_id = {{{{p:String}}}} AND last_event_at >= {{{{since:{T}}}}})"
 )
-#: What ends a filtered statement whose FINAL reads are a few hundred thousand rows at most (a
+#: The setting of a filtered statement whose FINAL reads are a few hundred thousand rows at most (a
 #: breakdown's rolled_sql; the cards' read of person_first_by): one thread merges each read's
 #: parts. ClickHouse's default splits the merge over max_threads (layers of key ranges), which
 #: costs more CPU than it saves time here, and the cards run beside three other reads on 2
@@ -107,7 +107,7 @@ ONLINE_SESSIONS_OF = (
 #: ms of CPU, under country=NL&segment=premium 32 -> 28 and 43 -> 35 (stop 49). A funnel's read
 #: of funnel_levels_by keeps the default: the same time alone (41 -> 36 ms of CPU), but the
 #: funnel under country=NL answered 6 % slower so, beside one other read (bench/api_ab.py).
-ONE_FINAL_THREAD = "SETTINGS max_final_threads = 1"
+ONE_FINAL_THREAD = "max_final_threads = 1"
 #: The setting of a breakdown statement whose IN sets are all of session ids (a session's
 #: attributes looked up for its page rows, the sessions that viewed a page; not a set of
 #: visitors: Filters.visitor_set): ClickHouse does not analyse the tables' primary keys with

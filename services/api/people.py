@@ -82,7 +82,7 @@ SELECT countIf(first_day <= {{t:Date}}), countIf(first_day <= {{t:Date}} - 7),
                AND first_seen_day <= {{t:Date}} - 7),
        {_CHURN_FIGURES}
 FROM ({persons})
-{ONE_FINAL_THREAD}
+SETTINGS {ONE_FINAL_THREAD}
 """
 
 

@@ -420,7 +420,7 @@ def test_a_breakdown_s_sets_of_sessions_are_not_analysed_with_the_primary_key() 
     for values in ({"segment": "active"}, {"country": "NL", "plan": "premium", "segment": "active"}):
         sql, _ = breakdown_sql("pages", Filters.parse(values, NOW))
         assert "anonymous_id IN (" in sql and SESSION_SETS not in sql, values
-    assert rolled_sql("pages", "country").rstrip().endswith(f"{ONE_FINAL_THREAD}, {SESSION_SETS}")
+    assert rolled_sql("pages", "country").rstrip().endswith(f"SETTINGS {ONE_FINAL_THREAD}, {SESSION_SETS}")
 
 
 def test_periods() -> None:
