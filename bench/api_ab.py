@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from api_bench import NARROWS, breakdown_plan  # noqa: E402
+from api_bench import NARROWS, breakdown_plan, p95  # noqa: E402
 
 from bench.ingest_bench import extract  # noqa: E402
 from werkstroom.clickhouse import connect  # noqa: E402
@@ -90,11 +90,6 @@ async def main():
 
 asyncio.run(main())
 """
-
-
-def p95(samples: list[float]) -> float:
-    ordered = sorted(samples)
-    return ordered[max(0, int(len(ordered) * 0.95) - 1)]
 
 
 def endpoints(data: Path) -> tuple[dict[str, Any], str]:

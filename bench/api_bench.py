@@ -132,6 +132,13 @@ class QueryLog:
 # -- measuring -------------------------------------------------------------------------------------
 
 
+def p95(samples: list[float]) -> float:
+    """The 95th percentile as every API bench states it: the sample ranked round(0.95 n) in
+    ascending order (the 48th of 50)."""
+    ordered = sorted(samples)
+    return ordered[max(0, round(len(ordered) * 0.95) - 1)]
+
+
 @dataclass
 class Figure:
     name: str
@@ -144,8 +151,7 @@ class Figure:
 
     @property
     def p95(self) -> float:
-        ordered = sorted(self.samples_ms)
-        return ordered[max(0, round(len(ordered) * 0.95) - 1)]
+        return p95(self.samples_ms)
 
 
 async def start_api(app: Any, settings: Settings) -> tuple[Any, asyncio.Task[Any]]:
