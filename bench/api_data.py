@@ -66,6 +66,7 @@ from werkstroom.breakdowns import (  # noqa: E402
 )
 from werkstroom.clickhouse.migrate import Migration, load_migrations  # noqa: E402
 from werkstroom.clickhouse.tables import (  # noqa: E402
+    ENTRY_ATTRIBUTES,
     FUNNELS_COLUMNS,
 )
 from werkstroom.clickhouse.versions import next_version  # noqa: E402
@@ -700,6 +701,9 @@ def generate(
     # and their starts, which the filtered cards' "online a week ago" reads: migration 0032 whole
     for statement in _migration("0032_breakdown_sessions_start.sql").statements():
         step("starts (0032)", statement)
+    # and each page row's entry attributes (the top pages narrowed by one read them): 0041 whole
+    for statement in _migration("0041_breakdown_pages_attributes.sql").statements():
+        step("page attributes (0041)", statement)
     # Each person's first day (persons_first_day: the aggregator's daily_stats count new users
     # from it, the filtered cards their new users), from the persons rows, the tail's included.
     step(
@@ -1035,6 +1039,22 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
             "FROM (SELECT * FROM breakdown_sessions FINAL WHERE project_id = {p:String} AND is_deleted = 0) AS s "
             "INNER JOIN (SELECT visitor, person_id, first_seen, plan FROM persons FINAL ARRAY JOIN anonymous_ids "
             "AS visitor WHERE project_id = {p:String} AND is_deleted = 0) AS m ON m.visitor = s.anonymous_id"
+        ),
+    )
+    # breakdown_pages' entry attributes (migration 0041): each live page row's are its session's
+    attributes = ", ".join(ENTRY_ATTRIBUTES)
+    of_sessions = ", ".join(f"s.{a}" for a in ENTRY_ATTRIBUTES)
+    expect(
+        "breakdown_pages' entry attributes (its session's)",
+        one(
+            f"SELECT count(), sum(cityHash64(session_id, path, {attributes})) FROM breakdown_pages FINAL "
+            "WHERE project_id = {p:String} AND is_deleted = 0"
+        ),
+        one(
+            f"SELECT count(), sum(cityHash64(g.session_id, g.path, {of_sessions})) "
+            "FROM (SELECT * FROM breakdown_pages FINAL WHERE project_id = {p:String} AND is_deleted = 0) AS g "
+            "INNER JOIN (SELECT * FROM breakdown_sessions FINAL WHERE project_id = {p:String} AND is_deleted = 0) "
+            "AS s ON s.day = g.day AND s.anonymous_id = g.anonymous_id AND s.session_id = g.session_id"
         ),
     )
     # plan_pages (migration 0036): each live page row under its visitor's person's plan

@@ -3,7 +3,8 @@ touched, and the roll-up of settled days.
 
 `breakdown_sessions` holds a row per session with a page view (entry and exit page, the
 attributes of its entry page view, page views, duration) and `breakdown_pages` a row per path it viewed
-(views, time on page, whether it entered or left there, whether it bounced there), all under
+(views, time on page, whether it entered or left there, whether it bounced there, and the entry
+page view's attributes again: migration 0041), all under
 the UTC day the session starts on. The refresh (services.aggregator.derived) recomputes them
 for the visitors it staged, over the dirty days, from their live sessions (as it staged them)
 and their page views in `visitor_events` (sorted by visitor; migration 0023 gave it the
@@ -86,6 +87,9 @@ INNER JOIN (SELECT * FROM {sessions} WHERE toDate(start_at, {{tz:String}}) IN {{
 WHERE v.timestamp >= s.start_at AND v.timestamp <= s.last_event_at
 GROUP BY s.anonymous_id, s.session_id, s.start_at, s.last_event_at, s.page_views, s.version
 """
+    # a page row's entry attributes: its session's entry page view's (views[1]), as its session row's
+    entry_of_pages = ", ".join(f"any(entry_{a}) AS {a}" for a in ENTRY_ATTRIBUTES)
+    entry_views = ", ".join(f"views[1].{i + 3} AS entry_{a}" for i, a in enumerate(ENTRY_ATTRIBUTES))
     pages = _changed_rows(
         "breakdown_pages",
         BREAKDOWN_PAGES_COLUMNS,
@@ -93,10 +97,11 @@ GROUP BY s.anonymous_id, s.session_id, s.start_at, s.last_event_at, s.page_views
     SELECT day, anonymous_id, session_id, path, toUInt32(count()) AS views,
            toUInt32(sum(timed)) AS timed_views, toInt64(sum(spent)) AS time_ms,
            toUInt8(max(i = 1)) AS is_entry, toUInt8(max(i = n)) AS is_exit,
-           toUInt8(max(i = 1 AND page_views = 1)) AS bounced, any(version) AS version,
+           toUInt8(max(i = 1 AND page_views = 1)) AS bounced, {entry_of_pages}, any(version) AS version,
            toUInt8(1) AS current
     FROM (
         SELECT day, anonymous_id, session_id, page_views, version, last_ms, length(views) AS n,
+               {entry_views},
                arrayJoin(arrayEnumerate(views)) AS i, views[i].2 AS path, views[i].1 AS t,
                toUInt8(i < n OR (page_views = n AND last_ms > t)) AS timed,
                if(i < n, views[i + 1].1 - t, if(timed = 1, last_ms - t, 0)) AS spent

@@ -20,7 +20,7 @@ from tests.integration.stack import Stack
 from tests.unit.aggregator.test_sink_errors import refused_connection
 from werkstroom import churn, timezones
 from werkstroom.breakdowns import ROLLED_FILTERS
-from werkstroom.clickhouse.tables import SESSION_ATTRIBUTES, SESSIONS_DAILY_COLUMNS
+from werkstroom.clickhouse.tables import ENTRY_ATTRIBUTES, SESSION_ATTRIBUTES, SESSIONS_DAILY_COLUMNS
 from werkstroom.demo import batches, simulate
 from werkstroom.funnels import create_funnel
 
@@ -178,8 +178,8 @@ PLAN_SESSIONS_EXPECTED = (
 
 
 # plan_pages (migration 0036) likewise: each live breakdown_pages row under its visitor's
-# person's plan.
-_PAGE_VALUES = "path, views, timed_views, time_ms, is_entry, is_exit, bounced"
+# person's plan, with its session's entry attributes (0041).
+_PAGE_VALUES = f"path, views, timed_views, time_ms, is_entry, is_exit, bounced, {', '.join(ENTRY_ATTRIBUTES)}"
 PLAN_PAGES = (
     f"SELECT project_id, plan, day, anonymous_id, session_id, {_PAGE_VALUES} FROM plan_pages FINAL "
     "WHERE is_deleted = 0"

@@ -511,6 +511,80 @@ def test_breakdown_sessions_get_their_sessions_starts_as_the_refresh_computes_th
     assert database.query(read).result_rows == starts
 
 
+def test_breakdown_pages_get_their_sessions_entry_attributes_as_the_refresh_computes_them(
+    database: Client,
+) -> None:
+    """0041: each breakdown_pages and plan_pages row, kept as it was, gets the attributes of its
+    session's entry page view from the session's live breakdown_sessions row ('' without one),
+    as the refresh writes them: s1's second page row takes s1's entry view's source, not its own
+    view's."""
+    from services.aggregator.derived import refresh
+    from services.aggregator.processor import Dirty
+
+    _two_visitors_sessions(database)
+    migrate(database, through=40)
+    # the tombstone of s3's row (s3 was absorbed: it has no live session row), and s1's page
+    # rows under a's person's plan
+    database.command(
+        "INSERT INTO breakdown_pages (project_id, day, anonymous_id, session_id, path, views, version, "
+        "is_deleted) VALUES ('p', '2026-03-01', 'b', 's3', '/p', 1, 4, 1)"
+    )
+    database.command(
+        "INSERT INTO plan_pages (project_id, plan, day, anonymous_id, session_id, path, views, version, "
+        "is_deleted) VALUES ('p', 'premium', '2026-03-01', 'a', 's1', '/', 1, 3, 0), "
+        "('p', 'premium', '2026-03-01', 'a', 's1', '/p', 1, 3, 0), ('p', 'trial', '2026-03-01', 'b', 's3', '/p', 1, 4, 1)"
+    )
+    planned_before = database.query("SELECT * FROM plan_pages ORDER BY ALL").result_rows
+    attributes = "source, utm_source, utm_medium, utm_campaign, country, device_type, browser, os"
+    before = database.query("SELECT * FROM breakdown_pages ORDER BY ALL").result_rows
+    assert migrate(database, through=41) == ["0041_breakdown_pages_attributes.sql"]
+    # every row version kept as it was, once: the table was rebuilt, not written again
+    assert (
+        database.query(f"SELECT * EXCEPT ({attributes}) FROM breakdown_pages ORDER BY ALL").result_rows
+        == before
+    )
+    assert (
+        database.query(f"SELECT * EXCEPT ({attributes}) FROM plan_pages ORDER BY ALL").result_rows
+        == planned_before
+    )
+    assert database.query(
+        "SELECT plan, session_id, path, is_deleted, source, utm_source, country FROM plan_pages ORDER BY ALL"
+    ).result_rows == [
+        ("premium", "s1", "/", 0, "news.example", "nl", "NL"),
+        ("premium", "s1", "/p", 0, "news.example", "nl", "NL"),
+        ("trial", "s3", "/p", 1, "", "", ""),
+    ]
+    assert database.query(
+        "SELECT session_id, path, version, is_deleted, source, utm_source, country FROM breakdown_pages ORDER BY ALL"
+    ).result_rows == [
+        ("s1", "/", 3, 0, "news.example", "nl", "NL"),
+        ("s1", "/p", 3, 0, "news.example", "nl", "NL"),
+        ("s2", "/p", 4, 0, "", "", ""),
+        ("s3", "/p", 4, 1, "", "", ""),
+    ]
+    # each page row's attributes are its session's, all of them
+    read = (
+        f"SELECT session_id, path, {attributes} FROM breakdown_pages FINAL WHERE is_deleted = 0 ORDER BY 1, 2"
+    )
+    migrated = database.query(read).result_rows
+    sessions = dict(
+        (r[0], r[1:])
+        for r in database.query(
+            f"SELECT session_id, {attributes} FROM breakdown_sessions FINAL WHERE is_deleted = 0"
+        ).result_rows
+    )
+    assert [r[2:] for r in migrated] == [sessions[r[0]] for r in migrated] and len(migrated) == 3
+    # The refresh computes the same: it writes nothing over them (it writes only changes), and
+    # the rows rewritten from scratch get the same attributes again.
+    count = "SELECT count() FROM breakdown_pages"
+    rows = database.query(count).first_row[0]
+    refresh(database, Dirty({("p", date(2026, 3, 1))}, {("p", "a"), ("p", "b")}))
+    assert database.query(count).first_row[0] == rows
+    database.command("TRUNCATE TABLE breakdown_pages")
+    refresh(database, Dirty({("p", date(2026, 3, 1))}, {("p", "a"), ("p", "b")}))
+    assert database.query(read).result_rows == migrated
+
+
 def _visitor_a_premium(database: Client) -> None:
     """visitor_persons (0030) rows: a's person u1 on trial, then premium (the newer row); b in
     another project only."""

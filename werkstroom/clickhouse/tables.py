@@ -131,11 +131,13 @@ PLAN_SESSIONS_COLUMNS = [
     *SESSION_ATTRIBUTES,
     *("page_views", "duration_ms", "start_at", "version", "is_deleted"),
 ]
-#: `breakdown_pages`: one row per (session, path viewed), with its figures only (a filter on the
-#: session's attributes reads breakdown_sessions: copying them here cost the aggregator more).
+#: `breakdown_pages`: one row per (session, path viewed), with its figures and the attributes of
+#: the session's entry page view (migration 0041: a filter on one of them narrows the page rows
+#: by their own column; the entry and exit page are read from breakdown_sessions).
 BREAKDOWN_PAGES_COLUMNS = [
     *("project_id", "day", "anonymous_id", "session_id", "path"),
     *("views", "timed_views", "time_ms", "is_entry", "is_exit", "bounced"),
+    *ENTRY_ATTRIBUTES,
     *("version", "is_deleted"),
 ]
 #: `plan_pages` (migration 0036): breakdown_pages' live rows under their visitor's person's plan
