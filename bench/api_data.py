@@ -701,9 +701,6 @@ def generate(
     # and their starts, which the filtered cards' "online a week ago" reads: migration 0032 whole
     for statement in _migration("0032_breakdown_sessions_start.sql").statements():
         step("starts (0032)", statement)
-    # and each page row's entry attributes (the top pages narrowed by one read them): 0041 whole
-    for statement in _migration("0041_breakdown_pages_attributes.sql").statements():
-        step("page attributes (0041)", statement)
     # Each person's first day (persons_first_day: the aggregator's daily_stats count new users
     # from it, the filtered cards their new users), from the persons rows, the tail's included.
     step(
@@ -734,6 +731,10 @@ def generate(
     # and each page row (plan_pages), from breakdown_pages: migration 0036's back-fill
     for statement in _migration("0036_plan_pages.sql").statements():
         step("plan_pages (0036)", statement)
+    # and both tables' page rows get their sessions' entry attributes (the top pages narrowed by
+    # one read them), as a database upgraded to it: migration 0041 whole
+    for statement in _migration("0041_breakdown_pages_attributes.sql").statements():
+        step("page attributes (0041)", statement)
     # and the settled days' roll-up, as the aggregator writes it when a day changes
     t = time.perf_counter()
     settled = {
@@ -1043,7 +1044,7 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
     )
     # breakdown_pages' entry attributes (migration 0041): each live page row's are its session's
     attributes = ", ".join(ENTRY_ATTRIBUTES)
-    of_sessions = ", ".join(f"s.{a}" for a in ENTRY_ATTRIBUTES)
+    of_s = ", ".join(f"s.{a}" for a in ENTRY_ATTRIBUTES)  # as columns of the table aliased s
     expect(
         "breakdown_pages' entry attributes (its session's)",
         one(
@@ -1051,22 +1052,23 @@ def check(client: Client, g: Generated, *, sample: int = 300) -> list[str]:
             "WHERE project_id = {p:String} AND is_deleted = 0"
         ),
         one(
-            f"SELECT count(), sum(cityHash64(g.session_id, g.path, {of_sessions})) "
+            f"SELECT count(), sum(cityHash64(g.session_id, g.path, {of_s})) "
             "FROM (SELECT * FROM breakdown_pages FINAL WHERE project_id = {p:String} AND is_deleted = 0) AS g "
             "INNER JOIN (SELECT * FROM breakdown_sessions FINAL WHERE project_id = {p:String} AND is_deleted = 0) "
             "AS s ON s.day = g.day AND s.anonymous_id = g.anonymous_id AND s.session_id = g.session_id"
         ),
     )
-    # plan_pages (migration 0036): each live page row under its visitor's person's plan
+    # plan_pages (migration 0036): each live page row under its visitor's person's plan, with its
+    # entry attributes (0041)
     expect(
         "plan_pages (each page row under its person's plan)",
         one(
-            "SELECT count(), sum(cityHash64(plan, day, anonymous_id, session_id, path, views, time_ms)) "
-            "FROM plan_pages FINAL WHERE project_id = {p:String} AND is_deleted = 0"
+            "SELECT count(), sum(cityHash64(plan, day, anonymous_id, session_id, path, views, time_ms, "
+            f"{attributes})) FROM plan_pages FINAL WHERE project_id = {{p:String}} AND is_deleted = 0"
         ),
         one(
             "SELECT count(), sum(cityHash64(m.plan, s.day, s.anonymous_id, s.session_id, s.path, s.views, "
-            "s.time_ms)) FROM (SELECT * FROM breakdown_pages FINAL WHERE project_id = {p:String} "
+            f"s.time_ms, {of_s})) FROM (SELECT * FROM breakdown_pages FINAL WHERE project_id = {{p:String}} "
             "AND is_deleted = 0) AS s INNER JOIN (SELECT visitor, plan FROM persons FINAL ARRAY JOIN "
             "anonymous_ids AS visitor WHERE project_id = {p:String} AND is_deleted = 0) AS m "
             "ON m.visitor = s.anonymous_id"
