@@ -196,14 +196,6 @@ class RolledDays:
             self._kept = {k: v for k, v in self._kept.items() if k[1] != project_id}
 
 
-# The sessions of the days not rolled up that have the filter's value: what a page row's
-# session is looked up in (its own row holds no attribute).
-_LIVE_SESSIONS = (
-    "session_id IN (SELECT session_id FROM breakdown_sessions FINAL WHERE project_id = {{p:String}} "
-    "AND is_deleted = 0 AND {live} AND {column} = {{fv:String}})"
-)
-
-
 def rolled_days_sql(column: str | None = None) -> str:
     """ROLLED_DAYS of rolled_sql's roll-up (the same `column`): breakdown_daily's markers
     unfiltered, breakdown_daily_by's with one rolled filter, a plan's own there with
@@ -231,12 +223,8 @@ def rolled_sql(dimension: str, column: str | None = None) -> str:
     else:
         table = "breakdown_daily_by"
         narrow = f" AND filter = '{column}' AND filter_value = {{fv:String}}"
-        if by_plan:
-            own = "plan = {fv:String}"
-        elif dimension == "pages":
-            own = _LIVE_SESSIONS.format(column=column, live=LIVE)
-        else:
-            own = f"{column} = {{fv:String}}"
+        # the page rows hold their session's entry attributes (migration 0041), the column too
+        own = "plan = {fv:String}" if by_plan else f"{column} = {{fv:String}}"
         live_where = f"{LIVE} AND {own}"
     live = figures_sql([dimension], live_where, by_plan)
     return f"""
@@ -263,7 +251,7 @@ FROM (
 -- ORDER BY n_visitors DESC, value: the answer's order (ties by value, so pages are stable)
 ORDER BY n_visitors DESC, value
 LIMIT {{n:UInt32}} OFFSET {{skip:UInt64}}
-SETTINGS {ONE_FINAL_THREAD}, {SESSION_SETS}
+SETTINGS {ONE_FINAL_THREAD}
 """
 
 

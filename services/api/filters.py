@@ -46,6 +46,10 @@ COLUMNS: dict[str, str] = {
     "os": "os",
 }
 GLOBS = frozenset({"page", "entry_page", "exit_page"})
+#: The session attributes the page rows hold too (breakdown_pages, plan_pages; migration 0041:
+#: those of the session's entry page view, ROLLED_FILTERS), so that a filter on one narrows the
+#: page rows by their own column; the others (entry_page, exit_page) look the sessions up.
+ON_PAGE_ROWS = frozenset(ROLLED_FILTERS)
 #: Filters on the visitor's person, after COLUMNS's in a request's order.
 PERSON_FILTERS = ("plan", "segment")
 #: What `segment` takes: the users list's segments ("all" is no filter, so not one of them).
@@ -314,8 +318,9 @@ class Filters:
         "plan_pages" or "plan_sessions" (pages_table, sessions_table); `sessions_of` is a SELECT
         of the session ids of `{table}` in the same range, to which ` AND <conditions>` is
         appended: `page` on the sessions reads the page rows (breakdown_pages; plan_pages on
-        plan_sessions); on the page rows, which hold a path's figures only, the session's
-        attributes are read from the sessions (breakdown_sessions; plan_sessions on plan_pages).
+        plan_sessions); on the page rows, the entry page view's attributes (ON_PAGE_ROWS) are
+        the row's own columns, and the entry and exit page are read from the sessions
+        (breakdown_sessions; plan_sessions on plan_pages).
         `plan` and `segment` are one condition on the row's visitor, the same on both breakdown
         tables (person, with `among`), and on the plan tables the plan's rows (PLAN), in both
         reads; left out without `person` (with_persons)."""
@@ -335,7 +340,7 @@ class Filters:
             if name == "page" and table != pages_table:
                 viewed = f"{sessions_of.format(table=pages_table)}{of_plan} AND {condition}"
                 own.append(f"session_id IN ({viewed})")
-            elif name != "page" and table == pages_table:
+            elif name != "page" and table == pages_table and column not in ON_PAGE_ROWS:
                 of_sessions.append(condition)
             else:
                 own.append(condition)

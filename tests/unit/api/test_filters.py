@@ -23,6 +23,7 @@ from services.api.breakdowns import (
 from services.api.deps import ProjectScope
 from services.api.filters import (
     COLUMNS,
+    ON_PAGE_ROWS,
     ONE_FINAL_THREAD,
     ONLINE_SESSIONS_OF,
     PLAN,
@@ -47,7 +48,7 @@ from services.api.queries import (
 from services.api.routes.breakdowns import BreakdownArgs, breakdown_args, period_of
 from services.api.routes.filtering import filters_of, session_filters_of
 from werkstroom.breakdowns import EVERY_PERSON, Joined, planned, with_persons
-from werkstroom.clickhouse.tables import SESSION_ATTRIBUTES
+from werkstroom.clickhouse.tables import ENTRY_ATTRIBUTES, SESSION_ATTRIBUTES
 from werkstroom.funnels import glob_matches, like_pattern
 
 SUB = "SELECT session_id FROM {table} WHERE x"
@@ -207,15 +208,24 @@ def test_page_narrows_sessions_that_viewed_it_outside_the_pages_table() -> None:
     )
 
 
-def test_on_the_pages_table_the_sessions_attributes_are_read_from_breakdown_sessions() -> None:
-    f = Filters.parse({"page": "/a*", "exit_page": "/bye", "country": "NL"})
+def test_on_the_page_rows_the_entry_attributes_are_their_own_and_the_others_the_sessions() -> None:
+    """The page rows hold their session's entry attributes (migration 0041); its entry and exit
+    pages are read from the sessions (breakdown_sessions; plan_sessions for a plan's page rows)."""
+    f = Filters.parse({"page": "/a*", "exit_page": "/bye", "country": "NL", "device": "mobile"})
     sessions = SUB.format(table="breakdown_sessions")
     assert f.where("breakdown_sessions", SUB)[0].endswith(
         " AND exit_path = {f_exit_page:String} AND country = {f_country:String}"
+        " AND device_type = {f_device:String}"
     )
     assert f.where("breakdown_pages", SUB)[0] == (
-        " AND path LIKE {f_page:String}"
-        f" AND session_id IN ({sessions} AND exit_path = {{f_exit_page:String}} AND country = {{f_country:String}})"
+        " AND path LIKE {f_page:String} AND country = {f_country:String} AND device_type = {f_device:String}"
+        f" AND session_id IN ({sessions} AND exit_path = {{f_exit_page:String}})"
+    )
+    assert ON_PAGE_ROWS == set(ENTRY_ATTRIBUTES)
+    of_plan = Filters.parse({"country": "NL", "exit_page": "/bye", "plan": "premium"})
+    assert of_plan.where("plan_pages", SUB)[0] == (
+        f" AND country = {{f_country:String}} AND session_id IN ({SUB.format(table='plan_sessions')} AND {PLAN}"
+        f" AND exit_path = {{f_exit_page:String}}) AND {PLAN}"
     )
 
 
@@ -253,11 +263,11 @@ def test_person_filters_are_one_condition_after_the_sessions_ones() -> None:
         f" AND anonymous_id IN ({PERSONS} AND plan = {{f_plan:String}}{SEGMENT_WHERE['active']})"
     )
     assert set(params) == {"f_country", "f_plan", "active_since", "inactive_since"}
-    sessions = SUB.format(table="breakdown_sessions")
     assert f.where("breakdown_pages", SUB)[0] == (
-        f" AND session_id IN ({sessions} AND country = {{f_country:String}})"
+        " AND country = {f_country:String}"
         f" AND anonymous_id IN ({PERSONS} AND plan = {{f_plan:String}}{SEGMENT_WHERE['active']})"
     )
+    assert f.where("breakdown_pages", SUB)[0] == f.where("breakdown_sessions", SUB)[0]
     filtered, _ = breakdown_sql("os", f)
     assert "FROM visitor_persons FINAL" in filtered and "FROM breakdown_sessions FINAL" in filtered
 
@@ -420,7 +430,9 @@ def test_a_breakdown_s_sets_of_sessions_are_not_analysed_with_the_primary_key() 
     for values in ({"segment": "active"}, {"country": "NL", "plan": "premium", "segment": "active"}):
         sql, _ = breakdown_sql("pages", Filters.parse(values, NOW))
         assert "anonymous_id IN (" in sql and SESSION_SETS not in sql, values
-    assert rolled_sql("pages", "country").rstrip().endswith(f"SETTINGS {ONE_FINAL_THREAD}, {SESSION_SETS}")
+    # the page rows hold their session's entry attributes (migration 0041): no set at all
+    rolled = rolled_sql("pages", "country")
+    assert " IN (" not in rolled and rolled.rstrip().endswith(f"SETTINGS {ONE_FINAL_THREAD}")
 
 
 def test_periods() -> None:
