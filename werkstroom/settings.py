@@ -92,6 +92,15 @@ class Settings(BaseSettings):
         "a password in the URL wins. Any characters: it is URL-encoded into the URL.",
     )
     clickhouse_database: str = Field("werkstroom", description="WERKSTROOM_CLICKHOUSE_DATABASE")
+    clickhouse_uncompressed_cache_mb: int = Field(
+        512,
+        ge=0,
+        description="WERKSTROOM_CLICKHOUSE_UNCOMPRESSED_CACHE_MB: the embedded engine's cache of "
+        "decompressed blocks (ClickHouse's uncompressed_cache_size), which the API's reads use: a "
+        "dashboard reads the same rows (today's, the roll-ups', one value's persons) again and again, "
+        "and decompressing them was a third of their CPU. At most this much memory; 0 turns it off. "
+        "A ClickHouse server has its own (deploy/clickhouse/config.d/werkstroom.xml).",
+    )
 
     # -- HTTP --------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="WERKSTROOM_HOST: interface the HTTP services bind.")
@@ -274,7 +283,10 @@ class Settings(BaseSettings):
     def effective_clickhouse_url(self) -> str:
         if self.clickhouse_url:
             return with_password(self.clickhouse_url, self.clickhouse_password)
-        return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+        url = f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+        cache = self.clickhouse_uncompressed_cache_mb * 1024 * 1024
+        # the engine's options, as connect() passes them to it (werkstroom.clickhouse)
+        return f"{url}?uncompressed_cache_size={cache}" if cache else url
 
     @property
     def ingest_url(self) -> str:

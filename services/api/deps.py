@@ -54,7 +54,17 @@ PRUNE_SECONDS = 60.0
 #: alone: the funnel with country=NL 118 -> 99 ms, the users list 111 -> 92, online with
 #: segment=premium 51 -> 42, bench/README.md, 2026-12-04 stop 39). A small set (the visitors
 #: online now, a person's ids) still does. The aggregator's staged ids keep the key at any size.
-READ_SETTINGS: dict[str, int] = {"use_index_for_in_with_subqueries_max_values": 10_000}
+#: use_uncompressed_cache: the API's reads keep the blocks they decompress in the server's cache
+#: (the embedded engine's Settings.clickhouse_uncompressed_cache_mb, a server's
+#: uncompressed_cache_size; reads of more than a million rows bypass it): a dashboard reads the
+#: same hot rows again and again, and decompressing them was a third of a read's CPU (at 10M
+#: events, p50 alone: the filtered cards 25 -> 19.5 ms and 38 -> 25 ms of CPU, the top pages of
+#: 30 days 29.7 -> 23.5; bench/README.md, 2026-12-05 stop 51). The aggregator's reads, each of
+#: other rows, do not.
+READ_SETTINGS: dict[str, int] = {
+    "use_index_for_in_with_subqueries_max_values": 10_000,
+    "use_uncompressed_cache": 1,
+}
 
 
 class ClickHousePool:

@@ -12,7 +12,7 @@ import os
 import threading
 from pathlib import Path
 from typing import IO, Protocol
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -47,6 +47,13 @@ def _chdb_path(url: str) -> str:
     if parsed.netloc and parsed.netloc != "memory":
         raise ClickHouseError(f"chdb URL must be chdb:///absolute/path or chdb://memory, got {url!r}")
     return parsed.path or ":memory:"
+
+
+def _chdb_options(url: str) -> dict[str, str]:
+    """The engine's options a chdb URL names in its query (`?uncompressed_cache_size=N`: the
+    server settings of the engine, Settings.effective_clickhouse_url). The engine takes them from
+    the first client a process opens on its path; later ones share that engine."""
+    return {key: values[-1] for key, values in parse_qs(urlparse(url).query).items()}
 
 
 def _require_chdb() -> None:
@@ -112,7 +119,9 @@ def connect(
             if path != ":memory:":
                 _lock_embedded(path)
             base = clickhouse_connect.get_client(
-                dsn=f"chdb://{path}" if path != ":memory:" else url, settings=CLIENT_SETTINGS
+                dsn=f"chdb://{path}" if path != ":memory:" else url,
+                settings=CLIENT_SETTINGS,
+                chdb_options=_chdb_options(url) or None,
             )
         else:
             base = clickhouse_connect.get_client(

@@ -8,6 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from werkstroom.clickhouse import _chdb_options, _chdb_path
 from werkstroom.clickhouse.migrate import load_migrations
 from werkstroom.contract import ContractError, decode_event, message_key
 from werkstroom.kafka import partition_for
@@ -36,8 +37,17 @@ def test_settings_reject_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_embedded_clickhouse_defaults_under_the_data_dir(tmp_path: Path) -> None:
+    """With its cache of decompressed blocks (512 MB by default) as an option of the engine in
+    the URL, which connect() passes to it; none when the cache is off."""
     settings = Settings(data_dir=tmp_path)
-    assert settings.effective_clickhouse_url == f"chdb://{tmp_path.resolve()}/clickhouse"
+    plain = f"chdb://{tmp_path.resolve()}/clickhouse"
+    assert settings.effective_clickhouse_url == f"{plain}?uncompressed_cache_size={512 * 1024 * 1024}"
+    assert _chdb_options(settings.effective_clickhouse_url) == {
+        "uncompressed_cache_size": str(512 * 1024 * 1024)
+    }
+    assert _chdb_path(settings.effective_clickhouse_url) == f"{tmp_path.resolve()}/clickhouse"
+    off = Settings(data_dir=tmp_path, clickhouse_uncompressed_cache_mb=0)
+    assert off.effective_clickhouse_url == plain and _chdb_options(plain) == {}
 
 
 def test_message_key_keeps_a_visitor_in_one_partition() -> None:

@@ -108,6 +108,8 @@ def test_clickhouse_keeps_under_its_memory_limit() -> None:
     assert 0.5 <= ratio < 1  # of the cgroup limit, which ClickHouse reads as its RAM
     limit = bytes_of(SERVICES["clickhouse"]["deploy"]["resources"]["limits"]["memory"])
     assert int(config.findtext("mark_cache_size", "5368709120")) < limit * ratio / 4
+    # the API's reads keep decompressed blocks (services.api.deps.READ_SETTINGS): a cache, within the limit
+    assert 0 < int(config.findtext("uncompressed_cache_size", "0")) < limit * ratio / 4
     assert bind_mounts(SERVICES["clickhouse"])["./deploy/clickhouse/config.d/werkstroom.xml"].startswith(
         "/etc/clickhouse-server/config.d/"
     )
