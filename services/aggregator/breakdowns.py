@@ -87,9 +87,11 @@ INNER JOIN (SELECT * FROM {sessions} WHERE toDate(start_at, {{tz:String}}) IN {{
 WHERE v.timestamp >= s.start_at AND v.timestamp <= s.last_event_at
 GROUP BY s.anonymous_id, s.session_id, s.start_at, s.last_event_at, s.page_views, s.version
 """
-    # a page row's entry attributes: its session's entry page view's (views[1]), as its session row's
+    # The attributes of a session's entry page view: its first staged view's, after the time and
+    # path. A session's row and each of its page rows hold them (the page rows since 0041).
+    entry_view = {a: f"views[1].{i + 3}" for i, a in enumerate(ENTRY_ATTRIBUTES)}
     entry_of_pages = ", ".join(f"any(entry_{a}) AS {a}" for a in ENTRY_ATTRIBUTES)
-    entry_views = ", ".join(f"views[1].{i + 3} AS entry_{a}" for i, a in enumerate(ENTRY_ATTRIBUTES))
+    entry_views = ", ".join(f"{view} AS entry_{a}" for a, view in entry_view.items())
     pages = _changed_rows(
         "breakdown_pages",
         BREAKDOWN_PAGES_COLUMNS,
@@ -110,7 +112,7 @@ GROUP BY s.anonymous_id, s.session_id, s.start_at, s.last_event_at, s.page_views
     GROUP BY day, anonymous_id, session_id, path""",
         member_ids,
     )
-    entry = ", ".join(f"views[1].{i + 3} AS {a}" for i, a in enumerate(ENTRY_ATTRIBUTES))
+    entry = ", ".join(f"{view} AS {a}" for a, view in entry_view.items())
     sessions_rows = _changed_rows(
         "breakdown_sessions",
         BREAKDOWN_SESSIONS_COLUMNS,
