@@ -112,15 +112,16 @@ ONLINE_SESSIONS_OF = (
 #: of funnel_levels_by keeps the default: the same time alone (41 -> 36 ms of CPU), but the
 #: funnel under country=NL answered 6 % slower so, beside one other read (bench/api_ab.py).
 ONE_FINAL_THREAD = "max_final_threads = 1"
-#: The setting of a breakdown statement whose IN sets are all of session ids (a session's
-#: attributes looked up for its page rows, the sessions that viewed a page; not a set of
+#: The setting of a breakdown statement whose IN sets are all of session ids (a session's entry
+#: or exit page looked up for its page rows, the sessions that viewed a page; not a set of
 #: visitors: Filters.visitor_set): ClickHouse does not analyse the tables' primary keys with
 #: them. Every table they test sorts a day's rows by visitor, then session (breakdown_sessions,
 #: breakdown_pages, plan_sessions, plan_pages: ..., day, anonymous_id, session_id), so a set of
 #: sessions never narrows the granules read; the analysis builds the set while the statement is
 #: planned, before any read starts. At 10M events, p50 alone, alternating: pages 7 days under
 #: country=NL&segment=premium 30.5 -> 28.7 ms, 30 days under country=NL 33.6 -> 31.7 (p95
-#: 45.2 -> 38.4) (bench/README.md, 2026-12-05 stop 50).
+#: 45.2 -> 38.4) (bench/README.md, 2026-12-05 stop 50), when their page rows still looked the
+#: country up in a set of sessions (since migration 0041 they hold it).
 SESSION_SETS = "use_index_for_in_with_subqueries = 0"
 #: How many days (the project's) an online visitor's session is looked for in (today and yesterday): a
 #: session is under the day it starts on, so one that began before midnight is yesterday's.
